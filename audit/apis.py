@@ -1,0 +1,1 @@
+"""Apis of the audit app."""

@@ -1,0 +1,1 @@
+"""Cards, security domains, applet instances, enrollments, card sessions."""

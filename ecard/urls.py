@@ -1,0 +1,31 @@
+"""Top-level URLs: portal at /, REST API under /api/v1/, OpenAPI at /api/schema/."""
+
+from django.contrib import admin
+from django.urls import include, path
+from django.views.generic import TemplateView
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from ecard import views
+
+api_v1 = [
+    path("", include("issuers.urls")),
+    path("", include("cards.urls")),
+    path("", include("updates.urls")),
+    path("", include("audit.urls")),
+]
+
+urlpatterns = [
+    path("", TemplateView.as_view(template_name="portal/home.html"), name="home"),
+    path("healthz", views.healthz, name="healthz"),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+]
+
+handler400 = "ecard.views.handler400"
+handler403 = "ecard.views.handler403"
+handler404 = "ecard.views.handler404"
+handler500 = "ecard.views.handler500"

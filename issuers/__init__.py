@@ -1,0 +1,1 @@
+"""Organisations (agency, banks, regulators), memberships and roles, key custody."""

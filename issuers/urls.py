@@ -1,0 +1,13 @@
+"""REST API routes of the issuers app (mounted under /api/v1/)."""
+
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from issuers import apis
+
+router = SimpleRouter()
+
+urlpatterns = [
+    path("whoami/", apis.WhoAmIApi.as_view(), name="whoami"),
+    *router.urls,
+]

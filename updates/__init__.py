@@ -1,0 +1,1 @@
+"""Load files (CAP), applet releases, rollouts, update jobs, the relay API."""

@@ -1,1 +1,129 @@
-"""Models of the issuers app."""
+"""Organisations (agency, banks, regulators), memberships and roles, bank AID ranges, SSD templates.
+
+Key custody models live in :mod:`issuers.custody_models` (imported at the bottom so Django sees them).
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
+from django.db import models
+
+hex_validator = RegexValidator(r"^([0-9A-F]{2})*$", "upper-case hex, an even number of digits")
+
+
+class Organization(models.Model):
+    class Kind(models.TextChoices):
+        AGENCY = "agency", "Issuing agency"
+        BANK = "bank", "Bank"
+        REGULATOR = "regulator", "Regulator"
+
+    name = models.CharField(max_length=200, unique=True)
+    slug = models.SlugField(max_length=64, unique=True)
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    is_active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("name",)
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_agency(self) -> bool:
+        return self.kind == self.Kind.AGENCY
+
+    @property
+    def is_bank(self) -> bool:
+        return self.kind == self.Kind.BANK
+
+    @property
+    def is_regulator(self) -> bool:
+        return self.kind == self.Kind.REGULATOR
+
+
+class Membership(models.Model):
+    """A user's role in one organisation."""
+
+    class Role(models.TextChoices):
+        ADMIN = "admin", "Administrator"
+        OPERATOR = "operator", "Operator"
+        AUDITOR = "auditor", "Auditor"
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("organization__name", "user__username")
+        constraints = [models.UniqueConstraint(fields=("user", "organization"), name="one_membership_per_org")]
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.role}) in {self.organization}"
+
+
+class AidRange(models.Model):
+    """The AIDs a bank may use on cards: every AID starting with RID || PIX prefix.
+
+    RID is the 5-byte registered application provider id (ISO 7816-5); the PIX prefix narrows
+    it. No two banks' ranges may overlap (one prefix a prefix of the other) — enforced by
+    :func:`issuers.services.add_aid_range` under a lock, since a unique index cannot say it.
+    """
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="aid_ranges")
+    rid = models.CharField(max_length=10, validators=[hex_validator, RegexValidator(r"^[0-9A-F]{10}$")])
+    pix_prefix = models.CharField(max_length=22, blank=True, validators=[hex_validator])
+    prefix = models.CharField(max_length=32, unique=True, editable=False)
+
+    class Meta:
+        ordering = ("prefix",)
+
+    def save(self, *args: object, **kwargs: object) -> None:
+        self.prefix = self.rid + self.pix_prefix
+        super().save(*args, **kwargs)
+
+    def __str__(self) -> str:
+        return f"{self.organization}: {self.prefix}*"
+
+    def contains(self, aid_hex: str) -> bool:
+        return aid_hex.upper().startswith(self.prefix)
+
+
+class SsdTemplate(models.Model):
+    """How a bank's Supplementary Security Domain is created on a card at enrollment."""
+
+    class Management(models.TextChoices):
+        DELEGATED = "dm", "Delegated Management (agency token per operation)"
+        AUTHORIZED = "am", "Authorized Management (no token)"
+
+    class KeyAlgorithm(models.TextChoices):
+        AES = "aes", "AES"
+        DES3 = "3des", "3DES"
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="ssd_template")
+    management = models.CharField(max_length=2, choices=Management.choices, default=Management.DELEGATED)
+    scp = models.PositiveSmallIntegerField(default=0x03, help_text="Secure Channel Protocol: 2 or 3")
+    scp_i = models.PositiveSmallIntegerField(default=0x70, help_text="SCP implementation option i")
+    key_algorithm = models.CharField(max_length=4, choices=KeyAlgorithm.choices, default=KeyAlgorithm.AES)
+    key_length = models.PositiveSmallIntegerField(default=16, help_text="bytes: 16, 24 or 32 (AES); 16 (3DES)")
+    ssd_aid_suffix = models.CharField(
+        max_length=16, default="5344", validators=[hex_validator], help_text="appended to the bank's AID prefix"
+    )
+    default_applets = models.JSONField(
+        default=list, blank=True, help_text="applets installed at enrollment: list of package/instance AIDs"
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def clean(self) -> None:
+        if self.scp not in (0x02, 0x03):
+            raise ValidationError({"scp": "SCP must be 02 or 03"})
+        if self.scp == 0x02 and (self.key_algorithm != self.KeyAlgorithm.DES3 or self.key_length != 16):
+            raise ValidationError({"key_algorithm": "SCP02 uses 16-byte 3DES keys"})
+        if self.scp == 0x03 and (self.key_algorithm != self.KeyAlgorithm.AES or self.key_length not in (16, 24, 32)):
+            raise ValidationError({"key_algorithm": "SCP03 uses AES-128/192/256 keys"})
+
+    def __str__(self) -> str:
+        return f"SSD template of {self.organization}"

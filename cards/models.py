@@ -1,1 +1,204 @@
-"""Models of the cards app."""
+"""Cards, security domains on them, applet instances, enrollments, and pending card work.
+
+The server's records mirror the card registry (GP Card Spec 2.3.1 §5–6); the card is the
+authority, and jobs reconcile the two with GET STATUS when the card is presented.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.db.models import Q
+
+from issuers.models import Organization, hex_validator
+
+ISD_AID = "A000000151000000"
+
+
+class Card(models.Model):
+    class Lifecycle(models.TextChoices):
+        # GP Card Spec 2.3.1 §5.1.1: card life cycle states.
+        OP_READY = "OP_READY", "OP_READY"
+        INITIALIZED = "INITIALIZED", "INITIALIZED"
+        SECURED = "SECURED", "SECURED"
+        CARD_LOCKED = "CARD_LOCKED", "CARD_LOCKED"
+        TERMINATED = "TERMINATED", "TERMINATED"
+
+    cin = models.CharField("card image number", max_length=32, unique=True, validators=[hex_validator])
+    serial = models.CharField(max_length=32, unique=True)
+    iin = models.CharField("issuer identification number", max_length=32, blank=True, validators=[hex_validator])
+    isd_aid = models.CharField(max_length=32, default=ISD_AID, validators=[hex_validator])
+    kdd = models.CharField(
+        "key diversification data", max_length=20, validators=[hex_validator], help_text="10 bytes, hex"
+    )
+    key_scheme = models.CharField(max_length=8, default="kdf3", help_text="ISD key diversification: kdf3, emv, visa2")
+    scp = models.PositiveSmallIntegerField(default=0x03)
+    scp_i = models.PositiveSmallIntegerField(default=0x70)
+    isd_kvn = models.PositiveSmallIntegerField(default=0x30)
+    cplc = models.JSONField(default=dict, blank=True, help_text="parsed CPLC fields")
+    lifecycle = models.CharField(max_length=16, choices=Lifecycle.choices, default=Lifecycle.SECURED)
+    holder = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="cards"
+    )
+    issued_by = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="issued_cards")
+    emulated = models.BooleanField(default=False, help_text="an emulated card (cardsim) with a state file")
+    state_file = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("cin",)
+
+    def __str__(self) -> str:
+        return f"card {self.cin}"
+
+
+class SecurityDomain(models.Model):
+    """The ISD or a bank's SSD on one card."""
+
+    class Lifecycle(models.TextChoices):
+        # GP Card Spec 2.3.1 §5.3.2: security domain life cycle states.
+        INSTALLED = "INSTALLED", "INSTALLED"
+        SELECTABLE = "SELECTABLE", "SELECTABLE"
+        PERSONALIZED = "PERSONALIZED", "PERSONALIZED"
+        LOCKED = "LOCKED", "LOCKED"
+
+    class State(models.TextChoices):
+        """Where the platform is with this SD (the card lifecycle is separate)."""
+
+        PENDING = "pending", "Pending installation"
+        ACTIVE = "active", "Active"
+        REMOVING = "removing", "Removal pending"
+        REMOVED = "removed", "Removed"
+
+    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="security_domains")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="security_domains")
+    aid = models.CharField(max_length=32, validators=[hex_validator])
+    is_isd = models.BooleanField(default=False)
+    privileges = models.CharField(max_length=6, default="800000", validators=[hex_validator])
+    management = models.CharField(max_length=2, default="dm", help_text="dm (Delegated) or am (Authorized)")
+    scp = models.PositiveSmallIntegerField(default=0x03)
+    scp_i = models.PositiveSmallIntegerField(default=0x70)
+    key_kvn = models.PositiveSmallIntegerField(null=True, blank=True, help_text="KVN of the current key set")
+    lifecycle = models.CharField(max_length=16, choices=Lifecycle.choices, default=Lifecycle.INSTALLED)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("card__cin", "-is_isd", "aid")
+        constraints = [models.UniqueConstraint(fields=("card", "aid"), name="one_sd_per_aid_per_card")]
+
+    def __str__(self) -> str:
+        return f"{'ISD' if self.is_isd else 'SSD'} {self.aid} on {self.card.cin}"
+
+
+class AppletInstance(models.Model):
+    class Lifecycle(models.TextChoices):
+        # GP Card Spec 2.3.1 §5.3.1: application life cycle states.
+        INSTALLED = "INSTALLED", "INSTALLED"
+        SELECTABLE = "SELECTABLE", "SELECTABLE"
+        LOCKED = "LOCKED", "LOCKED"
+
+    security_domain = models.ForeignKey(SecurityDomain, on_delete=models.CASCADE, related_name="applets")
+    package_aid = models.CharField(max_length=32, validators=[hex_validator])
+    package_version = models.CharField(max_length=16, help_text="major.minor")
+    module_aid = models.CharField(max_length=32, validators=[hex_validator])
+    instance_aid = models.CharField(max_length=32, validators=[hex_validator])
+    lifecycle = models.CharField(max_length=16, choices=Lifecycle.choices, default=Lifecycle.SELECTABLE)
+    installed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("security_domain__card__cin", "instance_aid")
+        constraints = [
+            models.UniqueConstraint(fields=("security_domain", "instance_aid"), name="one_instance_per_aid_per_sd")
+        ]
+
+    def __str__(self) -> str:
+        return f"applet {self.instance_aid} ({self.package_aid} v{self.package_version})"
+
+
+class Enrollment(models.Model):
+    """A citizen's consent to have a bank's security domain on their card, and its progress."""
+
+    class Status(models.TextChoices):
+        REQUESTED = "requested", "Requested"
+        ACTIVE = "active", "Active"
+        REMOVAL_REQUESTED = "removal_requested", "Removal requested"
+        REMOVED = "removed", "Removed"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    OPEN_STATUSES = (Status.REQUESTED, Status.ACTIVE, Status.REMOVAL_REQUESTED)
+
+    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="enrollments")
+    bank = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="enrollments")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.REQUESTED)
+    consent_text = models.TextField(help_text="exactly what the citizen agreed to")
+    consented_at = models.DateTimeField()
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    security_domain = models.ForeignKey(
+        SecurityDomain, null=True, blank=True, on_delete=models.SET_NULL, related_name="enrollments"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            models.UniqueConstraint(
+                fields=("card", "bank"),
+                condition=Q(status__in=("requested", "active", "removal_requested")),
+                name="one_open_enrollment_per_bank_per_card",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.bank} on {self.card.cin}: {self.status}"
+
+
+class CardJob(models.Model):
+    """A unit of pending work for one card, run in order the next time the card is presented."""
+
+    class Kind(models.TextChoices):
+        ENROLL_BANK = "enroll_bank", "Enroll bank (install SSD, bank keys, default applets)"
+        REMOVE_BANK = "remove_bank", "Remove bank (delete SSD and its content)"
+        ROTATE_KEYS = "rotate_keys", "Rotate security domain keys"
+        LOCK_SD = "lock_sd", "Lock security domain"
+        UNLOCK_SD = "unlock_sd", "Unlock security domain"
+        UPDATE_APPLET = "update_applet", "Install or update an applet"
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    OPEN_STATES = (State.PENDING, State.RUNNING)
+
+    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="jobs")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    organization = models.ForeignKey(
+        Organization, on_delete=models.PROTECT, related_name="card_jobs", help_text="whose work this is"
+    )
+    security_domain = models.ForeignKey(
+        SecurityDomain, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs"
+    )
+    enrollment = models.ForeignKey(Enrollment, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    params = models.JSONField(default=dict, blank=True, help_text="job parameters; never key material")
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING, db_index=True)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("card_id", "created_at", "id")
+        indexes = [models.Index(fields=("card", "state"), name="cardjob_card_state")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} for {self.card.cin}: {self.state}"

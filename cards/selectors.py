@@ -1,1 +1,84 @@
-"""Selectors of the cards app."""
+"""Read operations of the cards app, scoped to what the caller may see.
+
+Rules (the API and the portal share them):
+- the agency and regulators see every card, security domain, applet, enrollment and job;
+- a bank sees only its own security domains, their applets, enrollments and jobs, and of a
+  card only the cards that carry one of its security domains (never the holder);
+- a citizen sees their own cards and everything on them;
+- anyone else sees nothing.
+"""
+
+from __future__ import annotations
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db.models import QuerySet
+
+from cards.models import AppletInstance, Card, CardJob, Enrollment, SecurityDomain
+from issuers.roles import principal
+
+
+def cards_for(user: AbstractBaseUser) -> QuerySet[Card]:
+    who = principal(user)
+    if not who.is_authenticated:
+        return Card.objects.none()
+    cards = Card.objects.select_related("holder", "issued_by")
+    if who.is_agency or who.is_regulator:
+        return cards.all()
+    if who.bank_ids:
+        return cards.filter(security_domains__organization_id__in=who.bank_ids).distinct()
+    if who.is_citizen:
+        return cards.filter(holder_id=who.user_id)
+    return Card.objects.none()
+
+
+def security_domains_for(user: AbstractBaseUser) -> QuerySet[SecurityDomain]:
+    who = principal(user)
+    if not who.is_authenticated:
+        return SecurityDomain.objects.none()
+    sds = SecurityDomain.objects.select_related("card", "organization")
+    if who.is_agency or who.is_regulator:
+        return sds.all()
+    if who.bank_ids:
+        return sds.filter(organization_id__in=who.bank_ids)
+    if who.is_citizen:
+        return sds.filter(card__holder_id=who.user_id)
+    return SecurityDomain.objects.none()
+
+
+def applets_for(user: AbstractBaseUser) -> QuerySet[AppletInstance]:
+    return AppletInstance.objects.filter(security_domain__in=security_domains_for(user)).select_related(
+        "security_domain", "security_domain__card"
+    )
+
+
+def enrollments_for(user: AbstractBaseUser) -> QuerySet[Enrollment]:
+    who = principal(user)
+    if not who.is_authenticated:
+        return Enrollment.objects.none()
+    enrollments = Enrollment.objects.select_related("card", "bank", "security_domain")
+    if who.is_agency or who.is_regulator:
+        return enrollments.all()
+    if who.bank_ids:
+        return enrollments.filter(bank_id__in=who.bank_ids)
+    if who.is_citizen:
+        return enrollments.filter(card__holder_id=who.user_id)
+    return Enrollment.objects.none()
+
+
+def jobs_for(user: AbstractBaseUser) -> QuerySet[CardJob]:
+    who = principal(user)
+    if not who.is_authenticated:
+        return CardJob.objects.none()
+    jobs = CardJob.objects.select_related("card", "organization", "security_domain")
+    if who.is_agency or who.is_regulator:
+        return jobs.all()
+    if who.bank_ids:
+        return jobs.filter(organization_id__in=who.bank_ids)
+    if who.is_citizen:
+        return jobs.filter(card__holder_id=who.user_id)
+    return CardJob.objects.none()
+
+
+def pending_jobs(card: Card) -> QuerySet[CardJob]:
+    """The card's open work, in the order it will run."""
+    return card.jobs.filter(state__in=CardJob.OPEN_STATES).order_by("created_at", "id")

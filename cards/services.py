@@ -1,1 +1,334 @@
-"""Services of the cards app."""
+"""Write operations of the cards app: issuing cards, enrollments, and the card work they create.
+
+Each service runs in one transaction with its audit entry. Work on the card itself is queued as
+:class:`cards.models.CardJob` rows and carried out the next time the card is presented.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from audit.services import record_event
+from cards.models import ISD_AID, Card, CardJob, Enrollment, SecurityDomain
+from ecard.errors import ServiceError
+from issuers.models import Organization, SsdTemplate
+from issuers.services import bank_aid_prefixes, normalise_hex
+
+# GP Card Spec 2.3.1 §11.1.2 privileges, 3 bytes. Byte 1: 80 Security Domain, 40 DAP Verification,
+# 20 Delegated Management, 10 Card Lock, 08 Card Terminate, 04 Card Reset, 02 CVM Management,
+# 01 Mandated DAP. Byte 2: 80 Trusted Path, 40 Authorized Management, 20 Token Verification,
+# 10 Global Delete, 08 Global Lock, 04 Global Registry, 02 Final Application, 01 Global Service.
+# Byte 3: 80 Receipt Generation, 40 Ciphered Load File Data Block.
+PRIVILEGES_SSD_DM = "A00000"
+PRIVILEGES_SSD_AM = "804000"
+# ISD: Security Domain, Card Lock, Card Terminate, Card Reset (byte 1 0x9E), CVM Management,
+# Trusted Path, Authorized Management, Token Verification, Global Delete/Lock/Registry, Final
+# Application (byte 2 0xFE), Receipt Generation (byte 3 0x80).
+PRIVILEGES_ISD = "9EFE80"
+
+
+def consent_text_for(card: Card, bank: Organization) -> str:
+    """What a citizen agrees to when enrolling a bank — shown before consent and stored with it."""
+    template = getattr(bank, "ssd_template", None)
+    applets = ", ".join(
+        a.get("name") or a.get("package_aid", "") for a in (template.default_applets if template else [])
+    )
+    management = (
+        "each of its operations authorised by the issuing agency"
+        if template is None or template.management == SsdTemplate.Management.DELEGATED
+        else "operating under its own authority (Authorized Management)"
+    )
+    return (
+        f"I allow {bank.name} to create its own security domain on my card {card.cin}, "
+        f"holding keys only {bank.name} controls, {management}"
+        + (f", and to install: {applets}" if applets else "")
+        + ". I can remove the bank from my card at any time."
+    )
+
+
+@transaction.atomic
+def issue_card(
+    *,
+    agency: Organization,
+    holder: AbstractBaseUser | None = None,
+    serial: str = "",
+    cin: str = "",
+    scp: int = 0x03,
+    key_scheme: str = "kdf3",
+    emulated: bool = True,
+    actor: AbstractBaseUser | None = None,
+) -> Card:
+    """Create a card record with its ISD; an emulated card also gets its personalised state file."""
+    if not agency.is_agency:
+        raise ServiceError("only the agency issues cards", field="agency")
+    if holder is not None and holder.memberships.exists():
+        raise ServiceError("organisation members cannot hold a citizen card", field="holder")
+    if scp not in (0x02, 0x03):
+        raise ServiceError("SCP must be 02 or 03", field="scp")
+    cin = normalise_hex(cin, field="cin", min_bytes=4, max_bytes=16) if cin else secrets.token_hex(8).upper()
+    serial = serial or f"EC{cin[-12:]}"
+    if Card.objects.filter(cin=cin).exists() or Card.objects.filter(serial=serial).exists():
+        raise ServiceError("a card with this CIN or serial exists", field="cin", code="duplicate")
+    card = Card.objects.create(
+        cin=cin,
+        serial=serial,
+        iin="",
+        kdd=secrets.token_hex(10).upper(),
+        key_scheme=key_scheme,
+        scp=scp,
+        scp_i=0x70 if scp == 0x03 else 0x55,
+        isd_kvn=0x30 if scp == 0x03 else 0x20,
+        holder=holder,
+        issued_by=agency,
+        emulated=emulated,
+    )
+    SecurityDomain.objects.create(
+        card=card,
+        organization=agency,
+        aid=ISD_AID,
+        is_isd=True,
+        privileges=PRIVILEGES_ISD,
+        management="am",
+        scp=card.scp,
+        scp_i=card.scp_i,
+        key_kvn=card.isd_kvn,
+        lifecycle=SecurityDomain.Lifecycle.PERSONALIZED,
+        state=SecurityDomain.State.ACTIVE,
+    )
+    if emulated:
+        from cards import emulation
+
+        card.state_file = str(emulation.personalise(card))
+        card.save(update_fields=["state_file"])
+    record_event(
+        action="card.issued",
+        subject_type="card",
+        subject_id=card.cin,
+        card_cin=card.cin,
+        actor=actor,
+        actor_org=agency,
+        organization=agency,
+        details={
+            "scp": card.scp,
+            "key_scheme": key_scheme,
+            "emulated": emulated,
+            "holder_assigned": holder is not None,
+        },
+    )
+    return card
+
+
+def _open_job_exists(card: Card, *, kinds: tuple[str, ...], security_domain: SecurityDomain | None = None) -> bool:
+    jobs = card.jobs.filter(kind__in=kinds, state__in=CardJob.OPEN_STATES)
+    if security_domain is not None:
+        jobs = jobs.filter(security_domain=security_domain)
+    return jobs.exists()
+
+
+def _queue_job(
+    *,
+    card: Card,
+    kind: str,
+    organization: Organization,
+    actor: AbstractBaseUser | None,
+    security_domain: SecurityDomain | None = None,
+    enrollment: Enrollment | None = None,
+    params: dict[str, Any] | None = None,
+) -> CardJob:
+    job = CardJob.objects.create(
+        card=card,
+        kind=kind,
+        organization=organization,
+        security_domain=security_domain,
+        enrollment=enrollment,
+        params=params or {},
+        created_by=actor if actor is not None and getattr(actor, "pk", None) else None,
+    )
+    record_event(
+        action="job.queued",
+        subject_type="card_job",
+        subject_id=job.pk,
+        card_cin=card.cin,
+        actor=actor,
+        organization=organization,
+        details={"kind": kind, "security_domain": security_domain.aid if security_domain else None},
+    )
+    return job
+
+
+def ssd_aid_for(bank: Organization) -> str:
+    prefixes = bank_aid_prefixes(bank)
+    if not prefixes:
+        raise ServiceError(f"{bank.name} has no AID range", field="bank")
+    template = bank.ssd_template
+    aid = prefixes[0] + template.ssd_aid_suffix
+    if not 5 <= len(aid) // 2 <= 16:
+        raise ServiceError("the bank's SSD AID would not be 5 to 16 bytes", field="bank")
+    return aid
+
+
+@transaction.atomic
+def request_enrollment(
+    *, card: Card, bank: Organization, citizen: AbstractBaseUser, consent_text: str, accepted: bool
+) -> Enrollment:
+    """A citizen asks for a bank on their card. Creates the pending SSD record and the enroll job."""
+    card = Card.objects.select_for_update().get(pk=card.pk)
+    if card.holder_id != citizen.pk:
+        raise ServiceError("this is not your card", field="card", code="not_holder")
+    if not accepted:
+        raise ServiceError("consent is required to add a bank", field="accepted", code="no_consent")
+    if card.lifecycle != Card.Lifecycle.SECURED:
+        raise ServiceError(f"the card is {card.lifecycle}; banks can only be added to a SECURED card", field="card")
+    if not (bank.is_bank and bank.is_active):
+        raise ServiceError("not an active bank", field="bank")
+    if not hasattr(bank, "ssd_template"):
+        raise ServiceError(f"{bank.name} is not ready for enrollment (no SSD template)", field="bank")
+    expected = consent_text_for(card, bank)
+    if consent_text.strip() != expected:
+        raise ServiceError("the consent text does not match what would be installed", field="consent_text")
+    aid = ssd_aid_for(bank)
+    if card.security_domains.filter(aid=aid).exclude(state=SecurityDomain.State.REMOVED).exists():
+        raise ServiceError(f"{bank.name} is already on this card", field="bank", code="duplicate")
+    template = bank.ssd_template
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            enrollment = Enrollment.objects.create(
+                card=card, bank=bank, consent_text=expected, consented_at=now, requested_by=citizen
+            )
+    except IntegrityError as exc:
+        raise ServiceError(f"{bank.name} is already on this card", field="bank", code="duplicate") from exc
+    SecurityDomain.objects.filter(card=card, aid=aid, state=SecurityDomain.State.REMOVED).delete()
+    sd = SecurityDomain.objects.create(
+        card=card,
+        organization=bank,
+        aid=aid,
+        privileges=PRIVILEGES_SSD_DM if template.management == SsdTemplate.Management.DELEGATED else PRIVILEGES_SSD_AM,
+        management=template.management,
+        scp=template.scp,
+        scp_i=template.scp_i,
+        state=SecurityDomain.State.PENDING,
+    )
+    enrollment.security_domain = sd
+    enrollment.save(update_fields=["security_domain"])
+    record_event(
+        action="enrollment.requested",
+        subject_type="enrollment",
+        subject_id=enrollment.pk,
+        card_cin=card.cin,
+        actor=citizen,
+        organization=bank,
+        details={"bank": bank.slug, "ssd_aid": aid},
+    )
+    _queue_job(
+        card=card,
+        kind=CardJob.Kind.ENROLL_BANK,
+        organization=bank,
+        actor=citizen,
+        security_domain=sd,
+        enrollment=enrollment,
+        params={"ssd_aid": aid, "default_applets": template.default_applets},
+    )
+    return enrollment
+
+
+@transaction.atomic
+def request_removal(*, enrollment: Enrollment, actor: AbstractBaseUser) -> CardJob:
+    """Remove a bank from a card: DELETE its SSD with related objects at the next presentation."""
+    enrollment = (
+        Enrollment.objects.select_for_update().select_related("card", "bank", "security_domain").get(pk=enrollment.pk)
+    )
+    if enrollment.status == Enrollment.Status.REQUESTED:
+        # Not on the card yet: cancel the pending enrollment instead.
+        enrollment.jobs.filter(state=CardJob.State.PENDING).update(
+            state=CardJob.State.CANCELLED, finished_at=timezone.now()
+        )
+    elif enrollment.status != Enrollment.Status.ACTIVE:
+        raise ServiceError(f"the enrollment is {enrollment.status}", field="enrollment", code="state")
+    if _open_job_exists(enrollment.card, kinds=(CardJob.Kind.REMOVE_BANK,), security_domain=enrollment.security_domain):
+        raise ServiceError("removal is already pending", code="duplicate")
+    enrollment.status = Enrollment.Status.REMOVAL_REQUESTED
+    enrollment.save(update_fields=["status", "updated_at"])
+    sd = enrollment.security_domain
+    if sd is not None:
+        sd.state = SecurityDomain.State.REMOVING
+        sd.save(update_fields=["state", "updated_at"])
+    record_event(
+        action="enrollment.removal_requested",
+        subject_type="enrollment",
+        subject_id=enrollment.pk,
+        card_cin=enrollment.card.cin,
+        actor=actor,
+        organization=enrollment.bank,
+    )
+    return _queue_job(
+        card=enrollment.card,
+        kind=CardJob.Kind.REMOVE_BANK,
+        organization=enrollment.bank,
+        actor=actor,
+        security_domain=sd,
+        enrollment=enrollment,
+        params={"ssd_aid": sd.aid if sd else ""},
+    )
+
+
+@transaction.atomic
+def request_key_rotation(*, security_domain: SecurityDomain, actor: AbstractBaseUser) -> CardJob:
+    """Queue a PUT KEY rotation of an SD's key set (new keys generated in custody when the job runs)."""
+    sd = SecurityDomain.objects.select_for_update().select_related("card").get(pk=security_domain.pk)
+    if sd.state != SecurityDomain.State.ACTIVE:
+        raise ServiceError(f"the security domain is {sd.state}", code="state")
+    if _open_job_exists(sd.card, kinds=(CardJob.Kind.ROTATE_KEYS,), security_domain=sd):
+        raise ServiceError("a key rotation is already pending for this security domain", code="duplicate")
+    return _queue_job(
+        card=sd.card,
+        kind=CardJob.Kind.ROTATE_KEYS,
+        organization=sd.organization,
+        actor=actor,
+        security_domain=sd,
+        params={"sd_aid": sd.aid, "from_kvn": sd.key_kvn},
+    )
+
+
+@transaction.atomic
+def request_sd_lock(*, security_domain: SecurityDomain, lock: bool, actor: AbstractBaseUser) -> CardJob:
+    """Queue SET STATUS to lock or unlock a bank's SSD (GP Card Spec 2.3.1 §11.10)."""
+    sd = SecurityDomain.objects.select_for_update().select_related("card").get(pk=security_domain.pk)
+    if sd.is_isd:
+        raise ServiceError("the ISD is locked through the card lifecycle, not here", code="isd")
+    if sd.state != SecurityDomain.State.ACTIVE:
+        raise ServiceError(f"the security domain is {sd.state}", code="state")
+    already = sd.lifecycle == SecurityDomain.Lifecycle.LOCKED
+    if lock == already:
+        raise ServiceError("the security domain is already " + ("locked" if lock else "unlocked"), code="state")
+    kind = CardJob.Kind.LOCK_SD if lock else CardJob.Kind.UNLOCK_SD
+    if _open_job_exists(sd.card, kinds=(CardJob.Kind.LOCK_SD, CardJob.Kind.UNLOCK_SD), security_domain=sd):
+        raise ServiceError("a lock change is already pending for this security domain", code="duplicate")
+    return _queue_job(
+        card=sd.card,
+        kind=kind,
+        organization=sd.organization,
+        actor=actor,
+        security_domain=sd,
+        params={"sd_aid": sd.aid},
+    )
+
+
+@transaction.atomic
+def assign_holder(*, card: Card, holder: AbstractBaseUser, actor: AbstractBaseUser) -> Card:
+    card = Card.objects.select_for_update().get(pk=card.pk)
+    if card.holder_id is not None and card.holder_id != holder.pk:
+        raise ServiceError("the card already has a holder", field="holder", code="state")
+    if holder.memberships.exists():
+        raise ServiceError("organisation members cannot hold a citizen card", field="holder")
+    card.holder = holder
+    card.save(update_fields=["holder"])
+    record_event(
+        action="card.holder_assigned", subject_type="card", subject_id=card.cin, card_cin=card.cin, actor=actor
+    )
+    return card

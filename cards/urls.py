@@ -2,6 +2,13 @@
 
 from rest_framework.routers import SimpleRouter
 
+from cards import apis
+
 router = SimpleRouter()
+router.register("cards", apis.CardViewSet, basename="card")
+router.register("security-domains", apis.SecurityDomainViewSet, basename="security-domain")
+router.register("applets", apis.AppletInstanceViewSet, basename="applet")
+router.register("enrollments", apis.EnrollmentViewSet, basename="enrollment")
+router.register("jobs", apis.CardJobViewSet, basename="job")
 
 urlpatterns = router.urls

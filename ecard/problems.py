@@ -17,6 +17,8 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from ecard.errors import ServiceError
+
 logger = logging.getLogger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
@@ -45,6 +47,16 @@ def _detail_text(detail: Any) -> str:
 
 def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF exception handler that renders every error as a problem document."""
+    if isinstance(exc, ServiceError):
+        status_code = 409 if exc.is_conflict else 400
+        body = problem_body(
+            status_code,
+            "Conflict" if exc.is_conflict else "Request refused",
+            exc.message,
+            exc.code,
+            errors={exc.field or "non_field_errors": [exc.message]},
+        )
+        return Response(body, status=status_code, content_type=PROBLEM_CONTENT_TYPE)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

@@ -2,20 +2,183 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import serializers
+from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from issuers import selectors
+from ecard.api import ActionRules, agency_operator
+from issuers import selectors, services
+from issuers.models import AidRange, Membership, Organization, SsdTemplate
+from issuers.roles import Principal
 
 
 class WhoAmIApi(APIView):
-    """The signed-in user (session or token)."""
+    """The signed-in user (session or token) and their organisations."""
 
     @extend_schema(
-        responses=inline_serializer("WhoAmI", {"username": serializers.CharField()}),
+        responses=inline_serializer(
+            "WhoAmI",
+            {
+                "username": serializers.CharField(),
+                "organizations": serializers.ListField(child=serializers.DictField()),
+                "is_citizen": serializers.BooleanField(),
+            },
+        ),
     )
     def get(self, request: Request) -> Response:
         return Response(selectors.user_profile(request.user))
+
+
+class AidRangeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AidRange
+        fields = ("rid", "pix_prefix", "prefix")
+
+
+class SsdTemplateSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = SsdTemplate
+        fields = ("management", "scp", "scp_i", "key_algorithm", "key_length", "ssd_aid_suffix", "default_applets")
+
+
+class OrganizationSerializer(serializers.ModelSerializer):
+    aid_ranges = serializers.SerializerMethodField()
+    ssd_template = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Organization
+        fields = ("id", "slug", "name", "kind", "is_active", "created_at", "aid_ranges", "ssd_template")
+
+    def _details_visible(self, organization: Organization) -> bool:
+        return selectors.organization_details_visible(self.context["request"].user, organization)
+
+    def get_aid_ranges(self, organization: Organization) -> list[dict[str, Any]] | None:
+        if not self._details_visible(organization):
+            return None
+        return AidRangeSerializer(organization.aid_ranges.all(), many=True).data
+
+    def get_ssd_template(self, organization: Organization) -> dict[str, Any] | None:
+        template = getattr(organization, "ssd_template", None)
+        if template is None or not self._details_visible(organization):
+            return None
+        return SsdTemplateSerializer(template).data
+
+
+class AdmitBankSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    slug = serializers.SlugField(max_length=64, required=False, default="")
+    rid = serializers.CharField(max_length=10, help_text="5-byte RID, hex")
+    pix_prefix = serializers.CharField(max_length=22, required=False, default="", allow_blank=True)
+    management = serializers.ChoiceField(choices=SsdTemplate.Management.choices, default="dm")
+    scp = serializers.ChoiceField(choices=[(2, "SCP02"), (3, "SCP03")], default=3)
+    key_length = serializers.ChoiceField(choices=[16, 24, 32], default=16)
+
+
+class OrganizationUpdateSerializer(serializers.Serializer):
+    is_active = serializers.BooleanField()
+
+
+def agency_admin(who: Principal, request: Request, obj: Any) -> bool:
+    return any(who.has_role(org_id, Membership.Role.ADMIN) for org_id in who.org_ids(Organization.Kind.AGENCY))
+
+
+class OrganizationViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Organisations. The agency admits banks (create); everyone sees what their role allows."""
+
+    serializer_class = OrganizationSerializer
+    permission_classes = (ActionRules,)
+    action_rules = {"create": agency_operator, "set_active": agency_admin}
+    filterset_fields = ("kind", "is_active", "slug")
+    ordering_fields = ("name", "created_at")
+
+    def get_queryset(self):
+        return selectors.organizations_for(self.request.user).prefetch_related("aid_ranges")
+
+    @extend_schema(request=AdmitBankSerializer, responses={201: OrganizationSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        payload = AdmitBankSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        bank = services.admit_bank(actor=request.user, **payload.validated_data)
+        return Response(self.get_serializer(bank).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=OrganizationUpdateSerializer, responses=OrganizationSerializer)
+    def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        self.action = "set_active"
+        self.check_permissions(request)
+        organization = self.get_object()
+        payload = OrganizationUpdateSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        organization = services.set_organization_active(
+            organization=organization, is_active=payload.validated_data["is_active"], actor=request.user
+        )
+        return Response(self.get_serializer(organization).data)
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ("id", "username", "organization", "role", "created_at")
+
+
+class AddMemberSerializer(serializers.Serializer):
+    organization = serializers.SlugField()
+    username = serializers.CharField()
+    role = serializers.ChoiceField(choices=Membership.Role.choices)
+
+
+def org_admin_of_target(who: Principal, request: Request, obj: Any) -> bool:
+    """Admins manage their own organisation's members."""
+    if obj is None:
+        return any(role == Membership.Role.ADMIN for role in who.roles.values())
+    return who.has_role(obj.organization_id, Membership.Role.ADMIN)
+
+
+class MembershipViewSet(
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Members of organisations with their roles."""
+
+    serializer_class = MembershipSerializer
+    permission_classes = (ActionRules,)
+    action_rules = {"create": org_admin_of_target, "destroy": org_admin_of_target}
+    filterset_fields = ("role", "organization__slug")
+    ordering_fields = ("created_at",)
+
+    def get_queryset(self):
+        return selectors.memberships_for(self.request.user)
+
+    @extend_schema(request=AddMemberSerializer, responses={201: MembershipSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        payload = AddMemberSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        organization = selectors.organizations_for(request.user).filter(slug=data["organization"]).first()
+        if organization is None or not self.request_is_admin_of(organization):
+            raise serializers.ValidationError({"organization": ["you administer no such organisation"]})
+        user = get_user_model().objects.filter(username=data["username"]).first()
+        if user is None:
+            raise serializers.ValidationError({"username": ["no such user"]})
+        membership = services.add_member(organization=organization, user=user, role=data["role"], actor=request.user)
+        return Response(self.get_serializer(membership).data, status=status.HTTP_201_CREATED)
+
+    def request_is_admin_of(self, organization: Organization) -> bool:
+        from issuers.roles import principal
+
+        return principal(self.request.user).has_role(organization.pk, Membership.Role.ADMIN)
+
+    def perform_destroy(self, instance: Membership) -> None:
+        services.remove_member(membership=instance, actor=self.request.user)

@@ -81,12 +81,12 @@ class AidRange(models.Model):
     class Meta:
         ordering = ("prefix",)
 
+    def __str__(self) -> str:
+        return f"{self.organization}: {self.prefix}*"
+
     def save(self, *args: object, **kwargs: object) -> None:
         self.prefix = self.rid + self.pix_prefix
         super().save(*args, **kwargs)
-
-    def __str__(self) -> str:
-        return f"{self.organization}: {self.prefix}*"
 
     def contains(self, aid_hex: str) -> bool:
         return aid_hex.upper().startswith(self.prefix)
@@ -117,6 +117,9 @@ class SsdTemplate(models.Model):
     )
     updated_at = models.DateTimeField(auto_now=True)
 
+    def __str__(self) -> str:
+        return f"SSD template of {self.organization}"
+
     def clean(self) -> None:
         if self.scp not in (0x02, 0x03):
             raise ValidationError({"scp": "SCP must be 02 or 03"})
@@ -125,5 +128,5 @@ class SsdTemplate(models.Model):
         if self.scp == 0x03 and (self.key_algorithm != self.KeyAlgorithm.AES or self.key_length not in (16, 24, 32)):
             raise ValidationError({"key_algorithm": "SCP03 uses AES-128/192/256 keys"})
 
-    def __str__(self) -> str:
-        return f"SSD template of {self.organization}"
+
+from issuers.custody_models import *  # noqa: E402, F403

@@ -1,12 +1,56 @@
-"""Read operations of the issuers app."""
+"""Read operations of the issuers app, scoped to what the caller may see."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db.models import Q, QuerySet
+
+from issuers.models import Membership, Organization
+from issuers.roles import principal
 
 
 def user_profile(user: AbstractBaseUser) -> dict[str, Any]:
     """What the API tells a signed-in user about themselves."""
-    return {"username": user.get_username()}
+    who = principal(user)
+    memberships = Membership.objects.filter(user=user).select_related("organization")
+    return {
+        "username": user.get_username(),
+        "organizations": [
+            {"slug": m.organization.slug, "name": m.organization.name, "kind": m.organization.kind, "role": m.role}
+            for m in memberships
+        ],
+        "is_citizen": who.is_citizen,
+    }
+
+
+def organizations_for(user: AbstractBaseUser) -> QuerySet[Organization]:
+    """Agency and regulators see every organisation; a bank sees itself; citizens see active banks
+    (to choose one for enrollment)."""
+    who = principal(user)
+    if not who.is_authenticated:
+        return Organization.objects.none()
+    if who.is_agency or who.is_regulator:
+        return Organization.objects.all()
+    if who.is_member:
+        return Organization.objects.filter(pk__in=who.org_ids())
+    return Organization.objects.filter(kind=Organization.Kind.BANK, is_active=True)
+
+
+def organization_details_visible(user: AbstractBaseUser, organization: Organization) -> bool:
+    """AID ranges and templates: to the agency, regulators and the organisation's own members."""
+    who = principal(user)
+    return who.is_agency or who.is_regulator or organization.pk in who.roles
+
+
+def memberships_for(user: AbstractBaseUser) -> QuerySet[Membership]:
+    who = principal(user)
+    if not who.is_authenticated:
+        return Membership.objects.none()
+    scope = Q() if who.is_agency or who.is_regulator else Q(organization_id__in=who.org_ids())
+    return Membership.objects.filter(scope).select_related("user", "organization")
+
+
+def active_banks() -> QuerySet[Organization]:
+    return Organization.objects.filter(kind=Organization.Kind.BANK, is_active=True).select_related("ssd_template")

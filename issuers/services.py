@@ -1,1 +1,228 @@
-"""Services of the issuers app."""
+"""Write operations of the issuers app. Each runs in one transaction with its audit entry."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction
+from django.utils.text import slugify
+
+from audit.services import record_event
+from ecard.errors import ServiceError
+from issuers import roles
+from issuers.models import AidRange, Membership, Organization, SsdTemplate
+
+_HEX = re.compile(r"^([0-9A-F]{2})*$")
+
+
+def normalise_hex(value: str, *, field: str, min_bytes: int = 0, max_bytes: int = 16) -> str:
+    cleaned = value.replace(" ", "").upper()
+    if not _HEX.match(cleaned):
+        raise ServiceError("must be hexadecimal with an even number of digits", field=field)
+    if not min_bytes <= len(cleaned) // 2 <= max_bytes:
+        raise ServiceError(f"must be {min_bytes} to {max_bytes} bytes", field=field)
+    return cleaned
+
+
+@transaction.atomic
+def create_organization(*, name: str, kind: str, slug: str = "", actor: AbstractBaseUser | None = None) -> Organization:
+    if kind not in Organization.Kind.values:
+        raise ServiceError(f"unknown organisation kind {kind!r}", field="kind")
+    slug = slug or slugify(name)
+    if Organization.objects.filter(slug=slug).exists() or Organization.objects.filter(name=name).exists():
+        raise ServiceError("an organisation with this name or slug exists", field="name", code="duplicate")
+    organization = Organization.objects.create(name=name, slug=slug, kind=kind)
+    record_event(
+        action="organization.created",
+        subject_type="organization",
+        subject_id=organization.slug,
+        actor=actor,
+        organization=organization,
+        details={"kind": kind, "name": name},
+    )
+    return organization
+
+
+@transaction.atomic
+def add_member(
+    *, organization: Organization, user: AbstractBaseUser, role: str, actor: AbstractBaseUser | None = None
+) -> Membership:
+    if role not in Membership.Role.values:
+        raise ServiceError(f"unknown role {role!r}", field="role")
+    if user.cards.exists():
+        raise ServiceError("a card holder cannot also be an organisation member", field="user")
+    membership, created = Membership.objects.update_or_create(
+        user=user, organization=organization, defaults={"role": role}
+    )
+    roles.forget(user)
+    record_event(
+        action="member.added" if created else "member.role_changed",
+        subject_type="membership",
+        subject_id=membership.pk,
+        actor=actor,
+        organization=organization,
+        details={"user": user.get_username(), "role": role},
+    )
+    return membership
+
+
+@transaction.atomic
+def remove_member(*, membership: Membership, actor: AbstractBaseUser | None = None) -> None:
+    organization, username, pk = membership.organization, membership.user.get_username(), membership.pk
+    if (
+        membership.role == Membership.Role.ADMIN
+        and not Membership.objects.filter(organization=organization, role=Membership.Role.ADMIN).exclude(pk=pk).exists()
+    ):
+        raise ServiceError("an organisation keeps at least one administrator", code="last_admin")
+    user = membership.user
+    membership.delete()
+    roles.forget(user)
+    record_event(
+        action="member.removed",
+        subject_type="membership",
+        subject_id=pk,
+        actor=actor,
+        organization=organization,
+        details={"user": username},
+    )
+
+
+@transaction.atomic
+def add_aid_range(
+    *, organization: Organization, rid: str, pix_prefix: str = "", actor: AbstractBaseUser | None = None
+) -> AidRange:
+    """Give a bank an AID range. Ranges of different banks may not overlap (ISO 7816-5 AIDs are
+    matched by prefix, so overlap means one prefix starts the other)."""
+    if not organization.is_bank:
+        raise ServiceError("only banks have AID ranges", field="organization")
+    rid = normalise_hex(rid, field="rid", min_bytes=5, max_bytes=5)
+    pix_prefix = normalise_hex(pix_prefix, field="pix_prefix", min_bytes=0, max_bytes=11)
+    prefix = rid + pix_prefix
+    # Lock all ranges so two concurrent admissions cannot both pass the overlap check.
+    existing = list(AidRange.objects.select_for_update().values_list("prefix", "organization_id"))
+    for other_prefix, other_org in existing:
+        if prefix.startswith(other_prefix) or other_prefix.startswith(prefix):
+            if other_org == organization.pk and other_prefix == prefix:
+                raise ServiceError("this range is already assigned to this bank", field="pix_prefix")
+            if other_org != organization.pk:
+                raise ServiceError("overlaps the AID range of another bank", field="pix_prefix", code="overlap")
+    aid_range = AidRange.objects.create(organization=organization, rid=rid, pix_prefix=pix_prefix)
+    record_event(
+        action="aid_range.assigned",
+        subject_type="aid_range",
+        subject_id=aid_range.prefix,
+        actor=actor,
+        organization=organization,
+        details={"prefix": aid_range.prefix},
+    )
+    return aid_range
+
+
+@transaction.atomic
+def set_ssd_template(
+    *,
+    organization: Organization,
+    management: str = SsdTemplate.Management.DELEGATED,
+    scp: int = 0x03,
+    scp_i: int | None = None,
+    key_length: int = 16,
+    ssd_aid_suffix: str = "5344",
+    default_applets: Sequence[dict[str, Any]] = (),
+    actor: AbstractBaseUser | None = None,
+) -> SsdTemplate:
+    if not organization.is_bank:
+        raise ServiceError("only banks have SSD templates", field="organization")
+    if scp_i is None:
+        scp_i = 0x70 if scp == 0x03 else 0x55
+    template = SsdTemplate(
+        organization=organization,
+        management=management,
+        scp=scp,
+        scp_i=scp_i,
+        key_algorithm=SsdTemplate.KeyAlgorithm.AES if scp == 0x03 else SsdTemplate.KeyAlgorithm.DES3,
+        key_length=key_length,
+        ssd_aid_suffix=normalise_hex(ssd_aid_suffix, field="ssd_aid_suffix", max_bytes=8),
+        default_applets=list(default_applets),
+    )
+    if management not in SsdTemplate.Management.values:
+        raise ServiceError("management must be dm or am", field="management")
+    try:
+        template.clean()
+    except Exception as exc:  # ValidationError: report the first message
+        raise ServiceError(" ".join(getattr(exc, "messages", [str(exc)])), field="scp") from exc
+    existing = SsdTemplate.objects.filter(organization=organization).first()
+    if existing is not None:
+        template.pk = existing.pk
+    template.save()
+    record_event(
+        action="ssd_template.set",
+        subject_type="ssd_template",
+        subject_id=organization.slug,
+        actor=actor,
+        organization=organization,
+        details={"management": management, "scp": scp, "scp_i": scp_i, "key_length": key_length},
+    )
+    return template
+
+
+@transaction.atomic
+def admit_bank(
+    *,
+    name: str,
+    rid: str,
+    pix_prefix: str = "",
+    slug: str = "",
+    management: str = SsdTemplate.Management.DELEGATED,
+    scp: int = 0x03,
+    key_length: int = 16,
+    actor: AbstractBaseUser | None = None,
+) -> Organization:
+    """Admit a bank: organisation, AID range, SSD template and its key-encryption key, in one step."""
+    from issuers import custody
+
+    bank = create_organization(name=name, kind=Organization.Kind.BANK, slug=slug, actor=actor)
+    add_aid_range(organization=bank, rid=rid, pix_prefix=pix_prefix, actor=actor)
+    set_ssd_template(organization=bank, management=management, scp=scp, key_length=key_length, actor=actor)
+    custody.ensure_org_kek(bank)
+    record_event(
+        action="bank.admitted",
+        subject_type="organization",
+        subject_id=bank.slug,
+        actor=actor,
+        organization=bank,
+        details={"prefix": rid.upper() + pix_prefix.upper(), "management": management, "scp": scp},
+    )
+    return bank
+
+
+def bank_aid_prefixes(organization: Organization) -> list[str]:
+    return list(organization.aid_ranges.values_list("prefix", flat=True))
+
+
+def aid_in_bank_range(organization: Organization, aid_hex: str) -> bool:
+    return any(aid_hex.upper().startswith(prefix) for prefix in bank_aid_prefixes(organization))
+
+
+@transaction.atomic
+def set_organization_active(
+    *, organization: Organization, is_active: bool, actor: AbstractBaseUser | None = None
+) -> Organization:
+    """Suspend or reinstate an organisation (a suspended bank gets no new enrollments or tokens)."""
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    if organization.is_agency and not is_active:
+        raise ServiceError("the agency cannot suspend itself", field="is_active")
+    if organization.is_active == is_active:
+        return organization
+    organization.is_active = is_active
+    organization.save(update_fields=["is_active"])
+    record_event(
+        action="organization.reinstated" if is_active else "organization.suspended",
+        subject_type="organization",
+        subject_id=organization.slug,
+        actor=actor,
+        organization=organization,
+    )
+    return organization

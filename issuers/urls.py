@@ -6,6 +6,8 @@ from rest_framework.routers import SimpleRouter
 from issuers import apis
 
 router = SimpleRouter()
+router.register("organizations", apis.OrganizationViewSet, basename="organization")
+router.register("members", apis.MembershipViewSet, basename="member")
 
 urlpatterns = [
     path("whoami/", apis.WhoAmIApi.as_view(), name="whoami"),

@@ -188,6 +188,8 @@ def _fetch(store: NodeStore, coords: Sequence[Coord]) -> list[bytes]:
             raise ProofError("node store returned the wrong number of nodes")
     else:
         values = [store.get_node(level, index) for level, index in coords]
+    # Database drivers may hand back memoryview/bytearray (e.g. a PostgreSQL bytea).
+    values = [bytes(v) for v in values]
     for v in values:
         _check_hash(v, "stored node")
     return values

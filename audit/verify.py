@@ -197,6 +197,9 @@ def verify_export(
 
     # Signed roots we can hold the recomputed prefix roots against (for locating a change).
     anchors = sorted({(c.size, c.root) for c in earlier} | ({(prev.size, prev.root)} if prev else set()))
+    anchors = [(size, signed) for size, signed in anchors if size > 0]
+    if root != checkpoint.root and n == 0:
+        _fail("checkpoint of size 0 does not carry the empty-tree root")
     if root != checkpoint.root:
         good, bad = 0, n
         for size, signed in anchors:
@@ -205,7 +208,7 @@ def verify_export(
             else:
                 bad = min(bad, size)
                 break
-        good = min(good, bad - 1) if bad > 0 else 0
+        good = min(good, bad - 1)
         if hint_mismatch is not None and good <= hint_mismatch < bad:
             _fail(f"entry {hint_mismatch} changed: root mismatch")
         _fail(_range_text(good, bad))

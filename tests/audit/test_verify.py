@@ -260,6 +260,13 @@ def test_resigned_checkpoint_is_rejected_with_the_published_key() -> None:
     assert run(forged_keep_header, key=None) == "checkpoint signature invalid"
 
 
+def test_empty_log_with_a_wrong_root_is_rejected() -> None:
+    lines = lines_of(export_text([]))
+    header = json.loads(lines[0])
+    header["checkpoint"] = make_checkpoint(ORIGIN, 0, b"\x01" * 32, LOG_KEY)
+    assert run(json.dumps(header) + "\n") == "checkpoint of size 0 does not carry the empty-tree root"
+
+
 def test_checkpoint_with_edited_size_is_rejected() -> None:
     lines = lines_of(export_text(GENUINE))
     header = json.loads(lines[0])

@@ -232,6 +232,10 @@ class SCP03Core:
         sl = self.security_level
         data = cmd.data
         extended = cmd.is_extended
+        if sl & SL_C_MAC:
+            # refuse before touching the counter or the MCV, so the channel stays usable
+            enc_len = (len(data) // 16 + 1) * 16 if (sl & SL_C_DEC and data) else len(data)
+            _check_fits(enc_len + self.mac_len, extended, len(data), self.max_data_length(extended))
         if sl & SL_C_DEC:
             # Amd D §6.2.6: the counter is incremented for every command once C-DEC is on,
             # also for commands without a data field (which are then not encrypted).
@@ -241,7 +245,6 @@ class SCP03Core:
         if not sl & SL_C_MAC:
             return cmd.to_bytes(), self.mcv, self.counter
         n = len(data) + self.mac_len
-        _check_fits(n, extended, len(cmd.data), self.max_data_length(extended))
         # Amd D §6.2.4: C-MAC over MCV || CLA (SM bit set) INS P1 P2 Lc || data field
         head = bytes((_sm_cla(cmd.cla), cmd.ins, cmd.p1, cmd.p2)) + _lc(n, extended) + data
         self.mcv = self.s_mac.cmac(self.mcv, head)

@@ -220,8 +220,8 @@ class CardSCP03(_CardChannel):
             return capdu
         try:
             return core.unsecure_command(capdu)
-        except (MACError, SecureChannelError):
-            self.reset()
+        except GPError:
+            self.reset()  # GP 2.3.1 §10.2.3: a secure messaging failure ends the session
             raise
 
     def wrap_response(self, rapdu: bytes) -> bytes:
@@ -315,8 +315,8 @@ class CardSCP02(_CardChannel):
             return capdu
         try:
             plain, self._last_plain = core.unsecure_command(capdu)
-        except (MACError, SecureChannelError):
-            self.reset()
+        except GPError:
+            self.reset()  # GP 2.3.1 §10.2.3: a secure messaging failure ends the session
             raise
         return plain
 

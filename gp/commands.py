@@ -39,13 +39,13 @@ TAG_SEQUENCE_COUNTER = 0xC1
 TAG_KDD = 0xCF
 TAG_CPLC = 0x9F7F
 
-# GET STATUS P1 (§11.4.2.1 Table 11-33)
+# GET STATUS P1 (§11.4.2.1)
 STATUS_ISD = 0x80
 STATUS_APPS = 0x40  # applications, including Security Domains
 STATUS_ELF = 0x20  # Executable Load Files
 STATUS_ELF_MODULES = 0x10  # Executable Load Files and their Executable Modules
 
-# INSTALL P1 (§11.5.2.1 Table 11-41)
+# INSTALL P1 (§11.5.2.1)
 INSTALL_MORE = 0x01
 INSTALL_FOR_LOAD = 0x02
 INSTALL_FOR_INSTALL = 0x04
@@ -54,19 +54,19 @@ INSTALL_FOR_EXTRADITION = 0x10
 INSTALL_FOR_PERSONALIZATION = 0x20
 INSTALL_FOR_REGISTRY_UPDATE = 0x40
 
-# SET STATUS P1 (§11.10.2.1 Table 11-66)
+# SET STATUS P1 (§11.10.2.1)
 SET_STATUS_ISD = 0x80
 SET_STATUS_APP = 0x40
 SET_STATUS_SD_AND_APPS = 0x60
 
-# Card lifecycle states (§11.1.1 Table 11-3)
+# Card lifecycle states (§11.1.1)
 CARD_OP_READY = 0x01
 CARD_INITIALIZED = 0x07
 CARD_SECURED = 0x0F
 CARD_LOCKED = 0x7F
 CARD_TERMINATED = 0xFF
 
-# Executable Load File / Application / Security Domain lifecycle (§11.1.1 Tables 11-4..11-6)
+# Executable Load File / Application / Security Domain lifecycle (§11.1.1)
 ELF_LOADED = 0x01
 APP_INSTALLED = 0x03
 APP_SELECTABLE = 0x07
@@ -127,7 +127,7 @@ def select(aid: bytes = b"", *, next_occurrence: bool = False) -> bytes:
 
 @dataclass(frozen=True)
 class FCI:
-    """File Control Information returned by SELECT (§11.9.3.1 Table 11-64)."""
+    """File Control Information returned by SELECT (§11.9.3.1)."""
 
     aid: bytes
     max_command_data_length: int | None = None  # 9F65
@@ -201,7 +201,7 @@ def parse_kdd(data: bytes) -> bytes:
     return tagged_value(data, TAG_KDD)
 
 
-# CPLC: GP 2.3.1 Table H-? (Card Production Life Cycle data, from the Visa/EMV CPS), 42 bytes.
+# CPLC: GP 2.3.1 (Card Production Life Cycle data, from the Visa/EMV CPS), 42 bytes.
 CPLC_FIELDS: tuple[tuple[str, int], ...] = (
     ("ic_fabricator", 2),
     ("ic_type", 2),
@@ -256,12 +256,15 @@ class CPLC:
 
 
 def parse_cplc(data: bytes) -> CPLC:
-    """Parse CPLC: the ``9F7F`` TLV returned by GET DATA, or its bare 42-byte value."""
+    """Parse CPLC: the ``9F7F`` TLV returned by GET DATA, or its bare value.
+
+    At least 42 bytes; bytes beyond the 42 defined ones (some cards append data) are ignored.
+    """
     data = bytes(data)
     if data[:2] == b"\x9f\x7f":
         data = tagged_value(data, TAG_CPLC)
-    if len(data) != CPLC_LENGTH:
-        raise TLVError(f"CPLC must be {CPLC_LENGTH} bytes, got {len(data)}")
+    if len(data) < CPLC_LENGTH:
+        raise TLVError(f"CPLC must be at least {CPLC_LENGTH} bytes, got {len(data)}")
     values: dict[str, bytes] = {}
     pos = 0
     for name, n in CPLC_FIELDS:
@@ -345,7 +348,7 @@ def parse_card_data(data: bytes) -> CardData:
     return CardData(gp_version, scheme, tuple(scps), oids)
 
 
-# Key types (§11.1.8 Table 11-16)
+# Key types (§11.1.8)
 KEY_TYPES: dict[int, str] = {
     0x80: "DES", 0x81: "RFU", 0x82: "3DES-CBC", 0x83: "DES-ECB", 0x84: "DES-CBC", 0x85: "PSK-TLS",
     0x88: "AES", 0x90: "HMAC-SHA1", 0x91: "HMAC-SHA1-160",
@@ -387,7 +390,7 @@ def _parse_key_info_entry(v: bytes) -> KeyInfo:
     comps: list[tuple[int, int]] = []
     usage = access = None
     if rest[0] == 0xFF:
-        # Extended format (§11.3.3.1 Table 11-32): FF <type> <len u2> ..., then usage and access.
+        # Extended format (§11.3.3.1): FF <type> <len u2> ..., then usage and access.
         pos = 0
         while pos < len(rest) and rest[pos] == 0xFF:
             if pos + 4 > len(rest):
@@ -409,7 +412,7 @@ def _parse_key_info_entry(v: bytes) -> KeyInfo:
         if pos != len(rest):
             raise TLVError("trailing bytes in extended key information")
     else:
-        # Basic format: (type, length) pairs, one per key component (§11.3.3.1 Table 11-31).
+        # Basic format: (type, length) pairs, one per key component (§11.3.3.1).
         if len(rest) % 2:
             raise TLVError("odd number of key type/length bytes in key information")
         comps = [(rest[i], rest[i + 1]) for i in range(0, len(rest), 2)]
@@ -421,7 +424,8 @@ def parse_key_information(data: bytes) -> list[KeyInfo]:
     objs = decode_all(data)
     e0 = find(objs, TAG_KEY_INFO)
     entries = e0.children() if e0 is not None and e0.constructed else objs
-    out = [_parse_key_info_entry(t.value) for t in entries if t.tag == 0xC0]
+    # an empty C0 is a fresh SD's placeholder (seen on real cards): skip it
+    out = [_parse_key_info_entry(t.value) for t in entries if t.tag == 0xC0 and t.value]
     if e0 is None and not out:
         raise TLVError("no key information template (E0) in the response")
     return out
@@ -433,7 +437,7 @@ def parse_key_information(data: bytes) -> list[KeyInfo]:
 
 
 class Privileges(enum.IntFlag):
-    """Three privilege bytes (§11.1.2 Table 11-7), as one 24-bit value (byte 1 most significant)."""
+    """Three privilege bytes (§11.1.2), as one 24-bit value (byte 1 most significant)."""
 
     # byte 1
     SECURITY_DOMAIN = 0x800000
@@ -534,7 +538,7 @@ def get_status(p1: int, *, aid_filter: bytes = b"", next_occurrence: bool = Fals
 
 @dataclass(frozen=True)
 class RegistryEntry:
-    """One GlobalPlatform Registry entry from GET STATUS (§11.4.3 Table 11-36)."""
+    """One GlobalPlatform Registry entry from GET STATUS (§11.4.3)."""
 
     aid: bytes
     lifecycle: int
@@ -603,7 +607,7 @@ def parse_get_status(data: bytes, p1: int | None = None) -> list[RegistryEntry]:
 
 
 def parse_get_status_legacy(data: bytes, p1: int) -> list[RegistryEntry]:
-    """Parse the P2 = ``00`` format (§11.4.3.1 Tables 11-34/11-35, GP 2.1.1 compatible).
+    """Parse the P2 = ``00`` format (§11.4.3.1, GP 2.1.1 compatible).
 
     Each entry: ``len AID, life cycle, privileges (1 byte)``; with P1 = ``10`` followed by
     ``number of modules, (len AID)*``.
@@ -664,7 +668,7 @@ def _quota(value: int) -> bytes:
 def install_parameters(app_specific: bytes = b"", *, volatile_quota: int | None = None,
                        nv_quota: int | None = None, system: bytes = b"", extra: bytes = b"") -> bytes:
     """Install parameters field: ``C9 <application specific>`` (mandatory, may be empty) followed by
-    optional ``EF { C7 volatile quota, C8 non-volatile quota, <system> }`` (§11.5.2.3.7 Table 11-49)."""
+    optional ``EF { C7 volatile quota, C8 non-volatile quota, <system> }`` (§11.5.2.3.7)."""
     out = encode_tlv(0xC9, app_specific)
     sys = b""
     if volatile_quota is not None:
@@ -692,7 +696,7 @@ def _install(p1: int, data: bytes, p2: int = 0x00) -> bytes:
 
 def install_for_load_data(elf_aid: bytes, sd_aid: bytes = b"", lfdb_hash: bytes = b"",
                           load_params: bytes = b"") -> bytes:
-    """INSTALL [for load] data without the token field (§11.5.2.3.1 Table 11-43)."""
+    """INSTALL [for load] data without the token field (§11.5.2.3.1, Table 11-45)."""
     return (_lv(_check_aid(elf_aid, "Load File AID"), "AID") + _lv(_check_aid(sd_aid, "SD AID", True), "AID")
             + _lv(lfdb_hash, "hash") + _lv_ber(load_params))
 
@@ -707,7 +711,7 @@ def install_for_load(elf_aid: bytes, sd_aid: bytes = b"", lfdb_hash: bytes = b""
 def install_for_install_data(elf_aid: bytes, module_aid: bytes, app_aid: bytes,
                              privileges: Privileges | bytes = b"\x00",
                              params: bytes = b"\xc9\x00") -> bytes:
-    """INSTALL [for install] data without the token field (§11.5.2.3.2 Table 11-44)."""
+    """INSTALL [for install] data without the token field (§11.5.2.3.2)."""
     return (_lv(_check_aid(elf_aid, "ELF AID"), "AID") + _lv(_check_aid(module_aid, "module AID"), "AID")
             + _lv(_check_aid(app_aid, "application AID"), "AID")
             + _lv(_privileges_bytes(privileges), "privileges") + _lv_ber(params))
@@ -724,7 +728,7 @@ def install_for_install(elf_aid: bytes, module_aid: bytes, app_aid: bytes | None
 
 def install_for_make_selectable_data(app_aid: bytes, privileges: Privileges | bytes = b"\x00",
                                      params: bytes = b"") -> bytes:
-    """INSTALL [for make selectable] data without token (§11.5.2.3.3 Table 11-45)."""
+    """INSTALL [for make selectable] data without token (§11.5.2.3.3)."""
     return (b"\x00\x00" + _lv(_check_aid(app_aid, "application AID"), "AID")
             + _lv(_privileges_bytes(privileges), "privileges") + _lv_ber(params))
 
@@ -737,7 +741,7 @@ def install_for_make_selectable(app_aid: bytes, privileges: Privileges | bytes =
 
 
 def install_for_extradition_data(sd_aid: bytes, aid: bytes, params: bytes = b"") -> bytes:
-    """INSTALL [for extradition] data without token (§11.5.2.3.4 Table 11-46)."""
+    """INSTALL [for extradition] data without token (§11.5.2.3.4, Table 11-47)."""
     return (_lv(_check_aid(sd_aid, "SD AID"), "AID") + b"\x00" + _lv(_check_aid(aid, "AID"), "AID")
             + b"\x00" + _lv_ber(params))
 
@@ -749,7 +753,7 @@ def install_for_extradition(sd_aid: bytes, aid: bytes, params: bytes = b"", toke
 
 def install_for_registry_update_data(app_aid: bytes, sd_aid: bytes = b"",
                                      privileges: Privileges | bytes = b"", params: bytes = b"") -> bytes:
-    """INSTALL [for registry update] data without token (§11.5.2.3.5 Table 11-47)."""
+    """INSTALL [for registry update] data without token (§11.5.2.3.5)."""
     return (_lv(_check_aid(sd_aid, "SD AID", True), "AID") + b"\x00"
             + _lv(_check_aid(app_aid, "application AID"), "AID")
             + _lv(_privileges_bytes(privileges) if privileges else b"", "privileges") + _lv_ber(params))
@@ -763,7 +767,7 @@ def install_for_registry_update(app_aid: bytes, sd_aid: bytes = b"", privileges:
 
 
 def install_for_personalization(app_aid: bytes) -> bytes:
-    """INSTALL [for personalization]: ``00 00 len AID 00 00 00`` (§11.5.2.3.6 Table 11-48).
+    """INSTALL [for personalization]: ``00 00 len AID 00 00 00`` (§11.5.2.3.6).
 
     The following STORE DATA commands go to that application through the SD.
     """
@@ -863,7 +867,7 @@ def load_commands(lfdb: bytes, max_block: int, *, dap_blocks: Sequence[bytes | t
 
 
 def delete_data(aid: bytes) -> bytes:
-    """DELETE data without token: ``4F <AID>`` (§11.2.2.3 Table 11-23)."""
+    """DELETE data without token: ``4F <AID>`` (§11.2.2.3)."""
     return encode_tlv(0x4F, _check_aid(aid))
 
 
@@ -877,7 +881,7 @@ def delete(aid: bytes, *, related: bool = False, token: bytes = b"") -> bytes:
 
 
 def delete_key(*, kvn: int | None = None, key_id: int | None = None) -> bytes:
-    """DELETE key: ``D0 <key id>`` and/or ``D2 <key version number>`` (§11.2.2.3 Table 11-24)."""
+    """DELETE key: ``D0 <key id>`` and/or ``D2 <key version number>`` (§11.2.2.3)."""
     data = b""
     if key_id is not None:
         data += encode_tlv(0xD0, bytes([key_id & 0xFF]))
@@ -890,7 +894,8 @@ def delete_key(*, kvn: int | None = None, key_id: int | None = None) -> bytes:
 
 def set_status(p1: int, state: int, aid: bytes = b"") -> bytes:
     """SET STATUS ``80 F0 P1 P2 [AID]`` (§11.10.2): P1 ``80`` card (ISD, no AID), ``40`` application
-    or SD, ``60`` SD and its associated applications; P2 the new life cycle state."""
+    or SD, ``60`` SD and its associated applications; P2 the new life cycle state (card: e.g. ``7F``
+    CARD_LOCKED; application/SD: ``80`` to lock, ``00`` to unlock, or an application-specific state)."""
     if p1 not in (SET_STATUS_ISD, SET_STATUS_APP, SET_STATUS_SD_AND_APPS):
         raise EncodingError(f"SET STATUS P1 must be 80, 40 or 60, got {p1:02X}")
     if not 0 <= state <= 0xFF:

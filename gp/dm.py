@@ -44,6 +44,7 @@ __all__ = [
     "build_confirmation",
     "card_unique_data",
     "compute_receipt",
+    "confirmation_data",
     "delete_receipt_data",
     "delete_token_data",
     "extradition_receipt_data",
@@ -280,40 +281,54 @@ def card_unique_data(iin: bytes, cin: bytes) -> bytes:
     return encode_tlv(0x42, iin) + encode_tlv(0x45, cin)
 
 
-def receipt_data(counter: bytes, card_unique: bytes, *fields: bytes) -> bytes:
-    """``len counter || counter || len CUD || CUD || (len field || field)*``."""
+def confirmation_data(counter: bytes, card_unique: bytes, token_identifier: bytes = b"",
+                      token_data_digest: bytes = b"") -> bytes:
+    """Confirmation data: counter, card unique data [, token identifier, token data digest], each L-V."""
     if len(counter) != 2:
         raise EncodingError(f"confirmation counter must be 2 bytes, got {len(counter)}")
-    return _lv(counter, "counter") + _lv(card_unique, "card unique data") + b"".join(
+    out = _lv(counter, "counter") + _lv(card_unique, "card unique data")
+    if token_identifier or token_data_digest:
+        out += _lv(token_identifier, "token identifier") + _lv(token_data_digest, "token data digest")
+    return out
+
+
+def receipt_data(counter: bytes, card_unique: bytes, *fields: bytes, token_identifier: bytes = b"",
+                 token_data_digest: bytes = b"") -> bytes:
+    """Receipt input: the confirmation data followed by the operation's fields, each L-V."""
+    return confirmation_data(counter, card_unique, token_identifier, token_data_digest) + b"".join(
         _lv(f, "receipt field") for f in fields
     )
 
 
-def load_receipt_data(counter: bytes, card_unique: bytes, elf_aid: bytes, sd_aid: bytes) -> bytes:
-    """Load receipt: counter, card unique data, Load File AID, Security Domain AID (§C.4.1)."""
-    return receipt_data(counter, card_unique, elf_aid, sd_aid)
+def load_receipt_data(counter: bytes, card_unique: bytes, elf_aid: bytes, sd_aid: bytes,
+                      **token_fields: bytes) -> bytes:
+    """Load receipt: confirmation data, Load File AID, Security Domain AID (§C.4)."""
+    return receipt_data(counter, card_unique, elf_aid, sd_aid, **token_fields)
 
 
-def install_receipt_data(counter: bytes, card_unique: bytes, elf_aid: bytes, app_aid: bytes) -> bytes:
-    """Install receipt: counter, card unique data, ELF AID, application AID (§C.4.2)."""
-    return receipt_data(counter, card_unique, elf_aid, app_aid)
+def install_receipt_data(counter: bytes, card_unique: bytes, elf_aid: bytes, app_aid: bytes,
+                         **token_fields: bytes) -> bytes:
+    """Install (and make selectable) receipt: confirmation data, ELF AID, application AID (§C.4)."""
+    return receipt_data(counter, card_unique, elf_aid, app_aid, **token_fields)
 
 
-def delete_receipt_data(counter: bytes, card_unique: bytes, aid: bytes) -> bytes:
-    """Delete receipt: counter, card unique data, AID of the deleted ELF/application (§C.4.3)."""
-    return receipt_data(counter, card_unique, aid)
+def delete_receipt_data(counter: bytes, card_unique: bytes, aid: bytes, **token_fields: bytes) -> bytes:
+    """Delete receipt: confirmation data, AID of the deleted ELF/application/SD (§C.4)."""
+    return receipt_data(counter, card_unique, aid, **token_fields)
 
 
 def extradition_receipt_data(counter: bytes, card_unique: bytes, old_sd_aid: bytes, aid: bytes,
-                             new_sd_aid: bytes) -> bytes:
-    """Extradition receipt: counter, CUD, former SD AID, application/ELF AID, new SD AID (§C.4.4)."""
-    return receipt_data(counter, card_unique, old_sd_aid, aid, new_sd_aid)
+                             new_sd_aid: bytes, **token_fields: bytes) -> bytes:
+    """Extradition receipt: confirmation data, former SD AID, application/ELF AID, new SD AID (§C.4)."""
+    return receipt_data(counter, card_unique, old_sd_aid, aid, new_sd_aid, **token_fields)
 
 
 def registry_update_receipt_data(counter: bytes, card_unique: bytes, old_sd_aid: bytes, app_aid: bytes,
-                                 new_sd_aid: bytes, privileges: bytes = b"", params: bytes = b"") -> bytes:
-    """Registry update receipt: counter, CUD, former SD, application, new SD, privileges, parameters."""
-    return receipt_data(counter, card_unique, old_sd_aid, app_aid, new_sd_aid, privileges, params)
+                                 new_sd_aid: bytes, privileges: bytes = b"", params: bytes = b"",
+                                 **token_fields: bytes) -> bytes:
+    """Registry update receipt: confirmation data, former SD, application, new SD, privileges, parameters."""
+    return receipt_data(counter, card_unique, old_sd_aid, app_aid, new_sd_aid, privileges, params,
+                        **token_fields)
 
 
 _DES_KEY_LENGTHS = (16, 24)
@@ -369,6 +384,12 @@ class Confirmation:
     def has_receipt(self) -> bool:
         return bool(self.receipt)
 
+    @property
+    def confirmation_data(self) -> bytes:
+        """The confirmation data as L-V fields: the first part of the receipt input."""
+        return confirmation_data(self.counter, self.card_unique_data, self.token_identifier,
+                                 self.token_data_digest)
+
 
 def build_confirmation(receipt: bytes = b"", counter: bytes = b"", card_unique: bytes = b"",
                        token_identifier: bytes = b"", token_data_digest: bytes = b"") -> bytes:
@@ -377,9 +398,7 @@ def build_confirmation(receipt: bytes = b"", counter: bytes = b"", card_unique: 
     Without a receipt the response is the single byte ``00`` (no Delegated Management)."""
     if not receipt:
         return b"\x00"
-    conf = _lv(counter, "counter") + _lv(card_unique, "card unique data")
-    if token_identifier or token_data_digest:
-        conf += _lv(token_identifier, "token identifier") + _lv(token_data_digest, "token data digest")
+    conf = confirmation_data(counter, card_unique, token_identifier, token_data_digest)
     return _lv(receipt, "receipt") + _lv(conf, "confirmation data")
 
 

@@ -73,6 +73,7 @@ def test_cplc() -> None:
     assert c.parse_cplc(value) == cplc
     with pytest.raises(TLVError):
         c.parse_cplc(T(0x9F7F, value[:-1]))
+    assert c.parse_cplc(T(0x9F7F, value + b"\x00\x00")) == cplc  # trailing bytes some cards add
 
 
 def test_card_data() -> None:
@@ -100,6 +101,8 @@ def test_key_information() -> None:
     assert [(k.kvn, k.key_id, k.key_type, k.key_length) for k in keys] == [
         (0x30, 1, 0x88, 16), (0x30, 2, 0x88, 16), (0x30, 3, 0x88, 16), (0x20, 1, 0x80, 16)]
     assert keys[0].type_name == "AES"
+    # a fresh SD may report an empty C0 placeholder
+    assert c.parse_key_information(T(0xE0, T(0xC0, b"") + T(0xC0, h("01308810"))))[0].kvn == 0x30
     ext = c.parse_key_information(T(0xE0, T(0xC0, h("0170 FF880010 FF880010 0100 00"))))
     assert ext[0].components == ((0x88, 16), (0x88, 16)) and ext[0].usage == b"\x00"
     with pytest.raises(TLVError):
@@ -287,7 +290,8 @@ def test_delete() -> None:
 
 def test_set_status() -> None:
     assert c.set_status(c.SET_STATUS_ISD, c.CARD_LOCKED) == h("80F0807F")
-    assert c.set_status(c.SET_STATUS_APP, 0x83, APP) == h("80F04083 08 0102030405060708")
+    assert c.set_status(c.SET_STATUS_APP, 0x80, APP) == h("80F04080 08 0102030405060708")  # lock
+    assert c.set_status(c.SET_STATUS_APP, 0x00, APP) == h("80F04000 08 0102030405060708")  # unlock
     assert c.set_status(c.SET_STATUS_SD_AND_APPS, 0x8F, ISD)[:4] == h("80F0608F")
     with pytest.raises(EncodingError):
         c.set_status(c.SET_STATUS_ISD, 0x7F, ISD)

@@ -160,6 +160,22 @@ def test_receipt_round_trip_card_and_server() -> None:
     assert data == b"\x02\x00\x05" + bytes([len(cud)]) + cud + b"\x05" + PKG + b"\x09" + SSD
 
 
+def test_receipt_with_token_identifier_and_digest() -> None:
+    key = bytes(range(32))  # AES-256 receipt key
+    counter, cud, tid, digest = b"\x01\x00", b"CUD", b"\x07", bytes(32)
+    data = dm.install_receipt_data(counter, cud, PKG, APP, token_identifier=tid, token_data_digest=digest)
+    response = dm.build_confirmation(dm.compute_receipt(key, data), counter, cud, tid, digest)
+    conf = dm.parse_confirmation(response)
+    assert conf.confirmation_data == dm.confirmation_data(counter, cud, tid, digest)
+    # the server rebuilds the receipt input from what the card confirmed plus what it asked for
+    assert dm.verify_receipt(key, conf.confirmation_data + bytes([len(PKG)]) + PKG + bytes([len(APP)]) + APP,
+                             conf.receipt)
+    assert dm.verify_receipt(key, dm.install_receipt_data(conf.counter, conf.card_unique_data, PKG, APP,
+                                                          token_identifier=conf.token_identifier,
+                                                          token_data_digest=conf.token_data_digest),
+                             conf.receipt)
+
+
 def test_other_receipt_data() -> None:
     ctr, cud = b"\x00\x01", b"\x11" * 10
     assert dm.install_receipt_data(ctr, cud, PKG, APP).endswith(b"\x05" + PKG + b"\x08" + APP)

@@ -378,4 +378,6 @@ def decode_put_key(data: bytes, decrypt: Callable[[bytes, int | None], bytes] | 
             comps.append(KeyComponent(key_type, clear, kcv))
         else:
             comps.append(KeyComponent(key_type, value, kcv))
+    if not comps:
+        raise EncodingError("PUT KEY data without any key component")
     return PutKeyData(kvn, tuple(comps))

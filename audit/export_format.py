@@ -61,6 +61,14 @@ from typing import IO, Any
 
 from audit.merkle import leaf_hash as _rfc9162_leaf_hash
 
+try:  # the C accelerator behind json.dumps(..., ensure_ascii=False) for one string
+    from json.encoder import encode_basestring as _encode_basestring
+except ImportError:  # pragma: no cover - every CPython has it
+
+    def _encode_basestring(s: str) -> str:
+        return json.dumps(s, ensure_ascii=False)
+
+
 __all__ = [
     "ACTOR_TYPES",
     "FORMAT",
@@ -92,7 +100,7 @@ HEADER_KEYS = frozenset(
 LINE_KEYS = frozenset({"index", "entry", "leaf_hash"})
 _TIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?Z")
 _HEX_RE = re.compile(r"(?:[0-9a-f]{2})+")
-_SHORT_ESCAPES = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 
 
 class ExportFormatError(ValueError):
@@ -103,18 +111,11 @@ class ExportFormatError(ValueError):
 
 
 def _encode_string(s: str, out: list[str]) -> None:
-    out.append('"')
-    for ch in s:
-        esc = _SHORT_ESCAPES.get(ch)
-        if esc is not None:
-            out.append(esc)
-        elif ord(ch) < 0x20:
-            out.append(f"\\u{ord(ch):04x}")
-        elif 0xD800 <= ord(ch) <= 0xDFFF:
-            raise ExportFormatError("string contains a lone surrogate")
-        else:
-            out.append(ch)
-    out.append('"')
+    # json.dumps with ensure_ascii=False escapes exactly what RFC 8785 escapes: '"', '\\',
+    # \b \t \n \f \r short forms, other U+0000..U+001F as lowercase \u00xx; the rest literal.
+    if _SURROGATE_RE.search(s):
+        raise ExportFormatError("string contains a lone surrogate")
+    out.append(_encode_basestring(s))
 
 
 def _encode(value: Any, out: list[str], depth: int) -> None:
@@ -137,7 +138,11 @@ def _encode(value: Any, out: list[str], depth: int) -> None:
             if not isinstance(key, str):
                 raise ExportFormatError(f"object key {key!r} is not a string")
         out.append("{")
-        for n, key in enumerate(sorted(value, key=lambda k: k.encode("utf-16-be", "surrogatepass"))):
+        if all(key.isascii() for key in value):
+            keys = sorted(value)  # code point order == UTF-16 code unit order for ASCII
+        else:
+            keys = sorted(value, key=lambda k: k.encode("utf-16-be", "surrogatepass"))
+        for n, key in enumerate(keys):
             if n:
                 out.append(",")
             _encode_string(key, out)
@@ -198,6 +203,11 @@ def _exact_keys(obj: Any, keys: set[str] | frozenset[str], what: str) -> None:
 
 def validate_entry(entry: Mapping[str, Any]) -> None:
     """Check an entry against format 1; raise ExportFormatError with the first problem."""
+    _check_members(entry)
+    canonical_json(entry)  # every nested value must be encodable
+
+
+def _check_members(entry: Mapping[str, Any]) -> None:
     _exact_keys(entry, ENTRY_KEYS, "entry")
     index = entry["index"]
     if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index <= MAX_SAFE_INTEGER:
@@ -227,12 +237,11 @@ def validate_entry(entry: Mapping[str, Any]) -> None:
         raise ExportFormatError("receipt must be lowercase hex (whole bytes) or null")
     if not isinstance(entry["details"], Mapping):
         raise ExportFormatError("details must be an object")
-    canonical_json(entry)  # every nested value must be encodable
 
 
 def canonical_leaf_bytes(entry: Mapping[str, Any]) -> bytes:
     """The bytes the log hashes for ``entry`` (validated, then canonical JSON)."""
-    validate_entry(entry)
+    _check_members(entry)
     return canonical_json(entry)
 
 

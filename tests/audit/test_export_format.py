@@ -86,6 +86,26 @@ def test_canonical_json_basics() -> None:
             canonical_json(bad)
 
 
+def ref_jcs_string(s: str) -> str:
+    """RFC 8785 §3.2.2.2 string serialisation, character by character (independent reference)."""
+    short = {"\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\"}
+    out = []
+    for ch in s:
+        if ch in short:
+            out.append(short[ch])
+        elif ord(ch) < 0x20:
+            out.append(f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(exclude_categories=["Cs"])))
+def test_string_escaping_matches_reference(s: str) -> None:
+    assert canonical_json(s) == ref_jcs_string(s).encode("utf-8")
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**53 - 1), 2**53 - 1) | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),

@@ -168,6 +168,8 @@ class LoadFile:
     applets: list[AppletInfo] = field(default_factory=list)
     imports: list[ImportedPackage] = field(default_factory=list)
     component_sizes: dict[int, int] = field(default_factory=dict)
+    _dir_import_count: int = field(default=0, repr=False, compare=False)
+    _dir_applet_count: int = field(default=0, repr=False, compare=False)
 
     # --- constructors ----------------------------------------------------------------------
 

@@ -536,6 +536,13 @@ def get_status(p1: int, *, aid_filter: bytes = b"", next_occurrence: bool = Fals
     return _apdu(CLA_GP, INS_GET_STATUS, p1, p2, data, le=256)
 
 
+def get_status_next(p1: int, sw: int, **kwargs: object) -> bytes | None:
+    """After a GET STATUS answered ``6310`` (more data), the "next occurrence" command; else None."""
+    if sw != 0x6310:
+        return None
+    return get_status(p1, next_occurrence=True, **kwargs)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class RegistryEntry:
     """One GlobalPlatform Registry entry from GET STATUS (§11.4.3)."""
@@ -548,6 +555,7 @@ class RegistryEntry:
     associated_sd_aid: bytes | None = None  # CC
     elf_version: bytes | None = None  # CE
     modules: tuple[bytes, ...] = ()  # 84: Executable Module AIDs
+    implicit_selection: tuple[bytes, ...] = ()  # CF: implicit selection parameters
 
     @property
     def lifecycle_name(self) -> str:
@@ -571,7 +579,7 @@ def _kind_for(p1: int | None, privileges: Privileges | None) -> str:
 
 
 def parse_get_status(data: bytes, p1: int | None = None) -> list[RegistryEntry]:
-    """Parse a tagged-format (P2 = ``02``) GET STATUS response: ``E3 { 4F, 9F70, C5, C4, CC, CE, 84* }``.
+    """Parse a tagged-format (P2 = ``02``) GET STATUS response: ``E3 { 4F, 9F70, C5, C4, CC, CE, 84*, CF* }``.
 
     ``p1`` (the request's P1) tells card/ELF entries apart; without it an entry with no
     privileges is taken as an ELF and one with Security Domain privilege as an SD.
@@ -602,6 +610,7 @@ def parse_get_status(data: bytes, p1: int | None = None) -> list[RegistryEntry]:
             associated_sd_aid=sd.value if sd else None,
             elf_version=ver.value if ver else None,
             modules=modules,
+            implicit_selection=tuple(t.value for t in kids if t.tag == 0xCF),
         ))
     return out
 

@@ -1,7 +1,8 @@
 """Delegated Management: tokens (signed by the card issuer) and receipts (MAC'd by the card).
 
-GlobalPlatform Card Specification v2.3.1 §9.2.2 / Appendix C (C.3 Tokens, C.4 Receipts) and
-the command tables of §11 (INSTALL §11.5, LOAD §11.6, DELETE §11.2).
+GlobalPlatform Card Specification v2.3.1 Appendix C (Tokens, Receipts) and
+the command tables of §11 (INSTALL §11.5, LOAD §11.6, DELETE §11.2). Appendix sub-section
+numbers differ between GP versions, so the docstrings below name the appendix and the object.
 
 Token data (what the issuer signs) is, for every operation, the command's P1, P2, the length of
 the data that follows, and the command's data field *without* the token (for INSTALL the
@@ -71,7 +72,7 @@ SCHEMES = (SCHEME_ECDSA_P256_SHA256, SCHEME_RSA_PSS_SHA256, SCHEME_RSA_PKCS1V15_
 
 
 # ---------------------------------------------------------------------------------------------
-# Token data (GP 2.3.1 §C.3.1-C.3.5, built on the §11 command data fields)
+# Token data (GP 2.3.1 Appendix C, built on the §11 command data fields)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -84,7 +85,7 @@ def _token_data(p1: int, p2: int, data: bytes) -> bytes:
 
 def load_token_data(elf_aid: bytes, sd_aid: bytes = b"", lfdb_hash: bytes = b"", load_params: bytes = b"",
                     *, p2: int = 0x00) -> bytes:
-    """Load Token data: INSTALL [for load] P1 P2 and data fields without the token (§C.3.1)."""
+    """Load Token data: INSTALL [for load] P1 P2 and data fields without the token (Appendix C, Load Token)."""
     return _token_data(cmds.INSTALL_FOR_LOAD, p2, cmds.install_for_load_data(elf_aid, sd_aid, lfdb_hash,
                                                                              load_params))
 
@@ -92,32 +93,32 @@ def load_token_data(elf_aid: bytes, sd_aid: bytes = b"", lfdb_hash: bytes = b"",
 def install_token_data(elf_aid: bytes, module_aid: bytes, app_aid: bytes,
                        privileges: cmds.Privileges | bytes = b"\x00", params: bytes = b"\xc9\x00",
                        *, make_selectable: bool = True, p2: int = 0x00) -> bytes:
-    """Install Token data for INSTALL [for install (and make selectable)] (§C.3.2)."""
+    """Install Token data for INSTALL [for install (and make selectable)] (Appendix C, Install Token)."""
     p1 = cmds.INSTALL_FOR_INSTALL | (cmds.INSTALL_FOR_MAKE_SELECTABLE if make_selectable else 0)
     return _token_data(p1, p2, cmds.install_for_install_data(elf_aid, module_aid, app_aid, privileges, params))
 
 
 def make_selectable_token_data(app_aid: bytes, privileges: cmds.Privileges | bytes = b"\x00",
                                params: bytes = b"") -> bytes:
-    """Make Selectable Token data (§C.3.3)."""
+    """Make Selectable Token data (Appendix C, Make Selectable Token)."""
     return _token_data(cmds.INSTALL_FOR_MAKE_SELECTABLE, 0x00,
                        cmds.install_for_make_selectable_data(app_aid, privileges, params))
 
 
 def extradition_token_data(sd_aid: bytes, aid: bytes, params: bytes = b"") -> bytes:
-    """Extradition Token data (§C.3.4)."""
+    """Extradition Token data (Appendix C, Extradition Token)."""
     return _token_data(cmds.INSTALL_FOR_EXTRADITION, 0x00, cmds.install_for_extradition_data(sd_aid, aid, params))
 
 
 def registry_update_token_data(app_aid: bytes, sd_aid: bytes = b"", privileges: cmds.Privileges | bytes = b"",
                                params: bytes = b"") -> bytes:
-    """Registry Update Token data (§C.3.5)."""
+    """Registry Update Token data (Appendix C, Registry Update Token)."""
     return _token_data(cmds.INSTALL_FOR_REGISTRY_UPDATE, 0x00,
                        cmds.install_for_registry_update_data(app_aid, sd_aid, privileges, params))
 
 
 def delete_token_data(aid: bytes, *, related: bool = False) -> bytes:
-    """Delete Token data: DELETE P1 P2, length, ``4F <AID>`` (§C.3.6, §11.2.2.3)."""
+    """Delete Token data: DELETE P1 P2, length, ``4F <AID>`` (Appendix C, Delete Token; §11.2.2.3)."""
     return _token_data(0x00, 0x80 if related else 0x00, cmds.delete_data(aid))
 
 
@@ -265,7 +266,7 @@ def verify_token(public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey, data:
 
 
 # ---------------------------------------------------------------------------------------------
-# Receipts (GP 2.3.1 §C.4) and the confirmation structure (§11.2.3, §11.5.3, §11.6.3)
+# Receipts (GP 2.3.1 Appendix C) and the confirmation structure (§11.2.3, §11.5.3, §11.6.3)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -302,24 +303,24 @@ def receipt_data(counter: bytes, card_unique: bytes, *fields: bytes, token_ident
 
 def load_receipt_data(counter: bytes, card_unique: bytes, elf_aid: bytes, sd_aid: bytes,
                       **token_fields: bytes) -> bytes:
-    """Load receipt: confirmation data, Load File AID, Security Domain AID (§C.4)."""
+    """Load receipt: confirmation data, Load File AID, Security Domain AID (Appendix C, receipts)."""
     return receipt_data(counter, card_unique, elf_aid, sd_aid, **token_fields)
 
 
 def install_receipt_data(counter: bytes, card_unique: bytes, elf_aid: bytes, app_aid: bytes,
                          **token_fields: bytes) -> bytes:
-    """Install (and make selectable) receipt: confirmation data, ELF AID, application AID (§C.4)."""
+    """Install (and make selectable) receipt: confirmation data, ELF AID, application AID (Appendix C, receipts)."""
     return receipt_data(counter, card_unique, elf_aid, app_aid, **token_fields)
 
 
 def delete_receipt_data(counter: bytes, card_unique: bytes, aid: bytes, **token_fields: bytes) -> bytes:
-    """Delete receipt: confirmation data, AID of the deleted ELF/application/SD (§C.4)."""
+    """Delete receipt: confirmation data, AID of the deleted ELF/application/SD (Appendix C, receipts)."""
     return receipt_data(counter, card_unique, aid, **token_fields)
 
 
 def extradition_receipt_data(counter: bytes, card_unique: bytes, old_sd_aid: bytes, aid: bytes,
                              new_sd_aid: bytes, **token_fields: bytes) -> bytes:
-    """Extradition receipt: confirmation data, former SD AID, application/ELF AID, new SD AID (§C.4)."""
+    """Extradition receipt: confirmation data, former SD AID, application/ELF AID, new SD AID (Appendix C, receipts)."""
     return receipt_data(counter, card_unique, old_sd_aid, aid, new_sd_aid, **token_fields)
 
 

@@ -149,6 +149,8 @@ def test_get_status_command() -> None:
     assert c.get_status(c.STATUS_APPS, aid_filter=PKG) == h("80F24002 07 4F050102030405 00")
     with pytest.raises(EncodingError):
         c.get_status(0x41)
+    assert c.get_status_next(c.STATUS_APPS, 0x6310) == h("80F24003 02 4F00 00")
+    assert c.get_status_next(c.STATUS_APPS, 0x9000) is None
 
 
 def test_parse_get_status_tagged() -> None:
@@ -166,10 +168,10 @@ def test_parse_get_status_tagged() -> None:
     assert sd.associated_sd_aid == ISD and sd.elf_aid == SSD_PKG
     assert app.kind == "app" and app.lifecycle_name == "SELECTABLE" and app.associated_sd_aid == ssd
     elfs = T(0xE3, T(0x4F, PKG) + T(0x9F70, h("01")) + T(0xCE, h("0100")) + T(0x84, APP) + T(0x84, APP[:7])
-             + T(0xCC, ISD))
+             + T(0xCC, ISD) + T(0xCF, h("01")))
     (elf,) = c.parse_get_status(elfs, c.STATUS_ELF_MODULES)
     assert elf.kind == "elf" and elf.lifecycle_name == "LOADED" and elf.elf_version == h("0100")
-    assert elf.modules == (APP, APP[:7]) and elf.privileges is None
+    assert elf.modules == (APP, APP[:7]) and elf.privileges is None and elf.implicit_selection == (h("01"),)
     (isd,) = c.parse_get_status(T(0xE3, T(0x4F, ISD) + T(0x9F70, h("0F")) + T(0xC5, h("9EFE80"))), 0x80)
     assert isd.kind == "card" and isd.lifecycle_name == "SECURED"
     with pytest.raises(TLVError):

@@ -91,6 +91,39 @@ def _independent_header(raw: bytes) -> tuple[bytes, tuple[int, int], tuple[int, 
     return raw[13 : 13 + alen], (pmajor, pminor), (cap_major, cap_minor)
 
 
+def _independent_imports(raw: bytes) -> list[tuple[bytes, tuple[int, int]]]:
+    """Import component: count, then (minor, major, AID length, AID) per package."""
+    assert raw[0] == 4 and int.from_bytes(raw[1:3], "big") == len(raw) - 3
+    out, pos = [], 4
+    for _ in range(raw[3]):
+        minor, major, n = raw[pos], raw[pos + 1], raw[pos + 2]
+        out.append((raw[pos + 3 : pos + 3 + n], (major, minor)))
+        pos += 3 + n
+    assert pos == len(raw)
+    return out
+
+
+def _independent_applets(raw: bytes) -> list[bytes]:
+    """Applet component: count, then (AID length, AID, u2 install method offset) per applet."""
+    assert raw[0] == 3
+    out, pos = [], 4
+    for _ in range(raw[3]):
+        n = raw[pos]
+        out.append(raw[pos + 1 : pos + 1 + n])
+        pos += 1 + n + 2
+    assert pos == len(raw)
+    return out
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_independent_decoding_agrees_with_expected(name: str) -> None:
+    path = cap_file(name)
+    _, _, applets, imports = EXPECTED[name]
+    assert _independent_imports(_component(path, "Import.cap")) == imports
+    has_applet = any(n.endswith("/Applet.cap") for n in _zip_entries(path))
+    assert (_independent_applets(_component(path, "Applet.cap")) if has_applet else []) == applets
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_real_cap_files_parse(name: str) -> None:
     path = cap_file(name)

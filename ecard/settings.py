@@ -220,3 +220,5 @@ LOGGING = {
 # --- platform ----------------------------------------------------------------
 # Where emulated cards keep their state files (cardsim).
 ECARD_CARDS_DIR = Path(os.environ.get("ECARD_CARDS_DIR", VAR_DIR / "cards"))
+
+from ecard.settings_custody import *  # noqa: F403,E402

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from gp.apdu import CommandAPDU
 from gp.errors import APDUError, EncodingError, LoadError, TLVError
-from gp.tlv import Tlv, decode_all, encode_length, encode_tlv, find
+from gp.tlv import Tlv, decode_all, decode_length, encode_length, encode_tlv, find
 
 CLA_ISO = 0x00
 CLA_GP = 0x80
@@ -782,6 +782,124 @@ def install_for_personalization(app_aid: bytes) -> bytes:
     """
     data = b"\x00\x00" + _lv(_check_aid(app_aid, "application AID"), "AID") + b"\x00\x00\x00"
     return _install(INSTALL_FOR_PERSONALIZATION, data)
+
+
+@dataclass(frozen=True)
+class InstallCommand:
+    """The fields of an INSTALL data field, as the card sees them (§11.5.2.3). Unused fields are empty."""
+
+    p1: int
+    elf_aid: bytes = b""
+    sd_aid: bytes = b""
+    lfdb_hash: bytes = b""
+    module_aid: bytes = b""
+    app_aid: bytes = b""
+    privileges: bytes = b""
+    params: bytes = b""
+    token: bytes = b""
+
+    @property
+    def kind(self) -> str:
+        p = self.p1 & 0x7E
+        if p == INSTALL_FOR_LOAD:
+            return "load"
+        if p & INSTALL_FOR_INSTALL:
+            return "install_and_make_selectable" if p & INSTALL_FOR_MAKE_SELECTABLE else "install"
+        return {INSTALL_FOR_MAKE_SELECTABLE: "make_selectable", INSTALL_FOR_EXTRADITION: "extradition",
+                INSTALL_FOR_PERSONALIZATION: "personalization",
+                INSTALL_FOR_REGISTRY_UPDATE: "registry_update"}.get(p, "unknown")
+
+
+def parse_install(p1: int, data: bytes) -> InstallCommand:
+    """Card side: split INSTALL data into its fields per P1 (§11.5.2.3); strict about every length."""
+    data = bytes(data)
+    pos = 0
+
+    def lv() -> bytes:
+        nonlocal pos
+        if pos >= len(data):
+            raise EncodingError("INSTALL data truncated")
+        n = data[pos]
+        if pos + 1 + n > len(data):
+            raise EncodingError("INSTALL data field longer than the data")
+        out = data[pos + 1 : pos + 1 + n]
+        pos += 1 + n
+        return out
+
+    def ber_lv() -> bytes:
+        nonlocal pos
+        try:
+            n, pos = decode_length(data, pos)
+        except TLVError as exc:
+            raise EncodingError(f"INSTALL data: {exc}") from exc
+        if pos + n > len(data):
+            raise EncodingError("INSTALL data field longer than the data")
+        out = data[pos : pos + n]
+        pos += n
+        return out
+
+    kind = InstallCommand(p1).kind
+    if kind == "load":
+        cmd = InstallCommand(p1, elf_aid=lv(), sd_aid=lv(), lfdb_hash=lv(), params=ber_lv(), token=ber_lv())
+    elif kind in ("install", "install_and_make_selectable"):
+        cmd = InstallCommand(p1, elf_aid=lv(), module_aid=lv(), app_aid=lv(), privileges=lv(), params=ber_lv(),
+                             token=ber_lv())
+    elif kind == "make_selectable":
+        lv(), lv()
+        cmd = InstallCommand(p1, app_aid=lv(), privileges=lv(), params=ber_lv(), token=ber_lv())
+    elif kind == "extradition":
+        sd = lv()
+        lv()
+        app = lv()
+        lv()
+        cmd = InstallCommand(p1, sd_aid=sd, app_aid=app, params=ber_lv(), token=ber_lv())
+    elif kind == "registry_update":
+        sd = lv()
+        lv()
+        cmd = InstallCommand(p1, sd_aid=sd, app_aid=lv(), privileges=lv(), params=ber_lv(), token=ber_lv())
+    elif kind == "personalization":
+        lv(), lv()
+        cmd = InstallCommand(p1, app_aid=lv())
+        lv(), lv(), lv()
+    else:
+        raise EncodingError(f"INSTALL P1 {p1:02X} is not a known INSTALL variant")
+    if pos != len(data):
+        raise EncodingError(f"INSTALL data: {len(data) - pos} unexpected trailing bytes")
+    if cmd.privileges and len(cmd.privileges) not in (1, 3):
+        raise EncodingError(f"INSTALL privileges must be 1 or 3 bytes, got {len(cmd.privileges)}")
+    return cmd
+
+
+@dataclass(frozen=True)
+class DeleteCommand:
+    """DELETE data as the card sees it (§11.2.2.3): an AID, or key identifier / version, and a token."""
+
+    aid: bytes = b""
+    key_id: int | None = None
+    kvn: int | None = None
+    token: bytes = b""
+
+
+def parse_delete(data: bytes) -> DeleteCommand:
+    """Card side: decode DELETE data (``4F`` AID or ``D0``/``D2`` key references, optional ``9E`` token)."""
+    objs = decode_all(data)
+    tags = [t.tag for t in objs]
+    if len(set(tags)) != len(tags) or not set(tags) <= {0x4F, 0xD0, 0xD2, 0x9E}:
+        raise EncodingError(f"DELETE data with unexpected or repeated tags {[f'{t:X}' for t in tags]}")
+    found = {t.tag: t.value for t in objs}
+    if 0x4F in found and (0xD0 in found or 0xD2 in found):
+        raise EncodingError("DELETE data mixes an object AID and key references")
+    if 0x4F not in found and 0xD0 not in found and 0xD2 not in found:
+        raise EncodingError("DELETE data names nothing to delete")
+    for tag in (0xD0, 0xD2):
+        if tag in found and len(found[tag]) != 1:
+            raise EncodingError(f"DELETE key reference {tag:X} must be one byte")
+    return DeleteCommand(
+        aid=found.get(0x4F, b""),
+        key_id=found[0xD0][0] if 0xD0 in found else None,
+        kvn=found[0xD2][0] if 0xD2 in found else None,
+        token=found.get(0x9E, b""),
+    )
 
 
 # ---------------------------------------------------------------------------------------------

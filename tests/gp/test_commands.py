@@ -232,6 +232,45 @@ def test_install_variants() -> None:
     assert cmd.data.endswith(h("8180") + bytes(128))  # BER length for 128..255 (§11.5.2.3: 1-3 bytes)
 
 
+def _parse(cmd: bytes) -> c.InstallCommand:
+    capdu = CommandAPDU.from_bytes(cmd)
+    return c.parse_install(capdu.p1, capdu.data)
+
+
+def test_parse_install_round_trips() -> None:
+    tok = bytes(range(130))
+    p = _parse(c.install_for_load(PKG, ISD, bytes(32), c.load_parameters(nv_code=10), tok))
+    assert (p.kind, p.elf_aid, p.sd_aid, p.lfdb_hash, p.token) == ("load", PKG, ISD, bytes(32), tok)
+    assert p.params == h("EF04 C602000A")
+    p = _parse(c.install_for_install(PKG, APP, APP + b"\x01", h("800000"), h("C900"), tok))
+    assert (p.kind, p.elf_aid, p.module_aid, p.app_aid, p.privileges, p.params, p.token) == (
+        "install_and_make_selectable", PKG, APP, APP + b"\x01", h("800000"), h("C900"), tok)
+    assert _parse(c.install_for_install(PKG, APP, make_selectable=False)).kind == "install"
+    p = _parse(c.install_for_make_selectable(APP, h("04"), token=b"t"))
+    assert (p.kind, p.app_aid, p.privileges, p.token) == ("make_selectable", APP, h("04"), b"t")
+    p = _parse(c.install_for_extradition(ISD, APP, token=b"t"))
+    assert (p.kind, p.sd_aid, p.app_aid, p.token) == ("extradition", ISD, APP, b"t")
+    p = _parse(c.install_for_registry_update(APP, ISD, h("000000")))
+    assert (p.kind, p.sd_aid, p.app_aid, p.privileges) == ("registry_update", ISD, APP, h("000000"))
+    p = _parse(c.install_for_personalization(APP))
+    assert (p.kind, p.app_aid) == ("personalization", APP)
+    for bad in (h("05 01020304"), h("05 0102030405 00 00 00 00 FF"), h("")):
+        with pytest.raises(EncodingError):
+            c.parse_install(0x02, bad)
+    with pytest.raises(EncodingError):
+        c.parse_install(0x80, h("00"))
+
+
+def test_parse_delete() -> None:
+    d = c.parse_delete(CommandAPDU.from_bytes(c.delete(APP, token=b"tok")).data)
+    assert (d.aid, d.token, d.kvn) == (APP, b"tok", None)
+    d = c.parse_delete(CommandAPDU.from_bytes(c.delete_key(kvn=0x30, key_id=2)).data)
+    assert (d.aid, d.key_id, d.kvn) == (b"", 2, 0x30)
+    for bad in (h("9E0100"), h("4F01AA 4F01BB"), h("4F01AA D00101"), h("D2020101"), h("C001AA")):
+        with pytest.raises(EncodingError):
+            c.parse_delete(bad)
+
+
 # --- LOAD -----------------------------------------------------------------------------------
 
 

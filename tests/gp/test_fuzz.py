@@ -166,6 +166,9 @@ PARSERS: list[Callable[[bytes], object]] = [
     lambda d: c.parse_get_status_legacy(d, c.STATUS_ELF_MODULES),
     lambda d: c.parse_sequence_counter(d),
     dm.parse_confirmation,
+    lambda d: c.parse_install(d[0] if d else 0x02, d[1:]),
+    lambda d: c.parse_install(0x0C, d),
+    c.parse_delete,
     dm.token_data_for_command,
     dm.extract_token,
 ]

@@ -163,6 +163,20 @@ class CompactRange:
     def copy(self) -> CompactRange:
         return CompactRange(self.size, list(self.hashes))
 
+    def to_dict(self) -> dict[str, object]:
+        """JSON-friendly form, e.g. for a ``JSONField``: ``{"size": n, "hashes": [hex, ...]}``."""
+        return {"size": self.size, "hashes": [h.hex() for h in self.hashes]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> CompactRange:
+        size, hashes = data.get("size"), data.get("hashes")
+        if not isinstance(size, int) or not isinstance(hashes, list):
+            raise ProofError("frontier must be {'size': int, 'hashes': [hex, ...]}")
+        try:
+            return cls(size, [bytes.fromhex(h) for h in hashes])
+        except (TypeError, ValueError) as exc:
+            raise ProofError("frontier hashes must be hex strings") from exc
+
 
 # --------------------------------------------------------------------------- node stores
 

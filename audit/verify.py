@@ -267,7 +267,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         key = _read_key(args.key) if args.key is not None else None
-        previous = Path(args.previous).read_text(encoding="utf-8") if args.previous is not None else None
+        previous = None
+        if args.previous is not None:
+            # Tolerate a saved file's CRLF line ends or extra blank lines after the note.
+            text = Path(args.previous).read_text(encoding="utf-8").replace("\r\n", "\n")
+            previous = text.rstrip("\n") + "\n"
         with open(args.path, "rb") as fp:
             result = verify_export(fp, key=key, previous=previous, warn=warn)
     except VerificationError as exc:

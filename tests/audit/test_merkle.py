@@ -364,6 +364,12 @@ def test_compact_range_append_reports_new_nodes() -> None:
     assert compact.root() == ref_mth([b"a", b"b", b"c", b"d"])
     with pytest.raises(ProofError):
         merkle.CompactRange(3, [compact.root()])  # popcount(3) == 2 hashes needed
+    compact.append(merkle.leaf_hash(b"e"))
+    restored = merkle.CompactRange.from_dict(compact.to_dict())
+    assert restored == compact and restored.root() == ref_mth([b"a", b"b", b"c", b"d", b"e"])
+    for bad in [{"size": 2, "hashes": ["zz"]}, {"size": "1", "hashes": []}, {"size": 1, "hashes": []}]:
+        with pytest.raises(ProofError):
+            merkle.CompactRange.from_dict(bad)
 
 
 def test_lookups_are_logarithmic_and_batched() -> None:

@@ -402,6 +402,49 @@ def test_cli_subprocess_accepts_genuine_and_rejects_tampering(export_file: Path,
     assert res.returncode == 1
     assert res.stderr.strip() == f"FAIL: not consistent with previous checkpoint (size {PREV})"
 
+    good_prev = tmp_path / "good.checkpoint"
+    good_prev.write_bytes(PREV_CHECKPOINT.replace("\n", "\r\n").encode() + b"\r\n")  # saved on Windows
+    res = _cli(str(export_file), "--key", VKEY, "--previous", str(good_prev))
+    assert res.returncode == 0, res.stderr
+
+
+def _removed(lines: list[str]) -> list[str]:
+    return lines[:18] + lines[19:]
+
+
+def _reordered(lines: list[str]) -> list[str]:
+    return [*lines[:18], lines[19], lines[18], *lines[20:]]
+
+
+def _inserted(lines: list[str]) -> list[str]:
+    return [*lines[:18], lines[18], *lines[18:]]
+
+
+def _truncated(lines: list[str]) -> list[str]:
+    return lines[:-1]
+
+
+@pytest.mark.parametrize(
+    ("mangle", "reason"),
+    [
+        (_removed, "FAIL: entry 17 missing: line 19 holds entry 18"),
+        (_reordered, "FAIL: entry 17 missing: line 19 holds entry 18"),
+        (_inserted, "FAIL: entry 17 out of order or duplicated at line 20 (expected entry 18)"),
+        (
+            _truncated,
+            f"FAIL: entry {N - 1} missing: the export ends there but the signed checkpoint covers {N} entries",
+        ),
+    ],
+)
+def test_cli_subprocess_rejects_structural_tampering(
+    export_file: Path, tmp_path: Path, mangle: Callable[[list[str]], list[str]], reason: str
+) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(mangle(lines_of(export_file.read_text(encoding="utf-8")))), encoding="utf-8")
+    res = _cli(str(bad), "--key", VKEY)
+    assert res.returncode == 1
+    assert res.stderr.strip() == reason
+
 
 def test_verifier_does_not_import_django() -> None:
     code = "import sys, audit.verify; sys.exit(1 if any(m.split('.')[0] == 'django' for m in sys.modules) else 0)"

@@ -268,3 +268,61 @@ def test_unsupported_hash() -> None:
 
 def test_errors_are_gp_errors() -> None:
     assert issubclass(CAPError, GPError)
+
+
+def _synthetic_cap(minor: int, *, static_resources: bytes | None = None, name: bytes = b"pkg.empty") -> bytes:
+    """The Empty package re-encoded as CAP format 2.``minor`` (2.2 adds a package name and the
+    Debug size; 2.3 a u4 Static Resources size), to exercise those layouts."""
+    entries = _zip_entries(cap_file(EMPTY))
+    comps = {n.rsplit("/", 1)[-1]: v for n, v in entries.items() if n.endswith(".cap")}
+    info = bytes.fromhex("DECAFFED") + bytes([minor, 2, 0x04, 0, 0, 5]) + bytes.fromhex("0102030405")
+    info += bytes([len(name)]) + name
+    comps["Header.cap"] = b"\x01" + len(info).to_bytes(2, "big") + info
+    if static_resources is not None:
+        comps["StaticResources.cap"] = b"\x0d" + len(static_resources).to_bytes(4, "big") + static_resources
+    order = ["Header", "Directory", "Applet", "Import", "ConstantPool", "Class", "Method", "StaticField",
+             "RefLocation", "Export", "Descriptor", "Debug"]
+    old_dir = comps["Directory.cap"]
+    tail = old_dir[3 + 22 :]  # static field size info, counts, custom components (CAP 2.1: 11 sizes)
+
+    def size(n: str, hl: int = 3) -> int:
+        return len(comps[n + ".cap"]) - hl if n + ".cap" in comps else 0
+
+    dir_len = 2 * 12 + (4 if minor >= 3 else 0) + len(tail)
+    sizes = b"".join((dir_len if n == "Directory" else size(n)).to_bytes(2, "big") for n in order)
+    if minor >= 3:
+        sizes += size("StaticResources", 5).to_bytes(4, "big")
+    comps["Directory.cap"] = b"\x02" + dir_len.to_bytes(2, "big") + sizes + tail
+    return _make_zip({"pkg/empty/javacard/" + n: v for n, v in comps.items()})
+
+
+def test_cap_format_2_2_with_package_name() -> None:
+    lf = LoadFile.from_bytes(_synthetic_cap(2))
+    assert lf.cap_format_version == (2, 2)
+    assert lf.package_name == "pkg.empty"
+    assert lf.package_aid == bytes.fromhex("0102030405") and lf.applet_aids == [bytes.fromhex("0102030405060708")]
+
+
+def test_cap_format_2_3_static_resources_load_order() -> None:
+    resources = b"\x00\x01" + b"\x00\x00\x00\x04" + b"DATA"
+    lf = LoadFile.from_bytes(_synthetic_cap(3, static_resources=resources))
+    assert lf.cap_format_version == (2, 3)
+    lfdb = lf.load_file_data_block()
+    static = b"\x0d\x00\x00\x00" + bytes([len(resources)]) + resources
+    ref_location = _component(cap_file(EMPTY), "RefLocation.cap")
+    # Static Resources comes right after the Reference Location component, and before the Descriptor
+    assert lfdb.endswith(ref_location + static)
+    descriptor = _component(cap_file(EMPTY), "Descriptor.cap")
+    assert lf.load_file_data_block(include_descriptor=True) == lfdb + descriptor
+    # IJC of a 2.3 file parses too (u4 size of the Static Resources component)
+    assert LoadFile.from_bytes(lfdb).load_file_data_block() == lfdb
+    # a StaticResources component in a CAP 2.2 file is refused
+    with pytest.raises(CAPError):
+        LoadFile.from_bytes(_synthetic_cap(2, static_resources=resources))
+
+
+def test_extended_cap_format_refused() -> None:
+    data = bytearray(_zip_entries(cap_file(EMPTY))["testapplets/empty/javacard/Header.cap"])
+    data[9] |= 0x08  # ACC_EXTENDED
+    with pytest.raises(CAPError, match="extended"):
+        LoadFile.from_bytes(_replace_component(cap_file(EMPTY), "Header.cap", bytes(data)))

@@ -130,16 +130,16 @@ class CompactRange:
         """Load the frontier for ``size`` from a node store (popcount(size) lookups)."""
         return cls(size, list(_fetch(store, frontier_coords(size))))
 
-    def append(self, leaf_hash_: bytes) -> list[tuple[int, int, bytes]]:
+    def append(self, leaf_hash: bytes) -> list[tuple[int, int, bytes]]:
         """Append one leaf hash; return the perfect nodes it completes as ``(level, index, hash)``.
 
         The first element is always the leaf itself at level 0.  A store that saves every
         returned node holds every perfect subtree of the log (2n - popcount(n) nodes).
         """
-        _check_hash(leaf_hash_, "leaf hash")
+        _check_hash(leaf_hash, "leaf hash")
         index = self.size
-        created = [(0, index, bytes(leaf_hash_))]
-        h = bytes(leaf_hash_)
+        created = [(0, index, bytes(leaf_hash))]
+        h = bytes(leaf_hash)
         level = 0
         # Merge with the rightmost frontier entries while they are the same size.
         while (index >> level) & 1:
@@ -374,13 +374,13 @@ def consistency_proof(store: NodeStore, size1: int, size2: int) -> list[bytes]:
 # --------------------------------------------------------------------------- verification
 
 
-def root_from_inclusion_proof(leaf_hash_: bytes, index: int, tree_size: int, proof: Sequence[bytes]) -> bytes:
+def root_from_inclusion_proof(leaf_hash: bytes, index: int, tree_size: int, proof: Sequence[bytes]) -> bytes:
     """RFC 9162 §2.1.3.2 steps 1-5: the root an inclusion proof leads to; raises ProofError."""
     if not 0 <= index < tree_size:
         raise ProofError(f"leaf index {index} is not in a tree of size {tree_size}")
-    _check_hash(leaf_hash_, "leaf hash")
+    _check_hash(leaf_hash, "leaf hash")
     fn, sn = index, tree_size - 1
-    r = bytes(leaf_hash_)
+    r = bytes(leaf_hash)
     for p in proof:
         _check_hash(p, "proof element")
         if sn == 0:
@@ -400,10 +400,10 @@ def root_from_inclusion_proof(leaf_hash_: bytes, index: int, tree_size: int, pro
     return r
 
 
-def verify_inclusion(leaf_hash_: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes) -> bool:
+def verify_inclusion(leaf_hash: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes) -> bool:
     """RFC 9162 §2.1.3.2.  Returns True; raises :class:`ProofError` if the proof does not verify."""
     _check_hash(root, "root")
-    if root_from_inclusion_proof(leaf_hash_, index, tree_size, proof) != root:
+    if root_from_inclusion_proof(leaf_hash, index, tree_size, proof) != root:
         raise ProofError(f"inclusion proof for leaf {index} does not lead to the root of size {tree_size}")
     return True
 

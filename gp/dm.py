@@ -48,6 +48,7 @@ __all__ = [
     "confirmation_data",
     "delete_receipt_data",
     "delete_token_data",
+    "extract_token",
     "extradition_receipt_data",
     "extradition_token_data",
     "install_receipt_data",

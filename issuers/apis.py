@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema, inline_serializer
-from rest_framework import mixins, serializers, status, viewsets
+from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -168,7 +168,7 @@ class MembershipViewSet(
         data = payload.validated_data
         organization = selectors.organizations_for(request.user).filter(slug=data["organization"]).first()
         if organization is None or not self.request_is_admin_of(organization):
-            raise serializers.ValidationError({"organization": ["you administer no such organisation"]})
+            raise exceptions.PermissionDenied("You administer no organisation with that slug.")
         user = get_user_model().objects.filter(username=data["username"]).first()
         if user is None:
             raise serializers.ValidationError({"username": ["no such user"]})

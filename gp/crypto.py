@@ -6,7 +6,9 @@ lifetime of a session: ECB contexts are stateless and reused directly, and CBC
 is done on one long-lived CBC context per direction whose chaining state is
 tracked, so a fresh IV costs one XOR instead of a new OpenSSL context.
 
-Key objects never show key bytes in ``repr``.
+Key objects never show key bytes in ``repr``. They are stateful (the CBC chaining
+state), so one object must not be shared between threads; a secure channel owns its
+own key objects.
 """
 
 from __future__ import annotations

@@ -350,6 +350,16 @@ def _parse_iu_response(response: bytes) -> tuple[bytes, int]:
     return response[:-2], sw
 
 
+def _state_args(keys: Any, state: Any) -> tuple[StaticKeys | None, dict[str, Any]]:
+    if state is None and isinstance(keys, dict):
+        keys, state = None, keys
+    if not isinstance(state, dict):
+        raise SecureChannelError("session state must be the dict returned by session_state()")
+    if keys is not None and not isinstance(keys, StaticKeys):
+        raise KeyMaterialError("keys must be a gp.keys.StaticKeys or None")
+    return keys, state
+
+
 class _HostChannel:
     """Shared host behaviour: state machine, challenge, pipelined unwrap, state export."""
 
@@ -553,9 +563,12 @@ class SCP03(_HostChannel):
         return st
 
     @classmethod
-    def from_session_state(cls, keys: StaticKeys | None, state: dict[str, Any]) -> SCP03:
+    def from_session_state(cls, keys: StaticKeys | dict[str, Any] | None = None,
+                           state: dict[str, Any] | None = None) -> SCP03:
         """Rebuild a channel from :meth:`session_state`. ``keys`` is needed before
-        authentication and for :meth:`encrypt_key`; it may be None afterwards."""
+        authentication and for :meth:`encrypt_key`; it may be None afterwards, and
+        ``from_session_state(state)`` is accepted too."""
+        keys, state = _state_args(keys, state)
         try:
             if int(state["scp"]) != 3:
                 raise SecureChannelError("session state is not an SCP03 state")
@@ -927,7 +940,10 @@ class SCP02(_HostChannel):
         return st
 
     @classmethod
-    def from_session_state(cls, keys: StaticKeys | None, state: dict[str, Any]) -> SCP02:
+    def from_session_state(cls, keys: StaticKeys | dict[str, Any] | None = None,
+                           state: dict[str, Any] | None = None) -> SCP02:
+        """Rebuild a channel from :meth:`session_state` (``keys`` optional once authenticated)."""
+        keys, state = _state_args(keys, state)
         try:
             if int(state["scp"]) != 2:
                 raise SecureChannelError("session state is not an SCP02 state")

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from gp.apdu import CommandAPDU
 from gp.crypto import scp03_kdf
 from gp.errors import APDUError, GPError, MACError, SecureChannelError
-from gp.keys import StaticKeys
+from gp.keys import PutKeyData, StaticKeys, decode_put_key, scp02_decrypt_key, scp03_decrypt_key
 from gp.scp import (
     _ZERO16,
     DDC_CARD_CRYPTOGRAM,
@@ -224,6 +224,11 @@ class CardSCP03(_CardChannel):
             self.reset()  # GP 2.3.1 §10.2.3: a secure messaging failure ends the session
             raise
 
+    def decode_put_key(self, data: bytes) -> PutKeyData:
+        """Decode PUT KEY data: AES keys under the static DEK (Amd D §7.2), KCVs checked."""
+        dek = self.keys.dek
+        return decode_put_key(data, lambda enc, n: scp03_decrypt_key(dek, enc, n))
+
     def wrap_response(self, rapdu: bytes) -> bytes:
         """Plain R-APDU (data || SW) -> secured R-APDU (R-ENC, R-MAC per security level)."""
         core = self._core
@@ -282,6 +287,11 @@ class CardSCP02(_CardChannel):
         if self._core is None:
             raise SecureChannelError("no session")
         return self._core.dek.key
+
+    def decode_put_key(self, data: bytes) -> PutKeyData:
+        """Decode PUT KEY data: 3DES keys under the session DEK (GP 2.3.1 §E.4.7), KCVs checked."""
+        dek = self.session_dek
+        return decode_put_key(data, lambda enc, _n: scp02_decrypt_key(dek, enc))
 
     def external_authenticate(self, capdu: bytes) -> bytes:
         core = self._core

@@ -134,6 +134,7 @@ def test_put_key_scp03_through_channel() -> None:
     plain = CommandAPDU.from_bytes(card.unwrap_command(host.wrap(capdu)))
     decoded = decode_put_key(plain.data, lambda e, n: scp03_decrypt_key(static.dek, e, n))
     assert decoded.new_version == 0x31 and decoded.static_keys() == new
+    assert card.decode_put_key(plain.data) == decoded
 
 
 def test_put_key_scp02_through_channel() -> None:
@@ -148,6 +149,7 @@ def test_put_key_scp02_through_channel() -> None:
     decoded = decode_put_key(data, lambda e, n: scp02_decrypt_key(card.session_dek, e))
     assert decoded.static_keys() == new
     assert decoded.components[0].kcv == kcv_des(new.enc)
+    assert card.decode_put_key(data).static_keys() == new
 
 
 def test_put_key_kcv_mismatch_and_truncation() -> None:

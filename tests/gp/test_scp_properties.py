@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gp.apdu import CommandAPDU
-from gp.errors import APDUError, GPError, MACError, SecureChannelError
+from gp.errors import APDUError, GPError, KeyMaterialError, MACError, SecureChannelError
 from gp.scp import SCP02, SCP03, StaticKeys
 from gp.scp_card import ISD_AID, CardSCP02, CardSCP03, sw_for_error
 
@@ -283,7 +283,7 @@ def test_scp02_session_state_round_trip(cfg: tuple[int, int]) -> None:
     assert card.unwrap_command(host.wrap(cmd)) == cmd
     host.unwrap(card.wrap_response(b"\x90\x00"))
     state = json.loads(json.dumps(host.session_state()))
-    restored = SCP02.from_session_state(None, state)
+    restored = SCP02.from_session_state(state)  # keys are optional once authenticated
     _continue_equal(host, restored, card)
     assert restored.encrypt_key(bytes(16)) == host.encrypt_key(bytes(16))
 
@@ -293,6 +293,10 @@ def test_session_state_rejects_garbage() -> None:
         SCP03.from_session_state(None, {"scp": 3})
     with pytest.raises(SecureChannelError):
         SCP02.from_session_state(None, {"scp": 3})
+    with pytest.raises(SecureChannelError):
+        SCP03.from_session_state(None, None)
+    with pytest.raises(KeyMaterialError):  # before authentication the static keys are needed
+        SCP03.from_session_state(SCP03(StaticKeys.single(bytes(16))).session_state())
 
 
 def test_wrap_before_authentication() -> None:

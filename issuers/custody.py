@@ -528,7 +528,6 @@ def card_isd_keys(
     master = masters.order_by("-kvn").first()
     if master is None:
         raise CustodyError(f"no active {algorithm} diversification master for {agency.slug}")
-    logger.debug("diversifying ISD keys of card %s from master KVN 0x%02X", card_cin, master.kvn)
     return diversify(scheme, load_secret_key(master), bytes(kdd), master.kvn)
 
 

@@ -1,0 +1,222 @@
+"""KEK rotation: every key survives and still opens an SCP03 session; the old KEK is gone;
+a rotation that fails midway changes nothing; the ``rotate_kek`` command."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from django.core.management import CommandError, call_command
+
+from audit.models import AuditEntry
+from gp.keys import StaticKeys, diversify
+from issuers import custody, keyvault
+from issuers.custody_models import KeyEncryptionKey, KeySet
+from issuers.keyvault import CustodyError, KekRef
+from issuers.models import Organization
+from tests.issuers.conftest import run_scp03_session
+
+pytestmark = pytest.mark.django_db
+
+MASTER = bytes.fromhex("404142434445464748494A4B4C4D4E4F")
+KDD = bytes.fromhex("11223344556677889900")
+
+
+@dataclass
+class Estate:
+    org: Organization
+    agency: Organization
+    static: dict[int, StaticKeys]  # keyset pk -> clear keys (known to the test only)
+    signing: dict[int, ed25519.Ed25519PrivateKey]
+
+
+@pytest.fixture
+def estate(key_backend: str) -> Estate:
+    agency = Organization.objects.create(name="Rot Agency", slug="rot-agency", kind="agency")
+    bank = Organization.objects.create(name="Rot Bank", slug="rot-bank", kind="bank")
+    static: dict[int, StaticKeys] = {}
+    for n, (length, kvn) in enumerate([(16, 0x30), (24, 0x31), (32, 0x32), (16, 0x30)]):
+        keyset = custody.generate_static_keys(
+            bank, algorithm="aes", length=length, kvn=kvn, card_cin=f"CIN-{n}", sd_aid="A000000999015344"
+        )
+        static[keyset.pk] = custody.load_static_keys(keyset)
+    superseded = custody.generate_static_keys(bank, kvn=0x30, card_cin="CIN-0", sd_aid="A000000999015344")
+    static[superseded.pk] = custody.load_static_keys(superseded)
+    signing_key = ed25519.Ed25519PrivateKey.generate()
+    signing = {custody.store_private_key(bank, signing_key, purpose="checkpoint_signing", kvn=1).pk: signing_key}
+    custody.store_master_key(agency, MASTER, 0x30)
+    return Estate(org=bank, agency=agency, static=static, signing=signing)
+
+
+def _snapshot(org: Organization) -> dict[int, tuple[int, bytes]]:
+    return {k.pk: (k.kek_id, bytes(k.wrapped)) for k in KeySet.objects.filter(organization=org)}
+
+
+def _all_keys_work(estate: Estate) -> None:
+    for pk, keys in estate.static.items():
+        keyset = KeySet.objects.get(pk=pk)
+        assert custody.load_static_keys(keyset) == keys
+        run_scp03_session(keys, lambda kdd, ks=keyset: custody.load_static_keys(ks))
+    for pk, private in estate.signing.items():
+        loaded = custody.load_private_key(KeySet.objects.get(pk=pk))
+        assert isinstance(loaded, ed25519.Ed25519PrivateKey)
+        private.public_key().verify(loaded.sign(b"checkpoint"), b"checkpoint")
+
+
+def test_rotation_rewraps_every_key_and_old_kek_is_gone(
+    estate: Estate, key_backend: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    org = estate.org
+    old_kek = custody.active_kek(org)
+    assert old_kek is not None and old_kek.version == 1
+    old_ref: KekRef = old_kek.ref
+    old_rows = {
+        k.pk: (bytes(k.wrapped), custody._aad(k, old_kek.version)) for k in KeySet.objects.filter(organization=org)
+    }
+    assert len(old_rows) == 6
+    _all_keys_work(estate)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        new_kek = custody.rotate_kek(org)
+
+    assert new_kek.version == 2 and new_kek.state == "active" and new_kek.backend == key_backend
+    old_kek.refresh_from_db()
+    assert old_kek.state == "destroyed" and old_kek.destroyed_at is not None
+    assert bytes(old_kek.wrapped_material or b"") == b""
+    rows = KeySet.objects.filter(organization=org)
+    assert {k.kek_id for k in rows} == {new_kek.pk}
+    assert all(k.rewrapped_at is not None for k in rows)
+    assert all(bytes(k.wrapped) != old_rows[k.pk][0] for k in rows)
+    # every key still unwraps and works in an SCP03 session with the emulated card
+    _all_keys_work(estate)
+    # the agency's keys were not touched, and its ISD diversification still works
+    agency_keys = KeySet.objects.get(organization=estate.agency)
+    assert agency_keys.kek.version == 1
+    run_scp03_session(diversify("kdf3", MASTER, KDD, 0x30),
+                      lambda kdd: custody.card_isd_keys(estate.agency, "CIN-0", kdd), kdd=KDD)
+    # the old KEK, through the reference kept from before the rotation, unwraps nothing
+    backend = keyvault.get_backend(old_ref.backend)
+    for blob, aad in old_rows.values():
+        with pytest.raises(CustodyError):
+            backend.unwrap(old_ref, blob, aad)
+    with pytest.raises(CustodyError):
+        backend.wrap(old_ref, b"k" * 16, b"")
+    if key_backend == "pkcs11":
+        assert isinstance(backend, keyvault.Pkcs11Backend)
+        labels = backend._call(lambda s: [o.label for o in s.get_objects({})])
+        assert old_ref.label not in labels and new_kek.hsm_label in labels
+    event = AuditEntry.objects.filter(action="custody.kek_rotated").latest("index")
+    assert event.outcome == "success" and event.organization_slug == "rot-bank"
+    assert event.details == {"old_versions": [1], "new_version": 2, "backend": key_backend, "key_sets_rewrapped": 6}
+
+    # and again: v3, still fine, new keys stored after rotation go under the new KEK
+    with django_capture_on_commit_callbacks(execute=True):
+        third = custody.rotate_kek(org)
+    assert third.version == 3
+    fresh = custody.generate_static_keys(org, kvn=0x40)
+    assert fresh.kek_id == third.pk
+    _all_keys_work(estate)
+
+
+def test_reader_holding_a_pre_rotation_row_keeps_working(
+    estate: Estate, django_capture_on_commit_callbacks: Any
+) -> None:
+    pk, keys = next(iter(estate.static.items()))
+    stale = KeySet.objects.get(pk=pk)  # read before the rotation commits
+    with django_capture_on_commit_callbacks(execute=True):
+        custody.rotate_kek(estate.org)
+    assert custody.load_static_keys(stale) == keys
+
+
+def _failing_after(count: int) -> Callable[..., None]:
+    original = custody._rewrap_keyset
+    calls = {"n": 0}
+
+    def rewrap(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] > count:
+            raise RuntimeError("injected failure in the middle of the rotation")
+        original(*args, **kwargs)
+
+    return rewrap
+
+
+def test_rotation_failing_midway_changes_nothing(
+    estate: Estate, key_backend: str, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    org = estate.org
+    before = _snapshot(org)
+    old_kek = custody.active_kek(org)
+    assert old_kek is not None
+    monkeypatch.setattr(custody, "_rewrap_keyset", _failing_after(3))
+    with django_capture_on_commit_callbacks(execute=True), pytest.raises(RuntimeError, match="injected"):
+        custody.rotate_kek(org)
+    monkeypatch.undo()
+
+    assert _snapshot(org) == before
+    assert list(KeyEncryptionKey.objects.filter(organization=org).values_list("version", "state")) == [(1, "active")]
+    old_kek.refresh_from_db()
+    assert old_kek.state == "active"
+    # every key still unwraps under the old KEK and works
+    backend = keyvault.get_backend(old_kek.backend)
+    for keyset in KeySet.objects.filter(organization=org):
+        assert backend.unwrap(old_kek.ref, bytes(keyset.wrapped), custody._aad(keyset, 1))
+    _all_keys_work(estate)
+    if key_backend == "pkcs11":
+        assert isinstance(backend, keyvault.Pkcs11Backend)
+        labels = backend._call(lambda s: [o.label for o in s.get_objects({})])
+        assert f"ecard-kek-{org.pk}-2" not in labels  # the new HSM KEK was deleted on rollback
+        assert old_kek.hsm_label in labels
+    failure = AuditEntry.objects.filter(action="custody.kek_rotated").latest("index")
+    assert failure.outcome == "failure" and "RuntimeError" in failure.reason
+    # a later rotation succeeds
+    with django_capture_on_commit_callbacks(execute=True):
+        assert custody.rotate_kek(org).version == 2
+    _all_keys_work(estate)
+
+
+def test_rotate_kek_command(estate: Estate, capsys: pytest.CaptureFixture[str],
+                            django_capture_on_commit_callbacks: Any) -> None:
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("rotate_kek", "rot-bank")
+    out = capsys.readouterr().out
+    assert "rot-bank: KEK v2" in out and "6 key set(s) re-wrapped" in out
+    assert custody.active_kek(estate.org).version == 2
+    assert custody.active_kek(estate.agency).version == 1
+
+    Organization.objects.create(name="Keyless Bank", slug="keyless", kind="bank")
+    with django_capture_on_commit_callbacks(execute=True):
+        call_command("rotate_kek", "--all")
+    out = capsys.readouterr().out
+    assert "rot-agency: KEK v2" in out and "rot-bank: KEK v3" in out and "keyless" not in out
+    assert "rotated 2 organisation(s)" in out
+    _all_keys_work(estate)
+    for secret in (MASTER, *[k.enc for k in estate.static.values()]):
+        assert secret.hex() not in out.lower()
+
+    with pytest.raises(CommandError, match="unknown organisation"):
+        call_command("rotate_kek", "nope")
+    with pytest.raises(CommandError):
+        call_command("rotate_kek")
+    with pytest.raises(CommandError):
+        call_command("rotate_kek", "rot-bank", "--all")
+
+
+def test_rotation_moves_an_organisation_into_the_hsm(
+    software_backend: str, settings: Any, softhsm: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    org = Organization.objects.create(name="Mover", slug="mover", kind="bank")
+    keys = StaticKeys.single(MASTER, 0x30)
+    keyset = custody.store_static_keys(org, keys)
+    assert keyset.kek.backend == "software"
+    settings.ECARD_PKCS11_MODULE = softhsm.module
+    settings.ECARD_PKCS11_TOKEN = softhsm.token_label
+    settings.ECARD_PKCS11_PIN = softhsm.pin
+    with django_capture_on_commit_callbacks(execute=True):
+        new = custody.rotate_kek(org, backend="pkcs11")
+    assert new.backend == "pkcs11"
+    keyset.refresh_from_db()
+    assert keyset.kek_id == new.pk and custody.load_static_keys(keyset) == keys

@@ -1,0 +1,84 @@
+"""Fixed facts of the emulated card: AIDs, ROM packages, limits and the status words it uses."""
+
+from __future__ import annotations
+
+from functools import reduce
+
+from gp.commands import Privileges
+
+ISD_AID = bytes.fromhex("A000000151000000")
+SSD_PACKAGE_AID = bytes.fromhex("A0000001515350")  # GP SSD package, in ROM
+SSD_MODULE_AID = bytes.fromhex("A000000151535041")  # GP SSD module (executable module of the package)
+
+# Java Card 3.0.5 Classic and GlobalPlatform 2.3 API export versions (AID, (major, minor), name).
+# JC 3.0.5 exports javacard.framework/security and javacardx.crypto as 1.6; javacardx.apdu is 1.0
+# (unchanged since JC 2.2.2); GP 2.3/2.3.1 defines org.globalplatform 1.6 (backward compatible to 1.5).
+ROM_PACKAGES: tuple[tuple[bytes, tuple[int, int], str], ...] = (
+    (bytes.fromhex("A0000000620001"), (1, 0), "java.lang"),
+    (bytes.fromhex("A0000000620101"), (1, 6), "javacard.framework"),
+    (bytes.fromhex("A0000000620102"), (1, 6), "javacard.security"),
+    (bytes.fromhex("A0000000620201"), (1, 6), "javacardx.crypto"),
+    (bytes.fromhex("A0000000620209"), (1, 0), "javacardx.apdu"),
+    (bytes.fromhex("A00000015100"), (1, 6), "org.globalplatform"),
+    (SSD_PACKAGE_AID, (1, 0), "GP SSD package"),
+)
+
+DEFAULT_KEY = bytes.fromhex("404142434445464748494A4B4C4D4E4F")
+DEFAULT_SCP03 = (0x03, 0x70)  # SCP03, i=70: pseudo-random challenge, R-MAC, R-ENC (Amd D §5.1)
+DEFAULT_SCP02 = (0x02, 0x55)  # SCP02, i=55 (GP 2.3.1 §E.1.1)
+DEFAULT_KVN = {0x02: 0x20, 0x03: 0x30}
+
+TOKEN_KVN = 0x70  # ISD Token Verification key (GP 2.3.1 §9.2.2, DESIGN §4)
+RECEIPT_KVN = 0x71  # ISD Receipt key
+
+# ISD privileges: SD, Card Lock, Card Terminate, Card Reset, CVM Management / Trusted Path,
+# Authorized Management, Token Verification, Global Delete/Lock/Registry, Final Application /
+# Receipt Generation (GP 2.3.1 §6.6.1: the ISD holds these by default).
+ISD_PRIVILEGES = Privileges.from_bytes(bytes.fromhex("9EFE80"))
+
+# Privileges only the ISD may hand out (GP 2.3.1 §6.6: card-wide authority stays with the issuer).
+ISSUER_ONLY_PRIVILEGES = (
+    Privileges.CARD_LOCK | Privileges.CARD_TERMINATE | Privileges.CARD_RESET | Privileges.CVM_MANAGEMENT
+    | Privileges.TRUSTED_PATH | Privileges.AUTHORIZED_MANAGEMENT | Privileges.TOKEN_VERIFICATION
+    | Privileges.GLOBAL_DELETE | Privileges.GLOBAL_LOCK | Privileges.GLOBAL_REGISTRY
+    | Privileges.FINAL_APPLICATION | Privileges.RECEIPT_GENERATION
+)
+
+# Consecutive failed EXTERNAL AUTHENTICATEs after which a key set is blocked (INITIALIZE UPDATE → 6983).
+# GP 2.3.1 leaves the limit to the card; real cards use 3..15. Configurable per card (init --auth-limit).
+DEFAULT_AUTH_LIMIT = 3
+
+DEFAULT_MEMORY = 128 * 1024  # non-volatile bytes for load files and instances
+INSTANCE_COST = 256  # bytes of NVM an application instance takes (SD: twice that)
+MAX_BLOCK = 0xFF  # 9F65: maximum length of data field in command message
+GET_STATUS_CHUNK = 200  # plain bytes of registry entries per GET STATUS response before 6310
+
+# ATR: TS 3B, T0 8A (TD1, 10 historical bytes), TD1 80 (TD2), TD2 01 (T=1), "ECARD-SIM1", TCK.
+_ATR_BODY = bytes.fromhex("8A8001") + b"ECARD-SIM1"
+DEFAULT_ATR = b"\x3b" + _ATR_BODY + bytes([reduce(lambda a, b: a ^ b, _ATR_BODY, 0)])
+
+# Status words (ISO/IEC 7816-4 §5.6 and GP 2.3.1 §11.1.3 and the per-command tables of §11)
+SW_OK = 0x9000
+SW_MORE_DATA = 0x6310
+SW_AUTH_FAILED = 0x6300
+SW_WRONG_LENGTH = 0x6700
+SW_LOGICAL_CHANNEL = 0x6881
+SW_SECURITY = 0x6982
+SW_AUTH_BLOCKED = 0x6983
+SW_CONDITIONS = 0x6985
+SW_WRONG_DATA = 0x6A80
+SW_FUNC_NOT_SUPPORTED = 0x6A81
+SW_NOT_FOUND = 0x6A82
+SW_NO_MEMORY = 0x6A84
+SW_WRONG_P1P2 = 0x6A86
+SW_REF_NOT_FOUND = 0x6A88
+SW_INS = 0x6D00
+SW_CLA = 0x6E00
+SW_UNKNOWN = 0x6F00
+SW_MEMORY_FAILURE = 0x6581
+
+# LOAD of a file whose imports the card cannot resolve: 6A88 "referenced data not found".
+# GP 2.3.1 §11.6.3.2 lists only 6581/6A84 for LOAD itself; the missing object is a package the
+# Load File references, and GP uses 6A88 for a referenced AID absent from the registry (INSTALL
+# §11.5.3.2, DELETE §11.2.3.2), so the card answers the same on the last LOAD block.
+SW_UNRESOLVED_IMPORT = SW_REF_NOT_FOUND

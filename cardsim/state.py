@@ -1,0 +1,198 @@
+"""The card's persistent state: one JSON-serialisable dict (the card's non-volatile memory).
+
+Layout (all AIDs and byte strings are upper-case hex)::
+
+    format        "cardsim/1"
+    lifecycle     card life cycle state (GP 2.3.1 §11.1.1 Table 11-3), int
+    atr iin cin kdd cplc
+    memory_total  bytes of NVM for load files and instances
+    auth_limit    consecutive failed EXTERNAL AUTHENTICATEs before a key set is blocked
+    confirmation_counter   Delegated Management receipt counter (GP 2.3.1 §C.4)
+    token_scheme  gp.dm scheme used with the ISD token verification key (KVN 70)
+    ssd_initial_key        initial key set value of a new SSD (ENC = MAC = DEK)
+    behaviours    {AID prefix: behaviour name} for applet instances (cardsim.applets)
+    elfs          {ELF AID: {version, sd, modules[{aid, offset}], imports[[aid, major, minor]], rom, size, name}}
+    apps          {AID: {elf, module, lifecycle, privileges, sd, params, data}}   (ISD and SSDs included)
+    sds           {SD AID: {scp, i, keys {KVN: key record}}}
+    load          in-progress LOAD or null; discarded at power-up (a card pulled mid-LOAD)
+
+Key records: ``{"type": "aes"|"des", "keys": [hex, ...], "counter": n, "failures": n}`` for
+symmetric sets (ENC, MAC, DEK or a single key) and ``{"type": "ec", "q": hex}`` /
+``{"type": "rsa", "n": hex, "e": hex}`` for public keys.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from cardsim.applets import DEFAULT_BEHAVIOURS
+from cardsim.constants import (
+    DEFAULT_ATR,
+    DEFAULT_AUTH_LIMIT,
+    DEFAULT_KEY,
+    DEFAULT_KVN,
+    DEFAULT_MEMORY,
+    ISD_AID,
+    ISD_PRIVILEGES,
+    RECEIPT_KVN,
+    ROM_PACKAGES,
+    SSD_MODULE_AID,
+    SSD_PACKAGE_AID,
+    TOKEN_KVN,
+)
+from gp.commands import CARD_SECURED, CPLC_FIELDS, SD_PERSONALIZED
+from gp.dm import SCHEME_ECDSA_P256_SHA256, SCHEME_RSA_PKCS1V15_SHA256
+from gp.errors import KeyMaterialError
+from gp.keys import StaticKeys, diversify
+
+FORMAT = "cardsim/1"
+State = dict[str, Any]
+
+
+def hx(data: bytes) -> str:
+    return bytes(data).hex().upper()
+
+
+def unhx(text: str) -> bytes:
+    return bytes.fromhex(text)
+
+
+def kvn_key(kvn: int) -> str:
+    return f"{kvn:02X}"
+
+
+def symmetric_record(kind: str, keys: list[bytes]) -> dict[str, Any]:
+    return {"type": kind, "keys": [hx(k) for k in keys], "counter": 0, "failures": 0}
+
+
+def public_key_record(key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> dict[str, Any]:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name != "secp256r1":
+            raise KeyMaterialError("token verification key must be P-256 or RSA")
+        q = key.public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+        return {"type": "ec", "q": hx(q)}
+    nums = key.public_numbers()
+    n = nums.n.to_bytes((nums.n.bit_length() + 7) // 8, "big")
+    e = nums.e.to_bytes((nums.e.bit_length() + 7) // 8, "big")
+    return {"type": "rsa", "n": hx(n), "e": hx(e)}
+
+
+def load_public_key(record: dict[str, Any]) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+    if record["type"] == "ec":
+        return ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), unhx(record["q"]))
+    if record["type"] == "rsa":
+        n = int.from_bytes(unhx(record["n"]), "big")
+        e = int.from_bytes(unhx(record["e"]), "big")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    raise KeyMaterialError(f"key of type {record['type']} is not a public key")
+
+
+def static_keys(record: dict[str, Any], kvn: int) -> StaticKeys:
+    keys = [unhx(k) for k in record["keys"]]
+    if len(keys) != 3:
+        raise KeyMaterialError("not a secure channel key set (ENC, MAC, DEK)")
+    return StaticKeys(keys[0], keys[1], keys[2], kvn)
+
+
+def default_cplc(cin: bytes) -> bytes:
+    """42-byte CPLC (GP 2.3.1 §H.4 / gp.commands.CPLC_FIELDS) with the CIN's tail as IC serial number."""
+    values = {
+        "ic_fabricator": bytes.fromhex("4543"), "ic_type": bytes.fromhex("0001"),
+        "os_id": bytes.fromhex("4353"), "os_release_date": bytes.fromhex("6330"),
+        "os_release_level": bytes.fromhex("0100"), "ic_serial_number": cin[-4:].rjust(4, b"\x00"),
+    }
+    return b"".join(values.get(name, bytes(n)) for name, n in CPLC_FIELDS)
+
+
+def new_state(
+    *,
+    scp: int = 0x03,
+    key: bytes = DEFAULT_KEY,
+    kvn: int | None = None,
+    i: int | None = None,
+    iin: bytes = b"ECARD",
+    cin: bytes | None = None,
+    kdd: bytes | None = None,
+    diversify_scheme: str | None = None,
+    memory: int = DEFAULT_MEMORY,
+    auth_limit: int = DEFAULT_AUTH_LIMIT,
+    token_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey | None = None,
+    token_scheme: str | None = None,
+    receipt_key: bytes | None = None,
+    ssd_initial_key: bytes = DEFAULT_KEY,
+    lifecycle: int = CARD_SECURED,
+    behaviours: dict[str, str] | None = None,
+    atr: bytes = DEFAULT_ATR,
+) -> State:
+    """A fresh card (GP 2.3.1 §5.1: ISD in the card's life cycle state, ROM packages registered).
+
+    ``key`` is the ISD's static key (ENC = MAC = DEK), or with ``diversify_scheme`` the master key
+    from which the ISD keys are diversified with the card's KDD (``gp.keys.diversify``).
+    """
+    if scp not in (0x02, 0x03):
+        raise KeyMaterialError(f"SCP{scp:02X} is not supported (02 or 03)")
+    cin = bytes(cin) if cin is not None else os.urandom(8)
+    kdd = bytes(kdd) if kdd is not None else cin[-10:].rjust(10, b"\x00")
+    if len(kdd) != 10:
+        raise KeyMaterialError("key diversification data must be 10 bytes")
+    kvn = DEFAULT_KVN[scp] if kvn is None else kvn
+    i = (0x70 if scp == 0x03 else 0x55) if i is None else i
+    if diversify_scheme:
+        sk = diversify(diversify_scheme, key, kdd, kvn)
+        isd_keys = [sk.enc, sk.mac, sk.dek]
+    else:
+        StaticKeys.single(key, kvn)  # validates the length
+        isd_keys = [key, key, key]
+    if scp == 0x02 and len(isd_keys[0]) != 16:
+        raise KeyMaterialError("SCP02 needs a 16-byte (2-key 3DES) key")
+    kind = "des" if scp == 0x02 else "aes"
+    isd_sd: dict[str, Any] = {"scp": scp, "i": i, "keys": {kvn_key(kvn): symmetric_record(kind, isd_keys)}}
+    if token_key is not None:
+        isd_sd["keys"][kvn_key(TOKEN_KVN)] = public_key_record(token_key)
+    if receipt_key is not None:
+        isd_sd["keys"][kvn_key(RECEIPT_KVN)] = symmetric_record("aes" if len(receipt_key) != 16 or scp == 3 else "des",
+                                                                [receipt_key])
+    if token_scheme is None:
+        token_scheme = (SCHEME_RSA_PKCS1V15_SHA256 if isinstance(token_key, rsa.RSAPublicKey)
+                        else SCHEME_ECDSA_P256_SHA256)
+    elfs: dict[str, Any] = {}
+    for aid, version, name in ROM_PACKAGES:
+        modules = [{"aid": hx(SSD_MODULE_AID), "offset": 0}] if aid == SSD_PACKAGE_AID else []
+        elfs[hx(aid)] = {"version": list(version), "sd": hx(ISD_AID), "modules": modules, "imports": [],
+                         "rom": True, "size": 0, "name": name}
+    apps = {hx(ISD_AID): {"elf": hx(SSD_PACKAGE_AID), "module": hx(SSD_MODULE_AID), "lifecycle": SD_PERSONALIZED,
+                          "privileges": hx(ISD_PRIVILEGES.to_bytes()), "sd": hx(ISD_AID), "params": "", "data": {}}}
+    return {
+        "format": FORMAT,
+        "lifecycle": lifecycle,
+        "atr": hx(atr),
+        "iin": hx(iin),
+        "cin": hx(cin),
+        "kdd": hx(kdd),
+        "cplc": hx(default_cplc(cin)),
+        "memory_total": int(memory),
+        "auth_limit": int(auth_limit),
+        "confirmation_counter": 0,
+        "token_scheme": token_scheme,
+        "ssd_initial_key": hx(ssd_initial_key),
+        "behaviours": dict(DEFAULT_BEHAVIOURS if behaviours is None else behaviours),
+        "elfs": elfs,
+        "apps": apps,
+        "sds": {hx(ISD_AID): isd_sd},
+        "load": None,
+    }
+
+
+def check_state(state: State) -> None:
+    """Structural checks on a loaded state file; raises ValueError when it is not a cardsim state."""
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError("not a cardsim state file (format cardsim/1 expected)")
+    for key in ("elfs", "apps", "sds"):
+        if not isinstance(state.get(key), dict):
+            raise ValueError(f"state file lacks {key!r}")
+    if hx(ISD_AID) not in state["apps"] or hx(ISD_AID) not in state["sds"]:
+        raise ValueError("state file has no Issuer Security Domain")

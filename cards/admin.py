@@ -1,1 +1,63 @@
-"""Admin of the cards app."""
+"""Django admin for operators: cards and their content, read-mostly (changes go through services)."""
+
+from __future__ import annotations
+
+from django.contrib import admin
+
+from cards.models import AppletInstance, Card, CardJob, Enrollment, SecurityDomain
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Registry rows change only through services (which write the audit log), never by hand."""
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+class SecurityDomainInline(admin.TabularInline):
+    model = SecurityDomain
+    fields = ("aid", "organization", "is_isd", "privileges", "key_kvn", "lifecycle", "state")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+
+@admin.register(Card)
+class CardAdmin(ReadOnlyAdmin):
+    list_display = ("cin", "serial", "lifecycle", "scp", "issued_by", "emulated", "created_at")
+    list_filter = ("lifecycle", "scp", "emulated")
+    search_fields = ("cin", "serial")
+    exclude = ("kdd",)
+    inlines = (SecurityDomainInline,)
+
+
+@admin.register(SecurityDomain)
+class SecurityDomainAdmin(ReadOnlyAdmin):
+    list_display = ("aid", "card", "organization", "is_isd", "key_kvn", "lifecycle", "state")
+    list_filter = ("state", "lifecycle", "is_isd", "organization")
+    search_fields = ("aid", "card__cin")
+
+
+@admin.register(AppletInstance)
+class AppletInstanceAdmin(ReadOnlyAdmin):
+    list_display = ("instance_aid", "package_aid", "package_version", "security_domain", "lifecycle")
+    search_fields = ("instance_aid", "package_aid")
+
+
+@admin.register(Enrollment)
+class EnrollmentAdmin(ReadOnlyAdmin):
+    list_display = ("card", "bank", "status", "consented_at")
+    list_filter = ("status", "bank")
+
+
+@admin.register(CardJob)
+class CardJobAdmin(ReadOnlyAdmin):
+    list_display = ("id", "card", "kind", "organization", "state", "attempts", "created_at", "finished_at")
+    list_filter = ("state", "kind", "organization")
+    search_fields = ("card__cin",)

@@ -14,6 +14,8 @@ os.environ.setdefault("ECARD_MASTER_KEY", secrets.token_hex(32))
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    if not settings.configured:
+        return []
     database = settings.DATABASES["default"]
     broker = os.environ.get("CELERY_BROKER_URL") or "none (tasks run in-process)"
     return [f"ecard: database={database['ENGINE'].rsplit('.', 1)[-1]} broker={broker}"]
@@ -21,6 +23,8 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     """Say plainly which real services the suite ran against (CI reads this)."""
+    if not settings.configured:
+        return
     database = settings.DATABASES["default"]
     lines = [f"database: {database['ENGINE'].rsplit('.', 1)[-1]}"]
     broker = os.environ.get("CELERY_BROKER_URL")
@@ -35,6 +39,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 def pytest_configure(config: pytest.Config) -> None:
     # Password hashing strength is not under test; the default costs ~0.3 s per user created.
+    if not settings.configured:
+        return
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     if not getattr(settings, "ECARD_MASTER_KEY", ""):
         settings.ECARD_MASTER_KEY = os.environ["ECARD_MASTER_KEY"]

@@ -20,9 +20,10 @@ bytes, and no KCVs either).
 
 from __future__ import annotations
 
+import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
@@ -34,6 +35,7 @@ from django.utils import timezone
 from audit.services import record_event
 from ecard.errors import ServiceError
 from gp.keys import StaticKeys, diversify, kcv_aes, kcv_des
+from gp.scp import SCP02, SCP03
 from issuers.custody_models import KeyEncryptionKey, KeySet
 from issuers.keyvault import (
     BACKEND_PKCS11,
@@ -62,7 +64,11 @@ __all__ = [
     "load_private_key",
     "load_secret_key",
     "load_static_keys",
+    "open_channel_state",
+    "open_secure_channel",
     "rotate_kek",
+    "rotate_keks",
+    "seal_channel_state",
     "store_master_key",
     "store_private_key",
     "store_secret_key",
@@ -529,6 +535,70 @@ def card_isd_keys(
     if master is None:
         raise CustodyError(f"no active {algorithm} diversification master for {agency.slug}")
     return diversify(scheme, load_secret_key(master), bytes(kdd), master.kvn)
+
+
+# ---------------------------------------------------------------------------
+# secure channels: session-level material for the channel code
+
+
+def open_secure_channel(
+    keyset: KeySet,
+    *,
+    security_level: int | None = None,
+    host_challenge: bytes | None = None,
+    i: int = 0x55,
+    s16: bool = False,
+    sd_aid: bytes | None = None,
+) -> SCP02 | SCP03:
+    """A host-side secure channel (:class:`gp.scp.SCP03` for AES, :class:`gp.scp.SCP02` for 3DES)
+    keyed from a stored ``scp_static`` key set; the static keys never leave this call.
+
+    ``security_level`` defaults to 0x33 (SCP03) / 0x03 (SCP02); ``i`` is the SCP02 option.
+    For the secure-channel code in services and tasks only.
+    """
+    keys = load_static_keys(keyset)
+    if keyset.algorithm == Algorithm.AES:
+        return SCP03(keys, 0x33 if security_level is None else security_level, host_challenge, s16=s16,
+                     sd_aid=sd_aid)
+    return SCP02(keys, 0x03 if security_level is None else security_level, host_challenge, i=i, sd_aid=sd_aid)
+
+
+def _state_aad(org: Organization, context: str, kek_version: int) -> bytes:
+    return encode_aad("ecard-channel-state", 1, org.pk, context, kek_version)
+
+
+def seal_channel_state(org: Organization, state: Mapping[str, Any], *, context: str) -> bytes:
+    """Encrypt a channel's :meth:`session_state` (it holds session keys) under the organisation's KEK,
+    bound to ``context`` (e.g. the card job id), for storing between relay round trips.
+
+    The blob names its KEK version; after a KEK rotation older blobs no longer open (the
+    session is restarted, as after any secure channel failure).
+    """
+    if not context:
+        raise ServiceError("a channel state needs a context (e.g. the job id)", field="context")
+    kek = ensure_org_kek(org)
+    plaintext = json.dumps(dict(state), sort_keys=True, separators=(",", ":")).encode()
+    inner = get_backend(kek.backend).wrap(kek.ref, plaintext, _state_aad(org, context, kek.version))
+    return b"\x01" + kek.version.to_bytes(4, "big") + inner
+
+
+def open_channel_state(org: Organization, blob: bytes, *, context: str) -> dict[str, Any]:
+    """Inverse of :func:`seal_channel_state`; :class:`CustodyError` if it does not open."""
+    blob = bytes(blob)
+    if len(blob) < 6 or blob[0] != 0x01:
+        raise UnwrapError("malformed sealed channel state")
+    version = int.from_bytes(blob[1:5], "big")
+    kek = KeyEncryptionKey.objects.filter(organization=org, version=version).first()
+    if kek is None or kek.state == KeyEncryptionKey.State.DESTROYED:
+        raise KekUnavailableError(f"the KEK v{version} of {org.slug} that sealed this channel state is gone")
+    plaintext = get_backend(kek.backend).unwrap(kek.ref, blob[5:], _state_aad(org, context, version))
+    try:
+        state = json.loads(plaintext)
+    except ValueError:
+        raise UnwrapError("sealed channel state does not parse") from None
+    if not isinstance(state, dict):
+        raise UnwrapError("sealed channel state is not an object")
+    return state
 
 
 # ---------------------------------------------------------------------------

@@ -313,3 +313,72 @@ def test_pkcs11_kek_is_a_non_extractable_token_key(pkcs11_backend: str, orgs: di
     with pytest.raises(KekUnavailableError):
         backend.wrap(kek.ref, b"x" * 16, b"")
     assert django_settings.ECARD_KEY_BACKEND == "pkcs11"
+
+
+# ---------------------------------------------------------------------------
+# secure channels keyed from custody; sealed channel state
+
+
+def _handshake(host: Any, card: Any) -> None:
+    response = card.initialize_update(host.initialize_update())
+    assert response[-2:] == b"\x90\x00"
+    assert card.external_authenticate(host.external_authenticate(response)) == b"\x90\x00"
+    plain = bytes.fromhex("80CA00660100")
+    assert card.unwrap_command(host.wrap(plain))[1:4] == plain[1:4]
+    answer = bytes.fromhex("66039F7F009000")
+    assert host.unwrap(card.wrap_response(answer)) == answer
+
+
+def test_open_secure_channel_scp03_and_scp02(key_backend: str, orgs: dict[str, Organization]) -> None:
+    from gp.scp import SCP02, SCP03
+    from gp.scp_card import CardSCP02, CardSCP03
+
+    aes = StaticKeys(KEY_A, KEY_B, KEY_C, 0x30)
+    aes_set = custody.store_static_keys(orgs["alpha"], aes, card_cin="CIN-1", sd_aid=SD_AID)
+    host = custody.open_secure_channel(aes_set)
+    assert isinstance(host, SCP03) and host.security_level == 0x33
+    _handshake(host, CardSCP03(aes, i=0x70))
+    des = StaticKeys(KEY_A, KEY_B, KEY_C, 0x20)
+    des_set = custody.store_static_keys(orgs["alpha"], des, card_cin="CIN-1", algorithm="3des")
+    host2 = custody.open_secure_channel(des_set, security_level=0x03)
+    assert isinstance(host2, SCP02)
+    _handshake(host2, CardSCP02(des, i=0x55))
+    for text in (repr(host), repr(host2)):
+        assert KEY_A.hex() not in text.lower()
+
+
+def test_sealed_channel_state(
+    key_backend: str, orgs: dict[str, Organization], django_capture_on_commit_callbacks: Any
+) -> None:
+    from gp.scp import SCP03
+    from gp.scp_card import CardSCP03
+
+    alpha = orgs["alpha"]
+    keys = StaticKeys(KEY_A, KEY_B, KEY_C, 0x30)
+    keyset = custody.store_static_keys(alpha, keys)
+    host, card = custody.open_secure_channel(keyset), CardSCP03(keys, i=0x70)
+    response = card.initialize_update(host.initialize_update())
+    assert card.external_authenticate(host.external_authenticate(response)) == b"\x90\x00"
+    state = host.session_state()
+    sealed = custody.seal_channel_state(alpha, state, context="job-1")
+    for value in state.values():
+        if isinstance(value, str) and len(value) >= 32:
+            assert value.encode() not in sealed and bytes.fromhex(value) not in sealed
+    assert custody.open_channel_state(alpha, sealed, context="job-1") == state
+    resumed = SCP03.from_session_state(None, custody.open_channel_state(alpha, sealed, context="job-1"))
+    plain = bytes.fromhex("80CA00660100")
+    assert card.unwrap_command(resumed.wrap(plain))[1:4] == plain[1:4]
+    with pytest.raises(UnwrapError):
+        custody.open_channel_state(alpha, sealed, context="job-2")
+    with pytest.raises(CustodyError):
+        custody.open_channel_state(orgs["beta"], sealed, context="job-1")
+    tampered = bytearray(sealed)
+    tampered[-1] ^= 1
+    with pytest.raises(UnwrapError):
+        custody.open_channel_state(alpha, bytes(tampered), context="job-1")
+    with django_capture_on_commit_callbacks(execute=True):
+        custody.rotate_kek(alpha)
+    with pytest.raises(KekUnavailableError):  # sessions restart after a KEK rotation
+        custody.open_channel_state(alpha, sealed, context="job-1")
+    resealed = custody.seal_channel_state(alpha, state, context="j")
+    assert custody.open_channel_state(alpha, resealed, context="j") == state

@@ -104,9 +104,11 @@ def test_scp03_session_tampered(index: int) -> None:
             ch.unwrap(bytes(bad))
 
 
-@pytest.mark.parametrize("index", range(len(_V["scp02_sessions"])), ids=_ids(_V["scp02_sessions"]))
-def test_scp02_session(index: int) -> None:
-    _replay(_vectors()["scp02_sessions"][index], 2)
+def test_scp02_sessions_replay() -> None:
+    """The vector file has no SCP02 session yet (SCP02 is covered by its session-key and key-wrap
+    primitives below and by host/card round trips); any session added to the file is replayed here."""
+    for entry in _vectors()["scp02_sessions"]:
+        _replay(entry, 2)
 
 
 def test_vector_sets_present() -> None:

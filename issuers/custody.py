@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
@@ -67,7 +67,6 @@ __all__ = [
     "open_channel_state",
     "open_secure_channel",
     "rotate_kek",
-    "rotate_keks",
     "seal_channel_state",
     "store_master_key",
     "store_private_key",
@@ -516,7 +515,8 @@ def card_isd_keys(
 ) -> StaticKeys:
     """The card's ISD static keys, diversified on demand from the agency's master (never stored).
 
-    ``kdd`` is the key diversification data (bytes 0..9 of the INITIALIZE UPDATE response);
+    ``kdd`` is the key diversification data (bytes 0..9 of the INITIALIZE UPDATE response); the
+    derivation depends on it alone, ``card_cin`` names the card for the caller's records;
     ``kvn`` selects the master's KVN (default: the highest active one for the scheme's algorithm).
     The returned keys carry the master's KVN. For secure-channel code in services/tasks only.
     """
@@ -707,16 +707,3 @@ def rotate_kek(org: Organization, actor: Any = None, *, backend: str | None = No
                 )
         raise
 
-
-def rotate_keks(orgs: Iterable[Organization], actor: Any = None, *,
-                on_done: Callable[[Organization, KeyEncryptionKey], None] | None = None) -> int:
-    """Rotate the KEK of each organisation that has one, each in its own transaction; returns the count."""
-    count = 0
-    for org in orgs:
-        if active_kek(org) is None and not KeySet.objects.filter(organization=org).exists():
-            continue
-        new = rotate_kek(org, actor)
-        count += 1
-        if on_done is not None:
-            on_done(org, new)
-    return count

@@ -134,6 +134,7 @@ class Card:
         self._random = random
         self._dirty = False
         self.powered = False
+        self.last_error: str | None = None  # diagnostics: the internal error behind the last 6F00
         self._clear_volatile()
 
     # ------------------------------------------------------------------ power, reset, transmit
@@ -177,7 +178,8 @@ class Card:
             out = self._process(bytes(capdu))
         except _Reply as reply:
             out = _sw(reply.sw)
-        except Exception:  # a card never crashes: undo the command, answer "no precise diagnosis"
+        except Exception as exc:  # a card never crashes: undo the command, answer "no precise diagnosis"
+            self.last_error = f"{type(exc).__name__}: {exc}"
             self.state = snapshot
             self._dirty = False
             self._end_session()

@@ -1,0 +1,214 @@
+"""End to end through real PC/SC: pyscard → pcscd → vsmartcard vpcd → ``python -m cardsim serve``.
+
+Reader "Virtual PCD 00 00" (vpcd port 35963). Under CI (CI=true) a missing pcscd/vpcd fails
+the test; locally it is skipped only when pyscard lists no reader at all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from gp import commands as c
+from gp.cap import LoadFile
+from tests.cardsim.conftest import ALGTEST, EMPTY, LIB_BER, LIB_DEBUG, SVC
+from tests.cardsim.hostlib import HostSession, check_consistency, sw_of
+from tests.shared_data import PROJECT_ROOT, cap_file
+
+pytestmark = pytest.mark.pcsc
+
+READER = "Virtual PCD 00 00"
+VPCD = "127.0.0.1:35963"
+KEY_HEX = "404142434445464748494A4B4C4D4E4F"
+
+
+def _unavailable(reason: str, *, may_skip: bool) -> None:
+    if os.environ.get("CI") == "true" or not may_skip:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def reader() -> object:
+    """The vpcd reader, with pcscd started if it is not running."""
+    if subprocess.run(["pidof", "pcscd"], capture_output=True, check=False).returncode != 0:
+        if shutil.which("pcscd") is None:
+            _unavailable("pcscd is not installed", may_skip=True)
+        subprocess.run(["pcscd"], check=False)
+        time.sleep(1.0)
+    try:
+        from smartcard.System import readers
+    except ImportError as exc:  # pragma: no cover - pyscard is a dev requirement
+        _unavailable(f"pyscard not importable: {exc}", may_skip=False)
+    found = []
+    for _ in range(20):
+        try:
+            found = readers()
+        except Exception:  # pcscd still starting
+            found = []
+        if any(str(r) == READER for r in found):
+            break
+        time.sleep(0.25)
+    if not found:
+        _unavailable("pyscard lists no PC/SC reader (pcscd with vsmartcard-vpcd needed)", may_skip=True)
+    match = [r for r in found if str(r) == READER]
+    if not match:
+        _unavailable(f"reader {READER!r} not found among {[str(r) for r in found]}", may_skip=False)
+    return match[0]
+
+
+class Served:
+    """A ``cardsim serve`` subprocess attached to vpcd, and a pyscard connection to its card."""
+
+    def __init__(self, state: Path, reader: object, log: Path) -> None:
+        self.state, self.reader, self.log = state, reader, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.conn: object = None
+
+    def start(self) -> Served:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cardsim", "serve", str(self.state), "--vpcd", VPCD, "-v"],
+                cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        from smartcard.Exceptions import CardConnectionException, NoCardException
+
+        deadline = time.monotonic() + 20
+        while True:
+            conn = self.reader.createConnection()  # type: ignore[attr-defined]
+            try:
+                conn.connect()
+                self.conn = conn
+                return self
+            except (NoCardException, CardConnectionException):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"card did not appear in {READER}; log:\n{self.log.read_text()}") from None
+                assert self.proc.poll() is None, self.log.read_text()
+                time.sleep(0.2)
+
+    def transmit(self, capdu: bytes) -> bytes:
+        data, sw1, sw2 = self.conn.transmit(list(capdu))  # type: ignore[attr-defined]
+        return bytes(data) + bytes((sw1, sw2))
+
+    def _disconnect(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):  # the card may already be gone
+                self.conn.disconnect()  # type: ignore[attr-defined]
+            self.conn = None
+
+    def stop(self) -> int:
+        """SIGTERM: the serve process must exit cleanly (status 0)."""
+        self._disconnect()
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout=15)
+        self.proc = None
+        return rc
+
+    def kill(self) -> None:
+        """SIGKILL: the card is pulled from the reader mid-command stream."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=15)
+        self.proc = None
+        self._disconnect()
+
+
+@pytest.fixture
+def serve(reader: object, tmp_path: Path) -> Iterator[Callable[[Path], Served]]:
+    started: list[Served] = []
+
+    def make(state: Path) -> Served:
+        s = Served(state, reader, tmp_path / "serve.log").start()
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        if s.proc is not None:
+            s.proc.kill()
+            s.proc.wait(timeout=15)
+
+
+def _init(path: Path, *args: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "cardsim", "init", str(path), *args], cwd=PROJECT_ROOT,
+                       capture_output=True, text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    assert path.stat().st_mode & 0o777 == 0o600
+
+
+def _lf(name: str) -> LoadFile:
+    return LoadFile.from_path(cap_file(name))
+
+
+@pytest.mark.parametrize(("scp", "level"), [("03", 0x33), ("02", 0x03)])
+def test_full_lifecycle_through_pcsc(serve, tmp_path: Path, scp: str, level: int) -> None:
+    state = tmp_path / "card.json"
+    _init(state, "--scp", scp)
+    card = serve(state)
+    s = HostSession(card.transmit, scp=int(scp), security_level=level).open()
+    initial = s.registry()
+    svc, ber, dbg, empty, alg = _lf(SVC), _lf(LIB_BER), _lf(LIB_DEBUG), _lf(EMPTY), _lf(ALGTEST)
+    # the service before the libraries it imports: the card cannot link it (6A88 on the last block)
+    results = s.load(svc)
+    assert results[-1][1] == 0x6A88 and all(sw == 0x9000 for _, sw in results[:-1])
+    for lf in (ber, dbg, svc, empty, alg):
+        assert all(sw == 0x9000 for _, sw in s.load(lf)), lf.name
+    for lf in (svc, empty, alg):
+        assert s.install(lf.package_aid, lf.applet_aids[0], lf.applet_aids[0])[1] == 0x9000
+    apps = {e.aid: e for e in s.status(c.STATUS_APPS)}
+    for lf in (svc, empty, alg):
+        assert apps[lf.applet_aids[0]].lifecycle == c.APP_SELECTABLE
+        assert apps[lf.applet_aids[0]].elf_aid == lf.package_aid
+    elfs = {e.aid: e for e in s.status(c.STATUS_ELF_MODULES)}
+    assert elfs[svc.package_aid].modules == tuple(svc.applet_aids)
+    assert elfs[ber.package_aid].modules == ()
+    # select an applet through PC/SC; the demo behaviour answers with its package version
+    r = card.transmit(c.select(svc.applet_aids[0]))
+    assert sw_of(r) == 0x9000 and c.parse_fci(r[:-2]).aid == svc.applet_aids[0]
+    assert card.transmit(bytes.fromhex("80CA000000")) == bytes.fromhex("DF010200009000")
+    # delete with related objects; the libraries only after their importer
+    s = HostSession(card.transmit, scp=int(scp), security_level=level).open()
+    assert s.delete(ber.package_aid)[1] == 0x6985
+    for lf in (svc, empty, alg, ber, dbg):
+        assert s.delete(lf.package_aid, related=True)[1] == 0x9000, lf.name
+    assert s.registry() == initial
+    assert card.stop() == 0
+    check_consistency(json.loads(state.read_text()))
+    shown = subprocess.run([sys.executable, "-m", "cardsim", "show", str(state)], cwd=PROJECT_ROOT,
+                           capture_output=True, text=True, timeout=60, check=True).stdout
+    assert "ISD: A000000151000000" in shown and KEY_HEX not in shown.upper()
+
+
+def test_sigkill_mid_load_then_restart(serve, tmp_path: Path) -> None:
+    state = tmp_path / "card.json"
+    _init(state)
+    alg = _lf(ALGTEST)
+    card = serve(state)
+    s = HostSession(card.transmit).open()
+    h = alg.load_file_data_block_hash("sha256")
+    s.ok(c.install_for_load(alg.package_aid, b"", h))
+    blocks = c.load_commands(alg.load_file_data_block(), s.block_size)
+    for cmd in blocks[:5]:
+        s.ok(cmd)
+    card.kill()  # pulled mid-LOAD
+    recorded = json.loads(state.read_text())
+    assert recorded["load"] is not None and recorded["load"]["next"] == 5
+    card = serve(state)  # inserted again: the partial load is discarded at power-up
+    s = HostSession(card.transmit).open()
+    assert alg.package_aid not in {e.aid for e in s.status(c.STATUS_ELF)}
+    assert json.loads(state.read_text())["load"] is None
+    assert all(sw == 0x9000 for _, sw in s.load(alg))
+    assert s.install(alg.package_aid, alg.applet_aids[0], alg.applet_aids[0])[1] == 0x9000
+    assert alg.applet_aids[0] in {e.aid for e in s.status(c.STATUS_APPS)}
+    assert card.stop() == 0
+    check_consistency(json.loads(state.read_text()))

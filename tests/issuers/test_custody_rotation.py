@@ -220,3 +220,61 @@ def test_rotation_moves_an_organisation_into_the_hsm(
     assert new.backend == "pkcs11"
     keyset.refresh_from_db()
     assert keyset.kek_id == new.pk and custody.load_static_keys(keyset) == keys
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_readers_keep_working_during_rotation(software_backend: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No downtime: reader threads load keys in a loop while the KEK is rotated (slowly) three times."""
+    import threading
+    import time
+
+    from django.db import connection, connections
+
+    if connection.vendor != "postgresql":
+        pytest.skip("concurrent readers need PostgreSQL (SQLite's shared-cache test database locks tables)")
+    org = Organization.objects.create(name="Busy Bank", slug="busy-bank", kind="bank")
+    expected = {}
+    for n in range(5):
+        keyset = custody.generate_static_keys(org, kvn=0x30, card_cin=f"CIN-{n}")
+        expected[keyset.pk] = custody.load_static_keys(keyset)
+    original = custody._rewrap_keyset
+
+    def slow_rewrap(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.03)
+        original(*args, **kwargs)
+
+    monkeypatch.setattr(custody, "_rewrap_keyset", slow_rewrap)
+    stop = threading.Event()
+    reads: list[int] = []
+    errors: list[str] = []
+
+    def reader() -> None:
+        count = 0
+        try:
+            while not stop.is_set():
+                for pk, keys in expected.items():
+                    try:
+                        if custody.load_static_keys(KeySet.objects.get(pk=pk)) != keys:
+                            errors.append(f"wrong keys for {pk}")
+                    except Exception as exc:
+                        errors.append(f"{type(exc).__name__}: {exc}")
+                    count += 1
+        finally:
+            reads.append(count)
+            connections.close_all()
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(3):
+            custody.rotate_kek(org)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert errors == []
+    assert sum(reads) > 20
+    assert custody.active_kek(org).version == 4
+    assert KeyEncryptionKey.objects.filter(organization=org, state="destroyed").count() == 3

@@ -1,15 +1,72 @@
-"""Writes to the audit log. Every state-changing service calls :func:`record_event` inside its
-own transaction, so the change and its entry commit (or roll back) together."""
+"""Writes to the audit log (docs/audit.md §6).
+
+* :func:`record_event` appends one entry. Every state-changing service calls it inside its own
+  transaction, so the change and its entry commit (or roll back) together. The append locks the
+  :class:`~audit.models.LogState` row (PostgreSQL: ``SELECT … FOR UPDATE``; SQLite: the
+  ``IMMEDIATE`` transaction already holds the database write lock), takes ``index = size``,
+  hashes the canonical entry, appends it to the frontier and stores the perfect-subtree nodes
+  the leaf completes: O(log n) work, never a pass over the leaves. Concurrent appends wait on
+  that lock until the holder commits or rolls back, so indices have no duplicates and no gaps.
+* :func:`make_checkpoint` signs the committed tree head with the log's Ed25519 key, which key
+  custody holds wrapped under the log operator's (the agency's) KEK.
+* :func:`write_export` / :func:`export_lines` produce the ``ecard-audit-export/1`` file that
+  ``python -m audit.verify`` checks.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import datetime as dt
+import json
+import math
+from collections.abc import Iterator
+from typing import IO, Any
 
-from django.db import connection, transaction
-from django.db.models import Max
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from django.conf import settings
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
-from audit.models import AuditEntry
+from audit import selectors
+from audit.checkpoint import key_id, vkey_for
+from audit.checkpoint import make_checkpoint as sign_checkpoint
+from audit.export_format import ExportHeader, ExportWriter, entry_leaf_hash, format_time
+from audit.merkle import CompactRange, consistency_proof
+from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode
+from ecard.errors import ServiceError
+from issuers.custody_models import KeySet
+from issuers.models import Organization
+
+__all__ = [
+    "LogCorruptError",
+    "ensure_checkpoint",
+    "export_lines",
+    "log_verifier_key",
+    "make_checkpoint",
+    "record_event",
+    "write_export",
+]
+
+CHECKPOINT_KEY_KVN = 1
+
+
+class LogCorruptError(RuntimeError):
+    """The stored log state disagrees with itself (never expected; appends stop rather than guess)."""
+
+
+# --------------------------------------------------------------------------- appends
+
+
+def _locked_state() -> LogState:
+    """The LogState row, locked for this transaction (created on first use)."""
+    state = LogState.objects.select_for_update().filter(pk=LogState.SINGLETON).first()
+    if state is not None:
+        return state
+    # First append ever (or after a test flush). Concurrent creators meet on the primary key.
+    size = AuditEntry.objects.count()
+    frontier = CompactRange.from_store(selectors.DbNodeStore(), size) if size else CompactRange()
+    LogState.objects.get_or_create(pk=LogState.SINGLETON, defaults={"size": size, "frontier": frontier.to_dict()})
+    return LogState.objects.select_for_update().get(pk=LogState.SINGLETON)
 
 
 def record_event(
@@ -23,37 +80,232 @@ def record_event(
     card_cin: str = "",
     outcome: str = AuditEntry.Outcome.SUCCESS,
     reason: str = "",
-    receipt: bytes | None = None,
+    receipt: bytes | str | None = None,
     details: dict[str, Any] | None = None,
     actor_type: str | None = None,
+    actor_id: str | None = None,
 ) -> AuditEntry:
-    """Append one entry. ``actor`` is a user (or None for the system); ``organization`` the org the
-    event concerns. ``details`` must hold no key material and no personal data."""
+    """Append one entry to the log, in the caller's transaction.
+
+    ``actor`` is a user (or None for the system; ``actor_id`` names a non-user actor such as a
+    client agent), ``actor_org`` the organisation it acted for, ``organization`` the one the
+    event concerns, ``card_cin`` the card. ``details`` must hold no key material and no personal
+    data; it is kept exactly as given (JSON values, no floats).
+    """
     if not connection.in_atomic_block:
         raise RuntimeError("record_event must run inside the transaction of the change it records")
-    with transaction.atomic():
-        last = AuditEntry.objects.select_for_update().order_by("-index").first()
-        next_index = 0 if last is None else last.index + 1
-        if last is None:
-            # Empty table: still serialise concurrent first appends through the unique index.
-            next_index = (AuditEntry.objects.aggregate(m=Max("index"))["m"] or -1) + 1
-        if actor_type is None:
-            actor_type = AuditEntry.ActorType.USER if actor is not None else AuditEntry.ActorType.SYSTEM
-        return AuditEntry.objects.create(
-            index=next_index,
-            time=timezone.now(),
-            actor_type=actor_type,
-            actor_user=actor if actor is not None and getattr(actor, "pk", None) else None,
-            actor_name=actor.get_username() if actor is not None and hasattr(actor, "get_username") else "",
-            actor_org=actor_org,
-            actor_org_slug=getattr(actor_org, "slug", "") or "",
-            action=action,
-            subject_type=subject_type,
-            subject_id=str(subject_id),
-            card_cin=card_cin,
-            organization_slug=getattr(organization, "slug", "") or "",
-            outcome=outcome,
-            reason=reason,
-            receipt=receipt.hex().upper() if receipt else "",
-            details=details or {},
+    if actor_type is None:
+        actor_type = AuditEntry.ActorType.USER if actor is not None else AuditEntry.ActorType.SYSTEM
+    actor_name = actor.get_username() if actor is not None and hasattr(actor, "get_username") else actor_id or ""
+    if isinstance(receipt, bytes | bytearray):
+        receipt = bytes(receipt).hex()
+    row = AuditEntry(
+        actor_type=actor_type,
+        actor_user=actor if actor is not None and getattr(actor, "pk", None) else None,
+        actor_name=actor_name,
+        actor_org=actor_org,
+        actor_org_slug=getattr(actor_org, "slug", "") or "",
+        action=action,
+        subject_type=subject_type,
+        subject_id=str(subject_id),
+        card_cin=card_cin or "",
+        organization_slug=getattr(organization, "slug", "") or "",
+        outcome=outcome,
+        reason=reason or "",
+        receipt=(receipt or "").lower(),
+        # As the database will give it back (tuples become lists), so the hash made now is the
+        # hash recomputed from the row later.
+        details=json.loads(json.dumps(details or {}, allow_nan=False)),
+    )
+    # savepoint=False: no extra round trips; if anything below fails the caller's transaction
+    # is marked for rollback, so a half-written append can never commit.
+    with transaction.atomic(savepoint=False):
+        state = _locked_state()
+        compact = CompactRange.from_dict(state.frontier) if state.frontier else CompactRange()
+        if compact.size != state.size:
+            raise LogCorruptError(f"log state size {state.size} disagrees with its frontier ({compact.size})")
+        row.index = state.size
+        row.time = timezone.now()
+        row.leaf_hash = entry_leaf_hash(row.as_entry())
+        nodes = compact.append(row.leaf_hash)
+        row.save(force_insert=True)
+        MerkleNode.objects.bulk_create([MerkleNode(level=lv, index=ix, hash=h) for lv, ix, h in nodes])
+        state.size = compact.size
+        state.frontier = compact.to_dict()
+        state.save(update_fields=["size", "frontier"])
+    return row
+
+
+# --------------------------------------------------------------------------- the log's signing key
+
+
+def log_operator() -> Organization:
+    """The organisation that runs the log and owns its key: ``ECARD_LOG_OPERATOR`` or the agency."""
+    orgs = Organization.objects.filter(kind=Organization.Kind.AGENCY, is_active=True)
+    slug = getattr(settings, "ECARD_LOG_OPERATOR", "")
+    org = orgs.filter(slug=slug).first() if slug else orgs.order_by("pk").first()
+    if org is None:
+        raise ServiceError("there is no agency to operate the audit log yet", code="state")
+    return org
+
+
+def _active_signing_keyset(org: Organization) -> KeySet | None:
+    return (
+        KeySet.objects.filter(
+            organization=org,
+            purpose=KeySet.Purpose.CHECKPOINT_SIGNING,
+            state=KeySet.State.ACTIVE,
+            kvn=CHECKPOINT_KEY_KVN,
+            card_cin="",
+            sd_aid="",
         )
+        .order_by("-pk")
+        .first()
+    )
+
+
+def signing_keyset(*, create: bool = True) -> KeySet | None:
+    """The checkpoint signing key set in custody; generated (once, under a lock) on first use."""
+    org = log_operator()
+    keyset = _active_signing_keyset(org)
+    if keyset is not None or not create:
+        return keyset
+    from issuers import custody  # custody records its own events through this module
+
+    with transaction.atomic():
+        Organization.objects.select_for_update().filter(pk=org.pk).first()  # one creator at a time
+        keyset = _active_signing_keyset(org)
+        if keyset is None:
+            keyset = custody.generate_private_key(
+                org, purpose=KeySet.Purpose.CHECKPOINT_SIGNING, algorithm="ed25519", kvn=CHECKPOINT_KEY_KVN
+            )
+    return keyset
+
+
+def _public_key(keyset: KeySet) -> Ed25519PublicKey:
+    key = serialization.load_pem_public_key(keyset.public_key.encode("ascii"))
+    if not isinstance(key, Ed25519PublicKey):
+        raise LogCorruptError("the checkpoint signing key set does not hold an Ed25519 public key")
+    return key
+
+
+def log_verifier_key(*, create: bool = True) -> str | None:
+    """The log's published verifier key (``<origin>+<key id>+<base64 key>``), or None if none yet."""
+    keyset = signing_keyset(create=create)
+    if keyset is None:
+        return None
+    return vkey_for(_public_key(keyset), selectors.log_origin())
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def ensure_checkpoint() -> tuple[Checkpoint, bool]:
+    """Sign the committed tree head unless a checkpoint of that size exists; ``(checkpoint, created)``."""
+    keyset = signing_keyset(create=True)  # creating it appends custody entries: do it first
+    assert keyset is not None
+    size, frontier_root = selectors.current_head()
+    existing = Checkpoint.objects.filter(size=size).first()
+    if existing is not None:
+        return existing, False
+    latest = selectors.latest_checkpoint()
+    if latest is not None and latest.size > size:
+        raise LogCorruptError(f"the log shrank below its checkpoint of size {latest.size}")
+    # The signed root is always computed from the stored nodes (docs/audit.md §2), and must agree
+    # with the frontier: a mismatch means the node table was tampered with.
+    root = selectors.root_at(size)
+    if root != frontier_root:
+        raise LogCorruptError(f"stored nodes and frontier disagree on the root of size {size}")
+    from issuers import custody
+
+    private_key = custody.load_private_key(keyset)
+    if not isinstance(private_key, Ed25519PrivateKey):
+        raise LogCorruptError("the checkpoint signing key is not an Ed25519 key")
+    origin = selectors.log_origin()
+    text = sign_checkpoint(origin, size, root, private_key)
+    try:
+        with transaction.atomic():
+            checkpoint = Checkpoint.objects.create(
+                size=size, root_hash=root, text=text, key_id=key_id(origin, private_key.public_key()).hex()
+            )
+    except IntegrityError:  # signed concurrently by another process
+        return Checkpoint.objects.get(size=size), False
+    return checkpoint, True
+
+
+def make_checkpoint() -> Checkpoint:
+    """Sign the current tree head (idempotent: returns the existing checkpoint if the size is unchanged)."""
+    return ensure_checkpoint()[0]
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _pick_earlier(sizes: list[int], limit: int) -> list[int]:
+    """At most ``limit`` of the earlier checkpoint sizes, spread evenly over the log's history."""
+    if len(sizes) <= limit:
+        return sizes
+    step = len(sizes) / limit
+    return sorted({sizes[min(len(sizes) - 1, math.floor(k * step))] for k in range(limit)} | {sizes[-1]})
+
+
+def export_header(checkpoint: Checkpoint) -> ExportHeader:
+    """Header for an export that covers exactly ``checkpoint``: earlier checkpoints and proofs to it."""
+    n = checkpoint.size
+    limit = int(getattr(settings, "ECARD_AUDIT_EXPORT_CHECKPOINTS", 256))
+    sizes = list(Checkpoint.objects.filter(size__lt=n, size__gt=0).order_by("size").values_list("size", flat=True))
+    sizes = _pick_earlier(sizes, limit)
+    earlier = dict(Checkpoint.objects.filter(size__in=sizes).values_list("size", "text"))
+    store = selectors.DbNodeStore()
+    return ExportHeader(
+        origin=selectors.log_origin(),
+        verifier_key=log_verifier_key(create=False) or "",
+        checkpoint=checkpoint.text,
+        checkpoints=[earlier[s] for s in sizes],
+        consistency_proofs={s: consistency_proof(store, s, n) for s in sizes},
+        exported_at=format_time(dt.datetime.now(dt.UTC)),
+    )
+
+
+class _Buffer:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        return len(text)
+
+    def take(self) -> str:
+        text = "".join(self.parts)
+        self.parts.clear()
+        return text
+
+
+def export_lines(checkpoint: Checkpoint | None = None, *, chunk_size: int = 2000) -> Iterator[str]:
+    """The export as text chunks (header, then entries 0 .. size-1 in order), for streaming."""
+    if checkpoint is None:
+        checkpoint = selectors.latest_checkpoint()
+        if checkpoint is None:
+            raise ServiceError("the log has no signed checkpoint yet", code="state")
+    buffer = _Buffer()
+    writer = ExportWriter(buffer, export_header(checkpoint))
+    yield buffer.take()
+    rows = AuditEntry.objects.filter(index__lt=checkpoint.size).order_by("index").iterator(chunk_size=chunk_size)
+    for row in rows:
+        writer.write_entry(row.as_entry(), leaf_hash=bytes(row.leaf_hash))
+        if len(buffer.parts) >= chunk_size:
+            yield buffer.take()
+    if writer.count != checkpoint.size:
+        raise LogCorruptError(f"entries missing: found {writer.count} of {checkpoint.size}")
+    yield buffer.take()
+
+
+def write_export(fp: IO[str], *, checkpoint: Checkpoint | None = None) -> Checkpoint:
+    """Write the export of ``checkpoint`` (default: the latest) to a text file; return the checkpoint."""
+    if checkpoint is None:
+        checkpoint = selectors.latest_checkpoint()
+        if checkpoint is None:
+            raise ServiceError("the log has no signed checkpoint yet", code="state")
+    for chunk in export_lines(checkpoint):
+        fp.write(chunk)
+    return checkpoint

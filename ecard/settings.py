@@ -222,3 +222,4 @@ LOGGING = {
 ECARD_CARDS_DIR = Path(os.environ.get("ECARD_CARDS_DIR", VAR_DIR / "cards"))
 
 from ecard.settings_custody import *  # noqa: F403,E402
+from ecard.settings_audit import *  # noqa: F403,E402

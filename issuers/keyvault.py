@@ -275,18 +275,23 @@ class SoftwareBackend(KekBackend):
 # ---------------------------------------------------------------------------
 # PKCS#11
 
-_pkcs11_libs: dict[str, Any] = {}
+_pkcs11_libs: dict[str, tuple[Any, int]] = {}
 _pkcs11_libs_lock = threading.Lock()
 
 
 def _load_pkcs11_lib(module: str) -> Any:
+    """The PKCS#11 library, initialised once per process (again in a forked child, as PKCS#11 requires)."""
     import pkcs11
 
     with _pkcs11_libs_lock:
-        lib = _pkcs11_libs.get(module)
-        if lib is None:
+        cached = _pkcs11_libs.get(module)
+        if cached is None:
             lib = pkcs11.lib(module)
-            _pkcs11_libs[module] = lib
+        else:
+            lib, pid = cached
+            if pid != os.getpid():
+                lib.reinitialize()
+        _pkcs11_libs[module] = (lib, os.getpid())
         return lib
 
 

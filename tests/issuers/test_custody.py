@@ -14,6 +14,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from django.conf import settings as django_settings
 from django.core.exceptions import ImproperlyConfigured
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from audit.models import AuditEntry
 from ecard.errors import ServiceError
@@ -382,3 +385,36 @@ def test_sealed_channel_state(
         custody.open_channel_state(alpha, sealed, context="job-1")
     resealed = custody.seal_channel_state(alpha, state, context="j")
     assert custody.open_channel_state(alpha, resealed, context="j") == state
+
+
+# ---------------------------------------------------------------------------
+# properties
+
+_fields = st.lists(st.one_of(st.text(max_size=12), st.integers(min_value=0, max_value=10**6)), max_size=6)
+
+
+@given(a=_fields, b=_fields)
+@hypothesis_settings(max_examples=300, deadline=None)
+def test_aad_encoding_is_injective(a: list[str | int], b: list[str | int]) -> None:
+    def norm(fields: list[str | int]) -> list[str]:
+        return [str(f) for f in fields]  # ints are encoded as their decimal text
+
+    if norm(a) != norm(b):
+        assert keyvault.encode_aad(*a) != keyvault.encode_aad(*b)
+
+
+@given(plaintext=st.binary(min_size=1, max_size=300), aad=st.binary(max_size=64), flip=st.integers(min_value=0))
+@hypothesis_settings(max_examples=60, deadline=None)
+def test_software_wrap_round_trip_and_any_bit_flip_fails(plaintext: bytes, aad: bytes, flip: int) -> None:
+    material: dict[int, bytes] = {}
+    backend = SoftwareBackend(bytes(range(32)), previous_master_keys=(),
+                              material_source=lambda ref: material[ref.version])
+    ref = backend.create_kek(7, 1)
+    material[1] = ref.material
+    blob = backend.wrap(ref, plaintext, aad)
+    assert backend.unwrap(ref, blob, aad) == plaintext
+    bit = flip % (len(blob) * 8)
+    tampered = bytearray(blob)
+    tampered[bit // 8] ^= 1 << (bit % 8)
+    with pytest.raises(UnwrapError):
+        backend.unwrap(ref, bytes(tampered), aad)

@@ -278,3 +278,61 @@ def test_readers_keep_working_during_rotation(software_backend: str, monkeypatch
     assert sum(reads) > 20
     assert custody.active_kek(org).version == 4
     assert KeyEncryptionKey.objects.filter(organization=org, state="destroyed").count() == 3
+
+
+def _cardsim_session(card: Any, channel_for: Callable[[bytes], Any]) -> list[Any]:
+    """SELECT the ISD of an emulated card (cardsim), open the channel custody gives, GET STATUS."""
+    from cardsim.constants import ISD_AID
+    from gp import commands as c
+
+    assert card.transmit(c.select(ISD_AID))[-2:] == b"\x90\x00"
+    probe = channel_for(b"")  # builds INITIALIZE UPDATE (the key version is all the card needs)
+    response = card.transmit(probe.initialize_update())
+    assert response[-2:] == b"\x90\x00"
+    channel = channel_for(response[:10])
+    channel.host_challenge = probe.host_challenge
+    channel.initialize_update()
+    assert card.transmit(channel.external_authenticate(response))[-2:] == b"\x90\x00"
+    answer = channel.unwrap(card.transmit(channel.wrap(c.get_status(0x80))))
+    assert answer[-2:] == b"\x90\x00", answer[-2:].hex()
+    return c.parse_get_status(answer[:-2], 0x80)
+
+
+def test_rotation_then_sessions_with_emulated_cards(
+    key_backend: str, tmp_path: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """Two cardsim cards: one with static ISD keys held by the agency, one whose ISD keys are
+    diversified from the agency's master. Both open SCP03 sessions before and after two KEK rotations."""
+    pytest.importorskip("cardsim", reason="cardsim (emulated card) is part of the platform")
+    from cardsim import store
+    from cardsim.constants import ISD_AID
+    from cardsim.state import new_state
+    from cardsim.transport import InProcessCard
+    from gp.scp import SCP03
+
+    agency = Organization.objects.create(name="Sim Agency", slug="sim-agency", kind="agency")
+    static_key = bytes.fromhex("2B7E151628AED2A6ABF7158809CF4F3C")
+    store.save(tmp_path / "static.json", new_state(key=static_key, kvn=0x30, cin=bytes.fromhex("1111111111111111")))
+    store.save(tmp_path / "div.json", new_state(key=MASTER, diversify_scheme="kdf3", kdd=KDD,
+                                                cin=bytes.fromhex("2222222222222222")))
+    keyset = custody.store_static_keys(agency, StaticKeys.single(static_key, 0x30), card_cin="1111111111111111",
+                                       sd_aid=ISD_AID.hex().upper())
+    custody.store_master_key(agency, MASTER, 0x30)
+
+    def static_channel(kdd: bytes) -> Any:
+        return custody.open_secure_channel(KeySet.objects.get(pk=keyset.pk), sd_aid=ISD_AID)
+
+    def diversified_channel(kdd: bytes) -> Any:
+        if not kdd:
+            return SCP03(StaticKeys.single(bytes(16), 0x30), 0x33, sd_aid=ISD_AID)
+        return SCP03(custody.card_isd_keys(agency, "2222222222222222", kdd), 0x33, sd_aid=ISD_AID)
+
+    for rotation in range(3):
+        for name, channel_for in (("static", static_channel), ("div", diversified_channel)):
+            card = InProcessCard(tmp_path / f"{name}.json")
+            entries = _cardsim_session(card, channel_for)
+            assert entries and entries[0].aid == ISD_AID, (rotation, name)
+        if rotation < 2:
+            with django_capture_on_commit_callbacks(execute=True):
+                custody.rotate_kek(agency)
+    assert custody.active_kek(agency).version == 3

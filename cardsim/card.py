@@ -917,6 +917,8 @@ class Card:
         for a in apps:
             del self._apps[a]
             self._sds.pop(a, None)
+        if self.perso_target in apps:
+            self.perso_target = None
         for e in elfs:
             del self._elfs[e]
         self._changed()
@@ -1021,6 +1023,9 @@ class Card:
         self._require_session()
         self._require_card_open()
         target = self.perso_target or self.selected
+        if target not in self._apps:  # the application being personalised was deleted meanwhile
+            self.perso_target = None
+            return _sw(SW_REF_NOT_FOUND)
         if cmd.p2 != self.store_next_block:
             return _sw(SW_WRONG_P1P2)  # block numbers run from 00 in sequence
         fmt = cmd.p1 & 0x18

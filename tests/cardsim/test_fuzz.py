@@ -85,3 +85,47 @@ def _populated_state() -> dict:
     if "s" not in _CACHE:
         _CACHE["s"] = _populated()
     return copy.deepcopy(_CACHE["s"])
+
+
+AIDS = ["A000000151000000", "A0000001515350", "A000000151535041", "A0000005590101", "0102030405",
+        "0102030405060708", "A0000000620101", "A00000FFFFA0", "A0000009990001"]
+aid = st.sampled_from(AIDS).map(bytes.fromhex)
+privs = st.sampled_from([b"\x00", b"\x80\x00\x00", b"\xa0\x00\x00", b"\x80\x40\x00", b"\xff\xff\xff", b"\x9e"])
+params = st.one_of(st.just(b"\xc9\x00"), st.just(b""), st.binary(max_size=20),
+                   st.just(c.install_parameters(c.sd_install_parameters(0x02, 0x15))),
+                   st.just(c.install_parameters(c.sd_install_parameters(0x07, 0x70))))
+structured = st.one_of(
+    st.builds(c.install_for_load, aid, st.one_of(st.just(b""), aid), st.binary(max_size=64), st.binary(max_size=8)),
+    st.builds(lambda e, m, a, p, q, s: c.install_for_install(e, m, a, p, q, make_selectable=s),
+              aid, aid, aid, privs, params, st.booleans()),
+    st.builds(c.install_for_make_selectable, aid),
+    st.builds(c.install_for_extradition, aid, aid),
+    st.builds(c.install_for_registry_update, aid, st.one_of(st.just(b""), aid),
+              st.sampled_from([b"", b"\x80\x00\x00"])),
+    st.builds(c.install_for_personalization, aid),
+    st.builds(lambda a, r: c.delete(a, related=r), aid, st.booleans()),
+    st.builds(lambda k: c.delete_key(kvn=k), st.integers(0, 0x7F)),
+    st.builds(lambda p1, s, a: c.set_status(p1, s, a if p1 != 0x80 else b""),
+              st.sampled_from([0x80, 0x40, 0x60]), st.sampled_from([0x00, 0x07, 0x0F, 0x7F, 0x80, 0xFF, 0x83]), aid),
+    st.builds(lambda p1, t: c.get_status(p1, tag_format=t), st.sampled_from([0x80, 0x40, 0x20, 0x10]), st.booleans()),
+    st.builds(lambda b, n, last: c.store_data(b, n, last=last, flags=c.STORE_DATA_BER), st.binary(max_size=40),
+              st.integers(0, 2), st.booleans()),
+    st.builds(lambda o, n, d: c.put_key(n, d, old_kvn=o), st.sampled_from([0, 0x30, 0x31]),
+              st.integers(1, 0x7F), st.binary(min_size=1, max_size=80)),
+    st.builds(lambda n, b: c.load_commands(b, 200)[0][:4] + bytes([n]) + c.load_commands(b, 200)[0][5:],
+              st.integers(0, 3), st.binary(min_size=1, max_size=300)),
+)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(structured, min_size=1, max_size=10))
+def test_well_formed_management_commands_with_random_fields(cmds: list[bytes]) -> None:
+    """Plausible GP commands with random fields, in an SL 00 session so every handler runs."""
+    card = Card(_populated_state())
+    HostSession(card.transmit, security_level=0x00).open()
+    for raw in cmds:
+        _check_response(card, card.transmit(raw))
+        if card.channel is None:
+            if card.state["lifecycle"] != c.CARD_SECURED:
+                break  # locked or terminated by a SET STATUS: nothing more to manage
+            HostSession(card.transmit, security_level=0x00).open()

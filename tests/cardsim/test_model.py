@@ -236,3 +236,25 @@ def test_demo_bank_applet_behaviour(make_card, load_file) -> None:
     s.ok(c.install_for_install(empty.package_aid, empty.applet_aids[0], bytes.fromhex("0102030405060799")))
     card.transmit(c.select(bytes.fromhex("0102030405060799")))
     assert card.transmit(bytes.fromhex("80CB000000"))[-2:] == b"\x90\x00"
+
+
+@pytest.mark.parametrize(("scp", "i", "level"), [(2, 0x15, 0x03), (2, 0x55, 0x13), (3, 0x00, 0x03),
+                                                 (3, 0x10, 0x03), (3, 0x70, 0x33)])
+def test_scp_i_parameters(make_card, scp, i, level) -> None:
+    card = make_card(scp=scp, i=i)
+    s = HostSession(card.transmit, scp=scp, security_level=level).open()
+    assert s.channel.i == i if scp == 3 else True
+    assert [e.aid for e in s.status(c.STATUS_ISD)] == [ISD_AID]
+
+
+def test_sequence_counter_persists(make_card) -> None:
+    card = make_card(scp=2)
+    for expected in (1, 2, 3):
+        s = HostSession(card.transmit, scp=2).open()
+        assert s.channel is not None
+        card.transmit(c.select())
+        assert c.parse_sequence_counter(card.transmit(c.get_data(c.TAG_SEQUENCE_COUNTER))[:-2]) == expected
+    from cardsim.transport import InProcessCard
+
+    again = InProcessCard(card.path)
+    assert c.parse_sequence_counter(again.transmit(c.get_data(c.TAG_SEQUENCE_COUNTER))[:-2]) == 3

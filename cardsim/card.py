@@ -285,8 +285,11 @@ class Card:
         record = self._sds[ISD]["keys"].get(kvn_key(TOKEN_KVN))
         if record is None:
             raise _Reply(SW_CONDITIONS)  # no token verification key: DM cannot be used
+        scheme = self.state["token_scheme"]
+        if (record["type"] == "rsa") != scheme.startswith("rsa"):  # key replaced by PUT KEY with another type
+            scheme = dm.SCHEME_RSA_PKCS1V15_SHA256 if record["type"] == "rsa" else dm.SCHEME_ECDSA_P256_SHA256
         try:
-            ok = dm.verify_token(load_public_key(record), token_data, token, scheme=self.state["token_scheme"])
+            ok = dm.verify_token(load_public_key(record), token_data, token, scheme=scheme)
         except GPError:
             ok = False
         if not ok:

@@ -138,3 +138,30 @@ def test_dm_install_receipt_and_am_needs_no_token(make_card, load_file, token_ke
     assert isd.delete(SSD_A, related=True)[1] == 0x9000
     assert SSD_A.hex().upper() not in card.state["sds"] and app.hex().upper() not in card.state["apps"]
     check_consistency(card.state)
+
+
+@pytest.mark.parametrize("bits", [1024, 2048])
+def test_rsa_token_key_put_by_the_issuer(make_card, load_file, bits) -> None:
+    """The agency installs an RSA token verification key with PUT KEY (extended APDU for 2048 bits)."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from gp.keys import encode_put_key_rsa
+
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    nums = priv.public_key().public_numbers()
+    card = make_card(receipt_key=RECEIPT_KEY)
+    isd = HostSession(card.transmit).open()
+    data = encode_put_key_rsa(0x70, nums.n.to_bytes(bits // 8, "big"), nums.e.to_bytes(3, "big"))
+    assert isd.ok(c.put_key(0x70, data[1:])) == b"\x70"
+    info = {k.kvn: k for k in c.parse_key_information(isd.ok(c.get_data(c.TAG_KEY_INFO)))}
+    assert info[0x70].components[0] == (0xA1, bits // 8)
+    if bits > 1024:
+        return  # a 256-byte token does not fit a short INSTALL (gp.commands builds short INSTALLs only)
+    params = c.install_parameters(c.sd_install_parameters(0x03, 0x70))
+    isd.ok(c.install_for_install(SSD_PACKAGE_AID, SSD_MODULE_AID, SSD_A, DM_PRIVS, params))
+    a = HostSession(card.transmit, SSD_A).open()
+    lib = load_file(LIB_BER)
+    h = lib.load_file_data_block_hash("sha256")
+    token = dm.sign_token(priv, dm.load_token_data(lib.package_aid, SSD_A, h), dm.SCHEME_RSA_PKCS1V15_SHA256)
+    assert a.send(c.install_for_load(lib.package_aid, SSD_A, h, token=token[:-1] + bytes([token[-1] ^ 1])))[1] == 0x6982
+    assert a.send(c.install_for_load(lib.package_aid, SSD_A, h, token=token))[1] == 0x9000

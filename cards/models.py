@@ -41,6 +41,9 @@ class Card(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="cards"
     )
     issued_by = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="issued_cards")
+    receipt_counter = models.PositiveIntegerField(
+        default=0, help_text="last Delegated Management confirmation counter seen (receipts must advance it)"
+    )
     emulated = models.BooleanField(default=False, help_text="an emulated card (cardsim) with a state file")
     state_file = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -79,6 +82,9 @@ class SecurityDomain(models.Model):
     scp = models.PositiveSmallIntegerField(default=0x03)
     scp_i = models.PositiveSmallIntegerField(default=0x70)
     key_kvn = models.PositiveSmallIntegerField(null=True, blank=True, help_text="KVN of the current key set")
+    auth_failures = models.PositiveSmallIntegerField(
+        default=0, help_text="consecutive failed authentications seen by the platform (never retried blindly)"
+    )
     lifecycle = models.CharField(max_length=16, choices=Lifecycle.choices, default=Lifecycle.INSTALLED)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -48,10 +48,10 @@ def _detail_text(detail: Any) -> str:
 def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF exception handler that renders every error as a problem document."""
     if isinstance(exc, ServiceError):
-        status_code = 409 if exc.is_conflict else 400
+        status_code = 409 if exc.is_conflict else 404 if exc.code == "not_found" else 400
         body = problem_body(
             status_code,
-            "Conflict" if exc.is_conflict else "Request refused",
+            "Conflict" if exc.is_conflict else "Not found" if status_code == 404 else "Request refused",
             exc.message,
             exc.code,
             errors={exc.field or "non_field_errors": [exc.message]},

@@ -35,6 +35,8 @@ def create_organization(*, name: str, kind: str, slug: str = "", actor: Abstract
     if Organization.objects.filter(slug=slug).exists() or Organization.objects.filter(name=name).exists():
         raise ServiceError("an organisation with this name or slug exists", field="name", code="duplicate")
     organization = Organization.objects.create(name=name, slug=slug, kind=kind)
+    if kind == Organization.Kind.AGENCY:
+        ensure_agency_keys(organization, actor=actor)
     record_event(
         action="organization.created",
         subject_type="organization",
@@ -186,7 +188,7 @@ def admit_bank(
     bank = create_organization(name=name, kind=Organization.Kind.BANK, slug=slug, actor=actor)
     add_aid_range(organization=bank, rid=rid, pix_prefix=pix_prefix, actor=actor)
     set_ssd_template(organization=bank, management=management, scp=scp, key_length=key_length, actor=actor)
-    custody.ensure_org_kek(bank)
+    custody.ensure_org_kek(bank, actor=actor)
     record_event(
         action="bank.admitted",
         subject_type="organization",
@@ -226,3 +228,29 @@ def set_organization_active(
         organization=organization,
     )
     return organization
+
+
+AGENCY_MASTER_KVN = {"aes": 0x30, "3des": 0x20}
+TOKEN_SIGNING_KVN = 0x70
+
+
+def ensure_agency_keys(agency: Organization, *, actor: AbstractBaseUser | None = None) -> None:
+    """The agency's custody: KEK, ISD diversification masters (AES for SCP03/KDF3, 3DES for SCP02/EMV)
+    and the Delegated Management token signing key (ECDSA P-256). Idempotent; keys are generated in
+    custody and never leave it in clear."""
+    import secrets
+
+    from issuers import custody
+    from issuers.custody_models import KeySet
+
+    custody.ensure_org_kek(agency, actor=actor)
+    existing = KeySet.objects.filter(organization=agency, card_cin="", state=KeySet.State.ACTIVE)
+    for algorithm, length in (("aes", 16), ("3des", 16)):
+        if not existing.filter(purpose=KeySet.Purpose.DIVERSIFICATION_MASTER, algorithm=algorithm).exists():
+            custody.store_master_key(
+                agency, secrets.token_bytes(length), AGENCY_MASTER_KVN[algorithm], algorithm=algorithm, actor=actor
+            )
+    if not existing.filter(purpose=KeySet.Purpose.TOKEN_SIGNING).exists():
+        custody.generate_private_key(
+            agency, purpose=KeySet.Purpose.TOKEN_SIGNING, algorithm="ec-p256", kvn=TOKEN_SIGNING_KVN, actor=actor
+        )

@@ -8,6 +8,9 @@ import secrets
 import pytest
 from django.conf import settings
 
+# Learns every key the suite creates and fails the run if any appears in a response, log or audit entry.
+pytest_plugins = ["tests.issuers.keyleak"]
+
 # pytest-django runs with DEBUG off, where key custody demands a real master key: give the
 # test session a fresh random one (never a fixed key in the repository).
 os.environ.setdefault("ECARD_MASTER_KEY", secrets.token_hex(32))

@@ -1,1 +1,145 @@
-"""Apis of the updates app."""
+"""REST API of the updates app: agent credentials and the relay protocol (DESIGN.md §6)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import exceptions, mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from ecard.api import ActionRules
+from issuers.roles import Principal
+from updates import selectors, services
+from updates.authentication import AgentTokenAuthentication
+from updates.models import AgentCredential, CardSession
+
+
+class AgentCredentialSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AgentCredential
+        fields = ("id", "name", "key_id", "created_at", "last_used_at", "revoked_at")
+
+
+class IssueCredentialSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, default="device")
+
+
+def card_holder(who: Principal, request: Request, obj: Any) -> bool:
+    return who.is_citizen
+
+
+class AgentCredentialViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """A card holder's device credentials. The token is returned once, at creation."""
+
+    serializer_class = AgentCredentialSerializer
+    permission_classes = (ActionRules,)
+    action_rules = {"create": card_holder, "revoke": card_holder}
+
+    def get_queryset(self):
+        return selectors.credentials_for(self.request.user)
+
+    @extend_schema(
+        request=IssueCredentialSerializer,
+        responses={
+            201: inline_serializer(
+                "NewAgentCredential", {"token": serializers.CharField(), "id": serializers.IntegerField()}
+            )
+        },
+    )
+    def create(self, request: Request) -> Response:
+        payload = IssueCredentialSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        credential, token = services.issue_agent_credential(user=request.user, name=payload.validated_data["name"])
+        body = {**AgentCredentialSerializer(credential).data, "token": token}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=AgentCredentialSerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str | None = None) -> Response:
+        credential = services.revoke_agent_credential(credential=self.get_object(), actor=request.user)
+        return Response(AgentCredentialSerializer(credential).data)
+
+
+class IsAgent(BasePermission):
+    def has_permission(self, request: Request, view: APIView) -> bool:
+        return isinstance(request.auth, AgentCredential)
+
+
+COMMAND = inline_serializer(
+    "RelayCommand",
+    {
+        "apdu": serializers.CharField(),
+        "expect": serializers.ListField(child=serializers.CharField()),
+        "label": serializers.CharField(),
+    },
+)
+RELAY_ANSWER = inline_serializer(
+    "RelayBatch",
+    {
+        "session": serializers.UUIDField(),
+        "exchange": serializers.IntegerField(),
+        "state": serializers.CharField(),
+        "commands": COMMAND,
+        "done": serializers.BooleanField(),
+        "progress": serializers.DictField(),
+        "result": serializers.DictField(required=False),
+    },
+)
+
+
+class OpenSessionSerializer(serializers.Serializer):
+    mode = serializers.ChoiceField(choices=CardSession.Mode.choices, default=CardSession.Mode.BATCH)
+
+
+class ExchangeSerializer(serializers.Serializer):
+    exchange = serializers.IntegerField(min_value=1)
+    responses = serializers.ListField(child=serializers.CharField(max_length=2 * 65538), min_length=1, max_length=2048)
+
+
+class RelaySessionsApi(APIView):
+    """Open a card session: the answer is the first batch (identify the card)."""
+
+    authentication_classes = (AgentTokenAuthentication,)
+    permission_classes = (IsAgent,)
+
+    @extend_schema(request=OpenSessionSerializer, responses={201: RELAY_ANSWER})
+    def post(self, request: Request) -> Response:
+        payload = OpenSessionSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        answer = services.open_session(credential=request.auth, mode=payload.validated_data["mode"])
+        return Response(answer.as_json(), status=status.HTTP_201_CREATED)
+
+
+class RelayExchangeApi(APIView):
+    """Post the responses to batch N; the answer is batch N+1, or the end of the session.
+
+    A replayed, reordered, truncated or altered exchange closes the session: 409 with the reason.
+    """
+
+    authentication_classes = (AgentTokenAuthentication,)
+    permission_classes = (IsAgent,)
+
+    @extend_schema(request=ExchangeSerializer, responses={200: RELAY_ANSWER})
+    def post(self, request: Request, session_id: str) -> Response:
+        payload = ExchangeSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        answer = services.exchange(
+            session_id=session_id,
+            credential=request.auth,
+            number=payload.validated_data["exchange"],
+            responses=payload.validated_data["responses"],
+        )
+        if answer.session.state == CardSession.State.REJECTED:
+            raise SessionRejectedError(answer.session.closed_reason)
+        return Response(answer.as_json())
+
+
+class SessionRejectedError(exceptions.APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "Session rejected"
+    default_code = "session_rejected"

@@ -1,8 +1,13 @@
-"""Models of the updates app."""
+"""Models of the updates app: releases (load files), agent credentials, relay card sessions."""
 
 from __future__ import annotations
 
+import uuid
+
+from django.conf import settings
 from django.db import models
+
+from issuers.models import Organization, hex_validator
 
 
 class WorkerHeartbeat(models.Model):
@@ -14,3 +19,105 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"heartbeat {self.token} from {self.hostname}"
+
+
+class Release(models.Model):
+    """An immutable applet release: one CAP file of a bank, parsed and hashed at upload."""
+
+    class State(models.TextChoices):
+        APPROVED = "approved", "Approved"
+        REVOKED = "revoked", "Revoked"
+
+    bank = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="releases")
+    package_aid = models.CharField(max_length=32, validators=[hex_validator])
+    package_version = models.CharField(max_length=16, help_text="major.minor")
+    applet_aids = models.JSONField(default=list)
+    imports = models.JSONField(default=list, help_text="[{aid, version}]")
+    cap_file = models.BinaryField(help_text="the CAP file as uploaded")
+    filename = models.CharField(max_length=255)
+    lfdb_size = models.PositiveIntegerField(help_text="bytes of the Load File Data Block sent to the card")
+    lfdb_sha256 = models.CharField(max_length=64)
+    lfdb_sha1 = models.CharField(max_length=40)
+    cap_sha256 = models.CharField(max_length=64, unique=True)
+    changelog = models.TextField(blank=True)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.APPROVED)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("bank__name", "package_aid", "-created_at")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("bank", "package_aid", "package_version"), name="one_release_per_package_version"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.package_aid} v{self.package_version} ({self.bank})"
+
+
+class AgentCredential(models.Model):
+    """A device's credential to relay sessions for its holder's cards; stored as a hash, revocable."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_credentials")
+    name = models.CharField(max_length=100, help_text="the device, e.g. 'my phone'")
+    key_id = models.CharField(max_length=16, unique=True, help_text="public part of the token")
+    secret_hash = models.CharField(max_length=64, help_text="SHA-256 of the secret part")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+
+    def __str__(self) -> str:
+        return f"agent {self.key_id} ({self.name}) of {self.user}"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+
+class CardSession(models.Model):
+    """One presentation of a card through an agent: identification, then pending jobs in order.
+
+    The channel state (session keys, MAC chaining value, counters) is sealed under the KEK of the
+    organisation whose security domain the channel is with, so any server process can take the
+    next exchange and nothing secret is stored in clear.
+    """
+
+    class State(models.TextChoices):
+        OPEN = "open", "Open"
+        DONE = "done", "Done"
+        REJECTED = "rejected", "Rejected (protocol or integrity failure)"
+        FAILED = "failed", "Failed"
+        EXPIRED = "expired", "Expired"
+
+    class Mode(models.TextChoices):
+        BATCH = "batch", "Batched scripts"
+        APDU = "apdu", "One APDU per round trip (benchmark only)"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    credential = models.ForeignKey(AgentCredential, on_delete=models.PROTECT, related_name="sessions")
+    card = models.ForeignKey("cards.Card", null=True, blank=True, on_delete=models.SET_NULL, related_name="sessions")
+    mode = models.CharField(max_length=8, choices=Mode.choices, default=Mode.BATCH)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.OPEN, db_index=True)
+    exchange = models.PositiveIntegerField(default=0, help_text="number of the batch the agent must answer next")
+    engine_state = models.JSONField(default=dict, help_text="position in the plan; never key material")
+    sealed_channel = models.BinaryField(null=True, blank=True)
+    sealed_by = models.ForeignKey(Organization, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    round_trips = models.PositiveIntegerField(default=0)
+    apdus = models.PositiveIntegerField(default=0)
+    closed_reason = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ("-created_at",)
+        indexes = [models.Index(fields=("state", "expires_at"), name="cardsession_state_expiry")]
+
+    def __str__(self) -> str:
+        return f"session {self.id} ({self.state})"

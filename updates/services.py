@@ -1,10 +1,31 @@
-"""Write operations of the updates app (the only place that changes its models)."""
+"""Write operations of the updates app: agent credentials, relay sessions, releases."""
 
 from __future__ import annotations
 
-from django.db import transaction
+import hashlib
+import hmac
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
 
-from updates.models import WorkerHeartbeat
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from audit.services import record_event
+from cards.models import CardJob
+from ecard.errors import ServiceError
+from updates.models import AgentCredential, CardSession, WorkerHeartbeat
+from updates.ota import Batch, SessionEngine, SessionRejected
+
+logger = logging.getLogger(__name__)
+
+TOKEN_PREFIX = "eca"  # noqa: S105 - a token prefix, not a secret
+SESSION_IDLE_TIMEOUT = timedelta(seconds=int(getattr(settings, "ECARD_SESSION_IDLE_SECONDS", 120)))
+MAX_BATCH_RESPONSES = 2048
 
 
 @transaction.atomic
@@ -12,3 +33,257 @@ def record_worker_heartbeat(*, token: str, hostname: str) -> WorkerHeartbeat:
     """Record that a worker ran; idempotent per token (a redelivered task writes once)."""
     heartbeat, _created = WorkerHeartbeat.objects.get_or_create(token=token, defaults={"hostname": hostname})
     return heartbeat
+
+
+# ---------------------------------------------------------------------------------------------
+# agent credentials
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@transaction.atomic
+def issue_agent_credential(*, user: AbstractBaseUser, name: str) -> tuple[AgentCredential, str]:
+    """A new device credential for a card holder. The token is shown once; only its hash is kept."""
+    if user.memberships.exists() or not user.cards.exists():
+        raise ServiceError("agent credentials are for card holders", field="user")
+    name = (name or "device").strip()[:100]
+    key_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(24)
+    credential = AgentCredential.objects.create(user=user, name=name, key_id=key_id, secret_hash=_hash_secret(secret))
+    record_event(
+        action="agent_credential.issued",
+        subject_type="agent_credential",
+        subject_id=key_id,
+        actor=user,
+        details={"name": name},
+    )
+    return credential, f"{TOKEN_PREFIX}_{key_id}_{secret}"
+
+
+@transaction.atomic
+def revoke_agent_credential(*, credential: AgentCredential, actor: AbstractBaseUser) -> AgentCredential:
+    if credential.revoked_at is None:
+        credential.revoked_at = timezone.now()
+        credential.save(update_fields=["revoked_at"])
+        CardSession.objects.filter(credential=credential, state=CardSession.State.OPEN).update(
+            state=CardSession.State.REJECTED, closed_reason="credential revoked"
+        )
+        record_event(
+            action="agent_credential.revoked",
+            subject_type="agent_credential",
+            subject_id=credential.key_id,
+            actor=actor,
+        )
+    return credential
+
+
+def authenticate_agent(token: str) -> AgentCredential | None:
+    """The active credential a token names, or None (constant-time secret comparison)."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
+        return None
+    credential = AgentCredential.objects.select_related("user").filter(key_id=parts[1]).first()
+    if credential is None or not hmac.compare_digest(credential.secret_hash, _hash_secret(parts[2])):
+        return None
+    if not credential.is_active or not credential.user.is_active:
+        return None
+    return credential
+
+
+# ---------------------------------------------------------------------------------------------
+# relay sessions (DESIGN.md §6)
+
+
+@dataclass
+class RelayAnswer:
+    session: CardSession
+    batch: Batch
+
+    def as_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "session": str(self.session.id),
+            "exchange": self.session.exchange,
+            "state": self.session.state,
+            "commands": self.batch.commands,
+            "done": self.batch.done,
+            "progress": self.batch.progress,
+        }
+        if self.batch.done:
+            body["result"] = self.batch.result
+        return body
+
+
+def _expires() -> Any:
+    return timezone.now() + SESSION_IDLE_TIMEOUT
+
+
+def _reject(session: CardSession, reason: str) -> None:
+    """Close a session for an integrity or protocol failure; its jobs go back to pending."""
+    session.state = CardSession.State.REJECTED
+    session.closed_reason = reason
+    session.sealed_channel = None
+    session.save()
+    if session.card_id:
+        jobs = CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING)
+        jobs.update(state=CardJob.State.PENDING, last_error=reason)
+    record_event(
+        action="session.rejected",
+        subject_type="card_session",
+        subject_id=session.id,
+        card_cin=session.card.cin if session.card_id else "",
+        outcome="failure",
+        reason=reason,
+        actor_type="agent",
+    )
+
+
+def _apply(session: CardSession, batch: Batch) -> RelayAnswer:
+    session.exchange += 1
+    session.round_trips += 1
+    if session.mode == CardSession.Mode.APDU and not batch.done:
+        session.engine_state["queue"] = batch.commands
+        session.engine_state["collected"] = []
+        batch = Batch(commands=batch.commands[:1], progress=batch.progress)
+    if batch.done:
+        session.state = CardSession.State.DONE
+        session.closed_reason = ""
+        record_event(
+            action="session.done",
+            subject_type="card_session",
+            subject_id=session.id,
+            card_cin=session.card.cin if session.card_id else "",
+            actor_type="agent",
+            details={"round_trips": session.round_trips, "apdus": session.apdus, **batch.result},
+        )
+    session.expires_at = _expires()
+    session.save()
+    return RelayAnswer(session, batch)
+
+
+def open_session(*, credential: AgentCredential, mode: str = CardSession.Mode.BATCH) -> RelayAnswer:
+    if mode not in CardSession.Mode.values:
+        raise ServiceError("mode must be batch or apdu", field="mode")
+    with transaction.atomic():
+        AgentCredential.objects.filter(pk=credential.pk).update(last_used_at=timezone.now())
+        session = CardSession.objects.create(credential=credential, mode=mode, expires_at=_expires())
+        engine = SessionEngine(session)
+        batch = engine.start()
+        session.engine_state = engine.state
+        return _apply(session, batch)
+
+
+def _check_responses(session: CardSession, responses: list[str]) -> list[bytes]:
+    """The responses must answer the batch in flight in order: all expected but possibly the last,
+    and a short list only when its last status word was unexpected (the agent stops there)."""
+    if not isinstance(responses, list) or not responses or len(responses) > MAX_BATCH_RESPONSES:
+        raise SessionRejected("responses must be a non-empty list")
+    raw: list[bytes] = []
+    for item in responses:
+        try:
+            value = bytes.fromhex(item)
+        except (TypeError, ValueError):
+            raise SessionRejected("responses must be hexadecimal R-APDUs") from None
+        if len(value) < 2:
+            raise SessionRejected("an R-APDU has at least a status word")
+        raw.append(value)
+    if session.mode == CardSession.Mode.APDU:
+        return raw  # checked one by one in _apdu_mode_step
+    sent_meta = session.engine_state.get("sent", [])
+    if len(raw) > len(sent_meta):
+        raise SessionRejected("more responses than commands in the batch")
+    for index, (value, meta) in enumerate(zip(raw, sent_meta, strict=False)):
+        sw = int.from_bytes(value[-2:], "big")
+        expected = sw in meta["expect"]
+        last = index == len(raw) - 1
+        if not expected and not last:
+            raise SessionRejected("the relay went on after an unexpected status word")
+        if last and len(raw) < len(sent_meta) and expected:
+            raise SessionRejected("truncated batch: responses stop before the script ends")
+    return raw
+
+
+def exchange(*, session_id: Any, credential: AgentCredential, number: int, responses: list[str]) -> RelayAnswer:
+    """Take the agent's responses to batch ``number`` and answer with the next batch.
+
+    A replayed, reordered, truncated or altered exchange closes the session (409); its jobs stay
+    pending and resume at the card's next presentation.
+    """
+    with transaction.atomic():
+        session = (
+            CardSession.objects.select_for_update()
+            .select_related("card", "credential", "sealed_by")
+            .filter(pk=session_id, credential=credential)
+            .first()
+        )
+        if session is None:
+            raise ServiceError("no such session", code="not_found")
+        if session.state != CardSession.State.OPEN:
+            raise ServiceError(f"the session is {session.state}", code="state")
+        if session.expires_at < timezone.now():
+            session.state = CardSession.State.EXPIRED
+            session.closed_reason = "idle timeout"
+            session.save()
+            if session.card_id:
+                CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING).update(
+                    state=CardJob.State.PENDING
+                )
+            raise ServiceError("the session expired", code="state")
+        try:
+            if number != session.exchange:
+                raise SessionRejected(f"exchange {number} out of order (expected {session.exchange})")
+            raw = _check_responses(session, responses)
+            session.apdus += len(raw)
+            if session.mode == CardSession.Mode.APDU:
+                answer = _apdu_mode_step(session, raw)
+                if answer is not None:
+                    return answer
+                raw = [bytes.fromhex(r) for r in session.engine_state.pop("collected")]
+                session.engine_state.pop("queue", None)
+            # No savepoint here: what the engine recorded before a rejection (a failed
+            # authentication count, verified receipts, audit entries) must stay.
+            engine = SessionEngine(session)
+            batch = engine.advance(raw)
+            session.engine_state = engine.state
+            return _apply(session, batch)
+        except SessionRejected as exc:
+            _reject(session, str(exc))
+            return RelayAnswer(session, Batch(commands=[], done=True, result={"error": str(exc)}))
+
+
+def _apdu_mode_step(session: CardSession, raw: list[bytes]) -> RelayAnswer | None:
+    """Per-APDU mode (benchmarking only): hand out the batch one command per round trip."""
+    if len(raw) != 1:
+        raise SessionRejected("one response per exchange in per-APDU mode")
+    queue = session.engine_state["queue"]
+    collected = session.engine_state["collected"]
+    collected.append(raw[0].hex())
+    command = queue[len(collected) - 1]
+    sw = f"{int.from_bytes(raw[0][-2:], 'big'):04X}"
+    if sw in command["expect"] and len(collected) < len(queue):
+        session.exchange += 1
+        session.round_trips += 1
+        session.expires_at = _expires()
+        session.save()
+        return RelayAnswer(session, Batch(commands=[queue[len(collected)]], progress={}))
+    return None
+
+
+@transaction.atomic
+def expire_idle_sessions() -> int:
+    """Close sessions idle past their deadline; their running jobs go back to pending (resume later)."""
+    now = timezone.now()
+    stale = list(
+        CardSession.objects.select_for_update(skip_locked=True).filter(state=CardSession.State.OPEN, expires_at__lt=now)
+    )
+    for session in stale:
+        session.state = CardSession.State.EXPIRED
+        session.closed_reason = "idle timeout"
+        session.sealed_channel = None
+        session.save()
+        if session.card_id:
+            CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING).update(
+                state=CardJob.State.PENDING
+            )
+    return len(stale)

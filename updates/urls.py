@@ -1,7 +1,15 @@
 """REST API routes of the updates app (mounted under /api/v1/)."""
 
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-router = SimpleRouter()
+from updates import apis
 
-urlpatterns = router.urls
+router = SimpleRouter()
+router.register("agent-credentials", apis.AgentCredentialViewSet, basename="agent-credential")
+
+urlpatterns = [
+    path("relay/sessions/", apis.RelaySessionsApi.as_view(), name="relay-sessions"),
+    path("relay/sessions/<uuid:session_id>/exchanges/", apis.RelayExchangeApi.as_view(), name="relay-exchange"),
+    *router.urls,
+]

@@ -1,0 +1,104 @@
+"""Personalise an emulated card (``cardsim``) for a card record, as the agency's personalisation
+bureau would a physical one: ISD keys diversified from the agency master with the card's KDD, the
+agency's DM token verification key, a per-card receipt key and a per-card initial SSD key.
+
+The state file *is* the emulated card's secure memory, so it holds that card's keys (mode 0600);
+the platform's own records hold only wrapped keys (``issuers.custody``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from django.conf import settings
+
+from cards.models import Card
+from cardsim import store
+from cardsim.state import new_state
+from gp.keys import StaticKeys
+from issuers import custody
+from issuers.custody_models import KeySet
+
+TOKEN_KVN = 0x70  # ISD Token Verification key (GP 2.3.1 §9.2.2)
+RECEIPT_KVN = 0x71  # ISD Receipt key
+SSD_INITIAL_KVN = {0x02: 0x20, 0x03: 0x30}  # a new SSD's initial key set, before its bank's PUT KEY
+
+
+def state_path(card: Card) -> Path:
+    holder = card.holder.get_username() if card.holder is not None else card.cin
+    return Path(settings.ECARD_CARDS_DIR) / f"{holder}.json"
+
+
+def agency_master(agency, scheme: str) -> KeySet:
+    algorithm = KeySet.Algorithm.AES if scheme == "kdf3" else KeySet.Algorithm.DES3
+    master = (
+        KeySet.objects.filter(
+            organization=agency,
+            purpose=KeySet.Purpose.DIVERSIFICATION_MASTER,
+            algorithm=algorithm,
+            state=KeySet.State.ACTIVE,
+            card_cin="",
+        )
+        .order_by("-kvn")
+        .first()
+    )
+    if master is None:
+        raise custody.CustodyError(f"the agency has no {algorithm} diversification master")
+    return master
+
+
+def token_verification_keyset(agency) -> KeySet:
+    keyset = (
+        KeySet.objects.filter(
+            organization=agency, purpose=KeySet.Purpose.TOKEN_SIGNING, state=KeySet.State.ACTIVE, card_cin=""
+        )
+        .order_by("-kvn")
+        .first()
+    )
+    if keyset is None:
+        raise custody.CustodyError("the agency has no Delegated Management token signing key")
+    return keyset
+
+
+def personalise(card: Card, *, path: Path | None = None) -> Path:
+    """Create the emulated card's state file and store the card's agency-side keys in custody."""
+    agency = card.issued_by
+    scheme = card.key_scheme
+    master_keyset = agency_master(agency, scheme)
+    token_keyset = token_verification_keyset(agency)
+    receipt_key = secrets.token_bytes(16)
+    ssd_initial = secrets.token_bytes(16)
+    ssd_kvn = SSD_INITIAL_KVN[card.scp]
+    custody.store_secret_key(
+        agency,
+        receipt_key,
+        purpose=KeySet.Purpose.RECEIPT,
+        kvn=RECEIPT_KVN,
+        card_cin=card.cin,
+        algorithm="aes" if card.scp == 0x03 else "3des",
+    )
+    custody.store_static_keys(
+        agency,
+        StaticKeys.single(ssd_initial, ssd_kvn),
+        card_cin=card.cin,
+        algorithm="aes" if card.scp == 0x03 else "3des",
+    )
+    public_key = serialization.load_pem_public_key(token_keyset.public_key.encode())
+    path = path or state_path(card)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = new_state(
+        scp=card.scp,
+        key=custody.load_secret_key(master_keyset),
+        kvn=card.isd_kvn,
+        i=card.scp_i,
+        cin=bytes.fromhex(card.cin),
+        kdd=bytes.fromhex(card.kdd),
+        diversify_scheme=scheme,
+        token_key=public_key,
+        receipt_key=receipt_key,
+        ssd_initial_key=ssd_initial,
+    )
+    store.save(path, state)
+    return path

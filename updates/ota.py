@@ -1,0 +1,1060 @@
+"""The over-the-air session engine: runs a card's pending jobs through batched APDU scripts.
+
+A card session moves through phases, one relay exchange each (DESIGN.md §6):
+
+``identify``  SELECT ISD, GET DATA CPLC and CIN (plain: no secure channel yet)
+``open``      SELECT the security domain, INITIALIZE UPDATE with the stage's key set
+``status``    EXTERNAL AUTHENTICATE and GET STATUS (the card registry, for idempotent resume)
+``script``    the whole secured script of the stage, then GET STATUS again to verify
+
+A job is a list of *stages*; each stage is one secure channel with the security domain that
+owns the content (the ISD to create or delete SSDs, the bank's SSD for its own keys and
+applets). The script of a stage is computed from the registry the card just reported, so a job
+interrupted anywhere — connection cut, card pulled, server restarted — resumes by doing only
+what the card does not show as done (DESIGN.md §5.7). A cryptogram failure is never retried:
+the session fails and the security domain's failure count goes up; at the stop threshold the
+platform refuses to try again until an operator intervenes (cards block key sets after a few
+failures).
+
+The engine's position (phase, stage, expectations of the batch in flight) is JSON in
+``CardSession.engine_state``; the secure channel (session keys, MAC chaining value, counters)
+is sealed under the owning organisation's KEK in ``CardSession.sealed_channel``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.utils import timezone
+
+from audit.services import record_event
+from cards.models import ISD_AID, AppletInstance, Card, CardJob, Enrollment, SecurityDomain
+from gp import commands, dm
+from gp.errors import AuthenticationError, GPError, MACError, SecureChannelError
+from gp.scp import SCP02, SCP03
+from gp.tlv import decode_all, find
+from issuers import custody
+from issuers.custody_models import KeySet
+from issuers.models import Organization
+
+logger = logging.getLogger(__name__)
+
+SW_OK = 0x9000
+SW_MORE = 0x6310  # GET STATUS: more data available (GP 2.3.1 §11.4.3)
+SW_NOT_FOUND = 0x6A88  # referenced data (key set version) not found (§11.13.3.2)
+SW_FILE_NOT_FOUND = 0x6A82  # SELECT: application not found (ISO 7816-4)
+AUTH_FAILURE_STOP = 2  # never use the card's last tries (cardsim blocks a key set at 3)
+BANK_KVN = {0x02: 0x21, 0x03: 0x31}  # the bank's first key set on its SSD (initial set is 20/30)
+TOKEN_SCHEME = dm.SCHEME_ECDSA_P256_SHA256
+STATUS_APPS = 0x40  # GET STATUS P1: applications and SSDs (§11.4.2.1)
+STATUS_ELF_MODULES = 0x10  # GET STATUS P1: Executable Load Files and their modules
+
+
+class SessionRejected(Exception):
+    """Integrity failure (bad MAC, bad cryptogram, identity mismatch): the session ends, nothing is done."""
+
+
+class JobFailed(Exception):
+    """The card refused a step for a reason that retrying will not fix."""
+
+
+@dataclass
+class Command:
+    """One C-APDU of a batch with what the engine needs to check its answer."""
+
+    apdu: bytes  # plain C-APDU
+    label: str
+    expect: tuple[int, ...] = (SW_OK,)
+    secure: bool = True
+    receipt: dict[str, Any] | None = None  # {"op": load|install|delete, "fields": [hex, ...]}
+    status_p1: int | None = None  # a GET STATUS of this P1
+
+
+@dataclass
+class KeyChoice:
+    """Which keys open a stage's channel: the card's diversified ISD keys, or a stored key set."""
+
+    kind: str  # "isd" | "keyset"
+    kvn: int
+    keyset_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "kvn": self.kvn, "keyset_id": self.keyset_id}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> KeyChoice:
+        return cls(kind=data["kind"], kvn=data["kvn"], keyset_id=data.get("keyset_id"))
+
+
+@dataclass
+class Registry:
+    """What GET STATUS reported inside one secure channel."""
+
+    apps: list[commands.RegistryEntry] = field(default_factory=list)
+    elfs: list[commands.RegistryEntry] = field(default_factory=list)
+
+    def app(self, aid: str) -> commands.RegistryEntry | None:
+        return next((e for e in self.apps if e.aid.hex().upper() == aid), None)
+
+    def elf(self, aid: str) -> commands.RegistryEntry | None:
+        return next((e for e in self.elfs if e.aid.hex().upper() == aid), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# stages
+
+
+class Stage:
+    """One secure channel of a job: which SD, which keys, what script given the registry."""
+
+    name = "stage"
+    status_p1: tuple[int, ...] = (STATUS_APPS,)
+
+    def __init__(self, job: CardJob) -> None:
+        self.job = job
+        self.card = job.card
+
+    # -- channel
+    def sd_aid(self) -> str:
+        raise NotImplementedError
+
+    def owner(self) -> Organization:
+        """Whose keys open the channel (and whose KEK seals its state)."""
+        raise NotImplementedError
+
+    def key_choices(self) -> list[KeyChoice]:
+        raise NotImplementedError
+
+    def security_domain(self) -> SecurityDomain | None:
+        return self.card.security_domains.filter(aid=self.sd_aid()).first()
+
+    # -- script
+    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+        raise NotImplementedError
+
+    def finish(self, registry: Registry, key: KeyChoice) -> None:
+        """Record the outcome (inside the exchange's transaction)."""
+
+    def skip_if_missing(self) -> bool:
+        """True when a missing SD means there is nothing left to do (e.g. already deleted)."""
+        return False
+
+
+def sd_lifecycle(value: int) -> str:
+    """Security domain life cycle byte to the model's state (GP 2.3.1 §5.3.2, Table 11-5)."""
+    if value & 0x80:
+        return SecurityDomain.Lifecycle.LOCKED
+    if value & 0x0F == 0x0F:
+        return SecurityDomain.Lifecycle.PERSONALIZED
+    if value & 0x07 == 0x07:
+        return SecurityDomain.Lifecycle.SELECTABLE
+    return SecurityDomain.Lifecycle.INSTALLED
+
+
+def isd_choice(card: Card) -> list[KeyChoice]:
+    return [KeyChoice("isd", card.isd_kvn)]
+
+
+def keyset_for(org: Organization, card: Card, sd_aid: str, kvn: int) -> KeySet | None:
+    return KeySet.objects.filter(
+        organization=org,
+        card_cin=card.cin,
+        sd_aid=sd_aid,
+        kvn=kvn,
+        purpose=KeySet.Purpose.SCP_STATIC,
+        state=KeySet.State.ACTIVE,
+    ).first()
+
+
+def ssd_initial_keyset(card: Card) -> KeySet | None:
+    """The card's initial SSD key set, stored by the agency at personalisation."""
+    return KeySet.objects.filter(
+        organization=card.issued_by,
+        card_cin=card.cin,
+        sd_aid="",
+        purpose=KeySet.Purpose.SCP_STATIC,
+        state=KeySet.State.ACTIVE,
+    ).first()
+
+
+def ensure_bank_keyset(job: CardJob, sd: SecurityDomain, kvn: int) -> KeySet:
+    """The bank's key set for its SSD on this card, generated in the bank's custody once (idempotent)."""
+    existing = keyset_for(sd.organization, job.card, sd.aid, kvn)
+    if existing is not None:
+        return existing
+    template = sd.organization.ssd_template
+    return custody.generate_static_keys(
+        sd.organization,
+        algorithm="aes" if sd.scp == 0x03 else "3des",
+        length=template.key_length if sd.scp == 0x03 else 16,
+        kvn=kvn,
+        card_cin=job.card.cin,
+        sd_aid=sd.aid,
+    )
+
+
+class IsdInstallSsd(Stage):
+    """INSTALL [for install and make selectable] of the bank's SSD from the SSD module in ROM (§11.5)."""
+
+    name = "install-ssd"
+
+    def sd_aid(self) -> str:
+        return self.card.isd_aid
+
+    def owner(self) -> Organization:
+        return self.card.issued_by
+
+    def key_choices(self) -> list[KeyChoice]:
+        return isd_choice(self.card)
+
+    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+        sd = self.job.security_domain
+        if registry.app(sd.aid) is not None:
+            return []
+        params = commands.install_parameters(commands.sd_install_parameters(sd.scp, sd.scp_i))
+        apdu = commands.install_for_install(
+            bytes.fromhex(SSD_PACKAGE_AID),
+            bytes.fromhex(SSD_MODULE_AID),
+            bytes.fromhex(sd.aid),
+            privileges=bytes.fromhex(sd.privileges),
+            params=params,
+        )
+        return [Command(apdu, f"create {sd.organization.name} security domain")]
+
+    def finish(self, registry: Registry, key: KeyChoice) -> None:
+        sd = self.job.security_domain
+        entry = registry.app(sd.aid)
+        if entry is None:
+            raise JobFailed("the card does not list the new security domain")
+        sd.lifecycle = sd_lifecycle(entry.lifecycle)
+        sd.save(update_fields=["lifecycle", "updated_at"])
+
+
+SSD_PACKAGE_AID = "A0000001515350"
+SSD_MODULE_AID = "A000000151535041"
+
+
+class SsdBankKeys(Stage):
+    """Replace the SSD's initial key set with the bank's keys (PUT KEY in a session with the SSD),
+    so the agency never holds the bank's keys in clear (DESIGN.md §5.3)."""
+
+    name = "bank-keys"
+
+    def sd_aid(self) -> str:
+        return self.job.security_domain.aid
+
+    def owner(self) -> Organization:
+        return self.job.security_domain.organization
+
+    def bank_kvn(self) -> int:
+        return BANK_KVN[self.job.security_domain.scp]
+
+    def key_choices(self) -> list[KeyChoice]:
+        sd = self.job.security_domain
+        bank = ensure_bank_keyset(self.job, sd, self.bank_kvn())
+        choices = [KeyChoice("keyset", bank.kvn, bank.pk)]
+        initial = ssd_initial_keyset(self.card)
+        if initial is not None:
+            choices.append(KeyChoice("keyset", initial.kvn, initial.pk))
+        return choices
+
+    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+        if self.opened_with.kvn == self.bank_kvn():
+            return []  # the bank's keys already open the SSD: PUT KEY happened in an earlier session
+        sd = self.job.security_domain
+        bank = keyset_for(sd.organization, self.card, sd.aid, self.bank_kvn())
+        keys = custody.load_static_keys(bank)
+        algorithm = "aes" if sd.scp == 0x03 else "des"
+        from gp.keys import encode_put_key_symmetric
+
+        data = encode_put_key_symmetric(bank.kvn, keys, channel.encrypt_key, algorithm=algorithm)
+        # encode_put_key_symmetric starts with the new KVN, which put_key writes itself (§11.8.2.3).
+        apdu = commands.put_key(bank.kvn, data[1:], old_kvn=self.opened_with.kvn, key_id=0x01)
+        return [Command(apdu, f"install {sd.organization.name} keys")]
+
+    def finish(self, registry: Registry, key: KeyChoice) -> None:
+        sd = self.job.security_domain
+        sd.key_kvn = self.bank_kvn()
+        sd.save(update_fields=["key_kvn", "updated_at"])
+
+    opened_with: KeyChoice
+
+
+class SsdInstallApplets(Stage):
+    """LOAD and INSTALL the bank's applets into its SSD, each operation with an agency DM token."""
+
+    name = "install-applets"
+    status_p1 = (STATUS_APPS, STATUS_ELF_MODULES)
+
+    def sd_aid(self) -> str:
+        return self.job.security_domain.aid
+
+    def owner(self) -> Organization:
+        return self.job.security_domain.organization
+
+    def key_choices(self) -> list[KeyChoice]:
+        sd = self.job.security_domain
+        bank = keyset_for(sd.organization, self.card, sd.aid, BANK_KVN[sd.scp])
+        if bank is None:
+            raise JobFailed("the bank has no key set for this security domain")
+        return [KeyChoice("keyset", bank.kvn, bank.pk)]
+
+    def applets(self) -> list[dict[str, Any]]:
+        return list(self.job.params.get("applets") or self.job.params.get("default_applets") or [])
+
+    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+        from updates.models import Release
+
+        sd = self.job.security_domain
+        script: list[Command] = []
+        for spec in self.applets():
+            release = Release.objects.get(pk=spec["release"])
+            instance_aid = spec["instance_aid"].upper()
+            module_aid = spec.get("module_aid", "").upper() or release.applet_aids[0]
+            if registry.app(instance_aid) is not None and registry.elf(release.package_aid) is not None:
+                continue  # already installed (resume)
+            if registry.elf(release.package_aid) is None:
+                script += load_script(self.card, sd, release, channel)
+            script.append(install_command(self.card, sd, release.package_aid, module_aid, instance_aid))
+        return script
+
+    def finish(self, registry: Registry, key: KeyChoice) -> None:
+        from updates.models import Release
+
+        sd = self.job.security_domain
+        for spec in self.applets():
+            release = Release.objects.get(pk=spec["release"])
+            instance_aid = spec["instance_aid"].upper()
+            entry = registry.app(instance_aid)
+            if entry is None:
+                raise JobFailed(f"applet {instance_aid} is not on the card after installation")
+            AppletInstance.objects.update_or_create(
+                security_domain=sd,
+                instance_aid=instance_aid,
+                defaults={
+                    "package_aid": release.package_aid,
+                    "package_version": release.package_version,
+                    "module_aid": spec.get("module_aid", "").upper() or release.applet_aids[0],
+                    "lifecycle": AppletInstance.Lifecycle.SELECTABLE,
+                },
+            )
+
+
+def _token_signer(card: Card) -> Any:
+    from cards.emulation import token_verification_keyset
+
+    return custody.load_private_key(token_verification_keyset(card.issued_by))
+
+
+def with_token(card: Card, sd: SecurityDomain, apdu: bytes) -> bytes:
+    """Attach the agency's Delegated Management token when the SSD has the DM privilege (§9.2.2)."""
+    if sd.management != "dm":
+        return apdu
+    from updates import policy
+
+    try:
+        policy.authorize(card=card, security_domain=sd, command=apdu)
+    except policy.TokenDenied as exc:
+        raise JobFailed(str(exc)) from exc
+    token = dm.sign_token(_token_signer(card), dm.token_data_for_command(apdu), TOKEN_SCHEME)
+    return dm.attach_token(apdu, token)
+
+
+def load_script(card: Card, sd: SecurityDomain, release: Any, channel: SCP02 | SCP03) -> list[Command]:
+    """INSTALL [for load] with the LFDB hash, then LOAD blocks sized for the channel's overhead."""
+    from gp.cap import LoadFile
+
+    lf = LoadFile.from_bytes(bytes(release.cap_file), name=release.filename)
+    lfdb = lf.load_file_data_block()
+    digest = hashlib.sha256(lfdb).digest()
+    install = commands.install_for_load(bytes.fromhex(release.package_aid), bytes.fromhex(sd.aid), digest)
+    script = [Command(with_token(card, sd, install), f"prepare load of {release.package_aid}")]
+    blocks = commands.load_commands(lfdb, channel.max_data_length())
+    for number, block in enumerate(blocks):
+        last = number == len(blocks) - 1
+        receipt = {"op": "load", "fields": [release.package_aid, sd.aid]} if last and sd.management == "dm" else None
+        script.append(Command(block, f"load block {number + 1}/{len(blocks)}", receipt=receipt))
+    return script
+
+
+def install_command(card: Card, sd: SecurityDomain, elf_aid: str, module_aid: str, instance_aid: str) -> Command:
+    apdu = commands.install_for_install(
+        bytes.fromhex(elf_aid),
+        bytes.fromhex(module_aid),
+        bytes.fromhex(instance_aid),
+        privileges=b"\x00",
+        params=commands.install_parameters(),
+    )
+    receipt = {"op": "install", "fields": [elf_aid, instance_aid]} if sd.management == "dm" else None
+    return Command(with_token(card, sd, apdu), f"install applet {instance_aid}", receipt=receipt)
+
+
+class IsdDeleteSsd(Stage):
+    """DELETE the bank's SSD with its related objects (§11.2: P2 80), from the ISD."""
+
+    name = "delete-ssd"
+
+    def sd_aid(self) -> str:
+        return self.card.isd_aid
+
+    def owner(self) -> Organization:
+        return self.card.issued_by
+
+    def key_choices(self) -> list[KeyChoice]:
+        return isd_choice(self.card)
+
+    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+        sd = self.job.security_domain
+        if registry.app(sd.aid) is None:
+            return []
+        return [Command(commands.delete(bytes.fromhex(sd.aid), related=True), f"delete {sd.aid} and its content")]
+
+    def finish(self, registry: Registry, key: KeyChoice) -> None:
+        sd = self.job.security_domain
+        if registry.app(sd.aid) is not None:
+            raise JobFailed("the security domain is still on the card")
+
+
+class SsdRotateKeys(Stage):
+    """PUT KEY a fresh key set (next KVN) into the bank's SSD in a session opened with the current one."""
+
+    name = "rotate-keys"
+
+    def sd_aid(self) -> str:
+        return self.job.security_domain.aid
+
+    def owner(self) -> Organization:
+        return self.job.security_domain.organization
+
+    def target_kvn(self) -> int:
+        return int(self.job.params["to_kvn"])
+
+    def key_choices(self) -> list[KeyChoice]:
+        sd = self.job.security_domain
+        choices = []
+        new = ensure_bank_keyset(self.job, sd, self.target_kvn())
+        choices.append(KeyChoice("keyset", new.kvn, new.pk))
+        old = keyset_for(sd.organization, self.card, sd.aid, int(self.job.params["from_kvn"]))
+        if old is not None:
+            choices.append(KeyChoice("keyset", old.kvn, old.pk))
+        return choices
+
+    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+        if self.opened_with.kvn == self.target_kvn():
+            return []
+        sd = self.job.security_domain
+        new = keyset_for(sd.organization, self.card, sd.aid, self.target_kvn())
+        from gp.keys import encode_put_key_symmetric
+
+        data = encode_put_key_symmetric(
+            new.kvn, custody.load_static_keys(new), channel.encrypt_key, algorithm="aes" if sd.scp == 3 else "des"
+        )
+        apdu = commands.put_key(new.kvn, data[1:], old_kvn=self.opened_with.kvn, key_id=0x01)
+        return [Command(apdu, f"rotate keys to version {new.kvn:02X}")]
+
+    def finish(self, registry: Registry, key: KeyChoice) -> None:
+        sd = self.job.security_domain
+        old_kvn = sd.key_kvn
+        sd.key_kvn = self.target_kvn()
+        sd.save(update_fields=["key_kvn", "updated_at"])
+        if old_kvn is not None and old_kvn != sd.key_kvn:
+            KeySet.objects.filter(
+                organization=sd.organization, card_cin=self.card.cin, sd_aid=sd.aid, kvn=old_kvn
+            ).update(state=KeySet.State.SUPERSEDED, rotated_at=timezone.now())
+
+    opened_with: KeyChoice
+
+
+class IsdSetStatus(Stage):
+    """SET STATUS of the bank's SSD to LOCKED or back to PERSONALIZED (§11.10, SD life cycle §5.3.2)."""
+
+    name = "set-status"
+
+    def sd_aid(self) -> str:
+        return self.card.isd_aid
+
+    def owner(self) -> Organization:
+        return self.card.issued_by
+
+    def key_choices(self) -> list[KeyChoice]:
+        return isd_choice(self.card)
+
+    def locking(self) -> bool:
+        return self.job.kind == CardJob.Kind.LOCK_SD
+
+    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+        sd = self.job.security_domain
+        entry = registry.app(sd.aid)
+        if entry is None:
+            raise JobFailed("the security domain is not on the card")
+        locked = bool(entry.lifecycle & 0x80)
+        if locked == self.locking():
+            return []
+        # P1 60: the SD and its associated applications; P2 80 locks, 00 unlocks (§11.10.2).
+        apdu = commands.set_status(0x60, 0x80 if self.locking() else 0x00, bytes.fromhex(sd.aid))
+        return [Command(apdu, "lock" if self.locking() else "unlock")]
+
+    def finish(self, registry: Registry, key: KeyChoice) -> None:
+        sd = self.job.security_domain
+        entry = registry.app(sd.aid)
+        if entry is None or bool(entry.lifecycle & 0x80) != self.locking():
+            raise JobFailed("the card does not show the new lock state")
+        sd.lifecycle = SecurityDomain.Lifecycle.LOCKED if self.locking() else SecurityDomain.Lifecycle.PERSONALIZED
+        sd.save(update_fields=["lifecycle", "updated_at"])
+
+
+def stages_for(job: CardJob) -> list[type[Stage]]:
+    kind = job.kind
+    if kind == CardJob.Kind.ENROLL_BANK:
+        stages: list[type[Stage]] = [IsdInstallSsd, SsdBankKeys]
+        if job.params.get("default_applets"):
+            stages.append(SsdInstallApplets)
+        return stages
+    if kind == CardJob.Kind.REMOVE_BANK:
+        return [IsdDeleteSsd]
+    if kind == CardJob.Kind.ROTATE_KEYS:
+        return [SsdRotateKeys]
+    if kind in (CardJob.Kind.LOCK_SD, CardJob.Kind.UNLOCK_SD):
+        return [IsdSetStatus]
+    if kind == CardJob.Kind.UPDATE_APPLET:
+        from updates.plans import update_stages
+
+        return update_stages(job)
+    raise JobFailed(f"no plan for job kind {kind}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the session driver
+
+
+@dataclass
+class Batch:
+    """What the server answers an exchange with: commands for the agent, or the end of the session."""
+
+    commands: list[dict[str, Any]]
+    done: bool = False
+    progress: dict[str, Any] = field(default_factory=dict)
+    result: dict[str, Any] = field(default_factory=dict)
+
+
+def sw_of(rapdu: bytes) -> int:
+    return int.from_bytes(rapdu[-2:], "big")
+
+
+def _entry_json(e: commands.RegistryEntry) -> dict[str, Any]:
+    return {"aid": e.aid.hex().upper(), "lc": e.lifecycle, "elf": e.elf_aid.hex().upper() if e.elf_aid else None}
+
+
+class SessionEngine:
+    """Drives one :class:`updates.models.CardSession` from exchange to exchange.
+
+    ``start()`` gives the first batch; ``advance(responses)`` takes the agent's responses to the
+    batch in flight (already checked by the relay for order and completeness) and gives the next.
+    """
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+        self.state: dict[str, Any] = dict(session.engine_state or {})
+        self._channel: SCP02 | SCP03 | None = None
+
+    # ---------------------------------------------------------------- public
+    def start(self) -> Batch:
+        self.state = {"phase": "identify", "jobs": [], "finished": [], "stage": 0}
+        cmds = [
+            Command(commands.select(bytes.fromhex(ISD_AID)), "select card manager", secure=False),
+            Command(commands.get_data(0x9F7F), "read CPLC", secure=False),
+            Command(commands.get_data(0x45), "read card image number", secure=False),
+        ]
+        return self._send(cmds)
+
+    def advance(self, responses: list[bytes]) -> Batch:
+        phase = self.state.get("phase")
+        try:
+            if phase == "identify":
+                return self._on_identify(responses)
+            if phase == "open":
+                return self._on_open(responses)
+            if phase == "status":
+                return self._on_status(responses)
+            if phase == "script":
+                return self._on_script(responses)
+        except JobFailed as exc:
+            self._fail_job(str(exc))
+            return self._next_stage_or_job(advance_job=True)
+        raise SessionRejected(f"no exchange expected in phase {phase!r}")
+
+    # ---------------------------------------------------------------- helpers
+    @property
+    def card(self) -> Card:
+        return self.session.card
+
+    def job(self) -> CardJob:
+        return CardJob.objects.select_related("card", "security_domain", "organization").get(pk=self.state["jobs"][0])
+
+    def stage(self) -> Stage:
+        job = self.job()
+        stages = stages_for(job)
+        stage = stages[self.state["stage"]](job)
+        if "key" in self.state:
+            stage.opened_with = KeyChoice.from_json(self.state["key"])  # type: ignore[attr-defined]
+        return stage
+
+    def _send(self, cmds: list[Command], *, phase: str | None = None) -> Batch:
+        wire = []
+        sent = []
+        for cmd in cmds:
+            apdu = self._channel.wrap(cmd.apdu) if cmd.secure else cmd.apdu
+            wire.append({"apdu": apdu.hex().upper(), "expect": [f"{sw:04X}" for sw in cmd.expect], "label": cmd.label})
+            sent.append(
+                {
+                    "label": cmd.label,
+                    "expect": list(cmd.expect),
+                    "secure": cmd.secure,
+                    "receipt": cmd.receipt,
+                    "status_p1": cmd.status_p1,
+                }
+            )
+        if phase is not None:
+            self.state["phase"] = phase
+        self.state["sent"] = sent
+        self._save_channel()
+        return Batch(commands=wire, progress=self.progress())
+
+    def progress(self) -> dict[str, Any]:
+        jobs = self.state.get("jobs", [])
+        finished = self.state.get("finished", [])
+        current = None
+        if jobs and self.state.get("phase") not in ("identify", "done"):
+            job = CardJob.objects.filter(pk=jobs[0]).first()
+            if job is not None:
+                current = {
+                    "id": job.pk,
+                    "kind": job.kind,
+                    "label": job.get_kind_display(),
+                    "stage": self.state.get("stage", 0),
+                    "stages": len(stages_for(job)),
+                }
+        return {
+            "jobs_total": len(jobs) + len(finished),
+            "jobs_finished": len(finished),
+            "current": current,
+            "phase": self.state.get("phase"),
+        }
+
+    def _save_channel(self) -> None:
+        if self._channel is None or not self._channel.is_authenticated:
+            self.session.sealed_channel = None
+            self.session.sealed_by = None
+            return
+        owner = self.stage().owner()
+        self.session.sealed_channel = custody.seal_channel_state(
+            owner, self._channel.session_state(), context=str(self.session.id)
+        )
+        self.session.sealed_by = owner
+
+    def _restore_channel(self) -> SCP02 | SCP03:
+        if self._channel is not None:
+            return self._channel
+        if not self.session.sealed_channel or self.session.sealed_by is None:
+            raise SessionRejected("no secure channel is open")
+        state = custody.open_channel_state(
+            self.session.sealed_by, bytes(self.session.sealed_channel), context=str(self.session.id)
+        )
+        cls = SCP03 if self.state["scp"] == 0x03 else SCP02
+        keys = self._static_keys(KeyChoice.from_json(self.state["key"])) if "key" in self.state else None
+        self._channel = cls.from_session_state(keys, state)
+        return self._channel
+
+    def _static_keys(self, choice: KeyChoice) -> Any:
+        """The static keys behind a key choice (the channel needs the DEK for PUT KEY)."""
+        card = self.card
+        if choice.kind == "isd":
+            return custody.card_isd_keys(card.issued_by, card.cin, bytes.fromhex(card.kdd), card.key_scheme)
+        return custody.load_static_keys(KeySet.objects.get(pk=choice.keyset_id))
+
+    def _unwrap(self, rapdu: bytes) -> bytes:
+        try:
+            return self._restore_channel().unwrap(rapdu)
+        except MACError as exc:
+            raise SessionRejected(f"response integrity check failed: {exc}") from exc
+        except SecureChannelError as exc:
+            raise SessionRejected(f"secure channel error: {exc}") from exc
+
+    # ---------------------------------------------------------------- identify
+    def _on_identify(self, responses: list[bytes]) -> Batch:
+        if len(responses) != 3 or any(sw_of(r) != SW_OK for r in responses):
+            raise SessionRejected("the card did not identify itself (SELECT/GET DATA failed)")
+        try:
+            cplc = commands.parse_cplc(commands.tagged_value(responses[1][:-2], 0x9F7F))
+            cin = commands.tagged_value(responses[2][:-2], 0x45).hex().upper()
+        except GPError as exc:
+            raise SessionRejected(f"the card's identification data is malformed: {exc}") from exc
+        card = Card.objects.filter(cin=cin).first()
+        credential = self.session.credential
+        if card is None or card.holder_id != credential.user_id:
+            raise SessionRejected("this card is not registered to this device's owner")
+        self.session.card = card
+        if not card.cplc:
+            card.cplc = cplc.as_hex()
+            card.save(update_fields=["cplc"])
+        jobs = list(
+            card.jobs.filter(state__in=CardJob.OPEN_STATES).order_by("created_at", "id").values_list("pk", flat=True)
+        )
+        now = timezone.now()
+        for job in CardJob.objects.filter(pk__in=jobs):
+            job.attempts += 1
+            job.state = CardJob.State.RUNNING
+            job.started_at = job.started_at or now
+            job.save(update_fields=["attempts", "state", "started_at"])
+            record_event(
+                action="job.attempt",
+                subject_type="card_job",
+                subject_id=job.pk,
+                card_cin=card.cin,
+                organization=job.organization,
+                actor_type="agent",
+                details={"kind": job.kind, "attempt": job.attempts, "session": str(self.session.id)},
+            )
+        self.state["jobs"] = jobs
+        self.state["stage"] = 0
+        return self._open_stage()
+
+    # ---------------------------------------------------------------- open
+    def _open_stage(self) -> Batch:
+        if not self.state["jobs"]:
+            return self._done()
+        stage = self.stage()
+        sd = stage.security_domain()
+        if sd is not None and sd.auth_failures >= AUTH_FAILURE_STOP:
+            record_event(
+                action="secure_channel.stopped",
+                subject_type="security_domain",
+                subject_id=sd.aid,
+                card_cin=self.card.cin,
+                organization=sd.organization,
+                outcome="denied",
+                reason=f"{sd.auth_failures} failed authentications: close to the card's limit",
+                actor_type="system",
+            )
+            raise_in_open = JobFailed(
+                f"{sd.aid}: {sd.auth_failures} failed authentications; stopped before the card blocks the key set"
+            )
+            self._fail_job(str(raise_in_open))
+            return self._next_stage_or_job(advance_job=True)
+        try:
+            choices = stage.key_choices()
+        except JobFailed as exc:
+            self._fail_job(str(exc))
+            return self._next_stage_or_job(advance_job=True)
+        self.state["key_index"] = 0
+        self.state["choices"] = [c.to_json() for c in choices]
+        self.state.pop("key", None)
+        self._channel = None
+        expect_select = (SW_OK, SW_FILE_NOT_FOUND) if stage.skip_if_missing() else (SW_OK,)
+        select = Command(
+            commands.select(bytes.fromhex(stage.sd_aid())), f"select {stage.sd_aid()}", expect_select, secure=False
+        )
+        return self._send([select, self._initialize_update(stage, choices[0], len(choices) > 1)], phase="open")
+
+    def _host_channel(self, stage: Stage, choice: KeyChoice, host_challenge: bytes | None) -> SCP02 | SCP03:
+        card = self.card
+        sd_aid = bytes.fromhex(stage.sd_aid())
+        keys = self._static_keys(choice)
+        if choice.kind == "isd":
+            scp, i = card.scp, card.scp_i
+        else:
+            sd = stage.security_domain()
+            scp, i = (sd.scp, sd.scp_i) if sd is not None else (card.scp, card.scp_i)
+        self.state["scp"] = scp
+        if scp == 0x03:
+            return SCP03(keys, 0x33, host_challenge, sd_aid=sd_aid)
+        return SCP02(keys, 0x13, host_challenge, i=i, sd_aid=sd_aid)
+
+    def _initialize_update(self, stage: Stage, choice: KeyChoice, more: bool) -> Command:
+        channel = self._host_channel(stage, choice, None)
+        self.state["host_challenge"] = channel.host_challenge.hex()
+        expect = (SW_OK, SW_NOT_FOUND) if more else (SW_OK,)
+        return Command(channel.initialize_update(), f"INIT-UPD key set {choice.kvn:02X}", expect, secure=False)
+
+    def _on_open(self, responses: list[bytes]) -> Batch:
+        stage = self.stage()
+        sent = self.state["sent"]
+        if len(sent) == 2:
+            select_sw = sw_of(responses[0])
+            if select_sw == SW_FILE_NOT_FOUND and stage.skip_if_missing():
+                return self._next_stage_or_job()
+            if select_sw != SW_OK:
+                raise JobFailed(f"{stage.sd_aid()} cannot be selected (SW {select_sw:04X})")
+            responses = responses[1:]
+        if not responses:
+            raise SessionRejected("no INITIALIZE UPDATE response")
+        iu = responses[0]
+        choices = [KeyChoice.from_json(c) for c in self.state["choices"]]
+        index = self.state["key_index"]
+        if sw_of(iu) == SW_NOT_FOUND and index + 1 < len(choices):
+            self.state["key_index"] = index + 1
+            more = index + 2 < len(choices)
+            return self._send([self._initialize_update(stage, choices[index + 1], more)], phase="open")
+        if sw_of(iu) != SW_OK:
+            raise JobFailed(f"INITIALIZE UPDATE refused (SW {sw_of(iu):04X})")
+        choice = choices[index]
+        channel = self._host_channel(stage, choice, bytes.fromhex(self.state["host_challenge"]))
+        channel.initialize_update()
+        sd = stage.security_domain()
+        try:
+            ea = channel.external_authenticate(iu)
+        except AuthenticationError as exc:
+            self._count_auth_failure(stage, str(exc))
+            raise SessionRejected(f"card cryptogram did not verify for {stage.sd_aid()}: not retried") from exc
+        except GPError as exc:
+            raise SessionRejected(f"INITIALIZE UPDATE response rejected: {exc}") from exc
+        if choice.kind == "isd" and channel.kdd and channel.kdd.hex().upper() != self.card.kdd:
+            raise SessionRejected("the card's key diversification data does not match its record")
+        self._channel = channel
+        self.state["key"] = choice.to_json()
+        stage.opened_with = choice  # type: ignore[attr-defined]
+        self.state["registry"] = {}
+        cmds = [Command(ea, "external authenticate", secure=False)]
+        cmds += [self._get_status(p1) for p1 in stage.status_p1]
+        del sd
+        return self._send(cmds, phase="status")
+
+    def _count_auth_failure(self, stage: Stage, reason: str) -> None:
+        sd = stage.security_domain()
+        if sd is not None:
+            SecurityDomain.objects.filter(pk=sd.pk).update(auth_failures=sd.auth_failures + 1)
+        record_event(
+            action="secure_channel.auth_failed",
+            subject_type="security_domain",
+            subject_id=stage.sd_aid(),
+            card_cin=self.card.cin,
+            organization=stage.owner(),
+            outcome="failure",
+            reason=reason,
+            actor_type="system",
+        )
+
+    @staticmethod
+    def _get_status(p1: int, *, next_occurrence: bool = False) -> Command:
+        return Command(
+            commands.get_status(p1, next_occurrence=next_occurrence),
+            f"read registry ({p1:02X})",
+            (SW_OK, SW_MORE, SW_NOT_FOUND),
+            status_p1=p1,
+        )
+
+    # ---------------------------------------------------------------- status
+    def _collect_status(self, responses: list[bytes], sent: list[dict[str, Any]]) -> list[int]:
+        """Unwrap GET STATUS answers into ``state['registry']``; return the P1s that need continuing."""
+        more = []
+        for rapdu, meta in zip(responses, sent, strict=False):
+            plain = self._unwrap(rapdu)
+            sw = sw_of(plain)
+            if sw not in (SW_OK, SW_MORE, SW_NOT_FOUND):
+                raise JobFailed(f"GET STATUS refused (SW {sw:04X})")
+            p1 = meta["status_p1"]
+            self.state["registry"].setdefault(str(p1), "")
+            if sw != SW_NOT_FOUND:
+                self.state["registry"][str(p1)] += plain[:-2].hex()
+            if sw == SW_MORE:
+                more.append(p1)
+        return more
+
+    def _registry(self) -> Registry:
+        registry = Registry()
+        try:
+            for p1, data in self.state.get("registry", {}).items():
+                entries = commands.parse_get_status(bytes.fromhex(data), int(p1))
+                if int(p1) == STATUS_APPS:
+                    registry.apps.extend(entries)
+                else:
+                    registry.elfs.extend(entries)
+        except GPError as exc:
+            raise SessionRejected(f"the card registry does not parse: {exc}") from exc
+        return registry
+
+    def _on_status(self, responses: list[bytes]) -> Batch:
+        sent = self.state["sent"]
+        if sent and sent[0]["label"] == "external authenticate":
+            ea = responses[0]
+            if sw_of(ea) != SW_OK:
+                stage = self.stage()
+                self._count_auth_failure(stage, f"EXTERNAL AUTHENTICATE refused (SW {sw_of(ea):04X})")
+                raise SessionRejected(f"the card refused the host cryptogram (SW {sw_of(ea):04X}): not retried")
+            sd = self.stage().security_domain()
+            if sd is not None and sd.auth_failures:
+                SecurityDomain.objects.filter(pk=sd.pk).update(auth_failures=0)
+            responses, sent = responses[1:], sent[1:]
+        self._restore_channel()
+        more = self._collect_status(responses, sent)
+        if len(responses) < len(sent):
+            raise JobFailed("the registry could not be read")
+        if more:
+            return self._send([self._get_status(p1, next_occurrence=True) for p1 in more], phase="status")
+        stage = self.stage()
+        registry = self._registry()
+        script = stage.script(registry, self._channel)
+        if not script:
+            stage.finish(registry, KeyChoice.from_json(self.state["key"]))
+            return self._next_stage_or_job()
+        self.state["registry"] = {}
+        self.state["script_len"] = len(script)
+        return self._send(script + [self._get_status(p1) for p1 in stage.status_p1], phase="script")
+
+    # ---------------------------------------------------------------- script
+    def _on_script(self, responses: list[bytes]) -> Batch:
+        sent = self.state["sent"]
+        script_len = self.state["script_len"]
+        self._restore_channel()
+        stage = self.stage()
+        for index, (rapdu, meta) in enumerate(zip(responses[:script_len], sent[:script_len], strict=False)):
+            plain = self._unwrap(rapdu)
+            sw = sw_of(plain)
+            if sw not in meta["expect"]:
+                from gp.apdu import sw_name
+
+                raise JobFailed(f"{meta['label']}: the card answered {sw:04X} ({sw_name(sw)})")
+            if meta.get("receipt"):
+                self._check_receipt(plain[:-2], meta["receipt"], stage)
+            del index
+        if len(responses) < script_len:
+            raise JobFailed("the script stopped before its end")
+        status_responses = responses[script_len:]
+        status_sent = sent[script_len:]
+        more = self._collect_status(status_responses, status_sent)
+        if more:
+            self.state["script_len"] = 0
+            return self._send([self._get_status(p1, next_occurrence=True) for p1 in more], phase="script")
+        stage.finish(self._registry(), KeyChoice.from_json(self.state["key"]))
+        return self._next_stage_or_job()
+
+    def _check_receipt(self, data: bytes, spec: dict[str, Any], stage: Stage) -> None:
+        """Verify a Delegated Management receipt (GP 2.3.1 Annex C) with the card's receipt key; the
+        confirmation counter must grow, so a replayed receipt is refused."""
+        card = self.card
+        try:
+            confirmation = dm.parse_confirmation(data)
+            unique = decode_all(confirmation.card_unique_data)
+        except GPError as exc:
+            raise SessionRejected(f"malformed confirmation: {exc}") from exc
+        if not confirmation.receipt:
+            raise SessionRejected("the card gave no receipt for a delegated operation")
+        cin = find(unique, 0x45)
+        if cin is None or cin.value.hex().upper() != card.cin:
+            raise SessionRejected("the receipt names another card")
+        counter = int.from_bytes(confirmation.counter, "big")
+        if counter <= card.receipt_counter:
+            raise SessionRejected("the receipt's confirmation counter did not advance (replayed receipt)")
+        builders = {"load": dm.load_receipt_data, "install": dm.install_receipt_data, "delete": dm.delete_receipt_data}
+        fields = [bytes.fromhex(f) for f in spec["fields"]]
+        receipt_input = builders[spec["op"]](confirmation.counter, confirmation.card_unique_data, *fields)
+        keyset = KeySet.objects.filter(
+            organization=card.issued_by, card_cin=card.cin, purpose=KeySet.Purpose.RECEIPT, state=KeySet.State.ACTIVE
+        ).first()
+        if keyset is None:
+            raise SessionRejected("no receipt key on record for this card")
+        alg = "aes" if keyset.algorithm == KeySet.Algorithm.AES else "des"
+        if not dm.verify_receipt(custody.load_secret_key(keyset), receipt_input, confirmation.receipt, alg=alg):
+            raise SessionRejected(f"the card's {spec['op']} receipt does not verify")
+        Card.objects.filter(pk=card.pk).update(receipt_counter=counter)
+        card.receipt_counter = counter
+        record_event(
+            action=f"receipt.{spec['op']}",
+            subject_type="card_job",
+            subject_id=self.state["jobs"][0],
+            card_cin=card.cin,
+            organization=stage.owner(),
+            receipt=confirmation.receipt,
+            actor_type="agent",
+            details={"fields": spec["fields"], "counter": counter},
+        )
+
+    # ---------------------------------------------------------------- job transitions
+    def _next_stage_or_job(self, *, advance_job: bool = False) -> Batch:
+        self._channel = None
+        if not self.state["jobs"]:
+            return self._done()
+        if not advance_job:
+            job = self.job()
+            if self.state["stage"] + 1 < len(stages_for(job)):
+                self.state["stage"] += 1
+                return self._open_stage()
+            self._complete_job(job)
+        self.state["jobs"] = self.state["jobs"][1:]
+        self.state["stage"] = 0
+        return self._open_stage()
+
+    def _complete_job(self, job: CardJob) -> None:
+        complete_job(job)
+        self.state["finished"].append({"id": job.pk, "kind": job.kind, "state": "done"})
+
+    def _fail_job(self, error: str) -> None:
+        job = self.job()
+        fail_job(job, error)
+        self.state["finished"].append({"id": job.pk, "kind": job.kind, "state": "failed", "error": error})
+
+    def _done(self) -> Batch:
+        self.state["phase"] = "done"
+        self.state["sent"] = []
+        self._channel = None
+        self._save_channel()
+        finished = self.state.get("finished", [])
+        remaining = 0
+        if self.session.card_id:
+            remaining = self.session.card.jobs.filter(state__in=CardJob.OPEN_STATES).count()
+        return Batch(commands=[], done=True, progress=self.progress(), result={"jobs": finished, "pending": remaining})
+
+
+def complete_job(job: CardJob) -> None:
+    """Record a finished job and what it means for the registry, with its audit entry."""
+    now = timezone.now()
+    sd = job.security_domain
+    if job.kind == CardJob.Kind.ENROLL_BANK:
+        sd.state = SecurityDomain.State.ACTIVE
+        sd.save(update_fields=["state", "updated_at"])
+        Enrollment.objects.filter(pk=job.enrollment_id).update(status=Enrollment.Status.ACTIVE, updated_at=now)
+    elif job.kind == CardJob.Kind.REMOVE_BANK:
+        sd.state = SecurityDomain.State.REMOVED
+        sd.save(update_fields=["state", "updated_at"])
+        sd.applets.all().delete()
+        Enrollment.objects.filter(pk=job.enrollment_id).update(status=Enrollment.Status.REMOVED, updated_at=now)
+        KeySet.objects.filter(
+            organization=sd.organization, card_cin=job.card.cin, sd_aid=sd.aid, state=KeySet.State.ACTIVE
+        ).update(state=KeySet.State.SUPERSEDED, rotated_at=now)
+    job.state = CardJob.State.DONE
+    job.finished_at = now
+    job.last_error = ""
+    job.save(update_fields=["state", "finished_at", "last_error"])
+    record_event(
+        action="job.done",
+        subject_type="card_job",
+        subject_id=job.pk,
+        card_cin=job.card.cin,
+        organization=job.organization,
+        actor_type="agent",
+        details={"kind": job.kind},
+    )
+
+
+def fail_job(job: CardJob, error: str) -> None:
+    now = timezone.now()
+    job.state = CardJob.State.FAILED
+    job.finished_at = now
+    job.last_error = error
+    job.save(update_fields=["state", "finished_at", "last_error"])
+    if job.kind == CardJob.Kind.ENROLL_BANK and job.enrollment_id:
+        Enrollment.objects.filter(pk=job.enrollment_id).update(status=Enrollment.Status.FAILED, updated_at=now)
+    record_event(
+        action="job.failed",
+        subject_type="card_job",
+        subject_id=job.pk,
+        card_cin=job.card.cin,
+        organization=job.organization,
+        outcome="failure",
+        reason=error,
+        actor_type="agent",
+        details={"kind": job.kind},
+    )

@@ -1,0 +1,81 @@
+"""The agency's Delegated Management policy: it signs a token only when the operation is allowed.
+
+GP 2.3.1 §9.2.2 / Annex C: an SSD with the DM privilege may LOAD, INSTALL, DELETE or EXTRADITE
+only with a token signed by the card issuer. The platform signs on the agency's behalf after
+these checks; every refusal is an audit event.
+"""
+
+from __future__ import annotations
+
+from django.db import transaction
+
+from audit.services import record_event
+from cards.models import Card, SecurityDomain
+from gp import commands
+from gp.errors import GPError
+
+
+class TokenDenied(Exception):
+    """Policy refused to sign a Delegated Management token."""
+
+
+INS_INSTALL = 0xE6
+INS_DELETE = 0xE4
+
+
+def _deny(card: Card, sd: SecurityDomain, operation: str, reason: str) -> TokenDenied:
+    # The refusal is logged even though the surrounding exchange goes on (a savepoint keeps it
+    # independent of the caller's later rollback of its own work).
+    with transaction.atomic():
+        record_event(
+            action="token.denied",
+            subject_type="security_domain",
+            subject_id=sd.aid,
+            card_cin=card.cin,
+            organization=sd.organization,
+            outcome="denied",
+            reason=reason,
+            actor_type="system",
+            details={"operation": operation},
+        )
+    return TokenDenied(f"token refused for {operation}: {reason}")
+
+
+def describe(command: bytes) -> tuple[str, str]:
+    """(operation, subject AID) of a plain INSTALL/DELETE command, for policy and audit."""
+    ins, p1 = command[1], command[2]
+    data = command[5:]
+    try:
+        if ins == INS_INSTALL:
+            parsed = commands.parse_install(p1, data)
+            aid = parsed.app_aid or parsed.elf_aid
+            return f"install:{parsed.kind}", aid.hex().upper()
+        if ins == INS_DELETE:
+            return "delete", commands.parse_delete(data).aid.hex().upper()
+    except GPError:
+        pass
+    return f"ins:{ins:02X}", ""
+
+
+def authorize(*, card: Card, security_domain: SecurityDomain, command: bytes) -> None:
+    """Raise :class:`TokenDenied` unless the agency's policy allows this operation now."""
+    from issuers.services import aid_in_bank_range
+
+    operation, aid = describe(command)
+    sd = security_domain
+    bank = sd.organization
+    if card.lifecycle != Card.Lifecycle.SECURED:
+        raise _deny(card, sd, operation, f"the card is {card.lifecycle}")
+    if not bank.is_bank or not bank.is_active:
+        raise _deny(card, sd, operation, "the security domain's owner is not an active bank")
+    if sd.card_id != card.pk or sd.state == SecurityDomain.State.REMOVED:
+        raise _deny(card, sd, operation, "the security domain is not on this card")
+    if sd.lifecycle == SecurityDomain.Lifecycle.LOCKED:
+        raise _deny(card, sd, operation, "the security domain is locked")
+    if aid and not aid_in_bank_range(bank, aid):
+        raise _deny(card, sd, operation, f"{aid} is outside {bank.name}'s AID range")
+    if operation == "install:load":
+        from updates.models import Release
+
+        if not Release.objects.filter(bank=bank, package_aid=aid, state=Release.State.APPROVED).exists():
+            raise _deny(card, sd, operation, f"no approved release of {aid}")

@@ -1,0 +1,140 @@
+"""Applet releases: a bank's CAP upload, parsed, validated and stored immutably.
+
+A file is refused — with a precise reason and nothing stored — when it does not parse, when its
+package or applet AIDs are outside the bank's AID range, when an import cannot be satisfied by
+the card profile or the bank's own earlier releases, when its Load File Data Block cannot be
+loaded in at most 256 short LOAD blocks (GP 2.3.1 §11.6.2.3: one-byte block number), or when it
+duplicates an existing release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import IntegrityError, transaction
+
+from audit.services import record_event
+from cardsim.constants import ROM_PACKAGES
+from ecard.errors import ServiceError
+from gp import commands
+from gp.cap import LoadFile
+from gp.errors import GPError
+from issuers.models import Organization
+from issuers.services import aid_in_bank_range
+from updates.models import Release
+
+MAX_CAP_BYTES = 1024 * 1024
+# The smallest per-block payload the platform plans for: SCP03 S16 with C-DEC and C-MAC (DESIGN §9).
+WORST_CASE_BLOCK = 223
+
+
+def card_profile() -> dict[str, tuple[int, int]]:
+    """Packages every card of the platform has in ROM (Java Card 3.0.5 / GP 2.3 API), AID -> version."""
+    return {aid.hex().upper(): version for aid, version, _name in ROM_PACKAGES}
+
+
+def parse_cap(cap_bytes: bytes, filename: str) -> LoadFile:
+    if len(cap_bytes) > MAX_CAP_BYTES:
+        raise ServiceError(f"the file is larger than {MAX_CAP_BYTES // 1024} KiB", field="cap_file")
+    try:
+        return LoadFile.from_bytes(cap_bytes, name=filename)
+    except GPError as exc:
+        raise ServiceError(f"not a valid CAP file: {exc}", field="cap_file") from exc
+
+
+def _version(version: tuple[int, int]) -> str:
+    return f"{version[0]}.{version[1]}"
+
+
+def check_imports(bank: Organization, load_file: LoadFile) -> None:
+    """Each import must be met by a ROM package or an approved release of the bank: same major
+    version, minor version at least the imported one (JCVM spec §4.5.2, binary compatibility)."""
+    profile = card_profile()
+    own = {(r.package_aid, r.package_version) for r in Release.objects.filter(bank=bank, state=Release.State.APPROVED)}
+    for imported in load_file.imports:
+        aid = imported.aid.hex().upper()
+        major, minor = imported.version
+        if aid in profile:
+            have = profile[aid]
+            if have[0] != major or have[1] < minor:
+                raise ServiceError(
+                    f"imports {aid} version {major}.{minor}, but cards have version {_version(have)}",
+                    field="cap_file",
+                )
+            continue
+        versions = [tuple(int(x) for x in version.split(".")) for pkg, version in own if pkg == aid]
+        if not any(v[0] == major and v[1] >= minor for v in versions):
+            raise ServiceError(
+                f"imports {aid} version {major}.{minor}, which is neither on the cards nor a release of {bank.name}",
+                field="cap_file",
+            )
+
+
+@transaction.atomic
+def create_release(
+    *,
+    bank: Organization,
+    cap_bytes: bytes,
+    filename: str,
+    changelog: str = "",
+    actor: AbstractBaseUser | None = None,
+) -> Release:
+    if not bank.is_bank:
+        raise ServiceError("only banks publish applet releases", field="bank")
+    load_file = parse_cap(bytes(cap_bytes), filename)
+    package_aid = load_file.package_aid.hex().upper()
+    for aid in [package_aid, *(a.hex().upper() for a in load_file.applet_aids)]:
+        if not aid_in_bank_range(bank, aid):
+            raise ServiceError(f"{aid} is outside {bank.name}'s AID range", field="cap_file", code="aid_range")
+    check_imports(bank, load_file)
+    lfdb = load_file.load_file_data_block()
+    try:
+        commands.plan_load(lfdb, WORST_CASE_BLOCK)
+    except GPError as exc:
+        raise ServiceError(f"too large to load on the cards: {exc}", field="cap_file") from exc
+    cap_sha256 = hashlib.sha256(cap_bytes).hexdigest()
+    version = _version(load_file.package_version)
+    if Release.objects.filter(cap_sha256=cap_sha256).exists():
+        raise ServiceError("this exact file was already uploaded", field="cap_file", code="duplicate")
+    if Release.objects.filter(bank=bank, package_aid=package_aid, package_version=version).exists():
+        raise ServiceError(f"{package_aid} version {version} already exists", field="cap_file", code="duplicate")
+    try:
+        with transaction.atomic():
+            release = Release.objects.create(
+                bank=bank,
+                package_aid=package_aid,
+                package_version=version,
+                applet_aids=[a.hex().upper() for a in load_file.applet_aids],
+                imports=[{"aid": i.aid.hex().upper(), "version": _version(i.version)} for i in load_file.imports],
+                cap_file=bytes(cap_bytes),
+                filename=filename[:255],
+                lfdb_size=len(lfdb),
+                lfdb_sha256=hashlib.sha256(lfdb).hexdigest(),
+                lfdb_sha1=hashlib.sha1(lfdb).hexdigest(),  # noqa: S324 - GP load file hash option, not security
+                cap_sha256=cap_sha256,
+                changelog=changelog,
+                created_by=actor if actor is not None and getattr(actor, "pk", None) else None,
+            )
+    except IntegrityError as exc:
+        raise ServiceError("this release already exists", field="cap_file", code="duplicate") from exc
+    record_event(
+        action="release.created",
+        subject_type="release",
+        subject_id=release.pk,
+        actor=actor,
+        organization=bank,
+        details={"package_aid": package_aid, "version": version, "lfdb_sha256": release.lfdb_sha256},
+    )
+    return release
+
+
+def release_summary(release: Release) -> dict[str, Any]:
+    return {
+        "package_aid": release.package_aid,
+        "version": release.package_version,
+        "applets": release.applet_aids,
+        "size": release.lfdb_size,
+        "sha256": release.lfdb_sha256,
+    }

@@ -397,7 +397,9 @@ class Card:
             matches = [a for a in self._apps if a.startswith(text)]
             candidates = [a for a in matches if self._selectable(a)]
             if not candidates:
-                return _sw(SW_FUNC_NOT_SUPPORTED if matches else SW_NOT_FOUND)
+                locked = any(self._apps[a]["lifecycle"] & LOCKED_BIT for a in matches) or (
+                    matches and self.state["lifecycle"] in (CARD_LOCKED, CARD_TERMINATED))
+                return _sw(SW_FUNC_NOT_SUPPORTED if locked else SW_NOT_FOUND)  # §11.9.3.2
             target = candidates[0]
             if cmd.p2 & 0x02 and self.selected in candidates:  # next occurrence after the current one
                 idx = candidates.index(self.selected) + 1

@@ -1,1 +1,312 @@
-"""Apis of the audit app."""
+"""REST API of the audit log for regulators (thin views over :mod:`audit.selectors` / :mod:`audit.services`).
+
+Routes (under ``/api/v1/``):
+
+* ``GET  audit/log``                                 origin, size, root and verifier key of the log
+* ``GET  audit/entries/``                            entries visible to the caller (filters, pagination)
+* ``GET  audit/entries/{index}/``                    one entry
+* ``GET  audit/entries/{index}/proof?tree_size=N``   RFC 9162 inclusion proof
+* ``GET  audit/consistency?first=M&second=N``        RFC 9162 consistency proof
+* ``GET  audit/checkpoints/``, ``…/latest/``, ``…/{size}/``   signed checkpoints
+* ``POST audit/checkpoints/``                        sign the current tree head (agency operators)
+* ``GET  audit/export``                              the whole log as ``ecard-audit-export/1`` JSON Lines
+
+Nothing else writes: entries are appended only by the platform's services.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from django.http import StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from audit import selectors, services
+from audit.merkle import ProofError
+from audit.models import AuditEntry, Checkpoint
+from ecard.api import ActionRules, agency_operator, anyone
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(bytes(data)).decode()
+
+
+class ActorSerializer(serializers.Serializer):
+    type = serializers.ChoiceField(choices=AuditEntry.ActorType.choices)
+    id = serializers.CharField(allow_null=True)
+    organisation = serializers.CharField(allow_null=True)
+
+
+class SubjectSerializer(serializers.Serializer):
+    type = serializers.CharField()
+    id = serializers.CharField()
+
+
+class EntrySerializer(serializers.Serializer):
+    """The entry exactly as the log hashed it (format 1), plus its stored leaf hash (hex)."""
+
+    index = serializers.IntegerField()
+    time = serializers.CharField(help_text="RFC 3339 UTC")
+    actor = ActorSerializer()
+    action = serializers.CharField()
+    subject = SubjectSerializer()
+    card = serializers.CharField(allow_null=True, help_text="CIN of the card concerned")
+    organisation = serializers.CharField(allow_null=True, help_text="slug of the organisation concerned")
+    outcome = serializers.ChoiceField(choices=AuditEntry.Outcome.choices)
+    reason = serializers.CharField(allow_null=True)
+    receipt = serializers.CharField(allow_null=True, help_text="card receipt, lowercase hex")
+    details = serializers.DictField()
+    leaf_hash = serializers.CharField(help_text="RFC 9162 leaf hash, hex")
+
+    def to_representation(self, instance: AuditEntry) -> dict[str, Any]:
+        return {**instance.as_entry(), "leaf_hash": bytes(instance.leaf_hash).hex()}
+
+
+class CheckpointSerializer(serializers.ModelSerializer):
+    root_hash = serializers.SerializerMethodField(help_text="base64")
+
+    class Meta:
+        model = Checkpoint
+        fields = ("size", "root_hash", "text", "key_id", "created_at")
+
+    def get_root_hash(self, checkpoint: Checkpoint) -> str:
+        return b64(checkpoint.root_hash)
+
+
+ProofSerializer = inline_serializer(
+    "InclusionProof",
+    {
+        "index": serializers.IntegerField(),
+        "tree_size": serializers.IntegerField(),
+        "leaf_hash": serializers.CharField(help_text="hex"),
+        "root_hash": serializers.CharField(help_text="base64, root of the tree of tree_size entries"),
+        "proof": serializers.ListField(child=serializers.CharField(), help_text="base64 hashes, RFC 9162 order"),
+        "checkpoint": serializers.CharField(allow_null=True, help_text="the signed checkpoint of that size, if any"),
+    },
+)
+ConsistencySerializer = inline_serializer(
+    "ConsistencyProof",
+    {
+        "first": serializers.IntegerField(),
+        "second": serializers.IntegerField(),
+        "first_root": serializers.CharField(help_text="base64"),
+        "second_root": serializers.CharField(help_text="base64"),
+        "proof": serializers.ListField(child=serializers.CharField(), help_text="base64 hashes, RFC 9162 order"),
+    },
+)
+LogSerializer = inline_serializer(
+    "AuditLog",
+    {
+        "origin": serializers.CharField(),
+        "verifier_key": serializers.CharField(allow_null=True, help_text="publish this to regulators"),
+        "size": serializers.IntegerField(),
+        "root_hash": serializers.CharField(help_text="base64"),
+        "latest_checkpoint": CheckpointSerializer(allow_null=True),
+    },
+)
+
+
+def _size_param(request: Request, name: str, *, default: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise ValidationError({name: ["this parameter is required"]})
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationError({name: ["must be an integer"]}) from None
+    if value < 0:
+        raise ValidationError({name: ["must not be negative"]})
+    return value
+
+
+_FILTER_PARAMS = [
+    OpenApiParameter("card", str, description="card CIN"),
+    OpenApiParameter("organization", str, description="slug of the organisation the event concerns"),
+    OpenApiParameter("action", str, description="e.g. card.issued"),
+    OpenApiParameter("outcome", str, enum=list(AuditEntry.Outcome.values)),
+    OpenApiParameter("since", OpenApiTypes.DATETIME, description="time >= since"),
+    OpenApiParameter("until", OpenApiTypes.DATETIME, description="time < until"),
+]
+
+
+class EntryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Entries of the log the caller may read (agency and regulators: all; a bank: its own; a
+    citizen: their cards'). Read-only."""
+
+    permission_classes = (ActionRules,)
+    action_rules = {"proof": anyone}
+    serializer_class = EntrySerializer
+    filterset_class = selectors.EntryFilter
+    lookup_field = "index"
+    lookup_value_regex = r"\d+"
+    ordering_fields = ("index", "time")
+
+    def get_queryset(self):
+        return selectors.entries_for(self.request.user)
+
+    @extend_schema(parameters=_FILTER_PARAMS)
+    def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("tree_size", int, description="default: the current size of the log")],
+        responses={200: ProofSerializer},
+    )
+    @action(detail=True, methods=["get"])
+    def proof(self, request: Request, index: str | None = None) -> Response:
+        """RFC 9162 §2.1.3 inclusion proof of this entry in the tree of ``tree_size`` entries."""
+        entry = self.get_object()
+        tree_size = _size_param(request, "tree_size", default=selectors.current_size())
+        if tree_size <= entry.index:
+            raise ValidationError({"tree_size": [f"must be greater than the entry index {entry.index}"]})
+        try:
+            proof = selectors.inclusion_proof_for(entry.index, tree_size)
+            root = selectors.root_at(tree_size)
+        except ProofError as exc:
+            raise ValidationError({"tree_size": [str(exc)]}) from None
+        checkpoint = Checkpoint.objects.filter(size=tree_size).first()
+        return Response(
+            {
+                "index": entry.index,
+                "tree_size": tree_size,
+                "leaf_hash": bytes(entry.leaf_hash).hex(),
+                "root_hash": b64(root),
+                "proof": [b64(h) for h in proof],
+                "checkpoint": checkpoint.text if checkpoint else None,
+            }
+        )
+
+
+@extend_schema_view(proof=extend_schema(operation_id="v1_audit_entry_inclusion_proof"))
+class EntryProofViewSet(EntryViewSet):
+    """``audit/entries/{index}/proof`` as documented (no trailing slash)."""
+
+
+class CheckpointViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Signed checkpoints (newest first). Agency operators may sign one on demand."""
+
+    permission_classes = (ActionRules,)
+    action_rules = {"create": agency_operator, "latest": anyone}
+    serializer_class = CheckpointSerializer
+    lookup_field = "size"
+    lookup_value_regex = r"\d+"
+    filterset_fields = ()
+    ordering_fields = ("size",)
+
+    def get_queryset(self):
+        return selectors.checkpoints()
+
+    @extend_schema(request=None, responses={201: CheckpointSerializer, 200: CheckpointSerializer})
+    def create(self, request: Request) -> Response:
+        """Sign the current tree head now (200 with the existing checkpoint when the log has not grown)."""
+        checkpoint, created = services.ensure_checkpoint()
+        return Response(
+            CheckpointSerializer(checkpoint).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK
+        )
+
+    @extend_schema(responses={200: CheckpointSerializer})
+    @action(detail=False, methods=["get"])
+    def latest(self, request: Request) -> Response:
+        checkpoint = selectors.latest_checkpoint()
+        if checkpoint is None:
+            raise NotFound("the log has no signed checkpoint yet")
+        return Response(CheckpointSerializer(checkpoint).data)
+
+
+class ConsistencyView(APIView):
+    permission_classes = (IsAuthenticated,)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("first", int, required=True), OpenApiParameter("second", int, required=True)],
+        responses={200: ConsistencySerializer},
+    )
+    def get(self, request: Request) -> Response:
+        """RFC 9162 §2.1.4 consistency proof between the trees of ``first`` and ``second`` entries."""
+        first, second = _size_param(request, "first"), _size_param(request, "second")
+        if first > second:
+            raise ValidationError({"first": ["must not exceed second"]})
+        try:
+            proof = selectors.consistency_proof_for(first, second)
+            roots = selectors.root_at(first), selectors.root_at(second)
+        except ProofError as exc:
+            raise ValidationError({"second": [str(exc)]}) from None
+        return Response(
+            {
+                "first": first,
+                "second": second,
+                "first_root": b64(roots[0]),
+                "second_root": b64(roots[1]),
+                "proof": [b64(h) for h in proof],
+            }
+        )
+
+
+class LogView(APIView):
+    permission_classes = (IsAuthenticated,)
+
+    @extend_schema(responses={200: LogSerializer})
+    def get(self, request: Request) -> Response:
+        """The log's origin, verifier key and current tree head (unsigned; see checkpoints)."""
+        size, root = selectors.current_head()
+        latest = selectors.latest_checkpoint()
+        return Response(
+            {
+                "origin": selectors.log_origin(),
+                "verifier_key": services.log_verifier_key(create=False),
+                "size": size,
+                "root_hash": b64(root),
+                "latest_checkpoint": CheckpointSerializer(latest).data if latest else None,
+            }
+        )
+
+
+class ExportView(APIView):
+    permission_classes = (IsAuthenticated,)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("size", int, description="a checkpoint size (default: the latest)")],
+        responses={
+            (200, "application/jsonl"): OpenApiResponse(
+                OpenApiTypes.STR, description="ecard-audit-export/1 JSON Lines; check with python -m audit.verify"
+            )
+        },
+    )
+    def get(self, request: Request) -> StreamingHttpResponse:
+        """The whole log up to a signed checkpoint, with earlier checkpoints and consistency proofs
+        (agency and regulators only)."""
+        if not selectors.can_export(request.user):
+            raise PermissionDenied("only the agency and regulators export the whole log")
+        if request.query_params.get("size"):
+            checkpoint = get_object_or_404(Checkpoint, size=_size_param(request, "size"))
+        else:
+            checkpoint = selectors.latest_checkpoint()
+            if checkpoint is None:
+                raise NotFound("the log has no signed checkpoint yet")
+        return export_response(checkpoint)
+
+
+def export_response(checkpoint: Checkpoint) -> StreamingHttpResponse:
+    """A streamed download of the export (shared with the portal)."""
+    lines = (chunk.encode("utf-8") for chunk in services.export_lines(checkpoint))
+    response = StreamingHttpResponse(lines, content_type="application/jsonl; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="audit-log-{checkpoint.size}.jsonl"'
+    response["Cache-Control"] = "no-store"
+    return response

@@ -16,12 +16,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import django_filters
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
 from django.db import connections
 from django.db.models import QuerySet
 
+from audit.checkpoint import CheckpointError, SignatureError, parse_checkpoint, parse_vkey, vkey_for
 from audit.export_format import entry_leaf_hash
 from audit.merkle import (
     CompactRange,
@@ -29,10 +32,12 @@ from audit.merkle import (
     consistency_proof,
     inclusion_proof,
     tree_root,
+    verify_consistency,
     verify_inclusion,
 )
 from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode
 from cards.models import Card
+from issuers.custody_models import KeySet
 from issuers.models import Organization
 from issuers.roles import principal
 
@@ -191,3 +196,97 @@ def checked_inclusion(entry: AuditEntry) -> EntryProof:
     except (ProofError, ValueError) as exc:
         return EntryProof(size, root, proof, checkpoint, False, str(exc))
     return EntryProof(size, root, proof, checkpoint, True)
+
+
+# --------------------------------------------------------------------------- the log's key (read-only)
+
+
+CHECKPOINT_KEY_KVN = 1
+
+
+def log_operator() -> Organization | None:
+    """The organisation that runs the log and owns its key: ``ECARD_LOG_OPERATOR`` or the first agency."""
+    orgs = Organization.objects.filter(kind=Organization.Kind.AGENCY, is_active=True)
+    slug = getattr(settings, "ECARD_LOG_OPERATOR", "")
+    return orgs.filter(slug=slug).first() if slug else orgs.order_by("pk").first()
+
+
+def checkpoint_keyset(org: Organization) -> KeySet | None:
+    """The active checkpoint signing key set of ``org`` (metadata and wrapped blob only)."""
+    return (
+        KeySet.objects.filter(
+            organization=org,
+            purpose=KeySet.Purpose.CHECKPOINT_SIGNING,
+            state=KeySet.State.ACTIVE,
+            kvn=CHECKPOINT_KEY_KVN,
+            card_cin="",
+            sd_aid="",
+        )
+        .order_by("-pk")
+        .first()
+    )
+
+
+def keyset_verifier_key(keyset: KeySet) -> str:
+    public_key = serialization.load_pem_public_key(keyset.public_key.encode("ascii"))
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise ValueError("the checkpoint signing key set does not hold an Ed25519 public key")
+    return vkey_for(public_key, log_origin())
+
+
+def published_verifier_key() -> str | None:
+    """The log's verifier key if its signing key exists (never creates one; no secret is read)."""
+    org = log_operator()
+    keyset = checkpoint_keyset(org) if org is not None else None
+    return keyset_verifier_key(keyset) if keyset is not None else None
+
+
+@dataclass(frozen=True)
+class CheckpointCheck:
+    """Result of checking a checkpoint someone kept against the log's key and current head."""
+
+    ok: bool
+    message: str
+    signature_valid: bool = False
+    size: int | None = None
+    root: bytes | None = None
+    head_size: int | None = None
+    head_root: bytes | None = None
+    proof: tuple[bytes, ...] = ()
+
+
+def check_checkpoint(text: str, verifier_key: str | None = None) -> CheckpointCheck:
+    """Verify a pasted checkpoint's signature with the log's verifier key, then that the current
+    log is consistent with it (its root at that size matches and an RFC 9162 consistency proof
+    from that size to the current head verifies)."""
+    vkey = verifier_key or published_verifier_key()
+    if vkey is None:
+        return CheckpointCheck(False, "The log has no signing key yet, so it has signed no checkpoint.")
+    note = text.replace("\r\n", "\n").strip("\n") + "\n"
+    try:
+        parse_vkey(vkey)
+        checkpoint = parse_checkpoint(note, vkey, origin=log_origin())
+    except SignatureError:
+        return CheckpointCheck(False, "Signature invalid: this checkpoint was not signed by the log's key.")
+    except CheckpointError as exc:
+        return CheckpointCheck(False, f"Malformed checkpoint: {exc}")
+    head_size, head_root = current_head()
+    base = {"signature_valid": True, "size": checkpoint.size, "root": checkpoint.root,
+            "head_size": head_size, "head_root": head_root}
+    if checkpoint.size > head_size:
+        return CheckpointCheck(
+            False, f"NOT consistent: the checkpoint covers {checkpoint.size} entries, the log has {head_size}.", **base
+        )
+    proof = consistency_proof_for(checkpoint.size, head_size)
+    try:
+        if root_at(checkpoint.size) != checkpoint.root:
+            raise ProofError("the log's root at that size differs")
+        verify_consistency(checkpoint.size, head_size, checkpoint.root, head_root, proof)
+    except ProofError as exc:
+        return CheckpointCheck(False, f"NOT consistent with the current log: {exc}.", **base, proof=tuple(proof))
+    return CheckpointCheck(
+        True,
+        f"Valid signature, and the current log ({head_size} entries) is consistent with it.",
+        **base,
+        proof=tuple(proof),
+    )

@@ -21,14 +21,13 @@ import math
 from collections.abc import Iterator
 from typing import IO, Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from audit import selectors
-from audit.checkpoint import key_id, vkey_for
+from audit.checkpoint import key_id
 from audit.checkpoint import make_checkpoint as sign_checkpoint
 from audit.export_format import ExportHeader, ExportWriter, entry_leaf_hash, format_time
 from audit.merkle import CompactRange, consistency_proof
@@ -46,9 +45,6 @@ __all__ = [
     "record_event",
     "write_export",
 ]
-
-CHECKPOINT_KEY_KVN = 1
-
 
 class LogCorruptError(RuntimeError):
     """The stored log state disagrees with itself (never expected; appends stop rather than guess)."""
@@ -140,61 +136,41 @@ def record_event(
 
 
 def log_operator() -> Organization:
-    """The organisation that runs the log and owns its key: ``ECARD_LOG_OPERATOR`` or the agency."""
-    orgs = Organization.objects.filter(kind=Organization.Kind.AGENCY, is_active=True)
-    slug = getattr(settings, "ECARD_LOG_OPERATOR", "")
-    org = orgs.filter(slug=slug).first() if slug else orgs.order_by("pk").first()
+    """The organisation that runs the log and owns its key (see :func:`audit.selectors.log_operator`)."""
+    org = selectors.log_operator()
     if org is None:
         raise ServiceError("there is no agency to operate the audit log yet", code="state")
     return org
 
 
-def _active_signing_keyset(org: Organization) -> KeySet | None:
-    return (
-        KeySet.objects.filter(
-            organization=org,
-            purpose=KeySet.Purpose.CHECKPOINT_SIGNING,
-            state=KeySet.State.ACTIVE,
-            kvn=CHECKPOINT_KEY_KVN,
-            card_cin="",
-            sd_aid="",
-        )
-        .order_by("-pk")
-        .first()
-    )
-
-
 def signing_keyset(*, create: bool = True) -> KeySet | None:
-    """The checkpoint signing key set in custody; generated (once, under a lock) on first use."""
+    """The checkpoint signing key set in custody; generated (once, under a lock) on first use.
+
+    The Ed25519 key is stored only wrapped under the operator's KEK (purpose ``checkpoint_signing``);
+    storing it appends custody entries to the log like any other key.
+    """
     org = log_operator()
-    keyset = _active_signing_keyset(org)
+    keyset = selectors.checkpoint_keyset(org)
     if keyset is not None or not create:
         return keyset
     from issuers import custody  # custody records its own events through this module
 
     with transaction.atomic():
         Organization.objects.select_for_update().filter(pk=org.pk).first()  # one creator at a time
-        keyset = _active_signing_keyset(org)
+        keyset = selectors.checkpoint_keyset(org)
         if keyset is None:
             keyset = custody.generate_private_key(
-                org, purpose=KeySet.Purpose.CHECKPOINT_SIGNING, algorithm="ed25519", kvn=CHECKPOINT_KEY_KVN
+                org, purpose=KeySet.Purpose.CHECKPOINT_SIGNING, algorithm="ed25519", kvn=selectors.CHECKPOINT_KEY_KVN
             )
     return keyset
 
 
-def _public_key(keyset: KeySet) -> Ed25519PublicKey:
-    key = serialization.load_pem_public_key(keyset.public_key.encode("ascii"))
-    if not isinstance(key, Ed25519PublicKey):
-        raise LogCorruptError("the checkpoint signing key set does not hold an Ed25519 public key")
-    return key
-
-
 def log_verifier_key(*, create: bool = True) -> str | None:
     """The log's published verifier key (``<origin>+<key id>+<base64 key>``), or None if none yet."""
-    keyset = signing_keyset(create=create)
-    if keyset is None:
-        return None
-    return vkey_for(_public_key(keyset), selectors.log_origin())
+    keyset = signing_keyset(create=create) if create else None
+    if keyset is not None:
+        return selectors.keyset_verifier_key(keyset)
+    return selectors.published_verifier_key()
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -1,0 +1,187 @@
+"""The log in the database: appends from real services, the stored tree, rollback, checkpoints and key custody."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from django.core.management import call_command
+from django.db import transaction
+from django.test.utils import CaptureQueriesContext
+
+from audit import selectors, services, tasks
+from audit.checkpoint import parse_checkpoint, parse_vkey
+from audit.export_format import canonical_leaf_bytes, entry_leaf_hash
+from audit.merkle import CompactRange, frontier_coords, root_from_leaves
+from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode
+from cards import services as card_services
+from issuers import services as issuer_services
+from issuers.custody_models import KeySet
+from tests.factories import World, build_world
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def world() -> World:
+    return build_world()
+
+
+def stored_leaves() -> list[bytes]:
+    return [canonical_leaf_bytes(row.as_entry()) for row in AuditEntry.objects.order_by("index")]
+
+
+def test_real_services_build_the_tree(world: World) -> None:
+    n = AuditEntry.objects.count()
+    assert n > 20
+    assert list(AuditEntry.objects.order_by("index").values_list("index", flat=True)) == list(range(n))
+    state = LogState.objects.get()
+    assert state.size == n
+    expected = root_from_leaves(stored_leaves())
+    assert CompactRange.from_dict(state.frontier).root() == expected
+    assert selectors.root_at(n) == expected
+    # every perfect subtree is stored exactly once, and level 0 holds the leaf hashes
+    assert MerkleNode.objects.count() == 2 * n - n.bit_count()
+    for row in AuditEntry.objects.all():
+        assert bytes(row.leaf_hash) == entry_leaf_hash(row.as_entry())
+        assert bytes(MerkleNode.objects.get(level=0, index=row.index).hash) == bytes(row.leaf_hash)
+    # roots of every prefix come from the stored nodes
+    leaves = stored_leaves()
+    for size in range(n + 1):
+        assert selectors.root_at(size) == root_from_leaves(leaves[:size])
+
+
+def test_entries_carry_actor_subject_card_and_no_key_material(world: World) -> None:
+    issued = AuditEntry.objects.filter(action="card.issued").first()
+    entry = issued.as_entry()
+    assert entry["card"] == issued.card_cin and entry["subject"] == {"type": "card", "id": issued.card_cin}
+    assert entry["organisation"] == "agency"
+    stored = AuditEntry.objects.filter(action="custody.key_stored")
+    text = json.dumps([row.as_entry() for row in AuditEntry.objects.all()])
+    for keyset in KeySet.objects.all():
+        assert keyset.wrapped.hex() not in text.lower()
+    assert all("key" not in k or k in {"key_length", "key_scheme", "key_sets_rewrapped"}
+               for row in stored for k in row.details)
+
+
+def test_append_is_constant_work(world: World) -> None:
+    """An append is a fixed handful of queries, however large the log: no pass over the leaves."""
+    counts = []
+    for _ in range(3):
+        with transaction.atomic(), CaptureQueriesContext(transaction.get_connection()) as ctx:
+            services.record_event(action="test.ping", subject_type="test", subject_id="x")
+        counts.append(len(ctx.captured_queries))
+    assert counts[0] == counts[1] == counts[2] <= 5
+    sql = " ".join(q["sql"] for q in ctx.captured_queries).upper()
+    assert "COUNT(" not in sql and "MAX(" not in sql
+
+
+def test_failed_change_leaves_no_entry_and_no_node(world: World) -> None:
+    before = (AuditEntry.objects.count(), MerkleNode.objects.count(), LogState.objects.get().size)
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.record_event(action="test.rolled_back", subject_type="test", subject_id="1")
+        raise RuntimeError("the change failed")
+    assert (AuditEntry.objects.count(), MerkleNode.objects.count(), LogState.objects.get().size) == before
+    with transaction.atomic():
+        row = services.record_event(action="test.after", subject_type="test", subject_id="2")
+    assert row.index == before[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_record_event_needs_the_callers_transaction() -> None:
+    with pytest.raises(RuntimeError):
+        services.record_event(action="x.y", subject_type="t", subject_id="1")
+
+
+def test_details_are_kept_as_given_and_receipts_as_hex(world: World) -> None:
+    with transaction.atomic():
+        row = services.record_event(
+            action="job.done", subject_type="job", subject_id=7, receipt=b"\xAB\x01",
+            details={"aids": ("A0000001", "A0000002"), "n": 3, "nested": {"ok": True}},
+        )
+    row.refresh_from_db()
+    entry = row.as_entry()
+    assert entry["receipt"] == "ab01"
+    assert entry["details"] == {"aids": ["A0000001", "A0000002"], "n": 3, "nested": {"ok": True}}
+    assert bytes(row.leaf_hash) == entry_leaf_hash(entry)
+
+
+def test_floats_are_refused_with_the_change(world: World) -> None:
+    before = AuditEntry.objects.count()
+    with pytest.raises(ValueError), transaction.atomic():
+        services.record_event(action="x.y", subject_type="t", subject_id="1", details={"ratio": 0.5})
+    assert AuditEntry.objects.count() == before
+
+
+def test_missing_state_row_is_rebuilt_from_the_nodes(world: World) -> None:
+    n = AuditEntry.objects.count()
+    root = selectors.root_at(n)
+    LogState.objects.all().delete()
+    with transaction.atomic():
+        row = services.record_event(action="test.resume", subject_type="test", subject_id="1")
+    assert row.index == n
+    assert selectors.root_at(n) == root
+    assert selectors.root_at(n + 1) == root_from_leaves(stored_leaves())
+
+
+def test_checkpoint_signed_with_custody_key_of_the_agency(world: World) -> None:
+    checkpoint, created = services.ensure_checkpoint()
+    assert created
+    keyset = KeySet.objects.get(purpose="checkpoint_signing", state="active")
+    assert keyset.organization == world.agency and keyset.algorithm == "ed25519"
+    assert AuditEntry.objects.filter(action="custody.key_stored", details__purpose="checkpoint_signing").exists()
+    vkey = services.log_verifier_key()
+    assert vkey == selectors.published_verifier_key()
+    assert parse_vkey(vkey).name == "ecard.example/audit-log"
+    parsed = parse_checkpoint(checkpoint.text, vkey, origin="ecard.example/audit-log")
+    n = AuditEntry.objects.count()
+    assert parsed.size == checkpoint.size == n
+    assert parsed.root == bytes(checkpoint.root_hash) == root_from_leaves(stored_leaves())
+    # idempotent while the log does not grow; a new one after it grows; the key is reused
+    again, created = services.ensure_checkpoint()
+    assert not created and again.pk == checkpoint.pk
+    card_services.issue_card(agency=world.agency, holder=None)
+    newer = services.make_checkpoint()
+    assert newer.size == AuditEntry.objects.count() > n and Checkpoint.objects.count() == 2
+    assert KeySet.objects.filter(purpose="checkpoint_signing").count() == 1
+    parse_checkpoint(newer.text, vkey)
+
+
+def test_checkpoint_signature_fails_with_another_key(world: World) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from audit.checkpoint import SignatureError, vkey_for
+
+    checkpoint = services.make_checkpoint()
+    other = vkey_for(Ed25519PrivateKey.generate().public_key(), "ecard.example/audit-log")
+    with pytest.raises(SignatureError):
+        parse_checkpoint(checkpoint.text, other)
+
+
+def test_beat_task_and_command(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    from django.conf import settings
+
+    schedule = settings.CELERY_BEAT_SCHEDULE["audit-checkpoint"]
+    assert schedule["task"] == "audit.tasks.make_checkpoint" and schedule["schedule"] == 300
+    first = tasks.make_checkpoint.delay().get()
+    assert first["created"] is True
+    assert tasks.make_checkpoint.delay().get() == {"size": first["size"], "created": False}
+    with transaction.atomic():
+        issuer_services.create_organization(name="Gamma Regulator", slug="gamma", kind="regulator")
+    call_command("audit_checkpoint", "--vkey")
+    out = capsys.readouterr()
+    assert out.out.startswith("ecard.example/audit-log\n") and "signed: checkpoint" in out.err
+    assert Checkpoint.objects.latest().size == first["size"] + 1
+    size_line = out.out.splitlines()[1]
+    assert int(size_line) == first["size"] + 1
+    base64.b64decode(out.out.splitlines()[2], validate=True)
+
+
+def test_checkpoint_refuses_when_nodes_were_tampered(world: World) -> None:
+    services.signing_keyset()  # storing the key appends entries: do it before taking the size
+    n = AuditEntry.objects.count()
+    level, index = frontier_coords(n)[0]
+    MerkleNode.objects.filter(level=level, index=index).update(hash=b"\x00" * 32)
+    with pytest.raises(services.LogCorruptError):
+        services.make_checkpoint()

@@ -268,6 +268,8 @@ def export_lines(checkpoint: Checkpoint | None = None, *, chunk_size: int = 2000
     yield buffer.take()
     rows = AuditEntry.objects.filter(index__lt=checkpoint.size).order_by("index").iterator(chunk_size=chunk_size)
     for row in rows:
+        if row.index != writer.count:
+            raise LogCorruptError(f"entry {writer.count} is missing from the database")
         writer.write_entry(row.as_entry(), leaf_hash=bytes(row.leaf_hash))
         if len(buffer.parts) >= chunk_size:
             yield buffer.take()

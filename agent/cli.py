@@ -1,0 +1,272 @@
+"""``python -m agent --server URL --reader NAME [--token T] [--mode batch|apdu] [--timeout S]``.
+
+Waits for a card in the reader, relays the card's sessions with the platform until it has no
+pending work left, and shows progress on stderr (a bar per job on a terminal, plain lines
+otherwise). Exit status: 0 when the card has no pending work left; otherwise non-zero with one
+line saying why (see ``EXIT_*``). The token comes from ``--token`` or ``ECARD_AGENT_TOKEN`` and is
+never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TextIO
+
+from agent.core import CardTransport, RelayError, Server, SessionResult, run_session
+from agent.http import HttpServer, ServerRefused, ServerUnreachable, SessionRejected
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_REJECTED = 3
+EXIT_NO_CARD = 4
+EXIT_UNREACHABLE = 5
+EXIT_REFUSED = 6
+EXIT_PENDING = 7
+
+TOKEN_ENV = "ECARD_AGENT_TOKEN"
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_SESSIONS = 3
+BAR_WIDTH = 24
+PHASE_FRACTION = {"open": 0.0, "status": 1 / 3, "script": 2 / 3}
+
+
+class Card(CardTransport, Protocol):
+    def close(self) -> None: ...
+
+
+CardSource = Callable[[str, float], Card]  # (reader name, timeout) -> connected card
+ServerFactory = Callable[[str, str], Server]  # (server URL, token) -> relay API client
+
+
+def _pcsc_source(reader: str, timeout: float) -> Card:
+    from agent.pcsc import wait_for_card
+
+    return wait_for_card(reader, timeout)
+
+
+def _short(label: str) -> str:
+    return label.split(" (", 1)[0] if label else "job"
+
+
+class ProgressView:
+    """Renders relay progress: a bar per job (redrawn in place on a terminal) and the jobs done."""
+
+    def __init__(self, stream: TextIO, *, tty: bool | None = None) -> None:
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.labels: dict[int, str] = {}
+        self._current: int | None = None
+        self._last_plain: tuple[Any, ...] | None = None
+        self._open_line = False
+
+    def write(self, line: str) -> None:
+        self._end_line()
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def _end_line(self) -> None:
+        if self._open_line:
+            self.stream.write("\n")
+            self._open_line = False
+
+    def update(self, progress: dict[str, Any]) -> None:
+        if not progress:
+            return  # per-APDU mode: intermediate steps carry no progress
+        current = progress.get("current")
+        total = int(progress.get("jobs_total") or 0)
+        finished = int(progress.get("jobs_finished") or 0)
+        if not current:
+            self._finish_bar()
+            return
+        job_id = int(current.get("id", 0))
+        label = _short(str(current.get("label") or current.get("kind") or "job"))
+        self.labels[job_id] = label
+        if self._current is not None and self._current != job_id:
+            self._finish_bar()
+        self._current = job_id
+        stages = max(int(current.get("stages") or 1), 1)
+        stage = int(current.get("stage") or 0)
+        phase = str(progress.get("phase") or "")
+        fraction = min((stage + PHASE_FRACTION.get(phase, 0.0)) / stages, 1.0)
+        head = f"job {finished + 1}/{max(total, finished + 1)} {label}"
+        if self.tty:
+            filled = round(fraction * BAR_WIDTH)
+            bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+            self.stream.write(f"\r{head} [{bar}] {fraction:4.0%} stage {stage + 1}/{stages} {phase:<6}")
+            self.stream.flush()
+            self._open_line = True
+        else:
+            key = (job_id, stage)
+            if key != self._last_plain:
+                self._last_plain = key
+                self.write(f"{head}: stage {stage + 1}/{stages} ({fraction:.0%})")
+
+    def _finish_bar(self) -> None:
+        if self._current is None:
+            return
+        if self.tty:
+            label = self.labels.get(self._current, "job")
+            self.stream.write(f"\r{label} [{'#' * BAR_WIDTH}] 100%{' ' * 24}\n")
+            self._open_line = False
+        self._current = None
+
+    def jobs_done(self, jobs: list[dict[str, Any]]) -> None:
+        self._finish_bar()
+        if not jobs:
+            return
+        self.write("jobs:")
+        for job in jobs:
+            label = self.labels.get(int(job.get("id", 0)), _short(str(job.get("kind", "job"))))
+            line = f"  {job.get('state', '?'):<7} {label} (#{job.get('id')})"
+            if job.get("error"):
+                line += f": {job['error']}"
+            self.write(line)
+
+
+@dataclass
+class Outcome:
+    code: int
+    message: str
+    sessions: int = 0
+    jobs: list[dict[str, Any]] = field(default_factory=list)
+    results: list[SessionResult] = field(default_factory=list)
+
+
+def relay(
+    *,
+    server: Server,
+    card_source: CardSource,
+    reader: str,
+    timeout: float,
+    mode: str = "batch",
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
+    view: ProgressView | None = None,
+) -> Outcome:
+    """Relay sessions until the card has no pending work, a job fails, or a session cannot go on."""
+    note = view.write if view is not None else (lambda _line: None)
+    outcome = Outcome(EXIT_OK, "")
+    for number in range(1, max_sessions + 1):
+        outcome.sessions = number
+        try:
+            card = card_source(reader, timeout)
+        except RelayError as exc:
+            return _end(outcome, EXIT_NO_CARD, str(exc), view)
+        try:
+            result = run_session(card, server, mode=mode, on_progress=view.update if view is not None else None)
+        except SessionRejected as exc:
+            if exc.after_retry and number < max_sessions:
+                note(f"the connection was lost mid-exchange and the server closed the session ({exc.reason}); "
+                     "starting a new session")
+                continue
+            return _end(outcome, EXIT_REJECTED, f"session rejected: {exc.reason}", view)
+        except ServerUnreachable as exc:
+            return _end(outcome, EXIT_UNREACHABLE, f"server unreachable: {exc}", view)
+        except ServerRefused as exc:
+            return _end(outcome, EXIT_REFUSED, f"server refused the request: {exc}", view)
+        except RelayError as exc:  # the card went away mid-session
+            if number < max_sessions:
+                note(f"{exc}; waiting for the card to start a new session")
+                continue
+            return _end(outcome, EXIT_NO_CARD, str(exc), view)
+        finally:
+            card.close()
+        outcome.results.append(result)
+        outcome.jobs.extend(result.jobs)
+        if result.error:
+            return _end(outcome, EXIT_REJECTED, f"session rejected: {result.error}", view)
+        if result.pending == 0:
+            break
+        if number < max_sessions:
+            note(f"{result.pending} job(s) still pending; starting a new session")
+    else:
+        last = outcome.results[-1].pending if outcome.results else 0
+        return _end(outcome, EXIT_PENDING, f"{last} job(s) still pending after {max_sessions} sessions", view)
+    failed = [job for job in outcome.jobs if job.get("state") == "failed"]
+    if failed:
+        first = failed[0]
+        label = view.labels.get(int(first.get("id", 0))) if view is not None else None
+        name = f"{label or _short(str(first.get('kind', 'job')))} (#{first.get('id')})"
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        return _end(outcome, EXIT_JOB_FAILED, f"job failed: {name}: {first.get('error', 'unknown error')}{more}", view)
+    trips = sum(r.round_trips for r in outcome.results)
+    apdus = sum(r.apdus for r in outcome.results)
+    done = sum(1 for job in outcome.jobs if job.get("state") == "done")
+    return _end(outcome, EXIT_OK, f"card up to date: {done} job(s) done, {trips} round trips, {apdus} APDUs", view)
+
+
+def _end(outcome: Outcome, code: int, message: str, view: ProgressView | None) -> Outcome:
+    outcome.code, outcome.message = code, message
+    if view is not None:
+        view.jobs_done(outcome.jobs)
+    return outcome
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m agent",
+        description="Relay a card's pending work between a PC/SC reader and the E-Card platform.",
+        epilog=f"exit status: {EXIT_OK} no pending work left, {EXIT_JOB_FAILED} a job failed, {EXIT_USAGE} usage, "
+        f"{EXIT_REJECTED} session rejected, {EXIT_NO_CARD} no reader/card, {EXIT_UNREACHABLE} server unreachable, "
+        f"{EXIT_REFUSED} request refused (e.g. bad token), {EXIT_PENDING} work still pending",
+    )
+    p.add_argument("--server", required=True, help="platform URL, e.g. https://ecard.example")
+    p.add_argument("--reader", required=True, help="PC/SC reader name (or a unique prefix of it)")
+    p.add_argument("--token", default=None, help=f"device credential (default: ${TOKEN_ENV})")
+    p.add_argument("--mode", choices=("batch", "apdu"), default="batch",
+                   help="batch: scripts per round trip (default); apdu: one APDU per round trip (benchmarks)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
+                   help=f"seconds to wait for a card in the reader (default {DEFAULT_TIMEOUT:g})")
+    p.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
+                   help=f"sessions to try while work is left (default {DEFAULT_MAX_SESSIONS})")
+    return p
+
+
+def main(
+    argv: list[str] | None = None,
+    *,
+    card_source: CardSource | None = None,
+    server_factory: ServerFactory | None = None,
+    stream: TextIO | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    args = _parser().parse_args(argv)
+    stream = stream if stream is not None else sys.stderr
+    view = ProgressView(stream)
+    token = args.token or os.environ.get(TOKEN_ENV, "")
+    if not token:
+        stream.write(f"agent: no agent token: pass --token or set {TOKEN_ENV}\n")
+        return EXIT_USAGE
+    if args.timeout < 0 or args.max_sessions < 1:
+        stream.write("agent: --timeout must be >= 0 and --max-sessions >= 1\n")
+        return EXIT_USAGE
+
+    def retrying(attempt: int, delay: float, why: str) -> None:
+        view.write(f"server not answering ({why}); retry {attempt} in {delay:g} s")
+
+    if server_factory is not None:
+        server = server_factory(args.server, token)
+    else:
+        try:
+            server = HttpServer(args.server, token, sleep=sleep, on_retry=retrying)
+        except ValueError as exc:
+            stream.write(f"agent: {exc}\n")
+            return EXIT_USAGE
+    outcome = relay(
+        server=server,
+        card_source=card_source or _pcsc_source,
+        reader=args.reader,
+        timeout=args.timeout,
+        mode=args.mode,
+        max_sessions=args.max_sessions,
+        view=view,
+    )
+    prefix = "agent: " if outcome.code == EXIT_OK else "agent: error: "
+    stream.write(prefix + outcome.message + "\n")
+    stream.flush()
+    return outcome.code

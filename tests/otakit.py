@@ -105,3 +105,103 @@ def enroll(world: OtaWorld, bank: Organization | None = None) -> Any:
         consent_text=card_services.consent_text_for(world.card, bank),
         accepted=True,
     )
+
+
+class PulledCard(Exception):
+    """The card left the reader."""
+
+
+class PullableCard:
+    """A card transport pulled from the reader after ``limit`` APDUs.
+
+    ``lose_response``: the APDU at ``limit`` reaches the card and runs, but its response never
+    comes back (pulled after the card wrote its state); otherwise it never reaches the card.
+    """
+
+    def __init__(self, inner: Any, limit: int, *, lose_response: bool = False) -> None:
+        self.inner = inner
+        self.limit = limit
+        self.lose_response = lose_response
+        self.count = 0
+
+    def transmit(self, capdu: bytes) -> bytes:
+        if self.count == self.limit:
+            if self.lose_response:
+                self.inner.transmit(capdu)
+            raise PulledCard(f"card pulled at APDU {self.limit}")
+        self.count += 1
+        return self.inner.transmit(capdu)
+
+
+class CuttingServer(ApiServer):
+    """Loses the connection at exchange ``cut`` (1 = open): before the server sees the request, or
+    after it has answered (``after=True``: the answer is lost)."""
+
+    def __init__(self, token: str, cut: int, *, after: bool = False) -> None:
+        super().__init__(token)
+        self.cut = cut
+        self.after = after
+
+    def _maybe_cut(self, call: Any) -> dict[str, Any]:
+        if self.requests + 1 == self.cut:
+            if self.after:
+                call()
+            self.requests += 1 if not self.after else 0
+            raise ConnectionError(f"connection lost at exchange {self.cut}")
+        return call()
+
+    def open_session(self, mode: str) -> dict[str, Any]:
+        return self._maybe_cut(lambda: ApiServer.open_session(self, mode))
+
+    def exchange(self, session: str, number: int, responses: list[str]) -> dict[str, Any]:
+        return self._maybe_cut(lambda: ApiServer.exchange(self, session, number, responses))
+
+
+def card_registry(world: OtaWorld) -> dict[str, set[str]]:
+    """The card's registry as the ISD sees it (AIDs of applications/SDs and of load files)."""
+    from gp import commands
+    from gp.scp import SCP02, SCP03
+    from issuers import custody
+
+    transport = world.card_transport()
+    card = world.card
+    keys = custody.card_isd_keys(card.issued_by, card.cin, bytes.fromhex(card.kdd), card.key_scheme)
+    assert transport.transmit(commands.select(bytes.fromhex(card.isd_aid)))[-2:] == b"\x90\x00"
+    channel = SCP03(keys, 0x33) if card.scp == 3 else SCP02(keys, 0x13, i=card.scp_i)
+    response = transport.transmit(channel.initialize_update())
+    assert transport.transmit(channel.external_authenticate(response))[-2:] == b"\x90\x00"
+    registry: dict[str, set[str]] = {}
+    for p1, name in ((0x40, "apps"), (0x20, "elfs")):
+        aids: set[str] = set()
+        command = commands.get_status(p1)
+        while True:
+            plain = channel.unwrap(transport.transmit(channel.wrap(command)))
+            if plain[-2:] in (b"\x90\x00", b"\x63\x10"):
+                aids |= {e.aid.hex().upper() for e in commands.parse_get_status(plain[:-2], p1)}
+            if plain[-2:] != b"\x63\x10":
+                break
+            command = commands.get_status(p1, next_occurrence=True)
+        registry[name] = aids
+    return registry
+
+
+def platform_view(world: OtaWorld) -> dict[str, set[str]]:
+    """What the platform's records say should be on the card (SSDs and applet instances)."""
+    from cards.models import AppletInstance, SecurityDomain
+
+    sds = SecurityDomain.objects.filter(card=world.card, is_isd=False, state=SecurityDomain.State.ACTIVE)
+    applets = AppletInstance.objects.filter(security_domain__in=sds)
+    return {
+        "sds": set(sds.values_list("aid", flat=True)),
+        "applets": set(applets.values_list("instance_aid", flat=True)),
+        "packages": set(applets.values_list("package_aid", flat=True)),
+    }
+
+
+def assert_registry_matches_records(world: OtaWorld) -> None:
+    registry = card_registry(world)
+    view = platform_view(world)
+    rom = {"A0000000620001", "A0000000620101", "A0000000620102", "A0000000620201", "A0000000620209",
+           "A00000015100", "A0000001515350"}
+    assert registry["apps"] == view["sds"] | view["applets"], (registry, view)
+    assert registry["elfs"] - rom == view["packages"], (registry, view)

@@ -58,7 +58,16 @@ class SessionRejected(Exception):
 
 
 class JobFailed(Exception):
-    """The card refused a step for a reason that retrying will not fix."""
+    """The job cannot be done (policy refused a token, no keys): it fails for good."""
+
+
+class StepFailed(Exception):
+    """The card refused a step or did not show its effect: the job goes back to pending and is
+    tried again at the next presentation, until it has had ``MAX_ATTEMPTS`` attempts."""
+
+
+MAX_ATTEMPTS = 5
+INTEGRITY_SWS = frozenset({0x6982, 0x6988, 0x6300})  # security status / SM data objects / auth failed
 
 
 @dataclass
@@ -228,7 +237,7 @@ class IsdInstallSsd(Stage):
         sd = self.job.security_domain
         entry = registry.app(sd.aid)
         if entry is None:
-            raise JobFailed("the card does not list the new security domain")
+            raise StepFailed("the card does not list the new security domain")
         sd.lifecycle = sd_lifecycle(entry.lifecycle)
         sd.save(update_fields=["lifecycle", "updated_at"])
 
@@ -330,7 +339,7 @@ class SsdInstallApplets(Stage):
             instance_aid = spec["instance_aid"].upper()
             entry = registry.app(instance_aid)
             if entry is None:
-                raise JobFailed(f"applet {instance_aid} is not on the card after installation")
+                raise StepFailed(f"applet {instance_aid} is not on the card after installation")
             AppletInstance.objects.update_or_create(
                 security_domain=sd,
                 instance_aid=instance_aid,
@@ -415,7 +424,7 @@ class IsdDeleteSsd(Stage):
     def finish(self, registry: Registry, key: KeyChoice) -> None:
         sd = self.job.security_domain
         if registry.app(sd.aid) is not None:
-            raise JobFailed("the security domain is still on the card")
+            raise StepFailed("the security domain is still on the card")
 
 
 class SsdRotateKeys(Stage):
@@ -489,7 +498,7 @@ class IsdSetStatus(Stage):
         sd = self.job.security_domain
         entry = registry.app(sd.aid)
         if entry is None:
-            raise JobFailed("the security domain is not on the card")
+            raise StepFailed("the security domain is not on the card")
         locked = bool(entry.lifecycle & 0x80)
         if locked == self.locking():
             return []
@@ -501,7 +510,7 @@ class IsdSetStatus(Stage):
         sd = self.job.security_domain
         entry = registry.app(sd.aid)
         if entry is None or bool(entry.lifecycle & 0x80) != self.locking():
-            raise JobFailed("the card does not show the new lock state")
+            raise StepFailed("the card does not show the new lock state")
         sd.lifecycle = SecurityDomain.Lifecycle.LOCKED if self.locking() else SecurityDomain.Lifecycle.PERSONALIZED
         sd.save(update_fields=["lifecycle", "updated_at"])
 
@@ -584,6 +593,9 @@ class SessionEngine:
         except JobFailed as exc:
             self._fail_job(str(exc))
             return self._next_stage_or_job(advance_job=True)
+        except StepFailed as exc:
+            self._retry_later(str(exc))
+            return self._done()
         raise SessionRejected(f"no exchange expected in phase {phase!r}")
 
     # ---------------------------------------------------------------- helpers
@@ -697,9 +709,12 @@ class SessionEngine:
         if card is None or card.holder_id != credential.user_id:
             raise SessionRejected("this card is not registered to this device's owner")
         self.session.card = card
-        if not card.cplc:
-            card.cplc = cplc.as_hex()
-            card.save(update_fields=["cplc"])
+        # One presentation at a time: an earlier session of this card that was never finished
+        # (card pulled, connection lost) is closed now; its jobs resume here.
+        type(self.session).objects.filter(card=card, state="open").exclude(pk=self.session.pk).update(
+            state="expired", closed_reason="superseded by a new presentation", sealed_channel=None
+        )
+        del cplc  # parsed to check its shape; not stored from an unauthenticated read
         jobs = list(
             card.jobs.filter(state__in=CardJob.OPEN_STATES).order_by("created_at", "id").values_list("pk", flat=True)
         )
@@ -787,7 +802,7 @@ class SessionEngine:
             if select_sw == SW_FILE_NOT_FOUND and stage.skip_if_missing():
                 return self._next_stage_or_job()
             if select_sw != SW_OK:
-                raise JobFailed(f"{stage.sd_aid()} cannot be selected (SW {select_sw:04X})")
+                raise StepFailed(f"{stage.sd_aid()} cannot be selected (SW {select_sw:04X})")
             responses = responses[1:]
         if not responses:
             raise SessionRejected("no INITIALIZE UPDATE response")
@@ -799,7 +814,7 @@ class SessionEngine:
             more = index + 2 < len(choices)
             return self._send([self._initialize_update(stage, choices[index + 1], more)], phase="open")
         if sw_of(iu) != SW_OK:
-            raise JobFailed(f"INITIALIZE UPDATE refused (SW {sw_of(iu):04X})")
+            raise StepFailed(f"INITIALIZE UPDATE refused (SW {sw_of(iu):04X})")
         choice = choices[index]
         channel = self._host_channel(stage, choice, bytes.fromhex(self.state["host_challenge"]))
         channel.initialize_update()
@@ -807,7 +822,18 @@ class SessionEngine:
         try:
             ea = channel.external_authenticate(iu)
         except AuthenticationError as exc:
-            self._count_auth_failure(stage, str(exc))
+            # Detected on the host before any EXTERNAL AUTHENTICATE: the card spent no try. Still
+            # an alert: wrong keys on record, another card, or a relay altering the exchange.
+            record_event(
+                action="secure_channel.card_cryptogram_invalid",
+                subject_type="security_domain",
+                subject_id=stage.sd_aid(),
+                card_cin=self.card.cin,
+                organization=stage.owner(),
+                outcome="failure",
+                reason=str(exc),
+                actor_type="system",
+            )
             raise SessionRejected(f"card cryptogram did not verify for {stage.sd_aid()}: not retried") from exc
         except GPError as exc:
             raise SessionRejected(f"INITIALIZE UPDATE response rejected: {exc}") from exc
@@ -854,7 +880,7 @@ class SessionEngine:
             plain = self._unwrap(rapdu)
             sw = sw_of(plain)
             if sw not in (SW_OK, SW_MORE, SW_NOT_FOUND):
-                raise JobFailed(f"GET STATUS refused (SW {sw:04X})")
+                raise StepFailed(f"GET STATUS refused (SW {sw:04X})")
             p1 = meta["status_p1"]
             self.state["registry"].setdefault(str(p1), "")
             if sw != SW_NOT_FOUND:
@@ -891,7 +917,7 @@ class SessionEngine:
         self._restore_channel()
         more = self._collect_status(responses, sent)
         if len(responses) < len(sent):
-            raise JobFailed("the registry could not be read")
+            raise StepFailed("the registry could not be read")
         if more:
             return self._send([self._get_status(p1, next_occurrence=True) for p1 in more], phase="status")
         stage = self.stage()
@@ -916,12 +942,14 @@ class SessionEngine:
             if sw not in meta["expect"]:
                 from gp.apdu import sw_name
 
-                raise JobFailed(f"{meta['label']}: the card answered {sw:04X} ({sw_name(sw)})")
+                if sw in INTEGRITY_SWS:
+                    raise SessionRejected(f"{meta['label']}: the card refused the command's integrity ({sw:04X})")
+                raise StepFailed(f"{meta['label']}: the card answered {sw:04X} ({sw_name(sw)})")
             if meta.get("receipt"):
                 self._check_receipt(plain[:-2], meta["receipt"], stage)
             del index
         if len(responses) < script_len:
-            raise JobFailed("the script stopped before its end")
+            raise StepFailed("the script stopped before its end")
         status_responses = responses[script_len:]
         status_sent = sent[script_len:]
         more = self._collect_status(status_responses, status_sent)
@@ -991,6 +1019,17 @@ class SessionEngine:
         complete_job(job)
         self.state["finished"].append({"id": job.pk, "kind": job.kind, "state": "done"})
 
+    def _retry_later(self, error: str) -> None:
+        """This attempt failed; the job waits for the next presentation (or fails after MAX_ATTEMPTS).
+        Later jobs wait too: they may depend on this one."""
+        job = self.job()
+        if job.attempts >= MAX_ATTEMPTS:
+            self._fail_job(f"gave up after {job.attempts} attempts: {error}")
+            return
+        retry_job(job, error)
+        self.state["finished"].append({"id": job.pk, "kind": job.kind, "state": "pending", "error": error})
+        self.state["jobs"] = []
+
     def _fail_job(self, error: str) -> None:
         job = self.job()
         fail_job(job, error)
@@ -1036,6 +1075,21 @@ def complete_job(job: CardJob) -> None:
         organization=job.organization,
         actor_type="agent",
         details={"kind": job.kind},
+    )
+
+
+def retry_job(job: CardJob, error: str) -> None:
+    CardJob.objects.filter(pk=job.pk).update(state=CardJob.State.PENDING, last_error=error)
+    record_event(
+        action="job.attempt_failed",
+        subject_type="card_job",
+        subject_id=job.pk,
+        card_cin=job.card.cin,
+        organization=job.organization,
+        outcome="failure",
+        reason=error,
+        actor_type="agent",
+        details={"kind": job.kind, "attempt": job.attempts},
     )
 
 

@@ -31,7 +31,7 @@ EMPTY_CAP = "Empty_0102030405_8d5ac9e2_2.2.1.cap"
 
 
 @pytest.fixture(autouse=True)
-def _cards_dir(tmp_path, settings):  # noqa: ANN001, ANN202
+def _cards_dir(tmp_path, settings):
     settings.ECARD_CARDS_DIR = tmp_path
 
 

@@ -76,24 +76,35 @@ class Served:
         self.conn: object = None
 
     def start(self) -> Served:
+        """Start ``serve`` and connect; the card in the reader must be *this* card (its CIN).
+
+        vpcd serves one card per port; another ``cardsim serve`` on the same port (a concurrent
+        test run elsewhere on the machine) is waited out rather than talked to.
+        """
+        from smartcard.Exceptions import CardConnectionException, NoCardException
+
+        cin = json.loads(self.state.read_text())["cin"]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cardsim", "serve", str(self.state), "--vpcd", VPCD, "-v"],
                 cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
-        from smartcard.Exceptions import CardConnectionException, NoCardException
-
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 120
         while True:
+            assert self.proc.poll() is None, self.log.read_text()
             conn = self.reader.createConnection()  # type: ignore[attr-defined]
             try:
                 conn.connect()
                 self.conn = conn
-                return self
+                if self.transmit(bytes.fromhex("00A4040000"))[-2:] == b"\x90\x00":
+                    r = self.transmit(bytes.fromhex("80CA004500"))
+                    if r[-2:] == b"\x90\x00" and r[2:-2].hex().upper() == cin:
+                        return self
+                self._disconnect()  # someone else's card: wait for it to leave the reader
             except (NoCardException, CardConnectionException):
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"card did not appear in {READER}; log:\n{self.log.read_text()}") from None
-                assert self.proc.poll() is None, self.log.read_text()
-                time.sleep(0.2)
+                self.conn = None
+            if time.monotonic() > deadline:
+                raise AssertionError(f"card did not appear in {READER}; log:\n{self.log.read_text()}")
+            time.sleep(0.2)
 
     def transmit(self, capdu: bytes) -> bytes:
         data, sw1, sw2 = self.conn.transmit(list(capdu))  # type: ignore[attr-defined]
@@ -128,9 +139,9 @@ def serve(reader: object, tmp_path: Path) -> Iterator[Callable[[Path], Served]]:
     started: list[Served] = []
 
     def make(state: Path) -> Served:
-        s = Served(state, reader, tmp_path / "serve.log").start()
-        started.append(s)
-        return s
+        s = Served(state, reader, tmp_path / "serve.log")
+        started.append(s)  # registered before it starts, so a failed start is still cleaned up
+        return s.start()
 
     yield make
     for s in started:

@@ -258,3 +258,50 @@ def test_sequence_counter_persists(make_card) -> None:
 
     again = InProcessCard(card.path)
     assert c.parse_sequence_counter(again.transmit(c.get_data(c.TAG_SEQUENCE_COUNTER))[:-2]) == 3
+
+
+def test_extradition_registry_update_lock_sd_and_apps_delete_key(make_card, load_file) -> None:
+    card = make_card()
+    isd = HostSession(card.transmit).open()
+    ssd_a, ssd_b = bytes.fromhex("A0000005590101"), bytes.fromhex("A0000005590201")
+    for ssd in (ssd_a, ssd_b):
+        isd.ok(c.install_for_install(SSD_PACKAGE_AID, SSD_MODULE_AID, ssd, SSD_PRIVS,
+                                     c.install_parameters(c.sd_install_parameters(0x03, 0x70))))
+    empty = load_file(EMPTY)
+    assert all(sw == 0x9000 for _, sw in isd.load(empty, sd_aid=ssd_a))
+    app = bytes.fromhex("0102030405060708AA")
+    isd.ok(c.install_for_install(empty.package_aid, empty.applet_aids[0], app))
+    assert {e.aid: e.associated_sd_aid for e in isd.status(c.STATUS_APPS)}[app] == ssd_a
+    # extradition of the instance and of its load file to B (GP 2.3.1 §11.5.2.3.4)
+    isd.ok(c.install_for_extradition(ssd_b, app))
+    isd.ok(c.install_for_extradition(ssd_b, empty.package_aid))
+    assert isd.send(c.install_for_extradition(ssd_a, ssd_a))[1] == 0x6985  # not into itself
+    b = HostSession(card.transmit, ssd_b).open()
+    assert {e.aid for e in b.status(c.STATUS_APPS)} == {ssd_b, app}
+    # registry update: privileges and association back to A
+    isd = HostSession(card.transmit).open()
+    isd.ok(c.install_for_registry_update(app, ssd_a, b"\x00\x00\x00"))
+    assert {e.aid: e.associated_sd_aid for e in isd.status(c.STATUS_APPS)}[app] == ssd_a
+    # SET STATUS P1 60: lock SD A and its applications, then unlock
+    isd.ok(c.set_status(c.SET_STATUS_SD_AND_APPS, 0x80, ssd_a))
+    locked = {e.aid: e.lifecycle for e in isd.status(c.STATUS_APPS)}
+    assert locked[ssd_a] & 0x80 and locked[app] & 0x80 and not locked[ssd_b] & 0x80
+    assert sw_of(card.transmit(c.select(app))) == 0x6A81
+    isd = HostSession(card.transmit).open()
+    isd.ok(c.set_status(c.SET_STATUS_SD_AND_APPS, 0x00, ssd_a))
+    assert sw_of(card.transmit(c.select(app))) == 0x9000
+    # personalise the application with DGI-format STORE DATA; delete a key set of an SSD
+    isd = HostSession(card.transmit).open()
+    isd.ok(c.install_for_personalization(app))
+    isd.ok(c.store_data(bytes.fromhex("0101020A0B"), 0, last=False, flags=c.STORE_DATA_DGI))
+    isd.ok(c.store_data(bytes.fromhex("0102FF0001CC"), 1, last=True, flags=c.STORE_DATA_DGI))
+    assert card.state["apps"][app.hex().upper()]["data"] == {"0101": "0A0B", "0102": "CC"}
+    a = HostSession(card.transmit, ssd_a).open()
+    assert a.send(c.delete_key(kvn=0x31))[1] == 0x6A88
+    a.ok(c.delete_key(kvn=0x30))
+    card.transmit(c.select(ssd_a))
+    from gp.scp import SCP03
+
+    ch = SCP03(StaticKeys.single(bytes.fromhex("404142434445464748494A4B4C4D4E4F"), 0x30), 0x33)
+    assert sw_of(card.transmit(ch.initialize_update())) == 0x6A88  # key set gone
+    check_consistency(card.state)

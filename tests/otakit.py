@@ -205,3 +205,23 @@ def assert_registry_matches_records(world: OtaWorld) -> None:
            "A00000015100", "A0000001515350"}
     assert registry["apps"] == view["sds"] | view["applets"], (registry, view)
     assert registry["elfs"] - rom == view["packages"], (registry, view)
+
+
+def assert_consistent_in_progress(world: OtaWorld) -> None:
+    """After an interrupted session: the card holds nothing the platform does not know of — only
+    records, or targets of the card's pending jobs (work under way); no partial load file."""
+    from cards.models import CardJob, SecurityDomain
+    from updates.models import Release
+
+    registry = card_registry(world)
+    known_apps = set(SecurityDomain.objects.filter(card=world.card, is_isd=False).values_list("aid", flat=True))
+    known_apps |= platform_view(world)["applets"]
+    packages = set(platform_view(world)["packages"])
+    for job in CardJob.objects.filter(card=world.card, state__in=CardJob.OPEN_STATES):
+        for spec in job.params.get("default_applets", []) + job.params.get("applets", []):
+            known_apps.add(spec["instance_aid"].upper())
+            packages.add(Release.objects.get(pk=spec["release"]).package_aid)
+    rom = {"A0000000620001", "A0000000620101", "A0000000620102", "A0000000620201", "A0000000620209",
+           "A00000015100", "A0000001515350"}
+    assert registry["apps"] <= known_apps, (registry, known_apps)
+    assert registry["elfs"] - rom <= packages, (registry, packages)

@@ -549,6 +549,17 @@ class Batch:
     result: dict[str, Any] = field(default_factory=dict)
 
 
+def refused(label: str, sw: int) -> None:
+    """The card answered a secured command with an unexpected status word. A security status
+    (bad C-MAC, bad SM data) means the command was altered on the way: the session is rejected.
+    Anything else is the card refusing the step: tried again at the next presentation."""
+    from gp.apdu import sw_name
+
+    if sw in INTEGRITY_SWS:
+        raise SessionRejected(f"{label}: the card refused the command's integrity ({sw:04X} {sw_name(sw)})")
+    raise StepFailed(f"{label}: the card answered {sw:04X} ({sw_name(sw)})")
+
+
 def sw_of(rapdu: bytes) -> int:
     return int.from_bytes(rapdu[-2:], "big")
 
@@ -880,7 +891,7 @@ class SessionEngine:
             plain = self._unwrap(rapdu)
             sw = sw_of(plain)
             if sw not in (SW_OK, SW_MORE, SW_NOT_FOUND):
-                raise StepFailed(f"GET STATUS refused (SW {sw:04X})")
+                refused("GET STATUS", sw)
             p1 = meta["status_p1"]
             self.state["registry"].setdefault(str(p1), "")
             if sw != SW_NOT_FOUND:
@@ -940,11 +951,7 @@ class SessionEngine:
             plain = self._unwrap(rapdu)
             sw = sw_of(plain)
             if sw not in meta["expect"]:
-                from gp.apdu import sw_name
-
-                if sw in INTEGRITY_SWS:
-                    raise SessionRejected(f"{meta['label']}: the card refused the command's integrity ({sw:04X})")
-                raise StepFailed(f"{meta['label']}: the card answered {sw:04X} ({sw_name(sw)})")
+                refused(meta["label"], sw)
             if meta.get("receipt"):
                 self._check_receipt(plain[:-2], meta["receipt"], stage)
             del index

@@ -1,0 +1,198 @@
+"""A relay it cannot trust: flipped bytes in any C-APDU or R-APDU, replayed, reordered, truncated
+or duplicated batches. Each ends the session without the job done; what the card did before is
+consistent, and an honest presentation afterwards completes the work."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from django.db import transaction
+
+from agent.core import RelayError, run_batch
+from audit.models import AuditEntry
+from cards.models import CardJob
+from tests.otakit import (
+    ApiServer,
+    OtaWorld,
+    assert_consistent_in_progress,
+    assert_registry_matches_records,
+    build_ota_world,
+    enroll,
+)
+from tests.shared_data import cap_file
+from updates.models import CardSession
+
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _cards_dir(tmp_path, settings):
+    settings.ECARD_CARDS_DIR = tmp_path
+
+
+@contextmanager
+def rolled_back() -> Iterator[None]:
+    with transaction.atomic():
+        yield
+        transaction.set_rollback(True)
+
+
+def enrolled_world() -> OtaWorld:
+    world = build_ota_world(cap_file("Empty_0102030405_8d5ac9e2_2.2.1.cap"))
+    release = world.releases["0102030405"]
+    world.bank.ssd_template.default_applets = [{"release": release.pk, "instance_aid": "0102030405060708"}]
+    world.bank.ssd_template.save()
+    enroll(world)
+    return world
+
+
+class TamperingCard:
+    """Sits between agent and card: flips one bit of the n-th C-APDU or of its R-APDU."""
+
+    def __init__(self, inner: Any, target: int, *, response: bool) -> None:
+        self.inner = inner
+        self.target = target
+        self.response = response
+        self.count = 0
+        self.secured: list[bool] = []
+        self.maced_response: list[bool] = []
+
+    def transmit(self, capdu: bytes) -> bytes:
+        index = self.count
+        self.count += 1
+        self.secured.append(bool(capdu[0] & 0x04))
+        if index == self.target and not self.response:
+            capdu = flip(capdu, 5 if len(capdu) > 5 else 2)  # first data byte, else P1
+        rapdu = self.inner.transmit(capdu)
+        # An R-MAC (SCP03 SL 33) is on secured responses that carry data (GP Amd D §6.2.5).
+        self.maced_response.append(bool(capdu[0] & 0x04) and len(rapdu) > 2)
+        if index == self.target and self.response:
+            rapdu = flip(rapdu, 0)  # first data byte, or SW1 when there is no data
+        return rapdu
+
+
+def flip(data: bytes, position: int) -> bytes:
+    out = bytearray(data)
+    out[position] ^= 0x01
+    return bytes(out)
+
+
+def honest_apdus(response: bool) -> tuple[int, list[bool]]:
+    """How many APDUs an honest enrollment sends, and which of them (or of their responses) are
+    integrity-protected."""
+    with rolled_back():
+        world = enrolled_world()
+        probe = TamperingCard(world.card_transport(), -1, response=False)
+        result = world.present(transport=probe)
+        assert result.ok
+        return probe.count, probe.maced_response if response else probe.secured
+
+
+@pytest.mark.parametrize("response", [False, True], ids=["c-apdu", "r-apdu"])
+def test_any_flipped_apdu_never_completes_work_wrongly(response: bool) -> None:
+    """For every APDU of an enrollment: flip one bit of it (or of its response). The session is
+    rejected (always, for secured APDUs and MAC-protected responses), the job is not done, the
+    card registry stays consistent with the records, and an honest presentation then completes."""
+    count, secured = honest_apdus(response)
+    outcomes = {"rejected": 0, "harmless": 0}
+    for target in range(count):
+        with rolled_back():
+            world = enrolled_world()
+            tampering = TamperingCard(world.card_transport(), target, response=response)
+            rejected = False
+            try:
+                result = world.present(transport=tampering)
+            except RelayError:
+                rejected = True
+            job = CardJob.objects.get(card=world.card)
+            if rejected or not result.ok:
+                outcomes["rejected"] += 1
+                assert job.state == CardJob.State.PENDING, (target, job.state, job.last_error)
+                assert_consistent_in_progress(world)
+                if secured[target]:
+                    assert rejected, f"tampered protected APDU {target} must reject the session"
+                    assert CardSession.objects.filter(card=world.card, state="rejected").exists()
+            else:
+                # The flipped bit was in a field nothing depends on (e.g. the FCI the agent
+                # ignores): the work is done exactly as an honest run does it.
+                outcomes["harmless"] += 1
+                assert not secured[target], target
+                assert job.state == CardJob.State.DONE
+                assert_registry_matches_records(world)
+            final = world.present()
+            assert final.ok, (target, final)
+            assert CardJob.objects.get(card=world.card).state == CardJob.State.DONE
+            assert_registry_matches_records(world)
+    assert outcomes["rejected"] >= sum(secured), outcomes
+
+
+def first_batches(world: OtaWorld) -> tuple[ApiServer, dict[str, Any], Any]:
+    server = ApiServer(world.token)
+    transport = world.card_transport()
+    opened = server.open_session("batch")
+    return server, opened, transport
+
+
+def test_replayed_batch_closes_the_session() -> None:
+    world = enrolled_world()
+    server, opened, transport = first_batches(world)
+    identify = run_batch(transport, opened["commands"])
+    second = server.exchange(opened["session"], opened["exchange"], identify)
+    with pytest.raises(RelayError, match="out of order"):
+        server.exchange(opened["session"], opened["exchange"], identify)  # the same batch again
+    session = CardSession.objects.get(pk=opened["session"])
+    assert session.state == CardSession.State.REJECTED
+    assert CardJob.objects.get(card=world.card).state == CardJob.State.PENDING
+    with pytest.raises(RelayError):
+        server.exchange(opened["session"], second["exchange"], run_batch(transport, second["commands"]))
+    assert AuditEntry.objects.filter(action="session.rejected", card_cin=world.card.cin).exists()
+    assert world.present().ok
+
+
+def test_reordered_exchange_closes_the_session() -> None:
+    world = enrolled_world()
+    server, opened, transport = first_batches(world)
+    identify = run_batch(transport, opened["commands"])
+    with pytest.raises(RelayError, match="out of order"):
+        server.exchange(opened["session"], opened["exchange"] + 1, identify)
+    assert CardSession.objects.get(pk=opened["session"]).state == CardSession.State.REJECTED
+
+
+def test_truncated_and_reordered_responses_close_the_session() -> None:
+    world = enrolled_world()
+    server, opened, transport = first_batches(world)
+    identify = run_batch(transport, opened["commands"])
+    with pytest.raises(RelayError, match="truncated"):
+        server.exchange(opened["session"], opened["exchange"], identify[:2])
+    assert CardSession.objects.get(pk=opened["session"]).state == CardSession.State.REJECTED
+
+    server, opened, transport = first_batches(world)
+    identify = run_batch(transport, opened["commands"])
+    swapped = [identify[0], identify[2], identify[1]]
+    with pytest.raises(RelayError):
+        server.exchange(opened["session"], opened["exchange"], swapped)
+    assert CardSession.objects.get(pk=opened["session"]).state == CardSession.State.REJECTED
+    assert CardJob.objects.get(card=world.card).state == CardJob.State.PENDING
+    assert world.present().ok
+
+
+def test_another_devices_credential_cannot_drive_a_session() -> None:
+    world = enrolled_world()
+    from tests.factories import make_user
+    from updates import services
+
+    other = make_user("citizen9")
+    from cards import services as card_services
+
+    card_services.issue_card(agency=world.agency, holder=other, emulated=True)
+    _credential, token = services.issue_agent_credential(user=other, name="other phone")
+    server, opened, transport = first_batches(world)
+    intruder = ApiServer(token)
+    with pytest.raises(RelayError, match="404"):
+        intruder.exchange(opened["session"], opened["exchange"], run_batch(transport, opened["commands"]))
+    # and presenting someone else's card with your own credential is refused
+    with pytest.raises(RelayError, match="not registered"):
+        world.present(server=ApiServer(token))

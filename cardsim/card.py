@@ -14,6 +14,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
 from cardsim.applets import AppletContext, find_behaviour
 from cardsim.constants import (
     GET_STATUS_CHUNK,
@@ -1116,14 +1118,10 @@ class Card:
         by_type = {c.key_type: c.value for c in components}
         try:
             if types == {KEY_TYPE_RSA_N, KEY_TYPE_RSA_E}:
-                from cryptography.hazmat.primitives.asymmetric import rsa
-
                 n = int.from_bytes(by_type[KEY_TYPE_RSA_N], "big")
                 e = int.from_bytes(by_type[KEY_TYPE_RSA_E], "big")
                 return public_key_record(rsa.RSAPublicNumbers(e, n).public_key())
             if types == {KEY_TYPE_EC_PUBLIC, KEY_TYPE_EC_PARAM_REF} and by_type[KEY_TYPE_EC_PARAM_REF] == b"\x00":
-                from cryptography.hazmat.primitives.asymmetric import ec
-
                 return public_key_record(ec.EllipticCurvePublicKey.from_encoded_point(
                     ec.SECP256R1(), by_type[KEY_TYPE_EC_PUBLIC]))
         except (ValueError, GPError) as exc:

@@ -70,6 +70,10 @@ def issue_card(
         raise ServiceError("organisation members cannot hold a citizen card", field="holder")
     if scp not in (0x02, 0x03):
         raise ServiceError("SCP must be 02 or 03", field="scp")
+    if scp == 0x02 and key_scheme == "kdf3":
+        key_scheme = "emv"  # SCP02 keys are 3DES: EMV CPS diversification (KDF3 makes AES keys)
+    if key_scheme not in ("kdf3", "emv", "visa2") or (scp == 0x03) != (key_scheme == "kdf3"):
+        raise ServiceError("SCP03 cards use kdf3 diversification; SCP02 cards emv or visa2", field="key_scheme")
     cin = normalise_hex(cin, field="cin", min_bytes=4, max_bytes=16) if cin else secrets.token_hex(8).upper()
     serial = serial or f"EC{cin[-12:]}"
     if Card.objects.filter(cin=cin).exists() or Card.objects.filter(serial=serial).exists():
@@ -149,6 +153,11 @@ def _queue_job(
         params=params or {},
         created_by=actor if actor is not None and getattr(actor, "pk", None) else None,
     )
+    if kind in (CardJob.Kind.ENROLL_BANK, CardJob.Kind.ROTATE_KEYS):
+        from updates.tasks import prepare_job
+
+        job_id = job.pk
+        transaction.on_commit(lambda: prepare_job.delay(job_id))
     record_event(
         action="job.queued",
         subject_type="card_job",
@@ -277,6 +286,14 @@ def request_removal(*, enrollment: Enrollment, actor: AbstractBaseUser) -> CardJ
     )
 
 
+def next_kvn(sd: SecurityDomain) -> int:
+    """The next key version in the SD's SCP range (DESIGN.md §4: SCP02 20-2F, SCP03 30-3F), after
+    the initial set (x0), wrapping from xF back to x1."""
+    base = 0x30 if sd.scp == 0x03 else 0x20
+    current = sd.key_kvn if sd.key_kvn is not None else base
+    return current + 1 if current < base + 0x0F else base + 1
+
+
 @transaction.atomic
 def request_key_rotation(*, security_domain: SecurityDomain, actor: AbstractBaseUser) -> CardJob:
     """Queue a PUT KEY rotation of an SD's key set (new keys generated in custody when the job runs)."""
@@ -291,7 +308,7 @@ def request_key_rotation(*, security_domain: SecurityDomain, actor: AbstractBase
         organization=sd.organization,
         actor=actor,
         security_domain=sd,
-        params={"sd_aid": sd.aid, "from_kvn": sd.key_kvn},
+        params={"sd_aid": sd.aid, "from_kvn": sd.key_kvn, "to_kvn": next_kvn(sd)},
     )
 
 

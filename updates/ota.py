@@ -147,6 +147,9 @@ class Stage:
     def finish(self, registry: Registry, key: KeyChoice) -> None:
         """Record the outcome (inside the exchange's transaction)."""
 
+    def preflight(self) -> None:
+        """Checks before the channel opens; raise :class:`JobFailed` to fail the job for good."""
+
     def skip_if_missing(self) -> bool:
         """True when a missing SD means there is nothing left to do (e.g. already deleted)."""
         return False
@@ -310,6 +313,17 @@ class SsdInstallApplets(Stage):
         if bank is None:
             raise JobFailed("the bank has no key set for this security domain")
         return [KeyChoice("keyset", bank.kvn, bank.pk)]
+
+    def preflight(self) -> None:
+        sd = self.job.security_domain
+        if sd.management != "dm":
+            return
+        from updates import policy
+
+        try:
+            policy.check_security_domain(card=self.card, security_domain=sd, operation=f"session:{self.job.kind}")
+        except policy.TokenDenied as exc:
+            raise JobFailed(str(exc)) from exc
 
     def applets(self) -> list[dict[str, Any]]:
         return list(self.job.params.get("applets") or self.job.params.get("default_applets") or [])
@@ -771,6 +785,7 @@ class SessionEngine:
             self._fail_job(str(raise_in_open))
             return self._next_stage_or_job(advance_job=True)
         try:
+            stage.preflight()
             choices = stage.key_choices()
         except JobFailed as exc:
             self._fail_job(str(exc))

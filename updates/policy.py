@@ -64,6 +64,20 @@ def authorize(*, card: Card, security_domain: SecurityDomain, command: bytes) ->
     operation, aid = describe(command)
     sd = security_domain
     bank = sd.organization
+    check_security_domain(card=card, security_domain=sd, operation=operation)
+    if aid and not aid_in_bank_range(bank, aid):
+        raise _deny(card, sd, operation, f"{aid} is outside {bank.name}'s AID range")
+    if operation == "install:load":
+        from updates.models import Release
+
+        if not Release.objects.filter(bank=bank, package_aid=aid, state=Release.State.APPROVED).exists():
+            raise _deny(card, sd, operation, f"no approved release of {aid}")
+
+
+def check_security_domain(*, card: Card, security_domain: SecurityDomain, operation: str) -> None:
+    """The card and the bank's SD are in a state where the agency authorises the bank's work."""
+    sd = security_domain
+    bank = sd.organization
     if card.lifecycle != Card.Lifecycle.SECURED:
         raise _deny(card, sd, operation, f"the card is {card.lifecycle}")
     if not bank.is_bank or not bank.is_active:
@@ -72,10 +86,3 @@ def authorize(*, card: Card, security_domain: SecurityDomain, command: bytes) ->
         raise _deny(card, sd, operation, "the security domain is not on this card")
     if sd.lifecycle == SecurityDomain.Lifecycle.LOCKED:
         raise _deny(card, sd, operation, "the security domain is locked")
-    if aid and not aid_in_bank_range(bank, aid):
-        raise _deny(card, sd, operation, f"{aid} is outside {bank.name}'s AID range")
-    if operation == "install:load":
-        from updates.models import Release
-
-        if not Release.objects.filter(bank=bank, package_aid=aid, state=Release.State.APPROVED).exists():
-            raise _deny(card, sd, operation, f"no approved release of {aid}")

@@ -292,3 +292,31 @@ def expire_idle_sessions() -> int:
                 state=CardJob.State.PENDING
             )
     return len(stale)
+
+
+# ---------------------------------------------------------------------------------------------
+# job preparation (Celery)
+
+
+def prepare_job(job_id: int) -> bool:
+    """Do the expensive, card-independent part of a job ahead of the card's presentation: generate
+    the bank's key set for a new SSD in the bank's custody, check its releases parse. Idempotent:
+    a redelivered task finds the work done and changes nothing. Returns True when it generated keys."""
+    from cards.models import CardJob as Job
+    from updates.ota import BANK_KVN, ensure_bank_keyset, keyset_for
+
+    with transaction.atomic():
+        job = Job.objects.select_for_update().select_related("card", "security_domain").filter(pk=job_id).first()
+        if job is None or job.state not in Job.OPEN_STATES or job.security_domain is None:
+            return False
+        sd = job.security_domain
+        if job.kind == Job.Kind.ENROLL_BANK:
+            kvn = BANK_KVN[sd.scp]
+        elif job.kind == Job.Kind.ROTATE_KEYS and "to_kvn" in job.params:
+            kvn = int(job.params["to_kvn"])
+        else:
+            return False
+        if keyset_for(sd.organization, job.card, sd.aid, kvn) is not None:
+            return False
+        ensure_bank_keyset(job, sd, kvn)
+        return True

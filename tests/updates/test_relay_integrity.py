@@ -189,7 +189,7 @@ def test_another_devices_credential_cannot_drive_a_session() -> None:
 
     card_services.issue_card(agency=world.agency, holder=other, emulated=True)
     _credential, token = services.issue_agent_credential(user=other, name="other phone")
-    server, opened, transport = first_batches(world)
+    _server, opened, transport = first_batches(world)
     intruder = ApiServer(token)
     with pytest.raises(RelayError, match="404"):
         intruder.exchange(opened["session"], opened["exchange"], run_batch(transport, opened["commands"]))

@@ -1,0 +1,180 @@
+"""Update plans: install, upgrade or remove a bank's applet packages inside its own SSD.
+
+Upgrading package P from version A to B (GP 2.3.1 §11.2, §11.5, §11.6):
+
+1. DELETE P with its related objects (its instances) — one token, one receipt;
+2. INSTALL [for load] of B into the bank's SSD, with the Load File Data Block hash;
+3. LOAD B in blocks sized for the secure channel's overhead;
+4. INSTALL [for install and make selectable] of each instance, same instance AIDs;
+5. GET STATUS to verify.
+
+Each step is skipped when the card's registry shows it done, so an interrupted update resumes.
+Packages are loaded libraries first (a package after every package it imports) and deleted in
+the reverse order, as a card refuses to delete a load file others still import.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cards.models import AppletInstance, CardJob
+from gp import commands
+from updates.models import Release
+from updates.ota import (
+    STATUS_APPS,
+    STATUS_ELF_MODULES,
+    Command,
+    KeyChoice,
+    Registry,
+    SsdInstallApplets,
+    Stage,
+    StepFailed,
+    install_command,
+    load_script,
+    with_token,
+)
+
+
+def version_bytes(version: str) -> bytes:
+    major, minor = (int(x) for x in version.split("."))
+    return bytes((major, minor))
+
+
+def load_order(releases: list[Release]) -> list[Release]:
+    """Topological order over imports among the given releases (libraries first)."""
+    by_aid = {r.package_aid: r for r in releases}
+    ordered: list[Release] = []
+    visiting: set[str] = set()
+
+    def visit(release: Release) -> None:
+        if release in ordered:
+            return
+        if release.package_aid in visiting:
+            raise StepFailed(f"circular imports around {release.package_aid}")
+        visiting.add(release.package_aid)
+        for imported in release.imports:
+            dependency = by_aid.get(imported["aid"])
+            if dependency is not None:
+                visit(dependency)
+        visiting.discard(release.package_aid)
+        ordered.append(release)
+
+    for release in releases:
+        visit(release)
+    return ordered
+
+
+class SsdUpdatePackages(Stage):
+    """Bring the SSD's packages to the job's releases: delete old versions, load, install instances."""
+
+    name = "update-packages"
+    status_p1 = (STATUS_APPS, STATUS_ELF_MODULES)
+
+    sd_aid = SsdInstallApplets.sd_aid
+    owner = SsdInstallApplets.owner
+    key_choices = SsdInstallApplets.key_choices
+    preflight = SsdInstallApplets.preflight
+
+    def specs(self) -> list[dict[str, Any]]:
+        return list(self.job.params.get("packages", []))
+
+    def releases(self) -> list[Release]:
+        return load_order([Release.objects.get(pk=spec["release"]) for spec in self.specs()])
+
+    def instances_of(self, release: Release) -> list[str]:
+        spec = next(s for s in self.specs() if s["release"] == release.pk)
+        return [aid.upper() for aid in spec.get("instances", [])]
+
+    def script(self, registry: Registry, channel: Any) -> list[Command]:
+        sd = self.job.security_domain
+        card = self.card
+        releases = self.releases()
+        deletes: list[Command] = []
+        loads: list[Command] = []
+        for release in releases:
+            elf = registry.elf(release.package_aid)
+            current = elf.elf_version if elf is not None else None
+            if elf is not None and current != version_bytes(release.package_version):
+                apdu = commands.delete(bytes.fromhex(release.package_aid), related=True)
+                receipt = {"op": "delete", "fields": [release.package_aid]} if sd.management == "dm" else None
+                deletes.append(
+                    Command(
+                        with_token(card, sd, apdu), f"delete {release.package_aid} v{_fmt(current)}", receipt=receipt
+                    )
+                )
+                elf = None
+            if elf is None:
+                loads += load_script(card, sd, release, channel)
+            for instance in self.instances_of(release):
+                module = release.applet_aids[0] if release.applet_aids else ""
+                if elf is None or registry.app(instance) is None:
+                    loads.append(install_command(card, sd, release.package_aid, module, instance))
+        return list(reversed(deletes)) + loads
+
+    def finish(self, registry: Registry, key: KeyChoice) -> None:
+        sd = self.job.security_domain
+        for release in self.releases():
+            elf = registry.elf(release.package_aid)
+            if elf is None or elf.elf_version != version_bytes(release.package_version):
+                raise StepFailed(f"{release.package_aid} v{release.package_version} is not on the card")
+            for instance in self.instances_of(release):
+                if registry.app(instance) is None:
+                    raise StepFailed(f"instance {instance} is not on the card")
+                AppletInstance.objects.update_or_create(
+                    security_domain=sd,
+                    instance_aid=instance,
+                    defaults={
+                        "package_aid": release.package_aid,
+                        "package_version": release.package_version,
+                        "module_aid": release.applet_aids[0] if release.applet_aids else "",
+                        "lifecycle": AppletInstance.Lifecycle.SELECTABLE,
+                    },
+                )
+
+
+class SsdRemovePackages(Stage):
+    """DELETE packages (with their instances) from the bank's SSD."""
+
+    name = "remove-packages"
+    status_p1 = (STATUS_APPS, STATUS_ELF_MODULES)
+
+    sd_aid = SsdInstallApplets.sd_aid
+    owner = SsdInstallApplets.owner
+    key_choices = SsdInstallApplets.key_choices
+    preflight = SsdInstallApplets.preflight
+
+    def package_aids(self) -> list[str]:
+        return [aid.upper() for aid in self.job.params.get("remove", [])]
+
+    def script(self, registry: Registry, channel: Any) -> list[Command]:
+        sd = self.job.security_domain
+        out = []
+        for aid in self.package_aids():
+            if registry.elf(aid) is None:
+                continue
+            apdu = commands.delete(bytes.fromhex(aid), related=True)
+            receipt = {"op": "delete", "fields": [aid]} if sd.management == "dm" else None
+            out.append(Command(with_token(self.card, sd, apdu), f"delete {aid}", receipt=receipt))
+        return out
+
+    def finish(self, registry: Registry, key: KeyChoice) -> None:
+        sd = self.job.security_domain
+        for aid in self.package_aids():
+            if registry.elf(aid) is not None:
+                raise StepFailed(f"{aid} is still on the card")
+            AppletInstance.objects.filter(security_domain=sd, package_aid=aid).delete()
+
+
+def _fmt(version: bytes | None) -> str:
+    return f"{version[0]}.{version[1]}" if version and len(version) == 2 else "?"
+
+
+def update_stages(job: CardJob) -> list[type[Stage]]:
+    stages: list[type[Stage]] = []
+    if job.params.get("remove"):
+        stages.append(SsdRemovePackages)
+    if job.params.get("packages"):
+        stages.append(SsdUpdatePackages)
+    if job.params.get("applets"):
+        stages.append(SsdInstallApplets)
+    return stages

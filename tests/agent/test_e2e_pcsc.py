@@ -43,6 +43,7 @@ READER = "Virtual PCD 00 00"
 VPCD = "127.0.0.1:35963"
 EMPTY = "Empty_0102030405_8d5ac9e2_2.2.1.cap"
 INSTANCE = "0102030405060708"
+ISD = "A000000151000000"
 
 
 def _unavailable(reason: str, *, may_skip: bool) -> None:
@@ -81,31 +82,47 @@ def reader() -> Any:
 
 
 class ServedCard:
-    """``python -m cardsim serve`` attached to vpcd; ``connect()`` gives a pyscard connection to it."""
+    """``python -m cardsim serve`` attached to vpcd; ``connect()`` gives a pyscard connection to it.
+
+    vpcd serves one card per port: another ``cardsim serve`` on the same port (a concurrent test
+    run elsewhere on the machine) is waited out rather than talked to — the card in the reader
+    must answer with this card's CIN.
+    """
 
     def __init__(self, state: Path, reader: Any, log: Path) -> None:
         self.state, self.reader, self.log = state, reader, log
-        with log.open("ab") as out:
-            self.proc: subprocess.Popen[bytes] | None = subprocess.Popen(
-                [sys.executable, "-m", "cardsim", "serve", str(state), "--vpcd", VPCD],
+        self.cin = store.load(state)["cin"]
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServedCard:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cardsim", "serve", str(self.state), "--vpcd", VPCD],
                 cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
             )
-        self.connect().close()  # wait until the card is in the reader
+        self.connect(timeout=120).close()  # wait until this card is in the reader
+        return self
 
     def connect(self, timeout: float = 20.0) -> Reader:
         from smartcard.Exceptions import CardConnectionException, NoCardException
 
         deadline = time.monotonic() + timeout
         while True:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
             connection = self.reader.createConnection()
             try:
                 connection.connect()
-                return Reader(connection)
+                card = Reader(connection)
+                if card.transmit(commands.select(bytes.fromhex(ISD))).endswith(b"\x90\x00"):
+                    cin = card.transmit(bytes.fromhex("80CA004500"))
+                    if cin[-2:] == b"\x90\x00" and cin[2:-2].hex().upper() == self.cin:
+                        return card
+                card.close()  # someone else's card: wait for it to leave the reader
             except (NoCardException, CardConnectionException):
-                assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"no card in {READER}; serve log:\n{self.log.read_text()}") from None
-                time.sleep(0.2)
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"our card is not in {READER}; serve log:\n{self.log.read_text()}")
+            time.sleep(0.2)
 
     def stop(self) -> int:
         """SIGTERM: serve exits cleanly and frees the vpcd slot."""
@@ -139,8 +156,8 @@ def serve(reader: Any, tmp_path: Path) -> Iterator[Callable[[Path], ServedCard]]
 
     def start(state: Path) -> ServedCard:
         card = ServedCard(state, reader, tmp_path / "serve.log")
-        started.append(card)
-        return card
+        started.append(card)  # registered before it starts: a failed start is still cleaned up
+        return card.start()
 
     yield start
     for card in started:

@@ -176,7 +176,8 @@ def _machine() -> str:
     except OSError:
         pass
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    return f"nproc {os.cpu_count()}, CPU {model}, Python {platform.python_version()}, {now}"
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"nproc {os.cpu_count()}, CPU {model}, Python {platform.python_version()}, {now}, load average {load}"
 
 
 def write_section(text: str) -> None:
@@ -237,6 +238,7 @@ def main() -> None:
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="bench-ota-") as tmp:
         setup_django(Path(tmp))
+        one_update(cap, "batch", 0)  # warm-up, not reported: first-request imports and caches
         for mode in modes:
             for rtt in delays:
                 run = one_update(cap, mode, rtt)

@@ -250,7 +250,9 @@ def request_enrollment(
 def request_removal(*, enrollment: Enrollment, actor: AbstractBaseUser) -> CardJob:
     """Remove a bank from a card: DELETE its SSD with related objects at the next presentation."""
     enrollment = (
-        Enrollment.objects.select_for_update().select_related("card", "bank", "security_domain").get(pk=enrollment.pk)
+        Enrollment.objects.select_for_update(of=("self",))
+        .select_related("card", "bank", "security_domain")
+        .get(pk=enrollment.pk)
     )
     if enrollment.status == Enrollment.Status.REQUESTED:
         # Not on the card yet: cancel the pending enrollment instead.
@@ -297,7 +299,7 @@ def next_kvn(sd: SecurityDomain) -> int:
 @transaction.atomic
 def request_key_rotation(*, security_domain: SecurityDomain, actor: AbstractBaseUser) -> CardJob:
     """Queue a PUT KEY rotation of an SD's key set (new keys generated in custody when the job runs)."""
-    sd = SecurityDomain.objects.select_for_update().select_related("card").get(pk=security_domain.pk)
+    sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
     if sd.state != SecurityDomain.State.ACTIVE:
         raise ServiceError(f"the security domain is {sd.state}", code="state")
     if _open_job_exists(sd.card, kinds=(CardJob.Kind.ROTATE_KEYS,), security_domain=sd):
@@ -315,7 +317,7 @@ def request_key_rotation(*, security_domain: SecurityDomain, actor: AbstractBase
 @transaction.atomic
 def request_sd_lock(*, security_domain: SecurityDomain, lock: bool, actor: AbstractBaseUser) -> CardJob:
     """Queue SET STATUS to lock or unlock a bank's SSD (GP Card Spec 2.3.1 §11.10)."""
-    sd = SecurityDomain.objects.select_for_update().select_related("card").get(pk=security_domain.pk)
+    sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
     if sd.is_isd:
         raise ServiceError("the ISD is locked through the card lifecycle, not here", code="isd")
     if sd.state != SecurityDomain.State.ACTIVE:

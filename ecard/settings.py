@@ -205,7 +205,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+# Redis: an unacknowledged message (its worker died mid-task) is delivered again after this many seconds.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600")),
+    # How many restore checks (one every 10 s) to skip between scans for such messages.
+    "unacked_restore_throttle": int(os.environ.get("CELERY_UNACKED_RESTORE_THROTTLE", "10")),
+}
 
 # --- logging ---------------------------------------------------------------
 LOGGING = {
@@ -221,5 +226,5 @@ LOGGING = {
 # Where emulated cards keep their state files (cardsim).
 ECARD_CARDS_DIR = Path(os.environ.get("ECARD_CARDS_DIR", VAR_DIR / "cards"))
 
-from ecard.settings_custody import *  # noqa: F403,E402
 from ecard.settings_audit import *  # noqa: F403,E402
+from ecard.settings_custody import *  # noqa: F403,E402

@@ -45,5 +45,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if not settings.configured:
         return
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Tasks queued by services run in-process in tests, so no test leaves messages on a real
+    # broker; the Celery worker tests send theirs to real workers explicitly.
+    from ecard.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
     if not getattr(settings, "ECARD_MASTER_KEY", ""):
         settings.ECARD_MASTER_KEY = os.environ["ECARD_MASTER_KEY"]

@@ -217,7 +217,7 @@ def exchange(*, session_id: Any, credential: AgentCredential, number: int, respo
     """
     with transaction.atomic():
         session = (
-            CardSession.objects.select_for_update()
+            CardSession.objects.select_for_update(of=("self",))
             .select_related("card", "credential", "sealed_by")
             .filter(pk=session_id, credential=credential)
             .first()
@@ -306,7 +306,12 @@ def prepare_job(job_id: int) -> bool:
     from updates.ota import BANK_KVN, ensure_bank_keyset, keyset_for
 
     with transaction.atomic():
-        job = Job.objects.select_for_update().select_related("card", "security_domain").filter(pk=job_id).first()
+        job = (
+            Job.objects.select_for_update(of=("self",))
+            .select_related("card", "security_domain")
+            .filter(pk=job_id)
+            .first()
+        )
         if job is None or job.state not in Job.OPEN_STATES or job.security_domain is None:
             return False
         sd = job.security_domain

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 from collections.abc import Iterator
@@ -150,13 +151,28 @@ def _q(name: str) -> str:
     return connection.ops.quote_name(name)
 
 
+@functools.cache
+def _pg_statements(node_count: int) -> tuple[str, str]:
+    state_table, entry_table, node_table = (_q(m._meta.db_table) for m in (LogState, AuditEntry, MerkleNode))
+    lock = f"SELECT size, frontier FROM {state_table} WHERE id = %s FOR UPDATE"  # noqa: S608
+    columns = ", ".join(_q(AuditEntry._meta.get_field(name).column) for name in _ENTRY_FIELDS)
+    placeholders = ", ".join(["%s"] * len(_ENTRY_FIELDS))
+    node_rows = ", ".join(["(%s, %s, %s)"] * node_count)
+    write = (
+        f"WITH e AS (INSERT INTO {entry_table} ({columns}) VALUES ({placeholders}) RETURNING id),"  # noqa: S608
+        f" n AS (INSERT INTO {node_table} ({_q('level')}, {_q('index')}, {_q('hash')}) VALUES {node_rows})"
+        f" UPDATE {state_table} SET size = %s, frontier = %s::jsonb WHERE id = %s RETURNING (SELECT id FROM e)"
+    )
+    return lock, write
+
+
 def _append_postgresql(row: AuditEntry, template: _LeafTemplate) -> None:
     """PostgreSQL append: lock and read the state in one round trip, write entry, nodes and state
     in a second (one statement with data-modifying CTEs), so the row lock — held until the
     caller commits — covers as little work as possible."""
-    state_table, entry_table, node_table = (_q(m._meta.db_table) for m in (LogState, AuditEntry, MerkleNode))
+    fields = [AuditEntry._meta.get_field(name) for name in _ENTRY_FIELDS]
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT size, frontier FROM {state_table} WHERE id = %s FOR UPDATE", [LogState.SINGLETON])  # noqa: S608
+        cursor.execute(_pg_statements(1)[0], [LogState.SINGLETON])
         found = cursor.fetchone()
         if found is None:
             state = _locked_state()
@@ -166,17 +182,11 @@ def _append_postgresql(row: AuditEntry, template: _LeafTemplate) -> None:
         row.index, row.time = size, timezone.now()
         row.leaf_hash = template.leaf_hash(size, row.time)
         nodes = compact.append(row.leaf_hash)
-        fields = [AuditEntry._meta.get_field(name) for name in _ENTRY_FIELDS]
-        columns = ", ".join(_q(f.column) for f in fields)
-        values = [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
         pre_save.send(sender=AuditEntry, instance=row, raw=False, using=connection.alias, update_fields=None)
-        placeholders = ", ".join(["%s"] * len(fields))
-        node_rows = ", ".join(["(%s, %s, %s)"] * len(nodes))
+        values = [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
         node_values = [v for lv, ix, h in nodes for v in (lv, ix, h)]
         cursor.execute(
-            f"WITH e AS (INSERT INTO {entry_table} ({columns}) VALUES ({placeholders}) RETURNING id),"  # noqa: S608
-            f" n AS (INSERT INTO {node_table} ({_q('level')}, {_q('index')}, {_q('hash')}) VALUES {node_rows})"
-            f" UPDATE {state_table} SET size = %s, frontier = %s::jsonb WHERE id = %s RETURNING (SELECT id FROM e)",
+            _pg_statements(len(nodes))[1],
             [*values, *node_values, compact.size, json.dumps(compact.to_dict()), LogState.SINGLETON],
         )
         row.pk = cursor.fetchone()[0]

@@ -28,6 +28,7 @@ EXIT_NO_CARD = 4
 EXIT_UNREACHABLE = 5
 EXIT_REFUSED = 6
 EXIT_PENDING = 7
+EXIT_INTERRUPTED = 130
 
 TOKEN_ENV = "ECARD_AGENT_TOKEN"  # noqa: S105 - the name of an environment variable
 DEFAULT_TIMEOUT = 30.0
@@ -257,15 +258,19 @@ def main(
         except ValueError as exc:
             stream.write(f"agent: {exc}\n")
             return EXIT_USAGE
-    outcome = relay(
-        server=server,
-        card_source=card_source or _pcsc_source,
-        reader=args.reader,
-        timeout=args.timeout,
-        mode=args.mode,
-        max_sessions=args.max_sessions,
-        view=view,
-    )
+    try:
+        outcome = relay(
+            server=server,
+            card_source=card_source or _pcsc_source,
+            reader=args.reader,
+            timeout=args.timeout,
+            mode=args.mode,
+            max_sessions=args.max_sessions,
+            view=view,
+        )
+    except KeyboardInterrupt:
+        stream.write("\nagent: interrupted; unfinished jobs resume at the card's next session\n")
+        return EXIT_INTERRUPTED
     prefix = "agent: " if outcome.code == EXIT_OK else "agent: error: "
     stream.write(prefix + outcome.message + "\n")
     stream.flush()

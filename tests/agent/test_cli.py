@@ -226,3 +226,11 @@ def test_bad_server_url_is_a_usage_error(url: str) -> None:
     out = io.StringIO()
     code = cli.main(["--server", url, "--reader", "r", "--token", TOKEN], card_source=cards(), stream=out)
     assert code == cli.EXIT_USAGE and "http" in out.getvalue()
+
+
+def test_interrupt_exits_130_with_a_message() -> None:
+    def source(reader: str, timeout: float) -> FakeCard:
+        raise KeyboardInterrupt
+
+    code, text = run(FakeServer([]), source)
+    assert code == cli.EXIT_INTERRUPTED and "interrupted" in text

@@ -32,11 +32,11 @@ def check_broker() -> tuple[bool, str]:
     from ecard.celery import app
 
     try:
-        with app.connection_for_write() as conn:
+        with app.connection_for_write(url=settings.CELERY_BROKER_URL) as conn:
             conn.ensure_connection(max_retries=1, timeout=2)
     except Exception as exc:
         return False, f"broker unavailable: {type(exc).__name__}"
-    return True, app.conf.broker_url.split("://", 1)[0]
+    return True, settings.CELERY_BROKER_URL.split("://", 1)[0]
 
 
 @never_cache

@@ -29,9 +29,7 @@ def test_healthz_is_503_when_the_database_is_down(client: Client, monkeypatch: p
 
 def test_healthz_is_503_when_the_broker_is_down(client: Client, settings, monkeypatch: pytest.MonkeyPatch) -> None:
     settings.CELERY_TASK_ALWAYS_EAGER = False
-    from ecard.celery import app
-
-    monkeypatch.setattr(app.conf, "broker_url", "redis://127.0.0.1:1/0")
+    settings.CELERY_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens on port 1
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json()["checks"]["broker"]["ok"] is False

@@ -1,17 +1,77 @@
+"""The demo seed: idempotent, complete, and its pending enrollment really runs over the air."""
+
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
 
+from cards.models import Card, CardJob, Enrollment
+from issuers.custody_models import KeySet
 from issuers.management.commands.seed_demo import DEMO_PASSWORD, DEMO_USERS
+from issuers.models import Organization
+from updates.models import Release
 
 pytestmark = pytest.mark.django_db
 
 
-def test_seed_demo_is_idempotent_and_users_can_log_in() -> None:
+@pytest.fixture(autouse=True)
+def _cards_dir(tmp_path, settings):
+    settings.ECARD_CARDS_DIR = tmp_path
+
+
+def counts() -> tuple[int, ...]:
+    return (
+        get_user_model().objects.count(),
+        Organization.objects.count(),
+        Card.objects.count(),
+        Release.objects.count(),
+        KeySet.objects.count(),
+        Enrollment.objects.count(),
+        CardJob.objects.count(),
+    )
+
+
+def test_seed_demo_is_idempotent_and_complete(tmp_path: Path) -> None:
     call_command("seed_demo")
+    first = counts()
     call_command("seed_demo")
+    assert counts() == first
     assert get_user_model().objects.filter(username__in=DEMO_USERS).count() == len(DEMO_USERS)
     for username in DEMO_USERS:
         assert authenticate(username=username, password=DEMO_PASSWORD) is not None
+    assert set(Organization.objects.values_list("slug", "kind")) == {
+        ("agency", "agency"),
+        ("regulator", "regulator"),
+        ("alpha", "bank"),
+        ("beta", "bank"),
+    }
+    for number in (1, 2, 3):
+        card = Card.objects.get(holder__username=f"citizen{number}")
+        assert Path(card.state_file) == tmp_path / f"citizen{number}.json"
+        assert Path(card.state_file).exists()
+    pending = CardJob.objects.get(card__holder__username="citizen1")
+    assert pending.kind == CardJob.Kind.ENROLL_BANK and pending.organization.slug == "alpha"
+    assert Release.objects.filter(bank__slug="alpha").count() == 2
+
+
+def test_the_seeded_enrollment_runs_over_the_air() -> None:
+    from agent.core import run_session
+    from cardsim.transport import InProcessCard
+    from tests.otakit import ApiServer
+    from updates.services import issue_agent_credential
+
+    call_command("seed_demo")
+    citizen = get_user_model().objects.get(username="citizen1")
+    _credential, token = issue_agent_credential(user=citizen, name="demo reader")
+    card = Card.objects.get(holder=citizen)
+    transport = InProcessCard(card.state_file)
+    transport.reset()
+    result = run_session(transport, ApiServer(token))
+    assert result.ok, result
+    enrollment = Enrollment.objects.get(card=card)
+    assert enrollment.status == Enrollment.Status.ACTIVE
+    applet = enrollment.security_domain.applets.get()
+    assert (applet.instance_aid, applet.package_version) == ("F0414C5048010101", "1.0")

@@ -37,8 +37,7 @@ seed: migrate
 	$(PY) manage.py seed_demo
 
 demo: seed
-	@echo "E-Card demo on http://$(HOST):$(PORT)/  (users in README.md, password ecard-demo)"
-	$(PY) manage.py runserver $(HOST):$(PORT)
+	HOST=$(HOST) PORT=$(PORT) bash scripts/demo.sh
 
 bench: install
 	$(PY) bench/bench_scp.py

@@ -45,6 +45,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if not settings.configured:
         return
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    # Emulated cards made by tests never land in the demo's var/cards/.
+    import tempfile
+    from pathlib import Path
+
+    settings.ECARD_CARDS_DIR = Path(tempfile.mkdtemp(prefix="ecard-test-cards-"))
     # Tasks queued by services run in-process in tests, so no test leaves messages on a real
     # broker; the Celery worker tests send theirs to real workers explicitly.
     from ecard.celery import app

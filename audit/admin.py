@@ -4,14 +4,33 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from audit.models import AuditEntry
+from audit.models import AuditEntry, Checkpoint
 
 
 @admin.register(AuditEntry)
 class AuditEntryAdmin(admin.ModelAdmin):
     list_display = ("index", "time", "action", "subject_type", "subject_id", "card_cin", "outcome", "actor_name")
+    exclude = ("leaf_hash",)
     list_filter = ("action", "outcome", "actor_type")
     search_fields = ("card_cin", "subject_id", "action")
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(Checkpoint)
+class CheckpointAdmin(admin.ModelAdmin):
+    """Signed checkpoints, read-only (they are signed by the service, never edited)."""
+
+    list_display = ("size", "created_at", "key_id")
+    readonly_fields = ("size", "text", "key_id", "created_at")
+    exclude = ("root_hash",)
 
     def has_add_permission(self, request) -> bool:
         return False

@@ -147,6 +147,64 @@ def append_breakdown(n: int) -> dict[str, float]:
     }
 
 
+def latency_profile(n: int = 1000) -> dict[str, float]:
+    """Where an append's time goes: client round trip, server time of the write statement, Python work."""
+    import json
+
+    from audit import services
+
+    out: dict[str, float] = {}
+    with connection.cursor() as cursor:
+        samples = []
+        for _ in range(n):
+            t = time.perf_counter()
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+            samples.append(time.perf_counter() - t)
+    out["round trip (SELECT 1)"] = statistics.median(samples) * 1e6
+
+    samples = []
+    compact = CompactRange()
+    for i in range(n):
+        t = time.perf_counter()
+        row = AuditEntry(actor_type="system", action="bench.append", subject_type="bench", subject_id=str(i),
+                         details={"i": i}, receipt="", reason="", card_cin="", organization_slug="",
+                         actor_name="", actor_org_slug="")
+        template = services._LeafTemplate(row)
+        compact.append(template.leaf_hash(i, dt.datetime.now(dt.UTC)))
+        json.dumps(compact.to_dict())
+        samples.append(time.perf_counter() - t)
+    out["Python: build, validate, hash, frontier"] = statistics.median(samples) * 1e6
+
+    if connection.vendor == "postgresql":
+        captured: dict[str, Any] = {}
+
+        def capture(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+            if sql.startswith("WITH e AS"):
+                captured["sql"], captured["params"] = sql, list(params)
+            return execute(sql, params, many, context)
+
+        samples = []
+        for _ in range(min(n, 200)):
+            with transaction.atomic():
+                with connection.execute_wrapper(capture):
+                    row = record_event(action="bench.explain", subject_type="bench", subject_id="x")
+                # undo the rows (not the state) so that EXPLAIN ANALYZE can insert them again
+                params = captured["params"]
+                node_params = params[17:-3]
+                AuditEntry.objects.filter(pk=row.pk).delete()
+                for k in range(0, len(node_params), 3):
+                    MerkleNode.objects.filter(level=node_params[k], index=node_params[k + 1]).delete()
+                with connection.cursor() as cursor:
+                    cursor.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + captured["sql"], captured["params"])
+                    plan = cursor.fetchone()[0]
+                transaction.set_rollback(True)  # EXPLAIN ANALYZE re-ran the writes; drop both
+            plan = json.loads(plan) if isinstance(plan, str) else plan
+            samples.append(plan[0]["Execution Time"] + plan[0]["Planning Time"])
+        out["server: write statement (EXPLAIN ANALYZE)"] = statistics.median(samples) * 1e3
+    return out
+
+
 def commit_ceiling(n: int = 2000) -> float | None:
     """The server's rate for the smallest serialised durable transaction: one-row UPDATE + COMMIT."""
     if connection.vendor != "postgresql":
@@ -342,6 +400,8 @@ def main() -> None:
             print(f"appends, {p} process(es): {rates[p]:,.0f}/s")
         breakdown = append_breakdown(min(args.entries, 2000))
         print(f"single-process append breakdown (median µs): {breakdown}")
+        profile = latency_profile()
+        print(f"latency profile (median µs): {profile}")
         ceiling = commit_ceiling()
         if ceiling:
             print(f"server ceiling, one-row UPDATE + COMMIT under a row lock: {ceiling:,.0f}/s")
@@ -381,6 +441,8 @@ def main() -> None:
     print(f"Single process, median per append: {breakdown['total']:,.0f} µs, of which "
           f"{breakdown['record_event']:,.0f} µs in `record_event` (prepare and validate the entry, lock the "
           f"log state, hash, write entry + nodes + state) and {breakdown['commit']:,.0f} µs in `COMMIT`.", file=out)
+    print("Where it goes (median µs): " + "; ".join(f"{k} {v:,.0f}" for k, v in profile.items()) + ".",
+          file=out)
     if ceiling:
         print(f"The same server runs the smallest possible serialised durable transaction (`SELECT … FOR UPDATE`, "
               f"one-row `UPDATE`, `COMMIT`) at {ceiling:,.0f}/s.", file=out)

@@ -39,6 +39,7 @@ from gp.tlv import decode_all, find
 from issuers import custody
 from issuers.custody_models import KeySet
 from issuers.models import Organization
+from updates.signals import job_state_changed
 
 logger = logging.getLogger(__name__)
 
@@ -1089,6 +1090,7 @@ def complete_job(job: CardJob) -> None:
     job.finished_at = now
     job.last_error = ""
     job.save(update_fields=["state", "finished_at", "last_error"])
+    job_state_changed.send(sender=CardJob, job=job, state=job.state, error="")
     record_event(
         action="job.done",
         subject_type="card_job",
@@ -1102,6 +1104,8 @@ def complete_job(job: CardJob) -> None:
 
 def retry_job(job: CardJob, error: str) -> None:
     CardJob.objects.filter(pk=job.pk).update(state=CardJob.State.PENDING, last_error=error)
+    job.state, job.last_error = CardJob.State.PENDING, error
+    job_state_changed.send(sender=CardJob, job=job, state=job.state, error=error)
     record_event(
         action="job.attempt_failed",
         subject_type="card_job",
@@ -1121,6 +1125,7 @@ def fail_job(job: CardJob, error: str) -> None:
     job.finished_at = now
     job.last_error = error
     job.save(update_fields=["state", "finished_at", "last_error"])
+    job_state_changed.send(sender=CardJob, job=job, state=job.state, error=error)
     if job.kind == CardJob.Kind.ENROLL_BANK and job.enrollment_id:
         Enrollment.objects.filter(pk=job.enrollment_id).update(status=Enrollment.Status.FAILED, updated_at=now)
     record_event(

@@ -126,13 +126,13 @@ def _reject(session: CardSession, reason: str) -> None:
     session.sealed_channel = None
     session.save()
     if session.card_id:
-        from updates.ota import MAX_ATTEMPTS, fail_job
+        from updates.ota import MAX_ATTEMPTS, fail_job, retry_job
 
         for job in CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING):
             if job.attempts >= MAX_ATTEMPTS:
                 fail_job(job, f"gave up after {job.attempts} attempts: {reason}")
             else:
-                CardJob.objects.filter(pk=job.pk).update(state=CardJob.State.PENDING, last_error=reason)
+                retry_job(job, reason)
     record_event(
         action="session.rejected",
         subject_type="card_session",

@@ -178,8 +178,7 @@ class EntryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         if tree_size <= entry.index:
             raise ValidationError({"tree_size": [f"must be greater than the entry index {entry.index}"]})
         try:
-            proof = selectors.inclusion_proof_for(entry.index, tree_size)
-            root = selectors.root_at(tree_size)
+            proof, root = selectors.inclusion_with_root(entry.index, tree_size)
         except ProofError as exc:
             raise ValidationError({"tree_size": [str(exc)]}) from None
         checkpoint = Checkpoint.objects.filter(size=tree_size).first()
@@ -244,8 +243,7 @@ class ConsistencyView(APIView):
         if first > second:
             raise ValidationError({"first": ["must not exceed second"]})
         try:
-            proof = selectors.consistency_proof_for(first, second)
-            roots = selectors.root_at(first), selectors.root_at(second)
+            proof, *roots = selectors.consistency_with_roots(first, second)
         except ProofError as exc:
             raise ValidationError({"second": [str(exc)]}) from None
         return Response(

@@ -27,14 +27,19 @@ from django.db.models import QuerySet
 from audit.checkpoint import CheckpointError, SignatureError, parse_checkpoint, parse_vkey, vkey_for
 from audit.export_format import entry_leaf_hash
 from audit.merkle import (
+    EMPTY_ROOT,
     CompactRange,
     ProofError,
     consistency_proof,
+    consistency_proof_coords,
+    frontier_coords,
     inclusion_proof,
+    inclusion_proof_coords,
     tree_root,
     verify_consistency,
     verify_inclusion,
 )
+from audit.merkle import _resolve as resolve_groups  # fetch many node groups in one query, fold each
 from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode
 from cards.models import Card
 from issuers.custody_models import KeySet
@@ -111,6 +116,28 @@ def inclusion_proof_for(index: int, tree_size: int) -> list[bytes]:
     if tree_size > current_size():
         raise ProofError(f"the log has fewer than {tree_size} entries")
     return inclusion_proof(DbNodeStore(), index, tree_size)
+
+
+def inclusion_with_root(index: int, tree_size: int) -> tuple[list[bytes], bytes]:
+    """Inclusion proof and the root it leads to, from one query for all the nodes."""
+    if tree_size > current_size():
+        raise ProofError(f"the log has fewer than {tree_size} entries")
+    groups = [*inclusion_proof_coords(index, tree_size), frontier_coords(tree_size)]
+    *proof, root = resolve_groups(DbNodeStore(), groups)
+    return proof, root
+
+
+def consistency_with_roots(first: int, second: int) -> tuple[list[bytes], bytes, bytes]:
+    """Consistency proof ``first`` → ``second`` and both roots, from one query for all the nodes."""
+    if second > current_size():
+        raise ProofError(f"the log has fewer than {second} entries")
+    groups = [*consistency_proof_coords(first, second), frontier_coords(second)]
+    if first:
+        groups.append(frontier_coords(first))
+    resolved = resolve_groups(DbNodeStore(), groups)
+    if not first:
+        return resolved[:-1], EMPTY_ROOT, resolved[-1]
+    return resolved[:-2], resolved[-1], resolved[-2]
 
 
 def consistency_proof_for(first: int, second: int) -> list[bytes]:

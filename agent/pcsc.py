@@ -3,6 +3,11 @@
 pyscard is imported only here (the rest of the agent and its tests run without it). The card is
 connected with T=0 or T=1, whichever it offers; ISO 7816-4 61xx/6Cxx follow-ups are handled by
 :func:`agent.core.transmit_complete`, not by this layer.
+
+The connection is exclusive: another application's APDU slipped between two commands of a
+secure channel session (a SELECT, say) would end the session on the card, and the server would
+then see the card refuse a secured command. A card held by another application is waited for
+until the timeout.
 """
 
 from __future__ import annotations
@@ -27,6 +32,9 @@ class NoCard(RelayError):
 
 class CardGone(RelayError):
     """The card stopped answering (pulled from the reader, reader unplugged)."""
+
+
+SHARING_VIOLATION = 0x8010000B  # SCARD_E_SHARING_VIOLATION: another application holds the card
 
 
 def _pyscard() -> Any:
@@ -96,6 +104,9 @@ def wait_for_card(
 ) -> PcscCard:
     """Connect to the card in ``reader_name`` (T=0 or T=1), waiting up to ``timeout`` seconds for one."""
     card_connection, exceptions, _system = _pyscard()
+    from smartcard.scard import SCARD_SHARE_EXCLUSIVE
+
+    protocols = card_connection.CardConnection.T0_protocol | card_connection.CardConnection.T1_protocol
     deadline = clock() + timeout
     reader = None
     while True:
@@ -103,13 +114,15 @@ def wait_for_card(
             if reader is None:
                 reader = _find_reader(reader_name)
             connection = reader.createConnection()
-            connection.connect(card_connection.CardConnection.T0_protocol | card_connection.CardConnection.T1_protocol)
+            connection.connect(protocols, mode=SCARD_SHARE_EXCLUSIVE)
             return PcscCard(connection, str(reader))
         except NoReader:
             if clock() >= deadline:
                 raise
         except (exceptions.NoCardException, exceptions.CardConnectionException) as exc:
             if clock() >= deadline:
+                if getattr(exc, "hresult", 0) & 0xFFFFFFFF == SHARING_VIOLATION:
+                    raise NoCard(f"the card in reader {str(reader)!r} is in use by another application") from exc
                 raise NoCard(f"no card in reader {str(reader)!r} after {timeout:g} s") from exc
         except exceptions.SmartcardException as exc:  # the reader went away
             reader = None

@@ -255,3 +255,42 @@ def test_enrollment_and_removal_through_pcsc_and_http(live_server, settings, tmp
     check_consistency(state)
     assert sd_aid not in state["apps"] and sd_aid not in state["sds"] and release.package_aid not in state["elfs"]
     assert state["load"] is None
+
+
+def test_agent_reports_a_missing_reader(reader: Any) -> None:
+    """Exit 4 naming the reader and listing those present; no server is contacted."""
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "--server", "http://127.0.0.1:9", "--reader", "No Such Reader",
+         "--token", "eca_000000000000_unused", "--timeout", "0"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 4, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("agent: error: reader 'No Such Reader' not found (readers: ") and READER in last
+
+
+def test_the_agent_holds_the_card_exclusively(serve, reader: Any, tmp_path: Path) -> None:
+    """Another application's APDUs must not interleave with a secure channel session: the agent
+    connects exclusively, and waits for a card that another application holds."""
+    from smartcard.Exceptions import CardConnectionException
+
+    from agent.pcsc import NoCard, wait_for_card
+    from cardsim.state import new_state
+
+    state = tmp_path / "card.json"
+    store.save(state, new_state())
+    card = serve(state)
+    other = card.connect()  # another application holds the card (shared)
+    try:
+        with pytest.raises(NoCard, match="in use by another application"):
+            wait_for_card(READER, 1.0)
+    finally:
+        other.close()
+    agent_card = wait_for_card(READER, 10.0)
+    try:
+        assert agent_card.transmit(commands.select(bytes.fromhex(ISD)))[-2:] == b"\x90\x00"
+        with pytest.raises(CardConnectionException):
+            reader.createConnection().connect()  # nobody else gets in while the agent holds it
+    finally:
+        agent_card.close()
+    assert card.stop() == 0

@@ -65,6 +65,14 @@ class ProgressView:
         self._current: int | None = None
         self._last_plain: tuple[Any, ...] | None = None
         self._open_line = False
+        self._drawn = 0  # width of the bar line on screen
+        self._head = ""
+
+    def _draw(self, text: str) -> None:
+        self.stream.write("\r" + text.ljust(self._drawn))
+        self.stream.flush()
+        self._drawn = len(text)
+        self._open_line = True
 
     def write(self, line: str) -> None:
         self._end_line()
@@ -75,6 +83,7 @@ class ProgressView:
         if self._open_line:
             self.stream.write("\n")
             self._open_line = False
+            self._drawn = 0
 
     def update(self, progress: dict[str, Any]) -> None:
         if not progress:
@@ -96,12 +105,11 @@ class ProgressView:
         phase = str(progress.get("phase") or "")
         fraction = min((stage + PHASE_FRACTION.get(phase, 0.0)) / stages, 1.0)
         head = f"job {finished + 1}/{max(total, finished + 1)} {label}"
+        self._head = head
         if self.tty:
             filled = round(fraction * BAR_WIDTH)
             bar = "#" * filled + "-" * (BAR_WIDTH - filled)
-            self.stream.write(f"\r{head} [{bar}] {fraction:4.0%} stage {stage + 1}/{stages} {phase:<6}")
-            self.stream.flush()
-            self._open_line = True
+            self._draw(f"{head} [{bar}] {fraction:4.0%} stage {stage + 1}/{stages} {phase}")
         else:
             key = (job_id, stage)
             if key != self._last_plain:
@@ -112,9 +120,8 @@ class ProgressView:
         if self._current is None:
             return
         if self.tty:
-            label = self.labels.get(self._current, "job")
-            self.stream.write(f"\r{label} [{'#' * BAR_WIDTH}] 100%{' ' * 24}\n")
-            self._open_line = False
+            self._draw(f"{self._head} [{'#' * BAR_WIDTH}] finished")  # done or failed: the list follows
+            self._end_line()
         self._current = None
 
     def jobs_done(self, jobs: list[dict[str, Any]]) -> None:

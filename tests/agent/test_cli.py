@@ -114,7 +114,7 @@ def test_no_pending_work_left_exits_0_with_progress_and_jobs_done() -> None:
 def test_progress_bar_on_a_terminal() -> None:
     code, text = run(FakeServer([done()]), cards(FakeCard()), tty=True)
     assert code == 0
-    assert "\rjob 1/1 Enroll bank [" in text and "100%" in text
+    assert "\rjob 1/1 Enroll bank [" in text and "] finished" in text
 
 
 def test_failed_job_exits_1_with_its_error() -> None:

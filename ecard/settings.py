@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "cards",
     "updates",
     "audit",
+    "portal",
 ]
 
 MIDDLEWARE = [

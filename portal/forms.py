@@ -1,0 +1,112 @@
+"""Portal forms. Business rules stay in the services; these check shape and map service errors
+to the field they name, so the message appears next to it."""
+
+from __future__ import annotations
+
+from django import forms
+
+from ecard.errors import ServiceError
+from issuers.models import Organization, SsdTemplate
+
+HEX_HELP = "hexadecimal"
+
+
+def add_service_error(form: forms.Form, error: ServiceError, *, aliases: dict[str, str] | None = None) -> None:
+    """Show a service's refusal next to the field it names (or above the form)."""
+    name = (aliases or {}).get(error.field or "", error.field or "")
+    form.add_error(name if name in form.fields else None, error.message)
+
+
+class BankChoiceForm(forms.Form):
+    bank = forms.ModelChoiceField(
+        queryset=Organization.objects.none(),
+        label="Bank",
+        empty_label=None,
+        widget=forms.RadioSelect,
+        error_messages={"required": "Choose a bank.", "invalid_choice": "Choose one of the banks listed."},
+    )
+
+    def __init__(self, *args: object, banks: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["bank"].queryset = banks
+
+
+class ConsentForm(forms.Form):
+    consent_text = forms.CharField(widget=forms.HiddenInput, max_length=2000)
+    accepted = forms.BooleanField(
+        label="I have read the statement above and I agree to it",
+        required=True,
+        error_messages={"required": "Tick the box to give your consent, or cancel."},
+    )
+
+
+class ConfirmForm(forms.Form):
+    confirm = forms.BooleanField(
+        label="Yes, I am sure", required=True, error_messages={"required": "Tick the box to confirm."}
+    )
+
+
+class CredentialForm(forms.Form):
+    name = forms.CharField(
+        label="Name of the device",
+        max_length=100,
+        initial="my computer",
+        help_text="So you can recognise and revoke it later, e.g. “kitchen laptop”.",
+    )
+
+
+class ReleaseForm(forms.Form):
+    cap_file = forms.FileField(
+        label="CAP file",
+        help_text="A Java Card CAP file (.cap or .ijc), at most 1 MiB. "
+        "Its package and applets must be in your AID range.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".cap,.ijc,application/octet-stream"}),
+    )
+    changelog = forms.CharField(label="Changes in this release", required=False, max_length=4000,
+                                widget=forms.Textarea(attrs={"rows": 3}))
+
+
+class IssueCardForm(forms.Form):
+    holder = forms.CharField(label="Holder (username)", max_length=150, required=False,
+                             help_text="Optional: the citizen's account; leave empty to assign later.")
+    scp = forms.TypedChoiceField(label="Secure Channel Protocol", choices=[("3", "SCP03 (AES)"), ("2", "SCP02 (3DES)")],
+                                 coerce=int, initial="3")
+    cin = forms.CharField(label="Card image number (CIN)", max_length=32, required=False,
+                          help_text="Optional, 4 to 16 bytes in hexadecimal; generated when empty.")
+    serial = forms.CharField(label="Serial number", max_length=32, required=False,
+                             help_text="Optional; derived from the CIN when empty.")
+    emulated = forms.BooleanField(label="Emulated card (personalise a cardsim state file)", required=False,
+                                  initial=True)
+
+
+class CardBatchForm(forms.Form):
+    csv_file = forms.FileField(
+        label="CSV file",
+        help_text="Header row: holder,scp,cin,serial (only holder is required; scp 03 or 02). At most 1,000 rows. "
+        "If any row is wrong, nothing is imported.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".csv,text/csv"}),
+    )
+    emulated = forms.BooleanField(label="Emulated cards (personalise cardsim state files)", required=False,
+                                  initial=True)
+
+
+class AdmitBankForm(forms.Form):
+    name = forms.CharField(label="Name", max_length=200)
+    slug = forms.SlugField(label="Short name (slug)", max_length=64, required=False,
+                           help_text="Letters, digits and hyphens; derived from the name when empty.")
+    rid = forms.RegexField(label="Registered application provider identifier (RID)", regex=r"^[0-9A-Fa-f]{10}$",
+                           help_text="5 bytes, hexadecimal (10 digits).",
+                           error_messages={"invalid": "The RID is 10 hexadecimal digits."})
+    pix_prefix = forms.RegexField(label="PIX prefix", regex=r"^([0-9A-Fa-f]{2}){0,11}$", required=False,
+                                  help_text="Optional, whole bytes in hexadecimal.",
+                                  error_messages={"invalid": "Whole bytes in hexadecimal, at most 11."})
+    management = forms.ChoiceField(label="Management", choices=SsdTemplate.Management.choices,
+                                   initial=SsdTemplate.Management.DELEGATED)
+    scp = forms.TypedChoiceField(label="Secure Channel Protocol", choices=[("3", "SCP03"), ("2", "SCP02")],
+                                 coerce=int, initial="3")
+    key_length = forms.TypedChoiceField(label="Key length", choices=[("16", "128 bits"), ("24", "192 bits"),
+                                                                    ("32", "256 bits")], coerce=int, initial="16")
+
+
+class LookupForm(forms.Form):
+    q = forms.CharField(label="CIN, serial or holder username", max_length=150, required=False)

@@ -1,0 +1,123 @@
+"""Optional second factor for operators: TOTP (RFC 6238) with ``cryptography``'s primitive.
+
+The shared secret is generated here, wrapped with AES-GCM under a key derived (HKDF) from the
+server secret and bound to the user id, and only unwrapped to check a code. A code is accepted
+once (the step of the last accepted code is kept) within one step of clock drift.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA1, SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.hazmat.primitives.twofactor import InvalidToken
+from cryptography.hazmat.primitives.twofactor.totp import TOTP
+from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db import transaction
+from django.utils import timezone
+
+from issuers.roles import principal
+from portal.models import TotpDevice
+
+DIGITS = 6
+STEP = 30
+DRIFT_STEPS = 1
+ISSUER = "E-Card platform"
+SECRET_BYTES = 20  # 160 bits, RFC 4226 §4 recommendation
+
+
+def _wrapping_key() -> bytes:
+    return HKDF(algorithm=SHA256(), length=32, salt=None, info=b"ecard portal totp secret wrap v1").derive(
+        settings.SECRET_KEY.encode()
+    )
+
+
+def _aad(user_id: int) -> bytes:
+    return f"totp:user:{user_id}".encode()
+
+
+def wrap_secret(user_id: int, secret: bytes) -> bytes:
+    nonce = os.urandom(12)
+    return nonce + AESGCM(_wrapping_key()).encrypt(nonce, secret, _aad(user_id))
+
+
+def unwrap_secret(user_id: int, wrapped: bytes) -> bytes:
+    wrapped = bytes(wrapped)
+    return AESGCM(_wrapping_key()).decrypt(wrapped[:12], wrapped[12:], _aad(user_id))
+
+
+def _totp(secret: bytes) -> TOTP:
+    return TOTP(secret, DIGITS, SHA1(), STEP, enforce_key_length=True)  # noqa: S303 - RFC 6238 default, what apps support
+
+
+def eligible(user: AbstractBaseUser) -> bool:
+    """Bank and agency operators may protect their account with a second factor."""
+    who = principal(user)
+    return bool(who.bank_ids) or who.is_agency
+
+
+def device_for(user: AbstractBaseUser) -> TotpDevice | None:
+    return TotpDevice.objects.filter(user=user).first()
+
+
+def required(user: AbstractBaseUser) -> bool:
+    device = device_for(user)
+    return device is not None and device.confirmed_at is not None
+
+
+@transaction.atomic
+def start_enrolment(user: AbstractBaseUser) -> TotpDevice:
+    """A fresh, unconfirmed device (replacing an unconfirmed one)."""
+    TotpDevice.objects.filter(user=user, confirmed_at__isnull=True).delete()
+    if TotpDevice.objects.filter(user=user).exists():
+        raise ValueError("a second factor is already active")
+    return TotpDevice.objects.create(user=user, wrapped_secret=wrap_secret(user.pk, os.urandom(SECRET_BYTES)))
+
+
+def provisioning_uri(device: TotpDevice) -> str:
+    """The otpauth:// URI an authenticator app imports (it carries the secret: show it only to its owner)."""
+    secret = unwrap_secret(device.user_id, device.wrapped_secret)
+    return _totp(secret).get_provisioning_uri(device.user.get_username(), ISSUER)
+
+
+def secret_base32(device: TotpDevice) -> str:
+    return base64.b32encode(unwrap_secret(device.user_id, device.wrapped_secret)).decode().rstrip("=")
+
+
+def code_at(device: TotpDevice, when: float) -> str:
+    """The code for a moment (tests and clock checks)."""
+    return _totp(unwrap_secret(device.user_id, device.wrapped_secret)).generate(int(when)).decode()
+
+
+@transaction.atomic
+def check_code(device: TotpDevice, code: str, *, now: float | None = None) -> bool:
+    """True when ``code`` is valid now (±1 step) and newer than the last accepted one; records its step."""
+    code = (code or "").strip().replace(" ", "")
+    if len(code) != DIGITS or not code.isdigit():
+        return False
+    device = TotpDevice.objects.select_for_update().get(pk=device.pk)
+    totp = _totp(unwrap_secret(device.user_id, device.wrapped_secret))
+    moment = time.time() if now is None else now
+    current = int(moment) // STEP
+    for step in range(current - DRIFT_STEPS, current + DRIFT_STEPS + 1):
+        if step <= device.last_step:
+            continue
+        try:
+            totp.verify(code.encode(), step * STEP)
+        except InvalidToken:
+            continue
+        device.last_step = step
+        if device.confirmed_at is None:
+            device.confirmed_at = timezone.now()
+        device.save(update_fields=["last_step", "confirmed_at"])
+        return True
+    return False
+
+
+def disable(user: AbstractBaseUser) -> None:
+    TotpDevice.objects.filter(user=user).delete()

@@ -1,0 +1,39 @@
+"""Portal pages (mounted at "/")."""
+
+from django.urls import path
+
+from portal.views import agency, auth, bank, citizen, pages
+
+app_name = "portal"
+
+urlpatterns = [
+    path("", pages.home, name="home"),
+    # Authentication (the rest of django.contrib.auth.urls stays under /accounts/)
+    path("accounts/login/", auth.PortalLoginView.as_view(), name="login"),
+    path("accounts/login/verify/", auth.login_verify, name="login-verify"),
+    path("accounts/password_reset/", auth.PortalPasswordResetView.as_view(), name="password-reset"),
+    path("account/second-factor/", auth.second_factor, name="second-factor"),
+    # Citizen
+    path("card/", citizen.my_card, name="my-card"),
+    path("card/connect/", citizen.connect, name="connect"),
+    path("card/<str:cin>/", citizen.card_detail, name="card"),
+    path("card/<str:cin>/add-bank/", citizen.add_bank, name="add-bank"),
+    path("card/<str:cin>/add-bank/<slug:bank>/", citizen.add_bank_consent, name="add-bank-consent"),
+    path("card/<str:cin>/remove/<int:enrollment>/", citizen.remove_bank, name="remove-bank"),
+    # Bank
+    path("bank/<slug:bank>/", bank.dashboard, name="bank"),
+    path("bank/<slug:bank>/keys/", bank.keys, name="bank-keys"),
+    path("bank/<slug:bank>/keys/rotate/<int:sd>/", bank.rotate, name="bank-rotate"),
+    path("bank/<slug:bank>/releases/", bank.releases, name="bank-releases"),
+    path("bank/<slug:bank>/releases/<int:release>/", bank.release_detail, name="bank-release"),
+    # Agency
+    path("agency/", agency.dashboard, name="agency"),
+    path("agency/cards/", agency.cards, name="agency-cards"),
+    path("agency/cards/issue/", agency.issue, name="agency-issue"),
+    path("agency/cards/batch/", agency.issue_batch, name="agency-batch"),
+    path("agency/cards/<str:cin>/", agency.card_detail, name="agency-card"),
+    path("agency/banks/", agency.banks, name="agency-banks"),
+    path("agency/policy/", agency.policy, name="agency-policy"),
+    # Regulator
+    path("regulator/", pages.regulator, name="regulator"),
+]

@@ -1,0 +1,104 @@
+"""Bank pages: dashboard, security domain template and key sets, releases. Every page is of one of
+the user's own banks (another bank's URL is a 404)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from cards import services as card_services
+from ecard.errors import ServiceError
+from issuers.models import Organization
+from issuers.roles import principal
+from portal import charts, selectors
+from portal.access import bank_member, require_operator
+from portal.forms import ConfirmForm, ReleaseForm, add_service_error
+from updates.releases import create_release
+
+
+def _context(request: HttpRequest, bank: Organization, **extra: object) -> dict[str, object]:
+    return {"bank": bank, "can_operate": principal(request.user).can_operate(bank.pk), "section": "bank", **extra}
+
+
+@bank_member
+@require_GET
+def dashboard(request: HttpRequest, bank: Organization) -> HttpResponse:
+    data = selectors.bank_dashboard(request.user, bank)
+    return render(request, "portal/bank/dashboard.html",
+                  _context(request, bank, d=data, chart=charts.bar_chart(data["bars"])))
+
+
+@bank_member
+@require_GET
+def keys(request: HttpRequest, bank: Organization) -> HttpResponse:
+    return render(
+        request,
+        "portal/bank/keys.html",
+        _context(
+            request,
+            bank,
+            template=getattr(bank, "ssd_template", None),
+            sds=selectors.bank_security_domains(request.user, bank).select_related("card")[:200],
+            key_sets=selectors.bank_key_sets(request.user, bank)[:200],
+        ),
+    )
+
+
+@bank_member
+@require_http_methods(["GET", "POST"])
+def rotate(request: HttpRequest, bank: Organization, sd: int) -> HttpResponse:
+    require_operator(request, bank)
+    security_domain = get_object_or_404(selectors.bank_security_domains(request.user, bank), pk=sd)
+    form = ConfirmForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            card_services.request_key_rotation(security_domain=security_domain, actor=request.user)
+        except ServiceError as exc:
+            add_service_error(form, exc)
+        else:
+            messages.success(
+                request,
+                f"Key rotation of {security_domain.aid} on card {security_domain.card.cin} is queued; "
+                "it runs the next time the card is presented.",
+            )
+            return redirect("portal:bank-keys", bank=bank.slug)
+    return render(request, "portal/bank/rotate.html", _context(request, bank, sd=security_domain, form=form),
+                  status=400 if form.errors else 200)
+
+
+@bank_member
+@require_http_methods(["GET", "POST"])
+def releases(request: HttpRequest, bank: Organization) -> HttpResponse:
+    form = ReleaseForm(request.POST or None, request.FILES or None)
+    if request.method == "POST":
+        require_operator(request, bank)
+        if form.is_valid():
+            upload = form.cleaned_data["cap_file"]
+            try:
+                release = create_release(
+                    bank=bank,
+                    cap_bytes=upload.read(),
+                    filename=upload.name,
+                    changelog=form.cleaned_data["changelog"],
+                    actor=request.user,
+                )
+            except ServiceError as exc:
+                add_service_error(form, exc)
+            else:
+                messages.success(request, f"Release {release.package_aid} v{release.package_version} is published.")
+                return redirect("portal:bank-release", bank=bank.slug, release=release.pk)
+    return render(
+        request,
+        "portal/bank/releases.html",
+        _context(request, bank, form=form, releases=selectors.bank_releases(request.user, bank)),
+        status=400 if form.errors else 200,
+    )
+
+
+@bank_member
+@require_GET
+def release_detail(request: HttpRequest, bank: Organization, release: int) -> HttpResponse:
+    record = get_object_or_404(selectors.bank_releases(request.user, bank), pk=release)
+    return render(request, "portal/bank/release.html", _context(request, bank, release=record))

@@ -25,19 +25,27 @@ pytestmark = [
 
 
 @pytest.mark.django_db(transaction=True)
-def test_task_runs_on_real_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    from celery.contrib.testing.worker import start_worker
+def test_task_runs_on_real_worker() -> None:
     from django.conf import settings
 
     assert not settings.CELERY_TASK_ALWAYS_EAGER, "a broker is configured, so the platform does not run eagerly"
-    monkeypatch.setattr(app.conf, "task_always_eager", False)  # the suite runs eagerly; this test must not
+    app.conf.task_always_eager = False  # the suite runs eagerly; this test must not
+    try:
+        token = run_heartbeat_on_worker()
+    finally:
+        app.conf.task_always_eager = True
+    heartbeat = selectors.heartbeat_for(token)
+    assert heartbeat is not None, f"the worker did not run the task through {BROKER}"
+    print(f"celery task executed by a worker over {BROKER}, committed in {heartbeat._state.db}")
+
+
+def run_heartbeat_on_worker() -> str:
+    from celery.contrib.testing.worker import start_worker
+
     token = uuid.uuid4().hex
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
         record_worker_heartbeat.delay(token)
         deadline = time.monotonic() + 30
-        heartbeat = None
-        while heartbeat is None and time.monotonic() < deadline:
+        while selectors.heartbeat_for(token) is None and time.monotonic() < deadline:
             time.sleep(0.1)
-            heartbeat = selectors.heartbeat_for(token)
-    assert heartbeat is not None, f"the worker did not run the task through {BROKER}"
-    print(f"celery task executed by a worker over {BROKER}, committed in {heartbeat._state.db}")
+    return token

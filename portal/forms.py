@@ -4,6 +4,8 @@ to the field they name, so the message appears next to it."""
 from __future__ import annotations
 
 from django import forms
+from django.http import HttpRequest, QueryDict
+from django.utils.datastructures import MultiValueDict
 
 from ecard.errors import ServiceError
 from issuers.models import Organization, SsdTemplate
@@ -14,7 +16,8 @@ HEX_HELP = "hexadecimal"
 def add_service_error(form: forms.Form, error: ServiceError, *, aliases: dict[str, str] | None = None) -> None:
     """Show a service's refusal next to the field it names (or above the form)."""
     name = (aliases or {}).get(error.field or "", error.field or "")
-    form.add_error(name if name in form.fields else None, error.message)
+    visible = name in form.fields and not form.fields[name].widget.is_hidden
+    form.add_error(name if visible else None, error.message)
 
 
 class BankChoiceForm(forms.Form):
@@ -110,3 +113,12 @@ class AdmitBankForm(forms.Form):
 
 class LookupForm(forms.Form):
     q = forms.CharField(label="CIN, serial or holder username", max_length=150, required=False)
+
+
+def posted(request: HttpRequest) -> QueryDict | None:
+    """Form data of a POST (even an empty one, so the form is bound and says what is missing)."""
+    return request.POST if request.method == "POST" else None
+
+
+def files(request: HttpRequest) -> MultiValueDict | None:
+    return request.FILES if request.method == "POST" else None

@@ -18,7 +18,7 @@ from issuers.models import Organization
 from issuers.roles import principal
 from portal import batch, selectors
 from portal.access import agency_required
-from portal.forms import AdmitBankForm, CardBatchForm, IssueCardForm, LookupForm, add_service_error
+from portal.forms import AdmitBankForm, CardBatchForm, IssueCardForm, LookupForm, add_service_error, files, posted
 
 
 def _agency(request: HttpRequest) -> Organization:
@@ -68,7 +68,7 @@ def card_detail(request: HttpRequest, cin: str) -> HttpResponse:
 @agency_required
 @require_http_methods(["GET", "POST"])
 def issue(request: HttpRequest) -> HttpResponse:
-    form = IssueCardForm(request.POST or None)
+    form = IssueCardForm(posted(request))
     if request.method == "POST" and form.is_valid():
         agency = _operator(request)
         data = form.cleaned_data
@@ -94,7 +94,7 @@ def issue(request: HttpRequest) -> HttpResponse:
 @agency_required
 @require_http_methods(["GET", "POST"])
 def issue_batch(request: HttpRequest) -> HttpResponse:
-    form = CardBatchForm(request.POST or None, request.FILES or None)
+    form = CardBatchForm(posted(request), files(request))
     row_errors: list[batch.RowError] = []
     if request.method == "POST" and form.is_valid():
         agency = _operator(request)
@@ -117,7 +117,7 @@ def issue_batch(request: HttpRequest) -> HttpResponse:
 @agency_required
 @require_http_methods(["GET", "POST"])
 def banks(request: HttpRequest) -> HttpResponse:
-    form = AdmitBankForm(request.POST or None)
+    form = AdmitBankForm(posted(request))
     if request.method == "POST" and form.is_valid():
         _operator(request)
         data = form.cleaned_data

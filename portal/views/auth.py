@@ -23,6 +23,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
 from portal import ratelimit, totp
+from portal.forms import posted
 
 PENDING_USER = "portal_2fa_user"
 PENDING_BACKEND = "portal_2fa_backend"
@@ -109,7 +110,7 @@ def login_verify(request: HttpRequest) -> HttpResponse:
     if device is None or device.confirmed_at is None:
         _clear_pending(request)
         return redirect("login")
-    form = CodeForm(request.POST or None)
+    form = CodeForm(posted(request))
     status = 200
     if request.method == "POST":
         if ratelimit.blocked("totp", user.get_username(), request):
@@ -140,7 +141,7 @@ def second_factor(request: HttpRequest) -> HttpResponse:
     if not totp.eligible(request.user):
         return render(request, "portal/second_factor.html", {"eligible": False}, status=403)
     device = totp.device_for(request.user)
-    form = CodeForm(request.POST or None)
+    form = CodeForm(posted(request))
     action = request.POST.get("action", "")
     status = 200
     if request.method == "POST" and action == "start":

@@ -14,7 +14,7 @@ from issuers.models import Organization
 from issuers.roles import principal
 from portal import charts, selectors
 from portal.access import bank_member, require_operator
-from portal.forms import ConfirmForm, ReleaseForm, add_service_error
+from portal.forms import ConfirmForm, ReleaseForm, add_service_error, files, posted
 from updates.releases import create_release
 
 
@@ -51,7 +51,7 @@ def keys(request: HttpRequest, bank: Organization) -> HttpResponse:
 def rotate(request: HttpRequest, bank: Organization, sd: int) -> HttpResponse:
     require_operator(request, bank)
     security_domain = get_object_or_404(selectors.bank_security_domains(request.user, bank), pk=sd)
-    form = ConfirmForm(request.POST or None)
+    form = ConfirmForm(posted(request))
     if request.method == "POST" and form.is_valid():
         try:
             card_services.request_key_rotation(security_domain=security_domain, actor=request.user)
@@ -71,7 +71,7 @@ def rotate(request: HttpRequest, bank: Organization, sd: int) -> HttpResponse:
 @bank_member
 @require_http_methods(["GET", "POST"])
 def releases(request: HttpRequest, bank: Organization) -> HttpResponse:
-    form = ReleaseForm(request.POST or None, request.FILES or None)
+    form = ReleaseForm(posted(request), files(request))
     if request.method == "POST":
         require_operator(request, bank)
         if form.is_valid():

@@ -15,7 +15,7 @@ from ecard.errors import ServiceError
 from issuers import selectors as issuer_selectors
 from portal import selectors
 from portal.access import citizen_required
-from portal.forms import BankChoiceForm, ConfirmForm, ConsentForm, CredentialForm, add_service_error
+from portal.forms import BankChoiceForm, ConfirmForm, ConsentForm, CredentialForm, add_service_error, posted
 from updates import selectors as update_selectors
 from updates import services as update_services
 
@@ -46,7 +46,7 @@ def card_detail(request: HttpRequest, cin: str) -> HttpResponse:
 def add_bank(request: HttpRequest, cin: str) -> HttpResponse:
     card = _card(request, cin)
     banks = selectors.enrollable_banks(request.user, card)
-    form = BankChoiceForm(request.POST or None, banks=issuer_selectors.organizations_for(request.user).filter(
+    form = BankChoiceForm(posted(request), banks=issuer_selectors.organizations_for(request.user).filter(
         pk__in=[b.pk for b in banks]))
     if request.method == "POST" and form.is_valid():
         return redirect("portal:add-bank-consent", cin=card.cin, bank=form.cleaned_data["bank"].slug)
@@ -62,7 +62,7 @@ def add_bank_consent(request: HttpRequest, cin: str, bank: str) -> HttpResponse:
     if organization is None:
         raise Http404("no such bank to add")
     text = card_services.consent_text_for(card, organization)
-    form = ConsentForm(request.POST or None, initial={"consent_text": text})
+    form = ConsentForm(posted(request), initial={"consent_text": text})
     if request.method == "POST" and form.is_valid():
         try:
             card_services.request_enrollment(
@@ -98,7 +98,7 @@ def remove_bank(request: HttpRequest, cin: str, enrollment: int) -> HttpResponse
         card_selectors.enrollments_for(request.user).filter(card=card, status__in=Enrollment.OPEN_STATUSES),
         pk=enrollment,
     )
-    form = ConfirmForm(request.POST or None)
+    form = ConfirmForm(posted(request))
     if request.method == "POST" and form.is_valid():
         try:
             card_services.request_removal(enrollment=record, actor=request.user)
@@ -116,7 +116,7 @@ def remove_bank(request: HttpRequest, cin: str, enrollment: int) -> HttpResponse
 @require_http_methods(["GET", "POST"])
 def connect(request: HttpRequest) -> HttpResponse:
     """How to present the card (the agent), and the device credentials it uses."""
-    form = CredentialForm(request.POST or None)
+    form = CredentialForm(posted(request))
     token = None
     if request.method == "POST" and request.POST.get("action") == "revoke":
         credential = get_object_or_404(update_selectors.credentials_for(request.user), pk=request.POST.get("id"))

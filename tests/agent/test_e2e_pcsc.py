@@ -103,7 +103,7 @@ class ServedCard:
         self.connect(timeout=120).close()  # wait until this card is in the reader
         return self
 
-    def connect(self, timeout: float = 20.0) -> Reader:
+    def connect(self, timeout: float = 120.0) -> Reader:
         from smartcard.Exceptions import CardConnectionException, NoCardException
 
         deadline = time.monotonic() + timeout
@@ -167,7 +167,7 @@ def serve(reader: Any, tmp_path: Path) -> Iterator[Callable[[Path], ServedCard]]
 
 def run_agent(url: str, token: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [sys.executable, "-m", "agent", "--server", url, "--reader", READER, "--token", token, "--timeout", "20"],
+        [sys.executable, "-m", "agent", "--server", url, "--reader", READER, "--token", token, "--timeout", "120"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
     assert token not in result.stdout + result.stderr

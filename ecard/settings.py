@@ -71,7 +71,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "ecard.observability.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -179,7 +181,52 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "ecard.problems.problem_exception_handler",
+    # Rate limits (HTTP 429 problem documents); per agent credential and per client address on
+    # the relay, per user elsewhere. Counters live in the cache (Redis in production).
+    "DEFAULT_THROTTLE_RATES": {
+        "relay_credential": os.environ.get("ECARD_RELAY_RATE", "600/min"),
+        "relay_ip": os.environ.get("ECARD_RELAY_IP_RATE", "6000/min"),
+        "user": os.environ.get("ECARD_API_USER_RATE", "1200/min"),
+        "anon": os.environ.get("ECARD_API_ANON_RATE", "120/min"),
+    },
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.AnonRateThrottle",
+    ],
 }
+
+# --- cache (rate-limit counters, login throttling) --------------------------------------------
+# CACHE_URL=redis://host:6379/1 shares counters between processes; the default is per process.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}
+        if CACHE_URL
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "ecard"}
+    )
+}
+
+# --- Content Security Policy (django-csp) ----------------------------------------------------
+# Enforced when ECARD_CSP_ENFORCE=1 (production), report-only otherwise.
+_CSP = {
+    "EXCLUDE_URL_PREFIXES": ["/admin/"],
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    },
+}
+if env_bool("ECARD_CSP_ENFORCE", default=not DEBUG):
+    CONTENT_SECURITY_POLICY = _CSP
+else:
+    CONTENT_SECURITY_POLICY_REPORT_ONLY = _CSP
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "E-Card platform API",
@@ -214,13 +261,28 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 
 # --- logging ---------------------------------------------------------------
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain" if DEBUG else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"request_id": {"()": "ecard.observability.RequestIdFilter"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        "json": {"()": "ecard.observability.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+            "filters": ["request_id"],
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        # One line per request with its id and duration (runserver prints its own when DEBUG).
+        "ecard.access": {"level": "WARNING" if DEBUG else "INFO"},
+    },
 }
 
 # --- platform ----------------------------------------------------------------
@@ -229,3 +291,4 @@ ECARD_CARDS_DIR = Path(os.environ.get("ECARD_CARDS_DIR", VAR_DIR / "cards"))
 
 from ecard.settings_audit import *  # noqa: F403,E402
 from ecard.settings_custody import *  # noqa: F403,E402
+from ecard.settings_rollouts import *  # noqa: F403,E402

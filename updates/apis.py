@@ -10,6 +10,7 @@ from rest_framework.decorators import action
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from ecard.api import ActionRules
@@ -65,6 +66,30 @@ class AgentCredentialViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, v
         return Response(AgentCredentialSerializer(credential).data)
 
 
+class RelayCredentialThrottle(SimpleRateThrottle):
+    """Requests per agent credential (a device relaying far more than a card needs is cut off)."""
+
+    scope = "relay_credential"
+
+    def get_cache_key(self, request: Request, view: APIView) -> str | None:
+        credential = request.auth
+        if not isinstance(credential, AgentCredential):
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": credential.key_id}
+
+
+class RelayIpThrottle(SimpleRateThrottle):
+    """Requests per client address on the relay, whatever the credential."""
+
+    scope = "relay_ip"
+
+    def get_cache_key(self, request: Request, view: APIView) -> str | None:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
+
+
+RELAY_THROTTLES = (RelayIpThrottle, RelayCredentialThrottle)
+
+
 class IsAgent(BasePermission):
     def has_permission(self, request: Request, view: APIView) -> bool:
         return isinstance(request.auth, AgentCredential)
@@ -106,6 +131,7 @@ class RelaySessionsApi(APIView):
 
     authentication_classes = (AgentTokenAuthentication,)
     permission_classes = (IsAgent,)
+    throttle_classes = RELAY_THROTTLES
 
     @extend_schema(request=OpenSessionSerializer, responses={201: RELAY_ANSWER})
     def post(self, request: Request) -> Response:
@@ -123,6 +149,7 @@ class RelayExchangeApi(APIView):
 
     authentication_classes = (AgentTokenAuthentication,)
     permission_classes = (IsAgent,)
+    throttle_classes = RELAY_THROTTLES
 
     @extend_schema(request=ExchangeSerializer, responses={200: RELAY_ANSWER})
     def post(self, request: Request, session_id: str) -> Response:

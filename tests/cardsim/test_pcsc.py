@@ -1,6 +1,7 @@
 """End to end through real PC/SC: pyscard → pcscd → vsmartcard vpcd → ``python -m cardsim serve``.
 
-Reader "Virtual PCD 00 00" (vpcd port 35963). Under CI (CI=true) a missing pcscd/vpcd fails
+Reader "Virtual PCD 00 00" (vpcd port 35963; CARDSIM_TEST_VPCD_PORT below). Under CI (CI=true) a missing
+pcscd/vpcd fails
 the test; locally it is skipped only when pyscard lists no reader at all.
 """
 
@@ -27,8 +28,12 @@ from tests.shared_data import PROJECT_ROOT, cap_file
 
 pytestmark = pytest.mark.pcsc
 
-READER = "Virtual PCD 00 00"
-VPCD = "127.0.0.1:35963"
+# One vpcd port per test at a time: "Virtual PCD 00 00" is port 35963, "... 00 01" is 35964.
+# CARDSIM_TEST_VPCD_PORT=35964 moves these tests to the second reader (e.g. while another suite
+# holds the first one on a shared machine).
+_PORT = int(os.environ.get("CARDSIM_TEST_VPCD_PORT", "35963"))
+READER = f"Virtual PCD 00 {_PORT - 35963:02d}"
+VPCD = f"127.0.0.1:{_PORT}"
 KEY_HEX = "404142434445464748494A4B4C4D4E4F"
 
 
@@ -75,35 +80,48 @@ class Served:
         self.proc: subprocess.Popen[bytes] | None = None
         self.conn: object = None
 
-    def start(self) -> Served:
-        """Start ``serve`` and connect; the card in the reader must be *this* card (its CIN).
-
-        vpcd serves one card per port; another ``cardsim serve`` on the same port (a concurrent
-        test run elsewhere on the machine) is waited out rather than talked to.
-        """
-        from smartcard.Exceptions import CardConnectionException, NoCardException
-
-        cin = json.loads(self.state.read_text())["cin"]
+    def _spawn(self) -> None:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cardsim", "serve", str(self.state), "--vpcd", VPCD, "-v"],
                 cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+    def start(self) -> Served:
+        """Start ``serve`` and connect; the card in the reader must be *this* card (its CIN).
+
+        vpcd serves one card per port; another ``cardsim serve`` on the same port (a concurrent
+        test run elsewhere on the machine) is waited out rather than talked to. After a SIGKILL
+        vpcd sometimes leaves the next client queued unaccepted; a fresh ``serve`` gets through.
+        """
+        from smartcard.Exceptions import CardConnectionException, NoCardException
+        from smartcard.scard import SCARD_SHARE_EXCLUSIVE
+
+        cin = json.loads(self.state.read_text())["cin"]
+        self._spawn()
         deadline = time.monotonic() + 120
+        respawn_at = time.monotonic() + 10
         while True:
-            assert self.proc.poll() is None, self.log.read_text()
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text()
             conn = self.reader.createConnection()  # type: ignore[attr-defined]
             try:
-                conn.connect()
+                # exclusive: no other PC/SC client may reset or talk to the card during the test
+                conn.connect(mode=SCARD_SHARE_EXCLUSIVE)
                 self.conn = conn
                 if self.transmit(bytes.fromhex("00A4040000"))[-2:] == b"\x90\x00":
                     r = self.transmit(bytes.fromhex("80CA004500"))
                     if r[-2:] == b"\x90\x00" and r[2:-2].hex().upper() == cin:
                         return self
                 self._disconnect()  # someone else's card: wait for it to leave the reader
+                respawn_at = time.monotonic() + 10
             except (NoCardException, CardConnectionException):
                 self.conn = None
             if time.monotonic() > deadline:
                 raise AssertionError(f"card did not appear in {READER}; log:\n{self.log.read_text()}")
+            if time.monotonic() > respawn_at:  # our client was never accepted: start a fresh one
+                self.proc.terminate()
+                self.proc.wait(timeout=15)
+                self._spawn()
+                respawn_at = time.monotonic() + 10
             time.sleep(0.2)
 
     def transmit(self, capdu: bytes) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from cards.models import AppletInstance, Card, CardJob, Enrollment, SecurityDomain
+from cards.models import AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -61,3 +61,9 @@ class CardJobAdmin(ReadOnlyAdmin):
     list_display = ("id", "card", "kind", "organization", "state", "attempts", "created_at", "finished_at")
     list_filter = ("state", "kind", "organization")
     search_fields = ("card__cin",)
+
+
+@admin.register(CardPackage)
+class CardPackageAdmin(ReadOnlyAdmin):
+    list_display = ("package_aid", "package_version", "security_domain", "loaded_at")
+    search_fields = ("package_aid", "security_domain__card__cin")

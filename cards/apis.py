@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from cards import selectors, services
-from cards.models import AppletInstance, Card, CardJob, Enrollment, SecurityDomain
+from cards.models import AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from ecard.api import ActionRules, agency_operator
 from issuers.models import Organization
 from issuers.roles import Principal, principal
@@ -233,6 +233,27 @@ class AppletInstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
 
     def get_queryset(self):
         return selectors.applets_for(self.request.user)
+
+
+class CardPackageSerializer(serializers.ModelSerializer):
+    security_domain = serializers.SlugRelatedField(slug_field="aid", read_only=True)
+    card = serializers.CharField(source="security_domain.card.cin", read_only=True)
+
+    class Meta:
+        model = CardPackage
+        fields = ("id", "card", "security_domain", "package_aid", "package_version", "loaded_at")
+
+
+class CardPackageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Load files (applet packages and libraries) on cards, as the platform last saw them."""
+
+    serializer_class = CardPackageSerializer
+    permission_classes = (ActionRules,)
+    filterset_fields = ("package_aid", "package_version", "security_domain__card__cin")
+    ordering_fields = ("loaded_at", "package_aid")
+
+    def get_queryset(self):  # noqa: ANN201
+        return selectors.packages_for(self.request.user)
 
 
 class EnrollmentSerializer(serializers.ModelSerializer):

@@ -123,6 +123,25 @@ class AppletInstance(models.Model):
         return f"applet {self.instance_aid} ({self.package_aid} v{self.package_version})"
 
 
+class CardPackage(models.Model):
+    """An executable load file (package) in a security domain, as the platform last saw it on the
+    card — applet packages and libraries alike (a library has no instances)."""
+
+    security_domain = models.ForeignKey(SecurityDomain, on_delete=models.CASCADE, related_name="packages")
+    package_aid = models.CharField(max_length=32, validators=[hex_validator])
+    package_version = models.CharField(max_length=16, help_text="major.minor")
+    loaded_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ("security_domain__card__cin", "package_aid")
+        constraints = [
+            models.UniqueConstraint(fields=("security_domain", "package_aid"), name="one_package_per_aid_per_sd")
+        ]
+
+    def __str__(self) -> str:
+        return f"package {self.package_aid} v{self.package_version}"
+
+
 class Enrollment(models.Model):
     """A citizen's consent to have a bank's security domain on their card, and its progress."""
 

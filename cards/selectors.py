@@ -13,7 +13,7 @@ from __future__ import annotations
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import QuerySet
 
-from cards.models import AppletInstance, Card, CardJob, Enrollment, SecurityDomain
+from cards.models import AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from issuers.roles import principal
 
 
@@ -47,6 +47,12 @@ def security_domains_for(user: AbstractBaseUser) -> QuerySet[SecurityDomain]:
 
 def applets_for(user: AbstractBaseUser) -> QuerySet[AppletInstance]:
     return AppletInstance.objects.filter(security_domain__in=security_domains_for(user)).select_related(
+        "security_domain", "security_domain__card"
+    )
+
+
+def packages_for(user: AbstractBaseUser) -> QuerySet[CardPackage]:
+    return CardPackage.objects.filter(security_domain__in=security_domains_for(user)).select_related(
         "security_domain", "security_domain__card"
     )
 

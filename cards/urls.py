@@ -8,6 +8,7 @@ router = SimpleRouter()
 router.register("cards", apis.CardViewSet, basename="card")
 router.register("security-domains", apis.SecurityDomainViewSet, basename="security-domain")
 router.register("applets", apis.AppletInstanceViewSet, basename="applet")
+router.register("packages", apis.CardPackageViewSet, basename="package")
 router.register("enrollments", apis.EnrollmentViewSet, basename="enrollment")
 router.register("jobs", apis.CardJobViewSet, basename="job")
 

@@ -187,14 +187,15 @@ def card_registry(world: OtaWorld) -> dict[str, set[str]]:
 
 def platform_view(world: OtaWorld) -> dict[str, set[str]]:
     """What the platform's records say should be on the card (SSDs and applet instances)."""
-    from cards.models import AppletInstance, SecurityDomain
+    from cards.models import AppletInstance, CardPackage, SecurityDomain
 
     sds = SecurityDomain.objects.filter(card=world.card, is_isd=False, state=SecurityDomain.State.ACTIVE)
     applets = AppletInstance.objects.filter(security_domain__in=sds)
+    packages = CardPackage.objects.filter(security_domain__in=sds)
     return {
         "sds": set(sds.values_list("aid", flat=True)),
         "applets": set(applets.values_list("instance_aid", flat=True)),
-        "packages": set(applets.values_list("package_aid", flat=True)),
+        "packages": set(packages.values_list("package_aid", flat=True)),
     }
 
 

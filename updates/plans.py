@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cards.models import AppletInstance, CardJob
+from cards.models import AppletInstance, CardJob, CardPackage
 from gp import commands
 from updates.models import Release
 from updates.ota import (
@@ -31,6 +31,7 @@ from updates.ota import (
     StepFailed,
     install_command,
     load_script,
+    record_package,
     with_token,
 )
 
@@ -117,6 +118,7 @@ class SsdUpdatePackages(Stage):
             elf = registry.elf(release.package_aid)
             if elf is None or elf.elf_version != version_bytes(release.package_version):
                 raise StepFailed(f"{release.package_aid} v{release.package_version} is not on the card")
+            record_package(sd, release)
             for instance in self.instances_of(release):
                 if registry.app(instance) is None:
                     raise StepFailed(f"instance {instance} is not on the card")
@@ -163,6 +165,7 @@ class SsdRemovePackages(Stage):
             if registry.elf(aid) is not None:
                 raise StepFailed(f"{aid} is still on the card")
             AppletInstance.objects.filter(security_domain=sd, package_aid=aid).delete()
+            CardPackage.objects.filter(security_domain=sd, package_aid=aid).delete()
 
 
 def _fmt(version: bytes | None) -> str:

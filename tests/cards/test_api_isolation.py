@@ -78,6 +78,7 @@ LIST_PATHS = (
     "/api/v1/cards/",
     "/api/v1/security-domains/",
     "/api/v1/applets/",
+    "/api/v1/packages/",
     "/api/v1/enrollments/",
     "/api/v1/jobs/",
 )

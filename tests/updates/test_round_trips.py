@@ -14,7 +14,7 @@ import pytest
 from bench.bench_ota import synthetic_cap
 from cards.models import CardJob
 from issuers import services as issuer_services
-from tests.otakit import ApiServer, build_ota_world, card_registry, enroll
+from tests.otakit import ApiServer, assert_registry_matches_records, build_ota_world, card_registry, enroll
 from tests.shared_data import cap_file
 from updates.releases import create_release
 
@@ -79,6 +79,7 @@ def test_round_trips_do_not_grow_with_cap_size(capsys) -> None:
     on_card = card_registry(world)
     assert {"A00000FFFFA0", "A00000FFFFA3", "A00000FFFFA4", "6D797061636B616731", "0102030405"} <= on_card["elfs"]
     assert {"A00000FFFFA401", "6D7970616330303031", "0102030405060708"} <= on_card["apps"]
+    assert_registry_matches_records(world)  # libraries included: the platform records every load file
 
     with capsys.disabled():
         print("\nHTTP exchanges per job (batched relay):")

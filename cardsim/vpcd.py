@@ -21,12 +21,13 @@ from cardsim.card import Card
 log = logging.getLogger("cardsim.vpcd")
 
 CTRL_OFF, CTRL_ON, CTRL_RESET, CTRL_ATR = 0, 1, 2, 4
+FIRST_MESSAGE_TIMEOUT = 10.0  # seconds
 
 
-def _recv_exact(sock: socket.socket, n: int, stop: threading.Event) -> bytes | None:
+def _recv_exact(sock: socket.socket, n: int, stop: threading.Event, deadline: float | None = None) -> bytes | None:
     buf = b""
     while len(buf) < n:
-        if stop.is_set():
+        if stop.is_set() or (deadline is not None and not buf and time.monotonic() > deadline):
             return None
         try:
             chunk = sock.recv(n - len(buf))
@@ -42,11 +43,19 @@ def _send(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(len(payload).to_bytes(2, "big") + payload)
 
 
-def handle_connection(sock: socket.socket, card: Card, stop: threading.Event) -> None:
-    """Serve one vpcd connection until it closes or ``stop`` is set."""
+def handle_connection(sock: socket.socket, card: Card, stop: threading.Event,
+                      first_message_timeout: float | None = FIRST_MESSAGE_TIMEOUT) -> None:
+    """Serve one vpcd connection until it closes or ``stop`` is set.
+
+    vpcd talks to an accepted card at once (power on, ATR). A connection that hears nothing for
+    ``first_message_timeout`` seconds is taken as never accepted (vpcd can leave a client queued
+    after the previous one died) and dropped, so that ``serve`` connects afresh.
+    """
     sock.settimeout(0.25)
+    deadline = time.monotonic() + first_message_timeout if first_message_timeout else None
     while not stop.is_set():
-        head = _recv_exact(sock, 2, stop)
+        head = _recv_exact(sock, 2, stop, deadline)
+        deadline = None
         if head is None:
             return
         n = int.from_bytes(head, "big")

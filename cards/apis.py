@@ -252,7 +252,7 @@ class CardPackageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     filterset_fields = ("package_aid", "package_version", "security_domain__card__cin")
     ordering_fields = ("loaded_at", "package_aid")
 
-    def get_queryset(self):  # noqa: ANN201
+    def get_queryset(self):
         return selectors.packages_for(self.request.user)
 
 

@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.db import transaction
 
 from cards import services as card_services
-from cards.models import AppletInstance, Card, CardJob, Enrollment, SecurityDomain
+from cards.models import AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from issuers import services as issuer_services
 from issuers.models import Membership, Organization
 
@@ -87,6 +87,11 @@ def build_world(*, emulated: bool = False) -> World:
             key = f"{bank.slug}@card{number}"
             world.enrollments[key] = enrollment
             world.sds[key] = enrollment.security_domain
+            CardPackage.objects.create(
+                security_domain=enrollment.security_domain,
+                package_aid=enrollment.security_domain.aid[:-4] + "5041",
+                package_version="1.0",
+            )
             world.applets[key] = AppletInstance.objects.create(
                 security_domain=enrollment.security_domain,
                 package_aid=enrollment.security_domain.aid[:-4] + "5041",

@@ -31,7 +31,7 @@ from typing import Any
 from django.utils import timezone
 
 from audit.services import record_event
-from cards.models import ISD_AID, AppletInstance, Card, CardJob, Enrollment, SecurityDomain
+from cards.models import ISD_AID, AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from gp import commands, dm
 from gp.errors import AuthenticationError, GPError, MACError, SecureChannelError
 from gp.scp import SCP02, SCP03
@@ -351,6 +351,7 @@ class SsdInstallApplets(Stage):
         sd = self.job.security_domain
         for spec in self.applets():
             release = Release.objects.get(pk=spec["release"])
+            record_package(sd, release)
             instance_aid = spec["instance_aid"].upper()
             entry = registry.app(instance_aid)
             if entry is None:
@@ -365,6 +366,13 @@ class SsdInstallApplets(Stage):
                     "lifecycle": AppletInstance.Lifecycle.SELECTABLE,
                 },
             )
+
+
+def record_package(sd: SecurityDomain, release: Any) -> None:
+    """The platform's record of a load file now in the SD (libraries included)."""
+    CardPackage.objects.update_or_create(
+        security_domain=sd, package_aid=release.package_aid, defaults={"package_version": release.package_version}
+    )
 
 
 def _token_signer(card: Card) -> Any:
@@ -1082,6 +1090,7 @@ def complete_job(job: CardJob) -> None:
         sd.state = SecurityDomain.State.REMOVED
         sd.save(update_fields=["state", "updated_at"])
         sd.applets.all().delete()
+        sd.packages.all().delete()
         Enrollment.objects.filter(pk=job.enrollment_id).update(status=Enrollment.Status.REMOVED, updated_at=now)
         KeySet.objects.filter(
             organization=sd.organization, card_cin=job.card.cin, sd_aid=sd.aid, state=KeySet.State.ACTIVE

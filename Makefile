@@ -39,8 +39,30 @@ seed: migrate
 demo: seed
 	HOST=$(HOST) PORT=$(PORT) bash scripts/demo.sh
 
+# Benchmarks write their sections of docs/benchmarks.md. The quick ones run anywhere; the
+# database ones want DATABASE_URL pointing at PostgreSQL.
 bench: install
 	$(PY) bench/bench_scp.py
+	$(PY) bench/bench_ota.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
+
+# --- production topology on one machine (docs/deploy.md) -----------------------------------
+.PHONY: prod-local prod-local-stop prod-local-status bench-load
+BENCH_AGENTS ?= 1,10,50,200
+BENCH_SECONDS ?= 20
+
+prod-local: install
+	bash scripts/prod_local.sh start
+
+prod-local-stop:
+	bash scripts/prod_local.sh stop
+
+prod-local-status:
+	bash scripts/prod_local.sh status
+
+# Needs `make prod-local` running; seeds load cards once (idempotent), then runs the table.
+bench-load: install
+	bash scripts/prod_local.sh status >/dev/null || { echo "run make prod-local first" >&2; exit 1; }
+	$(PY) bench/bench_load.py --agents $(BENCH_AGENTS) --seconds $(BENCH_SECONDS) --server http://127.0.0.1:$(PORT)

@@ -182,3 +182,50 @@ class MembershipViewSet(
 
     def perform_destroy(self, instance: Membership) -> None:
         services.remove_member(membership=instance, actor=self.request.user)
+
+
+class KeySetSerializer(serializers.Serializer):
+    """Key set metadata. Never key bytes: the model's wrapped blob is not a field here at all."""
+
+    id = serializers.IntegerField()
+    organization = serializers.CharField(source="organization.slug")
+    card_cin = serializers.CharField()
+    sd_aid = serializers.CharField()
+    kvn = serializers.IntegerField()
+    algorithm = serializers.CharField()
+    purpose = serializers.CharField()
+    state = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    rotated_at = serializers.DateTimeField(allow_null=True)
+    key_length = serializers.IntegerField(required=False)
+    kcv = serializers.DictField(child=serializers.CharField(), required=False)
+    public_key = serializers.CharField(required=False)
+
+    DETAILS = ("key_length", "kcv", "public_key")
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        if selectors.key_set_details_visible(self.context["request"].user, instance.organization_id):
+            data["key_length"] = instance.key_length
+            data["kcv"] = {
+                name: value
+                for name, value in (("enc", instance.kcv_enc), ("mac", instance.kcv_mac), ("dek", instance.kcv_dek))
+                if value
+            }
+            data["public_key"] = instance.public_key
+        else:
+            for name in self.DETAILS:
+                data.pop(name, None)
+        return data
+
+
+class KeySetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Key set metadata: KVN, algorithm, purpose, dates; KCVs and lengths for the owner and regulators."""
+
+    serializer_class = KeySetSerializer
+    permission_classes = (ActionRules,)
+    filterset_fields = ("purpose", "state", "card_cin", "sd_aid", "kvn", "organization__slug")
+    ordering_fields = ("created_at", "kvn")
+
+    def get_queryset(self):
+        return selectors.key_sets_for(self.request.user)

@@ -54,3 +54,24 @@ def memberships_for(user: AbstractBaseUser) -> QuerySet[Membership]:
 
 def active_banks() -> QuerySet[Organization]:
     return Organization.objects.filter(kind=Organization.Kind.BANK, is_active=True).select_related("ssd_template")
+
+
+def key_sets_for(user: AbstractBaseUser):
+    """Key set metadata (never key bytes): banks and the agency see their own in full, the agency
+    sees banks' KVN and algorithm only (the serializer trims), regulators see all metadata,
+    citizens none."""
+    from issuers.custody_models import KeySet
+
+    who = principal(user)
+    if not who.is_authenticated or who.is_citizen:
+        return KeySet.objects.none()
+    key_sets = KeySet.objects.select_related("organization")
+    if who.is_agency or who.is_regulator:
+        return key_sets.all()
+    return key_sets.filter(organization_id__in=who.org_ids())
+
+
+def key_set_details_visible(user: AbstractBaseUser, organization_id: int) -> bool:
+    """Full metadata (KCVs, lengths, public keys): the owner's members and regulators."""
+    who = principal(user)
+    return who.is_regulator or organization_id in who.roles

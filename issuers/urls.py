@@ -8,6 +8,7 @@ from issuers import apis
 router = SimpleRouter()
 router.register("organizations", apis.OrganizationViewSet, basename="organization")
 router.register("members", apis.MembershipViewSet, basename="member")
+router.register("key-sets", apis.KeySetViewSet, basename="key-set")
 
 urlpatterns = [
     path("whoami/", apis.WhoAmIApi.as_view(), name="whoami"),

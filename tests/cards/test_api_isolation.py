@@ -81,6 +81,7 @@ LIST_PATHS = (
     "/api/v1/packages/",
     "/api/v1/enrollments/",
     "/api/v1/jobs/",
+    "/api/v1/key-sets/",
 )
 
 
@@ -208,3 +209,39 @@ def test_bank_auditor_reads_but_cannot_act(world: World) -> None:
     sd = world.sds["alpha@card1"]
     assert client.get(f"/api/v1/security-domains/{sd.pk}/").status_code == 200
     assert client.post(f"/api/v1/security-domains/{sd.pk}/rotate-keys/").status_code == 403
+
+
+def test_key_set_metadata_visibility(world: World) -> None:
+    """Banks see their own key sets in full, never another bank's; the agency sees a bank's KVN and
+    algorithm but no check values; regulators see metadata; citizens nothing; no key bytes ever."""
+    from issuers import custody
+    from issuers.custody_models import KeySet
+    from updates.ota import ensure_bank_keyset
+
+    job = CardJob.objects.filter(security_domain=world.sds["alpha@card1"]).first()
+    alpha_set = ensure_bank_keyset(job, world.sds["alpha@card1"], 0x31)
+    keys = custody.load_static_keys(alpha_set)
+    secrets = [keys.enc.hex(), keys.enc.hex().upper(), keys.mac.hex().upper(), keys.dek.hex().upper()]
+
+    own = client_for(world, "alpha_op").get("/api/v1/key-sets/").json()["results"]
+    assert {k["organization"] for k in own} == {"alpha"}
+    mine = next(k for k in own if k["id"] == alpha_set.pk)
+    assert mine["kcv"] == {"enc": alpha_set.kcv_enc, "mac": alpha_set.kcv_mac, "dek": alpha_set.kcv_dek}
+    assert mine["kvn"] == 0x31 and mine["key_length"] == 16
+
+    beta = client_for(world, "beta_op").get("/api/v1/key-sets/").json()["results"]
+    assert all(k["organization"] == "beta" for k in beta)
+    assert client_for(world, "beta_op").get(f"/api/v1/key-sets/{alpha_set.pk}/").status_code == 404
+
+    agency_view = client_for(world, "agency_op").get(f"/api/v1/key-sets/{alpha_set.pk}/").json()
+    assert agency_view["kvn"] == 0x31 and agency_view["algorithm"] == "aes"
+    assert "kcv" not in agency_view and "key_length" not in agency_view
+
+    regulator_view = client_for(world, "regulator").get(f"/api/v1/key-sets/{alpha_set.pk}/").json()
+    assert regulator_view["kcv"]["enc"] == alpha_set.kcv_enc
+
+    assert client_for(world, "citizen1").get("/api/v1/key-sets/").json()["count"] == 0
+    for actor in ("alpha_op", "agency_op", "regulator"):
+        body = client_for(world, actor).get("/api/v1/key-sets/?limit=500").content.decode()
+        assert not any(secret in body for secret in secrets)
+    assert KeySet.objects.filter(pk=alpha_set.pk).exists()

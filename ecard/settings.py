@@ -253,6 +253,8 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Workers keep the LOGGING configuration below (JSON lines with request ids in production).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 # Redis: an unacknowledged message (its worker died mid-task) is delivered again after this many seconds.
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": int(os.environ.get("CELERY_VISIBILITY_TIMEOUT", "3600")),
@@ -292,3 +294,12 @@ ECARD_CARDS_DIR = Path(os.environ.get("ECARD_CARDS_DIR", VAR_DIR / "cards"))
 from ecard.settings_audit import *  # noqa: F403,E402
 from ecard.settings_custody import *  # noqa: F403,E402
 from ecard.settings_rollouts import *  # noqa: F403,E402
+
+# --- relay sessions -------------------------------------------------------------------------
+# A card session idle this long is closed; its jobs resume at the card's next presentation.
+ECARD_SESSION_IDLE_SECONDS = int(os.environ.get("ECARD_SESSION_IDLE_SECONDS", "120"))
+CELERY_BEAT_SCHEDULE["expire-idle-relay-sessions"] = {  # noqa: F405 - defined in settings_audit
+    "task": "updates.expire_idle_sessions",
+    "schedule": 60.0,
+    "options": {"expires": 60.0},
+}

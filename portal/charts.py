@@ -1,52 +1,56 @@
-"""Server-rendered SVG bar charts (no script): geometry computed here, drawn by a template."""
+"""Server-rendered SVG bar charts (no script): geometry computed here, drawn by a template.
+
+Each bar has its label on the line above it, so the chart stays readable when a phone scales it
+down; the numbers are also in the SVG's description for screen readers.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-BAR_HEIGHT = 28
-GAP = 10
-LABEL_WIDTH = 240
-PLOT_WIDTH = 360
-VALUE_WIDTH = 60
+LABEL_HEIGHT = 20
+BAR_HEIGHT = 22
+GAP = 12
+PLOT_WIDTH = 330
+VALUE_WIDTH = 70
+ROW = LABEL_HEIGHT + BAR_HEIGHT + GAP
 
 
 @dataclass(frozen=True)
 class ChartRow:
     label: str
     value: int
-    y: int
+    label_y: int
+    bar_y: int
     width: int
-    text_y: int
     value_x: int
-    extra: str = ""
+    value_y: int
 
 
-def bar_chart(items: list[tuple[str, int]] | list[Any], *, total: int | None = None) -> dict[str, Any]:
-    """Horizontal bars scaled to the largest value (or ``total``)."""
+def bar_chart(items: list[Any], *, total: int | None = None) -> dict[str, Any]:
+    """Horizontal bars for ``(label, value)`` pairs (or objects with ``label``/``value``), scaled to the
+    largest value or to ``total``."""
     pairs = [(i.label, i.value) if hasattr(i, "label") else (i[0], i[1]) for i in items]
     top = max([total or 0, *[v for _, v in pairs], 1])
     rows = []
     for n, (label, value) in enumerate(pairs):
-        y = n * (BAR_HEIGHT + GAP)
+        y = n * ROW
         width = round(PLOT_WIDTH * value / top)
         rows.append(
             ChartRow(
                 label=label,
                 value=value,
-                y=y,
-                width=width,
-                text_y=y + BAR_HEIGHT // 2 + 5,
-                value_x=LABEL_WIDTH + width + 6,
+                label_y=y + LABEL_HEIGHT - 5,
+                bar_y=y + LABEL_HEIGHT,
+                width=max(width, 2 if value else 0),
+                value_x=width + 8,
+                value_y=y + LABEL_HEIGHT + BAR_HEIGHT - 6,
             )
         )
-    height = max(len(rows) * (BAR_HEIGHT + GAP) - GAP, BAR_HEIGHT)
     return {
         "rows": rows,
-        "height": height,
-        "width": LABEL_WIDTH + PLOT_WIDTH + VALUE_WIDTH,
-        "label_width": LABEL_WIDTH,
+        "height": max(len(rows) * ROW - GAP, 1),
+        "width": PLOT_WIDTH + VALUE_WIDTH,
         "bar_height": BAR_HEIGHT,
-        "plot_width": PLOT_WIDTH,
     }

@@ -37,7 +37,7 @@ def my_card(request: HttpRequest) -> HttpResponse:
 @require_GET
 def card_detail(request: HttpRequest, cin: str) -> HttpResponse:
     overview = selectors.card_overview(request.user, _card(request, cin))
-    template = "portal/citizen/_work.html" if request.GET.get("part") == "work" else "portal/citizen/card.html"
+    template = "portal/citizen/_live.html" if request.GET.get("part") == "live" else "portal/citizen/card.html"
     return render(request, template, {"o": overview, "card": overview.card})
 
 

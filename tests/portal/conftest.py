@@ -9,6 +9,7 @@ from django.core.cache import cache
 from django.test import Client
 
 from tests.factories import World, build_world
+from tests.portal.browser import chromium, visit  # noqa: F401 - fixtures of the browser tests
 
 
 @pytest.fixture(autouse=True)

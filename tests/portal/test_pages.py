@@ -29,7 +29,7 @@ def ok(client: Client, path: str, **kwargs: object) -> str:
 def test_every_page_of_each_role_renders(world: World, as_user) -> None:
     cin = world.cards["card1"].cin
     citizen = as_user("citizen1")
-    for path in (f"/card/{cin}/", f"/card/{cin}/add-bank/", "/card/connect/", f"/card/{cin}/?part=work"):
+    for path in (f"/card/{cin}/", f"/card/{cin}/add-bank/", "/card/connect/", f"/card/{cin}/?part=live"):
         ok(citizen, path)
     bank = as_user("alpha_op")
     for path in ("/bank/alpha/", "/bank/alpha/keys/", "/bank/alpha/releases/"):

@@ -1,0 +1,215 @@
+"""Acceptance (issue 9) in a real browser: Debian's Chromium through Playwright, on a live server
+with the demo data. Each main page is screenshotted at desktop and phone widths and checked with
+axe-core (no serious or critical violation); no response of the server is a 5xx."""
+
+from __future__ import annotations
+
+import io
+import re
+from typing import Any
+
+import pytest
+from django.core.management import call_command
+from playwright.sync_api import expect
+
+from agent.core import run_session
+from agent.http import HttpServer
+from audit.models import AuditEntry
+from cards import services as card_services
+from cards.models import Card, Enrollment
+from cardsim.transport import InProcessCard
+from issuers.management.commands.seed_demo import DEMO_PASSWORD
+from issuers.models import Organization
+from updates import services as update_services
+from updates.demo_cap import build_cap
+from updates.models import Release
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+BETA_RID = "F042455441"
+
+
+@pytest.fixture
+def demo(transactional_db: None) -> None:
+    call_command("seed_demo", stdout=io.StringIO())
+
+
+def test_citizen_adds_beta_bank_with_consent_and_presents_the_card(demo: None, visit: Any, live_server: Any) -> None:
+    v = visit()
+    page = v.page
+    v.goto("/accounts/login/")
+    v.check("login")
+    v.login("citizen2", DEMO_PASSWORD)
+    card = Card.objects.get(holder__username="citizen2")
+    expect(page).to_have_url(re.compile(f"/card/{card.cin}/$"))
+    expect(page.get_by_role("heading", name="My card")).to_be_visible()
+
+    page.get_by_role("link", name="Add a bank").click()
+    page.get_by_label("Beta Bank").check()
+    v.check("citizen-add-bank")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.locator("#consent-text")).to_contain_text("Beta Bank")
+    expect(page.locator("#consent-text")).to_contain_text("Beta Pay")  # what will be installed
+    # Without consent: refused, the message next to the box, nothing recorded.
+    page.get_by_role("button", name="Add Beta Bank").click()
+    expect(page.locator("#id_accepted_error")).to_contain_text("Tick the box")
+    assert not Enrollment.objects.filter(card=card).exists()
+    v.check("citizen-consent")
+    page.get_by_label("I have read the statement above and I agree to it").check()
+    page.get_by_role("button", name="Add Beta Bank").click()
+    expect(page.get_by_text("Waiting for your card")).to_be_visible()
+    expect(page.locator("#work")).to_contain_text("Enroll bank")
+
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Connect your card").click()
+    page.get_by_label("Name of the device").fill("test reader")
+    page.get_by_role("button", name="Create a credential").click()
+    token = page.locator("#token").inner_text().strip()
+    assert token.startswith("eca_")
+    expect(page.locator("#command")).to_contain_text(f"python -m agent --server {live_server.url}")
+    v.check("citizen-connect")
+
+    # The card page stays open and refreshes itself while the agent presents the card.
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="My card").click()
+    expect(page.get_by_text("Waiting for your card")).to_be_visible()
+    transport = InProcessCard(card.state_file)
+    transport.reset()
+    result = run_session(transport, HttpServer(live_server.url, token))
+    assert result.ok, result
+    applet = BETA_RID + "010101"
+    expect(page.get_by_text("On the card")).to_be_visible(timeout=15_000)
+    expect(page.get_by_role("cell", name=applet)).to_be_visible()
+    expect(page.locator("#work")).to_contain_text("Nothing pending")
+    expect(page.locator("#work")).to_contain_text("Done")
+    assert Enrollment.objects.get(card=card).status == Enrollment.Status.ACTIVE
+    page.reload()
+    expect(page.get_by_role("cell", name="enrollment.completed").or_(
+        page.get_by_role("cell", name="job.done")).first).to_be_visible()
+    v.check("citizen-card")
+
+
+def cap_file(tmp_path: Any, package: str, version: tuple[int, int], name: str) -> str:
+    path = tmp_path / name
+    path.write_bytes(build_cap(package, [package + "01"], version, name="beta.loyalty", code_size=1024))
+    return str(path)
+
+
+def present(card: Card, base_url: str) -> None:
+    """The holder presents the card: the in-process agent against the emulated card, over HTTP."""
+    _credential, token = update_services.issue_agent_credential(user=card.holder, name="test reader")
+    transport = InProcessCard(card.state_file)
+    transport.reset()
+    result = run_session(transport, HttpServer(base_url, token))
+    assert result.ok, result
+
+
+def enroll_and_present(username: str, bank_slug: str, base_url: str) -> Card:
+    card = Card.objects.get(holder__username=username)
+    bank = Organization.objects.get(slug=bank_slug)
+    card_services.request_enrollment(card=card, bank=bank, citizen=card.holder,
+                                     consent_text=card_services.consent_text_for(card, bank), accepted=True)
+    present(card, base_url)
+    return card
+
+
+def test_bank_operator_uploads_a_release_and_sees_its_details(
+    demo: None, visit: Any, tmp_path: Any, live_server: Any
+) -> None:
+    for username in ("citizen2", "citizen3"):
+        enroll_and_present(username, "beta", live_server.url)
+    v = visit()
+    page = v.page
+    v.login("beta", DEMO_PASSWORD)
+    expect(page).to_have_url(re.compile("/bank/beta/$"))
+    expect(page.get_by_role("img", name="Applet instances on cards")).to_contain_text(f"{BETA_RID}01 v1.0: 2")
+    v.check("bank-dashboard")
+    nav = page.get_by_role("navigation", name="Main")
+    nav.get_by_role("link", name="Keys").click()
+    expect(page.get_by_role("heading", name="Key sets in custody")).to_be_visible()
+    v.check("bank-keys")
+    nav.get_by_role("link", name="Releases").click()
+    # A file that is not a CAP: refused, the reason next to the field, nothing stored.
+    bad = tmp_path / "notes.cap"
+    bad.write_bytes(b"not a CAP file at all")
+    page.get_by_label("CAP file").set_input_files(str(bad))
+    page.get_by_role("button", name="Upload and check").click()
+    expect(page.locator("#id_cap_file_error")).to_contain_text("not a valid CAP file")
+    v.check("bank-release-refused")
+    before = Release.objects.count()
+    assert Release.objects.count() == before
+    package = BETA_RID + "05"
+    page.get_by_label("CAP file").set_input_files(cap_file(tmp_path, package, (1, 2), "loyalty-1.2.cap"))
+    page.get_by_label("Changes in this release").fill("Loyalty points")
+    page.get_by_role("button", name="Upload and check").click()
+    details = page.locator("#release-details")
+    expect(details).to_contain_text(package)
+    expect(details).to_contain_text(package + "01")
+    release = Release.objects.get(package_aid=package)
+    expect(details).to_contain_text(release.lfdb_sha256)
+    expect(details).to_contain_text(f"{release.lfdb_size} bytes")
+    expect(details).to_contain_text("1.2")
+    expect(details).to_contain_text(release.imports[0]["aid"])
+    v.check("bank-release")
+
+
+def test_bank_operator_cannot_open_another_banks_pages(demo: None, visit: Any) -> None:
+    v = visit()
+    v.login("beta", DEMO_PASSWORD)
+    for path in ("/bank/alpha/", "/bank/alpha/keys/", "/bank/alpha/releases/",
+                 f"/bank/alpha/releases/{Release.objects.filter(bank__slug='alpha').first().pk}/",
+                 f"/bank/beta/releases/{Release.objects.filter(bank__slug='alpha').first().pk}/"):
+        response = v.goto(path)
+        assert response.status in (403, 404), path
+        expect(v.page.get_by_role("heading", name="Page not found")).to_be_visible()
+    response = v.goto("/agency/")
+    assert response.status == 403
+
+
+def test_regulator_filters_the_log_and_verifies_an_inclusion_proof(demo: None, visit: Any) -> None:
+    v = visit()
+    page = v.page
+    v.login("regulator", DEMO_PASSWORD)
+    expect(page).to_have_url(re.compile("/regulator/$"))
+    v.check("regulator")
+    page.get_by_role("link", name="Browse the log").click()
+    card = Card.objects.get(holder__username="citizen1")
+    page.get_by_label("Card (CIN)").fill(card.cin)
+    page.get_by_label("Action", exact=True).fill("enrollment.requested")
+    page.get_by_role("button", name="Apply filters").click()
+    entry = AuditEntry.objects.get(card_cin=card.cin, action="enrollment.requested")
+    rows = page.locator("table tbody tr")
+    expect(rows).to_have_count(1)
+    v.check("audit-log")
+    page.get_by_role("link", name=f"Entry {entry.index}").click()
+    expect(page.get_by_role("status")).to_contain_text("Verified")
+    v.check("audit-entry")
+
+
+def test_agency_batch_upload_with_errors_is_refused_whole(demo: None, visit: Any, tmp_path: Any) -> None:
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_user("citizen7", password="x")
+    v = visit()
+    page = v.page
+    v.login("agency", DEMO_PASSWORD)
+    expect(page).to_have_url(re.compile("/agency/$"))
+    v.check("agency-dashboard")
+    before = Card.objects.count()
+    csv = tmp_path / "cards.csv"
+    csv.write_text("holder,scp,cin,serial\ncitizen7,03,,\nnobody,03,,\ncitizen7,09,,\n")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Cards").click()
+    page.get_by_role("link", name="Issue a batch (CSV)").click()
+    page.get_by_label("CSV file").set_input_files(str(csv))
+    page.get_by_role("button", name="Check and issue").click()
+    expect(page.locator("#id_csv_file_error")).to_contain_text("No card was issued")
+    table = page.locator("#row-errors")
+    expect(table).to_contain_text("no user named 'nobody'")
+    expect(table.get_by_role("row").filter(has_text="scp must be 03 or 02")).to_contain_text("4")
+    assert Card.objects.count() == before
+    v.check("agency-batch-refused")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Banks").click()
+    v.check("agency-banks")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Cards").click()
+    page.get_by_label("CIN, serial or holder username").fill("citizen1")
+    page.get_by_role("button", name="Look up").click()
+    expect(page.locator("table tbody tr")).to_have_count(1)
+    v.check("agency-cards")

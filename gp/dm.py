@@ -42,6 +42,7 @@ __all__ = [
     "SCHEME_RSA_PSS_SHA256",
     "Confirmation",
     "attach_token",
+    "extract_token",
     "build_confirmation",
     "card_unique_data",
     "compute_receipt",

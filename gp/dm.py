@@ -42,7 +42,6 @@ __all__ = [
     "SCHEME_RSA_PSS_SHA256",
     "Confirmation",
     "attach_token",
-    "extract_token",
     "build_confirmation",
     "card_unique_data",
     "compute_receipt",

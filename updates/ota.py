@@ -322,7 +322,9 @@ class SsdInstallApplets(Stage):
         from updates import policy
 
         try:
-            policy.check_security_domain(card=self.card, security_domain=sd, operation=f"session:{self.job.kind}")
+            policy.check_security_domain(
+                card=self.card, security_domain=sd, operation=f"session:{self.job.kind}", job=self.job
+            )
         except policy.TokenDenied as exc:
             raise JobFailed(str(exc)) from exc
 

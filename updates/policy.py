@@ -7,6 +7,8 @@ these checks; every refusal is an audit event.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db import transaction
 
 from audit.services import record_event
@@ -21,6 +23,8 @@ class TokenDenied(Exception):
 
 INS_INSTALL = 0xE6
 INS_DELETE = 0xE4
+# In the refusal when a rollout job's rollout is paused or cancelled (rollouts tell it from a card failure).
+ROLLOUT_INACTIVE = "rollout not active"
 
 
 def _deny(card: Card, sd: SecurityDomain, operation: str, reason: str) -> TokenDenied:
@@ -70,12 +74,57 @@ def authorize(*, card: Card, security_domain: SecurityDomain, command: bytes) ->
     if operation == "install:load":
         from updates.models import Release
 
-        if not Release.objects.filter(bank=bank, package_aid=aid, state=Release.State.APPROVED).exists():
-            raise _deny(card, sd, operation, f"no approved release of {aid}")
+        # The load file hash in the command names exactly one release: it must be approved (not revoked).
+        lfdb_hash = _load_hash(command)
+        release = (
+            Release.objects.filter(bank=bank, package_aid=aid, lfdb_sha256=lfdb_hash.hex()).first()
+            if len(lfdb_hash) == 32
+            else None
+        )
+        if release is None:
+            raise _deny(card, sd, operation, f"no release of {aid} with this load file hash")
+        if release.state != Release.State.APPROVED:
+            raise _deny(card, sd, operation, f"release {aid} v{release.package_version} is {release.state}")
 
 
-def check_security_domain(*, card: Card, security_domain: SecurityDomain, operation: str) -> None:
-    """The card and the bank's SD are in a state where the agency authorises the bank's work."""
+def _load_hash(command: bytes) -> bytes:
+    try:
+        return commands.parse_install(command[2], command[5:]).lfdb_hash or b""
+    except GPError:
+        return b""
+
+
+def check_job(*, card: Card, security_domain: SecurityDomain, job: Any, operation: str) -> None:
+    """What the job itself must satisfy: the bank whose work it is owns the SD; every release it
+    installs is approved; a rollout's job runs only while its rollout is active."""
+    sd = security_domain
+    if job.organization_id != sd.organization_id:
+        raise _deny(card, sd, operation, "the security domain belongs to another bank than the job's")
+    from updates.models import Release, Rollout
+
+    release_ids = [spec.get("release") for key in ("packages", "applets", "default_applets")
+                   for spec in (job.params.get(key) or [])]
+    for release in Release.objects.filter(pk__in=[r for r in release_ids if r is not None]):
+        if release.bank_id != sd.organization_id:
+            raise _deny(card, sd, operation, f"release {release.package_aid} is not {sd.organization.name}'s")
+        if release.state != Release.State.APPROVED:
+            raise _deny(card, sd, operation, f"release {release.package_aid} v{release.package_version} is "
+                                             f"{release.state}")
+    rollout_id = job.params.get("rollout")
+    if rollout_id is not None:
+        rollout = Rollout.objects.filter(pk=rollout_id).first()
+        # A job an earlier presentation already began (attempts > 1 now) may finish, so that no
+        # card is left between two versions; a job not yet begun waits for an active rollout.
+        if rollout is None or (rollout.state != Rollout.State.RUNNING and job.attempts <= 1):
+            state = rollout.state if rollout is not None else "deleted"
+            raise _deny(card, sd, operation, f"{ROLLOUT_INACTIVE}: rollout {rollout_id} is {state}")
+
+
+def check_security_domain(
+    *, card: Card, security_domain: SecurityDomain, operation: str, job: Any | None = None
+) -> None:
+    """The card and the bank's SD are in a state where the agency authorises the bank's work (and,
+    given the job about to run, that the job may run: :func:`check_job`)."""
     sd = security_domain
     bank = sd.organization
     if card.lifecycle != Card.Lifecycle.SECURED:
@@ -86,3 +135,5 @@ def check_security_domain(*, card: Card, security_domain: SecurityDomain, operat
         raise _deny(card, sd, operation, "the security domain is not on this card")
     if sd.lifecycle == SecurityDomain.Lifecycle.LOCKED:
         raise _deny(card, sd, operation, "the security domain is locked")
+    if job is not None:
+        check_job(card=card, security_domain=sd, job=job, operation=operation)

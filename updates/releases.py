@@ -138,3 +138,65 @@ def release_summary(release: Release) -> dict[str, Any]:
         "size": release.lfdb_size,
         "sha256": release.lfdb_sha256,
     }
+
+
+def _check_release_operator(release: Release, actor: AbstractBaseUser | None) -> None:
+    from issuers.roles import principal
+
+    if actor is None:
+        return
+    who = principal(actor)
+    if not (who.can_operate(release.bank_id) or who.agency_operator):
+        raise ServiceError(f"only {release.bank.name}'s operators or the agency manage this release", code="forbidden")
+
+
+@transaction.atomic
+def revoke_release(*, release: Release, actor: AbstractBaseUser | None, reason: str = "") -> Release:
+    """Withdraw a release: the agency signs no more tokens for it (updates.policy) and its running
+    rollouts pause. The release itself stays, unchanged, for the record."""
+    from updates.rollouts import pause_rollouts_of_release
+
+    release = Release.objects.select_for_update().select_related("bank").get(pk=release.pk)
+    _check_release_operator(release, actor)
+    if release.state == Release.State.REVOKED:
+        raise ServiceError("the release is already revoked", code="state")
+    release.state = Release.State.REVOKED
+    release.save(update_fields=["state"])
+    reason = (reason or "").strip()[:1000]
+    paused = pause_rollouts_of_release(
+        release, f"release {release.package_aid} v{release.package_version} revoked" + (f": {reason}" if reason else "")
+    )
+    record_event(
+        action="release.revoked",
+        subject_type="release",
+        subject_id=release.pk,
+        actor=actor,
+        organization=release.bank,
+        reason=reason,
+        details={"package_aid": release.package_aid, "version": release.package_version, "rollouts_paused": paused},
+    )
+    return release
+
+
+@transaction.atomic
+def update_changelog(*, release: Release, actor: AbstractBaseUser | None, changelog: str) -> Release:
+    """The changelog is the one editable field of a release (the file and its hashes never change)."""
+    release = Release.objects.select_for_update().select_related("bank").get(pk=release.pk)
+    _check_release_operator(release, actor)
+    changelog = changelog or ""
+    if len(changelog) > 20_000:
+        raise ServiceError("the changelog is longer than 20,000 characters", field="changelog")
+    if changelog == release.changelog:
+        return release
+    release.changelog = changelog
+    release.save(update_fields=["changelog"])
+    record_event(
+        action="release.changelog_updated",
+        subject_type="release",
+        subject_id=release.pk,
+        actor=actor,
+        organization=release.bank,
+        details={"package_aid": release.package_aid, "version": release.package_version,
+                 "changelog_sha256": hashlib.sha256(changelog.encode()).hexdigest()},
+    )
+    return release

@@ -1,6 +1,6 @@
 """REST API routes of the updates app (mounted under /api/v1/)."""
 
-from django.urls import path
+from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
 from updates import apis
@@ -13,3 +13,4 @@ urlpatterns = [
     path("relay/sessions/<uuid:session_id>/exchanges/", apis.RelayExchangeApi.as_view(), name="relay-exchange"),
     *router.urls,
 ]
+urlpatterns += [path("", include("updates.rollout_urls"))]

@@ -1,0 +1,158 @@
+"""Models of staged rollouts: a bank's release pushed to a set of cards in groups (waves).
+
+A :class:`Rollout` upgrades one package of a bank to one release on a set of cards: every card
+whose bank security domain holds the package (at a given version), or an explicit list of cards.
+Its targets are split into cumulative groups (e.g. 10 % → 50 % → 100 %); a group's cards get a
+card job when the group is activated, and the next group is activated once the group reaches
+its success threshold. A group whose failures reach the error threshold pauses the rollout.
+
+The per-card rows (:class:`RolloutTarget`) are written by set-based SQL (``updates.rollouts``),
+never one ORM call per card; the group counters are kept in step with them by the same
+statements and by the OTA engine's ``job_state_changed`` signal, in the same transaction.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+from issuers.models import Organization, hex_validator
+from updates.signals import job_state_changed
+
+
+class Rollout(models.Model):
+    class State(models.TextChoices):
+        AWAITING_APPROVAL = "awaiting_approval", "Awaiting approval (four eyes)"
+        READY = "ready", "Ready to start"
+        SCHEDULED = "scheduled", "Started, waiting for its start time"
+        RUNNING = "running", "Running"
+        PAUSED = "paused", "Paused"
+        CANCELLED = "cancelled", "Cancelled"
+        COMPLETED = "completed", "Completed"
+
+    class Target(models.TextChoices):
+        PACKAGE = "package", "Cards with the package (at a version)"
+        CARDS = "cards", "Explicit list of cards"
+
+    OPEN_STATES = (State.AWAITING_APPROVAL, State.READY, State.SCHEDULED, State.RUNNING, State.PAUSED)
+
+    bank = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="rollouts")
+    release = models.ForeignKey("updates.Release", on_delete=models.PROTECT, related_name="rollouts")
+    name = models.CharField(max_length=200, blank=True)
+    package_aid = models.CharField(max_length=32, validators=[hex_validator])
+    from_version = models.CharField(max_length=16, blank=True, help_text="major.minor; blank: any other version")
+    target_kind = models.CharField(max_length=8, choices=Target.choices, default=Target.PACKAGE)
+    group_spec = models.JSONField(default=list, help_text='cumulative bounds as given, e.g. ["10%", "50%", "100%"]')
+    success_threshold = models.PositiveSmallIntegerField(
+        default=100, help_text="percent of a group's cards that must succeed before the next group starts"
+    )
+    error_threshold = models.PositiveSmallIntegerField(
+        default=20, help_text="percent of a group's cards failed at which the rollout pauses"
+    )
+    retry_count = models.PositiveSmallIntegerField(default=2, help_text="retries of a failed card")
+    retry_backoff = models.PositiveIntegerField(
+        default=300, help_text="seconds before the first retry of a failed card; doubled for each further retry"
+    )
+    require_approval = models.BooleanField(default=False)
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    start_at = models.DateTimeField(null=True, blank=True, help_text="not before this time")
+    state = models.CharField(max_length=20, choices=State.choices, default=State.READY, db_index=True)
+    pause_reason = models.TextField(blank=True)
+    total = models.PositiveIntegerField(default=0, help_text="number of target cards")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+
+    def __str__(self) -> str:
+        return f"rollout {self.pk} of {self.package_aid} ({self.state})"
+
+
+class RolloutGroup(models.Model):
+    """One wave of a rollout, with its counters (kept in step with its targets)."""
+
+    class State(models.TextChoices):
+        WAITING = "waiting", "Waiting"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="groups")
+    index = models.PositiveSmallIntegerField(help_text="1-based, in order of activation")
+    bound = models.CharField(max_length=16, help_text='cumulative bound as given: "10%" or a card count')
+    state = models.CharField(max_length=8, choices=State.choices, default=State.WAITING)
+    total = models.PositiveIntegerField(default=0)
+    pending = models.PositiveIntegerField(default=0)
+    running = models.PositiveIntegerField(default=0)
+    succeeded = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    cancelled = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    advanced_at = models.DateTimeField(null=True, blank=True, help_text="when its success let the next group start")
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("rollout_id", "index")
+        constraints = [models.UniqueConstraint(fields=("rollout", "index"), name="one_group_per_index")]
+
+    def __str__(self) -> str:
+        return f"group {self.index} of rollout {self.rollout_id}"
+
+
+class RolloutTarget(models.Model):
+    """One card of a rollout: its group, the instances to reinstall, its status and last error."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    rollout = models.ForeignKey(Rollout, on_delete=models.CASCADE, related_name="targets", db_index=False)
+    group = models.ForeignKey(RolloutGroup, on_delete=models.CASCADE, related_name="targets", db_index=False)
+    card = models.ForeignKey("cards.Card", on_delete=models.CASCADE, related_name="rollout_targets", db_index=False)
+    security_domain = models.ForeignKey(
+        "cards.SecurityDomain", on_delete=models.CASCADE, related_name="+", db_index=False
+    )
+    instances = models.JSONField(default=list, help_text="instance AIDs of the package on the card when planned")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveSmallIntegerField(default=0, help_text="card jobs dispatched for this card")
+    retries = models.PositiveSmallIntegerField(default=0, help_text="retries used since the last resume")
+    next_retry_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    job = models.ForeignKey(
+        "cards.CardJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    updated_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ("rollout_id", "group_id", "id")
+        constraints = [models.UniqueConstraint(fields=("rollout", "card"), name="one_target_per_card_per_rollout")]
+        indexes = [models.Index(fields=("group", "status"), name="rollouttarget_group_status")]
+
+    def __str__(self) -> str:
+        return f"card {self.card_id} in rollout {self.rollout_id}: {self.status}"
+
+
+def _on_job_state_changed(sender: object, job: object, state: str, error: str = "", **kwargs: object) -> None:
+    """Rollout jobs report back to their rollout (imported lazily: services import the models)."""
+    params = getattr(job, "params", None) or {}
+    if "rollout_target" not in params:
+        return
+    from updates.rollouts import record_card_result
+
+    record_card_result(job=job, state=state, error=error)
+
+
+job_state_changed.connect(_on_job_state_changed, dispatch_uid="updates.rollouts.job_state_changed")
+
+__all__ = ["Rollout", "RolloutGroup", "RolloutTarget"]

@@ -1,0 +1,80 @@
+"""Reads of releases and rollouts, scoped to what the caller may see.
+
+A bank's members see their bank's releases and rollouts; the agency and regulators see all of
+them (read only); anyone else sees none. Outside the scope an object is a 404, never a 403.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.db.models import Count, QuerySet, Sum
+
+from issuers.roles import principal
+from updates.models import Release
+from updates.rollout_models import Rollout, RolloutGroup, RolloutTarget
+
+COUNTERS = ("pending", "running", "succeeded", "failed", "cancelled")
+
+
+def releases_for(user: AbstractBaseUser) -> QuerySet[Release]:
+    who = principal(user)
+    qs = Release.objects.select_related("bank", "created_by").defer("cap_file")
+    if who.is_agency or who.is_regulator:
+        return qs
+    if who.bank_ids:
+        return qs.filter(bank_id__in=who.bank_ids)
+    return qs.none()
+
+
+def rollouts_for(user: AbstractBaseUser) -> QuerySet[Rollout]:
+    who = principal(user)
+    qs = Rollout.objects.select_related("bank", "release", "created_by", "approved_by")
+    if who.is_agency or who.is_regulator:
+        return qs
+    if who.bank_ids:
+        return qs.filter(bank_id__in=who.bank_ids)
+    return qs.none()
+
+
+def progress(rollout: Rollout) -> dict[str, Any]:
+    """Counts per group and overall, from the group counters (kept in step with the targets)."""
+    groups = list(RolloutGroup.objects.filter(rollout=rollout).order_by("index"))
+    overall = {name: sum(getattr(g, name) for g in groups) for name in ("total", *COUNTERS)}
+    done = overall["succeeded"] + overall["failed"] + overall["cancelled"]
+    overall["percent_done"] = round(100 * done / overall["total"], 1) if overall["total"] else 0.0
+    return {
+        "overall": overall,
+        "groups": [
+            {
+                "index": g.index,
+                "bound": g.bound,
+                "state": g.state,
+                "total": g.total,
+                **{name: getattr(g, name) for name in COUNTERS},
+                "started_at": g.started_at,
+                "advanced_at": g.advanced_at,
+                "finished_at": g.finished_at,
+            }
+            for g in groups
+        ],
+    }
+
+
+def targets_of(rollout: Rollout, status: str | None = None) -> QuerySet[RolloutTarget]:
+    qs = RolloutTarget.objects.filter(rollout=rollout).select_related("card", "group").order_by("id")
+    if status:
+        qs = qs.filter(status=status)
+    return qs
+
+
+def failure_reasons(rollout: Rollout, limit: int = 20) -> list[dict[str, Any]]:
+    """The most frequent last errors of the rollout's failed cards."""
+    rows = (
+        RolloutTarget.objects.filter(rollout=rollout, status=RolloutTarget.Status.FAILED)
+        .values("last_error")
+        .annotate(cards=Count("id"), attempts=Sum("attempts"))
+        .order_by("-cards", "last_error")[:limit]
+    )
+    return [{"reason": r["last_error"], "cards": r["cards"], "attempts": r["attempts"]} for r in rows]

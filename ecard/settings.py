@@ -293,6 +293,7 @@ ECARD_CARDS_DIR = Path(os.environ.get("ECARD_CARDS_DIR", VAR_DIR / "cards"))
 
 from ecard.settings_audit import *  # noqa: F403,E402
 from ecard.settings_custody import *  # noqa: F403,E402
+from ecard.settings_rollouts import *  # noqa: F403,E402
 
 # --- relay sessions -------------------------------------------------------------------------
 # A card session idle this long is closed; its jobs resume at the card's next presentation.

@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# The production topology on one machine (docs/deploy.md):
+#   gunicorn web workers, two Celery worker processes, Celery beat,
+#   on the local PostgreSQL (database ecard_prod) and Redis (broker db 0, cache db 1),
+#   DEBUG off, JSON logs in var/log/, PID files in var/run/.
+#
+#   scripts/prod_local.sh start     generate var/prod.env once, migrate, collectstatic, start everything
+#   scripts/prod_local.sh stop      stop what start started (PID files), wait for it to exit
+#   scripts/prod_local.sh status    which processes run
+#   scripts/prod_local.sh env       print the environment (secrets masked)
+#
+# HTTPS by default: a self-signed certificate for 127.0.0.1/localhost is generated once into var/tls/
+# (clients trust it with SSL_CERT_FILE=var/tls/cert.pem); PROD_TLS=0 serves plain HTTP instead
+# (then no HSTS, no SSL redirect, and check --deploy is held to errors only).
+#
+# Overrides (environment): PROD_PORT (8000), PROD_DB (ecard_prod), PROD_TLS (1), WEB_CONCURRENCY,
+# GUNICORN_THREADS, ECARD_RELAY_RATE, ECARD_RELAY_IP_RATE, CELERY_WORKERS (2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+VAR=${PROD_VAR:-$ROOT/var}
+RUN=$VAR/run
+LOG=$VAR/log
+ENV_FILE=$VAR/prod.env
+PY=$ROOT/.venv/bin/python
+PORT=${PROD_PORT:-8000}
+DB=${PROD_DB:-ecard_prod}
+PG_HOST=${PG_HOST:-127.0.0.1}
+PG_PORT=${PG_PORT:-5432}
+REDIS_HOST=${REDIS_HOST:-127.0.0.1}
+REDIS_PORT=${REDIS_PORT:-6379}
+CELERY_WORKERS=${CELERY_WORKERS:-2}
+PROD_TLS=${PROD_TLS:-1}
+TLS_DIR=$VAR/tls
+
+die() { echo "prod-local: $*" >&2; exit 1; }
+
+make_env_file() {
+    # Secrets are generated here, once, never stored in the repository (var/ is git-ignored).
+    mkdir -p "$VAR"
+    if [ ! -s "$ENV_FILE" ]; then
+        (
+            umask 077
+            "$PY" - "$ENV_FILE" <<'EOF'
+import secrets, sys
+with open(sys.argv[1], "w") as out:
+    out.write("# prod-local secrets, generated once by scripts/prod_local.sh (mode 0600; never commit)\n")
+    out.write(f"SECRET_KEY={secrets.token_urlsafe(50)}\n")
+    out.write(f"ECARD_MASTER_KEY={secrets.token_hex(32)}\n")
+EOF
+        )
+        echo "prod-local: generated $ENV_FILE (SECRET_KEY, ECARD_MASTER_KEY)"
+    fi
+    chmod 600 "$ENV_FILE"
+}
+
+make_tls() {
+    [ -s "$TLS_DIR/cert.pem" ] && [ -s "$TLS_DIR/key.pem" ] && return
+    mkdir -p "$TLS_DIR"
+    (
+        umask 077
+        "$PY" - "$TLS_DIR" <<'EOF'
+import datetime, ipaddress, sys
+from pathlib import Path
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+out = Path(sys.argv[1])
+key = ec.generate_private_key(ec.SECP256R1())
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ecard prod-local")])
+now = datetime.datetime.now(datetime.timezone.utc)
+cert = (
+    x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+    .serial_number(x509.random_serial_number())
+    .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=825))
+    .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                   x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    .sign(key, hashes.SHA256())
+)
+(out / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+    serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+(out / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+EOF
+    )
+    chmod 600 "$TLS_DIR/key.pem"
+    echo "prod-local: generated a self-signed TLS certificate in $TLS_DIR (trust it with SSL_CERT_FILE=$TLS_DIR/cert.pem)"
+}
+
+load_env() {
+    make_env_file
+    set -a
+    # shellcheck disable=SC1090
+    . "$ENV_FILE"
+    set +a
+    export DEBUG=0
+    export DJANGO_SETTINGS_MODULE=ecard.settings
+    export DATABASE_URL=${DATABASE_URL_PROD:-postgres://postgres@$PG_HOST:$PG_PORT/$DB}
+    export CELERY_BROKER_URL=${CELERY_BROKER_URL_PROD:-redis://$REDIS_HOST:$REDIS_PORT/0}
+    export CACHE_URL=${CACHE_URL_PROD:-redis://$REDIS_HOST:$REDIS_PORT/1}
+    export ALLOWED_HOSTS=${ALLOWED_HOSTS:-127.0.0.1,localhost}
+    export LOG_FORMAT=json
+    export LOG_LEVEL=${LOG_LEVEL:-INFO}
+    export STATIC_ROOT=${STATIC_ROOT:-$VAR/static-prod}
+    export ECARD_VAR_DIR=$VAR
+    export ECARD_CARDS_DIR=${ECARD_CARDS_DIR:-$VAR/cards-prod}
+    if [ "$PROD_TLS" = 1 ]; then
+        # gunicorn terminates TLS: HSTS is sent (Django sends it only over HTTPS), http is redirected.
+        make_tls
+        export GUNICORN_CERTFILE=$TLS_DIR/cert.pem GUNICORN_KEYFILE=$TLS_DIR/key.pem
+        export SECURE_SSL_REDIRECT=1
+        SCHEME=https
+        CHECK_LEVEL=WARNING
+    else
+        # Plain HTTP on loopback (a hop behind a TLS proxy): no HSTS header is sent, no redirect.
+        export SECURE_SSL_REDIRECT=0
+        SCHEME=http
+        CHECK_LEVEL=ERROR
+    fi
+    export SSL_CERT_FILE=$TLS_DIR/cert.pem
+    # Relay throttles stay on, set high enough for bench/bench_load.py (one address, many devices).
+    export ECARD_RELAY_RATE=${ECARD_RELAY_RATE:-60000/min}
+    export ECARD_RELAY_IP_RATE=${ECARD_RELAY_IP_RATE:-600000/min}
+    export GUNICORN_BIND=${GUNICORN_BIND:-127.0.0.1:$PORT}
+    export WEB_CONCURRENCY=${WEB_CONCURRENCY:-4}
+    export GUNICORN_THREADS=${GUNICORN_THREADS:-1}
+    export GUNICORN_TIMEOUT=${GUNICORN_TIMEOUT:-30}
+    export GUNICORN_CONTROL_SOCKET=${GUNICORN_CONTROL_SOCKET:-$RUN/gunicorn.ctl}
+    export PYTHONUNBUFFERED=1
+}
+
+pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+start_bg() {
+    # start_bg NAME COMMAND...: run in its own session, log to var/log/NAME.log, PID in var/run/NAME.pid
+    local name=$1; shift
+    if pid_alive "$RUN/$name.pid"; then
+        echo "prod-local: $name already runs (pid $(cat "$RUN/$name.pid"))"
+        return
+    fi
+    setsid "$@" >>"$LOG/$name.log" 2>&1 < /dev/null &
+    echo $! > "$RUN/$name.pid"
+    echo "prod-local: $name started (pid $!), log $LOG/$name.log"
+}
+
+wait_http() {
+    for _ in $(seq 1 60); do
+        if "$PY" - "$SCHEME://127.0.0.1:$PORT/healthz" <<'EOF' 2>/dev/null
+import sys, urllib.request
+with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+    sys.exit(0 if r.status == 200 else 1)
+EOF
+        then
+            return 0
+        fi
+        sleep 0.5
+    done
+    return 1
+}
+
+cmd_start() {
+    load_env
+    mkdir -p "$RUN" "$LOG" "$ECARD_CARDS_DIR"
+    pg_isready -q -h "$PG_HOST" -p "$PG_PORT" || die "PostgreSQL is not answering on $PG_HOST:$PG_PORT"
+    redis-cli -h "$REDIS_HOST" -p "$REDIS_PORT" ping >/dev/null || die "Redis is not answering on $REDIS_HOST:$REDIS_PORT"
+    if ! psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname='$DB'" | grep -q 1; then
+        psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -q -c "CREATE DATABASE $DB"
+        echo "prod-local: created database $DB"
+    fi
+    "$PY" manage.py migrate --noinput >>"$LOG/deploy.log" 2>&1 || die "migrate failed (see $LOG/deploy.log)"
+    "$PY" manage.py collectstatic --noinput >>"$LOG/deploy.log" 2>&1 || die "collectstatic failed (see $LOG/deploy.log)"
+    "$PY" manage.py check --deploy --fail-level "$CHECK_LEVEL" >>"$LOG/deploy.log" 2>&1 \
+        || die "manage.py check --deploy failed (see $LOG/deploy.log)"
+    start_bg web "$ROOT/.venv/bin/gunicorn" -c "$ROOT/ecard/gunicorn.conf.py" ecard.wsgi:application
+    for n in $(seq 1 "$CELERY_WORKERS"); do
+        start_bg "worker$n" "$ROOT/.venv/bin/celery" -A ecard worker --pool solo -n "worker$n@%h" \
+            --without-gossip --without-mingle -l INFO
+    done
+    start_bg beat "$ROOT/.venv/bin/celery" -A ecard beat -l INFO -s "$RUN/celerybeat-schedule" \
+        --pidfile=
+    if wait_http; then
+        echo "prod-local: serving $SCHEME://127.0.0.1:$PORT/ (DEBUG off; stop with: make prod-local-stop)"
+    else
+        die "the web tier did not become healthy (see $LOG/web.log)"
+    fi
+}
+
+cmd_stop() {
+    local any=0
+    for pidfile in "$RUN"/*.pid; do
+        [ -e "$pidfile" ] || continue
+        local name pid
+        name=$(basename "$pidfile" .pid)
+        pid=$(cat "$pidfile")
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -TERM "$pid" 2>/dev/null || true
+            any=1
+            for _ in $(seq 1 60); do
+                kill -0 "$pid" 2>/dev/null || break
+                sleep 0.5
+            done
+            if kill -0 "$pid" 2>/dev/null; then
+                echo "prod-local: $name (pid $pid) did not stop in 30 s; SIGKILL"
+                kill -KILL "$pid" 2>/dev/null || true
+            fi
+            echo "prod-local: $name stopped"
+        fi
+        rm -f "$pidfile"
+    done
+    [ "$any" = 1 ] || echo "prod-local: nothing was running"
+}
+
+cmd_status() {
+    local rc=0
+    for name in web $(seq -f "worker%g" 1 "$CELERY_WORKERS") beat; do
+        if pid_alive "$RUN/$name.pid"; then
+            echo "$name: running (pid $(cat "$RUN/$name.pid"))"
+        else
+            echo "$name: stopped"
+            rc=1
+        fi
+    done
+    return $rc
+}
+
+cmd_env() {
+    load_env
+    env | grep -E '^(DEBUG|DATABASE_URL|CELERY_BROKER_URL|CACHE_URL|ALLOWED_HOSTS|LOG_FORMAT|STATIC_ROOT|ECARD_|GUNICORN_|WEB_CONCURRENCY|SECRET_KEY|SECURE_SSL_REDIRECT|SSL_CERT_FILE)=' \
+        | sed -E 's/^(SECRET_KEY|ECARD_MASTER_KEY)=.*/\1=***/' | sort
+}
+
+case "${1:-start}" in
+    start) cmd_start ;;
+    stop) cmd_stop ;;
+    status) cmd_status ;;
+    env) cmd_env ;;
+    *) die "usage: $0 start|stop|status|env" ;;
+esac

@@ -127,6 +127,7 @@ class SecurityDomainSerializer(serializers.ModelSerializer):
             "scp",
             "scp_i",
             "key_kvn",
+            "auth_failures",
             "lifecycle",
             "state",
             "created_at",
@@ -163,6 +164,15 @@ def sd_owner_operator(who: Principal, request: Request, obj: Any) -> bool:
     return who.can_operate(obj.organization_id)
 
 
+def sd_owner_admin(who: Principal, request: Request, obj: Any) -> bool:
+    """Clearing failed authentications: an administrator of the organisation that owns the SD."""
+    from issuers.models import Membership
+
+    if obj is None:
+        return any(role == Membership.Role.ADMIN for role in who.roles.values())
+    return who.has_role(obj.organization_id, Membership.Role.ADMIN)
+
+
 def sd_owner_or_agency_operator(who: Principal, request: Request, obj: Any) -> bool:
     if obj is None:
         return bool(who.bank_ids) or who.agency_operator
@@ -178,6 +188,7 @@ class SecurityDomainViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
         "rotate_keys": sd_owner_operator,
         "lock": sd_owner_or_agency_operator,
         "unlock": sd_owner_or_agency_operator,
+        "reset_auth_failures": sd_owner_admin,
     }
     filterset_fields = ("state", "lifecycle", "is_isd", "organization__slug", "card__cin")
     ordering_fields = ("created_at", "aid")
@@ -196,6 +207,12 @@ class SecurityDomainViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     def lock(self, request: Request, pk: str | None = None) -> Response:
         job = services.request_sd_lock(security_domain=self.get_object(), lock=True, actor=request.user)
         return Response(CardJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(request=None, responses=SecurityDomainSerializer)
+    @action(detail=True, methods=["post"], url_path="reset-auth-failures")
+    def reset_auth_failures(self, request: Request, pk: str | None = None) -> Response:
+        sd = services.reset_auth_failures(security_domain=self.get_object(), actor=request.user)
+        return Response(SecurityDomainSerializer(sd).data)
 
     @extend_schema(request=None, responses={202: CardJobSerializer})
     @action(detail=True, methods=["post"])

@@ -351,3 +351,25 @@ def assign_holder(*, card: Card, holder: AbstractBaseUser, actor: AbstractBaseUs
         action="card.holder_assigned", subject_type="card", subject_id=card.cin, card_cin=card.cin, actor=actor
     )
     return card
+
+
+@transaction.atomic
+def reset_auth_failures(*, security_domain: SecurityDomain, actor: AbstractBaseUser) -> SecurityDomain:
+    """After an operator has investigated failed authentications (wrong keys on record, a tampering
+    relay), allow the platform to open channels with this SD again. Audited."""
+    sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
+    previous = sd.auth_failures
+    if previous == 0:
+        raise ServiceError("no failed authentications to clear", code="state")
+    sd.auth_failures = 0
+    sd.save(update_fields=["auth_failures", "updated_at"])
+    record_event(
+        action="secure_channel.failures_cleared",
+        subject_type="security_domain",
+        subject_id=sd.aid,
+        card_cin=sd.card.cin,
+        actor=actor,
+        organization=sd.organization,
+        details={"previous_failures": previous},
+    )
+    return sd

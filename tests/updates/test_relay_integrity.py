@@ -196,3 +196,44 @@ def test_another_devices_credential_cannot_drive_a_session() -> None:
     # and presenting someone else's card with your own credential is refused
     with pytest.raises(RelayError, match="not registered"):
         world.present(server=ApiServer(token))
+
+
+def test_refused_authentications_stop_before_the_card_blocks_the_key_set() -> None:
+    """Each EXTERNAL AUTHENTICATE the card refuses costs one of its tries. After two the platform
+    stops using that key set (alert, job failed) instead of letting the card block it at three."""
+    world = enrolled_world()
+    ea_index = 5  # SELECT ISD, GET DATA x2, SELECT, INITIALIZE UPDATE, then EXTERNAL AUTHENTICATE
+    for attempt in (1, 2):
+        tampering = TamperingCard(world.card_transport(), ea_index, response=False)
+        with pytest.raises(RelayError, match="refused the host cryptogram"):
+            world.present(transport=tampering)
+        isd = world.card.security_domains.get(is_isd=True)
+        assert isd.auth_failures == attempt
+    result = world.present()
+    job = CardJob.objects.get(card=world.card)
+    assert job.state == CardJob.State.FAILED and "before the card blocks" in job.last_error, result
+    assert AuditEntry.objects.filter(action="secure_channel.stopped", card_cin=world.card.cin).exists()
+    assert AuditEntry.objects.filter(action="secure_channel.auth_failed", card_cin=world.card.cin).count() == 2
+    # The card itself is not blocked: two failures, below its limit of three.
+    state = world.card_transport().state
+    isd_keys = state["sds"][world.card.isd_aid]["keys"]
+    assert max(record.get("failures", 0) for record in isd_keys.values()) == 2
+
+    # An administrator of the SD's owner clears the count after investigating; work resumes.
+    from rest_framework.test import APIClient
+
+    from issuers.models import Membership
+    from issuers.services import add_member
+    from tests.factories import make_user
+
+    admin = make_user("agency_admin")
+    add_member(organization=world.agency, user=admin, role=Membership.Role.ADMIN)
+    client = APIClient()
+    client.force_authenticate(admin)
+    isd = world.card.security_domains.get(is_isd=True)
+    cleared = client.post(f"/api/v1/security-domains/{isd.pk}/reset-auth-failures/")
+    assert cleared.status_code == 200 and cleared.json()["auth_failures"] == 0
+    assert AuditEntry.objects.filter(action="secure_channel.failures_cleared", card_cin=world.card.cin).exists()
+    operator = APIClient()
+    operator.force_authenticate(world.operator)  # a bank operator cannot clear the agency's ISD
+    assert operator.post(f"/api/v1/security-domains/{isd.pk}/reset-auth-failures/").status_code in (403, 404)

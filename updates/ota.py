@@ -736,7 +736,9 @@ class SessionEngine:
         if len(responses) != 3 or any(sw_of(r) != SW_OK for r in responses):
             raise SessionRejected("the card did not identify itself (SELECT/GET DATA failed)")
         try:
-            cplc = commands.parse_cplc(commands.tagged_value(responses[1][:-2], 0x9F7F))
+            # The CPLC is parsed to check its shape only: nothing read before the secure channel
+            # is authenticated is stored.
+            commands.parse_cplc(commands.tagged_value(responses[1][:-2], 0x9F7F))
             cin = commands.tagged_value(responses[2][:-2], 0x45).hex().upper()
         except GPError as exc:
             raise SessionRejected(f"the card's identification data is malformed: {exc}") from exc
@@ -750,7 +752,6 @@ class SessionEngine:
         type(self.session).objects.filter(card=card, state="open").exclude(pk=self.session.pk).update(
             state="expired", closed_reason="superseded by a new presentation", sealed_channel=None
         )
-        del cplc  # parsed to check its shape; not stored from an unauthenticated read
         jobs = list(
             card.jobs.filter(state__in=CardJob.OPEN_STATES).order_by("created_at", "id").values_list("pk", flat=True)
         )
@@ -790,10 +791,9 @@ class SessionEngine:
                 reason=f"{sd.auth_failures} failed authentications: close to the card's limit",
                 actor_type="system",
             )
-            raise_in_open = JobFailed(
+            self._fail_job(
                 f"{sd.aid}: {sd.auth_failures} failed authentications; stopped before the card blocks the key set"
             )
-            self._fail_job(str(raise_in_open))
             return self._next_stage_or_job(advance_job=True)
         try:
             stage.preflight()
@@ -855,7 +855,6 @@ class SessionEngine:
         choice = choices[index]
         channel = self._host_channel(stage, choice, bytes.fromhex(self.state["host_challenge"]))
         channel.initialize_update()
-        sd = stage.security_domain()
         try:
             ea = channel.external_authenticate(iu)
         except AuthenticationError as exc:
@@ -882,7 +881,6 @@ class SessionEngine:
         self.state["registry"] = {}
         cmds = [Command(ea, "external authenticate", secure=False)]
         cmds += [self._get_status(p1) for p1 in stage.status_p1]
-        del sd
         return self._send(cmds, phase="status")
 
     def _count_auth_failure(self, stage: Stage, reason: str) -> None:
@@ -973,14 +971,13 @@ class SessionEngine:
         script_len = self.state["script_len"]
         self._restore_channel()
         stage = self.stage()
-        for index, (rapdu, meta) in enumerate(zip(responses[:script_len], sent[:script_len], strict=False)):
+        for rapdu, meta in zip(responses[:script_len], sent[:script_len], strict=False):
             plain = self._unwrap(rapdu)
             sw = sw_of(plain)
             if sw not in meta["expect"]:
                 refused(meta["label"], sw)
             if meta.get("receipt"):
                 self._check_receipt(plain[:-2], meta["receipt"], stage)
-            del index
         if len(responses) < script_len:
             raise StepFailed("the script stopped before its end")
         status_responses = responses[script_len:]

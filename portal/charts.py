@@ -54,3 +54,54 @@ def bar_chart(items: list[Any], *, total: int | None = None) -> dict[str, Any]:
         "width": PLOT_WIDTH + VALUE_WIDTH,
         "bar_height": BAR_HEIGHT,
     }
+
+
+SEGMENTS = (("succeeded", "ok"), ("failed", "bad"), ("running", "run"), ("pending", "wait"), ("cancelled", "off"))
+
+
+@dataclass(frozen=True)
+class Segment:
+    name: str
+    css: str
+    value: int
+    x: int
+    width: int
+
+
+@dataclass(frozen=True)
+class StackRow:
+    label: str
+    summary: str
+    label_y: int
+    bar_y: int
+    segments: list[Segment]
+
+
+def stacked_chart(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """One bar per rollout group, split into succeeded / failed / running / pending / cancelled,
+    each group's bar as long as its share of the largest group."""
+    top = max([g["total"] for g in groups] + [1])
+    rows = []
+    for n, g in enumerate(groups):
+        y = n * ROW
+        x = 0
+        segments = []
+        for name, css in SEGMENTS:
+            value = g.get(name, 0)
+            width = round(PLOT_WIDTH * value / top)
+            if value:
+                segments.append(Segment(name=name, css=css, value=value, x=x, width=max(width, 2)))
+            x += width
+        cards = "card" if g["total"] == 1 else "cards"
+        summary = ", ".join(f"{g.get(name, 0)} {name}" for name, _ in SEGMENTS if g.get(name, 0))
+        rows.append(
+            StackRow(
+                label=f"Group {g['index']} (up to {g['bound']}): {g['state']}, {g['total']} {cards}",
+                summary=summary or "no cards",
+                label_y=y + LABEL_HEIGHT - 5,
+                bar_y=y + LABEL_HEIGHT,
+                segments=segments,
+            )
+        )
+    return {"rows": rows, "height": max(len(rows) * ROW - GAP, 1), "width": PLOT_WIDTH + VALUE_WIDTH,
+            "bar_height": BAR_HEIGHT, "plot_width": PLOT_WIDTH}

@@ -122,3 +122,52 @@ def posted(request: HttpRequest) -> QueryDict | None:
 
 def files(request: HttpRequest) -> MultiValueDict | None:
     return request.FILES if request.method == "POST" else None
+
+
+class RolloutForm(forms.Form):
+    release = forms.ModelChoiceField(queryset=None, label="Release to roll out", empty_label=None)  # type: ignore[arg-type]
+    name = forms.CharField(label="Name", max_length=200, required=False, help_text="Optional, for your records.")
+    from_version = forms.RegexField(
+        label="Only cards at version", regex=r"^\d{1,3}\.\d{1,3}$", required=False,
+        help_text="Optional, e.g. 1.0; empty: every card with the package at another version.",
+        error_messages={"invalid": "A version is major.minor, e.g. 1.0."},
+    )
+    groups = forms.CharField(
+        label="Groups (cumulative)", initial="10%, 50%, 100%", max_length=200,
+        help_text="Comma-separated waves, cumulative, ending at 100%: e.g. 1%, 10%, 100% or 5, 50, 100%.",
+    )
+    success_threshold = forms.IntegerField(
+        label="Success threshold (%)", min_value=1, max_value=100, initial=100,
+        help_text="Share of a group's cards that must succeed before the next group starts.",
+    )
+    error_threshold = forms.IntegerField(
+        label="Error threshold (%)", min_value=1, max_value=100, initial=20,
+        help_text="Share of a group's cards failed at which the rollout pauses itself.",
+    )
+    retry_count = forms.IntegerField(label="Retries per card", min_value=0, max_value=10, initial=2)
+    require_approval = forms.BooleanField(label="Require approval by a second user of the bank (four eyes)",
+                                          required=False)
+
+    def __init__(self, *args: object, releases: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["release"].queryset = releases
+        self.fields["release"].label_from_instance = lambda r: f"{r.package_aid} v{r.package_version} ({r.filename})"
+
+    def clean_groups(self) -> list[str]:
+        parts = [p.strip() for p in self.cleaned_data["groups"].split(",") if p.strip()]
+        if not parts:
+            raise forms.ValidationError("Give at least one group, e.g. 100%.")
+        return parts
+
+
+class RolloutActionForm(forms.Form):
+    action = forms.ChoiceField(choices=[(a, a) for a in ("approve", "start", "pause", "resume", "cancel")],
+                               widget=forms.HiddenInput)
+    reason = forms.CharField(label="Reason", max_length=500, required=False)
+    confirm = forms.BooleanField(label="Yes, cancel this rollout", required=False)
+
+    def clean(self) -> dict[str, object]:
+        data = super().clean()
+        if data.get("action") == "cancel" and not data.get("confirm"):
+            self.add_error("confirm", "Tick the box to confirm the cancellation.")
+        return data

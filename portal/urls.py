@@ -1,5 +1,7 @@
 """Portal pages (mounted at "/")."""
 
+from importlib.util import find_spec
+
 from django.urls import path
 
 from portal.views import agency, auth, bank, citizen, pages
@@ -37,3 +39,13 @@ urlpatterns = [
     # Regulator
     path("regulator/", pages.regulator, name="regulator"),
 ]
+
+# Rollouts (issue 7) are served when their services are part of the platform.
+if find_spec("updates.rollouts") is not None:
+    from portal.views import rollouts
+
+    urlpatterns += [
+        path("bank/<slug:bank>/rollouts/", rollouts.rollout_list, name="bank-rollouts"),
+        path("bank/<slug:bank>/rollouts/<int:rollout>/", rollouts.rollout_detail, name="bank-rollout"),
+        path("bank/<slug:bank>/rollouts/<int:rollout>/cards/", rollouts.rollout_targets, name="bank-rollout-targets"),
+    ]

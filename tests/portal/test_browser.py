@@ -20,6 +20,7 @@ from cards.models import Card, Enrollment
 from cardsim.transport import InProcessCard
 from issuers.management.commands.seed_demo import DEMO_PASSWORD
 from issuers.models import Organization
+from portal.templatetags.portal import ROLLOUTS
 from updates import services as update_services
 from updates.demo_cap import build_cap
 from updates.models import Release
@@ -111,16 +112,15 @@ def enroll_and_present(username: str, bank_slug: str, base_url: str) -> Card:
     return card
 
 
-def test_bank_operator_uploads_a_release_and_sees_its_details(
+def test_bank_operator_uploads_a_release_starts_a_rollout_and_sees_progress(
     demo: None, visit: Any, tmp_path: Any, live_server: Any
 ) -> None:
-    for username in ("citizen2", "citizen3"):
-        enroll_and_present(username, "beta", live_server.url)
+    cards = [enroll_and_present(username, "beta", live_server.url) for username in ("citizen2", "citizen3")]
     v = visit()
     page = v.page
     v.login("beta", DEMO_PASSWORD)
     expect(page).to_have_url(re.compile("/bank/beta/$"))
-    expect(page.get_by_role("img", name="Applet instances on cards")).to_contain_text(f"{BETA_RID}01 v1.0: 2")
+    expect(page.get_by_role("img", name="Applet instances on cards")).to_contain_text(f"{BETA_RID}01 v1.0")
     v.check("bank-dashboard")
     nav = page.get_by_role("navigation", name="Main")
     nav.get_by_role("link", name="Keys").click()
@@ -134,21 +134,44 @@ def test_bank_operator_uploads_a_release_and_sees_its_details(
     page.get_by_role("button", name="Upload and check").click()
     expect(page.locator("#id_cap_file_error")).to_contain_text("not a valid CAP file")
     v.check("bank-release-refused")
-    before = Release.objects.count()
-    assert Release.objects.count() == before
-    package = BETA_RID + "05"
-    page.get_by_label("CAP file").set_input_files(cap_file(tmp_path, package, (1, 2), "loyalty-1.2.cap"))
+    assert not Release.objects.filter(filename="notes.cap").exists()
+    package = BETA_RID + "01"  # the demo's Beta Pay package: 1.0 on the cards, 2.0 published
+    page.get_by_label("CAP file").set_input_files(cap_file(tmp_path, package, (3, 0), "beta-pay-3.0.cap"))
     page.get_by_label("Changes in this release").fill("Loyalty points")
     page.get_by_role("button", name="Upload and check").click()
     details = page.locator("#release-details")
     expect(details).to_contain_text(package)
     expect(details).to_contain_text(package + "01")
-    release = Release.objects.get(package_aid=package)
+    release = Release.objects.get(package_aid=package, package_version="3.0")
     expect(details).to_contain_text(release.lfdb_sha256)
     expect(details).to_contain_text(f"{release.lfdb_size} bytes")
-    expect(details).to_contain_text("1.2")
+    expect(details).to_contain_text("3.0")
     expect(details).to_contain_text(release.imports[0]["aid"])
     v.check("bank-release")
+    if not ROLLOUTS:  # issue 7 not part of the platform yet
+        return
+    from updates.rollout_models import Rollout
+
+    # Roll it out in two waves and watch the progress change while the cards are presented.
+    page.get_by_role("link", name="Roll out this release").click()
+    expect(page.get_by_label("Release to roll out")).to_have_value(str(release.pk))
+    page.get_by_label("Groups (cumulative)").fill("50%, 100%")
+    v.check("bank-rollouts")
+    page.get_by_role("button", name="Plan the rollout").click()
+    expect(page.locator("#rollout-state")).to_have_text("Ready to start")
+    page.get_by_role("button", name="Start").click()
+    expect(page.locator("#rollout-state")).to_have_text("Running")
+    progress = page.locator("#rollout-progress")
+    expect(progress).to_contain_text("0 of 2 cards updated")
+    v.check("bank-rollout-running")
+    for _ in range(3):  # each presentation runs whatever wave the card is in
+        for card in cards:
+            present(card, live_server.url)
+        if Rollout.objects.get(release=release).state == "completed":
+            break
+    expect(progress).to_contain_text("2 of 2 cards updated", timeout=15_000)  # the page refreshed itself
+    expect(page.locator("#rollout-state")).to_have_text("Completed")
+    v.check("bank-rollout-done")
 
 
 def test_bank_operator_cannot_open_another_banks_pages(demo: None, visit: Any) -> None:

@@ -1,10 +1,8 @@
 """Portal pages (mounted at "/")."""
 
-from importlib.util import find_spec
-
 from django.urls import path
 
-from portal.views import agency, auth, bank, citizen, pages
+from portal.views import agency, auth, bank, citizen, pages, rollouts
 
 app_name = "portal"
 
@@ -28,6 +26,9 @@ urlpatterns = [
     path("bank/<slug:bank>/keys/rotate/<int:sd>/", bank.rotate, name="bank-rotate"),
     path("bank/<slug:bank>/releases/", bank.releases, name="bank-releases"),
     path("bank/<slug:bank>/releases/<int:release>/", bank.release_detail, name="bank-release"),
+    path("bank/<slug:bank>/rollouts/", rollouts.rollout_list, name="bank-rollouts"),
+    path("bank/<slug:bank>/rollouts/<int:rollout>/", rollouts.rollout_detail, name="bank-rollout"),
+    path("bank/<slug:bank>/rollouts/<int:rollout>/cards/", rollouts.rollout_targets, name="bank-rollout-targets"),
     # Agency
     path("agency/", agency.dashboard, name="agency"),
     path("agency/cards/", agency.cards, name="agency-cards"),
@@ -40,12 +41,3 @@ urlpatterns = [
     path("regulator/", pages.regulator, name="regulator"),
 ]
 
-# Rollouts (issue 7) are served when their services are part of the platform.
-if find_spec("updates.rollouts") is not None:
-    from portal.views import rollouts
-
-    urlpatterns += [
-        path("bank/<slug:bank>/rollouts/", rollouts.rollout_list, name="bank-rollouts"),
-        path("bank/<slug:bank>/rollouts/<int:rollout>/", rollouts.rollout_detail, name="bank-rollout"),
-        path("bank/<slug:bank>/rollouts/<int:rollout>/cards/", rollouts.rollout_targets, name="bank-rollout-targets"),
-    ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.util import find_spec
 from typing import Any
 
 from django import template
@@ -13,7 +12,6 @@ from issuers.roles import principal
 from portal import totp
 
 register = template.Library()
-ROLLOUTS = find_spec("updates.rollouts") is not None
 
 
 @register.simple_tag(takes_context=True)
@@ -31,9 +29,8 @@ def portal_nav(context: dict[str, Any]) -> list[dict[str, Any]]:
             (f"{bank.name}" if len(who.bank_ids) > 1 else "Dashboard", reverse("portal:bank", args=[bank.slug])),
             ("Keys", reverse("portal:bank-keys", args=[bank.slug])),
             ("Releases", reverse("portal:bank-releases", args=[bank.slug])),
+            ("Rollouts", reverse("portal:bank-rollouts", args=[bank.slug])),
         ]
-        if ROLLOUTS:
-            links.append(("Rollouts", reverse("portal:bank-rollouts", args=[bank.slug])))
     if who.is_agency:
         links += [
             ("Agency", reverse("portal:agency")),

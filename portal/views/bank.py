@@ -15,12 +15,11 @@ from issuers.roles import principal
 from portal import charts, selectors
 from portal.access import bank_member, require_operator
 from portal.forms import ConfirmForm, ReleaseForm, add_service_error, files, posted
-from portal.templatetags.portal import ROLLOUTS
 from updates.releases import create_release
 
 
 def _context(request: HttpRequest, bank: Organization, **extra: object) -> dict[str, object]:
-    return {"bank": bank, "can_operate": principal(request.user).can_operate(bank.pk), "rollouts": ROLLOUTS, **extra}
+    return {"bank": bank, "can_operate": principal(request.user).can_operate(bank.pk), **extra}
 
 
 @bank_member

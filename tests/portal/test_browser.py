@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import re
+import time
 from typing import Any
 
 import pytest
@@ -20,10 +21,12 @@ from cards.models import Card, Enrollment
 from cardsim.transport import InProcessCard
 from issuers.management.commands.seed_demo import DEMO_PASSWORD
 from issuers.models import Organization
-from portal.templatetags.portal import ROLLOUTS
+from portal import totp
+from portal.models import TotpDevice
 from updates import services as update_services
 from updates.demo_cap import build_cap
 from updates.models import Release
+from updates.rollout_models import Rollout
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -38,8 +41,18 @@ def demo(transactional_db: None) -> None:
 def test_citizen_adds_beta_bank_with_consent_and_presents_the_card(demo: None, visit: Any, live_server: Any) -> None:
     v = visit()
     page = v.page
-    v.goto("/accounts/login/")
+    v.goto("/")
+    # Keyboard: the first Tab reaches the skip link, which moves focus to the main content.
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to main content")).to_be_focused()
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
+    page.get_by_role("main").get_by_role("link", name="Log in").click()
+    expect(page.get_by_label("Username")).to_be_focused()
     v.check("login")
+    page.get_by_role("link", name="Forgot your password?").click()
+    expect(page.get_by_role("heading", name="Reset your password")).to_be_visible()
+    v.check("password-reset")
     v.login("citizen2", DEMO_PASSWORD)
     card = Card.objects.get(holder__username="citizen2")
     expect(page).to_have_url(re.compile(f"/card/{card.cin}/$"))
@@ -148,9 +161,6 @@ def test_bank_operator_uploads_a_release_starts_a_rollout_and_sees_progress(
     expect(details).to_contain_text("3.0")
     expect(details).to_contain_text(release.imports[0]["aid"])
     v.check("bank-release")
-    if not ROLLOUTS:  # issue 7 not part of the platform yet
-        return
-    from updates.rollout_models import Rollout
 
     # Roll it out in two waves and watch the progress change while the cards are presented.
     page.get_by_role("link", name="Roll out this release").click()
@@ -216,6 +226,24 @@ def test_agency_batch_upload_with_errors_is_refused_whole(demo: None, visit: Any
     v.login("agency", DEMO_PASSWORD)
     expect(page).to_have_url(re.compile("/agency/$"))
     v.check("agency-dashboard")
+
+    # The optional second factor: enrol with the otpauth URI, then it is asked for at login.
+    page.get_by_role("navigation", name="Account").get_by_role("link", name="Second factor").click()
+    page.get_by_role("button", name="Set up a second factor").click()
+    expect(page.get_by_label("otpauth address")).to_contain_text("otpauth://totp/")
+    v.check("second-factor")
+    device = TotpDevice.objects.get(user__username="agency")
+    page.get_by_label("Six-digit code from your authenticator app").fill(totp.code_at(device, time.time()))
+    page.get_by_role("button", name="Turn on the second factor").click()
+    expect(page.get_by_text("The second factor is on")).to_be_visible()
+    page.get_by_role("button", name="Log out").click()
+    v.login("agency", DEMO_PASSWORD)
+    expect(page).to_have_url(re.compile("/accounts/login/verify/$"))
+    v.check("login-second-factor")
+    page.get_by_label("Six-digit code from your authenticator app").fill(
+        totp.code_at(device, time.time() + totp.STEP))
+    page.get_by_role("button", name="Verify").click()
+    expect(page).to_have_url(re.compile("/agency/$"))
     before = Card.objects.count()
     csv = tmp_path / "cards.csv"
     csv.write_text("holder,scp,cin,serial\ncitizen7,03,,\nnobody,03,,\ncitizen7,09,,\n")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-pytest.importorskip("updates.rollouts")
-
 from tests.factories import World
 from updates.demo_cap import build_cap
 from updates.releases import create_release

@@ -45,10 +45,20 @@ def _deny(card: Card, sd: SecurityDomain, operation: str, reason: str) -> TokenD
     return TokenDenied(f"token refused for {operation}: {reason}")
 
 
+def command_data(command: bytes) -> bytes:
+    """The data field of a plain C-APDU (ISO 7816-4 §5.1: short or extended Lc), without Le."""
+    if len(command) <= 5:
+        return b""
+    if command[4] == 0 and len(command) >= 7:
+        length = int.from_bytes(command[5:7], "big")
+        return bytes(command[7 : 7 + length])
+    return bytes(command[5 : 5 + command[4]])
+
+
 def describe(command: bytes) -> tuple[str, str]:
     """(operation, subject AID) of a plain INSTALL/DELETE command, for policy and audit."""
     ins, p1 = command[1], command[2]
-    data = command[5:]
+    data = command_data(command)
     try:
         if ins == INS_INSTALL:
             parsed = commands.parse_install(p1, data)
@@ -69,7 +79,9 @@ def authorize(*, card: Card, security_domain: SecurityDomain, command: bytes) ->
     sd = security_domain
     bank = sd.organization
     check_security_domain(card=card, security_domain=sd, operation=operation)
-    if aid and not aid_in_bank_range(bank, aid):
+    if not aid:
+        raise _deny(card, sd, operation, "not a card content command the agency signs tokens for")
+    if not aid_in_bank_range(bank, aid):
         raise _deny(card, sd, operation, f"{aid} is outside {bank.name}'s AID range")
     if operation == "install:load":
         from updates.models import Release
@@ -89,7 +101,7 @@ def authorize(*, card: Card, security_domain: SecurityDomain, command: bytes) ->
 
 def _load_hash(command: bytes) -> bytes:
     try:
-        return commands.parse_install(command[2], command[5:]).lfdb_hash or b""
+        return commands.parse_install(command[2], command_data(command)).lfdb_hash or b""
     except GPError:
         return b""
 

@@ -93,7 +93,9 @@ def build_fleet(cards: int) -> Fleet:
     for name, bank in (("alpha_op", alpha), ("alpha_op2", alpha), ("beta_op", beta)):
         users[name] = make_user(name)
         issuer_services.add_member(organization=bank, user=users[name], role=Membership.Role.OPERATOR)
-    alpha_v1 = create_release(bank=alpha, cap_bytes=alpha_cap((1, 0)), filename="alpha-1.0.cap", actor=users["alpha_op"])
+    alpha_v1 = create_release(
+        bank=alpha, cap_bytes=alpha_cap((1, 0)), filename="alpha-1.0.cap", actor=users["alpha_op"]
+    )
     beta_v1 = create_release(
         bank=beta, cap_bytes=build_cap(BETA_PKG, [BETA_APPLET], (1, 0), name="beta.pay"), filename="beta-1.0.cap"
     )

@@ -75,12 +75,13 @@ def test_citizen_adds_beta_bank_with_consent_and_presents_the_card(demo: None, v
     expect(page.locator("#work")).to_contain_text("Enroll bank")
 
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Connect your card").click()
+    v.check("citizen-connect")
     page.get_by_label("Name of the device").fill("test reader")
     page.get_by_role("button", name="Create a credential").click()
     token = page.locator("#token").inner_text().strip()
     assert token.startswith("eca_")
     expect(page.locator("#command")).to_contain_text(f"python -m agent --server {live_server.url}")
-    v.check("citizen-connect")
+    v.check("citizen-connect-token")
 
     # The card page stays open and refreshes itself while the agent presents the card.
     page.get_by_role("navigation", name="Main").get_by_role("link", name="My card").click()

@@ -11,7 +11,7 @@ from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_http_methods
 
@@ -117,5 +117,5 @@ def export(request: HttpRequest) -> StreamingHttpResponse:
         raise PermissionDenied("only the agency and regulators export the whole log")
     checkpoint = selectors.latest_checkpoint()
     if checkpoint is None:
-        raise PermissionDenied("the log has no signed checkpoint yet")
+        raise Http404("the log has no signed checkpoint yet")
     return export_response(checkpoint)

@@ -54,6 +54,10 @@ import django  # noqa: E402
 
 django.setup()
 
+import logging  # noqa: E402
+
+logging.getLogger("ecard.access").setLevel(logging.WARNING)  # one line per API request would be timed too
+
 from django.db import connection, connections, transaction  # noqa: E402
 
 from audit import selectors  # noqa: E402
@@ -203,6 +207,27 @@ def latency_profile(n: int = 1000) -> dict[str, float]:
             samples.append(plan[0]["Execution Time"] + plan[0]["Planning Time"])
         out["server: write statement (EXPLAIN ANALYZE)"] = statistics.median(samples) * 1e3
     return out
+
+
+def profile_appends(n: int = 1000, top: int = 10) -> list[tuple[str, int, float, float]]:
+    """cProfile of ``n`` single-process appends: the ``top`` functions by own time as
+    ``(function, calls, µs per append own time, % of total)``."""
+    import cProfile
+    import pstats
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for i in range(n):
+        append_one(i)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    rows = []
+    for (filename, line, name), (_cc, calls, tottime, _ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        short = filename.split("site-packages/")[-1].replace(str(ROOT) + "/", "")
+        rows.append((f"{short}:{line}({name})", calls, tottime / n * 1e6, 100 * tottime / total))
+    rows.sort(key=lambda r: r[2], reverse=True)
+    return rows[:top]
 
 
 def commit_ceiling(n: int = 2000) -> float | None:
@@ -400,6 +425,7 @@ def main() -> None:
             print(f"appends, {p} process(es): {rates[p]:,.0f}/s")
         breakdown = append_breakdown(min(args.entries, 2000))
         print(f"single-process append breakdown (median µs): {breakdown}")
+        profiled = profile_appends()
         profile = latency_profile()
         print(f"latency profile (median µs): {profile}")
         ceiling = commit_ceiling()
@@ -454,6 +480,15 @@ def main() -> None:
           f"log state, hash, write entry + nodes + state) and {breakdown['commit']:,.0f} µs in `COMMIT`.", file=out)
     print("Where it goes (median µs): " + "; ".join(f"{k} {v:,.0f}" for k, v in profile.items()) + ".",
           file=out)
+    print(file=out)
+    print("cProfile of 1,000 single-process appends, top functions by own time (the socket waits are the "
+          "round trips and the commit's flush; everything else is small):", file=out)
+    print(file=out)
+    print("| function | calls | µs per append | % |", file=out)
+    print("|---|---:|---:|---:|", file=out)
+    for name, calls, us, pct in profiled:
+        print(f"| `{name}` | {calls:,} | {us:,.0f} | {pct:.0f} |", file=out)
+    print(file=out)
     if ceiling:
         print(f"The same server runs the smallest possible serialised durable transaction (`SELECT … FOR UPDATE`, "
               f"one-row `UPDATE`, `COMMIT`) at {ceiling:,.0f}/s.", file=out)

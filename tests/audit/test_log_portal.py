@@ -107,6 +107,7 @@ def test_checkpoint_page_verifies_a_pasted_checkpoint(world: World) -> None:
 
 
 def test_export_download_from_the_portal(world: World) -> None:
+    assert login(world, "regulator").get("/audit/export/").status_code == 404  # nothing signed yet
     services.make_checkpoint()
     response = login(world, "agency_admin").get("/audit/export/")
     assert response.status_code == 200

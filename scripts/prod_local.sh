@@ -8,6 +8,7 @@
 #   scripts/prod_local.sh stop      stop what start started (PID files), wait for it to exit
 #   scripts/prod_local.sh status    which processes run
 #   scripts/prod_local.sh env       print the environment (secrets masked)
+#   scripts/prod_local.sh manage ARGS...   run manage.py ARGS in that environment (seed_load, rotate_kek, ...)
 #
 # HTTPS by default: a self-signed certificate for 127.0.0.1/localhost is generated once into var/tls/
 # (clients trust it with SSL_CERT_FILE=var/tls/cert.pem); PROD_TLS=0 serves plain HTTP instead
@@ -235,5 +236,8 @@ case "${1:-start}" in
     stop) cmd_stop ;;
     status) cmd_status ;;
     env) cmd_env ;;
+    manage) shift; load_env; exec "$PY" manage.py "$@" ;;
+    # For tools (bench/loadkit.py): the whole environment as JSON on stdout, secrets included.
+    env-json) load_env; exec "$PY" -c 'import json, os; print(json.dumps(dict(os.environ)))' ;;
     *) die "usage: $0 start|stop|status|env" ;;
 esac

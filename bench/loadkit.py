@@ -1,0 +1,663 @@
+"""Load-test kit shared by ``bench/bench_load.py`` and ``tests/ops/test_fault.py``.
+
+* :func:`topology_env` — the production environment of ``scripts/prod_local.sh`` (one source of
+  truth: the script prints it), with overrides for a private topology (port, database, Redis dbs).
+* :class:`Topology` — start/stop that topology through the script; PIDs of the web master and its
+  workers, the Celery workers and beat.
+* :class:`KeepAliveRelay` — the relay API over one persistent HTTP(S) connection per agent (what a
+  phone or ATM keeps open), timing every exchange.
+* :func:`run_load` — N simulated agents in a few processes, many threads each; every agent owns one
+  emulated card (``cardsim.transport.InProcessCard``) and loops: make sure its card has a small job
+  (lock or unlock of the load bank's security domain, queued through ``cards.services`` by one
+  feeder thread per process), present the card (identify, authenticate, run the job, verify with
+  GET STATUS), check the outcome. Bounded: every agent stops at the deadline.
+* :class:`CpuMeter` — CPU seconds of process groups from ``/proc``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import multiprocessing as mp
+import os
+import queue
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from agent.core import RelayError, run_session  # noqa: E402 - after the sys.path entry
+from cardsim.transport import InProcessCard  # noqa: E402
+
+SCRIPT = ROOT / "scripts" / "prod_local.sh"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------------------------
+# environment and topology
+
+
+def topology_env(overrides: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment ``scripts/prod_local.sh`` runs the platform with (secrets included)."""
+    env = dict(os.environ)
+    env.update(overrides or {})
+    out = subprocess.run(
+        ["bash", str(SCRIPT), "env-json"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.append(int(entry))
+    return found
+
+
+@dataclass
+class Topology:
+    """A production topology started by ``scripts/prod_local.sh`` with the given overrides."""
+
+    overrides: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.env = topology_env(self.overrides)
+        self.run_dir = Path(self.env["ECARD_VAR_DIR"]) / "run"
+
+    @property
+    def base_url(self) -> str:
+        scheme = "https" if self.env.get("GUNICORN_CERTFILE") else "http"
+        return f"{scheme}://{self.env['GUNICORN_BIND']}"
+
+    def script(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ)
+        env.update(self.overrides)
+        return subprocess.run(
+            ["bash", str(SCRIPT), *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout
+        )
+
+    def start(self) -> None:
+        result = self.script("start")
+        if result.returncode != 0:
+            raise RuntimeError(f"topology did not start:\n{result.stdout}\n{result.stderr}")
+
+    def stop(self) -> None:
+        self.script("stop", timeout=120)
+
+    def manage(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return self.script("manage", *args, timeout=timeout)
+
+    def pid(self, name: str) -> int | None:
+        return read_pid(self.run_dir / f"{name}.pid")
+
+    def web_workers(self) -> list[int]:
+        master = self.pid("web")
+        return children(master) if master else []
+
+    def process_groups(self) -> dict[str, list[int]]:
+        groups: dict[str, list[int]] = {"web": [], "celery": [], "beat": []}
+        master = self.pid("web")
+        if master:
+            groups["web"] = [master, *children(master)]
+        for pidfile in sorted(self.run_dir.glob("worker*.pid")):
+            pid = read_pid(pidfile)
+            if pid:
+                groups["celery"] += [pid, *children(pid)]
+        beat = self.pid("beat")
+        if beat:
+            groups["beat"] = [beat]
+        return groups
+
+
+def ssl_context(env: dict[str, str]) -> ssl.SSLContext | None:
+    cert = env.get("GUNICORN_CERTFILE") or env.get("SSL_CERT_FILE")
+    if not cert or not Path(cert).exists():
+        return None
+    return ssl.create_default_context(cafile=cert)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU from /proc
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # fields[11], [12] = utime, stime (fields 14, 15 of stat(5), counted after the comm field)
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def pids_named(names: Iterable[str]) -> list[int]:
+    wanted = set(names)
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                comm = Path(f"/proc/{entry}/comm").read_text().strip()
+            except OSError:
+                continue
+            if comm in wanted or comm.split(":")[0] in wanted:
+                found.append(int(entry))
+    return found
+
+
+class CpuMeter:
+    """CPU seconds used by process groups between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, groups: Callable[[], dict[str, list[int]]]) -> None:
+        self.groups = groups
+        self.before: dict[str, dict[int, float]] = {}
+        self.used: dict[str, float] = {}
+        self.wall = 0.0
+
+    def _sample(self) -> dict[str, dict[int, float]]:
+        return {name: {pid: proc_cpu_seconds(pid) for pid in pids} for name, pids in self.groups().items()}
+
+    def start(self) -> None:
+        self.before = self._sample()
+        self._t0 = time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        after = self._sample()
+        self.wall = time.monotonic() - self._t0
+        # A process that appears mid-run (a respawned worker) counts from zero.
+        self.used = {
+            name: sum(max(0.0, cpu - self.before.get(name, {}).get(pid, 0.0)) for pid, cpu in pids.items())
+            for name, pids in after.items()
+        }
+        return self.used
+
+    def cores(self) -> dict[str, float]:
+        return {name: used / self.wall for name, used in self.used.items()} if self.wall else {}
+
+
+# ---------------------------------------------------------------------------------------------
+# the relay client
+
+
+class ExchangeError(RelayError):
+    """An HTTP exchange failed (status, connection, protocol)."""
+
+
+class KeepAliveRelay:
+    """``agent.core.Server`` over one persistent connection; latencies (s) of every exchange."""
+
+    def __init__(self, base_url: str, token: str, *, context: ssl.SSLContext | None, timeout: float = 30.0) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        self.https = parsed.scheme == "https"
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or (443 if self.https else 80)
+        self.context = context
+        self.timeout = timeout
+        self.headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+            "Authorization": f"Agent {token}",
+            "User-Agent": "ecard-bench-load/1",
+        }
+        self.latencies: list[float] = []
+        self.conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.conn is None:
+            if self.https:
+                self.conn = http.client.HTTPSConnection(
+                    self.host, self.port, timeout=self.timeout, context=self.context
+                )
+            else:
+                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        return self.conn
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def post(self, path: str, body: dict[str, Any], expect: int) -> dict[str, Any]:
+        data = json.dumps(body).encode()
+        started = time.perf_counter()
+        try:
+            conn = self._connection()
+            conn.request("POST", path, body=data, headers=self.headers)
+            response = conn.getresponse()
+            payload = response.read()
+            if response.will_close:
+                self.close()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise ExchangeError(f"{type(exc).__name__}: {exc}") from None
+        self.latencies.append(time.perf_counter() - started)
+        if response.status != expect:
+            raise ExchangeError(f"HTTP {response.status}: {payload[:200].decode('utf-8', 'replace')}")
+        return json.loads(payload)
+
+    def open_session(self, mode: str) -> dict[str, Any]:
+        return self.post("/api/v1/relay/sessions/", {"mode": mode}, 201)
+
+    def exchange(self, session: str, number: int, responses: list[str]) -> dict[str, Any]:
+        path = f"/api/v1/relay/sessions/{session}/exchanges/"
+        return self.post(path, {"exchange": number, "responses": responses}, 200)
+
+
+# ---------------------------------------------------------------------------------------------
+# the job feeder (Django, one per agent process)
+
+
+class Feeder(threading.Thread):
+    """Queues each card's next small job (lock, then unlock, ...) through ``cards.services``.
+
+    Agents ask with :meth:`ensure`; requests are served in batches, one transaction each, by this
+    one thread (one database connection per process, whatever the number of agents).
+    """
+
+    def __init__(self, operator: str) -> None:
+        super().__init__(daemon=True, name="feeder")
+        self.requests: queue.Queue[tuple[int, threading.Event, list[str]]] = queue.Queue()
+        self.operator_name = operator
+        self.stopping = threading.Event()
+
+    def ensure(self, sd_id: int, timeout: float = 60.0) -> str:
+        """Make sure the card of ``sd_id`` has an open job; '' or an error message."""
+        done = threading.Event()
+        box: list[str] = []
+        self.requests.put((sd_id, done, box))
+        if not done.wait(timeout):
+            return "job feeder timed out"
+        return box[0] if box else ""
+
+    def run(self) -> None:
+        from django.contrib.auth import get_user_model
+        from django.db import close_old_connections
+
+        operator = get_user_model().objects.get(username=self.operator_name)
+        while not self.stopping.is_set():
+            try:
+                first = self.requests.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            batch = [first]
+            with contextlib.suppress(queue.Empty):
+                while len(batch) < 64:
+                    batch.append(self.requests.get_nowait())
+            try:
+                self._serve(batch, operator)
+            except Exception as exc:  # reported to every waiting agent; the feeder goes on
+                close_old_connections()
+                for _sd, done, box in batch:
+                    if not box:
+                        box.append(f"feeder: {type(exc).__name__}: {exc}")
+                    done.set()
+
+    def _serve(self, batch: list[tuple[int, threading.Event, list[str]]], operator: Any) -> None:
+        from django.db import transaction
+
+        from cards import services
+        from cards.models import CardJob, SecurityDomain
+        from ecard.errors import ServiceError
+
+        sds = {sd.pk: sd for sd in SecurityDomain.objects.filter(pk__in=[sd for sd, _d, _b in batch])}
+        busy = set(
+            CardJob.objects.filter(
+                card_id__in=[sd.card_id for sd in sds.values()], state__in=CardJob.OPEN_STATES
+            ).values_list("card_id", flat=True)
+        )
+        with transaction.atomic():
+            for sd_id, _done, box in batch:
+                sd = sds.get(sd_id)
+                if sd is None:
+                    box.append(f"no security domain {sd_id}")
+                    continue
+                if sd.card_id in busy:
+                    continue  # its job is still open (an interrupted session): the next one resumes it
+                try:
+                    services.request_sd_lock(
+                        security_domain=sd, lock=sd.lifecycle != SecurityDomain.Lifecycle.LOCKED, actor=operator
+                    )
+                except ServiceError as exc:
+                    box.append(f"queue: {exc}")
+                busy.add(sd.card_id)
+        for _sd, done, _box in batch:
+            done.set()
+
+
+# ---------------------------------------------------------------------------------------------
+# agents
+
+
+@dataclass
+class AgentStats:
+    sessions: int = 0  # complete sessions (job done, nothing pending) finished inside the window
+    errors: int = 0
+    error_samples: list[str] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # per exchange, seconds, inside the window
+    session_times: list[float] = field(default_factory=list)
+    queue_times: list[float] = field(default_factory=list)
+    done_jobs: list[int] = field(default_factory=list)  # job ids the agents saw done
+    interrupted: list[str] = field(default_factory=list)  # CINs whose last session did not complete
+
+    def merge(self, other: AgentStats) -> None:
+        self.sessions += other.sessions
+        self.errors += other.errors
+        self.error_samples += other.error_samples[: max(0, 20 - len(self.error_samples))]
+        self.latencies += other.latencies
+        self.session_times += other.session_times
+        self.queue_times += other.queue_times
+        self.done_jobs += other.done_jobs
+        self.interrupted += other.interrupted
+
+
+def _agent(
+    row: dict[str, Any],
+    base_url: str,
+    context: ssl.SSLContext | None,
+    feeder: Feeder,
+    start_at: float,
+    deadline: float,
+    stats: AgentStats,
+    lock: threading.Lock,
+) -> None:
+    relay = KeepAliveRelay(base_url, row["token"], context=context)
+    interrupted = False
+    while time.time() < start_at:
+        time.sleep(0.01)
+    while time.time() < deadline:
+        t0 = time.perf_counter()
+        problem = feeder.ensure(row["sd_id"])
+        t1 = time.perf_counter()
+        if problem:
+            with lock:
+                stats.errors += 1
+                if len(stats.error_samples) < 20:
+                    stats.error_samples.append(f"{row['username']}: {problem}")
+            time.sleep(0.2)
+            continue
+        relay.latencies = []
+        try:
+            result = run_session(InProcessCard(row["state_file"]), relay)
+            error = result.error
+            if not error and (result.pending or not result.jobs or not result.ok):
+                error = f"session ended with jobs {result.jobs} and {result.pending} pending"
+        except (RelayError, OSError, ValueError, KeyError) as exc:
+            error, result = f"{type(exc).__name__}: {exc}", None
+        t2 = time.perf_counter()
+        in_window = time.time() <= deadline
+        with lock:
+            if in_window:
+                stats.latencies += relay.latencies
+            if error:
+                stats.errors += 1
+                interrupted = True
+                if len(stats.error_samples) < 20:
+                    stats.error_samples.append(f"{row['username']}: {error}")
+            else:
+                interrupted = False
+                if result is not None:
+                    stats.done_jobs += [int(job["id"]) for job in result.jobs if job.get("state") == "done"]
+                if in_window:
+                    stats.sessions += 1
+                    stats.session_times.append(t2 - t1)
+                    stats.queue_times.append(t1 - t0)
+        if error:
+            time.sleep(0.05)  # a failed presentation: the holder presents the card again
+    relay.close()
+    if interrupted:
+        with lock:
+            stats.interrupted.append(row["cin"])
+
+
+def _agent_process(
+    rows: list[dict[str, Any]],
+    env: dict[str, str],
+    base_url: str,
+    start_at: float,
+    deadline: float,
+    out: Any,
+    operator: str,
+) -> None:
+    os.environ.update(env)
+    os.environ["LOG_LEVEL"] = "WARNING"
+    os.environ["DJANGO_SETTINGS_MODULE"] = "ecard.settings"
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import django
+
+    django.setup()
+    context = ssl_context(env)
+    feeder = Feeder(operator)
+    feeder.start()
+    stats = AgentStats()
+    lock = threading.Lock()
+    threads = [
+        threading.Thread(
+            target=_agent, args=(row, base_url, context, feeder, start_at, deadline, stats, lock), daemon=True
+        )
+        for row in rows
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=max(1.0, deadline - time.time() + 120))
+    feeder.stopping.set()
+    out.put(stats)
+
+
+@dataclass
+class LoadResult:
+    agents: int
+    seconds: float
+    stats: AgentStats
+    cpu: dict[str, float] = field(default_factory=dict)  # cores used per process group
+    agent_processes: int = 1
+
+    @property
+    def rate(self) -> float:
+        return self.stats.sessions / self.seconds if self.seconds else 0.0
+
+    def percentile(self, p: float, values: list[float] | None = None) -> float:
+        data = sorted(self.stats.latencies if values is None else values)
+        if not data:
+            return 0.0
+        k = min(len(data) - 1, max(0, round(p / 100 * (len(data) - 1))))
+        return data[k] * 1000
+
+    def summary(self) -> str:
+        return (
+            f"{self.agents} agents: {self.rate:.1f} sessions/s, p50 {self.percentile(50):.0f} ms, "
+            f"p99 {self.percentile(99):.0f} ms, {self.stats.errors} errors"
+        )
+
+
+def read_tokens(path: Path, count: int) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if len(rows) < count:
+        raise RuntimeError(f"{path} has {len(rows)} cards; {count} needed (seed_load --cards {count})")
+    return rows[:count]
+
+
+def run_load(
+    *,
+    rows: list[dict[str, Any]],
+    env: dict[str, str],
+    base_url: str,
+    seconds: float,
+    processes: int,
+    groups: Callable[[], dict[str, list[int]]] | None = None,
+    during: Callable[[float], None] | None = None,
+    operator: str = "loadbank_op",
+    warmup: float = 2.0,
+) -> LoadResult:
+    """Run ``len(rows)`` agents for ``seconds`` (after a short start-up); ``during(t)`` is called
+    about every 0.5 s with the time since the window opened (fault injection)."""
+    processes = max(1, min(processes, len(rows)))
+    ctx = mp.get_context("fork")
+    out = ctx.Queue()
+    start_at = time.time() + warmup + 0.5 * processes
+    deadline = start_at + seconds
+    shares = [rows[i::processes] for i in range(processes)]
+    workers = [
+        ctx.Process(target=_agent_process, args=(share, env, base_url, start_at, deadline, out, operator), daemon=True)
+        for share in shares
+    ]
+    for worker in workers:
+        worker.start()
+    meter = CpuMeter(groups or (lambda: {}))
+    while time.time() < start_at:
+        time.sleep(0.01)
+    meter.start()
+    while time.time() < deadline:
+        time.sleep(0.5)
+        if during is not None:
+            during(time.time() - start_at)
+    meter.stop()
+    total = AgentStats()
+    for _ in workers:
+        try:
+            total.merge(out.get(timeout=240))
+        except queue.Empty:
+            total.errors += 1
+            total.error_samples.append("an agent process did not report")
+    for worker in workers:
+        worker.join(timeout=30)
+        if worker.is_alive():
+            worker.kill()
+    return LoadResult(
+        agents=len(rows), seconds=seconds, stats=total, cpu=meter.cores(), agent_processes=processes
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# fault-test helpers (run in subprocesses with the topology's environment)
+
+
+def drain(rows: list[dict[str, Any]], base_url: str, context: ssl.SSLContext | None, tries: int = 4) -> dict[str, Any]:
+    """Present every card until it reports no pending work (at most ``tries`` presentations each).
+    Queues nothing: whatever is left from interrupted sessions resumes here."""
+    report: dict[str, Any] = {"presentations": 0, "left": {}, "done_jobs": [], "errors": []}
+    for row in rows:
+        relay = KeepAliveRelay(base_url, row["token"], context=context)
+        pending = -1
+        for _ in range(tries):
+            report["presentations"] += 1
+            try:
+                result = run_session(InProcessCard(row["state_file"]), relay)
+            except (RelayError, OSError, ValueError, KeyError) as exc:
+                report["errors"].append(f"{row['username']}: {type(exc).__name__}: {exc}")
+                time.sleep(0.5)
+                continue
+            report["done_jobs"] += [int(job["id"]) for job in result.jobs if job.get("state") == "done"]
+            pending = result.pending
+            if not result.error and pending == 0:
+                break
+        relay.close()
+        if pending != 0:
+            report["left"][row["cin"]] = pending
+    return report
+
+
+def fault_report(tokens: str) -> None:
+    """Print (JSON) what the fault test checks, from the database and the cards: per card its jobs
+    and their audit entries, and whether the card's lock state matches the platform's record."""
+    from audit.models import AuditEntry
+    from cards.models import Card, CardJob, SecurityDomain
+
+    rows = [json.loads(line) for line in Path(tokens).read_text().splitlines() if line.strip()]
+    cins = [row["cin"] for row in rows]
+    queued: dict[str, int] = {}
+    done_entries: dict[str, int] = {}
+    for entry in AuditEntry.objects.filter(action__in=("job.queued", "job.done"), card_cin__in=cins).values(
+        "action", "subject_id"
+    ):
+        target = queued if entry["action"] == "job.queued" else done_entries
+        target[entry["subject_id"]] = target.get(entry["subject_id"], 0) + 1
+    cards = []
+    for card in Card.objects.filter(cin__in=cins).order_by("cin"):
+        jobs = list(card.jobs.order_by("id").values("id", "kind", "state", "attempts"))
+        sd = SecurityDomain.objects.get(card=card, is_isd=False, state=SecurityDomain.State.ACTIVE)
+        state = json.loads(Path(card.state_file).read_text())
+        on_card_locked = bool(state["apps"][sd.aid]["lifecycle"] & 0x80)
+        cards.append(
+            {
+                "cin": card.cin,
+                "jobs": jobs,
+                "open": [j["id"] for j in jobs if j["state"] in CardJob.OPEN_STATES],
+                "failed": [j["id"] for j in jobs if j["state"] == CardJob.State.FAILED],
+                "queued_entries": {str(j["id"]): queued.get(str(j["id"]), 0) for j in jobs},
+                "done_entries": {str(j["id"]): done_entries.get(str(j["id"]), 0) for j in jobs},
+                "record_locked": sd.lifecycle == SecurityDomain.Lifecycle.LOCKED,
+                "card_locked": on_card_locked,
+            }
+        )
+    print(json.dumps({"cards": cards, "audit_size": AuditEntry.objects.count()}))
+
+
+def _cli(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="load-test kit (used by tests/ops/test_fault.py)")
+    parser.add_argument("command", choices=["load", "drain"])
+    parser.add_argument("--tokens", required=True)
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--agents", type=int, default=10)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    env = dict(os.environ)
+    if args.command == "load":
+        rows = read_tokens(Path(args.tokens), args.agents)
+        result = run_load(rows=rows, env=env, base_url=args.server, seconds=args.seconds, processes=args.processes)
+        body: dict[str, Any] = {
+            "summary": result.summary(),
+            "sessions": result.stats.sessions,
+            "errors": result.stats.errors,
+            "error_samples": result.stats.error_samples,
+            "done_jobs": result.stats.done_jobs,
+            "interrupted": result.stats.interrupted,
+        }
+    else:
+        rows = read_tokens(Path(args.tokens), args.agents)
+        body = drain(rows, args.server, ssl_context(env))
+    Path(args.out).write_text(json.dumps(body))
+    print(body.get("summary", f"drain: {body.get('presentations')} presentations, left {body.get('left')}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_cli())

@@ -1,7 +1,9 @@
 """Login throttling with Django's cache: failures counted per username and client address.
 
 After ``MAX_FAILURES`` failures within ``WINDOW`` seconds the pair is refused (HTTP 429) until
-the window has passed; a success clears the counter. The same counter guards the second factor.
+the window has passed; a success clears the counter. An address that fails ``MAX_FAILURES_PER_IP``
+times, whatever the usernames (credential stuffing), is refused too. The same counters guard the
+second factor.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from django.core.cache import cache
 from django.http import HttpRequest
 
 MAX_FAILURES = 5
+MAX_FAILURES_PER_IP = 50
 WINDOW = 15 * 60
+ANY_USER = "\0any"
 
 
 def client_ip(request: HttpRequest) -> str:
@@ -26,11 +30,14 @@ def _key(scope: str, username: str, ip: str) -> str:
 
 
 def blocked(scope: str, username: str, request: HttpRequest) -> bool:
-    return int(cache.get(_key(scope, username, client_ip(request)), 0)) >= MAX_FAILURES
+    ip = client_ip(request)
+    return (
+        int(cache.get(_key(scope, username, ip), 0)) >= MAX_FAILURES
+        or int(cache.get(_key(scope, ANY_USER, ip), 0)) >= MAX_FAILURES_PER_IP
+    )
 
 
-def record_failure(scope: str, username: str, request: HttpRequest) -> int:
-    key = _key(scope, username, client_ip(request))
+def _incr(key: str) -> int:
     if cache.add(key, 1, WINDOW):
         return 1
     try:
@@ -38,6 +45,14 @@ def record_failure(scope: str, username: str, request: HttpRequest) -> int:
     except ValueError:  # expired between add and incr
         cache.set(key, 1, WINDOW)
         return 1
+
+
+def record_failure(scope: str, username: str, request: HttpRequest) -> bool:
+    """Count a failure; True when the caller is now blocked."""
+    ip = client_ip(request)
+    per_user = _incr(_key(scope, username, ip))
+    per_ip = _incr(_key(scope, ANY_USER, ip))
+    return per_user >= MAX_FAILURES or per_ip >= MAX_FAILURES_PER_IP
 
 
 def reset(scope: str, username: str, request: HttpRequest) -> None:

@@ -67,15 +67,14 @@ class PortalLoginView(auth_views.LoginView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         username = request.POST.get("username", "")
         if ratelimit.blocked("login", username, request):
-            form = self.get_form()
-            form.errors.clear()
-            form.add_error(None, TOO_MANY)
-            return self.render_to_response(self.get_context_data(form=form), status=429)
+            # Refused before any password check: an unbound form, so nothing is authenticated.
+            form = self.form_class(request, initial={"username": username[:150]})
+            return self.render_to_response(self.get_context_data(form=form, throttled=TOO_MANY), status=429)
         return super().post(request, *args, **kwargs)
 
     def form_invalid(self, form: AuthenticationForm) -> HttpResponse:
         username = self.request.POST.get("username", "")
-        if ratelimit.record_failure("login", username, self.request) >= ratelimit.MAX_FAILURES:
+        if ratelimit.record_failure("login", username, self.request):
             form.add_error(None, TOO_MANY)
             return self.render_to_response(self.get_context_data(form=form), status=429)
         return super().form_invalid(form)

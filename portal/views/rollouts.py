@@ -4,6 +4,7 @@ group, approve/start/pause/resume/cancel, failures with reasons."""
 from __future__ import annotations
 
 from django.contrib import messages
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
@@ -23,7 +24,7 @@ def _context(request: HttpRequest, bank: Organization, **extra: object) -> dict[
     return {"bank": bank, "can_operate": principal(request.user).can_operate(bank.pk), **extra}
 
 
-def _releases(request: HttpRequest, bank: Organization):
+def _releases(request: HttpRequest, bank: Organization) -> QuerySet[Release]:
     return rollout_selectors.releases_for(request.user).filter(bank=bank, state=Release.State.APPROVED).order_by(
         "package_aid", "-created_at"
     )

@@ -60,6 +60,25 @@ def test_login_is_throttled_per_username_and_address(world: World) -> None:
     assert elsewhere.status_code == 302
 
 
+def test_blocked_login_checks_no_password(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = Client()
+    for _ in range(ratelimit.MAX_FAILURES):
+        client.post("/accounts/login/", {"username": "citizen1", "password": "wrong"})
+    calls: list[object] = []
+    monkeypatch.setattr("django.contrib.auth.forms.authenticate", lambda *a, **k: calls.append(k))
+    assert client.post("/accounts/login/", {"username": "citizen1", "password": PASSWORD}).status_code == 429
+    assert calls == []
+
+
+def test_one_address_trying_many_usernames_is_throttled(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ratelimit, "MAX_FAILURES_PER_IP", 6)
+    client = Client()
+    statuses = [client.post("/accounts/login/", {"username": f"user{n}", "password": "x"}).status_code
+                for n in range(6)]
+    assert statuses == [200] * 5 + [429]
+    assert client.post("/accounts/login/", {"username": "citizen2", "password": PASSWORD}).status_code == 429
+
+
 def enrol(client: Client) -> TotpDevice:
     assert client.post("/account/second-factor/", {"action": "start"}).status_code == 302
     page = client.get("/account/second-factor/").content.decode()

@@ -1,13 +1,15 @@
 """Playwright (sync API) with Debian's Chromium, screenshots and axe-core for the portal tests.
 
 Without Chromium (or axe-core's npm package) the browser tests are skipped on a developer machine
-and FAIL under CI (``CI=true``): the acceptance checks must not silently disappear there.
+and FAIL under CI (``CI=true``): the acceptance checks must not silently disappear there. A missing
+axe-core is installed first with ``npm ci`` from the committed lockfile when npm is available.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,17 @@ def missing(what: str) -> None:
     pytest.skip(what)
 
 
+def install_axe() -> None:
+    """``npm ci`` of the pinned axe-core (tests/browser/package-lock.json), when npm is there."""
+    npm = shutil.which("npm")
+    if npm is None:
+        return
+    subprocess.run(
+        [npm, "ci", "--prefix", str(AXE.parents[2]), "--no-audit", "--no-fund", "--ignore-scripts"],
+        check=False, timeout=300, capture_output=True,
+    )
+
+
 @pytest.fixture(scope="session")
 def chromium() -> Iterator[Any]:
     executable = shutil.which("chromium")
@@ -49,6 +62,8 @@ def chromium() -> Iterator[Any]:
         from playwright.sync_api import sync_playwright
     except ImportError:
         missing("playwright is not installed (pip install -r requirements-dev.txt)")
+    if not AXE.exists():
+        install_axe()
     if not AXE.exists():
         missing(f"axe-core is not installed: npm ci --prefix {AXE.parents[2]}")
     with sync_playwright() as playwright:

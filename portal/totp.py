@@ -1,16 +1,20 @@
 """Optional second factor for operators: TOTP (RFC 6238) with ``cryptography``'s primitive.
 
 The shared secret is generated here, wrapped with AES-GCM under a key derived (HKDF) from the
-server secret and bound to the user id, and only unwrapped to check a code. A code is accepted
+server secret and bound to the user id, and only unwrapped to check a code. After a SECRET_KEY
+rotation the old key in SECRET_KEY_FALLBACKS still opens it; if neither does, codes are refused
+and an administrator deletes the device (admin: "TOTP devices") so the user can enrol again. A code is accepted
 once (the step of the last accepted code is kept) within one step of clock drift.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import time
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA1, SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -24,6 +28,8 @@ from django.utils import timezone
 from issuers.roles import principal
 from portal.models import TotpDevice
 
+logger = logging.getLogger(__name__)
+
 DIGITS = 6
 STEP = 30
 DRIFT_STEPS = 1
@@ -31,9 +37,13 @@ ISSUER = "E-Card platform"
 SECRET_BYTES = 20  # 160 bits, RFC 4226 §4 recommendation
 
 
-def _wrapping_key() -> bytes:
+class SecretUnavailable(Exception):
+    """The wrapped secret does not open under SECRET_KEY or any SECRET_KEY_FALLBACKS."""
+
+
+def _wrapping_key(secret_key: str) -> bytes:
     return HKDF(algorithm=SHA256(), length=32, salt=None, info=b"ecard portal totp secret wrap v1").derive(
-        settings.SECRET_KEY.encode()
+        secret_key.encode()
     )
 
 
@@ -43,12 +53,18 @@ def _aad(user_id: int) -> bytes:
 
 def wrap_secret(user_id: int, secret: bytes) -> bytes:
     nonce = os.urandom(12)
-    return nonce + AESGCM(_wrapping_key()).encrypt(nonce, secret, _aad(user_id))
+    return nonce + AESGCM(_wrapping_key(settings.SECRET_KEY)).encrypt(nonce, secret, _aad(user_id))
 
 
 def unwrap_secret(user_id: int, wrapped: bytes) -> bytes:
+    """The secret, under the current SECRET_KEY or one of SECRET_KEY_FALLBACKS (Django's rotation)."""
     wrapped = bytes(wrapped)
-    return AESGCM(_wrapping_key()).decrypt(wrapped[:12], wrapped[12:], _aad(user_id))
+    for key in (settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])):
+        try:
+            return AESGCM(_wrapping_key(key)).decrypt(wrapped[:12], wrapped[12:], _aad(user_id))
+        except InvalidTag:
+            continue
+    raise SecretUnavailable(f"the second factor of user {user_id} cannot be opened (SECRET_KEY changed?)")
 
 
 def _totp(secret: bytes) -> TOTP:
@@ -101,7 +117,11 @@ def check_code(device: TotpDevice, code: str, *, now: float | None = None) -> bo
     if len(code) != DIGITS or not code.isdigit():
         return False
     device = TotpDevice.objects.select_for_update().get(pk=device.pk)
-    totp = _totp(unwrap_secret(device.user_id, device.wrapped_secret))
+    try:
+        totp = _totp(unwrap_secret(device.user_id, device.wrapped_secret))
+    except SecretUnavailable:
+        logger.warning("second factor of user %s cannot be opened; an administrator must reset it", device.user_id)
+        return False
     moment = time.time() if now is None else now
     current = int(moment) // STEP
     for step in range(current - DRIFT_STEPS, current + DRIFT_STEPS + 1):

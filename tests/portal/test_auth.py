@@ -140,3 +140,17 @@ def test_password_reset_sends_a_working_link(world: World) -> None:
                                                    "new_password2": "a fresh long passphrase 42"})
     assert done.status_code == 302
     assert Client().login(username="citizen1", password="a fresh long passphrase 42")
+
+
+def test_second_factor_survives_secret_key_rotation(world: World, as_user, settings) -> None:
+    device = enrol(as_user("agency_op"))
+    old = settings.SECRET_KEY
+    settings.SECRET_KEY = "a new secret key for the rotation test " + "y" * 20
+    settings.SECRET_KEY_FALLBACKS = [old]
+    assert totp.check_code(device, totp.code_at(device, time.time() + totp.STEP))
+    settings.SECRET_KEY_FALLBACKS = []
+    # Unopenable: refused (no error page); the admin resets it.
+    client = Client()
+    client.post("/accounts/login/", {"username": "agency_op", "password": PASSWORD})
+    response = client.post("/accounts/login/verify/", {"code": "123456"})
+    assert response.status_code == 400

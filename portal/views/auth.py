@@ -160,8 +160,12 @@ def second_factor(request: HttpRequest) -> HttpResponse:
         status = 400
     context: dict[str, Any] = {"eligible": True, "device": device, "form": form}
     if device is not None and device.confirmed_at is None:
-        context["uri"] = totp.provisioning_uri(device)
-        context["secret"] = totp.secret_base32(device)
+        try:
+            context["uri"] = totp.provisioning_uri(device)
+            context["secret"] = totp.secret_base32(device)
+        except totp.SecretUnavailable:  # an enrolment left over from before a SECRET_KEY change
+            totp.disable(request.user)
+            context["device"] = None
     response = render(request, "portal/second_factor.html", context, status=status)
     response["Cache-Control"] = "no-store"
     return response

@@ -32,7 +32,7 @@ from audit import selectors
 from audit.checkpoint import key_id
 from audit.checkpoint import make_checkpoint as sign_checkpoint
 from audit.export_format import ExportHeader, ExportWriter, canonical_json, format_time
-from audit.merkle import CompactRange, consistency_proof
+from audit.merkle import CompactRange, ProofError, consistency_proof, verify_consistency
 from audit.merkle import leaf_hash as merkle_leaf_hash
 from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode
 from ecard.errors import ServiceError
@@ -315,6 +315,13 @@ def ensure_checkpoint() -> tuple[Checkpoint, bool]:
     root = selectors.root_at(size)
     if root != frontier_root:
         raise LogCorruptError(f"stored nodes and frontier disagree on the root of size {size}")
+    # Never sign a head that is not an extension of the last signed one (docs/audit.md §2).
+    if latest is not None:
+        try:
+            proof = selectors.consistency_proof_for(latest.size, size)
+            verify_consistency(latest.size, size, bytes(latest.root_hash), root, proof)
+        except ProofError as exc:
+            raise LogCorruptError(f"the log is not consistent with its checkpoint of size {latest.size}") from exc
     from issuers import custody
 
     private_key = custody.load_private_key(keyset)

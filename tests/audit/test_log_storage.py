@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from audit import selectors, services, tasks
 from audit.checkpoint import parse_checkpoint, parse_vkey
 from audit.export_format import canonical_leaf_bytes, entry_leaf_hash
-from audit.merkle import CompactRange, frontier_coords, root_from_leaves
+from audit.merkle import CompactRange, consistency_proof_coords, frontier_coords, root_from_leaves
 from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode
 from cards import services as card_services
 from issuers import services as issuer_services
@@ -185,3 +185,17 @@ def test_checkpoint_refuses_when_nodes_were_tampered(world: World) -> None:
     MerkleNode.objects.filter(level=level, index=index).update(hash=b"\x00" * 32)
     with pytest.raises(services.LogCorruptError):
         services.make_checkpoint()
+
+
+def test_never_signs_a_head_inconsistent_with_the_last_checkpoint(world: World) -> None:
+    signed = services.make_checkpoint()
+    for _ in range(3):
+        card_services.issue_card(agency=world.agency, holder=None)
+    n = AuditEntry.objects.count()
+    coords = [c for group in consistency_proof_coords(signed.size, n) for c in group]
+    coords = [c for c in coords if c not in frontier_coords(n)]  # a node of the old part only
+    level, index = coords[0]
+    MerkleNode.objects.filter(level=level, index=index).update(hash=b"\x01" * 32)
+    with pytest.raises(services.LogCorruptError, match=f"not consistent with its checkpoint of size {signed.size}"):
+        services.make_checkpoint()
+    assert Checkpoint.objects.count() == 1

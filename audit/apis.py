@@ -174,7 +174,10 @@ class EntryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     def proof(self, request: Request, index: str | None = None) -> Response:
         """RFC 9162 §2.1.3 inclusion proof of this entry in the tree of ``tree_size`` entries."""
         entry = self.get_object()
-        tree_size = _size_param(request, "tree_size", default=selectors.current_size())
+        if request.query_params.get("tree_size"):
+            tree_size = _size_param(request, "tree_size")
+        else:
+            tree_size = selectors.current_size()
         if tree_size <= entry.index:
             raise ValidationError({"tree_size": [f"must be greater than the entry index {entry.index}"]})
         try:

@@ -12,7 +12,9 @@ PORT ?= 8000
 
 .PHONY: demo test install sysdeps lint migrate seed serve bench clean
 
-install: sysdeps $(STAMP)
+NODE_STAMP := tests/browser/node_modules/.installed
+
+install: sysdeps $(STAMP) $(NODE_STAMP)
 
 sysdeps:
 	@bash scripts/sysdeps.sh
@@ -22,6 +24,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
 	rm -f $(VENV)/.installed-*
+	touch $@
+
+# axe-core for the browser accessibility checks, pinned by tests/browser/package-lock.json.
+$(NODE_STAMP): tests/browser/package-lock.json
+	npm ci --prefix tests/browser --no-audit --no-fund --ignore-scripts
 	touch $@
 
 lint: install
@@ -65,4 +72,4 @@ prod-local-status:
 # Needs `make prod-local` running; seeds load cards once (idempotent), then runs the table.
 bench-load: install
 	bash scripts/prod_local.sh status >/dev/null || { echo "run make prod-local first" >&2; exit 1; }
-	$(PY) bench/bench_load.py --agents $(BENCH_AGENTS) --seconds $(BENCH_SECONDS) --server http://127.0.0.1:$(PORT)
+	$(PY) bench/bench_load.py --agents $(BENCH_AGENTS) --seconds $(BENCH_SECONDS) --server https://127.0.0.1:$${PROD_PORT:-8000}

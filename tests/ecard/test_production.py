@@ -22,7 +22,11 @@ PRODUCTION_ENV = {
 
 
 def run_in_production(code: str) -> str:
-    env = {k: v for k, v in os.environ.items() if k not in {"DEBUG", "SECRET_KEY", "LOG_FORMAT"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DEBUG", "SECRET_KEY", "LOG_FORMAT", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    }
     env.update(PRODUCTION_ENV)
     env["DJANGO_SETTINGS_MODULE"] = "ecard.settings"
     script = (

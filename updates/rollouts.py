@@ -288,6 +288,9 @@ def plan_targets(rollout: Rollout, bounds: list[Bound], group_ids: list[int], ci
         HASH_MULTIPLIER, rollout.pk, HASH_MODULUS, *source_params,
     ]
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Sort and hash a million rows in memory rather than in temporary files (this transaction only).
+            cursor.execute("SET LOCAL work_mem = '64MB'")
         cursor.execute(sql, params)
         return max(cursor.rowcount, 0)
 

@@ -106,14 +106,16 @@ def render(results: list[LoadResult], header: str) -> str:
         "A *session* is one complete card presentation over HTTPS with one small job: identify the card, open "
         "an SCP03 secure channel with the ISD (INITIALIZE UPDATE, EXTERNAL AUTHENTICATE), read the registry, "
         "lock or unlock the load bank's security domain (SET STATUS) and verify it with GET STATUS — 5 HTTP "
-        "exchanges (session open included), 10 APDUs, the job queued before the session through "
+        "exchanges (session open included), 9 APDUs, the job queued before the session through "
         "`cards.services` (counted in *queue ms*, not in the exchange latencies). *p50/p90/p99* are per HTTP "
         "exchange. *CPU* is cores used during the window (2 = the whole machine): web = gunicorn master and "
-        "workers, celery = both workers, pg = every PostgreSQL process, bench = the agents themselves.",
+        "workers, celery = both workers, pg = every PostgreSQL process on the machine "
+        "(other databases' work included), bench = the agents themselves; *web CPU ms/session* = web CPU time per "
+        "complete session (robust to the machine's other load).",
         "",
         "| agents | sessions/s | p50 ms | p90 ms | p99 ms | max ms | session p50 ms | queue ms | errors "
-        "| CPU web | CPU celery | CPU pg | CPU redis | CPU bench |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| CPU web | CPU celery | CPU pg | CPU redis | CPU bench | web CPU ms/session |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         cpu = r.cpu
@@ -122,7 +124,8 @@ def render(results: list[LoadResult], header: str) -> str:
             f"{r.percentile(99):.0f} | {r.percentile(100):.0f} | {r.percentile(50, r.stats.session_times):.0f} | "
             f"{r.percentile(50, r.stats.queue_times):.0f} | {r.stats.errors} | {cpu.get('web', 0):.2f} | "
             f"{cpu.get('celery', 0) + cpu.get('beat', 0):.2f} | {cpu.get('postgres', 0):.2f} | "
-            f"{cpu.get('redis', 0):.2f} | {cpu.get('bench', 0):.2f} |"
+            f"{cpu.get('redis', 0):.2f} | {cpu.get('bench', 0):.2f} | "
+            f"{1000 * cpu.get('web', 0) * r.seconds / max(1, r.stats.sessions):.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -189,13 +192,18 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.pause)
 
     load = os.getloadavg()
+    try:
+        pressure = Path("/proc/pressure/cpu").read_text().split()[2].split("=")[1] + "%"
+    except (OSError, IndexError):
+        pressure = "n/a"
     web = env.get("WEB_CONCURRENCY", "?")
     threads = env.get("GUNICORN_THREADS", "1")
     header = (
         f"`python bench/bench_load.py --agents {args.agents} --seconds {args.seconds:g} --server {args.server}` "
         f"against `make prod-local` — nproc {os.cpu_count()}, {cpu_model()}, Python {platform.python_version()}, "
         f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC, load average after the runs "
-        f"{load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f} (the machine is shared with other work). Server: gunicorn "
+        f"{load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}, CPU pressure (some, avg60) {pressure} (the machine is "
+        f"shared with other work). Server: gunicorn "
         f"{web} workers x {threads} thread(s) ({'gthread' if threads != '1' else 'sync'}) with TLS, 2 Celery "
         f"workers + beat, PostgreSQL and Redis on the same 2 cores as the agents."
     )

@@ -121,8 +121,11 @@ load_env() {
     fi
     export SSL_CERT_FILE=$TLS_DIR/cert.pem
     # Relay throttles stay on, set high enough for bench/bench_load.py (one address, many devices).
-    export ECARD_RELAY_RATE=${ECARD_RELAY_RATE:-60000/min}
-    export ECARD_RELAY_IP_RATE=${ECARD_RELAY_IP_RATE:-600000/min}
+    # Per second, not per minute: DRF's throttle keeps the timestamps of every request inside its
+    # window in the cache and reads and rewrites that list on each request, so a one-minute window
+    # at hundreds of requests/s from one address would move a list of ~10^4 entries per request.
+    export ECARD_RELAY_RATE=${ECARD_RELAY_RATE:-1000/s}
+    export ECARD_RELAY_IP_RATE=${ECARD_RELAY_IP_RATE:-10000/s}
     export GUNICORN_BIND=${GUNICORN_BIND:-127.0.0.1:$PORT}
     export WEB_CONCURRENCY=${WEB_CONCURRENCY:-3}
     export GUNICORN_THREADS=${GUNICORN_THREADS:-4}

@@ -248,9 +248,10 @@ def report(cards: int, total: int, planned: float, rss: float, rss_before: float
         f"`DATABASE_URL=… python bench/bench_rollout.py --cards {cards}` — {_machine()}.",
         "",
         f"Planning a rollout of Alpha's wallet v2.0 to every card with v1.0 in Alpha's security domain "
-        f"({cards:,} cards generated in bulk, {total:,} of them at v1.0; Beta's SSD and applet on a quarter of "
-        f"them), groups 1 % → 10 % → 50 % → 100 %, on {db}. *planned* is the `create_rollout` service call "
-        f"(validation, one `INSERT … SELECT` writing every target with its group — `ROW_NUMBER()` over a hash "
+        f"({cards + cards // 50:,} cards generated in bulk, {total:,} of them at v1.0 and the others at v1.1; "
+        f"Beta's SSD and applet on a quarter of them), groups 1 % → 10 % → 50 % → 100 %, on {db}. *planned* is "
+        f"the `create_rollout` service call (validation, one `INSERT … SELECT` writing every target with its "
+        f"group — `ROW_NUMBER()` over a hash "
         f"of the card id, cumulative bounds as integer arithmetic on the rank — group counters by one "
         f"`GROUP BY`, audit entry). Peak RSS is the whole process's (`ru_maxrss`).",
         "",

@@ -10,6 +10,9 @@ duplicates an existing release.
 from __future__ import annotations
 
 import hashlib
+import logging
+import zipfile
+import zlib
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -25,6 +28,8 @@ from issuers.models import Organization
 from issuers.services import aid_in_bank_range
 from updates.models import Release
 
+logger = logging.getLogger(__name__)
+
 MAX_CAP_BYTES = 1024 * 1024
 # The smallest per-block payload the platform plans for: SCP03 S16 with C-DEC and C-MAC (DESIGN §9).
 WORST_CASE_BLOCK = 223
@@ -39,9 +44,16 @@ def parse_cap(cap_bytes: bytes, filename: str) -> LoadFile:
     if len(cap_bytes) > MAX_CAP_BYTES:
         raise ServiceError(f"the file is larger than {MAX_CAP_BYTES // 1024} KiB", field="cap_file")
     try:
-        return LoadFile.from_bytes(cap_bytes, name=filename)
+        load_file = LoadFile.from_bytes(cap_bytes, name=filename)
+        load_file.load_file_data_block()
+        return load_file
     except GPError as exc:
         raise ServiceError(f"not a valid CAP file: {exc}", field="cap_file") from exc
+    except (ValueError, LookupError, ArithmeticError, EOFError, RuntimeError, zlib.error, zipfile.BadZipFile) as exc:
+        # gp.cap raises GPError for every defect it knows; anything else from a hostile file is
+        # still a refusal of the file, never a server error.
+        logger.warning("CAP parser raised %s on an upload", type(exc).__name__)
+        raise ServiceError(f"not a valid CAP file: unreadable ({type(exc).__name__})", field="cap_file") from exc
 
 
 def _version(version: tuple[int, int]) -> str:

@@ -177,3 +177,14 @@ def test_the_changelog_is_the_only_editable_field(world: World) -> None:
         403, 405)
     assert client_for(world, "alpha_op").delete(f"/api/v1/releases/{body['id']}/").status_code in (403, 405)
     assert Release.objects.filter(pk=body["id"], cap_sha256=body["cap_sha256"]).exists()
+
+
+def test_an_unexpected_parser_error_is_a_refusal_not_a_500(world: World, monkeypatch) -> None:
+    from gp.cap import LoadFile
+
+    def broken(cls, data, name=""):
+        raise IndexError("index out of range")
+
+    monkeypatch.setattr(LoadFile, "from_bytes", classmethod(broken))
+    assert_problem(upload(client_for(world, "alpha_op"), alpha_cap(world)), 400, "unreadable (IndexError)")
+    assert not Release.objects.exists()

@@ -313,45 +313,76 @@ def _recount(rollout: Rollout) -> None:
 # --------------------------------------------------------------------------------------------- dispatch
 
 
+def _job_values(rollout: Rollout, src: str, stamp: Any) -> tuple[str, str, list[Any]]:
+    """Columns, SELECT expressions and their parameters of the card jobs made from targets ``src``.
+
+    Every concrete column of ``CardJob`` is listed: one added later gets its model default, so a
+    migration of the cards app cannot break group activation."""
+    pg = connection.vendor == "postgresql"
+    if pg:
+        job_params = (
+            "jsonb_build_object('packages', jsonb_build_array(jsonb_build_object('release', %s::bigint, "
+            f"'instances', {src}.instances)), 'rollout', %s::bigint, 'rollout_target', {src}.id)"
+        )
+    else:
+        job_params = (
+            f"json_object('packages', json_array(json_object('release', %s, 'instances', json({src}.instances))), "
+            f"'rollout', %s, 'rollout_target', {src}.id)"
+        )
+    explicit: dict[str, tuple[str, list[Any]]] = {
+        "card_id": (f"{src}.card_id", []),
+        "kind": ("%s", [CardJob.Kind.UPDATE_APPLET]),
+        "organization_id": ("%s", [rollout.bank_id]),
+        "security_domain_id": (f"{src}.security_domain_id", []),
+        "params": (job_params, [rollout.release_id, rollout.pk]),
+        "state": ("%s", [CardJob.State.PENDING]),
+        "attempts": ("0", []),
+        "last_error": ("''", []),
+        "created_by_id": ("%s", [rollout.created_by_id]),
+        "created_at": ("%s", [stamp]),
+    }
+    columns, values, params = [], [], []
+    for f in CardJob._meta.concrete_fields:
+        if f.primary_key:
+            continue
+        columns.append(connection.ops.quote_name(f.column))
+        if f.column in explicit:
+            sql, sql_params = explicit[f.column]
+        elif getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+            sql, sql_params = "%s", [stamp]
+        else:
+            sql, sql_params = "%s", [f.get_db_prep_save(f.get_default(), connection)]
+        values.append(sql)
+        params += sql_params
+    return ", ".join(columns), ", ".join(values), params
+
+
 def _dispatch(rollout: Rollout, condition: str, params: list[Any], *, retry: bool, now: dt.datetime) -> int:
     """Create the card jobs of the targets matching ``condition`` (SQL over ``t``) and mark them running."""
-    release = rollout.release
     stamp = _now_param(now)
-    actor_id = rollout.created_by_id
     retries = "t.retries + 1" if retry else "t.retries"
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
+            columns, values, value_params = _job_values(rollout, "c", stamp)
             cursor.execute(
                 "WITH chosen AS ("  # noqa: S608 - constant SQL fragments; every value is a parameter
                 "  SELECT t.id, t.card_id, t.security_domain_id, t.instances FROM updates_rollouttarget t"
                 f"  WHERE t.rollout_id = %s AND {condition} ORDER BY t.id FOR UPDATE"
                 "), jobs AS ("
-                "  INSERT INTO cards_cardjob (card_id, kind, organization_id, security_domain_id, params, state,"
-                "   attempts, last_error, created_by_id, created_at)"
-                "  SELECT c.card_id, %s, %s, c.security_domain_id,"
-                "   jsonb_build_object('packages', jsonb_build_array(jsonb_build_object("
-                "     'release', %s::bigint, 'instances', c.instances)), 'rollout', %s::bigint,"
-                "     'rollout_target', c.id),"
-                "   %s, 0, '', %s, %s FROM chosen c ORDER BY c.id"
+                f"  INSERT INTO cards_cardjob ({columns}) SELECT {values} FROM chosen c ORDER BY c.id"
                 "  RETURNING id, (params->>'rollout_target')::bigint AS target_id"
                 ")"
                 f" UPDATE updates_rollouttarget t SET job_id = jobs.id, status = %s, attempts = t.attempts + 1,"
                 f"  retries = {retries}, next_retry_at = NULL, updated_at = %s"
                 " FROM jobs WHERE t.id = jobs.target_id",
-                [rollout.pk, *params, CardJob.Kind.UPDATE_APPLET, rollout.bank_id, release.pk, rollout.pk,
-                 CardJob.State.PENDING, actor_id, stamp, RolloutTarget.Status.RUNNING, stamp],
+                [rollout.pk, *params, *value_params, RolloutTarget.Status.RUNNING, stamp],
             )
             return max(cursor.rowcount, 0)
+        columns, values, value_params = _job_values(rollout, "t", stamp)
         cursor.execute(
-            "INSERT INTO cards_cardjob (card_id, kind, organization_id, security_domain_id, params, state,"  # noqa: S608 - constant SQL fragments; every value is a parameter
-            " attempts, last_error, created_by_id, created_at)"
-            " SELECT t.card_id, %s, %s, t.security_domain_id,"
-            "  json_object('packages', json_array(json_object('release', %s, 'instances', json(t.instances))),"
-            "   'rollout', %s, 'rollout_target', t.id),"
-            "  %s, 0, '', %s, %s"
+            f"INSERT INTO cards_cardjob ({columns}) SELECT {values}"  # noqa: S608 - constant SQL fragments; every value is a parameter
             f" FROM updates_rollouttarget t WHERE t.rollout_id = %s AND {condition} ORDER BY t.id",
-            [CardJob.Kind.UPDATE_APPLET, rollout.bank_id, release.pk, rollout.pk, CardJob.State.PENDING, actor_id,
-             stamp, rollout.pk, *params],
+            [*value_params, rollout.pk, *params],
         )
         cursor.execute(
             "UPDATE updates_rollouttarget AS t SET"  # noqa: S608 - constant SQL fragments; every value is a parameter

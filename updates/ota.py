@@ -34,6 +34,7 @@ from audit.services import record_event
 from cards.models import ISD_AID, AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from gp import commands, dm
 from gp.errors import AuthenticationError, GPError, MACError, SecureChannelError
+from gp.keys import StaticKeys
 from gp.scp import SCP02, SCP03
 from gp.tlv import decode_all, find
 from issuers import custody
@@ -604,6 +605,9 @@ class SessionEngine:
         self.session = session
         self.state: dict[str, Any] = dict(session.engine_state or {})
         self._channel: SCP02 | SCP03 | None = None
+        self._static: Any = None  # static keys of the open channel (for PUT KEY's DEK)
+        self._jobs: dict[int, CardJob] = {}
+        self._stages: dict[tuple[int, int], Stage] = {}
 
     # ---------------------------------------------------------------- public
     def start(self) -> Batch:
@@ -640,12 +644,21 @@ class SessionEngine:
         return self.session.card
 
     def job(self) -> CardJob:
-        return CardJob.objects.select_related("card", "security_domain", "organization").get(pk=self.state["jobs"][0])
+        """The current job, read once per exchange (the engine lives for one exchange)."""
+        job_id = self.state["jobs"][0]
+        job = self._jobs.get(job_id)
+        if job is None:
+            job = CardJob.objects.select_related("card", "security_domain", "organization").get(pk=job_id)
+            self._jobs[job_id] = job
+        return job
 
     def stage(self) -> Stage:
         job = self.job()
-        stages = stages_for(job)
-        stage = stages[self.state["stage"]](job)
+        key = (job.pk, self.state["stage"])
+        stage = self._stages.get(key)
+        if stage is None:
+            stage = stages_for(job)[self.state["stage"]](job)
+            self._stages[key] = stage
         if "key" in self.state:
             stage.opened_with = KeyChoice.from_json(self.state["key"])  # type: ignore[attr-defined]
         return stage
@@ -676,7 +689,7 @@ class SessionEngine:
         finished = self.state.get("finished", [])
         current = None
         if jobs and self.state.get("phase") not in ("identify", "done"):
-            job = CardJob.objects.filter(pk=jobs[0]).first()
+            job = self.job()
             if job is not None:
                 current = {
                     "id": job.pk,
@@ -698,9 +711,16 @@ class SessionEngine:
             self.session.sealed_by = None
             return
         owner = self.stage().owner()
-        self.session.sealed_channel = custody.seal_channel_state(
-            owner, self._channel.session_state(), context=str(self.session.id)
-        )
+        state: dict[str, Any] = dict(self._channel.session_state())
+        if self._static is not None:
+            # Sealed with the session keys, so the next exchange needs no second custody lookup.
+            state["static"] = {
+                "enc": self._static.enc.hex(),
+                "mac": self._static.mac.hex(),
+                "dek": self._static.dek.hex(),
+                "version": self._static.version,
+            }
+        self.session.sealed_channel = custody.seal_channel_state(owner, state, context=str(self.session.id))
         self.session.sealed_by = owner
 
     def _restore_channel(self) -> SCP02 | SCP03:
@@ -712,8 +732,17 @@ class SessionEngine:
             self.session.sealed_by, bytes(self.session.sealed_channel), context=str(self.session.id)
         )
         cls = SCP03 if self.state["scp"] == 0x03 else SCP02
-        keys = self._static_keys(KeyChoice.from_json(self.state["key"])) if "key" in self.state else None
-        self._channel = cls.from_session_state(keys, state)
+        static = state.pop("static", None)
+        if static is not None:
+            self._static = StaticKeys(
+                bytes.fromhex(static["enc"]),
+                bytes.fromhex(static["mac"]),
+                bytes.fromhex(static["dek"]),
+                version=static["version"],
+            )
+        elif "key" in self.state:
+            self._static = self._static_keys(KeyChoice.from_json(self.state["key"]))
+        self._channel = cls.from_session_state(self._static, state)
         return self._channel
 
     def _static_keys(self, choice: KeyChoice) -> Any:
@@ -815,6 +844,7 @@ class SessionEngine:
         card = self.card
         sd_aid = bytes.fromhex(stage.sd_aid())
         keys = self._static_keys(choice)
+        self._static = keys
         if choice.kind == "isd":
             scp, i = card.scp, card.scp_i
         else:

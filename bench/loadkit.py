@@ -284,15 +284,19 @@ class KeepAliveRelay:
 class Feeder(threading.Thread):
     """Queues each card's next small job (lock, then unlock, ...) through ``cards.services``.
 
-    Agents ask with :meth:`ensure`; requests are served in batches, one transaction each, by this
-    one thread (one database connection per process, whatever the number of agents).
+    Agents ask with :meth:`ensure`; requests are served in batches (one query for the batch's
+    security domains, one for their open jobs, then one short transaction per job) by this one
+    thread: one database connection per process, whatever the number of agents.
     """
 
-    def __init__(self, operator: str) -> None:
+    def __init__(self, operator: str, *, share_with: Feeder | None = None) -> None:
         super().__init__(daemon=True, name="feeder")
-        self.requests: queue.Queue[tuple[int, threading.Event, list[str]]] = queue.Queue()
+        # Several feeders may serve one queue (each with its own database connection).
+        self.requests: queue.Queue[tuple[int, threading.Event, list[str]]] = (
+            share_with.requests if share_with is not None else queue.Queue()
+        )
         self.operator_name = operator
-        self.stopping = threading.Event()
+        self.stopping = share_with.stopping if share_with is not None else threading.Event()
 
     def ensure(self, sd_id: int, timeout: float = 60.0) -> str:
         """Make sure the card of ``sd_id`` has an open job; '' or an error message."""
@@ -327,8 +331,6 @@ class Feeder(threading.Thread):
                     done.set()
 
     def _serve(self, batch: list[tuple[int, threading.Event, list[str]]], operator: Any) -> None:
-        from django.db import transaction
-
         from cards import services
         from cards.models import CardJob, SecurityDomain
         from ecard.errors import ServiceError
@@ -339,14 +341,14 @@ class Feeder(threading.Thread):
                 card_id__in=[sd.card_id for sd in sds.values()], state__in=CardJob.OPEN_STATES
             ).values_list("card_id", flat=True)
         )
-        with transaction.atomic():
-            for sd_id, _done, box in batch:
-                sd = sds.get(sd_id)
-                if sd is None:
-                    box.append(f"no security domain {sd_id}")
-                    continue
-                if sd.card_id in busy:
-                    continue  # its job is still open (an interrupted session): the next one resumes it
+        # One transaction per job, as a bank operator's request would be: the job's audit entry
+        # holds the log's append lock until its commit, so a batch in one transaction would hold
+        # up every relay exchange that appends meanwhile.
+        for sd_id, done, box in batch:
+            sd = sds.get(sd_id)
+            if sd is None:
+                box.append(f"no security domain {sd_id}")
+            elif sd.card_id not in busy:  # an open job (interrupted session) is resumed, not doubled
                 try:
                     services.request_sd_lock(
                         security_domain=sd, lock=sd.lifecycle != SecurityDomain.Lifecycle.LOCKED, actor=operator
@@ -354,7 +356,6 @@ class Feeder(threading.Thread):
                 except ServiceError as exc:
                     box.append(f"queue: {exc}")
                 busy.add(sd.card_id)
-        for _sd, done, _box in batch:
             done.set()
 
 
@@ -461,7 +462,9 @@ def _agent_process(
     django.setup()
     context = ssl_context(env)
     feeder = Feeder(operator)
-    feeder.start()
+    feeders = [feeder] + [Feeder(operator, share_with=feeder) for _ in range(min(1, len(rows) // 8))]
+    for each in feeders:
+        each.start()
     stats = AgentStats()
     lock = threading.Lock()
     threads = [

@@ -35,9 +35,11 @@ from updates.rollout_models import Rollout, RolloutGroup, RolloutTarget
 
 MAX_GROUPS = 20
 MAX_LISTED_CARDS = 10_000
-# A group this small is activated inside the transaction of the card result that let it start;
-# a larger one is left to the Celery task (the card holder's exchange stays short).
+# A group this small is activated inside the transaction that starts it (an API call, or the card
+# result that met the previous group's threshold); a larger one by the Celery task, in chunks, so
+# neither a card holder's exchange nor the audit log's lock waits for a million inserts.
 INLINE_ACTIVATION_MAX = 2_000
+DISPATCH_CHUNK = 20_000  # card jobs per transaction when a large group starts (PostgreSQL)
 HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash: a reproducible shuffle of card ids
 HASH_MODULUS = 4294967291  # the largest prime below 2**32
 
@@ -113,8 +115,20 @@ def _can_operate(actor: AbstractBaseUser | None, bank: Organization) -> None:
         raise ServiceError(f"only {bank.name}'s operators manage its rollouts", code="forbidden")
 
 
+def _lock_audit_log() -> None:
+    """Take the audit log's append lock first (PostgreSQL), so every transaction that changes a
+    rollout locks in one order: audit log, rollout, targets and groups. A relay exchange holds the
+    log lock (its receipts and job entries) before the engine's signal reaches the rollout; an API
+    action or a task locking the rollout first and the log later could deadlock with it."""
+    if connection.vendor == "postgresql":
+        from audit.models import LogState
+
+        list(LogState.objects.select_for_update().filter(pk=LogState.SINGLETON).values_list("pk", flat=True))
+
+
 def _locked(rollout: Rollout | int) -> Rollout:
     pk = rollout.pk if isinstance(rollout, Rollout) else rollout
+    _lock_audit_log()
     return Rollout.objects.select_for_update(of=("self",)).select_related("bank", "release").get(pk=pk)
 
 
@@ -357,8 +371,11 @@ def _job_values(rollout: Rollout, src: str, stamp: Any) -> tuple[str, str, list[
     return ", ".join(columns), ", ".join(values), params
 
 
-def _dispatch(rollout: Rollout, condition: str, params: list[Any], *, retry: bool, now: dt.datetime) -> int:
-    """Create the card jobs of the targets matching ``condition`` (SQL over ``t``) and mark them running."""
+def _dispatch(
+    rollout: Rollout, condition: str, params: list[Any], *, retry: bool, now: dt.datetime, limit: int | None = None
+) -> int:
+    """Create the card jobs of the targets matching ``condition`` (SQL over ``t``) and mark them running
+    (at most ``limit`` on PostgreSQL, so one transaction never holds the audit log lock for long)."""
     stamp = _now_param(now)
     retries = "t.retries + 1" if retry else "t.retries"
     with connection.cursor() as cursor:
@@ -367,7 +384,8 @@ def _dispatch(rollout: Rollout, condition: str, params: list[Any], *, retry: boo
             cursor.execute(
                 "WITH chosen AS ("  # noqa: S608 - constant SQL fragments; every value is a parameter
                 "  SELECT t.id, t.card_id, t.security_domain_id, t.instances FROM updates_rollouttarget t"
-                f"  WHERE t.rollout_id = %s AND {condition} ORDER BY t.id FOR UPDATE"
+                f"  WHERE t.rollout_id = %s AND {condition} ORDER BY t.id"
+                f"  {'LIMIT %s' if limit else ''} FOR UPDATE"
                 "), jobs AS ("
                 f"  INSERT INTO cards_cardjob ({columns}) SELECT {values} FROM chosen c ORDER BY c.id"
                 "  RETURNING id, (params->>'rollout_target')::bigint AS target_id"
@@ -375,7 +393,7 @@ def _dispatch(rollout: Rollout, condition: str, params: list[Any], *, retry: boo
                 f" UPDATE updates_rollouttarget t SET job_id = jobs.id, status = %s, attempts = t.attempts + 1,"
                 f"  retries = {retries}, next_retry_at = NULL, updated_at = %s"
                 " FROM jobs WHERE t.id = jobs.target_id",
-                [rollout.pk, *params, *value_params, RolloutTarget.Status.RUNNING, stamp],
+                [rollout.pk, *params, *([limit] if limit else []), *value_params, RolloutTarget.Status.RUNNING, stamp],
             )
             return max(cursor.rowcount, 0)
         columns, values, value_params = _job_values(rollout, "t", stamp)
@@ -401,22 +419,27 @@ def _running_group_ids(rollout: Rollout) -> list[int]:
 
 
 def _dispatch_ready(rollout: Rollout, now: dt.datetime, group_ids: list[int] | None = None) -> int:
-    """Jobs for the pending targets of running groups and for failed targets whose retry is due."""
+    """Jobs for the pending targets of running groups and for failed targets whose retry is due, at
+    most ``DISPATCH_CHUNK`` of each per transaction; the rest is left to the evaluation task."""
     group_ids = _running_group_ids(rollout) if group_ids is None else group_ids
     if not group_ids:
         return 0
     marks = ", ".join(["%s"] * len(group_ids))
     new = _dispatch(rollout, f"t.group_id IN ({marks}) AND t.status = %s",
-                    [*group_ids, RolloutTarget.Status.PENDING], retry=False, now=now)
+                    [*group_ids, RolloutTarget.Status.PENDING], retry=False, now=now, limit=DISPATCH_CHUNK)
     retried = _dispatch(
         rollout,
         f"t.group_id IN ({marks}) AND t.status = %s AND t.next_retry_at IS NOT NULL AND t.next_retry_at <= %s",
         [*group_ids, RolloutTarget.Status.FAILED, _now_param(now)],
         retry=True,
         now=now,
+        limit=DISPATCH_CHUNK,
     )
     if new or retried:
         _recount(rollout)
+        _audit(rollout, "rollout.dispatched", None, jobs=new, retries=retried)
+    if connection.vendor == "postgresql" and max(new, retried) >= DISPATCH_CHUNK:
+        _schedule_evaluation(rollout.pk)  # more to dispatch: the next chunk in its own transaction
     return new + retried
 
 
@@ -425,10 +448,10 @@ def _activate_group(rollout: Rollout, group: RolloutGroup, now: dt.datetime, act
     group.started_at = now
     group.save(update_fields=["state", "started_at"])
     dispatched: int | None = None
-    if not inline or group.total <= INLINE_ACTIVATION_MAX:
+    if group.total <= INLINE_ACTIVATION_MAX:
         dispatched = _dispatch_ready(rollout, now, [group.pk])
     else:
-        _schedule_evaluation(rollout.pk)
+        _schedule_evaluation(rollout.pk)  # jobs created by the task, in chunks
     _audit(rollout, "rollout.group_started", actor, group=group.index, cards=group.total, jobs=dispatched)
 
 
@@ -454,15 +477,19 @@ def _withdraw_pending_jobs(rollout: Rollout, target_status: str, now: dt.datetim
         return count
     with connection.cursor() as cursor:
         cursor.execute(
+            # SKIP LOCKED: a job row another transaction holds is being taken by a presentation of
+            # its card right now; it is running, not withdrawn (and we never wait on a session).
             "WITH cancelled AS ("
             "  UPDATE cards_cardjob j SET state = %s, finished_at = %s, last_error = %s"
-            "  FROM updates_rollouttarget t"
-            "  WHERE t.rollout_id = %s AND t.status = %s AND t.job_id = j.id AND j.state = %s AND j.attempts = 0"
+            "  WHERE j.state = %s AND j.attempts = 0 AND j.id IN ("
+            "   SELECT j2.id FROM cards_cardjob j2 JOIN updates_rollouttarget t ON t.job_id = j2.id"
+            "   WHERE t.rollout_id = %s AND t.status = %s AND j2.state = %s AND j2.attempts = 0"
+            "   FOR UPDATE OF j2 SKIP LOCKED)"
             "  RETURNING j.id"
             ") UPDATE updates_rollouttarget t SET status = %s, updated_at = %s"
             " FROM cancelled WHERE t.rollout_id = %s AND t.job_id = cancelled.id",
-            [CardJob.State.CANCELLED, now, f"rollout {rollout.pk} {rollout.state}", rollout.pk,
-             RolloutTarget.Status.RUNNING, CardJob.State.PENDING, target_status, now, rollout.pk],
+            [CardJob.State.CANCELLED, now, f"rollout {rollout.pk} {rollout.state}", CardJob.State.PENDING,
+             rollout.pk, RolloutTarget.Status.RUNNING, CardJob.State.PENDING, target_status, now, rollout.pk],
         )
         return max(cursor.rowcount, 0)
 
@@ -611,6 +638,7 @@ def record_card_result(*, job: CardJob, state: str, error: str) -> None:
     rollout_id = job.params.get("rollout")
     if rollout_id is None:
         return
+    _lock_audit_log()
     rollout = Rollout.objects.select_for_update(of=("self",)).select_related("bank", "release").filter(
         pk=rollout_id
     ).first()
@@ -733,11 +761,9 @@ def _has_due_retries(rollout: Rollout, now: dt.datetime) -> bool:
 def evaluate_rollout(rollout_id: int) -> str:
     """Idempotent evaluation of one rollout (Celery)."""
     with transaction.atomic():
-        rollout = Rollout.objects.select_for_update(of=("self",)).select_related("bank", "release").filter(
-            pk=rollout_id
-        ).first()
-        if rollout is None:
+        if not Rollout.objects.filter(pk=rollout_id).exists():
             return "gone"
+        rollout = _locked(rollout_id)
         _evaluate(rollout, timezone.now(), inline=False)
         return rollout.state
 

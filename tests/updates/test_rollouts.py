@@ -393,3 +393,63 @@ def test_rollout_api_refuses_bad_requests_with_problems(world: World) -> None:
         assert response["Content-Type"].startswith("application/problem+json")
         assert fragment in response.json()["detail"], response.json()
     assert not Rollout.objects.exists()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_card_results_and_operator_actions_do_not_deadlock() -> None:
+    """Card exchanges (audit log lock first, then the rollout through the signal) and operator
+    pause/resume (rollout first in a naive order) running at once on PostgreSQL."""
+    import threading
+
+    from django.db import connections, transaction
+
+    from audit.services import record_event
+
+    if connection.vendor != "postgresql":
+        pytest.skip("row-lock ordering needs PostgreSQL")
+    world = build_world()
+    add_cards(world, 40)
+    rollout = make(world, release_for(world), error_threshold=100)
+    rollouts.start_rollout(rollout=rollout, actor=world.users["alpha_op"])
+    jobs = list(jobs_of(rollout, "pending"))
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def cards() -> None:
+        try:
+            start.wait()
+            for job in jobs:
+                with transaction.atomic():
+                    job = CardJob.objects.select_related("card", "organization").get(pk=job.pk)
+                    record_event(action="test.receipt", subject_type="card_job", subject_id=job.pk,
+                                 card_cin=job.card.cin, actor_type="agent")
+                    if job.state != CardJob.State.CANCELLED:
+                        complete_job(job)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    def operator() -> None:
+        try:
+            start.wait()
+            for _ in range(8):
+                rollouts.pause_rollout(rollout=rollout, actor=world.users["alpha_op"])
+                rollouts.resume_rollout(rollout=rollout, actor=world.users["alpha_op"])
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=cards), threading.Thread(target=operator)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    group = rollout.groups.get()
+    targets = RolloutTarget.objects.filter(rollout=rollout)
+    assert group.total == 42 == targets.count()
+    for status in ("pending", "running", "succeeded", "failed", "cancelled"):
+        assert getattr(group, status) == targets.filter(status=status).count(), status

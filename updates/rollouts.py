@@ -580,11 +580,15 @@ def resume_rollout(*, rollout: Rollout, actor: AbstractBaseUser | None) -> Rollo
     rollout.state = Rollout.State.RUNNING if rollout.started_at else Rollout.State.SCHEDULED
     rollout.pause_reason = ""
     rollout.save(update_fields=["state", "pause_reason", "updated_at"])
+    # A group that finished with failed cards (paused below its success threshold) runs again.
+    reopened = RolloutGroup.objects.filter(rollout=rollout, state=RolloutGroup.State.DONE, failed__gt=0).update(
+        state=RolloutGroup.State.RUNNING, finished_at=None
+    )
     group_ids = _running_group_ids(rollout)
     requeued = RolloutTarget.objects.filter(
         rollout=rollout, group_id__in=group_ids, status=RolloutTarget.Status.FAILED
     ).update(retries=0, next_retry_at=now, updated_at=now)
-    _audit(rollout, "rollout.resumed", actor, failed_retried=requeued)
+    _audit(rollout, "rollout.resumed", actor, failed_retried=requeued, groups_reopened=reopened)
     if rollout.state == Rollout.State.RUNNING:
         _dispatch_ready(rollout, now, group_ids)
         _evaluate(rollout, now, inline=False)

@@ -250,6 +250,14 @@ def test_failed_cards_are_retried_with_backoff_then_given_up(world: World) -> No
     assert "9 of 10 cards succeeded" in rollout.pause_reason
     body = client_for(world, "alpha_op").get(f"/api/v1/rollouts/{rollout.pk}/failures/").json()
     assert body == {"failed": 1, "reasons": [{"reason": "6A84 not enough memory", "cards": 1, "attempts": 3}]}
+    # Resume (after a fix): the finished group runs again, the failed card gets a fresh retry budget.
+    rollouts.resume_rollout(rollout=rollout, actor=world.users["alpha_op"])
+    target.refresh_from_db()
+    assert target.status == "running" and target.attempts == 4 and target.retries == 1
+    run(target.job)
+    rollout.refresh_from_db()
+    assert rollout.state == Rollout.State.COMPLETED
+    assert rollout.groups.get().succeeded == 10
 
 
 def test_error_threshold_pauses_and_withdraws_jobs_not_begun(world: World) -> None:

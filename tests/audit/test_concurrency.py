@@ -1,6 +1,7 @@
-"""Appends from several processes at once (PostgreSQL): 8 processes append 10,000 entries in all,
-each in its own transaction, against the test database. Indices must be exactly 0..9999 with no
-duplicates and no gaps, and the final root must equal a recomputation from the stored leaves.
+"""Appends from several processes at once (PostgreSQL): 8 processes append 10,000 entries in all
+against the test database, in transactions of 1-4 entries, about 5% of which roll back. Indices
+must be exactly 0..9999 with no duplicates and no gaps (rolled-back appends leave none), and the
+final root must equal a recomputation from the stored leaves.
 
 Run locally with ``DATABASE_URL=postgres://postgres@127.0.0.1:5432/ecard_audit``; CI sets it.
 """
@@ -30,20 +31,39 @@ TOTAL = 10_000
 
 CHILD = textwrap.dedent(
     """
-    import os, sys, time
+    import os, random, sys, time
     import django
     django.setup()
     from django.db import transaction
     from audit.services import record_event
 
+    class Abort(Exception):
+        pass
+
     worker, count, go = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    rng = random.Random(worker)
     while not os.path.exists(go):  # start together, after every process has set Django up
         time.sleep(0.005)
-    for i in range(count):
-        with transaction.atomic():
-            record_event(action="test.concurrent", subject_type="worker", subject_id=f"{worker}-{i}",
-                         actor_id=f"worker-{worker}", actor_type="agent", details={"worker": worker, "i": i})
-    print("done", worker, count)
+    done = aborted = 0
+    while done < count:
+        # transactions of 1-4 entries (services often write two), and now and then one that rolls back
+        k = min(rng.randint(1, 4), count - done)
+        abort = rng.random() < 0.05
+        try:
+            with transaction.atomic():
+                for j in range(k):
+                    record_event(
+                        action="test.rolled_back" if abort else "test.concurrent", subject_type="worker",
+                        subject_id=f"{worker}-{done + j}", actor_id=f"worker-{worker}", actor_type="agent",
+                        details={"worker": worker, "i": done + j},
+                    )
+                if abort:
+                    raise Abort
+        except Abort:
+            aborted += 1
+            continue
+        done += k
+    print("done", worker, count, aborted)
     """
 )
 
@@ -107,6 +127,8 @@ def test_eight_processes_append_ten_thousand_entries(tmp_path: Path) -> None:
     assert {w: sorted(v) for w, v in seen.items()} == {w: list(range(per[w])) for w in range(PROCESSES)}
     assert all(v == sorted(v) for v in seen.values())
     assert len(seen) == PROCESSES
+    assert not AuditEntry.objects.filter(action="test.rolled_back").exists()
+    assert sum(int(out.split()[3]) for out, _err in results) > 0  # some transactions did roll back
     # the tree: recomputed from the stored leaves == stored nodes == frontier
     leaves = [canonical_leaf_bytes(row.as_entry()) for row in rows]
     expected = root_from_leaves(leaves)

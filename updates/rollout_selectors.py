@@ -13,7 +13,7 @@ from django.db.models import Count, QuerySet, Sum
 
 from issuers.roles import principal
 from updates.models import Release
-from updates.rollout_models import Rollout, RolloutGroup, RolloutTarget
+from updates.rollout_models import Rollout, RolloutTarget
 
 COUNTERS = ("pending", "running", "succeeded", "failed", "cancelled")
 
@@ -30,7 +30,7 @@ def releases_for(user: AbstractBaseUser) -> QuerySet[Release]:
 
 def rollouts_for(user: AbstractBaseUser) -> QuerySet[Rollout]:
     who = principal(user)
-    qs = Rollout.objects.select_related("bank", "release", "created_by", "approved_by")
+    qs = Rollout.objects.select_related("bank", "release", "created_by", "approved_by").prefetch_related("groups")
     if who.is_agency or who.is_regulator:
         return qs
     if who.bank_ids:
@@ -40,7 +40,7 @@ def rollouts_for(user: AbstractBaseUser) -> QuerySet[Rollout]:
 
 def progress(rollout: Rollout) -> dict[str, Any]:
     """Counts per group and overall, from the group counters (kept in step with the targets)."""
-    groups = list(RolloutGroup.objects.filter(rollout=rollout).order_by("index"))
+    groups = sorted(rollout.groups.all(), key=lambda g: g.index)  # prefetched by rollouts_for
     overall = {name: sum(getattr(g, name) for g in groups) for name in ("total", *COUNTERS)}
     done = overall["succeeded"] + overall["failed"] + overall["cancelled"]
     overall["percent_done"] = round(100 * done / overall["total"], 1) if overall["total"] else 0.0

@@ -112,3 +112,28 @@ def test_export_command_errors_and_stdout(world: World, tmp_path: Path, capsys: 
     call_command("audit_export", "-")
     out = capsys.readouterr().out
     assert out.startswith('{"checkpoint":') and out.count("\n") == AuditEntry.objects.count() + 1
+
+
+def test_edited_files_are_rejected(world: World, tmp_path: Path) -> None:
+    """The same real export with one entry removed, two swapped, one inserted, one edited in the file."""
+    vkey = services.log_verifier_key()
+    services.make_checkpoint()
+    good = export(tmp_path / "good.jsonl")
+    header, *lines = good.read_text().splitlines(keepends=True)
+    assert verify(good, "--key", vkey).returncode == 0
+    k = len(lines) // 2
+    edited = json.loads(lines[k])
+    edited["entry"]["outcome"] = "failure"
+    variants = {
+        "removed": lines[:k] + lines[k + 1:],
+        "reordered": [*lines[:k], lines[k + 1], lines[k], *lines[k + 2:]],
+        "inserted": [*lines[:k], lines[k - 1], *lines[k:]],
+        "changed": [*lines[:k], json.dumps(edited) + "\n", *lines[k + 1:]],
+    }
+    for name, body in variants.items():
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text(header + "".join(body))
+        result = verify(path, "--key", vkey)
+        assert result.returncode == 1, name
+        assert result.stderr.strip().splitlines()[-1].startswith("FAIL: "), name
+        assert f"entry {k}" in result.stderr or f"entry {k - 1}" in result.stderr, (name, result.stderr)

@@ -264,7 +264,17 @@ def report(cards: int, total: int, planned: float, rss: float, rss_before: float
         f"statement) — took {activated:.2f} s.",
         "",
         f"Target (under 60 s and under 500 MB): {planned:.1f} s, {rss:.0f} MB — {verdict}.",
+        *busy_note(),
     ])
+
+
+def busy_note() -> list[str]:
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    if load <= cores:
+        return []
+    return ["", f"The machine was busy with other work during the run (load average {load:.1f} on {cores} cores): "
+                "the times are upper bounds."]
 
 
 if __name__ == "__main__":

@@ -541,8 +541,8 @@ def _begin(rollout: Rollout, now: dt.datetime, actor: Any) -> None:
     _audit(rollout, "rollout.started", actor, targets=rollout.total)
     first = rollout.groups.order_by("index").first()
     if first is not None:
-        _activate_group(rollout, first, now, actor, inline=False)
-    _evaluate(rollout, now, inline=False)
+        _activate_group(rollout, first, now, actor, inline=True)
+    _evaluate(rollout, now, inline=True)  # a large first group is dispatched by the task
 
 
 @transaction.atomic

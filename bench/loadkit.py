@@ -220,7 +220,15 @@ class ExchangeError(RelayError):
 class KeepAliveRelay:
     """``agent.core.Server`` over one persistent connection; latencies (s) of every exchange."""
 
-    def __init__(self, base_url: str, token: str, *, context: ssl.SSLContext | None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        context: ssl.SSLContext | None,
+        timeout: float = 30.0,
+        idle_limit: float = 3.0,
+    ) -> None:
         parsed = urllib.parse.urlsplit(base_url)
         self.https = parsed.scheme == "https"
         self.host = parsed.hostname or "127.0.0.1"
@@ -235,8 +243,14 @@ class KeepAliveRelay:
         }
         self.latencies: list[float] = []
         self.conn: http.client.HTTPConnection | None = None
+        self.idle_limit = idle_limit
+        self.last_used = 0.0
 
     def _connection(self) -> http.client.HTTPConnection:
+        # Never reuse a connection the server may already have closed for idleness (gunicorn's
+        # keepalive is 5 s): a request sent into a closing connection fails without reaching it.
+        if self.conn is not None and time.monotonic() - self.last_used > self.idle_limit:
+            self.close()
         if self.conn is None:
             if self.https:
                 self.conn = http.client.HTTPSConnection(
@@ -259,6 +273,7 @@ class KeepAliveRelay:
             conn.request("POST", path, body=data, headers=self.headers)
             response = conn.getresponse()
             payload = response.read()
+            self.last_used = time.monotonic()
             if response.will_close:
                 self.close()
         except (OSError, http.client.HTTPException) as exc:

@@ -127,6 +127,26 @@ def render(results: list[LoadResult], header: str) -> str:
             f"{cpu.get('redis', 0):.2f} | {cpu.get('bench', 0):.2f} | "
             f"{1000 * cpu.get('web', 0) * r.seconds / max(1, r.stats.sessions):.0f} |"
         )
+    names = {1: "open session", 2: "identify → open channel", 3: "authenticate → registry", 4: "registry → job script",
+             5: "script + verify → done"}
+    lines += [
+        "",
+        "Latency by exchange, p50 / p99 ms (what the server does on each: 1 creates the session and answers "
+        "the identify batch; 2 identifies the card and starts the ISD channel; 3 verifies the card cryptogram "
+        "and reads the registry; 4 computes and seals the job's script; 5 checks the script's responses, "
+        "records the job done and closes the session):",
+        "",
+        "| agents | " + " | ".join(f"{n}: {names[n]}" for n in sorted(names)) + " |",
+        "|---:|" + "---:|" * len(names),
+    ]
+    for r in results:
+        cells = []
+        for number in sorted(names):
+            values = r.stats.by_exchange.get(number, [])
+            cells.append(
+                f"{r.percentile(50, values):.0f} / {r.percentile(99, values):.0f}" if values else "—"
+            )
+        lines.append(f"| {r.agents} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -388,6 +388,7 @@ class AgentStats:
     queue_times: list[float] = field(default_factory=list)
     done_jobs: list[int] = field(default_factory=list)  # job ids the agents saw done
     interrupted: list[str] = field(default_factory=list)  # CINs whose last session did not complete
+    by_exchange: dict[int, list[float]] = field(default_factory=dict)  # exchange number -> latencies
 
     def merge(self, other: AgentStats) -> None:
         self.sessions += other.sessions
@@ -398,6 +399,8 @@ class AgentStats:
         self.queue_times += other.queue_times
         self.done_jobs += other.done_jobs
         self.interrupted += other.interrupted
+        for number, values in other.by_exchange.items():
+            self.by_exchange.setdefault(number, []).extend(values)
 
 
 def _agent(
@@ -438,6 +441,8 @@ def _agent(
         with lock:
             if in_window:
                 stats.latencies += relay.latencies
+                for number, value in enumerate(relay.latencies, start=1):
+                    stats.by_exchange.setdefault(number, []).append(value)
             if error:
                 stats.errors += 1
                 interrupted = True

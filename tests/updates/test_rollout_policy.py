@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from audit.models import AuditEntry
 from cards.models import Card, CardJob, SecurityDomain
+from ecard.errors import ServiceError
 from gp import commands, dm
 from gp.cap import LoadFile
 from gp.scp import SCP03
@@ -117,6 +118,21 @@ def test_token_refused_for_a_locked_card(world) -> None:
         policy.authorize(card=world.card, security_domain=world.alpha_sd,
                          command=install_for_load(world.v2, world.alpha_sd.aid))
     assert len(denials(world.card)) == 1
+    # Over the air: an update job for the card fails before any token, audited; the card keeps v1;
+    # and a locked card is not a rollout target (planning keeps SECURED cards only).
+    job = CardJob.objects.create(
+        card=world.card, kind=CardJob.Kind.UPDATE_APPLET, organization=world.alpha, security_domain=world.alpha_sd,
+        params={"packages": [{"release": world.v2.pk, "instances": [ALPHA_INSTANCE]}]},
+    )
+    world.holders[0].present()
+    job.refresh_from_db()
+    assert job.state == CardJob.State.FAILED and "CARD_LOCKED" in job.last_error
+    assert len(denials(world.card)) == 2
+    with pytest.raises(ServiceError, match="do not carry"):
+        rollouts.create_rollout(bank=world.alpha, release=world.v2, actor=world.alpha_op, groups=["100%"],
+                                cins=[world.card.cin])
+    Card.objects.filter(pk=world.card.pk).update(lifecycle=Card.Lifecycle.SECURED)
+    assert alpha_version(world.holders[0]) == "1.0"
 
 
 def test_token_refused_while_the_rollout_is_paused_or_cancelled(world) -> None:

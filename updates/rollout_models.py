@@ -72,6 +72,13 @@ class Rollout(models.Model):
 
     class Meta:
         ordering = ("-created_at", "-id")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("bank", "package_aid"),
+                condition=models.Q(state__in=("awaiting_approval", "ready", "scheduled", "running", "paused")),
+                name="one_open_rollout_per_package",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"rollout {self.pk} of {self.package_aid} ({self.state})"

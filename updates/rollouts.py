@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Count, F
 from django.utils import timezone
 
@@ -183,23 +183,27 @@ def create_rollout(
     busy = Rollout.objects.filter(bank=bank, package_aid=release.package_aid, state__in=Rollout.OPEN_STATES).first()
     if busy is not None:
         raise ServiceError(f"rollout {busy.pk} of {release.package_aid} is still {busy.state}", code="conflict")
-    rollout = Rollout.objects.create(
-        bank=bank,
-        release=release,
-        name=name[:200],
-        package_aid=release.package_aid,
-        from_version=from_version,
-        target_kind=Rollout.Target.CARDS if cins is not None else Rollout.Target.PACKAGE,
-        group_spec=[b.text for b in bounds],
-        success_threshold=success_threshold,
-        error_threshold=error_threshold,
-        retry_count=retry_count,
-        retry_backoff=retry_backoff,
-        require_approval=require_approval,
-        start_at=start_at,
-        state=Rollout.State.AWAITING_APPROVAL if require_approval else Rollout.State.READY,
-        created_by=actor if actor is not None and getattr(actor, "pk", None) else None,
-    )
+    try:
+        with transaction.atomic():  # the partial unique constraint settles a race between two creates
+            rollout = Rollout.objects.create(
+                bank=bank,
+                release=release,
+                name=name[:200],
+                package_aid=release.package_aid,
+                from_version=from_version,
+                target_kind=Rollout.Target.CARDS if cins is not None else Rollout.Target.PACKAGE,
+                group_spec=[b.text for b in bounds],
+                success_threshold=success_threshold,
+                error_threshold=error_threshold,
+                retry_count=retry_count,
+                retry_backoff=retry_backoff,
+                require_approval=require_approval,
+                start_at=start_at,
+                state=Rollout.State.AWAITING_APPROVAL if require_approval else Rollout.State.READY,
+                created_by=actor if actor is not None and getattr(actor, "pk", None) else None,
+            )
+    except IntegrityError as exc:
+        raise ServiceError(f"another rollout of {release.package_aid} is open", code="conflict") from exc
     group_rows = RolloutGroup.objects.bulk_create(
         [RolloutGroup(rollout=rollout, index=i + 1, bound=b.text) for i, b in enumerate(bounds)]
     )

@@ -32,8 +32,9 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 # Playwright's sync API keeps an event loop in the test thread; the ORM calls the tests make in
-# between page actions are ordinary synchronous code.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+# between page actions are ordinary synchronous code. Set only while the browser is up (the
+# `chromium` fixture), so no other test or subprocess inherits it (deploy checks refuse it).
+ASYNC_UNSAFE = "DJANGO_ALLOW_ASYNC_UNSAFE"
 
 
 def missing(what: str) -> None:
@@ -53,7 +54,7 @@ def install_axe() -> None:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     executable = shutil.which("chromium")
     if executable is None:
@@ -66,10 +67,18 @@ def chromium() -> Iterator[Any]:
         install_axe()
     if not AXE.exists():
         missing(f"axe-core is not installed: npm ci --prefix {AXE.parents[2]}")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    previous = os.environ.get(ASYNC_UNSAFE)
+    os.environ[ASYNC_UNSAFE] = "true"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+            yield browser
+            browser.close()
+    finally:
+        if previous is None:
+            os.environ.pop(ASYNC_UNSAFE, None)
+        else:
+            os.environ[ASYNC_UNSAFE] = previous
 
 
 class Visit:

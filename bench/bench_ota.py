@@ -17,12 +17,9 @@ table and replaces its own section in ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import io
 import logging
 import os
-import platform
-import re
 import secrets
 import sys
 import tempfile
@@ -35,10 +32,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchdoc import DOC, machine_note, write_section  # noqa: E402 - after the sys.path entry
+
 from gp.cap import DIRECTORY, HEADER, METHOD, LoadFile  # noqa: E402 - after the sys.path entry
 
 SECTION = "## OTA round trips"
-DOC = ROOT / "docs" / "benchmarks.md"
 SHARED = Path(os.environ.get("ECARD_SHARED_DIR", ROOT.parent / "shared"))
 SOURCE_CAP = "Empty_0102030405_8d5ac9e2_2.2.1.cap"
 INSTANCE = "0102030405060708"
@@ -166,37 +164,9 @@ def one_update(cap: bytes, mode: str, rtt_ms: int) -> Run:
 # report
 
 
-def _machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"nproc {os.cpu_count()}, CPU {model}, Python {platform.python_version()}, {now}, load average {load}"
-
-
-def write_section(text: str) -> None:
-    body = f"{SECTION}\n\n{text.rstrip()}\n"
-    if DOC.exists():
-        doc = DOC.read_text()
-    else:
-        doc = "# Benchmarks\n\nMeasured numbers of the platform's hot paths; each part owns one section.\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _m: body + "\n", doc, count=1).rstrip() + "\n"
-    else:
-        doc = doc.rstrip() + "\n\n" + body
-    DOC.write_text(doc)
-
-
 def report(runs: list[Run], kib: int, command: str) -> str:
     lines = [
-        f"`{command}` — {_machine()}.",
+        f"`{command}` — {machine_note()}.",
         "",
         f"One `update_applet` job: a {kib} KB package ({runs[0].lfdb:,} bytes of Load File Data Block) "
         "loaded into the bank's SSD and its applet installed — SCP03 SL 33 (C-MAC, C-DEC, R-MAC), "
@@ -252,7 +222,7 @@ def main() -> None:
     print()
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"updated {DOC}")
 
 

@@ -18,9 +18,7 @@ section of ``docs/benchmarks.md`` (``--no-write`` to leave it) and prints as its
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
-import platform
 import re
 import resource
 import secrets
@@ -30,11 +28,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchdoc import machine_note, memory_gib, write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SECTION = "## Rollout planning"
-DOC = ROOT / "docs" / "benchmarks.md"
 ALPHA_RID, BETA_RID = "F0414C5048", "F042455441"
 
 
@@ -163,14 +162,6 @@ def peak_rss_mb() -> float:
 def _machine() -> str:
     from django.db import connection
 
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute("SHOW server_version")
@@ -178,28 +169,8 @@ def _machine() -> str:
         else:
             cursor.execute("SELECT sqlite_version()")
             database = f"SQLite {cursor.fetchone()[0]} (file)"
-    memory = ""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal"):
-                memory = f", {int(line.split()[1]) // 1024 // 1024} GiB RAM"
-    except OSError:
-        pass
-    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return (f"nproc {os.cpu_count()}, CPU {model}{memory}, {database}, Python {platform.python_version()}, "
-            f"{now}, load average {load}")
-
-
-def write_section(text: str) -> None:
-    body = f"{SECTION}\n\n{text.rstrip()}\n"
-    doc = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _m: body + "\n", doc, count=1).rstrip() + "\n"
-    else:
-        doc = doc.rstrip() + "\n\n" + body
-    DOC.write_text(doc)
+    memory = memory_gib()
+    return machine_note(*([f"{memory} GiB RAM"] if memory else []), database)
 
 
 def main() -> None:
@@ -235,8 +206,8 @@ def main() -> None:
               f"{activated:.2f} s", flush=True)
         line = f"planned {rollout.total} cards in {planned:.2f} s, peak RSS {rss:.0f} MB"
         if not args.no_write:
-            write_section(report(args.cards, rollout.total, planned, rss, rss_before, groups, activated, timings,
-                                 vendor))
+            text = report(args.cards, rollout.total, planned, rss, rss_before, groups, activated, timings, vendor)
+            write_section(SECTION, text)
         print(line)
 
 

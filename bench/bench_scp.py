@@ -13,10 +13,7 @@ and replaces its own section in ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
-import platform
-import re
 import sys
 import time
 from pathlib import Path
@@ -24,11 +21,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchdoc import DOC, machine_note, write_section
+
 from gp.scp import SCP02, SCP03, StaticKeys
 from gp.scp_card import CardSCP02, CardSCP03
 
 SECTION = "## SCP wrap/unwrap throughput"
-DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 PAYLOAD = 239
 
 CONFIGS: list[tuple[str, int, dict[str, Any]]] = [
@@ -99,41 +97,15 @@ def bench_one(name: str, sl: int, opts: dict[str, Any], n: int, rounds: int = 3)
 
 
 def _machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     import cryptography
 
-    return (
-        f"nproc {os.cpu_count()}, CPU {model}, Python {platform.python_version()}, "
-        f"cryptography {cryptography.__version__} ({'OpenSSL ' + _openssl()}), "
-        f"{_dt.datetime.now(_dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}"
-    )
+    return machine_note(f"cryptography {cryptography.__version__} (OpenSSL {_openssl()})", load=False)
 
 
 def _openssl() -> str:
     from cryptography.hazmat.backends.openssl import backend
 
     return backend.openssl_version_text().replace("OpenSSL ", "")
-
-
-def write_section(text: str) -> None:
-    body = f"{SECTION}\n\n{text.rstrip()}\n"
-    if DOC.exists():
-        doc = DOC.read_text()
-    else:
-        doc = "# Benchmarks\n\nMeasured numbers of the platform's hot paths; each part owns one section.\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(doc):
-        doc = pattern.sub(lambda _m: body + "\n", doc, count=1).rstrip() + "\n"
-    else:
-        doc = doc.rstrip() + "\n\n" + body
-    DOC.write_text(doc)
 
 
 def main() -> None:
@@ -164,7 +136,7 @@ def main() -> None:
         lines.append(f"| {name} | {sl:02X} | {payload} | {host_rate:,.0f} | {full_rate:,.0f} |")
     text = "\n".join(lines)
     if not args.no_write:
-        write_section(text)
+        write_section(SECTION, text)
         print(f"updated {DOC}")
 
 

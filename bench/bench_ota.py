@@ -32,8 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchdoc import DOC, machine_note, write_section  # noqa: E402 - after the sys.path entry
-
+from bench.benchdoc import DOC, machine_note, write_section  # noqa: E402 - after the sys.path entry
 from gp.cap import DIRECTORY, HEADER, METHOD, LoadFile  # noqa: E402 - after the sys.path entry
 
 SECTION = "## OTA round trips"

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchdoc import machine_note, memory_gib, write_section
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.benchdoc import machine_note, memory_gib, write_section  # noqa: E402 - after the sys.path entry
 
 SECTION = "## Rollout planning"
 ALPHA_RID, BETA_RID = "F0414C5048", "F042455441"

@@ -21,8 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchdoc import DOC, machine_note, write_section
-
+from bench.benchdoc import DOC, machine_note, write_section
 from gp.scp import SCP02, SCP03, StaticKeys
 from gp.scp_card import CardSCP02, CardSCP03
 

@@ -210,10 +210,8 @@ def ensure_bank_keyset(job: CardJob, sd: SecurityDomain, kvn: int) -> KeySet:
     )
 
 
-class IsdInstallSsd(Stage):
-    """INSTALL [for install and make selectable] of the bank's SSD from the SSD module in ROM (§11.5)."""
-
-    name = "install-ssd"
+class IsdStage(Stage):
+    """A stage in a channel with the card's ISD (keys diversified from the agency's master)."""
 
     def sd_aid(self) -> str:
         return self.card.isd_aid
@@ -223,6 +221,22 @@ class IsdInstallSsd(Stage):
 
     def key_choices(self) -> list[KeyChoice]:
         return isd_choice(self.card)
+
+
+class BankSsdStage(Stage):
+    """A stage in a channel with the job's bank SSD (the bank's keys; its KEK seals the channel)."""
+
+    def sd_aid(self) -> str:
+        return self.job.security_domain.aid
+
+    def owner(self) -> Organization:
+        return self.job.security_domain.organization
+
+
+class IsdInstallSsd(IsdStage):
+    """INSTALL [for install and make selectable] of the bank's SSD from the SSD module in ROM (§11.5)."""
+
+    name = "install-ssd"
 
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
         sd = self.job.security_domain
@@ -251,17 +265,11 @@ SSD_PACKAGE_AID = "A0000001515350"
 SSD_MODULE_AID = "A000000151535041"
 
 
-class SsdBankKeys(Stage):
+class SsdBankKeys(BankSsdStage):
     """Replace the SSD's initial key set with the bank's keys (PUT KEY in a session with the SSD),
     so the agency never holds the bank's keys in clear (DESIGN.md §5.3)."""
 
     name = "bank-keys"
-
-    def sd_aid(self) -> str:
-        return self.job.security_domain.aid
-
-    def owner(self) -> Organization:
-        return self.job.security_domain.organization
 
     def bank_kvn(self) -> int:
         return BANK_KVN[self.job.security_domain.scp]
@@ -297,17 +305,11 @@ class SsdBankKeys(Stage):
     opened_with: KeyChoice
 
 
-class SsdInstallApplets(Stage):
+class SsdInstallApplets(BankSsdStage):
     """LOAD and INSTALL the bank's applets into its SSD, each operation with an agency DM token."""
 
     name = "install-applets"
     status_p1 = (STATUS_APPS, STATUS_ELF_MODULES)
-
-    def sd_aid(self) -> str:
-        return self.job.security_domain.aid
-
-    def owner(self) -> Organization:
-        return self.job.security_domain.organization
 
     def key_choices(self) -> list[KeyChoice]:
         sd = self.job.security_domain
@@ -427,19 +429,10 @@ def install_command(card: Card, sd: SecurityDomain, elf_aid: str, module_aid: st
     return Command(with_token(card, sd, apdu), f"install applet {instance_aid}", receipt=receipt)
 
 
-class IsdDeleteSsd(Stage):
+class IsdDeleteSsd(IsdStage):
     """DELETE the bank's SSD with its related objects (§11.2: P2 80), from the ISD."""
 
     name = "delete-ssd"
-
-    def sd_aid(self) -> str:
-        return self.card.isd_aid
-
-    def owner(self) -> Organization:
-        return self.card.issued_by
-
-    def key_choices(self) -> list[KeyChoice]:
-        return isd_choice(self.card)
 
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
         sd = self.job.security_domain
@@ -453,16 +446,10 @@ class IsdDeleteSsd(Stage):
             raise StepFailed("the security domain is still on the card")
 
 
-class SsdRotateKeys(Stage):
+class SsdRotateKeys(BankSsdStage):
     """PUT KEY a fresh key set (next KVN) into the bank's SSD in a session opened with the current one."""
 
     name = "rotate-keys"
-
-    def sd_aid(self) -> str:
-        return self.job.security_domain.aid
-
-    def owner(self) -> Organization:
-        return self.job.security_domain.organization
 
     def target_kvn(self) -> int:
         return int(self.job.params["to_kvn"])
@@ -503,19 +490,10 @@ class SsdRotateKeys(Stage):
     opened_with: KeyChoice
 
 
-class IsdSetStatus(Stage):
+class IsdSetStatus(IsdStage):
     """SET STATUS of the bank's SSD to LOCKED or back to PERSONALIZED (§11.10, SD life cycle §5.3.2)."""
 
     name = "set-status"
-
-    def sd_aid(self) -> str:
-        return self.card.isd_aid
-
-    def owner(self) -> Organization:
-        return self.card.issued_by
-
-    def key_choices(self) -> list[KeyChoice]:
-        return isd_choice(self.card)
 
     def locking(self) -> bool:
         return self.job.kind == CardJob.Kind.LOCK_SD

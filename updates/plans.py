@@ -23,6 +23,7 @@ from updates.models import Release
 from updates.ota import (
     STATUS_APPS,
     STATUS_ELF_MODULES,
+    BankSsdStage,
     Command,
     KeyChoice,
     Registry,
@@ -65,14 +66,12 @@ def load_order(releases: list[Release]) -> list[Release]:
     return ordered
 
 
-class SsdUpdatePackages(Stage):
+class SsdUpdatePackages(BankSsdStage):
     """Bring the SSD's packages to the job's releases: delete old versions, load, install instances."""
 
     name = "update-packages"
     status_p1 = (STATUS_APPS, STATUS_ELF_MODULES)
 
-    sd_aid = SsdInstallApplets.sd_aid
-    owner = SsdInstallApplets.owner
     key_choices = SsdInstallApplets.key_choices
     preflight = SsdInstallApplets.preflight
 
@@ -134,14 +133,12 @@ class SsdUpdatePackages(Stage):
                 )
 
 
-class SsdRemovePackages(Stage):
+class SsdRemovePackages(BankSsdStage):
     """DELETE packages (with their instances) from the bank's SSD."""
 
     name = "remove-packages"
     status_p1 = (STATUS_APPS, STATUS_ELF_MODULES)
 
-    sd_aid = SsdInstallApplets.sd_aid
-    owner = SsdInstallApplets.owner
     key_choices = SsdInstallApplets.key_choices
     preflight = SsdInstallApplets.preflight
 

@@ -2,15 +2,18 @@
 
 * :class:`AuditEntry` — one leaf of the log. Its columns are the entry (format 1 of
   :mod:`audit.export_format`); :meth:`AuditEntry.as_entry` rebuilds the exact entry object
-  from them, and ``leaf_hash`` is the RFC 9162 leaf hash computed when it was appended.
+  from them. A row is written by the transaction of the change it records with ``index`` and
+  ``leaf_hash`` NULL (*pending*); the sequencer (:func:`audit.services.sequence_pending`) later
+  gives committed pending rows the next indices and stores their RFC 9162 leaf hashes.
 * :class:`MerkleNode` — every completed perfect subtree ``(level, index)`` of the tree
   (level 0: the leaf hashes), written once at append time, so roots and proofs are O(log n)
   lookups.
-* :class:`LogState` — a singleton row: tree size and the frontier (compact range). Appends
-  lock it, which serialises them across processes (no duplicate index, no gaps).
+* :class:`LogState` — a singleton row: tree size and the frontier (compact range). Only the
+  sequencer writes it, under its lock, so indices have no duplicates and no gaps.
 * :class:`Checkpoint` — signed tree heads (C2SP tlog-checkpoint notes).
 
-Rows are append-only: nothing in the platform updates or deletes them.
+Rows are append-only: nothing in the platform updates or deletes them (the sequencer fills in a
+pending entry's ``index`` and ``leaf_hash`` once).
 """
 
 from __future__ import annotations
@@ -35,8 +38,10 @@ class AuditEntry(models.Model):
         SYSTEM = "system", "System"
         AGENT = "agent", "Client agent"
 
-    index = models.BigIntegerField(unique=True, help_text="position in the log, 0-based, no gaps")
-    time = models.DateTimeField(db_index=True)
+    index = models.BigIntegerField(
+        unique=True, null=True, blank=True, help_text="position in the log, 0-based, no gaps; NULL until sequenced"
+    )
+    time = models.DateTimeField()
     actor_type = models.CharField(max_length=8, choices=ActorType.choices)
     actor_user = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -46,30 +51,54 @@ class AuditEntry(models.Model):
         "issuers.Organization", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     actor_org_slug = models.CharField(max_length=64, blank=True)
-    action = models.CharField(max_length=64, db_index=True)
+    action = models.CharField(max_length=64)
     subject_type = models.CharField(max_length=32)
     subject_id = models.CharField(max_length=128)
-    card_cin = models.CharField(max_length=64, blank=True, db_index=True)
+    card_cin = models.CharField(max_length=64, blank=True)
     organization_slug = models.CharField(
-        max_length=64, blank=True, db_index=True, help_text="the organisation the event concerns (e.g. the bank)"
+        max_length=64, blank=True, help_text="the organisation the event concerns (e.g. the bank)"
     )
     outcome = models.CharField(max_length=8, choices=Outcome.choices, default=Outcome.SUCCESS)
     reason = models.TextField(blank=True)
     receipt = models.CharField(max_length=512, blank=True, help_text="card receipt, lowercase hex")
     details = models.JSONField(default=dict, blank=True)
-    leaf_hash = models.BinaryField(max_length=32, help_text="RFC 9162 leaf hash of the canonical entry")
+    leaf_hash = models.BinaryField(
+        max_length=32, null=True, blank=True, help_text="RFC 9162 leaf hash of the canonical entry (set when sequenced)"
+    )
 
     class Meta:
         ordering = ("index",)
         verbose_name_plural = "audit entries"
+        # The readers' filters (docs/audit.md, API) cover sequenced entries only, so their indexes
+        # are partial: a pending row's INSERT touches none of them, only the sequencer's UPDATE does.
+        indexes = [
+            # the sequencer's queue: pending rows in insertion order
+            models.Index(fields=["id"], condition=models.Q(index__isnull=True), name="audit_entry_pending"),
+            *(
+                models.Index(fields=[name], condition=models.Q(index__isnull=False), name=f"audit_entry_{short}")
+                for name, short in (
+                    ("time", "time"),
+                    ("action", "action"),
+                    ("card_cin", "card"),
+                    ("organization_slug", "org"),
+                )
+            ),
+        ]
 
     def __str__(self) -> str:
-        return f"#{self.index} {self.action} {self.subject_type}:{self.subject_id} {self.outcome}"
+        where = "pending" if self.index is None else f"#{self.index}"
+        return f"{where} {self.action} {self.subject_type}:{self.subject_id} {self.outcome}"
 
-    def as_entry(self) -> dict[str, Any]:
-        """The format-1 entry object this row holds (what the log hashed and what exports carry)."""
+    @property
+    def sequenced(self) -> bool:
+        return self.index is not None
+
+    def as_entry(self, index: int | None = None) -> dict[str, Any]:
+        """The format-1 entry object this row holds (what the log hashed and what exports carry).
+
+        Only for a sequenced row (the entry's ``index`` is part of its leaf)."""
         return make_entry(
-            index=self.index,
+            index=self.index if index is None else index,
             time=self.time,
             actor_type=self.actor_type,
             actor_id=self.actor_name,
@@ -102,7 +131,7 @@ class MerkleNode(models.Model):
 
 
 class LogState(models.Model):
-    """The one row that says how big the log is; appends lock it (``select_for_update``)."""
+    """The one row that says how big the log is; only the sequencer writes it, under its lock."""
 
     SINGLETON = 1
 

@@ -96,8 +96,19 @@ def current_size() -> int:
     return LogState.objects.filter(pk=LogState.SINGLETON).values_list("size", flat=True).first() or 0
 
 
-def current_head() -> tuple[int, bytes]:
-    """``(size, root)`` of the committed log, from the frontier (consistent in one read)."""
+def catch_up() -> None:
+    """Sequence the committed pending entries first, so a read shows the current log (bounded;
+    see :func:`audit.services.catch_up`). Entries are in the log once sequenced."""
+    from audit import services  # services builds on these selectors
+
+    services.catch_up()
+
+
+def current_head(*, fresh: bool = True) -> tuple[int, bytes]:
+    """``(size, root)`` of the committed log, from the frontier (consistent in one read);
+    ``fresh``: sequence what is pending first."""
+    if fresh:
+        catch_up()
     state = LogState.objects.filter(pk=LogState.SINGLETON).first()
     if state is None or not state.frontier:
         return 0, CompactRange().root()
@@ -150,10 +161,12 @@ def consistency_proof_for(first: int, second: int) -> list[bytes]:
 
 
 def entries_for(user: User | None) -> QuerySet[AuditEntry]:
+    """The sequenced entries ``user`` may read (pending ones are sequenced first)."""
     who = principal(user)
     if not who.is_authenticated:
         return AuditEntry.objects.none()
-    entries = AuditEntry.objects.all()
+    catch_up()
+    entries = AuditEntry.objects.filter(index__isnull=False)
     if who.is_agency or who.is_regulator:
         return entries
     if who.bank_ids:
@@ -216,7 +229,7 @@ def checked_inclusion(entry: AuditEntry) -> EntryProof:
     if checkpoint is not None:
         size, root = checkpoint.size, bytes(checkpoint.root_hash)
     else:
-        size, root = current_head()
+        size, root = current_head(fresh=False)
     proof = inclusion_proof_for(entry.index, size)
     try:
         verify_inclusion(entry_leaf_hash(entry.as_entry()), entry.index, size, proof, root)

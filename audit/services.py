@@ -1,12 +1,17 @@
 """Writes to the audit log (docs/audit.md §6).
 
-* :func:`record_event` appends one entry. Every state-changing service calls it inside its own
-  transaction, so the change and its entry commit (or roll back) together. The append locks the
-  :class:`~audit.models.LogState` row (PostgreSQL: ``SELECT … FOR UPDATE``; SQLite: the
-  ``IMMEDIATE`` transaction already holds the database write lock), takes ``index = size``,
-  hashes the canonical entry, appends it to the frontier and stores the perfect-subtree nodes
-  the leaf completes: O(log n) work, never a pass over the leaves. Concurrent appends wait on
-  that lock until the holder commits or rolls back, so indices have no duplicates and no gaps.
+* :func:`record_event` queues one entry. Every state-changing service calls it inside its own
+  transaction, so the change and its entry commit (or roll back) together. It takes no lock: one
+  INSERT of a *pending* row (``index`` NULL) carrying everything of the entry but its index, so
+  concurrent transactions commit independently (and PostgreSQL can flush their commits together).
+* :func:`sequence_pending` is the log's single writer (Trillian-style sequencing): under a lock
+  held only for its own short transaction (PostgreSQL advisory lock; SQLite: the write lock), it
+  takes committed pending rows in insertion order, gives them indices ``size .. size+n-1``,
+  hashes their canonical leaves (the index is part of the leaf), appends them to the frontier,
+  stores the perfect-subtree nodes they complete and the new state — O(log n) per entry, one
+  transaction per batch. Rolled-back transactions leave no row, so the indices have no gaps. It
+  runs after each appending transaction commits (non-blocking try-lock), from Celery beat every
+  second, and before reads that should show the current log (:func:`catch_up`).
 * :func:`make_checkpoint` signs the committed tree head with the log's Ed25519 key, which key
   custody holds wrapped under the log operator's (the agency's) KEK.
 * :func:`write_export` / :func:`export_lines` produce the ``ecard-audit-export/1`` file that
@@ -18,7 +23,9 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import logging
 import math
+import time
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -31,9 +38,8 @@ from django.utils import timezone
 from audit import selectors
 from audit.checkpoint import key_id
 from audit.checkpoint import make_checkpoint as sign_checkpoint
-from audit.export_format import ExportHeader, ExportWriter, canonical_json, format_time
+from audit.export_format import ExportHeader, ExportWriter, entry_leaf_hash, format_time
 from audit.merkle import CompactRange, ProofError, consistency_proof, verify_consistency
-from audit.merkle import leaf_hash as merkle_leaf_hash
 from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode
 from ecard.errors import ServiceError
 from issuers.custody_models import KeySet
@@ -46,154 +52,22 @@ __all__ = [
     "log_verifier_key",
     "make_checkpoint",
     "record_event",
+    "sequence_pending",
     "write_export",
 ]
 
+logger = logging.getLogger(__name__)
+
 
 class LogCorruptError(RuntimeError):
-    """The stored log state disagrees with itself (never expected; appends stop rather than guess)."""
-
-
-# --------------------------------------------------------------------------- appends
-
-
-class _LeafTemplate:
-    """The entry's canonical bytes around the two members only known under the lock.
-
-    Canonical JSON sorts members by name: ``action, actor, card, details`` < ``index`` <
-    ``organisation, outcome, reason, receipt, subject`` < ``time``. So the leaf bytes are
-    ``head + ',"index":' + i + ',' + middle + ',"time":"…"}'`` where ``head`` and ``middle`` are
-    canonical encodings of those member groups — exactly :func:`canonical_leaf_bytes` of the
-    whole entry (the tests check every stored leaf hash against it). Built and validated with
-    :func:`make_entry` before the lock, so the lock is held for a hash and a few writes only.
-    """
-
-    def __init__(self, row: AuditEntry) -> None:
-        row.index, row.time = 0, timezone.now()
-        entry = row.as_entry()  # validates (make_entry): raises before any lock is taken
-        self.head = canonical_json({k: entry[k] for k in ("action", "actor", "card", "details")})[:-1]
-        middle = canonical_json({k: entry[k] for k in ("organisation", "outcome", "reason", "receipt", "subject")})
-        self.middle = middle[1:-1]
-
-    def leaf_hash(self, index: int, time: dt.datetime) -> bytes:
-        leaf = b"".join(
-            (
-                self.head,
-                b',"index":',
-                str(index).encode(),
-                b",",
-                self.middle,
-                b',"time":"',
-                format_time(time).encode(),
-                b'"}',
-            )
-        )
-        return merkle_leaf_hash(leaf)
-
-
-def _locked_state() -> LogState:
-    """The LogState row, locked for this transaction (created on first use)."""
-    state = LogState.objects.select_for_update().filter(pk=LogState.SINGLETON).first()
-    if state is not None:
-        return state
-    # First append ever (or after a test flush). Concurrent creators meet on the primary key.
-    size = AuditEntry.objects.count()
-    frontier = CompactRange.from_store(selectors.DbNodeStore(), size) if size else CompactRange()
-    LogState.objects.get_or_create(pk=LogState.SINGLETON, defaults={"size": size, "frontier": frontier.to_dict()})
-    return LogState.objects.select_for_update().get(pk=LogState.SINGLETON)
-
-
-def _frontier_of(size: int, frontier: Any) -> CompactRange:
-    if isinstance(frontier, str):
-        frontier = json.loads(frontier)
-    compact = CompactRange.from_dict(frontier) if frontier else CompactRange()
-    if compact.size != size:
-        raise LogCorruptError(f"log state size {size} disagrees with its frontier ({compact.size})")
-    return compact
-
-
-def _append_orm(row: AuditEntry, template: _LeafTemplate) -> None:
-    """Portable append (SQLite): the IMMEDIATE transaction already holds the write lock."""
-    state = _locked_state()
-    compact = _frontier_of(state.size, state.frontier)
-    row.index, row.time = state.size, timezone.now()
-    row.leaf_hash = template.leaf_hash(row.index, row.time)
-    nodes = compact.append(row.leaf_hash)
-    row.save(force_insert=True)
-    MerkleNode.objects.bulk_create([MerkleNode(level=lv, index=ix, hash=h) for lv, ix, h in nodes])
-    state.size = compact.size
-    state.frontier = compact.to_dict()
-    state.save(update_fields=["size", "frontier"])
-
-
-_ENTRY_FIELDS = (
-    "index",
-    "time",
-    "actor_type",
-    "actor_user",
-    "actor_name",
-    "actor_org",
-    "actor_org_slug",
-    "action",
-    "subject_type",
-    "subject_id",
-    "card_cin",
-    "organization_slug",
-    "outcome",
-    "reason",
-    "receipt",
-    "details",
-    "leaf_hash",
-)
+    """The stored log state disagrees with itself (never expected; sequencing stops rather than guess)."""
 
 
 def _q(name: str) -> str:
     return connection.ops.quote_name(name)
 
 
-@functools.cache
-def _pg_statements(node_count: int) -> tuple[str, str]:
-    state_table, entry_table, node_table = (_q(m._meta.db_table) for m in (LogState, AuditEntry, MerkleNode))
-    lock = f"SELECT size, frontier FROM {state_table} WHERE id = %s FOR UPDATE"  # noqa: S608
-    columns = ", ".join(_q(AuditEntry._meta.get_field(name).column) for name in _ENTRY_FIELDS)
-    placeholders = ", ".join(["%s"] * len(_ENTRY_FIELDS))
-    node_rows = ", ".join(["(%s, %s, %s)"] * node_count)
-    write = (
-        f"WITH e AS (INSERT INTO {entry_table} ({columns}) VALUES ({placeholders}) RETURNING id),"  # noqa: S608
-        f" n AS (INSERT INTO {node_table} ({_q('level')}, {_q('index')}, {_q('hash')}) VALUES {node_rows})"
-        f" UPDATE {state_table} SET size = %s, frontier = %s::jsonb WHERE id = %s RETURNING (SELECT id FROM e)"
-    )
-    return lock, write
-
-
-def _append_postgresql(row: AuditEntry, template: _LeafTemplate) -> None:
-    """PostgreSQL append: lock and read the state in one round trip, write entry, nodes and state
-    in a second (one statement with data-modifying CTEs), so the row lock — held until the
-    caller commits — covers as little work as possible."""
-    fields = [AuditEntry._meta.get_field(name) for name in _ENTRY_FIELDS]
-    with connection.cursor() as cursor:
-        cursor.execute(_pg_statements(1)[0], [LogState.SINGLETON])
-        found = cursor.fetchone()
-        if found is None:
-            state = _locked_state()
-            found = (state.size, state.frontier)
-        size, frontier = found
-        compact = _frontier_of(size, frontier)
-        row.index, row.time = size, timezone.now()
-        row.leaf_hash = template.leaf_hash(size, row.time)
-        nodes = compact.append(row.leaf_hash)
-        pre_save.send(sender=AuditEntry, instance=row, raw=False, using=connection.alias, update_fields=None)
-        values = [f.get_db_prep_save(getattr(row, f.attname), connection) for f in fields]
-        node_values = [v for lv, ix, h in nodes for v in (lv, ix, h)]
-        cursor.execute(
-            _pg_statements(len(nodes))[1],
-            [*values, *node_values, compact.size, json.dumps(compact.to_dict()), LogState.SINGLETON],
-        )
-        row.pk = cursor.fetchone()[0]
-    row._state.adding = False
-    row._state.db = connection.alias
-    # The ORM path sends these from save(); listeners (e.g. the test suite's key leak scan) rely on them.
-    post_save.send(sender=AuditEntry, instance=row, created=True, update_fields=None, raw=False, using=connection.alias)
+# --------------------------------------------------------------------------- appends (queue)
 
 
 def record_event(
@@ -212,7 +86,12 @@ def record_event(
     actor_type: str | None = None,
     actor_id: str | None = None,
 ) -> AuditEntry:
-    """Append one entry to the log, in the caller's transaction.
+    """Queue one entry for the log, in the caller's transaction (no lock: one INSERT).
+
+    The row commits or rolls back with the change it records; once committed, the sequencer
+    (:func:`sequence_pending`) gives it the next index, normally right after the commit (this
+    function registers an ``on_commit`` hook) and otherwise within a second (Celery beat). The
+    returned row's ``index`` is None until then.
 
     ``actor`` is a user (or None for the system; ``actor_id`` names a non-user actor such as a
     client agent), ``actor_org`` the organisation it acted for, ``organization`` the one the
@@ -227,6 +106,7 @@ def record_event(
     if isinstance(receipt, bytes | bytearray):
         receipt = bytes(receipt).hex()
     row = AuditEntry(
+        time=timezone.now(),
         actor_type=actor_type,
         actor_user=actor if actor is not None and getattr(actor, "pk", None) else None,
         actor_name=actor_name,
@@ -240,19 +120,220 @@ def record_event(
         outcome=outcome,
         reason=reason or "",
         receipt=(receipt or "").lower(),
-        # As the database will give it back (tuples become lists), so the hash made now is the
-        # hash recomputed from the row later.
+        # As the database will give it back (tuples become lists), so the leaf the sequencer
+        # hashes from the row is the entry validated here.
         details=json.loads(json.dumps(details or {}, allow_nan=False)),
     )
-    template = _LeafTemplate(row)
-    # savepoint=False: no extra round trips; if anything below fails the caller's transaction
-    # is marked for rollback, so a half-written append can never commit.
-    with transaction.atomic(savepoint=False):
-        if connection.vendor == "postgresql":
-            _append_postgresql(row, template)
-        else:
-            _append_orm(row, template)
+    row.as_entry(index=0)  # validates (make_entry): a bad entry fails the caller's change, not the sequencer
+    if connection.vendor == "postgresql":
+        _insert_postgresql(row)
+    else:
+        row.save(force_insert=True)
+    _sequence_after_commit()
     return row
+
+
+_INSERT_FIELDS = [f for f in AuditEntry._meta.concrete_fields if f.attname not in {"id", "index", "leaf_hash"}]
+
+
+@functools.cache
+def _insert_sql() -> str:
+    table = _q(AuditEntry._meta.db_table)
+    columns = ", ".join(_q(f.column) for f in _INSERT_FIELDS)
+    placeholders = ", ".join(["%s"] * len(_INSERT_FIELDS))
+    return f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING id"  # noqa: S608
+
+
+def _insert_postgresql(row: AuditEntry) -> None:
+    """``row.save(force_insert=True)`` without the ORM's per-call SQL compilation (same statement,
+    same signals: listeners such as the test suite's key leak scan rely on them)."""
+    pre_save.send(sender=AuditEntry, instance=row, raw=False, using=connection.alias, update_fields=None)
+    values = [f.get_db_prep_save(f.pre_save(row, True), connection) for f in _INSERT_FIELDS]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql(), values)
+        row.pk = cursor.fetchone()[0]
+    row._state.adding = False
+    row._state.db = connection.alias
+    post_save.send(sender=AuditEntry, instance=row, created=True, update_fields=None, raw=False, using=connection.alias)
+
+
+# --------------------------------------------------------------------------- the sequencer
+
+# Key of the PostgreSQL advisory lock that admits one sequencer at a time (any constant; "ecardlog").
+SEQUENCER_LOCK = 0x6563617264_6C6F67
+
+
+_last_on_commit_run = -math.inf  # time.monotonic() of this process's last on-commit sequencing run
+
+
+def on_commit_interval() -> float:
+    """Seconds between one process's on-commit sequencing runs: 0 on SQLite (every commit; the
+    database admits one writer anyway), 0.05 s on PostgreSQL, where a run per commit would double
+    the commits (and WAL flushes) of a busy process while a run every 50 ms sequences everything
+    its and the other processes' commits queued meanwhile in one batch."""
+    value = getattr(settings, "ECARD_AUDIT_SEQUENCE_ON_COMMIT_INTERVAL", None)
+    if value is None:
+        return 0.0 if connection.vendor == "sqlite" else 0.05
+    return float(value)
+
+
+def _run_sequencer_after_commit() -> None:
+    global _last_on_commit_run
+    now = time.monotonic()
+    if now - _last_on_commit_run < on_commit_interval():
+        return  # this process ran one moments ago; the next commit, another process or beat picks it up
+    _last_on_commit_run = now
+    try:
+        sequence_pending(limit=sequence_batch_size(), wait=False, max_batches=4)
+    except Exception:  # the caller's change is committed; beat sequences the entry later
+        logger.exception("sequencing after commit failed (the beat task will retry)")
+
+
+def _sequence_after_commit() -> None:
+    """Ask for one non-blocking sequencing run when the caller's transaction commits (once per transaction)."""
+    if not getattr(settings, "ECARD_AUDIT_SEQUENCE_ON_COMMIT", True):
+        return
+    if any(func is _run_sequencer_after_commit for _sids, func, _robust in connection.run_on_commit):
+        return
+    transaction.on_commit(_run_sequencer_after_commit, robust=True)
+
+
+def sequence_batch_size() -> int:
+    return int(getattr(settings, "ECARD_AUDIT_SEQUENCE_BATCH", 1000))
+
+
+def _state_for_sequencing() -> tuple[int, Any]:
+    """``(size, frontier)`` of the log; the caller holds the sequencer lock. Created on first use."""
+    found = LogState.objects.filter(pk=LogState.SINGLETON).values_list("size", "frontier").first()
+    if found is not None:
+        return found
+    # First sequencing ever (or after a test flush): rebuild the frontier from the stored nodes.
+    size = AuditEntry.objects.filter(index__isnull=False).count()
+    frontier = CompactRange.from_store(selectors.DbNodeStore(), size) if size else CompactRange()
+    LogState.objects.create(pk=LogState.SINGLETON, size=size, frontier=frontier.to_dict())
+    return size, frontier.to_dict()
+
+
+def _frontier_of(size: int, frontier: Any) -> CompactRange:
+    if isinstance(frontier, str):
+        frontier = json.loads(frontier)
+    compact = CompactRange.from_dict(frontier) if frontier else CompactRange()
+    if compact.size != size:
+        raise LogCorruptError(f"log state size {size} disagrees with its frontier ({compact.size})")
+    return compact
+
+
+def _take_lock(wait: bool) -> bool:
+    """The sequencer lock for the current transaction, if there is anything to sequence.
+
+    PostgreSQL: a transaction-level advisory lock (it writes nothing, so an attempt that finds the
+    lock taken or nothing pending costs no WAL flush); ``wait=False`` only tries it, and only when
+    some entry is pending (one round trip). SQLite: the IMMEDIATE transaction already holds the
+    database write lock."""
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        if wait:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [SEQUENCER_LOCK])
+            return True
+        table, index = _q(AuditEntry._meta.db_table), _q("index")
+        cursor.execute(
+            f"SELECT pg_try_advisory_xact_lock(%s) WHERE EXISTS (SELECT 1 FROM {table} WHERE {index} IS NULL)",  # noqa: S608
+            [SEQUENCER_LOCK],
+        )
+        found = cursor.fetchone()
+        return bool(found and found[0])
+
+
+# What the leaf is built from (the sequencer loads nothing else of a pending row).
+_PENDING_FIELDS = [
+    f.attname
+    for f in AuditEntry._meta.concrete_fields
+    if f.attname not in {"id", "index", "leaf_hash", "actor_user_id", "actor_org_id"}
+]
+
+
+def _write_batch_postgresql(rows: list[AuditEntry], nodes: list[tuple[int, int, bytes]], compact: CompactRange) -> None:
+    """The new state, the new nodes, and indices and leaf hashes: one statement (data-modifying CTEs)."""
+    entry_table, node_table, state_table = (_q(m._meta.db_table) for m in (AuditEntry, MerkleNode, LogState))
+    sql = f"WITH s AS (UPDATE {state_table} SET size = %s, frontier = %s::jsonb WHERE id = %s)"  # noqa: S608
+    params: list[Any] = [compact.size, json.dumps(compact.to_dict()), LogState.SINGLETON]
+    if nodes:
+        node_rows = ", ".join(["(%s, %s, %s::bytea)"] * len(nodes))
+        columns = f"{_q('level')}, {_q('index')}, {_q('hash')}"
+        sql += f", n AS (INSERT INTO {node_table} ({columns}) VALUES {node_rows})"  # noqa: S608
+        params += [v for node in nodes for v in node]
+    entry_rows = ", ".join(["(%s::bigint, %s::bigint, %s::bytea)"] * len(rows))
+    sql += (
+        f" UPDATE {entry_table} AS t SET {_q('index')} = v.ix, {_q('leaf_hash')} = v.h"  # noqa: S608
+        f" FROM (VALUES {entry_rows}) AS v(id, ix, h) WHERE t.id = v.id AND t.{_q('index')} IS NULL"
+    )
+    params += [v for row in rows for v in (row.pk, row.index, row.leaf_hash)]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        updated = cursor.rowcount
+    if updated != len(rows):
+        raise LogCorruptError(f"sequenced {updated} of {len(rows)} pending entries")
+
+
+def _write_batch_orm(rows: list[AuditEntry], nodes: list[tuple[int, int, bytes]], compact: CompactRange) -> None:
+    AuditEntry.objects.bulk_update(rows, ["index", "leaf_hash"], batch_size=500)
+    MerkleNode.objects.bulk_create([MerkleNode(level=lv, index=ix, hash=h) for lv, ix, h in nodes], batch_size=500)
+    LogState.objects.filter(pk=LogState.SINGLETON).update(size=compact.size, frontier=compact.to_dict())
+
+
+def _sequence_batch(limit: int, wait: bool) -> int | None:
+    """One sequencing transaction: up to ``limit`` committed pending entries, in insertion order,
+    get indices ``size .. size+n-1``. Returns how many, or None when ``wait`` is False and another
+    sequencer holds the lock."""
+    with transaction.atomic():
+        if not _take_lock(wait):
+            return None  # busy, or (not waiting) nothing pending
+        rows = list(AuditEntry.objects.filter(index__isnull=True).order_by("pk").only("pk", *_PENDING_FIELDS)[:limit])
+        if not rows:
+            return 0
+        size, frontier = _state_for_sequencing()
+        compact = _frontier_of(size, frontier)
+        nodes: list[tuple[int, int, bytes]] = []
+        for row in rows:
+            row.index = compact.size
+            row.leaf_hash = entry_leaf_hash(row.as_entry())
+            nodes += compact.append(row.leaf_hash)
+        if connection.vendor == "postgresql":
+            _write_batch_postgresql(rows, nodes, compact)
+        else:
+            _write_batch_orm(rows, nodes, compact)
+    return len(rows)
+
+
+def sequence_pending(limit: int = 1000, *, wait: bool = True, max_batches: int | None = None) -> int:
+    """Sequence the committed pending entries: batches of at most ``limit`` entries, each its own
+    short transaction holding the sequencer lock, until none is left (or ``max_batches``).
+
+    ``wait=False`` returns at once (0) if another process is sequencing. Returns the number of
+    entries sequenced. Inside a caller's transaction the lock is held until that transaction ends,
+    so call it outside one where possible.
+    """
+    total = batches = 0
+    while max_batches is None or batches < max_batches:
+        done = _sequence_batch(limit, wait)
+        batches += 1
+        if done is None:
+            break
+        total += done
+        if done < limit:
+            break
+    return total
+
+
+def catch_up() -> int:
+    """Sequence what is pending before a read that should show the current log (bounded: at most
+    ``ECARD_AUDIT_READ_SEQUENCE_MAX`` entries). Inside a transaction on PostgreSQL it only tries
+    the lock (a read never waits for a sequencer, and never holds the lock long by waiting)."""
+    batch = sequence_batch_size()
+    bound = int(getattr(settings, "ECARD_AUDIT_READ_SEQUENCE_MAX", 10 * batch))
+    wait = not (connection.vendor == "postgresql" and connection.in_atomic_block)
+    return sequence_pending(limit=batch, wait=wait, max_batches=max(1, bound // batch))
 
 
 # --------------------------------------------------------------------------- the log's signing key
@@ -303,7 +384,8 @@ def ensure_checkpoint() -> tuple[Checkpoint, bool]:
     """Sign the committed tree head unless a checkpoint of that size exists; ``(checkpoint, created)``."""
     keyset = signing_keyset(create=True)  # creating it appends custody entries: do it first
     assert keyset is not None
-    size, frontier_root = selectors.current_head()
+    catch_up()  # sign what is committed, sequenced first
+    size, frontier_root = selectors.current_head(fresh=False)
     existing = Checkpoint.objects.filter(size=size).first()
     if existing is not None:
         return existing, False

@@ -15,3 +15,13 @@ def make_checkpoint() -> dict[str, object]:
     """
     checkpoint, created = services.ensure_checkpoint()
     return {"size": checkpoint.size, "created": created}
+
+
+@shared_task(name="audit.tasks.sequence")
+def sequence() -> dict[str, int]:
+    """Sequence the committed pending entries (Celery beat, every ``ECARD_AUDIT_SEQUENCE_SECONDS``).
+
+    Appending transactions already sequence right after they commit; this catches what they left
+    (a commit that found the sequencer busy, a process that died between commit and sequencing).
+    """
+    return {"sequenced": services.sequence_pending(limit=services.sequence_batch_size())}

@@ -46,7 +46,7 @@ def log_browser(request: HttpRequest) -> HttpResponse:
     page_obj = page.get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)
-    size, root = selectors.current_head()
+    size, root = selectors.current_head(fresh=False)  # entries_for sequenced the pending entries
     return render(
         request,
         "audit/log.html",

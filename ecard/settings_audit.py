@@ -7,6 +7,15 @@
 ``ECARD_AUDIT_CHECKPOINT_SECONDS``  how often Celery beat signs a checkpoint (default 300).
 ``ECARD_AUDIT_EXPORT_CHECKPOINTS``  at most this many earlier checkpoints (with consistency proofs)
                             in an export header (default 256, spread over the log's history).
+``ECARD_AUDIT_SEQUENCE_SECONDS``    how often Celery beat runs the sequencer, which gives committed
+                            pending entries their indices (default 1).
+``ECARD_AUDIT_SEQUENCE_BATCH``      entries per sequencing transaction (default 1000).
+``ECARD_AUDIT_SEQUENCE_ON_COMMIT``  try (without waiting) to sequence right after each appending
+                            transaction commits (default on; off leaves it to beat and to reads).
+``ECARD_AUDIT_SEQUENCE_ON_COMMIT_INTERVAL``  at most one such run per process per this many seconds
+                            (default: 0 on SQLite, 0.05 on PostgreSQL).
+``ECARD_AUDIT_READ_SEQUENCE_MAX``   reads of the log sequence at most this many pending entries
+                            first (default 10000).
 """
 
 from __future__ import annotations
@@ -17,6 +26,12 @@ ECARD_LOG_ORIGIN = os.environ.get("ECARD_LOG_ORIGIN", "ecard.example/audit-log")
 ECARD_LOG_OPERATOR = os.environ.get("ECARD_LOG_OPERATOR", "")
 ECARD_AUDIT_CHECKPOINT_SECONDS = float(os.environ.get("ECARD_AUDIT_CHECKPOINT_SECONDS", "300"))
 ECARD_AUDIT_EXPORT_CHECKPOINTS = int(os.environ.get("ECARD_AUDIT_EXPORT_CHECKPOINTS", "256"))
+ECARD_AUDIT_SEQUENCE_SECONDS = float(os.environ.get("ECARD_AUDIT_SEQUENCE_SECONDS", "1"))
+ECARD_AUDIT_SEQUENCE_BATCH = int(os.environ.get("ECARD_AUDIT_SEQUENCE_BATCH", "1000"))
+ECARD_AUDIT_SEQUENCE_ON_COMMIT = os.environ.get("ECARD_AUDIT_SEQUENCE_ON_COMMIT", "1") not in ("0", "false", "no")
+_interval = os.environ.get("ECARD_AUDIT_SEQUENCE_ON_COMMIT_INTERVAL", "")
+ECARD_AUDIT_SEQUENCE_ON_COMMIT_INTERVAL = float(_interval) if _interval else None
+ECARD_AUDIT_READ_SEQUENCE_MAX = int(os.environ.get("ECARD_AUDIT_READ_SEQUENCE_MAX", "10000"))
 
 CELERY_BEAT_SCHEDULE = {
     "audit-checkpoint": {
@@ -24,5 +39,10 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": ECARD_AUDIT_CHECKPOINT_SECONDS,
         # A missed run is simply superseded by the next one.
         "options": {"expires": ECARD_AUDIT_CHECKPOINT_SECONDS},
+    },
+    "audit-sequence": {
+        "task": "audit.tasks.sequence",
+        "schedule": ECARD_AUDIT_SEQUENCE_SECONDS,
+        "options": {"expires": ECARD_AUDIT_SEQUENCE_SECONDS},
     },
 }

@@ -1,9 +1,11 @@
-"""The log in the database: appends from real services, the stored tree, rollback, checkpoints and key custody."""
+"""The log in the database: appends from real services, sequencing, the stored tree, rollback, checkpoints
+and key custody."""
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 
 import pytest
 from django.core.management import call_command
@@ -25,11 +27,34 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def world() -> World:
-    return build_world()
+    """The demo world with its entries sequenced (its transactions commit into the test's own, so
+    their on-commit sequencing never runs here)."""
+    world = build_world()
+    services.sequence_pending()
+    return world
 
 
 def stored_leaves() -> list[bytes]:
     return [canonical_leaf_bytes(row.as_entry()) for row in AuditEntry.objects.order_by("index")]
+
+
+def test_appends_are_pending_until_sequenced() -> None:
+    build_world()
+    n = AuditEntry.objects.count()
+    assert n > 20
+    # the services' transactions queued their entries: no index, no leaf hash, no node yet
+    assert AuditEntry.objects.filter(index__isnull=True, leaf_hash__isnull=True).count() == n
+    assert MerkleNode.objects.count() == 0
+    pending_order = list(AuditEntry.objects.order_by("pk").values_list("pk", flat=True))
+    # batches of 7: one transaction each, indices continue from batch to batch
+    assert services.sequence_pending(limit=7, max_batches=2) == 14
+    assert services.sequence_pending(limit=7) == n - 14
+    assert services.sequence_pending() == 0
+    # insertion order, indices 0..n-1
+    assert list(AuditEntry.objects.order_by("index").values_list("pk", flat=True)) == pending_order
+    assert list(AuditEntry.objects.order_by("index").values_list("index", flat=True)) == list(range(n))
+    assert LogState.objects.get().size == n
+    assert CompactRange.from_dict(LogState.objects.get().frontier).root() == root_from_leaves(stored_leaves())
 
 
 def test_real_services_build_the_tree(world: World) -> None:
@@ -65,16 +90,84 @@ def test_entries_carry_actor_subject_card_and_no_key_material(world: World) -> N
                for row in stored for k in row.details)
 
 
-def test_append_is_constant_work(world: World) -> None:
-    """An append is a fixed handful of queries, however large the log: no pass over the leaves."""
-    counts = []
+def test_append_is_one_insert_and_takes_no_lock(world: World) -> None:
+    """Recording an event is one INSERT, however large the log: no lock, no read of the log's state."""
     for _ in range(3):
         with transaction.atomic(), CaptureQueriesContext(transaction.get_connection()) as ctx:
-            services.record_event(action="test.ping", subject_type="test", subject_id="x")
+            row = services.record_event(action="test.ping", subject_type="test", subject_id="x")
+        assert len(ctx.captured_queries) == 1
+        sql = ctx.captured_queries[0]["sql"].upper()
+        assert sql.startswith("INSERT INTO") and "AUDIT_AUDITENTRY" in sql
+        assert "LOGSTATE" not in sql and "FOR UPDATE" not in sql and "MERKLENODE" not in sql
+        assert row.index is None and row.leaf_hash is None
+
+
+def test_sequencing_is_constant_work_per_batch(world: World) -> None:
+    """A sequencing batch is a fixed handful of queries, however large the log: no pass over the leaves."""
+    counts = []
+    for k in (1, 5, 40):
+        with transaction.atomic():
+            for i in range(k):
+                services.record_event(action="test.ping", subject_type="test", subject_id=str(i))
+        with CaptureQueriesContext(transaction.get_connection()) as ctx:
+            assert services.sequence_pending() == k
         counts.append(len(ctx.captured_queries))
-    assert counts[0] == counts[1] == counts[2] <= 5
-    sql = " ".join(q["sql"] for q in ctx.captured_queries).upper()
-    assert "COUNT(" not in sql and "MAX(" not in sql
+        sql = " ".join(q["sql"] for q in ctx.captured_queries).upper()
+        assert "COUNT(" not in sql and "MAX(" not in sql
+    assert counts[0] == counts[1] == counts[2] <= 8
+    n = AuditEntry.objects.count()
+    assert selectors.root_at(n) == root_from_leaves(stored_leaves())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_commit_sequences_its_entries(settings) -> None:
+    """Right after the appending transaction commits, its entries are sequenced (one on-commit hook
+    per transaction); a rolled-back transaction's entries never get an index."""
+    settings.ECARD_AUDIT_SEQUENCE_ON_COMMIT_INTERVAL = 0  # the SQLite default; PostgreSQL's is 50 ms
+    with transaction.atomic():
+        first = services.record_event(action="test.a", subject_type="test", subject_id="1")
+        second = services.record_event(action="test.b", subject_type="test", subject_id="2")
+        hooks = [f for _sids, f, _robust in transaction.get_connection().run_on_commit]
+        assert len(hooks) == 1
+        assert AuditEntry.objects.get(pk=first.pk).index is None  # not before the commit
+    with pytest.raises(RuntimeError), transaction.atomic():
+        services.record_event(action="test.rolled_back", subject_type="test", subject_id="3")
+        raise RuntimeError("the change failed")
+    with transaction.atomic():
+        third = services.record_event(action="test.c", subject_type="test", subject_id="4")
+    assert [AuditEntry.objects.get(pk=row.pk).index for row in (first, second, third)] == [0, 1, 2]
+    assert not AuditEntry.objects.filter(index__isnull=True).exists()
+    assert selectors.root_at(3) == root_from_leaves(stored_leaves())
+    assert MerkleNode.objects.count() == 2 * 3 - 3 .bit_count()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_commit_runs_are_spaced_per_process_and_reads_catch_up(settings) -> None:
+    settings.ECARD_AUDIT_SEQUENCE_ON_COMMIT_INTERVAL = 3600
+    services._last_on_commit_run = -math.inf
+    rows = []
+    for i in range(3):
+        with transaction.atomic():
+            rows.append(services.record_event(action="test.a", subject_type="test", subject_id=str(i)))
+    # the first commit sequenced; the next two waited for the interval (beat's job) ...
+    assert [AuditEntry.objects.get(pk=row.pk).index for row in rows] == [0, None, None]
+    assert selectors.current_size() == 1
+    # ... and a read of the log sequences them first
+    assert selectors.current_head()[0] == 3
+    assert [AuditEntry.objects.get(pk=row.pk).index for row in rows] == [0, 1, 2]
+    services._last_on_commit_run = -math.inf
+
+
+def test_sequencer_beat_task(world: World) -> None:
+    from django.conf import settings
+
+    schedule = settings.CELERY_BEAT_SCHEDULE["audit-sequence"]
+    assert schedule["task"] == "audit.tasks.sequence" and schedule["schedule"] == 1
+    with transaction.atomic():
+        services.record_event(action="test.a", subject_type="test", subject_id="1")
+    assert tasks.sequence.delay().get() == {"sequenced": 1}
+    assert tasks.sequence.delay().get() == {"sequenced": 0}
+    assert not AuditEntry.objects.filter(index__isnull=True).exists()
 
 
 def test_failed_change_leaves_no_entry_and_no_node(world: World) -> None:
@@ -83,9 +176,12 @@ def test_failed_change_leaves_no_entry_and_no_node(world: World) -> None:
         services.record_event(action="test.rolled_back", subject_type="test", subject_id="1")
         raise RuntimeError("the change failed")
     assert (AuditEntry.objects.count(), MerkleNode.objects.count(), LogState.objects.get().size) == before
+    assert services.sequence_pending() == 0  # the rolled-back entry never reaches the sequencer
     with transaction.atomic():
         row = services.record_event(action="test.after", subject_type="test", subject_id="2")
-    assert row.index == before[0]
+    assert services.sequence_pending() == 1
+    row.refresh_from_db()
+    assert row.index == before[0]  # no gap
 
 
 @pytest.mark.django_db(transaction=True)
@@ -100,6 +196,7 @@ def test_details_are_kept_as_given_and_receipts_as_hex(world: World) -> None:
             action="job.done", subject_type="job", subject_id=7, receipt=b"\xAB\x01",
             details={"aids": ("A0000001", "A0000002"), "n": 3, "nested": {"ok": True}},
         )
+    services.sequence_pending()
     row.refresh_from_db()
     entry = row.as_entry()
     assert entry["receipt"] == "ab01"
@@ -120,6 +217,8 @@ def test_missing_state_row_is_rebuilt_from_the_nodes(world: World) -> None:
     LogState.objects.all().delete()
     with transaction.atomic():
         row = services.record_event(action="test.resume", subject_type="test", subject_id="1")
+    services.sequence_pending()
+    row.refresh_from_db()
     assert row.index == n
     assert selectors.root_at(n) == root
     assert selectors.root_at(n + 1) == root_from_leaves(stored_leaves())
@@ -180,6 +279,7 @@ def test_beat_task_and_command(world: World, capsys: pytest.CaptureFixture[str])
 
 def test_checkpoint_refuses_when_nodes_were_tampered(world: World) -> None:
     services.signing_keyset()  # storing the key appends entries: do it before taking the size
+    services.sequence_pending()
     n = AuditEntry.objects.count()
     level, index = frontier_coords(n)[0]
     MerkleNode.objects.filter(level=level, index=index).update(hash=b"\x00" * 32)

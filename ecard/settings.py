@@ -190,8 +190,8 @@ REST_FRAMEWORK = {
         "anon": os.environ.get("ECARD_API_ANON_RATE", "120/min"),
     },
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.UserRateThrottle",
-        "rest_framework.throttling.AnonRateThrottle",
+        "ecard.throttling.FailOpenUserRateThrottle",
+        "ecard.throttling.FailOpenAnonRateThrottle",
     ],
 }
 

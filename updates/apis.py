@@ -10,10 +10,10 @@ from rest_framework.decorators import action
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from ecard.api import ActionRules
+from ecard.throttling import FailOpenScopedThrottle
 from issuers.roles import Principal
 from updates import selectors, services
 from updates.authentication import AgentTokenAuthentication
@@ -66,7 +66,7 @@ class AgentCredentialViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, v
         return Response(AgentCredentialSerializer(credential).data)
 
 
-class RelayCredentialThrottle(SimpleRateThrottle):
+class RelayCredentialThrottle(FailOpenScopedThrottle):
     """Requests per agent credential (a device relaying far more than a card needs is cut off)."""
 
     scope = "relay_credential"
@@ -78,7 +78,7 @@ class RelayCredentialThrottle(SimpleRateThrottle):
         return self.cache_format % {"scope": self.scope, "ident": credential.key_id}
 
 
-class RelayIpThrottle(SimpleRateThrottle):
+class RelayIpThrottle(FailOpenScopedThrottle):
     """Requests per client address on the relay, whatever the credential."""
 
     scope = "relay_ip"

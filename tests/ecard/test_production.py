@@ -137,3 +137,27 @@ def test_relay_rate_limit_per_address(monkeypatch: pytest.MonkeyPatch) -> None:
     ]
     assert codes == [201, 201, 429, 201]
     cache.clear()
+
+
+@pytest.mark.django_db
+def test_rate_limits_fail_open_when_their_cache_is_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Redis restart must not turn into 500s: the relay lets requests through (and logs it)."""
+    from rest_framework.test import APIClient
+
+    from tests.otakit import build_ota_world
+    from updates.apis import RelayCredentialThrottle, RelayIpThrottle
+
+    world = build_ota_world()
+
+    class Down:
+        def get(self, *args: object, **kwargs: object) -> None:
+            raise ConnectionError("redis is restarting")
+
+        set = get
+
+    for throttle in (RelayCredentialThrottle, RelayIpThrottle):
+        monkeypatch.setattr(throttle, "cache", Down())
+    response = APIClient().post(
+        "/api/v1/relay/sessions/", {}, format="json", HTTP_AUTHORIZATION=f"Agent {world.token}"
+    )
+    assert response.status_code == 201

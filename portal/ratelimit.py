@@ -9,6 +9,7 @@ second factor.
 from __future__ import annotations
 
 import hashlib
+import logging
 
 from django.core.cache import cache
 from django.http import HttpRequest
@@ -17,6 +18,7 @@ MAX_FAILURES = 5
 MAX_FAILURES_PER_IP = 50
 WINDOW = 15 * 60
 ANY_USER = "\0any"
+logger = logging.getLogger(__name__)
 
 
 def client_ip(request: HttpRequest) -> str:
@@ -30,11 +32,17 @@ def _key(scope: str, username: str, ip: str) -> str:
 
 
 def blocked(scope: str, username: str, request: HttpRequest) -> bool:
+    """Whether this username+address (or address) is refused. With the cache unreachable the
+    throttle fails open (logged), like the API's rate limits: a Redis restart is not an outage."""
     ip = client_ip(request)
-    return (
-        int(cache.get(_key(scope, username, ip), 0)) >= MAX_FAILURES
-        or int(cache.get(_key(scope, ANY_USER, ip), 0)) >= MAX_FAILURES_PER_IP
-    )
+    try:
+        return (
+            int(cache.get(_key(scope, username, ip), 0)) >= MAX_FAILURES
+            or int(cache.get(_key(scope, ANY_USER, ip), 0)) >= MAX_FAILURES_PER_IP
+        )
+    except Exception as exc:  # noqa: BLE001 - any cache backend error
+        logger.warning("login throttle cache unavailable (%s): not throttling", type(exc).__name__)
+        return False
 
 
 def _incr(key: str) -> int:
@@ -50,10 +58,17 @@ def _incr(key: str) -> int:
 def record_failure(scope: str, username: str, request: HttpRequest) -> bool:
     """Count a failure; True when the caller is now blocked."""
     ip = client_ip(request)
-    per_user = _incr(_key(scope, username, ip))
-    per_ip = _incr(_key(scope, ANY_USER, ip))
+    try:
+        per_user = _incr(_key(scope, username, ip))
+        per_ip = _incr(_key(scope, ANY_USER, ip))
+    except Exception as exc:  # noqa: BLE001 - any cache backend error
+        logger.warning("login throttle cache unavailable (%s): failure not counted", type(exc).__name__)
+        return False
     return per_user >= MAX_FAILURES or per_ip >= MAX_FAILURES_PER_IP
 
 
 def reset(scope: str, username: str, request: HttpRequest) -> None:
-    cache.delete(_key(scope, username, client_ip(request)))
+    try:
+        cache.delete(_key(scope, username, client_ip(request)))
+    except Exception as exc:  # noqa: BLE001 - any cache backend error
+        logger.warning("login throttle cache unavailable (%s): counter not reset", type(exc).__name__)

@@ -40,7 +40,7 @@ def blocked(scope: str, username: str, request: HttpRequest) -> bool:
             int(cache.get(_key(scope, username, ip), 0)) >= MAX_FAILURES
             or int(cache.get(_key(scope, ANY_USER, ip), 0)) >= MAX_FAILURES_PER_IP
         )
-    except Exception as exc:  # noqa: BLE001 - any cache backend error
+    except Exception as exc:
         logger.warning("login throttle cache unavailable (%s): not throttling", type(exc).__name__)
         return False
 
@@ -61,7 +61,7 @@ def record_failure(scope: str, username: str, request: HttpRequest) -> bool:
     try:
         per_user = _incr(_key(scope, username, ip))
         per_ip = _incr(_key(scope, ANY_USER, ip))
-    except Exception as exc:  # noqa: BLE001 - any cache backend error
+    except Exception as exc:
         logger.warning("login throttle cache unavailable (%s): failure not counted", type(exc).__name__)
         return False
     return per_user >= MAX_FAILURES or per_ip >= MAX_FAILURES_PER_IP
@@ -70,5 +70,5 @@ def record_failure(scope: str, username: str, request: HttpRequest) -> bool:
 def reset(scope: str, username: str, request: HttpRequest) -> None:
     try:
         cache.delete(_key(scope, username, client_ip(request)))
-    except Exception as exc:  # noqa: BLE001 - any cache backend error
+    except Exception as exc:
         logger.warning("login throttle cache unavailable (%s): counter not reset", type(exc).__name__)

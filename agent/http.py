@@ -1,4 +1,5 @@
-"""The relay API over HTTP(S), standard library only (``urllib.request``).
+"""The relay API over HTTP(S), standard library only (``http.client``), on one kept-alive
+connection per agent run (a TLS handshake per exchange would cost a round trip each time).
 
 ``HttpServer`` is the :class:`agent.core.Server` the command line uses: JSON bodies, the device
 credential in ``Authorization: Agent <token>``, and retries with exponential backoff on what a
@@ -16,10 +17,9 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -101,6 +101,8 @@ class HttpServer:
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"server URL must be http(s)://host[:port]: {base_url!r}")
         self.base_url = base_url.rstrip("/")
+        self._scheme, self._netloc, self._prefix = parsed.scheme, parsed.netloc, parsed.path.rstrip("/")
+        self._connection: http.client.HTTPConnection | None = None
         self._token = token
         self.timeout = timeout
         self.tries = max(1, tries)
@@ -122,18 +124,41 @@ class HttpServer:
         return self._post(path, {"exchange": number, "responses": responses})
 
     # -- transport
-    def _request(self, path: str, body: dict[str, Any]) -> urllib.request.Request:
-        return urllib.request.Request(  # noqa: S310 - the scheme is checked in __init__
-            self.base_url + path,
-            data=json.dumps(body).encode(),
-            method="POST",
-            headers={
-                "Content-Type": "application/json",
-                "Accept": "application/json, application/problem+json",
-                "Authorization": f"Agent {self._token}",
-                "User-Agent": USER_AGENT,
-            },
-        )
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._connection is None:
+            if self._scheme == "https":
+                # The system's trust store (SSL_CERT_FILE / SSL_CERT_DIR honoured).
+                self._connection = http.client.HTTPSConnection(
+                    self._netloc, timeout=self.timeout, context=ssl.create_default_context()
+                )
+            else:
+                self._connection = http.client.HTTPConnection(self._netloc, timeout=self.timeout)
+        return self._connection
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def _send(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        """One POST on the kept-alive connection; a connection that failed is dropped."""
+        connection = self._connect()
+        headers = {
+            "Content-Type": "application/json",
+            "Accept": "application/json, application/problem+json",
+            "Authorization": f"Agent {self._token}",
+            "User-Agent": USER_AGENT,
+        }
+        try:
+            connection.request("POST", self._prefix + path, body=json.dumps(body).encode(), headers=headers)
+            response = connection.getresponse()
+            payload = response.read()
+        except BaseException:
+            self.close()
+            raise
+        if response.will_close:
+            self.close()
+        return response.status, payload
 
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         last = ""
@@ -145,30 +170,25 @@ class HttpServer:
                 self.sleep(delay)
             self.attempts += 1
             try:
-                with urllib.request.urlopen(self._request(path, body), timeout=self.timeout) as response:  # noqa: S310
-                    payload = response.read()
-                    self.requests += 1
-            except urllib.error.HTTPError as exc:
-                status, detail = exc.code, _detail(exc.read() or b"")
-                exc.close()
-                if status in RETRY_STATUS:
-                    last = f"HTTP {status}"
-                    continue
-                self.requests += 1
-                if status == 409:
-                    raise SessionRejected(detail or "session rejected", after_retry=attempt > 0) from None
-                raise ServerRefused(status, detail) from None
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-                reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
-                last = str(reason) or type(reason).__name__
-                if isinstance(reason, socket.timeout | TimeoutError):
+                status, payload = self._send(path, body)
+            except (http.client.HTTPException, OSError) as exc:
+                last = str(exc) or type(exc).__name__
+                if isinstance(exc, socket.timeout | TimeoutError):
                     last = f"no answer within {self.timeout:g} s"
                 continue
+            if status in RETRY_STATUS:
+                last = f"HTTP {status}"
+                continue
+            self.requests += 1
+            if status == 409:
+                raise SessionRejected(_detail(payload) or "session rejected", after_retry=attempt > 0)
+            if status >= 400:
+                raise ServerRefused(status, _detail(payload))
             try:
                 data = json.loads(payload)
             except ValueError:
-                raise ServerRefused(200, "the server's answer is not JSON") from None
+                raise ServerRefused(status, "the server's answer is not JSON") from None
             if not isinstance(data, dict):
-                raise ServerRefused(200, "the server's answer is not a JSON object")
+                raise ServerRefused(status, "the server's answer is not a JSON object")
             return data
         raise ServerUnreachable(f"{self.base_url}: {last} ({self.tries} tries)")

@@ -155,3 +155,43 @@ def test_token_is_masked_in_repr() -> None:
 def test_server_url_must_be_http() -> None:
     with pytest.raises(ValueError, match="http"):
         HttpServer("file:///etc/passwd", TOKEN)
+
+
+def test_exchanges_share_one_kept_alive_connection() -> None:
+    """One TCP connection for a whole session (no handshake per exchange); a dropped one is replaced."""
+    connections: list[Any] = []
+
+    class KeepAlive(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            connections.append(self.client_address)
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"session": "s", "exchange": 1, "commands": [], "done": False}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), KeepAlive)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        agent_server = HttpServer(f"http://127.0.0.1:{httpd.server_address[1]}", "eca_k_s", sleep=lambda _s: None)
+        agent_server.open_session("batch")
+        for number in range(1, 6):
+            agent_server.exchange("s", number, ["9000"])
+        assert len(connections) == 1, connections
+        agent_server.close()
+        agent_server.exchange("s", 6, ["9000"])
+        assert len(connections) == 2
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -532,6 +532,11 @@ def main() -> None:
     cmd = f"python bench/bench_audit.py --entries {args.entries} --processes {args.processes} " \
           f"--proof-size {args.proof_size} --proofs {args.proofs} --runs {args.runs}"
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    try:
+        some = Path("/proc/pressure/cpu").read_text().split("\n")[0]
+        load += f", CPU pressure (some, avg60) {float(some.split('avg60=')[1].split()[0]):.0f}%"
+    except (OSError, IndexError, ValueError):
+        pass
     print(f"`{cmd}` — {info}, load average after the runs {load}. The machine is shared with other work "
           f"(other sessions' test runs and benchmarks) and noisy: each configuration ran {args.runs} times and "
           f"the best run is shown (all runs: see the notes below the table).", file=out)

@@ -124,6 +124,9 @@ load_env() {
     # Per second, not per minute: DRF's throttle keeps the timestamps of every request inside its
     # window in the cache and reads and rewrites that list on each request, so a one-minute window
     # at hundreds of requests/s from one address would move a list of ~10^4 entries per request.
+    # The audit log is sequenced by Celery beat (every second) and before reads, not by the web
+    # processes after each commit: appending transactions stay one INSERT (docs/audit.md).
+    export ECARD_AUDIT_SEQUENCE_ON_COMMIT=${ECARD_AUDIT_SEQUENCE_ON_COMMIT:-0}
     export ECARD_RELAY_RATE=${ECARD_RELAY_RATE:-1000/s}
     export ECARD_RELAY_IP_RATE=${ECARD_RELAY_IP_RATE:-10000/s}
     export GUNICORN_BIND=${GUNICORN_BIND:-127.0.0.1:$PORT}

@@ -115,20 +115,8 @@ def _can_operate(actor: AbstractBaseUser | None, bank: Organization) -> None:
         raise ServiceError(f"only {bank.name}'s operators manage its rollouts", code="forbidden")
 
 
-def _lock_audit_log() -> None:
-    """Take the audit log's append lock first (PostgreSQL), so every transaction that changes a
-    rollout locks in one order: audit log, rollout, targets and groups. A relay exchange holds the
-    log lock (its receipts and job entries) before the engine's signal reaches the rollout; an API
-    action or a task locking the rollout first and the log later could deadlock with it."""
-    if connection.vendor == "postgresql":
-        from audit.models import LogState
-
-        list(LogState.objects.select_for_update().filter(pk=LogState.SINGLETON).values_list("pk", flat=True))
-
-
 def _locked(rollout: Rollout | int) -> Rollout:
     pk = rollout.pk if isinstance(rollout, Rollout) else rollout
-    _lock_audit_log()
     return Rollout.objects.select_for_update(of=("self",)).select_related("bank", "release").get(pk=pk)
 
 
@@ -646,7 +634,6 @@ def record_card_result(*, job: CardJob, state: str, error: str) -> None:
     rollout_id = job.params.get("rollout")
     if rollout_id is None:
         return
-    _lock_audit_log()
     rollout = Rollout.objects.select_for_update(of=("self",)).select_related("bank", "release").filter(
         pk=rollout_id
     ).first()

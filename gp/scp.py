@@ -415,6 +415,32 @@ class _HostChannel:
     def _pop_pending(self) -> _Pending | None:
         return self._pending.popleft() if self._pending else None
 
+    def _verify(self, rapdu: bytes, pending: _Pending) -> bytes:
+        raise NotImplementedError
+
+    def unwrap(self, rapdu: bytes) -> bytes:
+        """Secured R-APDU (data || SW) -> plain data || SW. MACError on a bad R-MAC; any
+        verification failure closes the channel."""
+        self._require_auth()
+        core: Any = getattr(self, "_core", None)
+        assert core is not None
+        rapdu = bytes(rapdu)
+        if not core.security_level & SL_R_MAC:
+            if len(rapdu) < 2:
+                raise APDUError(f"response APDU too short: {len(rapdu)} bytes")
+            return rapdu
+        pending = self._pop_pending()
+        if pending is None:
+            # Only the EXTERNAL AUTHENTICATE response (a bare SW) can arrive here.
+            if len(rapdu) == 2:
+                return rapdu
+            raise SecureChannelError("response without a wrapped command to match it")
+        try:
+            return self._verify(rapdu, pending)
+        except (MACError, SecureChannelError) as exc:
+            self._close(str(exc))
+            raise
+
 
 class SCP03(_HostChannel):
     """Host side of SCP03 (GP Amd D v1.2)."""
@@ -503,27 +529,9 @@ class SCP03(_HostChannel):
             self._pending.append(_Pending(mcv, counter))
         return secured
 
-    def unwrap(self, rapdu: bytes) -> bytes:
-        """Secured R-APDU (data || SW) -> plain data || SW. MACError on a bad R-MAC."""
-        self._require_auth()
-        core = self._core
-        assert core is not None
-        rapdu = bytes(rapdu)
-        if not core.security_level & SL_R_MAC:
-            if len(rapdu) < 2:
-                raise APDUError(f"response APDU too short: {len(rapdu)} bytes")
-            return rapdu
-        pend = self._pop_pending()
-        if pend is None:
-            # Only the EXTERNAL AUTHENTICATE response (a bare SW) can arrive here.
-            if len(rapdu) == 2:
-                return rapdu
-            raise SecureChannelError("response without a wrapped command to match it")
-        try:
-            return core.verify_response(rapdu, pend.mcv, pend.counter)
-        except (MACError, SecureChannelError) as exc:
-            self._close(str(exc))
-            raise
+    def _verify(self, rapdu: bytes, pending: _Pending) -> bytes:
+        assert self._core is not None
+        return self._core.verify_response(rapdu, pending.mcv, pending.counter)
 
     def max_data_length(self, extended: bool = False) -> int:
         """Largest plain data field that still fits a short (255) or extended (65535) Lc once wrapped."""
@@ -887,25 +895,9 @@ class SCP02(_HostChannel):
             self._pending.append(_Pending(b"", 0, plain))
         return secured
 
-    def unwrap(self, rapdu: bytes) -> bytes:
-        self._require_auth()
-        core = self._core
-        assert core is not None
-        rapdu = bytes(rapdu)
-        if not core.security_level & SL_R_MAC:
-            if len(rapdu) < 2:
-                raise APDUError(f"response APDU too short: {len(rapdu)} bytes")
-            return rapdu
-        pend = self._pop_pending()
-        if pend is None:
-            if len(rapdu) == 2:
-                return rapdu
-            raise SecureChannelError("response without a wrapped command to match it")
-        try:
-            return core.verify_response(rapdu, pend.plain)
-        except (MACError, SecureChannelError) as exc:
-            self._close(str(exc))
-            raise
+    def _verify(self, rapdu: bytes, pending: _Pending) -> bytes:
+        assert self._core is not None
+        return self._core.verify_response(rapdu, pending.plain)
 
     def max_data_length(self, extended: bool = False) -> int:
         core = SCP02Core(_ZERO16, _ZERO16, _ZERO16, _ZERO16, i=self.i, security_level=self.security_level)

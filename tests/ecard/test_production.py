@@ -153,7 +153,7 @@ def test_rate_limits_fail_open_when_their_cache_is_down(monkeypatch: pytest.Monk
         def get(self, *args: object, **kwargs: object) -> None:
             raise ConnectionError("redis is restarting")
 
-        set = get
+        set = add = incr = get
 
     for throttle in (RelayCredentialThrottle, RelayIpThrottle):
         monkeypatch.setattr(throttle, "cache", Down())

@@ -42,10 +42,8 @@ class FixedWindowMixin:
         self._window_end = (window + 1) * throttle.duration
         counter = f"{key}:w{window}"
         try:
-            if throttle.cache.add(counter, 1, int(throttle.duration) + 1):
-                count = 1
-            else:
-                count = throttle.cache.incr(counter)
+            first = throttle.cache.add(counter, 1, int(throttle.duration) + 1)
+            count = 1 if first else throttle.cache.incr(counter)
         except ValueError:  # expired between add and incr
             count = 1
         except Exception as exc:

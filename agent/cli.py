@@ -1,4 +1,4 @@
-"""``python -m agent --server URL --reader NAME [--token T] [--mode batch|apdu] [--timeout S]``.
+"""``python -m agent --server URL (--reader NAME | --card-file STATE.json) [--token T] [--mode batch|apdu] [--timeout S]``.
 
 Waits for a card in the reader, relays the card's sessions with the platform until it has no
 pending work left, and shows progress on stderr (a bar per job on a terminal, plain lines
@@ -49,6 +49,30 @@ def _pcsc_source(reader: str, timeout: float) -> Card:
     from agent.pcsc import wait_for_card
 
     return wait_for_card(reader, timeout)
+
+
+class _EmulatedCard:
+    """A cardsim state file as a card in a reader (powered up on insertion, like a real one)."""
+
+    def __init__(self, path: str) -> None:
+        from cardsim.transport import InProcessCard
+
+        self._card = InProcessCard(path)
+        self._card.reset()
+
+    def transmit(self, capdu: bytes) -> bytes:
+        return self._card.transmit(capdu)
+
+    def close(self) -> None:
+        pass
+
+
+def _file_source(path: str, timeout: float) -> Card:
+    if not os.path.exists(path):
+        from agent.pcsc import NoCard
+
+        raise NoCard(f"no emulated card at {path}")
+    return _EmulatedCard(path)
 
 
 def _short(label: str) -> str:
@@ -224,7 +248,12 @@ def _parser() -> argparse.ArgumentParser:
         f"{EXIT_REFUSED} request refused (e.g. bad token), {EXIT_PENDING} work still pending",
     )
     p.add_argument("--server", required=True, help="platform URL, e.g. https://ecard.example")
-    p.add_argument("--reader", required=True, help="PC/SC reader name (or a unique prefix of it)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--reader", help="PC/SC reader name (or a unique prefix of it)")
+    where.add_argument(
+        "--card-file",
+        help="an emulated card's state file (cardsim), driven in-process: the demo without pcscd",
+    )
     p.add_argument("--token", default=None, help=f"device credential (default: ${TOKEN_ENV})")
     p.add_argument("--mode", choices=("batch", "apdu"), default="batch",
                    help="batch: scripts per round trip (default); apdu: one APDU per round trip (benchmarks)")
@@ -268,8 +297,8 @@ def main(
     try:
         outcome = relay(
             server=server,
-            card_source=card_source or _pcsc_source,
-            reader=args.reader,
+            card_source=card_source or (_file_source if args.card_file else _pcsc_source),
+            reader=args.card_file or args.reader,
             timeout=args.timeout,
             mode=args.mode,
             max_sessions=args.max_sessions,

@@ -234,3 +234,31 @@ def test_interrupt_exits_130_with_a_message() -> None:
 
     code, text = run(FakeServer([]), source)
     assert code == cli.EXIT_INTERRUPTED and "interrupted" in text
+
+
+@pytest.mark.django_db
+def test_card_file_drives_an_emulated_card_in_process(tmp_path, settings) -> None:
+    """`--card-file`: the demo without pcscd — the agent drives the cardsim state file itself."""
+    import io
+
+    from agent.cli import main
+    from cards.models import CardJob
+    from tests.otakit import ApiServer, build_ota_world, enroll
+
+    settings.ECARD_CARDS_DIR = tmp_path
+    world = build_ota_world()
+    enroll(world)
+    out = io.StringIO()
+    code = main(
+        ["--server", "http://testserver", "--card-file", world.card.state_file, "--token", world.token],
+        server_factory=lambda _url, token: ApiServer(token),
+        stream=out,
+    )
+    assert code == 0, out.getvalue()
+    assert CardJob.objects.get(card=world.card).state == CardJob.State.DONE
+    missing = main(
+        ["--server", "http://testserver", "--card-file", str(tmp_path / "nope.json"), "--token", world.token],
+        server_factory=lambda _url, token: ApiServer(token),
+        stream=io.StringIO(),
+    )
+    assert missing != 0

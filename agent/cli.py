@@ -1,4 +1,4 @@
-"""``python -m agent --server URL (--reader NAME | --card-file STATE.json) [--token T] [--mode batch|apdu] [--timeout S]``.
+"""``python -m agent --server URL (--reader NAME | --card-file STATE.json) [--token T] [--mode M]``.
 
 Waits for a card in the reader, relays the card's sessions with the platform until it has no
 pending work left, and shows progress on stderr (a bar per job on a terminal, plain lines

@@ -1085,6 +1085,22 @@ class SessionEngine:
         return Batch(commands=[], done=True, progress=self.progress(), result={"jobs": finished, "pending": remaining})
 
 
+def _job_changed(job: CardJob, action: str, error: str = "", **details: Any) -> None:
+    """Tell listeners (rollouts) and the audit log that a job changed state."""
+    job_state_changed.send(sender=CardJob, job=job, state=job.state, error=error)
+    record_event(
+        action=action,
+        subject_type="card_job",
+        subject_id=job.pk,
+        card_cin=job.card.cin,
+        organization=job.organization,
+        outcome="failure" if error else "success",
+        reason=error,
+        actor_type="agent",
+        details={"kind": job.kind, **details},
+    )
+
+
 def complete_job(job: CardJob) -> None:
     """Record a finished job and what it means for the registry, with its audit entry."""
     now = timezone.now()
@@ -1106,33 +1122,14 @@ def complete_job(job: CardJob) -> None:
     job.finished_at = now
     job.last_error = ""
     job.save(update_fields=["state", "finished_at", "last_error"])
-    job_state_changed.send(sender=CardJob, job=job, state=job.state, error="")
-    record_event(
-        action="job.done",
-        subject_type="card_job",
-        subject_id=job.pk,
-        card_cin=job.card.cin,
-        organization=job.organization,
-        actor_type="agent",
-        details={"kind": job.kind},
-    )
+    _job_changed(job, "job.done")
 
 
 def retry_job(job: CardJob, error: str) -> None:
+    """A failed attempt: the job waits for the card's next presentation."""
     CardJob.objects.filter(pk=job.pk).update(state=CardJob.State.PENDING, last_error=error)
     job.state, job.last_error = CardJob.State.PENDING, error
-    job_state_changed.send(sender=CardJob, job=job, state=job.state, error=error)
-    record_event(
-        action="job.attempt_failed",
-        subject_type="card_job",
-        subject_id=job.pk,
-        card_cin=job.card.cin,
-        organization=job.organization,
-        outcome="failure",
-        reason=error,
-        actor_type="agent",
-        details={"kind": job.kind, "attempt": job.attempts},
-    )
+    _job_changed(job, "job.attempt_failed", error, attempt=job.attempts)
 
 
 def fail_job(job: CardJob, error: str) -> None:
@@ -1141,17 +1138,6 @@ def fail_job(job: CardJob, error: str) -> None:
     job.finished_at = now
     job.last_error = error
     job.save(update_fields=["state", "finished_at", "last_error"])
-    job_state_changed.send(sender=CardJob, job=job, state=job.state, error=error)
     if job.kind == CardJob.Kind.ENROLL_BANK and job.enrollment_id:
         Enrollment.objects.filter(pk=job.enrollment_id).update(status=Enrollment.Status.FAILED, updated_at=now)
-    record_event(
-        action="job.failed",
-        subject_type="card_job",
-        subject_id=job.pk,
-        card_cin=job.card.cin,
-        organization=job.organization,
-        outcome="failure",
-        reason=error,
-        actor_type="agent",
-        details={"kind": job.kind},
-    )
+    _job_changed(job, "job.failed", error)

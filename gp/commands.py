@@ -811,11 +811,13 @@ class InstallCommand:
 
 
 def parse_install(p1: int, data: bytes) -> InstallCommand:
-    """Card side: split INSTALL data into its fields per P1 (§11.5.2.3); strict about every length."""
+    """Card side: split INSTALL data into its fields per P1 (§11.5.2.3, Tables 11-43 .. 11-48);
+    strict about every length, every AID (ISO/IEC 7816-5: 5..16 bytes) and every field GP fixes
+    to ``00``. The token length may be absent altogether in a command without a token."""
     data = bytes(data)
     pos = 0
 
-    def lv() -> bytes:
+    def lv(*, aid: str = "", required: bool = False) -> bytes:
         nonlocal pos
         if pos >= len(data):
             raise EncodingError("INSTALL data truncated")
@@ -824,7 +826,13 @@ def parse_install(p1: int, data: bytes) -> InstallCommand:
             raise EncodingError("INSTALL data field longer than the data")
         out = data[pos + 1 : pos + 1 + n]
         pos += 1 + n
+        if aid and (out or required) and not 5 <= n <= 16:
+            raise EncodingError(f"INSTALL {aid} of {n} bytes (ISO/IEC 7816-5: 5..16)")
         return out
+
+    def zero() -> None:
+        if lv():
+            raise EncodingError("INSTALL data: a field GP fixes to 00 is not empty")
 
     def ber_lv() -> bytes:
         nonlocal pos
@@ -838,34 +846,46 @@ def parse_install(p1: int, data: bytes) -> InstallCommand:
         pos += n
         return out
 
+    def token() -> bytes:
+        return ber_lv() if pos < len(data) else b""
+
     kind = InstallCommand(p1).kind
     if kind == "load":
-        cmd = InstallCommand(p1, elf_aid=lv(), sd_aid=lv(), lfdb_hash=lv(), params=ber_lv(), token=ber_lv())
+        cmd = InstallCommand(p1, elf_aid=lv(aid="ELF AID", required=True), sd_aid=lv(aid="SD AID"),
+                             lfdb_hash=lv(), params=ber_lv(), token=token())
     elif kind in ("install", "install_and_make_selectable"):
-        cmd = InstallCommand(p1, elf_aid=lv(), module_aid=lv(), app_aid=lv(), privileges=lv(), params=ber_lv(),
-                             token=ber_lv())
+        cmd = InstallCommand(p1, elf_aid=lv(aid="ELF AID", required=True),
+                             module_aid=lv(aid="module AID", required=True),
+                             app_aid=lv(aid="application AID", required=True), privileges=lv(),
+                             params=ber_lv(), token=token())
     elif kind == "make_selectable":
-        lv(), lv()
-        cmd = InstallCommand(p1, app_aid=lv(), privileges=lv(), params=ber_lv(), token=ber_lv())
+        zero(), zero()
+        cmd = InstallCommand(p1, app_aid=lv(aid="application AID", required=True), privileges=lv(),
+                             params=ber_lv(), token=token())
     elif kind == "extradition":
-        sd = lv()
-        lv()
-        app = lv()
-        lv()
-        cmd = InstallCommand(p1, sd_aid=sd, app_aid=app, params=ber_lv(), token=ber_lv())
+        sd = lv(aid="SD AID", required=True)
+        zero()
+        app = lv(aid="AID", required=True)
+        zero()
+        cmd = InstallCommand(p1, sd_aid=sd, app_aid=app, params=ber_lv(), token=token())
     elif kind == "registry_update":
-        sd = lv()
-        lv()
-        cmd = InstallCommand(p1, sd_aid=sd, app_aid=lv(), privileges=lv(), params=ber_lv(), token=ber_lv())
+        sd = lv(aid="SD AID")
+        zero()
+        cmd = InstallCommand(p1, sd_aid=sd, app_aid=lv(aid="application AID", required=True), privileges=lv(),
+                             params=ber_lv(), token=token())
     elif kind == "personalization":
-        lv(), lv()
-        cmd = InstallCommand(p1, app_aid=lv())
-        lv(), lv(), lv()
+        zero(), zero()
+        cmd = InstallCommand(p1, app_aid=lv(aid="application AID", required=True))
+        for _ in range(3):
+            if pos < len(data):
+                zero()
     else:
         raise EncodingError(f"INSTALL P1 {p1:02X} is not a known INSTALL variant")
     if pos != len(data):
         raise EncodingError(f"INSTALL data: {len(data) - pos} unexpected trailing bytes")
-    if cmd.privileges and len(cmd.privileges) not in (1, 3):
+    # §11.1.2: privileges are 1 or 3 bytes; a registry update may leave them unchanged (empty).
+    needs_privileges = kind in ("install", "install_and_make_selectable", "make_selectable")
+    if (cmd.privileges or needs_privileges) and len(cmd.privileges) not in (1, 3):
         raise EncodingError(f"INSTALL privileges must be 1 or 3 bytes, got {len(cmd.privileges)}")
     return cmd
 
@@ -894,6 +914,8 @@ def parse_delete(data: bytes) -> DeleteCommand:
     for tag in (0xD0, 0xD2):
         if tag in found and len(found[tag]) != 1:
             raise EncodingError(f"DELETE key reference {tag:X} must be one byte")
+    if 0x4F in found and not 5 <= len(found[0x4F]) <= 16:
+        raise EncodingError(f"DELETE AID of {len(found[0x4F])} bytes (ISO/IEC 7816-5: 5..16)")
     return DeleteCommand(
         aid=found.get(0x4F, b""),
         key_id=found[0xD0][0] if 0xD0 in found else None,

@@ -412,6 +412,15 @@ class _HostChannel:
         hc = self.host_challenge
         return bytes((0x80, 0x50, self.key_version, 0x00, len(hc))) + hc + b"\x00"
 
+    def _initialize_update_answer(self, response: bytes) -> tuple[StaticKeys, bytes]:
+        """The static keys and the INITIALIZE UPDATE response data, once the channel may use them."""
+        if self._state != "initialized":
+            raise SecureChannelError("external_authenticate() needs initialize_update() first")
+        if self._keys is None:
+            raise KeyMaterialError("static keys are needed to authenticate")
+        data, _ = _parse_iu_response(response)
+        return self._keys, data
+
     def _pop_pending(self) -> _Pending | None:
         return self._pending.popleft() if self._pending else None
 
@@ -465,12 +474,7 @@ class SCP03(_HostChannel):
 
     def external_authenticate(self, response: bytes) -> bytes:
         """Check the card cryptogram and return the EXTERNAL AUTHENTICATE command (Amd D §7.1, §7.2)."""
-        if self._state != "initialized":
-            raise SecureChannelError("external_authenticate() needs initialize_update() first")
-        keys = self._keys
-        if keys is None:
-            raise KeyMaterialError("static keys are needed to authenticate")
-        data, _ = _parse_iu_response(response)
+        keys, data = self._initialize_update_answer(response)
         n = 16 if self.s16 else 8
         base = 10 + 3 + 2 * n
         if len(data) not in (base, base + 3):
@@ -851,12 +855,7 @@ class SCP02(_HostChannel):
 
     def external_authenticate(self, response: bytes) -> bytes:
         """Check the card cryptogram and return the EXTERNAL AUTHENTICATE command (GP 2.3.1 §E.5.2)."""
-        if self._state != "initialized":
-            raise SecureChannelError("external_authenticate() needs initialize_update() first")
-        keys = self._keys
-        if keys is None:
-            raise KeyMaterialError("static keys are needed to authenticate")
-        data, _ = _parse_iu_response(response)
+        keys, data = self._initialize_update_answer(response)
         # §E.5.1.6: KDD(10) key info(2: KVN, SCP id) seq counter(2) card challenge(6) card cryptogram(8)
         if len(data) != 28:
             raise SecureChannelError(f"INITIALIZE UPDATE response of {len(data)} bytes; SCP02 has 28")

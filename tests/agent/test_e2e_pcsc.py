@@ -13,8 +13,6 @@ pyscard lists no reader at all.
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +32,7 @@ from gp.scp import SCP03, StaticKeys
 from issuers import custody
 from tests.cardsim.hostlib import check_consistency
 from tests.otakit import build_ota_world, enroll
+from tests.pcsc_support import vpcd_reader
 from tests.shared_data import PROJECT_ROOT, cap_file
 from updates.ota import BANK_KVN, keyset_for
 
@@ -46,39 +45,10 @@ INSTANCE = "0102030405060708"
 ISD = "A000000151000000"
 
 
-def _unavailable(reason: str, *, may_skip: bool) -> None:
-    if os.environ.get("CI") == "true" or not may_skip:
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def reader() -> Any:
     """The vpcd reader, with pcscd started when it is not running."""
-    if subprocess.run(["pidof", "pcscd"], capture_output=True, check=False).returncode != 0:
-        if shutil.which("pcscd") is None:
-            _unavailable("pcscd is not installed", may_skip=True)
-        subprocess.run(["pcscd"], check=False)
-        time.sleep(1.0)
-    try:
-        from smartcard.System import readers
-    except ImportError as exc:  # pragma: no cover - pyscard is a dev requirement
-        _unavailable(f"pyscard not importable: {exc}", may_skip=False)
-    found: list[Any] = []
-    for _ in range(40):
-        try:
-            found = readers()
-        except Exception:  # pcscd still starting
-            found = []
-        if any(str(r) == READER for r in found):
-            break
-        time.sleep(0.25)
-    if not found:
-        _unavailable("pyscard lists no PC/SC reader (pcscd with vsmartcard-vpcd needed)", may_skip=True)
-    match = [r for r in found if str(r) == READER]
-    if not match:
-        _unavailable(f"reader {READER!r} not found among {[str(r) for r in found]}", may_skip=False)
-    return match[0]
+    return vpcd_reader(READER, tries=40)
 
 
 class ServedCard:

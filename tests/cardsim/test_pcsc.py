@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from gp import commands as c
 from gp.cap import LoadFile
 from tests.cardsim.conftest import ALGTEST, EMPTY, LIB_BER, LIB_DEBUG, SVC
 from tests.cardsim.hostlib import HostSession, check_consistency, sw_of
+from tests.pcsc_support import vpcd_reader
 from tests.shared_data import PROJECT_ROOT, cap_file
 
 pytestmark = pytest.mark.pcsc
@@ -37,39 +37,10 @@ VPCD = f"127.0.0.1:{_PORT}"
 KEY_HEX = "404142434445464748494A4B4C4D4E4F"
 
 
-def _unavailable(reason: str, *, may_skip: bool) -> None:
-    if os.environ.get("CI") == "true" or not may_skip:
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def reader() -> object:
     """The vpcd reader, with pcscd started if it is not running."""
-    if subprocess.run(["pidof", "pcscd"], capture_output=True, check=False).returncode != 0:
-        if shutil.which("pcscd") is None:
-            _unavailable("pcscd is not installed", may_skip=True)
-        subprocess.run(["pcscd"], check=False)
-        time.sleep(1.0)
-    try:
-        from smartcard.System import readers
-    except ImportError as exc:  # pragma: no cover - pyscard is a dev requirement
-        _unavailable(f"pyscard not importable: {exc}", may_skip=False)
-    found = []
-    for _ in range(20):
-        try:
-            found = readers()
-        except Exception:  # pcscd still starting
-            found = []
-        if any(str(r) == READER for r in found):
-            break
-        time.sleep(0.25)
-    if not found:
-        _unavailable("pyscard lists no PC/SC reader (pcscd with vsmartcard-vpcd needed)", may_skip=True)
-    match = [r for r in found if str(r) == READER]
-    if not match:
-        _unavailable(f"reader {READER!r} not found among {[str(r) for r in found]}", may_skip=False)
-    return match[0]
+    return vpcd_reader(READER, tries=20)
 
 
 class Served:

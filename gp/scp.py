@@ -24,6 +24,7 @@ import hmac
 import os
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gp.apdu import CommandAPDU
@@ -49,6 +50,7 @@ __all__ = [
     "SCP02Core",
     "SCP02SessionKeys",
     "SCP03Core",
+    "SecuredResponse",
     "StaticKeys",
     "scp02_card_challenge",
     "scp02_session_keys",
@@ -99,6 +101,24 @@ SCP02_ENC = b"\x01\x82"
 
 _ZERO16 = bytes(16)
 _ZERO8 = bytes(8)
+
+
+@dataclass(frozen=True)
+class SecuredResponse:
+    """A response unwrapped by a host channel, and whether the card's R-MAC covered it.
+
+    ``authenticated`` is False for status words that carry no R-MAC (Amd D §6.2.5, GP 2.3.1
+    §E.4.5: only 9000 and the warnings 62xx/63xx do), for the bare EXTERNAL AUTHENTICATE answer,
+    and at security levels without R-MAC. Such an answer could have come from anyone on the
+    path, so nothing may be concluded from it but "not confirmed".
+    """
+
+    data: bytes
+    sw: int
+    authenticated: bool
+
+    def to_bytes(self) -> bytes:
+        return self.data + self.sw.to_bytes(2, "big")
 
 
 def _rmac_expected(sw: int) -> bool:
@@ -429,26 +449,33 @@ class _HostChannel:
 
     def unwrap(self, rapdu: bytes) -> bytes:
         """Secured R-APDU (data || SW) -> plain data || SW. MACError on a bad R-MAC; any
-        verification failure closes the channel."""
+        verification failure closes the channel. An error status word comes back as it is,
+        unauthenticated: use :meth:`unwrap_response` where that matters."""
+        return self.unwrap_response(rapdu).to_bytes()
+
+    def unwrap_response(self, rapdu: bytes) -> SecuredResponse:
+        """Like :meth:`unwrap`, and says whether the card's R-MAC covered data and status word."""
         self._require_auth()
         core: Any = getattr(self, "_core", None)
         assert core is not None
         rapdu = bytes(rapdu)
+        if len(rapdu) < 2:
+            raise APDUError(f"response APDU too short: {len(rapdu)} bytes")
+        sw = int.from_bytes(rapdu[-2:], "big")
         if not core.security_level & SL_R_MAC:
-            if len(rapdu) < 2:
-                raise APDUError(f"response APDU too short: {len(rapdu)} bytes")
-            return rapdu
+            return SecuredResponse(rapdu[:-2], sw, authenticated=False)
         pending = self._pop_pending()
         if pending is None:
             # Only the EXTERNAL AUTHENTICATE response (a bare SW) can arrive here.
             if len(rapdu) == 2:
-                return rapdu
+                return SecuredResponse(b"", sw, authenticated=False)
             raise SecureChannelError("response without a wrapped command to match it")
         try:
-            return self._verify(rapdu, pending)
+            plain = self._verify(rapdu, pending)
         except (MACError, SecureChannelError) as exc:
             self._close(str(exc))
             raise
+        return SecuredResponse(plain[:-2], sw, authenticated=_rmac_expected(sw))
 
 
 class SCP03(_HostChannel):

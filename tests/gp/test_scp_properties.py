@@ -347,3 +347,32 @@ def test_max_data_length_fits(opener: Any) -> None:
     # extended length carries it
     ext = CommandAPDU(0x80, 0xE8, 0x00, 0x02, os.urandom(m + 1), extended=True).to_bytes()
     assert card.unwrap_command(host.wrap(ext)) == ext
+
+
+@pytest.mark.parametrize("opener", [lambda: open_scp03(16, False, 0x33), lambda: open_scp02(0x55, 0x13)],
+                         ids=["SCP03-SL33", "SCP02-SL13"])
+def test_unwrap_response_says_which_answers_the_card_authenticated(opener: Any) -> None:
+    """Only 9000 and 62xx/63xx carry an R-MAC (Amd D §6.2.5, GP 2.3.1 §E.4.5). An error status
+    word unwraps, but as unauthenticated: anyone on the path could have made it up."""
+    host, card = opener()
+    for sw, data, authenticated in ((0x9000, b"\x01\x02", True), (0x6310, b"\x03", True),
+                                    (0x6A88, b"", False), (0x6982, b"", False)):
+        plain = data + sw.to_bytes(2, "big")
+        assert card.unwrap_command(host.wrap(bytes.fromhex("80F2400002 4F00 00".replace(" ", "")))) is not None
+        answer = host.unwrap_response(card.wrap_response(plain))
+        assert (answer.data, answer.sw, answer.authenticated) == (data, sw, authenticated)
+    # A forged error status word (the card never answered) unwraps the same way: unauthenticated.
+    host.wrap(bytes.fromhex("80F24000024F0000"))
+    forged = host.unwrap_response(b"\x6a\x88")
+    assert forged.sw == 0x6A88 and not forged.authenticated
+    # A bare 9000 cannot pass for an authenticated answer: it has no R-MAC.
+    host.wrap(bytes.fromhex("80F24000024F0000"))
+    with pytest.raises(MACError):
+        host.unwrap_response(b"\x90\x00")
+
+
+def test_unwrap_response_without_r_mac_authenticates_nothing() -> None:
+    host, card = open_scp03(16, False, 0x03)
+    card.unwrap_command(host.wrap(bytes.fromhex("80F24000024F0000")))
+    answer = host.unwrap_response(card.wrap_response(b"\x01\x90\x00"))
+    assert answer.sw == 0x9000 and answer.data == b"\x01" and not answer.authenticated

@@ -28,6 +28,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.db.models import F
 from django.utils import timezone
 
 from audit.services import record_event
@@ -35,7 +36,7 @@ from cards.models import ISD_AID, AppletInstance, Card, CardJob, CardPackage, En
 from gp import commands, dm
 from gp.errors import AuthenticationError, GPError, MACError, SecureChannelError
 from gp.keys import StaticKeys
-from gp.scp import SCP02, SCP03
+from gp.scp import SCP02, SCP03, SecuredResponse
 from gp.tlv import decode_all, find
 from issuers import custody
 from issuers.custody_models import KeySet
@@ -47,7 +48,6 @@ logger = logging.getLogger(__name__)
 SW_OK = 0x9000
 SW_MORE = 0x6310  # GET STATUS: more data available (GP 2.3.1 §11.4.3)
 SW_NOT_FOUND = 0x6A88  # referenced data (key set version) not found (§11.13.3.2)
-SW_FILE_NOT_FOUND = 0x6A82  # SELECT: application not found (ISO 7816-4)
 AUTH_FAILURE_STOP = 2  # never use the card's last tries (cardsim blocks a key set at 3)
 BANK_KVN = {0x02: 0x21, 0x03: 0x31}  # the bank's first key set on its SSD (initial set is 20/30)
 TOKEN_SCHEME = dm.SCHEME_ECDSA_P256_SHA256
@@ -68,6 +68,20 @@ class StepFailed(Exception):
     tried again at the next presentation, until it has had ``MAX_ATTEMPTS`` attempts."""
 
 
+class Unconfirmed(StepFailed):
+    """The card's answer could not prove the step's effect (an error status word carries no
+    R-MAC, so a relay could have made it up): nothing is recorded, the job is tried again."""
+
+
+class NeedsProof(Exception):
+    """A stage cannot confirm its effect from what the card has proven so far, and knows a script
+    whose authenticated answers would (see :meth:`IsdDeleteSsd.finish`)."""
+
+    def __init__(self, commands: list[Command]) -> None:
+        super().__init__("more evidence needed")
+        self.commands = commands
+
+
 MAX_ATTEMPTS = 5
 INTEGRITY_SWS = frozenset({0x6982, 0x6988, 0x6300})  # security status / SM data objects / auth failed
 
@@ -82,6 +96,7 @@ class Command:
     secure: bool = True
     receipt: dict[str, Any] | None = None  # {"op": load|install|delete, "fields": [hex, ...]}
     status_p1: int | None = None  # a GET STATUS of this P1
+    proves: str | None = None  # a fact an authenticated 9000 to this command proves, e.g. "deleted:<AID>"
 
 
 @dataclass
@@ -102,16 +117,77 @@ class KeyChoice:
 
 @dataclass
 class Registry:
-    """What GET STATUS reported inside one secure channel."""
+    """What the card proved inside one secure channel: its R-MAC'd GET STATUS listings, and the
+    facts proven by authenticated answers to the script (DESIGN.md §7a).
+
+    Only authenticated entries are ever listed, so :meth:`app` and :meth:`elf` returning an
+    entry proves presence. ``None`` proves nothing by itself: a listing answered ``6A88`` (no
+    R-MAC) may be a relay's invention. Absence is proven only by :meth:`app_absent` and
+    :meth:`elf_absent`.
+    """
 
     apps: list[commands.RegistryEntry] = field(default_factory=list)
     elfs: list[commands.RegistryEntry] = field(default_factory=list)
+    proven_listings: frozenset[int] = frozenset()  # P1s whose whole listing carried R-MACs
+    proofs: frozenset[str] = frozenset()  # facts from authenticated answers (Command.proves)
 
     def app(self, aid: str) -> commands.RegistryEntry | None:
         return next((e for e in self.apps if e.aid.hex().upper() == aid), None)
 
     def elf(self, aid: str) -> commands.RegistryEntry | None:
         return next((e for e in self.elfs if e.aid.hex().upper() == aid), None)
+
+    def app_absent(self, aid: str) -> bool:
+        """Proven absent: a complete authenticated listing without it, or an authenticated DELETE."""
+        if self.app(aid) is not None:
+            return False
+        return STATUS_APPS in self.proven_listings or f"deleted:{aid}" in self.proofs
+
+    def elf_absent(self, aid: str) -> bool:
+        if self.elf(aid) is not None:
+            return False
+        return STATUS_ELF_MODULES in self.proven_listings or f"deleted:{aid}" in self.proofs
+
+
+@dataclass(frozen=True)
+class UnauthenticatedRead:
+    """A place where the engine reads a status word that no R-MAC covers, and what it does then.
+    None of them records progress or absence (DESIGN.md §7a); tests/updates/test_unauthenticated_sw.py
+    checks that this table names every such place and drives a forging relay at each."""
+
+    where: str  # the SessionEngine method
+    command: str
+    effect: str
+
+
+UNAUTHENTICATED_READS = (
+    UnauthenticatedRead(
+        "_on_identify",
+        "SELECT ISD, GET DATA CPLC and CIN (no channel yet)",
+        "not 9000: the session is rejected; 9000: the CIN only names which keys to try, the card cryptogram proves it",
+    ),
+    UnauthenticatedRead(
+        "_on_open",
+        "SELECT of the stage's SD, INITIALIZE UPDATE",
+        "SELECT not 9000: retried later; INITIALIZE UPDATE 6A88: the next key set is tried (only a verified "
+        "card cryptogram opens a channel); anything else: retried later",
+    ),
+    UnauthenticatedRead(
+        "_on_status",
+        "EXTERNAL AUTHENTICATE (a bare status word by design)",
+        "9000 proves nothing until an R-MAC'd answer follows; a refusal counts once per reader and holds that reader",
+    ),
+    UnauthenticatedRead(
+        "_collect_status",
+        "GET STATUS answered 6A88",
+        "the listing is unproven, never empty: absence needs an R-MAC'd listing or an R-MAC'd DELETE",
+    ),
+    UnauthenticatedRead(
+        "_on_script",
+        "any script command answered with an error status word",
+        "expected (DELETE 6A88): no proof is recorded; unexpected: the session is rejected or the job retried",
+    ),
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -151,10 +227,6 @@ class Stage:
 
     def preflight(self) -> None:
         """Checks before the channel opens; raise :class:`JobFailed` to fail the job for good."""
-
-    def skip_if_missing(self) -> bool:
-        """True when a missing SD means there is nothing left to do (e.g. already deleted)."""
-        return False
 
 
 def sd_lifecycle(value: int) -> str:
@@ -242,15 +314,7 @@ class IsdInstallSsd(IsdStage):
         sd = self.job.security_domain
         if registry.app(sd.aid) is not None:
             return []
-        params = commands.install_parameters(commands.sd_install_parameters(sd.scp, sd.scp_i))
-        apdu = commands.install_for_install(
-            bytes.fromhex(SSD_PACKAGE_AID),
-            bytes.fromhex(SSD_MODULE_AID),
-            bytes.fromhex(sd.aid),
-            privileges=bytes.fromhex(sd.privileges),
-            params=params,
-        )
-        return [Command(apdu, f"create {sd.organization.name} security domain")]
+        return [Command(install_ssd_apdu(sd), f"create {sd.organization.name} security domain")]
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
         sd = self.job.security_domain
@@ -263,6 +327,17 @@ class IsdInstallSsd(IsdStage):
 
 SSD_PACKAGE_AID = "A0000001515350"
 SSD_MODULE_AID = "A000000151535041"
+
+
+def install_ssd_apdu(sd: SecurityDomain) -> bytes:
+    """INSTALL [for install and make selectable] of ``sd`` from the SSD module in ROM (§11.5)."""
+    return commands.install_for_install(
+        bytes.fromhex(SSD_PACKAGE_AID),
+        bytes.fromhex(SSD_MODULE_AID),
+        bytes.fromhex(sd.aid),
+        privileges=bytes.fromhex(sd.privileges),
+        params=commands.install_parameters(commands.sd_install_parameters(sd.scp, sd.scp_i)),
+    )
 
 
 class SsdBankKeys(BankSsdStage):
@@ -429,21 +504,48 @@ def install_command(card: Card, sd: SecurityDomain, elf_aid: str, module_aid: st
     return Command(with_token(card, sd, apdu), f"install applet {instance_aid}", receipt=receipt)
 
 
+def delete_command(aid: str, label: str, *, may_be_absent: bool, receipt: dict[str, Any] | None = None) -> Command:
+    """DELETE with related objects (§11.2.2.1, P2 80). When the listing did not prove ``aid``
+    absent, ``6A88`` is accepted too so the batch goes on; being unauthenticated, it proves
+    nothing (only an R-MAC'd 9000 adds the fact ``deleted:<aid>``)."""
+    expect = (SW_OK, SW_NOT_FOUND) if may_be_absent else (SW_OK,)
+    return Command(
+        commands.delete(bytes.fromhex(aid), related=True), label, expect, receipt=receipt, proves=f"deleted:{aid}"
+    )
+
+
 class IsdDeleteSsd(IsdStage):
-    """DELETE the bank's SSD with its related objects (§11.2: P2 80), from the ISD."""
+    """DELETE the bank's SSD with its related objects (§11.2: P2 80), from the ISD.
+
+    Done only when the card proved the SSD gone: an R-MAC'd 9000 to the DELETE, or an R-MAC'd
+    listing without it. When the card has no other application its listing is a bare ``6A88``
+    and an earlier session's DELETE answer may have been lost; then the SSD's absence is proven
+    by a probe whose answers carry R-MACs: INSTALL of the same AID (accepted only if the AID is
+    free) and DELETE of what it created.
+    """
 
     name = "delete-ssd"
 
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
         sd = self.job.security_domain
-        if registry.app(sd.aid) is None:
+        if registry.app_absent(sd.aid):
             return []
-        return [Command(commands.delete(bytes.fromhex(sd.aid), related=True), f"delete {sd.aid} and its content")]
+        if registry.app(sd.aid) is not None:
+            return [delete_command(sd.aid, f"delete {sd.aid} and its content", may_be_absent=False)]
+        return [delete_command(sd.aid, f"delete {sd.aid} if present", may_be_absent=True)]
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
         sd = self.job.security_domain
         if registry.app(sd.aid) is not None:
             raise StepFailed("the security domain is still on the card")
+        if registry.app_absent(sd.aid):
+            return
+        raise NeedsProof(
+            [
+                Command(install_ssd_apdu(sd), f"probe: {sd.aid} is free", proves=f"free:{sd.aid}"),
+                delete_command(sd.aid, f"probe: delete {sd.aid}", may_be_absent=False),
+            ]
+        )
 
 
 class SsdRotateKeys(BankSsdStage):
@@ -654,6 +756,7 @@ class SessionEngine:
                     "secure": cmd.secure,
                     "receipt": cmd.receipt,
                     "status_p1": cmd.status_p1,
+                    "proves": cmd.proves,
                 }
             )
         if phase is not None:
@@ -730,9 +833,9 @@ class SessionEngine:
             return custody.card_isd_keys(card.issued_by, card.cin, bytes.fromhex(card.kdd), card.key_scheme)
         return custody.load_static_keys(KeySet.objects.get(pk=choice.keyset_id))
 
-    def _unwrap(self, rapdu: bytes) -> bytes:
+    def _unwrap(self, rapdu: bytes) -> SecuredResponse:
         try:
-            return self._restore_channel().unwrap(rapdu)
+            return self._restore_channel().unwrap_response(rapdu)
         except MACError as exc:
             raise SessionRejected(f"response integrity check failed: {exc}") from exc
         except SecureChannelError as exc:
@@ -802,6 +905,12 @@ class SessionEngine:
                 f"{sd.aid}: {sd.auth_failures} failed authentications; stopped before the card blocks the key set"
             )
             return self._next_stage_or_job(advance_job=True)
+        if sd is not None and sd.auth_failures and self._reader_held(sd):
+            self._retry_later(
+                f"{sd.aid}: the last EXTERNAL AUTHENTICATE through this reader was refused; "
+                "present the card through another reader"
+            )
+            return self._done()
         try:
             stage.preflight()
             choices = stage.key_choices()
@@ -812,11 +921,27 @@ class SessionEngine:
         self.state["choices"] = [c.to_json() for c in choices]
         self.state.pop("key", None)
         self._channel = None
-        expect_select = (SW_OK, SW_FILE_NOT_FOUND) if stage.skip_if_missing() else (SW_OK,)
-        select = Command(
-            commands.select(bytes.fromhex(stage.sd_aid())), f"select {stage.sd_aid()}", expect_select, secure=False
-        )
+        select = Command(commands.select(bytes.fromhex(stage.sd_aid())), f"select {stage.sd_aid()}", secure=False)
         return self._send([select, self._initialize_update(stage, choices[0], len(choices) > 1)], phase="open")
+
+    def _reader_held(self, sd: SecurityDomain) -> bool:
+        """This reader saw the SD refuse an authentication since the card last proved the key set."""
+        from updates.models import AuthRefusal
+
+        held = AuthRefusal.objects.filter(security_domain=sd, credential=self.session.credential).exists()
+        if held:
+            record_event(
+                action="secure_channel.reader_held",
+                subject_type="security_domain",
+                subject_id=sd.aid,
+                card_cin=self.card.cin,
+                organization=sd.organization,
+                outcome="denied",
+                reason="this reader already saw an authentication refused; another reader must present the card",
+                actor_type="system",
+                details={"reader": self.session.credential.key_id},
+            )
+        return held
 
     def _host_channel(self, stage: Stage, choice: KeyChoice, host_challenge: bytes | None) -> SCP02 | SCP03:
         card = self.card
@@ -844,8 +969,6 @@ class SessionEngine:
         sent = self.state["sent"]
         if len(sent) == 2:
             select_sw = sw_of(responses[0])
-            if select_sw == SW_FILE_NOT_FOUND and stage.skip_if_missing():
-                return self._next_stage_or_job()
             if select_sw != SW_OK:
                 raise StepFailed(f"{stage.sd_aid()} cannot be selected (SW {select_sw:04X})")
             responses = responses[1:]
@@ -886,15 +1009,34 @@ class SessionEngine:
         self._channel = channel
         self.state["key"] = choice.to_json()
         stage.opened_with = choice  # type: ignore[attr-defined]
-        self.state["registry"] = {}
+        self._clear_evidence()
+        self.state["proofs"] = []
+        self.state["probed"] = False
+        self.state["card_proved"] = False
         cmds = [Command(ea, "external authenticate", secure=False)]
         cmds += [self._get_status(p1) for p1 in stage.status_p1]
         return self._send(cmds, phase="status")
 
-    def _count_auth_failure(self, stage: Stage, reason: str) -> None:
+    def _count_auth_refusal(self, stage: Stage, sw: int) -> None:
+        """EXTERNAL AUTHENTICATE refused after the card cryptogram verified. The host cryptogram
+        came from the same keys, so it was right: the relay made the refusal up or altered the
+        command (then the card counted a try), or the card is faulty. The bare status word cannot
+        tell which, so the relay is the unit of blame: each reader adds at most one to the SD's
+        count and is then held for this SD, and the platform stops at ``AUTH_FAILURE_STOP``
+        (refusals through as many readers), before the card's own limit. One relay can never
+        stop a bank; a card that refuses through every reader still stops in time."""
+        from updates.models import AuthRefusal
+
         sd = stage.security_domain()
+        credential = self.session.credential
         if sd is not None:
-            SecurityDomain.objects.filter(pk=sd.pk).update(auth_failures=sd.auth_failures + 1)
+            _refusal, first_from_reader = AuthRefusal.objects.get_or_create(
+                security_domain=sd,
+                credential=credential,
+                defaults={"session_id": self.session.pk, "status_word": f"{sw:04X}"},
+            )
+            if first_from_reader:
+                SecurityDomain.objects.filter(pk=sd.pk).update(auth_failures=F("auth_failures") + 1)
         record_event(
             action="secure_channel.auth_failed",
             subject_type="security_domain",
@@ -902,9 +1044,26 @@ class SessionEngine:
             card_cin=self.card.cin,
             organization=stage.owner(),
             outcome="failure",
-            reason=reason,
+            reason=(
+                f"EXTERNAL AUTHENTICATE refused ({sw:04X}) although the card cryptogram verified: "
+                "the relay or the card is at fault"
+            ),
             actor_type="system",
+            details={"reader": credential.key_id},
         )
+
+    def _card_authenticated(self) -> None:
+        """The card R-MAC'd an answer in this channel: it accepted our EXTERNAL AUTHENTICATE, so
+        earlier refusals blocked nothing. Clear the SD's count and held readers (once per channel)."""
+        if self.state.get("card_proved"):
+            return
+        self.state["card_proved"] = True
+        sd = self.stage().security_domain()
+        if sd is not None and sd.auth_failures:
+            from updates.models import AuthRefusal
+
+            SecurityDomain.objects.filter(pk=sd.pk).update(auth_failures=0)
+            AuthRefusal.objects.filter(security_domain=sd).delete()
 
     @staticmethod
     def _get_status(p1: int, *, next_occurrence: bool = False) -> Command:
@@ -916,26 +1075,44 @@ class SessionEngine:
         )
 
     # ---------------------------------------------------------------- status
+    def _clear_evidence(self) -> None:
+        """Forget the listings read so far (a new channel, or a listing read again after a script)."""
+        self.state["registry"] = {}
+        self.state["unproven"] = []
+
     def _collect_status(self, responses: list[bytes], sent: list[dict[str, Any]]) -> list[int]:
-        """Unwrap GET STATUS answers into ``state['registry']``; return the P1s that need continuing."""
+        """Unwrap GET STATUS answers into ``state['registry']``; return the P1s that need continuing.
+
+        Only R-MAC'd listings are kept. ``6A88`` ("no entry matches") carries no R-MAC
+        (Amd D §6.2.5), so it marks the listing unproven instead of empty."""
         more = []
         for rapdu, meta in zip(responses, sent, strict=False):
-            plain = self._unwrap(rapdu)
-            sw = sw_of(plain)
-            if sw not in (SW_OK, SW_MORE, SW_NOT_FOUND):
-                refused("GET STATUS", sw)
+            answer = self._unwrap(rapdu)
+            if answer.sw not in (SW_OK, SW_MORE, SW_NOT_FOUND):
+                refused("GET STATUS", answer.sw)
             p1 = meta["status_p1"]
             self.state["registry"].setdefault(str(p1), "")
-            if sw != SW_NOT_FOUND:
-                self.state["registry"][str(p1)] += plain[:-2].hex()
-            if sw == SW_MORE:
+            if answer.sw == SW_NOT_FOUND:
+                self.state["unproven"].append(p1)
+                continue
+            if not answer.authenticated:
+                raise SessionRejected(f"GET STATUS {p1:02X} answered {answer.sw:04X} without an R-MAC")
+            self.state["registry"][str(p1)] += answer.data.hex()
+            if answer.sw == SW_MORE:
                 more.append(p1)
+            elif answer.sw == SW_OK:
+                self._card_authenticated()
         return more
 
     def _registry(self) -> Registry:
-        registry = Registry()
+        listings = self.state.get("registry", {})
+        unproven = set(self.state.get("unproven", []))
+        registry = Registry(
+            proven_listings=frozenset(int(p1) for p1 in listings if int(p1) not in unproven),
+            proofs=frozenset(self.state.get("proofs", [])),
+        )
         try:
-            for p1, data in self.state.get("registry", {}).items():
+            for p1, data in listings.items():
                 entries = commands.parse_get_status(bytes.fromhex(data), int(p1))
                 if int(p1) == STATUS_APPS:
                     registry.apps.extend(entries)
@@ -948,14 +1125,14 @@ class SessionEngine:
     def _on_status(self, responses: list[bytes]) -> Batch:
         sent = self.state["sent"]
         if sent and sent[0]["label"] == "external authenticate":
-            ea = responses[0]
-            if sw_of(ea) != SW_OK:
-                stage = self.stage()
-                self._count_auth_failure(stage, f"EXTERNAL AUTHENTICATE refused (SW {sw_of(ea):04X})")
-                raise SessionRejected(f"the card refused the host cryptogram (SW {sw_of(ea):04X}): not retried")
-            sd = self.stage().security_domain()
-            if sd is not None and sd.auth_failures:
-                SecurityDomain.objects.filter(pk=sd.pk).update(auth_failures=0)
+            # A bare status word, never R-MAC'd: 9000 here proves nothing yet (the first R-MAC'd
+            # answer does, see _card_authenticated); a refusal is counted per reader.
+            ea_sw = sw_of(responses[0])
+            if ea_sw != SW_OK:
+                self._count_auth_refusal(self.stage(), ea_sw)
+                raise SessionRejected(
+                    f"the card refused the host cryptogram (SW {ea_sw:04X}): not retried through this reader"
+                )
             responses, sent = responses[1:], sent[1:]
         self._restore_channel()
         more = self._collect_status(responses, sent)
@@ -964,14 +1141,26 @@ class SessionEngine:
         if more:
             return self._send([self._get_status(p1, next_occurrence=True) for p1 in more], phase="status")
         stage = self.stage()
-        registry = self._registry()
-        script = stage.script(registry, self._channel)
+        script = stage.script(self._registry(), self._channel)
         if not script:
-            stage.finish(registry, KeyChoice.from_json(self.state["key"]))
-            return self._next_stage_or_job()
-        self.state["registry"] = {}
+            return self._finish_stage(stage)
+        return self._send_script(stage, script)
+
+    def _send_script(self, stage: Stage, script: list[Command]) -> Batch:
+        """The stage's script, then its listings again: their answers are what finish() judges."""
+        self._clear_evidence()
         self.state["script_len"] = len(script)
         return self._send(script + [self._get_status(p1) for p1 in stage.status_p1], phase="script")
+
+    def _finish_stage(self, stage: Stage) -> Batch:
+        try:
+            stage.finish(self._registry(), KeyChoice.from_json(self.state["key"]))
+        except NeedsProof as need:
+            if self.state.get("probed"):
+                raise Unconfirmed(f"{stage.name}: the card did not prove the result with an R-MAC") from None
+            self.state["probed"] = True
+            return self._send_script(stage, need.commands)
+        return self._next_stage_or_job()
 
     # ---------------------------------------------------------------- script
     def _on_script(self, responses: list[bytes]) -> Batch:
@@ -980,12 +1169,16 @@ class SessionEngine:
         self._restore_channel()
         stage = self.stage()
         for rapdu, meta in zip(responses[:script_len], sent[:script_len], strict=False):
-            plain = self._unwrap(rapdu)
-            sw = sw_of(plain)
-            if sw not in meta["expect"]:
-                refused(meta["label"], sw)
+            answer = self._unwrap(rapdu)
+            if answer.sw not in meta["expect"]:
+                refused(meta["label"], answer.sw)
+            if answer.sw != SW_OK or not answer.authenticated:
+                continue  # an accepted error status word (no R-MAC): it proves nothing
+            self._card_authenticated()
             if meta.get("receipt"):
-                self._check_receipt(plain[:-2], meta["receipt"], stage)
+                self._check_receipt(answer.data, meta["receipt"], stage)
+            if meta.get("proves"):
+                self.state["proofs"].append(meta["proves"])
         if len(responses) < script_len:
             raise StepFailed("the script stopped before its end")
         status_responses = responses[script_len:]
@@ -994,8 +1187,7 @@ class SessionEngine:
         if more:
             self.state["script_len"] = 0
             return self._send([self._get_status(p1, next_occurrence=True) for p1 in more], phase="script")
-        stage.finish(self._registry(), KeyChoice.from_json(self.state["key"]))
-        return self._next_stage_or_job()
+        return self._finish_stage(stage)
 
     def _check_receipt(self, data: bytes, spec: dict[str, Any], stage: Stage) -> None:
         """Verify a Delegated Management receipt (GP 2.3.1 Annex C) with the card's receipt key; the

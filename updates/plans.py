@@ -30,6 +30,8 @@ from updates.ota import (
     SsdInstallApplets,
     Stage,
     StepFailed,
+    Unconfirmed,
+    delete_command,
     install_command,
     load_script,
     record_package,
@@ -149,11 +151,18 @@ class SsdRemovePackages(BankSsdStage):
         sd = self.job.security_domain
         out = []
         for aid in self.package_aids():
-            if registry.elf(aid) is None:
+            if registry.elf_absent(aid):
                 continue
-            apdu = commands.delete(bytes.fromhex(aid), related=True)
-            receipt = {"op": "delete", "fields": [aid]} if sd.management == "dm" else None
-            out.append(Command(with_token(self.card, sd, apdu), f"delete {aid}", receipt=receipt))
+            # Not listed but not proven absent (a bare 6A88 listing): DELETE anyway, accepting
+            # 6A88; only an R-MAC'd 9000 (and the DM receipt) proves the package gone.
+            command = delete_command(
+                aid,
+                f"delete {aid}",
+                may_be_absent=registry.elf(aid) is None,
+                receipt={"op": "delete", "fields": [aid]} if sd.management == "dm" else None,
+            )
+            command.apdu = with_token(self.card, sd, command.apdu)
+            out.append(command)
         return out
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
@@ -161,6 +170,9 @@ class SsdRemovePackages(BankSsdStage):
         for aid in self.package_aids():
             if registry.elf(aid) is not None:
                 raise StepFailed(f"{aid} is still on the card")
+            if not registry.elf_absent(aid):
+                raise Unconfirmed(f"the card did not prove {aid} deleted (its answer carried no R-MAC)")
+        for aid in self.package_aids():
             AppletInstance.objects.filter(security_domain=sd, package_aid=aid).delete()
             CardPackage.objects.filter(security_domain=sd, package_aid=aid).delete()
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 
 from audit.services import record_event
 from cards.models import ISD_AID, Card, CardJob, Enrollment, SecurityDomain
+from cards.signals import auth_failures_cleared
 from ecard.errors import ServiceError
 from issuers.models import Organization, SsdTemplate
 from issuers.services import bank_aid_prefixes, normalise_hex
@@ -363,6 +364,7 @@ def reset_auth_failures(*, security_domain: SecurityDomain, actor: AbstractBaseU
         raise ServiceError("no failed authentications to clear", code="state")
     sd.auth_failures = 0
     sd.save(update_fields=["auth_failures", "updated_at"])
+    auth_failures_cleared.send(sender=SecurityDomain, security_domain=sd)
     record_event(
         action="secure_channel.failures_cleared",
         subject_type="security_domain",

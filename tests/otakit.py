@@ -75,6 +75,11 @@ class OtaWorld:
         transport = transport or self.card_transport()
         return run_session(transport, server, mode=mode)
 
+    def another_reader(self, name: str = "second reader") -> ApiServer:
+        """The relay API as seen by another device of the same citizen (its own credential)."""
+        _credential, token = update_services.issue_agent_credential(user=self.citizen, name=name)
+        return ApiServer(token)
+
 
 def build_ota_world(cap_path: Path | None = None, *, scp: int = 0x03, bank_rid: str = "0102030405") -> OtaWorld:
     """Agency, a bank whose AID range holds the given CAP's package (the GPPro Empty CAP by default),

@@ -7,6 +7,7 @@ import uuid
 from django.conf import settings
 from django.db import models
 
+from cards.signals import auth_failures_cleared
 from issuers.models import Organization, hex_validator
 
 
@@ -122,3 +123,34 @@ class CardSession(models.Model):
     def __str__(self) -> str:
         return f"session {self.id} ({self.state})"
 from updates.rollout_models import *  # noqa: E402,F403
+
+
+class AuthRefusal(models.Model):
+    """An EXTERNAL AUTHENTICATE refused through one reader after the card cryptogram verified.
+
+    The platform's host cryptogram was right, so the refusal is the relay's doing or a card
+    fault. A reader adds at most one to the security domain's ``auth_failures`` and is held for
+    that SD until the card proves the key set again (an R-MAC'd answer) or an operator clears it
+    (docs/threat-model.md, "A relay").
+    """
+
+    security_domain = models.ForeignKey("cards.SecurityDomain", on_delete=models.CASCADE, related_name="+")
+    credential = models.ForeignKey(AgentCredential, on_delete=models.CASCADE, related_name="auth_refusals")
+    session = models.ForeignKey(CardSession, null=True, on_delete=models.SET_NULL, related_name="+")
+    status_word = models.CharField(max_length=4)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=("security_domain", "credential"), name="one_refusal_per_reader_and_sd")
+        ]
+
+    def __str__(self) -> str:
+        return f"refusal {self.status_word} for SD {self.security_domain_id} through reader {self.credential_id}"
+
+
+def _release_held_readers(sender: object, security_domain: object, **kwargs: object) -> None:
+    AuthRefusal.objects.filter(security_domain=security_domain).delete()
+
+
+auth_failures_cleared.connect(_release_held_readers, dispatch_uid="updates.release_held_readers")

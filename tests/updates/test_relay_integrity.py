@@ -23,7 +23,7 @@ from tests.otakit import (
     enroll,
 )
 from tests.shared_data import cap_file
-from updates.models import CardSession
+from updates.models import AuthRefusal, CardSession
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
@@ -123,7 +123,14 @@ def test_any_flipped_apdu_never_completes_work_wrongly(response: bool) -> None:
                 assert job.state == CardJob.State.DONE
                 assert_registry_matches_records(world)
             final = world.present()
-            assert final.ok, (target, final)
+            if AuthRefusal.objects.filter(credential__user=world.citizen).exists():
+                # The card refused our (altered) EXTERNAL AUTHENTICATE: that reader is held for
+                # the SD, the work waits for another reader (one relay cannot stop a bank).
+                job = CardJob.objects.get(card=world.card)
+                assert not final.ok and not final.error, (target, final)
+                assert job.state == CardJob.State.PENDING and "another reader" in job.last_error, target
+                final = world.present(server=world.another_reader())
+                assert final.ok, (target, final)
             assert CardJob.objects.get(card=world.card).state == CardJob.State.DONE
             assert_registry_matches_records(world)
     assert outcomes["rejected"] >= sum(secured), outcomes
@@ -199,25 +206,25 @@ def test_another_devices_credential_cannot_drive_a_session() -> None:
 
 
 def test_refused_authentications_stop_before_the_card_blocks_the_key_set() -> None:
-    """Each EXTERNAL AUTHENTICATE the card refuses costs one of its tries. After two the platform
-    stops using that key set (alert, job failed) instead of letting the card block it at three."""
+    """Each EXTERNAL AUTHENTICATE the card refuses costs one of its tries. A refusal after the card
+    cryptogram verified is the relay's or the card's fault, so each reader counts once; refusals
+    through two readers (a card refusing everywhere) stop the platform before the card's third."""
     world = enrolled_world()
     ea_index = 5  # SELECT ISD, GET DATA x2, SELECT, INITIALIZE UPDATE, then EXTERNAL AUTHENTICATE
-    for attempt in (1, 2):
+    readers = [ApiServer(world.token), world.another_reader("tablet")]
+    for attempt, reader in enumerate(readers, start=1):
         tampering = TamperingCard(world.card_transport(), ea_index, response=False)
         with pytest.raises(RelayError, match="refused the host cryptogram"):
-            world.present(transport=tampering)
+            world.present(transport=tampering, server=reader)
         isd = world.card.security_domains.get(is_isd=True)
         assert isd.auth_failures == attempt
-    result = world.present()
+    result = world.present(server=world.another_reader("kiosk"))
     job = CardJob.objects.get(card=world.card)
     assert job.state == CardJob.State.FAILED and "before the card blocks" in job.last_error, result
     assert AuditEntry.objects.filter(action="secure_channel.stopped", card_cin=world.card.cin).exists()
     assert AuditEntry.objects.filter(action="secure_channel.auth_failed", card_cin=world.card.cin).count() == 2
     # The card itself is not blocked: two failures, below its limit of three.
-    state = world.card_transport().state
-    isd_keys = state["sds"][world.card.isd_aid]["keys"]
-    assert max(record.get("failures", 0) for record in isd_keys.values()) == 2
+    assert card_auth_failures(world, world.card.isd_aid) == 2
 
     # An administrator of the SD's owner clears the count after investigating; work resumes.
     from rest_framework.test import APIClient
@@ -234,6 +241,80 @@ def test_refused_authentications_stop_before_the_card_blocks_the_key_set() -> No
     cleared = client.post(f"/api/v1/security-domains/{isd.pk}/reset-auth-failures/")
     assert cleared.status_code == 200 and cleared.json()["auth_failures"] == 0
     assert AuditEntry.objects.filter(action="secure_channel.failures_cleared", card_cin=world.card.cin).exists()
+    assert not AuthRefusal.objects.filter(security_domain=isd).exists()  # held readers released too
     operator = APIClient()
     operator.force_authenticate(world.operator)  # a bank operator cannot clear the agency's ISD
     assert operator.post(f"/api/v1/security-domains/{isd.pk}/reset-auth-failures/").status_code in (403, 404)
+
+
+def card_auth_failures(world: OtaWorld, sd_aid: str) -> int:
+    """Failed authentications the emulated card itself counted for the SD's key sets."""
+    keys = world.card_transport().state["sds"][sd_aid]["keys"]
+    return max(record.get("failures", 0) for record in keys.values())
+
+
+class ForgingRelay:
+    """A relay that answers chosen commands itself, without sending them to the card: every
+    command whose INS is in ``forge`` gets ``answer`` (a status word, which carries no R-MAC)."""
+
+    def __init__(self, inner: Any, forge: dict[int, bytes]) -> None:
+        self.inner = inner
+        self.forge = forge
+        self.forged = 0
+
+    def transmit(self, capdu: bytes) -> bytes:
+        answer = self.forge.get(capdu[1])
+        if answer is not None:
+            self.forged += 1
+            return answer
+        return self.inner.transmit(capdu)
+
+
+INS_EXTERNAL_AUTHENTICATE = 0x82
+INS_GET_STATUS = 0xF2
+INS_DELETE = 0xE4
+
+
+def test_a_relay_that_fakes_refused_authentications_cannot_stop_the_bank() -> None:
+    """Finding 2: a relay answers EXTERNAL AUTHENTICATE with 6300 without sending it to the card.
+    However often it does, the count moves once (its reader is held), the security domain is not
+    stopped, the card counted nothing, and another reader completes the work."""
+    world = enrolled_world()
+    forging = ForgingRelay(world.card_transport(), {INS_EXTERNAL_AUTHENTICATE: b"\x63\x00"})
+    with pytest.raises(RelayError, match="refused the host cryptogram"):
+        world.present(transport=forging)
+    isd = world.card.security_domains.get(is_isd=True)
+    assert isd.auth_failures == 1 and forging.forged == 1
+    assert card_auth_failures(world, world.card.isd_aid) == 0  # the card never saw that command
+    # The same reader now gets nothing past the hold, however often it comes back.
+    for _ in range(3):
+        forging.inner = world.card_transport()
+        held = world.present(transport=forging)
+        assert not held.ok and not held.error and held.pending == 1
+    assert forging.forged == 1
+    job = CardJob.objects.get(card=world.card)
+    assert job.state == CardJob.State.PENDING and "another reader" in job.last_error
+    assert isd.auth_failures == 1 and not AuditEntry.objects.filter(action="secure_channel.stopped").exists()
+    assert AuditEntry.objects.filter(action="secure_channel.reader_held", card_cin=world.card.cin).exists()
+    # An honest reader finishes the enrollment; the card's authenticated answer clears the count.
+    assert world.present(server=world.another_reader()).ok
+    job.refresh_from_db()
+    isd.refresh_from_db()
+    assert job.state == CardJob.State.DONE
+    assert isd.auth_failures == 0 and not AuthRefusal.objects.filter(security_domain=isd).exists()
+    assert_registry_matches_records(world)
+
+
+def test_a_forged_success_to_external_authenticate_clears_nothing() -> None:
+    """A bare 9000 to EXTERNAL AUTHENTICATE is not the card's word: the failure count is cleared
+    only by an R-MAC'd answer, so a relay cannot reset it and let the card's tries run out."""
+    world = enrolled_world()
+    tampering = TamperingCard(world.card_transport(), 5, response=False)
+    with pytest.raises(RelayError, match="refused the host cryptogram"):
+        world.present(transport=tampering)
+    reader = world.another_reader()
+    forging = ForgingRelay(world.card_transport(), {INS_EXTERNAL_AUTHENTICATE: b"\x90\x00"})
+    with pytest.raises(RelayError):
+        world.present(transport=forging, server=reader)
+    isd = world.card.security_domains.get(is_isd=True)
+    assert isd.auth_failures == 1 and AuthRefusal.objects.filter(security_domain=isd).exists()

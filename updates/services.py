@@ -213,48 +213,53 @@ def exchange(*, session_id: Any, credential: AgentCredential, number: int, respo
     """Take the agent's responses to batch ``number`` and answer with the next batch.
 
     A replayed, reordered, truncated or altered exchange closes the session (409); its jobs stay
-    pending and resume at the card's next presentation.
+    pending and resume at the card's next presentation. A session idle past its deadline is
+    closed, and that is committed, before the 409 says so.
     """
     with transaction.atomic():
-        session = (
-            CardSession.objects.select_for_update(of=("self",))
-            .select_related("card", "credential", "sealed_by")
-            .filter(pk=session_id, credential=credential)
-            .first()
-        )
-        if session is None:
-            raise ServiceError("no such session", code="not_found")
-        if session.state != CardSession.State.OPEN:
-            raise ServiceError(f"the session is {session.state}", code="state")
-        if session.expires_at < timezone.now():
-            session.state = CardSession.State.EXPIRED
-            session.closed_reason = "idle timeout"
-            session.save()
-            if session.card_id:
-                CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING).update(
-                    state=CardJob.State.PENDING
-                )
-            raise ServiceError("the session expired", code="state")
-        try:
-            if number != session.exchange:
-                raise SessionRejected(f"exchange {number} out of order (expected {session.exchange})")
-            raw = _check_responses(session, responses)
-            session.apdus += len(raw)
-            if session.mode == CardSession.Mode.APDU:
-                answer = _apdu_mode_step(session, raw)
-                if answer is not None:
-                    return answer
-                raw = [bytes.fromhex(r) for r in session.engine_state.pop("collected")]
-                session.engine_state.pop("queue", None)
-            # No savepoint here: what the engine recorded before a rejection (a failed
-            # authentication count, verified receipts, audit entries) must stay.
-            engine = SessionEngine(session)
-            batch = engine.advance(raw)
-            session.engine_state = engine.state
-            return _apply(session, batch)
-        except SessionRejected as exc:
-            _reject(session, str(exc))
-            return RelayAnswer(session, Batch(commands=[], done=True, result={"error": str(exc)}))
+        answer = _exchange_locked(session_id=session_id, credential=credential, number=number, responses=responses)
+    if answer is None:
+        raise ServiceError("the session expired", code="state")
+    return answer
+
+
+def _exchange_locked(
+    *, session_id: Any, credential: AgentCredential, number: int, responses: list[str]
+) -> RelayAnswer | None:
+    """The exchange inside its transaction; None when the session had expired (now closed)."""
+    session = (
+        CardSession.objects.select_for_update(of=("self",))
+        .select_related("card", "credential", "sealed_by")
+        .filter(pk=session_id, credential=credential)
+        .first()
+    )
+    if session is None:
+        raise ServiceError("no such session", code="not_found")
+    if session.state != CardSession.State.OPEN:
+        raise ServiceError(f"the session is {session.state}", code="state")
+    if session.expires_at < timezone.now():
+        _expire(session)
+        return None
+    try:
+        if number != session.exchange:
+            raise SessionRejected(f"exchange {number} out of order (expected {session.exchange})")
+        raw = _check_responses(session, responses)
+        session.apdus += len(raw)
+        if session.mode == CardSession.Mode.APDU:
+            answer = _apdu_mode_step(session, raw)
+            if answer is not None:
+                return answer
+            raw = [bytes.fromhex(r) for r in session.engine_state.pop("collected")]
+            session.engine_state.pop("queue", None)
+        # No savepoint here: what the engine recorded before a rejection (a failed
+        # authentication count, verified receipts, audit entries) must stay.
+        engine = SessionEngine(session)
+        batch = engine.advance(raw)
+        session.engine_state = engine.state
+        return _apply(session, batch)
+    except SessionRejected as exc:
+        _reject(session, str(exc))
+        return RelayAnswer(session, Batch(commands=[], done=True, result={"error": str(exc)}))
 
 
 def _apdu_mode_step(session: CardSession, raw: list[bytes]) -> RelayAnswer | None:
@@ -280,18 +285,35 @@ def expire_idle_sessions() -> int:
     """Close sessions idle past their deadline; their running jobs go back to pending (resume later)."""
     now = timezone.now()
     stale = list(
-        CardSession.objects.select_for_update(skip_locked=True).filter(state=CardSession.State.OPEN, expires_at__lt=now)
+        CardSession.objects.select_for_update(skip_locked=True)
+        .select_related("card")
+        .filter(state=CardSession.State.OPEN, expires_at__lt=now)
     )
     for session in stale:
-        session.state = CardSession.State.EXPIRED
-        session.closed_reason = "idle timeout"
-        session.sealed_channel = None
-        session.save()
-        if session.card_id:
-            CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING).update(
-                state=CardJob.State.PENDING
-            )
+        _expire(session)
     return len(stale)
+
+
+def _expire(session: CardSession) -> None:
+    """Close an idle session: its channel state is dropped, its running jobs wait for the next
+    presentation. Audited."""
+    session.state = CardSession.State.EXPIRED
+    session.closed_reason = "idle timeout"
+    session.sealed_channel = None
+    session.save()
+    if session.card_id:
+        CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING).update(
+            state=CardJob.State.PENDING
+        )
+    record_event(
+        action="session.expired",
+        subject_type="card_session",
+        subject_id=session.id,
+        card_cin=session.card.cin if session.card_id else "",
+        outcome="failure",
+        reason="idle timeout",
+        actor_type="system",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

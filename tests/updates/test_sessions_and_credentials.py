@@ -62,3 +62,28 @@ def test_idle_sessions_expire_and_their_jobs_resume() -> None:
     assert session.state == CardSession.State.EXPIRED and session.sealed_channel is None
     assert CardJob.objects.get(card=world.card).state == CardJob.State.PENDING
     assert world.present().ok
+
+
+def test_an_exchange_on_an_idle_session_commits_the_expiry_before_its_409() -> None:
+    """Finding 9: the expiry used to be rolled back with the error that reported it, leaving the
+    session open and its job running. Now the 409 comes after the expiry is committed."""
+    from agent.core import RelayError, run_batch
+    from audit.models import AuditEntry
+
+    world = build_ota_world()
+    enroll(world)
+    server = ApiServer(world.token)
+    opened = server.open_session("batch")
+    transport = world.card_transport()
+    second = server.exchange(opened["session"], opened["exchange"], run_batch(transport, opened["commands"]))
+    assert CardJob.objects.get(card=world.card).state == CardJob.State.RUNNING
+    CardSession.objects.filter(pk=opened["session"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    with pytest.raises(RelayError, match="expired"):
+        server.exchange(opened["session"], second["exchange"], run_batch(transport, second["commands"]))
+    session = CardSession.objects.get(pk=opened["session"])
+    assert session.state == CardSession.State.EXPIRED and session.sealed_channel is None
+    assert CardJob.objects.get(card=world.card).state == CardJob.State.PENDING
+    assert AuditEntry.objects.filter(action="session.expired", card_cin=world.card.cin).exists()
+    with pytest.raises(RelayError, match="expired"):  # and it stays closed
+        server.exchange(opened["session"], second["exchange"], run_batch(transport, second["commands"]))
+    assert world.present().ok

@@ -362,8 +362,14 @@ def decode_put_key(data: bytes, decrypt: Callable[[bytes, int | None], bytes] | 
                 raise KeyMaterialError("symmetric key components need a decrypt function (the DEK)")
             if key_type == KEY_TYPE_AES:
                 if not value:
-                    raise EncodingError("AES key component without key length byte")
-                key_len, enc = value[0], value[1:]
+                    raise EncodingError("empty AES key component")
+                if len(value) % 16 == 0:
+                    # GP 2.3.1 §11.8.2.3, Table 11-71: a whole number of blocks is the encrypted
+                    # key alone (AES-128/256 as yubikit and others send it) ...
+                    key_len, enc = len(value), value
+                else:
+                    # ... otherwise (Table 11-70) a key length byte, then the padded encrypted key.
+                    key_len, enc = value[0], value[1:]
                 clear = decrypt(enc, key_len)
                 if len(clear) != key_len or key_len not in (16, 24, 32):
                     raise KeyMaterialError("AES key length byte does not match the key data")

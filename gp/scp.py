@@ -406,6 +406,8 @@ class _HostChannel:
         self.card_challenge = b""
         self.kdd = b""
         self.key_version = keys.version if keys is not None else 0
+        self.requested_key_version = self.key_version
+        self.key_version_mismatch = False
         self._state = "new"  # new -> initialized (IU built) -> authenticated
         self._pending: deque[_Pending] = deque()
         self._closed_reason = ""
@@ -440,6 +442,13 @@ class _HostChannel:
             raise KeyMaterialError("static keys are needed to authenticate")
         data, _ = _parse_iu_response(response)
         return self._keys, data
+
+    def _note_key_version(self, keys: StaticKeys, kvn: int) -> None:
+        """Some cards ignore P1 of INITIALIZE UPDATE and answer with their current key version.
+        That is accepted and recorded (``requested_key_version``); the card cryptogram, checked
+        next with the host's keys, still decides (GP 2.3.1 §11.13.2)."""
+        self.requested_key_version = keys.version
+        self.key_version_mismatch = bool(keys.version) and kvn != keys.version
 
     def _pop_pending(self) -> _Pending | None:
         return self._pending.popleft() if self._pending else None
@@ -515,8 +524,7 @@ class SCP03(_HostChannel):
         seq = data[13 + 2 * n :]
         if scp != 0x03:
             raise SecureChannelError(f"card answered for SCP{scp:02X}, expected SCP03")
-        if keys.version and kvn != keys.version:
-            raise SecureChannelError(f"card used key version 0x{kvn:02X}, expected 0x{keys.version:02X}")
+        self._note_key_version(keys, kvn)
         if bool(i & SCP03_I_PSEUDO_RANDOM) != bool(seq):
             raise SecureChannelError("sequence counter presence does not match i (pseudo-random challenge bit)")
         if self.security_level & SL_R_MAC and not i & SCP03_I_RMAC:
@@ -890,8 +898,7 @@ class SCP02(_HostChannel):
         seq, card_challenge, card_cryptogram = data[12:14], data[14:20], data[20:28]
         if scp != 0x02:
             raise SecureChannelError(f"card answered for SCP{scp:02X}, expected SCP02")
-        if keys.version and kvn != keys.version:
-            raise SecureChannelError(f"card used key version 0x{kvn:02X}, expected 0x{keys.version:02X}")
+        self._note_key_version(keys, kvn)
         self.kdd, self.key_version, self.sequence_counter, self.card_challenge = kdd, kvn, seq, card_challenge
         sk = scp02_session_keys(keys, seq)
         core = SCP02Core(sk.enc, sk.c_mac, sk.r_mac, sk.dek, i=self.i)

@@ -47,6 +47,7 @@ from gp.scp import (
     SCP02Core,
     SCP03Core,
     _has_sm,
+    _lc,
     scp02_card_challenge,
     scp02_session_keys,
     scp03_card_challenge,
@@ -195,7 +196,8 @@ class CardSCP03(_CardChannel):
         expected = scp03_kdf(core.s_mac, DDC_HOST_CRYPTOGRAM, context, n * 8)
         if not hmac.compare_digest(expected, cmd.data[:n]):
             return _sw(0x6300)
-        head = bytes((cmd.cla, cmd.ins, cmd.p1, cmd.p2, len(cmd.data))) + cmd.data[:n]
+        # Amd D §7.2: the C-MAC covers the header and Lc as sent (short or extended, ISO 7816-4 §5.1).
+        head = bytes((cmd.cla, cmd.ins, cmd.p1, cmd.p2)) + _lc(len(cmd.data), cmd.is_extended) + cmd.data[:n]
         mcv = core.s_mac.cmac(_ZERO16, head)
         if not hmac.compare_digest(mcv[:n], cmd.data[n:]):
             return _sw(0x6982)
@@ -302,7 +304,8 @@ class CardSCP02(_CardChannel):
         expected = core.cryptogram(seq + self.card_challenge + self.host_challenge)
         if not hmac.compare_digest(expected, cmd.data[:8]):
             return _sw(0x6300)
-        head = bytes((cmd.cla, cmd.ins, cmd.p1, cmd.p2, 0x10)) + cmd.data[:8]
+        # GP 2.3.1 §E.5.2: the C-MAC covers the header and Lc (16, with the MAC) as sent.
+        head = bytes((cmd.cla, cmd.ins, cmd.p1, cmd.p2)) + _lc(len(cmd.data), cmd.is_extended) + cmd.data[:8]
         core.icv = bytes(8)
         mac = core.c_mac.retail_mac(head)
         if not hmac.compare_digest(mac, cmd.data[8:]):

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gp.apdu import CommandAPDU
-from gp.errors import APDUError, GPError, KeyMaterialError, MACError, SecureChannelError
+from gp.errors import APDUError, AuthenticationError, GPError, KeyMaterialError, MACError, SecureChannelError
 from gp.scp import SCP02, SCP03, StaticKeys
 from gp.scp_card import ISD_AID, CardSCP02, CardSCP03, sw_for_error
 
@@ -376,3 +376,31 @@ def test_unwrap_response_without_r_mac_authenticates_nothing() -> None:
     card.unwrap_command(host.wrap(bytes.fromhex("80F24000024F0000")))
     answer = host.unwrap_response(card.wrap_response(b"\x01\x90\x00"))
     assert answer.sw == 0x9000 and answer.data == b"\x01" and not answer.authenticated
+
+
+@pytest.mark.parametrize("scp", [3, 2])
+def test_a_card_answering_another_key_version_is_accepted_when_its_cryptogram_verifies(scp: int) -> None:
+    """Cards that ignore P1 of INITIALIZE UPDATE answer with their own key version. When the card
+    cryptogram verifies with the host's keys, the host accepts and records the mismatch; with other
+    keys the cryptogram still fails (GP 2.3.1 §11.13.2)."""
+    key = os.urandom(16)
+    card_keys = StaticKeys(key, key, key, 0x30 if scp == 3 else 0x20)
+    for host_key, verifies in ((key, True), (os.urandom(16), False)):
+        asked = StaticKeys(host_key, host_key, host_key, card_keys.version + 1)
+        if scp == 3:
+            card: Any = CardSCP03(card_keys, i=0x70, sd_aid=ISD_AID, sequence_counter=1)
+            host: Any = SCP03(asked, 0x33, sd_aid=ISD_AID)
+        else:
+            card = CardSCP02(card_keys, i=0x55, sd_aid=ISD_AID, sequence_counter=1)
+            host = SCP02(asked, 0x13, i=0x55, sd_aid=ISD_AID)
+        iu = bytearray(host.initialize_update())
+        assert iu[2] == asked.version
+        iu[2] = 0x00  # the card ignores P1 and uses its current key set
+        response = card.initialize_update(bytes(iu))
+        if not verifies:
+            with pytest.raises(AuthenticationError):
+                host.external_authenticate(response)
+            continue
+        assert card.external_authenticate(host.external_authenticate(response)) == b"\x90\x00"
+        assert host.key_version_mismatch and host.key_version == card_keys.version
+        assert host.requested_key_version == asked.version

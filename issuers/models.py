@@ -27,6 +27,9 @@ class Organization(models.Model):
 
     class Meta:
         ordering = ("name",)
+        # Audit visibility matches entries by slug; an empty slug would match every entry that
+        # concerns no organisation (tests/issuers/test_tenancy_slugs.py).
+        constraints = [models.CheckConstraint(condition=~models.Q(slug=""), name="organization_slug_not_empty")]
 
     def __str__(self) -> str:
         return self.name

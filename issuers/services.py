@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import secrets
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,13 +29,53 @@ def normalise_hex(value: str, *, field: str, min_bytes: int = 0, max_bytes: int 
     return cleaned
 
 
+# Cyrillic and Greek letters to Latin (ISO 9 / ELOT 743 simplified), so "Банк Москва" gets
+# "bank-moskva"; letters without a Latin form (emoji, CJK) leave a generated slug instead.
+_TRANSLITERATION = {
+    **dict(zip("абвгдезийклмнопрстуфхцыэ", "abvgdezijklmnoprstufhcye", strict=True)),
+    "ё": "e", "ж": "zh", "ч": "ch", "ш": "sh", "щ": "shch", "ъ": "", "ь": "", "ю": "yu", "я": "ya",
+    "є": "ye", "і": "i", "ї": "yi", "ґ": "g", "ў": "u",
+    **dict(zip("αβγδεζηικλμνξοπρστυφω", "abgdeziiklmnxoprstyfo", strict=True)),
+    "θ": "th", "χ": "ch", "ψ": "ps", "ς": "s",
+}
+_SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
+SLUG_MAX = 64
+
+
+def transliterate(text: str) -> str:
+    """ASCII approximation of ``text``: Cyrillic/Greek transliterated, accents dropped, the rest removed."""
+    out = []
+    for char in unicodedata.normalize("NFC", text).lower():
+        if char in _TRANSLITERATION:
+            char = _TRANSLITERATION[char]
+        else:  # accented letters: transliterate the base letter, drop the marks
+            char = "".join(_TRANSLITERATION.get(c, c) for c in unicodedata.normalize("NFKD", char))
+        out.append(char.encode("ascii", "ignore").decode("ascii"))
+    return "".join(out)
+
+
+def generate_slug(name: str, kind: str) -> str:
+    """A unique, never empty slug for an organisation named ``name``."""
+    base = slugify(transliterate(name))[: SLUG_MAX - 9].strip("-_") or f"{kind}-{secrets.token_hex(4)}"
+    candidate, number = base, 2
+    while Organization.objects.filter(slug=candidate).exists():
+        candidate = f"{base}-{number}"
+        number += 1
+    return candidate
+
+
 @transaction.atomic
 def create_organization(*, name: str, kind: str, slug: str = "", actor: AbstractBaseUser | None = None) -> Organization:
     if kind not in Organization.Kind.values:
         raise ServiceError(f"unknown organisation kind {kind!r}", field="kind")
-    slug = slug or slugify(name)
-    if Organization.objects.filter(slug=slug).exists() or Organization.objects.filter(name=name).exists():
+    name = (name or "").strip()
+    if not name:
+        raise ServiceError("the organisation needs a name", field="name")
+    if slug and (len(slug) > SLUG_MAX or not _SLUG.match(slug)):
+        raise ServiceError("a slug is letters, digits, hyphens and underscores (ASCII)", field="slug")
+    if Organization.objects.filter(name=name).exists() or (slug and Organization.objects.filter(slug=slug).exists()):
         raise ServiceError("an organisation with this name or slug exists", field="name", code="duplicate")
+    slug = slug or generate_slug(name, kind)
     organization = Organization.objects.create(name=name, slug=slug, kind=kind)
     if kind == Organization.Kind.AGENCY:
         ensure_agency_keys(organization, actor=actor)

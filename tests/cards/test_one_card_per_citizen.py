@@ -121,3 +121,25 @@ def test_two_cards_two_state_files_and_card_file_names_them(world: World, tmp_pa
     for username in ("nobody", "citizen1"):  # no such user; a card that is not emulated
         with pytest.raises(CommandError):
             call_command("card_file", username, stdout=io.StringIO())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_keeps_the_oldest_live_card_of_a_holder() -> None:
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before, after = [("cards", "0003_card_packages")], [("cards", "0004_one_live_card_per_holder")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    apps = executor.loader.project_state(before).apps
+    agency = apps.get_model("issuers", "Organization").objects.create(name="Agency", slug="agency", kind="agency")
+    holder = apps.get_model("auth", "User").objects.create(username="twice")
+    old_card = apps.get_model("cards", "Card")
+    for cin in ("0000000000000001", "0000000000000002"):
+        old_card.objects.create(cin=cin, serial=cin, kdd="00" * 10, holder=holder, issued_by=agency)
+    executor.loader.build_graph()
+    executor.migrate(after)
+    assert dict(Card.objects.values_list("cin", "holder_id")) == {
+        "0000000000000001": holder.pk,
+        "0000000000000002": None,
+    }

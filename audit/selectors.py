@@ -2,7 +2,8 @@
 
 Visibility:
 - the agency and regulators read every entry (and may export the whole log);
-- a bank reads the entries whose ``organization_slug`` is its own;
+- a bank reads the entries whose ``organization_slug`` is its own (never the empty slug of
+  entries that concern no organisation);
 - a citizen reads the entries of their own cards (``card_cin`` of a card they hold);
 - anyone else reads nothing.
 
@@ -170,8 +171,9 @@ def entries_for(user: User | None) -> QuerySet[AuditEntry]:
     if who.is_agency or who.is_regulator:
         return entries
     if who.bank_ids:
-        slugs = Organization.objects.filter(pk__in=who.bank_ids).values("slug")
-        return entries.filter(organization_slug__in=slugs)
+        # Never match on an empty value: entries that concern no organisation have slug "".
+        slugs = Organization.objects.filter(pk__in=who.bank_ids).exclude(slug="").values("slug")
+        return entries.filter(organization_slug__in=slugs).exclude(organization_slug="")
     if who.is_citizen:
         cins = Card.objects.filter(holder_id=who.user_id).values("cin")
         return entries.filter(card_cin__in=cins).exclude(card_cin="")

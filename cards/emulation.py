@@ -17,6 +17,7 @@ from django.conf import settings
 from cards.models import Card
 from cardsim import store
 from cardsim.state import new_state
+from ecard.errors import ServiceError
 from gp.keys import StaticKeys
 from issuers import custody
 from issuers.custody_models import KeySet
@@ -27,8 +28,18 @@ SSD_INITIAL_KVN = {0x02: 0x20, 0x03: 0x30}  # a new SSD's initial key set, befor
 
 
 def state_path(card: Card) -> Path:
-    holder = card.holder.get_username() if card.holder is not None else card.cin
-    return Path(settings.ECARD_CARDS_DIR) / f"{holder}.json"
+    """``ECARD_CARDS_DIR/<CIN>.json``: one file per card (the CIN is unique and hexadecimal), never
+    named after the holder, so a second card can never overwrite another card's secure memory."""
+    if not card.cin or not all(c in "0123456789ABCDEF" for c in card.cin):
+        raise ValueError("a card's state file is named after its CIN: upper-case hexadecimal")
+    return Path(settings.ECARD_CARDS_DIR) / f"{card.cin}.json"
+
+
+def _claim(path: Path, card: Card) -> None:
+    """Refuse to personalise over another card's state file."""
+    taken = Card.objects.filter(state_file=str(path)).exclude(pk=card.pk)
+    if taken.exists():
+        raise ServiceError(f"the state file {path.name} belongs to another card", field="cin", code="duplicate")
 
 
 def agency_master(agency, scheme: str) -> KeySet:
@@ -87,6 +98,7 @@ def personalise(card: Card, *, path: Path | None = None) -> Path:
     )
     public_key = serialization.load_pem_public_key(token_keyset.public_key.encode())
     path = path or state_path(card)
+    _claim(path, card)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = new_state(
         scp=card.scp,

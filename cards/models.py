@@ -48,8 +48,19 @@ class Card(models.Model):
     state_file = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
+    # A citizen holds one card at a time: a TERMINATED card no longer counts (a CARD_LOCKED one
+    # does; it can be unlocked). Enforced here and in cards.services (issue_card, assign_holder).
+    LIVE = ~Q(lifecycle=Lifecycle.TERMINATED)
+
     class Meta:
         ordering = ("cin",)
+        constraints = [
+            models.UniqueConstraint(
+                fields=("holder",),
+                condition=Q(holder__isnull=False) & ~Q(lifecycle="TERMINATED"),
+                name="one_live_card_per_holder",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"card {self.cin}"

@@ -52,6 +52,23 @@ def consent_text_for(card: Card, bank: Organization) -> str:
     )
 
 
+def live_card_of(holder: AbstractBaseUser, *, exclude: Card | None = None) -> Card | None:
+    """The holder's card that still counts (not TERMINATED): a citizen holds one at a time."""
+    cards = Card.objects.filter(Card.LIVE, holder=holder)
+    if exclude is not None:
+        cards = cards.exclude(pk=exclude.pk)
+    return cards.first()
+
+
+def _refuse_second_card(holder: AbstractBaseUser, *, exclude: Card | None = None) -> None:
+    if live_card_of(holder, exclude=exclude) is not None:
+        raise ServiceError(
+            f"{holder.get_username()} already holds a card; a citizen holds one card at a time",
+            field="holder",
+            code="duplicate",
+        )
+
+
 @transaction.atomic
 def issue_card(
     *,
@@ -69,6 +86,8 @@ def issue_card(
         raise ServiceError("only the agency issues cards", field="agency")
     if holder is not None and holder.memberships.exists():
         raise ServiceError("organisation members cannot hold a citizen card", field="holder")
+    if holder is not None:
+        _refuse_second_card(holder)
     if scp not in (0x02, 0x03):
         raise ServiceError("SCP must be 02 or 03", field="scp")
     if scp == 0x02 and key_scheme == "kdf3":
@@ -79,19 +98,26 @@ def issue_card(
     serial = serial or f"EC{cin[-12:]}"
     if Card.objects.filter(cin=cin).exists() or Card.objects.filter(serial=serial).exists():
         raise ServiceError("a card with this CIN or serial exists", field="cin", code="duplicate")
-    card = Card.objects.create(
-        cin=cin,
-        serial=serial,
-        iin="",
-        kdd=secrets.token_hex(10).upper(),
-        key_scheme=key_scheme,
-        scp=scp,
-        scp_i=0x70 if scp == 0x03 else 0x55,
-        isd_kvn=0x30 if scp == 0x03 else 0x20,
-        holder=holder,
-        issued_by=agency,
-        emulated=emulated,
-    )
+    try:
+        with transaction.atomic():  # a concurrent issuance to the same holder or CIN loses here
+            card = Card.objects.create(
+                cin=cin,
+                serial=serial,
+                iin="",
+                kdd=secrets.token_hex(10).upper(),
+                key_scheme=key_scheme,
+                scp=scp,
+                scp_i=0x70 if scp == 0x03 else 0x55,
+                isd_kvn=0x30 if scp == 0x03 else 0x20,
+                holder=holder,
+                issued_by=agency,
+                emulated=emulated,
+            )
+    except IntegrityError as exc:
+        raise ServiceError(
+            "the holder already holds a card, or a card with this CIN or serial exists", field="holder",
+            code="duplicate",
+        ) from exc
     SecurityDomain.objects.create(
         card=card,
         organization=agency,
@@ -344,10 +370,21 @@ def assign_holder(*, card: Card, holder: AbstractBaseUser, actor: AbstractBaseUs
     card = Card.objects.select_for_update().get(pk=card.pk)
     if card.holder_id is not None and card.holder_id != holder.pk:
         raise ServiceError("the card already has a holder", field="holder", code="state")
+    if card.lifecycle == Card.Lifecycle.TERMINATED:
+        raise ServiceError("the card is TERMINATED", field="card", code="state")
     if holder.memberships.exists():
         raise ServiceError("organisation members cannot hold a citizen card", field="holder")
+    if card.holder_id == holder.pk:
+        return card
+    _refuse_second_card(holder, exclude=card)
     card.holder = holder
-    card.save(update_fields=["holder"])
+    try:
+        with transaction.atomic():  # a concurrent assignment of the same holder loses here
+            card.save(update_fields=["holder"])
+    except IntegrityError as exc:
+        raise ServiceError(
+            f"{holder.get_username()} already holds a card", field="holder", code="duplicate"
+        ) from exc
     record_event(
         action="card.holder_assigned", subject_type="card", subject_id=card.cin, card_cin=card.cin, actor=actor
     )

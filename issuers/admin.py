@@ -1,4 +1,5 @@
-"""Django admin for operators. Organisations and members are editable; keys appear as metadata only."""
+"""Django admin for operators. Organisations are editable, members are shown (they join by invitation);
+keys appear as metadata only."""
 
 from __future__ import annotations
 
@@ -8,9 +9,22 @@ from issuers.models import AidRange, Membership, Organization, SsdTemplate
 
 
 class MembershipInline(admin.TabularInline):
+    """Read-only: members join by accepting an invitation (issuers.services), with its rules and
+    audit entries; the admin must not be a way around them."""
+
     model = Membership
     extra = 0
-    autocomplete_fields = ("user",)
+    fields = ("user", "role", "created_at")
+    readonly_fields = fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
 
 
 class AidRangeInline(admin.TabularInline):

@@ -7,14 +7,15 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import exceptions, mixins, serializers, status, viewsets
+from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ecard.api import ActionRules, agency_operator
 from issuers import selectors, services
-from issuers.models import AidRange, Membership, Organization, SsdTemplate
-from issuers.roles import Principal
+from issuers.models import AidRange, Invitation, Membership, Organization, SharedMemberApproval, SsdTemplate
+from issuers.roles import Principal, principal
 
 
 class WhoAmIApi(APIView):
@@ -132,15 +133,54 @@ class MembershipSerializer(serializers.ModelSerializer):
 
 class AddMemberSerializer(serializers.Serializer):
     organization = serializers.SlugField()
-    username = serializers.CharField()
+    username = serializers.CharField(max_length=150)
     role = serializers.ChoiceField(choices=Membership.Role.choices)
 
 
+class InvitationSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    invited_by = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Invitation
+        fields = ("id", "organization", "username", "role", "state", "invited_by", "created_at", "decided_at")
+
+    def get_invited_by(self, invitation: Invitation) -> str | None:
+        return invitation.invited_by.get_username() if invitation.invited_by is not None else None
+
+
 def org_admin_of_target(who: Principal, request: Request, obj: Any) -> bool:
-    """Admins manage their own organisation's members."""
+    """Admins manage their own organisation's members and invitations."""
     if obj is None:
         return any(role == Membership.Role.ADMIN for role in who.roles.values())
     return who.has_role(obj.organization_id, Membership.Role.ADMIN)
+
+
+def invitee(who: Principal, request: Request, obj: Any) -> bool:
+    """Only the invited user answers an invitation."""
+    return who.is_authenticated if obj is None else obj.user_id == who.user_id
+
+
+def _user_named(username: str) -> Any:
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise serializers.ValidationError({"username": ["no such user"]})
+    return user
+
+
+def _invite(request: Request) -> Invitation:
+    """POST /members/ and POST /invitations/: an admin invites; the membership exists only once
+    the invited user accepts (POST /invitations/{id}/accept/)."""
+    payload = AddMemberSerializer(data=request.data)
+    payload.is_valid(raise_exception=True)
+    data = payload.validated_data
+    organization = selectors.organizations_for(request.user).filter(slug=data["organization"]).first()
+    if organization is None or not principal(request.user).has_role(organization.pk, Membership.Role.ADMIN):
+        raise exceptions.PermissionDenied("You administer no organisation with that slug.")
+    return services.invite_member(
+        organization=organization, user=_user_named(data["username"]), role=data["role"], actor=request.user
+    )
 
 
 class MembershipViewSet(
@@ -150,7 +190,8 @@ class MembershipViewSet(
     mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Members of organisations with their roles."""
+    """Members of organisations with their roles. Adding a member (POST) sends an invitation
+    (202); the user becomes a member when they accept it."""
 
     serializer_class = MembershipSerializer
     permission_classes = (ActionRules,)
@@ -161,27 +202,101 @@ class MembershipViewSet(
     def get_queryset(self):
         return selectors.memberships_for(self.request.user)
 
-    @extend_schema(request=AddMemberSerializer, responses={201: MembershipSerializer})
+    @extend_schema(request=AddMemberSerializer, responses={202: InvitationSerializer})
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        payload = AddMemberSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        data = payload.validated_data
-        organization = selectors.organizations_for(request.user).filter(slug=data["organization"]).first()
-        if organization is None or not self.request_is_admin_of(organization):
-            raise exceptions.PermissionDenied("You administer no organisation with that slug.")
-        user = get_user_model().objects.filter(username=data["username"]).first()
-        if user is None:
-            raise serializers.ValidationError({"username": ["no such user"]})
-        membership = services.add_member(organization=organization, user=user, role=data["role"], actor=request.user)
-        return Response(self.get_serializer(membership).data, status=status.HTTP_201_CREATED)
-
-    def request_is_admin_of(self, organization: Organization) -> bool:
-        from issuers.roles import principal
-
-        return principal(self.request.user).has_role(organization.pk, Membership.Role.ADMIN)
+        invitation = _invite(request)
+        return Response(
+            InvitationSerializer(invitation).data,
+            status=status.HTTP_202_ACCEPTED,
+            headers={"Location": f"/api/v1/invitations/{invitation.pk}/"},
+        )
 
     def perform_destroy(self, instance: Membership) -> None:
         services.remove_member(membership=instance, actor=self.request.user)
+
+
+class InvitationViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Invitations to organisations: an admin invites (create) or revokes; the invited user
+    accepts or declines. A pending invitation grants nothing."""
+
+    serializer_class = InvitationSerializer
+    permission_classes = (ActionRules,)
+    action_rules = {
+        "create": org_admin_of_target,
+        "revoke": org_admin_of_target,
+        "accept": invitee,
+        "decline": invitee,
+    }
+    filterset_fields = ("state", "organization__slug")
+    ordering_fields = ("created_at",)
+
+    def get_queryset(self):
+        return selectors.invitations_for(self.request.user)
+
+    @extend_schema(request=AddMemberSerializer, responses={201: InvitationSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return Response(InvitationSerializer(_invite(request)).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses=MembershipSerializer)
+    @action(detail=True, methods=["post"])
+    def accept(self, request: Request, pk: str | None = None) -> Response:
+        membership = services.accept_invitation(invitation=self.get_object(), user=request.user)
+        return Response(MembershipSerializer(membership).data)
+
+    @extend_schema(request=None, responses=InvitationSerializer)
+    @action(detail=True, methods=["post"])
+    def decline(self, request: Request, pk: str | None = None) -> Response:
+        return Response(InvitationSerializer(services.decline_invitation(invitation=self.get_object(),
+                                                                         user=request.user)).data)
+
+    @extend_schema(request=None, responses=InvitationSerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str | None = None) -> Response:
+        return Response(InvitationSerializer(services.revoke_invitation(invitation=self.get_object(),
+                                                                        actor=request.user)).data)
+
+
+class SharedMemberApprovalSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = SharedMemberApproval
+        fields = ("id", "organization", "username", "created_at")
+
+
+class ApproveSharedMemberSerializer(serializers.Serializer):
+    organization = serializers.SlugField(help_text="the bank the user may also join")
+    username = serializers.CharField(max_length=150)
+
+
+class SharedMemberApprovalViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet
+):
+    """Agency approvals that let a member of one bank be invited to another bank."""
+
+    serializer_class = SharedMemberApprovalSerializer
+    permission_classes = (ActionRules,)
+    action_rules = {"create": agency_operator}
+    ordering_fields = ("created_at",)
+
+    def get_queryset(self):
+        return selectors.shared_member_approvals_for(self.request.user)
+
+    @extend_schema(request=ApproveSharedMemberSerializer, responses={201: SharedMemberApprovalSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        payload = ApproveSharedMemberSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        bank = Organization.objects.filter(slug=data["organization"], kind=Organization.Kind.BANK).first()
+        if bank is None:
+            raise serializers.ValidationError({"organization": ["no such bank"]})
+        approval = services.approve_shared_member(
+            organization=bank, user=_user_named(data["username"]), actor=request.user
+        )
+        return Response(self.get_serializer(approval).data, status=status.HTTP_201_CREATED)
 
 
 class KeySetSerializer(serializers.Serializer):

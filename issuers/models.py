@@ -27,6 +27,9 @@ class Organization(models.Model):
 
     class Meta:
         ordering = ("name",)
+        # Audit visibility matches entries by slug; an empty slug would match every entry that
+        # concerns no organisation (tests/issuers/test_tenancy_slugs.py).
+        constraints = [models.CheckConstraint(condition=~models.Q(slug=""), name="organization_slug_not_empty")]
 
     def __str__(self) -> str:
         return self.name
@@ -63,6 +66,57 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} ({self.role}) in {self.organization}"
+
+
+class Invitation(models.Model):
+    """An organisation admin's offer of a membership; it grants nothing until the invited user
+    accepts it (:func:`issuers.services.accept_invitation` creates the :class:`Membership`)."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        DECLINED = "declined", "Declined"
+        REVOKED = "revoked", "Revoked"
+
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="invitations")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="invitations")
+    role = models.CharField(max_length=16, choices=Membership.Role.choices)
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING)
+    invited_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("user", "organization"), condition=models.Q(state="pending"), name="one_pending_invitation"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"invitation of {self.user} to {self.organization} as {self.role}: {self.state}"
+
+
+class SharedMemberApproval(models.Model):
+    """The agency allows a user who already belongs to another bank to also join ``organization``
+    (organisations never share a user otherwise). Agency and regulator accounts are never shared."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    organization = models.ForeignKey(Organization, on_delete=models.CASCADE, related_name="shared_member_approvals")
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+        constraints = [models.UniqueConstraint(fields=("user", "organization"), name="one_sharing_approval")]
+
+    def __str__(self) -> str:
+        return f"{self.user} may also join {self.organization}"
 
 
 class AidRange(models.Model):

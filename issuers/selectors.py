@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Q, QuerySet
 
-from issuers.models import Membership, Organization
+from issuers.models import Invitation, Membership, Organization, SharedMemberApproval
 from issuers.roles import principal
 
 
@@ -50,6 +50,40 @@ def memberships_for(user: AbstractBaseUser) -> QuerySet[Membership]:
         return Membership.objects.none()
     scope = Q() if who.is_agency or who.is_regulator else Q(organization_id__in=who.org_ids())
     return Membership.objects.filter(scope).select_related("user", "organization")
+
+
+def _administered(who) -> list[int]:
+    return [org_id for org_id in who.org_ids() if who.has_role(org_id, Membership.Role.ADMIN)]
+
+
+def invitations_for(user: AbstractBaseUser) -> QuerySet[Invitation]:
+    """The invitations addressed to the user, and those of organisations they administer; the
+    agency and regulators see all."""
+    who = principal(user)
+    if not who.is_authenticated:
+        return Invitation.objects.none()
+    invitations = Invitation.objects.select_related("organization", "user", "invited_by")
+    if who.is_agency or who.is_regulator:
+        return invitations.all()
+    return invitations.filter(Q(user_id=who.user_id) | Q(organization_id__in=_administered(who)))
+
+
+def pending_invitations_of(user: AbstractBaseUser) -> QuerySet[Invitation]:
+    """Invitations the user has to answer (portal)."""
+    if not user.is_authenticated:
+        return Invitation.objects.none()
+    return Invitation.objects.filter(user=user, state=Invitation.State.PENDING).select_related("organization")
+
+
+def shared_member_approvals_for(user: AbstractBaseUser) -> QuerySet[SharedMemberApproval]:
+    """The agency and regulators see every approval; a bank's admins see those for their bank."""
+    who = principal(user)
+    if not who.is_authenticated:
+        return SharedMemberApproval.objects.none()
+    approvals = SharedMemberApproval.objects.select_related("organization", "user", "approved_by")
+    if who.is_agency or who.is_regulator:
+        return approvals.all()
+    return approvals.filter(organization_id__in=_administered(who))
 
 
 def active_banks() -> QuerySet[Organization]:

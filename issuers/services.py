@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import re
+import secrets
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
-from django.db import transaction
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.utils.text import slugify
 
 from audit.services import record_event
 from ecard.errors import ServiceError
 from issuers import roles
-from issuers.models import AidRange, Membership, Organization, SsdTemplate
+from issuers.models import AidRange, Invitation, Membership, Organization, SharedMemberApproval, SsdTemplate
 
 _HEX = re.compile(r"^([0-9A-F]{2})*$")
 
@@ -27,13 +30,53 @@ def normalise_hex(value: str, *, field: str, min_bytes: int = 0, max_bytes: int 
     return cleaned
 
 
+# Cyrillic and Greek letters to Latin (ISO 9 / ELOT 743 simplified), so "Банк Москва" gets
+# "bank-moskva"; letters without a Latin form (emoji, CJK) leave a generated slug instead.
+_TRANSLITERATION = {
+    **dict(zip("абвгдезийклмнопрстуфхцыэ", "abvgdezijklmnoprstufhcye", strict=True)),
+    "ё": "e", "ж": "zh", "ч": "ch", "ш": "sh", "щ": "shch", "ъ": "", "ь": "", "ю": "yu", "я": "ya",
+    "є": "ye", "і": "i", "ї": "yi", "ґ": "g", "ў": "u",
+    **dict(zip("αβγδεζηικλμνξοπρστυφω", "abgdeziiklmnxoprstyfo", strict=True)),
+    "θ": "th", "χ": "ch", "ψ": "ps", "ς": "s",
+}
+_SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
+SLUG_MAX = 64
+
+
+def transliterate(text: str) -> str:
+    """ASCII approximation of ``text``: Cyrillic/Greek transliterated, accents dropped, the rest removed."""
+    out = []
+    for char in unicodedata.normalize("NFC", text).lower():
+        if char in _TRANSLITERATION:
+            char = _TRANSLITERATION[char]
+        else:  # accented letters: transliterate the base letter, drop the marks
+            char = "".join(_TRANSLITERATION.get(c, c) for c in unicodedata.normalize("NFKD", char))
+        out.append(char.encode("ascii", "ignore").decode("ascii"))
+    return "".join(out)
+
+
+def generate_slug(name: str, kind: str) -> str:
+    """A unique, never empty slug for an organisation named ``name``."""
+    base = slugify(transliterate(name))[: SLUG_MAX - 9].strip("-_") or f"{kind}-{secrets.token_hex(4)}"
+    candidate, number = base, 2
+    while Organization.objects.filter(slug=candidate).exists():
+        candidate = f"{base}-{number}"
+        number += 1
+    return candidate
+
+
 @transaction.atomic
 def create_organization(*, name: str, kind: str, slug: str = "", actor: AbstractBaseUser | None = None) -> Organization:
     if kind not in Organization.Kind.values:
         raise ServiceError(f"unknown organisation kind {kind!r}", field="kind")
-    slug = slug or slugify(name)
-    if Organization.objects.filter(slug=slug).exists() or Organization.objects.filter(name=name).exists():
+    name = (name or "").strip()
+    if not name:
+        raise ServiceError("the organisation needs a name", field="name")
+    if slug and (len(slug) > SLUG_MAX or not _SLUG.match(slug)):
+        raise ServiceError("a slug is letters, digits, hyphens and underscores (ASCII)", field="slug")
+    if Organization.objects.filter(name=name).exists() or (slug and Organization.objects.filter(slug=slug).exists()):
         raise ServiceError("an organisation with this name or slug exists", field="name", code="duplicate")
+    slug = slug or generate_slug(name, kind)
     organization = Organization.objects.create(name=name, slug=slug, kind=kind)
     if kind == Organization.Kind.AGENCY:
         ensure_agency_keys(organization, actor=actor)
@@ -48,14 +91,63 @@ def create_organization(*, name: str, kind: str, slug: str = "", actor: Abstract
     return organization
 
 
+# --------------------------------------------------------------------------- membership rules
+#
+# Who may belong to an organisation (the same rules for invitations, their acceptance and the
+# direct add_member of seed commands): a card holder (citizen) is never a member; an agency or
+# regulator account belongs to that one organisation only; a bank member joins a second bank only
+# when the agency approved it (SharedMemberApproval).
+
+
+def membership_refusal(*, organization: Organization, user: AbstractBaseUser) -> ServiceError | None:
+    """Why ``user`` may not become a member of ``organization`` (None: they may)."""
+    if user.cards.exists():
+        return ServiceError(
+            "a card holder (citizen account) is never an organisation member", field="username", code="card_holder"
+        )
+    others = list(
+        Membership.objects.filter(user=user).exclude(organization=organization).select_related("organization")
+    )
+    if not others:
+        return None
+    exclusive = [m.organization for m in others if not m.organization.is_bank]
+    if exclusive or not organization.is_bank:
+        return ServiceError(
+            "agency and regulator accounts belong to their one organisation only; "
+            "this user already belongs to another organisation",
+            field="username",
+            code="exclusive_account",
+        )
+    if not SharedMemberApproval.objects.filter(user=user, organization=organization).exists():
+        return ServiceError(
+            "this user already belongs to another organisation; an agency operator must allow them "
+            "to join this one too (sharing approval)",
+            field="username",
+            code="needs_agency_approval",
+        )
+    return None
+
+
+def _check_may_join(organization: Organization, user: AbstractBaseUser) -> None:
+    refusal = membership_refusal(organization=organization, user=user)
+    if refusal is not None:
+        raise refusal
+
+
+def _is_org_admin(actor: AbstractBaseUser | None, organization: Organization) -> bool:
+    return actor is None or roles.principal(actor).has_role(organization.pk, Membership.Role.ADMIN)
+
+
 @transaction.atomic
 def add_member(
     *, organization: Organization, user: AbstractBaseUser, role: str, actor: AbstractBaseUser | None = None
 ) -> Membership:
+    """Make ``user`` a member directly, without an invitation: for the platform's own bootstrap
+    (seed commands, tests). The API and portal never call it: admins invite
+    (:func:`invite_member`) and the user accepts. The membership rules apply all the same."""
     if role not in Membership.Role.values:
         raise ServiceError(f"unknown role {role!r}", field="role")
-    if user.cards.exists():
-        raise ServiceError("a card holder cannot also be an organisation member", field="user")
+    _check_may_join(organization, user)
     membership, created = Membership.objects.update_or_create(
         user=user, organization=organization, defaults={"role": role}
     )
@@ -69,6 +161,151 @@ def add_member(
         details={"user": user.get_username(), "role": role},
     )
     return membership
+
+
+# --------------------------------------------------------------------------- invitations
+
+
+def _invitation_event(invitation: Invitation, action: str, actor: AbstractBaseUser | None) -> None:
+    record_event(
+        action=action,
+        subject_type="invitation",
+        subject_id=invitation.pk,
+        actor=actor,
+        organization=invitation.organization,
+        details={"user": invitation.user.get_username(), "role": invitation.role},
+    )
+
+
+@transaction.atomic
+def invite_member(
+    *, organization: Organization, user: AbstractBaseUser, role: str, actor: AbstractBaseUser | None
+) -> Invitation:
+    """An organisation admin invites ``user``; nothing is granted until the user accepts."""
+    if role not in Membership.Role.values:
+        raise ServiceError(f"unknown role {role!r}", field="role")
+    if not _is_org_admin(actor, organization):
+        raise ServiceError("only an administrator of the organisation invites members", code="not_admin")
+    if not organization.is_active:
+        raise ServiceError("the organisation is suspended", field="organization", code="state")
+    if Membership.objects.filter(user=user, organization=organization).exists():
+        raise ServiceError("this user is already a member of the organisation", field="username", code="duplicate")
+    _check_may_join(organization, user)
+    try:
+        with transaction.atomic():
+            invitation = Invitation.objects.create(
+                organization=organization,
+                user=user,
+                role=role,
+                invited_by=actor if actor is not None and getattr(actor, "pk", None) else None,
+            )
+    except IntegrityError as exc:
+        raise ServiceError(
+            "this user already has a pending invitation to the organisation", field="username", code="duplicate"
+        ) from exc
+    _invitation_event(invitation, "invitation.created", actor)
+    return invitation
+
+
+def _locked_pending(invitation: Invitation) -> Invitation:
+    invitation = Invitation.objects.select_for_update(of=("self",)).select_related("organization", "user").get(
+        pk=invitation.pk
+    )
+    if invitation.state != Invitation.State.PENDING:
+        raise ServiceError(f"the invitation is {invitation.state}", code="state")
+    return invitation
+
+
+@transaction.atomic
+def accept_invitation(*, invitation: Invitation, user: AbstractBaseUser) -> Membership:
+    """The invited user accepts: the membership exists from now on. The membership rules are
+    checked again (the user may have got a card or joined another organisation since)."""
+    invitation = _locked_pending(invitation)
+    if invitation.user_id != user.pk:
+        raise ServiceError("this invitation is addressed to someone else", code="not_found")
+    if not invitation.organization.is_active:
+        raise ServiceError("the organisation is suspended", field="organization", code="state")
+    _check_may_join(invitation.organization, user)
+    membership, _created = Membership.objects.get_or_create(
+        user=user, organization=invitation.organization, defaults={"role": invitation.role}
+    )
+    invitation.state = Invitation.State.ACCEPTED
+    invitation.decided_at = timezone.now()
+    invitation.save(update_fields=["state", "decided_at"])
+    roles.forget(user)
+    _invitation_event(invitation, "invitation.accepted", user)
+    record_event(
+        action="member.added",
+        subject_type="membership",
+        subject_id=membership.pk,
+        actor=user,
+        organization=invitation.organization,
+        details={"user": user.get_username(), "role": membership.role, "invitation": invitation.pk},
+    )
+    return membership
+
+
+@transaction.atomic
+def decline_invitation(*, invitation: Invitation, user: AbstractBaseUser) -> Invitation:
+    invitation = _locked_pending(invitation)
+    if invitation.user_id != user.pk:
+        raise ServiceError("this invitation is addressed to someone else", code="not_found")
+    invitation.state = Invitation.State.DECLINED
+    invitation.decided_at = timezone.now()
+    invitation.save(update_fields=["state", "decided_at"])
+    _invitation_event(invitation, "invitation.declined", user)
+    return invitation
+
+
+@transaction.atomic
+def revoke_invitation(*, invitation: Invitation, actor: AbstractBaseUser | None) -> Invitation:
+    invitation = _locked_pending(invitation)
+    if not _is_org_admin(actor, invitation.organization):
+        raise ServiceError("only an administrator of the organisation revokes its invitations", code="not_admin")
+    invitation.state = Invitation.State.REVOKED
+    invitation.decided_at = timezone.now()
+    invitation.save(update_fields=["state", "decided_at"])
+    _invitation_event(invitation, "invitation.revoked", actor)
+    return invitation
+
+
+@transaction.atomic
+def approve_shared_member(
+    *, organization: Organization, user: AbstractBaseUser, actor: AbstractBaseUser | None
+) -> SharedMemberApproval:
+    """An agency operator allows a member of another bank to be invited to ``organization`` too."""
+    who = roles.principal(actor) if actor is not None else None
+    if who is not None and not who.agency_operator:
+        raise ServiceError("only an agency operator allows a user to join a second bank", code="not_agency")
+    if not organization.is_bank:
+        raise ServiceError("only bank memberships can be shared", field="organization", code="exclusive_account")
+    if user.cards.exists():
+        raise ServiceError(
+            "a card holder (citizen account) is never an organisation member", field="username", code="card_holder"
+        )
+    if Membership.objects.filter(user=user).exclude(organization__kind=Organization.Kind.BANK).exists():
+        raise ServiceError(
+            "agency and regulator accounts belong to their one organisation only",
+            field="username",
+            code="exclusive_account",
+        )
+    approval, created = SharedMemberApproval.objects.get_or_create(
+        user=user,
+        organization=organization,
+        defaults={"approved_by": actor if actor is not None and getattr(actor, "pk", None) else None},
+    )
+    if created:
+        agency = Organization.objects.filter(pk__in=who.org_ids(Organization.Kind.AGENCY)).first() if who else None
+        record_event(
+            action="member.sharing_approved",
+            subject_type="shared_member_approval",
+            subject_id=approval.pk,
+            actor=actor,
+            actor_org=agency,
+            organization=organization,
+            details={"user": user.get_username()},
+        )
+    return approval
 
 
 @transaction.atomic

@@ -8,6 +8,8 @@ from issuers import apis
 router = SimpleRouter()
 router.register("organizations", apis.OrganizationViewSet, basename="organization")
 router.register("members", apis.MembershipViewSet, basename="member")
+router.register("invitations", apis.InvitationViewSet, basename="invitation")
+router.register("sharing-approvals", apis.SharedMemberApprovalViewSet, basename="sharing-approval")
 router.register("key-sets", apis.KeySetViewSet, basename="key-set")
 
 urlpatterns = [

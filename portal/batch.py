@@ -83,7 +83,7 @@ def parse(data: bytes) -> list[Row]:
                 problems.append(f"no user named {username!r}")
             elif holder.memberships.exists():
                 problems.append(f"{username} is an organisation member and cannot hold a citizen card")
-            elif Card.objects.filter(holder=holder).exists():
+            elif card_services.live_card_of(holder) is not None:
                 problems.append(f"{username} already holds a card")
         else:
             problems.append("holder is empty")

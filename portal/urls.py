@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from portal.views import agency, auth, bank, citizen, pages, rollouts
+from portal.views import account, agency, auth, bank, citizen, pages, rollouts
 
 app_name = "portal"
 
@@ -13,6 +13,8 @@ urlpatterns = [
     path("accounts/login/verify/", auth.login_verify, name="login-verify"),
     path("accounts/password_reset/", auth.PortalPasswordResetView.as_view(), name="password-reset"),
     path("account/second-factor/", auth.second_factor, name="second-factor"),
+    path("account/invitations/", account.invitations, name="invitations"),
+    path("account/invitations/<int:invitation>/", account.answer_invitation, name="invitation-answer"),
     # Citizen
     path("card/", citizen.my_card, name="my-card"),
     path("card/connect/", citizen.connect, name="connect"),

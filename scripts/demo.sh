@@ -2,7 +2,8 @@
 # `make demo`, after install/migrate/seed: attach the demo citizens' emulated cards to PC/SC
 # virtual readers (when pcscd and vsmartcard-vpcd are installed), then serve the platform.
 #   citizen1 -> "Virtual PCD 00 00" (vpcd port 35963), citizen2 -> "Virtual PCD 00 01" (35964)
-# Without pcscd the cards stay files in var/cards/ that the agent drives in-process.
+# Without pcscd the cards stay files in var/cards/<CIN>.json (`manage.py card_file citizen1` prints
+# the path) that the agent drives in-process.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -22,13 +23,15 @@ fi
 if pidof pcscd >/dev/null; then
     port=35963
     for citizen in citizen1 citizen2; do
-        "$PY" -m cardsim serve "var/cards/$citizen.json" --vpcd "127.0.0.1:$port" &
-        pids+=("$!")
-        echo "card of $citizen: reader 'Virtual PCD 00 0$((port - 35963))'"
+        if card_file=$("$PY" manage.py card_file "$citizen"); then
+            "$PY" -m cardsim serve "$card_file" --vpcd "127.0.0.1:$port" &
+            pids+=("$!")
+            echo "card of $citizen ($card_file): reader 'Virtual PCD 00 0$((port - 35963))'"
+        fi
         port=$((port + 1))
     done
 else
-    echo "pcscd with vsmartcard-vpcd is not running: demo cards stay in var/cards/ (agent --card-file)"
+    echo "pcscd with vsmartcard-vpcd is not running: demo cards stay in var/cards/ (agent --card-file \"\$(.venv/bin/python manage.py card_file citizen1)\")"
 fi
 echo "E-Card demo on http://$HOST:$PORT/  (users in README.md, password ecard-demo)"
 "$PY" manage.py runserver "$HOST:$PORT"

@@ -7,6 +7,7 @@ from typing import Any
 from django import template
 from django.urls import reverse
 
+from issuers import selectors as issuer_selectors
 from issuers.models import Organization
 from issuers.roles import principal
 from portal import totp
@@ -42,6 +43,8 @@ def portal_nav(context: dict[str, Any]) -> list[dict[str, Any]]:
         links += [("Oversight", reverse("portal:regulator"))]
     if who.is_member:
         links += [("Audit log", reverse("audit:log"))]
+    if issuer_selectors.pending_invitations_of(request.user).exists():
+        links += [("Invitations", reverse("portal:invitations"))]
     path = request.path
     best = max((url for _label, url in links if path.startswith(url)), key=len, default=None)
     return [{"label": label, "url": url, "current": url == best} for label, url in links]

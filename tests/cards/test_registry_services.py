@@ -183,10 +183,16 @@ def test_agency_issues_a_card_with_its_isd(world: World) -> None:
 
 
 def test_org_admin_manages_only_own_members(world: World) -> None:
-    make_user("newhire")
+    newhire = make_user("newhire")
     client = api(world, "alpha_admin")
     ok = client.post("/api/v1/members/", {"organization": "alpha", "username": "newhire", "role": "operator"})
-    assert ok.status_code == 201
+    # Adding a member is an invitation (202); the user is a member once they accept it.
+    assert ok.status_code == 202 and ok.json()["state"] == "pending"
+    assert not newhire.memberships.exists()
+    invitee = APIClient()
+    invitee.force_authenticate(newhire)
+    assert invitee.post(f"/api/v1/invitations/{ok.json()['id']}/accept/").status_code == 200
+    assert newhire.memberships.get().organization == world.alpha
     assert client.post(
         "/api/v1/members/", {"organization": "beta", "username": "newhire", "role": "admin"}
     ).status_code in (403, 400)

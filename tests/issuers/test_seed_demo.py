@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -48,10 +49,16 @@ def test_seed_demo_is_idempotent_and_complete(tmp_path: Path) -> None:
         ("alpha", "bank"),
         ("beta", "bank"),
     }
+    files = set()
     for number in (1, 2, 3):
         card = Card.objects.get(holder__username=f"citizen{number}")
-        assert Path(card.state_file) == tmp_path / f"citizen{number}.json"
+        assert Path(card.state_file) == tmp_path / f"{card.cin}.json"  # one file per card, named by CIN
         assert Path(card.state_file).exists()
+        files.add(card.state_file)
+        out = io.StringIO()
+        call_command("card_file", f"citizen{number}", stdout=out)
+        assert out.getvalue().strip() == card.state_file
+    assert len(files) == 3
     pending = CardJob.objects.get(card__holder__username="citizen1")
     assert pending.kind == CardJob.Kind.ENROLL_BANK and pending.organization.slug == "alpha"
     assert Release.objects.filter(bank__slug="alpha").count() == 2

@@ -117,6 +117,8 @@ def test_bad_files_are_refused_with_a_precise_reason_and_nothing_stored(world: W
 
 def test_an_operator_of_two_banks_names_the_bank(world: World) -> None:
     user = world.users["alpha_op"]
+    # A member of two banks: only with the agency's approval (organisations never share a user otherwise).
+    issuer_services.approve_shared_member(organization=world.beta, user=user, actor=world.users["agency_op"])
     issuer_services.add_member(organization=world.beta, user=user, role=Membership.Role.OPERATOR)
     client = client_for(world, "alpha_op")
     assert_problem(upload(client, alpha_cap(world)), 400, "name the bank")

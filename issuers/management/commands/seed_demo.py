@@ -2,7 +2,8 @@
 applet releases, a regulator, three citizens with emulated cards, and one pending enrollment.
 
 Demo users (local use only; README), password ``ecard-demo``: agency, alpha, beta, regulator,
-citizen1, citizen2, citizen3. Each demo card's state file is ``var/cards/<username>.json``.
+citizen1, citizen2, citizen3. Each demo card's state file is ``var/cards/<CIN>.json``
+(``manage.py card_file citizen1`` prints it).
 """
 
 from __future__ import annotations

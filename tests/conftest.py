@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -58,3 +60,19 @@ def pytest_configure(config: pytest.Config) -> None:
     app.conf.task_eager_propagates = True
     if not getattr(settings, "ECARD_MASTER_KEY", ""):
         settings.ECARD_MASTER_KEY = os.environ["ECARD_MASTER_KEY"]
+
+
+@pytest.fixture
+def migrator() -> Iterator[Any]:
+    """A migration executor for data-migration tests. Whatever state a test migrates to, the
+    database is brought back to the latest migrations afterwards, so later tests (and the live
+    server of the browser tests) find every table."""
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    try:
+        yield executor
+    finally:
+        executor.loader.build_graph()
+        executor.migrate(executor.loader.graph.leaf_nodes())

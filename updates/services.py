@@ -285,7 +285,7 @@ def expire_idle_sessions() -> int:
     """Close sessions idle past their deadline; their running jobs go back to pending (resume later)."""
     now = timezone.now()
     stale = list(
-        CardSession.objects.select_for_update(skip_locked=True)
+        CardSession.objects.select_for_update(skip_locked=True, of=("self",))
         .select_related("card")
         .filter(state=CardSession.State.OPEN, expires_at__lt=now)
     )

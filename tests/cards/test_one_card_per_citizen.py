@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -124,12 +125,9 @@ def test_two_cards_two_state_files_and_card_file_names_them(world: World, tmp_pa
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_migration_keeps_the_oldest_live_card_of_a_holder() -> None:
-    from django.db import connection
-    from django.db.migrations.executor import MigrationExecutor
-
+def test_the_migration_keeps_the_oldest_live_card_of_a_holder(migrator: Any) -> None:
     before, after = [("cards", "0003_card_packages")], [("cards", "0004_one_live_card_per_holder")]
-    executor = MigrationExecutor(connection)
+    executor = migrator
     executor.migrate(before)
     apps = executor.loader.project_state(before).apps
     agency = apps.get_model("issuers", "Organization").objects.create(name="Agency", slug="agency", kind="agency")

@@ -7,7 +7,7 @@ matches the empty value."""
 from __future__ import annotations
 
 import pytest
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 from rest_framework.test import APIClient
@@ -104,8 +104,8 @@ def test_the_portal_admission_form_gives_a_slug_too(world: World) -> None:
 
 
 @pytest.mark.django_db(transaction=True)
-def test_the_migration_gives_existing_empty_slugs_a_generated_one() -> None:
-    executor = MigrationExecutor(connection)
+def test_the_migration_gives_existing_empty_slugs_a_generated_one(migrator: MigrationExecutor) -> None:
+    executor = migrator
     before, after = [("issuers", "0002_key_custody")], [("issuers", "0003_organization_slug_not_empty")]
     executor.migrate(before)
     old = executor.loader.project_state(before).apps.get_model("issuers", "Organization")

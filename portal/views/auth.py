@@ -122,6 +122,7 @@ def login_verify(request: HttpRequest) -> HttpResponse:
             target = _safe_next(request, request.session.get(PENDING_NEXT, ""))
             _clear_pending(request)
             login(request, user, backend=backend)
+            totp.mark_session_passed(request)
             return redirect(target)
         else:
             ratelimit.record_failure("totp", user.get_username(), request)
@@ -153,6 +154,7 @@ def second_factor(request: HttpRequest) -> HttpResponse:
                 totp.disable(request.user)
                 messages.success(request, "The second factor is off.")
             else:
+                totp.mark_session_passed(request)
                 messages.success(request, "The second factor is on: you will be asked for a code at each login.")
             return redirect("portal:second-factor")
         if form.is_valid():

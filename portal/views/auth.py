@@ -174,8 +174,8 @@ def second_factor(request: HttpRequest) -> HttpResponse:
 
 
 class PortalPasswordResetForm(PasswordResetForm):
-    """Sends through the configured backend; on a development server with no mail set up
-    (DEBUG and Django's default SMTP backend), the mail is printed on the console instead."""
+    """Sends through the configured backend; outside production (DEBUG not 0) with no mail set up
+    (Django's default SMTP backend, no account), the mail is printed on the console instead."""
 
     def send_mail(
         self,
@@ -186,7 +186,9 @@ class PortalPasswordResetForm(PasswordResetForm):
         to_email: str,
         html_email_template_name: str | None = None,
     ) -> None:
-        dev_console = settings.DEBUG and settings.EMAIL_BACKEND == SMTP_BACKEND and not settings.EMAIL_HOST_USER
+        dev_console = (
+            not settings.PRODUCTION and settings.EMAIL_BACKEND == SMTP_BACKEND and not settings.EMAIL_HOST_USER
+        )
         connection = get_connection(CONSOLE_BACKEND if dev_console else None)
         subject = "".join(loader.render_to_string(subject_template_name, context).splitlines())
         body = loader.render_to_string(email_template_name, context)

@@ -100,6 +100,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Refusals (403, object-route 404) into the security event log (audit/security.py).
+    "audit.middleware.SecurityEventMiddleware",
 ]
 
 ROOT_URLCONF = "ecard.urls"

@@ -22,6 +22,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
+from audit import security
 from portal import ratelimit, totp
 from portal.forms import posted
 
@@ -67,6 +68,8 @@ class PortalLoginView(auth_views.LoginView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         username = request.POST.get("username", "")
         if ratelimit.blocked("login", username, request):
+            security.record(security.Kind.LOGIN_THROTTLED, request=request, username=username, status=429,
+                            reason="too many failed attempts")
             # Refused before any password check: an unbound form, so nothing is authenticated.
             form = self.form_class(request, initial={"username": username[:150]})
             return self.render_to_response(self.get_context_data(form=form, throttled=TOO_MANY), status=429)
@@ -113,6 +116,8 @@ def login_verify(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST":
         if ratelimit.blocked("totp", user.get_username(), request):
+            security.record(security.Kind.LOGIN_THROTTLED, request=request, user=user, status=429,
+                            reason="second factor: too many failed attempts")
             form = CodeForm()
             form.add_error(None, TOO_MANY)
             status = 429
@@ -126,6 +131,8 @@ def login_verify(request: HttpRequest) -> HttpResponse:
             return redirect(target)
         else:
             ratelimit.record_failure("totp", user.get_username(), request)
+            security.record(security.Kind.SECOND_FACTOR_FAILED, request=request, user=user, status=400,
+                            reason="second factor code refused")
             if form.is_valid():
                 form.add_error("code", "That code is not valid. Check your device's clock and try the next code.")
             status = 400

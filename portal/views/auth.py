@@ -107,8 +107,9 @@ def login_verify(request: HttpRequest) -> HttpResponse:
         _clear_pending(request)
         messages.info(request, "Please log in again.")
         return redirect("login")
-    user = get_user_model().objects.get(pk=user_id)
-    device = totp.device_for(user)
+    # The account may have been deleted or deactivated since the password step: start again.
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    device = totp.device_for(user) if user is not None else None
     if device is None or device.confirmed_at is None:
         _clear_pending(request)
         return redirect("login")

@@ -206,3 +206,16 @@ def test_organisation_admin_shows_without_editing(world: World, root) -> None:
     page = admin_client(root).get(f"/admin/issuers/organization/{world.alpha.pk}/change/")
     assert page.status_code == 200 and "Alpha Bank" in page.content.decode()
     assert Organization.objects.get(pk=world.alpha.pk).name == "Alpha Bank"
+
+
+def test_account_deactivated_between_password_and_code_is_not_logged_in(root) -> None:
+    device = enrol(admin_client(root))
+    client = Client()
+    client.post("/admin/login/", {"username": "root", "password": PASSWORD, "next": "/admin/"})
+    root.is_active = False
+    root.save()
+    response = client.post("/accounts/login/verify/", {"code": totp.code_at(device, time.time() + totp.STEP)})
+    assert response.status_code == 302 and response["Location"] == "/accounts/login/"
+    assert "_auth_user_id" not in client.session
+    root.delete()
+    assert client.get("/accounts/login/verify/").status_code == 302  # no 500 for a vanished account

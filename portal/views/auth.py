@@ -209,4 +209,19 @@ class PortalPasswordResetForm(PasswordResetForm):
 
 
 class PortalPasswordResetView(auth_views.PasswordResetView):
+    """Django's reset, throttled like the login (per address and e-mail, and per address): each
+    request sends mail, so unthrottled it is a way to flood someone's inbox from the platform."""
+
     form_class = PortalPasswordResetForm
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        email = request.POST.get("email", "")[:254]
+        if ratelimit.blocked("reset", email, request):
+            security.record(security.Kind.LOGIN_THROTTLED, request=request, status=429,
+                            reason="password reset: too many requests")
+            form = self.form_class({"email": email})
+            form.is_valid()
+            form.add_error(None, "Too many requests. Wait 15 minutes and try again.")
+            return self.render_to_response(self.get_context_data(form=form), status=429)
+        ratelimit.record_failure("reset", email, request)  # every request counts: each may send mail
+        return super().post(request, *args, **kwargs)

@@ -39,7 +39,7 @@ from rest_framework.views import APIView
 
 from audit import selectors, services
 from audit.merkle import ProofError
-from audit.models import AuditEntry, Checkpoint
+from audit.models import AuditEntry, Checkpoint, SecurityEvent
 from ecard.api import ActionRules, agency_operator, anyone
 
 
@@ -312,3 +312,38 @@ def export_response(checkpoint: Checkpoint) -> StreamingHttpResponse:
     response["Content-Disposition"] = f'attachment; filename="audit-log-{checkpoint.size}.jsonl"'
     response["Cache-Control"] = "no-store"
     return response
+
+
+class SecurityEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = SecurityEvent
+        fields = ("id", "kind", "first_seen", "last_seen", "count", "username", "source", "method", "path",
+                  "status", "organization_slug", "reason")
+
+
+@extend_schema_view(
+    list=extend_schema(summary="Refused actions (agency and regulators; 404 for everyone else)"),
+    retrieve=extend_schema(summary="One security event"),
+)
+class SecurityEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """The security event log: refused logins, refused API credentials, 403s, object-route 404s,
+    refused consents and rejected uploads (docs/audit.md, "Security event log")."""
+
+    serializer_class = SecurityEventSerializer
+    permission_classes = (ActionRules,)
+    filterset_class = selectors.SecurityEventFilter
+    ordering_fields = ("last_seen", "count")
+
+    def get_queryset(self):
+        return selectors.security_events_for(self.request.user)
+
+    def initial(self, request: Request, *args: Any, **kwargs: Any) -> None:
+        super().initial(request, *args, **kwargs)
+        if not selectors.can_read_security_events(request.user):
+            # Not there for banks and citizens (not even as a 403); the refusal itself is recorded.
+            from audit import security
+
+            security.record(security.Kind.NOT_FOUND, request=request._request, status=404,
+                            reason="security event log")
+            security.mark_logged(request._request)
+            raise NotFound()

@@ -161,3 +161,52 @@ class Checkpoint(models.Model):
 
     def __str__(self) -> str:
         return f"checkpoint at size {self.size}"
+
+
+class SecurityEvent(models.Model):
+    """A refused action: a failed login, a bad API credential, a 403, a 404 on an object route, a
+    refused consent or upload (``audit.security``). Kept apart from the transparency log: it is
+    evidence of attempts, not of state changes, so it is neither signed nor exported, and it is
+    bounded (coalesced per minute, capped per source and overall, purged after a retention time).
+    Only the agency and regulators read it. Never holds a password, token or key."""
+
+    class Kind(models.TextChoices):
+        LOGIN_FAILED = "login_failed", "Login refused (wrong username or password)"
+        LOGIN_THROTTLED = "login_throttled", "Login refused (too many failures)"
+        SECOND_FACTOR_FAILED = "second_factor_failed", "Second factor code refused"
+        API_AUTH_FAILED = "api_auth_failed", "API credential refused"
+        FORBIDDEN = "forbidden", "Forbidden (403)"
+        NOT_FOUND = "not_found", "Not found on an object route (404)"
+        CONSENT_REFUSED = "consent_refused", "Bank enrollment (consent) refused"
+        UPLOAD_REJECTED = "upload_rejected", "Release upload rejected"
+        FLOOD = "flood", "More refusals from one source than are recorded individually"
+
+    bucket = models.DateTimeField(help_text="the minute the events fell in (events coalesce per minute)")
+    first_seen = models.DateTimeField()
+    last_seen = models.DateTimeField()
+    count = models.PositiveIntegerField(default=1)
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    username = models.CharField(
+        max_length=40, blank=True, help_text="the account concerned; an unknown name is kept as a short prefix only"
+    )
+    source = models.CharField(max_length=64, blank=True, help_text="client address")
+    method = models.CharField(max_length=8, blank=True)
+    path = models.CharField(max_length=200, blank=True, help_text="without the query string")
+    status = models.PositiveSmallIntegerField(null=True, blank=True)
+    organization_slug = models.CharField(max_length=64, blank=True)
+    reason = models.CharField(max_length=200, blank=True)
+    key = models.CharField(max_length=32, help_text="digest of what coalesces (kind, source, account, route, reason)")
+
+    class Meta:
+        ordering = ("-last_seen", "-id")
+        constraints = [models.UniqueConstraint(fields=["key", "bucket"], name="audit_security_event_coalesce")]
+        indexes = [
+            models.Index(fields=["last_seen"], name="audit_secev_last_seen"),
+            models.Index(fields=["kind", "last_seen"], name="audit_secev_kind"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} ×{self.count} {self.username or '-'}@{self.source or '-'} {self.path}"

@@ -11,4 +11,5 @@ urlpatterns = [
     path("entries/<int:index>/", views.entry_detail, name="entry"),
     path("checkpoints/", views.checkpoints, name="checkpoints"),
     path("export/", views.export, name="export"),
+    path("security/", views.security_events, name="security"),
 ]

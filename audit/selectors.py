@@ -41,7 +41,7 @@ from audit.merkle import (
     verify_inclusion,
 )
 from audit.merkle import _resolve as resolve_groups  # fetch many node groups in one query, fold each
-from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode
+from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode, SecurityEvent
 from cards.models import Card
 from issuers.custody_models import KeySet
 from issuers.models import Organization
@@ -332,3 +332,31 @@ def check_checkpoint(text: str, verifier_key: str | None = None) -> CheckpointCh
         **base,
         proof=tuple(proof),
     )
+
+
+# --------------------------------------------------------------------------- security event log
+
+
+def can_read_security_events(user: User | None) -> bool:
+    """The agency and regulators read the security event log; banks, citizens and others do not
+    (for them it does not exist: 404)."""
+    who = principal(user)
+    return who.is_agency or who.is_regulator
+
+
+def security_events_for(user: User | None) -> QuerySet[SecurityEvent]:
+    if not can_read_security_events(user):
+        return SecurityEvent.objects.none()
+    return SecurityEvent.objects.select_related(None).order_by("-last_seen", "-id")
+
+
+class SecurityEventFilter(django_filters.FilterSet):
+    kind = django_filters.ChoiceFilter(choices=SecurityEvent.Kind.choices)
+    username = django_filters.CharFilter(field_name="username", lookup_expr="iexact", label="Account")
+    source = django_filters.CharFilter(field_name="source", label="Client address")
+    since = django_filters.IsoDateTimeFilter(field_name="last_seen", lookup_expr="gte", label="Since (ISO 8601)")
+    until = django_filters.IsoDateTimeFilter(field_name="last_seen", lookup_expr="lt", label="Until (ISO 8601)")
+
+    class Meta:
+        model = SecurityEvent
+        fields = ("kind", "username", "source", "since", "until")

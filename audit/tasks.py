@@ -25,3 +25,11 @@ def sequence() -> dict[str, int]:
     (a commit that found the sequencer busy, a process that died between commit and sequencing).
     """
     return {"sequenced": services.sequence_pending(limit=services.sequence_batch_size())}
+
+
+@shared_task(name="audit.tasks.purge_security_events")
+def purge_security_events() -> dict[str, int]:
+    """Delete security events past ``ECARD_SECURITY_EVENT_RETENTION_DAYS`` (Celery beat, hourly)."""
+    from audit import security
+
+    return {"deleted": security.purge()}

@@ -8,6 +8,7 @@ from audit import apis
 router = SimpleRouter()
 router.register("audit/entries", apis.EntryViewSet, basename="audit-entry")
 router.register("audit/checkpoints", apis.CheckpointViewSet, basename="audit-checkpoint")
+router.register("security/events", apis.SecurityEventViewSet, basename="security-event")
 
 urlpatterns = [
     # the documented form, without a trailing slash (the router's form with one works too)

@@ -57,6 +57,7 @@ def log_browser(request: HttpRequest) -> HttpResponse:
             "head_size": size,
             "head_root": _b64(root),
             "can_export": selectors.can_export(request.user),
+            "can_read_security": selectors.can_read_security_events(request.user),
             "latest": selectors.latest_checkpoint(),
         },
     )
@@ -119,3 +120,26 @@ def export(request: HttpRequest) -> StreamingHttpResponse:
     if checkpoint is None:
         raise Http404("the log has no signed checkpoint yet")
     return export_response(checkpoint)
+
+
+@login_required
+@require_GET
+def security_events(request: HttpRequest) -> HttpResponse:
+    """The security event log (agency and regulators; a 404 for everyone else)."""
+    if not selectors.can_read_security_events(request.user):
+        from audit import security
+
+        security.record(security.Kind.NOT_FOUND, request=request, status=404, reason="security event log")
+        security.mark_logged(request)
+        raise Http404("no such page")
+    events = selectors.security_events_for(request.user)
+    filters = selectors.SecurityEventFilter(request.GET or None, queryset=events)
+    page = Paginator(filters.qs if filters.is_bound else events, PAGE_SIZE)
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "audit/security.html",
+        {"filter": filters, "page_obj": page.get_page(request.GET.get("page")), "query": query.urlencode(),
+         "can_export": selectors.can_export(request.user), "can_read_security": True},
+    )

@@ -5,27 +5,13 @@ from __future__ import annotations
 from django.contrib import admin
 
 from cards.models import AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
+from ecard.admin import ReadOnlyAdmin, ReadOnlyInline
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Registry rows change only through services (which write the audit log), never by hand."""
-
-    def has_add_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_change_permission(self, request, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request, obj=None) -> bool:
-        return False
-
-
-class SecurityDomainInline(admin.TabularInline):
+class SecurityDomainInline(ReadOnlyInline):
     model = SecurityDomain
     fields = ("aid", "organization", "is_isd", "privileges", "key_kvn", "lifecycle", "state")
     readonly_fields = fields
-    extra = 0
-    can_delete = False
 
 
 @admin.register(Card)

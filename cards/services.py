@@ -13,6 +13,8 @@ from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from audit.security import Kind as SecurityKind
+from audit.security import records_refusals
 from audit.services import record_event
 from cards.models import ISD_AID, Card, CardJob, Enrollment, SecurityDomain
 from cards.signals import auth_failures_cleared
@@ -208,6 +210,7 @@ def ssd_aid_for(bank: Organization) -> str:
     return aid
 
 
+@records_refusals(SecurityKind.CONSENT_REFUSED, actor="citizen", organization="bank")
 @transaction.atomic
 def request_enrollment(
     *, card: Card, bank: Organization, citizen: AbstractBaseUser, consent_text: str, accepted: bool

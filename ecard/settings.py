@@ -1,9 +1,18 @@
 """Settings of the E-Card platform, read from the environment.
 
-Embedded default (no environment): DEBUG on, SQLite in ``var/``, Celery tasks run
-in-process. Production and CI: ``DATABASE_URL`` (PostgreSQL), ``CELERY_BROKER_URL``
-(Redis), ``SECRET_KEY``, ``ALLOWED_HOSTS``, ``DEBUG=0``. With DEBUG off there is no
-default secret: the process refuses to start without ``SECRET_KEY``.
+Three modes, chosen by ``DEBUG``:
+
+* unset — the embedded default (``make demo``, ``make test`` from a fresh clone): SQLite in
+  ``var/``, Celery tasks in-process, **no debug pages**, development-friendly defaults (loopback
+  host names, plain-HTTP cookies, CSP report-only); ``SECRET_KEY`` and ``ECARD_MASTER_KEY``, when
+  not in the environment, are generated once into ``var/secrets.json`` (mode 0600,
+  :mod:`ecard.local_secrets`).
+* ``DEBUG=1`` — development (``scripts/demo.sh``): the same, plus Django's debug pages, whose
+  secrets are masked (:mod:`ecard.debug`).
+* ``DEBUG=0`` — production: secure defaults, no generated or default secret (refuses to start
+  without ``SECRET_KEY``, and ``ECARD_MASTER_KEY`` with the software key backend), JSON logs.
+  Production and CI also set ``DATABASE_URL`` (PostgreSQL), ``CELERY_BROKER_URL`` (Redis),
+  ``ALLOWED_HOSTS``.
 """
 
 from __future__ import annotations
@@ -39,20 +48,30 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
-DEBUG = env_bool("DEBUG", default=True)
+# Debug pages only when asked for (DEBUG=1): a 500 under the default settings is a plain error page.
+DEBUG = env_bool("DEBUG", default=False)
+# DEBUG=0, set explicitly, declares a production deployment: secure defaults and no secret that
+# is not in the environment. Unset is the embedded default (module docstring).
+PRODUCTION = os.environ.get("DEBUG", "").strip() != "" and not DEBUG
+# Django's error reports mask secrets by name, URL passwords by value, and bytes locals.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "ecard.debug.SecretMaskingExceptionReporterFilter"
 
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
-    if not DEBUG:
+    if PRODUCTION:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
-    # Development only: DEBUG is on, so this never serves production traffic.
-    SECRET_KEY = "django-insecure-ecard-development-only-" + "x" * 20
+    # Embedded default and development: random, generated once per installation into var/ (0600).
+    from ecard import local_secrets
 
-ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"] if DEBUG else [])
+    SECRET_KEY = local_secrets.load(VAR_DIR)["SECRET_KEY"]
+
+ALLOWED_HOSTS = env_list(
+    "ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]", "testserver"]
+)
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "ecard.apps.EcardAdminConfig",  # django.contrib.admin with the platform's site (ecard/admin.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -81,6 +100,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Refusals (403, object-route 404) into the security event log (audit/security.py).
+    "audit.middleware.SecurityEventMiddleware",
 ]
 
 ROOT_URLCONF = "ecard.urls"
@@ -137,12 +158,12 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(os.environ.get("STATIC_ROOT", VAR_DIR / "static"))
-WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_USE_FINDERS = not PRODUCTION
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
         "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
-        if not DEBUG
+        if PRODUCTION
         else "django.contrib.staticfiles.storage.StaticFilesStorage"
     },
 }
@@ -150,17 +171,17 @@ STORAGES = {
 LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 
-# --- security (effective when DEBUG is off) --------------------------------
-SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", default=not DEBUG)
-CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", default=not DEBUG)
+# --- security (defaults effective in production, DEBUG=0) --------------------------------
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", default=PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", default=PRODUCTION)
 SESSION_COOKIE_HTTPONLY = True
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", default=False)
-SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0" if DEBUG else "31536000"))
-SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
-SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=not DEBUG)
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "31536000" if PRODUCTION else "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = PRODUCTION
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=PRODUCTION)
 if env_bool("BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DATA_UPLOAD_MAX_MEMORY_SIZE", str(5 * 1024 * 1024)))
@@ -223,7 +244,7 @@ _CSP = {
         "frame-ancestors": ["'none'"],
     },
 }
-if env_bool("ECARD_CSP_ENFORCE", default=not DEBUG):
+if env_bool("ECARD_CSP_ENFORCE", default=PRODUCTION):
     CONTENT_SECURITY_POLICY = _CSP
 else:
     CONTENT_SECURITY_POLICY_REPORT_ONLY = _CSP
@@ -263,7 +284,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 
 # --- logging ---------------------------------------------------------------
-LOG_FORMAT = os.environ.get("LOG_FORMAT", "plain" if DEBUG else "json")
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "json" if PRODUCTION else "plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -283,7 +304,7 @@ LOGGING = {
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # One line per request with its id and duration (runserver prints its own when DEBUG).
-        "ecard.access": {"level": "WARNING" if DEBUG else "INFO"},
+        "ecard.access": {"level": "INFO" if PRODUCTION else "WARNING"},
     },
 }
 

@@ -33,7 +33,18 @@ _interval = os.environ.get("ECARD_AUDIT_SEQUENCE_ON_COMMIT_INTERVAL", "")
 ECARD_AUDIT_SEQUENCE_ON_COMMIT_INTERVAL = float(_interval) if _interval else None
 ECARD_AUDIT_READ_SEQUENCE_MAX = int(os.environ.get("ECARD_AUDIT_READ_SEQUENCE_MAX", "10000"))
 
+# Security event log (audit/security.py): bounds per minute and retention.
+ECARD_SECURITY_EVENT_ROWS_PER_SOURCE = int(os.environ.get("ECARD_SECURITY_EVENT_ROWS_PER_SOURCE", "30"))
+ECARD_SECURITY_EVENT_ROWS_PER_MINUTE = int(os.environ.get("ECARD_SECURITY_EVENT_ROWS_PER_MINUTE", "1000"))
+ECARD_SECURITY_EVENT_WRITES_PER_SOURCE = int(os.environ.get("ECARD_SECURITY_EVENT_WRITES_PER_SOURCE", "600"))
+ECARD_SECURITY_EVENT_RETENTION_DAYS = int(os.environ.get("ECARD_SECURITY_EVENT_RETENTION_DAYS", "90"))
+
 CELERY_BEAT_SCHEDULE = {
+    "audit-security-event-purge": {
+        "task": "audit.tasks.purge_security_events",
+        "schedule": 3600.0,
+        "options": {"expires": 3600.0},
+    },
     "audit-checkpoint": {
         "task": "audit.tasks.make_checkpoint",
         "schedule": ECARD_AUDIT_CHECKPOINT_SECONDS,

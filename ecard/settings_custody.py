@@ -2,8 +2,8 @@
 
 ``ECARD_KEY_BACKEND``      ``software`` (default) or ``pkcs11``: where new key-encryption keys live.
 ``ECARD_MASTER_KEY``       software backend: 32-byte master key, 64 hex digits or base64. Required
-                           when DEBUG is off; with DEBUG on and unset a fixed development key is
-                           used (a loud warning is logged when the backend starts).
+                           in production (DEBUG=0); otherwise, when unset, the installation's
+                           generated key in ``var/secrets.json`` (:mod:`ecard.local_secrets`).
 ``ECARD_MASTER_KEY_PREVIOUS``  optional former master key, still accepted for opening KEKs while
                            ``rotate_kek --all`` re-creates them under the new master key.
 ``ECARD_PKCS11_MODULE``    PKCS#11 library path (e.g. ``/usr/lib/softhsm/libsofthsm2.so``).
@@ -19,15 +19,19 @@ import os
 
 from django.core.exceptions import ImproperlyConfigured
 
-from ecard.settings import DEBUG
+from ecard.settings import PRODUCTION, VAR_DIR
 
 ECARD_KEY_BACKEND = os.environ.get("ECARD_KEY_BACKEND", "software").strip().lower() or "software"
 if ECARD_KEY_BACKEND not in ("software", "pkcs11"):
     raise ImproperlyConfigured("ECARD_KEY_BACKEND must be 'software' or 'pkcs11'")
 
 ECARD_MASTER_KEY = os.environ.get("ECARD_MASTER_KEY", "")
-if ECARD_KEY_BACKEND == "software" and not ECARD_MASTER_KEY and not DEBUG:
-    raise ImproperlyConfigured("ECARD_MASTER_KEY must be set when DEBUG is off (software key backend)")
+if ECARD_KEY_BACKEND == "software" and not ECARD_MASTER_KEY:
+    if PRODUCTION:
+        raise ImproperlyConfigured("ECARD_MASTER_KEY must be set when DEBUG is off (software key backend)")
+    from ecard import local_secrets
+
+    ECARD_MASTER_KEY = local_secrets.load(VAR_DIR)["ECARD_MASTER_KEY"]
 
 ECARD_PKCS11_MODULE = os.environ.get("ECARD_PKCS11_MODULE", "")
 ECARD_PKCS11_TOKEN = os.environ.get("ECARD_PKCS11_TOKEN", "")

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import transaction
+from django.http import HttpRequest
 from django.utils import timezone
 
 from issuers.roles import principal
@@ -35,6 +36,7 @@ STEP = 30
 DRIFT_STEPS = 1
 ISSUER = "E-Card platform"
 SECRET_BYTES = 20  # 160 bits, RFC 4226 §4 recommendation
+SESSION_PASSED = "portal_2fa_passed"  # user id whose second factor this session passed
 
 
 class SecretUnavailable(Exception):
@@ -72,7 +74,9 @@ def _totp(secret: bytes) -> TOTP:
 
 
 def eligible(user: AbstractBaseUser) -> bool:
-    """Bank and agency operators may protect their account with a second factor."""
+    """Bank and agency operators, and staff (the admin), may protect their account with a second factor."""
+    if getattr(user, "is_staff", False):
+        return True
     who = principal(user)
     return bool(who.bank_ids) or who.is_agency
 
@@ -141,3 +145,34 @@ def check_code(device: TotpDevice, code: str, *, now: float | None = None) -> bo
 
 def disable(user: AbstractBaseUser) -> None:
     TotpDevice.objects.filter(user=user).delete()
+
+
+@transaction.atomic
+def reset_device(device: TotpDevice, *, actor: AbstractBaseUser) -> None:
+    """An administrator deletes a user's second factor (so they can enrol again), with its audit entry."""
+    from audit.services import record_event
+
+    record_event(
+        action="second_factor.reset",
+        subject_type="user",
+        subject_id=device.user_id,
+        actor=actor,
+        details={"via": "admin"},
+    )
+    TotpDevice.objects.filter(pk=device.pk).delete()
+
+
+def mark_session_passed(request: HttpRequest) -> None:
+    """The session's user has just proved their second factor (login step two, or enrolment)."""
+    request.session[SESSION_PASSED] = request.user.pk
+
+
+def session_passed_second_factor(request: HttpRequest) -> bool:
+    """True unless the signed-in user has a second factor that this session has not passed.
+
+    The portal only logs in a user with a second factor after the code, but a session made by any
+    other path (another login view, a future one) must not open what the second factor guards."""
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated or not required(user):
+        return True
+    return request.session.get(SESSION_PASSED) == user.pk

@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 HOST=${HOST:-127.0.0.1}
 PORT=${PORT:-8000}
+# The demo is a development server on this machine: Django's debug pages on (their secrets masked,
+# ecard/debug.py). The settings default to DEBUG off (ecard/settings.py).
+export DEBUG="${DEBUG:-1}"
 pids=()
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null; done

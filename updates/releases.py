@@ -18,6 +18,8 @@ from typing import Any
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import IntegrityError, transaction
 
+from audit.security import Kind as SecurityKind
+from audit.security import records_refusals
 from audit.services import record_event
 from cardsim.constants import ROM_PACKAGES
 from ecard.errors import ServiceError
@@ -84,6 +86,7 @@ def check_imports(bank: Organization, load_file: LoadFile) -> None:
             )
 
 
+@records_refusals(SecurityKind.UPLOAD_REJECTED, actor="actor", organization="bank")
 @transaction.atomic
 def create_release(
     *,

@@ -22,6 +22,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
+from audit import security
 from portal import ratelimit, totp
 from portal.forms import posted
 
@@ -67,6 +68,8 @@ class PortalLoginView(auth_views.LoginView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         username = request.POST.get("username", "")
         if ratelimit.blocked("login", username, request):
+            security.record(security.Kind.LOGIN_THROTTLED, request=request, username=username, status=429,
+                            reason="too many failed attempts")
             # Refused before any password check: an unbound form, so nothing is authenticated.
             form = self.form_class(request, initial={"username": username[:150]})
             return self.render_to_response(self.get_context_data(form=form, throttled=TOO_MANY), status=429)
@@ -104,8 +107,9 @@ def login_verify(request: HttpRequest) -> HttpResponse:
         _clear_pending(request)
         messages.info(request, "Please log in again.")
         return redirect("login")
-    user = get_user_model().objects.get(pk=user_id)
-    device = totp.device_for(user)
+    # The account may have been deleted or deactivated since the password step: start again.
+    user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
+    device = totp.device_for(user) if user is not None else None
     if device is None or device.confirmed_at is None:
         _clear_pending(request)
         return redirect("login")
@@ -113,6 +117,8 @@ def login_verify(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST":
         if ratelimit.blocked("totp", user.get_username(), request):
+            security.record(security.Kind.LOGIN_THROTTLED, request=request, user=user, status=429,
+                            reason="second factor: too many failed attempts")
             form = CodeForm()
             form.add_error(None, TOO_MANY)
             status = 429
@@ -122,9 +128,12 @@ def login_verify(request: HttpRequest) -> HttpResponse:
             target = _safe_next(request, request.session.get(PENDING_NEXT, ""))
             _clear_pending(request)
             login(request, user, backend=backend)
+            totp.mark_session_passed(request)
             return redirect(target)
         else:
             ratelimit.record_failure("totp", user.get_username(), request)
+            security.record(security.Kind.SECOND_FACTOR_FAILED, request=request, user=user, status=400,
+                            reason="second factor code refused")
             if form.is_valid():
                 form.add_error("code", "That code is not valid. Check your device's clock and try the next code.")
             status = 400
@@ -153,6 +162,7 @@ def second_factor(request: HttpRequest) -> HttpResponse:
                 totp.disable(request.user)
                 messages.success(request, "The second factor is off.")
             else:
+                totp.mark_session_passed(request)
                 messages.success(request, "The second factor is on: you will be asked for a code at each login.")
             return redirect("portal:second-factor")
         if form.is_valid():
@@ -172,8 +182,8 @@ def second_factor(request: HttpRequest) -> HttpResponse:
 
 
 class PortalPasswordResetForm(PasswordResetForm):
-    """Sends through the configured backend; on a development server with no mail set up
-    (DEBUG and Django's default SMTP backend), the mail is printed on the console instead."""
+    """Sends through the configured backend; outside production (DEBUG not 0) with no mail set up
+    (Django's default SMTP backend, no account), the mail is printed on the console instead."""
 
     def send_mail(
         self,
@@ -184,7 +194,9 @@ class PortalPasswordResetForm(PasswordResetForm):
         to_email: str,
         html_email_template_name: str | None = None,
     ) -> None:
-        dev_console = settings.DEBUG and settings.EMAIL_BACKEND == SMTP_BACKEND and not settings.EMAIL_HOST_USER
+        dev_console = (
+            not settings.PRODUCTION and settings.EMAIL_BACKEND == SMTP_BACKEND and not settings.EMAIL_HOST_USER
+        )
         connection = get_connection(CONSOLE_BACKEND if dev_console else None)
         subject = "".join(loader.render_to_string(subject_template_name, context).splitlines())
         body = loader.render_to_string(email_template_name, context)
@@ -197,4 +209,19 @@ class PortalPasswordResetForm(PasswordResetForm):
 
 
 class PortalPasswordResetView(auth_views.PasswordResetView):
+    """Django's reset, throttled like the login (per address and e-mail, and per address): each
+    request sends mail, so unthrottled it is a way to flood someone's inbox from the platform."""
+
     form_class = PortalPasswordResetForm
+
+    def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        email = request.POST.get("email", "")[:254]
+        if ratelimit.blocked("reset", email, request):
+            security.record(security.Kind.LOGIN_THROTTLED, request=request, status=429,
+                            reason="password reset: too many requests")
+            form = self.form_class({"email": email})
+            form.is_valid()
+            form.add_error(None, "Too many requests. Wait 15 minutes and try again.")
+            return self.render_to_response(self.get_context_data(form=form), status=429)
+        ratelimit.record_failure("reset", email, request)  # every request counts: each may send mail
+        return super().post(request, *args, **kwargs)

@@ -8,6 +8,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
+from audit import security
 from cards import services as card_services
 from ecard.errors import ServiceError
 from issuers.models import Organization
@@ -74,7 +75,10 @@ def releases(request: HttpRequest, bank: Organization) -> HttpResponse:
     form = ReleaseForm(posted(request), files(request))
     if request.method == "POST":
         require_operator(request, bank)
-        if form.is_valid():
+        if not form.is_valid():
+            security.record(security.Kind.UPLOAD_REJECTED, request=request, organization=bank,
+                            reason="form: " + ", ".join(sorted(form.errors)))
+        else:
             upload = form.cleaned_data["cap_file"]
             try:
                 release = create_release(

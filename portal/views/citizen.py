@@ -8,6 +8,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
+from audit import security
 from cards import selectors as card_selectors
 from cards import services as card_services
 from cards.models import Card, Enrollment
@@ -63,7 +64,12 @@ def add_bank_consent(request: HttpRequest, cin: str, bank: str) -> HttpResponse:
         raise Http404("no such bank to add")
     text = card_services.consent_text_for(card, organization)
     form = ConsentForm(posted(request), initial={"consent_text": text})
-    if request.method == "POST" and form.is_valid():
+    valid = request.method == "POST" and form.is_valid()
+    if request.method == "POST" and not valid:
+        # Refused before the service (consent box not ticked, statement altered).
+        security.record(security.Kind.CONSENT_REFUSED, request=request, organization=organization,
+                        reason="form: " + ", ".join(sorted(form.errors)))
+    if valid:
         try:
             card_services.request_enrollment(
                 card=card,
@@ -73,7 +79,7 @@ def add_bank_consent(request: HttpRequest, cin: str, bank: str) -> HttpResponse:
                 accepted=form.cleaned_data["accepted"],
             )
         except ServiceError as exc:
-            add_service_error(form, exc)
+            add_service_error(form, exc)  # the service recorded the refusal
         else:
             messages.success(
                 request,

@@ -154,3 +154,17 @@ def test_second_factor_survives_secret_key_rotation(world: World, as_user, setti
     client.post("/accounts/login/", {"username": "agency_op", "password": PASSWORD})
     response = client.post("/accounts/login/verify/", {"code": "123456"})
     assert response.status_code == 400
+
+
+def test_password_reset_requests_are_throttled(world: World) -> None:
+    from audit.models import SecurityEvent
+
+    user = world.users["citizen1"]
+    user.email = "citizen1@example.org"
+    user.save()
+    client = Client()
+    statuses = [client.post("/accounts/password_reset/", {"email": "citizen1@example.org"}).status_code
+                for _ in range(ratelimit.MAX_FAILURES + 2)]
+    assert statuses == [302] * ratelimit.MAX_FAILURES + [429, 429]
+    assert len(mail.outbox) == ratelimit.MAX_FAILURES
+    assert SecurityEvent.objects.get(kind="login_throttled").count == 2

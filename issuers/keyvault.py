@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import hashlib
 import logging
 import os
 import threading
@@ -63,8 +62,6 @@ TAG_BYTES = 16
 _FORMAT_SOFTWARE = 0x01
 _FORMAT_PKCS11 = 0x02
 
-# Development only (DEBUG on, ECARD_MASTER_KEY unset): a fixed, publicly known master key.
-_DEV_MASTER_KEY = hashlib.sha256(b"ecard development master key - NOT FOR PRODUCTION").digest()
 
 
 class CustodyError(Exception):
@@ -206,17 +203,11 @@ class SoftwareBackend(KekBackend):
             previous_master_keys = (parse_master_key(raw_previous),) if raw_previous else ()
         if master_key is None:
             raw = getattr(settings, "ECARD_MASTER_KEY", "")
-            if raw:
-                master_key = parse_master_key(raw)
-            elif settings.DEBUG:
-                logger.warning(
-                    "!!! ECARD_MASTER_KEY is not set: key custody uses the fixed DEVELOPMENT master key. "
-                    "Every key wrapped now is readable by anyone with the source code. NEVER use this in "
-                    "production: set ECARD_MASTER_KEY (32 random bytes, hex or base64). !!!"
-                )
-                master_key = _DEV_MASTER_KEY
-            else:
-                raise ImproperlyConfigured("ECARD_MASTER_KEY must be set when DEBUG is off")
+            if not raw:
+                # No public fallback key: outside production the settings generate one per
+                # installation (ecard/local_secrets.py); production must set its own.
+                raise ImproperlyConfigured("ECARD_MASTER_KEY is not set")
+            master_key = parse_master_key(raw)
         if len(master_key) != 32:
             raise ImproperlyConfigured("the custody master key must be 32 bytes")
         self._master = AESGCM(master_key)

@@ -43,6 +43,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from audit.models import SecurityEvent
+from ecard import client as ecard_client
 from ecard.errors import ServiceError
 
 logger = logging.getLogger("ecard.security")
@@ -61,10 +62,8 @@ def _setting(name: str, default: int) -> int:
 
 
 def client_address(request: HttpRequest | None) -> str:
-    # REMOTE_ADDR only, like the login throttle: X-Forwarded-For is client-controlled.
-    if request is None:
-        return ""
-    return (request.META.get("REMOTE_ADDR", "") or "")[:64]
+    """The client's address as the throttles see it (ecard.client), or '' without a request."""
+    return "" if request is None else ecard_client.client_address(request)[:64]
 
 
 def safe_username(name: str) -> tuple[Any, str]:

@@ -184,6 +184,8 @@ SECURE_HSTS_INCLUDE_SUBDOMAINS = PRODUCTION
 SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", default=PRODUCTION)
 if env_bool("BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# How many proxies in front append to X-Forwarded-For (ecard/client.py); 0 = trust none of it.
+ECARD_TRUSTED_PROXIES = int(os.environ.get("ECARD_TRUSTED_PROXIES", "0"))
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DATA_UPLOAD_MAX_MEMORY_SIZE", str(5 * 1024 * 1024)))
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
 
@@ -202,6 +204,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "ecard.problems.problem_exception_handler",
+    # Throttles identify clients by REMOTE_ADDR, or through the trusted proxies only: left unset,
+    # DRF would take a client-written X-Forwarded-For as the client's identity.
+    "NUM_PROXIES": ECARD_TRUSTED_PROXIES,
     # Rate limits (HTTP 429 problem documents); per agent credential and per client address on
     # the relay, per user elsewhere. Counters live in the cache (Redis in production).
     "DEFAULT_THROTTLE_RATES": {

@@ -14,6 +14,8 @@ import logging
 from django.core.cache import cache
 from django.http import HttpRequest
 
+from ecard.client import client_address
+
 MAX_FAILURES = 5
 MAX_FAILURES_PER_IP = 50
 WINDOW = 15 * 60
@@ -22,8 +24,7 @@ logger = logging.getLogger(__name__)
 
 
 def client_ip(request: HttpRequest) -> str:
-    # REMOTE_ADDR only: X-Forwarded-For is client-controlled unless a trusted proxy rewrites it.
-    return request.META.get("REMOTE_ADDR", "") or "unknown"
+    return client_address(request) or "unknown"
 
 
 def _key(scope: str, username: str, ip: str) -> str:

@@ -161,3 +161,57 @@ def test_rate_limits_fail_open_when_their_cache_is_down(monkeypatch: pytest.Monk
         "/api/v1/relay/sessions/", {}, format="json", HTTP_AUTHORIZATION=f"Agent {world.token}"
     )
     assert response.status_code == 201
+
+
+@pytest.mark.django_db
+def test_a_client_written_x_forwarded_for_buys_no_fresh_rate_limit(monkeypatch: pytest.MonkeyPatch, settings) -> None:
+    """DRF takes X-Forwarded-For as the client's identity unless NUM_PROXIES is set: a client
+    rotating that header got a fresh budget per request. Now only trusted proxies' entries count."""
+    from django.core.cache import cache
+    from rest_framework.settings import api_settings
+    from rest_framework.test import APIClient
+
+    from ecard.client import client_address
+    from tests.otakit import build_ota_world
+    from updates.apis import RelayCredentialThrottle, RelayIpThrottle
+
+    cache.clear()
+    monkeypatch.setattr(RelayCredentialThrottle, "THROTTLE_RATES", {"relay_credential": "1000/min"})
+    monkeypatch.setattr(RelayIpThrottle, "THROTTLE_RATES", {"relay_ip": "2/min"})
+    assert api_settings.NUM_PROXIES == 0
+    world = build_ota_world()
+    client = APIClient()
+    headers = {"HTTP_AUTHORIZATION": f"Agent {world.token}", "REMOTE_ADDR": "10.9.0.1"}
+    codes = [
+        client.post("/api/v1/relay/sessions/", {}, format="json", HTTP_X_FORWARDED_FOR=f"198.51.100.{n}", **headers)
+        .status_code
+        for n in range(3)
+    ]
+    assert codes == [201, 201, 429]
+    cache.clear()
+
+    # Behind one trusted proxy, the client is the entry that proxy appended (the rightmost).
+    from django.test import RequestFactory
+
+    request = RequestFactory().get("/", REMOTE_ADDR="10.0.0.1", HTTP_X_FORWARDED_FOR="6.6.6.6, 203.0.113.7")
+    assert client_address(request) == "10.0.0.1"
+    settings.ECARD_TRUSTED_PROXIES = 1
+    assert client_address(request) == "203.0.113.7"
+    settings.ECARD_TRUSTED_PROXIES = 2
+    assert client_address(request) == "6.6.6.6"
+
+
+def test_the_login_throttle_ignores_a_client_written_x_forwarded_for(db) -> None:
+    from django.test import Client
+
+    from portal import ratelimit
+    from tests.factories import make_user
+
+    make_user("xff-victim")
+    codes = []
+    for n in range(ratelimit.MAX_FAILURES + 1):
+        response = Client(HTTP_X_FORWARDED_FOR=f"198.51.100.{n}").post(
+            "/accounts/login/", {"username": "xff-victim", "password": "wrong"}
+        )
+        codes.append(response.status_code)
+    assert codes[-1] == 429, codes

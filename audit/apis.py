@@ -156,6 +156,7 @@ _FILTER_PARAMS = [
     OpenApiParameter("outcome", str, enum=list(AuditEntry.Outcome.values)),
     OpenApiParameter("since", OpenApiTypes.DATETIME, description="time >= since"),
     OpenApiParameter("until", OpenApiTypes.DATETIME, description="time < until"),
+    OpenApiParameter("from_index", int, description="entries with index >= from_index (page on with ordering=index)"),
 ]
 
 
@@ -172,7 +173,10 @@ class EntryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     ordering_fields = ("index", "time")
 
     def get_queryset(self):
-        return selectors.entries_for(self.request.user)
+        entries = selectors.entries_for(self.request.user)
+        if self.action == "list" and self.request.query_params.get("from_index"):
+            entries = entries.filter(index__gte=_size_param(self.request, "from_index"))
+        return entries
 
     @extend_schema(parameters=_FILTER_PARAMS)
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:

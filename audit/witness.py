@@ -309,6 +309,7 @@ class Witness:
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "ecard-witness/1"
+    timeout = 30  # seconds a connection may stay idle or trickle a request (no thread held forever)
     witness: Witness  # set on the subclass made by make_server
 
     def _send(self, reply: Reply) -> None:

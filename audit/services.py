@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
@@ -544,6 +545,9 @@ def configured_witnesses() -> list[WitnessConfig]:
     """The witnesses of ``ECARD_WITNESSES``; ServiceError if one's key is not a cosigner key."""
     out = []
     for name, url, vkey in getattr(settings, "ECARD_WITNESSES", []):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ServiceError(f"witness {name}: its URL must be http(s)://host[:port][/prefix]", code="config")
         try:
             out.append(WitnessConfig(name, url, parse_cosigner_vkey(vkey)))
         except CheckpointError as exc:

@@ -200,3 +200,6 @@ def test_bad_witness_configuration_is_a_clear_error(settings: LazySettings) -> N
     settings.ECARD_WITNESSES = [("w", "http://127.0.0.1:1", "not-a-key")]
     with pytest.raises(services.ServiceError, match="witness w: bad verifier key"):
         services.configured_witnesses()
+    settings.ECARD_WITNESSES = [("w", "ftp://x/", "not-a-key")]
+    with pytest.raises(services.ServiceError, match="witness w: its URL must be"):
+        services.configured_witnesses()

@@ -464,7 +464,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fp, key=key, previous=previous, warn=warn, witnesses=witnesses, quorum=args.quorum, since=since
             )
         if args.since is not None and result.state is not None:
-            save_state(args.since, result.state)
+            try:
+                save_state(args.since, result.state)
+            except OSError as exc:
+                reason = exc.strerror or exc
+                print(f"error: verified, but cannot write the state {args.since}: {reason}", file=sys.stderr)
+                return 2
     except StateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

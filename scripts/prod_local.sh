@@ -190,13 +190,7 @@ cmd_start() {
     "$PY" manage.py collectstatic --noinput >>"$LOG/deploy.log" 2>&1 || die "collectstatic failed (see $LOG/deploy.log)"
     "$PY" manage.py check --deploy --fail-level "$CHECK_LEVEL" >>"$LOG/deploy.log" 2>&1 \
         || die "manage.py check --deploy failed (see $LOG/deploy.log)"
-    local log_info
-    mapfile -t log_info < <("$PY" manage.py shell -c "from django.conf import settings; from audit import services; \
-print('@origin', settings.ECARD_LOG_ORIGIN); print('@vkey', services.log_verifier_key())" 2>>"$LOG/deploy.log" \
-        | sed -n 's/^@[a-z]* //p')
-    [ "${#log_info[@]}" -eq 2 ] || die "cannot read the audit log's verifier key (see $LOG/deploy.log)"
-    start_bg witness "$PY" -m audit.witness serve --key "$WITNESS_KEY" --log-origin "${log_info[0]}" \
-        --log-key "${log_info[1]}" --host 127.0.0.1 --port "$WITNESS_PORT" --state "$VAR/witness-state.json"
+    start_witness
     start_bg web "$ROOT/.venv/bin/gunicorn" -c "$ROOT/ecard/gunicorn.conf.py" ecard.wsgi:application
     for n in $(seq 1 "$CELERY_WORKERS"); do
         start_bg "worker$n" "$ROOT/.venv/bin/celery" -A ecard worker --pool solo -n "worker$n@%h" \
@@ -209,6 +203,28 @@ print('@origin', settings.ECARD_LOG_ORIGIN); print('@vkey', services.log_verifie
     else
         die "the web tier did not become healthy (see $LOG/web.log)"
     fi
+}
+
+start_witness() {
+    # The witness needs the log's verifier key, which exists once there is an agency to own it
+    # (seed data or onboarding). Until then it is not started; the platform's pushes wait (they
+    # retry, and beat re-sends the latest checkpoint), and the next `make prod-local` starts it.
+    local log_info
+    mapfile -t log_info < <("$PY" manage.py shell -c "from django.conf import settings; from audit import services
+from ecard.errors import ServiceError
+try:
+    vkey = services.log_verifier_key()
+except ServiceError:
+    vkey = None
+if vkey:
+    print('@origin', settings.ECARD_LOG_ORIGIN)
+    print('@vkey', vkey)" 2>>"$LOG/deploy.log" | sed -n 's/^@[a-z]* //p')
+    if [ "${#log_info[@]}" -ne 2 ]; then
+        echo "prod-local: witness not started: the audit log has no signing key yet (no agency); run make prod-local again once there is one"
+        return
+    fi
+    start_bg witness "$PY" -m audit.witness serve --key "$WITNESS_KEY" --log-origin "${log_info[0]}" \
+        --log-key "${log_info[1]}" --host 127.0.0.1 --port "$WITNESS_PORT" --state "$VAR/witness-state.json"
 }
 
 cmd_stop() {
@@ -238,7 +254,7 @@ cmd_stop() {
 
 cmd_status() {
     local rc=0
-    for name in web $(seq -f "worker%g" 1 "$CELERY_WORKERS") beat witness; do
+    for name in web $(seq -f "worker%g" 1 "$CELERY_WORKERS") beat; do
         if pid_alive "$RUN/$name.pid"; then
             echo "$name: running (pid $(cat "$RUN/$name.pid"))"
         else
@@ -246,6 +262,12 @@ cmd_status() {
             rc=1
         fi
     done
+    # The witness is the regulator's (optional here: it starts once the log has a key).
+    if pid_alive "$RUN/witness.pid"; then
+        echo "witness: running (pid $(cat "$RUN/witness.pid"))"
+    else
+        echo "witness: stopped"
+    fi
     return $rc
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 
-from audit.models import AuditEntry, Checkpoint
+from audit.models import AuditEntry, Checkpoint, WitnessCosignature, WitnessRefusal
 
 
 @admin.register(AuditEntry)
@@ -40,3 +40,28 @@ class CheckpointAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return False
+
+
+class _ReadOnly(admin.ModelAdmin):
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.register(WitnessCosignature)
+class WitnessCosignatureAdmin(_ReadOnly):
+    """Witnesses' cosignatures, verified before they were stored (read-only)."""
+
+    list_display = ("checkpoint", "witness", "key_id", "timestamp", "created_at")
+
+
+@admin.register(WitnessRefusal)
+class WitnessRefusalAdmin(_ReadOnly):
+    """Checkpoints a witness refused (evidence of a fork or a misconfiguration; read-only)."""
+
+    list_display = ("checkpoint", "witness", "status", "reason", "created_at")

@@ -9,7 +9,8 @@ Routes (under ``/api/v1/``):
 * ``GET  audit/consistency?first=M&second=N``        RFC 9162 consistency proof
 * ``GET  audit/checkpoints/``, ``…/latest/``, ``…/{size}/``   signed checkpoints
 * ``POST audit/checkpoints/``                        sign the current tree head (agency operators)
-* ``GET  audit/export``                              the whole log as ``ecard-audit-export/1`` JSON Lines
+* ``GET  audit/export[?from=M][&to=N]``             the log (or entries M..N-1, N a checkpoint size) as
+                                                     ``ecard-audit-export/1`` JSON Lines, streamed
 
 Nothing else writes: entries are appended only by the platform's services.
 """
@@ -20,7 +21,6 @@ import base64
 from typing import Any
 
 from django.http import StreamingHttpResponse
-from django.shortcuts import get_object_or_404
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -78,12 +78,24 @@ class EntrySerializer(serializers.Serializer):
         return {**instance.as_entry(), "leaf_hash": bytes(instance.leaf_hash).hex()}
 
 
+class CosignatureSerializer(serializers.Serializer):
+    witness = serializers.CharField()
+    key_name = serializers.CharField()
+    key_id = serializers.CharField(help_text="hex")
+    timestamp = serializers.IntegerField(help_text="POSIX seconds")
+
+
 class CheckpointSerializer(serializers.ModelSerializer):
     root_hash = serializers.SerializerMethodField(help_text="base64")
+    text = serializers.CharField(
+        source="published_text", read_only=True,
+        help_text="the signed note, with the witnesses' cosignature lines appended",
+    )
+    cosignatures = CosignatureSerializer(many=True, read_only=True)
 
     class Meta:
         model = Checkpoint
-        fields = ("size", "root_hash", "text", "key_id", "created_at")
+        fields = ("size", "root_hash", "text", "key_id", "cosignatures", "created_at")
 
     def get_root_hash(self, checkpoint: Checkpoint) -> str:
         return b64(checkpoint.root_hash)
@@ -144,6 +156,7 @@ _FILTER_PARAMS = [
     OpenApiParameter("outcome", str, enum=list(AuditEntry.Outcome.values)),
     OpenApiParameter("since", OpenApiTypes.DATETIME, description="time >= since"),
     OpenApiParameter("until", OpenApiTypes.DATETIME, description="time < until"),
+    OpenApiParameter("from_index", int, description="entries with index >= from_index (page on with ordering=index)"),
 ]
 
 
@@ -160,7 +173,10 @@ class EntryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     ordering_fields = ("index", "time")
 
     def get_queryset(self):
-        return selectors.entries_for(self.request.user)
+        entries = selectors.entries_for(self.request.user)
+        if self.action == "list" and self.request.query_params.get("from_index"):
+            entries = entries.filter(index__gte=_size_param(self.request, "from_index"))
+        return entries
 
     @extend_schema(parameters=_FILTER_PARAMS)
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -192,7 +208,7 @@ class EntryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
                 "leaf_hash": bytes(entry.leaf_hash).hex(),
                 "root_hash": b64(root),
                 "proof": [b64(h) for h in proof],
-                "checkpoint": checkpoint.text if checkpoint else None,
+                "checkpoint": checkpoint.published_text if checkpoint else None,
             }
         )
 
@@ -284,7 +300,13 @@ class ExportView(APIView):
     permission_classes = (IsAuthenticated,)
 
     @extend_schema(
-        parameters=[OpenApiParameter("size", int, description="a checkpoint size (default: the latest)")],
+        parameters=[
+            OpenApiParameter("size", int, description="a checkpoint size (default: the latest)"),
+            OpenApiParameter("to", int, description="same as size: the export ends before entry `to`"),
+            OpenApiParameter(
+                "from", int, description="first entry (a range export: the header carries the frontier at it)"
+            ),
+        ],
         responses={
             (200, "application/jsonl"): OpenApiResponse(
                 OpenApiTypes.STR, description="ecard-audit-export/1 JSON Lines; check with python -m audit.verify"
@@ -296,20 +318,28 @@ class ExportView(APIView):
         (agency and regulators only)."""
         if not selectors.can_export(request.user):
             raise PermissionDenied("only the agency and regulators export the whole log")
-        if request.query_params.get("size"):
-            checkpoint = get_object_or_404(Checkpoint, size=_size_param(request, "size"))
+        size_name = "to" if request.query_params.get("to") else "size"
+        if request.query_params.get(size_name):
+            size = _size_param(request, size_name)
+            checkpoint = Checkpoint.objects.filter(size=size).first()
+            if checkpoint is None:
+                raise NotFound(f"no signed checkpoint of size {size}: `{size_name}` must be a checkpoint size")
         else:
             checkpoint = selectors.latest_checkpoint()
             if checkpoint is None:
                 raise NotFound("the log has no signed checkpoint yet")
-        return export_response(checkpoint)
+        start = _size_param(request, "from", default=0)
+        if start > checkpoint.size:
+            raise ValidationError({"from": [f"must not exceed the checkpoint size {checkpoint.size}"]})
+        return export_response(checkpoint, start)
 
 
-def export_response(checkpoint: Checkpoint) -> StreamingHttpResponse:
+def export_response(checkpoint: Checkpoint, start: int = 0) -> StreamingHttpResponse:
     """A streamed download of the export (shared with the portal)."""
-    lines = (chunk.encode("utf-8") for chunk in services.export_lines(checkpoint))
+    lines = (chunk.encode("utf-8") for chunk in services.export_lines(checkpoint, start=start))
     response = StreamingHttpResponse(lines, content_type="application/jsonl; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="audit-log-{checkpoint.size}.jsonl"'
+    name = f"audit-log-{start}-{checkpoint.size}" if start else f"audit-log-{checkpoint.size}"
+    response["Content-Disposition"] = f'attachment; filename="{name}.jsonl"'
     response["Cache-Control"] = "no-store"
     return response
 

@@ -20,7 +20,12 @@ Signer key (same origin)::
 
     PRIVATE+KEY+<key name>+<8 hex digits key id>+<base64(0x01 || 32-byte Ed25519 seed)>
 
-No Django here: the offline verifier imports this module.
+Cosignatures (c2sp.org/tlog-cosignature, cosignature/v1, Ed25519): a witness signs
+``"cosignature/v1\\n" + "time <POSIX seconds>\\n" + <the whole checkpoint body>`` and appends the
+note signature line ``"— <witness name> <base64(key id || u64 BE timestamp || signature)>"``.
+Its key id is SHA-256(name || 0x0A || 0x04 || public key)[:4]; its verifier key has type 0x04.
+
+No Django here: the offline verifier and the witness import this module.
 """
 
 from __future__ import annotations
@@ -36,26 +41,39 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = [
+    "ALG_COSIGNATURE_V1",
     "ALG_ED25519",
     "Checkpoint",
     "CheckpointError",
+    "Cosignature",
     "MalformedCheckpointError",
     "SignatureError",
     "Verifier",
     "checkpoint_body",
+    "cosign",
+    "cosignature_message",
+    "cosigner_signer_key_for",
+    "cosigner_vkey_for",
     "key_id",
+    "load_cosigner_key",
     "load_signer_key",
     "make_checkpoint",
     "open_note",
     "parse_checkpoint",
     "parse_checkpoint_body",
+    "parse_cosigner_vkey",
     "parse_vkey",
     "sign_note",
     "signer_key_for",
+    "split_note",
+    "verify_cosignatures",
     "vkey_for",
 ]
 
 ALG_ED25519 = 0x01
+ALG_COSIGNATURE_V1 = 0x04  # c2sp.org/tlog-cosignature: Ed25519 cosignature/v1 (timestamped)
+COSIGNATURE_HEADER = "cosignature/v1\n"
+MAX_TIMESTAMP = (1 << 63) - 1
 SIG_PREFIX = "— "  # U+2014 EM DASH, U+0020 SPACE
 MAX_SIGNATURES = 100
 MAX_NOTE_BYTES = 1 << 20
@@ -92,10 +110,23 @@ class Verifier:
     name: str
     key_id: bytes
     public_key: Ed25519PublicKey
+    alg: int = ALG_ED25519
 
     @property
     def vkey(self) -> str:
+        if self.alg == ALG_COSIGNATURE_V1:
+            return cosigner_vkey_for(self.public_key, self.name)
         return vkey_for(self.public_key, self.name)
+
+
+@dataclass(frozen=True)
+class Cosignature:
+    """A verified cosignature/v1 line of a witness on a checkpoint."""
+
+    name: str
+    key_id: bytes
+    timestamp: int
+    line: str  # the note signature line, with its final newline
 
 
 # --------------------------------------------------------------------------- keys
@@ -118,18 +149,23 @@ def _public_bytes(public_key: Ed25519PublicKey | bytes) -> bytes:
     return raw
 
 
-def key_id(name: str, public_key: Ed25519PublicKey | bytes) -> bytes:
-    """SHA-256(name || 0x0A || 0x01 || public key)[:4]."""
-    data = name.encode() + b"\n" + bytes([ALG_ED25519]) + _public_bytes(public_key)
+def key_id(name: str, public_key: Ed25519PublicKey | bytes, alg: int = ALG_ED25519) -> bytes:
+    """SHA-256(name || 0x0A || alg || public key)[:4] (alg 0x01 log keys, 0x04 cosigners)."""
+    data = name.encode() + b"\n" + bytes([alg]) + _public_bytes(public_key)
     return hashlib.sha256(data).digest()[:4]
 
 
-def vkey_for(public_key: Ed25519PublicKey | bytes, name: str) -> str:
-    """The verifier key string ``<name>+<hex id>+<base64(0x01 || pubkey)>``."""
+def vkey_for(public_key: Ed25519PublicKey | bytes, name: str, alg: int = ALG_ED25519) -> str:
+    """The verifier key string ``<name>+<hex id>+<base64(alg || pubkey)>``."""
     if not _valid_name(name):
         raise MalformedCheckpointError(f"invalid key name {name!r}")
     raw = _public_bytes(public_key)
-    return f"{name}+{key_id(name, raw).hex()}+{base64.b64encode(bytes([ALG_ED25519]) + raw).decode()}"
+    return f"{name}+{key_id(name, raw, alg).hex()}+{base64.b64encode(bytes([alg]) + raw).decode()}"
+
+
+def cosigner_vkey_for(public_key: Ed25519PublicKey | bytes, name: str) -> str:
+    """A witness's verifier key: ``<name>+<hex id>+<base64(0x04 || pubkey)>`` (tlog-cosignature)."""
+    return vkey_for(public_key, name, ALG_COSIGNATURE_V1)
 
 
 def _b64decode(text: str, what: str) -> bytes:
@@ -142,7 +178,10 @@ def _b64decode(text: str, what: str) -> bytes:
     return raw
 
 
-def parse_vkey(vkey: str) -> Verifier:
+_ALG_NAMES = {ALG_ED25519: "an Ed25519 (type 0x01) key", ALG_COSIGNATURE_V1: "a cosignature/v1 (type 0x04) key"}
+
+
+def parse_vkey(vkey: str, alg: int = ALG_ED25519) -> Verifier:
     """Parse and check a verifier key string (the key id must match name and key)."""
     parts = vkey.strip().split("+", 2)
     if len(parts) != 3:
@@ -151,25 +190,35 @@ def parse_vkey(vkey: str) -> Verifier:
     if not _valid_name(name) or not _HEX8_RE.fullmatch(id_hex):
         raise MalformedCheckpointError("verifier key has an invalid name or key id")
     raw = _b64decode(key64, "verifier key")
-    if len(raw) != 33 or raw[0] != ALG_ED25519:
-        raise MalformedCheckpointError("verifier key is not an Ed25519 (type 0x01) key")
-    if key_id(name, raw[1:]).hex() != id_hex:
+    if len(raw) != 33 or raw[0] != alg:
+        raise MalformedCheckpointError(f"verifier key is not {_ALG_NAMES[alg]}")
+    if key_id(name, raw[1:], alg).hex() != id_hex:
         raise MalformedCheckpointError("verifier key id does not match its name and key")
-    return Verifier(name, bytes.fromhex(id_hex), Ed25519PublicKey.from_public_bytes(raw[1:]))
+    return Verifier(name, bytes.fromhex(id_hex), Ed25519PublicKey.from_public_bytes(raw[1:]), alg)
 
 
-def signer_key_for(private_key: Ed25519PrivateKey, name: str) -> str:
-    """The secret signer key string ``PRIVATE+KEY+<name>+<hex id>+<base64(0x01 || seed)>``."""
+def parse_cosigner_vkey(vkey: str) -> Verifier:
+    """Parse a witness's verifier key (type 0x04, c2sp.org/tlog-cosignature)."""
+    return parse_vkey(vkey, ALG_COSIGNATURE_V1)
+
+
+def signer_key_for(private_key: Ed25519PrivateKey, name: str, alg: int = ALG_ED25519) -> str:
+    """The secret signer key string ``PRIVATE+KEY+<name>+<hex id>+<base64(alg || seed)>``."""
     if not _valid_name(name):
         raise MalformedCheckpointError(f"invalid key name {name!r}")
     seed = private_key.private_bytes(
         serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
     )
-    kid = key_id(name, private_key.public_key())
-    return f"PRIVATE+KEY+{name}+{kid.hex()}+{base64.b64encode(bytes([ALG_ED25519]) + seed).decode()}"
+    kid = key_id(name, private_key.public_key(), alg)
+    return f"PRIVATE+KEY+{name}+{kid.hex()}+{base64.b64encode(bytes([alg]) + seed).decode()}"
 
 
-def load_signer_key(skey: str) -> tuple[str, Ed25519PrivateKey]:
+def cosigner_signer_key_for(private_key: Ed25519PrivateKey, name: str) -> str:
+    """A witness's secret key string (type 0x04); it belongs in the witness's key file only."""
+    return signer_key_for(private_key, name, ALG_COSIGNATURE_V1)
+
+
+def load_signer_key(skey: str, alg: int = ALG_ED25519) -> tuple[str, Ed25519PrivateKey]:
     """Parse a signer key string; return ``(key name, private key)``."""
     parts = skey.strip().split("+", 4)
     if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
@@ -178,12 +227,17 @@ def load_signer_key(skey: str) -> tuple[str, Ed25519PrivateKey]:
     if not _valid_name(name) or not _HEX8_RE.fullmatch(id_hex):
         raise MalformedCheckpointError("signer key has an invalid name or key id")
     raw = _b64decode(key64, "signer key")
-    if len(raw) != 33 or raw[0] != ALG_ED25519:
-        raise MalformedCheckpointError("signer key is not an Ed25519 (type 0x01) key")
+    if len(raw) != 33 or raw[0] != alg:
+        raise MalformedCheckpointError(f"signer key is not {_ALG_NAMES[alg]}")
     private_key = Ed25519PrivateKey.from_private_bytes(raw[1:])
-    if key_id(name, private_key.public_key()).hex() != id_hex:
+    if key_id(name, private_key.public_key(), alg).hex() != id_hex:
         raise MalformedCheckpointError("signer key id does not match its name and key")
     return name, private_key
+
+
+def load_cosigner_key(skey: str) -> tuple[str, Ed25519PrivateKey]:
+    """Parse a witness's secret key string (type 0x04); return ``(witness name, private key)``."""
+    return load_signer_key(skey, ALG_COSIGNATURE_V1)
 
 
 # --------------------------------------------------------------------------- signed notes
@@ -200,14 +254,9 @@ def sign_note(text: str, private_key: Ed25519PrivateKey, key_name: str) -> str:
     return f"{text}\n{SIG_PREFIX}{key_name} {base64.b64encode(blob).decode()}\n"
 
 
-def open_note(note: str, verifier_key: str | Verifier) -> str:
-    """Verify a signed note against one trusted key; return its text.
-
-    Follows c2sp.org/signed-note: signatures by other keys are ignored; a signature by
-    the trusted key (same name and key id) that fails to verify rejects the note; at
-    least one must verify.
-    """
-    verifier = verifier_key if isinstance(verifier_key, Verifier) else parse_vkey(verifier_key)
+def split_note(note: str) -> tuple[str, list[tuple[str, bytes, str]]]:
+    """Check a signed note's format; return its text and ``(key name, signature blob, line)`` per
+    signature line (c2sp.org/signed-note: the text ends at the last blank line)."""
     if len(note.encode("utf-8", "surrogatepass")) > MAX_NOTE_BYTES:
         raise MalformedCheckpointError("note is too large")
     try:
@@ -227,7 +276,7 @@ def open_note(note: str, verifier_key: str | Verifier) -> str:
         raise MalformedCheckpointError("note has no signatures")
     if len(sig_lines) > MAX_SIGNATURES:
         raise MalformedCheckpointError("note has too many signatures")
-    verified = False
+    signatures = []
     for line in sig_lines:
         if not line.startswith(SIG_PREFIX):
             raise MalformedCheckpointError("malformed signature line")
@@ -237,6 +286,21 @@ def open_note(note: str, verifier_key: str | Verifier) -> str:
         blob = _b64decode(sig64, "signature")
         if len(blob) < 5:
             raise MalformedCheckpointError("signature is too short")
+        signatures.append((name, blob, line + "\n"))
+    return text, signatures
+
+
+def open_note(note: str, verifier_key: str | Verifier) -> str:
+    """Verify a signed note against one trusted key; return its text.
+
+    Follows c2sp.org/signed-note: signatures by other keys are ignored; a signature by
+    the trusted key (same name and key id) that fails to verify rejects the note; at
+    least one must verify.
+    """
+    verifier = verifier_key if isinstance(verifier_key, Verifier) else parse_vkey(verifier_key)
+    text, signatures = split_note(note)
+    verified = False
+    for name, blob, _line in signatures:
         if name != verifier.name or blob[:4] != verifier.key_id:
             continue  # someone else's signature (a witness, a rotated key): ignore
         try:
@@ -310,3 +374,49 @@ def parse_checkpoint(text: str, verifier_key: str | Verifier, *, origin: str | N
     if origin is not None and checkpoint.origin != origin:
         raise MalformedCheckpointError(f"checkpoint origin {checkpoint.origin!r} is not {origin!r}")
     return checkpoint
+
+
+# --------------------------------------------------------------------------- cosignatures (witnesses)
+
+
+def cosignature_message(body: str, timestamp: int) -> bytes:
+    """What a cosignature/v1 signs: ``cosignature/v1\\n``, ``time <timestamp>\\n``, then the whole
+    checkpoint body (its text up to and including the final newline, without signature lines)."""
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool) or not 0 <= timestamp <= MAX_TIMESTAMP:
+        raise MalformedCheckpointError("cosignature timestamp must be an integer in 0 .. 2**63 - 1")
+    return (COSIGNATURE_HEADER + f"time {timestamp}\n" + body).encode()
+
+
+def cosign(body: str, private_key: Ed25519PrivateKey, name: str, timestamp: int) -> str:
+    """A witness's cosignature/v1 note signature line (with its final newline) on a checkpoint body."""
+    if not _valid_name(name):
+        raise MalformedCheckpointError(f"invalid key name {name!r}")
+    signature = private_key.sign(cosignature_message(body, timestamp))
+    blob = key_id(name, private_key.public_key(), ALG_COSIGNATURE_V1) + timestamp.to_bytes(8, "big") + signature
+    return f"{SIG_PREFIX}{name} {base64.b64encode(blob).decode()}\n"
+
+
+def verify_cosignatures(note: str, witnesses: list[Verifier] | tuple[Verifier, ...]) -> list[Cosignature]:
+    """The valid cosignatures in ``note`` by the given witnesses (type 0x04 keys), one per witness.
+
+    Lines by other keys (the log, unknown witnesses) are ignored. A line that claims a trusted
+    witness's name and key id but is malformed or does not verify rejects the note
+    (:class:`SignatureError`), as c2sp.org/signed-note asks of any trusted key.
+    """
+    text, signatures = split_note(note)
+    found: dict[tuple[str, bytes], Cosignature] = {}
+    for witness in witnesses:
+        if witness.alg != ALG_COSIGNATURE_V1:
+            raise MalformedCheckpointError(f"witness key {witness.name} is not a cosignature/v1 (type 0x04) key")
+        for name, blob, line in signatures:
+            if name != witness.name or blob[:4] != witness.key_id:
+                continue
+            if len(blob) != 4 + 8 + 64:
+                raise SignatureError(f"malformed cosignature by {witness.name}+{witness.key_id.hex()}")
+            timestamp = int.from_bytes(blob[4:12], "big")
+            try:
+                witness.public_key.verify(blob[12:], cosignature_message(text, timestamp))
+            except (InvalidSignature, MalformedCheckpointError) as exc:
+                raise SignatureError(f"invalid cosignature by {witness.name}+{witness.key_id.hex()}") from exc
+            found.setdefault((witness.name, witness.key_id), Cosignature(witness.name, witness.key_id, timestamp, line))
+    return list(found.values())

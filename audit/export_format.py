@@ -37,9 +37,13 @@ Line 1, the header object::
      "checkpoint": <signed checkpoint note covering exactly the entries below>,
      "checkpoints": [<earlier signed checkpoints, ascending size>]          (optional)
      "consistency_proofs": [{"from_size": m, "proof": [<base64 hash>...]}]  (optional)
-     "exported_at": <RFC 3339 UTC>}                                          (optional)
+     "exported_at": <RFC 3339 UTC>,                                          (optional)
+     "from": m,                                                              (optional, range export)
+     "frontier": [<base64 hash>...]}                                         (with "from" > 0)
 
-Then one line per entry, indices 0..n-1 in order::
+Then one line per entry, indices 0..n-1 in order (``from``..n-1 in a range export, whose
+``frontier`` holds the perfect subtrees covering entries 0..from-1: the verifier extends them with
+the exported entries and must reach the signed root)::
 
     {"index": i, "entry": {<entry>}, "leaf_hash": <hex, as stored by the server>}
 
@@ -95,7 +99,8 @@ ENTRY_KEYS = frozenset(
     {"index", "time", "actor", "action", "subject", "card", "organisation", "outcome", "reason", "receipt", "details"}
 )
 HEADER_KEYS = frozenset(
-    {"format", "origin", "verifier_key", "checkpoint", "checkpoints", "consistency_proofs", "exported_at"}
+    {"format", "origin", "verifier_key", "checkpoint", "checkpoints", "consistency_proofs", "exported_at",
+     "from", "frontier"}
 )
 LINE_KEYS = frozenset({"index", "entry", "leaf_hash"})
 _TIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?Z")
@@ -347,6 +352,8 @@ class ExportHeader:
     checkpoints: list[str] = field(default_factory=list)
     consistency_proofs: dict[int, list[bytes]] = field(default_factory=dict)
     exported_at: str | None = None
+    start: int = 0  # "from": index of the first entry line (a range export)
+    frontier: list[bytes] = field(default_factory=list)  # perfect subtrees covering entries 0..start-1
 
     def to_json(self) -> dict[str, Any]:
         obj: dict[str, Any] = {
@@ -364,6 +371,9 @@ class ExportHeader:
             ]
         if self.exported_at is not None:
             obj["exported_at"] = self.exported_at
+        if self.start:
+            obj["from"] = self.start
+            obj["frontier"] = [_b64(h) for h in self.frontier]
         return obj
 
     @classmethod
@@ -396,7 +406,19 @@ class ExportHeader:
         exported_at = obj.get("exported_at")
         if exported_at is not None:
             _check_time(exported_at)
-        return cls(obj["origin"], obj["verifier_key"], obj["checkpoint"], list(checkpoints), proofs, exported_at)
+        start = obj.get("from", 0)
+        if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= MAX_SAFE_INTEGER:
+            raise ExportFormatError("header member 'from' must be a non-negative integer")
+        raw_frontier = obj.get("frontier", [])
+        if not isinstance(raw_frontier, list):
+            raise ExportFormatError("header member 'frontier' must be a list")
+        frontier = [_unb64(h, "frontier hash") for h in raw_frontier]
+        if len(frontier) != start.bit_count():
+            raise ExportFormatError(f"a range export from entry {start} needs {start.bit_count()} frontier hashes")
+        return cls(
+            obj["origin"], obj["verifier_key"], obj["checkpoint"], list(checkpoints), proofs, exported_at,
+            start, frontier,
+        )
 
 
 @dataclass(frozen=True)
@@ -423,7 +445,7 @@ class ExportWriter:
 
     def __init__(self, fp: IO[str], header: ExportHeader) -> None:
         self._fp = fp
-        self._next = 0
+        self._next = header.start
         fp.write(_dump_line(header.to_json()))
 
     @property

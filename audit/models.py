@@ -11,6 +11,9 @@
 * :class:`LogState` — a singleton row: tree size and the frontier (compact range). Only the
   sequencer writes it, under its lock, so indices have no duplicates and no gaps.
 * :class:`Checkpoint` — signed tree heads (C2SP tlog-checkpoint notes).
+* :class:`WitnessCosignature` / :class:`WitnessRefusal` — what the configured witnesses answered
+  (c2sp.org/tlog-witness): cosignature lines published with the checkpoint, or a refusal kept as
+  evidence.
 
 Rows are append-only: nothing in the platform updates or deletes them (the sequencer fills in a
 pending entry's ``index`` and ``leaf_hash`` once).
@@ -161,6 +164,54 @@ class Checkpoint(models.Model):
 
     def __str__(self) -> str:
         return f"checkpoint at size {self.size}"
+
+    @property
+    def published_text(self) -> str:
+        """The note as published: the log's signed note with the witnesses' cosignature lines appended."""
+        return self.text + "".join(c.line for c in self.cosignatures.all())
+
+
+class WitnessCosignature(models.Model):
+    """A witness's cosignature/v1 line on a checkpoint (c2sp.org/tlog-cosignature), verified with the
+    witness's configured key before it was stored; published appended to the checkpoint's note."""
+
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="cosignatures")
+    witness = models.CharField(max_length=64, help_text="the witness's name in ECARD_WITNESSES")
+    key_name = models.CharField(max_length=255, help_text="the witness key's name, as in its signature line")
+    key_id = models.CharField(max_length=8, help_text="hex key id (type 0x04)")
+    timestamp = models.BigIntegerField(help_text="POSIX seconds the witness signed at")
+    line = models.TextField(help_text="the note signature line, with its final newline")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("checkpoint", "key_name", "key_id")
+        constraints = [
+            models.UniqueConstraint(fields=["checkpoint", "witness"], name="audit_cosignature_once_per_witness")
+        ]
+
+    def __str__(self) -> str:
+        return f"cosignature of {self.witness} on size {self.checkpoint.size}"
+
+
+class WitnessRefusal(models.Model):
+    """A witness refused a checkpoint (a fork, a rollback, a bad proof or a misconfiguration): kept
+    as evidence, once per checkpoint and witness, with an ``audit.witness_refused`` entry."""
+
+    checkpoint = models.ForeignKey(Checkpoint, on_delete=models.CASCADE, related_name="witness_refusals")
+    witness = models.CharField(max_length=64)
+    status = models.PositiveSmallIntegerField(help_text="the witness's HTTP status")
+    reason = models.TextField()
+    response = models.TextField(blank=True, help_text="the witness's answer (truncated)")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-created_at",)
+        constraints = [
+            models.UniqueConstraint(fields=["checkpoint", "witness"], name="audit_refusal_once_per_witness")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.witness} refused size {self.checkpoint.size} ({self.status})"
 
 
 class SecurityEvent(models.Model):

@@ -205,11 +205,11 @@ class EntryFilter(django_filters.FilterSet):
 
 
 def checkpoints() -> QuerySet[Checkpoint]:
-    return Checkpoint.objects.all()
+    return Checkpoint.objects.prefetch_related("cosignatures")
 
 
 def latest_checkpoint() -> Checkpoint | None:
-    return Checkpoint.objects.order_by("-size").first()
+    return Checkpoint.objects.prefetch_related("cosignatures").order_by("-size").first()
 
 
 @dataclass(frozen=True)

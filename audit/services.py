@@ -15,7 +15,9 @@
 * :func:`make_checkpoint` signs the committed tree head with the log's Ed25519 key, which key
   custody holds wrapped under the log operator's (the agency's) KEK.
 * :func:`write_export` / :func:`export_lines` produce the ``ecard-audit-export/1`` file that
-  ``python -m audit.verify`` checks.
+  ``python -m audit.verify`` checks (the whole log, or a range ``from``..checkpoint size).
+* :func:`push_to_witnesses` sends a checkpoint to the configured witnesses (c2sp.org/tlog-witness)
+  and stores their verified cosignatures, or records their refusal (``audit.witness_refused``).
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ import json
 import logging
 import math
 import time
+import urllib.parse
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import IO, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -36,21 +40,26 @@ from django.db.models.signals import post_save, pre_save
 from django.utils import timezone
 
 from audit import selectors
-from audit.checkpoint import key_id
+from audit import witness as witness_protocol
+from audit.checkpoint import CheckpointError, Verifier, key_id, parse_cosigner_vkey, verify_cosignatures
 from audit.checkpoint import make_checkpoint as sign_checkpoint
 from audit.export_format import ExportHeader, ExportWriter, entry_leaf_hash, format_time
-from audit.merkle import CompactRange, ProofError, consistency_proof, verify_consistency
-from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode
+from audit.merkle import CompactRange, ProofError, consistency_proof, frontier_coords, verify_consistency
+from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode, WitnessCosignature, WitnessRefusal
 from ecard.errors import ServiceError
 from issuers.custody_models import KeySet
 from issuers.models import Organization
 
 __all__ = [
     "LogCorruptError",
+    "WitnessConfig",
+    "configured_witnesses",
     "ensure_checkpoint",
     "export_lines",
     "log_verifier_key",
     "make_checkpoint",
+    "push_to_witness",
+    "push_to_witnesses",
     "record_event",
     "sequence_pending",
     "write_export",
@@ -418,6 +427,8 @@ def ensure_checkpoint() -> tuple[Checkpoint, bool]:
             )
     except IntegrityError:  # signed concurrently by another process
         return Checkpoint.objects.get(size=size), False
+    if getattr(settings, "ECARD_WITNESSES", None):
+        transaction.on_commit(functools.partial(_queue_witness_push, checkpoint.size), robust=True)
     return checkpoint, True
 
 
@@ -437,21 +448,31 @@ def _pick_earlier(sizes: list[int], limit: int) -> list[int]:
     return sorted({sizes[min(len(sizes) - 1, math.floor(k * step))] for k in range(limit)} | {sizes[-1]})
 
 
-def export_header(checkpoint: Checkpoint) -> ExportHeader:
-    """Header for an export that covers exactly ``checkpoint``: earlier checkpoints and proofs to it."""
+def export_header(checkpoint: Checkpoint, start: int = 0) -> ExportHeader:
+    """Header for an export that covers exactly ``checkpoint`` (entries ``start`` .. size-1): earlier
+    checkpoints (from ``start`` on) and proofs to it; for a range, the frontier at ``start``."""
     n = checkpoint.size
+    if not 0 <= start <= n:
+        raise ServiceError(f"an export of the checkpoint of size {n} starts at an entry in 0..{n}", code="invalid")
     limit = int(getattr(settings, "ECARD_AUDIT_EXPORT_CHECKPOINTS", 256))
-    sizes = list(Checkpoint.objects.filter(size__lt=n, size__gt=0).order_by("size").values_list("size", flat=True))
+    sizes = list(
+        Checkpoint.objects.filter(size__lt=n, size__gt=0, size__gte=start)
+        .order_by("size")
+        .values_list("size", flat=True)
+    )
     sizes = _pick_earlier(sizes, limit)
-    earlier = dict(Checkpoint.objects.filter(size__in=sizes).values_list("size", "text"))
+    rows = Checkpoint.objects.filter(size__in=sizes).prefetch_related("cosignatures")
+    earlier = {c.size: c.published_text for c in rows}
     store = selectors.DbNodeStore()
     return ExportHeader(
         origin=selectors.log_origin(),
         verifier_key=log_verifier_key(create=False) or "",
-        checkpoint=checkpoint.text,
+        checkpoint=checkpoint.published_text,
         checkpoints=[earlier[s] for s in sizes],
         consistency_proofs={s: consistency_proof(store, s, n) for s in sizes},
         exported_at=format_time(dt.datetime.now(dt.UTC)),
+        start=start,
+        frontier=[bytes(h) for h in store.get_nodes(frontier_coords(start))] if start else [],
     )
 
 
@@ -469,16 +490,22 @@ class _Buffer:
         return text
 
 
-def export_lines(checkpoint: Checkpoint | None = None, *, chunk_size: int = 2000) -> Iterator[str]:
-    """The export as text chunks (header, then entries 0 .. size-1 in order), for streaming."""
+def export_lines(
+    checkpoint: Checkpoint | None = None, *, start: int = 0, chunk_size: int = 2000
+) -> Iterator[str]:
+    """The export as text chunks (header, then entries ``start`` .. size-1 in order), for streaming."""
     if checkpoint is None:
         checkpoint = selectors.latest_checkpoint()
         if checkpoint is None:
             raise ServiceError("the log has no signed checkpoint yet", code="state")
     buffer = _Buffer()
-    writer = ExportWriter(buffer, export_header(checkpoint))
+    writer = ExportWriter(buffer, export_header(checkpoint, start))
     yield buffer.take()
-    rows = AuditEntry.objects.filter(index__lt=checkpoint.size).order_by("index").iterator(chunk_size=chunk_size)
+    rows = (
+        AuditEntry.objects.filter(index__gte=start, index__lt=checkpoint.size)
+        .order_by("index")
+        .iterator(chunk_size=chunk_size)
+    )
     for row in rows:
         if row.index != writer.count:
             raise LogCorruptError(f"entry {writer.count} is missing from the database")
@@ -486,16 +513,160 @@ def export_lines(checkpoint: Checkpoint | None = None, *, chunk_size: int = 2000
         if len(buffer.parts) >= chunk_size:
             yield buffer.take()
     if writer.count != checkpoint.size:
-        raise LogCorruptError(f"entries missing: found {writer.count} of {checkpoint.size}")
+        raise LogCorruptError(f"entries missing: found {writer.count - start} of {checkpoint.size - start}")
     yield buffer.take()
 
 
-def write_export(fp: IO[str], *, checkpoint: Checkpoint | None = None) -> Checkpoint:
-    """Write the export of ``checkpoint`` (default: the latest) to a text file; return the checkpoint."""
+def write_export(fp: IO[str], *, checkpoint: Checkpoint | None = None, start: int = 0) -> Checkpoint:
+    """Write the export of ``checkpoint`` (default: the latest) from entry ``start`` to a text file;
+    return the checkpoint."""
     if checkpoint is None:
         checkpoint = selectors.latest_checkpoint()
         if checkpoint is None:
             raise ServiceError("the log has no signed checkpoint yet", code="state")
-    for chunk in export_lines(checkpoint):
+    for chunk in export_lines(checkpoint, start=start):
         fp.write(chunk)
     return checkpoint
+
+
+# --------------------------------------------------------------------------- witnesses
+
+
+@dataclass(frozen=True)
+class WitnessConfig:
+    """One entry of ``ECARD_WITNESSES``."""
+
+    name: str
+    url: str
+    verifier: Verifier
+
+
+def configured_witnesses() -> list[WitnessConfig]:
+    """The witnesses of ``ECARD_WITNESSES``; ServiceError if one's key is not a cosigner key."""
+    out = []
+    for name, url, vkey in getattr(settings, "ECARD_WITNESSES", []):
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            raise ServiceError(f"witness {name}: its URL must be http(s)://host[:port][/prefix]", code="config")
+        try:
+            out.append(WitnessConfig(name, url, parse_cosigner_vkey(vkey)))
+        except CheckpointError as exc:
+            raise ServiceError(f"witness {name}: bad verifier key in ECARD_WITNESSES: {exc}", code="config") from None
+    return out
+
+
+def _queue_witness_push(size: int) -> None:
+    from audit import tasks  # the tasks module imports this one
+
+    tasks.push_checkpoint.delay(size)
+
+
+def _refused(checkpoint: Checkpoint, witness: WitnessConfig, status: int, reason: str, response: str) -> str:
+    """Keep the refusal as evidence and append ``audit.witness_refused`` to the log (once per checkpoint)."""
+    logger.warning("witness %s refused the checkpoint of size %s: %s", witness.name, checkpoint.size, reason)
+    with transaction.atomic():
+        _refusal, created = WitnessRefusal.objects.get_or_create(
+            checkpoint=checkpoint, witness=witness.name,
+            defaults={"status": status, "reason": reason, "response": response[:2000]},
+        )
+        if created:
+            record_event(
+                action="audit.witness_refused",
+                subject_type="witness",
+                subject_id=witness.name,
+                outcome=AuditEntry.Outcome.DENIED,
+                reason=reason,
+                details={"checkpoint_size": checkpoint.size, "status": status, "witness_url": witness.url},
+            )
+    return "refused"
+
+
+def _last_cosigned_size(witness: WitnessConfig) -> int:
+    found = (
+        WitnessCosignature.objects.filter(witness=witness.name)
+        .order_by("-checkpoint__size")
+        .values_list("checkpoint__size", flat=True)
+        .first()
+    )
+    return found or 0
+
+
+def push_to_witness(checkpoint: Checkpoint, witness: WitnessConfig) -> str:
+    """Send ``checkpoint`` to one witness (c2sp.org/tlog-witness ``add-checkpoint``).
+
+    Returns ``"cosigned"`` (its verified cosignature stored), ``"done"`` (stored before: nothing
+    sent), ``"superseded"`` (the witness already cosigned a later checkpoint of this log) or
+    ``"refused"`` (recorded, see :func:`_refused`). Raises :class:`audit.witness.WitnessUnavailable`
+    when the witness cannot be reached (retry later). Idempotent.
+    """
+    if WitnessCosignature.objects.filter(checkpoint=checkpoint, witness=witness.name).exists():
+        return "done"
+    n = checkpoint.size
+    old = _last_cosigned_size(witness)
+    timeout = float(getattr(settings, "ECARD_WITNESS_TIMEOUT", 10))
+    for attempt in range(2):
+        if old > n:
+            return "superseded"
+        proof = selectors.consistency_proof_for(old, n) if old else []
+        body = witness_protocol.add_checkpoint_body(old, proof, checkpoint.text)
+        status, content_type, text = witness_protocol.submit(witness.url, body, timeout=timeout)
+        if status == 200:
+            return _store_cosignature(checkpoint, witness, text)
+        sized = content_type == witness_protocol.SIZE_CONTENT_TYPE
+        known = witness_protocol.parse_size_response(text) if sized else None
+        if status == 409 and known is not None and known != old and attempt == 0:
+            if known > n:
+                if known <= selectors.current_size():
+                    return "superseded"
+                return _refused(
+                    checkpoint, witness, status,
+                    f"the witness has cosigned size {known}, beyond this log's {selectors.current_size()} entries",
+                    text,
+                )
+            old = known  # the witness knows another size than we recorded: prove from that one
+            continue
+        reasons = {
+            409: f"conflict: the witness holds another tree at size {known if known is not None else old} (fork)",
+            422: f"the consistency proof from size {old} did not convince the witness (fork or rollback)",
+            403: "the witness does not accept the log's signature (is it configured with the log's key?)",
+            404: "the witness does not know this log's origin",
+        }
+        return _refused(checkpoint, witness, status, reasons.get(status, f"HTTP {status}: {text.strip()[:200]}"), text)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _store_cosignature(checkpoint: Checkpoint, witness: WitnessConfig, text: str) -> str:
+    try:
+        found = verify_cosignatures(checkpoint.text + text, [witness.verifier])
+    except CheckpointError as exc:
+        return _refused(checkpoint, witness, 200, f"the witness's answer is not a valid cosignature: {exc}", text)
+    if not found:
+        reason = "the witness answered without a cosignature by its configured key"
+        return _refused(checkpoint, witness, 200, reason, text)
+    cosig = found[0]
+    WitnessCosignature.objects.get_or_create(
+        checkpoint=checkpoint, witness=witness.name,
+        defaults={
+            "key_name": cosig.name, "key_id": cosig.key_id.hex(), "timestamp": cosig.timestamp, "line": cosig.line
+        },
+    )
+    return "cosigned"
+
+
+def push_to_witnesses(size: int | None = None, *, names: list[str] | None = None) -> tuple[dict[str, str], list[str]]:
+    """Send the checkpoint of ``size`` (default: the latest) to every configured witness (or those in
+    ``names``). Returns ``({witness: outcome}, [witnesses that could not be reached])``."""
+    witnesses = [w for w in configured_witnesses() if names is None or w.name in names]
+    checkpoint = Checkpoint.objects.filter(size=size).first() if size is not None else selectors.latest_checkpoint()
+    if checkpoint is None or not witnesses:
+        return {}, []
+    results: dict[str, str] = {}
+    unavailable: list[str] = []
+    for witness in witnesses:
+        try:
+            results[witness.name] = push_to_witness(checkpoint, witness)
+        except witness_protocol.WitnessUnavailable as exc:
+            logger.warning("witness %s unavailable (checkpoint size %s): %s", witness.name, checkpoint.size, exc)
+            results[witness.name] = "unavailable"
+            unavailable.append(witness.name)
+    return results, unavailable

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import shared_task
+from django.conf import settings
 
 from audit import services
 
@@ -33,3 +36,20 @@ def purge_security_events() -> dict[str, int]:
     from audit import security
 
     return {"deleted": security.purge()}
+
+
+@shared_task(bind=True, name="audit.tasks.push_checkpoint")
+def push_checkpoint(self: Any, size: int | None = None) -> dict[str, str]:
+    """Send a checkpoint (default: the latest) to the configured witnesses and store their cosignatures.
+
+    Queued when a checkpoint is signed and run by beat every ``ECARD_AUDIT_WITNESS_SECONDS`` (the
+    latest, to witnesses that have not cosigned it). Idempotent: a stored cosignature is not asked
+    for again. While a witness is unreachable the task retries with backoff (with a broker; in the
+    in-process default, beat and the next checkpoint retry instead of blocking the caller).
+    """
+    results, unavailable = services.push_to_witnesses(size)
+    if unavailable and not self.request.is_eager:
+        retries = int(getattr(settings, "ECARD_WITNESS_RETRIES", 8))
+        if self.request.retries < retries:
+            raise self.retry(countdown=min(300, 5 * 2**self.request.retries), max_retries=retries)
+    return results

@@ -16,11 +16,24 @@
                             (default: 0 on SQLite, 0.05 on PostgreSQL).
 ``ECARD_AUDIT_READ_SEQUENCE_MAX``   reads of the log sequence at most this many pending entries
                             first (default 10000).
+``ECARD_WITNESSES``         the witnesses every new checkpoint is sent to (c2sp.org/tlog-witness):
+                            JSON, a list of ``[name, url, vkey]`` (or objects with those members);
+                            ``url`` is the witness's submission prefix (``…/add-checkpoint`` is
+                            appended), ``vkey`` its cosigner key (type 0x04). Default: none.
+``ECARD_WITNESS_TIMEOUT``   seconds per request to a witness (default 10).
+``ECARD_WITNESS_RETRIES``   retries of a push while a witness is unreachable (default 8, backing
+                            off up to 5 minutes; with a broker only — in-process, beat and the next
+                            checkpoint retry).
+``ECARD_AUDIT_WITNESS_SECONDS``  how often beat sends the latest checkpoint to witnesses that have
+                            not cosigned it yet (default 60).
 """
 
 from __future__ import annotations
 
+import json
 import os
+
+from django.core.exceptions import ImproperlyConfigured
 
 ECARD_LOG_ORIGIN = os.environ.get("ECARD_LOG_ORIGIN", "ecard.example/audit-log")
 ECARD_LOG_OPERATOR = os.environ.get("ECARD_LOG_OPERATOR", "")
@@ -39,6 +52,28 @@ ECARD_SECURITY_EVENT_ROWS_PER_MINUTE = int(os.environ.get("ECARD_SECURITY_EVENT_
 ECARD_SECURITY_EVENT_WRITES_PER_SOURCE = int(os.environ.get("ECARD_SECURITY_EVENT_WRITES_PER_SOURCE", "600"))
 ECARD_SECURITY_EVENT_RETENTION_DAYS = int(os.environ.get("ECARD_SECURITY_EVENT_RETENTION_DAYS", "90"))
 
+
+def _witnesses(raw: str) -> list[tuple[str, str, str]]:
+    if not raw.strip():
+        return []
+    try:
+        items = json.loads(raw)
+        out = []
+        for item in items:
+            name, url, vkey = (item["name"], item["url"], item["vkey"]) if isinstance(item, dict) else item
+            if not all(isinstance(v, str) and v for v in (name, url, vkey)):
+                raise ValueError("name, url and vkey must be non-empty strings")
+            out.append((name, url, vkey))
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ImproperlyConfigured(f"ECARD_WITNESSES must be a JSON list of [name, url, vkey]: {exc}") from None
+    return out
+
+
+ECARD_WITNESSES = _witnesses(os.environ.get("ECARD_WITNESSES", ""))
+ECARD_WITNESS_TIMEOUT = float(os.environ.get("ECARD_WITNESS_TIMEOUT", "10"))
+ECARD_WITNESS_RETRIES = int(os.environ.get("ECARD_WITNESS_RETRIES", "8"))
+ECARD_AUDIT_WITNESS_SECONDS = float(os.environ.get("ECARD_AUDIT_WITNESS_SECONDS", "60"))
+
 CELERY_BEAT_SCHEDULE = {
     "audit-security-event-purge": {
         "task": "audit.tasks.purge_security_events",
@@ -55,5 +90,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "audit.tasks.sequence",
         "schedule": ECARD_AUDIT_SEQUENCE_SECONDS,
         "options": {"expires": ECARD_AUDIT_SEQUENCE_SECONDS},
+    },
+    "audit-witness": {
+        "task": "audit.tasks.push_checkpoint",
+        "schedule": ECARD_AUDIT_WITNESS_SECONDS,
+        "options": {"expires": ECARD_AUDIT_WITNESS_SECONDS},
     },
 }

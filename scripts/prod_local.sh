@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The production topology on one machine (docs/deploy.md):
-#   gunicorn web workers, two Celery worker processes, Celery beat,
+#   gunicorn web workers, two Celery worker processes, Celery beat, one audit-log witness
+#   (python -m audit.witness on PROD_WITNESS_PORT, default 8101; key var/witness.key made on first run),
 #   on the local PostgreSQL (database ecard_prod) and Redis (broker db 0, cache db 1),
 #   DEBUG off, JSON logs in var/log/, PID files in var/run/.
 #
@@ -31,6 +32,8 @@ PG_PORT=${PG_PORT:-5432}
 REDIS_HOST=${REDIS_HOST:-127.0.0.1}
 REDIS_PORT=${REDIS_PORT:-6379}
 CELERY_WORKERS=${CELERY_WORKERS:-2}
+WITNESS_PORT=${PROD_WITNESS_PORT:-8101}
+WITNESS_KEY=$VAR/witness.key
 PROD_TLS=${PROD_TLS:-1}
 TLS_DIR=$VAR/tls
 
@@ -129,6 +132,14 @@ load_env() {
     export ECARD_AUDIT_SEQUENCE_ON_COMMIT=${ECARD_AUDIT_SEQUENCE_ON_COMMIT:-0}
     export ECARD_RELAY_RATE=${ECARD_RELAY_RATE:-1000/s}
     export ECARD_RELAY_IP_RATE=${ECARD_RELAY_IP_RATE:-10000/s}
+    # The regulator's witness (run here for the local topology; in production on the regulator's own
+    # machine): its key is generated once, and the platform sends it every new checkpoint.
+    if [ ! -s "$WITNESS_KEY" ]; then
+        "$PY" -m audit.witness keygen --name "${WITNESS_NAME:-regulator.example/witness}" --out "$WITNESS_KEY" >/dev/null
+        echo "prod-local: generated the witness key $WITNESS_KEY (mode 0600)"
+    fi
+    WITNESS_VKEY=$("$PY" -m audit.witness vkey --key "$WITNESS_KEY")
+    export ECARD_WITNESSES=${ECARD_WITNESSES:-"[[\"regulator-witness\", \"http://127.0.0.1:$WITNESS_PORT\", \"$WITNESS_VKEY\"]]"}
     export GUNICORN_BIND=${GUNICORN_BIND:-127.0.0.1:$PORT}
     export WEB_CONCURRENCY=${WEB_CONCURRENCY:-3}
     export GUNICORN_THREADS=${GUNICORN_THREADS:-4}
@@ -179,6 +190,7 @@ cmd_start() {
     "$PY" manage.py collectstatic --noinput >>"$LOG/deploy.log" 2>&1 || die "collectstatic failed (see $LOG/deploy.log)"
     "$PY" manage.py check --deploy --fail-level "$CHECK_LEVEL" >>"$LOG/deploy.log" 2>&1 \
         || die "manage.py check --deploy failed (see $LOG/deploy.log)"
+    start_witness
     start_bg web "$ROOT/.venv/bin/gunicorn" -c "$ROOT/ecard/gunicorn.conf.py" ecard.wsgi:application
     for n in $(seq 1 "$CELERY_WORKERS"); do
         start_bg "worker$n" "$ROOT/.venv/bin/celery" -A ecard worker --pool solo -n "worker$n@%h" \
@@ -191,6 +203,28 @@ cmd_start() {
     else
         die "the web tier did not become healthy (see $LOG/web.log)"
     fi
+}
+
+start_witness() {
+    # The witness needs the log's verifier key, which exists once there is an agency to own it
+    # (seed data or onboarding). Until then it is not started; the platform's pushes wait (they
+    # retry, and beat re-sends the latest checkpoint), and the next `make prod-local` starts it.
+    local log_info
+    mapfile -t log_info < <("$PY" manage.py shell -c "from django.conf import settings; from audit import services
+from ecard.errors import ServiceError
+try:
+    vkey = services.log_verifier_key()
+except ServiceError:
+    vkey = None
+if vkey:
+    print('@origin', settings.ECARD_LOG_ORIGIN)
+    print('@vkey', vkey)" 2>>"$LOG/deploy.log" | sed -n 's/^@[a-z]* //p')
+    if [ "${#log_info[@]}" -ne 2 ]; then
+        echo "prod-local: witness not started: the audit log has no signing key yet (no agency); run make prod-local again once there is one"
+        return
+    fi
+    start_bg witness "$PY" -m audit.witness serve --key "$WITNESS_KEY" --log-origin "${log_info[0]}" \
+        --log-key "${log_info[1]}" --host 127.0.0.1 --port "$WITNESS_PORT" --state "$VAR/witness-state.json"
 }
 
 cmd_stop() {
@@ -228,6 +262,12 @@ cmd_status() {
             rc=1
         fi
     done
+    # The witness is the regulator's (optional here: it starts once the log has a key).
+    if pid_alive "$RUN/witness.pid"; then
+        echo "witness: running (pid $(cat "$RUN/witness.pid"))"
+    else
+        echo "witness: stopped"
+    fi
     return $rc
 }
 

@@ -446,8 +446,9 @@ def test_cli_subprocess_rejects_structural_tampering(
     assert res.stderr.strip() == reason
 
 
-def test_verifier_does_not_import_django() -> None:
-    code = "import sys, audit.verify; sys.exit(1 if any(m.split('.')[0] == 'django' for m in sys.modules) else 0)"
+@pytest.mark.parametrize("module", ["audit.verify", "audit.witness"])
+def test_verifier_does_not_import_django(module: str) -> None:
+    code = f"import sys, {module}; sys.exit(1 if any(m.split('.')[0] == 'django' for m in sys.modules) else 0)"
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SETTINGS_MODULE"}
     env["PYTHONPATH"] = str(REPO)
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, timeout=60, check=False)

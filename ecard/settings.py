@@ -75,6 +75,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "ecard.limits.RequestSizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -165,6 +166,12 @@ if env_bool("BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DATA_UPLOAD_MAX_MEMORY_SIZE", str(5 * 1024 * 1024)))
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
+# API input bounds (ecard/parsers.py, ecard/pagination.py): a JSON or form body is at most
+# DATA_UPLOAD_MAX_MEMORY_SIZE bytes (413 beyond), a multipart upload at most ECARD_MAX_UPLOAD_BYTES,
+# JSON at most ECARD_JSON_MAX_DEPTH levels deep (400 beyond), a page at most ECARD_API_MAX_LIMIT items.
+ECARD_MAX_UPLOAD_BYTES = int(os.environ.get("ECARD_MAX_UPLOAD_BYTES", str(DATA_UPLOAD_MAX_MEMORY_SIZE)))
+ECARD_JSON_MAX_DEPTH = int(os.environ.get("ECARD_JSON_MAX_DEPTH", "32"))
+ECARD_API_MAX_LIMIT = int(os.environ.get("ECARD_API_MAX_LIMIT", "500"))
 
 # --- REST API ----------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -178,7 +185,12 @@ REST_FRAMEWORK = {
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PARSER_CLASSES": [
+        "ecard.parsers.JSONParser",
+        "ecard.parsers.FormParser",
+        "ecard.parsers.MultiPartParser",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "ecard.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "ecard.problems.problem_exception_handler",
     # Rate limits (HTTP 429 problem documents); per agent credential and per client address on

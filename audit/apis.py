@@ -40,7 +40,7 @@ from rest_framework.views import APIView
 from audit import selectors, services
 from audit.merkle import ProofError
 from audit.models import AuditEntry, Checkpoint
-from ecard.api import ActionRules, agency_operator, anyone
+from ecard.api import ActionRules, agency_operator, anyone, query_int
 
 
 def b64(data: bytes) -> str:
@@ -123,18 +123,8 @@ LogSerializer = inline_serializer(
 
 
 def _size_param(request: Request, name: str, *, default: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        if default is None:
-            raise ValidationError({name: ["this parameter is required"]})
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError({name: ["must be an integer"]}) from None
-    if value < 0:
-        raise ValidationError({name: ["must not be negative"]})
-    return value
+    """A tree size or index: decimal digits, at most 2**63-1 (beyond the log is the caller's ProofError)."""
+    return query_int(request, name, default=default)
 
 
 _FILTER_PARAMS = [

@@ -142,6 +142,9 @@ def consistency_with_roots(first: int, second: int) -> tuple[list[bytes], bytes,
     """Consistency proof ``first`` → ``second`` and both roots, from one query for all the nodes."""
     if second > current_size():
         raise ProofError(f"the log has fewer than {second} entries")
+    if second == 0:  # 0 -> 0: nothing to prove, and the empty tree has no nodes to fetch
+        consistency_proof_coords(first, second)  # ProofError unless first == 0
+        return [], EMPTY_ROOT, EMPTY_ROOT
     groups = [*consistency_proof_coords(first, second), frontier_coords(second)]
     if first:
         groups.append(frontier_coords(first))

@@ -12,12 +12,15 @@ inclusion proof is only served for an entry the caller can see).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import django_filters
+import django_filters.fields
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django import forms
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
@@ -187,6 +190,24 @@ def can_export(user: User | None) -> bool:
     return who.is_agency or who.is_regulator
 
 
+class UtcIsoDateTimeField(django_filters.fields.IsoDateTimeField):
+    """An ISO 8601 datetime, converted to UTC: PostgreSQL refuses UTC offsets beyond ±15:59 (Python
+    accepts up to ±23:59), which made ``?since=...+23:20`` a 500 there."""
+
+    def to_python(self, value: object) -> dt.datetime | None:
+        parsed = super().to_python(value)
+        if parsed is None:
+            return None
+        try:
+            return parsed.astimezone(dt.UTC)
+        except (OverflowError, ValueError):
+            raise forms.ValidationError("Enter a date and time within years 1 to 9999 (UTC).", code="invalid") from None
+
+
+class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UtcIsoDateTimeField
+
+
 class EntryFilter(django_filters.FilterSet):
     """Filters of the log browser and the entries API."""
 
@@ -194,8 +215,8 @@ class EntryFilter(django_filters.FilterSet):
     organization = django_filters.CharFilter(field_name="organization_slug", label="Organisation (slug)")
     action = django_filters.CharFilter(field_name="action", label="Action")
     outcome = django_filters.ChoiceFilter(field_name="outcome", choices=AuditEntry.Outcome.choices, label="Outcome")
-    since = django_filters.IsoDateTimeFilter(field_name="time", lookup_expr="gte", label="From (ISO 8601)")
-    until = django_filters.IsoDateTimeFilter(field_name="time", lookup_expr="lt", label="Until (ISO 8601)")
+    since = UtcIsoDateTimeFilter(field_name="time", lookup_expr="gte", label="From (ISO 8601)")
+    until = UtcIsoDateTimeFilter(field_name="time", lookup_expr="lt", label="Until (ISO 8601)")
 
     class Meta:
         model = AuditEntry

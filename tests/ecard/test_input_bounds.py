@@ -313,3 +313,51 @@ def test_huge_entry_and_checkpoint_indices_are_404s(world: World, index: str) ->
 @pytest.mark.parametrize("size", ["-1", "abc", str(10**20)])
 def test_export_size_edges_are_400s(world: World, size: str) -> None:
     assert_problem(api_as(world, "regulator").get("/api/v1/audit/export", {"size": size}), 400)
+
+
+# ------------------------------------------------------------------------------------ datetimes
+
+
+@pytest.mark.parametrize("offset", ["+23:20", "-23:59", "+15:59", "Z"])
+def test_audit_time_filters_take_any_utc_offset(world: World, offset: str) -> None:
+    """PostgreSQL refuses UTC offsets beyond ±15:59 (a 500 there, found by tests/ecard/test_api_fuzz.py)."""
+    from audit.selectors import EntryFilter
+
+    value = "9915-02-10T23:24:55.290743" + offset
+    form = EntryFilter({"since": value, "until": value}).form
+    assert form.is_valid(), form.errors
+    assert form.cleaned_data["since"].utcoffset().total_seconds() == 0
+    response = api_as(world, "regulator").get("/api/v1/audit/entries/", {"since": value, "until": value})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+23:00", "9999-12-31T23:59:59-23:00", "not a date"])
+def test_audit_time_filters_out_of_range_are_400s(world: World, value: str) -> None:
+    body = assert_problem(api_as(world, "regulator").get("/api/v1/audit/entries/", {"since": value}), 400)
+    assert "since" in body["errors"]
+
+
+# ------------------------------------------------------------------------------------ NUL characters
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/enrollments/consent/?card=%00&bank=alpha",
+        "/api/v1/enrollments/consent/?card=AB&bank=%00",
+        "/api/v1/cards/?ordering=%00",
+        "/api/v1/cards/%00/",
+        "/api/v1/audit/entries/?action=a%00b",
+        "/api/v1/whoami/?x%00=1",
+    ],
+)
+def test_nul_in_the_address_or_query_is_a_400(world: World, path: str) -> None:
+    """PostgreSQL refuses NUL in text: these were 500s there (SQLite let them through)."""
+    assert_problem(api_as(world, "citizen1").get(path), 400)
+
+
+@pytest.mark.parametrize("header", ["Token ab\x00c", "Agent eca_ab\x00c_x"])
+def test_nul_in_a_header_is_a_400(world: World, header: str) -> None:
+    client = APIClient(raise_request_exception=False)
+    assert_problem(client.get("/api/v1/whoami/", HTTP_AUTHORIZATION=header), 400)
+    assert_problem(client.post("/api/v1/relay/sessions/", {}, format="json", HTTP_AUTHORIZATION=header), 400)

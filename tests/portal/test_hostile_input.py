@@ -160,3 +160,21 @@ def test_batch_upload_is_read_only_up_to_its_bound(world: World, as_user, monkey
     monkeypatch.setattr(batch, "parse", spy)
     post_batch(as_user, b"holder\n" + b"x" * (2 * batch.MAX_BYTES))
     assert seen == [batch.MAX_BYTES + 1]
+
+
+@pytest.mark.parametrize(
+    ("username", "path"),
+    [
+        ("citizen1", "/card/%00/"),
+        ("citizen1", "/card/%00/add-bank/"),
+        ("agency_admin", "/agency/cards/%00/"),
+        ("agency_admin", "/agency/cards/?q=%00"),
+        ("agency_admin", "/audit/?card=%00"),
+        ("alpha_op", "/bank/alpha/rollouts/?release=%00"),
+    ],
+)
+def test_nul_in_a_portal_address_or_query_is_a_400(world: World, as_user, username: str, path: str) -> None:
+    """PostgreSQL refuses NUL in text: /card/%00/ was a 500 there."""
+    response = as_user(username).get(path)
+    assert response.status_code == 400
+    assert "Traceback" not in response.content.decode()

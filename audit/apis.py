@@ -40,7 +40,7 @@ from rest_framework.views import APIView
 from audit import selectors, services
 from audit.merkle import ProofError
 from audit.models import AuditEntry, Checkpoint
-from ecard.api import ActionRules, agency_operator, anyone, query_int
+from ecard.api import BIGINT_MAX, ActionRules, agency_operator, anyone, query_int
 
 
 def b64(data: bytes) -> str:
@@ -122,6 +122,10 @@ LogSerializer = inline_serializer(
 )
 
 
+# A tree size or leaf index as the schema documents it (larger or negative values are 400s).
+TREE_SIZE = {"type": "integer", "minimum": 0, "maximum": BIGINT_MAX}
+
+
 def _size_param(request: Request, name: str, *, default: int | None = None) -> int:
     """A tree size or index: decimal digits, at most 2**63-1 (beyond the log is the caller's ProofError)."""
     return query_int(request, name, default=default)
@@ -157,7 +161,7 @@ class EntryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return super().list(request, *args, **kwargs)
 
     @extend_schema(
-        parameters=[OpenApiParameter("tree_size", int, description="default: the current size of the log")],
+        parameters=[OpenApiParameter("tree_size", TREE_SIZE, description="default: the current size of the log")],
         responses={200: ProofSerializer},
     )
     @action(detail=True, methods=["get"])
@@ -227,7 +231,10 @@ class ConsistencyView(APIView):
     permission_classes = (IsAuthenticated,)
 
     @extend_schema(
-        parameters=[OpenApiParameter("first", int, required=True), OpenApiParameter("second", int, required=True)],
+        parameters=[
+            OpenApiParameter("first", TREE_SIZE, required=True),
+            OpenApiParameter("second", TREE_SIZE, required=True),
+        ],
         responses={200: ConsistencySerializer},
     )
     def get(self, request: Request) -> Response:
@@ -274,7 +281,7 @@ class ExportView(APIView):
     permission_classes = (IsAuthenticated,)
 
     @extend_schema(
-        parameters=[OpenApiParameter("size", int, description="a checkpoint size (default: the latest)")],
+        parameters=[OpenApiParameter("size", TREE_SIZE, description="a checkpoint size (default: the latest)")],
         responses={
             (200, "application/jsonl"): OpenApiResponse(
                 OpenApiTypes.STR, description="ecard-audit-export/1 JSON Lines; check with python -m audit.verify"

@@ -361,3 +361,22 @@ def test_nul_in_a_header_is_a_400(world: World, header: str) -> None:
     client = APIClient(raise_request_exception=False)
     assert_problem(client.get("/api/v1/whoami/", HTTP_AUTHORIZATION=header), 400)
     assert_problem(client.post("/api/v1/relay/sessions/", {}, format="json", HTTP_AUTHORIZATION=header), 400)
+
+
+# ------------------------------------------------------------------------------------ rollout groups
+
+
+@pytest.mark.parametrize("group", ["²", "٣", "１００%", "¹⁰⁰%", "9999999999", "1" * 16])
+def test_rollout_groups_with_non_ascii_digits_or_huge_counts_are_400s(world: World, group: str) -> None:
+    """'²'.isdigit() is true and int('²') raises ValueError: the rollout API answered 500."""
+    from updates.demo_cap import build_cap
+    from updates.releases import create_release
+
+    package = world.applets["alpha@card1"].package_aid
+    release = create_release(bank=world.alpha, cap_bytes=build_cap(package, [package + "01"], (2, 0), code_size=300),
+                             filename="wallet-2.0.cap", actor=world.users["alpha_op"])
+    response = api_as(world, "alpha_op").post(
+        "/api/v1/rollouts/", {"release": release.pk, "groups": [group, "100%"]}, format="json"
+    )
+    body = assert_problem(response, 400)
+    assert "groups" in body["errors"]

@@ -5,15 +5,18 @@ DRF's own parsers read a JSON or form body whole whatever its size (Django's
 nested JSON document raise ``RecursionError`` and let Django's ``SuspiciousOperation`` errors
 (too many fields, too much form data) escape as 500s. These parsers:
 
-* refuse a body larger than ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (a multipart upload: larger than
-  ``ECARD_MAX_UPLOAD_BYTES``) with **413** — before reading it when ``Content-Length`` says so,
-  and never reading more than the limit plus one byte otherwise;
+* refuse a JSON or form body larger than ``ECARD_MAX_JSON_BYTES`` (2 MiB; parsing a large JSON
+  document of tiny values costs about 20 times its size in memory and a second of CPU per 5 MiB)
+  or ``DATA_UPLOAD_MAX_MEMORY_SIZE``, and a multipart upload larger than ``ECARD_MAX_UPLOAD_BYTES``,
+  with **413** — before reading it when ``Content-Length`` says so, and never reading more than the
+  limit plus one byte otherwise;
 * refuse JSON nested deeper than ``ECARD_JSON_MAX_DEPTH`` (32) levels, JSON that is not UTF-8,
   and the non-standard constants ``NaN``/``Infinity`` (also as overflowing numbers) with **400**;
 * turn Django's form parsing refusals (too many fields or files, malformed multipart) into 400.
 
-The largest legitimate body is a relay exchange: ``updates.services.MAX_BATCH_RESPONSES`` short
-R-APDUs in hex, about 1 MiB; ``tests/ecard/test_input_bounds.py`` checks that it fits.
+The largest legitimate JSON bodies are a relay exchange (``updates.services.MAX_BATCH_RESPONSES``
+short R-APDUs in hex, about 1 MiB) and a rollout listing ``MAX_LISTED_CARDS`` CINs (about 0.4 MiB);
+``tests/ecard/test_input_bounds.py`` checks that they fit.
 """
 
 from __future__ import annotations
@@ -41,8 +44,14 @@ def json_max_depth() -> int:
 
 
 def body_limit() -> int | None:
-    """Bytes a JSON or form body may have (``None``: Django's check is switched off)."""
-    return settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    """Bytes a JSON or form body may have: ``ECARD_MAX_JSON_BYTES`` (2 MiB), and never more than
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (``None`` for both: unbounded)."""
+    limits = [
+        limit
+        for limit in (getattr(settings, "ECARD_MAX_JSON_BYTES", None), settings.DATA_UPLOAD_MAX_MEMORY_SIZE)
+        if limit is not None
+    ]
+    return min(limits) if limits else None
 
 
 def upload_limit() -> int | None:
@@ -82,14 +91,19 @@ def read_bounded(stream: Any, parser_context: dict[str, Any] | None, limit: int 
 
 
 def nesting_depth_exceeds(value: Any, limit: int) -> bool:
-    """True when ``value`` (parsed JSON) has containers nested more than ``limit`` deep (iterative)."""
-    stack = [(value, 1)]
+    """True when ``value`` (parsed JSON) has containers nested more than ``limit`` deep.
+
+    Depth-first with one iterator per level: memory grows with the depth, not the width."""
+    stack = [iter((value,))]
     while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+        for node in stack[-1]:
+            if isinstance(node, dict | list):
+                if len(stack) > limit:
+                    return True
+                stack.append(iter(node.values() if isinstance(node, dict) else node))
+                break
+        else:
+            stack.pop()
     return False
 
 

@@ -166,10 +166,11 @@ if env_bool("BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DATA_UPLOAD_MAX_MEMORY_SIZE", str(5 * 1024 * 1024)))
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
-# API input bounds (ecard/parsers.py, ecard/pagination.py): a JSON or form body is at most
-# DATA_UPLOAD_MAX_MEMORY_SIZE bytes (413 beyond), a multipart upload at most ECARD_MAX_UPLOAD_BYTES,
+# API input bounds (ecard/limits.py, parsers.py, pagination.py): a JSON or form body is at most
+# ECARD_MAX_JSON_BYTES (2 MiB; 413 beyond), any request body at most ECARD_MAX_UPLOAD_BYTES,
 # JSON at most ECARD_JSON_MAX_DEPTH levels deep (400 beyond), a page at most ECARD_API_MAX_LIMIT items.
 ECARD_MAX_UPLOAD_BYTES = int(os.environ.get("ECARD_MAX_UPLOAD_BYTES", str(DATA_UPLOAD_MAX_MEMORY_SIZE)))
+ECARD_MAX_JSON_BYTES = int(os.environ.get("ECARD_MAX_JSON_BYTES", str(2 * 1024 * 1024)))
 ECARD_JSON_MAX_DEPTH = int(os.environ.get("ECARD_JSON_MAX_DEPTH", "32"))
 ECARD_API_MAX_LIMIT = int(os.environ.get("ECARD_API_MAX_LIMIT", "500"))
 

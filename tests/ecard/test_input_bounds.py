@@ -157,8 +157,8 @@ def test_largest_legitimate_relay_exchange_fits_the_limits(world: World) -> None
     """A batch answered in full: MAX_BATCH_RESPONSES short R-APDUs of 256 data bytes plus SW."""
     longest = "AB" * 256 + "9000"
     body = json.dumps({"exchange": 1, "responses": [longest] * update_services.MAX_BATCH_RESPONSES}).encode()
-    assert len(body) < settings.DATA_UPLOAD_MAX_MEMORY_SIZE // 4  # ample room
-    assert len(body) < settings.ECARD_MAX_UPLOAD_BYTES
+    assert len(body) < parsers.body_limit() * 0.6  # ample room
+    assert parsers.body_limit() < settings.ECARD_MAX_UPLOAD_BYTES
     assert len(parsers.loads_bounded(body)["responses"]) == update_services.MAX_BATCH_RESPONSES
     client = APIClient(raise_request_exception=False)
     client.credentials(HTTP_AUTHORIZATION=f"Agent {agent_token(world)}")
@@ -169,6 +169,23 @@ def test_largest_legitimate_relay_exchange_fits_the_limits(world: World) -> None
     )
     # Parsed and judged by the relay (more responses than commands: the session is rejected).
     assert response.status_code == 409, response.content[:300]
+
+
+def test_largest_legitimate_rollout_body_fits_the_limits() -> None:
+    from updates.rollouts import MAX_LISTED_CARDS
+
+    body = json.dumps({
+        "release": 2**31, "name": "é" * 200, "from_version": "1.0", "groups": ["1%"] * 20 + ["100%"],
+        "cins": ["A" * 32] * MAX_LISTED_CARDS, "start_at": "2030-01-01T00:00:00Z",
+    }).encode()
+    assert len(body) < parsers.body_limit() * 0.6
+
+
+def test_json_body_over_the_json_bound_but_under_djangos_is_a_413(world: World) -> None:
+    assert parsers.body_limit() < settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+    body = json.dumps({"name": "x" * parsers.body_limit()}).encode()
+    response = api_as(world, "agency_admin").post("/api/v1/organizations/", data=body, content_type="application/json")
+    assert_problem(response, 413)
 
 
 # ------------------------------------------------------------------------------------ pagination

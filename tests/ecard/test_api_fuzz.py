@@ -133,6 +133,14 @@ def fuzz_world(db: None) -> FuzzWorld:
     return FuzzWorld(headers, known)
 
 
+def leak_scan(where: str, content: bytes) -> None:
+    """Hand the response to the suite's key-leak scanner (it hooks Django's test client, not WSGI)."""
+    from tests.issuers import keyleak
+
+    if keyleak._scanner is not None:
+        keyleak._scanner.collect(where, content)
+
+
 def problems_of(role: str, case: Any, response: Any) -> list[str]:
     """What is wrong with one response: a server error, or an API error that is no problem document."""
     found = []
@@ -201,6 +209,7 @@ def fuzz_operation(schema: Any, method: str, path: str, world: FuzzWorld, exampl
         for role, role_header in headers.items():
             response = case.call(headers=role_header)
             failures += problems_of(role, case, response)
+            leak_scan(f"response {method} {path} as {role}", response.content)
         assert not failures, f"{method} {path}: " + "; ".join(failures) + "\n" + case.as_curl_command()[:2000]
 
     with wsgi_in_test_transaction():

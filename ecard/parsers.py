@@ -168,6 +168,6 @@ class MultiPartParser(parsers.MultiPartParser):
         try:
             return super().parse(stream, media_type, parser_context)
         except RequestDataTooBig:
-            raise too_large(body_limit() or 0) from None
+            raise too_large(settings.DATA_UPLOAD_MAX_MEMORY_SIZE or 0) from None
         except SuspiciousOperation as exc:
             raise exceptions.ParseError(f"Multipart form parse error - {exc}") from None

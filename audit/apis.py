@@ -40,7 +40,7 @@ from rest_framework.views import APIView
 from audit import selectors, services
 from audit.merkle import ProofError
 from audit.models import AuditEntry, Checkpoint, SecurityEvent
-from ecard.api import ActionRules, agency_operator, anyone
+from ecard.api import BIGINT_MAX, ActionRules, agency_operator, anyone, query_int
 
 
 def b64(data: bytes) -> str:
@@ -134,19 +134,13 @@ LogSerializer = inline_serializer(
 )
 
 
+# A tree size or leaf index as the schema documents it (larger or negative values are 400s).
+TREE_SIZE = {"type": "integer", "minimum": 0, "maximum": BIGINT_MAX}
+
+
 def _size_param(request: Request, name: str, *, default: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        if default is None:
-            raise ValidationError({name: ["this parameter is required"]})
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationError({name: ["must be an integer"]}) from None
-    if value < 0:
-        raise ValidationError({name: ["must not be negative"]})
-    return value
+    """A tree size or index: decimal digits, at most 2**63-1 (beyond the log is the caller's ProofError)."""
+    return query_int(request, name, default=default)
 
 
 _FILTER_PARAMS = [
@@ -156,7 +150,9 @@ _FILTER_PARAMS = [
     OpenApiParameter("outcome", str, enum=list(AuditEntry.Outcome.values)),
     OpenApiParameter("since", OpenApiTypes.DATETIME, description="time >= since"),
     OpenApiParameter("until", OpenApiTypes.DATETIME, description="time < until"),
-    OpenApiParameter("from_index", int, description="entries with index >= from_index (page on with ordering=index)"),
+    OpenApiParameter(
+        "from_index", TREE_SIZE, description="entries with index >= from_index (page on with ordering=index)"
+    ),
 ]
 
 
@@ -183,7 +179,7 @@ class EntryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
         return super().list(request, *args, **kwargs)
 
     @extend_schema(
-        parameters=[OpenApiParameter("tree_size", int, description="default: the current size of the log")],
+        parameters=[OpenApiParameter("tree_size", TREE_SIZE, description="default: the current size of the log")],
         responses={200: ProofSerializer},
     )
     @action(detail=True, methods=["get"])
@@ -253,7 +249,10 @@ class ConsistencyView(APIView):
     permission_classes = (IsAuthenticated,)
 
     @extend_schema(
-        parameters=[OpenApiParameter("first", int, required=True), OpenApiParameter("second", int, required=True)],
+        parameters=[
+            OpenApiParameter("first", TREE_SIZE, required=True),
+            OpenApiParameter("second", TREE_SIZE, required=True),
+        ],
         responses={200: ConsistencySerializer},
     )
     def get(self, request: Request) -> Response:
@@ -301,10 +300,10 @@ class ExportView(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("size", int, description="a checkpoint size (default: the latest)"),
-            OpenApiParameter("to", int, description="same as size: the export ends before entry `to`"),
+            OpenApiParameter("size", TREE_SIZE, description="a checkpoint size (default: the latest)"),
+            OpenApiParameter("to", TREE_SIZE, description="same as size: the export ends before entry `to`"),
             OpenApiParameter(
-                "from", int, description="first entry (a range export: the header carries the frontier at it)"
+                "from", TREE_SIZE, description="first entry (a range export: the header carries the frontier at it)"
             ),
         ],
         responses={

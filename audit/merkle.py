@@ -284,6 +284,8 @@ def range_coords(start: int, end: int) -> list[Coord]:
 
 
 def _fold(values: Sequence[bytes]) -> bytes:
+    if not values:
+        raise ProofError("no nodes to fold (a range of the empty tree)")
     acc = values[-1]
     for h in reversed(values[:-1]):
         acc = node_hash(h, acc)

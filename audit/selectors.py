@@ -13,12 +13,15 @@ inclusion proof is only served for an entry the caller can see).
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import django_filters
+import django_filters.fields
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django import forms
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import AnonymousUser
@@ -143,6 +146,9 @@ def consistency_with_roots(first: int, second: int) -> tuple[list[bytes], bytes,
     """Consistency proof ``first`` → ``second`` and both roots, from one query for all the nodes."""
     if second > current_size():
         raise ProofError(f"the log has fewer than {second} entries")
+    if second == 0:  # 0 -> 0: nothing to prove, and the empty tree has no nodes to fetch
+        consistency_proof_coords(first, second)  # ProofError unless first == 0
+        return [], EMPTY_ROOT, EMPTY_ROOT
     groups = [*consistency_proof_coords(first, second), frontier_coords(second)]
     if first:
         groups.append(frontier_coords(first))
@@ -186,6 +192,24 @@ def can_export(user: User | None) -> bool:
     return who.is_agency or who.is_regulator
 
 
+class UtcIsoDateTimeField(django_filters.fields.IsoDateTimeField):
+    """An ISO 8601 datetime, converted to UTC: PostgreSQL refuses UTC offsets beyond ±15:59 (Python
+    accepts up to ±23:59), which made ``?since=...+23:20`` a 500 there."""
+
+    def to_python(self, value: object) -> dt.datetime | None:
+        parsed = super().to_python(value)
+        if parsed is None:
+            return None
+        try:
+            return parsed.astimezone(dt.UTC)
+        except (OverflowError, ValueError):
+            raise forms.ValidationError("Enter a date and time within years 1 to 9999 (UTC).", code="invalid") from None
+
+
+class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    field_class = UtcIsoDateTimeField
+
+
 class EntryFilter(django_filters.FilterSet):
     """Filters of the log browser and the entries API."""
 
@@ -193,8 +217,8 @@ class EntryFilter(django_filters.FilterSet):
     organization = django_filters.CharFilter(field_name="organization_slug", label="Organisation (slug)")
     action = django_filters.CharFilter(field_name="action", label="Action")
     outcome = django_filters.ChoiceFilter(field_name="outcome", choices=AuditEntry.Outcome.choices, label="Outcome")
-    since = django_filters.IsoDateTimeFilter(field_name="time", lookup_expr="gte", label="From (ISO 8601)")
-    until = django_filters.IsoDateTimeFilter(field_name="time", lookup_expr="lt", label="Until (ISO 8601)")
+    since = UtcIsoDateTimeFilter(field_name="time", lookup_expr="gte", label="From (ISO 8601)")
+    until = UtcIsoDateTimeFilter(field_name="time", lookup_expr="lt", label="Until (ISO 8601)")
 
     class Meta:
         model = AuditEntry

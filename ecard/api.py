@@ -6,10 +6,12 @@ its existence does not leak). Writes on visible objects are checked here (403 wh
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from rest_framework import permissions
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
@@ -54,3 +56,25 @@ class ActionRules(permissions.BasePermission):
 
     def has_object_permission(self, request: Request, view: APIView, obj: Any) -> bool:
         return self._rule(view)(principal(request.user), request, obj)
+
+
+DECIMAL = re.compile(r"[0-9]+")
+BIGINT_MAX = 2**63 - 1  # the largest value every database column of the platform holds
+
+
+def query_int(request: Request, name: str, *, default: int | None = None, maximum: int = BIGINT_MAX) -> int:
+    """A non-negative integer query parameter (ASCII decimal digits only), else a 400 that says why.
+
+    ``int()`` alone accepts signs, spaces, underscores and non-ASCII digits, and numbers beyond
+    what a database column holds (a 500 when they reach a query).
+    """
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise ValidationError({name: ["this parameter is required"]})
+        return default
+    if not DECIMAL.fullmatch(raw):
+        raise ValidationError({name: ["must be a non-negative integer (decimal digits)"]})
+    if len(raw) > len(str(maximum)) or int(raw) > maximum:
+        raise ValidationError({name: [f"must be at most {maximum}"]})
+    return int(raw)

@@ -16,7 +16,9 @@ machines (docs/deploy.md):
 ``GUNICORN_CERTFILE``, ``GUNICORN_KEYFILE``  serve HTTPS with this certificate and key (PEM)
 
 Request size limits: the request line and header limits below are gunicorn's; bodies are limited by
-Django (``DATA_UPLOAD_MAX_MEMORY_SIZE``, 5 MiB by default: a CAP upload fits, a flood does not).
+the application (``ecard/limits.py``: ``Content-Length`` at most ``ECARD_MAX_UPLOAD_BYTES``, and
+``DATA_UPLOAD_MAX_MEMORY_SIZE`` for form and JSON data, 5 MiB by default: a CAP upload fits, a
+flood does not).
 Gunicorn's own log records are JSON lines like the application's (``ecard.observability``).
 """
 
@@ -46,7 +48,7 @@ backlog = _int("GUNICORN_BACKLOG", 2048)
 max_requests = _int("GUNICORN_MAX_REQUESTS", 20000)
 max_requests_jitter = max_requests // 10 if max_requests else 0
 
-# Request limits (bodies: Django's DATA_UPLOAD_MAX_MEMORY_SIZE).
+# Request limits (bodies: ecard/limits.py and Django's DATA_UPLOAD_MAX_MEMORY_SIZE).
 limit_request_line = 4094
 limit_request_fields = 50
 limit_request_field_size = 8190

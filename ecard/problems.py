@@ -11,13 +11,15 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, JsonResponse
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from ecard.errors import ServiceError
+from ecard.parsers import RequestTooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +106,14 @@ def _problem_response(exc: Exception, context: dict[str, Any]) -> Response | Non
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
         exc = exceptions.PermissionDenied()
+    elif isinstance(exc, RequestDataTooBig):
+        # Django refused to read more of the body (request.body / request.POST past
+        # DATA_UPLOAD_MAX_MEMORY_SIZE, e.g. in the CSRF check of session authentication).
+        exc = RequestTooLarge(f"The request body is larger than {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes.")
+    elif isinstance(exc, SuspiciousOperation):
+        # Too many fields or files, a disallowed host, ...: the client's fault, never a 500.
+        logger.warning("suspicious request refused: %s", type(exc).__name__)
+        exc = exceptions.ParseError(f"The request was refused: {exc}")
     response = exception_handler(exc, context)
     if response is None:
         # Unhandled: log with the traceback, answer without internals.

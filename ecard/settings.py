@@ -94,6 +94,7 @@ MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "ecard.limits.RequestBoundsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -188,6 +189,13 @@ if env_bool("BEHIND_TLS_PROXY", default=False):
 ECARD_TRUSTED_PROXIES = int(os.environ.get("ECARD_TRUSTED_PROXIES", "0"))
 DATA_UPLOAD_MAX_MEMORY_SIZE = int(os.environ.get("DATA_UPLOAD_MAX_MEMORY_SIZE", str(5 * 1024 * 1024)))
 FILE_UPLOAD_MAX_MEMORY_SIZE = DATA_UPLOAD_MAX_MEMORY_SIZE
+# API input bounds (ecard/limits.py, parsers.py, pagination.py): a JSON or form body is at most
+# ECARD_MAX_JSON_BYTES (2 MiB; 413 beyond), any request body at most ECARD_MAX_UPLOAD_BYTES,
+# JSON at most ECARD_JSON_MAX_DEPTH levels deep (400 beyond), a page at most ECARD_API_MAX_LIMIT items.
+ECARD_MAX_UPLOAD_BYTES = int(os.environ.get("ECARD_MAX_UPLOAD_BYTES", str(DATA_UPLOAD_MAX_MEMORY_SIZE)))
+ECARD_MAX_JSON_BYTES = int(os.environ.get("ECARD_MAX_JSON_BYTES", str(2 * 1024 * 1024)))
+ECARD_JSON_MAX_DEPTH = int(os.environ.get("ECARD_JSON_MAX_DEPTH", "32"))
+ECARD_API_MAX_LIMIT = int(os.environ.get("ECARD_API_MAX_LIMIT", "500"))
 
 # --- REST API ----------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -201,7 +209,12 @@ REST_FRAMEWORK = {
         "django_filters.rest_framework.DjangoFilterBackend",
         "rest_framework.filters.OrderingFilter",
     ],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "DEFAULT_PARSER_CLASSES": [
+        "ecard.parsers.JSONParser",
+        "ecard.parsers.FormParser",
+        "ecard.parsers.MultiPartParser",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "ecard.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "ecard.problems.problem_exception_handler",
     # Throttles identify clients by REMOTE_ADDR, or through the trusted proxies only: left unset,

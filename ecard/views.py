@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
@@ -79,6 +80,10 @@ def handler403(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 
 def handler400(request: HttpRequest, exception: Exception) -> HttpResponse:
+    if is_api_request(request) and isinstance(exception, RequestDataTooBig):
+        return problem_response(
+            413, "Request body too large.", "The request body is larger than the server accepts.", "request_too_large"
+        )
     if is_api_request(request):
         return problem_response(400, "Bad request", "The request could not be understood.", "bad_request")
     return defaults.bad_request(request, exception)

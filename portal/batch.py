@@ -20,6 +20,10 @@ from issuers.models import Organization
 MAX_ROWS = 1000
 MAX_BYTES = 512 * 1024
 COLUMNS = ("holder", "scp", "cin", "serial")
+# Longest value of each column (a username is at most 150 characters; CIN and serial 32).
+MAX_LENGTHS = {"holder": 150, "scp": 2, "cin": 32, "serial": 32}
+# The csv module's own bound on a field (its default, 128 KiB) stays: a longer field ends the parse
+# with csv.Error, reported as a refusal; the lengths above are checked first and say which column.
 HEX = re.compile(r"^[0-9A-Fa-f]*$")
 
 
@@ -52,13 +56,25 @@ def parse(data: bytes) -> list[Row]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise BatchRefused([RowError(0, "the file is not UTF-8 text")]) from None
-    reader = csv.DictReader(io.StringIO(text))
+    if "\x00" in text:  # PostgreSQL refuses NUL in text; a CSV file never has one
+        raise BatchRefused([RowError(0, "the file contains NUL characters: it is not a text CSV file")])
+    try:
+        return _parse_rows(text)
+    except csv.Error as exc:  # e.g. a field beyond the csv module's limit (128 KiB)
+        raise BatchRefused([RowError(0, f"the file is not valid CSV: {exc}")]) from None
+
+
+def _parse_rows(text: str) -> list[Row]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip().lower() for h in (reader.fieldnames or [])]
     if "holder" not in header:
         raise BatchRefused([RowError(1, "the header row must name the columns: holder,scp,cin,serial")])
     unknown = [h for h in header if h not in COLUMNS]
     if unknown:
-        raise BatchRefused([RowError(1, f"unknown column(s): {', '.join(unknown)}")])
+        shown = ", ".join(h[:40] for h in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise BatchRefused([RowError(1, f"unknown column(s): {shown}")])
+    if len(set(header)) != len(header):
+        raise BatchRefused([RowError(1, "a column is named twice in the header row")])
     users = get_user_model().objects
     errors: list[RowError] = []
     rows: list[Row] = []
@@ -73,6 +89,11 @@ def parse(data: bytes) -> list[Row]:
             errors.append(RowError(line, "more fields than columns"))
             continue
         if not any(values.values()):
+            continue
+        too_long = [key for key, value in values.items() if len(value) > MAX_LENGTHS[key]]
+        if too_long:
+            errors.append(RowError(line, "; ".join(
+                f"{key} is longer than {MAX_LENGTHS[key]} characters" for key in too_long)))
             continue
         problems: list[str] = []
         holder = None

@@ -4,7 +4,7 @@ to the field they name, so the message appears next to it."""
 from __future__ import annotations
 
 from django import forms
-from django.http import HttpRequest, QueryDict
+from django.http import Http404, HttpRequest, QueryDict
 from django.utils.datastructures import MultiValueDict
 
 from ecard.errors import ServiceError
@@ -113,6 +113,21 @@ class AdmitBankForm(forms.Form):
 
 class LookupForm(forms.Form):
     q = forms.CharField(label="CIN, serial or holder username", max_length=150, required=False)
+
+
+class RecordIdForm(forms.Form):
+    """The id of a record named in a POST (``id=...``): a positive integer a database column holds."""
+
+    id = forms.IntegerField(min_value=1, max_value=2**63 - 1)
+
+
+def posted_id(request: HttpRequest, name: str = "id") -> int:
+    """The record id posted as ``name``; anything else (``abc``, ``-1``, ``1e9``, missing) is a 404,
+    like an id of a record the user cannot see."""
+    form = RecordIdForm({"id": request.POST.get(name, "")})
+    if not form.is_valid():
+        raise Http404("no such record")
+    return form.cleaned_data["id"]
 
 
 def posted(request: HttpRequest) -> QueryDict | None:

@@ -17,12 +17,12 @@ from typing import Any
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from ecard.api import ActionRules, anyone
 from ecard.errors import ServiceError
+from ecard.parsers import FormParser, JSONParser, MultiPartParser
 from issuers.models import Organization
 from issuers.roles import Principal, principal
 from updates import releases as release_services

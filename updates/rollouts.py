@@ -43,7 +43,9 @@ DISPATCH_CHUNK = 20_000  # card jobs per transaction when a large group starts (
 HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash: a reproducible shuffle of card ids
 HASH_MODULUS = 4294967291  # the largest prime below 2**32
 
-_PERCENT = re.compile(r"^\s*(\d{1,3}(?:\.\d{1,2})?)\s*%\s*$")
+_PERCENT = re.compile(r"^\s*([0-9]{1,3}(?:\.[0-9]{1,2})?)\s*%\s*$")
+# A card count: ASCII digits only ("²".isdigit() is true, and int("²") raises ValueError: a 500).
+_COUNT = re.compile(r"^\s*([0-9]{1,9})\s*$")
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,11 @@ def parse_groups(spec: Any) -> list[Bound]:
     for item in spec:
         if isinstance(item, bool):
             raise ServiceError(f"{item!r} is not a percentage or a card count", field="groups")
-        if isinstance(item, int) or (isinstance(item, str) and item.strip().isdigit()):
-            count = int(item)
+        count_text = _COUNT.match(item) if isinstance(item, str) else None
+        if isinstance(item, int) or count_text is not None:
+            count = item if isinstance(item, int) else int(count_text.group(1))
+            if count >= 10**9:
+                raise ServiceError("a card count is below 1,000,000,000", field="groups")
             if count < 1 or count <= last_count:
                 raise ServiceError(
                     "card counts must be positive and increasing (groups are cumulative)", field="groups"

@@ -100,8 +100,8 @@ def issue_batch(request: HttpRequest) -> HttpResponse:
         agency = _operator(request)
         try:
             issued = batch.issue_batch(
-                agency=agency, data=form.cleaned_data["csv_file"].read(), emulated=form.cleaned_data["emulated"],
-                actor=request.user,
+                agency=agency, data=form.cleaned_data["csv_file"].read(batch.MAX_BYTES + 1),
+                emulated=form.cleaned_data["emulated"], actor=request.user,
             )
         except batch.BatchRefused as exc:
             row_errors = exc.errors

@@ -16,7 +16,7 @@ from issuers.roles import principal
 from portal import charts, selectors
 from portal.access import bank_member, require_operator
 from portal.forms import ConfirmForm, ReleaseForm, add_service_error, files, posted
-from updates.releases import create_release
+from updates.releases import MAX_CAP_BYTES, create_release
 
 
 def _context(request: HttpRequest, bank: Organization, **extra: object) -> dict[str, object]:
@@ -83,7 +83,7 @@ def releases(request: HttpRequest, bank: Organization) -> HttpResponse:
             try:
                 release = create_release(
                     bank=bank,
-                    cap_bytes=upload.read(),
+                    cap_bytes=upload.read(MAX_CAP_BYTES + 1),  # more is refused: no need to hold it all
                     filename=upload.name,
                     changelog=form.cleaned_data["changelog"],
                     actor=request.user,

@@ -16,7 +16,7 @@ from ecard.errors import ServiceError
 from issuers import selectors as issuer_selectors
 from portal import selectors
 from portal.access import citizen_required
-from portal.forms import BankChoiceForm, ConfirmForm, ConsentForm, CredentialForm, add_service_error, posted
+from portal.forms import BankChoiceForm, ConfirmForm, ConsentForm, CredentialForm, add_service_error, posted, posted_id
 from updates import selectors as update_selectors
 from updates import services as update_services
 
@@ -125,7 +125,7 @@ def connect(request: HttpRequest) -> HttpResponse:
     form = CredentialForm(posted(request))
     token = None
     if request.method == "POST" and request.POST.get("action") == "revoke":
-        credential = get_object_or_404(update_selectors.credentials_for(request.user), pk=request.POST.get("id"))
+        credential = get_object_or_404(update_selectors.credentials_for(request.user), pk=posted_id(request))
         update_services.revoke_agent_credential(credential=credential, actor=request.user)
         messages.success(request, f"The credential “{credential.name}” is revoked.")
         return redirect("portal:connect")

@@ -378,8 +378,8 @@ class SecurityEventFilter(django_filters.FilterSet):
     kind = django_filters.ChoiceFilter(choices=SecurityEvent.Kind.choices)
     username = django_filters.CharFilter(field_name="username", lookup_expr="iexact", label="Account")
     source = django_filters.CharFilter(field_name="source", label="Client address")
-    since = django_filters.IsoDateTimeFilter(field_name="last_seen", lookup_expr="gte", label="Since (ISO 8601)")
-    until = django_filters.IsoDateTimeFilter(field_name="last_seen", lookup_expr="lt", label="Until (ISO 8601)")
+    since = UtcIsoDateTimeFilter(field_name="last_seen", lookup_expr="gte", label="Since (ISO 8601)")
+    until = UtcIsoDateTimeFilter(field_name="last_seen", lookup_expr="lt", label="Until (ISO 8601)")
 
     class Meta:
         model = SecurityEvent

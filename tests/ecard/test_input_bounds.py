@@ -205,6 +205,9 @@ LIST_PATHS = (
     "/api/v1/agent-credentials/",
     "/api/v1/audit/entries/",
     "/api/v1/audit/checkpoints/",
+    "/api/v1/invitations/",
+    "/api/v1/sharing-approvals/",
+    "/api/v1/security/events/",
 )
 
 

@@ -58,8 +58,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
     app.conf.task_always_eager = True
     app.conf.task_eager_propagates = True
-    if not getattr(settings, "ECARD_MASTER_KEY", ""):
-        settings.ECARD_MASTER_KEY = os.environ["ECARD_MASTER_KEY"]
+    # One master key for the test process and every process it starts (Celery workers, servers):
+    # the settings may have been loaded before this file, with the installation's generated key.
+    settings.ECARD_MASTER_KEY = os.environ["ECARD_MASTER_KEY"]
 
 
 @pytest.fixture

@@ -3,10 +3,13 @@ whose bank can load the real test CAP files."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from django.db import transaction
 from rest_framework.test import APIClient
 
 from agent.core import RelayError, SessionResult, run_session
@@ -231,3 +234,47 @@ def assert_consistent_in_progress(world: OtaWorld) -> None:
            "A00000015100", "A0000001515350"}
     assert registry["apps"] <= known_apps, (registry, known_apps)
     assert registry["elfs"] - rom <= packages, (registry, packages)
+
+
+class ForgingRelay:
+    """Answers chosen commands itself: a command whose INS is in ``forge`` (or whose position is
+    ``at``) gets the forged status word, which has no R-MAC. With ``forward`` the card still
+    runs the command and only its answer is replaced (the C-MAC chain stays intact)."""
+
+    def __init__(
+        self,
+        inner: Any,
+        forge: dict[int, bytes] | None = None,
+        *,
+        at: int = -1,
+        answer: bytes = b"",
+        forward: bool = False,
+    ) -> None:
+        self.inner = inner
+        self.forge = forge or {}
+        self.at = at
+        self.answer = answer
+        self.forward = forward
+        self.count = 0
+        self.forged = 0
+        self.seen: list[int] = []
+
+    def transmit(self, capdu: bytes) -> bytes:
+        index = self.count
+        self.count += 1
+        self.seen.append(capdu[1])
+        forged = self.answer if index == self.at else self.forge.get(capdu[1])
+        if forged is None:
+            return self.inner.transmit(capdu)
+        self.forged += 1
+        if self.forward:
+            self.inner.transmit(capdu)
+        return forged
+
+
+@contextmanager
+def rolled_back() -> Iterator[None]:
+    """Run a block in a transaction that is rolled back: many worlds in one test, each forgotten."""
+    with transaction.atomic():
+        yield
+        transaction.set_rollback(True)

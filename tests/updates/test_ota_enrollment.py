@@ -17,11 +17,6 @@ from updates.ota import BANK_KVN, keyset_for
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _cards_dir(tmp_path, settings):
-    settings.ECARD_CARDS_DIR = tmp_path
-
-
 def open_scp03(transport, sd_aid: str, keys) -> SCP03:
     assert transport.transmit(commands.select(bytes.fromhex(sd_aid)))[-2:] == b"\x90\x00"
     channel = SCP03(keys, 0x33, sd_aid=bytes.fromhex(sd_aid))

@@ -4,11 +4,7 @@ matches the platform's records, and the audit trail shows every attempt."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import pytest
-from django.db import transaction
 
 from agent.core import RelayError
 from audit.models import AuditEntry
@@ -22,25 +18,13 @@ from tests.otakit import (
     assert_registry_matches_records,
     build_ota_world,
     enroll,
+    rolled_back,
 )
 from tests.shared_data import cap_file
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 EMPTY_CAP = "Empty_0102030405_8d5ac9e2_2.2.1.cap"
-
-
-@pytest.fixture(autouse=True)
-def _cards_dir(tmp_path, settings):
-    settings.ECARD_CARDS_DIR = tmp_path
-
-
-@contextmanager
-def rolled_back() -> Iterator[None]:
-    """Each scenario in its own world: everything it wrote is rolled back afterwards."""
-    with transaction.atomic():
-        yield
-        transaction.set_rollback(True)
 
 
 def enrolled_world() -> OtaWorld:

@@ -18,11 +18,6 @@ from updates.ota import BANK_KVN, keyset_for
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def _cards_dir(tmp_path, settings):
-    settings.ECARD_CARDS_DIR = tmp_path
-
-
 def authenticate(transport, sd_aid: str, keys, scp: int = 3, i: int = 0x55):
     transport.transmit(commands.select(bytes.fromhex(sd_aid)))
     channel = SCP03(keys, 0x33) if scp == 3 else SCP02(keys, 0x13, i=i)

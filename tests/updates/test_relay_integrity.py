@@ -4,40 +4,27 @@ consistent, and an honest presentation afterwards completes the work."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.db import transaction
 
 from agent.core import RelayError, run_batch
 from audit.models import AuditEntry
 from cards.models import CardJob
 from tests.otakit import (
     ApiServer,
+    ForgingRelay,
     OtaWorld,
     assert_consistent_in_progress,
     assert_registry_matches_records,
     build_ota_world,
     enroll,
+    rolled_back,
 )
 from tests.shared_data import cap_file
 from updates.models import AuthRefusal, CardSession
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
-
-
-@pytest.fixture(autouse=True)
-def _cards_dir(tmp_path, settings):
-    settings.ECARD_CARDS_DIR = tmp_path
-
-
-@contextmanager
-def rolled_back() -> Iterator[None]:
-    with transaction.atomic():
-        yield
-        transaction.set_rollback(True)
 
 
 def enrolled_world() -> OtaWorld:
@@ -253,26 +240,7 @@ def card_auth_failures(world: OtaWorld, sd_aid: str) -> int:
     return max(record.get("failures", 0) for record in keys.values())
 
 
-class ForgingRelay:
-    """A relay that answers chosen commands itself, without sending them to the card: every
-    command whose INS is in ``forge`` gets ``answer`` (a status word, which carries no R-MAC)."""
-
-    def __init__(self, inner: Any, forge: dict[int, bytes]) -> None:
-        self.inner = inner
-        self.forge = forge
-        self.forged = 0
-
-    def transmit(self, capdu: bytes) -> bytes:
-        answer = self.forge.get(capdu[1])
-        if answer is not None:
-            self.forged += 1
-            return answer
-        return self.inner.transmit(capdu)
-
-
 INS_EXTERNAL_AUTHENTICATE = 0x82
-INS_GET_STATUS = 0xF2
-INS_DELETE = 0xE4
 
 
 def test_a_relay_that_fakes_refused_authentications_cannot_stop_the_bank() -> None:

@@ -34,11 +34,6 @@ pytestmark = pytest.mark.django_db
 SW_SECURITY = b"\x69\x82"
 
 
-@pytest.fixture(autouse=True)
-def _cards_dir(tmp_path, settings):
-    settings.ECARD_CARDS_DIR = tmp_path
-
-
 def install_for_load(release: Release, sd_aid: str) -> bytes:
     lfdb = LoadFile.from_bytes(bytes(release.cap_file)).load_file_data_block()
     return commands.install_for_load(

@@ -37,11 +37,6 @@ ALPHA_PKG, ALPHA_APPLET, ALPHA_INSTANCE = ALPHA_RID + "01", ALPHA_RID + "0101", 
 BETA_PKG, BETA_APPLET, BETA_INSTANCE = BETA_RID + "01", BETA_RID + "0101", BETA_RID + "010101"
 
 
-@pytest.fixture(autouse=True)
-def _cards_dir(tmp_path, settings):
-    settings.ECARD_CARDS_DIR = tmp_path
-
-
 @dataclass
 class Holder:
     citizen: Any

@@ -31,11 +31,6 @@ CAPS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _cards_dir(tmp_path, settings):
-    settings.ECARD_CARDS_DIR = tmp_path
-
-
 def count(world, mode: str = "batch") -> tuple[int, int, int]:
     """Present the card once: (HTTP exchanges, round trips the session reports, APDUs)."""
     server = ApiServer(world.token)

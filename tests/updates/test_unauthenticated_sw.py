@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import ast
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from django.db import transaction
 
 from agent.core import RelayError
 from cards import services as card_services
@@ -23,12 +20,14 @@ from cards.models import CardJob, CardPackage, Enrollment, SecurityDomain
 from cardsim.state import kvn_key
 from issuers.custody_models import KeySet
 from tests.otakit import (
+    ForgingRelay,
     OtaWorld,
     PulledCard,
     assert_registry_matches_records,
     build_ota_world,
     card_registry,
     enroll,
+    rolled_back,
 )
 from tests.shared_data import cap_file
 from updates import ota
@@ -40,52 +39,6 @@ INS_INSTALL = 0xE6
 INS_GET_STATUS = 0xF2
 PACKAGE = "0102030405"
 INSTANCE = "0102030405060708"
-
-
-@pytest.fixture(autouse=True)
-def _cards_dir(tmp_path, settings):
-    settings.ECARD_CARDS_DIR = tmp_path
-
-
-@contextmanager
-def rolled_back() -> Iterator[None]:
-    with transaction.atomic():
-        yield
-        transaction.set_rollback(True)
-
-
-class ForgingRelay:
-    """Answers chosen commands itself: a command whose INS is in ``forge`` (or whose position is
-    ``at``) gets the forged status word, which has no R-MAC. With ``forward`` the card still
-    runs the command and only its answer is replaced (the C-MAC chain stays intact)."""
-
-    def __init__(
-        self,
-        inner: Any,
-        forge: dict[int, bytes] | None = None,
-        *,
-        at: int = -1,
-        answer: bytes = b"",
-        forward: bool = False,
-    ) -> None:
-        self.inner = inner
-        self.forge = forge or {}
-        self.at = at
-        self.answer = answer
-        self.forward = forward
-        self.count = 0
-        self.seen: list[int] = []
-
-    def transmit(self, capdu: bytes) -> bytes:
-        index = self.count
-        self.count += 1
-        self.seen.append(capdu[1])
-        forged = self.answer if index == self.at else self.forge.get(capdu[1])
-        if forged is None:
-            return self.inner.transmit(capdu)
-        if self.forward:
-            self.inner.transmit(capdu)
-        return forged
 
 
 class LosingRelay:

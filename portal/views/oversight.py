@@ -34,18 +34,20 @@ def oversight_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
 
 
 def _form(request: HttpRequest) -> reports.ReportForm:
-    return reports.ReportForm(request.GET or None, today=timezone.now().date())
+    """The period and bank asked for; without any, last month for all banks (the fields filled in)."""
+    today = timezone.now().date()
+    if not request.GET:
+        first, last = reports.last_month(today)
+        return reports.ReportForm({"date_from": first.isoformat(), "date_to": last.isoformat()}, today=today)
+    return reports.ReportForm(request.GET, today=today)
 
 
 @oversight_only
 @require_GET
 def report_list(request: HttpRequest) -> HttpResponse:
     form = _form(request)
-    if form.is_bound and not form.is_valid():
+    if not form.is_valid():
         return render(request, "portal/oversight/reports.html", {"form": form, "reports": []}, status=400)
-    if not form.is_bound:
-        form = reports.ReportForm({}, today=timezone.now().date())
-        form.is_valid()
     period = form.period()
     built = [
         {"report": r, "chart": bar_chart(r.chart), "chart_id": f"chart-{r.slug}"} for r in reports.all_reports(period)
@@ -67,8 +69,6 @@ def report_csv(request: HttpRequest, report: str) -> HttpResponse:
     if build is None:
         raise Http404("no such report")
     form = _form(request)
-    if not form.is_bound:
-        form = reports.ReportForm({}, today=timezone.now().date())
     if not form.is_valid():
         errors = "; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in form.errors.items())
         return HttpResponse(f"Bad request: {errors}\n", status=400, content_type="text/plain; charset=utf-8")

@@ -313,3 +313,37 @@ def test_card_page_shows_the_replay_with_proof_links(world) -> None:
     for bad in ({"cin": "zz"}, {"cin": cin, "at": "yesterday"}, {"cin": cin, "at": "99999-01-01"}):
         assert client.get("/regulator/card/", bad).status_code == 400, bad
     assert client.get("/regulator/card/", {"cin": "AB" * 8}).status_code == 404
+
+
+def test_an_update_is_reported_by_release_and_replayed(world) -> None:
+    from updates.demo_cap import build_cap
+    from updates.releases import create_release
+
+    package, applet, instance = "0102030405AA", "0102030405AA01", "0102030405AA0101"
+    v1, v2 = (
+        create_release(bank=world.bank, cap_bytes=build_cap(package, [applet], version, name="alpha.w"),
+                       filename=f"w-{version[0]}.cap", actor=world.operator)
+        for version in ((1, 0), (1, 1))
+    )
+    enrollment = enroll(world)
+    assert world.present().ok
+    sd = SecurityDomain.objects.get(pk=enrollment.security_domain_id)
+    for release in (v1, v2):
+        CardJob.objects.create(card=world.card, kind=CardJob.Kind.UPDATE_APPLET, organization=world.bank,
+                               security_domain=sd, params={"packages": [{"release": release.pk,
+                                                                          "instances": [instance]}]})
+        result = world.present()
+        assert result.ok, result
+        assert AppletInstance.objects.get(security_domain=sd, instance_aid=instance).package_version == \
+            release.package_version
+        if release == v1:
+            first_update = entries("job.done", card_cin=world.card.cin, details__kind="update_applet")[-1]
+            view_after_v1 = platform_domains(world)
+    view_after_v2 = platform_domains(world)
+
+    updates = {row[0]: row for row in reports.updates_report(today_period()).rows}
+    assert updates[v1.pk][3:] == [v1.package_version, lfdb_hash(v1), 0, 1]
+    assert updates[v2.pk][3:] == [v2.package_version, lfdb_hash(v2), 0, 1]
+    assert reports.card_at(world.card.cin, first_update.time).domain(sd.aid).packages[package].version == "1.0"
+    assert replayed_domains(reports.card_at(world.card.cin, first_update.time)) == view_after_v1
+    assert replayed_domains(reports.card_at(world.card.cin, timezone.now())) == view_after_v2 != view_after_v1

@@ -151,6 +151,8 @@ def issue_card(
             "key_scheme": key_scheme,
             "emulated": emulated,
             "holder_assigned": holder is not None,
+            "lifecycle": card.lifecycle,
+            "isd_aid": ISD_AID,
         },
     )
     return card
@@ -306,6 +308,7 @@ def request_removal(*, enrollment: Enrollment, actor: AbstractBaseUser) -> CardJ
         card_cin=enrollment.card.cin,
         actor=actor,
         organization=enrollment.bank,
+        details={"bank": enrollment.bank.slug, "ssd_aid": sd.aid if sd else ""},
     )
     return _queue_job(
         card=enrollment.card,

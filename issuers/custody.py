@@ -97,6 +97,11 @@ _AAD_VERSION = 1
 # KEKs
 
 
+# Every backend's KEK is an AES-256 key that wraps with AES-GCM (issuers/keyvault.py); audit
+# entries name it so. (No key has a certificate yet: entries carry no certificate serial.)
+KEK_ALGORITHM = "aes-256-gcm"
+
+
 def active_kek(org: Organization) -> KeyEncryptionKey | None:
     """The organisation's active KEK row, if it has one."""
     return KeyEncryptionKey.objects.filter(organization=org, state=KeyEncryptionKey.State.ACTIVE).first()
@@ -151,7 +156,8 @@ def ensure_org_kek(org: Organization, *, actor: Any = None) -> KeyEncryptionKey:
                 subject_id=f"{org.slug}/v{kek.version}",
                 actor=actor,
                 organization=org,
-                details={"version": kek.version, "backend": kek.backend},
+                details={"version": kek.version, "key_version": kek.version, "algorithm": KEK_ALGORITHM,
+                         "backend": kek.backend},
             )
             return kek
     except IntegrityError:
@@ -294,6 +300,7 @@ def _store(
                 "algorithm": algorithm,
                 "key_length": key_length,
                 "kvn": kvn,
+                "key_version": kvn,
                 "sd_aid": sd_aid,
                 "kek_version": kek.version,
                 "superseded": [old.pk for old in previous],
@@ -669,6 +676,8 @@ def _rotate_in_transaction(
         details={
             "old_versions": [k.version for k in older],
             "new_version": version,
+            "key_version": version,
+            "algorithm": KEK_ALGORITHM,
             "backend": backend.name,
             "key_sets_rewrapped": len(keysets),
         },

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from portal.views import account, agency, auth, bank, citizen, pages, rollouts
+from portal.views import account, agency, auth, bank, citizen, oversight, pages, rollouts
 
 app_name = "portal"
 
@@ -41,5 +41,8 @@ urlpatterns = [
     path("agency/policy/", agency.policy, name="agency-policy"),
     # Regulator
     path("regulator/", pages.regulator, name="regulator"),
+    path("regulator/reports/", oversight.report_list, name="oversight-reports"),
+    path("regulator/reports/<slug:report>.csv", oversight.report_csv, name="oversight-report-csv"),
+    path("regulator/card/", oversight.card_at, name="oversight-card"),
 ]
 

@@ -422,7 +422,9 @@ class SsdInstallApplets(BankSsdStage):
                 continue  # already installed (resume)
             if registry.elf(release.package_aid) is None:
                 script += load_script(self.card, sd, release, channel)
-            script.append(install_command(self.card, sd, release.package_aid, module_aid, instance_aid))
+            script.append(
+                install_command(self.card, sd, release.package_aid, module_aid, instance_aid, release=release)
+            )
         return script
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
@@ -446,6 +448,22 @@ class SsdInstallApplets(BankSsdStage):
                     "lifecycle": AppletInstance.Lifecycle.SELECTABLE,
                 },
             )
+
+
+def package_details(sd: SecurityDomain, release: Any, instances: list[str] | None = None) -> dict[str, Any]:
+    """What an audit entry says about a package the platform loaded: the release, its version, the
+    SHA-256 of the Load File Data Block it sent (the hash of INSTALL [for load]) and the security
+    domain it went into. No key material, no personal data."""
+    details: dict[str, Any] = {
+        "release": release.pk,
+        "version": release.package_version,
+        "package_aid": release.package_aid,
+        "load_file_hash": release.lfdb_sha256.lower(),
+        "sd_aid": sd.aid,
+    }
+    if instances is not None:
+        details["instances"] = sorted(aid.upper() for aid in instances)
+    return details
 
 
 def record_package(sd: SecurityDomain, release: Any) -> None:
@@ -487,12 +505,18 @@ def load_script(card: Card, sd: SecurityDomain, release: Any, channel: SCP02 | S
     blocks = commands.load_commands(lfdb, channel.max_data_length())
     for number, block in enumerate(blocks):
         last = number == len(blocks) - 1
-        receipt = {"op": "load", "fields": [release.package_aid, sd.aid]} if last and sd.management == "dm" else None
+        receipt = (
+            {"op": "load", "fields": [release.package_aid, sd.aid], "package": package_details(sd, release)}
+            if last and sd.management == "dm"
+            else None
+        )
         script.append(Command(block, f"load block {number + 1}/{len(blocks)}", receipt=receipt))
     return script
 
 
-def install_command(card: Card, sd: SecurityDomain, elf_aid: str, module_aid: str, instance_aid: str) -> Command:
+def install_command(
+    card: Card, sd: SecurityDomain, elf_aid: str, module_aid: str, instance_aid: str, *, release: Any = None
+) -> Command:
     apdu = commands.install_for_install(
         bytes.fromhex(elf_aid),
         bytes.fromhex(module_aid),
@@ -500,7 +524,11 @@ def install_command(card: Card, sd: SecurityDomain, elf_aid: str, module_aid: st
         privileges=b"\x00",
         params=commands.install_parameters(),
     )
-    receipt = {"op": "install", "fields": [elf_aid, instance_aid]} if sd.management == "dm" else None
+    receipt: dict[str, Any] | None = None
+    if sd.management == "dm":
+        receipt = {"op": "install", "fields": [elf_aid, instance_aid]}
+        if release is not None:
+            receipt["package"] = package_details(sd, release, [instance_aid])
     return Command(with_token(card, sd, apdu), f"install applet {instance_aid}", receipt=receipt)
 
 
@@ -1227,7 +1255,8 @@ class SessionEngine:
             organization=stage.owner(),
             receipt=confirmation.receipt,
             actor_type="agent",
-            details={"fields": spec["fields"], "counter": counter},
+            # the release, its version, the LFDB hash and the SD (load and install; a delete names its AID)
+            details={"fields": spec["fields"], "counter": counter, **spec.get("package", {})},
         )
 
     # ---------------------------------------------------------------- job transitions
@@ -1314,7 +1343,63 @@ def complete_job(job: CardJob) -> None:
     job.finished_at = now
     job.last_error = ""
     job.save(update_fields=["state", "finished_at", "last_error"])
-    _job_changed(job, "job.done")
+    _job_changed(job, "job.done", **job_done_details(job))
+
+
+def _key_algorithm(job: CardJob, sd: SecurityDomain, kvn: int | None) -> str:
+    keyset = keyset_for(sd.organization, job.card, sd.aid, kvn) if kvn is not None else None
+    if keyset is None:
+        keyset = KeySet.objects.filter(
+            organization=sd.organization, card_cin=job.card.cin, sd_aid=sd.aid, kvn=kvn or 0
+        ).order_by("-pk").first()
+    if keyset is not None:
+        return keyset.algorithm
+    return KeySet.Algorithm.AES if sd.scp == 0x03 else KeySet.Algorithm.DES3
+
+
+def job_packages(job: CardJob, sd: SecurityDomain) -> list[dict[str, Any]]:
+    """The packages a finished install or update job put into ``sd`` (``package_details`` each, with
+    the instances), from the job's parameters: the releases it loaded."""
+    from updates.models import Release
+
+    params = job.params or {}
+    instances: dict[int, list[str]] = {}
+    for spec in params.get("packages") or []:
+        instances.setdefault(int(spec["release"]), []).extend(spec.get("instances", []))
+    applets = params.get("applets") or (params.get("default_applets") if job.kind == CardJob.Kind.ENROLL_BANK else [])
+    for spec in applets or []:
+        instances.setdefault(int(spec["release"]), []).append(spec["instance_aid"])
+    releases = Release.objects.in_bulk(list(instances))
+    return [package_details(sd, releases[pk], aids) for pk, aids in instances.items() if pk in releases]
+
+
+def job_done_details(job: CardJob) -> dict[str, Any]:
+    """What a ``job.done`` entry says happened on the card, enough to replay the card's state from
+    the log alone (``audit.reports.card_at``): the security domain, its key version and algorithm
+    where keys changed, its life cycle where it changed, the packages loaded (release, version,
+    load file hash) and those removed."""
+    if job.security_domain_id is None:
+        return {}
+    sd = SecurityDomain.objects.select_related("organization").get(pk=job.security_domain_id)  # as the stages left it
+    details: dict[str, Any] = {"sd_aid": sd.aid}
+    kind = job.kind
+    if kind in (CardJob.Kind.ENROLL_BANK, CardJob.Kind.ROTATE_KEYS):
+        details["key_version"] = sd.key_kvn
+        details["algorithm"] = _key_algorithm(job, sd, sd.key_kvn)
+        if kind == CardJob.Kind.ROTATE_KEYS and job.params.get("from_kvn") is not None:
+            details["previous_key_version"] = int(job.params["from_kvn"])
+        if kind == CardJob.Kind.ENROLL_BANK:
+            details["lifecycle"] = sd.lifecycle
+    if kind in (CardJob.Kind.LOCK_SD, CardJob.Kind.UNLOCK_SD):
+        details["lifecycle"] = sd.lifecycle
+    if kind in (CardJob.Kind.ENROLL_BANK, CardJob.Kind.UPDATE_APPLET):
+        packages = job_packages(job, sd)
+        if packages or kind == CardJob.Kind.UPDATE_APPLET:
+            details["packages"] = packages
+        removed = [aid.upper() for aid in (job.params or {}).get("remove", [])]
+        if removed:
+            details["removed_packages"] = removed
+    return details
 
 
 def retry_job(job: CardJob, error: str) -> None:

@@ -110,7 +110,7 @@ class SsdUpdatePackages(BankSsdStage):
             for instance in self.instances_of(release):
                 module = release.applet_aids[0] if release.applet_aids else ""
                 if elf is None or registry.app(instance) is None:
-                    loads.append(install_command(card, sd, release.package_aid, module, instance))
+                    loads.append(install_command(card, sd, release.package_aid, module, instance, release=release))
         return list(reversed(deletes)) + loads
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:

@@ -110,7 +110,8 @@ def test_rotation_rewraps_every_key_and_old_kek_is_gone(
         assert old_ref.label not in labels and new_kek.hsm_label in labels
     event = AuditEntry.objects.filter(action="custody.kek_rotated").latest("index")
     assert event.outcome == "success" and event.organization_slug == "rot-bank"
-    assert event.details == {"old_versions": [1], "new_version": 2, "backend": key_backend, "key_sets_rewrapped": 6}
+    assert event.details == {"old_versions": [1], "new_version": 2, "key_version": 2, "algorithm": "aes-256-gcm",
+                             "backend": key_backend, "key_sets_rewrapped": 6}
 
     # and again: v3, still fine, new keys stored after rotation go under the new KEK
     with django_capture_on_commit_callbacks(execute=True):

@@ -265,3 +265,94 @@ def test_agency_batch_upload_with_errors_is_refused_whole(demo: None, visit: Any
     page.get_by_role("button", name="Look up").click()
     expect(page.locator("table tbody tr")).to_have_count(1)
     v.check("agency-cards")
+
+
+@pytest.fixture
+def demo_last_month(transactional_db: None, monkeypatch: Any) -> None:
+    """The demo data with its log entries dated in the middle of last month (only the entries' time
+    moves; everything else is real), so that the default report period holds them."""
+    import datetime as dt
+    from types import SimpleNamespace
+
+    from django.utils import timezone
+
+    import audit.services
+    from audit.reports import last_month
+
+    real_now = timezone.now
+    first, _last = last_month(real_now().date())
+    offset = real_now() - dt.datetime.combine(first + dt.timedelta(days=10), dt.time(12), tzinfo=dt.UTC)
+    monkeypatch.setattr(audit.services, "timezone", SimpleNamespace(now=lambda: real_now() - offset))
+    call_command("seed_demo", stdout=io.StringIO())
+
+
+def test_regulator_reads_last_months_reports_csv_and_a_card_before_and_after_enrollment(
+    demo_last_month: None, visit: Any, live_server: Any
+) -> None:
+    import csv
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from audit.reports import last_month
+    from cards.models import SecurityDomain
+
+    # citizen1's Alpha enrollment (requested by the demo data) runs over the air.
+    card = Card.objects.get(holder__username="citizen1")
+    present(card, live_server.url)
+    alpha_sd = SecurityDomain.objects.get(card=card, organization__slug="alpha")
+    applet = alpha_sd.applets.get()
+    first, last = last_month(timezone.now().date())
+    in_period = AuditEntry.objects.filter(
+        index__isnull=False, time__date__gte=first, time__date__lte=last)
+    issued = in_period.filter(action="card.issued").count()
+    completed = in_period.filter(action="job.done", details__kind="enroll_bank").count()
+    requested = in_period.filter(action="enrollment.requested").count()
+    assert issued >= 3 and completed >= 1  # the demo's cards, citizen1's enrollment
+
+    v = visit()
+    page = v.page
+    v.login("regulator", DEMO_PASSWORD)
+    page.get_by_role("link", name="Reports").click()
+    expect(page.get_by_role("heading", name="Reports", exact=True)).to_be_visible()
+    expect(page.locator("#period-summary")).to_contain_text(f"From {first:%Y-%m-%d} to {last:%Y-%m-%d}")
+    activity = page.locator("#report-activity table")
+    expect(activity.get_by_role("row", name=f"Cards issued {issued}")).to_be_visible()
+    expect(activity.get_by_role("row", name=f"Enrollments completed {completed}")).to_be_visible()
+    expect(page.get_by_role("img", name="Cards issued, enrollments and removals")).to_be_visible()
+    v.check("regulator-reports")
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name=re.compile("Cards issued, enrollments and removals.*CSV")).click()
+    assert download.value.suggested_filename.endswith(".csv")
+    with open(download.value.path(), newline="", encoding="utf-8") as f:
+        table = list(csv.reader(f))
+    assert table[0] == ["Period from", "Period to", "Bank", "What", "Count"]
+    counts = {row[3]: int(row[4]) for row in table[1:]}
+    assert all(row[:3] == [first.isoformat(), last.isoformat(), "all"] for row in table[1:])
+    assert counts["Cards issued"] == issued
+    assert counts["Enrollments completed"] == completed and counts["Enrollments requested"] == requested
+
+    # The card before and after its Alpha enrollment, rebuilt from the log.
+    enrolled = AuditEntry.objects.get(card_cin=card.cin, action="enrollment.requested")
+    done = AuditEntry.objects.get(card_cin=card.cin, action="job.done", details__kind="enroll_bank")
+    page.goto("/regulator/")
+    page.get_by_role("link", name="A card at a moment").click()
+    page.get_by_label("Card (CIN)").fill(card.cin)
+    page.get_by_label("Moment (ISO 8601, UTC)").fill((enrolled.time - dt.timedelta(microseconds=1)).isoformat())
+    page.get_by_role("button", name="Show the card").click()
+    domains = page.locator("#domains")
+    expect(domains).to_contain_text("(ISD)")
+    expect(domains).not_to_contain_text(alpha_sd.aid)
+    v.check("regulator-card-before")
+
+    page.get_by_label("Moment (ISO 8601, UTC)").fill(done.time.isoformat())
+    page.get_by_role("button", name="Show the card").click()
+    row = domains.get_by_role("row").filter(has_text=alpha_sd.aid)
+    expect(row).to_contain_text("alpha")
+    expect(row).to_contain_text("active")
+    expect(row).to_contain_text(f"{applet.instance_aid} v{applet.package_version}")
+    v.check("regulator-card-after")
+    row.get_by_role("link", name=f"Entry {done.index} with its inclusion proof").click()
+    expect(page.get_by_role("heading", name=f"Audit entry {done.index}")).to_be_visible()
+    expect(page.get_by_role("status")).to_contain_text("Verified")

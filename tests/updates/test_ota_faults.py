@@ -50,7 +50,9 @@ def clean_run_size() -> tuple[int, int]:
 def attempts(world: OtaWorld) -> list[int]:
     return [
         entry.details["attempt"]
-        for entry in AuditEntry.objects.filter(action="job.attempt", card_cin=world.card.cin).order_by("index")
+        # Log order: the index, or before sequencing (inside a test's transaction) insertion order,
+        # which is the order the sequencer will give them.
+        for entry in AuditEntry.objects.filter(action="job.attempt", card_cin=world.card.cin).order_by("index", "pk")
     ]
 
 

@@ -23,6 +23,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
 
 from audit.models import AuditEntry
+from gp import aids
 from issuers.models import Organization
 from issuers.roles import principal
 
@@ -45,7 +46,7 @@ _CARD_LIFECYCLE_AFTER = {
 ENROLL, REMOVE, ROTATE, LOCK, UNLOCK, UPDATE = (
     "enroll_bank", "remove_bank", "rotate_keys", "lock_sd", "unlock_sd", "update_applet",
 )
-ISD_AID = "A000000151000000"  # GP's ISD AID, for entries older than card.issued's "isd_aid"
+ISD_AID = aids.ISD_AID.hex().upper()  # for entries older than card.issued's "isd_aid"
 
 
 def can_read_reports(user: User | None) -> bool:

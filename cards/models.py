@@ -10,9 +10,10 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from gp import aids
 from issuers.models import Organization, hex_validator
 
-ISD_AID = "A000000151000000"
+ISD_AID = aids.ISD_AID.hex().upper()
 
 
 class Card(models.Model):

@@ -25,23 +25,6 @@ from cardsim.constants import (
     MAX_BLOCK,
     RECEIPT_KVN,
     SSD_MODULE_AID,
-    SW_AUTH_BLOCKED,
-    SW_CLA,
-    SW_CONDITIONS,
-    SW_FUNC_NOT_SUPPORTED,
-    SW_INS,
-    SW_LOGICAL_CHANNEL,
-    SW_MEMORY_FAILURE,
-    SW_MORE_DATA,
-    SW_NO_MEMORY,
-    SW_NOT_FOUND,
-    SW_REF_NOT_FOUND,
-    SW_SECURITY,
-    SW_UNKNOWN,
-    SW_UNRESOLVED_IMPORT,
-    SW_WRONG_DATA,
-    SW_WRONG_LENGTH,
-    SW_WRONG_P1P2,
     TOKEN_KVN,
 )
 from cardsim.parsing import (
@@ -66,7 +49,7 @@ from cardsim.state import (
     unhx,
 )
 from gp import dm
-from gp.apdu import CommandAPDU
+from gp.apdu import SW, CommandAPDU
 from gp.cap import LoadFile
 from gp.commands import (
     APP_INSTALLED,
@@ -120,7 +103,7 @@ class _Reply(Exception):
 def _hash_alg(length: int) -> str:
     alg = _HASH_BY_LENGTH.get(length)
     if alg is None:
-        raise _Reply(SW_WRONG_DATA)
+        raise _Reply(SW.WRONG_DATA)
     return alg
 
 
@@ -185,10 +168,10 @@ class Card:
             self.state = snapshot
             self._dirty = False
             self._end_session()
-            return _sw(SW_UNKNOWN)
+            return _sw(SW.NO_PRECISE_DIAGNOSIS)
         if not self._flush():
             self.state = snapshot
-            return _sw(SW_MEMORY_FAILURE)
+            return _sw(SW.MEMORY_FAILURE)
         return out
 
     def _flush(self) -> bool:
@@ -252,7 +235,8 @@ class Card:
 
     def _require_session(self) -> None:
         if self.channel is None or not self.channel.is_authenticated:
-            raise _Reply(SW_SECURITY)  # GP 2.3.1 §11.1.2: card content management needs a secure channel
+            # GP 2.3.1 §11.1.2: card content management needs a secure channel
+            raise _Reply(SW.SECURITY_STATUS_NOT_SATISFIED)
 
     def _management_mode(self) -> str:
         """How the selected SD may manage card content (GP 2.3.1 §9.1): isd, am, dm — else 6982."""
@@ -263,12 +247,12 @@ class Card:
             return "am"
         if Privileges.DELEGATED_MANAGEMENT in priv:
             return "dm"
-        raise _Reply(SW_SECURITY)
+        raise _Reply(SW.SECURITY_STATUS_NOT_SATISFIED)
 
     def _require_card_open(self) -> None:
         # GP 2.3.1 §5.1.1.4: in CARD_LOCKED no card content changes; TERMINATED is final.
         if self.state["lifecycle"] in (CARD_LOCKED, CARD_TERMINATED):
-            raise _Reply(SW_CONDITIONS)
+            raise _Reply(SW.CONDITIONS_NOT_SATISFIED)
 
     def _visible(self, owner_sd: str) -> bool:
         """An SD manages only content associated with it; the ISD (and Global Registry) sees all."""
@@ -281,12 +265,12 @@ class Card:
         try:
             token_data, token = dm.extract_token(plain)
         except GPError as exc:
-            raise _Reply(SW_WRONG_DATA) from exc
+            raise _Reply(SW.WRONG_DATA) from exc
         if not token:
-            raise _Reply(SW_SECURITY)
+            raise _Reply(SW.SECURITY_STATUS_NOT_SATISFIED)
         record = self._sds[ISD]["keys"].get(kvn_key(TOKEN_KVN))
         if record is None:
-            raise _Reply(SW_CONDITIONS)  # no token verification key: DM cannot be used
+            raise _Reply(SW.CONDITIONS_NOT_SATISFIED)  # no token verification key: DM cannot be used
         scheme = self.state["token_scheme"]
         if (record["type"] == "rsa") != scheme.startswith("rsa"):  # key replaced by PUT KEY with another type
             scheme = dm.SCHEME_RSA_PKCS1V15_SHA256 if record["type"] == "rsa" else dm.SCHEME_ECDSA_P256_SHA256
@@ -295,7 +279,7 @@ class Card:
         except GPError:
             ok = False
         if not ok:
-            raise _Reply(SW_SECURITY)
+            raise _Reply(SW.SECURITY_STATUS_NOT_SATISFIED)
 
     def _confirmation(self, mode: str, make: Callable[[bytes, bytes], bytes]) -> bytes:
         """Receipt for a DM operation (GP 2.3.1 §C.4) or ``00`` when none is due."""
@@ -313,26 +297,26 @@ class Card:
 
     def _process(self, raw: bytes) -> bytes:
         if len(raw) < 4:
-            return _sw(SW_WRONG_LENGTH)
+            return _sw(SW.WRONG_LENGTH)
         try:
             cmd = CommandAPDU.from_bytes(raw)
         except GPError:
-            return _sw(SW_WRONG_LENGTH)
+            return _sw(SW.WRONG_LENGTH)
         cla = cmd.cla
         if cla == 0xFF or (not cla & 0x40 and cla & 0x20):
-            return _sw(SW_CLA)  # ISO 7816-4 §5.4.1: invalid class
+            return _sw(SW.CLA_NOT_SUPPORTED)  # ISO 7816-4 §5.4.1: invalid class
         channel = 4 + (cla & 0x0F) if cla & 0x40 else cla & 0x03
         if channel:
-            return _sw(SW_LOGICAL_CHANNEL)  # only the basic logical channel
+            return _sw(SW.LOGICAL_CHANNEL_NOT_SUPPORTED)  # only the basic logical channel
         if cmd.ins == 0xA4:
             if cla & 0x80:
-                return _sw(SW_CLA)
+                return _sw(SW.CLA_NOT_SUPPORTED)
             return self._select(cmd)
         if cmd.ins == 0x70:  # MANAGE CHANNEL
-            return _sw(SW_LOGICAL_CHANNEL)
+            return _sw(SW.LOGICAL_CHANNEL_NOT_SUPPORTED)
         lifecycle = self.state["lifecycle"]
         if lifecycle == CARD_TERMINATED and cmd.ins != 0xCA:
-            return _sw(SW_FUNC_NOT_SUPPORTED)  # GP 2.3.1 §5.1.1.5
+            return _sw(SW.FUNCTION_NOT_SUPPORTED)  # GP 2.3.1 §5.1.1.5
         if not self._is_sd(self.selected):
             return self._applet(cmd)
         if cmd.ins == 0x50:
@@ -348,7 +332,7 @@ class Card:
                 self._end_session()  # GP 2.3.1 §10.2.3: any secure messaging error ends the session
                 return _sw(sw_for_error(exc))
         elif secured:
-            return _sw(SW_SECURITY)
+            return _sw(SW.SECURITY_STATUS_NOT_SATISFIED)
         cmd = CommandAPDU.from_bytes(plain)
         if self.state.get("load") is not None and cmd.ins not in (0xE8, 0xCA, 0xF2):
             self._abort_load()  # a LOAD sequence must not be interleaved with other management
@@ -370,9 +354,9 @@ class Card:
             return self._get_data(cmd)
         handler = handlers.get(cmd.ins)
         if handler is None:
-            return _sw(SW_INS)
+            return _sw(SW.INS_NOT_SUPPORTED)
         if not gp_class:
-            return _sw(SW_CLA)  # GP commands use the proprietary class (GP 2.3.1 §11.1.4)
+            return _sw(SW.CLA_NOT_SUPPORTED)  # GP commands use the proprietary class (GP 2.3.1 §11.1.4)
         return handler(cmd, plain)
 
     # ------------------------------------------------------------------ SELECT (§11.9)
@@ -388,9 +372,9 @@ class Card:
 
     def _select(self, cmd: CommandAPDU) -> bytes:
         if cmd.p1 != 0x04:
-            return _sw(SW_WRONG_P1P2)  # selection by DF name only
+            return _sw(SW.INCORRECT_P1P2)  # selection by DF name only
         if cmd.p2 not in (0x00, 0x02, 0x0C, 0x0E):
-            return _sw(SW_WRONG_P1P2)
+            return _sw(SW.INCORRECT_P1P2)
         prefix = cmd.data
         if not prefix:
             target: str | None = ISD  # §11.9.2.3: empty AID selects the ISD
@@ -401,16 +385,16 @@ class Card:
             if not candidates:
                 locked = any(self._apps[a]["lifecycle"] & LOCKED_BIT for a in matches) or (
                     matches and self.state["lifecycle"] in (CARD_LOCKED, CARD_TERMINATED))
-                return _sw(SW_FUNC_NOT_SUPPORTED if locked else SW_NOT_FOUND)  # §11.9.3.2
+                return _sw(SW.FUNCTION_NOT_SUPPORTED if locked else SW.FILE_NOT_FOUND)  # §11.9.3.2
             target = candidates[0]
             if cmd.p2 & 0x02 and self.selected in candidates:  # next occurrence after the current one
                 idx = candidates.index(self.selected) + 1
                 if idx >= len(candidates):
-                    return _sw(SW_NOT_FOUND)
+                    return _sw(SW.FILE_NOT_FOUND)
                 target = candidates[idx]
         assert target is not None
         if self.state["lifecycle"] == CARD_TERMINATED and target != ISD:
-            return _sw(SW_FUNC_NOT_SUPPORTED)
+            return _sw(SW.FUNCTION_NOT_SUPPORTED)
         self._end_session()  # selecting an application ends the current secure channel session
         self.selected = target
         if cmd.p2 & 0x0C == 0x0C:
@@ -442,10 +426,10 @@ class Card:
         aids = [unhx(self.selected), unhx(app["module"]), unhx(app["elf"])]
         behaviour = find_behaviour(self.state.get("behaviours", {}), aids)
         if behaviour is None:
-            return _sw(SW_INS)
+            return _sw(SW.INS_NOT_SUPPORTED)
         ctx = AppletContext(aids[0], aids[1], aids[2], tuple(elf.get("version", (0, 0))))  # type: ignore[arg-type]
         out = behaviour(ctx, cmd)
-        return out if len(out) >= 2 else _sw(SW_UNKNOWN)
+        return out if len(out) >= 2 else _sw(SW.NO_PRECISE_DIAGNOSIS)
 
     # ------------------------------------------------------------------ secure channel (§11.13, §11.11 / Amd D §7)
 
@@ -460,31 +444,31 @@ class Card:
     def _initialize_update(self, raw: bytes, cmd: CommandAPDU) -> bytes:
         self._end_session()  # INITIALIZE UPDATE starts a new session (the old one ends)
         if not cmd.cla & 0x80:
-            return _sw(SW_CLA)
+            return _sw(SW.CLA_NOT_SUPPORTED)
         info = self._sds[self.selected]
         kvn = cmd.p1 or self._default_kvn(self.selected)
         rec = info["keys"].get(kvn_key(kvn)) if kvn is not None else None
         if kvn is None or rec is None or rec["type"] not in ("aes", "des") or len(rec["keys"]) != 3:
-            return _sw(SW_REF_NOT_FOUND)  # §11.13.3: key set not found
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)  # §11.13.3: key set not found
         if rec["failures"] >= self.state["auth_limit"]:
-            return _sw(SW_AUTH_BLOCKED)  # the key set is blocked after too many failed authentications
+            return _sw(SW.AUTHENTICATION_METHOD_BLOCKED)  # the key set is blocked after too many failed authentications
         keys = static_keys(rec, kvn)
         kdd = unhx(self.state["kdd"])
         channel: CardSCP02 | CardSCP03
         try:
             if info["scp"] == 0x02:
                 if rec["type"] != "des":
-                    return _sw(SW_REF_NOT_FOUND)
+                    return _sw(SW.REFERENCED_DATA_NOT_FOUND)
                 channel = CardSCP02(keys, i=info["i"], sd_aid=unhx(self.selected),
                                     sequence_counter=rec["counter"], kdd=kdd, card_challenge_random=self._random)
             else:
                 if rec["type"] != "aes":
-                    return _sw(SW_REF_NOT_FOUND)
+                    return _sw(SW.REFERENCED_DATA_NOT_FOUND)
                 s16 = len(cmd.data) == 16  # Amd D §7.1.1: a 16-byte host challenge selects S16 mode
                 channel = CardSCP03(keys, s16=s16, i=info["i"] | (0x01 if s16 else 0), sd_aid=unhx(self.selected),
                                     sequence_counter=rec["counter"], kdd=kdd, card_challenge_random=self._random)
         except GPError:
-            return _sw(SW_REF_NOT_FOUND)
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)
         out = channel.initialize_update(raw)
         if out[-2:] == b"\x90\x00":
             self.channel, self.channel_kvn = channel, kvn
@@ -496,7 +480,7 @@ class Card:
     def _external_authenticate(self, raw: bytes) -> bytes:
         channel, kvn = self.channel, self.channel_kvn
         if channel is None or kvn is None:
-            return _sw(SW_CONDITIONS)  # §11.11.3: no INITIALIZE UPDATE before
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)  # §11.11.3: no INITIALIZE UPDATE before
         out = channel.external_authenticate(raw)
         rec = self._sds[self.selected]["keys"][kvn_key(kvn)]
         if out == b"\x90\x00":
@@ -552,40 +536,40 @@ class Card:
         if tag == 0x00C1:
             kvn = self._default_kvn(sd)
             if kvn is None:
-                return _sw(SW_REF_NOT_FOUND)
+                return _sw(SW.REFERENCED_DATA_NOT_FOUND)
             width = 2 if self._sds[sd]["scp"] == 0x02 else 3
             counter = self._sds[sd]["keys"][kvn_key(kvn)]["counter"]
             return _ok(encode_tlv(0xC1, counter.to_bytes(width, "big")))
-        return _sw(SW_REF_NOT_FOUND)
+        return _sw(SW.REFERENCED_DATA_NOT_FOUND)
 
     # ------------------------------------------------------------------ GET STATUS (§11.4)
 
     def _get_status(self, cmd: CommandAPDU, plain: bytes) -> bytes:
         self._require_session()
         if cmd.p1 not in (0x80, 0x40, 0x20, 0x10) or cmd.p2 & ~0x03:
-            return _sw(SW_WRONG_P1P2)
+            return _sw(SW.INCORRECT_P1P2)
         tagged = bool(cmd.p2 & 0x02)
         if cmd.p2 & 0x01:  # next occurrence (after 6310)
             cursor = self.status_cursor
             if cursor is None or cursor[0] != cmd.p1 or cursor[1] != cmd.p2 & 0x02:
-                return _sw(SW_REF_NOT_FOUND)
+                return _sw(SW.REFERENCED_DATA_NOT_FOUND)
             entries = cursor[2]
         else:
             try:
                 query = parse_get_status(cmd.data)
             except ParseError:
-                return _sw(SW_WRONG_DATA)
+                return _sw(SW.WRONG_DATA)
             entries = self._status_entries(cmd.p1, query.aid_prefix, query.lifecycle, tagged)
             if not entries:
                 self.status_cursor = None
-                return _sw(SW_REF_NOT_FOUND)  # no entry matches the search criteria
+                return _sw(SW.REFERENCED_DATA_NOT_FOUND)  # no entry matches the search criteria
         out = b""
         rest = list(entries)
         while rest and (not out or len(out) + len(rest[0]) <= GET_STATUS_CHUNK):
             out += rest.pop(0)
         if rest:
             self.status_cursor = (cmd.p1, cmd.p2 & 0x02, rest)
-            return out + _sw(SW_MORE_DATA)
+            return out + _sw(SW.WARNING_MORE_DATA)
         self.status_cursor = None
         return _ok(out)
 
@@ -640,11 +624,11 @@ class Card:
         self._require_card_open()
         kind = cmd.p1 & 0x7E
         if cmd.p2 != 0x00 or cmd.p1 & 0x81 or kind not in (0x02, 0x04, 0x0C, 0x08, 0x10, 0x20, 0x40):
-            return _sw(SW_WRONG_P1P2)
+            return _sw(SW.INCORRECT_P1P2)
         try:
             data = parse_install(cmd.p1, cmd.data)
         except ParseError:
-            return _sw(SW_WRONG_DATA)
+            return _sw(SW.WRONG_DATA)
         if kind == 0x20:
             return self._install_for_personalization(data)
         mode = self._management_mode()
@@ -663,27 +647,27 @@ class Card:
     def _install_for_load(self, data: InstallData, mode: str) -> bytes:
         elf = hx(data.elf_aid)
         if elf in self._elfs or elf in self._apps:
-            return _sw(SW_CONDITIONS)  # a Load File with this AID is already on the card
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)  # a Load File with this AID is already on the card
         target = hx(data.sd_aid) if data.sd_aid else self.selected
         if not self._is_sd(target):
-            return _sw(SW_REF_NOT_FOUND)
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)
         if mode != "isd" and target != self.selected:
-            return _sw(SW_CONDITIONS)  # an SSD loads only into itself
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)  # an SSD loads only into itself
         if data.lfdb_hash:
             _hash_alg(len(data.lfdb_hash))
         elif mode == "dm":
-            return _sw(SW_WRONG_DATA)  # §C.3.1: the Load Token covers the LFDB hash, so it is mandatory
+            return _sw(SW.WRONG_DATA)  # §C.3.1: the Load Token covers the LFDB hash, so it is mandatory
         free = self._free()
         if data.params:
             try:
                 ef = find(decode_all(data.params), 0xEF)
                 c6 = find(ef.children(), 0xC6) if ef is not None else None
             except GPError:
-                return _sw(SW_WRONG_DATA)
+                return _sw(SW.WRONG_DATA)
             if c6 is not None and int.from_bytes(c6.value, "big") > free:
-                return _sw(SW_NO_MEMORY)  # §11.5.3.2: the declared code size does not fit
+                return _sw(SW.NOT_ENOUGH_MEMORY)  # §11.5.3.2: the declared code size does not fit
         if free <= 0:
-            return _sw(SW_NO_MEMORY)
+            return _sw(SW.NOT_ENOUGH_MEMORY)
         self.state["load"] = {"elf": elf, "sd": target, "by": self.selected, "hash": hx(data.lfdb_hash),
                               "next": 0, "data": "", "mode": mode}
         self._changed()
@@ -693,31 +677,31 @@ class Card:
         elf_aid, module, app_aid = hx(data.elf_aid), hx(data.module_aid), hx(data.app_aid)
         elf = self._elfs.get(elf_aid)
         if elf is None or not (elf["rom"] or self._visible(elf["sd"])):
-            return _sw(SW_REF_NOT_FOUND)  # §11.5.3.2: ELF not found
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)  # §11.5.3.2: ELF not found
         if module not in [m["aid"] for m in elf["modules"]]:
-            return _sw(SW_REF_NOT_FOUND)
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)
         if app_aid in self._apps or app_aid in self._elfs:
-            return _sw(SW_WRONG_DATA)  # the application AID is already in the registry
+            return _sw(SW.WRONG_DATA)  # the application AID is already in the registry
         priv = Privileges.from_bytes(data.privileges)
         is_sd = Privileges.SECURITY_DOMAIN in priv
         if is_sd != (module == hx(SSD_MODULE_AID)):
-            return _sw(SW_WRONG_DATA)  # only the SSD module makes Security Domains (§7.2)
+            return _sw(SW.WRONG_DATA)  # only the SSD module makes Security Domains (§7.2)
         if (Privileges.DELEGATED_MANAGEMENT in priv and Privileges.AUTHORIZED_MANAGEMENT in priv) or (
             not is_sd and priv & (Privileges.DELEGATED_MANAGEMENT | Privileges.AUTHORIZED_MANAGEMENT
                                   | Privileges.DAP_VERIFICATION)
         ):
-            return _sw(SW_WRONG_DATA)  # §11.1.2: inconsistent privileges
+            return _sw(SW.WRONG_DATA)  # §11.1.2: inconsistent privileges
         if mode != "isd" and priv & ISSUER_ONLY_PRIVILEGES:
-            return _sw(SW_CONDITIONS)  # card-wide privileges stay with the issuer
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)  # card-wide privileges stay with the issuer
         scp, i = self._sds[ISD]["scp"], self._sds[ISD]["i"]
         if data.params:
             try:
                 objs = decode_all(data.params)
             except GPError:
-                return _sw(SW_WRONG_DATA)
+                return _sw(SW.WRONG_DATA)
             c9 = find(objs, 0xC9)
             if c9 is None:
-                return _sw(SW_WRONG_DATA)  # §11.5.2.3.7: C9 is mandatory in install parameters
+                return _sw(SW.WRONG_DATA)  # §11.5.2.3.7: C9 is mandatory in install parameters
             if is_sd and c9.value:
                 try:
                     scp_param = find(decode_all(c9.value), 0x81)
@@ -725,10 +709,10 @@ class Card:
                     scp_param = None
                 if scp_param is not None:
                     if len(scp_param.value) != 2 or scp_param.value[0] not in (0x02, 0x03):
-                        return _sw(SW_WRONG_DATA)
+                        return _sw(SW.WRONG_DATA)
                     scp, i = scp_param.value[0], scp_param.value[1]
         if self._free() < INSTANCE_COST * (2 if is_sd else 1):
-            return _sw(SW_NO_MEMORY)
+            return _sw(SW.NOT_ENOUGH_MEMORY)
         owner = self.selected if elf["rom"] else elf["sd"]
         self._apps[app_aid] = {"elf": elf_aid, "module": module, "privileges": hx(priv.to_bytes()),
                                "lifecycle": APP_SELECTABLE if make_selectable else APP_INSTALLED,
@@ -746,13 +730,13 @@ class Card:
     def _owned_app(self, aid: str) -> dict[str, Any]:
         app = self._apps.get(aid)
         if app is None or aid == ISD or not self._visible(app["sd"]):
-            raise _Reply(SW_REF_NOT_FOUND)
+            raise _Reply(SW.REFERENCED_DATA_NOT_FOUND)
         return app
 
     def _make_selectable(self, data: InstallData) -> bytes:
         app = self._owned_app(hx(data.app_aid))
         if app["lifecycle"] != APP_INSTALLED:
-            return _sw(SW_CONDITIONS)
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)
         app["lifecycle"] = APP_SELECTABLE
         self._changed()
         return _ok(b"\x00")
@@ -773,13 +757,13 @@ class Card:
         aid, target = hx(data.app_aid), hx(data.sd_aid)
         obj = self._apps.get(aid) or self._elfs.get(aid)
         if obj is None or aid == ISD or not self._visible(obj["sd"]):
-            return _sw(SW_REF_NOT_FOUND)
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)
         if obj.get("rom"):
-            return _sw(SW_CONDITIONS)
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)
         if not self._is_sd(target):
-            return _sw(SW_REF_NOT_FOUND)
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)
         if self._is_sd(aid) and target in self._descendant_sds(aid):
-            return _sw(SW_CONDITIONS)  # an SD cannot be associated with itself or its own SDs
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)  # an SD cannot be associated with itself or its own SDs
         old = obj["sd"]
         obj["sd"] = target
         self._changed()
@@ -794,15 +778,15 @@ class Card:
         if data.sd_aid:
             target = hx(data.sd_aid)
             if not self._is_sd(target):
-                return _sw(SW_REF_NOT_FOUND)
+                return _sw(SW.REFERENCED_DATA_NOT_FOUND)
             if self._is_sd(aid) and target in self._descendant_sds(aid):
-                return _sw(SW_CONDITIONS)
+                return _sw(SW.CONDITIONS_NOT_SATISFIED)
         if data.privileges:
             priv = Privileges.from_bytes(data.privileges)
             if (Privileges.SECURITY_DOMAIN in priv) != self._is_sd(aid):
-                return _sw(SW_WRONG_DATA)
+                return _sw(SW.WRONG_DATA)
             if mode != "isd" and priv & ISSUER_ONLY_PRIVILEGES:
-                return _sw(SW_CONDITIONS)
+                return _sw(SW.CONDITIONS_NOT_SATISFIED)
             app["privileges"] = hx(priv.to_bytes())
         if data.sd_aid:
             app["sd"] = hx(data.sd_aid)
@@ -817,7 +801,7 @@ class Card:
         aid = hx(data.app_aid)
         app = self._owned_app(aid)
         if app["lifecycle"] & LOCKED_BIT:
-            return _sw(SW_CONDITIONS)
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)
         self.perso_target = aid
         self.store_next_block = 0
         return _ok(b"\x00")
@@ -828,28 +812,28 @@ class Card:
         self._require_session()
         load = self.state.get("load")
         if load is None or load["by"] != self.selected:
-            return _sw(SW_CONDITIONS)  # LOAD without a preceding INSTALL [for load]
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)  # LOAD without a preceding INSTALL [for load]
         if cmd.p1 not in (0x00, 0x80):
             self._abort_load()
-            return _sw(SW_WRONG_P1P2)
+            return _sw(SW.INCORRECT_P1P2)
         if cmd.p2 != load["next"]:
             self._abort_load()
-            return _sw(SW_WRONG_P1P2)  # blocks must come in sequence from 00 (§11.6.2.2)
+            return _sw(SW.INCORRECT_P1P2)  # blocks must come in sequence from 00 (§11.6.2.2)
         if not cmd.data:
             self._abort_load()
-            return _sw(SW_WRONG_LENGTH)
+            return _sw(SW.WRONG_LENGTH)
         stream = unhx(load["data"]) + cmd.data
         if len(cmd.data) > self._free():
             self._abort_load()
-            return _sw(SW_NO_MEMORY)  # §11.6.3.2: not enough memory space
+            return _sw(SW.NOT_ENOUGH_MEMORY)  # §11.6.3.2: not enough memory space
         try:
             header = split_load_stream(stream)
         except ParseError:
             self._abort_load()
-            return _sw(SW_WRONG_DATA)
+            return _sw(SW.WRONG_DATA)
         if header is not None and len(stream) > header[1] + header[2]:
             self._abort_load()
-            return _sw(SW_WRONG_DATA)  # more data than the C4 length announced
+            return _sw(SW.WRONG_DATA)  # more data than the C4 length announced
         if cmd.p1 == 0x00:
             load["data"] = hx(stream)
             load["next"] += 1
@@ -860,26 +844,29 @@ class Card:
     def _finish_load(self, load: dict[str, Any], stream: bytes, header: tuple[Any, int, int] | None) -> bytes:
         self._abort_load()  # whatever the outcome, the LOAD sequence is over
         if header is None or len(stream) != header[1] + header[2]:
-            return _sw(SW_WRONG_DATA)
+            return _sw(SW.WRONG_DATA)
         lfdb = stream[header[1]:]
         if load["hash"]:
             expected = unhx(load["hash"])
             if hashlib.new(_hash_alg(len(expected)), lfdb).digest() != expected:
-                return _sw(SW_WRONG_DATA)  # §C.2: LFDB hash differs from INSTALL [for load]
+                return _sw(SW.WRONG_DATA)  # §C.2: LFDB hash differs from INSTALL [for load]
         try:
             lf = LoadFile.from_bytes(lfdb)
         except GPError:
-            return _sw(SW_WRONG_DATA)
+            return _sw(SW.WRONG_DATA)
         if hx(lf.package_aid) != load["elf"]:
-            return _sw(SW_WRONG_DATA)
+            return _sw(SW.WRONG_DATA)
         for imp in lf.imports:
             dep = self._elfs.get(hx(imp.aid))
             # Linking: same major version, minor version at least the imported one (JCVM §4.5.2).
             if dep is None or dep["version"][0] != imp.version[0] or dep["version"][1] < imp.version[1]:
-                return _sw(SW_UNRESOLVED_IMPORT)
+                # GP 2.3.1 §11.6.3.2 lists only 6581/6A84 for LOAD itself; the missing object is a
+                # package the Load File references, and GP answers 6A88 for a referenced AID absent
+                # from the registry (INSTALL §11.5.3.2, DELETE §11.2.3.2): the same here.
+                return _sw(SW.REFERENCED_DATA_NOT_FOUND)
         for applet in lf.applets:
             if hx(applet.aid) in self._apps or hx(applet.aid) in self._elfs:
-                return _sw(SW_WRONG_DATA)
+                return _sw(SW.WRONG_DATA)
         self._elfs[load["elf"]] = {
             "version": list(lf.package_version), "sd": load["sd"],
             "modules": [{"aid": hx(a.aid), "offset": a.install_method_offset} for a in lf.applets],
@@ -896,11 +883,11 @@ class Card:
         self._require_session()
         self._require_card_open()
         if cmd.p1 != 0x00 or cmd.p2 not in (0x00, 0x80):
-            return _sw(SW_WRONG_P1P2)
+            return _sw(SW.INCORRECT_P1P2)
         try:
             data = parse_delete(cmd.data)
         except ParseError:
-            return _sw(SW_WRONG_DATA)
+            return _sw(SW.WRONG_DATA)
         if not data.aid:
             return self._delete_key(data.kvn, data.key_id)
         mode = self._management_mode()
@@ -909,18 +896,18 @@ class Card:
         aid = hx(data.aid)
         obj = self._apps.get(aid) or self._elfs.get(aid)
         if obj is None or not self._visible(obj["sd"]):
-            return _sw(SW_REF_NOT_FOUND)
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)
         if aid == ISD or obj.get("rom") or aid == self.selected:
-            return _sw(SW_CONDITIONS)  # §11.2.2.1: the ISD and ROM content cannot be deleted
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)  # §11.2.2.1: the ISD and ROM content cannot be deleted
         apps, elfs = self._deletion_set(aid, related=cmd.p2 == 0x80)
         for other, elf in self._elfs.items():
             if other not in elfs and any(i[0] in elfs for i in elf["imports"]):
-                return _sw(SW_CONDITIONS)  # another Load File still imports it
+                return _sw(SW.CONDITIONS_NOT_SATISFIED)  # another Load File still imports it
         for other, app in self._apps.items():
             if other not in apps and (app["elf"] in elfs or app["sd"] in apps):
-                return _sw(SW_CONDITIONS)
+                return _sw(SW.CONDITIONS_NOT_SATISFIED)
         if self.selected in apps:
-            return _sw(SW_CONDITIONS)
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)
         for a in apps:
             del self._apps[a]
             self._sds.pop(a, None)
@@ -954,18 +941,18 @@ class Card:
                     children = [a for a, app in self._apps.items() if app["sd"] == cur and a != cur]
                     children += [e for e, elf in self._elfs.items() if elf["sd"] == cur]
             if children and not related:
-                raise _Reply(SW_CONDITIONS)
+                raise _Reply(SW.CONDITIONS_NOT_SATISFIED)
             todo.extend(children)
         if any(self._elfs[e]["rom"] for e in elfs) or ISD in apps:
-            raise _Reply(SW_CONDITIONS)
+            raise _Reply(SW.CONDITIONS_NOT_SATISFIED)
         return apps, elfs
 
     def _delete_key(self, kvn: int | None, key_id: int | None) -> bytes:
         keys = self._sds[self.selected]["keys"]
         if kvn is None or kvn_key(kvn) not in keys:
-            return _sw(SW_REF_NOT_FOUND)
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)
         if key_id not in (None, 1):
-            return _sw(SW_REF_NOT_FOUND)  # keys are deleted as whole key sets
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)  # keys are deleted as whole key sets
         del keys[kvn_key(kvn)]
         self._changed()
         return _ok(b"\x00")
@@ -977,33 +964,33 @@ class Card:
         priv = self._privileges(self.selected)
         if cmd.p1 == 0x80:
             if cmd.data:
-                return _sw(SW_WRONG_DATA)
+                return _sw(SW.WRONG_DATA)
             return self._set_card_state(cmd.p2, priv)
         if cmd.p1 not in (0x40, 0x60):
-            return _sw(SW_WRONG_P1P2)
+            return _sw(SW.INCORRECT_P1P2)
         aid = hx(cmd.data)
         if aid == ISD:
-            return _sw(SW_WRONG_DATA)  # the ISD's state is the card's (P1 80)
+            return _sw(SW.WRONG_DATA)  # the ISD's state is the card's (P1 80)
         app = self._owned_app(aid)
         targets = [aid]
         if cmd.p1 == 0x60:
             if not self._is_sd(aid):
-                return _sw(SW_WRONG_DATA)
+                return _sw(SW.WRONG_DATA)
             targets += [a for a, other in self._apps.items() if other["sd"] == aid and a not in (aid, ISD)]
         if cmd.p2 == LOCKED_BIT:  # lock
             for a in targets:
                 self._apps[a]["lifecycle"] |= LOCKED_BIT
         elif cmd.p2 == 0x00:  # unlock
             if not app["lifecycle"] & LOCKED_BIT:
-                return _sw(SW_CONDITIONS)
+                return _sw(SW.CONDITIONS_NOT_SATISFIED)
             for a in targets:
                 self._apps[a]["lifecycle"] &= ~LOCKED_BIT & 0xFF
         elif cmd.p2 == SD_PERSONALIZED and cmd.p1 == 0x40 and self._is_sd(aid):
             if app["lifecycle"] != APP_SELECTABLE:
-                return _sw(SW_CONDITIONS)  # §5.3.2: SELECTABLE → PERSONALIZED only
+                return _sw(SW.CONDITIONS_NOT_SATISFIED)  # §5.3.2: SELECTABLE → PERSONALIZED only
             app["lifecycle"] = SD_PERSONALIZED
         else:
-            return _sw(SW_WRONG_DATA)  # application specific states are the application's own business
+            return _sw(SW.WRONG_DATA)  # application specific states are the application's own business
         self._changed()
         return _ok()
 
@@ -1019,7 +1006,8 @@ class Card:
             or (cur in order and new in order and order.index(new) > order.index(cur) and isd)
         )
         if not allowed:
-            return _sw(SW_CONDITIONS if new in (CARD_LOCKED, CARD_TERMINATED, CARD_SECURED) else SW_WRONG_DATA)
+            lifecycle_change = new in (CARD_LOCKED, CARD_TERMINATED, CARD_SECURED)
+            return _sw(SW.CONDITIONS_NOT_SATISFIED if lifecycle_change else SW.WRONG_DATA)
         self.state["lifecycle"] = new
         self._changed()
         return _ok()
@@ -1032,9 +1020,9 @@ class Card:
         target = self.perso_target or self.selected
         if target not in self._apps:  # the application being personalised was deleted meanwhile
             self.perso_target = None
-            return _sw(SW_REF_NOT_FOUND)
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)
         if cmd.p2 != self.store_next_block:
-            return _sw(SW_WRONG_P1P2)  # block numbers run from 00 in sequence
+            return _sw(SW.INCORRECT_P1P2)  # block numbers run from 00 in sequence
         fmt = cmd.p1 & 0x18
         try:
             if fmt == 0x08:
@@ -1042,9 +1030,9 @@ class Card:
             elif fmt in (0x10, 0x00):
                 items = [(f"{t.tag:X}", t.value) for t in parse_tlvs(cmd.data)]
             else:
-                return _sw(SW_WRONG_P1P2)
+                return _sw(SW.INCORRECT_P1P2)
         except ParseError:
-            return _sw(SW_WRONG_DATA)
+            return _sw(SW.WRONG_DATA)
         store = self._apps[target].setdefault("data", {})
         for tag, value in items:
             store[tag] = hx(value)
@@ -1066,7 +1054,7 @@ class Card:
         info = self._sds[self.selected]
         keys = info["keys"]
         if not cmd.data or cmd.p1 & 0x80 or not cmd.p2 & 0x7F:
-            return _sw(SW_WRONG_P1P2 if cmd.data else SW_WRONG_DATA)
+            return _sw(SW.INCORRECT_P1P2 if cmd.data else SW.WRONG_DATA)
         if isinstance(channel, CardSCP02):
             dek02 = channel.session_dek
             def decrypt(enc: bytes, n: int | None) -> bytes:
@@ -1078,20 +1066,20 @@ class Card:
         try:
             put = decode_put_key(cmd.data, decrypt)
         except (EncodingError, KeyMaterialError):
-            return _sw(SW_WRONG_DATA)  # malformed key data or a key check value that does not match
+            return _sw(SW.WRONG_DATA)  # malformed key data or a key check value that does not match
         new = put.new_version
         if new in (0x00, 0xFF) or not put.components:
-            return _sw(SW_WRONG_DATA)
+            return _sw(SW.WRONG_DATA)
         record = self._key_record(put.components, info["scp"])
         old = cmd.p1
         if old == 0x00:
             if kvn_key(new) in keys:
-                return _sw(SW_WRONG_DATA)  # adding a key set whose version already exists
+                return _sw(SW.WRONG_DATA)  # adding a key set whose version already exists
         else:
             if kvn_key(old) not in keys:
-                return _sw(SW_REF_NOT_FOUND)
+                return _sw(SW.REFERENCED_DATA_NOT_FOUND)
             if new != old and kvn_key(new) in keys:
-                return _sw(SW_WRONG_DATA)
+                return _sw(SW.WRONG_DATA)
             del keys[kvn_key(old)]
         keys[kvn_key(new)] = record
         self._changed()
@@ -1107,13 +1095,13 @@ class Card:
         types = {c.key_type for c in components}
         if types <= {KEY_TYPE_AES, KEY_TYPE_DES}:
             if len(types) != 1 or len(components) not in (1, 3):
-                raise _Reply(SW_WRONG_DATA)
+                raise _Reply(SW.WRONG_DATA)
             kind = "aes" if KEY_TYPE_AES in types else "des"
             if len(components) == 3 and kind != ("des" if scp == 0x02 else "aes"):
-                raise _Reply(SW_WRONG_DATA)  # a secure channel key set must suit the SD's SCP
+                raise _Reply(SW.WRONG_DATA)  # a secure channel key set must suit the SD's SCP
             lengths = {len(c.value) for c in components}
             if len(lengths) != 1:
-                raise _Reply(SW_WRONG_DATA)
+                raise _Reply(SW.WRONG_DATA)
             return symmetric_record(kind, [c.value for c in components])
         by_type = {c.key_type: c.value for c in components}
         try:
@@ -1125,5 +1113,5 @@ class Card:
                 return public_key_record(ec.EllipticCurvePublicKey.from_encoded_point(
                     ec.SECP256R1(), by_type[KEY_TYPE_EC_PUBLIC]))
         except (ValueError, GPError) as exc:
-            raise _Reply(SW_WRONG_DATA) from exc
-        raise _Reply(SW_WRONG_DATA)
+            raise _Reply(SW.WRONG_DATA) from exc
+        raise _Reply(SW.WRONG_DATA)

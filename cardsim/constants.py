@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from functools import reduce
 
+from gp.aids import ISD_AID, SSD_MODULE_AID, SSD_PACKAGE_AID  # noqa: F401 - re-exported for the card model
 from gp.commands import Privileges
-
-ISD_AID = bytes.fromhex("A000000151000000")
-SSD_PACKAGE_AID = bytes.fromhex("A0000001515350")  # GP SSD package, in ROM
-SSD_MODULE_AID = bytes.fromhex("A000000151535041")  # GP SSD module (executable module of the package)
 
 # Java Card 3.0.5 Classic and GlobalPlatform 2.3 API export versions (AID, (major, minor), name).
 # JC 3.0.5 exports javacard.framework/security and javacardx.crypto as 1.6; javacardx.apdu is 1.0
@@ -57,28 +54,5 @@ GET_STATUS_CHUNK = 200  # plain bytes of registry entries per GET STATUS respons
 _ATR_BODY = bytes.fromhex("8A8001") + b"ECARD-SIM1"
 DEFAULT_ATR = b"\x3b" + _ATR_BODY + bytes([reduce(lambda a, b: a ^ b, _ATR_BODY, 0)])
 
-# Status words (ISO/IEC 7816-4 §5.6 and GP 2.3.1 §11.1.3 and the per-command tables of §11)
-SW_OK = 0x9000
-SW_MORE_DATA = 0x6310
-SW_AUTH_FAILED = 0x6300
-SW_WRONG_LENGTH = 0x6700
-SW_LOGICAL_CHANNEL = 0x6881
-SW_SECURITY = 0x6982
-SW_AUTH_BLOCKED = 0x6983
-SW_CONDITIONS = 0x6985
-SW_WRONG_DATA = 0x6A80
-SW_FUNC_NOT_SUPPORTED = 0x6A81
-SW_NOT_FOUND = 0x6A82
-SW_NO_MEMORY = 0x6A84
-SW_WRONG_P1P2 = 0x6A86
-SW_REF_NOT_FOUND = 0x6A88
-SW_INS = 0x6D00
-SW_CLA = 0x6E00
-SW_UNKNOWN = 0x6F00
-SW_MEMORY_FAILURE = 0x6581
+# Status words are gp.apdu.SW (one vocabulary for the card, the host and the tests).
 
-# LOAD of a file whose imports the card cannot resolve: 6A88 "referenced data not found".
-# GP 2.3.1 §11.6.3.2 lists only 6581/6A84 for LOAD itself; the missing object is a package the
-# Load File references, and GP uses 6A88 for a referenced AID absent from the registry (INSTALL
-# §11.5.3.2, DELETE §11.2.3.2), so the card answers the same on the last LOAD block.
-SW_UNRESOLVED_IMPORT = SW_REF_NOT_FOUND

@@ -27,6 +27,7 @@ import hmac
 import os
 from collections.abc import Callable
 
+from gp.aids import ISD_AID
 from gp.apdu import CommandAPDU
 from gp.crypto import scp03_kdf
 from gp.errors import APDUError, GPError, MACError, SecureChannelError
@@ -56,7 +57,6 @@ from gp.scp import (
 
 __all__ = ["ISD_AID", "CardSCP02", "CardSCP03", "sw_for_error"]
 
-ISD_AID = bytes.fromhex("A000000151000000")
 
 SW_OK = b"\x90\x00"
 

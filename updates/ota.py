@@ -33,7 +33,8 @@ from django.utils import timezone
 
 from audit.services import record_event
 from cards.models import ISD_AID, AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
-from gp import commands, dm
+from gp import aids, commands, dm
+from gp.apdu import SW
 from gp.errors import AuthenticationError, GPError, MACError, SecureChannelError
 from gp.keys import StaticKeys
 from gp.scp import SCP02, SCP03, SecuredResponse
@@ -45,9 +46,6 @@ from updates.signals import job_state_changed
 
 logger = logging.getLogger(__name__)
 
-SW_OK = 0x9000
-SW_MORE = 0x6310  # GET STATUS: more data available (GP 2.3.1 §11.4.3)
-SW_NOT_FOUND = 0x6A88  # referenced data (key set version) not found (§11.13.3.2)
 AUTH_FAILURE_STOP = 2  # never use the card's last tries (cardsim blocks a key set at 3)
 BANK_KVN = {0x02: 0x21, 0x03: 0x31}  # the bank's first key set on its SSD (initial set is 20/30)
 TOKEN_SCHEME = dm.SCHEME_ECDSA_P256_SHA256
@@ -83,7 +81,9 @@ class NeedsProof(Exception):
 
 
 MAX_ATTEMPTS = 5
-INTEGRITY_SWS = frozenset({0x6982, 0x6988, 0x6300})  # security status / SM data objects / auth failed
+INTEGRITY_SWS = frozenset(
+    {SW.SECURITY_STATUS_NOT_SATISFIED, SW.SM_DATA_OBJECTS_INCORRECT, SW.AUTHENTICATION_FAILED}
+)
 
 
 @dataclass
@@ -92,7 +92,7 @@ class Command:
 
     apdu: bytes  # plain C-APDU
     label: str
-    expect: tuple[int, ...] = (SW_OK,)
+    expect: tuple[int, ...] = (SW.SUCCESS,)
     secure: bool = True
     receipt: dict[str, Any] | None = None  # {"op": load|install|delete, "fields": [hex, ...]}
     status_p1: int | None = None  # a GET STATUS of this P1
@@ -325,8 +325,8 @@ class IsdInstallSsd(IsdStage):
         sd.save(update_fields=["lifecycle", "updated_at"])
 
 
-SSD_PACKAGE_AID = "A0000001515350"
-SSD_MODULE_AID = "A000000151535041"
+SSD_PACKAGE_AID = aids.SSD_PACKAGE_AID.hex().upper()
+SSD_MODULE_AID = aids.SSD_MODULE_AID.hex().upper()
 
 
 def install_ssd_apdu(sd: SecurityDomain) -> bytes:
@@ -536,7 +536,7 @@ def delete_command(aid: str, label: str, *, may_be_absent: bool, receipt: dict[s
     """DELETE with related objects (§11.2.2.1, P2 80). When the listing did not prove ``aid``
     absent, ``6A88`` is accepted too so the batch goes on; being unauthenticated, it proves
     nothing (only an R-MAC'd 9000 adds the fact ``deleted:<aid>``)."""
-    expect = (SW_OK, SW_NOT_FOUND) if may_be_absent else (SW_OK,)
+    expect = (SW.SUCCESS, SW.REFERENCED_DATA_NOT_FOUND) if may_be_absent else (SW.SUCCESS,)
     return Command(
         commands.delete(bytes.fromhex(aid), related=True), label, expect, receipt=receipt, proves=f"deleted:{aid}"
     )
@@ -871,7 +871,7 @@ class SessionEngine:
 
     # ---------------------------------------------------------------- identify
     def _on_identify(self, responses: list[bytes]) -> Batch:
-        if len(responses) != 3 or any(sw_of(r) != SW_OK for r in responses):
+        if len(responses) != 3 or any(sw_of(r) != SW.SUCCESS for r in responses):
             raise SessionRejected("the card did not identify itself (SELECT/GET DATA failed)")
         try:
             # The CPLC is parsed to check its shape only: nothing read before the secure channel
@@ -989,7 +989,7 @@ class SessionEngine:
     def _initialize_update(self, stage: Stage, choice: KeyChoice, more: bool) -> Command:
         channel = self._host_channel(stage, choice, None)
         self.state["host_challenge"] = channel.host_challenge.hex()
-        expect = (SW_OK, SW_NOT_FOUND) if more else (SW_OK,)
+        expect = (SW.SUCCESS, SW.REFERENCED_DATA_NOT_FOUND) if more else (SW.SUCCESS,)
         return Command(channel.initialize_update(), f"INIT-UPD key set {choice.kvn:02X}", expect, secure=False)
 
     def _on_open(self, responses: list[bytes]) -> Batch:
@@ -997,7 +997,7 @@ class SessionEngine:
         sent = self.state["sent"]
         if len(sent) == 2:
             select_sw = sw_of(responses[0])
-            if select_sw != SW_OK:
+            if select_sw != SW.SUCCESS:
                 raise StepFailed(f"{stage.sd_aid()} cannot be selected (SW {select_sw:04X})")
             responses = responses[1:]
         if not responses:
@@ -1005,11 +1005,11 @@ class SessionEngine:
         iu = responses[0]
         choices = [KeyChoice.from_json(c) for c in self.state["choices"]]
         index = self.state["key_index"]
-        if sw_of(iu) == SW_NOT_FOUND and index + 1 < len(choices):
+        if sw_of(iu) == SW.REFERENCED_DATA_NOT_FOUND and index + 1 < len(choices):
             self.state["key_index"] = index + 1
             more = index + 2 < len(choices)
             return self._send([self._initialize_update(stage, choices[index + 1], more)], phase="open")
-        if sw_of(iu) != SW_OK:
+        if sw_of(iu) != SW.SUCCESS:
             raise StepFailed(f"INITIALIZE UPDATE refused (SW {sw_of(iu):04X})")
         choice = choices[index]
         channel = self._host_channel(stage, choice, bytes.fromhex(self.state["host_challenge"]))
@@ -1098,7 +1098,7 @@ class SessionEngine:
         return Command(
             commands.get_status(p1, next_occurrence=next_occurrence),
             f"read registry ({p1:02X})",
-            (SW_OK, SW_MORE, SW_NOT_FOUND),
+            (SW.SUCCESS, SW.WARNING_MORE_DATA, SW.REFERENCED_DATA_NOT_FOUND),
             status_p1=p1,
         )
 
@@ -1116,19 +1116,19 @@ class SessionEngine:
         more = []
         for rapdu, meta in zip(responses, sent, strict=False):
             answer = self._unwrap(rapdu)
-            if answer.sw not in (SW_OK, SW_MORE, SW_NOT_FOUND):
+            if answer.sw not in (SW.SUCCESS, SW.WARNING_MORE_DATA, SW.REFERENCED_DATA_NOT_FOUND):
                 refused("GET STATUS", answer.sw)
             p1 = meta["status_p1"]
             self.state["registry"].setdefault(str(p1), "")
-            if answer.sw == SW_NOT_FOUND:
+            if answer.sw == SW.REFERENCED_DATA_NOT_FOUND:
                 self.state["unproven"].append(p1)
                 continue
             if not answer.authenticated:
                 raise SessionRejected(f"GET STATUS {p1:02X} answered {answer.sw:04X} without an R-MAC")
             self.state["registry"][str(p1)] += answer.data.hex()
-            if answer.sw == SW_MORE:
+            if answer.sw == SW.WARNING_MORE_DATA:
                 more.append(p1)
-            elif answer.sw == SW_OK:
+            elif answer.sw == SW.SUCCESS:
                 self._card_authenticated()
         return more
 
@@ -1156,7 +1156,7 @@ class SessionEngine:
             # A bare status word, never R-MAC'd: 9000 here proves nothing yet (the first R-MAC'd
             # answer does, see _card_authenticated); a refusal is counted per reader.
             ea_sw = sw_of(responses[0])
-            if ea_sw != SW_OK:
+            if ea_sw != SW.SUCCESS:
                 self._count_auth_refusal(self.stage(), ea_sw)
                 raise SessionRejected(
                     f"the card refused the host cryptogram (SW {ea_sw:04X}): not retried through this reader"
@@ -1200,7 +1200,7 @@ class SessionEngine:
             answer = self._unwrap(rapdu)
             if answer.sw not in meta["expect"]:
                 refused(meta["label"], answer.sw)
-            if answer.sw != SW_OK or not answer.authenticated:
+            if answer.sw != SW.SUCCESS or not answer.authenticated:
                 continue  # an accepted error status word (no R-MAC): it proves nothing
             self._card_authenticated()
             if meta.get("receipt"):

@@ -13,12 +13,12 @@ from cardsim.constants import DEFAULT_KEY, ISD_AID
 from cardsim.state import State
 from gp import commands as c
 from gp import dm
+from gp.apdu import SW
 from gp.cap import LoadFile
 from gp.keys import StaticKeys
 from gp.scp import SCP02, SCP03
 
 Transmit = Callable[[bytes], bytes]
-SW_OK = 0x9000
 
 
 def sw_of(rapdu: bytes) -> int:
@@ -40,15 +40,15 @@ class HostSession:
 
     def open(self) -> HostSession:
         r = self.transmit(c.select(self.sd_aid))
-        assert sw_of(r) == SW_OK, f"SELECT {self.sd_aid.hex()} -> {r[-2:].hex()}"
+        assert sw_of(r) == SW.SUCCESS, f"SELECT {self.sd_aid.hex()} -> {r[-2:].hex()}"
         if self.scp == 3:
             self.channel = SCP03(self.keys, self.security_level, sd_aid=self.sd_aid)
         else:
             self.channel = SCP02(self.keys, self.security_level)
         r = self.transmit(self.channel.initialize_update())
-        assert sw_of(r) == SW_OK, f"INITIALIZE UPDATE -> {r[-2:].hex()}"
+        assert sw_of(r) == SW.SUCCESS, f"INITIALIZE UPDATE -> {r[-2:].hex()}"
         r = self.transmit(self.channel.external_authenticate(r))
-        assert sw_of(r) == SW_OK, f"EXTERNAL AUTHENTICATE -> {r[-2:].hex()}"
+        assert sw_of(r) == SW.SUCCESS, f"EXTERNAL AUTHENTICATE -> {r[-2:].hex()}"
         return self
 
     def send(self, plain: bytes) -> tuple[bytes, int]:
@@ -58,7 +58,7 @@ class HostSession:
 
     def ok(self, plain: bytes) -> bytes:
         data, sw = self.send(plain)
-        assert sw == SW_OK, f"{plain[:4].hex().upper()} -> {sw:04X}"
+        assert sw == SW.SUCCESS, f"{plain[:4].hex().upper()} -> {sw:04X}"
         return data
 
     @property
@@ -76,11 +76,11 @@ class HostSession:
         if token_key is not None:
             token = dm.sign_token(token_key, dm.load_token_data(lf.package_aid, sd_aid, h))
         out = [self.send(c.install_for_load(lf.package_aid, sd_aid, h, token=token))]
-        if out[-1][1] != SW_OK:
+        if out[-1][1] != SW.SUCCESS:
             return out
         for cmd in c.load_commands(lfdb, self.block_size):
             out.append(self.send(cmd))
-            if out[-1][1] != SW_OK:
+            if out[-1][1] != SW.SUCCESS:
                 break
         return out
 
@@ -104,9 +104,9 @@ class HostSession:
         while sw == 0x6310:
             data, sw = self.send(c.get_status(p1, tag_format=tagged, next_occurrence=True))
             raw += data
-        if sw == 0x6A88:
+        if sw == SW.REFERENCED_DATA_NOT_FOUND:
             return []
-        assert sw == SW_OK, f"GET STATUS {p1:02X} -> {sw:04X}"
+        assert sw == SW.SUCCESS, f"GET STATUS {p1:02X} -> {sw:04X}"
         return c.parse_get_status(raw, p1) if tagged else c.parse_get_status_legacy(raw, p1)
 
     def registry(self) -> dict[str, list[tuple[str, int]]]:

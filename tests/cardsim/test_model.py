@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from cardsim.constants import ISD_AID, SSD_MODULE_AID, SSD_PACKAGE_AID, SW_UNRESOLVED_IMPORT
+from cardsim.constants import ISD_AID, SSD_MODULE_AID, SSD_PACKAGE_AID
 from gp import commands as c
+from gp.apdu import SW
 from gp.keys import StaticKeys, encode_put_key_ec_p256, encode_put_key_symmetric, kcv_aes
 from tests.cardsim.conftest import ALGTEST, EMPTY, LIB_BER, LIB_DEBUG, SVC
 from tests.cardsim.hostlib import HostSession, check_consistency, sw_of
@@ -99,7 +100,7 @@ def test_load_install_delete_real_caps_and_imports(make_card, load_file) -> None
     svc, ber, dbg = load_file(SVC), load_file(LIB_BER), load_file(LIB_DEBUG)
     # The service imports both libraries: loaded first, the last LOAD block fails with 6A88
     results = s.load(svc)
-    assert results[-1][1] == SW_UNRESOLVED_IMPORT == 0x6A88
+    assert results[-1][1] == SW.REFERENCED_DATA_NOT_FOUND == 0x6A88
     assert all(sw == 0x9000 for _, sw in results[:-1])
     assert card.state["load"] is None and c.parse_get_status  # nothing left of it
     assert svc.package_aid.hex().upper() not in card.state["elfs"]

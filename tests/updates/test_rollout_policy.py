@@ -13,6 +13,7 @@ from audit.models import AuditEntry
 from cards.models import Card, CardJob, SecurityDomain
 from ecard.errors import ServiceError
 from gp import commands, dm
+from gp.apdu import SW
 from gp.cap import LoadFile
 from gp.scp import SCP03
 from issuers import custody
@@ -31,7 +32,7 @@ from updates.releases import create_release, revoke_release
 
 pytestmark = pytest.mark.django_db
 
-SW_SECURITY = b"\x69\x82"
+SECURITY_STATUS_NOT_SATISFIED = SW.SECURITY_STATUS_NOT_SATISFIED.to_bytes(2, "big")
 
 
 def install_for_load(release: Release, sd_aid: str) -> bytes:
@@ -190,15 +191,15 @@ def test_the_card_refuses_delegated_operations_without_a_valid_token(world) -> N
     plain = install_for_load(world.v2, world.alpha_sd.aid)
     # No token at all.
     answer = channel.unwrap(transport.transmit(channel.wrap(plain)))
-    assert answer[-2:] == SW_SECURITY, answer.hex()
+    assert answer[-2:] == SECURITY_STATUS_NOT_SATISFIED, answer.hex()
     # A token signed by someone other than the agency.
     forged = dm.sign_token(ec.generate_private_key(ec.SECP256R1()), dm.token_data_for_command(plain), TOKEN_SCHEME)
     answer = channel.unwrap(transport.transmit(channel.wrap(dm.attach_token(plain, forged))))
-    assert answer[-2:] == SW_SECURITY, answer.hex()
+    assert answer[-2:] == SECURITY_STATUS_NOT_SATISFIED, answer.hex()
     # DELETE of the bank's own package without a token: refused too; the package stays.
     delete = commands.delete(bytes.fromhex(ALPHA_PKG), related=True)
     answer = channel.unwrap(transport.transmit(channel.wrap(delete)))
-    assert answer[-2:] == SW_SECURITY, answer.hex()
+    assert answer[-2:] == SECURITY_STATUS_NOT_SATISFIED, answer.hex()
     assert alpha_version(world.holders[0]) == "1.0"
     # Control: with the agency's token the same DELETE is carried out (and a receipt comes back).
     transport = world.holders[0].transport()

@@ -207,6 +207,15 @@ def invite_member(
     return invitation
 
 
+def _decide(invitation: Invitation, state: str, actor: AbstractBaseUser | None) -> Invitation:
+    """Record the answer to a pending invitation (accepted, declined, revoked), with its entry."""
+    invitation.state = state
+    invitation.decided_at = timezone.now()
+    invitation.save(update_fields=["state", "decided_at"])
+    _invitation_event(invitation, f"invitation.{state}", actor)
+    return invitation
+
+
 def _locked_pending(invitation: Invitation) -> Invitation:
     invitation = Invitation.objects.select_for_update(of=("self",)).select_related("organization", "user").get(
         pk=invitation.pk
@@ -229,11 +238,8 @@ def accept_invitation(*, invitation: Invitation, user: AbstractBaseUser) -> Memb
     membership, _created = Membership.objects.get_or_create(
         user=user, organization=invitation.organization, defaults={"role": invitation.role}
     )
-    invitation.state = Invitation.State.ACCEPTED
-    invitation.decided_at = timezone.now()
-    invitation.save(update_fields=["state", "decided_at"])
+    _decide(invitation, Invitation.State.ACCEPTED, user)
     roles.forget(user)
-    _invitation_event(invitation, "invitation.accepted", user)
     record_event(
         action="member.added",
         subject_type="membership",
@@ -250,11 +256,7 @@ def decline_invitation(*, invitation: Invitation, user: AbstractBaseUser) -> Inv
     invitation = _locked_pending(invitation)
     if invitation.user_id != user.pk:
         raise ServiceError("this invitation is addressed to someone else", code="not_found")
-    invitation.state = Invitation.State.DECLINED
-    invitation.decided_at = timezone.now()
-    invitation.save(update_fields=["state", "decided_at"])
-    _invitation_event(invitation, "invitation.declined", user)
-    return invitation
+    return _decide(invitation, Invitation.State.DECLINED, user)
 
 
 @transaction.atomic
@@ -262,11 +264,7 @@ def revoke_invitation(*, invitation: Invitation, actor: AbstractBaseUser | None)
     invitation = _locked_pending(invitation)
     if not _is_org_admin(actor, invitation.organization):
         raise ServiceError("only an administrator of the organisation revokes its invitations", code="not_admin")
-    invitation.state = Invitation.State.REVOKED
-    invitation.decided_at = timezone.now()
-    invitation.save(update_fields=["state", "decided_at"])
-    _invitation_event(invitation, "invitation.revoked", actor)
-    return invitation
+    return _decide(invitation, Invitation.State.REVOKED, actor)
 
 
 @transaction.atomic

@@ -42,6 +42,7 @@ from gp.tlv import decode_all, find
 from issuers import custody
 from issuers.custody_models import KeySet
 from issuers.models import Organization
+from updates.models import AuthRefusal, Release
 from updates.signals import job_state_changed
 
 logger = logging.getLogger(__name__)
@@ -410,8 +411,6 @@ class SsdInstallApplets(BankSsdStage):
         return list(self.job.params.get("applets") or self.job.params.get("default_applets") or [])
 
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
-        from updates.models import Release
-
         sd = self.job.security_domain
         script: list[Command] = []
         for spec in self.applets():
@@ -428,8 +427,6 @@ class SsdInstallApplets(BankSsdStage):
         return script
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
-        from updates.models import Release
-
         sd = self.job.security_domain
         for spec in self.applets():
             release = Release.objects.get(pk=spec["release"])
@@ -919,15 +916,12 @@ class SessionEngine:
         stage = self.stage()
         sd = stage.security_domain()
         if sd is not None and sd.auth_failures >= AUTH_FAILURE_STOP:
-            record_event(
-                action="secure_channel.stopped",
-                subject_type="security_domain",
-                subject_id=sd.aid,
-                card_cin=self.card.cin,
-                organization=sd.organization,
+            self._sd_event(
+                "secure_channel.stopped",
+                sd.aid,
+                sd.organization,
                 outcome="denied",
                 reason=f"{sd.auth_failures} failed authentications: close to the card's limit",
-                actor_type="system",
             )
             self._fail_job(
                 f"{sd.aid}: {sd.auth_failures} failed authentications; stopped before the card blocks the key set"
@@ -952,21 +946,33 @@ class SessionEngine:
         select = Command(commands.select(bytes.fromhex(stage.sd_aid())), f"select {stage.sd_aid()}", secure=False)
         return self._send([select, self._initialize_update(stage, choices[0], len(choices) > 1)], phase="open")
 
+    def _sd_event(
+        self, action: str, sd_aid: str, organization: Organization, *, outcome: str, reason: str,
+        details: dict[str, Any] | None = None,
+    ) -> None:
+        """An audit entry about a security domain of this card, from the platform itself."""
+        record_event(
+            action=action,
+            subject_type="security_domain",
+            subject_id=sd_aid,
+            card_cin=self.card.cin,
+            organization=organization,
+            outcome=outcome,
+            reason=reason,
+            actor_type="system",
+            details=details,
+        )
+
     def _reader_held(self, sd: SecurityDomain) -> bool:
         """This reader saw the SD refuse an authentication since the card last proved the key set."""
-        from updates.models import AuthRefusal
-
         held = AuthRefusal.objects.filter(security_domain=sd, credential=self.session.credential).exists()
         if held:
-            record_event(
-                action="secure_channel.reader_held",
-                subject_type="security_domain",
-                subject_id=sd.aid,
-                card_cin=self.card.cin,
-                organization=sd.organization,
+            self._sd_event(
+                "secure_channel.reader_held",
+                sd.aid,
+                sd.organization,
                 outcome="denied",
                 reason="this reader already saw an authentication refused; another reader must present the card",
-                actor_type="system",
                 details={"reader": self.session.credential.key_id},
             )
         return held
@@ -1019,15 +1025,12 @@ class SessionEngine:
         except AuthenticationError as exc:
             # Detected on the host before any EXTERNAL AUTHENTICATE: the card spent no try. Still
             # an alert: wrong keys on record, another card, or a relay altering the exchange.
-            record_event(
-                action="secure_channel.card_cryptogram_invalid",
-                subject_type="security_domain",
-                subject_id=stage.sd_aid(),
-                card_cin=self.card.cin,
-                organization=stage.owner(),
+            self._sd_event(
+                "secure_channel.card_cryptogram_invalid",
+                stage.sd_aid(),
+                stage.owner(),
                 outcome="failure",
                 reason=str(exc),
-                actor_type="system",
             )
             raise SessionRejected(f"card cryptogram did not verify for {stage.sd_aid()}: not retried") from exc
         except GPError as exc:
@@ -1053,8 +1056,6 @@ class SessionEngine:
         count and is then held for this SD, and the platform stops at ``AUTH_FAILURE_STOP``
         (refusals through as many readers), before the card's own limit. One relay can never
         stop a bank; a card that refuses through every reader still stops in time."""
-        from updates.models import AuthRefusal
-
         sd = stage.security_domain()
         credential = self.session.credential
         if sd is not None:
@@ -1065,18 +1066,15 @@ class SessionEngine:
             )
             if first_from_reader:
                 SecurityDomain.objects.filter(pk=sd.pk).update(auth_failures=F("auth_failures") + 1)
-        record_event(
-            action="secure_channel.auth_failed",
-            subject_type="security_domain",
-            subject_id=stage.sd_aid(),
-            card_cin=self.card.cin,
-            organization=stage.owner(),
+        self._sd_event(
+            "secure_channel.auth_failed",
+            stage.sd_aid(),
+            stage.owner(),
             outcome="failure",
             reason=(
                 f"EXTERNAL AUTHENTICATE refused ({sw:04X}) although the card cryptogram verified: "
                 "the relay or the card is at fault"
             ),
-            actor_type="system",
             details={"reader": credential.key_id},
         )
 
@@ -1088,8 +1086,6 @@ class SessionEngine:
         self.state["card_proved"] = True
         sd = self.stage().security_domain()
         if sd is not None and sd.auth_failures:
-            from updates.models import AuthRefusal
-
             SecurityDomain.objects.filter(pk=sd.pk).update(auth_failures=0)
             AuthRefusal.objects.filter(security_domain=sd).delete()
 
@@ -1360,8 +1356,6 @@ def _key_algorithm(job: CardJob, sd: SecurityDomain, kvn: int | None) -> str:
 def job_packages(job: CardJob, sd: SecurityDomain) -> list[dict[str, Any]]:
     """The packages a finished install or update job put into ``sd`` (``package_details`` each, with
     the instances), from the job's parameters: the releases it loaded."""
-    from updates.models import Release
-
     params = job.params or {}
     instances: dict[int, list[str]] = {}
     for spec in params.get("packages") or []:

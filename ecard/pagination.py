@@ -13,6 +13,7 @@ from django.conf import settings
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 from rest_framework.request import Request
+from rest_framework.views import APIView
 
 from ecard.api import query_int
 
@@ -35,7 +36,7 @@ class BoundedLimitOffsetPagination(LimitOffsetPagination):
     def get_offset(self, request: Request) -> int:
         return query_int(request, self.offset_query_param, default=0, maximum=MAX_OFFSET)
 
-    def get_schema_operation_parameters(self, view: object) -> list[dict[str, object]]:
+    def get_schema_operation_parameters(self, view: APIView) -> list[dict[str, object]]:
         parameters = super().get_schema_operation_parameters(view)
         bounds = {
             self.limit_query_param: {"minimum": 1, "maximum": self.max_limit},

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from rest_framework import exceptions, parsers, status
-from rest_framework.parsers import get_encoding
+from rest_framework.parsers import get_encoding  # type: ignore[attr-defined]  # DRF 3.18; stubs are 3.16
 
 DEFAULT_JSON_MAX_DEPTH = 32
 
@@ -63,7 +64,7 @@ def too_large(limit: int) -> RequestTooLarge:
     return RequestTooLarge(f"The request body is larger than {limit} bytes.")
 
 
-def _declared_length(parser_context: dict[str, Any] | None) -> int | None:
+def _declared_length(parser_context: Mapping[str, Any] | None) -> int | None:
     request = (parser_context or {}).get("request")
     meta = getattr(request, "META", {})
     try:
@@ -72,13 +73,13 @@ def _declared_length(parser_context: dict[str, Any] | None) -> int | None:
         return None
 
 
-def check_declared_length(parser_context: dict[str, Any] | None, limit: int | None) -> None:
+def check_declared_length(parser_context: Mapping[str, Any] | None, limit: int | None) -> None:
     declared = _declared_length(parser_context)
     if limit is not None and declared is not None and declared > limit:
         raise too_large(limit)
 
 
-def read_bounded(stream: Any, parser_context: dict[str, Any] | None, limit: int | None = None) -> bytes:
+def read_bounded(stream: Any, parser_context: Mapping[str, Any] | None, limit: int | None = None) -> bytes:
     """The body, or :class:`RequestTooLarge`; reads at most ``limit + 1`` bytes."""
     limit = body_limit() if limit is None else limit
     check_declared_length(parser_context, limit)
@@ -141,7 +142,7 @@ def loads_bounded(data: bytes, encoding: str = "utf-8") -> Any:
 class JSONParser(parsers.JSONParser):
     """JSON with a size and a nesting bound."""
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         data = read_bounded(stream, parser_context)
         return loads_bounded(data, get_encoding(parser_context or {}))
 
@@ -149,7 +150,7 @@ class JSONParser(parsers.JSONParser):
 class FormParser(parsers.FormParser):
     """URL-encoded forms with a size bound; too many fields is a 400."""
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         from django.http import QueryDict
 
         data = read_bounded(stream, parser_context)
@@ -162,7 +163,7 @@ class FormParser(parsers.FormParser):
 class MultiPartParser(parsers.MultiPartParser):
     """Multipart uploads with a bound on the whole body; Django's refusals are 400/413."""
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict[str, Any] | None = None) -> Any:
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
         limit = upload_limit()
         check_declared_length(parser_context, limit)
         try:

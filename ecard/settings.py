@@ -21,10 +21,14 @@ import os
 from pathlib import Path
 
 import dj_database_url
+import django_stubs_ext
 from django.core.exceptions import ImproperlyConfigured
 
+# Lets generic Django classes be subscripted at run time (ModelChoiceField[Release]), as mypy sees them.
+django_stubs_ext.monkeypatch()
+
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = Path(os.environ.get("ECARD_VAR_DIR", BASE_DIR / "var"))
+VAR_DIR: Path = Path(os.environ.get("ECARD_VAR_DIR", BASE_DIR / "var"))
 
 
 def env_bool(name: str, default: bool) -> bool:
@@ -52,7 +56,7 @@ def env_list(name: str, default: list[str]) -> list[str]:
 DEBUG = env_bool("DEBUG", default=False)
 # DEBUG=0, set explicitly, declares a production deployment: secure defaults and no secret that
 # is not in the environment. Unset is the embedded default (module docstring).
-PRODUCTION = os.environ.get("DEBUG", "").strip() != "" and not DEBUG
+PRODUCTION: bool = os.environ.get("DEBUG", "").strip() != "" and not DEBUG
 # Django's error reports mask secrets by name, URL passwords by value, and bytes locals.
 DEFAULT_EXCEPTION_REPORTER_FILTER = "ecard.debug.SecretMaskingExceptionReporterFilter"
 

@@ -13,6 +13,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import reverse
 
+from ecard.requests import AuthenticatedHttpRequest
 from issuers import selectors as issuer_selectors
 from issuers.models import Organization
 from issuers.roles import Principal, principal
@@ -38,7 +39,7 @@ def home_url(who: Principal) -> str:
 def citizen_required(view: View) -> View:
     @login_required
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: AuthenticatedHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not principal(request.user).is_citizen:
             raise PermissionDenied("these pages are for card holders")
         return view(request, *args, **kwargs)
@@ -49,7 +50,7 @@ def citizen_required(view: View) -> View:
 def agency_required(view: View) -> View:
     @login_required
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: AuthenticatedHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not principal(request.user).is_agency:
             raise PermissionDenied("these pages are for the agency")
         return view(request, *args, **kwargs)
@@ -60,7 +61,7 @@ def agency_required(view: View) -> View:
 def regulator_required(view: View) -> View:
     @login_required
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: AuthenticatedHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         who = principal(request.user)
         if not (who.is_regulator or who.is_agency):
             raise PermissionDenied("these pages are for regulators")
@@ -75,7 +76,7 @@ def bank_member(view: View) -> View:
 
     @login_required
     @wraps(view)
-    def wrapper(request: HttpRequest, bank: str, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: AuthenticatedHttpRequest, bank: str, *args: Any, **kwargs: Any) -> HttpResponse:
         who = principal(request.user)
         organization = (
             issuer_selectors.organizations_for(request.user)

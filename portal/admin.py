@@ -14,6 +14,7 @@ from django.http import HttpRequest, HttpResponse
 from rest_framework.authtoken.models import TokenProxy
 
 from ecard.admin import AuditedAdminMixin, audit_admin_write
+from ecard.requests import acting_user
 from portal import totp
 from portal.models import TotpDevice
 
@@ -58,8 +59,8 @@ class TotpDeviceAdmin(admin.ModelAdmin):
         return False
 
     def delete_model(self, request: HttpRequest, obj: TotpDevice) -> None:
-        totp.reset_device(obj, actor=request.user)
+        totp.reset_device(obj, actor=acting_user(request))
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[TotpDevice]) -> None:
         for device in queryset:
-            totp.reset_device(device, actor=request.user)
+            totp.reset_device(device, actor=acting_user(request))

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 
 from cards import services as card_services
@@ -36,7 +36,7 @@ class RowError:
 @dataclass(frozen=True)
 class Row:
     line: int
-    holder: AbstractBaseUser | None
+    holder: User | None
     scp: int
     cin: str
     serial: str
@@ -137,7 +137,7 @@ def _parse_rows(text: str) -> list[Row]:
     return rows
 
 
-def issue_batch(*, agency: Organization, data: bytes, emulated: bool, actor: AbstractBaseUser) -> list[Card]:
+def issue_batch(*, agency: Organization, data: bytes, emulated: bool, actor: User) -> list[Card]:
     rows = parse(data)
     issued: list[Card] = []
     try:

@@ -3,12 +3,16 @@ to the field they name, so the message appears next to it."""
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 from django import forms
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, QueryDict
 from django.utils.datastructures import MultiValueDict
 
 from ecard.errors import ServiceError
 from issuers.models import Organization, SsdTemplate
+from updates.models import Release
 
 HEX_HELP = "hexadecimal"
 
@@ -29,9 +33,9 @@ class BankChoiceForm(forms.Form):
         error_messages={"required": "Choose a bank.", "invalid_choice": "Choose one of the banks listed."},
     )
 
-    def __init__(self, *args: object, banks: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, banks: QuerySet[Organization], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["bank"].queryset = banks
+        cast(forms.ModelChoiceField, self.fields["bank"]).queryset = banks
 
 
 class ConsentForm(forms.Form):
@@ -139,8 +143,14 @@ def files(request: HttpRequest) -> MultiValueDict | None:
     return request.FILES if request.method == "POST" else None
 
 
+class ReleaseChoiceField(forms.ModelChoiceField[Release]):
+    def label_from_instance(self, obj: Release) -> str:
+        return f"{obj.package_aid} v{obj.package_version} ({obj.filename})"
+
+
 class RolloutForm(forms.Form):
-    release = forms.ModelChoiceField(queryset=None, label="Release to roll out", empty_label=None)  # type: ignore[arg-type]
+    release = ReleaseChoiceField(
+        queryset=Release.objects.none(), label="Release to roll out", empty_label=None)
     name = forms.CharField(label="Name", max_length=200, required=False, help_text="Optional, for your records.")
     from_version = forms.RegexField(
         label="Only cards at version", regex=r"^\d{1,3}\.\d{1,3}$", required=False,
@@ -163,10 +173,9 @@ class RolloutForm(forms.Form):
     require_approval = forms.BooleanField(label="Require approval by a second user of the bank (four eyes)",
                                           required=False)
 
-    def __init__(self, *args: object, releases: object, **kwargs: object) -> None:
+    def __init__(self, *args: Any, releases: QuerySet[Release], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["release"].queryset = releases
-        self.fields["release"].label_from_instance = lambda r: f"{r.package_aid} v{r.package_version} ({r.filename})"
+        cast(ReleaseChoiceField, self.fields["release"]).queryset = releases
 
     def clean_groups(self) -> list[str]:
         parts = [p.strip() for p in self.cleaned_data["groups"].split(",") if p.strip()]
@@ -181,8 +190,8 @@ class RolloutActionForm(forms.Form):
     reason = forms.CharField(label="Reason", max_length=500, required=False)
     confirm = forms.BooleanField(label="Yes, cancel this rollout", required=False)
 
-    def clean(self) -> dict[str, object]:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
         if data.get("action") == "cancel" and not data.get("confirm"):
             self.add_error("confirm", "Tick the box to confirm the cancellation.")
         return data

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Count, Q, QuerySet
 
 from audit import selectors as audit_selectors
@@ -34,7 +34,7 @@ class CardOverview:
     progress: dict[str, Any] = field(default_factory=dict)
 
 
-def my_cards(user: AbstractBaseUser) -> QuerySet[Card]:
+def my_cards(user: User) -> QuerySet[Card]:
     return card_selectors.cards_for(user)
 
 
@@ -48,7 +48,7 @@ def session_progress(card: Card) -> dict[str, Any]:
     return {"jobs_total": len(jobs) + len(finished), "jobs_finished": len(finished), "phase": state.get("phase")}
 
 
-def card_overview(user: AbstractBaseUser, card: Card) -> CardOverview:
+def card_overview(user: User, card: Card) -> CardOverview:
     sds = (
         card_selectors.security_domains_for(user)
         .filter(card=card)
@@ -71,7 +71,7 @@ def card_overview(user: AbstractBaseUser, card: Card) -> CardOverview:
     )
 
 
-def enrollable_banks(user: AbstractBaseUser, card: Card) -> list[Organization]:
+def enrollable_banks(user: User, card: Card) -> list[Organization]:
     """Active banks ready for enrollment (with an SSD template) not already on the card."""
     taken = card.enrollments.filter(status__in=Enrollment.OPEN_STATUSES).values("bank_id")
     return list(
@@ -91,7 +91,7 @@ class Bar:
     value: int
 
 
-def bank_dashboard(user: AbstractBaseUser, bank: Organization) -> dict[str, Any]:
+def bank_dashboard(user: User, bank: Organization) -> dict[str, Any]:
     sds = card_selectors.security_domains_for(user).filter(organization=bank)
     active_sds = sds.filter(state=SecurityDomain.State.ACTIVE)
     applets = card_selectors.applets_for(user).filter(security_domain__organization=bank,
@@ -112,7 +112,7 @@ def bank_dashboard(user: AbstractBaseUser, bank: Organization) -> dict[str, Any]
     }
 
 
-def bank_security_domains(user: AbstractBaseUser, bank: Organization) -> QuerySet[SecurityDomain]:
+def bank_security_domains(user: User, bank: Organization) -> QuerySet[SecurityDomain]:
     return (
         card_selectors.security_domains_for(user)
         .filter(organization=bank)
@@ -121,14 +121,14 @@ def bank_security_domains(user: AbstractBaseUser, bank: Organization) -> QuerySe
     )
 
 
-def bank_key_sets(user: AbstractBaseUser, bank: Organization) -> QuerySet[KeySet]:
+def bank_key_sets(user: User, bank: Organization) -> QuerySet[KeySet]:
     """Key set metadata (KVN, algorithm, KCVs, dates) of the bank's own custody; never the material."""
     if bank.pk not in principal(user).bank_ids:
         return KeySet.objects.none()
     return KeySet.objects.filter(organization=bank).only(*KEYSET_FIELDS).order_by("-state", "card_cin", "kvn", "id")
 
 
-def bank_releases(user: AbstractBaseUser, bank: Organization) -> QuerySet[Release]:
+def bank_releases(user: User, bank: Organization) -> QuerySet[Release]:
     who = principal(user)
     if bank.pk not in who.bank_ids and not (who.is_agency or who.is_regulator):
         return Release.objects.none()
@@ -138,7 +138,7 @@ def bank_releases(user: AbstractBaseUser, bank: Organization) -> QuerySet[Releas
 # -- agency ----------------------------------------------------------------------------------
 
 
-def card_lookup(user: AbstractBaseUser, query: str) -> QuerySet[Card]:
+def card_lookup(user: User, query: str) -> QuerySet[Card]:
     cards = card_selectors.cards_for(user).order_by("-created_at", "cin")
     query = query.strip()
     if query:
@@ -147,5 +147,5 @@ def card_lookup(user: AbstractBaseUser, query: str) -> QuerySet[Card]:
     return cards
 
 
-def token_denials(user: AbstractBaseUser, limit: int = 20) -> list[AuditEntry]:
+def token_denials(user: User, limit: int = 20) -> list[AuditEntry]:
     return list(audit_selectors.entries_for(user).filter(action="token.denied").order_by("-index")[:limit])

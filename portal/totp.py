@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.twofactor import InvalidToken
 from cryptography.hazmat.primitives.twofactor.totp import TOTP
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
@@ -73,7 +73,7 @@ def _totp(secret: bytes) -> TOTP:
     return TOTP(secret, DIGITS, SHA1(), STEP, enforce_key_length=True)  # noqa: S303 - RFC 6238 default, what apps support
 
 
-def eligible(user: AbstractBaseUser) -> bool:
+def eligible(user: User) -> bool:
     """Bank and agency operators, and staff (the admin), may protect their account with a second factor."""
     if getattr(user, "is_staff", False):
         return True
@@ -81,17 +81,17 @@ def eligible(user: AbstractBaseUser) -> bool:
     return bool(who.bank_ids) or who.is_agency
 
 
-def device_for(user: AbstractBaseUser) -> TotpDevice | None:
+def device_for(user: User) -> TotpDevice | None:
     return TotpDevice.objects.filter(user=user).first()
 
 
-def required(user: AbstractBaseUser) -> bool:
+def required(user: User) -> bool:
     device = device_for(user)
     return device is not None and device.confirmed_at is not None
 
 
 @transaction.atomic
-def start_enrolment(user: AbstractBaseUser) -> TotpDevice:
+def start_enrolment(user: User) -> TotpDevice:
     """A fresh, unconfirmed device (replacing an unconfirmed one)."""
     TotpDevice.objects.filter(user=user, confirmed_at__isnull=True).delete()
     if TotpDevice.objects.filter(user=user).exists():
@@ -143,12 +143,12 @@ def check_code(device: TotpDevice, code: str, *, now: float | None = None) -> bo
     return False
 
 
-def disable(user: AbstractBaseUser) -> None:
+def disable(user: User) -> None:
     TotpDevice.objects.filter(user=user).delete()
 
 
 @transaction.atomic
-def reset_device(device: TotpDevice, *, actor: AbstractBaseUser) -> None:
+def reset_device(device: TotpDevice, *, actor: User) -> None:
     """An administrator deletes a user's second factor (so they can enrol again), with its audit entry."""
     from audit.services import record_event
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from ecard.errors import ServiceError
+from ecard.requests import AuthenticatedHttpRequest
 from issuers import selectors as issuer_selectors
 from issuers import services as issuer_services
 
@@ -24,14 +25,14 @@ class AnswerForm(forms.Form):
 
 @login_required
 @require_GET
-def invitations(request: HttpRequest) -> HttpResponse:
+def invitations(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(request, "portal/invitations.html",
                   {"invitations": issuer_selectors.pending_invitations_of(request.user)})
 
 
 @login_required
 @require_http_methods(["POST"])
-def answer_invitation(request: HttpRequest, invitation: int) -> HttpResponse:
+def answer_invitation(request: AuthenticatedHttpRequest, invitation: int) -> HttpResponse:
     record = get_object_or_404(issuer_selectors.pending_invitations_of(request.user), pk=invitation)
     form = AnswerForm(request.POST)
     if not form.is_valid():

@@ -6,12 +6,13 @@ from django.contrib import messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from cards import services as card_services
 from ecard.errors import ServiceError
+from ecard.requests import AuthenticatedHttpRequest
 from issuers import selectors as issuer_selectors
 from issuers import services as issuer_services
 from issuers.models import Organization
@@ -21,12 +22,12 @@ from portal.access import agency_required
 from portal.forms import AdmitBankForm, CardBatchForm, IssueCardForm, LookupForm, add_service_error, files, posted
 
 
-def _agency(request: HttpRequest) -> Organization:
+def _agency(request: AuthenticatedHttpRequest) -> Organization:
     who = principal(request.user)
     return Organization.objects.get(pk=who.org_ids(Organization.Kind.AGENCY)[0])
 
 
-def _operator(request: HttpRequest) -> Organization:
+def _operator(request: AuthenticatedHttpRequest) -> Organization:
     agency = _agency(request)
     if not principal(request.user).can_operate(agency.pk):
         raise PermissionDenied("your role at the agency is read-only")
@@ -35,7 +36,7 @@ def _operator(request: HttpRequest) -> Organization:
 
 @agency_required
 @require_GET
-def dashboard(request: HttpRequest) -> HttpResponse:
+def dashboard(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(
         request,
         "portal/agency/dashboard.html",
@@ -50,7 +51,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 @agency_required
 @require_GET
-def cards(request: HttpRequest) -> HttpResponse:
+def cards(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = LookupForm(request.GET or None)
     query = form.cleaned_data["q"] if form.is_valid() else ""
     page = Paginator(selectors.card_lookup(request.user, query), 50).get_page(request.GET.get("page"))
@@ -59,7 +60,7 @@ def cards(request: HttpRequest) -> HttpResponse:
 
 @agency_required
 @require_GET
-def card_detail(request: HttpRequest, cin: str) -> HttpResponse:
+def card_detail(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
     card = get_object_or_404(selectors.card_lookup(request.user, ""), cin=cin)
     return render(request, "portal/agency/card.html", {"o": selectors.card_overview(request.user, card),
                                                        "card": card})
@@ -67,7 +68,7 @@ def card_detail(request: HttpRequest, cin: str) -> HttpResponse:
 
 @agency_required
 @require_http_methods(["GET", "POST"])
-def issue(request: HttpRequest) -> HttpResponse:
+def issue(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = IssueCardForm(posted(request))
     if request.method == "POST" and form.is_valid():
         agency = _operator(request)
@@ -93,7 +94,7 @@ def issue(request: HttpRequest) -> HttpResponse:
 
 @agency_required
 @require_http_methods(["GET", "POST"])
-def issue_batch(request: HttpRequest) -> HttpResponse:
+def issue_batch(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = CardBatchForm(posted(request), files(request))
     row_errors: list[batch.RowError] = []
     if request.method == "POST" and form.is_valid():
@@ -116,7 +117,7 @@ def issue_batch(request: HttpRequest) -> HttpResponse:
 
 @agency_required
 @require_http_methods(["GET", "POST"])
-def banks(request: HttpRequest) -> HttpResponse:
+def banks(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = AdmitBankForm(posted(request))
     if request.method == "POST" and form.is_valid():
         _operator(request)
@@ -144,5 +145,5 @@ def banks(request: HttpRequest) -> HttpResponse:
 
 @agency_required
 @require_GET
-def policy(request: HttpRequest) -> HttpResponse:
+def policy(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(request, "portal/agency/policy.html", {"denials": selectors.token_denials(request.user, 50)})

@@ -23,6 +23,7 @@ from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods
 
 from audit import security
+from ecard.requests import AuthenticatedHttpRequest
 from portal import ratelimit, totp
 from portal.forms import posted
 
@@ -64,6 +65,7 @@ class PortalLoginView(auth_views.LoginView):
     factor when the user has one."""
 
     redirect_authenticated_user = True
+    form_class = AuthenticationForm
 
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         username = request.POST.get("username", "")
@@ -89,7 +91,7 @@ class PortalLoginView(auth_views.LoginView):
             _clear_pending(self.request)
             self.request.session.cycle_key()
             self.request.session[PENDING_USER] = user.pk
-            self.request.session[PENDING_BACKEND] = user.backend
+            self.request.session[PENDING_BACKEND] = user.backend  # type: ignore[attr-defined]  # set by authenticate()
             self.request.session[PENDING_NEXT] = self.get_success_url()
             self.request.session[PENDING_SINCE] = int(time.time())
             return redirect("portal:login-verify")
@@ -110,7 +112,7 @@ def login_verify(request: HttpRequest) -> HttpResponse:
     # The account may have been deleted or deactivated since the password step: start again.
     user = get_user_model().objects.filter(pk=user_id, is_active=True).first()
     device = totp.device_for(user) if user is not None else None
-    if device is None or device.confirmed_at is None:
+    if user is None or device is None or device.confirmed_at is None:
         _clear_pending(request)
         return redirect("login")
     form = CodeForm(posted(request))
@@ -144,7 +146,7 @@ def login_verify(request: HttpRequest) -> HttpResponse:
 @sensitive_post_parameters("code")
 @never_cache
 @require_http_methods(["GET", "POST"])
-def second_factor(request: HttpRequest) -> HttpResponse:
+def second_factor(request: AuthenticatedHttpRequest) -> HttpResponse:
     """Enrol (show the otpauth URI once, confirm with a code) or switch off the second factor."""
     if not totp.eligible(request.user):
         return render(request, "portal/second_factor.html", {"eligible": False}, status=403)

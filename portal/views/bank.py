@@ -4,13 +4,14 @@ the user's own banks (another bank's URL is a 404)."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from audit import security
 from cards import services as card_services
 from ecard.errors import ServiceError
+from ecard.requests import AuthenticatedHttpRequest
 from issuers.models import Organization
 from issuers.roles import principal
 from portal import charts, selectors
@@ -19,13 +20,13 @@ from portal.forms import ConfirmForm, ReleaseForm, add_service_error, files, pos
 from updates.releases import MAX_CAP_BYTES, create_release
 
 
-def _context(request: HttpRequest, bank: Organization, **extra: object) -> dict[str, object]:
+def _context(request: AuthenticatedHttpRequest, bank: Organization, **extra: object) -> dict[str, object]:
     return {"bank": bank, "can_operate": principal(request.user).can_operate(bank.pk), **extra}
 
 
 @bank_member
 @require_GET
-def dashboard(request: HttpRequest, bank: Organization) -> HttpResponse:
+def dashboard(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResponse:
     data = selectors.bank_dashboard(request.user, bank)
     return render(request, "portal/bank/dashboard.html",
                   _context(request, bank, d=data, chart=charts.bar_chart(data["bars"])))
@@ -33,7 +34,7 @@ def dashboard(request: HttpRequest, bank: Organization) -> HttpResponse:
 
 @bank_member
 @require_GET
-def keys(request: HttpRequest, bank: Organization) -> HttpResponse:
+def keys(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResponse:
     return render(
         request,
         "portal/bank/keys.html",
@@ -49,7 +50,7 @@ def keys(request: HttpRequest, bank: Organization) -> HttpResponse:
 
 @bank_member
 @require_http_methods(["GET", "POST"])
-def rotate(request: HttpRequest, bank: Organization, sd: int) -> HttpResponse:
+def rotate(request: AuthenticatedHttpRequest, bank: Organization, sd: int) -> HttpResponse:
     require_operator(request, bank)
     security_domain = get_object_or_404(selectors.bank_security_domains(request.user, bank), pk=sd)
     form = ConfirmForm(posted(request))
@@ -71,7 +72,7 @@ def rotate(request: HttpRequest, bank: Organization, sd: int) -> HttpResponse:
 
 @bank_member
 @require_http_methods(["GET", "POST"])
-def releases(request: HttpRequest, bank: Organization) -> HttpResponse:
+def releases(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResponse:
     form = ReleaseForm(posted(request), files(request))
     if request.method == "POST":
         require_operator(request, bank)
@@ -103,6 +104,6 @@ def releases(request: HttpRequest, bank: Organization) -> HttpResponse:
 
 @bank_member
 @require_GET
-def release_detail(request: HttpRequest, bank: Organization, release: int) -> HttpResponse:
+def release_detail(request: AuthenticatedHttpRequest, bank: Organization, release: int) -> HttpResponse:
     record = get_object_or_404(selectors.bank_releases(request.user, bank), pk=release)
     return render(request, "portal/bank/release.html", _context(request, bank, release=record))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
@@ -13,6 +13,7 @@ from cards import selectors as card_selectors
 from cards import services as card_services
 from cards.models import Card, Enrollment
 from ecard.errors import ServiceError
+from ecard.requests import AuthenticatedHttpRequest
 from issuers import selectors as issuer_selectors
 from portal import selectors
 from portal.access import citizen_required
@@ -21,13 +22,13 @@ from updates import selectors as update_selectors
 from updates import services as update_services
 
 
-def _card(request: HttpRequest, cin: str) -> Card:
+def _card(request: AuthenticatedHttpRequest, cin: str) -> Card:
     return get_object_or_404(selectors.my_cards(request.user), cin=cin)
 
 
 @citizen_required
 @require_GET
-def my_card(request: HttpRequest) -> HttpResponse:
+def my_card(request: AuthenticatedHttpRequest) -> HttpResponse:
     cards = list(selectors.my_cards(request.user))
     if len(cards) == 1:
         return redirect("portal:card", cin=cards[0].cin)
@@ -36,7 +37,7 @@ def my_card(request: HttpRequest) -> HttpResponse:
 
 @citizen_required
 @require_GET
-def card_detail(request: HttpRequest, cin: str) -> HttpResponse:
+def card_detail(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
     overview = selectors.card_overview(request.user, _card(request, cin))
     template = "portal/citizen/_live.html" if request.GET.get("part") == "live" else "portal/citizen/card.html"
     return render(request, template, {"o": overview, "card": overview.card})
@@ -44,7 +45,7 @@ def card_detail(request: HttpRequest, cin: str) -> HttpResponse:
 
 @citizen_required
 @require_http_methods(["GET", "POST"])
-def add_bank(request: HttpRequest, cin: str) -> HttpResponse:
+def add_bank(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
     card = _card(request, cin)
     banks = selectors.enrollable_banks(request.user, card)
     form = BankChoiceForm(posted(request), banks=issuer_selectors.organizations_for(request.user).filter(
@@ -57,7 +58,7 @@ def add_bank(request: HttpRequest, cin: str) -> HttpResponse:
 
 @citizen_required
 @require_http_methods(["GET", "POST"])
-def add_bank_consent(request: HttpRequest, cin: str, bank: str) -> HttpResponse:
+def add_bank_consent(request: AuthenticatedHttpRequest, cin: str, bank: str) -> HttpResponse:
     card = _card(request, cin)
     organization = next((b for b in selectors.enrollable_banks(request.user, card) if b.slug == bank), None)
     if organization is None:
@@ -98,7 +99,7 @@ def add_bank_consent(request: HttpRequest, cin: str, bank: str) -> HttpResponse:
 
 @citizen_required
 @require_http_methods(["GET", "POST"])
-def remove_bank(request: HttpRequest, cin: str, enrollment: int) -> HttpResponse:
+def remove_bank(request: AuthenticatedHttpRequest, cin: str, enrollment: int) -> HttpResponse:
     card = _card(request, cin)
     record = get_object_or_404(
         card_selectors.enrollments_for(request.user).filter(card=card, status__in=Enrollment.OPEN_STATUSES),
@@ -120,7 +121,7 @@ def remove_bank(request: HttpRequest, cin: str, enrollment: int) -> HttpResponse
 @citizen_required
 @never_cache
 @require_http_methods(["GET", "POST"])
-def connect(request: HttpRequest) -> HttpResponse:
+def connect(request: AuthenticatedHttpRequest) -> HttpResponse:
     """How to present the card (the agent), and the device credentials it uses."""
     form = CredentialForm(posted(request))
     token = None

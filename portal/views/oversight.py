@@ -9,19 +9,20 @@ from functools import wraps
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from audit import reports
+from ecard.requests import AuthenticatedHttpRequest
 from portal.charts import bar_chart
 
 
 def oversight_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
     @login_required
     @wraps(view)
-    def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+    def wrapper(request: AuthenticatedHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not reports.can_read_reports(request.user):
             from audit import security
 
@@ -33,7 +34,7 @@ def oversight_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
     return wrapper
 
 
-def _form(request: HttpRequest) -> reports.ReportForm:
+def _form(request: AuthenticatedHttpRequest) -> reports.ReportForm:
     """The period and bank asked for; without any, last month for all banks (the fields filled in)."""
     today = timezone.now().date()
     if not request.GET:
@@ -44,7 +45,7 @@ def _form(request: HttpRequest) -> reports.ReportForm:
 
 @oversight_only
 @require_GET
-def report_list(request: HttpRequest) -> HttpResponse:
+def report_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = _form(request)
     if not form.is_valid():
         return render(request, "portal/oversight/reports.html", {"form": form, "reports": []}, status=400)
@@ -64,13 +65,13 @@ def report_list(request: HttpRequest) -> HttpResponse:
 
 @oversight_only
 @require_GET
-def report_csv(request: HttpRequest, report: str) -> HttpResponse:
+def report_csv(request: AuthenticatedHttpRequest, report: str) -> HttpResponse:
     build = reports.REPORTS.get(report)
     if build is None:
         raise Http404("no such report")
     form = _form(request)
     if not form.is_valid():
-        errors = "; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in form.errors.items())
+        errors = "; ".join(f"{name}: {' '.join(str(m) for m in msgs)}" for name, msgs in form.errors.items())
         return HttpResponse(f"Bad request: {errors}\n", status=400, content_type="text/plain; charset=utf-8")
     period = form.period()
     body = reports.report_csv(build(period), period)
@@ -84,7 +85,7 @@ def report_csv(request: HttpRequest, report: str) -> HttpResponse:
 
 @oversight_only
 @require_GET
-def card_at(request: HttpRequest) -> HttpResponse:
+def card_at(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = reports.CardAtForm(request.GET or None)
     context: dict[str, Any] = {"form": form, "state": None}
     if not form.is_bound:

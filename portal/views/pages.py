@@ -7,6 +7,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET
 
 from audit import selectors as audit_selectors
+from ecard.requests import AuthenticatedHttpRequest
 from issuers.roles import principal
 from portal.access import home_url, regulator_required
 
@@ -22,7 +23,7 @@ def home(request: HttpRequest) -> HttpResponse:
 
 @regulator_required
 @require_GET
-def regulator(request: HttpRequest) -> HttpResponse:
+def regulator(request: AuthenticatedHttpRequest) -> HttpResponse:
     size, _root = audit_selectors.current_head()
     return render(
         request,

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.db.models import QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
 from ecard.errors import ServiceError
+from ecard.requests import AuthenticatedHttpRequest
 from issuers.models import Organization
 from issuers.roles import principal
 from portal import charts
@@ -20,11 +21,11 @@ from updates.models import Release
 from updates.rollout_models import Rollout
 
 
-def _context(request: HttpRequest, bank: Organization, **extra: object) -> dict[str, object]:
+def _context(request: AuthenticatedHttpRequest, bank: Organization, **extra: object) -> dict[str, object]:
     return {"bank": bank, "can_operate": principal(request.user).can_operate(bank.pk), **extra}
 
 
-def _releases(request: HttpRequest, bank: Organization) -> QuerySet[Release]:
+def _releases(request: AuthenticatedHttpRequest, bank: Organization) -> QuerySet[Release]:
     return rollout_selectors.releases_for(request.user).filter(bank=bank, state=Release.State.APPROVED).order_by(
         "package_aid", "-created_at"
     )
@@ -32,7 +33,7 @@ def _releases(request: HttpRequest, bank: Organization) -> QuerySet[Release]:
 
 @bank_member
 @require_http_methods(["GET", "POST"])
-def rollout_list(request: HttpRequest, bank: Organization) -> HttpResponse:
+def rollout_list(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResponse:
     initial = {"release": request.GET.get("release")}
     form = RolloutForm(posted(request), releases=_releases(request, bank), initial=initial)
     if request.method == "POST":
@@ -56,7 +57,7 @@ def rollout_list(request: HttpRequest, bank: Organization) -> HttpResponse:
                   status=400 if form.errors else 200)
 
 
-def _detail_context(request: HttpRequest, bank: Organization, rollout: Rollout) -> dict[str, object]:
+def _detail_context(request: AuthenticatedHttpRequest, bank: Organization, rollout: Rollout) -> dict[str, object]:
     progress = rollout_selectors.progress(rollout)
     return _context(
         request, bank, rollout=rollout, progress=progress, chart=charts.stacked_chart(progress["groups"]),
@@ -66,7 +67,7 @@ def _detail_context(request: HttpRequest, bank: Organization, rollout: Rollout) 
 
 @bank_member
 @require_http_methods(["GET", "POST"])
-def rollout_detail(request: HttpRequest, bank: Organization, rollout: int) -> HttpResponse:
+def rollout_detail(request: AuthenticatedHttpRequest, bank: Organization, rollout: int) -> HttpResponse:
     record = get_object_or_404(rollout_selectors.rollouts_for(request.user).filter(bank=bank), pk=rollout)
     form = RolloutActionForm(posted(request))
     if request.method == "POST":
@@ -99,7 +100,7 @@ def rollout_detail(request: HttpRequest, bank: Organization, rollout: int) -> Ht
 
 @bank_member
 @require_GET
-def rollout_targets(request: HttpRequest, bank: Organization, rollout: int) -> HttpResponse:
+def rollout_targets(request: AuthenticatedHttpRequest, bank: Organization, rollout: int) -> HttpResponse:
     record = get_object_or_404(rollout_selectors.rollouts_for(request.user).filter(bank=bank), pk=rollout)
     status = request.GET.get("status") or None
     targets = rollout_selectors.targets_of(record, status)[:500]

@@ -1,6 +1,6 @@
 # E-Card platform. Two commands on a fresh machine:
 #   make demo   install, migrate, seed demo data, run the server (and emulated cards)
-#   make test   install, lint, run the whole test suite
+#   make test   install, run the static checks (make check), run the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(REQS_HASH)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test install sysdeps lint migrate seed serve bench clean
+.PHONY: demo test check install sysdeps lint migrate seed serve bench clean
 
 NODE_STAMP := tests/browser/node_modules/.installed
 
@@ -31,10 +31,18 @@ $(NODE_STAMP): tests/browser/package-lock.json
 	npm ci --prefix tests/browser --no-audit --no-fund --ignore-scripts
 	touch $@
 
-lint: install
+# Static checks, no tests: lint and format (ruff), types (mypy), import layers (import-linter),
+# migrations in step with the models. The same hooks run from .pre-commit-config.yaml.
+check: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+	$(PY) manage.py makemigrations --check --dry-run >/dev/null
 
-test: install lint
+lint: check
+
+test: install check
 	$(PY) -m pytest
 
 migrate: install

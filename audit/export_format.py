@@ -61,17 +61,10 @@ import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring as _encode_basestring  # json.dumps(ensure_ascii=False), one string
 from typing import IO, Any
 
 from audit.merkle import leaf_hash as _rfc9162_leaf_hash
-
-try:  # the C accelerator behind json.dumps(..., ensure_ascii=False) for one string
-    from json.encoder import encode_basestring as _encode_basestring
-except ImportError:  # pragma: no cover - every CPython has it
-
-    def _encode_basestring(s: str) -> str:
-        return json.dumps(s, ensure_ascii=False)
-
 
 __all__ = [
     "ACTOR_TYPES",
@@ -187,7 +180,8 @@ def _check_time(value: Any) -> None:
     if m is None:
         raise ExportFormatError("time must be RFC 3339 UTC: YYYY-MM-DDTHH:MM:SS[.fraction]Z")
     try:
-        dt.datetime(*(int(m.group(i)) for i in range(1, 7)))
+        year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
+        dt.datetime(year, month, day, hour, minute, second)
     except ValueError as exc:
         raise ExportFormatError(f"time {value!r} is not a valid date/time") from exc
 

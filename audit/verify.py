@@ -224,8 +224,8 @@ def verify_export(
         except CheckpointError as exc:
             _fail(f"checkpoint malformed: {exc}")
     if len(cosigners) < quorum:
-        signed = {c.name for c in cosigners}
-        missing = ", ".join(w.name for w in witness_keys if w.name not in signed)
+        cosigned_by = {c.name for c in cosigners}
+        missing = ", ".join(w.name for w in witness_keys if w.name not in cosigned_by)
         _fail(
             f"checkpoint of size {n} cosigned by {len(cosigners)} of the given witnesses, quorum is {quorum} "
             f"(no valid cosignature by {missing})"

@@ -82,6 +82,7 @@ from audit.services import record_event  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 import benchdoc  # noqa: E402
+from benchdoc import require  # noqa: E402
 
 SECTION = "## Audit log"
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -215,7 +216,7 @@ def sequencing_throughput(n: int) -> float:
     t = time.perf_counter()
     done = services.sequence_pending(limit=services.sequence_batch_size())
     rate = done / (time.perf_counter() - t)
-    assert done == n and not _pending()
+    require(done == n and not _pending(), f"sequencer placed {done} of {n} entries")
     return rate
 
 
@@ -432,7 +433,7 @@ def time_proofs(size: int, count: int) -> dict[str, dict[str, float]]:
         t = time.perf_counter()
         response = client.get(f"/api/v1/audit/entries/{index}/proof", {"tree_size": size})
         api.append(time.perf_counter() - t)
-        assert response.status_code == 200, response.content[:200]
+        require(response.status_code == 200, f"{response.status_code}: {response.content[:200]!r}")
     return {"inclusion": _ms(inclusion), "consistency": _ms(consistency), "api": _ms(api)}
 
 
@@ -498,7 +499,7 @@ def incremental_verification(size: int, new: int, runs: int) -> dict[str, Any]:
             result = verify_export(fp, key=vkey, witnesses=[wvkey], quorum=1, since=state)
         save_state(tmp / "state-out.json", result.state)
         in_process.append(time.perf_counter() - t)
-        assert result.size == size + new and result.root == grown.root()
+        require(result.size == size + new and result.root == grown.root(), "verification reached another tree")
     processes: list[float] = []
     for _ in range(runs):
         save_state(tmp / "state.json", state)
@@ -510,7 +511,7 @@ def incremental_verification(size: int, new: int, runs: int) -> dict[str, Any]:
             check=False,
         )
         processes.append(time.perf_counter() - t)
-        assert done.returncode == 0, done.stderr
+        require(done.returncode == 0, str(done.stderr))
     size_bytes = export.stat().st_size
     shutil.rmtree(tmp, ignore_errors=True)
     return {"size": size, "new": new, "build_s": build_s, "bytes": size_bytes,

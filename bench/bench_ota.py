@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.benchdoc import DOC, machine_note, write_section  # noqa: E402 - after the sys.path entry
+from bench.benchdoc import DOC, machine_note, require, write_section  # noqa: E402 - after the sys.path entry
 from gp.cap import DIRECTORY, HEADER, METHOD, LoadFile  # noqa: E402 - after the sys.path entry
 
 SECTION = "## OTA round trips"
@@ -67,7 +67,7 @@ def synthetic_cap(source: bytes, lfdb_size: int, *, version: tuple[int, int] = (
                     data = new[tag]
             zout.writestr(item.filename, data)
     built = out.getvalue()
-    assert len(LoadFile.from_bytes(built).load_file_data_block()) == lfdb_size
+    require(len(LoadFile.from_bytes(built).load_file_data_block()) == lfdb_size, "built CAP has the wrong LFDB size")
     return built
 
 
@@ -140,7 +140,7 @@ def one_update(cap: bytes, mode: str, rtt_ms: int) -> Run:
     call_command("flush", interactive=False, verbosity=0)
     world = build_ota_world()
     enrollment = enroll(world)
-    assert world.present().ok, "enrollment failed"
+    require(world.present().ok, "enrollment failed")
     release = create_release(bank=world.bank, cap_bytes=cap, filename="bench-30k.cap", actor=world.operator)
     CardJob.objects.create(
         card=world.card,
@@ -154,8 +154,8 @@ def one_update(cap: bytes, mode: str, rtt_ms: int) -> Run:
     start = time.perf_counter()
     result = run_session(transport, server, mode=mode)
     wall = time.perf_counter() - start
-    assert result.ok and result.pending == 0, result
-    assert transport.state["elfs"]["0102030405"]["size"] == release.lfdb_size
+    require(result.ok and result.pending == 0, f"update did not complete: {result}")
+    require(transport.state["elfs"]["0102030405"]["size"] == release.lfdb_size, "the card holds another load file")
     return Run(mode, rtt_ms, server.requests, result.apdus, wall, release.lfdb_size)
 
 

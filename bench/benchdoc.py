@@ -52,3 +52,13 @@ def write_section(section: str, text: str, doc: Path = DOC) -> None:
     else:
         current = current.rstrip() + "\n\n" + body
     doc.write_text(current)
+
+
+class BenchmarkInvalid(RuntimeError):
+    """What a benchmark measured did not do its work, so its numbers mean nothing."""
+
+
+def require(condition: object, what: str) -> None:
+    """Refuse to report numbers of a run that failed (an assert would vanish under ``python -O``)."""
+    if not condition:
+        raise BenchmarkInvalid(what)

@@ -15,7 +15,7 @@ import io
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -44,7 +44,12 @@ _CARD_LIFECYCLE_AFTER = {
 }
 
 ENROLL, REMOVE, ROTATE, LOCK, UNLOCK, UPDATE = (
-    "enroll_bank", "remove_bank", "rotate_keys", "lock_sd", "unlock_sd", "update_applet",
+    "enroll_bank",
+    "remove_bank",
+    "rotate_keys",
+    "lock_sd",
+    "unlock_sd",
+    "update_applet",
 )
 ISD_AID = aids.ISD_AID.hex().upper()  # for entries older than card.issued's "isd_aid"
 
@@ -83,10 +88,10 @@ class ReportForm(forms.Form):
         super().__init__(data)
         self.today = today
         banks = Organization.objects.filter(kind=Organization.Kind.BANK).exclude(slug="").order_by("name")
-        self.fields["bank"].choices = [("", "All banks"), *((b.slug, b.name) for b in banks)]
+        cast(forms.ChoiceField, self.fields["bank"]).choices = [("", "All banks"), *((b.slug, b.name) for b in banks)]
 
     def clean(self) -> dict[str, Any]:
-        data = super().clean()
+        data = super().clean() or {}
         start, end = last_month(self.today)
         start = data.get("date_from") or start
         end = data.get("date_to") or end
@@ -156,7 +161,7 @@ def _count(entries: QuerySet[AuditEntry], action: str, **details: Any) -> int:
 def activity_report(period: Period) -> Report:
     entries = period.entries()
     issued = period.entries(by_bank=False).filter(action="card.issued", outcome=AuditEntry.Outcome.SUCCESS).count()
-    rows = [
+    rows: list[list[Any]] = [
         ["Cards issued", issued],
         ["Enrollments requested", _count(entries, "enrollment.requested")],
         ["Enrollments completed", _count(entries, "job.done", kind=ENROLL)],
@@ -165,8 +170,11 @@ def activity_report(period: Period) -> Report:
         ["Removals completed", _count(entries, "job.done", kind=REMOVE)],
     ]
     return Report(
-        "activity", "Cards issued, enrollments and removals", ["What", "Count"], rows,
-        [(label, value) for label, value in rows],
+        "activity",
+        "Cards issued, enrollments and removals",
+        ["What", "Count"],
+        rows,
+        [(str(label), int(value)) for label, value in rows],
         note="Cards are issued by the agency: their count ignores the bank filter." if period.bank else "",
     )
 
@@ -179,17 +187,22 @@ def updates_report(period: Period) -> Report:
     for bank, details in done.values_list("organization_slug", "details").iterator():
         kind = details.get("kind")
         for package in details.get("packages") or []:
-            key = (bank, str(package.get("package_aid", "")), str(package.get("version", "")),
-                   int(package.get("release") or 0), str(package.get("load_file_hash", "")))
+            key = (
+                bank,
+                str(package.get("package_aid", "")),
+                str(package.get("version", "")),
+                int(package.get("release") or 0),
+                str(package.get("load_file_hash", "")),
+            )
             counts[key]["installed" if kind == ENROLL else "updated"] += 1
-    rows = [
+    rows: list[list[Any]] = [
         [release, bank, aid, version, lfdb, c["installed"], c["updated"]]
         for (bank, aid, version, release, lfdb), c in sorted(counts.items())
     ]
     return Report(
-        "updates", "Updates by release",
-        ["Release", "Bank", "Package AID", "Version", "Load file hash (SHA-256)", "Installed at enrollment",
-         "Updated"],
+        "updates",
+        "Updates by release",
+        ["Release", "Bank", "Package AID", "Version", "Load file hash (SHA-256)", "Installed at enrollment", "Updated"],
         rows,
         [(f"{aid} v{version} ({bank})", inst + upd) for _r, bank, aid, version, _h, inst, upd in rows],
     )
@@ -203,7 +216,9 @@ def _by_reason(entries: QuerySet[AuditEntry]) -> list[tuple[str, int]]:
 def refusals_report(period: Period) -> Report:
     reasons = _by_reason(period.entries().filter(action="token.denied"))
     return Report(
-        "refusals", "Token refusals and their reasons", ["Reason", "Refusals"],
+        "refusals",
+        "Token refusals and their reasons",
+        ["Reason", "Refusals"],
         [[reason or "(none given)", n] for reason, n in reasons],
         [(reason or "(none given)", n) for reason, n in reasons],
     )
@@ -224,14 +239,15 @@ def failures_report(period: Period) -> Report:
         rejected = _by_reason(period.entries().filter(action="session.rejected"))
         rows += [["Rejected session", "", reason, n] for reason, n in rejected]
         chart.append(("Rejected sessions", sum(n for _r, n in rejected)))
-    return Report("failures", "Failed jobs and rejected sessions", ["What", "Job kind", "Reason", "Count"], rows,
-                  chart, note=note)
+    return Report(
+        "failures", "Failed jobs and rejected sessions", ["What", "Job kind", "Reason", "Count"], rows, chart, note=note
+    )
 
 
 def lifecycle_report(period: Period) -> Report:
     entries = period.entries(by_bank=False).filter(action__startswith="card.").exclude(action__in=CARD_NOT_LIFECYCLE)
     counts = Counter(entries.values_list("action", flat=True).iterator())
-    rows = [
+    rows: list[list[Any]] = [
         ["Cards blocked", sum(counts[a] for a in CARD_BLOCKED)],
         ["Cards unblocked", sum(counts[a] for a in CARD_UNBLOCKED)],
         ["Cards replaced", sum(counts[a] for a in CARD_REPLACED)],
@@ -239,7 +255,11 @@ def lifecycle_report(period: Period) -> Report:
     ]
     rows += [[f"Other: {a}", n] for a, n in sorted(counts.items()) if a not in CARD_LIFECYCLE_ACTIONS]
     return Report(
-        "lifecycle", "Blocked and replaced cards", ["What", "Count"], rows, [(label, n) for label, n in rows],
+        "lifecycle",
+        "Blocked and replaced cards",
+        ["What", "Count"],
+        rows,
+        [(str(label), int(n)) for label, n in rows],
         note="The card life cycle (blocking, replacement) is not built yet: these count its log entries once "
         "they exist. Card life cycle changes are the agency's: this report ignores the bank filter.",
     )
@@ -374,6 +394,8 @@ def replay(cin: str, at: dt.datetime, entries: Iterable[AuditEntry]) -> CardAt:
     for entry in entries:
         details = entry.details or {}
         action, org, index = entry.action, entry.organization_slug, entry.index
+        if index is None:  # not sequenced yet: not part of the log a regulator can check
+            continue
         used = True
         if action == "card.issued" and entry.outcome == AuditEntry.Outcome.SUCCESS:
             card.issued, card.issued_by = True, org
@@ -390,10 +412,10 @@ def replay(cin: str, at: dt.datetime, entries: Iterable[AuditEntry]) -> CardAt:
             sd.state, sd.packages, sd.applets = "pending", {}, {}
             sd.entries.append(index)
         elif action == "enrollment.removal_requested":
-            sd = domain(str(details["ssd_aid"]), org) if details.get("ssd_aid") else bank_domain(org)
-            if sd is not None:
-                sd.state = "removing"
-                sd.entries.append(index)
+            removing = domain(str(details["ssd_aid"]), org) if details.get("ssd_aid") else bank_domain(org)
+            if removing is not None:
+                removing.state = "removing"
+                removing.entries.append(index)
         elif action == "job.queued":
             if details.get("security_domain"):
                 job_domains[entry.subject_id] = str(details["security_domain"]).upper()
@@ -449,11 +471,14 @@ def _apply_job(sd: DomainAt, action: str, details: dict[str, Any], index: int) -
 
 class CardAtForm(forms.Form):
     cin = forms.RegexField(
-        label="Card (CIN)", regex=r"^[0-9A-Fa-f]{2,32}$", max_length=32,
+        label="Card (CIN)",
+        regex=r"^[0-9A-Fa-f]{2,32}$",
+        max_length=32,
         error_messages={"invalid": "Enter the card's CIN: 1 to 16 bytes of hex."},
     )
     at = forms.DateTimeField(
-        label="Moment (ISO 8601, UTC)", required=False,
+        label="Moment (ISO 8601, UTC)",
+        required=False,
         help_text="For example 2026-11-30T14:00:00Z. Empty: now.",
         widget=forms.TextInput(attrs={"spellcheck": "false"}),
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth import get_user_model
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ecard.api import ActionRules, agency_operator
+from ecard.requests import acting_user
 from issuers import selectors, services
 from issuers.models import AidRange, Invitation, Membership, Organization, SharedMemberApproval, SsdTemplate
 from issuers.roles import Principal, principal
@@ -32,7 +33,7 @@ class WhoAmIApi(APIView):
         ),
     )
     def get(self, request: Request) -> Response:
-        return Response(selectors.user_profile(request.user))
+        return Response(selectors.user_profile(acting_user(request)))
 
 
 class AidRangeSerializer(serializers.ModelSerializer):
@@ -56,12 +57,13 @@ class OrganizationSerializer(serializers.ModelSerializer):
         fields = ("id", "slug", "name", "kind", "is_active", "created_at", "aid_ranges", "ssd_template")
 
     def _details_visible(self, organization: Organization) -> bool:
-        return selectors.organization_details_visible(self.context["request"].user, organization)
+        return selectors.organization_details_visible(acting_user(self.context["request"]), organization)
 
     def get_aid_ranges(self, organization: Organization) -> list[dict[str, Any]] | None:
         if not self._details_visible(organization):
             return None
-        return AidRangeSerializer(organization.aid_ranges.all(), many=True).data
+        # many=True answers a ReturnList; the stubs type every .data as a dict.
+        return cast(list[dict[str, Any]], AidRangeSerializer(organization.aid_ranges.all(), many=True).data)
 
     def get_ssd_template(self, organization: Organization) -> dict[str, Any] | None:
         template = getattr(organization, "ssd_template", None)
@@ -106,7 +108,7 @@ class OrganizationViewSet(
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         payload = AdmitBankSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        bank = services.admit_bank(actor=request.user, **payload.validated_data)
+        bank = services.admit_bank(actor=acting_user(request), **payload.validated_data)
         return Response(self.get_serializer(bank).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=OrganizationUpdateSerializer, responses=OrganizationSerializer)
@@ -117,14 +119,16 @@ class OrganizationViewSet(
         payload = OrganizationUpdateSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         organization = services.set_organization_active(
-            organization=organization, is_active=payload.validated_data["is_active"], actor=request.user
+            organization=organization, is_active=payload.validated_data["is_active"], actor=acting_user(request)
         )
         return Response(self.get_serializer(organization).data)
 
 
 class MembershipSerializer(serializers.ModelSerializer):
     username = serializers.CharField(source="user.username", read_only=True)
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
 
     class Meta:
         model = Membership
@@ -139,7 +143,9 @@ class AddMemberSerializer(serializers.Serializer):
 
 class InvitationSerializer(serializers.ModelSerializer):
     username = serializers.CharField(source="user.username", read_only=True)
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
     invited_by = serializers.SerializerMethodField()
 
     class Meta:
@@ -175,11 +181,11 @@ def _invite(request: Request) -> Invitation:
     payload = AddMemberSerializer(data=request.data)
     payload.is_valid(raise_exception=True)
     data = payload.validated_data
-    organization = selectors.organizations_for(request.user).filter(slug=data["organization"]).first()
-    if organization is None or not principal(request.user).has_role(organization.pk, Membership.Role.ADMIN):
+    organization = selectors.organizations_for(acting_user(request)).filter(slug=data["organization"]).first()
+    if organization is None or not principal(acting_user(request)).has_role(organization.pk, Membership.Role.ADMIN):
         raise exceptions.PermissionDenied("You administer no organisation with that slug.")
     return services.invite_member(
-        organization=organization, user=_user_named(data["username"]), role=data["role"], actor=request.user
+        organization=organization, user=_user_named(data["username"]), role=data["role"], actor=acting_user(request)
     )
 
 
@@ -212,7 +218,7 @@ class MembershipViewSet(
         )
 
     def perform_destroy(self, instance: Membership) -> None:
-        services.remove_member(membership=instance, actor=self.request.user)
+        services.remove_member(membership=instance, actor=acting_user(self.request))
 
 
 class InvitationViewSet(
@@ -242,25 +248,33 @@ class InvitationViewSet(
     @extend_schema(request=None, responses=MembershipSerializer)
     @action(detail=True, methods=["post"])
     def accept(self, request: Request, pk: str | None = None) -> Response:
-        membership = services.accept_invitation(invitation=self.get_object(), user=request.user)
+        membership = services.accept_invitation(invitation=self.get_object(), user=acting_user(request))
         return Response(MembershipSerializer(membership).data)
 
     @extend_schema(request=None, responses=InvitationSerializer)
     @action(detail=True, methods=["post"])
     def decline(self, request: Request, pk: str | None = None) -> Response:
-        return Response(InvitationSerializer(services.decline_invitation(invitation=self.get_object(),
-                                                                         user=request.user)).data)
+        return Response(
+            InvitationSerializer(
+                services.decline_invitation(invitation=self.get_object(), user=acting_user(request))
+            ).data
+        )
 
     @extend_schema(request=None, responses=InvitationSerializer)
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str | None = None) -> Response:
-        return Response(InvitationSerializer(services.revoke_invitation(invitation=self.get_object(),
-                                                                        actor=request.user)).data)
+        return Response(
+            InvitationSerializer(
+                services.revoke_invitation(invitation=self.get_object(), actor=acting_user(request))
+            ).data
+        )
 
 
 class SharedMemberApprovalSerializer(serializers.ModelSerializer):
     username = serializers.CharField(source="user.username", read_only=True)
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
 
     class Meta:
         model = SharedMemberApproval
@@ -294,7 +308,7 @@ class SharedMemberApprovalViewSet(
         if bank is None:
             raise serializers.ValidationError({"organization": ["no such bank"]})
         approval = services.approve_shared_member(
-            organization=bank, user=_user_named(data["username"]), actor=request.user
+            organization=bank, user=_user_named(data["username"]), actor=acting_user(request)
         )
         return Response(self.get_serializer(approval).data, status=status.HTTP_201_CREATED)
 
@@ -320,7 +334,7 @@ class KeySetSerializer(serializers.Serializer):
 
     def to_representation(self, instance):
         data = super().to_representation(instance)
-        if selectors.key_set_details_visible(self.context["request"].user, instance.organization_id):
+        if selectors.key_set_details_visible(acting_user(self.context["request"]), instance.organization_id):
             data["key_length"] = instance.key_length
             data["kcv"] = {
                 name: value

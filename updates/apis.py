@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ecard.api import ActionRules
+from ecard.requests import acting_user
 from ecard.throttling import FailOpenScopedThrottle
 from issuers.roles import Principal
 from updates import selectors, services
@@ -55,14 +56,16 @@ class AgentCredentialViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, v
     def create(self, request: Request) -> Response:
         payload = IssueCredentialSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        credential, token = services.issue_agent_credential(user=request.user, name=payload.validated_data["name"])
+        credential, token = services.issue_agent_credential(
+            user=acting_user(request), name=payload.validated_data["name"]
+        )
         body = {**AgentCredentialSerializer(credential).data, "token": token}
         return Response(body, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=AgentCredentialSerializer)
     @action(detail=True, methods=["post"])
     def revoke(self, request: Request, pk: str | None = None) -> Response:
-        credential = services.revoke_agent_credential(credential=self.get_object(), actor=request.user)
+        credential = services.revoke_agent_credential(credential=self.get_object(), actor=acting_user(request))
         return Response(AgentCredentialSerializer(credential).data)
 
 
@@ -93,6 +96,14 @@ RELAY_THROTTLES = (RelayIpThrottle, RelayCredentialThrottle)
 class IsAgent(BasePermission):
     def has_permission(self, request: Request, view: APIView) -> bool:
         return isinstance(request.auth, AgentCredential)
+
+
+def agent_credential(request: Request) -> AgentCredential:
+    """The agent credential that authenticated a relay request (``IsAgent`` admitted it)."""
+    credential = request.auth
+    if not isinstance(credential, AgentCredential):
+        raise exceptions.NotAuthenticated()
+    return credential
 
 
 COMMAND = inline_serializer(
@@ -137,7 +148,7 @@ class RelaySessionsApi(APIView):
     def post(self, request: Request) -> Response:
         payload = OpenSessionSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        answer = services.open_session(credential=request.auth, mode=payload.validated_data["mode"])
+        answer = services.open_session(credential=agent_credential(request), mode=payload.validated_data["mode"])
         return Response(answer.as_json(), status=status.HTTP_201_CREATED)
 
 
@@ -157,7 +168,7 @@ class RelayExchangeApi(APIView):
         payload.is_valid(raise_exception=True)
         answer = services.exchange(
             session_id=session_id,
-            credential=request.auth,
+            credential=agent_credential(request),
             number=payload.validated_data["exchange"],
             responses=payload.validated_data["responses"],
         )

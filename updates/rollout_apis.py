@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import User
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
@@ -23,6 +24,7 @@ from rest_framework.response import Response
 from ecard.api import ActionRules, anyone
 from ecard.errors import ServiceError
 from ecard.parsers import FormParser, JSONParser, MultiPartParser
+from ecard.requests import acting_user
 from issuers.models import Organization
 from issuers.roles import Principal, principal
 from updates import releases as release_services
@@ -56,7 +58,7 @@ def _service(call: Any) -> Any:
 
 def operated_bank(request: Request, slug: str | None) -> Organization:
     """The bank the caller acts for: the one named, else the only bank they operate."""
-    who = principal(request.user)
+    who = principal(acting_user(request))
     banks = Organization.objects.filter(pk__in=[b for b in who.bank_ids if who.can_operate(b)])
     if slug:
         bank = banks.filter(slug=slug).first()
@@ -73,15 +75,28 @@ def operated_bank(request: Request, slug: str | None) -> Organization:
 
 
 class ReleaseSerializer(serializers.ModelSerializer):
-    bank = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    bank: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     version = serializers.CharField(source="package_version", read_only=True)
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(slug_field="username", read_only=True)
 
     class Meta:
         model = Release
         fields = (
-            "id", "bank", "package_aid", "version", "applet_aids", "imports", "filename", "lfdb_size",
-            "lfdb_sha256", "lfdb_sha1", "cap_sha256", "changelog", "state", "created_by", "created_at",
+            "id",
+            "bank",
+            "package_aid",
+            "version",
+            "applet_aids",
+            "imports",
+            "filename",
+            "lfdb_size",
+            "lfdb_sha256",
+            "lfdb_sha1",
+            "cap_sha256",
+            "changelog",
+            "state",
+            "created_by",
+            "created_at",
         )
         read_only_fields = fields
 
@@ -123,19 +138,26 @@ class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         upload = payload.validated_data["cap_file"]
         cap_bytes = upload.read(release_services.MAX_CAP_BYTES + 1)
         filename = "".join(ch for ch in (upload.name or "upload.cap") if ch.isprintable())[:255] or "upload.cap"
-        release = _service(lambda: release_services.create_release(
-            bank=bank, cap_bytes=cap_bytes, filename=filename,
-            changelog=payload.validated_data["changelog"], actor=request.user,
-        ))
+        release = _service(
+            lambda: release_services.create_release(
+                bank=bank,
+                cap_bytes=cap_bytes,
+                filename=filename,
+                changelog=payload.validated_data["changelog"],
+                actor=acting_user(request),
+            )
+        )
         return Response(ReleaseSerializer(release).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=ChangelogSerializer, responses=ReleaseSerializer)
     def partial_update(self, request: Request, pk: str | None = None) -> Response:
         payload = ChangelogSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        release = _service(lambda: release_services.update_changelog(
-            release=self.get_object(), actor=request.user, changelog=payload.validated_data["changelog"]
-        ))
+        release = _service(
+            lambda: release_services.update_changelog(
+                release=self.get_object(), actor=acting_user(request), changelog=payload.validated_data["changelog"]
+            )
+        )
         return Response(ReleaseSerializer(release).data)
 
     @extend_schema(request=ReasonSerializer, responses=ReleaseSerializer)
@@ -143,9 +165,11 @@ class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         payload = ReasonSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        release = _service(lambda: release_services.revoke_release(
-            release=self.get_object(), actor=request.user, reason=payload.validated_data["reason"]
-        ))
+        release = _service(
+            lambda: release_services.revoke_release(
+                release=self.get_object(), actor=acting_user(request), reason=payload.validated_data["reason"]
+            )
+        )
         return Response(ReleaseSerializer(release).data)
 
 
@@ -153,19 +177,42 @@ class ReleaseViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
 
 
 class RolloutSerializer(serializers.ModelSerializer):
-    bank = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    bank: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     to_version = serializers.CharField(source="release.package_version", read_only=True)
-    created_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    approved_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    created_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    approved_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
     progress = serializers.SerializerMethodField()
 
     class Meta:
         model = Rollout
         fields = (
-            "id", "name", "bank", "release", "package_aid", "from_version", "to_version", "target_kind",
-            "group_spec", "success_threshold", "error_threshold", "retry_count", "retry_backoff",
-            "require_approval", "approved_by", "approved_at", "start_at", "state", "pause_reason", "total",
-            "created_by", "created_at", "started_at", "finished_at", "progress",
+            "id",
+            "name",
+            "bank",
+            "release",
+            "package_aid",
+            "from_version",
+            "to_version",
+            "target_kind",
+            "group_spec",
+            "success_threshold",
+            "error_threshold",
+            "retry_count",
+            "retry_backoff",
+            "require_approval",
+            "approved_by",
+            "approved_at",
+            "start_at",
+            "state",
+            "pause_reason",
+            "total",
+            "created_by",
+            "created_at",
+            "started_at",
+            "finished_at",
+            "progress",
         )
         read_only_fields = fields
 
@@ -176,13 +223,26 @@ class RolloutSerializer(serializers.ModelSerializer):
 class CreateRolloutSerializer(serializers.Serializer):
     release = serializers.IntegerField(help_text="id of the release to roll out")
     name = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
-    from_version = serializers.CharField(required=False, allow_blank=True, default="", max_length=16,
-                                         help_text="target cards with the package at this version (blank: any other)")
-    cins = serializers.ListField(child=serializers.CharField(max_length=32), required=False, allow_null=True,
-                                 default=None, max_length=rollout_services.MAX_LISTED_CARDS,
-                                 help_text="an explicit list of cards instead of all cards with the package")
-    groups = serializers.ListField(child=serializers.CharField(max_length=16), min_length=1,
-                                   help_text='cumulative: ["1%", "10%", "100%"] or card counts ["5", "100%"]')
+    from_version = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=16,
+        help_text="target cards with the package at this version (blank: any other)",
+    )
+    cins = serializers.ListField(
+        child=serializers.CharField(max_length=32),
+        required=False,
+        allow_null=True,
+        default=None,
+        max_length=rollout_services.MAX_LISTED_CARDS,
+        help_text="an explicit list of cards instead of all cards with the package",
+    )
+    groups = serializers.ListField(
+        child=serializers.CharField(max_length=16),
+        min_length=1,
+        help_text='cumulative: ["1%", "10%", "100%"] or card counts ["5", "100%"]',
+    )
     success_threshold = serializers.IntegerField(default=100, min_value=1, max_value=100)
     error_threshold = serializers.IntegerField(default=20, min_value=1, max_value=100)
     retry_count = serializers.IntegerField(default=2, min_value=0, max_value=10)
@@ -234,30 +294,40 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         payload = CreateRolloutSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        release = selectors.releases_for(request.user).filter(pk=data["release"]).first()
-        who = principal(request.user)
+        release = selectors.releases_for(acting_user(request)).filter(pk=data["release"]).first()
+        who = principal(acting_user(request))
         if release is None or not who.can_operate(release.bank_id):
             raise exceptions.ValidationError({"release": ["no such release of a bank you operate"]})
-        rollout = _service(lambda: rollout_services.create_rollout(
-            bank=release.bank, release=release, actor=request.user, groups=data["groups"],
-            from_version=data["from_version"], cins=data["cins"], success_threshold=data["success_threshold"],
-            error_threshold=data["error_threshold"], retry_count=data["retry_count"],
-            retry_backoff=data["retry_backoff"], require_approval=data["require_approval"],
-            start_at=data["start_at"], name=data["name"],
-        ))
+        rollout = _service(
+            lambda: rollout_services.create_rollout(
+                bank=release.bank,
+                release=release,
+                actor=acting_user(request),
+                groups=data["groups"],
+                from_version=data["from_version"],
+                cins=data["cins"],
+                success_threshold=data["success_threshold"],
+                error_threshold=data["error_threshold"],
+                retry_count=data["retry_count"],
+                retry_backoff=data["retry_backoff"],
+                require_approval=data["require_approval"],
+                start_at=data["start_at"],
+                name=data["name"],
+            )
+        )
         return self._answer(rollout, status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=RolloutSerializer)
     @action(detail=True, methods=["post"])
     def approve(self, request: Request, pk: str | None = None) -> Response:
-        rollout = self.get_object()
-        return self._answer(_service(lambda: rollout_services.approve_rollout(rollout=rollout, actor=request.user)))
+        rollout, actor = self.get_object(), acting_user(request)
+        return self._answer(_service(lambda: rollout_services.approve_rollout(rollout=rollout, actor=actor)))
 
     @extend_schema(request=None, responses=RolloutSerializer)
     @action(detail=True, methods=["post"])
     def start(self, request: Request, pk: str | None = None) -> Response:
-        rollout = self.get_object()
-        return self._answer(_service(lambda: rollout_services.start_rollout(rollout=rollout, actor=request.user)))
+        rollout, actor = self.get_object(), acting_user(request)
+        return self._answer(_service(lambda: rollout_services.start_rollout(rollout=rollout, actor=actor)))
 
     @extend_schema(request=ReasonSerializer, responses=RolloutSerializer)
     @action(detail=True, methods=["post"])
@@ -265,15 +335,19 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         rollout = self.get_object()
         payload = ReasonSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        return self._answer(_service(lambda: rollout_services.pause_rollout(
-            rollout=rollout, actor=request.user, reason=payload.validated_data["reason"]
-        )))
+        return self._answer(
+            _service(
+                lambda: rollout_services.pause_rollout(
+                    rollout=rollout, actor=acting_user(request), reason=payload.validated_data["reason"]
+                )
+            )
+        )
 
     @extend_schema(request=None, responses=RolloutSerializer)
     @action(detail=True, methods=["post"])
     def resume(self, request: Request, pk: str | None = None) -> Response:
-        rollout = self.get_object()
-        return self._answer(_service(lambda: rollout_services.resume_rollout(rollout=rollout, actor=request.user)))
+        rollout, actor = self.get_object(), acting_user(request)
+        return self._answer(_service(lambda: rollout_services.resume_rollout(rollout=rollout, actor=actor)))
 
     @extend_schema(request=ReasonSerializer, responses=RolloutSerializer)
     @action(detail=True, methods=["post"])
@@ -281,9 +355,13 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         rollout = self.get_object()
         payload = ReasonSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
-        return self._answer(_service(lambda: rollout_services.cancel_rollout(
-            rollout=rollout, actor=request.user, reason=payload.validated_data["reason"]
-        )))
+        return self._answer(
+            _service(
+                lambda: rollout_services.cancel_rollout(
+                    rollout=rollout, actor=acting_user(request), reason=payload.validated_data["reason"]
+                )
+            )
+        )
 
     @extend_schema(parameters=[STATUS_PARAM], responses=TargetSerializer(many=True))
     @action(detail=True, methods=["get"])

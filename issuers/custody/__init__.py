@@ -30,15 +30,11 @@ The package is split by concern; this module re-exports every name so callers im
 from __future__ import annotations
 
 from issuers.custody.card_keys import card_isd_keys, open_secure_channel
-from issuers.custody.kek import KEK_ALGORITHM, active_kek, ensure_org_kek
+from issuers.custody.kek import KEK_ALGORITHM as KEK_ALGORITHM
+from issuers.custody.kek import active_kek, ensure_org_kek
+from issuers.custody.keysets import Algorithm as Algorithm
 from issuers.custody.keysets import (
-    Algorithm,
     PrivateKey,
-    Purpose,
-    _aad,
-    _unwrap,
-    _unwrap_with,
-    _wrap,
     generate_private_key,
     generate_static_keys,
     load_private_key,
@@ -49,7 +45,10 @@ from issuers.custody.keysets import (
     store_secret_key,
     store_static_keys,
 )
-from issuers.custody.rotation import _rewrap_keyset, rotate_kek
+from issuers.custody.keysets import Purpose as Purpose
+from issuers.custody.keysets import _aad as _aad  # tests rebuild a key set's associated data
+from issuers.custody.rotation import _rewrap_keyset as _rewrap_keyset  # tests inject failures (see rotation)
+from issuers.custody.rotation import rotate_kek
 from issuers.custody.sealing import open_channel_state, seal_channel_state
 from issuers.keyvault import CustodyError, KekUnavailableError, UnwrapError
 
@@ -76,5 +75,3 @@ __all__ = [
     "store_static_keys",
 ]
 
-# Names that are not part of the public interface but that callers and tests use today.
-_REEXPORTED_INTERNALS = (KEK_ALGORITHM, Algorithm, Purpose, _aad, _unwrap, _unwrap_with, _wrap, _rewrap_keyset)

@@ -11,9 +11,7 @@ from gp.keys import StaticKeys, diversify
 from gp.scp import SCP02, SCP03
 from issuers.custody.keysets import Algorithm, Purpose, load_secret_key, load_static_keys
 from issuers.custody_models import KeySet
-from issuers.keyvault import (
-    CustodyError,
-)
+from issuers.keyvault import CustodyError
 from issuers.models import Organization
 
 _SCHEME_ALGORITHM = {"kdf3": Algorithm.AES, "emv": Algorithm.DES3, "visa2": Algorithm.DES3}

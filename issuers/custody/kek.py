@@ -13,13 +13,7 @@ from django.db.models import Max
 
 from audit.services import record_event
 from issuers.custody_models import KeyEncryptionKey
-from issuers.keyvault import (
-    BACKEND_PKCS11,
-    CustodyError,
-    KekBackend,
-    KekRef,
-    get_backend,
-)
+from issuers.keyvault import BACKEND_PKCS11, CustodyError, KekBackend, KekRef, get_backend
 from issuers.models import Organization
 
 logger = logging.getLogger(__name__)

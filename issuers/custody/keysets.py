@@ -20,13 +20,7 @@ from ecard.errors import ServiceError
 from gp.keys import StaticKeys, kcv_aes, kcv_des
 from issuers.custody.kek import ensure_org_kek
 from issuers.custody_models import KeyEncryptionKey, KeySet
-from issuers.keyvault import (
-    CustodyError,
-    KekUnavailableError,
-    UnwrapError,
-    encode_aad,
-    get_backend,
-)
+from issuers.keyvault import CustodyError, KekUnavailableError, UnwrapError, encode_aad, get_backend
 from issuers.models import Organization
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey

@@ -14,13 +14,7 @@ from issuers import custody as custody_package
 from issuers.custody.kek import KEK_ALGORITHM, _discard_hsm_kek, _next_kek_version
 from issuers.custody.keysets import _unwrap_with, _wrap
 from issuers.custody_models import KeyEncryptionKey, KeySet
-from issuers.keyvault import (
-    BACKEND_PKCS11,
-    KekBackend,
-    KekRef,
-    KekUnavailableError,
-    get_backend,
-)
+from issuers.keyvault import BACKEND_PKCS11, KekBackend, KekRef, KekUnavailableError, get_backend
 from issuers.models import Organization
 
 

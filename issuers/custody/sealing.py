@@ -11,12 +11,7 @@ from typing import Any
 from ecard.errors import ServiceError
 from issuers.custody.kek import ensure_org_kek
 from issuers.custody_models import KeyEncryptionKey
-from issuers.keyvault import (
-    KekUnavailableError,
-    UnwrapError,
-    encode_aad,
-    get_backend,
-)
+from issuers.keyvault import KekUnavailableError, UnwrapError, encode_aad, get_backend
 from issuers.models import Organization
 
 

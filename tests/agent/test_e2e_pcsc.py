@@ -27,6 +27,7 @@ from cards import services as card_services
 from cards.models import Enrollment, SecurityDomain
 from cardsim import store
 from gp import commands
+from gp.aids import ISD_AID
 from gp.errors import AuthenticationError
 from gp.scp import SCP03, StaticKeys
 from issuers import custody
@@ -42,7 +43,7 @@ READER = "Virtual PCD 00 00"
 VPCD = "127.0.0.1:35963"
 EMPTY = "Empty_0102030405_8d5ac9e2_2.2.1.cap"
 INSTANCE = "0102030405060708"
-ISD = "A000000151000000"
+ISD = ISD_AID.hex().upper()
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from audit.models import AuditEntry
 from cards import services
 from cards.models import Card, CardJob, Enrollment, SecurityDomain
 from ecard.errors import ServiceError
+from gp.aids import ISD_AID
 from issuers import services as issuer_services
 from issuers.models import Organization
 from tests.factories import World, build_world, make_user
@@ -174,7 +175,7 @@ def test_agency_issues_a_card_with_its_isd(world: World) -> None:
     card = Card.objects.get(pk=response.json()["id"])
     assert card.holder == holder and card.lifecycle == Card.Lifecycle.SECURED
     isd = card.security_domains.get()
-    assert isd.is_isd and isd.aid == "A000000151000000" and isd.privileges == "9EFE80"
+    assert isd.is_isd and isd.aid == ISD_AID.hex().upper() and isd.privileges == "9EFE80"
     assert AuditEntry.objects.filter(action="card.issued", card_cin=card.cin).exists()
     assert api(world, "alpha_op").post("/api/v1/cards/", {"emulated": False}).status_code == 403
     # An organisation member cannot be a card holder.

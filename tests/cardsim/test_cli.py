@@ -14,11 +14,13 @@ from cardsim.cli import main
 from cardsim.transport import InProcessCard
 from gp import commands as c
 from gp import dm
+from gp.aids import ISD_AID
 from gp.keys import diversify
 from gp.scp import SCP02, SCP03
 from tests.cardsim.hostlib import HostSession, sw_of
 
 MASTER = bytes.fromhex("000102030405060708090A0B0C0D0E0F")
+ISD = ISD_AID.hex().upper()  # the key of the ISD in the card state file
 
 
 def test_init_defaults_scp03(tmp_path: Path, capsys) -> None:
@@ -27,7 +29,7 @@ def test_init_defaults_scp03(tmp_path: Path, capsys) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     state = json.loads(path.read_text())
     assert state["lifecycle"] == c.CARD_SECURED
-    assert state["sds"]["A000000151000000"]["scp"] == 3 and state["sds"]["A000000151000000"]["i"] == 0x70
+    assert state["sds"][ISD]["scp"] == 3 and state["sds"][ISD]["i"] == 0x70
     HostSession(InProcessCard(path).transmit).open()  # 404142..4F at KVN 30, SCP03
     assert main(["init", str(path)]) == 2  # never overwrites a card by accident
     assert main(["init", str(path), "--force", "--scp", "02"]) == 0
@@ -75,12 +77,12 @@ def test_token_and_receipt_keys_and_show_hides_keys(tmp_path: Path, capsys) -> N
                  "--behaviour", "A0000005590101=bank-version"]) == 0
     state = json.loads(path.read_text())
     assert state["token_scheme"] == dm.SCHEME_ECDSA_P256_SHA256
-    assert set(state["sds"]["A000000151000000"]["keys"]) == {"30", "70", "71"}
+    assert set(state["sds"][ISD]["keys"]) == {"30", "70", "71"}
     assert state["behaviours"] == {"A0000005590101": "bank-version"}
     capsys.readouterr()
     assert main(["show", str(path)]) == 0
     out = capsys.readouterr().out
-    assert "ISD: A000000151000000 (SECURED)" in out
+    assert f"ISD: {ISD} (SECURED)" in out
     assert "KVN 70 EC P-256 public (token verification)" in out and "KVN 71 AES-128 x1 (receipt)" in out
     assert "PKG: A0000000620101 (LOADED) v1.6 ROM javacard.framework" in out
     assert receipt not in out.upper() and "404142434445464748494A4B4C4D4E4F" not in out.upper()

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from cardsim.card import Card
 from cardsim.state import check_state, new_state
 from gp import commands as c
+from gp.aids import ISD_AID, SSD_MODULE_AID, SSD_PACKAGE_AID
 from gp.cap import LoadFile
 from gp.errors import GPError
 from tests.cardsim.conftest import EMPTY
@@ -87,7 +88,7 @@ def _populated_state() -> dict:
     return copy.deepcopy(_CACHE["s"])
 
 
-AIDS = ["A000000151000000", "A0000001515350", "A000000151535041", "A0000005590101", "0102030405",
+AIDS = [ISD_AID.hex(), SSD_PACKAGE_AID.hex(), SSD_MODULE_AID.hex(), "A0000005590101", "0102030405",
         "0102030405060708", "A0000000620101", "A00000FFFFA0", "A0000009990001"]
 aid = st.sampled_from(AIDS).map(bytes.fromhex)
 privs = st.sampled_from([b"\x00", b"\x80\x00\x00", b"\xa0\x00\x00", b"\x80\x40\x00", b"\xff\xff\xff", b"\x9e"])

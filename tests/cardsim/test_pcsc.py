@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from gp import commands as c
+from gp.aids import ISD_AID
 from gp.cap import LoadFile
 from tests.cardsim.conftest import ALGTEST, EMPTY, LIB_BER, LIB_DEBUG, SVC
 from tests.cardsim.hostlib import HostSession, check_consistency, sw_of
@@ -186,7 +187,7 @@ def test_full_lifecycle_through_pcsc(serve, tmp_path: Path, scp: str, level: int
     check_consistency(json.loads(state.read_text()))
     shown = subprocess.run([sys.executable, "-m", "cardsim", "show", str(state)], cwd=PROJECT_ROOT,
                            capture_output=True, text=True, timeout=60, check=True).stdout
-    assert "ISD: A000000151000000" in shown and KEY_HEX not in shown.upper()
+    assert f"ISD: {ISD_AID.hex().upper()}" in shown and KEY_HEX not in shown.upper()
 
 
 def test_sigkill_mid_load_then_restart(serve, tmp_path: Path) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 
 from gp import commands as c
+from gp.aids import ISD_AID
 from gp.apdu import CommandAPDU
 from gp.errors import EncodingError, GPError, LoadError, TLVError
 from gp.tlv import encode_tlv as T
 
-ISD = bytes.fromhex("A000000151000000")
+ISD = ISD_AID
 PKG = bytes.fromhex("0102030405")
 APP = bytes.fromhex("0102030405060708")
 SSD_PKG = bytes.fromhex("A0000001515350")
@@ -363,3 +364,9 @@ def test_put_key() -> None:
 def test_errors_are_gp_errors() -> None:
     for exc in (EncodingError, TLVError, LoadError):
         assert issubclass(exc, GPError)
+
+
+def test_isd_aid_is_globalplatforms_default() -> None:
+    """The ISD AID against the spec (GP 2.3.1 Table F-1, RID A000000151). Other tests use gp.aids.ISD_AID;
+    the AID bytes left inside their hex are whole encoded APDUs and TLVs, kept as known answers."""
+    assert bytes.fromhex("A000000151000000") == ISD_AID

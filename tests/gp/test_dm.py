@@ -11,10 +11,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 
 from gp import commands as c
 from gp import dm
+from gp.aids import ISD_AID
 from gp.apdu import CommandAPDU
 from gp.errors import DelegatedManagementError, GPError
 
-ISD = bytes.fromhex("A000000151000000")
+ISD = ISD_AID
 SSD = bytes.fromhex("A00000015153504101")
 PKG = bytes.fromhex("0102030405")
 APP = bytes.fromhex("0102030405060708")

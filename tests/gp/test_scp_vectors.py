@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gp import crypto, keys, scp
+from gp.aids import ISD_AID
 from gp.errors import AuthenticationError, MACError, StatusWordError
 from gp.scp import SCP02, SCP03, StaticKeys
+from gp.scp_card import CardSCP02
 from tests.shared_data import gp_vectors
 
 try:
     _V: dict[str, Any] = gp_vectors()
-except BaseException:  # skipped/failed at collection: let each test report it
+except (pytest.skip.Exception, pytest.fail.Exception):  # shared material missing: each test reports it
     _V = {"scp03_sessions": [], "scp02_sessions": [], "kcv": [], "diversification": [], "primitives": []}
+
+# SCP02 sessions from public projects kept with the tests (origins in the file), read with the shared ones.
+_LOCAL_SCP02: list[dict[str, Any]] = json.loads(
+    (Path(__file__).with_name("scp02-vectors.json")).read_text()
+)["scp02_sessions"]
+_SCP02_SESSIONS: list[dict[str, Any]] = [*_V["scp02_sessions"], *_LOCAL_SCP02]
 
 # AID of the eUICC ISD-R (GSMA SGP.22): the pySim sessions use pseudo-random card
 # challenges (i=0x70) computed for this SD.
@@ -70,7 +80,7 @@ def test_scp03_session_pseudo_random_challenge_checked(index: int) -> None:
     ch.initialize_update()
     ch.external_authenticate(h(entry["initialize_update"]["response"]))
     assert ch.card_challenge_verified is True
-    wrong = _channel(entry, 3, sd_aid=bytes.fromhex("A000000151000000"))
+    wrong = _channel(entry, 3, sd_aid=ISD_AID)
     wrong.initialize_update()
     with pytest.raises(AuthenticationError):
         wrong.external_authenticate(h(entry["initialize_update"]["response"]))
@@ -105,10 +115,48 @@ def test_scp03_session_tampered(index: int) -> None:
 
 
 def test_scp02_sessions_replay() -> None:
-    """The vector file has no SCP02 session yet (SCP02 is covered by its session-key and key-wrap
-    primitives below and by host/card round trips); any session added to the file is replayed here."""
-    for entry in _vectors()["scp02_sessions"]:
+    """Every SCP02 session, shared and local, replayed through the host (gp.scp.SCP02)."""
+    replayed = 0
+    for entry in _SCP02_SESSIONS:
         _replay(entry, 2)
+        replayed += 1
+    assert replayed >= 1, "no SCP02 session was replayed"
+
+
+def _card_replay(entry: dict[str, Any]) -> None:
+    card = entry["card"]
+    random_challenge = h(card["card_challenge"])
+    channel = CardSCP02(
+        _keys(entry), i=int(entry["i"], 16), sequence_counter=card["sequence_counter_before"], kdd=h(card["kdd"]),
+        card_challenge_random=lambda n: random_challenge[:n],
+    )
+    answer = channel.initialize_update(h(entry["initialize_update"]["command"]))
+    assert answer.hex().upper() == card["initialize_update_response"]
+    assert channel.external_authenticate(h(entry["external_authenticate"]["command"])).hex().upper() == "9000"
+    assert channel.is_authenticated
+    for n, ex in enumerate(entry["exchanges"]):
+        assert channel.unwrap_command(h(ex["wrapped"])).hex().upper() == ex["command"], f"exchange {n}"
+
+
+def test_scp02_sessions_replay_card_side() -> None:
+    """The same sessions through the card side (gp.scp_card.CardSCP02), where the entry says how the
+    card was set up (GP 2.3.1 §E.5.1.6: its INITIALIZE UPDATE answer; §E.4.4: C-MAC checked)."""
+    with_card = [entry for entry in _SCP02_SESSIONS if "card" in entry]
+    for entry in with_card:
+        _card_replay(entry)
+    assert with_card, "no SCP02 session says how to set up the card side"
+
+
+def test_scp02_tampered_card_cryptogram_is_refused() -> None:
+    """pySim's SCP02_Auth_Test.test_mutual_auth_fail_card_cryptogram: the last cryptogram byte altered."""
+    for entry in _SCP02_SESSIONS:
+        iu = bytearray(h(entry["initialize_update"]["response"]))
+        iu[-3] = 0xFF if iu[-3] != 0xFF else 0x00
+        channel = _channel(entry, 2)
+        channel.initialize_update()
+        with pytest.raises(AuthenticationError):
+            channel.external_authenticate(bytes(iu))
+        assert not channel.is_authenticated
 
 
 def test_vector_sets_present() -> None:

@@ -8,14 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gp.aids import ISD_AID
 from gp.errors import GPError, TLVError
 from gp.tlv import Tlv, decode_all, decode_length, decode_one, encode_length, encode_tlv, find, find_all
 
 
 def test_single_byte_tag() -> None:
-    assert encode_tlv(0x4F, bytes.fromhex("A000000151000000")) == bytes.fromhex("4F08A000000151000000")
+    assert encode_tlv(0x4F, ISD_AID) == bytes.fromhex("4F08A000000151000000")
     (t,) = decode_all(bytes.fromhex("4F08A000000151000000"))
-    assert t.tag == 0x4F and t.value == bytes.fromhex("A000000151000000")
+    assert t.tag == 0x4F and t.value == ISD_AID
     assert not t.constructed
 
 
@@ -59,7 +60,7 @@ def test_constructed_children_and_find() -> None:
     assert t.constructed
     kids = t.children()
     assert [k.tag for k in kids] == [0x84, 0xA5]
-    assert t.find(0x84).value == bytes.fromhex("A000000151000000")  # type: ignore[union-attr]
+    assert t.find(0x84).value == ISD_AID  # type: ignore[union-attr]
     assert t.find(0x9F65) is None
     assert t.find(0x9F65, recursive=True).value == b"\x80"  # type: ignore[union-attr]
     assert find(fci, 0x9F65, recursive=True) is not None

@@ -1,0 +1,291 @@
+"""Dispatch SQL: planning a rollout's targets and turning them into card jobs, set-based.
+
+Planning is one ``INSERT ... SELECT`` with a window function spreading the cards over the cumulative
+groups in a pseudo-random but reproducible order; activating a group (or retrying failed cards)
+creates the card jobs with one ``INSERT ... SELECT`` too. No per-card Python loop.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from django.db import connection, transaction
+from django.db.models import Count
+from django.utils import timezone
+
+from cards.models import Card, CardJob
+from updates import rollouts as rollouts_package
+from updates.rollout_models import Rollout, RolloutGroup, RolloutTarget
+from updates.rollouts.common import _audit, _now_param
+from updates.rollouts.groups import Bound
+
+MAX_LISTED_CARDS = 10_000
+# A group this small is activated inside the transaction that starts it (an API call, or the card
+# result that met the previous group's threshold); a larger one by the Celery task, in chunks, so
+# neither a card holder's exchange nor the audit log's lock waits for a million inserts.
+INLINE_ACTIVATION_MAX = 2_000
+DISPATCH_CHUNK = 20_000  # card jobs per transaction when a large group starts (PostgreSQL)
+HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash: a reproducible shuffle of card ids
+HASH_MODULUS = 4294967291  # the largest prime below 2**32
+
+
+def _target_source(rollout: Rollout, cins: list[str] | None) -> tuple[str, list[Any]]:
+    """FROM/WHERE of the cards a rollout targets: the bank's active SSD on a SECURED card holding the
+    package at the version to upgrade from (or any other version)."""
+    sql = (
+        " FROM cards_securitydomain sd"
+        " JOIN cards_card c ON c.id = sd.card_id"
+        " JOIN cards_appletinstance ai ON ai.security_domain_id = sd.id"
+        " WHERE sd.organization_id = %s AND sd.is_isd = %s AND sd.state = %s AND c.lifecycle = %s"
+        " AND ai.package_aid = %s"
+    )
+    params: list[Any] = [rollout.bank_id, False, "active", Card.Lifecycle.SECURED, rollout.package_aid]
+    if rollout.from_version:
+        sql += " AND ai.package_version = %s"
+        params.append(rollout.from_version)
+    else:
+        sql += " AND ai.package_version <> %s"
+        params.append(rollout.release.package_version)
+    if cins is not None:
+        sql += " AND c.cin IN (" + ", ".join(["%s"] * len(cins)) + ")"
+        params += cins
+    return sql, params
+
+
+def _matching_cins(rollout: Rollout, cins: list[str]) -> list[str]:
+    source, params = _target_source(rollout, cins)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT DISTINCT c.cin" + source, params)
+        return [row[0] for row in cursor.fetchall()]
+
+
+def plan_targets(rollout: Rollout, bounds: list[Bound], group_ids: list[int], cins: list[str] | None) -> int:
+    """Write every target of the rollout with its group in one INSERT ... SELECT; returns the count."""
+    source, source_params = _target_source(rollout, cins)
+    if connection.vendor == "postgresql":
+        instances = "jsonb_agg(ai.instance_aid ORDER BY ai.instance_aid)"
+    else:
+        instances = "json_group_array(ai.instance_aid)"
+    # Group i holds the cards whose rank rn is within its cumulative bound: rn <= ceil(total * p)
+    # for a percentage (integer arithmetic: rn * 10000 - 9999 <= total * basis points), rn <= n for
+    # a count. The first bound that holds wins; the last group is 100%.
+    cases = []
+    case_params: list[Any] = []
+    for bound, group_id in zip(bounds[:-1], group_ids[:-1], strict=True):
+        if bound.count is not None:
+            cases.append("WHEN rn <= %s THEN %s")
+            case_params += [bound.count, group_id]
+        else:
+            cases.append("WHEN rn * 10000 - 9999 <= total * %s THEN %s")
+            case_params += [bound.basis_points, group_id]
+    group_expr = f"CASE {' '.join(cases)} ELSE %s END" if cases else "%s"
+    case_params.append(group_ids[-1])
+    sql = (
+        "INSERT INTO updates_rollouttarget"  # noqa: S608 - constant SQL fragments; every value is a parameter
+        " (rollout_id, group_id, card_id, security_domain_id, instances, status, attempts, retries, last_error,"
+        " updated_at)"
+        f" SELECT %s, {group_expr}, card_id, sd_id, instances, %s, 0, 0, %s, %s FROM ("
+        f"  SELECT sd.card_id AS card_id, sd.id AS sd_id, {instances} AS instances,"
+        "   ROW_NUMBER() OVER (ORDER BY (sd.card_id * %s + %s) %% %s, sd.card_id) AS rn,"
+        "   COUNT(*) OVER () AS total"
+        f"  {source}"
+        "  GROUP BY sd.card_id, sd.id"
+        " ) ranked"
+    )
+    params = [
+        rollout.pk, *case_params, RolloutTarget.Status.PENDING, "", _now_param(timezone.now()),
+        HASH_MULTIPLIER, rollout.pk, HASH_MODULUS, *source_params,
+    ]
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            # Sort and hash a million rows in memory rather than in temporary files (this transaction only).
+            cursor.execute("SET LOCAL work_mem = '64MB'")
+        cursor.execute(sql, params)
+        return max(cursor.rowcount, 0)
+
+
+def _recount(rollout: Rollout) -> None:
+    """Set every group's counters from its targets (one GROUP BY), after a bulk transition."""
+    counts: dict[int, dict[str, int]] = {}
+    rows = (
+        RolloutTarget.objects.filter(rollout=rollout).values_list("group_id", "status").annotate(n=Count("id"))
+        .order_by()
+    )
+    for group_id, status, n in rows:
+        counts.setdefault(group_id, {})[status] = n
+    for group in RolloutGroup.objects.filter(rollout=rollout):
+        c = counts.get(group.pk, {})
+        fields = {s: c.get(s, 0) for s in RolloutTarget.Status.values}
+        RolloutGroup.objects.filter(pk=group.pk).update(total=sum(fields.values()), **fields)
+
+
+# --------------------------------------------------------------------------------------------- dispatch
+
+
+def _job_values(rollout: Rollout, src: str, stamp: Any) -> tuple[str, str, list[Any]]:
+    """Columns, SELECT expressions and their parameters of the card jobs made from targets ``src``.
+
+    Every concrete column of ``CardJob`` is listed: one added later gets its model default, so a
+    migration of the cards app cannot break group activation."""
+    pg = connection.vendor == "postgresql"
+    if pg:
+        job_params = (
+            "jsonb_build_object('packages', jsonb_build_array(jsonb_build_object('release', %s::bigint, "
+            f"'instances', {src}.instances)), 'rollout', %s::bigint, 'rollout_target', {src}.id)"
+        )
+    else:
+        job_params = (
+            f"json_object('packages', json_array(json_object('release', %s, 'instances', json({src}.instances))), "
+            f"'rollout', %s, 'rollout_target', {src}.id)"
+        )
+    explicit: dict[str, tuple[str, list[Any]]] = {
+        "card_id": (f"{src}.card_id", []),
+        "kind": ("%s", [CardJob.Kind.UPDATE_APPLET]),
+        "organization_id": ("%s", [rollout.bank_id]),
+        "security_domain_id": (f"{src}.security_domain_id", []),
+        "params": (job_params, [rollout.release_id, rollout.pk]),
+        "state": ("%s", [CardJob.State.PENDING]),
+        "attempts": ("0", []),
+        "last_error": ("''", []),
+        "created_by_id": ("%s", [rollout.created_by_id]),
+        "created_at": ("%s", [stamp]),
+    }
+    columns, values, params = [], [], []
+    for f in CardJob._meta.concrete_fields:
+        if f.primary_key:
+            continue
+        columns.append(connection.ops.quote_name(f.column))
+        if f.column in explicit:
+            sql, sql_params = explicit[f.column]
+        elif getattr(f, "auto_now", False) or getattr(f, "auto_now_add", False):
+            sql, sql_params = "%s", [stamp]
+        else:
+            sql, sql_params = "%s", [f.get_db_prep_save(f.get_default(), connection)]
+        values.append(sql)
+        params += sql_params
+    return ", ".join(columns), ", ".join(values), params
+
+
+def _dispatch(
+    rollout: Rollout, condition: str, params: list[Any], *, retry: bool, now: dt.datetime, limit: int | None = None
+) -> int:
+    """Create the card jobs of the targets matching ``condition`` (SQL over ``t``) and mark them running
+    (at most ``limit`` on PostgreSQL, so one transaction never holds the audit log lock for long)."""
+    stamp = _now_param(now)
+    retries = "t.retries + 1" if retry else "t.retries"
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            columns, values, value_params = _job_values(rollout, "c", stamp)
+            cursor.execute(
+                "WITH chosen AS ("  # noqa: S608 - constant SQL fragments; every value is a parameter
+                "  SELECT t.id, t.card_id, t.security_domain_id, t.instances FROM updates_rollouttarget t"
+                f"  WHERE t.rollout_id = %s AND {condition} ORDER BY t.id"
+                f"  {'LIMIT %s' if limit else ''} FOR UPDATE"
+                "), jobs AS ("
+                f"  INSERT INTO cards_cardjob ({columns}) SELECT {values} FROM chosen c ORDER BY c.id"
+                "  RETURNING id, (params->>'rollout_target')::bigint AS target_id"
+                ")"
+                f" UPDATE updates_rollouttarget t SET job_id = jobs.id, status = %s, attempts = t.attempts + 1,"
+                f"  retries = {retries}, next_retry_at = NULL, updated_at = %s"
+                " FROM jobs WHERE t.id = jobs.target_id",
+                [rollout.pk, *params, *([limit] if limit else []), *value_params, RolloutTarget.Status.RUNNING, stamp],
+            )
+            return max(cursor.rowcount, 0)
+        columns, values, value_params = _job_values(rollout, "t", stamp)
+        cursor.execute(
+            f"INSERT INTO cards_cardjob ({columns}) SELECT {values}"  # noqa: S608 - constant SQL fragments; every value is a parameter
+            f" FROM updates_rollouttarget t WHERE t.rollout_id = %s AND {condition} ORDER BY t.id",
+            [*value_params, rollout.pk, *params],
+        )
+        cursor.execute(
+            "UPDATE updates_rollouttarget AS t SET"  # noqa: S608 - constant SQL fragments; every value is a parameter
+            " job_id = (SELECT MAX(j.id) FROM cards_cardjob j WHERE j.card_id = t.card_id AND j.state = %s"
+            "   AND j.kind = %s AND json_extract(j.params, '$.rollout_target') = t.id),"
+            f" status = %s, attempts = t.attempts + 1, retries = {retries}, next_retry_at = NULL, updated_at = %s"
+            f" WHERE t.rollout_id = %s AND {condition}",
+            [CardJob.State.PENDING, CardJob.Kind.UPDATE_APPLET, RolloutTarget.Status.RUNNING, stamp, rollout.pk,
+             *params],
+        )
+        return max(cursor.rowcount, 0)
+
+
+def _running_group_ids(rollout: Rollout) -> list[int]:
+    return list(rollout.groups.filter(state=RolloutGroup.State.RUNNING).values_list("pk", flat=True))
+
+
+def _dispatch_ready(rollout: Rollout, now: dt.datetime, group_ids: list[int] | None = None) -> int:
+    """Jobs for the pending targets of running groups and for failed targets whose retry is due, at
+    most ``DISPATCH_CHUNK`` of each per transaction; the rest is left to the evaluation task."""
+    group_ids = _running_group_ids(rollout) if group_ids is None else group_ids
+    if not group_ids:
+        return 0
+    marks = ", ".join(["%s"] * len(group_ids))
+    new = _dispatch(rollout, f"t.group_id IN ({marks}) AND t.status = %s",
+                    [*group_ids, RolloutTarget.Status.PENDING], retry=False, now=now, limit=DISPATCH_CHUNK)
+    retried = _dispatch(
+        rollout,
+        f"t.group_id IN ({marks}) AND t.status = %s AND t.next_retry_at IS NOT NULL AND t.next_retry_at <= %s",
+        [*group_ids, RolloutTarget.Status.FAILED, _now_param(now)],
+        retry=True,
+        now=now,
+        limit=DISPATCH_CHUNK,
+    )
+    if new or retried:
+        _recount(rollout)
+        _audit(rollout, "rollout.dispatched", None, jobs=new, retries=retried)
+    if connection.vendor == "postgresql" and max(new, retried) >= DISPATCH_CHUNK:
+        _schedule_evaluation(rollout.pk)  # more to dispatch: the next chunk in its own transaction
+    return new + retried
+
+
+def _activate_group(rollout: Rollout, group: RolloutGroup, now: dt.datetime, actor: Any, *, inline: bool) -> None:
+    group.state = RolloutGroup.State.RUNNING
+    group.started_at = now
+    group.save(update_fields=["state", "started_at"])
+    dispatched: int | None = None
+    # Read on the package: tests lower updates.rollouts.INLINE_ACTIVATION_MAX to exercise the task path.
+    if group.total <= rollouts_package.INLINE_ACTIVATION_MAX:
+        dispatched = _dispatch_ready(rollout, now, [group.pk])
+    else:
+        _schedule_evaluation(rollout.pk)  # jobs created by the task, in chunks
+    _audit(rollout, "rollout.group_started", actor, group=group.index, cards=group.total, jobs=dispatched)
+
+
+def _schedule_evaluation(rollout_id: int) -> None:
+    from updates.rollout_tasks import evaluate_rollout
+
+    transaction.on_commit(lambda: evaluate_rollout.delay(rollout_id))
+
+
+def _withdraw_pending_jobs(rollout: Rollout, target_status: str, now: dt.datetime) -> int:
+    """Cancel the rollout's card jobs not yet begun on a card (a job a card already started —
+    attempts > 0 — finishes, so no card is left between versions); their targets get ``target_status``."""
+    running = RolloutTarget.objects.filter(rollout=rollout, status=RolloutTarget.Status.RUNNING)
+    jobs = CardJob.objects.filter(
+        pk__in=running.values("job_id"), state=CardJob.State.PENDING, attempts=0
+    )
+    job_ids = list(jobs.values_list("pk", flat=True)) if connection.vendor != "postgresql" else None
+    if job_ids is not None:
+        count = CardJob.objects.filter(pk__in=job_ids).update(
+            state=CardJob.State.CANCELLED, finished_at=now, last_error=f"rollout {rollout.pk} {rollout.state}"
+        )
+        RolloutTarget.objects.filter(rollout=rollout, job_id__in=job_ids).update(status=target_status, updated_at=now)
+        return count
+    with connection.cursor() as cursor:
+        cursor.execute(
+            # SKIP LOCKED: a job row another transaction holds is being taken by a presentation of
+            # its card right now; it is running, not withdrawn (and we never wait on a session).
+            "WITH cancelled AS ("
+            "  UPDATE cards_cardjob j SET state = %s, finished_at = %s, last_error = %s"
+            "  WHERE j.state = %s AND j.attempts = 0 AND j.id IN ("
+            "   SELECT j2.id FROM cards_cardjob j2 JOIN updates_rollouttarget t ON t.job_id = j2.id"
+            "   WHERE t.rollout_id = %s AND t.status = %s AND j2.state = %s AND j2.attempts = 0"
+            "   FOR UPDATE OF j2 SKIP LOCKED)"
+            "  RETURNING j.id"
+            ") UPDATE updates_rollouttarget t SET status = %s, updated_at = %s"
+            " FROM cancelled WHERE t.rollout_id = %s AND t.job_id = cancelled.id",
+            [CardJob.State.CANCELLED, now, f"rollout {rollout.pk} {rollout.state}", CardJob.State.PENDING,
+             rollout.pk, RolloutTarget.Status.RUNNING, CardJob.State.PENDING, target_status, now, rollout.pk],
+        )
+        return max(cursor.rowcount, 0)

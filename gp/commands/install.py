@@ -223,7 +223,8 @@ def parse_install(p1: int, data: bytes) -> InstallCommand:
                              app_aid=lv(aid="application AID", required=True), privileges=lv(),
                              params=ber_lv(), token=token())
     elif kind == "make_selectable":
-        zero(), zero()
+        zero()
+        zero()
         cmd = InstallCommand(p1, app_aid=lv(aid="application AID", required=True), privileges=lv(),
                              params=ber_lv(), token=token())
     elif kind == "extradition":
@@ -238,7 +239,8 @@ def parse_install(p1: int, data: bytes) -> InstallCommand:
         cmd = InstallCommand(p1, sd_aid=sd, app_aid=lv(aid="application AID", required=True), privileges=lv(),
                              params=ber_lv(), token=token())
     elif kind == "personalization":
-        zero(), zero()
+        zero()
+        zero()
         cmd = InstallCommand(p1, app_aid=lv(aid="application AID", required=True))
         for _ in range(3):
             if pos < len(data):

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Self, SupportsBytes, SupportsIndex
 
+from gp.apdu import SW
 from gp.commands._fields import _apdu, _check_aid
 from gp.commands.constants import (
     CLA_GP,
@@ -161,11 +162,12 @@ def get_status(p1: int, *, aid_filter: bytes = b"", next_occurrence: bool = Fals
     return _apdu(CLA_GP, INS_GET_STATUS, p1, p2, data, le=256)
 
 
-def get_status_next(p1: int, sw: int, **kwargs: object) -> bytes | None:
+def get_status_next(p1: int, sw: int, *, aid_filter: bytes = b"", tag_format: bool = True,
+                    tag_list: bytes = b"") -> bytes | None:
     """After a GET STATUS answered ``6310`` (more data), the "next occurrence" command; else None."""
-    if sw != 0x6310:
+    if sw != SW.WARNING_MORE_DATA:
         return None
-    return get_status(p1, next_occurrence=True, **kwargs)  # type: ignore[arg-type]
+    return get_status(p1, aid_filter=aid_filter, next_occurrence=True, tag_format=tag_format, tag_list=tag_list)
 
 
 @dataclass(frozen=True)

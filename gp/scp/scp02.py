@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from gp.apdu import CommandAPDU
+from gp.apdu import SW, CommandAPDU
 from gp.crypto import DES3Key, pad_m2, unpad_m2
 from gp.errors import (
     APDUError,
@@ -280,11 +280,13 @@ class SCP02(_HostChannel):
         expected = core.cryptogram(self.host_challenge + seq + card_challenge)
         if not hmac.compare_digest(expected, card_cryptogram):
             self._close("card cryptogram did not verify")
-            raise AuthenticationError("card cryptogram does not verify: wrong keys or wrong card (do not retry)")
+            raise AuthenticationError(
+                "card cryptogram does not verify: wrong keys or wrong card (do not retry)", sw=SW.SUCCESS
+            )
         if self.i & SCP02_I_PSEUDO_RANDOM and self.sd_aid is not None:
             if not hmac.compare_digest(scp02_card_challenge(sk.enc, self.sd_aid), card_challenge):
                 self._close("pseudo-random card challenge did not verify")
-                raise AuthenticationError("pseudo-random card challenge does not match")
+                raise AuthenticationError("pseudo-random card challenge does not match", sw=SW.SUCCESS)
             self.card_challenge_verified = True
         host_cryptogram = core.cryptogram(seq + card_challenge + self.host_challenge)
         head = bytes((0x84, 0x82, self.security_level, 0x00, 0x10)) + host_cryptogram

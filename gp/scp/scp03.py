@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from gp.apdu import CommandAPDU
+from gp.apdu import SW, CommandAPDU
 from gp.crypto import AESKey, pad_m2, scp03_kdf, unpad_m2
 from gp.errors import (
     APDUError,
@@ -285,13 +285,17 @@ class SCP03(_HostChannel):
         expected = scp03_kdf(core.s_mac, DDC_CARD_CRYPTOGRAM, context, bits)
         if not hmac.compare_digest(expected, card_cryptogram):
             self._close("card cryptogram did not verify")
-            raise AuthenticationError("card cryptogram does not verify: wrong keys or wrong card (do not retry)")
+            raise AuthenticationError(
+                "card cryptogram does not verify: wrong keys or wrong card (do not retry)", sw=SW.SUCCESS
+            )
         if i & SCP03_I_PSEUDO_RANDOM and self.sd_aid is not None:
             if not hmac.compare_digest(
                 scp03_card_challenge(keys.enc, seq, self.sd_aid, self.s16), card_challenge
             ):
                 self._close("pseudo-random card challenge did not verify")
-                raise AuthenticationError("pseudo-random card challenge does not match the sequence counter")
+                raise AuthenticationError(
+                    "pseudo-random card challenge does not match the sequence counter", sw=SW.SUCCESS
+                )
             self.card_challenge_verified = True
         host_cryptogram = scp03_kdf(core.s_mac, DDC_HOST_CRYPTOGRAM, context, bits)
         # Amd D §7.2: EXTERNAL AUTHENTICATE 84 82 SL 00 Lc host-cryptogram C-MAC, MCV = 0

@@ -15,8 +15,8 @@ from gp.errors import APDUError, InvalidCommandError
 
 
 class SecurityLevel(enum.IntFlag):
-    """P1 of EXTERNAL AUTHENTICATE: the protection of the session's APDUs
-    (Amd D §7.2, P1 security level; GPC 2.3.1 §E.5.2 for SCP02). ``0`` is authentication only."""
+    """The protection of a session's APDUs, sent as P1 of EXTERNAL AUTHENTICATE (Amd D §5.3.1
+    Table 5-2 and §7.2; GPC 2.3.1 §E.5.2 for SCP02). ``NONE`` is authentication only."""
 
     NONE = 0x00
     C_MAC = 0x01
@@ -40,6 +40,7 @@ class ChannelState(enum.StrEnum):
     INITIALIZED = "initialized"  # INITIALIZE UPDATE built (card: answered), awaiting EXTERNAL AUTHENTICATE
     OPEN = "authenticated"  # EXTERNAL AUTHENTICATE done: wrap/unwrap allowed
     CLOSED = "closed"  # a verification failure ended the session; use a new channel object
+
 
 _ZERO16 = bytes(16)
 _ZERO8 = bytes(8)

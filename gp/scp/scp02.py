@@ -55,9 +55,6 @@ SCP02_DEK = b"\x01\x81"
 SCP02_ENC = b"\x01\x82"
 
 
-# SCP02
-
-
 class SCP02SessionKeys:
     """SCP02 session keys (GP 2.3.1 §E.4.1); repr hides the key bytes."""
 

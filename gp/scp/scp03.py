@@ -53,9 +53,6 @@ SCP03_I_RMAC = 0x20
 SCP03_I_RENC = 0x40
 
 
-# SCP03
-
-
 def scp03_session_keys(keys: StaticKeys, context: bytes) -> tuple[bytes, bytes, bytes]:
     """(S-ENC, S-MAC, S-RMAC) for ``context`` = host challenge || card challenge (Amd D §6.2.1)."""
     bits = len(keys.enc) * 8

@@ -79,6 +79,7 @@ from audit.export_format import canonical_json, make_entry  # noqa: E402
 from audit.merkle import CompactRange, leaf_hash, verify_consistency, verify_inclusion  # noqa: E402
 from audit.models import AuditEntry, LogState, MerkleNode  # noqa: E402
 from audit.services import record_event  # noqa: E402
+from gp.aids import ISD_AID  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 import benchdoc  # noqa: E402
@@ -112,7 +113,7 @@ def append_one(i: int) -> None:
     with transaction.atomic():
         record_event(
             action="bench.append", subject_type="bench", subject_id=str(i), card_cin=f"{i:016X}",
-            actor_id="bench", actor_type="agent", details={"i": i, "aid": "A000000151000000"},
+            actor_id="bench", actor_type="agent", details={"i": i, "aid": ISD_AID.hex().upper()},
         )
 
 
@@ -473,7 +474,7 @@ def incremental_verification(size: int, new: int, runs: int) -> dict[str, Any]:
         make_entry(index=size + k, time=base + dt.timedelta(milliseconds=k), actor_type="user", actor_id=f"op{k % 7}",
                    actor_organisation="bank-a", action="enrollment.created", subject_type="enrollment",
                    subject_id=str(k), card=f"CIN{k:08d}", organisation="bank-a", receipt=bytes([k % 256]) * 8,
-                   details={"step": k, "aid": "A000000151000000"})
+                   details={"step": k, "aid": ISD_AID.hex().upper()})
         for k in range(new)
     ]
     grown = compact.copy()

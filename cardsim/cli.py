@@ -18,10 +18,14 @@ from cardsim.constants import DEFAULT_AUTH_LIMIT, DEFAULT_KEY, DEFAULT_MEMORY
 from cardsim.listing import render
 from cardsim.state import new_state
 from cardsim.vpcd import serve
-from gp.commands import CARD_INITIALIZED, CARD_OP_READY, CARD_SECURED
+from gp.commands import CardLifeCycle
 from gp.errors import GPError
 
-_LIFECYCLES = {"op_ready": CARD_OP_READY, "initialized": CARD_INITIALIZED, "secured": CARD_SECURED}
+_LIFECYCLES = {
+    "op_ready": CardLifeCycle.OP_READY,
+    "initialized": CardLifeCycle.INITIALIZED,
+    "secured": CardLifeCycle.SECURED,
+}
 
 
 def _hex(text: str) -> bytes:

@@ -44,7 +44,7 @@ from cardsim.constants import (
     SSD_PACKAGE_AID,
     TOKEN_KVN,
 )
-from gp.commands import CARD_SECURED, CPLC_FIELDS, SD_PERSONALIZED
+from gp.commands import CPLC_FIELDS, CardLifeCycle, SecurityDomainLifeCycle
 from gp.dm import SCHEME_ECDSA_P256_SHA256, SCHEME_RSA_PKCS1V15_SHA256
 from gp.errors import KeyMaterialError
 from gp.keys import StaticKeys, diversify
@@ -124,7 +124,7 @@ def new_state(
     token_scheme: str | None = None,
     receipt_key: bytes | None = None,
     ssd_initial_key: bytes = DEFAULT_KEY,
-    lifecycle: int = CARD_SECURED,
+    lifecycle: int = CardLifeCycle.SECURED,
     behaviours: dict[str, str] | None = None,
     atr: bytes = DEFAULT_ATR,
 ) -> State:
@@ -164,7 +164,8 @@ def new_state(
         modules = [{"aid": hx(SSD_MODULE_AID), "offset": 0}] if aid == SSD_PACKAGE_AID else []
         elfs[hx(aid)] = {"version": list(version), "sd": hx(ISD_AID), "modules": modules, "imports": [],
                          "rom": True, "size": 0, "name": name}
-    apps = {hx(ISD_AID): {"elf": hx(SSD_PACKAGE_AID), "module": hx(SSD_MODULE_AID), "lifecycle": SD_PERSONALIZED,
+    apps = {hx(ISD_AID): {"elf": hx(SSD_PACKAGE_AID), "module": hx(SSD_MODULE_AID),
+                          "lifecycle": SecurityDomainLifeCycle.PERSONALIZED,
                           "privileges": hx(ISD_PRIVILEGES.to_bytes()), "sd": hx(ISD_AID), "params": "", "data": {}}}
     return {
         "format": FORMAT,

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from gp import commands as cmds
 from gp.apdu import CommandAPDU
 from gp.errors import DelegatedManagementError, EncodingError, GPError
-from gp.tlv import decode_all, decode_length, encode_tlv
+from gp.tlv import decode_all, decode_length, encode_length, encode_tlv
 
 __all__ = [
     "SCHEME_ECDSA_P256_SHA256",
@@ -157,7 +157,7 @@ def attach_token(capdu: bytes, token: bytes) -> bytes:
     token_data_for_command(capdu)  # validates the command shape
     c = _parse(capdu)
     if c.ins == cmds.INS_INSTALL:
-        data = c.data[:-1] + cmds.encode_length(len(token)) + bytes(token)
+        data = c.data[:-1] + encode_length(len(token)) + bytes(token)
     else:
         data = c.data + encode_tlv(0x9E, token)
     if len(data) > 255:

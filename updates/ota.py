@@ -16,6 +16,12 @@ the session fails and the security domain's failure count goes up; at the stop t
 platform refuses to try again until an operator intervenes (cards block key sets after a few
 failures).
 
+Whose fault (``gp.errors``): a :class:`~gp.errors.RemoteProtocolError`, or a direction-free
+:class:`~gp.errors.EncodingError` from parsing what the card sent, rejects the session
+(:func:`_card_reply`). A :class:`~gp.errors.LocalProtocolError` is the engine misusing ``gp``: a
+bug, logged as one by :meth:`SessionEngine.advance` and raised on; the card and the relay are not
+blamed for it (no rejection, no failure count, no alert).
+
 The engine's position (phase, stage, expectations of the batch in flight) is JSON in
 ``CardSession.engine_state``; the secure channel (session keys, MAC chaining value, counters)
 is sealed under the owning organisation's KEK in ``CardSession.sealed_channel``.
@@ -25,6 +31,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +43,10 @@ from audit.services import record_event
 from cards.models import ISD_AID, AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from gp import aids, commands, dm
 from gp.apdu import SW
-from gp.errors import AuthenticationError, GPError, MACError, SecureChannelError
+from gp.commands import SecurityDomainLifeCycle
+from gp.errors import AuthenticationError, GPError, LocalProtocolError, RemoteProtocolError
 from gp.keys import StaticKeys
-from gp.scp import SCP02, SCP03, SecuredResponse
+from gp.scp import SCP02, SCP03, SecuredResponse, SecurityLevel
 from gp.tlv import decode_all, find
 from issuers import custody
 from issuers.custody_models import KeySet
@@ -50,8 +59,11 @@ logger = logging.getLogger(__name__)
 AUTH_FAILURE_STOP = 2  # never use the card's last tries (cardsim blocks a key set at 3)
 BANK_KVN = {0x02: 0x21, 0x03: 0x31}  # the bank's first key set on its SSD (initial set is 20/30)
 TOKEN_SCHEME = dm.SCHEME_ECDSA_P256_SHA256
-STATUS_APPS = 0x40  # GET STATUS P1: applications and SSDs (§11.4.2.1)
-STATUS_ELF_MODULES = 0x10  # GET STATUS P1: Executable Load Files and their modules
+STATUS_APPS = commands.STATUS_APPS  # GET STATUS P1: applications and SSDs (§11.4.2.1)
+STATUS_ELF_MODULES = commands.STATUS_ELF_MODULES  # Executable Load Files and their modules
+# Every command MAC'd and encrypted, every answer R-MAC'd (SCP03 also R-ENC'd): Amd D §7.2, GPC §E.5.2.
+FULL_SCP03_LEVEL = SecurityLevel.C_MAC | SecurityLevel.C_DEC | SecurityLevel.R_MAC | SecurityLevel.R_ENC
+FULL_SCP02_LEVEL = SecurityLevel.C_MAC | SecurityLevel.C_DEC | SecurityLevel.R_MAC
 
 
 class SessionRejected(Exception):
@@ -70,6 +82,19 @@ class StepFailed(Exception):
 class Unconfirmed(StepFailed):
     """The card's answer could not prove the step's effect (an error status word carries no
     R-MAC, so a relay could have made it up): nothing is recorded, the job is tried again."""
+
+
+@contextmanager
+def _card_reply(what: str) -> Iterator[None]:
+    """Around code that parses or verifies bytes the card sent through the relay: their defects
+    reject the session (``what`` says which reply); the engine's own misuse of ``gp`` passes
+    through as the bug it is (see :meth:`SessionEngine.advance`)."""
+    try:
+        yield
+    except LocalProtocolError:
+        raise
+    except GPError as exc:  # remote, or a direction-free EncodingError from the card's bytes
+        raise SessionRejected(f"{what}: {exc}") from exc
 
 
 class NeedsProof(Exception):
@@ -231,12 +256,12 @@ class Stage:
 
 
 def sd_lifecycle(value: int) -> str:
-    """Security domain life cycle byte to the model's state (GP 2.3.1 §5.3.2, Table 11-5)."""
-    if value & 0x80:
+    """Security domain life cycle byte to the model's state (GP 2.3.1 §5.3.3, coding §11.1.1)."""
+    if value & commands.LOCKED_BIT:
         return SecurityDomain.Lifecycle.LOCKED
-    if value & 0x0F == 0x0F:
+    if value & SecurityDomainLifeCycle.PERSONALIZED == SecurityDomainLifeCycle.PERSONALIZED:
         return SecurityDomain.Lifecycle.PERSONALIZED
-    if value & 0x07 == 0x07:
+    if value & SecurityDomainLifeCycle.SELECTABLE == SecurityDomainLifeCycle.SELECTABLE:
         return SecurityDomain.Lifecycle.SELECTABLE
     return SecurityDomain.Lifecycle.INSTALLED
 
@@ -630,17 +655,19 @@ class IsdSetStatus(IsdStage):
         entry = registry.app(sd.aid)
         if entry is None:
             raise StepFailed("the security domain is not on the card")
-        locked = bool(entry.lifecycle & 0x80)
+        locked = bool(entry.lifecycle & commands.LOCKED_BIT)
         if locked == self.locking():
             return []
         # P1 60: the SD and its associated applications; P2 80 locks, 00 unlocks (§11.10.2).
-        apdu = commands.set_status(0x60, 0x80 if self.locking() else 0x00, bytes.fromhex(sd.aid))
+        apdu = commands.set_status(
+            commands.SET_STATUS_SD_AND_APPS, commands.LOCKED_BIT if self.locking() else 0x00, bytes.fromhex(sd.aid)
+        )
         return [Command(apdu, "lock" if self.locking() else "unlock")]
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
         sd = self.job.security_domain
         entry = registry.app(sd.aid)
-        if entry is None or bool(entry.lifecycle & 0x80) != self.locking():
+        if entry is None or bool(entry.lifecycle & commands.LOCKED_BIT) != self.locking():
             raise StepFailed("the card does not show the new lock state")
         sd.lifecycle = SecurityDomain.Lifecycle.LOCKED if self.locking() else SecurityDomain.Lifecycle.PERSONALIZED
         sd.save(update_fields=["lifecycle", "updated_at"])
@@ -741,6 +768,13 @@ class SessionEngine:
         except StepFailed as exc:
             self._retry_later(str(exc))
             return self._done()
+        except LocalProtocolError as exc:
+            # Nothing the card or the relay sent causes these: do not reject, count or alert.
+            logger.exception(
+                "OTA engine bug: gp refused the engine's own use of it (%s) in phase %r of card session %s",
+                type(exc).__name__, phase, self.session.pk,
+            )
+            raise
         raise SessionRejected(f"no exchange expected in phase {phase!r}")
 
     # ---------------------------------------------------------------- helpers
@@ -859,24 +893,21 @@ class SessionEngine:
         return custody.load_static_keys(KeySet.objects.get(pk=choice.keyset_id))
 
     def _unwrap(self, rapdu: bytes) -> SecuredResponse:
+        channel = self._restore_channel()
         try:
-            return self._restore_channel().unwrap_response(rapdu)
-        except MACError as exc:
+            return channel.unwrap_response(rapdu)
+        except RemoteProtocolError as exc:
             raise SessionRejected(f"response integrity check failed: {exc}") from exc
-        except SecureChannelError as exc:
-            raise SessionRejected(f"secure channel error: {exc}") from exc
 
     # ---------------------------------------------------------------- identify
     def _on_identify(self, responses: list[bytes]) -> Batch:
         if len(responses) != 3 or any(sw_of(r) != SW.SUCCESS for r in responses):
             raise SessionRejected("the card did not identify itself (SELECT/GET DATA failed)")
-        try:
+        with _card_reply("the card's identification data is malformed"):
             # The CPLC is parsed to check its shape only: nothing read before the secure channel
             # is authenticated is stored.
-            commands.parse_cplc(commands.tagged_value(responses[1][:-2], 0x9F7F))
-            cin = commands.tagged_value(responses[2][:-2], 0x45).hex().upper()
-        except GPError as exc:
-            raise SessionRejected(f"the card's identification data is malformed: {exc}") from exc
+            commands.parse_cplc(commands.tagged_value(responses[1][:-2], commands.TAG_CPLC))
+            cin = commands.tagged_value(responses[2][:-2], commands.TAG_CIN).hex().upper()
         card = Card.objects.filter(cin=cin).first()
         credential = self.session.credential
         if card is None or card.holder_id != credential.user_id:
@@ -989,8 +1020,8 @@ class SessionEngine:
             scp, i = (sd.scp, sd.scp_i) if sd is not None else (card.scp, card.scp_i)
         self.state["scp"] = scp
         if scp == 0x03:
-            return SCP03(keys, 0x33, host_challenge, sd_aid=sd_aid)
-        return SCP02(keys, 0x13, host_challenge, i=i, sd_aid=sd_aid)
+            return SCP03(keys, FULL_SCP03_LEVEL, host_challenge, sd_aid=sd_aid)
+        return SCP02(keys, FULL_SCP02_LEVEL, host_challenge, i=i, sd_aid=sd_aid)
 
     def _initialize_update(self, stage: Stage, choice: KeyChoice, more: bool) -> Command:
         channel = self._host_channel(stage, choice, None)
@@ -1033,7 +1064,7 @@ class SessionEngine:
                 reason=str(exc),
             )
             raise SessionRejected(f"card cryptogram did not verify for {stage.sd_aid()}: not retried") from exc
-        except GPError as exc:
+        except RemoteProtocolError as exc:
             raise SessionRejected(f"INITIALIZE UPDATE response rejected: {exc}") from exc
         if choice.kind == "isd" and channel.kdd and channel.kdd.hex().upper() != self.card.kdd:
             raise SessionRejected("the card's key diversification data does not match its record")
@@ -1135,15 +1166,13 @@ class SessionEngine:
             proven_listings=frozenset(int(p1) for p1 in listings if int(p1) not in unproven),
             proofs=frozenset(self.state.get("proofs", [])),
         )
-        try:
+        with _card_reply("the card registry does not parse"):
             for p1, data in listings.items():
                 entries = commands.parse_get_status(bytes.fromhex(data), int(p1))
                 if int(p1) == STATUS_APPS:
                     registry.apps.extend(entries)
                 else:
                     registry.elfs.extend(entries)
-        except GPError as exc:
-            raise SessionRejected(f"the card registry does not parse: {exc}") from exc
         return registry
 
     def _on_status(self, responses: list[bytes]) -> Batch:
@@ -1217,11 +1246,9 @@ class SessionEngine:
         """Verify a Delegated Management receipt (GP 2.3.1 Annex C) with the card's receipt key; the
         confirmation counter must grow, so a replayed receipt is refused."""
         card = self.card
-        try:
+        with _card_reply("malformed confirmation"):
             confirmation = dm.parse_confirmation(data)
             unique = decode_all(confirmation.card_unique_data)
-        except GPError as exc:
-            raise SessionRejected(f"malformed confirmation: {exc}") from exc
         if not confirmation.receipt:
             raise SessionRejected("the card gave no receipt for a delegated operation")
         cin = find(unique, 0x45)

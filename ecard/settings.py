@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "updates",
     "audit",
     "portal",
+    "demo",  # seed_demo, seed_load: the top layer, nothing imports it
 ]
 
 MIDDLEWARE = [

@@ -5,3 +5,10 @@ class UpdatesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
     name = "updates"
     verbose_name = "Updates and rollouts"
+
+    def ready(self) -> None:
+        # Imported here, not at the top: receivers import models, which exist only once apps are loaded.
+        from cards.signals import job_queued
+        from updates import receivers
+
+        job_queued.connect(receivers.prepare_queued_job, dispatch_uid="updates.prepare_queued_job")

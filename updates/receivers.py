@@ -1,0 +1,25 @@
+"""Signal receivers of the updates app: the jobs ``cards`` queues are prepared here.
+
+``cards`` sits below ``updates`` (docs/ARCHITECTURE.md, "Layers"): its services queue a card job and
+send ``cards.signals.job_queued``; the app that runs jobs schedules their preparation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from cards.models import CardJob
+from updates.tasks import prepare_job
+
+# Jobs whose keys are generated in custody ahead of the card's presentation (updates.services.prepare_job).
+KINDS_PREPARED_AHEAD = frozenset({CardJob.Kind.ENROLL_BANK, CardJob.Kind.ROTATE_KEYS})
+
+
+def prepare_queued_job(sender: Any, job: CardJob, **kwargs: Any) -> None:
+    """Queue the job's preparation task once the transaction that queued the job commits."""
+    if job.kind not in KINDS_PREPARED_AHEAD:
+        return
+    job_id = job.pk
+    transaction.on_commit(lambda: prepare_job.delay(job_id))

@@ -21,11 +21,11 @@ from django.db import IntegrityError, transaction
 from audit.security import Kind as SecurityKind
 from audit.security import records_refusals
 from audit.services import record_event
-from cardsim.constants import ROM_PACKAGES
 from ecard.errors import ServiceError
 from gp import commands
 from gp.cap import LoadFile
 from gp.errors import GPError
+from gp.javacard import ROM_PACKAGES
 from issuers.models import Organization
 from issuers.services import aid_in_bank_range
 from updates.models import Release

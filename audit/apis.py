@@ -169,7 +169,7 @@ class EntryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     ordering_fields = ("index", "time")
 
     def get_queryset(self):
-        entries = selectors.entries_for(self.request.user)
+        entries = selectors.entries_for(self.request.user, card_cins=selectors.held_card_cins(self.request.user))
         if self.action == "list" and self.request.query_params.get("from_index"):
             entries = entries.filter(index__gte=_size_param(self.request, "from_index"))
         return entries

@@ -23,9 +23,8 @@ from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
 
 from audit.models import AuditEntry
+from ecard.principals import principal
 from gp import aids
-from issuers.models import Organization
-from issuers.roles import principal
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -79,11 +78,11 @@ class ReportForm(forms.Form):
     date_to = forms.DateField(label="To (last day, included, YYYY-MM-DD)", required=False)
     bank = forms.ChoiceField(label="Bank", required=False)
 
-    def __init__(self, data: Any = None, *, today: dt.date) -> None:
+    def __init__(self, data: Any = None, *, today: dt.date, banks: Iterable[tuple[str, str]]) -> None:
+        """``banks``: (slug, name) of the banks a report may be narrowed to (the caller's selector)."""
         super().__init__(data)
         self.today = today
-        banks = Organization.objects.filter(kind=Organization.Kind.BANK).exclude(slug="").order_by("name")
-        self.fields["bank"].choices = [("", "All banks"), *((b.slug, b.name) for b in banks)]
+        self.fields["bank"].choices = [("", "All banks"), *banks]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()

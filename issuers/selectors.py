@@ -86,6 +86,12 @@ def shared_member_approvals_for(user: AbstractBaseUser) -> QuerySet[SharedMember
     return approvals.filter(organization_id__in=_administered(who))
 
 
+def report_bank_choices() -> list[tuple[str, str]]:
+    """(slug, name) of every bank with a slug: what an oversight report may be narrowed to."""
+    banks = Organization.objects.filter(kind=Organization.Kind.BANK).exclude(slug="").order_by("name")
+    return [(bank.slug, bank.name) for bank in banks]
+
+
 def active_banks() -> QuerySet[Organization]:
     return Organization.objects.filter(kind=Organization.Kind.BANK, is_active=True).select_related("ssd_template")
 

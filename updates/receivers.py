@@ -1,7 +1,9 @@
-"""Signal receivers of the updates app: the jobs ``cards`` queues are prepared here.
+"""Signal receivers of the updates app (connected in ``updates.apps.UpdatesConfig.ready``).
 
-``cards`` sits below ``updates`` (docs/ARCHITECTURE.md, "Layers"): its services queue a card job and
-send ``cards.signals.job_queued``; the app that runs jobs schedules their preparation.
+* ``cards.signals.job_queued``: ``cards`` sits below ``updates`` (docs/ARCHITECTURE.md, "Layers"):
+  its services queue a card job and send the signal; the app that runs jobs schedules their
+  preparation.
+* ``updates.signals.job_state_changed``: rollout jobs report back to their rollout.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 from django.db import transaction
 
 from cards.models import CardJob
+from updates.rollouts import record_card_result
 from updates.tasks import prepare_job
 
 # Jobs whose keys are generated in custody ahead of the card's presentation (updates.services.prepare_job).
@@ -23,3 +26,10 @@ def prepare_queued_job(sender: Any, job: CardJob, **kwargs: Any) -> None:
         return
     job_id = job.pk
     transaction.on_commit(lambda: prepare_job.delay(job_id))
+
+
+def report_rollout_job(sender: Any, job: CardJob, state: str, error: str = "", **kwargs: Any) -> None:
+    """A rollout's job finished, failed or went back to pending: the rollout records it (same transaction)."""
+    if "rollout_target" not in (job.params or {}):
+        return
+    record_card_result(job=job, state=state, error=error)

@@ -23,6 +23,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
 
 from audit.models import AuditEntry
+from audit.selectors import catch_up
 from ecard.principals import principal
 from gp import aids
 
@@ -55,8 +56,6 @@ def can_read_reports(user: User | None) -> bool:
 
 def sequenced_entries() -> QuerySet[AuditEntry]:
     """Every sequenced entry (pending ones are sequenced first)."""
-    from audit.selectors import catch_up
-
     catch_up()
     return AuditEntry.objects.filter(index__isnull=False)
 

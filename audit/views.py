@@ -16,7 +16,7 @@ from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpRespons
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from audit import selectors
+from audit import security, selectors
 from audit.apis import export_response
 from audit.merkle import ProofError
 from audit.models import AuditEntry
@@ -133,8 +133,6 @@ def export(request: HttpRequest) -> StreamingHttpResponse:
 def security_events(request: HttpRequest) -> HttpResponse:
     """The security event log (agency and regulators; a 404 for everyone else)."""
     if not selectors.can_read_security_events(request.user):
-        from audit import security
-
         security.record(security.Kind.NOT_FOUND, request=request, status=404, reason="security event log")
         security.mark_logged(request)
         raise Http404("no such page")

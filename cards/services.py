@@ -16,6 +16,7 @@ from django.utils import timezone
 from audit.security import Kind as SecurityKind
 from audit.security import records_refusals
 from audit.services import record_event
+from cards import emulation
 from cards.models import ISD_AID, Card, CardJob, Enrollment, SecurityDomain
 from cards.signals import auth_failures_cleared, job_queued
 from ecard.errors import ServiceError
@@ -134,8 +135,6 @@ def issue_card(
         state=SecurityDomain.State.ACTIVE,
     )
     if emulated:
-        from cards import emulation
-
         card.state_file = str(emulation.personalise(card))
         card.save(update_fields=["state_file"])
     record_event(

@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Q, QuerySet
 
+from issuers.custody_models import KeySet
 from issuers.models import Invitation, Membership, Organization, SharedMemberApproval
 from issuers.roles import principal
 
@@ -100,8 +101,6 @@ def key_sets_for(user: AbstractBaseUser):
     """Key set metadata (never key bytes): banks and the agency see their own in full, the agency
     sees banks' KVN and algorithm only (the serializer trims), regulators see all metadata,
     citizens none."""
-    from issuers.custody_models import KeySet
-
     who = principal(user)
     if not who.is_authenticated or who.is_citizen:
         return KeySet.objects.none()

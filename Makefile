@@ -33,6 +33,7 @@ $(NODE_STAMP): tests/browser/package-lock.json
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports  # the import layers of pyproject.toml (docs/ARCHITECTURE.md, "Layers")
 
 test: install lint
 	$(PY) -m pytest

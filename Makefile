@@ -37,7 +37,7 @@ check: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/lint-imports
+	$(VENV)/bin/lint-imports  # the import layers of pyproject.toml (docs/ARCHITECTURE.md, "Layers")
 	$(PY) manage.py makemigrations --check --dry-run >/dev/null
 
 lint: check

@@ -37,7 +37,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from audit import selectors, services
+from audit import security, selectors, services
 from audit.merkle import ProofError
 from audit.models import AuditEntry, Checkpoint, SecurityEvent
 from ecard.api import BIGINT_MAX, ActionRules, agency_operator, anyone, query_int
@@ -169,7 +169,7 @@ class EntryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Ge
     ordering_fields = ("index", "time")
 
     def get_queryset(self):
-        entries = selectors.entries_for(self.request.user)
+        entries = selectors.entries_for(self.request.user, card_cins=selectors.held_card_cins(self.request.user))
         if self.action == "list" and self.request.query_params.get("from_index"):
             entries = entries.filter(index__gte=_size_param(self.request, "from_index"))
         return entries
@@ -370,7 +370,6 @@ class SecurityEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         super().initial(request, *args, **kwargs)
         if not selectors.can_read_security_events(request.user):
             # Not there for banks and citizens (not even as a 403); the refusal itself is recorded.
-            from audit import security
 
             security.record(security.Kind.NOT_FOUND, request=request._request, status=404,
                             reason="security event log")

@@ -35,6 +35,7 @@ import binascii
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -47,6 +48,7 @@ __all__ = [
     "CheckpointError",
     "Cosignature",
     "MalformedCheckpointError",
+    "NoteSigningKey",
     "SignatureError",
     "Verifier",
     "checkpoint_body",
@@ -243,7 +245,16 @@ def load_cosigner_key(skey: str) -> tuple[str, Ed25519PrivateKey]:
 # --------------------------------------------------------------------------- signed notes
 
 
-def sign_note(text: str, private_key: Ed25519PrivateKey, key_name: str) -> str:
+class NoteSigningKey(Protocol):
+    """What signing a note takes of a key: an :class:`Ed25519PrivateKey`, or a key held elsewhere
+    (the platform's log key stays in key custody: :class:`audit.signing.CheckpointSigner`)."""
+
+    def sign(self, data: bytes) -> bytes: ...
+
+    def public_key(self) -> Ed25519PublicKey: ...
+
+
+def sign_note(text: str, private_key: NoteSigningKey, key_name: str) -> str:
     """Sign ``text`` (non-empty, newline-terminated, no blank final line) as a one-signature note."""
     if not _valid_name(key_name):
         raise MalformedCheckpointError(f"invalid key name {key_name!r}")
@@ -355,7 +366,7 @@ def make_checkpoint(
     origin: str,
     size: int,
     root: bytes,
-    private_key: Ed25519PrivateKey,
+    private_key: NoteSigningKey,
     key_name: str | None = None,
     *,
     extensions: tuple[str, ...] | list[str] = (),

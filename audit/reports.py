@@ -23,9 +23,9 @@ from django.contrib.auth.models import AnonymousUser
 from django.db.models import QuerySet
 
 from audit.models import AuditEntry
+from audit.selectors import catch_up
+from ecard.principals import principal
 from gp import aids
-from issuers.models import Organization
-from issuers.roles import principal
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -61,8 +61,6 @@ def can_read_reports(user: User | None) -> bool:
 
 def sequenced_entries() -> QuerySet[AuditEntry]:
     """Every sequenced entry (pending ones are sequenced first)."""
-    from audit.selectors import catch_up
-
     catch_up()
     return AuditEntry.objects.filter(index__isnull=False)
 
@@ -84,11 +82,11 @@ class ReportForm(forms.Form):
     date_to = forms.DateField(label="To (last day, included, YYYY-MM-DD)", required=False)
     bank = forms.ChoiceField(label="Bank", required=False)
 
-    def __init__(self, data: Any = None, *, today: dt.date) -> None:
+    def __init__(self, data: Any = None, *, today: dt.date, banks: Iterable[tuple[str, str]]) -> None:
+        """``banks``: (slug, name) of the banks a report may be narrowed to (the caller's selector)."""
         super().__init__(data)
         self.today = today
-        banks = Organization.objects.filter(kind=Organization.Kind.BANK).exclude(slug="").order_by("name")
-        cast(forms.ChoiceField, self.fields["bank"]).choices = [("", "All banks"), *((b.slug, b.name) for b in banks)]
+        cast(forms.ChoiceField, self.fields["bank"]).choices = [("", "All banks"), *banks]
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}

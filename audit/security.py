@@ -5,7 +5,7 @@ What is recorded, and by what:
 * refused logins (portal and admin: both use the portal's login view) — Django's
   ``user_login_failed`` signal; throttled logins and refused second-factor codes — the login views;
 * API credentials refused (``Token``, ``Agent``), 403s and object-route 404s of the API — the DRF
-  exception handler (:func:`ecard.problems.problem_exception_handler`);
+  exception handler (:func:`audit.api_errors.exception_handler`);
 * 403s and object-route 404s of the portal — :class:`audit.middleware.SecurityEventMiddleware`;
 * refused consents and rejected release uploads — :func:`records_refusals` on the services
   (``cards.services.request_enrollment``, ``updates.releases.create_release``), and the portal's

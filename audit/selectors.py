@@ -4,7 +4,8 @@ Visibility:
 - the agency and regulators read every entry (and may export the whole log);
 - a bank reads the entries whose ``organization_slug`` is its own (never the empty slug of
   entries that concern no organisation);
-- a citizen reads the entries of their own cards (``card_cin`` of a card they hold);
+- a citizen reads the entries of their own cards (``card_cin`` of a card they hold; the caller passes
+  those CINs: cards sit above audit);
 - anyone else reads nothing.
 
 Checkpoints, tree heads and proofs are hashes only: every signed-in user may read them (an
@@ -14,13 +15,11 @@ inclusion proof is only served for an entry the caller can see).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import django_filters
 import django_filters.fields
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from django import forms
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
@@ -45,10 +44,8 @@ from audit.merkle import (
 )
 from audit.merkle import _resolve as resolve_groups  # fetch many node groups in one query, fold each
 from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode, SecurityEvent
-from cards.models import Card
-from issuers.custody_models import KeySet
-from issuers.models import Organization
-from issuers.roles import principal
+from audit.signing import checkpoint_signer
+from ecard.principals import principal
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -167,8 +164,33 @@ def consistency_proof_for(first: int, second: int) -> list[bytes]:
 # --------------------------------------------------------------------------- entries
 
 
-def entries_for(user: User | None) -> QuerySet[AuditEntry]:
-    """The sequenced entries ``user`` may read (pending ones are sequenced first)."""
+# The card numbers (CINs) a user holds. Cards sit above audit (docs/ARCHITECTURE.md, "Layers"), so
+# the cards app registers this lookup (cards.apps.CardsConfig.ready) and audit never imports it.
+CardsHeldBy = Callable[[int], Iterable[str]]
+_cards_held_by: CardsHeldBy | None = None
+
+
+def register_card_holdings(lookup: CardsHeldBy) -> None:
+    """Install the lookup from a user id to the CINs of the cards that user holds."""
+    global _cards_held_by
+    _cards_held_by = lookup
+
+
+def held_card_cins(user: User | None) -> Iterable[str]:
+    """The CINs of the cards ``user`` holds, through the registered lookup (none if no user)."""
+    user_id = getattr(user, "pk", None)
+    if user_id is None:
+        return ()
+    if _cards_held_by is None:
+        raise RuntimeError("no card holdings lookup registered (audit.selectors.register_card_holdings)")
+    return _cards_held_by(user_id)
+
+
+def entries_for(user: User | None, *, card_cins: Iterable[str]) -> QuerySet[AuditEntry]:
+    """The sequenced entries ``user`` may read (pending ones are sequenced first).
+
+    ``card_cins`` are the CINs of the cards ``user`` holds (a citizen reads their cards' entries);
+    callers get them from ``cards.selectors.card_cins_held_by`` or :func:`held_card_cins`."""
     who = principal(user)
     if not who.is_authenticated:
         return AuditEntry.objects.none()
@@ -178,11 +200,9 @@ def entries_for(user: User | None) -> QuerySet[AuditEntry]:
         return entries
     if who.bank_ids:
         # Never match on an empty value: entries that concern no organisation have slug "".
-        slugs = Organization.objects.filter(pk__in=who.bank_ids).exclude(slug="").values("slug")
-        return entries.filter(organization_slug__in=slugs).exclude(organization_slug="")
+        return entries.filter(organization_slug__in=who.bank_slugs).exclude(organization_slug="")
     if who.is_citizen:
-        cins = Card.objects.filter(holder_id=who.user_id).values("cin")
-        return entries.filter(card_cin__in=cins).exclude(card_cin="")
+        return entries.filter(card_cin__in=card_cins).exclude(card_cin="")
     return AuditEntry.objects.none()
 
 
@@ -267,44 +287,10 @@ def checked_inclusion(entry: AuditEntry) -> EntryProof:
 # --------------------------------------------------------------------------- the log's key (read-only)
 
 
-CHECKPOINT_KEY_KVN = 1
-
-
-def log_operator() -> Organization | None:
-    """The organisation that runs the log and owns its key: ``ECARD_LOG_OPERATOR`` or the first agency."""
-    orgs = Organization.objects.filter(kind=Organization.Kind.AGENCY, is_active=True)
-    slug = getattr(settings, "ECARD_LOG_OPERATOR", "")
-    return orgs.filter(slug=slug).first() if slug else orgs.order_by("pk").first()
-
-
-def checkpoint_keyset(org: Organization) -> KeySet | None:
-    """The active checkpoint signing key set of ``org`` (metadata and wrapped blob only)."""
-    return (
-        KeySet.objects.filter(
-            organization=org,
-            purpose=KeySet.Purpose.CHECKPOINT_SIGNING,
-            state=KeySet.State.ACTIVE,
-            kvn=CHECKPOINT_KEY_KVN,
-            card_cin="",
-            sd_aid="",
-        )
-        .order_by("-pk")
-        .first()
-    )
-
-
-def keyset_verifier_key(keyset: KeySet) -> str:
-    public_key = serialization.load_pem_public_key(keyset.public_key.encode("ascii"))
-    if not isinstance(public_key, Ed25519PublicKey):
-        raise ValueError("the checkpoint signing key set does not hold an Ed25519 public key")
-    return vkey_for(public_key, log_origin())
-
-
 def published_verifier_key() -> str | None:
     """The log's verifier key if its signing key exists (never creates one; no secret is read)."""
-    org = log_operator()
-    keyset = checkpoint_keyset(org) if org is not None else None
-    return keyset_verifier_key(keyset) if keyset is not None else None
+    public_key = checkpoint_signer().public_key()
+    return vkey_for(public_key, log_origin()) if public_key is not None else None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@
   runs after each appending transaction commits (non-blocking try-lock), from Celery beat every
   second, and before reads that should show the current log (:func:`catch_up`).
 * :func:`make_checkpoint` signs the committed tree head with the log's Ed25519 key, which key
-  custody holds wrapped under the log operator's (the agency's) KEK.
+  custody holds wrapped under the log operator's (the agency's) KEK; audit reaches it only through
+  the injected :class:`audit.signing.CheckpointSigner`.
 * :func:`write_export` / :func:`export_lines` produce the ``ecard-audit-export/1`` file that
   ``python -m audit.verify`` checks (the whole log, or a range ``from``..checkpoint size).
 * :func:`push_to_witnesses` sends a checkpoint to the configured witnesses (c2sp.org/tlog-witness)
@@ -33,7 +34,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
 from django.db.models.signals import post_save, pre_save
@@ -41,14 +41,13 @@ from django.utils import timezone
 
 from audit import selectors
 from audit import witness as witness_protocol
-from audit.checkpoint import CheckpointError, Verifier, key_id, parse_cosigner_vkey, verify_cosignatures
+from audit.checkpoint import CheckpointError, Verifier, key_id, parse_cosigner_vkey, verify_cosignatures, vkey_for
 from audit.checkpoint import make_checkpoint as sign_checkpoint
 from audit.export_format import ExportHeader, ExportWriter, entry_leaf_hash, format_time
 from audit.merkle import CompactRange, ProofError, consistency_proof, frontier_coords, verify_consistency
 from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode, WitnessCosignature, WitnessRefusal
+from audit.signing import LogSigningKey, checkpoint_signer
 from ecard.errors import ServiceError
-from issuers.custody_models import KeySet
-from issuers.models import Organization
 
 __all__ = [
     "LogCorruptError",
@@ -348,42 +347,16 @@ def catch_up() -> int:
 # --------------------------------------------------------------------------- the log's signing key
 
 
-def log_operator() -> Organization:
-    """The organisation that runs the log and owns its key (see :func:`audit.selectors.log_operator`)."""
-    org = selectors.log_operator()
-    if org is None:
-        raise ServiceError("there is no agency to operate the audit log yet", code="state")
-    return org
-
-
-def signing_keyset(*, create: bool = True) -> KeySet | None:
-    """The checkpoint signing key set in custody; generated (once, under a lock) on first use.
-
-    The Ed25519 key is stored only wrapped under the operator's KEK (purpose ``checkpoint_signing``);
-    storing it appends custody entries to the log like any other key.
-    """
-    org = log_operator()
-    keyset = selectors.checkpoint_keyset(org)
-    if keyset is not None or not create:
-        return keyset
-    from issuers import custody  # custody records its own events through this module
-
-    with transaction.atomic():
-        Organization.objects.select_for_update().filter(pk=org.pk).first()  # one creator at a time
-        keyset = selectors.checkpoint_keyset(org)
-        if keyset is None:
-            keyset = custody.generate_private_key(
-                org, purpose=KeySet.Purpose.CHECKPOINT_SIGNING, algorithm="ed25519", kvn=selectors.CHECKPOINT_KEY_KVN
-            )
-    return keyset
-
-
 def log_verifier_key(*, create: bool = True) -> str | None:
-    """The log's published verifier key (``<origin>+<key id>+<base64 key>``), or None if none yet."""
-    keyset = signing_keyset(create=create) if create else None
-    if keyset is not None:
-        return selectors.keyset_verifier_key(keyset)
-    return selectors.published_verifier_key()
+    """The log's published verifier key (``<origin>+<key id>+<base64 key>``), or None if none yet.
+
+    With ``create``, the signing key is generated first if there is none (that appends custody
+    entries to the log)."""
+    signer = checkpoint_signer()
+    if create:
+        signer.ensure_key()
+    public_key = signer.public_key()
+    return vkey_for(public_key, selectors.log_origin()) if public_key is not None else None
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -391,8 +364,8 @@ def log_verifier_key(*, create: bool = True) -> str | None:
 
 def ensure_checkpoint() -> tuple[Checkpoint, bool]:
     """Sign the committed tree head unless a checkpoint of that size exists; ``(checkpoint, created)``."""
-    keyset = signing_keyset(create=True)  # creating it appends custody entries: do it first
-    assert keyset is not None
+    signer = checkpoint_signer()
+    signer.ensure_key()  # creating it appends custody entries: do it first
     catch_up()  # sign what is committed, sequenced first
     size, frontier_root = selectors.current_head(fresh=False)
     existing = Checkpoint.objects.filter(size=size).first()
@@ -413,17 +386,13 @@ def ensure_checkpoint() -> tuple[Checkpoint, bool]:
             verify_consistency(latest.size, size, bytes(latest.root_hash), root, proof)
         except ProofError as exc:
             raise LogCorruptError(f"the log is not consistent with its checkpoint of size {latest.size}") from exc
-    from issuers import custody
-
-    private_key = custody.load_private_key(keyset)
-    if not isinstance(private_key, Ed25519PrivateKey):
-        raise LogCorruptError("the checkpoint signing key is not an Ed25519 key")
+    log_key = LogSigningKey(signer)
     origin = selectors.log_origin()
-    text = sign_checkpoint(origin, size, root, private_key)
+    text = sign_checkpoint(origin, size, root, log_key)
     try:
         with transaction.atomic():
             checkpoint = Checkpoint.objects.create(
-                size=size, root_hash=root, text=text, key_id=key_id(origin, private_key.public_key()).hex()
+                size=size, root_hash=root, text=text, key_id=key_id(origin, log_key.public_key()).hex()
             )
     except IntegrityError:  # signed concurrently by another process
         return Checkpoint.objects.get(size=size), False

@@ -7,7 +7,7 @@ from typing import Any
 from celery import shared_task
 from django.conf import settings
 
-from audit import services
+from audit import security, services
 
 
 @shared_task(name="audit.tasks.make_checkpoint")
@@ -33,8 +33,6 @@ def sequence() -> dict[str, int]:
 @shared_task(name="audit.tasks.purge_security_events")
 def purge_security_events() -> dict[str, int]:
     """Delete security events past ``ECARD_SECURITY_EVENT_RETENTION_DAYS`` (Celery beat, hourly)."""
-    from audit import security
-
     return {"deleted": security.purge()}
 
 

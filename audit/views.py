@@ -11,13 +11,15 @@ from django import forms
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from audit import selectors
+from audit import security, selectors
 from audit.apis import export_response
 from audit.merkle import ProofError
+from audit.models import AuditEntry
 
 PAGE_SIZE = 50
 
@@ -37,10 +39,14 @@ class CheckpointForm(forms.Form):
     )
 
 
+def _entries_for(request: HttpRequest) -> QuerySet[AuditEntry]:
+    return selectors.entries_for(request.user, card_cins=selectors.held_card_cins(request.user))
+
+
 @login_required
 @require_GET
 def log_browser(request: HttpRequest) -> HttpResponse:
-    entries = selectors.entries_for(request.user)
+    entries = _entries_for(request)
     filters = selectors.EntryFilter(request.GET or None, queryset=entries)
     page = Paginator(filters.qs.order_by("-index") if filters.is_bound else entries.order_by("-index"), PAGE_SIZE)
     page_obj = page.get_page(request.GET.get("page"))
@@ -66,7 +72,7 @@ def log_browser(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def entry_detail(request: HttpRequest, index: int) -> HttpResponse:
-    entry = get_object_or_404(selectors.entries_for(request.user), index=index)
+    entry = get_object_or_404(_entries_for(request), index=index)
     try:
         check = selectors.checked_inclusion(entry)
     except ProofError as exc:
@@ -127,8 +133,6 @@ def export(request: HttpRequest) -> StreamingHttpResponse:
 def security_events(request: HttpRequest) -> HttpResponse:
     """The security event log (agency and regulators; a 404 for everyone else)."""
     if not selectors.can_read_security_events(request.user):
-        from audit import security
-
         security.record(security.Kind.NOT_FOUND, request=request, status=404, reason="security event log")
         security.mark_logged(request)
         raise Http404("no such page")

@@ -15,7 +15,7 @@ from rest_framework.response import Response
 from cards import selectors, services
 from cards.models import AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from ecard.api import ActionRules, agency_operator
-from issuers.models import Organization
+from issuers.models import Membership, Organization
 from issuers.roles import Principal, principal
 from issuers.selectors import active_banks
 
@@ -166,8 +166,6 @@ def sd_owner_operator(who: Principal, request: Request, obj: Any) -> bool:
 
 def sd_owner_admin(who: Principal, request: Request, obj: Any) -> bool:
     """Clearing failed authentications: an administrator of the organisation that owns the SD."""
-    from issuers.models import Membership
-
     if obj is None:
         return any(role == Membership.Role.ADMIN for role in who.roles.values())
     return who.has_role(obj.organization_id, Membership.Role.ADMIN)

@@ -31,6 +31,13 @@ def cards_for(user: AbstractBaseUser) -> QuerySet[Card]:
     return Card.objects.none()
 
 
+def card_cins_held_by(user_id: int | None) -> QuerySet[Card, str]:
+    """The CINs of the cards a user holds (what the audit log shows a citizen)."""
+    if user_id is None:
+        return Card.objects.none().values_list("cin", flat=True)
+    return Card.objects.filter(holder_id=user_id).values_list("cin", flat=True)
+
+
 def security_domains_for(user: AbstractBaseUser) -> QuerySet[SecurityDomain]:
     who = principal(user)
     if not who.is_authenticated:

@@ -16,8 +16,9 @@ from django.utils import timezone
 from audit.security import Kind as SecurityKind
 from audit.security import records_refusals
 from audit.services import record_event
+from cards import emulation
 from cards.models import ISD_AID, Card, CardJob, Enrollment, SecurityDomain
-from cards.signals import auth_failures_cleared
+from cards.signals import auth_failures_cleared, job_queued
 from ecard.errors import ServiceError
 from issuers.models import Organization, SsdTemplate
 from issuers.services import bank_aid_prefixes, normalise_hex
@@ -134,8 +135,6 @@ def issue_card(
         state=SecurityDomain.State.ACTIVE,
     )
     if emulated:
-        from cards import emulation
-
         card.state_file = str(emulation.personalise(card))
         card.save(update_fields=["state_file"])
     record_event(
@@ -184,11 +183,7 @@ def _queue_job(
         params=params or {},
         created_by=actor if actor is not None and getattr(actor, "pk", None) else None,
     )
-    if kind in (CardJob.Kind.ENROLL_BANK, CardJob.Kind.ROTATE_KEYS):
-        from updates.tasks import prepare_job
-
-        job_id = job.pk
-        transaction.on_commit(lambda: prepare_job.delay(job_id))
+    job_queued.send(sender=CardJob, job=job)  # updates prepares its keys once this commits
     record_event(
         action="job.queued",
         subject_type="card_job",

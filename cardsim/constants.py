@@ -1,4 +1,4 @@
-"""Fixed facts of the emulated card: AIDs, ROM packages, limits and the status words it uses."""
+"""Fixed facts of the emulated card: AIDs, limits and the status words it uses."""
 
 from __future__ import annotations
 
@@ -7,18 +7,8 @@ from functools import reduce
 from gp.aids import ISD_AID, SSD_MODULE_AID, SSD_PACKAGE_AID  # noqa: F401 - re-exported for the card model
 from gp.commands import Privileges
 
-# Java Card 3.0.5 Classic and GlobalPlatform 2.3 API export versions (AID, (major, minor), name).
-# JC 3.0.5 exports javacard.framework/security and javacardx.crypto as 1.6; javacardx.apdu is 1.0
-# (unchanged since JC 2.2.2); GP 2.3/2.3.1 defines org.globalplatform 1.6 (backward compatible to 1.5).
-ROM_PACKAGES: tuple[tuple[bytes, tuple[int, int], str], ...] = (
-    (bytes.fromhex("A0000000620001"), (1, 0), "java.lang"),
-    (bytes.fromhex("A0000000620101"), (1, 6), "javacard.framework"),
-    (bytes.fromhex("A0000000620102"), (1, 6), "javacard.security"),
-    (bytes.fromhex("A0000000620201"), (1, 6), "javacardx.crypto"),
-    (bytes.fromhex("A0000000620209"), (1, 0), "javacardx.apdu"),
-    (bytes.fromhex("A00000015100"), (1, 6), "org.globalplatform"),
-    (SSD_PACKAGE_AID, (1, 0), "GP SSD package"),
-)
+# The Java Card ROM profile (packages in ROM) is gp.javacard.ROM_PACKAGES: the platform validates
+# releases against the same tuple.
 
 DEFAULT_KEY = bytes.fromhex("404142434445464748494A4B4C4D4E4F")
 DEFAULT_SCP03 = (0x03, 0x70)  # SCP03, i=70: pseudo-random challenge, R-MAC, R-ENC (Amd D §5.1)

@@ -39,7 +39,6 @@ from cardsim.constants import (
     ISD_AID,
     ISD_PRIVILEGES,
     RECEIPT_KVN,
-    ROM_PACKAGES,
     SSD_MODULE_AID,
     SSD_PACKAGE_AID,
     TOKEN_KVN,
@@ -47,6 +46,7 @@ from cardsim.constants import (
 from gp.commands import CPLC_FIELDS, CardLifeCycle, SecurityDomainLifeCycle
 from gp.dm import SCHEME_ECDSA_P256_SHA256, SCHEME_RSA_PKCS1V15_SHA256
 from gp.errors import KeyMaterialError
+from gp.javacard import ROM_PACKAGES
 from gp.keys import StaticKeys, diversify
 
 FORMAT = "cardsim/1"

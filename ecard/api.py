@@ -15,7 +15,7 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from issuers.roles import Principal, principal
+from ecard.principals import Principal, principal
 
 Rule = Callable[[Principal, Request, Any], bool]
 

@@ -7,6 +7,6 @@ from django.contrib.admin.apps import AdminConfig
 
 class EcardAdminConfig(AdminConfig):
     """Django's admin with the platform's site: the portal's login (throttled, second factor) and a
-    session that passed the second factor (:class:`ecard.admin.EcardAdminSite`)."""
+    session that passed the second factor (:class:`portal.admin_site.EcardAdminSite`)."""
 
-    default_site = "ecard.admin.EcardAdminSite"
+    default_site = "portal.admin_site.EcardAdminSite"

@@ -28,6 +28,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
+from django.http import QueryDict
 from rest_framework import exceptions, parsers, status
 from rest_framework.parsers import get_encoding  # type: ignore[attr-defined]  # DRF 3.18; stubs are 3.16
 
@@ -151,8 +152,6 @@ class FormParser(parsers.FormParser):
     """URL-encoded forms with a size bound; too many fields is a 400."""
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None) -> Any:
-        from django.http import QueryDict
-
         data = read_bounded(stream, parser_context)
         try:
             return QueryDict(data, encoding=get_encoding(parser_context or {}))

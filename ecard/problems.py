@@ -48,47 +48,12 @@ def _detail_text(detail: Any) -> str:
 
 
 def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    """DRF exception handler that renders every error as a problem document, and records the
-    refusals (credential refused, 403, 404 on an object route) in the security event log."""
-    response = _problem_response(exc, context)
-    try:
-        record_refusal(exc, context, response.status_code if response is not None else None)
-    except Exception:  # recording never turns a refusal into a 500
-        logger.warning("security event not recorded", exc_info=True)
-    return response
+    """DRF exception handler that renders every error as a problem document.
 
-
-def record_refusal(exc: Exception, context: dict[str, Any], status_code: int | None) -> None:
-    """What of an API error goes into the security event log (:mod:`audit.security`)."""
-    from audit import security
-
-    request = context.get("request")
-    raw = getattr(request, "_request", request)
-    if raw is None or security.already_logged(raw):
-        return
-    security.mark_logged(raw)  # whatever happens here, the middleware need not look again
-    object_route = bool(context.get("kwargs"))
-    if isinstance(exc, exceptions.AuthenticationFailed):
-        # Which scheme was refused (Token, Agent), never the credential itself.
-        scheme = raw.META.get("HTTP_AUTHORIZATION", "").split(" ", 1)[0][:16]
-        security.record(security.Kind.API_AUTH_FAILED, request=raw, status=status_code,
-                        reason=f"{scheme or 'credential'}: {exc.detail}"[:200])
-    elif isinstance(exc, exceptions.PermissionDenied | PermissionDenied) or (
-        isinstance(exc, ServiceError) and exc.code in ("forbidden", "not_holder")
-    ):
-        security.record(security.Kind.FORBIDDEN, request=raw, status=status_code, reason=_view_name(context))
-    elif object_route and (
-        isinstance(exc, Http404 | exceptions.NotFound) or (isinstance(exc, ServiceError) and exc.code == "not_found")
-    ):
-        security.record(security.Kind.NOT_FOUND, request=raw, status=status_code, reason=_view_name(context))
-
-
-def _view_name(context: dict[str, Any]) -> str:
-    view = context.get("view")
-    if view is None:
-        return ""
-    action = getattr(view, "action", None)
-    return f"{type(view).__name__}{'.' + action if action else ''}"
+    The API's handler (``REST_FRAMEWORK["EXCEPTION_HANDLER"]``) is
+    :func:`audit.api_errors.exception_handler`, which calls this one and records the refusals in the
+    security event log: this module sits below audit (docs/ARCHITECTURE.md, "Layers")."""
+    return _problem_response(exc, context)
 
 
 def _problem_response(exc: Exception, context: dict[str, Any]) -> Response | None:

@@ -75,7 +75,7 @@ ALLOWED_HOSTS = env_list(
 CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
-    "ecard.apps.EcardAdminConfig",  # django.contrib.admin with the platform's site (ecard/admin.py)
+    "ecard.apps.EcardAdminConfig",  # django.contrib.admin with the platform's site (portal/admin_site.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -91,6 +91,7 @@ INSTALLED_APPS = [
     "updates",
     "audit",
     "portal",
+    "demo",  # seed_demo, seed_load: the top layer, nothing imports it
 ]
 
 MIDDLEWARE = [
@@ -220,7 +221,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PAGINATION_CLASS": "ecard.pagination.BoundedLimitOffsetPagination",
     "PAGE_SIZE": 50,
-    "EXCEPTION_HANDLER": "ecard.problems.problem_exception_handler",
+    "EXCEPTION_HANDLER": "audit.api_errors.exception_handler",  # problem documents; refusals recorded
     # Throttles identify clients by REMOTE_ADDR, or through the trusted proxies only: left unset,
     # DRF would take a client-written X-Forwarded-For as the client's identity.
     "NUM_PROXIES": ECARD_TRUSTED_PROXIES,

@@ -12,6 +12,7 @@ from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from ecard.celery import app
 from ecard.problems import is_api_request, problem_response
 
 logger = logging.getLogger(__name__)
@@ -30,7 +31,6 @@ def check_database() -> tuple[bool, str]:
 def check_broker() -> tuple[bool, str]:
     if settings.CELERY_TASK_ALWAYS_EAGER:
         return True, "in-process (no broker configured)"
-    from ecard.celery import app
 
     try:
         with app.connection_for_write(url=settings.CELERY_BROKER_URL) as conn:

@@ -2,7 +2,9 @@
 
 A user is an agency, bank or regulator member through :class:`issuers.models.Membership`;
 a citizen is a user who holds a card and has no membership. Selectors scope every read with
-these helpers, so the API and the portal apply the same rules.
+these helpers, so the API and the portal apply the same rules. :func:`principal` is also the
+resolver behind :func:`ecard.principals.principal` (registered in ``issuers.apps``), through which
+the core and the audit log, which sit below issuers, ask the same questions.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Principal:
     user_id: int | None
     roles: dict[int, str] = field(default_factory=dict)  # organization id -> role
     kinds: dict[int, str] = field(default_factory=dict)  # organization id -> kind
+    slugs: dict[int, str] = field(default_factory=dict)  # organization id -> slug ("" if it has none)
 
     def org_ids(self, kind: str | None = None) -> list[int]:
         return [org_id for org_id, k in self.kinds.items() if kind is None or k == kind]
@@ -43,6 +46,11 @@ class Principal:
     @property
     def bank_ids(self) -> list[int]:
         return self.org_ids(Organization.Kind.BANK)
+
+    @property
+    def bank_slugs(self) -> list[str]:
+        """The slugs of the user's banks (the audit log names organisations by slug); never empty ones."""
+        return [self.slugs[org_id] for org_id in self.bank_ids if self.slugs.get(org_id)]
 
     @property
     def is_member(self) -> bool:
@@ -73,10 +81,12 @@ def principal(user: AbstractBaseUser | AnonymousUser | None) -> Principal:
         return cached
     roles: dict[int, str] = {}
     kinds: dict[int, str] = {}
+    slugs: dict[int, str] = {}
     for membership in Membership.objects.filter(user=user, organization__is_active=True).select_related("organization"):
         roles[membership.organization_id] = membership.role
         kinds[membership.organization_id] = membership.organization.kind
-    result = Principal(user_id=user.pk, roles=roles, kinds=kinds)
+        slugs[membership.organization_id] = membership.organization.slug
+    result = Principal(user_id=user.pk, roles=roles, kinds=kinds, slugs=slugs)
     setattr(user, _CACHE_ATTR, result)
     return result
 

@@ -7,6 +7,7 @@ from typing import Any
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Q, QuerySet
 
+from issuers.custody_models import KeySet
 from issuers.models import Invitation, Membership, Organization, SharedMemberApproval
 from issuers.roles import principal
 
@@ -86,6 +87,12 @@ def shared_member_approvals_for(user: AbstractBaseUser) -> QuerySet[SharedMember
     return approvals.filter(organization_id__in=_administered(who))
 
 
+def report_bank_choices() -> list[tuple[str, str]]:
+    """(slug, name) of every bank with a slug: what an oversight report may be narrowed to."""
+    banks = Organization.objects.filter(kind=Organization.Kind.BANK).exclude(slug="").order_by("name")
+    return [(bank.slug, bank.name) for bank in banks]
+
+
 def active_banks() -> QuerySet[Organization]:
     return Organization.objects.filter(kind=Organization.Kind.BANK, is_active=True).select_related("ssd_template")
 
@@ -94,8 +101,6 @@ def key_sets_for(user: AbstractBaseUser):
     """Key set metadata (never key bytes): banks and the agency see their own in full, the agency
     sees banks' KVN and algorithm only (the serializer trims), regulators see all metadata,
     citizens none."""
-    from issuers.custody_models import KeySet
-
     who = principal(user)
     if not who.is_authenticated or who.is_citizen:
         return KeySet.objects.none()

@@ -15,7 +15,8 @@ from django.utils.text import slugify
 
 from audit.services import record_event
 from ecard.errors import ServiceError
-from issuers import roles
+from issuers import custody, roles
+from issuers.custody_models import KeySet
 from issuers.models import AidRange, Invitation, Membership, Organization, SharedMemberApproval, SsdTemplate
 
 _HEX = re.compile(r"^([0-9A-F]{2})*$")
@@ -418,8 +419,6 @@ def admit_bank(
     actor: AbstractBaseUser | None = None,
 ) -> Organization:
     """Admit a bank: organisation, AID range, SSD template and its key-encryption key, in one step."""
-    from issuers import custody
-
     bank = create_organization(name=name, kind=Organization.Kind.BANK, slug=slug, actor=actor)
     add_aid_range(organization=bank, rid=rid, pix_prefix=pix_prefix, actor=actor)
     set_ssd_template(organization=bank, management=management, scp=scp, key_length=key_length, actor=actor)
@@ -473,11 +472,6 @@ def ensure_agency_keys(agency: Organization, *, actor: AbstractBaseUser | None =
     """The agency's custody: KEK, ISD diversification masters (AES for SCP03/KDF3, 3DES for SCP02/EMV)
     and the Delegated Management token signing key (ECDSA P-256). Idempotent; keys are generated in
     custody and never leave it in clear."""
-    import secrets
-
-    from issuers import custody
-    from issuers.custody_models import KeySet
-
     custody.ensure_org_kek(agency, actor=actor)
     existing = KeySet.objects.filter(organization=agency, card_cin="", state=KeySet.State.ACTIVE)
     for algorithm, length in (("aes", 16), ("3des", 16)):

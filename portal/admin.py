@@ -1,6 +1,6 @@
 """Admin of accounts: users and groups (audited), and operators' second-factor devices
 (listed and reset through :func:`portal.totp.reset_device`, never
-read). See :mod:`ecard.admin` for the rules every registered model follows."""
+read). See :mod:`portal.admin_site` for the rules every registered model follows."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from rest_framework.authtoken.models import TokenProxy
 
-from ecard.admin import AuditedAdminMixin, audit_admin_write
 from ecard.requests import acting_user
 from portal import totp
+from portal.admin_site import AuditedAdminMixin, audit_admin_write
 from portal.models import TotpDevice
 
 for _model in (User, Group, TokenProxy):

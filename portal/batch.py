@@ -7,6 +7,7 @@ import csv
 import io
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import User
@@ -155,8 +156,6 @@ def issue_batch(*, agency: Organization, data: bytes, emulated: bool, actor: Use
     except BatchRefused:
         for card in issued:  # the records rolled back; drop the emulated cards' state files too
             if card.state_file:
-                from pathlib import Path
-
                 Path(card.state_file).unlink(missing_ok=True)
         raise
     return issued

@@ -59,7 +59,7 @@ def card_overview(user: User, card: Card) -> CardOverview:
     jobs = card_selectors.jobs_for(user).filter(card=card)
     pending = list(jobs.filter(state__in=CardJob.OPEN_STATES).order_by("created_at", "id"))
     recent = list(jobs.exclude(state__in=CardJob.OPEN_STATES).order_by("-finished_at", "-id")[:10])
-    history = list(audit_selectors.entries_for(user).filter(card_cin=card.cin).order_by("-index")[:25])
+    history = list(log_entries_for(user).filter(card_cin=card.cin).order_by("-index")[:25])
     return CardOverview(
         card=card,
         security_domains=list(sds),
@@ -147,5 +147,10 @@ def card_lookup(user: User, query: str) -> QuerySet[Card]:
     return cards
 
 
+def log_entries_for(user: User) -> QuerySet[AuditEntry]:
+    """The audit log entries ``user`` may read (a citizen: those of the cards they hold)."""
+    return audit_selectors.entries_for(user, card_cins=card_selectors.card_cins_held_by(user.pk))
+
+
 def token_denials(user: User, limit: int = 20) -> list[AuditEntry]:
-    return list(audit_selectors.entries_for(user).filter(action="token.denied").order_by("-index")[:limit])
+    return list(log_entries_for(user).filter(action="token.denied").order_by("-index")[:limit])

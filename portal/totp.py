@@ -26,6 +26,7 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 
+from audit.services import record_event
 from issuers.roles import principal
 from portal.models import TotpDevice
 
@@ -150,8 +151,6 @@ def disable(user: User) -> None:
 @transaction.atomic
 def reset_device(device: TotpDevice, *, actor: User) -> None:
     """An administrator deletes a user's second factor (so they can enrol again), with its audit entry."""
-    from audit.services import record_event
-
     record_event(
         action="second_factor.reset",
         subject_type="user",

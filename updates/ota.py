@@ -40,17 +40,25 @@ from django.db.models import F
 from django.utils import timezone
 
 from audit.services import record_event
+from cards.emulation import token_verification_keyset
 from cards.models import ISD_AID, AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from gp import aids, commands, dm
-from gp.apdu import SW
+from gp.apdu import SW, sw_name
+from gp.cap import LoadFile
 from gp.commands import SecurityDomainLifeCycle
-from gp.errors import AuthenticationError, GPError, LocalProtocolError, RemoteProtocolError
-from gp.keys import StaticKeys
+from gp.errors import (
+    AuthenticationError,
+    GPError,
+    LocalProtocolError,
+    RemoteProtocolError,
+)
+from gp.keys import StaticKeys, encode_put_key_symmetric
 from gp.scp import SCP02, SCP03, SecuredResponse, SecurityLevel
 from gp.tlv import decode_all, find
 from issuers import custody
 from issuers.custody_models import KeySet
 from issuers.models import Organization
+from updates import policy
 from updates.models import AuthRefusal, Release
 from updates.signals import job_state_changed
 
@@ -391,7 +399,6 @@ class SsdBankKeys(BankSsdStage):
         bank = keyset_for(sd.organization, self.card, sd.aid, self.bank_kvn())
         keys = custody.load_static_keys(bank)
         algorithm = "aes" if sd.scp == 0x03 else "des"
-        from gp.keys import encode_put_key_symmetric
 
         data = encode_put_key_symmetric(bank.kvn, keys, channel.encrypt_key, algorithm=algorithm)
         # encode_put_key_symmetric starts with the new KVN, which put_key writes itself (§11.8.2.3).
@@ -423,7 +430,6 @@ class SsdInstallApplets(BankSsdStage):
         sd = self.job.security_domain
         if sd.management != "dm":
             return
-        from updates import policy
 
         try:
             policy.check_security_domain(
@@ -496,8 +502,6 @@ def record_package(sd: SecurityDomain, release: Any) -> None:
 
 
 def _token_signer(card: Card) -> Any:
-    from cards.emulation import token_verification_keyset
-
     return custody.load_private_key(token_verification_keyset(card.issued_by))
 
 
@@ -505,7 +509,6 @@ def with_token(card: Card, sd: SecurityDomain, apdu: bytes) -> bytes:
     """Attach the agency's Delegated Management token when the SSD has the DM privilege (§9.2.2)."""
     if sd.management != "dm":
         return apdu
-    from updates import policy
 
     try:
         policy.authorize(card=card, security_domain=sd, command=apdu)
@@ -517,8 +520,6 @@ def with_token(card: Card, sd: SecurityDomain, apdu: bytes) -> bytes:
 
 def load_script(card: Card, sd: SecurityDomain, release: Any, channel: SCP02 | SCP03) -> list[Command]:
     """INSTALL [for load] with the LFDB hash, then LOAD blocks sized for the channel's overhead."""
-    from gp.cap import LoadFile
-
     lf = LoadFile.from_bytes(bytes(release.cap_file), name=release.filename)
     lfdb = lf.load_file_data_block()
     digest = hashlib.sha256(lfdb).digest()
@@ -621,7 +622,6 @@ class SsdRotateKeys(BankSsdStage):
             return []
         sd = self.job.security_domain
         new = keyset_for(sd.organization, self.card, sd.aid, self.target_kvn())
-        from gp.keys import encode_put_key_symmetric
 
         data = encode_put_key_symmetric(
             new.kvn, custody.load_static_keys(new), channel.encrypt_key, algorithm="aes" if sd.scp == 3 else "des"
@@ -711,8 +711,6 @@ def refused(label: str, sw: int) -> None:
     """The card answered a secured command with an unexpected status word. A security status
     (bad C-MAC, bad SM data) means the command was altered on the way: the session is rejected.
     Anything else is the card refusing the step: tried again at the next presentation."""
-    from gp.apdu import sw_name
-
     if sw in INTEGRITY_SWS:
         raise SessionRejected(f"{label}: the card refused the command's integrity ({sw:04X} {sw_name(sw)})")
     raise StepFailed(f"{label}: the card answered {sw:04X} ({sw_name(sw)})")

@@ -15,6 +15,8 @@ from audit.services import record_event
 from cards.models import Card, SecurityDomain
 from gp import commands
 from gp.errors import GPError
+from issuers.services import aid_in_bank_range
+from updates.models import Release, Rollout
 
 
 class TokenDenied(Exception):
@@ -73,8 +75,6 @@ def describe(command: bytes) -> tuple[str, str]:
 
 def authorize(*, card: Card, security_domain: SecurityDomain, command: bytes) -> None:
     """Raise :class:`TokenDenied` unless the agency's policy allows this operation now."""
-    from issuers.services import aid_in_bank_range
-
     operation, aid = describe(command)
     sd = security_domain
     bank = sd.organization
@@ -84,8 +84,6 @@ def authorize(*, card: Card, security_domain: SecurityDomain, command: bytes) ->
     if not aid_in_bank_range(bank, aid):
         raise _deny(card, sd, operation, f"{aid} is outside {bank.name}'s AID range")
     if operation == "install:load":
-        from updates.models import Release
-
         # The load file hash in the command names exactly one release: it must be approved (not revoked).
         lfdb_hash = _load_hash(command)
         release = (
@@ -112,7 +110,6 @@ def check_job(*, card: Card, security_domain: SecurityDomain, job: Any, operatio
     sd = security_domain
     if job.organization_id != sd.organization_id:
         raise _deny(card, sd, operation, "the security domain belongs to another bank than the job's")
-    from updates.models import Release, Rollout
 
     release_ids = [spec.get("release") for key in ("packages", "applets", "default_applets")
                    for spec in (job.params.get(key) or [])]

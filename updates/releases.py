@@ -21,14 +21,16 @@ from django.db import IntegrityError, transaction
 from audit.security import Kind as SecurityKind
 from audit.security import records_refusals
 from audit.services import record_event
-from cardsim.constants import ROM_PACKAGES
 from ecard.errors import ServiceError
 from gp import commands
 from gp.cap import LoadFile
 from gp.errors import GPError
+from gp.javacard import ROM_PACKAGES
 from issuers.models import Organization
+from issuers.roles import principal
 from issuers.services import aid_in_bank_range
 from updates.models import Release
+from updates.rollouts import pause_rollouts_of_release
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +158,6 @@ def release_summary(release: Release) -> dict[str, Any]:
 
 
 def _check_release_operator(release: Release, actor: AbstractBaseUser | None) -> None:
-    from issuers.roles import principal
-
     if actor is None:
         return
     who = principal(actor)
@@ -169,8 +169,6 @@ def _check_release_operator(release: Release, actor: AbstractBaseUser | None) ->
 def revoke_release(*, release: Release, actor: AbstractBaseUser | None, reason: str = "") -> Release:
     """Withdraw a release: the agency signs no more tokens for it (updates.policy) and its running
     rollouts pause. The release itself stays, unchanged, for the record."""
-    from updates.rollouts import pause_rollouts_of_release
-
     release = Release.objects.select_for_update().select_related("bank").get(pk=release.pk)
     _check_release_operator(release, actor)
     if release.state == Release.State.REVOKED:

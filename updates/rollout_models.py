@@ -8,7 +8,7 @@ its success threshold. A group whose failures reach the error threshold pauses t
 
 The per-card rows (:class:`RolloutTarget`) are written by set-based SQL (``updates.rollouts``),
 never one ORM call per card; the group counters are kept in step with them by the same
-statements and by the OTA engine's ``job_state_changed`` signal, in the same transaction.
+statements and by the OTA engine's ``job_state_changed`` signal (``updates.receivers``), in the same transaction.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from django.conf import settings
 from django.db import models
 
 from issuers.models import Organization, hex_validator
-from updates.signals import job_state_changed
 
 
 class Rollout(models.Model):
@@ -156,17 +155,5 @@ class RolloutTarget(models.Model):
     def __str__(self) -> str:
         return f"card {self.card_id} in rollout {self.rollout_id}: {self.status}"
 
-
-def _on_job_state_changed(sender: object, job: object, state: str, error: str = "", **kwargs: object) -> None:
-    """Rollout jobs report back to their rollout (imported lazily: services import the models)."""
-    params = getattr(job, "params", None) or {}
-    if "rollout_target" not in params:
-        return
-    from updates.rollouts import record_card_result
-
-    record_card_result(job=job, state=state, error=error)
-
-
-job_state_changed.connect(_on_job_state_changed, dispatch_uid="updates.rollouts.job_state_changed")
 
 __all__ = ["Rollout", "RolloutGroup", "RolloutTarget"]

@@ -19,7 +19,17 @@ from audit.services import record_event
 from cards.models import CardJob
 from ecard.errors import ServiceError
 from updates.models import AgentCredential, CardSession, WorkerHeartbeat
-from updates.ota import Batch, SessionEngine, SessionRejected
+from updates.ota import (
+    BANK_KVN,
+    MAX_ATTEMPTS,
+    Batch,
+    SessionEngine,
+    SessionRejected,
+    ensure_bank_keyset,
+    fail_job,
+    keyset_for,
+    retry_job,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -126,8 +136,6 @@ def _reject(session: CardSession, reason: str) -> None:
     session.sealed_channel = None
     session.save()
     if session.card_id:
-        from updates.ota import MAX_ATTEMPTS, fail_job, retry_job
-
         for job in CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING):
             if job.attempts >= MAX_ATTEMPTS:
                 fail_job(job, f"gave up after {job.attempts} attempts: {reason}")
@@ -324,22 +332,19 @@ def prepare_job(job_id: int) -> bool:
     """Do the expensive, card-independent part of a job ahead of the card's presentation: generate
     the bank's key set for a new SSD in the bank's custody, check its releases parse. Idempotent:
     a redelivered task finds the work done and changes nothing. Returns True when it generated keys."""
-    from cards.models import CardJob as Job
-    from updates.ota import BANK_KVN, ensure_bank_keyset, keyset_for
-
     with transaction.atomic():
         job = (
-            Job.objects.select_for_update(of=("self",))
+            CardJob.objects.select_for_update(of=("self",))
             .select_related("card", "security_domain")
             .filter(pk=job_id)
             .first()
         )
-        if job is None or job.state not in Job.OPEN_STATES or job.security_domain is None:
+        if job is None or job.state not in CardJob.OPEN_STATES or job.security_domain is None:
             return False
         sd = job.security_domain
-        if job.kind == Job.Kind.ENROLL_BANK:
+        if job.kind == CardJob.Kind.ENROLL_BANK:
             kvn = BANK_KVN[sd.scp]
-        elif job.kind == Job.Kind.ROTATE_KEYS and "to_kvn" in job.params:
+        elif job.kind == CardJob.Kind.ROTATE_KEYS and "to_kvn" in job.params:
             kvn = int(job.params["to_kvn"])
         else:
             return False

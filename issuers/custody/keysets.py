@@ -8,6 +8,7 @@ secure-channel and signing code in services and tasks only.
 from __future__ import annotations
 
 import re
+import secrets
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
@@ -225,8 +226,6 @@ def generate_static_keys(
     actor: Any = None,
 ) -> KeySet:
     """Random ENC/MAC/DEK keys, stored wrapped. Returns the :class:`KeySet` only, never the keys."""
-    import secrets
-
     if not _symmetric_length_ok(algorithm, length):
         raise ServiceError(f"{algorithm} keys cannot be {length} bytes", field="length")
     _check_slot(purpose, algorithm, kvn, card_cin, sd_aid)

@@ -14,8 +14,9 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from audit import reports
+from audit import reports, security
 from ecard.requests import AuthenticatedHttpRequest
+from issuers import selectors as issuer_selectors
 from portal.charts import bar_chart
 
 
@@ -24,8 +25,6 @@ def oversight_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
     @wraps(view)
     def wrapper(request: AuthenticatedHttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not reports.can_read_reports(request.user):
-            from audit import security
-
             security.record(security.Kind.NOT_FOUND, request=request, status=404, reason="oversight page")
             security.mark_logged(request)
             raise Http404("no such page")
@@ -37,10 +36,13 @@ def oversight_only(view: Callable[..., HttpResponse]) -> Callable[..., HttpRespo
 def _form(request: AuthenticatedHttpRequest) -> reports.ReportForm:
     """The period and bank asked for; without any, last month for all banks (the fields filled in)."""
     today = timezone.now().date()
+    banks = issuer_selectors.report_bank_choices()
     if not request.GET:
         first, last = reports.last_month(today)
-        return reports.ReportForm({"date_from": first.isoformat(), "date_to": last.isoformat()}, today=today)
-    return reports.ReportForm(request.GET, today=today)
+        return reports.ReportForm(
+            {"date_from": first.isoformat(), "date_to": last.isoformat()}, today=today, banks=banks
+        )
+    return reports.ReportForm(request.GET, today=today, banks=banks)
 
 
 @oversight_only

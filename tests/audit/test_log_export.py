@@ -18,7 +18,7 @@ from audit.checkpoint import make_checkpoint
 from audit.export_format import read_export
 from audit.models import AuditEntry, Checkpoint
 from cards import services as card_services
-from issuers import custody
+from issuers import custody, log_signing
 from tests.factories import World, build_world
 
 pytestmark = pytest.mark.django_db
@@ -93,7 +93,7 @@ def test_removed_row_and_previous_checkpoints(world: World, tmp_path: Path) -> N
     assert f"consistent with previous checkpoint (size {kept.size})" in ok.stdout
 
     # A checkpoint of the same size with another root, signed with the log's own key (a split view):
-    keyset = services.signing_keyset()
+    keyset = log_signing.signing_keyset()
     forged = make_checkpoint("ecard.example/audit-log", kept.size, b"\x11" * 32, custody.load_private_key(keyset))
     (tmp_path / "forged.txt").write_text(forged)
     bad = verify(path, "--key", vkey, "--previous", tmp_path / "forged.txt")

@@ -13,7 +13,7 @@ from audit.checkpoint import make_checkpoint
 from audit.models import AuditEntry
 from audit.verify import verify_export
 from cards import services as card_services
-from issuers import custody
+from issuers import custody, log_signing
 from tests.factories import World, build_world
 
 pytestmark = pytest.mark.django_db
@@ -93,7 +93,7 @@ def test_checkpoint_page_verifies_a_pasted_checkpoint(world: World) -> None:
     bad = client.post("/audit/checkpoints/", {"checkpoint": tampered}).content.decode()
     assert "Check failed" in bad and "Signature invalid" in bad
 
-    key = custody.load_private_key(services.signing_keyset())
+    key = custody.load_private_key(log_signing.signing_keyset())
     split_view = make_checkpoint("ecard.example/audit-log", kept.size, b"\x22" * 32, key)
     bad = client.post("/audit/checkpoints/", {"checkpoint": split_view}).content.decode()
     assert "Check failed" in bad and "NOT consistent" in bad

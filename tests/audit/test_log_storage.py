@@ -18,6 +18,7 @@ from audit.export_format import canonical_leaf_bytes, entry_leaf_hash
 from audit.merkle import CompactRange, consistency_proof_coords, frontier_coords, root_from_leaves
 from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode
 from cards import services as card_services
+from issuers import log_signing
 from issuers import services as issuer_services
 from issuers.custody_models import KeySet
 from tests.factories import World, build_world
@@ -278,7 +279,7 @@ def test_beat_task_and_command(world: World, capsys: pytest.CaptureFixture[str])
 
 
 def test_checkpoint_refuses_when_nodes_were_tampered(world: World) -> None:
-    services.signing_keyset()  # storing the key appends entries: do it before taking the size
+    log_signing.signing_keyset()  # storing the key appends entries: do it before taking the size
     services.sequence_pending()
     n = AuditEntry.objects.count()
     level, index = frontier_coords(n)[0]

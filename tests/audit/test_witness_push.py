@@ -24,7 +24,7 @@ from audit.models import AuditEntry, Checkpoint, WitnessCosignature, WitnessRefu
 from audit.witness import add_checkpoint_body, submit
 from cards import services as card_services
 from ecard.celery import app
-from issuers import custody
+from issuers import custody, log_signing
 from tests.audit.test_witness import free_port, wait_until_up
 from tests.factories import World, build_world
 
@@ -182,7 +182,7 @@ def test_a_witness_that_saw_a_fork_refuses_and_the_refusal_is_logged(
     services.sequence_pending()
     size = services.selectors.current_size()
     # someone with the log's key showed the witness another tree of the same size (a split view)
-    forged = make_checkpoint(witness.origin, size, b"\x11" * 32, custody.load_private_key(services.signing_keyset()))
+    forged = make_checkpoint(witness.origin, size, b"\x11" * 32, custody.load_private_key(log_signing.signing_keyset()))
     assert submit(witness.url, add_checkpoint_body(0, [], forged))[0] == 200
     checkpoint = sign(django_capture_on_commit_callbacks)
     assert checkpoint.size == size

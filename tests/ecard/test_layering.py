@@ -1,4 +1,12 @@
-"""Rules of the house: the pure libraries import nothing from Django, Celery or pyscard."""
+"""Rules of the house: the import layers and contracts hold, and the pure libraries import nothing
+from Django, Celery or pyscard.
+
+The layers and contracts are declared in ``pyproject.toml`` (``[tool.importlinter]``) and described in
+docs/ARCHITECTURE.md, "Layers"; :func:`test_import_contracts_hold` runs import-linter on them, so a
+broken contract fails ``make test`` as well as ``make lint``. The checks below it are narrower and
+older: they also forbid sockets and HTTP clients outside cardsim's I/O adapters, and import every
+pure module to see that nothing loads a framework at run time.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +43,16 @@ def pure_files() -> list[Path]:
         if root.is_dir():
             files.extend(sorted(root.rglob("*.py")))
     return files
+
+
+def test_import_contracts_hold() -> None:
+    """``lint-imports`` over the whole project: every contract of pyproject.toml is kept."""
+    code = "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(no_cache=True, no_logo=True))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout
 
 
 def test_there_is_a_pure_library_to_check() -> None:

@@ -12,9 +12,9 @@ from django.test import Client, RequestFactory
 
 from audit.models import AuditEntry
 from cards.models import Card
-from ecard.admin import ADMIN_WRITES, AuditedAdminMixin
 from issuers.models import Organization, SsdTemplate
 from portal import ratelimit, totp
+from portal.admin_site import ADMIN_WRITES, AuditedAdminMixin
 from portal.models import TotpDevice
 from tests.factories import PASSWORD, World
 from tests.portal.test_auth import enrol

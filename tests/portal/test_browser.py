@@ -19,7 +19,7 @@ from audit.models import AuditEntry
 from cards import services as card_services
 from cards.models import Card, Enrollment
 from cardsim.transport import InProcessCard
-from issuers.management.commands.seed_demo import DEMO_PASSWORD
+from demo.management.commands.seed_demo import DEMO_PASSWORD
 from issuers.models import Organization
 from portal import totp
 from portal.models import TotpDevice

@@ -11,6 +11,7 @@ from django.db import connection
 from audit.services import record_event
 from ecard.errors import ServiceError
 from issuers.models import Organization
+from issuers.roles import principal
 from updates.rollout_models import Rollout
 
 
@@ -33,8 +34,6 @@ def _audit(rollout: Rollout, action: str, actor: Any = None, *, reason: str = ""
 
 
 def _can_operate(actor: AbstractBaseUser | None, bank: Organization) -> None:
-    from issuers.roles import principal
-
     if actor is None or not principal(actor).can_operate(bank.pk):
         raise ServiceError(f"only {bank.name}'s operators manage its rollouts", code="forbidden")
 

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from audit.services import record_event
 from cards.models import CardJob
+from updates.policy import ROLLOUT_INACTIVE as POLICY_INACTIVE
 from updates.rollout_models import Rollout, RolloutGroup, RolloutTarget
 from updates.rollouts import lifecycle
 from updates.rollouts.common import _audit, _locked
@@ -45,8 +46,6 @@ def record_card_result(*, job: CardJob, state: str, error: str) -> None:
     """The engine moved a rollout job to done, failed, or pending after a failed attempt (signal
     handler, inside the engine's transaction): the card's status, its group's counters, and an
     immediate evaluation of the rollout."""
-    from updates.policy import ROLLOUT_INACTIVE as POLICY_INACTIVE
-
     rollout_id = job.params.get("rollout")
     if rollout_id is None:
         return

@@ -10,8 +10,8 @@ from django.contrib.auth import authenticate, get_user_model
 from django.core.management import call_command
 
 from cards.models import Card, CardJob, Enrollment
+from demo.management.commands.seed_demo import DEMO_PASSWORD, DEMO_USERS
 from issuers.custody_models import KeySet
-from issuers.management.commands.seed_demo import DEMO_PASSWORD, DEMO_USERS
 from issuers.models import Organization
 from updates.models import Release
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.hashers import make_password
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -30,6 +31,7 @@ from agent.core import run_session
 from cards import services as card_services
 from cards.models import Card, Enrollment, SecurityDomain
 from cardsim.transport import InProcessCard
+from ecard.celery import app
 from issuers import services as issuer_services
 from issuers.models import Membership, Organization
 from updates import services as update_services
@@ -76,10 +78,6 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        from django.conf import settings
-
-        from ecard.celery import app
-
         count = int(options["cards"])
         if not 1 <= count <= 100_000:
             raise CommandError("--cards must be 1..100000")

@@ -1,0 +1,35 @@
+"""Signal receivers of the updates app (connected in ``updates.apps.UpdatesConfig.ready``).
+
+* ``cards.signals.job_queued``: ``cards`` sits below ``updates`` (docs/ARCHITECTURE.md, "Layers"):
+  its services queue a card job and send the signal; the app that runs jobs schedules their
+  preparation.
+* ``updates.signals.job_state_changed``: rollout jobs report back to their rollout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from cards.models import CardJob
+from updates.rollouts import record_card_result
+from updates.tasks import prepare_job
+
+# Jobs whose keys are generated in custody ahead of the card's presentation (updates.services.prepare_job).
+KINDS_PREPARED_AHEAD = frozenset({CardJob.Kind.ENROLL_BANK, CardJob.Kind.ROTATE_KEYS})
+
+
+def prepare_queued_job(sender: Any, job: CardJob, **kwargs: Any) -> None:
+    """Queue the job's preparation task once the transaction that queued the job commits."""
+    if job.kind not in KINDS_PREPARED_AHEAD:
+        return
+    job_id = job.pk
+    transaction.on_commit(lambda: prepare_job.delay(job_id))
+
+
+def report_rollout_job(sender: Any, job: CardJob, state: str, error: str = "", **kwargs: Any) -> None:
+    """A rollout's job finished, failed or went back to pending: the rollout records it (same transaction)."""
+    if "rollout_target" not in (job.params or {}):
+        return
+    record_card_result(job=job, state=state, error=error)

@@ -377,7 +377,7 @@ class Card:
             return _sw(SW.INCORRECT_P1P2)
         prefix = cmd.data
         if not prefix:
-            target: str | None = ISD  # §11.9.2.3: empty AID selects the ISD
+            target: str = ISD  # §11.9.2.3: empty AID selects the ISD
         else:
             text = hx(prefix)
             matches = [a for a in self._apps if a.startswith(text)]
@@ -392,7 +392,6 @@ class Card:
                 if idx >= len(candidates):
                     return _sw(SW.FILE_NOT_FOUND)
                 target = candidates[idx]
-        assert target is not None
         if self.state["lifecycle"] == CARD_TERMINATED and target != ISD:
             return _sw(SW.FUNCTION_NOT_SUPPORTED)
         self._end_session()  # selecting an application ends the current secure channel session
@@ -1050,7 +1049,8 @@ class Card:
         self._require_session()
         self._require_card_open()
         channel = self.channel
-        assert channel is not None
+        if channel is None:  # _require_session() has checked; this narrows the type
+            raise _Reply(SW.SECURITY_STATUS_NOT_SATISFIED)
         info = self._sds[self.selected]
         keys = info["keys"]
         if not cmd.data or cmd.p1 & 0x80 or not cmd.p2 & 0x7F:

@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.contrib import admin
@@ -53,7 +53,8 @@ class EcardAdminSite(admin.AdminSite):
             target = index
         if request.method == "POST":
             # A password posted here is checked by the portal's view: throttled, second factor.
-            return PortalLoginView.as_view(next_page=target)(request)
+            # The portal's login answers with a page or a redirect: both are HttpResponses.
+            return cast(HttpResponse, PortalLoginView.as_view(next_page=target)(request))
         if request.user.is_authenticated:
             if not totp.session_passed_second_factor(request):
                 # A session that skipped the second factor is not a session.
@@ -72,7 +73,7 @@ def audit_admin_write(request: HttpRequest, obj: Model, verb: str, fields: list[
     with transaction.atomic():
         record_event(
             action=f"admin.{obj._meta.model_name}.{verb}",
-            subject_type=obj._meta.model_name[:32],
+            subject_type=(obj._meta.model_name or "")[:32],
             subject_id=str(obj.pk),
             actor=request.user,
             details=details,

@@ -141,7 +141,8 @@ class _HostChannel:
         """Like :meth:`unwrap`, and says whether the card's R-MAC covered data and status word."""
         self._require_auth()
         core: Any = getattr(self, "_core", None)
-        assert core is not None
+        if core is None:  # _require_auth() has checked; this narrows the type
+            raise SecureChannelError("the secure channel is not open")
         rapdu = bytes(rapdu)
         if len(rapdu) < 2:
             raise MalformedResponseError(f"response APDU too short: {len(rapdu)} bytes")

@@ -296,14 +296,16 @@ class SCP02(_HostChannel):
     def wrap(self, capdu: bytes) -> bytes:
         self._require_auth()
         core = self._core
-        assert core is not None
+        if core is None:  # _require_auth() has checked; this narrows the type
+            raise SecureChannelError("the secure channel is not open")
         secured, plain = core.secure_command(_plain_command(capdu))
         if core.security_level & SecurityLevel.R_MAC:
             self._pending.append(_Pending(b"", 0, plain))
         return secured
 
     def _verify(self, rapdu: bytes, pending: _Pending) -> bytes:
-        assert self._core is not None
+        if self._core is None:  # _require_auth() has checked; this narrows the type
+            raise SecureChannelError("the secure channel is not open")
         return self._core.verify_response(rapdu, pending.plain)
 
     def max_data_length(self, extended: bool = False) -> int:
@@ -313,7 +315,8 @@ class SCP02(_HostChannel):
     def encrypt_key(self, key: bytes) -> bytes:
         """PUT KEY key encryption: 3DES-ECB under the session DEK (GP 2.3.1 §E.4.7)."""
         self._require_auth()
-        assert self._core is not None
+        if self._core is None:  # _require_auth() has checked; this narrows the type
+            raise SecureChannelError("the secure channel is not open")
         return scp02_encrypt_key(self._core.dek, key)
 
     def session_state(self) -> dict[str, str | int]:

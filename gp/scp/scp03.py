@@ -308,14 +308,16 @@ class SCP03(_HostChannel):
         """Plain C-APDU -> secured C-APDU at the active security level."""
         self._require_auth()
         core = self._core
-        assert core is not None
+        if core is None:  # _require_auth() has checked; this narrows the type
+            raise SecureChannelError("the secure channel is not open")
         secured, mcv, counter = core.secure_command(_plain_command(capdu))
         if core.security_level & SecurityLevel.R_MAC:
             self._pending.append(_Pending(mcv, counter))
         return secured
 
     def _verify(self, rapdu: bytes, pending: _Pending) -> bytes:
-        assert self._core is not None
+        if self._core is None:  # _require_auth() has checked; this narrows the type
+            raise SecureChannelError("the secure channel is not open")
         return self._core.verify_response(rapdu, pending.mcv, pending.counter)
 
     def max_data_length(self, extended: bool = False) -> int:

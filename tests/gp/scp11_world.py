@@ -12,15 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gp.scp11 import (
-    SCP11a,
-    SCP11b,
-    SCP11c,
     CardSCP11,
     Certificate,
     CertificateAuthority,
     Curve,
     KeyPair,
     KeyUsage,
+    SCP11a,
+    SCP11b,
+    SCP11c,
     SCP11Variant,
     SDKey,
     TrustAnchor,
@@ -66,38 +66,76 @@ class World:
         self.oce_chain = [self.issue_oce(self.oce_ca, self.oce_keys)]
         self.sd_keys = {v: KeyPair.generate(c, seeded(f"sd/{c}/{v}")) for v in SCP11Variant}
         self.sd_certificates = {
-            v: self.card_ca.issue(serial_number=bytes((v,)), subject_identifier=b"\x5d" + bytes((v,)),
-                                  public_key=k.public_key, key_usage=KeyUsage.KEY_AGREEMENT,
-                                  expiration_date=EXPIRES)
+            v: self.card_ca.issue(
+                serial_number=bytes((v,)),
+                subject_identifier=b"\x5d" + bytes((v,)),
+                public_key=k.public_key,
+                key_usage=KeyUsage.KEY_AGREEMENT,
+                expiration_date=EXPIRES,
+            )
             for v, k in self.sd_keys.items()
         }
 
-    def issue_oce(self, ca: CertificateAuthority, keys: KeyPair, *, usage: KeyUsage = KeyUsage.KEY_AGREEMENT,
-                  expires: dt.date = EXPIRES, effective: dt.date | None = None) -> Certificate:
+    def issue_oce(
+        self,
+        ca: CertificateAuthority,
+        keys: KeyPair,
+        *,
+        usage: KeyUsage = KeyUsage.KEY_AGREEMENT,
+        expires: dt.date = EXPIRES,
+        effective: dt.date | None = None,
+    ) -> Certificate:
         if self.x509:
-            return ca.issue_x509(serial_number=0x0CE, subject_name="bank OCE", subject_identifier=b"\x0c\xe1",
-                                 public_key=keys.public_key, key_usage=usage,
-                                 not_before=effective or dt.date(2025, 1, 1), not_after=expires)
-        return ca.issue(serial_number=b"\x0c\xe1", subject_identifier=b"\x0c\xe1", public_key=keys.public_key,
-                        key_usage=usage, expiration_date=expires, effective_date=effective)
+            return ca.issue_x509(
+                serial_number=0x0CE,
+                subject_name="bank OCE",
+                subject_identifier=b"\x0c\xe1",
+                public_key=keys.public_key,
+                key_usage=usage,
+                not_before=effective or dt.date(2025, 1, 1),
+                not_after=expires,
+            )
+        return ca.issue(
+            serial_number=b"\x0c\xe1",
+            subject_identifier=b"\x0c\xe1",
+            public_key=keys.public_key,
+            key_usage=usage,
+            expiration_date=expires,
+            effective_date=effective,
+        )
 
     def anchor(self) -> TrustAnchor:
         return self.oce_ca.trust_anchor(OCE_KVN, OCE_KID)
 
-    def card(self, *, anchors: list[TrustAnchor] | None = None, today: dt.date = TODAY,
-             random: Callable[[int], bytes] | None = None) -> CardSCP11:
-        keys = [SDKey(k.private_key, SD_KVN, v.value, (self.sd_certificates[v].encode(),))
-                for v, k in self.sd_keys.items()]
-        return CardSCP11(keys, self.anchor() if anchors is None else anchors, today=lambda: today,
-                         random=random or seeded(f"card-eph/{self.curve}"))
+    def card(
+        self,
+        *,
+        anchors: list[TrustAnchor] | None = None,
+        today: dt.date = TODAY,
+        random: Callable[[int], bytes] | None = None,
+    ) -> CardSCP11:
+        keys = [
+            SDKey(k.private_key, SD_KVN, v.value, (self.sd_certificates[v].encode(),)) for v, k in self.sd_keys.items()
+        ]
+        return CardSCP11(
+            keys,
+            [self.anchor()] if anchors is None else anchors,
+            today=lambda: today,
+            random=random or seeded(f"card-eph/{self.curve}"),
+        )
 
     def host(self, variant: SCP11Variant, **extra: object) -> SCP11a | SCP11b | SCP11c:
         point = self.sd_keys[variant].public_point
         if variant is SCP11Variant.B:
             return SCP11b(point, SD_KVN, random=seeded("host-eph"), **extra)  # type: ignore[arg-type]
         cls = SCP11a if variant is SCP11Variant.A else SCP11c
-        options: dict[str, object] = {"oce_private_key": self.oce_keys.private_key, "certificates": self.oce_chain,
-                                      "oce_kvn": OCE_KVN, "oce_kid": OCE_KID, "random": seeded("host-eph")}
+        options: dict[str, object] = {
+            "oce_private_key": self.oce_keys.private_key,
+            "certificates": self.oce_chain,
+            "oce_kvn": OCE_KVN,
+            "oce_kid": OCE_KID,
+            "random": seeded("host-eph"),
+        }
         options.update(extra)
         return cls(point, SD_KVN, **options)  # type: ignore[arg-type]
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gp.scp11 import SCP11b, CardSCP11, Curve, SDKey
+from gp.scp11 import CardSCP11, Curve, SCP11b, SDKey
 from gp.scp11.constants import KeyUsageQualifier, SCP11Variant
 from gp.scp11.crypto import derive_session_keys, ecka, private_key, public_key, x963_kdf
 from gp.scp11.handshake import AuthenticateRequest, agree
@@ -27,8 +27,13 @@ def vector() -> dict[str, Any]:
 
 
 def _host(v: dict[str, Any]) -> SCP11b:
-    return SCP11b(sd_public_key=h(v["sd_static_public"]), kvn=int(v["kvn"], 16), kid=int(v["kid"], 16),
-                  key_usage=int(v["key_usage"], 16), ephemeral_private_key=int(v["oce_ephemeral_private"], 16))
+    return SCP11b(
+        sd_public_key=h(v["sd_static_public"]),
+        kvn=int(v["kvn"], 16),
+        kid=int(v["kid"], 16),
+        key_usage=int(v["key_usage"], 16),
+        ephemeral_private_key=int(v["oce_ephemeral_private"], 16),
+    )
 
 
 def _card(v: dict[str, Any]) -> CardSCP11:

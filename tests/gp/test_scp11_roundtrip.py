@@ -1,0 +1,156 @@
+"""Host <-> card round trips for SCP11a, SCP11b and SCP11c on P-256 (AES-128) and P-384 (AES-256),
+with GP (7F21) and X.509 OCE chains, pipelining, PUT KEY under S-DEK, and the SD's chain."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from gp.apdu import CommandAPDU
+from gp.keys import encode_put_key_symmetric, kcv_aes
+from gp.scp11 import (
+    CertificateAuthority,
+    Curve,
+    KeyPair,
+    SCP11a,
+    SCP11b,
+    SCP11c,
+    SCP11Variant,
+    parse_certificates,
+    verify_chain,
+)
+from gp.scp11.constants import Tag
+from gp.tlv import decode_one
+from tests.gp.scp11_world import EXPIRES, TODAY, World, exchange, handshake, seeded
+
+VARIANTS = list(SCP11Variant)
+CURVES = [Curve.P256, Curve.P384]
+
+
+@pytest.fixture(scope="module", params=CURVES, ids=lambda c: c.name)
+def world(request: pytest.FixtureRequest) -> World:
+    return World(request.param)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.label)
+def test_handshake_then_secured_commands_both_ways(world: World, variant: SCP11Variant) -> None:
+    card = world.card()
+    host = world.host(variant)
+    handshake(host, card)
+    assert host.is_authenticated and card.is_authenticated
+    assert len(host.session_keys.s_enc) == (16 if world.curve is Curve.P256 else 32)
+    assert card.security_level == host.security_level == (0xB3 if variant.authenticates_oce else 0x33)
+    for i in range(3):
+        plain = CommandAPDU(0x80, 0xE2, 0x00, 0x00, bytes(range(i * 40)), le=256).to_bytes()
+        seen, got = exchange(host, card, plain, bytes(range(i * 50)) + b"\x90\x00")
+        assert seen == plain
+        assert got == bytes(range(i * 50)) + b"\x90\x00"
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.label)
+def test_pipelined_batch_unwraps_in_order(world: World, variant: SCP11Variant) -> None:
+    card = world.card()
+    host = world.host(variant)
+    handshake(host, card)
+    batch = [host.wrap(bytes((0x80, 0xE8, 0x00, n, 1, n))) for n in range(5)]
+    answers = [card.wrap_response(bytes((card.unwrap_command(c)[3],)) + b"\x90\x00") for c in batch]
+    results = [host.unwrap_response(a) for a in answers]
+    assert [r.data for r in results] == [bytes((n,)) for n in range(5)]
+    assert all(r.authenticated and r.sw == 0x9000 for r in results)
+
+
+def test_scp11c_answers_its_static_key_and_depends_on_the_host_randomness_only(world: World) -> None:
+    """Amd F §3.1.3: no card ephemeral key; the same OCE ephemeral key gives the same session."""
+    answers = []
+    for card_random in ("one", "two"):
+        card = world.card(random=seeded(card_random))
+        host = world.host(SCP11Variant.C, ephemeral_private_key=12345)
+        answers.append(handshake(host, card))
+        assert answers[-1][3 : 3 + world.curve.point_length] == world.sd_keys[SCP11Variant.C].public_point
+    assert answers[0] == answers[1]
+
+
+@pytest.mark.parametrize("variant", [SCP11Variant.A, SCP11Variant.B], ids=lambda v: v.label)
+def test_scp11a_and_b_sessions_depend_on_the_card_randomness(world: World, variant: SCP11Variant) -> None:
+    answers = {
+        handshake(world.host(variant, ephemeral_private_key=12345), world.card(random=seeded(r)))
+        for r in ("one", "two")
+    }
+    assert len(answers) == 2
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.label)
+def test_put_key_under_the_session_dek(world: World, variant: SCP11Variant) -> None:
+    card = world.card()
+    host = world.host(variant)
+    handshake(host, card)
+    new = [bytes([k]) * 16 for k in (1, 2, 3)]
+    data = encode_put_key_symmetric(0x30, new, host.encrypt_key, algorithm="aes")
+    plain = bytes((0x80, 0xD8, 0x00, 0x81, len(data))) + data + b"\x00"
+    seen = card.unwrap_command(host.wrap(plain))
+    assert seen == plain
+    if variant is SCP11Variant.C:
+        assert not card.allows(seen)  # Amd F §3.1.3: no PUT KEY in a replayable session
+        return
+    assert card.allows(seen)
+    decoded = card.decode_put_key(seen[5:-1])
+    assert [c.value for c in decoded.components] == new
+    assert all(c.kcv == kcv_aes(k)[:3] for c, k in zip(decoded.components, new, strict=True))
+
+
+@pytest.mark.parametrize("x509", [False, True], ids=["gp-7f21", "x509"])
+def test_scp11a_with_a_chain_through_an_intermediate_ca(x509: bool) -> None:
+    world = World(Curve.P256, x509=x509)
+    sub_keys = KeyPair.generate(Curve.P256, seeded("sub-ca"))
+    if x509:
+        from gp.scp11.certificates import KeyUsage
+
+        sub_cert = world.oce_ca.issue_x509(
+            serial_number=7,
+            subject_name="bank sub CA",
+            subject_identifier=b"\x5b\x01",
+            public_key=sub_keys.public_key,
+            key_usage=KeyUsage.SIGNATURE_VERIFICATION,
+            not_before=dt.date(2025, 1, 1),
+            not_after=EXPIRES,
+        )
+        sub = CertificateAuthority(sub_keys, b"\x5b\x01", "bank sub CA")
+    else:
+        sub, sub_cert = world.oce_ca.sub_ca(sub_keys, b"\x5b\x01", serial_number=b"\x07", expiration_date=EXPIRES)
+    world.oce_chain = [sub_cert, world.issue_oce(sub, world.oce_keys)]
+    host = world.host(SCP11Variant.A)
+    psos = host.perform_security_operation()
+    assert [p[3] for p in psos] == [0x81, 0x01]  # P2 b8: more certificates follow
+    card = world.card()
+    handshake(world.host(SCP11Variant.A), card)
+    assert card.is_authenticated
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.label)
+def test_sd_certificate_store_verifies_against_the_card_ca(world: World, variant: SCP11Variant) -> None:
+    """What a host does before SCP11b: read BF21, check it against the agency's card CA, take
+    PK.SD.ECKA from the leaf."""
+    card = world.card()
+    store = card.keys[(0x01, variant.value)].certificate_store()
+    obj, _ = decode_one(store)
+    assert obj.tag == Tag.CERTIFICATE_STORE
+    leaf = verify_chain(parse_certificates(obj.value), world.card_ca.trust_anchor(), TODAY)
+    assert leaf.public_key_point == world.sd_keys[variant].public_point
+
+
+def test_contract_signature_and_defaults() -> None:
+    world = World(Curve.P256)
+    point = world.sd_keys[SCP11Variant.B].public_point
+    ch = SCP11b(sd_public_key=point, kvn=0x01, kid=0x13, key_usage=0x3C, ephemeral_private_key=None)
+    command = ch.internal_authenticate()
+    assert command[:4] == bytes.fromhex("80880113")
+    card = world.card()
+    ch.complete(card.process(command))
+    assert ch.security_level == 0x33
+    assert (
+        ch.unwrap(card.wrap_response(b"\x90\x00") if card.unwrap_command(ch.wrap(b"\x80\xca\x00\x66\x00")) else b"")
+        == b"\x90\x00"
+    )
+    assert "hidden" in repr(ch.session_keys) and ch.session_keys.s_enc.hex() not in repr(ch)
+    assert isinstance(world.host(SCP11Variant.A), SCP11a) and isinstance(world.host(SCP11Variant.C), SCP11c)

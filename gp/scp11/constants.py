@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from enum import IntEnum, IntFlag
 
+from gp.errors import EncodingError
+
 __all__ = [
     "SCP11_ID",
     "Ins",
@@ -41,7 +43,7 @@ class SCP11Variant(IntEnum):
         for variant in cls:
             if variant.parameter == parameter & 0x03:
                 return variant
-        raise ValueError(f"no SCP11 variant for parameter {parameter:02X}")
+        raise EncodingError(f"no SCP11 variant for parameter {parameter:02X}")
 
     @property
     def authenticates_oce(self) -> bool:

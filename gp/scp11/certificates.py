@@ -21,6 +21,7 @@ Checking never reads a clock: the caller passes ``today``.
 from __future__ import annotations
 
 import datetime as dt
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -28,6 +29,7 @@ from enum import IntEnum
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.utils import CryptographyDeprecationWarning
 
 from gp.errors import GPError, TLVError
 from gp.scp11.constants import Tag
@@ -277,6 +279,18 @@ def _decode_public_key(value: bytes) -> tuple[Curve, bytes]:
     return curve, point
 
 
+# What cryptography's X.509 loader and accessors raise on hostile DER (found by the fuzz test).
+_X509_PARSE_ERRORS = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+    CryptographyDeprecationWarning,
+)
+
+
 @dataclass(frozen=True)
 class X509Certificate:
     """An X.509 certificate with an EC key, as the SCP11 chains of yubikit carry."""
@@ -288,10 +302,14 @@ class X509Certificate:
     def parse(cls, der: bytes) -> X509Certificate:
         der = bytes(der)
         try:
-            cert = x509.load_der_x509_certificate(der)
+            with warnings.catch_warnings():
+                # cryptography warns on RFC 5280 violations it still loads (a serial number <= 0):
+                # refuse them now rather than when a later release turns them into errors
+                warnings.simplefilter("error", CryptographyDeprecationWarning)
+                cert = x509.load_der_x509_certificate(der)
             key = cert.public_key()
             _ = cert.signature_hash_algorithm, cert.not_valid_before_utc, cert.not_valid_after_utc, cert.extensions
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        except _X509_PARSE_ERRORS as exc:
             raise CertificateEncodingError(f"malformed X.509 certificate: {type(exc).__name__}") from None
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise CertificateEncodingError("X.509 certificate without an EC public key")

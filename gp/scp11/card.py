@@ -168,8 +168,18 @@ class CardSCP11:
             self._oce_point = None
 
     def handles(self, capdu: bytes) -> bool:
-        """True for the handshake commands this class answers (by INS)."""
-        return len(capdu) >= 2 and capdu[1] in {i.value for i in Ins}
+        """True for the handshake commands this class answers.
+
+        INS 82 is shared with SCP03's EXTERNAL AUTHENTICATE (GPC 2.3.1 §11.10), whose P2 is 00;
+        MUTUAL AUTHENTICATE names the SD key in P2 (KID 11 or 15, Amd F §7.6.1), so a card that
+        speaks both routes INS 82 with P2 != 00 here.
+        """
+        if len(capdu) < 4:
+            return False
+        ins, p2 = capdu[1], capdu[3]
+        if ins == Ins.MUTUAL_AUTHENTICATE:
+            return p2 != 0x00
+        return ins in (Ins.PERFORM_SECURITY_OPERATION, Ins.INTERNAL_AUTHENTICATE)
 
     def process(self, capdu: bytes) -> bytes:
         """Answer a handshake command (PERFORM SECURITY OPERATION, MUTUAL or INTERNAL AUTHENTICATE)."""

@@ -384,3 +384,11 @@ def test_scp11c_refuses_key_and_lifecycle_changes(world: World) -> None:
     assert not card.allows(b"\x80\xe4\x00\x00\x03\xd0\x01\x01")
     assert card.allows(b"\x80\xe4\x00\x00\x03\x4f\x01\x01")
     assert card.allows(b"\x80\xca\x00\x66\x00")
+
+
+def test_scp03_external_authenticate_is_not_taken_for_mutual_authenticate(world: World) -> None:
+    card = world.card()
+    assert not card.handles(bytes.fromhex("8482330010") + bytes(16))  # EXTERNAL AUTHENTICATE: P2 00
+    assert card.handles(world.host(SCP11Variant.A).mutual_authenticate())
+    assert card.handles(world.host(SCP11Variant.B).internal_authenticate())
+    assert not card.handles(b"\x80\xca")

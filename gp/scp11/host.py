@@ -243,6 +243,111 @@ class SCP11:
         zero = bytes(16)
         return SCP03Core(zero, zero, zero, security_level=self.security_level & 0x33).max_data_length(extended)
 
+    # --- persistence (a channel continued in another process, DESIGN §7b) -----
+
+    def session_state(self) -> dict[str, str | int]:
+        """Everything needed to continue this channel elsewhere. Contains secrets (the ephemeral
+        private key before :meth:`complete`, the session keys after it): seal it. SK.OCE.ECKA is
+        never in it; SCP11a/c pass it again to :meth:`from_session_state` before completion."""
+        if self._state == "closed":
+            raise SCP11StateError(f"a closed channel has no state to keep ({self._closed_reason})")
+        state: dict[str, str | int] = {
+            "scp": 0x11,
+            "variant": self.VARIANT.value,
+            "state": self._state,
+            "sd_public_key": self.sd_public_key.hex().upper(),
+            "kvn": self.kvn,
+            "kid": self.kid,
+            "key_usage": self.key_usage.value,
+            "key_length": self.key_length,
+        }
+        if isinstance(self, _Authenticated):
+            state.update(oce_kvn=self.oce_kvn, oce_kid=self.oce_kid)
+        if self._state != "authenticated":
+            state["ephemeral_private_key"] = f"{self._ephemeral.private_numbers().private_value:X}"
+            return state
+        core, keys = self._core, self._keys
+        if core is None or keys is None:
+            raise SCP11StateError("authenticated channel without session keys")
+        state.update(
+            receipt=self.receipt.hex().upper(),
+            receipt_key=keys.receipt_key.hex().upper(),
+            s_enc=keys.s_enc.hex().upper(),
+            s_mac=keys.s_mac.hex().upper(),
+            s_rmac=keys.s_rmac.hex().upper(),
+            s_dek=keys.s_dek.hex().upper(),
+            mcv=core.mcv.hex().upper(),
+            counter=core.counter,
+            pending=",".join(f"{mcv.hex().upper()}:{counter}" for mcv, counter in self._pending),
+        )
+        return state
+
+    @classmethod
+    def _restore(
+        cls,
+        state: dict[str, object],
+        oce_private_key: int | ec.EllipticCurvePrivateKey | None,
+        certificates: Sequence[bytes | Certificate],
+    ) -> SCP11:
+        if int(str(state["scp"])) != 0x11 or int(str(state["variant"])) != cls.VARIANT.value:
+            raise SCP11StateError(f"session state is not a {cls.VARIANT.label} state")
+        phase = str(state["state"])
+        if phase not in ("new", "sent", "authenticated"):
+            raise SCP11StateError(f"unknown channel state {phase!r}")
+        scalar = int(str(state["ephemeral_private_key"]), 16) if phase != "authenticated" else None
+        channel = cls.__new__(cls)
+        SCP11.__init__(
+            channel,
+            bytes.fromhex(str(state["sd_public_key"])),
+            int(str(state["kvn"])),
+            int(str(state["kid"])),
+            int(str(state["key_usage"])),
+            scalar,
+            key_length=int(str(state["key_length"])),
+        )
+        if isinstance(channel, _Authenticated):
+            if phase != "authenticated" and oce_private_key is None:
+                raise SCP11StateError(f"{cls.VARIANT.label} needs SK.OCE.ECKA to continue before completion")
+            channel._set_oce(oce_private_key, certificates)
+            channel.oce_kvn, channel.oce_kid = int(str(state["oce_kvn"])), int(str(state["oce_kid"]))
+        if phase == "sent":
+            channel._request = AuthenticateRequest(
+                channel.VARIANT, channel.key_usage, channel.key_length, channel.ephemeral_public_key
+            )
+        elif phase == "authenticated":
+            keys = SessionKeys(
+                *(bytes.fromhex(str(state[k])) for k in ("receipt_key", "s_enc", "s_mac", "s_rmac", "s_dek"))
+            )
+            channel._keys = keys
+            channel.receipt = bytes.fromhex(str(state["receipt"]))
+            channel._core = SCP03Core(
+                keys.s_enc,
+                keys.s_mac,
+                keys.s_rmac,
+                mcv=bytes.fromhex(str(state["mcv"])),
+                counter=int(str(state["counter"])),
+                security_level=channel.security_level & 0x33,
+            )
+            for item in filter(None, str(state.get("pending", "")).split(",")):
+                mcv_hex, counter = item.split(":")
+                channel._pending.append((bytes.fromhex(mcv_hex), int(counter)))
+        channel._state = phase
+        return channel
+
+    @classmethod
+    def from_session_state(
+        cls,
+        state: dict[str, object],
+        *,
+        oce_private_key: int | ec.EllipticCurvePrivateKey | None = None,
+        certificates: Sequence[bytes | Certificate] = (),
+    ) -> SCP11:
+        """Rebuild a channel from :meth:`session_state` (call it on the variant's class)."""
+        try:
+            return cls._restore(state, oce_private_key, certificates)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SCP11StateError(f"malformed {cls.VARIANT.label} session state: {type(exc).__name__}") from None
+
 
 class SCP11b(SCP11):
     """SCP11b: the card authenticates to the host; the host stays anonymous (Amd F §3.1.1)."""
@@ -277,19 +382,26 @@ class _Authenticated(SCP11):
         super().__init__(
             sd_public_key, kvn, kid, key_usage, ephemeral_private_key, key_length=key_length, random=random
         )
-        if isinstance(oce_private_key, ec.EllipticCurvePrivateKey):
+        if not certificates:
+            raise SCP11StateError(f"{self.VARIANT.label} needs the OCE certificate chain")
+        self._set_oce(oce_private_key, certificates)
+        if not 0 <= oce_kvn <= 0xFF or not 0 <= oce_kid <= 0x7F:
+            raise SCP11StateError(f"trust anchor reference out of range: KVN {oce_kvn!r}, KID {oce_kid!r}")
+        self.oce_kvn, self.oce_kid = oce_kvn, oce_kid
+
+    def _set_oce(
+        self, oce_private_key: int | ec.EllipticCurvePrivateKey | None, certificates: Sequence[bytes | Certificate]
+    ) -> None:
+        self._oce: ec.EllipticCurvePrivateKey | None
+        if oce_private_key is None:
+            self._oce = None  # a restored, authenticated channel no longer needs it
+        elif isinstance(oce_private_key, ec.EllipticCurvePrivateKey):
             if Curve.of_key(oce_private_key) is not self.curve:
                 raise SCP11StateError("SK.OCE.ECKA is not on the SD key's curve")
             self._oce = oce_private_key
         else:
             self._oce = private_key(self.curve, oce_private_key)
-        chain = [c if isinstance(c, bytes) else c.encode() for c in certificates]
-        if not chain:
-            raise SCP11StateError(f"{self.VARIANT.label} needs the OCE certificate chain")
-        self.certificates = chain
-        if not 0 <= oce_kvn <= 0xFF or not 0 <= oce_kid <= 0x7F:
-            raise SCP11StateError(f"trust anchor reference out of range: KVN {oce_kvn!r}, KID {oce_kid!r}")
-        self.oce_kvn, self.oce_kid = oce_kvn, oce_kid
+        self.certificates = [c if isinstance(c, bytes) else c.encode() for c in certificates]
 
     def _oce_static(self) -> ec.EllipticCurvePrivateKey | None:
         return self._oce

@@ -16,6 +16,7 @@ from gp.scp11 import (
     SCP11a,
     SCP11b,
     SCP11c,
+    SCP11StateError,
     SCP11Variant,
     parse_certificates,
     verify_chain,
@@ -154,3 +155,44 @@ def test_contract_signature_and_defaults() -> None:
     )
     assert "hidden" in repr(ch.session_keys) and ch.session_keys.s_enc.hex() not in repr(ch)
     assert isinstance(world.host(SCP11Variant.A), SCP11a) and isinstance(world.host(SCP11Variant.C), SCP11c)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.label)
+def test_channel_continues_in_another_process_from_its_session_state(world: World, variant: SCP11Variant) -> None:
+    """DESIGN §7b: open() returns the first command and a sealed state, continue() completes and
+    wraps, finish() unwraps; each step may run in a different process."""
+    cls = {SCP11Variant.A: SCP11a, SCP11Variant.B: SCP11b, SCP11Variant.C: SCP11c}[variant]
+    card = world.card()
+    host = world.host(variant)
+    if isinstance(host, SCP11b):
+        command = host.internal_authenticate()
+    else:
+        for pso in host.perform_security_operation():
+            assert card.process(pso) == b"\x90\x00"
+        command = host.mutual_authenticate()
+    sent = host.session_state()
+    answer = card.process(command)
+    oce = {"oce_private_key": world.oce_keys.private_key} if variant.authenticates_oce else {}
+    if variant.authenticates_oce:
+        with pytest.raises(SCP11StateError):
+            cls.from_session_state(sent)
+    resumed = cls.from_session_state(sent, **oce)
+    resumed.complete(answer)
+    batch = [resumed.wrap(bytes((0x80, 0xCA, 0x00, n, 0x00))) for n in (1, 2)]
+    saved = resumed.session_state()
+    assert "ephemeral_private_key" not in saved and saved["pending"]
+    answers = [card.wrap_response(card.unwrap_command(c)[3:4] + b"\x90\x00") for c in batch]
+    finished = cls.from_session_state(saved)
+    assert [finished.unwrap(a) for a in answers] == [b"\x01\x90\x00", b"\x02\x90\x00"]
+    assert finished.session_keys.s_dek == card.session_dek
+
+
+def test_malformed_or_foreign_session_state_is_refused() -> None:
+    world = World(Curve.P256)
+    state = world.host(SCP11Variant.B).session_state()
+    with pytest.raises(SCP11StateError):
+        SCP11a.from_session_state(state)
+    with pytest.raises(SCP11StateError):
+        SCP11b.from_session_state({**state, "state": "open"})
+    with pytest.raises(SCP11StateError):
+        SCP11b.from_session_state({k: v for k, v in state.items() if k != "kvn"})

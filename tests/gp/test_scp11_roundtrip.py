@@ -4,8 +4,11 @@ with GP (7F21) and X.509 OCE chains, pipelining, PUT KEY under S-DEK, and the SD
 from __future__ import annotations
 
 import datetime as dt
+from functools import cache
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gp.apdu import CommandAPDU
 from gp.keys import encode_put_key_symmetric, kcv_aes
@@ -196,3 +199,34 @@ def test_malformed_or_foreign_session_state_is_refused() -> None:
         SCP11b.from_session_state({**state, "state": "open"})
     with pytest.raises(SCP11StateError):
         SCP11b.from_session_state({k: v for k, v in state.items() if k != "kvn"})
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    variant=st.sampled_from(VARIANTS),
+    usage=st.sampled_from([0x3C, 0x34, 0x1C]),
+    commands=st.lists(
+        st.tuples(
+            st.integers(0, 0xFF), st.binary(max_size=239), st.none() | st.integers(1, 256), st.binary(max_size=200)
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+)
+def test_any_command_and_response_survive_the_channel(
+    variant: SCP11Variant, usage: int, commands: list[tuple[int, bytes, int | None, bytes]]
+) -> None:
+    world = _p256_world()
+    card = world.card()
+    host = world.host(variant, key_usage=usage)
+    handshake(host, card)
+    for ins, data, le, reply in commands:
+        plain = CommandAPDU(0x80, ins, 0x00, 0x00, data, le).to_bytes()
+        seen, got = exchange(host, card, plain, reply + b"\x90\x00")
+        assert seen == plain
+        assert got == reply + b"\x90\x00"
+
+
+@cache
+def _p256_world() -> World:
+    return World(Curve.P256)

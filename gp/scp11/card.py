@@ -7,9 +7,12 @@ C-MAC ends the session, and the caller counts every refused handshake (any answe
 9000 to PERFORM SECURITY OPERATION, MUTUAL AUTHENTICATE or INTERNAL AUTHENTICATE) against the key
 set's retry limit.
 
-Status words (Amd F PERFORM SECURITY OPERATION / MUTUAL AUTHENTICATE / INTERNAL AUTHENTICATE
-error conditions; the two 66xx values are not yet in gp.apdu.SW, see
-:class:`gp.scp11.constants.SCP11StatusWord`):
+Status words: the error conditions of Amd F for PERFORM SECURITY OPERATION, MUTUAL AUTHENTICATE
+and INTERNAL AUTHENTICATE, as Amd F v1.2.1 lists them (read through a public Java Card SCP11c
+implementation that quotes them; the amendment's own text was not at hand, see docs/scp11.md).
+Mapping an expired certificate and a wrong key usage to 6600 rather than 6A80 is our reading:
+both are part of verifying the certificate. The two 66xx values are not yet in gp.apdu.SW, see
+:class:`gp.scp11.constants.SCP11StatusWord`:
 
 ``6E00`` CLA not 80/84 · ``6700`` malformed APDU ·
 ``6A88`` no trust anchor (PK.CA-KLOC.ECDSA) at P1/P2 of PSO, or no SD key (SK.SD.ECKA) of the

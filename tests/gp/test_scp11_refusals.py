@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from gp.apdu import SW, CommandAPDU
-from gp.errors import GPError, MACError, SecureChannelError
+from gp.errors import EncodingError, GPError, MACError, SecureChannelError
 from gp.scp11 import (
     CertificateAuthority,
     Curve,
@@ -392,3 +392,13 @@ def test_scp03_external_authenticate_is_not_taken_for_mutual_authenticate(world:
     assert card.handles(world.host(SCP11Variant.A).mutual_authenticate())
     assert card.handles(world.host(SCP11Variant.B).internal_authenticate())
     assert not card.handles(b"\x80\xca")
+
+
+def test_an_answer_without_receipt_is_refused(world: World) -> None:
+    """Cards older than Amd F v1.4 answered SCP11b without tag 86; gp never accepts that."""
+    card = world.card()
+    host = world.host(SCP11Variant.B)
+    answer = card.process(host.internal_authenticate())
+    with pytest.raises(EncodingError):
+        host.complete(answer[: 3 + world.curve.point_length] + b"\x90\x00")
+    assert not host.is_authenticated

@@ -77,3 +77,12 @@ def migrator() -> Iterator[Any]:
     finally:
         executor.loader.build_graph()
         executor.migrate(executor.loader.graph.leaf_nodes())
+
+
+@pytest.fixture
+def world(db: None) -> Any:
+    """The demo world (agency, banks, citizens, cards) built through the real services
+    (``tests.factories.build_world``). A module needing another world defines its own."""
+    from tests.factories import build_world  # late: factories import the Django apps
+
+    return build_world()

@@ -19,16 +19,12 @@ from audit.export_format import read_export
 from audit.models import AuditEntry, Checkpoint
 from cards import services as card_services
 from issuers import custody, log_signing
-from tests.factories import World, build_world
+from tests.factories import World
 
 pytestmark = pytest.mark.django_db
 
 ROOT = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture
-def world() -> World:
-    return build_world()
 
 
 def verify(*args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -14,14 +14,10 @@ from audit.models import AuditEntry
 from audit.verify import verify_export
 from cards import services as card_services
 from issuers import custody, log_signing
-from tests.factories import World, build_world
+from tests.factories import World
 
 pytestmark = pytest.mark.django_db
 
-
-@pytest.fixture
-def world() -> World:
-    return build_world()
 
 
 def login(world: World, username: str) -> Client:

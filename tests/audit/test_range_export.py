@@ -12,14 +12,10 @@ from audit import services
 from audit.models import AuditEntry
 from audit.verify import VerificationError, verify_export
 from cards import services as card_services
-from tests.factories import World, build_world
+from tests.factories import World
 
 pytestmark = pytest.mark.django_db
 
-
-@pytest.fixture
-def world() -> World:
-    return build_world()
 
 
 def body(response) -> bytes:

@@ -17,7 +17,7 @@ from audit import security
 from audit.models import SecurityEvent
 from cards import services as card_services
 from portal import ratelimit, totp
-from tests.factories import PASSWORD, World, build_world
+from tests.factories import PASSWORD, World
 
 Kind = SecurityEvent.Kind
 WRONG_PASSWORD = "hunter2-Wr0ng-Passw0rd"
@@ -29,10 +29,6 @@ def _empty_cache():
     yield
     cache.clear()
 
-
-@pytest.fixture
-def world(db: None) -> World:
-    return build_world()
 
 
 def portal(world: World, username: str) -> Client:

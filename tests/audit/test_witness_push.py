@@ -26,7 +26,7 @@ from cards import services as card_services
 from ecard.celery import app
 from issuers import custody, log_signing
 from tests.audit.test_witness import free_port, wait_until_up
-from tests.factories import World, build_world
+from tests.factories import World
 
 pytestmark = pytest.mark.django_db
 
@@ -66,10 +66,6 @@ class WitnessProcess:
     def known_size(self) -> int:
         return json.loads(self.state.read_text())["logs"][self.origin]["size"]
 
-
-@pytest.fixture
-def world() -> World:
-    return build_world()
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from cards.models import CardJob
-from tests.factories import World, build_world
+from tests.factories import World
 
 pytestmark = pytest.mark.django_db
 
@@ -105,10 +105,6 @@ def client_for(world: World, username: str | None) -> APIClient:
 def send(client: APIClient, call: Call):
     return getattr(client, call.method)(call.path, data=call.body, format="json")
 
-
-@pytest.fixture
-def world() -> World:
-    return build_world()
 
 
 @pytest.mark.parametrize("actor", [None, "citizen2", "beta_op", "beta_admin", "outsider"])

@@ -12,14 +12,10 @@ from ecard.errors import ServiceError
 from gp.aids import ISD_AID
 from issuers import services as issuer_services
 from issuers.models import Organization
-from tests.factories import World, build_world, make_user
+from tests.factories import World, make_user
 
 pytestmark = pytest.mark.django_db
 
-
-@pytest.fixture
-def world() -> World:
-    return build_world()
 
 
 def api(world: World, username: str) -> APIClient:

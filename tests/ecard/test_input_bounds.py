@@ -16,7 +16,7 @@ from rest_framework.test import APIClient
 
 from ecard import parsers
 from ecard.pagination import MAX_OFFSET
-from tests.factories import World, build_world
+from tests.factories import World
 from updates import services as update_services
 
 pytestmark = pytest.mark.django_db
@@ -24,10 +24,6 @@ pytestmark = pytest.mark.django_db
 DEEP = "[" * 50_000 + "]" * 50_000
 EMPTY_ROOT_B64 = base64.b64encode(hashlib.sha256(b"").digest()).decode()
 
-
-@pytest.fixture
-def world() -> World:
-    return build_world()
 
 
 def api_as(world: World, username: str) -> APIClient:

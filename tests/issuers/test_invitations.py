@@ -17,14 +17,10 @@ from ecard.errors import ServiceError
 from issuers import services
 from issuers.models import Invitation, Membership
 from issuers.roles import principal
-from tests.factories import World, build_world, make_user
+from tests.factories import World, make_user
 
 pytestmark = pytest.mark.django_db
 
-
-@pytest.fixture
-def world() -> World:
-    return build_world()
 
 
 def api(user) -> APIClient:

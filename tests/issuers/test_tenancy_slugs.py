@@ -17,13 +17,8 @@ from cards import services as card_services
 from ecard.errors import ServiceError
 from issuers import services as issuer_services
 from issuers.models import Membership, Organization
-from tests.factories import World, build_world, make_user
+from tests.factories import World, make_user
 from updates.services import issue_agent_credential
-
-
-@pytest.fixture
-def world(db: None) -> World:
-    return build_world()
 
 
 def api(user) -> APIClient:

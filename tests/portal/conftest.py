@@ -8,7 +8,7 @@ import pytest
 from django.core.cache import cache
 from django.test import Client
 
-from tests.factories import World, build_world
+from tests.factories import World
 from tests.portal.browser import chromium, visit  # noqa: F401 - fixtures of the browser tests
 
 
@@ -18,10 +18,6 @@ def _empty_cache() -> Iterator[None]:
     yield
     cache.clear()
 
-
-@pytest.fixture
-def world(db: None) -> World:
-    return build_world()
 
 
 @pytest.fixture

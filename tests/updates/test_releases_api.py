@@ -11,17 +11,13 @@ from rest_framework.test import APIClient
 from audit.models import AuditEntry
 from issuers import services as issuer_services
 from issuers.models import Membership
-from tests.factories import World, build_world
+from tests.factories import World
 from updates import rollouts
 from updates.demo_cap import build_cap
 from updates.models import Release, Rollout
 
 pytestmark = pytest.mark.django_db
 
-
-@pytest.fixture
-def world() -> World:
-    return build_world()
 
 
 def client_for(world: World, username: str) -> APIClient:

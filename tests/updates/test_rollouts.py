@@ -31,10 +31,6 @@ from updates.rollout_tasks import evaluate_rollout, rollouts_tick
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def world() -> World:
-    return build_world()
-
 
 def package_of(world: World) -> str:
     return world.applets["alpha@card1"].package_aid

@@ -20,11 +20,9 @@ from cardsim.applets import AppletContext, find_behaviour
 from cardsim.constants import (
     GET_STATUS_CHUNK,
     INSTANCE_COST,
-    ISD_AID,
     ISSUER_ONLY_PRIVILEGES,
     MAX_BLOCK,
     RECEIPT_KVN,
-    SSD_MODULE_AID,
     TOKEN_KVN,
 )
 from cardsim.parsing import (
@@ -38,6 +36,7 @@ from cardsim.parsing import (
     split_load_stream,
 )
 from cardsim.state import (
+    Record,
     State,
     check_state,
     hx,
@@ -49,6 +48,7 @@ from cardsim.state import (
     unhx,
 )
 from gp import dm
+from gp.aids import ISD_AID, SSD_MODULE_AID
 from gp.apdu import SW, CommandAPDU
 from gp.cap import LoadFile
 from gp.commands import (
@@ -191,15 +191,15 @@ class Card:
     # ------------------------------------------------------------------ helpers
 
     @property
-    def _apps(self) -> dict[str, Any]:
+    def _apps(self) -> dict[str, Record]:
         return self.state["apps"]
 
     @property
-    def _elfs(self) -> dict[str, Any]:
+    def _elfs(self) -> dict[str, Record]:
         return self.state["elfs"]
 
     @property
-    def _sds(self) -> dict[str, Any]:
+    def _sds(self) -> dict[str, Record]:
         return self.state["sds"]
 
     def _privileges(self, aid: str) -> Privileges:
@@ -223,7 +223,7 @@ class Card:
             self._changed()
 
     def _memory_used(self) -> int:
-        used = sum(e["size"] for e in self._elfs.values() if not e["rom"])
+        used: int = sum(e["size"] for e in self._elfs.values() if not e["rom"])
         used += sum(INSTANCE_COST * (2 if self._is_sd(a) else 1) for a in self._apps if a != ISD)
         load = self.state.get("load")
         if load is not None:
@@ -426,7 +426,7 @@ class Card:
         behaviour = find_behaviour(self.state.get("behaviours", {}), aids)
         if behaviour is None:
             return _sw(SW.INS_NOT_SUPPORTED)
-        ctx = AppletContext(aids[0], aids[1], aids[2], tuple(elf.get("version", (0, 0))))  # type: ignore[arg-type]
+        ctx = AppletContext(aids[0], aids[1], aids[2], tuple(elf.get("version", (0, 0))))
         out = behaviour(ctx, cmd)
         return out if len(out) >= 2 else _sw(SW.NO_PRECISE_DIAGNOSIS)
 

@@ -28,9 +28,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gp.apdu import CommandAPDU
 from gp.errors import APDUError, EncodingError, GPError, MACError, SecureChannelError, StatusWordError
 from gp.keys import scp03_encrypt_key
-from gp.scp import SCP03Core, SecuredResponse
+from gp.scp import SCP03Core, SecuredResponse, SecurityLevel
 from gp.scp11.certificates import Certificate
-from gp.scp11.constants import Ins, KeyUsageQualifier, SCP11Variant, SecurityLevelBits
+from gp.scp11.constants import Ins, KeyUsageQualifier, SCP11Variant
 from gp.scp11.crypto import Curve, SessionKeys, encode_point, private_key, public_key, random_private_key
 from gp.scp11.errors import ReceiptError, SCP11StateError
 from gp.scp11.handshake import (
@@ -101,7 +101,7 @@ class SCP11:
             self._ephemeral = private_key(self.curve, ephemeral_private_key)
         self.security_level = self.key_usage.security_level
         if self.VARIANT.authenticates_oce:
-            self.security_level |= SecurityLevelBits.AUTHENTICATED
+            self.security_level |= SecurityLevel.AUTHENTICATED
         self._request: AuthenticateRequest | None = None
         self._core: SCP03Core | None = None
         self._keys: SessionKeys | None = None
@@ -206,7 +206,7 @@ class SCP11:
         """Plain C-APDU -> secured C-APDU (C-MAC, and C-DEC where the key usage has it)."""
         core = self._open_core()
         secured, mcv, counter = core.secure_command(CommandAPDU.from_bytes(capdu))
-        if core.security_level & SecurityLevelBits.R_MAC:
+        if core.security_level & SecurityLevel.R_MAC:
             self._pending.append((mcv, counter))
         return secured
 
@@ -222,7 +222,7 @@ class SCP11:
         if len(rapdu) < 2:
             raise APDUError(f"response APDU too short: {len(rapdu)} bytes")
         sw = int.from_bytes(rapdu[-2:], "big")
-        if not core.security_level & SecurityLevelBits.R_MAC:
+        if not core.security_level & SecurityLevel.R_MAC:
             return SecuredResponse(rapdu[:-2], sw, authenticated=False)
         if not self._pending:
             raise SCP11StateError("response without a wrapped command to match it")

@@ -20,7 +20,6 @@ from gp.scp11 import (
     ReceiptError,
     SCP11b,
     SCP11StateError,
-    SCP11StatusWord,
     SCP11Variant,
 )
 from gp.scp11.constants import KeyUsageQualifier
@@ -29,7 +28,7 @@ from gp.scp_card import sw_for_error
 from tests.gp.scp11_world import EXPIRES, TODAY, World, handshake, seeded
 
 OK = b"\x90\x00"
-CERT_FAILED = SCP11StatusWord.CERTIFICATE_VERIFICATION_FAILED
+CERT_FAILED = SW.CERTIFICATE_VERIFICATION_FAILED
 
 
 def _sw(answer: bytes) -> int:

@@ -10,7 +10,14 @@ from collections.abc import Callable
 import pytest
 
 from gp.apdu import SW, CommandAPDU
-from gp.errors import EncodingError, GPError, MACError, SecureChannelError
+from gp.errors import (
+    EncodingError,
+    GPError,
+    MACError,
+    MalformedResponseError,
+    RemoteProtocolError,
+    SecureChannelError,
+)
 from gp.scp11 import (
     CertificateAuthority,
     Curve,
@@ -301,8 +308,10 @@ def test_host_refuses_a_card_ephemeral_key_not_on_the_curve(world: World) -> Non
     answer = card.process(host.internal_authenticate())
     n = world.curve.point_length
     bad = answer[:3] + off_curve(answer[3 : 3 + n]) + answer[3 + n :]
-    with pytest.raises(InvalidPointError):
+    with pytest.raises(MalformedResponseError) as caught:  # the card's reply: a remote error
         host.complete(bad)
+    assert isinstance(caught.value, RemoteProtocolError)
+    assert isinstance(caught.value.__cause__, InvalidPointError)
 
 
 @pytest.mark.parametrize(
@@ -398,6 +407,7 @@ def test_an_answer_without_receipt_is_refused(world: World) -> None:
     card = world.card()
     host = world.host(SCP11Variant.B)
     answer = card.process(host.internal_authenticate())
-    with pytest.raises(EncodingError):
+    with pytest.raises(MalformedResponseError) as caught:
         host.complete(answer[: 3 + world.curve.point_length] + b"\x90\x00")
+    assert isinstance(caught.value.__cause__, EncodingError)
     assert not host.is_authenticated

@@ -48,16 +48,14 @@ def transmit_complete(card: CardTransport, capdu: bytes) -> bytes:
     data = b""
     for _ in range(64):
         sw = int.from_bytes(response[-2:], "big")
-        if sw >> 8 == 0x61:
+        follow = get_response_command(sw)  # 61xx: GET RESPONSE; None for any other status word
+        if follow is not None:
             data += response[:-2]
-            follow = get_response_command(sw)
-            response = card.transmit(follow.to_bytes())
-            continue
-        if sw >> 8 == 0x6C:
+        elif sw >> 8 == 0x6C:
             follow = resend_with_le(CommandAPDU.from_bytes(capdu), sw)
-            response = card.transmit(follow.to_bytes())
-            continue
-        break
+        if follow is None:
+            break
+        response = card.transmit(follow.to_bytes())
     return data + response
 
 

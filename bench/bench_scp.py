@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.benchdoc import DOC, machine_note, require, write_section
 from gp.scp import SCP02, SCP03, StaticKeys
-from gp.scp_card import CardSCP02, CardSCP03
+from gp.scp.card import CardSCP02, CardSCP03
 
 SECTION = "## SCP wrap/unwrap throughput"
 PAYLOAD = 239
@@ -126,7 +126,7 @@ def main() -> None:
         "One pair = host `wrap` of a LOAD C-APDU (`80 E8 00 nn`, payload bytes as shown) plus host "
         "`unwrap` of the card's `9000` (with R-MAC where the level has it). *host* = pairs/s of "
         "the host channel alone (best of 3, card responses precomputed); *host+card* = pairs/s of "
-        "the full loop including the card side (`gp.scp_card`).",
+        "the full loop including the card side (`gp.scp.card`).",
         "",
         "| channel | SL | payload | host pairs/s | host+card pairs/s |",
         "|---|---|---:|---:|---:|",

@@ -20,11 +20,9 @@ from cardsim.applets import AppletContext, find_behaviour
 from cardsim.constants import (
     GET_STATUS_CHUNK,
     INSTANCE_COST,
-    ISD_AID,
     ISSUER_ONLY_PRIVILEGES,
     MAX_BLOCK,
     RECEIPT_KVN,
-    SSD_MODULE_AID,
     TOKEN_KVN,
 )
 from cardsim.parsing import (
@@ -38,6 +36,7 @@ from cardsim.parsing import (
     split_load_stream,
 )
 from cardsim.state import (
+    Record,
     State,
     check_state,
     hx,
@@ -49,20 +48,16 @@ from cardsim.state import (
     unhx,
 )
 from gp import dm
+from gp.aids import ISD_AID, SSD_MODULE_AID
 from gp.apdu import SW, CommandAPDU
 from gp.cap import LoadFile
 from gp.commands import (
-    APP_INSTALLED,
-    APP_SELECTABLE,
-    CARD_INITIALIZED,
-    CARD_LOCKED,
-    CARD_OP_READY,
-    CARD_SECURED,
-    CARD_TERMINATED,
-    ELF_LOADED,
     LOCKED_BIT,
-    SD_PERSONALIZED,
+    ApplicationLifeCycle,
+    CardLifeCycle,
+    ExecutableLoadFileLifeCycle,
     Privileges,
+    SecurityDomainLifeCycle,
 )
 from gp.errors import EncodingError, GPError, KeyMaterialError
 from gp.keys import (
@@ -78,7 +73,7 @@ from gp.keys import (
     scp02_decrypt_key,
     scp03_decrypt_key,
 )
-from gp.scp_card import CardSCP02, CardSCP03, sw_for_error
+from gp.scp.card import CardSCP02, CardSCP03, sw_for_error
 from gp.tlv import decode_all, encode_tlv, find
 
 ISD = hx(ISD_AID)
@@ -191,15 +186,15 @@ class Card:
     # ------------------------------------------------------------------ helpers
 
     @property
-    def _apps(self) -> dict[str, Any]:
+    def _apps(self) -> dict[str, Record]:
         return self.state["apps"]
 
     @property
-    def _elfs(self) -> dict[str, Any]:
+    def _elfs(self) -> dict[str, Record]:
         return self.state["elfs"]
 
     @property
-    def _sds(self) -> dict[str, Any]:
+    def _sds(self) -> dict[str, Record]:
         return self.state["sds"]
 
     def _privileges(self, aid: str) -> Privileges:
@@ -223,7 +218,7 @@ class Card:
             self._changed()
 
     def _memory_used(self) -> int:
-        used = sum(e["size"] for e in self._elfs.values() if not e["rom"])
+        used: int = sum(e["size"] for e in self._elfs.values() if not e["rom"])
         used += sum(INSTANCE_COST * (2 if self._is_sd(a) else 1) for a in self._apps if a != ISD)
         load = self.state.get("load")
         if load is not None:
@@ -251,7 +246,7 @@ class Card:
 
     def _require_card_open(self) -> None:
         # GP 2.3.1 §5.1.1.4: in CARD_LOCKED no card content changes; TERMINATED is final.
-        if self.state["lifecycle"] in (CARD_LOCKED, CARD_TERMINATED):
+        if self.state["lifecycle"] in (CardLifeCycle.CARD_LOCKED, CardLifeCycle.TERMINATED):
             raise _Reply(SW.CONDITIONS_NOT_SATISFIED)
 
     def _visible(self, owner_sd: str) -> bool:
@@ -315,7 +310,7 @@ class Card:
         if cmd.ins == 0x70:  # MANAGE CHANNEL
             return _sw(SW.LOGICAL_CHANNEL_NOT_SUPPORTED)
         lifecycle = self.state["lifecycle"]
-        if lifecycle == CARD_TERMINATED and cmd.ins != 0xCA:
+        if lifecycle == CardLifeCycle.TERMINATED and cmd.ins != 0xCA:
             return _sw(SW.FUNCTION_NOT_SUPPORTED)  # GP 2.3.1 §5.1.1.5
         if not self._is_sd(self.selected):
             return self._applet(cmd)
@@ -365,10 +360,10 @@ class Card:
         app = self._apps[aid]
         if aid == ISD:
             return True
-        if self.state["lifecycle"] in (CARD_LOCKED, CARD_TERMINATED):
+        if self.state["lifecycle"] in (CardLifeCycle.CARD_LOCKED, CardLifeCycle.TERMINATED):
             return False  # GP 2.3.1 §5.1.1.4: only the ISD is selectable on a locked card
         lc = app["lifecycle"]
-        return not lc & LOCKED_BIT and lc & APP_SELECTABLE == APP_SELECTABLE
+        return not lc & LOCKED_BIT and lc & ApplicationLifeCycle.SELECTABLE == ApplicationLifeCycle.SELECTABLE
 
     def _select(self, cmd: CommandAPDU) -> bytes:
         if cmd.p1 != 0x04:
@@ -384,7 +379,7 @@ class Card:
             candidates = [a for a in matches if self._selectable(a)]
             if not candidates:
                 locked = any(self._apps[a]["lifecycle"] & LOCKED_BIT for a in matches) or (
-                    matches and self.state["lifecycle"] in (CARD_LOCKED, CARD_TERMINATED))
+                    matches and self.state["lifecycle"] in (CardLifeCycle.CARD_LOCKED, CardLifeCycle.TERMINATED))
                 return _sw(SW.FUNCTION_NOT_SUPPORTED if locked else SW.FILE_NOT_FOUND)  # §11.9.3.2
             target = candidates[0]
             if cmd.p2 & 0x02 and self.selected in candidates:  # next occurrence after the current one
@@ -392,7 +387,7 @@ class Card:
                 if idx >= len(candidates):
                     return _sw(SW.FILE_NOT_FOUND)
                 target = candidates[idx]
-        if self.state["lifecycle"] == CARD_TERMINATED and target != ISD:
+        if self.state["lifecycle"] == CardLifeCycle.TERMINATED and target != ISD:
             return _sw(SW.FUNCTION_NOT_SUPPORTED)
         self._end_session()  # selecting an application ends the current secure channel session
         self.selected = target
@@ -426,7 +421,7 @@ class Card:
         behaviour = find_behaviour(self.state.get("behaviours", {}), aids)
         if behaviour is None:
             return _sw(SW.INS_NOT_SUPPORTED)
-        ctx = AppletContext(aids[0], aids[1], aids[2], tuple(elf.get("version", (0, 0))))  # type: ignore[arg-type]
+        ctx = AppletContext(aids[0], aids[1], aids[2], tuple(elf.get("version", (0, 0))))
         out = behaviour(ctx, cmd)
         return out if len(out) >= 2 else _sw(SW.NO_PRECISE_DIAGNOSIS)
 
@@ -599,18 +594,18 @@ class Card:
         for aid, elf in self._elfs.items():
             if not aid.startswith(text) or not visible(elf["sd"], aid):
                 continue
-            if lifecycle is not None and lifecycle != ELF_LOADED:
+            if lifecycle is not None and lifecycle != ExecutableLoadFileLifeCycle.LOADED:
                 continue
             modules = [unhx(m["aid"]) for m in elf["modules"]]
             if tagged:
-                body = encode_tlv(0x4F, unhx(aid)) + encode_tlv(0x9F70, bytes((ELF_LOADED,)))
+                body = encode_tlv(0x4F, unhx(aid)) + encode_tlv(0x9F70, bytes((ExecutableLoadFileLifeCycle.LOADED,)))
                 body += encode_tlv(0xCE, bytes(elf["version"]))
                 if p1 == 0x10:
                     body += b"".join(encode_tlv(0x84, m) for m in modules)
                 body += encode_tlv(0xCC, unhx(elf["sd"]))
                 out.append(encode_tlv(0xE3, body))
             else:
-                entry = bytes((len(aid) // 2,)) + unhx(aid) + bytes((ELF_LOADED, 0))
+                entry = bytes((len(aid) // 2,)) + unhx(aid) + bytes((ExecutableLoadFileLifeCycle.LOADED, 0))
                 if p1 == 0x10:
                     entry += bytes((len(modules),)) + b"".join(bytes((len(m),)) + m for m in modules)
                 out.append(entry)
@@ -713,8 +708,9 @@ class Card:
         if self._free() < INSTANCE_COST * (2 if is_sd else 1):
             return _sw(SW.NOT_ENOUGH_MEMORY)
         owner = self.selected if elf["rom"] else elf["sd"]
+        lifecycle = ApplicationLifeCycle.SELECTABLE if make_selectable else ApplicationLifeCycle.INSTALLED
         self._apps[app_aid] = {"elf": elf_aid, "module": module, "privileges": hx(priv.to_bytes()),
-                               "lifecycle": APP_SELECTABLE if make_selectable else APP_INSTALLED,
+                               "lifecycle": lifecycle,
                                "sd": owner, "params": hx(data.params), "data": {}}
         if is_sd:
             # A new SSD gets the card's initial key set at the default KVN of its SCP (DESIGN §5.3:
@@ -734,9 +730,9 @@ class Card:
 
     def _make_selectable(self, data: InstallData) -> bytes:
         app = self._owned_app(hx(data.app_aid))
-        if app["lifecycle"] != APP_INSTALLED:
+        if app["lifecycle"] != ApplicationLifeCycle.INSTALLED:
             return _sw(SW.CONDITIONS_NOT_SATISFIED)
-        app["lifecycle"] = APP_SELECTABLE
+        app["lifecycle"] = ApplicationLifeCycle.SELECTABLE
         self._changed()
         return _ok(b"\x00")
 
@@ -984,10 +980,10 @@ class Card:
                 return _sw(SW.CONDITIONS_NOT_SATISFIED)
             for a in targets:
                 self._apps[a]["lifecycle"] &= ~LOCKED_BIT & 0xFF
-        elif cmd.p2 == SD_PERSONALIZED and cmd.p1 == 0x40 and self._is_sd(aid):
-            if app["lifecycle"] != APP_SELECTABLE:
+        elif cmd.p2 == SecurityDomainLifeCycle.PERSONALIZED and cmd.p1 == 0x40 and self._is_sd(aid):
+            if app["lifecycle"] != ApplicationLifeCycle.SELECTABLE:
                 return _sw(SW.CONDITIONS_NOT_SATISFIED)  # §5.3.2: SELECTABLE → PERSONALIZED only
-            app["lifecycle"] = SD_PERSONALIZED
+            app["lifecycle"] = SecurityDomainLifeCycle.PERSONALIZED
         else:
             return _sw(SW.WRONG_DATA)  # application specific states are the application's own business
         self._changed()
@@ -995,17 +991,18 @@ class Card:
 
     def _set_card_state(self, new: int, priv: Privileges) -> bytes:
         cur = self.state["lifecycle"]
-        order = (CARD_OP_READY, CARD_INITIALIZED, CARD_SECURED)
+        order = (CardLifeCycle.OP_READY, CardLifeCycle.INITIALIZED, CardLifeCycle.SECURED)
         isd = self.selected == ISD
         allowed = (
-            (new == CARD_TERMINATED and Privileges.CARD_TERMINATE in priv)
-            or (new == CARD_LOCKED and cur == CARD_SECURED and Privileges.CARD_LOCK in priv)
-            or (new == CARD_SECURED and cur == CARD_LOCKED and isd)  # §5.1.1.4: only the ISD unlocks
+            (new == CardLifeCycle.TERMINATED and Privileges.CARD_TERMINATE in priv)
+            or (new == CardLifeCycle.CARD_LOCKED and cur == CardLifeCycle.SECURED and Privileges.CARD_LOCK in priv)
+            # §5.1.1.4: only the ISD unlocks
+            or (new == CardLifeCycle.SECURED and cur == CardLifeCycle.CARD_LOCKED and isd)
             # §5.1.1: OP_READY → INITIALIZED → SECURED, never backwards
             or (cur in order and new in order and order.index(new) > order.index(cur) and isd)
         )
         if not allowed:
-            lifecycle_change = new in (CARD_LOCKED, CARD_TERMINATED, CARD_SECURED)
+            lifecycle_change = new in (CardLifeCycle.CARD_LOCKED, CardLifeCycle.TERMINATED, CardLifeCycle.SECURED)
             return _sw(SW.CONDITIONS_NOT_SATISFIED if lifecycle_change else SW.WRONG_DATA)
         self.state["lifecycle"] = new
         self._changed()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from cardsim.constants import ISD_AID
 from cardsim.state import State, hx, unhx
+from gp.aids import ISD_AID
 from gp.commands import Privileges, lifecycle_name
 
 _KEY_NAMES = {"aes": "AES", "des": "3DES", "rsa": "RSA public", "ec": "EC P-256 public"}
@@ -44,8 +44,9 @@ def render(state: State) -> str:
         f"      load files {used} of {state['memory_total']} bytes; auth limit {state['auth_limit']}; "
         f"receipts issued {state['confirmation_counter']}",
     ]
-    if state.get("load"):
-        lines.append(f"      LOAD in progress: {state['load']['elf']} ({len(state['load']['data']) // 2} bytes)")
+    load = state.get("load")
+    if load:
+        lines.append(f"      LOAD in progress: {load['elf']} ({len(load['data']) // 2} bytes)")
     for aid, app in apps.items():
         is_sd = aid in sds
         if aid == isd:

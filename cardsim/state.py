@@ -24,7 +24,7 @@ symmetric sets (ENC, MAC, DEK or a single key) and ``{"type": "ec", "q": hex}`` 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -36,13 +36,11 @@ from cardsim.constants import (
     DEFAULT_KEY,
     DEFAULT_KVN,
     DEFAULT_MEMORY,
-    ISD_AID,
     ISD_PRIVILEGES,
     RECEIPT_KVN,
-    SSD_MODULE_AID,
-    SSD_PACKAGE_AID,
     TOKEN_KVN,
 )
+from gp.aids import ISD_AID, SSD_MODULE_AID, SSD_PACKAGE_AID
 from gp.commands import CPLC_FIELDS, CardLifeCycle, SecurityDomainLifeCycle
 from gp.dm import SCHEME_ECDSA_P256_SHA256, SCHEME_RSA_PKCS1V15_SHA256
 from gp.errors import KeyMaterialError
@@ -50,7 +48,31 @@ from gp.javacard import ROM_PACKAGES
 from gp.keys import StaticKeys, diversify
 
 FORMAT = "cardsim/1"
-State = dict[str, Any]
+
+# One record of elfs / apps / sds / load, or a key record: JSON objects whose fields are listed above.
+Record = dict[str, Any]
+
+
+class State(TypedDict):
+    """The state file's top level (see the module docstring for what each field holds)."""
+
+    format: str
+    lifecycle: int
+    atr: str
+    iin: str
+    cin: str
+    kdd: str
+    cplc: str
+    memory_total: int
+    auth_limit: int
+    confirmation_counter: int
+    token_scheme: str
+    ssd_initial_key: str
+    behaviours: dict[str, str]
+    elfs: dict[str, Record]
+    apps: dict[str, Record]
+    sds: dict[str, Record]
+    load: Record | None
 
 
 def hx(data: bytes) -> str:
@@ -188,12 +210,28 @@ def new_state(
     }
 
 
-def check_state(state: State) -> None:
-    """Structural checks on a loaded state file; raises ValueError when it is not a cardsim state."""
+_INT_FIELDS = ("lifecycle", "memory_total", "auth_limit", "confirmation_counter")
+_TEXT_FIELDS = ("atr", "iin", "cin", "kdd", "cplc", "token_scheme", "ssd_initial_key")
+
+
+def check_state(state: object) -> State:
+    """Structural checks on a loaded state file (e.g. ``json.loads`` output); returns it as a
+    :class:`State`, or raises ValueError when it is not a cardsim state."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError("not a cardsim state file (format cardsim/1 expected)")
-    for key in ("elfs", "apps", "sds"):
+    for key in ("elfs", "apps", "sds", "behaviours"):
         if not isinstance(state.get(key), dict):
             raise ValueError(f"state file lacks {key!r}")
+    for key in _INT_FIELDS:
+        if not isinstance(state.get(key), int):
+            raise ValueError(f"state file field {key!r} is not an integer")
+    for key in _TEXT_FIELDS:
+        if not isinstance(state.get(key), str):
+            raise ValueError(f"state file field {key!r} is not a string")
+    if state.get("load") is not None and not isinstance(state["load"], dict):
+        raise ValueError("state file field 'load' is neither null nor an object")
     if hx(ISD_AID) not in state["apps"] or hx(ISD_AID) not in state["sds"]:
         raise ValueError("state file has no Issuer Security Domain")
+    # Every top-level field of State was checked above (the "load" key may be absent in a file
+    # written before it existed; readers use state.get("load")).
+    return cast(State, state)

@@ -19,9 +19,7 @@ MODE = 0o600
 
 def load(path: str | os.PathLike[str]) -> State:
     p = Path(path)
-    state = json.loads(p.read_text(encoding="utf-8"))
-    check_state(state)
-    return state
+    return check_state(json.loads(p.read_text(encoding="utf-8")))
 
 
 def save(path: str | os.PathLike[str], state: State) -> None:

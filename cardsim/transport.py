@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cardsim import store
 from cardsim.card import Card
+from cardsim.state import State
 
 
 class InProcessCard:
@@ -25,7 +26,7 @@ class InProcessCard:
         self.card = Card(store.load(self.path), on_change=self._persist)
         self.atr = self.card.power_on()
 
-    def _persist(self, state: dict) -> None:
+    def _persist(self, state: State) -> None:
         store.save(self.path, state)
 
     def transmit(self, capdu: bytes) -> bytes:
@@ -37,5 +38,5 @@ class InProcessCard:
         return self.atr
 
     @property
-    def state(self) -> dict:
+    def state(self) -> State:
         return self.card.state

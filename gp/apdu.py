@@ -216,6 +216,9 @@ class SW(IntEnum):
     AUTHENTICATION_FAILED = 0x6300  # the same SW from EXTERNAL AUTHENTICATE (GP 2.3.1 §11.8.3.2)
     EXECUTION_ERROR = 0x6400
     MEMORY_FAILURE = 0x6581
+    # SCP11 (GPC Amd F, error conditions of PERFORM SECURITY OPERATION / MUTUAL AUTHENTICATE)
+    CERTIFICATE_VERIFICATION_FAILED = 0x6600
+    CERTIFICATE_NOT_WHITELISTED = 0x6640
     WRONG_LENGTH = 0x6700
     CLA_FUNCTION_NOT_SUPPORTED = 0x6800
     LOGICAL_CHANNEL_NOT_SUPPORTED = 0x6881
@@ -253,6 +256,8 @@ _SW_TEXT: dict[int, str] = {
     0x6310: "warning: more data available",
     0x6400: "execution error: no precise diagnosis",
     0x6581: "memory failure",
+    0x6600: "verification of the certificate failed",
+    0x6640: "certificate not in whitelist",
     0x6700: "wrong length",
     0x6800: "function in CLA not supported",
     0x6881: "logical channel not supported or not open",

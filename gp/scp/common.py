@@ -23,6 +23,10 @@ class SecurityLevel(enum.IntFlag):
     C_DEC = 0x02  # always with C_MAC
     R_MAC = 0x10
     R_ENC = 0x20  # SCP03 only, always with C_DEC and R_MAC
+    # GPC 2.3.1 §10.6 Table 10-1: the off-card entity was authenticated. Never sent in P1; SCP11a
+    # and SCP11c report AUTHENTICATED in their session's level, SCP11b does not.
+    ANY_AUTHENTICATED = 0x40
+    AUTHENTICATED = 0x80
 
 
 # The combinations each protocol defines (Amd D §7.2; GPC 2.3.1 §E.5.2).

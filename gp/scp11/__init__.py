@@ -22,7 +22,7 @@ from gp.scp11.certificates import (
     parse_certificates,
     verify_chain,
 )
-from gp.scp11.constants import Ins, KeyUsageQualifier, SCP11StatusWord, SCP11Variant, SecurityLevelBits, Tag
+from gp.scp11.constants import Ins, KeyUsageQualifier, SCP11Variant, Tag
 from gp.scp11.crypto import Curve, SessionKeys
 from gp.scp11.errors import (
     CertificateEncodingError,
@@ -56,13 +56,11 @@ __all__ = [
     "KeyUsageQualifier",
     "ReceiptError",
     "SCP11StateError",
-    "SCP11StatusWord",
     "SCP11Variant",
     "SCP11a",
     "SCP11b",
     "SCP11c",
     "SDKey",
-    "SecurityLevelBits",
     "SessionKeys",
     "Tag",
     "TrustAnchor",

@@ -1,7 +1,7 @@
 """Card side of SCP11a/b/c (GPC Amendment F), sans-I/O, for the emulated card ``cardsim``.
 
 It shares the handshake (:mod:`gp.scp11.handshake`) and the SCP03 secure messaging core
-(:class:`gp.scp.SCP03Core`) with the host, and is as strict as :class:`gp.scp_card.CardSCP03`:
+(:class:`gp.scp.SCP03Core`) with the host, and is as strict as :class:`gp.scp.card.CardSCP03`:
 any handshake command ends the current session, a refused handshake leaves no session, a failed
 C-MAC ends the session, and the caller counts every refused handshake (any answer other than
 9000 to PERFORM SECURITY OPERATION, MUTUAL AUTHENTICATE or INTERNAL AUTHENTICATE) against the key
@@ -11,8 +11,8 @@ Status words: the error conditions of Amd F for PERFORM SECURITY OPERATION, MUTU
 and INTERNAL AUTHENTICATE, as Amd F v1.2.1 lists them (read through a public Java Card SCP11c
 implementation that quotes them; the amendment's own text was not at hand, see docs/scp11.md).
 Mapping an expired certificate and a wrong key usage to 6600 rather than 6A80 is our reading:
-both are part of verifying the certificate. The two 66xx values are not yet in gp.apdu.SW, see
-:class:`gp.scp11.constants.SCP11StatusWord`:
+both are part of verifying the certificate. The two 66xx values are
+``gp.apdu.SW.CERTIFICATE_VERIFICATION_FAILED`` and ``CERTIFICATE_NOT_WHITELISTED``:
 
 ``6E00`` CLA not 80/84 · ``6700`` malformed APDU ·
 ``6A88`` no trust anchor (PK.CA-KLOC.ECDSA) at P1/P2 of PSO, or no SD key (SK.SD.ECKA) of the
@@ -24,7 +24,7 @@ variant that does not match the key, a chain that does not end with a key-agreem
 (expired or not yet effective), key usage ·
 ``6A81`` certificate with BF20 authorisation rules (not supported) ·
 ``6985`` MUTUAL AUTHENTICATE without a verified OCE certificate chain ·
-after the handshake, as :func:`gp.scp_card.sw_for_error`: ``6982`` bad C-MAC or padding.
+after the handshake, as :func:`gp.scp.card.sw_for_error`: ``6982`` bad C-MAC or padding.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gp.apdu import SW, CommandAPDU
 from gp.errors import APDUError, EncodingError, GPError, SecureChannelError
 from gp.keys import PutKeyData, decode_put_key, scp03_decrypt_key
-from gp.scp import SCP03Core
+from gp.scp import SCP03Core, SecurityLevel
 from gp.scp11.certificates import (
     MAX_CHAIN_LENGTH,
     Certificate,
@@ -49,7 +49,7 @@ from gp.scp11.certificates import (
     parse_certificate,
     verify_chain,
 )
-from gp.scp11.constants import Ins, SCP11StatusWord, SCP11Variant, SecurityLevelBits, Tag
+from gp.scp11.constants import Ins, SCP11Variant, Tag
 from gp.scp11.crypto import Curve, SessionKeys, private_key, random_private_key
 from gp.scp11.errors import CertificateError
 from gp.scp11.handshake import (
@@ -146,7 +146,7 @@ class CardSCP11:
         self._core: SCP03Core | None = None
         self._session_keys: SessionKeys | None = None
         self.variant: SCP11Variant | None = None
-        self.security_level = 0
+        self.security_level = SecurityLevel.NONE
         self._chain: list[Certificate] = []
         self._chain_reference: tuple[int, int] | None = None
         self._oce_point: bytes | None = None  # PK.OCE.ECKA of a verified chain, for one MUTUAL AUTHENTICATE
@@ -164,7 +164,7 @@ class CardSCP11:
         self._core = None
         self._session_keys = None
         self.variant = None
-        self.security_level = 0
+        self.security_level = SecurityLevel.NONE
         if not keep_chain:
             self._chain = []
             self._chain_reference = None
@@ -239,7 +239,7 @@ class CardSCP11:
             return _sw(SW.FUNCTION_NOT_SUPPORTED)
         except CertificateError:
             self.reset()
-            return _sw(SCP11StatusWord.CERTIFICATE_VERIFICATION_FAILED)
+            return _sw(SW.CERTIFICATE_VERIFICATION_FAILED)
         except (EncodingError, IndexError):
             self.reset()
             return _sw(SW.WRONG_DATA)
@@ -292,7 +292,7 @@ class CardSCP11:
             keys.s_enc, keys.s_mac, keys.s_rmac, mcv=agreement.receipt, counter=0, security_level=level
         )
         if key.variant.authenticates_oce:
-            level |= SecurityLevelBits.AUTHENTICATED
+            level |= SecurityLevel.AUTHENTICATED
         self.security_level = level
         self.variant = key.variant
         return AuthenticateResponse(point, agreement.receipt).encode() + SW_OK
@@ -300,8 +300,8 @@ class CardSCP11:
     # --- secure messaging ------------------------------------------------------
 
     def unwrap_command(self, capdu: bytes) -> bytes:
-        """Secured C-APDU -> plain C-APDU. Raises like :meth:`gp.scp_card.CardSCP03.unwrap_command`
-        (answer with :func:`gp.scp_card.sw_for_error`); any failure ends the session."""
+        """Secured C-APDU -> plain C-APDU. Raises like :meth:`gp.scp.card.CardSCP03.unwrap_command`
+        (answer with :func:`gp.scp.card.sw_for_error`); any failure ends the session."""
         capdu = bytes(capdu)
         core = self._core
         if core is None:

@@ -5,18 +5,17 @@ Where a value comes from another GlobalPlatform document the comment names it.
 
 from __future__ import annotations
 
-from enum import IntEnum, IntFlag
+from enum import IntEnum
 
 from gp.errors import EncodingError
+from gp.scp.common import SecurityLevel
 
 __all__ = [
     "SCP11_ID",
     "Ins",
     "KeyType",
     "KeyUsageQualifier",
-    "SCP11StatusWord",
     "SCP11Variant",
-    "SecurityLevelBits",
     "Tag",
 ]
 
@@ -110,31 +109,6 @@ class KeyUsageQualifier(IntEnum):
     C_MAC_C_DEC_R_MAC_R_ENC = 0x3C
 
     @property
-    def security_level(self) -> int:
-        """The SCP03 security level bits the session runs at (GPC 2.3.1 §11.1.2 Table 10-1)."""
-        return {0x34: 0x11, 0x1C: 0x03, 0x3C: 0x33}[self.value]
-
-
-class SecurityLevelBits(IntFlag):
-    """Security level bits (GPC 2.3.1 §10.6 Table 10-1); AUTHENTICATED / ANY_AUTHENTICATED say the
-    off-card entity was authenticated, which SCP11a and SCP11c do and SCP11b does not."""
-
-    C_MAC = 0x01
-    C_DECRYPTION = 0x02
-    R_MAC = 0x10
-    R_ENCRYPTION = 0x20
-    ANY_AUTHENTICATED = 0x40
-    AUTHENTICATED = 0x80
-
-
-class SCP11StatusWord(IntEnum):
-    """Status words the SCP11 error tables name that :class:`gp.apdu.SW` lacks.
-
-    TODO(merge): move these into gp.apdu.SW. Amd F (PERFORM SECURITY OPERATION / MUTUAL
-    AUTHENTICATE error conditions) names '6600' "verification of the certificate failed" and
-    '6640' "certificate not in whitelist"; the others it names ('6A80', '6A88', '6A81', '6985',
-    '6982') are already members of gp.apdu.SW.
-    """
-
-    CERTIFICATE_VERIFICATION_FAILED = 0x6600
-    CERTIFICATE_NOT_WHITELISTED = 0x6640
+    def security_level(self) -> SecurityLevel:
+        """The SCP03 security level the session runs at (GPC 2.3.1 §11.1.2 Table 10-1)."""
+        return SecurityLevel({0x34: 0x11, 0x1C: 0x03, 0x3C: 0x33}[self.value])

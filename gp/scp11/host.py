@@ -26,11 +26,18 @@ from typing import ClassVar
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gp.apdu import CommandAPDU
-from gp.errors import APDUError, EncodingError, GPError, MACError, SecureChannelError, StatusWordError
+from gp.errors import (
+    EncodingError,
+    GPError,
+    MalformedResponseError,
+    RemoteProtocolError,
+    SecureChannelError,
+    StatusWordError,
+)
 from gp.keys import scp03_encrypt_key
-from gp.scp import SCP03Core, SecuredResponse
+from gp.scp import SCP03Core, SecuredResponse, SecurityLevel
 from gp.scp11.certificates import Certificate
-from gp.scp11.constants import Ins, KeyUsageQualifier, SCP11Variant, SecurityLevelBits
+from gp.scp11.constants import Ins, KeyUsageQualifier, SCP11Variant
 from gp.scp11.crypto import Curve, SessionKeys, encode_point, private_key, public_key, random_private_key
 from gp.scp11.errors import ReceiptError, SCP11StateError
 from gp.scp11.handshake import (
@@ -101,7 +108,7 @@ class SCP11:
             self._ephemeral = private_key(self.curve, ephemeral_private_key)
         self.security_level = self.key_usage.security_level
         if self.VARIANT.authenticates_oce:
-            self.security_level |= SecurityLevelBits.AUTHENTICATED
+            self.security_level |= SecurityLevel.AUTHENTICATED
         self._request: AuthenticateRequest | None = None
         self._core: SCP03Core | None = None
         self._keys: SessionKeys | None = None
@@ -151,21 +158,25 @@ class SCP11:
     def complete(self, response: bytes) -> None:
         """Check the card's answer (data || SW) to the authenticate command: derive the session
         keys and verify the receipt. :class:`ReceiptError` on a bad receipt, a
-        :class:`~gp.errors.StatusWordError` on a refusal, an :class:`~gp.errors.EncodingError` on a
-        malformed answer; every failure closes the channel."""
+        :class:`~gp.errors.StatusWordError` on a refusal, a :class:`~gp.errors.MalformedResponseError`
+        on a malformed answer or a point off the curve (the parser's :class:`~gp.errors.EncodingError`
+        / :class:`InvalidPointError` as ``__cause__``); every failure closes the channel."""
         if self._state != "sent" or self._request is None:
             raise SCP11StateError("complete() needs the authenticate command first")
         response = bytes(response)
         try:
             if len(response) < 2:
-                raise APDUError("response shorter than a status word")
+                raise MalformedResponseError(f"{self.VARIANT.label} authenticate answer shorter than a status word")
             sw = int.from_bytes(response[-2:], "big")
             if sw != 0x9000:
                 raise StatusWordError(sw, f"{self.VARIANT.label} authentication refused with SW {sw:04X}")
-            answer = AuthenticateResponse.parse(response[:-2])
-            if self.VARIANT is SCP11Variant.C and answer.sd_point != self.sd_public_key:
-                raise ReceiptError("SCP11c card answered a key that is not PK.SD.ECKA")
-            public_key(self.curve, answer.sd_point)
+            try:
+                answer = AuthenticateResponse.parse(response[:-2])
+                if self.VARIANT is SCP11Variant.C and answer.sd_point != self.sd_public_key:
+                    raise ReceiptError("SCP11c card answered a key that is not PK.SD.ECKA")
+                public_key(self.curve, answer.sd_point)  # ePK.SD.ECKA (SCP11a/b) must be on the curve
+            except EncodingError as exc:  # the card's bytes: remote (gp.errors, the receiver decides)
+                raise MalformedResponseError.wrap(exc, f"{self.VARIANT.label} authenticate answer", sw=sw) from exc
             secrets = host_shared_secrets(
                 self.VARIANT, self.curve, self._ephemeral, self._oce_static(), self.sd_public_key, answer.sd_point
             )
@@ -206,7 +217,7 @@ class SCP11:
         """Plain C-APDU -> secured C-APDU (C-MAC, and C-DEC where the key usage has it)."""
         core = self._open_core()
         secured, mcv, counter = core.secure_command(CommandAPDU.from_bytes(capdu))
-        if core.security_level & SecurityLevelBits.R_MAC:
+        if core.security_level & SecurityLevel.R_MAC:
             self._pending.append((mcv, counter))
         return secured
 
@@ -220,18 +231,21 @@ class SCP11:
         core = self._open_core()
         rapdu = bytes(rapdu)
         if len(rapdu) < 2:
-            raise APDUError(f"response APDU too short: {len(rapdu)} bytes")
+            raise MalformedResponseError(f"response APDU too short: {len(rapdu)} bytes")
         sw = int.from_bytes(rapdu[-2:], "big")
-        if not core.security_level & SecurityLevelBits.R_MAC:
+        if not core.security_level & SecurityLevel.R_MAC:
             return SecuredResponse(rapdu[:-2], sw, authenticated=False)
         if not self._pending:
             raise SCP11StateError("response without a wrapped command to match it")
         mcv, counter = self._pending.popleft()
         try:
             plain = core.verify_response(rapdu, mcv, counter)
-        except (MACError, SecureChannelError, EncodingError) as exc:
+        except (RemoteProtocolError, SecureChannelError) as exc:  # MACError, and a core used out of state
             self._close(str(exc))
             raise
+        except EncodingError as exc:  # the card's bytes: remote, as in gp.scp.host
+            self._close(str(exc))
+            raise MalformedResponseError.wrap(exc, "secured response", sw=sw) from exc
         return SecuredResponse(plain[:-2], sw, authenticated=_rmac_expected(sw))
 
     def encrypt_key(self, key: bytes) -> bytes:

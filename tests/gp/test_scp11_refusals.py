@@ -10,7 +10,14 @@ from collections.abc import Callable
 import pytest
 
 from gp.apdu import SW, CommandAPDU
-from gp.errors import EncodingError, GPError, MACError, SecureChannelError
+from gp.errors import (
+    EncodingError,
+    GPError,
+    MACError,
+    MalformedResponseError,
+    RemoteProtocolError,
+    SecureChannelError,
+)
 from gp.scp11 import (
     CertificateAuthority,
     Curve,
@@ -20,7 +27,6 @@ from gp.scp11 import (
     ReceiptError,
     SCP11b,
     SCP11StateError,
-    SCP11StatusWord,
     SCP11Variant,
 )
 from gp.scp11.constants import KeyUsageQualifier
@@ -29,7 +35,7 @@ from gp.scp_card import sw_for_error
 from tests.gp.scp11_world import EXPIRES, TODAY, World, handshake, seeded
 
 OK = b"\x90\x00"
-CERT_FAILED = SCP11StatusWord.CERTIFICATE_VERIFICATION_FAILED
+CERT_FAILED = SW.CERTIFICATE_VERIFICATION_FAILED
 
 
 def _sw(answer: bytes) -> int:
@@ -302,8 +308,10 @@ def test_host_refuses_a_card_ephemeral_key_not_on_the_curve(world: World) -> Non
     answer = card.process(host.internal_authenticate())
     n = world.curve.point_length
     bad = answer[:3] + off_curve(answer[3 : 3 + n]) + answer[3 + n :]
-    with pytest.raises(InvalidPointError):
+    with pytest.raises(MalformedResponseError) as caught:  # the card's reply: a remote error
         host.complete(bad)
+    assert isinstance(caught.value, RemoteProtocolError)
+    assert isinstance(caught.value.__cause__, InvalidPointError)
 
 
 @pytest.mark.parametrize(
@@ -399,6 +407,7 @@ def test_an_answer_without_receipt_is_refused(world: World) -> None:
     card = world.card()
     host = world.host(SCP11Variant.B)
     answer = card.process(host.internal_authenticate())
-    with pytest.raises(EncodingError):
+    with pytest.raises(MalformedResponseError) as caught:
         host.complete(answer[: 3 + world.curve.point_length] + b"\x90\x00")
+    assert isinstance(caught.value.__cause__, EncodingError)
     assert not host.is_authenticated

@@ -75,7 +75,7 @@ class EntrySerializer(serializers.Serializer):
     leaf_hash = serializers.CharField(help_text="RFC 9162 leaf hash, hex")
 
     def to_representation(self, instance: AuditEntry) -> dict[str, Any]:
-        return {**instance.as_entry(), "leaf_hash": bytes(instance.leaf_hash).hex()}
+        return {**instance.as_entry(), "leaf_hash": instance.stored_leaf_hash().hex()}
 
 
 class CosignatureSerializer(serializers.Serializer):

@@ -62,7 +62,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from json.encoder import encode_basestring as _encode_basestring  # json.dumps(ensure_ascii=False), one string
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from audit.merkle import leaf_hash as _rfc9162_leaf_hash
 
@@ -429,6 +429,12 @@ def _dump_line(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False) + "\n"
 
 
+class TextSink(Protocol):
+    """Where :class:`ExportWriter` writes: a text file, or anything with its ``write``."""
+
+    def write(self, text: str, /) -> int: ...
+
+
 class ExportWriter:
     """Stream an export: header first, then entries in index order.
 
@@ -437,7 +443,7 @@ class ExportWriter:
     ...     writer.write_entry(entry, leaf_hash=stored_hash)
     """
 
-    def __init__(self, fp: IO[str], header: ExportHeader) -> None:
+    def __init__(self, fp: TextSink, header: ExportHeader) -> None:
         self._fp = fp
         self._next = header.start
         fp.write(_dump_line(header.to_json()))

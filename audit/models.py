@@ -26,7 +26,7 @@ from typing import Any
 from django.conf import settings
 from django.db import models
 
-from audit.export_format import make_entry
+from audit.export_format import ExportFormatError, make_entry
 
 
 class AuditEntry(models.Model):
@@ -96,12 +96,22 @@ class AuditEntry(models.Model):
     def sequenced(self) -> bool:
         return self.index is not None
 
+    def stored_leaf_hash(self) -> bytes:
+        """The leaf hash the sequencer stored (every sequenced row has one)."""
+        if self.leaf_hash is None:
+            raise ValueError(f"{self} has no stored leaf hash: it is not sequenced yet")
+        return bytes(self.leaf_hash)
+
     def as_entry(self, index: int | None = None) -> dict[str, Any]:
         """The format-1 entry object this row holds (what the log hashed and what exports carry).
 
         Only for a sequenced row (the entry's ``index`` is part of its leaf)."""
+        if index is None:
+            index = self.index
+        if index is None:
+            raise ExportFormatError("a pending entry has no index yet, so it is no format-1 entry")
         return make_entry(
-            index=self.index if index is None else index,
+            index=index,
             time=self.time,
             actor_type=self.actor_type,
             actor_id=self.actor_name,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypedDict
 
 import django_filters
 import django_filters.fields
@@ -271,6 +272,8 @@ class EntryProof:
 def checked_inclusion(entry: AuditEntry) -> EntryProof:
     """The entry's inclusion proof in the latest checkpoint that covers it (else the current head),
     verified here against that root with the entry's leaf hash recomputed from its columns."""
+    if entry.index is None:
+        raise ProofError("the entry is not sequenced yet, so no checkpoint covers it")
     checkpoint = Checkpoint.objects.filter(size__gt=entry.index).order_by("-size").first()
     if checkpoint is not None:
         size, root = checkpoint.size, bytes(checkpoint.root_hash)
@@ -307,6 +310,16 @@ class CheckpointCheck:
     proof: tuple[bytes, ...] = ()
 
 
+class _CheckedCheckpoint(TypedDict):
+    """The :class:`CheckpointCheck` fields known once a checkpoint's signature verified."""
+
+    signature_valid: bool
+    size: int
+    root: bytes
+    head_size: int
+    head_root: bytes
+
+
 def check_checkpoint(text: str, verifier_key: str | None = None) -> CheckpointCheck:
     """Verify a pasted checkpoint's signature with the log's verifier key, then that the current
     log is consistent with it (its root at that size matches and an RFC 9162 consistency proof
@@ -323,8 +336,9 @@ def check_checkpoint(text: str, verifier_key: str | None = None) -> CheckpointCh
     except CheckpointError as exc:
         return CheckpointCheck(False, f"Malformed checkpoint: {exc}")
     head_size, head_root = current_head()
-    base = {"signature_valid": True, "size": checkpoint.size, "root": checkpoint.root,
-            "head_size": head_size, "head_root": head_root}
+    base = _CheckedCheckpoint(
+        signature_valid=True, size=checkpoint.size, root=checkpoint.root, head_size=head_size, head_root=head_root
+    )
     if checkpoint.size > head_size:
         return CheckpointCheck(
             False, f"NOT consistent: the checkpoint covers {checkpoint.size} entries, the log has {head_size}.", **base

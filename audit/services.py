@@ -201,7 +201,8 @@ def _sequence_after_commit() -> None:
     """Ask for one non-blocking sequencing run when the caller's transaction commits (once per transaction)."""
     if not getattr(settings, "ECARD_AUDIT_SEQUENCE_ON_COMMIT", True):
         return
-    if any(func is _run_sequencer_after_commit for _sids, func, _robust in connection.run_on_commit):
+    # Django keeps (sids, func, robust) triples; the stubs still say pairs, so take the func by position.
+    if any(item[1] is _run_sequencer_after_commit for item in connection.run_on_commit):
         return
     transaction.on_commit(_run_sequencer_after_commit, robust=True)
 
@@ -478,6 +479,8 @@ def export_lines(
     for row in rows:
         if row.index != writer.count:
             raise LogCorruptError(f"entry {writer.count} is missing from the database")
+        if row.leaf_hash is None:
+            raise LogCorruptError(f"entry {row.index} has no stored leaf hash")
         writer.write_entry(row.as_entry(), leaf_hash=bytes(row.leaf_hash))
         if len(buffer.parts) >= chunk_size:
             yield buffer.take()

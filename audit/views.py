@@ -83,7 +83,7 @@ def entry_detail(request: HttpRequest, index: int) -> HttpResponse:
         {
             "entry": entry,
             "entry_json": entry.as_entry(),
-            "leaf_hash": bytes(entry.leaf_hash).hex(),
+            "leaf_hash": entry.stored_leaf_hash().hex(),
             "check": check,
             "root": _b64(check.root),
             "proof": [_b64(h) for h in check.proof],

@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from cards import selectors, services
 from cards.models import AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from ecard.api import ActionRules, agency_operator
+from ecard.requests import acting_user
 from issuers.models import Membership, Organization
 from issuers.roles import Principal, principal
 from issuers.selectors import active_banks
@@ -22,7 +23,9 @@ from issuers.selectors import active_banks
 
 class CardSerializer(serializers.ModelSerializer):
     holder = serializers.SerializerMethodField()
-    issued_by = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    issued_by: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
 
     class Meta:
         model = Card
@@ -95,7 +98,7 @@ class CardViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
             serial=data["serial"],
             scp=data["scp"],
             emulated=data["emulated"],
-            actor=request.user,
+            actor=acting_user(request),
         )
         return Response(CardSerializer(card, context={"request": request}).data, status=status.HTTP_201_CREATED)
 
@@ -105,14 +108,16 @@ class CardViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         payload = AssignHolderSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         card = services.assign_holder(
-            card=card, holder=lookup_user(payload.validated_data["holder"]), actor=request.user
+            card=card, holder=lookup_user(payload.validated_data["holder"]), actor=acting_user(request)
         )
         return Response(CardSerializer(card, context={"request": request}).data)
 
 
 class SecurityDomainSerializer(serializers.ModelSerializer):
-    card = serializers.SlugRelatedField(slug_field="cin", read_only=True)
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    card: serializers.SlugRelatedField[Card] = serializers.SlugRelatedField(slug_field="cin", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
 
     class Meta:
         model = SecurityDomain
@@ -136,9 +141,13 @@ class SecurityDomainSerializer(serializers.ModelSerializer):
 
 
 class CardJobSerializer(serializers.ModelSerializer):
-    card = serializers.SlugRelatedField(slug_field="cin", read_only=True)
-    organization = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    security_domain = serializers.SlugRelatedField(slug_field="aid", read_only=True)
+    card: serializers.SlugRelatedField[Card] = serializers.SlugRelatedField(slug_field="cin", read_only=True)
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    security_domain: serializers.SlugRelatedField[SecurityDomain] = serializers.SlugRelatedField(
+        slug_field="aid", read_only=True
+    )
 
     class Meta:
         model = CardJob
@@ -197,30 +206,32 @@ class SecurityDomainViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
     @extend_schema(request=None, responses={202: CardJobSerializer})
     @action(detail=True, methods=["post"], url_path="rotate-keys")
     def rotate_keys(self, request: Request, pk: str | None = None) -> Response:
-        job = services.request_key_rotation(security_domain=self.get_object(), actor=request.user)
+        job = services.request_key_rotation(security_domain=self.get_object(), actor=acting_user(request))
         return Response(CardJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses={202: CardJobSerializer})
     @action(detail=True, methods=["post"])
     def lock(self, request: Request, pk: str | None = None) -> Response:
-        job = services.request_sd_lock(security_domain=self.get_object(), lock=True, actor=request.user)
+        job = services.request_sd_lock(security_domain=self.get_object(), lock=True, actor=acting_user(request))
         return Response(CardJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(request=None, responses=SecurityDomainSerializer)
     @action(detail=True, methods=["post"], url_path="reset-auth-failures")
     def reset_auth_failures(self, request: Request, pk: str | None = None) -> Response:
-        sd = services.reset_auth_failures(security_domain=self.get_object(), actor=request.user)
+        sd = services.reset_auth_failures(security_domain=self.get_object(), actor=acting_user(request))
         return Response(SecurityDomainSerializer(sd).data)
 
     @extend_schema(request=None, responses={202: CardJobSerializer})
     @action(detail=True, methods=["post"])
     def unlock(self, request: Request, pk: str | None = None) -> Response:
-        job = services.request_sd_lock(security_domain=self.get_object(), lock=False, actor=request.user)
+        job = services.request_sd_lock(security_domain=self.get_object(), lock=False, actor=acting_user(request))
         return Response(CardJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 
 class AppletInstanceSerializer(serializers.ModelSerializer):
-    security_domain = serializers.SlugRelatedField(slug_field="aid", read_only=True)
+    security_domain: serializers.SlugRelatedField[SecurityDomain] = serializers.SlugRelatedField(
+        slug_field="aid", read_only=True
+    )
     card = serializers.CharField(source="security_domain.card.cin", read_only=True)
 
     class Meta:
@@ -251,7 +262,9 @@ class AppletInstanceViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vi
 
 
 class CardPackageSerializer(serializers.ModelSerializer):
-    security_domain = serializers.SlugRelatedField(slug_field="aid", read_only=True)
+    security_domain: serializers.SlugRelatedField[SecurityDomain] = serializers.SlugRelatedField(
+        slug_field="aid", read_only=True
+    )
     card = serializers.CharField(source="security_domain.card.cin", read_only=True)
 
     class Meta:
@@ -272,9 +285,11 @@ class CardPackageViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
 
 
 class EnrollmentSerializer(serializers.ModelSerializer):
-    card = serializers.SlugRelatedField(slug_field="cin", read_only=True)
-    bank = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    security_domain = serializers.SlugRelatedField(slug_field="aid", read_only=True)
+    card: serializers.SlugRelatedField[Card] = serializers.SlugRelatedField(slug_field="cin", read_only=True)
+    bank: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    security_domain: serializers.SlugRelatedField[SecurityDomain] = serializers.SlugRelatedField(
+        slug_field="aid", read_only=True
+    )
 
     class Meta:
         model = Enrollment
@@ -317,7 +332,7 @@ class EnrollmentViewSet(
         return selectors.enrollments_for(self.request.user)
 
     def _own_card(self, cin: str) -> Card:
-        return get_object_or_404(selectors.cards_for(self.request.user), cin=cin.upper())
+        return get_object_or_404(selectors.cards_for(acting_user(self.request)), cin=cin.upper())
 
     @extend_schema(
         parameters=[OpenApiParameter("card", str, required=True), OpenApiParameter("bank", str, required=True)],
@@ -340,13 +355,17 @@ class EnrollmentViewSet(
         if bank is None:
             raise serializers.ValidationError({"bank": ["no such bank"]})
         enrollment = services.request_enrollment(
-            card=card, bank=bank, citizen=request.user, consent_text=data["consent_text"], accepted=data["accepted"]
+            card=card,
+            bank=bank,
+            citizen=acting_user(request),
+            consent_text=data["consent_text"],
+            accepted=data["accepted"],
         )
         return Response(self.get_serializer(enrollment).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={202: CardJobSerializer})
     def destroy(self, request: Request, pk: str | None = None) -> Response:
-        job = services.request_removal(enrollment=self.get_object(), actor=request.user)
+        job = services.request_removal(enrollment=self.get_object(), actor=acting_user(request))
         return Response(CardJobSerializer(job).data, status=status.HTTP_202_ACCEPTED)
 
 

@@ -12,6 +12,7 @@ import secrets
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
 
 from cards.models import Card
@@ -97,6 +98,8 @@ def personalise(card: Card, *, path: Path | None = None) -> Path:
         algorithm="aes" if card.scp == 0x03 else "3des",
     )
     public_key = serialization.load_pem_public_key(token_keyset.public_key.encode())
+    if not isinstance(public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise custody.CustodyError("the agency's token signing key is neither ECDSA nor RSA")
     path = path or state_path(card)
     _claim(path, card)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,14 +10,14 @@ Rules (the API and the portal share them):
 
 from __future__ import annotations
 
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
 from cards.models import AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from issuers.roles import principal
 
 
-def cards_for(user: AbstractBaseUser) -> QuerySet[Card]:
+def cards_for(user: User) -> QuerySet[Card]:
     who = principal(user)
     if not who.is_authenticated:
         return Card.objects.none()
@@ -38,7 +38,7 @@ def card_cins_held_by(user_id: int | None) -> QuerySet[Card, str]:
     return Card.objects.filter(holder_id=user_id).values_list("cin", flat=True)
 
 
-def security_domains_for(user: AbstractBaseUser) -> QuerySet[SecurityDomain]:
+def security_domains_for(user: User) -> QuerySet[SecurityDomain]:
     who = principal(user)
     if not who.is_authenticated:
         return SecurityDomain.objects.none()
@@ -52,19 +52,19 @@ def security_domains_for(user: AbstractBaseUser) -> QuerySet[SecurityDomain]:
     return SecurityDomain.objects.none()
 
 
-def applets_for(user: AbstractBaseUser) -> QuerySet[AppletInstance]:
+def applets_for(user: User) -> QuerySet[AppletInstance]:
     return AppletInstance.objects.filter(security_domain__in=security_domains_for(user)).select_related(
         "security_domain", "security_domain__card"
     )
 
 
-def packages_for(user: AbstractBaseUser) -> QuerySet[CardPackage]:
+def packages_for(user: User) -> QuerySet[CardPackage]:
     return CardPackage.objects.filter(security_domain__in=security_domains_for(user)).select_related(
         "security_domain", "security_domain__card"
     )
 
 
-def enrollments_for(user: AbstractBaseUser) -> QuerySet[Enrollment]:
+def enrollments_for(user: User) -> QuerySet[Enrollment]:
     who = principal(user)
     if not who.is_authenticated:
         return Enrollment.objects.none()
@@ -78,7 +78,7 @@ def enrollments_for(user: AbstractBaseUser) -> QuerySet[Enrollment]:
     return Enrollment.objects.none()
 
 
-def jobs_for(user: AbstractBaseUser) -> QuerySet[CardJob]:
+def jobs_for(user: User) -> QuerySet[CardJob]:
     who = principal(user)
     if not who.is_authenticated:
         return CardJob.objects.none()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -55,7 +55,7 @@ def consent_text_for(card: Card, bank: Organization) -> str:
     )
 
 
-def live_card_of(holder: AbstractBaseUser, *, exclude: Card | None = None) -> Card | None:
+def live_card_of(holder: User, *, exclude: Card | None = None) -> Card | None:
     """The holder's card that still counts (not TERMINATED): a citizen holds one at a time."""
     cards = Card.objects.filter(Card.LIVE, holder=holder)
     if exclude is not None:
@@ -63,7 +63,7 @@ def live_card_of(holder: AbstractBaseUser, *, exclude: Card | None = None) -> Ca
     return cards.first()
 
 
-def _refuse_second_card(holder: AbstractBaseUser, *, exclude: Card | None = None) -> None:
+def _refuse_second_card(holder: User, *, exclude: Card | None = None) -> None:
     if live_card_of(holder, exclude=exclude) is not None:
         raise ServiceError(
             f"{holder.get_username()} already holds a card; a citizen holds one card at a time",
@@ -76,13 +76,13 @@ def _refuse_second_card(holder: AbstractBaseUser, *, exclude: Card | None = None
 def issue_card(
     *,
     agency: Organization,
-    holder: AbstractBaseUser | None = None,
+    holder: User | None = None,
     serial: str = "",
     cin: str = "",
     scp: int = 0x03,
     key_scheme: str = "kdf3",
     emulated: bool = True,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
 ) -> Card:
     """Create a card record with its ISD; an emulated card also gets its personalised state file."""
     if not agency.is_agency:
@@ -169,7 +169,7 @@ def _queue_job(
     card: Card,
     kind: str,
     organization: Organization,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     security_domain: SecurityDomain | None = None,
     enrollment: Enrollment | None = None,
     params: dict[str, Any] | None = None,
@@ -210,7 +210,7 @@ def ssd_aid_for(bank: Organization) -> str:
 @records_refusals(SecurityKind.CONSENT_REFUSED, actor="citizen", organization="bank")
 @transaction.atomic
 def request_enrollment(
-    *, card: Card, bank: Organization, citizen: AbstractBaseUser, consent_text: str, accepted: bool
+    *, card: Card, bank: Organization, citizen: User, consent_text: str, accepted: bool
 ) -> Enrollment:
     """A citizen asks for a bank on their card. Creates the pending SSD record and the enroll job."""
     card = Card.objects.select_for_update().get(pk=card.pk)
@@ -274,7 +274,7 @@ def request_enrollment(
 
 
 @transaction.atomic
-def request_removal(*, enrollment: Enrollment, actor: AbstractBaseUser) -> CardJob:
+def request_removal(*, enrollment: Enrollment, actor: User) -> CardJob:
     """Remove a bank from a card: DELETE its SSD with related objects at the next presentation."""
     enrollment = (
         Enrollment.objects.select_for_update(of=("self",))
@@ -325,7 +325,7 @@ def next_kvn(sd: SecurityDomain) -> int:
 
 
 @transaction.atomic
-def request_key_rotation(*, security_domain: SecurityDomain, actor: AbstractBaseUser) -> CardJob:
+def request_key_rotation(*, security_domain: SecurityDomain, actor: User) -> CardJob:
     """Queue a PUT KEY rotation of an SD's key set (new keys generated in custody when the job runs)."""
     sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
     if sd.state != SecurityDomain.State.ACTIVE:
@@ -343,7 +343,7 @@ def request_key_rotation(*, security_domain: SecurityDomain, actor: AbstractBase
 
 
 @transaction.atomic
-def request_sd_lock(*, security_domain: SecurityDomain, lock: bool, actor: AbstractBaseUser) -> CardJob:
+def request_sd_lock(*, security_domain: SecurityDomain, lock: bool, actor: User) -> CardJob:
     """Queue SET STATUS to lock or unlock a bank's SSD (GP Card Spec 2.3.1 §11.10)."""
     sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
     if sd.is_isd:
@@ -367,7 +367,7 @@ def request_sd_lock(*, security_domain: SecurityDomain, lock: bool, actor: Abstr
 
 
 @transaction.atomic
-def assign_holder(*, card: Card, holder: AbstractBaseUser, actor: AbstractBaseUser) -> Card:
+def assign_holder(*, card: Card, holder: User, actor: User) -> Card:
     card = Card.objects.select_for_update().get(pk=card.pk)
     if card.holder_id is not None and card.holder_id != holder.pk:
         raise ServiceError("the card already has a holder", field="holder", code="state")
@@ -393,7 +393,7 @@ def assign_holder(*, card: Card, holder: AbstractBaseUser, actor: AbstractBaseUs
 
 
 @transaction.atomic
-def reset_auth_failures(*, security_domain: SecurityDomain, actor: AbstractBaseUser) -> SecurityDomain:
+def reset_auth_failures(*, security_domain: SecurityDomain, actor: User) -> SecurityDomain:
     """After an operator has investigated failed authentications (wrong keys on record, a tampering
     relay), allow the platform to open channels with this SD again. Audited."""
     sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)

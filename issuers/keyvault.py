@@ -296,9 +296,10 @@ class Pkcs11Backend(KekBackend):
     name = BACKEND_PKCS11
 
     def __init__(self, module: str | None = None, token_label: str | None = None, pin: str | None = None) -> None:
-        self._module = module or getattr(settings, "ECARD_PKCS11_MODULE", "")
-        self._token_label = token_label or getattr(settings, "ECARD_PKCS11_TOKEN", "")
-        self._pin = pin or getattr(settings, "ECARD_PKCS11_PIN", "")
+        # An unset or None setting reads as "" (refused just below either way).
+        self._module: str = module or getattr(settings, "ECARD_PKCS11_MODULE", "") or ""
+        self._token_label: str = token_label or getattr(settings, "ECARD_PKCS11_TOKEN", "") or ""
+        self._pin: str = pin or getattr(settings, "ECARD_PKCS11_PIN", "") or ""
         if not (self._module and self._token_label and self._pin):
             raise ImproperlyConfigured("the PKCS#11 key backend needs ECARD_PKCS11_MODULE, _TOKEN and _PIN")
         self._lock = threading.RLock()

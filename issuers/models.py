@@ -5,6 +5,8 @@ Key custody models live in :mod:`issuers.custody_models` (imported at the bottom
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import RegexValidator
@@ -138,7 +140,7 @@ class AidRange(models.Model):
     def __str__(self) -> str:
         return f"{self.organization}: {self.prefix}*"
 
-    def save(self, *args: object, **kwargs: object) -> None:
+    def save(self, *args: Any, **kwargs: Any) -> None:
         self.prefix = self.rid + self.pix_prefix
         super().save(*args, **kwargs)
 

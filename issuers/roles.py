@@ -82,7 +82,8 @@ def principal(user: AbstractBaseUser | AnonymousUser | None) -> Principal:
     roles: dict[int, str] = {}
     kinds: dict[int, str] = {}
     slugs: dict[int, str] = {}
-    for membership in Membership.objects.filter(user=user, organization__is_active=True).select_related("organization"):
+    memberships = Membership.objects.filter(user_id=user.pk, organization__is_active=True)
+    for membership in memberships.select_related("organization"):
         roles[membership.organization_id] = membership.role
         kinds[membership.organization_id] = membership.organization.kind
         slugs[membership.organization_id] = membership.organization.slug

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
 
 from issuers.custody_models import KeySet
@@ -12,7 +12,7 @@ from issuers.models import Invitation, Membership, Organization, SharedMemberApp
 from issuers.roles import principal
 
 
-def user_profile(user: AbstractBaseUser) -> dict[str, Any]:
+def user_profile(user: User) -> dict[str, Any]:
     """What the API tells a signed-in user about themselves."""
     who = principal(user)
     memberships = Membership.objects.filter(user=user).select_related("organization")
@@ -26,7 +26,7 @@ def user_profile(user: AbstractBaseUser) -> dict[str, Any]:
     }
 
 
-def organizations_for(user: AbstractBaseUser) -> QuerySet[Organization]:
+def organizations_for(user: User) -> QuerySet[Organization]:
     """Agency and regulators see every organisation; a bank sees itself; citizens see active banks
     (to choose one for enrollment)."""
     who = principal(user)
@@ -39,13 +39,13 @@ def organizations_for(user: AbstractBaseUser) -> QuerySet[Organization]:
     return Organization.objects.filter(kind=Organization.Kind.BANK, is_active=True)
 
 
-def organization_details_visible(user: AbstractBaseUser, organization: Organization) -> bool:
+def organization_details_visible(user: User, organization: Organization) -> bool:
     """AID ranges and templates: to the agency, regulators and the organisation's own members."""
     who = principal(user)
     return who.is_agency or who.is_regulator or organization.pk in who.roles
 
 
-def memberships_for(user: AbstractBaseUser) -> QuerySet[Membership]:
+def memberships_for(user: User) -> QuerySet[Membership]:
     who = principal(user)
     if not who.is_authenticated:
         return Membership.objects.none()
@@ -57,7 +57,7 @@ def _administered(who) -> list[int]:
     return [org_id for org_id in who.org_ids() if who.has_role(org_id, Membership.Role.ADMIN)]
 
 
-def invitations_for(user: AbstractBaseUser) -> QuerySet[Invitation]:
+def invitations_for(user: User) -> QuerySet[Invitation]:
     """The invitations addressed to the user, and those of organisations they administer; the
     agency and regulators see all."""
     who = principal(user)
@@ -69,14 +69,14 @@ def invitations_for(user: AbstractBaseUser) -> QuerySet[Invitation]:
     return invitations.filter(Q(user_id=who.user_id) | Q(organization_id__in=_administered(who)))
 
 
-def pending_invitations_of(user: AbstractBaseUser) -> QuerySet[Invitation]:
+def pending_invitations_of(user: User) -> QuerySet[Invitation]:
     """Invitations the user has to answer (portal)."""
     if not user.is_authenticated:
         return Invitation.objects.none()
     return Invitation.objects.filter(user=user, state=Invitation.State.PENDING).select_related("organization")
 
 
-def shared_member_approvals_for(user: AbstractBaseUser) -> QuerySet[SharedMemberApproval]:
+def shared_member_approvals_for(user: User) -> QuerySet[SharedMemberApproval]:
     """The agency and regulators see every approval; a bank's admins see those for their bank."""
     who = principal(user)
     if not who.is_authenticated:
@@ -97,7 +97,7 @@ def active_banks() -> QuerySet[Organization]:
     return Organization.objects.filter(kind=Organization.Kind.BANK, is_active=True).select_related("ssd_template")
 
 
-def key_sets_for(user: AbstractBaseUser):
+def key_sets_for(user: User):
     """Key set metadata (never key bytes): banks and the agency see their own in full, the agency
     sees banks' KVN and algorithm only (the serializer trims), regulators see all metadata,
     citizens none."""
@@ -110,7 +110,7 @@ def key_sets_for(user: AbstractBaseUser):
     return key_sets.filter(organization_id__in=who.org_ids())
 
 
-def key_set_details_visible(user: AbstractBaseUser, organization_id: int) -> bool:
+def key_set_details_visible(user: User, organization_id: int) -> bool:
     """Full metadata (KCVs, lengths, public keys): the owner's members and regulators."""
     who = principal(user)
     return who.is_regulator or organization_id in who.roles

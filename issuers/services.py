@@ -6,9 +6,9 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
-from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.text import slugify
@@ -67,7 +67,7 @@ def generate_slug(name: str, kind: str) -> str:
 
 
 @transaction.atomic
-def create_organization(*, name: str, kind: str, slug: str = "", actor: AbstractBaseUser | None = None) -> Organization:
+def create_organization(*, name: str, kind: str, slug: str = "", actor: User | None = None) -> Organization:
     if kind not in Organization.Kind.values:
         raise ServiceError(f"unknown organisation kind {kind!r}", field="kind")
     name = (name or "").strip()
@@ -100,7 +100,7 @@ def create_organization(*, name: str, kind: str, slug: str = "", actor: Abstract
 # when the agency approved it (SharedMemberApproval).
 
 
-def membership_refusal(*, organization: Organization, user: AbstractBaseUser) -> ServiceError | None:
+def membership_refusal(*, organization: Organization, user: User) -> ServiceError | None:
     """Why ``user`` may not become a member of ``organization`` (None: they may)."""
     if user.cards.exists():
         return ServiceError(
@@ -129,19 +129,19 @@ def membership_refusal(*, organization: Organization, user: AbstractBaseUser) ->
     return None
 
 
-def _check_may_join(organization: Organization, user: AbstractBaseUser) -> None:
+def _check_may_join(organization: Organization, user: User) -> None:
     refusal = membership_refusal(organization=organization, user=user)
     if refusal is not None:
         raise refusal
 
 
-def _is_org_admin(actor: AbstractBaseUser | None, organization: Organization) -> bool:
+def _is_org_admin(actor: User | None, organization: Organization) -> bool:
     return actor is None or roles.principal(actor).has_role(organization.pk, Membership.Role.ADMIN)
 
 
 @transaction.atomic
 def add_member(
-    *, organization: Organization, user: AbstractBaseUser, role: str, actor: AbstractBaseUser | None = None
+    *, organization: Organization, user: User, role: str, actor: User | None = None
 ) -> Membership:
     """Make ``user`` a member directly, without an invitation: for the platform's own bootstrap
     (seed commands, tests). The API and portal never call it: admins invite
@@ -167,7 +167,7 @@ def add_member(
 # --------------------------------------------------------------------------- invitations
 
 
-def _invitation_event(invitation: Invitation, action: str, actor: AbstractBaseUser | None) -> None:
+def _invitation_event(invitation: Invitation, action: str, actor: User | None) -> None:
     record_event(
         action=action,
         subject_type="invitation",
@@ -180,7 +180,7 @@ def _invitation_event(invitation: Invitation, action: str, actor: AbstractBaseUs
 
 @transaction.atomic
 def invite_member(
-    *, organization: Organization, user: AbstractBaseUser, role: str, actor: AbstractBaseUser | None
+    *, organization: Organization, user: User, role: str, actor: User | None
 ) -> Invitation:
     """An organisation admin invites ``user``; nothing is granted until the user accepts."""
     if role not in Membership.Role.values:
@@ -208,7 +208,7 @@ def invite_member(
     return invitation
 
 
-def _decide(invitation: Invitation, state: str, actor: AbstractBaseUser | None) -> Invitation:
+def _decide(invitation: Invitation, state: str, actor: User | None) -> Invitation:
     """Record the answer to a pending invitation (accepted, declined, revoked), with its entry."""
     invitation.state = state
     invitation.decided_at = timezone.now()
@@ -227,7 +227,7 @@ def _locked_pending(invitation: Invitation) -> Invitation:
 
 
 @transaction.atomic
-def accept_invitation(*, invitation: Invitation, user: AbstractBaseUser) -> Membership:
+def accept_invitation(*, invitation: Invitation, user: User) -> Membership:
     """The invited user accepts: the membership exists from now on. The membership rules are
     checked again (the user may have got a card or joined another organisation since)."""
     invitation = _locked_pending(invitation)
@@ -253,7 +253,7 @@ def accept_invitation(*, invitation: Invitation, user: AbstractBaseUser) -> Memb
 
 
 @transaction.atomic
-def decline_invitation(*, invitation: Invitation, user: AbstractBaseUser) -> Invitation:
+def decline_invitation(*, invitation: Invitation, user: User) -> Invitation:
     invitation = _locked_pending(invitation)
     if invitation.user_id != user.pk:
         raise ServiceError("this invitation is addressed to someone else", code="not_found")
@@ -261,7 +261,7 @@ def decline_invitation(*, invitation: Invitation, user: AbstractBaseUser) -> Inv
 
 
 @transaction.atomic
-def revoke_invitation(*, invitation: Invitation, actor: AbstractBaseUser | None) -> Invitation:
+def revoke_invitation(*, invitation: Invitation, actor: User | None) -> Invitation:
     invitation = _locked_pending(invitation)
     if not _is_org_admin(actor, invitation.organization):
         raise ServiceError("only an administrator of the organisation revokes its invitations", code="not_admin")
@@ -270,7 +270,7 @@ def revoke_invitation(*, invitation: Invitation, actor: AbstractBaseUser | None)
 
 @transaction.atomic
 def approve_shared_member(
-    *, organization: Organization, user: AbstractBaseUser, actor: AbstractBaseUser | None
+    *, organization: Organization, user: User, actor: User | None
 ) -> SharedMemberApproval:
     """An agency operator allows a member of another bank to be invited to ``organization`` too."""
     who = roles.principal(actor) if actor is not None else None
@@ -308,7 +308,7 @@ def approve_shared_member(
 
 
 @transaction.atomic
-def remove_member(*, membership: Membership, actor: AbstractBaseUser | None = None) -> None:
+def remove_member(*, membership: Membership, actor: User | None = None) -> None:
     organization, username, pk = membership.organization, membership.user.get_username(), membership.pk
     if (
         membership.role == Membership.Role.ADMIN
@@ -330,7 +330,7 @@ def remove_member(*, membership: Membership, actor: AbstractBaseUser | None = No
 
 @transaction.atomic
 def add_aid_range(
-    *, organization: Organization, rid: str, pix_prefix: str = "", actor: AbstractBaseUser | None = None
+    *, organization: Organization, rid: str, pix_prefix: str = "", actor: User | None = None
 ) -> AidRange:
     """Give a bank an AID range. Ranges of different banks may not overlap (ISO 7816-5 AIDs are
     matched by prefix, so overlap means one prefix starts the other)."""
@@ -369,7 +369,7 @@ def set_ssd_template(
     key_length: int = 16,
     ssd_aid_suffix: str = "5344",
     default_applets: Sequence[dict[str, Any]] = (),
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
 ) -> SsdTemplate:
     if not organization.is_bank:
         raise ServiceError("only banks have SSD templates", field="organization")
@@ -416,7 +416,7 @@ def admit_bank(
     management: str = SsdTemplate.Management.DELEGATED,
     scp: int = 0x03,
     key_length: int = 16,
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
 ) -> Organization:
     """Admit a bank: organisation, AID range, SSD template and its key-encryption key, in one step."""
     bank = create_organization(name=name, kind=Organization.Kind.BANK, slug=slug, actor=actor)
@@ -444,7 +444,7 @@ def aid_in_bank_range(organization: Organization, aid_hex: str) -> bool:
 
 @transaction.atomic
 def set_organization_active(
-    *, organization: Organization, is_active: bool, actor: AbstractBaseUser | None = None
+    *, organization: Organization, is_active: bool, actor: User | None = None
 ) -> Organization:
     """Suspend or reinstate an organisation (a suspended bank gets no new enrollments or tokens)."""
     organization = Organization.objects.select_for_update().get(pk=organization.pk)
@@ -468,13 +468,14 @@ AGENCY_MASTER_KVN = {"aes": 0x30, "3des": 0x20}
 TOKEN_SIGNING_KVN = 0x70
 
 
-def ensure_agency_keys(agency: Organization, *, actor: AbstractBaseUser | None = None) -> None:
+def ensure_agency_keys(agency: Organization, *, actor: User | None = None) -> None:
     """The agency's custody: KEK, ISD diversification masters (AES for SCP03/KDF3, 3DES for SCP02/EMV)
     and the Delegated Management token signing key (ECDSA P-256). Idempotent; keys are generated in
     custody and never leave it in clear."""
     custody.ensure_org_kek(agency, actor=actor)
     existing = KeySet.objects.filter(organization=agency, card_cin="", state=KeySet.State.ACTIVE)
-    for algorithm, length in (("aes", 16), ("3des", 16)):
+    masters: tuple[tuple[Literal["aes", "3des"], int], ...] = (("aes", 16), ("3des", 16))
+    for algorithm, length in masters:
         if not existing.filter(purpose=KeySet.Purpose.DIVERSIFICATION_MASTER, algorithm=algorithm).exists():
             custody.store_master_key(
                 agency, secrets.token_bytes(length), AGENCY_MASTER_KVN[algorithm], algorithm=algorithm, actor=actor

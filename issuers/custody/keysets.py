@@ -31,7 +31,7 @@ Algorithm = KeySet.Algorithm
 
 _SYMMETRIC = {Algorithm.AES, Algorithm.DES3}
 _ASYMMETRIC = {Algorithm.EC_P256, Algorithm.RSA, Algorithm.ED25519}
-_ALLOWED: dict[str, set[str]] = {
+_ALLOWED: dict[str, set[Algorithm]] = {
     Purpose.SCP_STATIC: _SYMMETRIC,
     Purpose.DIVERSIFICATION_MASTER: _SYMMETRIC,
     Purpose.TOKEN_SIGNING: {Algorithm.EC_P256, Algorithm.RSA},

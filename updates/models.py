@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import models
 
 from cards.signals import auth_failures_cleared
 from issuers.models import Organization, hex_validator
+
+if TYPE_CHECKING:
+    from cards.models import SecurityDomain
 
 
 class WorkerHeartbeat(models.Model):
@@ -149,7 +153,7 @@ class AuthRefusal(models.Model):
         return f"refusal {self.status_word} for SD {self.security_domain_id} through reader {self.credential_id}"
 
 
-def _release_held_readers(sender: object, security_domain: object, **kwargs: object) -> None:
+def _release_held_readers(sender: object, security_domain: SecurityDomain, **kwargs: object) -> None:
     AuthRefusal.objects.filter(security_domain=security_domain).delete()
 
 

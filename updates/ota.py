@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from django.db.models import F
 from django.utils import timezone
@@ -42,6 +42,7 @@ from django.utils import timezone
 from audit.services import record_event
 from cards.emulation import token_verification_keyset
 from cards.models import ISD_AID, AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
+from ecard.errors import ServiceError
 from gp import aids, commands, dm
 from gp.apdu import SW, sw_name
 from gp.cap import LoadFile
@@ -52,6 +53,7 @@ from gp.errors import (
     LocalProtocolError,
     RemoteProtocolError,
 )
+from gp.keys import Algorithm as KeyAlgorithm
 from gp.keys import StaticKeys, encode_put_key_symmetric
 from gp.scp import SCP02, SCP03, SecuredResponse, SecurityLevel
 from gp.tlv import decode_all, find
@@ -115,6 +117,8 @@ class NeedsProof(Exception):
 
 
 MAX_ATTEMPTS = 5
+# Card.key_scheme (a CharField) to the diversification schemes custody.card_isd_keys knows.
+ISD_KEY_SCHEMES: dict[str, Literal["kdf3", "emv", "visa2"]] = {"kdf3": "kdf3", "emv": "emv", "visa2": "visa2"}
 INTEGRITY_SWS = frozenset(
     {SW.SECURITY_STATUS_NOT_SATISFIED, SW.SM_DATA_OBJECTS_INCORRECT, SW.AUTHENTICATION_FAILED}
 )
@@ -233,6 +237,7 @@ class Stage:
 
     name = "stage"
     status_p1: tuple[int, ...] = (STATUS_APPS,)
+    opened_with: KeyChoice  # the key choice that opened the channel: set by SessionEngine.stage()
 
     def __init__(self, job: CardJob) -> None:
         self.job = job
@@ -252,6 +257,10 @@ class Stage:
     def security_domain(self) -> SecurityDomain | None:
         return self.card.security_domains.filter(aid=self.sd_aid()).first()
 
+    def job_sd(self) -> SecurityDomain:
+        """The bank security domain the job works on (see :func:`job_security_domain`)."""
+        return job_security_domain(self.job)
+
     # -- script
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
         raise NotImplementedError
@@ -261,6 +270,15 @@ class Stage:
 
     def preflight(self) -> None:
         """Checks before the channel opens; raise :class:`JobFailed` to fail the job for good."""
+
+
+def job_security_domain(job: CardJob) -> SecurityDomain:
+    """The job's security domain. Every job kind that works on a bank's SSD is created with one
+    (``cards.services``); a job without it cannot be done and fails for good."""
+    sd = job.security_domain
+    if sd is None:
+        raise JobFailed(f"the {job.kind} job names no security domain")
+    return sd
 
 
 def sd_lifecycle(value: int) -> str:
@@ -333,10 +351,10 @@ class BankSsdStage(Stage):
     """A stage in a channel with the job's bank SSD (the bank's keys; its KEK seals the channel)."""
 
     def sd_aid(self) -> str:
-        return self.job.security_domain.aid
+        return self.job_sd().aid
 
     def owner(self) -> Organization:
-        return self.job.security_domain.organization
+        return self.job_sd().organization
 
 
 class IsdInstallSsd(IsdStage):
@@ -345,13 +363,13 @@ class IsdInstallSsd(IsdStage):
     name = "install-ssd"
 
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         if registry.app(sd.aid) is not None:
             return []
         return [Command(install_ssd_apdu(sd), f"create {sd.organization.name} security domain")]
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         entry = registry.app(sd.aid)
         if entry is None:
             raise StepFailed("the card does not list the new security domain")
@@ -381,10 +399,10 @@ class SsdBankKeys(BankSsdStage):
     name = "bank-keys"
 
     def bank_kvn(self) -> int:
-        return BANK_KVN[self.job.security_domain.scp]
+        return BANK_KVN[self.job_sd().scp]
 
     def key_choices(self) -> list[KeyChoice]:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         bank = ensure_bank_keyset(self.job, sd, self.bank_kvn())
         choices = [KeyChoice("keyset", bank.kvn, bank.pk)]
         initial = ssd_initial_keyset(self.card)
@@ -395,10 +413,12 @@ class SsdBankKeys(BankSsdStage):
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
         if self.opened_with.kvn == self.bank_kvn():
             return []  # the bank's keys already open the SSD: PUT KEY happened in an earlier session
-        sd = self.job.security_domain
+        sd = self.job_sd()
         bank = keyset_for(sd.organization, self.card, sd.aid, self.bank_kvn())
+        if bank is None:  # key_choices() generated it before the channel opened
+            raise JobFailed("the bank has no key set for this security domain")
         keys = custody.load_static_keys(bank)
-        algorithm = "aes" if sd.scp == 0x03 else "des"
+        algorithm: KeyAlgorithm = "aes" if sd.scp == 0x03 else "des"
 
         data = encode_put_key_symmetric(bank.kvn, keys, channel.encrypt_key, algorithm=algorithm)
         # encode_put_key_symmetric starts with the new KVN, which put_key writes itself (§11.8.2.3).
@@ -406,7 +426,7 @@ class SsdBankKeys(BankSsdStage):
         return [Command(apdu, f"install {sd.organization.name} keys")]
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         sd.key_kvn = self.bank_kvn()
         sd.save(update_fields=["key_kvn", "updated_at"])
 
@@ -420,14 +440,14 @@ class SsdInstallApplets(BankSsdStage):
     status_p1 = (STATUS_APPS, STATUS_ELF_MODULES)
 
     def key_choices(self) -> list[KeyChoice]:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         bank = keyset_for(sd.organization, self.card, sd.aid, BANK_KVN[sd.scp])
         if bank is None:
             raise JobFailed("the bank has no key set for this security domain")
         return [KeyChoice("keyset", bank.kvn, bank.pk)]
 
     def preflight(self) -> None:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         if sd.management != "dm":
             return
 
@@ -442,7 +462,7 @@ class SsdInstallApplets(BankSsdStage):
         return list(self.job.params.get("applets") or self.job.params.get("default_applets") or [])
 
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         script: list[Command] = []
         for spec in self.applets():
             release = Release.objects.get(pk=spec["release"])
@@ -458,7 +478,7 @@ class SsdInstallApplets(BankSsdStage):
         return script
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         for spec in self.applets():
             release = Release.objects.get(pk=spec["release"])
             record_package(sd, release)
@@ -578,7 +598,7 @@ class IsdDeleteSsd(IsdStage):
     name = "delete-ssd"
 
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         if registry.app_absent(sd.aid):
             return []
         if registry.app(sd.aid) is not None:
@@ -586,7 +606,7 @@ class IsdDeleteSsd(IsdStage):
         return [delete_command(sd.aid, f"delete {sd.aid} if present", may_be_absent=True)]
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         if registry.app(sd.aid) is not None:
             raise StepFailed("the security domain is still on the card")
         if registry.app_absent(sd.aid):
@@ -608,7 +628,7 @@ class SsdRotateKeys(BankSsdStage):
         return int(self.job.params["to_kvn"])
 
     def key_choices(self) -> list[KeyChoice]:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         choices = []
         new = ensure_bank_keyset(self.job, sd, self.target_kvn())
         choices.append(KeyChoice("keyset", new.kvn, new.pk))
@@ -620,8 +640,10 @@ class SsdRotateKeys(BankSsdStage):
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
         if self.opened_with.kvn == self.target_kvn():
             return []
-        sd = self.job.security_domain
+        sd = self.job_sd()
         new = keyset_for(sd.organization, self.card, sd.aid, self.target_kvn())
+        if new is None:  # key_choices() generated it before the channel opened
+            raise JobFailed("the bank has no key set of the new version for this security domain")
 
         data = encode_put_key_symmetric(
             new.kvn, custody.load_static_keys(new), channel.encrypt_key, algorithm="aes" if sd.scp == 3 else "des"
@@ -630,7 +652,7 @@ class SsdRotateKeys(BankSsdStage):
         return [Command(apdu, f"rotate keys to version {new.kvn:02X}")]
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         old_kvn = sd.key_kvn
         sd.key_kvn = self.target_kvn()
         sd.save(update_fields=["key_kvn", "updated_at"])
@@ -651,7 +673,7 @@ class IsdSetStatus(IsdStage):
         return self.job.kind == CardJob.Kind.LOCK_SD
 
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         entry = registry.app(sd.aid)
         if entry is None:
             raise StepFailed("the security domain is not on the card")
@@ -665,7 +687,7 @@ class IsdSetStatus(IsdStage):
         return [Command(apdu, "lock" if self.locking() else "unlock")]
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         entry = registry.app(sd.aid)
         if entry is None or bool(entry.lifecycle & commands.LOCKED_BIT) != self.locking():
             raise StepFailed("the card does not show the new lock state")
@@ -797,14 +819,18 @@ class SessionEngine:
             stage = stages_for(job)[self.state["stage"]](job)
             self._stages[key] = stage
         if "key" in self.state:
-            stage.opened_with = KeyChoice.from_json(self.state["key"])  # type: ignore[attr-defined]
+            stage.opened_with = KeyChoice.from_json(self.state["key"])
         return stage
 
     def _send(self, cmds: list[Command], *, phase: str | None = None) -> Batch:
         wire = []
         sent = []
         for cmd in cmds:
-            apdu = self._channel.wrap(cmd.apdu) if cmd.secure else cmd.apdu
+            apdu = cmd.apdu
+            if cmd.secure:
+                if self._channel is None:
+                    raise LocalProtocolError(f"{cmd.label}: a secured command with no channel open")
+                apdu = self._channel.wrap(cmd.apdu)
             wire.append({"apdu": apdu.hex().upper(), "expect": [f"{sw:04X}" for sw in cmd.expect], "label": cmd.label})
             sent.append(
                 {
@@ -887,7 +913,12 @@ class SessionEngine:
         """The static keys behind a key choice (the channel needs the DEK for PUT KEY)."""
         card = self.card
         if choice.kind == "isd":
-            return custody.card_isd_keys(card.issued_by, card.cin, bytes.fromhex(card.kdd), card.key_scheme)
+            scheme = ISD_KEY_SCHEMES.get(card.key_scheme)
+            if scheme is None:  # the same refusal card_isd_keys gives
+                raise ServiceError(f"unknown diversification scheme {card.key_scheme!r}", field="scheme")
+            return custody.card_isd_keys(card.issued_by, card.cin, bytes.fromhex(card.kdd), scheme)
+        if choice.keyset_id is None:  # what get(pk=None) raised: a key-set choice always names one
+            raise KeySet.DoesNotExist("the key choice names no key set")
         return custody.load_static_keys(KeySet.objects.get(pk=choice.keyset_id))
 
     def _unwrap(self, rapdu: bytes) -> SecuredResponse:
@@ -1068,7 +1099,7 @@ class SessionEngine:
             raise SessionRejected("the card's key diversification data does not match its record")
         self._channel = channel
         self.state["key"] = choice.to_json()
-        stage.opened_with = choice  # type: ignore[attr-defined]
+        stage.opened_with = choice
         self._clear_evidence()
         self.state["proofs"] = []
         self.state["probed"] = False
@@ -1185,14 +1216,14 @@ class SessionEngine:
                     f"the card refused the host cryptogram (SW {ea_sw:04X}): not retried through this reader"
                 )
             responses, sent = responses[1:], sent[1:]
-        self._restore_channel()
+        channel = self._restore_channel()
         more = self._collect_status(responses, sent)
         if len(responses) < len(sent):
             raise StepFailed("the registry could not be read")
         if more:
             return self._send([self._get_status(p1, next_occurrence=True) for p1 in more], phase="status")
         stage = self.stage()
-        script = stage.script(self._registry(), self._channel)
+        script = stage.script(self._registry(), channel)
         if not script:
             return self._finish_stage(stage)
         return self._send_script(stage, script)
@@ -1255,7 +1286,11 @@ class SessionEngine:
         counter = int.from_bytes(confirmation.counter, "big")
         if counter <= card.receipt_counter:
             raise SessionRejected("the receipt's confirmation counter did not advance (replayed receipt)")
-        builders = {"load": dm.load_receipt_data, "install": dm.install_receipt_data, "delete": dm.delete_receipt_data}
+        builders: dict[str, Callable[..., bytes]] = {
+            "load": dm.load_receipt_data,
+            "install": dm.install_receipt_data,
+            "delete": dm.delete_receipt_data,
+        }
         fields = [bytes.fromhex(f) for f in spec["fields"]]
         receipt_input = builders[spec["op"]](confirmation.counter, confirmation.card_unique_data, *fields)
         keyset = KeySet.objects.filter(
@@ -1346,17 +1381,20 @@ def _job_changed(job: CardJob, action: str, error: str = "", **details: Any) -> 
 def complete_job(job: CardJob) -> None:
     """Record a finished job and what it means for the registry, with its audit entry."""
     now = timezone.now()
-    sd = job.security_domain
     if job.kind == CardJob.Kind.ENROLL_BANK:
+        sd = job_security_domain(job)
         sd.state = SecurityDomain.State.ACTIVE
         sd.save(update_fields=["state", "updated_at"])
-        Enrollment.objects.filter(pk=job.enrollment_id).update(status=Enrollment.Status.ACTIVE, updated_at=now)
+        if job.enrollment_id is not None:  # filter(pk=None) matched nothing
+            Enrollment.objects.filter(pk=job.enrollment_id).update(status=Enrollment.Status.ACTIVE, updated_at=now)
     elif job.kind == CardJob.Kind.REMOVE_BANK:
+        sd = job_security_domain(job)
         sd.state = SecurityDomain.State.REMOVED
         sd.save(update_fields=["state", "updated_at"])
         sd.applets.all().delete()
         sd.packages.all().delete()
-        Enrollment.objects.filter(pk=job.enrollment_id).update(status=Enrollment.Status.REMOVED, updated_at=now)
+        if job.enrollment_id is not None:  # filter(pk=None) matched nothing
+            Enrollment.objects.filter(pk=job.enrollment_id).update(status=Enrollment.Status.REMOVED, updated_at=now)
         KeySet.objects.filter(
             organization=sd.organization, card_cin=job.card.cin, sd_aid=sd.aid, state=KeySet.State.ACTIVE
         ).update(state=KeySet.State.SUPERSEDED, rotated_at=now)

@@ -88,7 +88,7 @@ class SsdUpdatePackages(BankSsdStage):
         return [aid.upper() for aid in spec.get("instances", [])]
 
     def script(self, registry: Registry, channel: Any) -> list[Command]:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         card = self.card
         releases = self.releases()
         deletes: list[Command] = []
@@ -114,7 +114,7 @@ class SsdUpdatePackages(BankSsdStage):
         return list(reversed(deletes)) + loads
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         for release in self.releases():
             elf = registry.elf(release.package_aid)
             if elf is None or elf.elf_version != version_bytes(release.package_version):
@@ -148,7 +148,7 @@ class SsdRemovePackages(BankSsdStage):
         return [aid.upper() for aid in self.job.params.get("remove", [])]
 
     def script(self, registry: Registry, channel: Any) -> list[Command]:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         out = []
         for aid in self.package_aids():
             if registry.elf_absent(aid):
@@ -166,7 +166,7 @@ class SsdRemovePackages(BankSsdStage):
         return out
 
     def finish(self, registry: Registry, key: KeyChoice) -> None:
-        sd = self.job.security_domain
+        sd = self.job_sd()
         for aid in self.package_aids():
             if registry.elf(aid) is not None:
                 raise StepFailed(f"{aid} is still on the card")

@@ -16,6 +16,7 @@ import zlib
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 
 from audit.security import Kind as SecurityKind
@@ -96,7 +97,7 @@ def create_release(
     cap_bytes: bytes,
     filename: str,
     changelog: str = "",
-    actor: AbstractBaseUser | None = None,
+    actor: User | None = None,
 ) -> Release:
     if not bank.is_bank:
         raise ServiceError("only banks publish applet releases", field="bank")

@@ -286,7 +286,7 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         return selectors.rollouts_for(self.request.user)
 
     def _answer(self, rollout: Rollout, code: int = status.HTTP_200_OK) -> Response:
-        rollout = selectors.rollouts_for(self.request.user).get(pk=rollout.pk)
+        rollout = selectors.rollouts_for(acting_user(self.request)).get(pk=rollout.pk)
         return Response(RolloutSerializer(rollout).data, status=code)
 
     @extend_schema(request=CreateRolloutSerializer, responses={201: RolloutSerializer})

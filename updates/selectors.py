@@ -16,6 +16,6 @@ def heartbeat_for(token: str) -> WorkerHeartbeat | None:
 def credentials_for(user: AbstractBaseUser) -> QuerySet[AgentCredential]:
     """A card holder sees their own device credentials; nobody else sees any."""
     who = principal(user)
-    if not who.is_citizen:
+    if not who.is_citizen or who.user_id is None:  # a citizen always has a user id
         return AgentCredential.objects.none()
     return AgentCredential.objects.filter(user_id=who.user_id)

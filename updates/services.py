@@ -12,6 +12,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -54,7 +55,7 @@ def _hash_secret(secret: str) -> str:
 
 
 @transaction.atomic
-def issue_agent_credential(*, user: AbstractBaseUser, name: str) -> tuple[AgentCredential, str]:
+def issue_agent_credential(*, user: User, name: str) -> tuple[AgentCredential, str]:
     """A new device credential for a card holder. The token is shown once; only its hash is kept."""
     if user.memberships.exists() or not user.cards.exists():
         raise ServiceError("agent credentials are for card holders", field="user")
@@ -144,8 +145,8 @@ def _reject(session: CardSession, reason: str) -> None:
     record_event(
         action="session.rejected",
         subject_type="card_session",
-        subject_id=session.id,
-        card_cin=session.card.cin if session.card_id else "",
+        subject_id=str(session.id),  # record_event stores str(subject_id)
+        card_cin=session.card.cin if session.card is not None else "",
         outcome="failure",
         reason=reason,
         actor_type="agent",
@@ -165,8 +166,8 @@ def _apply(session: CardSession, batch: Batch) -> RelayAnswer:
         record_event(
             action="session.done",
             subject_type="card_session",
-            subject_id=session.id,
-            card_cin=session.card.cin if session.card_id else "",
+            subject_id=str(session.id),  # record_event stores str(subject_id)
+            card_cin=session.card.cin if session.card is not None else "",
             actor_type="agent",
             details={"round_trips": session.round_trips, "apdus": session.apdus, **batch.result},
         )
@@ -316,8 +317,8 @@ def _expire(session: CardSession) -> None:
     record_event(
         action="session.expired",
         subject_type="card_session",
-        subject_id=session.id,
-        card_cin=session.card.cin if session.card_id else "",
+        subject_id=str(session.id),  # record_event stores str(subject_id)
+        card_cin=session.card.cin if session.card is not None else "",
         outcome="failure",
         reason="idle timeout",
         actor_type="system",

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -35,7 +36,7 @@ def create_rollout(
     *,
     bank: Organization,
     release: Release,
-    actor: AbstractBaseUser | None,
+    actor: User | None,
     groups: Any,
     from_version: str = "",
     cins: list[str] | None = None,
@@ -134,7 +135,7 @@ def create_rollout(
 
 
 @transaction.atomic
-def approve_rollout(*, rollout: Rollout, actor: AbstractBaseUser) -> Rollout:
+def approve_rollout(*, rollout: Rollout, actor: User) -> Rollout:
     rollout = _locked(rollout)
     _can_operate(actor, rollout.bank)
     lifecycle.require(rollout.state, Action.APPROVE)

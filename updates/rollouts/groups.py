@@ -35,9 +35,12 @@ def parse_groups(spec: Any) -> list[Bound]:
     for item in spec:
         if isinstance(item, bool):
             raise ServiceError(f"{item!r} is not a percentage or a card count", field="groups")
-        count_text = _COUNT.match(item) if isinstance(item, str) else None
-        if isinstance(item, int) or count_text is not None:
-            count = item if isinstance(item, int) else int(count_text.group(1))
+        if isinstance(item, int):
+            count: int | None = item
+        else:
+            count_text = _COUNT.match(item) if isinstance(item, str) else None
+            count = int(count_text.group(1)) if count_text is not None else None
+        if count is not None:
             if count >= 10**9:
                 raise ServiceError("a card count is below 1,000,000,000", field="groups")
             if count < 1 or count <= last_count:

@@ -84,7 +84,8 @@ def record_card_result(*, job: CardJob, state: str, error: str) -> None:
     target.status = status
     target.updated_at = now
     target.save(update_fields=["status", "last_error", "next_retry_at", "updated_at"])
-    RolloutGroup.objects.filter(pk=target.group_id).update(running=F("running") - 1, **{status: F(status) + 1})
+    counter = str(status)  # the group's counter field is named after the status value
+    RolloutGroup.objects.filter(pk=target.group_id).update(running=F("running") - 1, **{counter: F(counter) + 1})
     record_event(
         action="rollout.card_result",
         subject_type="rollout",

@@ -7,7 +7,8 @@ class ServiceError(Exception):
     """A business rule refused the operation; the message is safe to show to the caller.
 
     ``field`` names the input at fault (for forms and problem documents); ``code`` is a short
-    machine-readable reason. Codes ``duplicate`` and ``state`` are conflicts (HTTP 409).
+    machine-readable reason. Codes ``duplicate`` and ``state`` are conflicts (HTTP 409);
+    ``unavailable`` is the platform's own failure, to be retried later (HTTP 503).
     """
 
     CONFLICT_CODES = frozenset({"duplicate", "state", "conflict"})
@@ -21,3 +22,9 @@ class ServiceError(Exception):
     @property
     def is_conflict(self) -> bool:
         return self.code in self.CONFLICT_CODES
+
+    @property
+    def http_status(self) -> int:
+        if self.code == "unavailable":
+            return 503
+        return 409 if self.is_conflict else 404 if self.code == "not_found" else 400

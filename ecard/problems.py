@@ -58,10 +58,11 @@ def problem_exception_handler(exc: Exception, context: dict[str, Any]) -> Respon
 
 def _problem_response(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, ServiceError):
-        status_code = 409 if exc.is_conflict else 404 if exc.code == "not_found" else 400
+        status_code = exc.http_status
+        titles = {409: "Conflict", 404: "Not found", 503: "Service unavailable"}
         body = problem_body(
             status_code,
-            "Conflict" if exc.is_conflict else "Not found" if status_code == 404 else "Request refused",
+            titles.get(status_code, "Request refused"),
             exc.message,
             exc.code,
             errors={exc.field or "non_field_errors": [exc.message]},

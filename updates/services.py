@@ -19,6 +19,7 @@ from django.utils import timezone
 from audit.services import record_event
 from cards.models import CardJob
 from ecard.errors import ServiceError
+from gp.errors import LocalProtocolError
 from updates.models import AgentCredential, CardSession, WorkerHeartbeat
 from updates.ota import (
     BANK_KVN,
@@ -179,13 +180,17 @@ def _apply(session: CardSession, batch: Batch) -> RelayAnswer:
 def open_session(*, credential: AgentCredential, mode: str = CardSession.Mode.BATCH) -> RelayAnswer:
     if mode not in CardSession.Mode.values:
         raise ServiceError("mode must be batch or apdu", field="mode")
-    with transaction.atomic():
-        AgentCredential.objects.filter(pk=credential.pk).update(last_used_at=timezone.now())
-        session = CardSession.objects.create(credential=credential, mode=mode, expires_at=_expires())
-        engine = SessionEngine(session)
-        batch = engine.start()
-        session.engine_state = engine.state
-        return _apply(session, batch)
+    try:
+        with transaction.atomic():
+            AgentCredential.objects.filter(pk=credential.pk).update(last_used_at=timezone.now())
+            session = CardSession.objects.create(credential=credential, mode=mode, expires_at=_expires())
+            engine = SessionEngine(session)
+            batch = engine.start()
+            session.engine_state = engine.state
+            return _apply(session, batch)
+    except LocalProtocolError:
+        # An engine bug (logged where it happened); the session was never committed.
+        raise ServiceError(PLATFORM_FAULT, code="unavailable") from None
 
 
 def _check_responses(session: CardSession, responses: list[str]) -> list[bytes]:
@@ -225,8 +230,16 @@ def exchange(*, session_id: Any, credential: AgentCredential, number: int, respo
     pending and resume at the card's next presentation. A session idle past its deadline is
     closed, and that is committed, before the 409 says so.
     """
-    with transaction.atomic():
-        answer = _exchange_locked(session_id=session_id, credential=credential, number=number, responses=responses)
+    try:
+        with transaction.atomic():
+            answer = _exchange_locked(
+                session_id=session_id, credential=credential, number=number, responses=responses
+            )
+    except LocalProtocolError:
+        # The engine misused gp: a bug of ours, logged by the engine. What the exchange did is
+        # rolled back; the session ends without blaming the card or the relay.
+        _close_after_platform_fault(session_id)
+        raise ServiceError(PLATFORM_FAULT, code="unavailable") from None
     if answer is None:
         raise ServiceError("the session expired", code="state")
     return answer
@@ -301,6 +314,36 @@ def expire_idle_sessions() -> int:
     for session in stale:
         _expire(session)
     return len(stale)
+
+
+PLATFORM_FAULT = "the platform could not continue this card session (an internal error, logged); present the card later"
+
+
+def _close_after_platform_fault(session_id: Any) -> None:
+    """End a session the engine could not serve because of its own bug: the session is
+    ``failed`` (not ``rejected``: neither the card nor the relay is blamed, no refusal is counted),
+    its running jobs wait for the next presentation, and the audit log says so."""
+    with transaction.atomic():
+        session = CardSession.objects.select_for_update().filter(pk=session_id).first()
+        if session is None or session.state != CardSession.State.OPEN:
+            return
+        session.state = CardSession.State.FAILED
+        session.closed_reason = "platform error"
+        session.sealed_channel = None
+        session.save()
+        if session.card_id:
+            CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING).update(
+                state=CardJob.State.PENDING
+            )
+        record_event(
+            action="session.failed",
+            subject_type="card_session",
+            subject_id=str(session.id),
+            card_cin=session.card.cin if session.card is not None else "",
+            outcome="failure",
+            reason="platform error",
+            actor_type="system",
+        )
 
 
 def _expire(session: CardSession) -> None:

@@ -75,8 +75,9 @@ def test_the_engines_own_misuse_of_a_channel_is_a_bug_not_the_cards_fault(
         return channel
 
     monkeypatch.setattr(ota.SessionEngine, "_restore_channel", restore_unopened_channel)
-    with caplog.at_level(logging.ERROR, logger="updates.ota"), pytest.raises(RelayError, match="500"):
-        world.present()  # the API answers a server error (problem document), as for any bug
+    with caplog.at_level(logging.ERROR, logger="updates.ota"), pytest.raises(RelayError, match="503") as refused:
+        world.present()  # a problem document: retry later; never a 500 or a stack trace
+    assert "internal error" in str(refused.value) and "Traceback" not in str(refused.value)
     records = engine_bug_records(caplog)
     assert len(records) == 1 and records[0].exc_info is not None
     error = records[0].exc_info[1]
@@ -86,7 +87,12 @@ def test_the_engines_own_misuse_of_a_channel_is_a_bug_not_the_cards_fault(
     assert not CardSession.objects.filter(card=world.card, state=CardSession.State.REJECTED).exists()
     assert not AuditEntry.objects.filter(action="session.rejected", card_cin=world.card.cin).exists()
     assert not AuthRefusal.objects.exists()
-    assert CardJob.objects.get(card=world.card).state != CardJob.State.FAILED
+    # The session ends as the platform's failure; the job waits for the next presentation.
+    session = CardSession.objects.filter(card=world.card).order_by("-pk").first()
+    assert session is not None and session.state == CardSession.State.FAILED
+    assert session.closed_reason == "platform error" and session.sealed_channel is None
+    assert AuditEntry.objects.filter(action="session.failed", card_cin=world.card.cin).exists()
+    job = CardJob.objects.get(card=world.card)
+    assert job.state == CardJob.State.PENDING
     monkeypatch.undo()
-    CardSession.objects.filter(card=world.card, state="open").update(state="expired")
     assert world.present().ok  # once the bug is gone, the work completes

@@ -193,8 +193,10 @@ def relay(
             result = run_session(card, server, mode=mode, on_progress=view.update if view is not None else None)
         except SessionRejected as exc:
             if exc.after_retry and number < max_sessions:
-                note(f"the connection was lost mid-exchange and the server closed the session ({exc.reason}); "
-                     "starting a new session")
+                note(
+                    f"the connection was lost mid-exchange and the server closed the session ({exc.reason}); "
+                    "starting a new session"
+                )
                 continue
             return _end(outcome, EXIT_REJECTED, f"session rejected: {exc.reason}", view)
         except ServerUnreachable as exc:
@@ -255,12 +257,24 @@ def _parser() -> argparse.ArgumentParser:
         help="an emulated card's state file (cardsim), driven in-process: the demo without pcscd",
     )
     p.add_argument("--token", default=None, help=f"device credential (default: ${TOKEN_ENV})")
-    p.add_argument("--mode", choices=("batch", "apdu"), default="batch",
-                   help="batch: scripts per round trip (default); apdu: one APDU per round trip (benchmarks)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                   help=f"seconds to wait for a card in the reader (default {DEFAULT_TIMEOUT:g})")
-    p.add_argument("--max-sessions", type=int, default=DEFAULT_MAX_SESSIONS,
-                   help=f"sessions to try while work is left (default {DEFAULT_MAX_SESSIONS})")
+    p.add_argument(
+        "--mode",
+        choices=("batch", "apdu"),
+        default="batch",
+        help="batch: scripts per round trip (default); apdu: one APDU per round trip (benchmarks)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds to wait for a card in the reader (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=int,
+        default=DEFAULT_MAX_SESSIONS,
+        help=f"sessions to try while work is left (default {DEFAULT_MAX_SESSIONS})",
+    )
     return p
 
 

@@ -43,8 +43,12 @@ def record_refusal(exc: Exception, context: dict[str, Any], status_code: int | N
     if isinstance(exc, exceptions.AuthenticationFailed):
         # Which scheme was refused (Token, Agent), never the credential itself.
         scheme = raw.META.get("HTTP_AUTHORIZATION", "").split(" ", 1)[0][:16]
-        security.record(security.Kind.API_AUTH_FAILED, request=raw, status=status_code,
-                        reason=f"{scheme or 'credential'}: {exc.detail}"[:200])
+        security.record(
+            security.Kind.API_AUTH_FAILED,
+            request=raw,
+            status=status_code,
+            reason=f"{scheme or 'credential'}: {exc.detail}"[:200],
+        )
     elif isinstance(exc, exceptions.PermissionDenied | PermissionDenied) or (
         isinstance(exc, ServiceError) and exc.code in ("forbidden", "not_holder")
     ):

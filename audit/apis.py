@@ -88,7 +88,8 @@ class CosignatureSerializer(serializers.Serializer):
 class CheckpointSerializer(serializers.ModelSerializer):
     root_hash = serializers.SerializerMethodField(help_text="base64")
     text = serializers.CharField(
-        source="published_text", read_only=True,
+        source="published_text",
+        read_only=True,
         help_text="the signed note, with the witnesses' cosignature lines appended",
     )
     cosignatures = CosignatureSerializer(many=True, read_only=True)
@@ -346,8 +347,20 @@ def export_response(checkpoint: Checkpoint, start: int = 0) -> StreamingHttpResp
 class SecurityEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = SecurityEvent
-        fields = ("id", "kind", "first_seen", "last_seen", "count", "username", "source", "method", "path",
-                  "status", "organization_slug", "reason")
+        fields = (
+            "id",
+            "kind",
+            "first_seen",
+            "last_seen",
+            "count",
+            "username",
+            "source",
+            "method",
+            "path",
+            "status",
+            "organization_slug",
+            "reason",
+        )
 
 
 @extend_schema_view(
@@ -371,7 +384,6 @@ class SecurityEventViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
         if not selectors.can_read_security_events(request.user):
             # Not there for banks and citizens (not even as a 403); the refusal itself is recorded.
 
-            security.record(security.Kind.NOT_FOUND, request=request._request, status=404,
-                            reason="security event log")
+            security.record(security.Kind.NOT_FOUND, request=request._request, status=404, reason="security event log")
             security.mark_logged(request._request)
             raise NotFound()

@@ -92,8 +92,17 @@ ENTRY_KEYS = frozenset(
     {"index", "time", "actor", "action", "subject", "card", "organisation", "outcome", "reason", "receipt", "details"}
 )
 HEADER_KEYS = frozenset(
-    {"format", "origin", "verifier_key", "checkpoint", "checkpoints", "consistency_proofs", "exported_at",
-     "from", "frontier"}
+    {
+        "format",
+        "origin",
+        "verifier_key",
+        "checkpoint",
+        "checkpoints",
+        "consistency_proofs",
+        "exported_at",
+        "from",
+        "frontier",
+    }
 )
 LINE_KEYS = frozenset({"index", "entry", "leaf_hash"})
 _TIME_RE = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d{1,9})?Z")
@@ -410,8 +419,14 @@ class ExportHeader:
         if len(frontier) != start.bit_count():
             raise ExportFormatError(f"a range export from entry {start} needs {start.bit_count()} frontier hashes")
         return cls(
-            obj["origin"], obj["verifier_key"], obj["checkpoint"], list(checkpoints), proofs, exported_at,
-            start, frontier,
+            obj["origin"],
+            obj["verifier_key"],
+            obj["checkpoint"],
+            list(checkpoints),
+            proofs,
+            exported_at,
+            start,
+            frontier,
         )
 
 

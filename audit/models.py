@@ -216,9 +216,7 @@ class WitnessRefusal(models.Model):
 
     class Meta:
         ordering = ("-created_at",)
-        constraints = [
-            models.UniqueConstraint(fields=["checkpoint", "witness"], name="audit_refusal_once_per_witness")
-        ]
+        constraints = [models.UniqueConstraint(fields=["checkpoint", "witness"], name="audit_refusal_once_per_witness")]
 
     def __str__(self) -> str:
         return f"{self.witness} refused size {self.checkpoint.size} ({self.status})"

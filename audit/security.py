@@ -123,8 +123,16 @@ def record(
 ) -> None:
     """Record one refused action. Never raises."""
     try:
-        _record(kind, request=request, user=user, username=username, status=status, organization=organization,
-                reason=reason, path=path)
+        _record(
+            kind,
+            request=request,
+            user=user,
+            username=username,
+            status=status,
+            organization=organization,
+            reason=reason,
+            path=path,
+        )
     except Exception as exc:
         logger.warning("security event %s not recorded (%s)", kind, type(exc).__name__)
 
@@ -152,8 +160,17 @@ def _record(
     where = (path if path is not None else (request.path if request is not None else ""))[:200]
     org = (getattr(organization, "slug", organization) or "")[:64]
     reason = (reason or "")[:200]
-    logger.info("refused: %s user=%s source=%s %s %s status=%s org=%s reason=%s",
-                kind, name or "-", source or "-", method or "-", where or "-", status, org or "-", reason or "-")
+    logger.info(
+        "refused: %s user=%s source=%s %s %s status=%s org=%s reason=%s",
+        kind,
+        name or "-",
+        source or "-",
+        method or "-",
+        where or "-",
+        status,
+        org or "-",
+        reason or "-",
+    )
 
     now = timezone.now()
     bucket = now.replace(second=0, microsecond=0)
@@ -179,8 +196,19 @@ def _record(
     try:
         with transaction.atomic():
             SecurityEvent.objects.create(
-                bucket=bucket, first_seen=now, last_seen=now, kind=kind, user=user, username=name, source=source,
-                method=method, path=where, status=status, organization_slug=org, reason=reason, key=key,
+                bucket=bucket,
+                first_seen=now,
+                last_seen=now,
+                kind=kind,
+                user=user,
+                username=name,
+                source=source,
+                method=method,
+                path=where,
+                status=status,
+                organization_slug=org,
+                reason=reason,
+                key=key,
             )
     except IntegrityError:  # the same event, recorded concurrently: count it there
         with transaction.atomic():
@@ -198,8 +226,14 @@ def _flood(source: str, bucket: Any, now: Any, *, total: int | None = None) -> N
     try:
         with transaction.atomic():
             SecurityEvent.objects.create(
-                bucket=bucket, first_seen=now, last_seen=now, kind=Kind.FLOOD, source=source[:64], reason=reason,
-                key=key, count=total or 1,
+                bucket=bucket,
+                first_seen=now,
+                last_seen=now,
+                kind=Kind.FLOOD,
+                source=source[:64],
+                reason=reason,
+                key=key,
+                count=total or 1,
             )
     except IntegrityError:
         pass

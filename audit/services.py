@@ -460,9 +460,7 @@ class _Buffer:
         return text
 
 
-def export_lines(
-    checkpoint: Checkpoint | None = None, *, start: int = 0, chunk_size: int = 2000
-) -> Iterator[str]:
+def export_lines(checkpoint: Checkpoint | None = None, *, start: int = 0, chunk_size: int = 2000) -> Iterator[str]:
     """The export as text chunks (header, then entries ``start`` .. size-1 in order), for streaming."""
     if checkpoint is None:
         checkpoint = selectors.latest_checkpoint()
@@ -538,7 +536,8 @@ def _refused(checkpoint: Checkpoint, witness: WitnessConfig, status: int, reason
     logger.warning("witness %s refused the checkpoint of size %s: %s", witness.name, checkpoint.size, reason)
     with transaction.atomic():
         _refusal, created = WitnessRefusal.objects.get_or_create(
-            checkpoint=checkpoint, witness=witness.name,
+            checkpoint=checkpoint,
+            witness=witness.name,
             defaults={"status": status, "reason": reason, "response": response[:2000]},
         )
         if created:
@@ -591,7 +590,9 @@ def push_to_witness(checkpoint: Checkpoint, witness: WitnessConfig) -> str:
                 if known <= selectors.current_size():
                     return "superseded"
                 return _refused(
-                    checkpoint, witness, status,
+                    checkpoint,
+                    witness,
+                    status,
                     f"the witness has cosigned size {known}, beyond this log's {selectors.current_size()} entries",
                     text,
                 )
@@ -617,9 +618,13 @@ def _store_cosignature(checkpoint: Checkpoint, witness: WitnessConfig, text: str
         return _refused(checkpoint, witness, 200, reason, text)
     cosig = found[0]
     WitnessCosignature.objects.get_or_create(
-        checkpoint=checkpoint, witness=witness.name,
+        checkpoint=checkpoint,
+        witness=witness.name,
         defaults={
-            "key_name": cosig.name, "key_id": cosig.key_id.hex(), "timestamp": cosig.timestamp, "line": cosig.line
+            "key_name": cosig.name,
+            "key_id": cosig.key_id.hex(),
+            "timestamp": cosig.timestamp,
+            "line": cosig.line,
         },
     )
     return "cosigned"

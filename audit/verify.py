@@ -244,8 +244,7 @@ def verify_export(
             )
         if start > since.size:
             _fail(
-                f"export starts at entry {start}, but the verified state ends at {since.size}: "
-                f"export from {since.size}"
+                f"export starts at entry {start}, but the verified state ends at {since.size}: export from {since.size}"
             )
         if start == since.size and start and header.frontier != since.frontier:
             _fail(
@@ -433,14 +432,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--previous", metavar="CHECKPOINT_FILE", help="a checkpoint seen earlier: the export must extend it"
     )
     parser.add_argument(
-        "--witness", metavar="VKEY", action="append", default=[],
+        "--witness",
+        metavar="VKEY",
+        action="append",
+        default=[],
         help="a witness's cosigner key (type 0x04), or @FILE; repeatable",
     )
     parser.add_argument(
         "--quorum", metavar="N", type=int, help="at least N of the --witness keys must have cosigned (default: all)"
     )
     parser.add_argument(
-        "--since", metavar="STATE", type=Path,
+        "--since",
+        metavar="STATE",
+        type=Path,
         help="incremental: verify from the state of the last run (created if missing) and update it",
     )
     args = parser.parse_args(argv)

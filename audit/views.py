@@ -144,6 +144,11 @@ def security_events(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "audit/security.html",
-        {"filter": filters, "page_obj": page.get_page(request.GET.get("page")), "query": query.urlencode(),
-         "can_export": selectors.can_export(request.user), "can_read_security": True},
+        {
+            "filter": filters,
+            "page_obj": page.get_page(request.GET.get("page")),
+            "query": query.urlencode(),
+            "can_export": selectors.can_export(request.user),
+            "can_read_security": True,
+        },
     )

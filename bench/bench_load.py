@@ -76,9 +76,20 @@ def ensure_cards(topology: Topology, cards_dir: Path, count: int) -> Path:
     env.update(ECARD_CARDS_DIR=str(cards_dir), LOG_LEVEL="WARNING")
     started = time.monotonic()
     subprocess.run(
-        ["bash", str(ROOT / "scripts" / "prod_local.sh"), "manage", "seed_load", "--cards", str(count),
-         "--tokens", str(tokens)],
-        cwd=ROOT, env=env, check=True, timeout=3600,
+        [
+            "bash",
+            str(ROOT / "scripts" / "prod_local.sh"),
+            "manage",
+            "seed_load",
+            "--cards",
+            str(count),
+            "--tokens",
+            str(tokens),
+        ],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=3600,
     )
     print(f"seeded in {time.monotonic() - started:.0f} s", flush=True)
     return tokens
@@ -127,8 +138,13 @@ def render(results: list[LoadResult], header: str) -> str:
             f"{cpu.get('redis', 0):.2f} | {cpu.get('bench', 0):.2f} | "
             f"{1000 * cpu.get('web', 0) * r.seconds / max(1, r.stats.sessions):.0f} |"
         )
-    names = {1: "open session", 2: "identify → open channel", 3: "authenticate → registry", 4: "registry → job script",
-             5: "script + verify → done"}
+    names = {
+        1: "open session",
+        2: "identify → open channel",
+        3: "authenticate → registry",
+        4: "registry → job script",
+        5: "script + verify → done",
+    }
     lines += [
         "",
         "Latency by exchange, p50 / p99 ms (what the server does on each: 1 creates the session and answers "
@@ -143,9 +159,7 @@ def render(results: list[LoadResult], header: str) -> str:
         cells = []
         for number in sorted(names):
             values = r.stats.by_exchange.get(number, [])
-            cells.append(
-                f"{r.percentile(50, values):.0f} / {r.percentile(99, values):.0f}" if values else "—"
-            )
+            cells.append(f"{r.percentile(50, values):.0f} / {r.percentile(99, values):.0f}" if values else "—")
         lines.append(f"| {r.agents} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -194,8 +208,9 @@ def main(argv: list[str] | None = None) -> int:
             found["bench"] = [bench_pid, *children(bench_pid)]
             return found
 
-        result = run_load(rows=rows, env=env, base_url=args.server, seconds=args.seconds, processes=processes,
-                          groups=groups)
+        result = run_load(
+            rows=rows, env=env, base_url=args.server, seconds=args.seconds, processes=processes, groups=groups
+        )
         results.append(result)
         cpu = ", ".join(f"{k} {v:.2f}" for k, v in result.cpu.items())
         print(

@@ -212,8 +212,11 @@ def main() -> None:
             for rtt in delays:
                 run = one_update(cap, mode, rtt)
                 runs.append(run)
-                print(f"{mode:<5} RTT {rtt:3d} ms: {run.round_trips:3d} round trips, {run.apdus:3d} APDUs, "
-                      f"{run.wall:6.2f} s", flush=True)
+                print(
+                    f"{mode:<5} RTT {rtt:3d} ms: {run.round_trips:3d} round trips, {run.apdus:3d} APDUs, "
+                    f"{run.wall:6.2f} s",
+                    flush=True,
+                )
     command = "python bench/bench_ota.py"
     if args.delays != "0,50,100,200" or args.kib != 30 or args.modes != "batch,apdu":
         command += f" --delays {args.delays} --kib {args.kib} --modes {args.modes}"

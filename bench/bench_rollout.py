@@ -120,15 +120,26 @@ def build(cards: int) -> tuple[Any, Any, Any, dict[str, float]]:
         for prefix, offset, count in (("B", 0, cards), ("X", cards, cards // 50)):
             insert_select(
                 Card,
-                {"cin": cin.format(i=f"i + {offset}"), "serial": f"'{prefix}' || i",
-                 "kdd": kdd.format(i=f"i + {offset}"), "issued_by_id": str(int(agency.pk))},
-                series, [count],
+                {
+                    "cin": cin.format(i=f"i + {offset}"),
+                    "serial": f"'{prefix}' || i",
+                    "kdd": kdd.format(i=f"i + {offset}"),
+                    "issued_by_id": str(int(agency.pk)),
+                },
+                series,
+                [count],
             )
         for bank, share in ((alpha, "1 = 1"), (beta, "c.id %% 4 = 0")):
             insert_select(
                 SecurityDomain,
-                {"card_id": "c.id", "organization_id": str(int(bank.pk)), "aid": f"'{hex_aid(ssd_aid_for(bank))}'",
-                 "state": "'active'", "lifecycle": "'PERSONALIZED'", "key_kvn": "49"},
+                {
+                    "card_id": "c.id",
+                    "organization_id": str(int(bank.pk)),
+                    "aid": f"'{hex_aid(ssd_aid_for(bank))}'",
+                    "state": "'active'",
+                    "lifecycle": "'PERSONALIZED'",
+                    "key_kvn": "49",
+                },
                 f"FROM cards_card c WHERE {share}",
                 [],
             )
@@ -136,8 +147,14 @@ def build(cards: int) -> tuple[Any, Any, Any, dict[str, float]]:
             version = "CASE WHEN c.serial LIKE 'X%%' THEN '1.1' ELSE '1.0' END" if bank == alpha else "'1.0'"
             insert_select(
                 AppletInstance,
-                {"security_domain_id": "sd.id", "package_aid": f"'{rid}01'", "package_version": version,
-                 "module_aid": f"'{rid}0101'", "instance_aid": f"'{rid}010101'", "lifecycle": "'SELECTABLE'"},
+                {
+                    "security_domain_id": "sd.id",
+                    "package_aid": f"'{rid}01'",
+                    "package_version": version,
+                    "module_aid": f"'{rid}0101'",
+                    "instance_aid": f"'{rid}010101'",
+                    "lifecycle": "'SELECTABLE'",
+                },
                 "FROM cards_securitydomain sd JOIN cards_card c ON c.id = sd.card_id WHERE sd.organization_id = %s",
                 [bank.pk],
             )
@@ -188,8 +205,11 @@ def main() -> None:
 
         alpha, release, operator, timings = build(args.cards)
         rss_before = peak_rss_mb()
-        print(f"generated {args.cards:,} cards (+SSDs, applets) in {timings['generate']:.1f} s, "
-              f"ANALYZE {timings['analyze']:.1f} s; peak RSS so far {rss_before:.0f} MB", flush=True)
+        print(
+            f"generated {args.cards:,} cards (+SSDs, applets) in {timings['generate']:.1f} s, "
+            f"ANALYZE {timings['analyze']:.1f} s; peak RSS so far {rss_before:.0f} MB",
+            flush=True,
+        )
         started = time.perf_counter()
         rollout = rollouts.create_rollout(
             bank=alpha, release=release, actor=operator, from_version="1.0", groups=["1%", "10%", "50%", "100%"]
@@ -202,8 +222,11 @@ def main() -> None:
         activated = time.perf_counter() - started
         first = groups[0][1]
         vendor = connection.vendor
-        print(f"groups: {', '.join(f'{b} → {t:,}' for b, t in groups)}; started (group 1: {first:,} card jobs) in "
-              f"{activated:.2f} s", flush=True)
+        print(
+            f"groups: {', '.join(f'{b} → {t:,}' for b, t in groups)}; started (group 1: {first:,} card jobs) in "
+            f"{activated:.2f} s",
+            flush=True,
+        )
         line = f"planned {rollout.total} cards in {planned:.2f} s, peak RSS {rss:.0f} MB"
         if not args.no_write:
             text = report(args.cards, rollout.total, planned, rss, rss_before, groups, activated, timings, vendor)
@@ -211,32 +234,43 @@ def main() -> None:
         print(line)
 
 
-def report(cards: int, total: int, planned: float, rss: float, rss_before: float, groups: list[tuple[str, int]],
-           activated: float, timings: dict[str, float], vendor: str) -> str:
+def report(
+    cards: int,
+    total: int,
+    planned: float,
+    rss: float,
+    rss_before: float,
+    groups: list[tuple[str, int]],
+    activated: float,
+    timings: dict[str, float],
+    vendor: str,
+) -> str:
     db = "PostgreSQL" if vendor == "postgresql" else "SQLite"
     verdict = "met" if planned < 60 and rss < 500 else "missed"
-    return "\n".join([
-        f"`DATABASE_URL=… python bench/bench_rollout.py --cards {cards}` — {_machine()}.",
-        "",
-        f"Planning a rollout of Alpha's wallet v2.0 to every card with v1.0 in Alpha's security domain "
-        f"({cards + cards // 50:,} cards generated in bulk, {total:,} of them at v1.0 and the others at v1.1; "
-        f"Beta's SSD and applet on a quarter of them), groups 1 % → 10 % → 50 % → 100 %, on {db}. *planned* is "
-        f"the `create_rollout` service call (validation, one `INSERT … SELECT` writing every target with its "
-        f"group — `ROW_NUMBER()` over a hash "
-        f"of the card id, cumulative bounds as integer arithmetic on the rank — group counters by one "
-        f"`GROUP BY`, audit entry). Peak RSS is the whole process's (`ru_maxrss`).",
-        "",
-        "| cards targeted | planned s | peak RSS MB | RSS before planning MB | generation s (not timed) |",
-        "|---:|---:|---:|---:|---:|",
-        f"| {total:,} | {planned:.2f} | {rss:.0f} | {rss_before:.0f} | {timings['generate']:.1f} |",
-        "",
-        f"Groups: {', '.join(f'{b} → {t:,} cards' for b, t in groups)}. Starting the rollout — the first "
-        f"group's {groups[0][1]:,} card jobs (`INSERT … SELECT … RETURNING` feeding the targets' update in one "
-        f"statement) — took {activated:.2f} s.",
-        "",
-        f"Target (under 60 s and under 500 MB): {planned:.1f} s, {rss:.0f} MB — {verdict}.",
-        *busy_note(),
-    ])
+    return "\n".join(
+        [
+            f"`DATABASE_URL=… python bench/bench_rollout.py --cards {cards}` — {_machine()}.",
+            "",
+            f"Planning a rollout of Alpha's wallet v2.0 to every card with v1.0 in Alpha's security domain "
+            f"({cards + cards // 50:,} cards generated in bulk, {total:,} of them at v1.0 and the others at v1.1; "
+            f"Beta's SSD and applet on a quarter of them), groups 1 % → 10 % → 50 % → 100 %, on {db}. *planned* is "
+            f"the `create_rollout` service call (validation, one `INSERT … SELECT` writing every target with its "
+            f"group — `ROW_NUMBER()` over a hash "
+            f"of the card id, cumulative bounds as integer arithmetic on the rank — group counters by one "
+            f"`GROUP BY`, audit entry). Peak RSS is the whole process's (`ru_maxrss`).",
+            "",
+            "| cards targeted | planned s | peak RSS MB | RSS before planning MB | generation s (not timed) |",
+            "|---:|---:|---:|---:|---:|",
+            f"| {total:,} | {planned:.2f} | {rss:.0f} | {rss_before:.0f} | {timings['generate']:.1f} |",
+            "",
+            f"Groups: {', '.join(f'{b} → {t:,} cards' for b, t in groups)}. Starting the rollout — the first "
+            f"group's {groups[0][1]:,} card jobs (`INSERT … SELECT … RETURNING` feeding the targets' update in one "
+            f"statement) — took {activated:.2f} s.",
+            "",
+            f"Target (under 60 s and under 500 MB): {planned:.1f} s, {rss:.0f} MB — {verdict}.",
+            *busy_note(),
+        ]
+    )
 
 
 def busy_note() -> list[str]:
@@ -244,8 +278,11 @@ def busy_note() -> list[str]:
     cores = os.cpu_count() or 1
     if load <= cores:
         return []
-    return ["", f"The machine was busy with other work during the run (load average {load:.1f} on {cores} cores): "
-                "the times are upper bounds."]
+    return [
+        "",
+        f"The machine was busy with other work during the run (load average {load:.1f} on {cores} cores): "
+        "the times are upper bounds.",
+    ]
 
 
 if __name__ == "__main__":

@@ -118,8 +118,10 @@ def main() -> None:
     for name, sl, opts in CONFIGS:
         host_rate, full_rate, payload = bench_one(name, sl, opts, args.n)
         rows.append((name, sl, payload, host_rate, full_rate))
-        print(f"{name:<20} SL {sl:02X}  payload {payload:3d}  host {host_rate:9,.0f}/s  "
-              f"host+card {full_rate:9,.0f}/s", flush=True)
+        print(
+            f"{name:<20} SL {sl:02X}  payload {payload:3d}  host {host_rate:9,.0f}/s  host+card {full_rate:9,.0f}/s",
+            flush=True,
+        )
     lines = [
         f"`python bench/bench_scp.py --n {args.n}` — {_machine()}; pinned to one core.",
         "",

@@ -580,9 +580,7 @@ def run_load(
         worker.join(timeout=30)
         if worker.is_alive():
             worker.kill()
-    return LoadResult(
-        agents=len(rows), seconds=seconds, stats=total, cpu=meter.cores(), agent_processes=processes
-    )
+    return LoadResult(agents=len(rows), seconds=seconds, stats=total, cpu=meter.cores(), agent_processes=processes)
 
 
 # ---------------------------------------------------------------------------------------------

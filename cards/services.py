@@ -118,7 +118,8 @@ def issue_card(
             )
     except IntegrityError as exc:
         raise ServiceError(
-            "the holder already holds a card, or a card with this CIN or serial exists", field="holder",
+            "the holder already holds a card, or a card with this CIN or serial exists",
+            field="holder",
             code="duplicate",
         ) from exc
     SecurityDomain.objects.create(
@@ -383,9 +384,7 @@ def assign_holder(*, card: Card, holder: User, actor: User) -> Card:
         with transaction.atomic():  # a concurrent assignment of the same holder loses here
             card.save(update_fields=["holder"])
     except IntegrityError as exc:
-        raise ServiceError(
-            f"{holder.get_username()} already holds a card", field="holder", code="duplicate"
-        ) from exc
+        raise ServiceError(f"{holder.get_username()} already holds a card", field="holder", code="duplicate") from exc
     record_event(
         action="card.holder_assigned", subject_type="card", subject_id=card.cin, card_cin=card.cin, actor=actor
     )

@@ -106,8 +106,12 @@ class Card:
     """One emulated GP 2.3.1 card. ``on_change(state)`` is called before a response leaves the
     card whenever the command changed persistent state (the adapters write the state file there)."""
 
-    def __init__(self, state: State, on_change: Callable[[State], None] | None = None,
-                 random: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self,
+        state: State,
+        on_change: Callable[[State], None] | None = None,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         check_state(state)
         self.state = state
         self._on_change = on_change
@@ -342,8 +346,13 @@ class Card:
     def _dispatch(self, cmd: CommandAPDU, plain: bytes) -> bytes:
         gp_class = bool(cmd.cla & 0x80)
         handlers: dict[int, Callable[[CommandAPDU, bytes], bytes]] = {
-            0xF2: self._get_status, 0xE6: self._install, 0xE8: self._load, 0xE4: self._delete,
-            0xF0: self._set_status, 0xE2: self._store_data, 0xD8: self._put_key,
+            0xF2: self._get_status,
+            0xE6: self._install,
+            0xE8: self._load,
+            0xE4: self._delete,
+            0xF0: self._set_status,
+            0xE2: self._store_data,
+            0xD8: self._put_key,
         }
         if cmd.ins in (0xCA, 0xCB):
             return self._get_data(cmd)
@@ -379,7 +388,8 @@ class Card:
             candidates = [a for a in matches if self._selectable(a)]
             if not candidates:
                 locked = any(self._apps[a]["lifecycle"] & LOCKED_BIT for a in matches) or (
-                    matches and self.state["lifecycle"] in (CardLifeCycle.CARD_LOCKED, CardLifeCycle.TERMINATED))
+                    matches and self.state["lifecycle"] in (CardLifeCycle.CARD_LOCKED, CardLifeCycle.TERMINATED)
+                )
                 return _sw(SW.FUNCTION_NOT_SUPPORTED if locked else SW.FILE_NOT_FOUND)  # §11.9.3.2
             target = candidates[0]
             if cmd.p2 & 0x02 and self.selected in candidates:  # next occurrence after the current one
@@ -398,8 +408,10 @@ class Card:
     def _card_recognition_data(self, sd: str) -> bytes:
         """Card Recognition Data template ``73`` (GP 2.3.1 §H.2): CRD OID, GP 2.3.1, SCP and i."""
         info = self._sds[sd]
+
         def oid(suffix: bytes) -> bytes:
             return encode_tlv(0x06, _GP_OID + suffix)
+
         body = oid(b"\x01") + encode_tlv(0x60, oid(bytes((0x02, 0x02, 0x03, 0x01))))
         body += encode_tlv(0x63, oid(b"\x03")) + encode_tlv(0x64, oid(bytes((0x04, info["scp"], info["i"]))))
         return encode_tlv(0x73, body)
@@ -407,8 +419,11 @@ class Card:
     def _fci(self, aid: str) -> bytes:
         if self._is_sd(aid):
             lc = self.state["lifecycle"] if aid == ISD else self._apps[aid]["lifecycle"]
-            a5 = (self._card_recognition_data(aid) + encode_tlv(0x9F6E, bytes((lc,)))
-                  + encode_tlv(0x9F65, bytes((MAX_BLOCK,))))
+            a5 = (
+                self._card_recognition_data(aid)
+                + encode_tlv(0x9F6E, bytes((lc,)))
+                + encode_tlv(0x9F65, bytes((MAX_BLOCK,)))
+            )
             return encode_tlv(0x6F, encode_tlv(0x84, unhx(aid)) + encode_tlv(0xA5, a5))
         return encode_tlv(0x6F, encode_tlv(0x84, unhx(aid)))
 
@@ -453,14 +468,27 @@ class Card:
             if info["scp"] == 0x02:
                 if rec["type"] != "des":
                     return _sw(SW.REFERENCED_DATA_NOT_FOUND)
-                channel = CardSCP02(keys, i=info["i"], sd_aid=unhx(self.selected),
-                                    sequence_counter=rec["counter"], kdd=kdd, card_challenge_random=self._random)
+                channel = CardSCP02(
+                    keys,
+                    i=info["i"],
+                    sd_aid=unhx(self.selected),
+                    sequence_counter=rec["counter"],
+                    kdd=kdd,
+                    card_challenge_random=self._random,
+                )
             else:
                 if rec["type"] != "aes":
                     return _sw(SW.REFERENCED_DATA_NOT_FOUND)
                 s16 = len(cmd.data) == 16  # Amd D §7.1.1: a 16-byte host challenge selects S16 mode
-                channel = CardSCP03(keys, s16=s16, i=info["i"] | (0x01 if s16 else 0), sd_aid=unhx(self.selected),
-                                    sequence_counter=rec["counter"], kdd=kdd, card_challenge_random=self._random)
+                channel = CardSCP03(
+                    keys,
+                    s16=s16,
+                    i=info["i"] | (0x01 if s16 else 0),
+                    sd_aid=unhx(self.selected),
+                    sequence_counter=rec["counter"],
+                    kdd=kdd,
+                    card_challenge_random=self._random,
+                )
         except GPError:
             return _sw(SW.REFERENCED_DATA_NOT_FOUND)
         out = channel.initialize_update(raw)
@@ -502,11 +530,18 @@ class Card:
                     out += encode_tlv(0xC0, bytes((idx, kvn, ktype, len(key) // 2)))
             elif rec["type"] == "rsa":
                 n_len, e_len = len(rec["n"]) // 2, len(rec["e"]) // 2
-                out += encode_tlv(0xC0, bytes((1, kvn, 0xFF, KEY_TYPE_RSA_N)) + n_len.to_bytes(2, "big")
-                                  + bytes((0xFF, KEY_TYPE_RSA_E)) + e_len.to_bytes(2, "big") + b"\x00\x00")
+                out += encode_tlv(
+                    0xC0,
+                    bytes((1, kvn, 0xFF, KEY_TYPE_RSA_N))
+                    + n_len.to_bytes(2, "big")
+                    + bytes((0xFF, KEY_TYPE_RSA_E))
+                    + e_len.to_bytes(2, "big")
+                    + b"\x00\x00",
+                )
             else:
-                out += encode_tlv(0xC0, bytes((1, kvn, KEY_TYPE_EC_PUBLIC, len(rec["q"]) // 2,
-                                               KEY_TYPE_EC_PARAM_REF, 1)))
+                out += encode_tlv(
+                    0xC0, bytes((1, kvn, KEY_TYPE_EC_PUBLIC, len(rec["q"]) // 2, KEY_TYPE_EC_PARAM_REF, 1))
+                )
         return encode_tlv(0xE0, out)
 
     def _get_data(self, cmd: CommandAPDU) -> bytes:
@@ -662,8 +697,15 @@ class Card:
                 return _sw(SW.NOT_ENOUGH_MEMORY)  # §11.5.3.2: the declared code size does not fit
         if free <= 0:
             return _sw(SW.NOT_ENOUGH_MEMORY)
-        self.state["load"] = {"elf": elf, "sd": target, "by": self.selected, "hash": hx(data.lfdb_hash),
-                              "next": 0, "data": "", "mode": mode}
+        self.state["load"] = {
+            "elf": elf,
+            "sd": target,
+            "by": self.selected,
+            "hash": hx(data.lfdb_hash),
+            "next": 0,
+            "data": "",
+            "mode": mode,
+        }
         self._changed()
         return _ok(b"\x00")
 
@@ -681,8 +723,9 @@ class Card:
         if is_sd != (module == hx(SSD_MODULE_AID)):
             return _sw(SW.WRONG_DATA)  # only the SSD module makes Security Domains (§7.2)
         if (Privileges.DELEGATED_MANAGEMENT in priv and Privileges.AUTHORIZED_MANAGEMENT in priv) or (
-            not is_sd and priv & (Privileges.DELEGATED_MANAGEMENT | Privileges.AUTHORIZED_MANAGEMENT
-                                  | Privileges.DAP_VERIFICATION)
+            not is_sd
+            and priv
+            & (Privileges.DELEGATED_MANAGEMENT | Privileges.AUTHORIZED_MANAGEMENT | Privileges.DAP_VERIFICATION)
         ):
             return _sw(SW.WRONG_DATA)  # §11.1.2: inconsistent privileges
         if mode != "isd" and priv & ISSUER_ONLY_PRIVILEGES:
@@ -709,9 +752,15 @@ class Card:
             return _sw(SW.NOT_ENOUGH_MEMORY)
         owner = self.selected if elf["rom"] else elf["sd"]
         lifecycle = ApplicationLifeCycle.SELECTABLE if make_selectable else ApplicationLifeCycle.INSTALLED
-        self._apps[app_aid] = {"elf": elf_aid, "module": module, "privileges": hx(priv.to_bytes()),
-                               "lifecycle": lifecycle,
-                               "sd": owner, "params": hx(data.params), "data": {}}
+        self._apps[app_aid] = {
+            "elf": elf_aid,
+            "module": module,
+            "privileges": hx(priv.to_bytes()),
+            "lifecycle": lifecycle,
+            "sd": owner,
+            "params": hx(data.params),
+            "data": {},
+        }
         if is_sd:
             # A new SSD gets the card's initial key set at the default KVN of its SCP (DESIGN §5.3:
             # its owner replaces it with PUT KEY in a session with the SSD).
@@ -762,8 +811,11 @@ class Card:
         old = obj["sd"]
         obj["sd"] = target
         self._changed()
-        return _ok(self._confirmation(mode, lambda c, u: dm.extradition_receipt_data(
-            c, u, unhx(old), data.app_aid, data.sd_aid)))
+        return _ok(
+            self._confirmation(
+                mode, lambda c, u: dm.extradition_receipt_data(c, u, unhx(old), data.app_aid, data.sd_aid)
+            )
+        )
 
     def _registry_update(self, data: InstallData, mode: str) -> bytes:
         """INSTALL [for registry update] (§11.5.2.3.5): privileges, parameters or association."""
@@ -788,8 +840,14 @@ class Card:
         if data.params:
             app["params"] = hx(data.params)
         self._changed()
-        return _ok(self._confirmation(mode, lambda c, u: dm.registry_update_receipt_data(
-            c, u, unhx(old), data.app_aid, unhx(app["sd"]), data.privileges, data.params)))
+        return _ok(
+            self._confirmation(
+                mode,
+                lambda c, u: dm.registry_update_receipt_data(
+                    c, u, unhx(old), data.app_aid, unhx(app["sd"]), data.privileges, data.params
+                ),
+            )
+        )
 
     def _install_for_personalization(self, data: InstallData) -> bytes:
         """INSTALL [for personalization] (§11.5.2.3.6): following STORE DATA go to that application."""
@@ -840,7 +898,7 @@ class Card:
         self._abort_load()  # whatever the outcome, the LOAD sequence is over
         if header is None or len(stream) != header[1] + header[2]:
             return _sw(SW.WRONG_DATA)
-        lfdb = stream[header[1]:]
+        lfdb = stream[header[1] :]
         if load["hash"]:
             expected = unhx(load["hash"])
             if hashlib.new(_hash_alg(len(expected)), lfdb).digest() != expected:
@@ -863,14 +921,20 @@ class Card:
             if hx(applet.aid) in self._apps or hx(applet.aid) in self._elfs:
                 return _sw(SW.WRONG_DATA)
         self._elfs[load["elf"]] = {
-            "version": list(lf.package_version), "sd": load["sd"],
+            "version": list(lf.package_version),
+            "sd": load["sd"],
             "modules": [{"aid": hx(a.aid), "offset": a.install_method_offset} for a in lf.applets],
             "imports": [[hx(i.aid), i.version[0], i.version[1]] for i in lf.imports],
-            "rom": False, "size": len(lfdb), "name": lf.package_name or "",
+            "rom": False,
+            "size": len(lfdb),
+            "name": lf.package_name or "",
         }
         self._changed()
-        return _ok(self._confirmation(load["mode"], lambda c, u: dm.load_receipt_data(
-            c, u, unhx(load["elf"]), unhx(load["sd"]))))
+        return _ok(
+            self._confirmation(
+                load["mode"], lambda c, u: dm.load_receipt_data(c, u, unhx(load["elf"]), unhx(load["sd"]))
+            )
+        )
 
     # ------------------------------------------------------------------ DELETE (§11.2)
 
@@ -1054,12 +1118,15 @@ class Card:
             return _sw(SW.INCORRECT_P1P2 if cmd.data else SW.WRONG_DATA)
         if isinstance(channel, CardSCP02):
             dek02 = channel.session_dek
+
             def decrypt(enc: bytes, n: int | None) -> bytes:
                 return scp02_decrypt_key(dek02, enc)
         else:
             dek03 = channel.keys.dek
+
             def decrypt(enc: bytes, n: int | None) -> bytes:
                 return scp03_decrypt_key(dek03, enc, n)
+
         try:
             put = decode_put_key(cmd.data, decrypt)
         except (EncodingError, KeyMaterialError):
@@ -1107,8 +1174,9 @@ class Card:
                 e = int.from_bytes(by_type[KEY_TYPE_RSA_E], "big")
                 return public_key_record(rsa.RSAPublicNumbers(e, n).public_key())
             if types == {KEY_TYPE_EC_PUBLIC, KEY_TYPE_EC_PARAM_REF} and by_type[KEY_TYPE_EC_PARAM_REF] == b"\x00":
-                return public_key_record(ec.EllipticCurvePublicKey.from_encoded_point(
-                    ec.SECP256R1(), by_type[KEY_TYPE_EC_PUBLIC]))
+                return public_key_record(
+                    ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), by_type[KEY_TYPE_EC_PUBLIC])
+                )
         except (ValueError, GPError) as exc:
             raise _Reply(SW.WRONG_DATA) from exc
         raise _Reply(SW.WRONG_DATA)

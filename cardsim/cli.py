@@ -46,27 +46,51 @@ def _parser() -> argparse.ArgumentParser:
     i = sub.add_parser("init", help="make a fresh card in SECURED state")
     i.add_argument("state", type=Path)
     i.add_argument("--scp", choices=["02", "03"], default="03", help="ISD secure channel protocol (default 03)")
-    i.add_argument("--key", type=_hex, default=DEFAULT_KEY,
-                   help="ISD key, ENC=MAC=DEK (default 404142...4F); the master key with --diversify")
+    i.add_argument(
+        "--key",
+        type=_hex,
+        default=DEFAULT_KEY,
+        help="ISD key, ENC=MAC=DEK (default 404142...4F); the master key with --diversify",
+    )
     i.add_argument("--kvn", type=_int, default=None, help="ISD key version, hex (default 30 for SCP03, 20 for SCP02)")
     i.add_argument("--i", dest="i_param", type=_int, default=None, help="SCP i parameter, hex (default 70 / 55)")
     i.add_argument("--cin", type=_hex, default=None, help="card image number (tag 45), hex; default random 8 bytes")
     i.add_argument("--iin", type=_hex, default=b"ECARD", help="issuer identification number (tag 42), hex")
     i.add_argument("--kdd", type=_hex, default=None, help="key diversification data, 10 bytes hex (default from CIN)")
-    i.add_argument("--diversify", choices=["emv", "visa2", "kdf3"], default=None,
-                   help="diversify the ISD keys from --key (master) with the KDD (gp.keys.diversify)")
-    i.add_argument("--token-key", type=Path, default=None,
-                   help="PEM public key (P-256 or RSA): the ISD's DM token verification key (KVN 70)")
-    i.add_argument("--token-scheme", default=None,
-                   help="gp.dm token scheme (default ecdsa-p256-sha256 for EC, rsa-pkcs1v15-sha256 for RSA)")
+    i.add_argument(
+        "--diversify",
+        choices=["emv", "visa2", "kdf3"],
+        default=None,
+        help="diversify the ISD keys from --key (master) with the KDD (gp.keys.diversify)",
+    )
+    i.add_argument(
+        "--token-key",
+        type=Path,
+        default=None,
+        help="PEM public key (P-256 or RSA): the ISD's DM token verification key (KVN 70)",
+    )
+    i.add_argument(
+        "--token-scheme",
+        default=None,
+        help="gp.dm token scheme (default ecdsa-p256-sha256 for EC, rsa-pkcs1v15-sha256 for RSA)",
+    )
     i.add_argument("--receipt-key", type=_hex, default=None, help="DM receipt key (KVN 71), hex")
     i.add_argument("--ssd-key", type=_hex, default=DEFAULT_KEY, help="initial SSD key set (default 404142...4F)")
     i.add_argument("--memory", type=int, default=DEFAULT_MEMORY, help="NVM bytes for load files and instances")
-    i.add_argument("--auth-limit", type=int, default=DEFAULT_AUTH_LIMIT,
-                   help=f"failed EXTERNAL AUTHENTICATEs before a key set blocks (default {DEFAULT_AUTH_LIMIT})")
+    i.add_argument(
+        "--auth-limit",
+        type=int,
+        default=DEFAULT_AUTH_LIMIT,
+        help=f"failed EXTERNAL AUTHENTICATEs before a key set blocks (default {DEFAULT_AUTH_LIMIT})",
+    )
     i.add_argument("--lifecycle", choices=sorted(_LIFECYCLES), default="secured")
-    i.add_argument("--behaviour", action="append", default=None, metavar="AIDPREFIX=NAME",
-                   help="register an applet behaviour (e.g. A0000001234=bank-version); repeatable")
+    i.add_argument(
+        "--behaviour",
+        action="append",
+        default=None,
+        metavar="AIDPREFIX=NAME",
+        help="register an applet behaviour (e.g. A0000001234=bank-version); repeatable",
+    )
     i.add_argument("--force", action="store_true", help="overwrite an existing state file")
 
     s = sub.add_parser("serve", help="attach the card to a vpcd virtual reader")
@@ -97,10 +121,22 @@ def _init(args: argparse.Namespace) -> int:
             prefix, _, name = item.partition("=")
             behaviours[prefix.upper()] = name
     state = new_state(
-        scp=int(args.scp, 16), key=args.key, kvn=args.kvn, i=args.i_param, iin=args.iin, cin=args.cin,
-        kdd=args.kdd, diversify_scheme=args.diversify, memory=args.memory, auth_limit=args.auth_limit,
-        token_key=token_key, token_scheme=args.token_scheme, receipt_key=args.receipt_key,
-        ssd_initial_key=args.ssd_key, lifecycle=_LIFECYCLES[args.lifecycle], behaviours=behaviours,
+        scp=int(args.scp, 16),
+        key=args.key,
+        kvn=args.kvn,
+        i=args.i_param,
+        iin=args.iin,
+        cin=args.cin,
+        kdd=args.kdd,
+        diversify_scheme=args.diversify,
+        memory=args.memory,
+        auth_limit=args.auth_limit,
+        token_key=token_key,
+        token_scheme=args.token_scheme,
+        receipt_key=args.receipt_key,
+        ssd_initial_key=args.ssd_key,
+        lifecycle=_LIFECYCLES[args.lifecycle],
+        behaviours=behaviours,
     )
     store.save(args.state, state)
     print(f"card initialised in {args.state}: CIN {state['cin']} KDD {state['kdd']}")

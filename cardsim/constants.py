@@ -25,10 +25,18 @@ ISD_PRIVILEGES = Privileges.from_bytes(bytes.fromhex("9EFE80"))
 
 # Privileges only the ISD may hand out (GP 2.3.1 §6.6: card-wide authority stays with the issuer).
 ISSUER_ONLY_PRIVILEGES = (
-    Privileges.CARD_LOCK | Privileges.CARD_TERMINATE | Privileges.CARD_RESET | Privileges.CVM_MANAGEMENT
-    | Privileges.TRUSTED_PATH | Privileges.AUTHORIZED_MANAGEMENT | Privileges.TOKEN_VERIFICATION
-    | Privileges.GLOBAL_DELETE | Privileges.GLOBAL_LOCK | Privileges.GLOBAL_REGISTRY
-    | Privileges.FINAL_APPLICATION | Privileges.RECEIPT_GENERATION
+    Privileges.CARD_LOCK
+    | Privileges.CARD_TERMINATE
+    | Privileges.CARD_RESET
+    | Privileges.CVM_MANAGEMENT
+    | Privileges.TRUSTED_PATH
+    | Privileges.AUTHORIZED_MANAGEMENT
+    | Privileges.TOKEN_VERIFICATION
+    | Privileges.GLOBAL_DELETE
+    | Privileges.GLOBAL_LOCK
+    | Privileges.GLOBAL_REGISTRY
+    | Privileges.FINAL_APPLICATION
+    | Privileges.RECEIPT_GENERATION
 )
 
 # Consecutive failed EXTERNAL AUTHENTICATEs after which a key set is blocked (INITIALIZE UPDATE → 6983).
@@ -45,4 +53,3 @@ _ATR_BODY = bytes.fromhex("8A8001") + b"ECARD-SIM1"
 DEFAULT_ATR = b"\x3b" + _ATR_BODY + bytes([reduce(lambda a, b: a ^ b, _ATR_BODY, 0)])
 
 # Status words are gp.apdu.SW (one vocabulary for the card, the host and the tests).
-

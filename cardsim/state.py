@@ -123,9 +123,12 @@ def static_keys(record: dict[str, Any], kvn: int) -> StaticKeys:
 def default_cplc(cin: bytes) -> bytes:
     """42-byte CPLC (GP 2.3.1 §H.4 / gp.commands.CPLC_FIELDS) with the CIN's tail as IC serial number."""
     values = {
-        "ic_fabricator": bytes.fromhex("4543"), "ic_type": bytes.fromhex("0001"),
-        "os_id": bytes.fromhex("4353"), "os_release_date": bytes.fromhex("6330"),
-        "os_release_level": bytes.fromhex("0100"), "ic_serial_number": cin[-4:].rjust(4, b"\x00"),
+        "ic_fabricator": bytes.fromhex("4543"),
+        "ic_type": bytes.fromhex("0001"),
+        "os_id": bytes.fromhex("4353"),
+        "os_release_date": bytes.fromhex("6330"),
+        "os_release_level": bytes.fromhex("0100"),
+        "ic_serial_number": cin[-4:].rjust(4, b"\x00"),
     }
     return b"".join(values.get(name, bytes(n)) for name, n in CPLC_FIELDS)
 
@@ -176,19 +179,36 @@ def new_state(
     if token_key is not None:
         isd_sd["keys"][kvn_key(TOKEN_KVN)] = public_key_record(token_key)
     if receipt_key is not None:
-        isd_sd["keys"][kvn_key(RECEIPT_KVN)] = symmetric_record("aes" if len(receipt_key) != 16 or scp == 3 else "des",
-                                                                [receipt_key])
+        isd_sd["keys"][kvn_key(RECEIPT_KVN)] = symmetric_record(
+            "aes" if len(receipt_key) != 16 or scp == 3 else "des", [receipt_key]
+        )
     if token_scheme is None:
-        token_scheme = (SCHEME_RSA_PKCS1V15_SHA256 if isinstance(token_key, rsa.RSAPublicKey)
-                        else SCHEME_ECDSA_P256_SHA256)
+        token_scheme = (
+            SCHEME_RSA_PKCS1V15_SHA256 if isinstance(token_key, rsa.RSAPublicKey) else SCHEME_ECDSA_P256_SHA256
+        )
     elfs: dict[str, Any] = {}
     for aid, version, name in ROM_PACKAGES:
         modules = [{"aid": hx(SSD_MODULE_AID), "offset": 0}] if aid == SSD_PACKAGE_AID else []
-        elfs[hx(aid)] = {"version": list(version), "sd": hx(ISD_AID), "modules": modules, "imports": [],
-                         "rom": True, "size": 0, "name": name}
-    apps = {hx(ISD_AID): {"elf": hx(SSD_PACKAGE_AID), "module": hx(SSD_MODULE_AID),
-                          "lifecycle": SecurityDomainLifeCycle.PERSONALIZED,
-                          "privileges": hx(ISD_PRIVILEGES.to_bytes()), "sd": hx(ISD_AID), "params": "", "data": {}}}
+        elfs[hx(aid)] = {
+            "version": list(version),
+            "sd": hx(ISD_AID),
+            "modules": modules,
+            "imports": [],
+            "rom": True,
+            "size": 0,
+            "name": name,
+        }
+    apps = {
+        hx(ISD_AID): {
+            "elf": hx(SSD_PACKAGE_AID),
+            "module": hx(SSD_MODULE_AID),
+            "lifecycle": SecurityDomainLifeCycle.PERSONALIZED,
+            "privileges": hx(ISD_PRIVILEGES.to_bytes()),
+            "sd": hx(ISD_AID),
+            "params": "",
+            "data": {},
+        }
+    }
     return {
         "format": FORMAT,
         "lifecycle": lifecycle,

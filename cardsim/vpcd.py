@@ -43,8 +43,9 @@ def _send(sock: socket.socket, payload: bytes) -> None:
     sock.sendall(len(payload).to_bytes(2, "big") + payload)
 
 
-def handle_connection(sock: socket.socket, card: Card, stop: threading.Event,
-                      first_message_timeout: float | None = FIRST_MESSAGE_TIMEOUT) -> None:
+def handle_connection(
+    sock: socket.socket, card: Card, stop: threading.Event, first_message_timeout: float | None = FIRST_MESSAGE_TIMEOUT
+) -> None:
     """Serve one vpcd connection until it closes or ``stop`` is set.
 
     vpcd talks to an accepted card at once (power on, ATR). A connection that hears nothing for

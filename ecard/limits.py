@@ -53,9 +53,19 @@ class RequestBoundsMiddleware:
         except ValueError:
             declared = 0  # Django reads such a body as empty
         if limit is not None and declared > limit:
-            return _refuse(request, 413, "Request body too large.",
-                           f"The request body is larger than {limit} bytes.", "request_too_large")
+            return _refuse(
+                request,
+                413,
+                "Request body too large.",
+                f"The request body is larger than {limit} bytes.",
+                "request_too_large",
+            )
         if has_nul(request):
-            return _refuse(request, 400, "Bad request",
-                           "NUL characters are not allowed in the address, the query or headers.", "bad_request")
+            return _refuse(
+                request,
+                400,
+                "Bad request",
+                "NUL characters are not allowed in the address, the query or headers.",
+                "bad_request",
+            )
         return self.get_response(request)

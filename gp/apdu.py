@@ -65,11 +65,7 @@ class CommandAPDU:
         """True when :meth:`to_bytes` uses extended-length encoding."""
         if not self.data and self.le is None:
             return False  # case 1 has no length fields
-        return (
-            self.extended
-            or len(self.data) > _SHORT_MAX_LC
-            or (self.le is not None and self.le > _SHORT_MAX_LE)
-        )
+        return self.extended or len(self.data) > _SHORT_MAX_LC or (self.le is not None and self.le > _SHORT_MAX_LE)
 
     @property
     def case(self) -> int:

@@ -68,8 +68,17 @@ _FILE_TO_TAG["StaticResources.capx"] = STATIC_RESOURCES
 
 # JCVM 2.2.2/3.1 §6.2: the order components are sent to the card (Descriptor appended optionally).
 LOAD_ORDER: tuple[int, ...] = (
-    HEADER, DIRECTORY, IMPORT, APPLET, CLASS, METHOD, STATIC_FIELD, EXPORT,
-    CONSTANT_POOL, REFERENCE_LOCATION, STATIC_RESOURCES,
+    HEADER,
+    DIRECTORY,
+    IMPORT,
+    APPLET,
+    CLASS,
+    METHOD,
+    STATIC_FIELD,
+    EXPORT,
+    CONSTANT_POOL,
+    REFERENCE_LOCATION,
+    STATIC_RESOURCES,
 )
 _REQUIRED = (HEADER, DIRECTORY, IMPORT, CONSTANT_POOL, CLASS, METHOD, STATIC_FIELD, REFERENCE_LOCATION)
 
@@ -148,8 +157,7 @@ def _check_component(tag: int, raw: bytes) -> int:
     size = int.from_bytes(raw[1:hl], "big")
     if size != len(raw) - hl:
         raise CAPError(
-            f"{name} component size field says {size} bytes but {len(raw) - hl} follow "
-            "(truncated or padded component)"
+            f"{name} component size field says {size} bytes but {len(raw) - hl} follow (truncated or padded component)"
         )
     return size
 
@@ -268,13 +276,9 @@ class LoadFile:
         for tag, raw_comp in self.components.items():
             size = _check_component(tag, raw_comp)
             if tag not in sizes:
-                raise CAPError(
-                    f"{COMPONENT_NAMES[tag]} component is not allowed in CAP format 2.{minor}"
-                )
+                raise CAPError(f"{COMPONENT_NAMES[tag]} component is not allowed in CAP format 2.{minor}")
             if sizes[tag] != size:
-                raise CAPError(
-                    f"{COMPONENT_NAMES[tag]} component is {size} bytes but the Directory says {sizes[tag]}"
-                )
+                raise CAPError(f"{COMPONENT_NAMES[tag]} component is {size} bytes but the Directory says {sizes[tag]}")
         for tag, size in sizes.items():
             # Descriptor and Debug may be absent from the file (IJC, stripped CAP): they are not loaded.
             if size and tag not in self.components and tag not in (DESCRIPTOR, DEBUG):
@@ -302,13 +306,9 @@ class LoadFile:
 
     def _check_counts(self) -> None:
         if self._dir_import_count != len(self.imports):
-            raise CAPError(
-                f"Directory import_count {self._dir_import_count} != {len(self.imports)} imports"
-            )
+            raise CAPError(f"Directory import_count {self._dir_import_count} != {len(self.imports)} imports")
         if self._dir_applet_count != len(self.applets):
-            raise CAPError(
-                f"Directory applet_count {self._dir_applet_count} != {len(self.applets)} applets"
-            )
+            raise CAPError(f"Directory applet_count {self._dir_applet_count} != {len(self.applets)} applets")
         aids = [a.aid for a in self.applets]
         if len(set(aids)) != len(aids):
             raise CAPError("duplicate applet AID in the Applet component")
@@ -362,9 +362,20 @@ def _components_from_zip(data: bytes) -> dict[int, bytes]:
         return _read_zip(data)
     except GPError:
         raise
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError, OSError,
-            ValueError, KeyError, IndexError, NotImplementedError, RuntimeError,
-            UnicodeDecodeError, OverflowError) as exc:
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        zlib.error,
+        EOFError,
+        OSError,
+        ValueError,
+        KeyError,
+        IndexError,
+        NotImplementedError,
+        RuntimeError,
+        UnicodeDecodeError,
+        OverflowError,
+    ) as exc:
         # zipfile raises all of these on corrupt archives
         raise CAPError(f"not a valid CAP zip: {type(exc).__name__}: {exc}") from exc
 

@@ -84,26 +84,35 @@ def _token_data(p1: int, p2: int, data: bytes) -> bytes:
     return bytes([p1, p2, len(data)]) + data
 
 
-def load_token_data(elf_aid: bytes, sd_aid: bytes = b"", lfdb_hash: bytes = b"", load_params: bytes = b"",
-                    *, p2: int = 0x00) -> bytes:
+def load_token_data(
+    elf_aid: bytes, sd_aid: bytes = b"", lfdb_hash: bytes = b"", load_params: bytes = b"", *, p2: int = 0x00
+) -> bytes:
     """Load Token data: INSTALL [for load] P1 P2 and data fields without the token (Appendix C, Load Token)."""
-    return _token_data(cmds.INSTALL_FOR_LOAD, p2, cmds.install_for_load_data(elf_aid, sd_aid, lfdb_hash,
-                                                                             load_params))
+    return _token_data(cmds.INSTALL_FOR_LOAD, p2, cmds.install_for_load_data(elf_aid, sd_aid, lfdb_hash, load_params))
 
 
-def install_token_data(elf_aid: bytes, module_aid: bytes, app_aid: bytes,
-                       privileges: cmds.Privileges | bytes = b"\x00", params: bytes = b"\xc9\x00",
-                       *, make_selectable: bool = True, p2: int = 0x00) -> bytes:
+def install_token_data(
+    elf_aid: bytes,
+    module_aid: bytes,
+    app_aid: bytes,
+    privileges: cmds.Privileges | bytes = b"\x00",
+    params: bytes = b"\xc9\x00",
+    *,
+    make_selectable: bool = True,
+    p2: int = 0x00,
+) -> bytes:
     """Install Token data for INSTALL [for install (and make selectable)] (Appendix C, Install Token)."""
     p1 = cmds.INSTALL_FOR_INSTALL | (cmds.INSTALL_FOR_MAKE_SELECTABLE if make_selectable else 0)
     return _token_data(p1, p2, cmds.install_for_install_data(elf_aid, module_aid, app_aid, privileges, params))
 
 
-def make_selectable_token_data(app_aid: bytes, privileges: cmds.Privileges | bytes = b"\x00",
-                               params: bytes = b"") -> bytes:
+def make_selectable_token_data(
+    app_aid: bytes, privileges: cmds.Privileges | bytes = b"\x00", params: bytes = b""
+) -> bytes:
     """Make Selectable Token data (Appendix C, Make Selectable Token)."""
-    return _token_data(cmds.INSTALL_FOR_MAKE_SELECTABLE, 0x00,
-                       cmds.install_for_make_selectable_data(app_aid, privileges, params))
+    return _token_data(
+        cmds.INSTALL_FOR_MAKE_SELECTABLE, 0x00, cmds.install_for_make_selectable_data(app_aid, privileges, params)
+    )
 
 
 def extradition_token_data(sd_aid: bytes, aid: bytes, params: bytes = b"") -> bytes:
@@ -111,11 +120,15 @@ def extradition_token_data(sd_aid: bytes, aid: bytes, params: bytes = b"") -> by
     return _token_data(cmds.INSTALL_FOR_EXTRADITION, 0x00, cmds.install_for_extradition_data(sd_aid, aid, params))
 
 
-def registry_update_token_data(app_aid: bytes, sd_aid: bytes = b"", privileges: cmds.Privileges | bytes = b"",
-                               params: bytes = b"") -> bytes:
+def registry_update_token_data(
+    app_aid: bytes, sd_aid: bytes = b"", privileges: cmds.Privileges | bytes = b"", params: bytes = b""
+) -> bytes:
     """Registry Update Token data (Appendix C, Registry Update Token)."""
-    return _token_data(cmds.INSTALL_FOR_REGISTRY_UPDATE, 0x00,
-                       cmds.install_for_registry_update_data(app_aid, sd_aid, privileges, params))
+    return _token_data(
+        cmds.INSTALL_FOR_REGISTRY_UPDATE,
+        0x00,
+        cmds.install_for_registry_update_data(app_aid, sd_aid, privileges, params),
+    )
 
 
 def delete_token_data(aid: bytes, *, related: bool = False) -> bytes:
@@ -196,7 +209,9 @@ def _install_fields_end(p1: int, data: bytes) -> int:
     if kind == cmds.INSTALL_FOR_LOAD:
         one_byte = 3  # ELF AID, SD AID, LFDB hash
     elif kind & cmds.INSTALL_FOR_INSTALL or kind in (
-        cmds.INSTALL_FOR_MAKE_SELECTABLE, cmds.INSTALL_FOR_EXTRADITION, cmds.INSTALL_FOR_REGISTRY_UPDATE
+        cmds.INSTALL_FOR_MAKE_SELECTABLE,
+        cmds.INSTALL_FOR_EXTRADITION,
+        cmds.INSTALL_FOR_REGISTRY_UPDATE,
     ):
         one_byte = 4  # e.g. ELF, module, application AIDs and privileges
     else:
@@ -218,8 +233,9 @@ def _install_fields_end(p1: int, data: bytes) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def sign_token(private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, data: bytes,
-               scheme: str = SCHEME_ECDSA_P256_SHA256) -> bytes:
+def sign_token(
+    private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey, data: bytes, scheme: str = SCHEME_ECDSA_P256_SHA256
+) -> bytes:
     """Sign token data. ECDSA P-256 gives raw ``r || s`` (64 bytes), RSA the PSS or v1.5 signature."""
     data = bytes(data)
     if scheme == SCHEME_ECDSA_P256_SHA256:
@@ -240,8 +256,12 @@ def _rsa_padding(scheme: str) -> padding.AsymmetricPadding:
     raise DelegatedManagementError(f"unknown token scheme {scheme!r} (use one of {', '.join(SCHEMES)})")
 
 
-def verify_token(public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey, data: bytes, token: bytes,
-                 scheme: str = SCHEME_ECDSA_P256_SHA256) -> bool:
+def verify_token(
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    data: bytes,
+    token: bytes,
+    scheme: str = SCHEME_ECDSA_P256_SHA256,
+) -> bool:
     """True when ``token`` is a valid signature of ``data``; False for a wrong or malformed token."""
     data, token = bytes(data), bytes(token)
     try:
@@ -283,8 +303,9 @@ def card_unique_data(iin: bytes, cin: bytes) -> bytes:
     return encode_tlv(0x42, iin) + encode_tlv(0x45, cin)
 
 
-def confirmation_data(counter: bytes, card_unique: bytes, token_identifier: bytes = b"",
-                      token_data_digest: bytes = b"") -> bytes:
+def confirmation_data(
+    counter: bytes, card_unique: bytes, token_identifier: bytes = b"", token_data_digest: bytes = b""
+) -> bytes:
     """Confirmation data: counter, card unique data [, token identifier, token data digest], each L-V."""
     if len(counter) != 2:
         raise EncodingError(f"confirmation counter must be 2 bytes, got {len(counter)}")
@@ -294,22 +315,25 @@ def confirmation_data(counter: bytes, card_unique: bytes, token_identifier: byte
     return out
 
 
-def receipt_data(counter: bytes, card_unique: bytes, *fields: bytes, token_identifier: bytes = b"",
-                 token_data_digest: bytes = b"") -> bytes:
+def receipt_data(
+    counter: bytes, card_unique: bytes, *fields: bytes, token_identifier: bytes = b"", token_data_digest: bytes = b""
+) -> bytes:
     """Receipt input: the confirmation data followed by the operation's fields, each L-V."""
     return confirmation_data(counter, card_unique, token_identifier, token_data_digest) + b"".join(
         _lv(f, "receipt field") for f in fields
     )
 
 
-def load_receipt_data(counter: bytes, card_unique: bytes, elf_aid: bytes, sd_aid: bytes,
-                      **token_fields: bytes) -> bytes:
+def load_receipt_data(
+    counter: bytes, card_unique: bytes, elf_aid: bytes, sd_aid: bytes, **token_fields: bytes
+) -> bytes:
     """Load receipt: confirmation data, Load File AID, Security Domain AID (Appendix C, receipts)."""
     return receipt_data(counter, card_unique, elf_aid, sd_aid, **token_fields)
 
 
-def install_receipt_data(counter: bytes, card_unique: bytes, elf_aid: bytes, app_aid: bytes,
-                         **token_fields: bytes) -> bytes:
+def install_receipt_data(
+    counter: bytes, card_unique: bytes, elf_aid: bytes, app_aid: bytes, **token_fields: bytes
+) -> bytes:
     """Install (and make selectable) receipt: confirmation data, ELF AID, application AID (Appendix C, receipts)."""
     return receipt_data(counter, card_unique, elf_aid, app_aid, **token_fields)
 
@@ -319,18 +343,25 @@ def delete_receipt_data(counter: bytes, card_unique: bytes, aid: bytes, **token_
     return receipt_data(counter, card_unique, aid, **token_fields)
 
 
-def extradition_receipt_data(counter: bytes, card_unique: bytes, old_sd_aid: bytes, aid: bytes,
-                             new_sd_aid: bytes, **token_fields: bytes) -> bytes:
+def extradition_receipt_data(
+    counter: bytes, card_unique: bytes, old_sd_aid: bytes, aid: bytes, new_sd_aid: bytes, **token_fields: bytes
+) -> bytes:
     """Extradition receipt: confirmation data, former SD AID, application/ELF AID, new SD AID (Appendix C, receipts)."""
     return receipt_data(counter, card_unique, old_sd_aid, aid, new_sd_aid, **token_fields)
 
 
-def registry_update_receipt_data(counter: bytes, card_unique: bytes, old_sd_aid: bytes, app_aid: bytes,
-                                 new_sd_aid: bytes, privileges: bytes = b"", params: bytes = b"",
-                                 **token_fields: bytes) -> bytes:
+def registry_update_receipt_data(
+    counter: bytes,
+    card_unique: bytes,
+    old_sd_aid: bytes,
+    app_aid: bytes,
+    new_sd_aid: bytes,
+    privileges: bytes = b"",
+    params: bytes = b"",
+    **token_fields: bytes,
+) -> bytes:
     """Registry update receipt: confirmation data, former SD, application, new SD, privileges, parameters."""
-    return receipt_data(counter, card_unique, old_sd_aid, app_aid, new_sd_aid, privileges, params,
-                        **token_fields)
+    return receipt_data(counter, card_unique, old_sd_aid, app_aid, new_sd_aid, privileges, params, **token_fields)
 
 
 _DES_KEY_LENGTHS = (16, 24)
@@ -389,12 +420,16 @@ class Confirmation:
     @property
     def confirmation_data(self) -> bytes:
         """The confirmation data as L-V fields: the first part of the receipt input."""
-        return confirmation_data(self.counter, self.card_unique_data, self.token_identifier,
-                                 self.token_data_digest)
+        return confirmation_data(self.counter, self.card_unique_data, self.token_identifier, self.token_data_digest)
 
 
-def build_confirmation(receipt: bytes = b"", counter: bytes = b"", card_unique: bytes = b"",
-                       token_identifier: bytes = b"", token_data_digest: bytes = b"") -> bytes:
+def build_confirmation(
+    receipt: bytes = b"",
+    counter: bytes = b"",
+    card_unique: bytes = b"",
+    token_identifier: bytes = b"",
+    token_data_digest: bytes = b"",
+) -> bytes:
     """Card side: ``len receipt || receipt || len confirmation data || confirmation data`` where the
     confirmation data is counter, card unique data [, token identifier, token data digest], each L-V.
     Without a receipt the response is the single byte ``00`` (no Delegated Management)."""

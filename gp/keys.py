@@ -265,8 +265,7 @@ class PutKeyData:
         sym = [c for c in self.components if c.key_type in (KEY_TYPE_DES, KEY_TYPE_AES)]
         if len(sym) != 3:
             raise KeyMaterialError(f"expected 3 symmetric keys (ENC, MAC, DEK), got {len(sym)}")
-        return StaticKeys(sym[0].value, sym[1].value, sym[2].value,
-                          self.new_version if version is None else version)
+        return StaticKeys(sym[0].value, sym[1].value, sym[2].value, self.new_version if version is None else version)
 
 
 def encode_put_key_symmetric(
@@ -309,8 +308,14 @@ def encode_put_key_rsa(new_version: int, modulus: bytes, exponent: bytes) -> byt
     if not modulus or not exponent:
         raise KeyMaterialError("RSA modulus and exponent must be non-empty")
     return (
-        bytes((new_version, KEY_TYPE_RSA_N)) + _enc_len(len(modulus)) + bytes(modulus) + b"\x00"
-        + bytes((KEY_TYPE_RSA_E,)) + _enc_len(len(exponent)) + bytes(exponent) + b"\x00"
+        bytes((new_version, KEY_TYPE_RSA_N))
+        + _enc_len(len(modulus))
+        + bytes(modulus)
+        + b"\x00"
+        + bytes((KEY_TYPE_RSA_E,))
+        + _enc_len(len(exponent))
+        + bytes(exponent)
+        + b"\x00"
     )
 
 
@@ -323,7 +328,10 @@ def encode_put_key_ec_p256(new_version: int, public_point: bytes) -> bytes:
     if len(public_point) != 65 or public_point[0] != 0x04:
         raise KeyMaterialError("P-256 public point must be 65 bytes, uncompressed (04 || X || Y)")
     return (
-        bytes((new_version, KEY_TYPE_EC_PUBLIC)) + _enc_len(65) + bytes(public_point) + b"\x00"
+        bytes((new_version, KEY_TYPE_EC_PUBLIC))
+        + _enc_len(65)
+        + bytes(public_point)
+        + b"\x00"
         + bytes((KEY_TYPE_EC_PARAM_REF, 0x01, 0x00, 0x00))
     )
 

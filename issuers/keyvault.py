@@ -63,7 +63,6 @@ _FORMAT_SOFTWARE = 0x01
 _FORMAT_PKCS11 = 0x02
 
 
-
 class CustodyError(Exception):
     """A key custody operation failed. Messages never contain key material."""
 

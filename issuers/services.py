@@ -35,10 +35,25 @@ def normalise_hex(value: str, *, field: str, min_bytes: int = 0, max_bytes: int 
 # "bank-moskva"; letters without a Latin form (emoji, CJK) leave a generated slug instead.
 _TRANSLITERATION = {
     **dict(zip("абвгдезийклмнопрстуфхцыэ", "abvgdezijklmnoprstufhcye", strict=True)),
-    "ё": "e", "ж": "zh", "ч": "ch", "ш": "sh", "щ": "shch", "ъ": "", "ь": "", "ю": "yu", "я": "ya",
-    "є": "ye", "і": "i", "ї": "yi", "ґ": "g", "ў": "u",
+    "ё": "e",
+    "ж": "zh",
+    "ч": "ch",
+    "ш": "sh",
+    "щ": "shch",
+    "ъ": "",
+    "ь": "",
+    "ю": "yu",
+    "я": "ya",
+    "є": "ye",
+    "і": "i",
+    "ї": "yi",
+    "ґ": "g",
+    "ў": "u",
     **dict(zip("αβγδεζηικλμνξοπρστυφω", "abgdeziiklmnxoprstyfo", strict=True)),
-    "θ": "th", "χ": "ch", "ψ": "ps", "ς": "s",
+    "θ": "th",
+    "χ": "ch",
+    "ψ": "ps",
+    "ς": "s",
 }
 _SLUG = re.compile(r"^[-a-zA-Z0-9_]+$")
 SLUG_MAX = 64
@@ -140,9 +155,7 @@ def _is_org_admin(actor: User | None, organization: Organization) -> bool:
 
 
 @transaction.atomic
-def add_member(
-    *, organization: Organization, user: User, role: str, actor: User | None = None
-) -> Membership:
+def add_member(*, organization: Organization, user: User, role: str, actor: User | None = None) -> Membership:
     """Make ``user`` a member directly, without an invitation: for the platform's own bootstrap
     (seed commands, tests). The API and portal never call it: admins invite
     (:func:`invite_member`) and the user accepts. The membership rules apply all the same."""
@@ -179,9 +192,7 @@ def _invitation_event(invitation: Invitation, action: str, actor: User | None) -
 
 
 @transaction.atomic
-def invite_member(
-    *, organization: Organization, user: User, role: str, actor: User | None
-) -> Invitation:
+def invite_member(*, organization: Organization, user: User, role: str, actor: User | None) -> Invitation:
     """An organisation admin invites ``user``; nothing is granted until the user accepts."""
     if role not in Membership.Role.values:
         raise ServiceError(f"unknown role {role!r}", field="role")
@@ -218,8 +229,8 @@ def _decide(invitation: Invitation, state: str, actor: User | None) -> Invitatio
 
 
 def _locked_pending(invitation: Invitation) -> Invitation:
-    invitation = Invitation.objects.select_for_update(of=("self",)).select_related("organization", "user").get(
-        pk=invitation.pk
+    invitation = (
+        Invitation.objects.select_for_update(of=("self",)).select_related("organization", "user").get(pk=invitation.pk)
     )
     if invitation.state != Invitation.State.PENDING:
         raise ServiceError(f"the invitation is {invitation.state}", code="state")
@@ -269,9 +280,7 @@ def revoke_invitation(*, invitation: Invitation, actor: User | None) -> Invitati
 
 
 @transaction.atomic
-def approve_shared_member(
-    *, organization: Organization, user: User, actor: User | None
-) -> SharedMemberApproval:
+def approve_shared_member(*, organization: Organization, user: User, actor: User | None) -> SharedMemberApproval:
     """An agency operator allows a member of another bank to be invited to ``organization`` too."""
     who = roles.principal(actor) if actor is not None else None
     if who is not None and not who.agency_operator:
@@ -329,9 +338,7 @@ def remove_member(*, membership: Membership, actor: User | None = None) -> None:
 
 
 @transaction.atomic
-def add_aid_range(
-    *, organization: Organization, rid: str, pix_prefix: str = "", actor: User | None = None
-) -> AidRange:
+def add_aid_range(*, organization: Organization, rid: str, pix_prefix: str = "", actor: User | None = None) -> AidRange:
     """Give a bank an AID range. Ranges of different banks may not overlap (ISO 7816-5 AIDs are
     matched by prefix, so overlap means one prefix starts the other)."""
     if not organization.is_bank:
@@ -443,9 +450,7 @@ def aid_in_bank_range(organization: Organization, aid_hex: str) -> bool:
 
 
 @transaction.atomic
-def set_organization_active(
-    *, organization: Organization, is_active: bool, actor: User | None = None
-) -> Organization:
+def set_organization_active(*, organization: Organization, is_active: bool, actor: User | None = None) -> Organization:
     """Suspend or reinstate an organisation (a suspended bank gets no new enrollments or tokens)."""
     organization = Organization.objects.select_for_update().get(pk=organization.pk)
     if organization.is_agency and not is_active:

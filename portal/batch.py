@@ -93,8 +93,9 @@ def _parse_rows(text: str) -> list[Row]:
             continue
         too_long = [key for key, value in values.items() if len(value) > MAX_LENGTHS[key]]
         if too_long:
-            errors.append(RowError(line, "; ".join(
-                f"{key} is longer than {MAX_LENGTHS[key]} characters" for key in too_long)))
+            errors.append(
+                RowError(line, "; ".join(f"{key} is longer than {MAX_LENGTHS[key]} characters" for key in too_long))
+            )
             continue
         problems: list[str] = []
         holder = None
@@ -147,8 +148,13 @@ def issue_batch(*, agency: Organization, data: bytes, emulated: bool, actor: Use
                 try:
                     issued.append(
                         card_services.issue_card(
-                            agency=agency, holder=row.holder, scp=row.scp, cin=row.cin, serial=row.serial,
-                            emulated=emulated, actor=actor,
+                            agency=agency,
+                            holder=row.holder,
+                            scp=row.scp,
+                            cin=row.cin,
+                            serial=row.serial,
+                            emulated=emulated,
+                            actor=actor,
                         )
                     )
                 except ServiceError as exc:

@@ -103,5 +103,10 @@ def stacked_chart(groups: list[dict[str, Any]]) -> dict[str, Any]:
                 segments=segments,
             )
         )
-    return {"rows": rows, "height": max(len(rows) * ROW - GAP, 1), "width": PLOT_WIDTH + VALUE_WIDTH,
-            "bar_height": BAR_HEIGHT, "plot_width": PLOT_WIDTH}
+    return {
+        "rows": rows,
+        "height": max(len(rows) * ROW - GAP, 1),
+        "width": PLOT_WIDTH + VALUE_WIDTH,
+        "bar_height": BAR_HEIGHT,
+        "plot_width": PLOT_WIDTH,
+    }

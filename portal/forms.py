@@ -69,21 +69,33 @@ class ReleaseForm(forms.Form):
         "Its package and applets must be in your AID range.",
         widget=forms.ClearableFileInput(attrs={"accept": ".cap,.ijc,application/octet-stream"}),
     )
-    changelog = forms.CharField(label="Changes in this release", required=False, max_length=4000,
-                                widget=forms.Textarea(attrs={"rows": 3}))
+    changelog = forms.CharField(
+        label="Changes in this release", required=False, max_length=4000, widget=forms.Textarea(attrs={"rows": 3})
+    )
 
 
 class IssueCardForm(forms.Form):
-    holder = forms.CharField(label="Holder (username)", max_length=150, required=False,
-                             help_text="Optional: the citizen's account; leave empty to assign later.")
-    scp = forms.TypedChoiceField(label="Secure Channel Protocol", choices=[("3", "SCP03 (AES)"), ("2", "SCP02 (3DES)")],
-                                 coerce=int, initial="3")
-    cin = forms.CharField(label="Card image number (CIN)", max_length=32, required=False,
-                          help_text="Optional, 4 to 16 bytes in hexadecimal; generated when empty.")
-    serial = forms.CharField(label="Serial number", max_length=32, required=False,
-                             help_text="Optional; derived from the CIN when empty.")
-    emulated = forms.BooleanField(label="Emulated card (personalise a cardsim state file)", required=False,
-                                  initial=True)
+    holder = forms.CharField(
+        label="Holder (username)",
+        max_length=150,
+        required=False,
+        help_text="Optional: the citizen's account; leave empty to assign later.",
+    )
+    scp = forms.TypedChoiceField(
+        label="Secure Channel Protocol", choices=[("3", "SCP03 (AES)"), ("2", "SCP02 (3DES)")], coerce=int, initial="3"
+    )
+    cin = forms.CharField(
+        label="Card image number (CIN)",
+        max_length=32,
+        required=False,
+        help_text="Optional, 4 to 16 bytes in hexadecimal; generated when empty.",
+    )
+    serial = forms.CharField(
+        label="Serial number", max_length=32, required=False, help_text="Optional; derived from the CIN when empty."
+    )
+    emulated = forms.BooleanField(
+        label="Emulated card (personalise a cardsim state file)", required=False, initial=True
+    )
 
 
 class CardBatchForm(forms.Form):
@@ -93,26 +105,44 @@ class CardBatchForm(forms.Form):
         "If any row is wrong, nothing is imported.",
         widget=forms.ClearableFileInput(attrs={"accept": ".csv,text/csv"}),
     )
-    emulated = forms.BooleanField(label="Emulated cards (personalise cardsim state files)", required=False,
-                                  initial=True)
+    emulated = forms.BooleanField(
+        label="Emulated cards (personalise cardsim state files)", required=False, initial=True
+    )
 
 
 class AdmitBankForm(forms.Form):
     name = forms.CharField(label="Name", max_length=200)
-    slug = forms.SlugField(label="Short name (slug)", max_length=64, required=False,
-                           help_text="Letters, digits and hyphens; derived from the name when empty.")
-    rid = forms.RegexField(label="Registered application provider identifier (RID)", regex=r"^[0-9A-Fa-f]{10}$",
-                           help_text="5 bytes, hexadecimal (10 digits).",
-                           error_messages={"invalid": "The RID is 10 hexadecimal digits."})
-    pix_prefix = forms.RegexField(label="PIX prefix", regex=r"^([0-9A-Fa-f]{2}){0,11}$", required=False,
-                                  help_text="Optional, whole bytes in hexadecimal.",
-                                  error_messages={"invalid": "Whole bytes in hexadecimal, at most 11."})
-    management = forms.ChoiceField(label="Management", choices=SsdTemplate.Management.choices,
-                                   initial=SsdTemplate.Management.DELEGATED)
-    scp = forms.TypedChoiceField(label="Secure Channel Protocol", choices=[("3", "SCP03"), ("2", "SCP02")],
-                                 coerce=int, initial="3")
-    key_length = forms.TypedChoiceField(label="Key length", choices=[("16", "128 bits"), ("24", "192 bits"),
-                                                                    ("32", "256 bits")], coerce=int, initial="16")
+    slug = forms.SlugField(
+        label="Short name (slug)",
+        max_length=64,
+        required=False,
+        help_text="Letters, digits and hyphens; derived from the name when empty.",
+    )
+    rid = forms.RegexField(
+        label="Registered application provider identifier (RID)",
+        regex=r"^[0-9A-Fa-f]{10}$",
+        help_text="5 bytes, hexadecimal (10 digits).",
+        error_messages={"invalid": "The RID is 10 hexadecimal digits."},
+    )
+    pix_prefix = forms.RegexField(
+        label="PIX prefix",
+        regex=r"^([0-9A-Fa-f]{2}){0,11}$",
+        required=False,
+        help_text="Optional, whole bytes in hexadecimal.",
+        error_messages={"invalid": "Whole bytes in hexadecimal, at most 11."},
+    )
+    management = forms.ChoiceField(
+        label="Management", choices=SsdTemplate.Management.choices, initial=SsdTemplate.Management.DELEGATED
+    )
+    scp = forms.TypedChoiceField(
+        label="Secure Channel Protocol", choices=[("3", "SCP03"), ("2", "SCP02")], coerce=int, initial="3"
+    )
+    key_length = forms.TypedChoiceField(
+        label="Key length",
+        choices=[("16", "128 bits"), ("24", "192 bits"), ("32", "256 bits")],
+        coerce=int,
+        initial="16",
+    )
 
 
 class LookupForm(forms.Form):
@@ -149,29 +179,39 @@ class ReleaseChoiceField(forms.ModelChoiceField[Release]):
 
 
 class RolloutForm(forms.Form):
-    release = ReleaseChoiceField(
-        queryset=Release.objects.none(), label="Release to roll out", empty_label=None)
+    release = ReleaseChoiceField(queryset=Release.objects.none(), label="Release to roll out", empty_label=None)
     name = forms.CharField(label="Name", max_length=200, required=False, help_text="Optional, for your records.")
     from_version = forms.RegexField(
-        label="Only cards at version", regex=r"^\d{1,3}\.\d{1,3}$", required=False,
+        label="Only cards at version",
+        regex=r"^\d{1,3}\.\d{1,3}$",
+        required=False,
         help_text="Optional, e.g. 1.0; empty: every card with the package at another version.",
         error_messages={"invalid": "A version is major.minor, e.g. 1.0."},
     )
     groups = forms.CharField(
-        label="Groups (cumulative)", initial="10%, 50%, 100%", max_length=200,
+        label="Groups (cumulative)",
+        initial="10%, 50%, 100%",
+        max_length=200,
         help_text="Comma-separated waves, cumulative, ending at 100%: e.g. 1%, 10%, 100% or 5, 50, 100%.",
     )
     success_threshold = forms.IntegerField(
-        label="Success threshold (%)", min_value=1, max_value=100, initial=100,
+        label="Success threshold (%)",
+        min_value=1,
+        max_value=100,
+        initial=100,
         help_text="Share of a group's cards that must succeed before the next group starts.",
     )
     error_threshold = forms.IntegerField(
-        label="Error threshold (%)", min_value=1, max_value=100, initial=20,
+        label="Error threshold (%)",
+        min_value=1,
+        max_value=100,
+        initial=20,
         help_text="Share of a group's cards failed at which the rollout pauses itself.",
     )
     retry_count = forms.IntegerField(label="Retries per card", min_value=0, max_value=10, initial=2)
-    require_approval = forms.BooleanField(label="Require approval by a second user of the bank (four eyes)",
-                                          required=False)
+    require_approval = forms.BooleanField(
+        label="Require approval by a second user of the bank (four eyes)", required=False
+    )
 
     def __init__(self, *args: Any, releases: QuerySet[Release], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -185,8 +225,9 @@ class RolloutForm(forms.Form):
 
 
 class RolloutActionForm(forms.Form):
-    action = forms.ChoiceField(choices=[(a, a) for a in ("approve", "start", "pause", "resume", "cancel")],
-                               widget=forms.HiddenInput)
+    action = forms.ChoiceField(
+        choices=[(a, a) for a in ("approve", "start", "pause", "resume", "cancel")], widget=forms.HiddenInput
+    )
     reason = forms.CharField(label="Reason", max_length=500, required=False)
     confirm = forms.BooleanField(label="Yes, cancel this rollout", required=False)
 

@@ -19,8 +19,21 @@ from issuers.roles import principal
 from updates.models import CardSession, Release
 
 # Metadata shown of a key set: never the wrapped material.
-KEYSET_FIELDS = ("id", "card_cin", "sd_aid", "kvn", "purpose", "algorithm", "key_length", "kcv_enc", "kcv_mac",
-                 "kcv_dek", "state", "created_at", "rotated_at")
+KEYSET_FIELDS = (
+    "id",
+    "card_cin",
+    "sd_aid",
+    "kvn",
+    "purpose",
+    "algorithm",
+    "key_length",
+    "kcv_enc",
+    "kcv_mac",
+    "kcv_dek",
+    "state",
+    "created_at",
+    "rotated_at",
+)
 
 
 @dataclass
@@ -94,11 +107,13 @@ class Bar:
 def bank_dashboard(user: User, bank: Organization) -> dict[str, Any]:
     sds = card_selectors.security_domains_for(user).filter(organization=bank)
     active_sds = sds.filter(state=SecurityDomain.State.ACTIVE)
-    applets = card_selectors.applets_for(user).filter(security_domain__organization=bank,
-                                                      security_domain__state=SecurityDomain.State.ACTIVE)
+    applets = card_selectors.applets_for(user).filter(
+        security_domain__organization=bank, security_domain__state=SecurityDomain.State.ACTIVE
+    )
     by_version = (
-        applets.values("package_aid", "package_version").annotate(n=Count("id")).order_by("package_aid",
-                                                                                            "package_version")
+        applets.values("package_aid", "package_version")
+        .annotate(n=Count("id"))
+        .order_by("package_aid", "package_version")
     )
     jobs = card_selectors.jobs_for(user).filter(organization=bank)
     return {
@@ -142,8 +157,12 @@ def card_lookup(user: User, query: str) -> QuerySet[Card]:
     cards = card_selectors.cards_for(user).order_by("-created_at", "cin")
     query = query.strip()
     if query:
-        cards = cards.filter(Q(cin__iexact=query) | Q(serial__iexact=query) | Q(holder__username__iexact=query)
-                             | Q(cin__istartswith=query))
+        cards = cards.filter(
+            Q(cin__iexact=query)
+            | Q(serial__iexact=query)
+            | Q(holder__username__iexact=query)
+            | Q(cin__istartswith=query)
+        )
     return cards
 
 

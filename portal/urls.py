@@ -45,4 +45,3 @@ urlpatterns = [
     path("regulator/reports/<slug:report>.csv", oversight.report_csv, name="oversight-report-csv"),
     path("regulator/card/", oversight.card_at, name="oversight-card"),
 ]
-

@@ -210,8 +210,15 @@ def platform_view(world: OtaWorld) -> dict[str, set[str]]:
 def assert_registry_matches_records(world: OtaWorld) -> None:
     registry = card_registry(world)
     view = platform_view(world)
-    rom = {"A0000000620001", "A0000000620101", "A0000000620102", "A0000000620201", "A0000000620209",
-           "A00000015100", "A0000001515350"}
+    rom = {
+        "A0000000620001",
+        "A0000000620101",
+        "A0000000620102",
+        "A0000000620201",
+        "A0000000620209",
+        "A00000015100",
+        "A0000001515350",
+    }
     assert registry["apps"] == view["sds"] | view["applets"], (registry, view)
     assert registry["elfs"] - rom == view["packages"], (registry, view)
 
@@ -230,8 +237,15 @@ def assert_consistent_in_progress(world: OtaWorld) -> None:
         for spec in job.params.get("default_applets", []) + job.params.get("applets", []):
             known_apps.add(spec["instance_aid"].upper())
             packages.add(Release.objects.get(pk=spec["release"]).package_aid)
-    rom = {"A0000000620001", "A0000000620101", "A0000000620102", "A0000000620201", "A0000000620209",
-           "A00000015100", "A0000001515350"}
+    rom = {
+        "A0000000620001",
+        "A0000000620101",
+        "A0000000620102",
+        "A0000000620201",
+        "A0000000620209",
+        "A00000015100",
+        "A0000001515350",
+    }
     assert registry["apps"] <= known_apps, (registry, known_apps)
     assert registry["elfs"] - rom <= packages, (registry, packages)
 

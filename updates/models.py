@@ -126,6 +126,8 @@ class CardSession(models.Model):
 
     def __str__(self) -> str:
         return f"session {self.id} ({self.state})"
+
+
 from updates.rollout_models import *  # noqa: E402,F403
 
 

@@ -119,9 +119,7 @@ class NeedsProof(Exception):
 MAX_ATTEMPTS = 5
 # Card.key_scheme (a CharField) to the diversification schemes custody.card_isd_keys knows.
 ISD_KEY_SCHEMES: dict[str, Literal["kdf3", "emv", "visa2"]] = {"kdf3": "kdf3", "emv": "emv", "visa2": "visa2"}
-INTEGRITY_SWS = frozenset(
-    {SW.SECURITY_STATUS_NOT_SATISFIED, SW.SM_DATA_OBJECTS_INCORRECT, SW.AUTHENTICATION_FAILED}
-)
+INTEGRITY_SWS = frozenset({SW.SECURITY_STATUS_NOT_SATISFIED, SW.SM_DATA_OBJECTS_INCORRECT, SW.AUTHENTICATION_FAILED})
 
 
 @dataclass
@@ -792,7 +790,9 @@ class SessionEngine:
             # Nothing the card or the relay sent causes these: do not reject, count or alert.
             logger.exception(
                 "OTA engine bug: gp refused the engine's own use of it (%s) in phase %r of card session %s",
-                type(exc).__name__, phase, self.session.pk,
+                type(exc).__name__,
+                phase,
+                self.session.pk,
             )
             raise
         raise SessionRejected(f"no exchange expected in phase {phase!r}")
@@ -1007,7 +1007,13 @@ class SessionEngine:
         return self._send([select, self._initialize_update(stage, choices[0], len(choices) > 1)], phase="open")
 
     def _sd_event(
-        self, action: str, sd_aid: str, organization: Organization, *, outcome: str, reason: str,
+        self,
+        action: str,
+        sd_aid: str,
+        organization: Organization,
+        *,
+        outcome: str,
+        reason: str,
         details: dict[str, Any] | None = None,
     ) -> None:
         """An audit entry about a security domain of this card, from the platform itself."""
@@ -1408,9 +1414,11 @@ def complete_job(job: CardJob) -> None:
 def _key_algorithm(job: CardJob, sd: SecurityDomain, kvn: int | None) -> str:
     keyset = keyset_for(sd.organization, job.card, sd.aid, kvn) if kvn is not None else None
     if keyset is None:
-        keyset = KeySet.objects.filter(
-            organization=sd.organization, card_cin=job.card.cin, sd_aid=sd.aid, kvn=kvn or 0
-        ).order_by("-pk").first()
+        keyset = (
+            KeySet.objects.filter(organization=sd.organization, card_cin=job.card.cin, sd_aid=sd.aid, kvn=kvn or 0)
+            .order_by("-pk")
+            .first()
+        )
     if keyset is not None:
         return keyset.algorithm
     return KeySet.Algorithm.AES if sd.scp == 0x03 else KeySet.Algorithm.DES3

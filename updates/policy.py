@@ -111,14 +111,18 @@ def check_job(*, card: Card, security_domain: SecurityDomain, job: Any, operatio
     if job.organization_id != sd.organization_id:
         raise _deny(card, sd, operation, "the security domain belongs to another bank than the job's")
 
-    release_ids = [spec.get("release") for key in ("packages", "applets", "default_applets")
-                   for spec in (job.params.get(key) or [])]
+    release_ids = [
+        spec.get("release")
+        for key in ("packages", "applets", "default_applets")
+        for spec in (job.params.get(key) or [])
+    ]
     for release in Release.objects.filter(pk__in=[r for r in release_ids if r is not None]):
         if release.bank_id != sd.organization_id:
             raise _deny(card, sd, operation, f"release {release.package_aid} is not {sd.organization.name}'s")
         if release.state != Release.State.APPROVED:
-            raise _deny(card, sd, operation, f"release {release.package_aid} v{release.package_version} is "
-                                             f"{release.state}")
+            raise _deny(
+                card, sd, operation, f"release {release.package_aid} v{release.package_version} is {release.state}"
+            )
     rollout_id = job.params.get("rollout")
     if rollout_id is not None:
         rollout = Rollout.objects.filter(pk=rollout_id).first()

@@ -210,7 +210,10 @@ def update_changelog(*, release: Release, actor: AbstractBaseUser | None, change
         subject_id=release.pk,
         actor=actor,
         organization=release.bank,
-        details={"package_aid": release.package_aid, "version": release.package_version,
-                 "changelog_sha256": hashlib.sha256(changelog.encode()).hexdigest()},
+        details={
+            "package_aid": release.package_aid,
+            "version": release.package_version,
+            "changelog_sha256": hashlib.sha256(changelog.encode()).hexdigest(),
+        },
     )
     return release

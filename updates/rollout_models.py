@@ -142,7 +142,12 @@ class RolloutTarget(models.Model):
     next_retry_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     job = models.ForeignKey(
-        "cards.CardJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False,
+        "cards.CardJob",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
         db_constraint=False,
     )
     updated_at = models.DateTimeField()

@@ -232,9 +232,7 @@ def exchange(*, session_id: Any, credential: AgentCredential, number: int, respo
     """
     try:
         with transaction.atomic():
-            answer = _exchange_locked(
-                session_id=session_id, credential=credential, number=number, responses=responses
-            )
+            answer = _exchange_locked(session_id=session_id, credential=credential, number=number, responses=responses)
     except LocalProtocolError:
         # The engine misused gp: a bug of ours, logged by the engine. What the exchange did is
         # rolled back; the session ends without blaming the card or the relay.
@@ -354,9 +352,7 @@ def _expire(session: CardSession) -> None:
     session.sealed_channel = None
     session.save()
     if session.card_id:
-        CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING).update(
-            state=CardJob.State.PENDING
-        )
+        CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING).update(state=CardJob.State.PENDING)
     record_event(
         action="session.expired",
         subject_type="card_session",

@@ -44,4 +44,6 @@ def prepare_job(job_id: int) -> bool:
 def expire_idle_sessions() -> int:
     """Close relay sessions idle past their deadline; their jobs resume at the next presentation."""
     return services.expire_idle_sessions()
+
+
 from updates.rollout_tasks import evaluate_rollout, rollouts_tick  # noqa: E402,F401 - autodiscovery

@@ -8,8 +8,9 @@ from gp.errors import APDUError, InvalidCommandError
 from gp.tlv import encode_length
 
 
-def _apdu(cla: int, ins: int, p1: int, p2: int, data: bytes = b"", le: int | None = None,
-          extended: bool = False) -> bytes:
+def _apdu(
+    cla: int, ins: int, p1: int, p2: int, data: bytes = b"", le: int | None = None, extended: bool = False
+) -> bytes:
     try:
         return CommandAPDU(cla, ins, p1, p2, bytes(data), le, extended).to_bytes()
     except InvalidCommandError:
@@ -39,5 +40,3 @@ def _lv_ber(value: bytes) -> bytes:
     """BER length (1-3 bytes) + value, for parameter and token fields (§11.5.2.3: length 1-3)."""
     value = bytes(value)
     return encode_length(len(value)) + value
-
-

@@ -188,12 +188,33 @@ def parse_card_data(data: bytes) -> CardData:
 
 # Key types (§11.1.8)
 KEY_TYPES: dict[int, str] = {
-    0x80: "DES", 0x81: "RFU", 0x82: "3DES-CBC", 0x83: "DES-ECB", 0x84: "DES-CBC", 0x85: "PSK-TLS",
-    0x88: "AES", 0x90: "HMAC-SHA1", 0x91: "HMAC-SHA1-160",
-    0xA0: "RSA-PUBLIC-E", 0xA1: "RSA-PUBLIC-N", 0xA2: "RSA-PRIVATE-N", 0xA3: "RSA-PRIVATE-D",
-    0xA4: "RSA-CRT-P", 0xA5: "RSA-CRT-Q", 0xA6: "RSA-CRT-PQ", 0xA7: "RSA-CRT-DP1", 0xA8: "RSA-CRT-DQ1",
-    0xB0: "ECC-PUBLIC", 0xB1: "ECC-PRIVATE", 0xB2: "ECC-FIELD-P", 0xB3: "ECC-A", 0xB4: "ECC-B",
-    0xB5: "ECC-G", 0xB6: "ECC-N", 0xB7: "ECC-K", 0xF0: "ECC-KEY-PARAMETERS-REFERENCE",
+    0x80: "DES",
+    0x81: "RFU",
+    0x82: "3DES-CBC",
+    0x83: "DES-ECB",
+    0x84: "DES-CBC",
+    0x85: "PSK-TLS",
+    0x88: "AES",
+    0x90: "HMAC-SHA1",
+    0x91: "HMAC-SHA1-160",
+    0xA0: "RSA-PUBLIC-E",
+    0xA1: "RSA-PUBLIC-N",
+    0xA2: "RSA-PRIVATE-N",
+    0xA3: "RSA-PRIVATE-D",
+    0xA4: "RSA-CRT-P",
+    0xA5: "RSA-CRT-Q",
+    0xA6: "RSA-CRT-PQ",
+    0xA7: "RSA-CRT-DP1",
+    0xA8: "RSA-CRT-DQ1",
+    0xB0: "ECC-PUBLIC",
+    0xB1: "ECC-PRIVATE",
+    0xB2: "ECC-FIELD-P",
+    0xB3: "ECC-A",
+    0xB4: "ECC-B",
+    0xB5: "ECC-G",
+    0xB6: "ECC-N",
+    0xB7: "ECC-K",
+    0xF0: "ECC-KEY-PARAMETERS-REFERENCE",
 }
 
 
@@ -267,5 +288,3 @@ def parse_key_information(data: bytes) -> list[KeyInfo]:
     if e0 is None and not out:
         raise TLVError("no key information template (E0) in the response")
     return out
-
-

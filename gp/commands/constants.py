@@ -55,4 +55,3 @@ STORE_DATA_ENC_APP = 0x20  # b7-b6 = 01: application dependent encryption
 STORE_DATA_ENC = 0x60  # b7-b6 = 11: encrypted data
 STORE_DATA_DGI = 0x08  # b5-b4 = 01: DGI format
 STORE_DATA_BER = 0x10  # b5-b4 = 10: BER-TLV format
-

@@ -21,8 +21,9 @@ from gp.errors import EncodingError, InvalidCommandError, TLVError
 from gp.tlv import decode_length, encode_tlv
 
 
-def load_parameters(*, nv_code: int | None = None, volatile_data: int | None = None,
-                    nv_data: int | None = None, extra: bytes = b"") -> bytes:
+def load_parameters(
+    *, nv_code: int | None = None, volatile_data: int | None = None, nv_data: int | None = None, extra: bytes = b""
+) -> bytes:
     """Load parameters field: ``EF { C6 nv code, C7 volatile data, C8 nv data }`` (§11.5.2.3.7)."""
     sys = b""
     for tag, value in ((0xC6, nv_code), (0xC7, volatile_data), (0xC8, nv_data)):
@@ -38,8 +39,14 @@ def _quota(value: int) -> bytes:
     return value.to_bytes(2 if value <= 0xFFFF else 4, "big")
 
 
-def install_parameters(app_specific: bytes = b"", *, volatile_quota: int | None = None,
-                       nv_quota: int | None = None, system: bytes = b"", extra: bytes = b"") -> bytes:
+def install_parameters(
+    app_specific: bytes = b"",
+    *,
+    volatile_quota: int | None = None,
+    nv_quota: int | None = None,
+    system: bytes = b"",
+    extra: bytes = b"",
+) -> bytes:
     """Install parameters field: ``C9 <application specific>`` (mandatory, may be empty) followed by
     optional ``EF { C7 volatile quota, C8 non-volatile quota, <system> }`` (§11.5.2.3.7)."""
     out = encode_tlv(0xC9, app_specific)
@@ -67,47 +74,81 @@ def _install(p1: int, data: bytes, p2: int = 0x00) -> bytes:
     return _apdu(CLA_GP, INS_INSTALL, p1, p2, data, le=256)
 
 
-def install_for_load_data(elf_aid: bytes, sd_aid: bytes = b"", lfdb_hash: bytes = b"",
-                          load_params: bytes = b"") -> bytes:
+def install_for_load_data(
+    elf_aid: bytes, sd_aid: bytes = b"", lfdb_hash: bytes = b"", load_params: bytes = b""
+) -> bytes:
     """INSTALL [for load] data without the token field (§11.5.2.3.1, Table 11-45)."""
-    return (_lv(_check_aid(elf_aid, "Load File AID"), "AID") + _lv(_check_aid(sd_aid, "SD AID", True), "AID")
-            + _lv(lfdb_hash, "hash") + _lv_ber(load_params))
+    return (
+        _lv(_check_aid(elf_aid, "Load File AID"), "AID")
+        + _lv(_check_aid(sd_aid, "SD AID", True), "AID")
+        + _lv(lfdb_hash, "hash")
+        + _lv_ber(load_params)
+    )
 
 
-def install_for_load(elf_aid: bytes, sd_aid: bytes = b"", lfdb_hash: bytes = b"", load_params: bytes = b"",
-                     token: bytes = b"", *, p2: int = 0x00) -> bytes:
+def install_for_load(
+    elf_aid: bytes,
+    sd_aid: bytes = b"",
+    lfdb_hash: bytes = b"",
+    load_params: bytes = b"",
+    token: bytes = b"",
+    *,
+    p2: int = 0x00,
+) -> bytes:
     """INSTALL [for load]: ``80 E6 02 00`` (§11.5.2.3.1). Hash = LFDB hash (§C.2) when DAP/DM needs it."""
     data = install_for_load_data(elf_aid, sd_aid, lfdb_hash, load_params) + _lv_ber(token)
     return _install(INSTALL_FOR_LOAD, data, p2)
 
 
-def install_for_install_data(elf_aid: bytes, module_aid: bytes, app_aid: bytes,
-                             privileges: Privileges | bytes = b"\x00",
-                             params: bytes = b"\xc9\x00") -> bytes:
+def install_for_install_data(
+    elf_aid: bytes,
+    module_aid: bytes,
+    app_aid: bytes,
+    privileges: Privileges | bytes = b"\x00",
+    params: bytes = b"\xc9\x00",
+) -> bytes:
     """INSTALL [for install] data without the token field (§11.5.2.3.2)."""
-    return (_lv(_check_aid(elf_aid, "ELF AID"), "AID") + _lv(_check_aid(module_aid, "module AID"), "AID")
-            + _lv(_check_aid(app_aid, "application AID"), "AID")
-            + _lv(_privileges_bytes(privileges), "privileges") + _lv_ber(params))
+    return (
+        _lv(_check_aid(elf_aid, "ELF AID"), "AID")
+        + _lv(_check_aid(module_aid, "module AID"), "AID")
+        + _lv(_check_aid(app_aid, "application AID"), "AID")
+        + _lv(_privileges_bytes(privileges), "privileges")
+        + _lv_ber(params)
+    )
 
 
-def install_for_install(elf_aid: bytes, module_aid: bytes, app_aid: bytes | None = None,
-                        privileges: Privileges | bytes = b"\x00", params: bytes = b"\xc9\x00",
-                        token: bytes = b"", *, make_selectable: bool = True, p2: int = 0x00) -> bytes:
+def install_for_install(
+    elf_aid: bytes,
+    module_aid: bytes,
+    app_aid: bytes | None = None,
+    privileges: Privileges | bytes = b"\x00",
+    params: bytes = b"\xc9\x00",
+    token: bytes = b"",
+    *,
+    make_selectable: bool = True,
+    p2: int = 0x00,
+) -> bytes:
     """INSTALL [for install] (P1 ``04``) or [for install and make selectable] (P1 ``0C``)."""
     p1 = INSTALL_FOR_INSTALL | (INSTALL_FOR_MAKE_SELECTABLE if make_selectable else 0)
     data = install_for_install_data(elf_aid, module_aid, app_aid or module_aid, privileges, params)
     return _install(p1, data + _lv_ber(token), p2)
 
 
-def install_for_make_selectable_data(app_aid: bytes, privileges: Privileges | bytes = b"\x00",
-                                     params: bytes = b"") -> bytes:
+def install_for_make_selectable_data(
+    app_aid: bytes, privileges: Privileges | bytes = b"\x00", params: bytes = b""
+) -> bytes:
     """INSTALL [for make selectable] data without token (§11.5.2.3.3)."""
-    return (b"\x00\x00" + _lv(_check_aid(app_aid, "application AID"), "AID")
-            + _lv(_privileges_bytes(privileges), "privileges") + _lv_ber(params))
+    return (
+        b"\x00\x00"
+        + _lv(_check_aid(app_aid, "application AID"), "AID")
+        + _lv(_privileges_bytes(privileges), "privileges")
+        + _lv_ber(params)
+    )
 
 
-def install_for_make_selectable(app_aid: bytes, privileges: Privileges | bytes = b"\x00", params: bytes = b"",
-                                token: bytes = b"") -> bytes:
+def install_for_make_selectable(
+    app_aid: bytes, privileges: Privileges | bytes = b"\x00", params: bytes = b"", token: bytes = b""
+) -> bytes:
     """INSTALL [for make selectable]: ``80 E6 08 00`` (§11.5.2.3.3)."""
     data = install_for_make_selectable_data(app_aid, privileges, params) + _lv_ber(token)
     return _install(INSTALL_FOR_MAKE_SELECTABLE, data)
@@ -115,8 +156,13 @@ def install_for_make_selectable(app_aid: bytes, privileges: Privileges | bytes =
 
 def install_for_extradition_data(sd_aid: bytes, aid: bytes, params: bytes = b"") -> bytes:
     """INSTALL [for extradition] data without token (§11.5.2.3.4, Table 11-47)."""
-    return (_lv(_check_aid(sd_aid, "SD AID"), "AID") + b"\x00" + _lv(_check_aid(aid, "AID"), "AID")
-            + b"\x00" + _lv_ber(params))
+    return (
+        _lv(_check_aid(sd_aid, "SD AID"), "AID")
+        + b"\x00"
+        + _lv(_check_aid(aid, "AID"), "AID")
+        + b"\x00"
+        + _lv_ber(params)
+    )
 
 
 def install_for_extradition(sd_aid: bytes, aid: bytes, params: bytes = b"", token: bytes = b"") -> bytes:
@@ -124,16 +170,22 @@ def install_for_extradition(sd_aid: bytes, aid: bytes, params: bytes = b"", toke
     return _install(INSTALL_FOR_EXTRADITION, install_for_extradition_data(sd_aid, aid, params) + _lv_ber(token))
 
 
-def install_for_registry_update_data(app_aid: bytes, sd_aid: bytes = b"",
-                                     privileges: Privileges | bytes = b"", params: bytes = b"") -> bytes:
+def install_for_registry_update_data(
+    app_aid: bytes, sd_aid: bytes = b"", privileges: Privileges | bytes = b"", params: bytes = b""
+) -> bytes:
     """INSTALL [for registry update] data without token (§11.5.2.3.5)."""
-    return (_lv(_check_aid(sd_aid, "SD AID", True), "AID") + b"\x00"
-            + _lv(_check_aid(app_aid, "application AID"), "AID")
-            + _lv(_privileges_bytes(privileges) if privileges else b"", "privileges") + _lv_ber(params))
+    return (
+        _lv(_check_aid(sd_aid, "SD AID", True), "AID")
+        + b"\x00"
+        + _lv(_check_aid(app_aid, "application AID"), "AID")
+        + _lv(_privileges_bytes(privileges) if privileges else b"", "privileges")
+        + _lv_ber(params)
+    )
 
 
-def install_for_registry_update(app_aid: bytes, sd_aid: bytes = b"", privileges: Privileges | bytes = b"",
-                                params: bytes = b"", token: bytes = b"") -> bytes:
+def install_for_registry_update(
+    app_aid: bytes, sd_aid: bytes = b"", privileges: Privileges | bytes = b"", params: bytes = b"", token: bytes = b""
+) -> bytes:
     """INSTALL [for registry update]: ``80 E6 40 00`` (§11.5.2.3.5)."""
     data = install_for_registry_update_data(app_aid, sd_aid, privileges, params) + _lv_ber(token)
     return _install(INSTALL_FOR_REGISTRY_UPDATE, data)
@@ -169,9 +221,12 @@ class InstallCommand:
             return "load"
         if p & INSTALL_FOR_INSTALL:
             return "install_and_make_selectable" if p & INSTALL_FOR_MAKE_SELECTABLE else "install"
-        return {INSTALL_FOR_MAKE_SELECTABLE: "make_selectable", INSTALL_FOR_EXTRADITION: "extradition",
-                INSTALL_FOR_PERSONALIZATION: "personalization",
-                INSTALL_FOR_REGISTRY_UPDATE: "registry_update"}.get(p, "unknown")
+        return {
+            INSTALL_FOR_MAKE_SELECTABLE: "make_selectable",
+            INSTALL_FOR_EXTRADITION: "extradition",
+            INSTALL_FOR_PERSONALIZATION: "personalization",
+            INSTALL_FOR_REGISTRY_UPDATE: "registry_update",
+        }.get(p, "unknown")
 
 
 def parse_install(p1: int, data: bytes) -> InstallCommand:
@@ -215,18 +270,30 @@ def parse_install(p1: int, data: bytes) -> InstallCommand:
 
     kind = InstallCommand(p1).kind
     if kind == "load":
-        cmd = InstallCommand(p1, elf_aid=lv(aid="ELF AID", required=True), sd_aid=lv(aid="SD AID"),
-                             lfdb_hash=lv(), params=ber_lv(), token=token())
+        cmd = InstallCommand(
+            p1,
+            elf_aid=lv(aid="ELF AID", required=True),
+            sd_aid=lv(aid="SD AID"),
+            lfdb_hash=lv(),
+            params=ber_lv(),
+            token=token(),
+        )
     elif kind in ("install", "install_and_make_selectable"):
-        cmd = InstallCommand(p1, elf_aid=lv(aid="ELF AID", required=True),
-                             module_aid=lv(aid="module AID", required=True),
-                             app_aid=lv(aid="application AID", required=True), privileges=lv(),
-                             params=ber_lv(), token=token())
+        cmd = InstallCommand(
+            p1,
+            elf_aid=lv(aid="ELF AID", required=True),
+            module_aid=lv(aid="module AID", required=True),
+            app_aid=lv(aid="application AID", required=True),
+            privileges=lv(),
+            params=ber_lv(),
+            token=token(),
+        )
     elif kind == "make_selectable":
         zero()
         zero()
-        cmd = InstallCommand(p1, app_aid=lv(aid="application AID", required=True), privileges=lv(),
-                             params=ber_lv(), token=token())
+        cmd = InstallCommand(
+            p1, app_aid=lv(aid="application AID", required=True), privileges=lv(), params=ber_lv(), token=token()
+        )
     elif kind == "extradition":
         sd = lv(aid="SD AID", required=True)
         zero()
@@ -236,8 +303,14 @@ def parse_install(p1: int, data: bytes) -> InstallCommand:
     elif kind == "registry_update":
         sd = lv(aid="SD AID")
         zero()
-        cmd = InstallCommand(p1, sd_aid=sd, app_aid=lv(aid="application AID", required=True), privileges=lv(),
-                             params=ber_lv(), token=token())
+        cmd = InstallCommand(
+            p1,
+            sd_aid=sd,
+            app_aid=lv(aid="application AID", required=True),
+            privileges=lv(),
+            params=ber_lv(),
+            token=token(),
+        )
     elif kind == "personalization":
         zero()
         zero()
@@ -254,4 +327,3 @@ def parse_install(p1: int, data: bytes) -> InstallCommand:
     if (cmd.privileges or needs_privileges) and len(cmd.privileges) not in (1, 3):
         raise EncodingError(f"INSTALL privileges must be 1 or 3 bytes, got {len(cmd.privileges)}")
     return cmd
-

@@ -34,8 +34,14 @@ class LoadPlan:
     blocks: int
 
 
-def plan_load(lfdb: bytes, short_max: int, extended_max: int | None = None, extended_ok: bool = False,
-              *, dap_blocks: Sequence[bytes | tuple[bytes, bytes]] = ()) -> LoadPlan:
+def plan_load(
+    lfdb: bytes,
+    short_max: int,
+    extended_max: int | None = None,
+    extended_ok: bool = False,
+    *,
+    dap_blocks: Sequence[bytes | tuple[bytes, bytes]] = (),
+) -> LoadPlan:
     """Choose the block size: short APDUs when ≤ 256 blocks suffice, else extended length if the
     card supports it (``extended_ok``) and blocks of ``extended_max`` bring it to ≤ 256; else LoadError.
 
@@ -65,8 +71,9 @@ def plan_load(lfdb: bytes, short_max: int, extended_max: int | None = None, exte
     )
 
 
-def load_commands(lfdb: bytes, max_block: int, *, dap_blocks: Sequence[bytes | tuple[bytes, bytes]] = (),
-                  extended_ok: bool = False) -> list[bytes]:
+def load_commands(
+    lfdb: bytes, max_block: int, *, dap_blocks: Sequence[bytes | tuple[bytes, bytes]] = (), extended_ok: bool = False
+) -> list[bytes]:
     """LOAD commands ``80 E8 P1 P2`` for ``C4 <len> <lfdb>`` (§11.6.2): P1 ``80`` on the last block,
     else ``00``; P2 the block number 0..255. Each block carries at most ``max_block`` plain bytes.
 
@@ -91,5 +98,3 @@ def load_commands(lfdb: bytes, max_block: int, *, dap_blocks: Sequence[bytes | t
         p1 = 0x80 if i == n - 1 else 0x00
         out.append(_apdu(CLA_GP, INS_LOAD, p1, i, block, le=256, extended=len(block) > SHORT_MAX_DATA))
     return out
-
-

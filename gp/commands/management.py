@@ -57,7 +57,6 @@ def parse_delete(data: bytes) -> DeleteCommand:
     )
 
 
-
 def delete_data(aid: bytes) -> bytes:
     """DELETE data without token: ``4F <AID>`` (§11.2.2.3)."""
     return encode_tlv(0x4F, _check_aid(aid))
@@ -98,7 +97,6 @@ def set_status(p1: int, state: int, aid: bytes = b"") -> bytes:
     return _apdu(CLA_GP, INS_SET_STATUS, p1, state, data)
 
 
-
 def store_data(block: bytes, block_number: int, *, last: bool, flags: int = 0) -> bytes:
     """One STORE DATA ``80 E2 P1 P2`` (§11.11.2): P1 b8 last block, b7-b6 encryption, b5-b4 format
     (``flags`` from STORE_DATA_*), P2 the block number."""
@@ -110,8 +108,9 @@ def store_data(block: bytes, block_number: int, *, last: bool, flags: int = 0) -
     return _apdu(CLA_GP, INS_STORE_DATA, p1, block_number, block, le=256)
 
 
-def store_data_commands(data: bytes | Sequence[bytes], *, max_block: int = SHORT_MAX_DATA,
-                        flags: int = 0) -> list[bytes]:
+def store_data_commands(
+    data: bytes | Sequence[bytes], *, max_block: int = SHORT_MAX_DATA, flags: int = 0
+) -> list[bytes]:
     """STORE DATA sequence: ``data`` is split into blocks of ``max_block``, or given as a list of
     blocks (e.g. one DGI/TLV each); block numbers from 0, last-block bit on the last one."""
     if isinstance(data, bytes | bytearray):
@@ -126,8 +125,7 @@ def store_data_commands(data: bytes | Sequence[bytes], *, max_block: int = SHORT
     return [store_data(b, i, last=i == len(blocks) - 1, flags=flags) for i, b in enumerate(blocks)]
 
 
-def put_key(new_kvn: int, key_data: bytes, *, old_kvn: int = 0x00, key_id: int = 0x01,
-            multiple: bool = True) -> bytes:
+def put_key(new_kvn: int, key_data: bytes, *, old_kvn: int = 0x00, key_id: int = 0x01, multiple: bool = True) -> bytes:
     """PUT KEY ``80 D8 P1 P2 <new KVN> <key data fields> 00`` (§11.8.2).
 
     P1 = KVN being replaced (``00`` adds a new key set); P2 = first key identifier, b8 set when

@@ -53,8 +53,13 @@ class Privileges(enum.IntFlag):
     CONTACTLESS_SELF_ACTIVATION = 0x000010
 
     @classmethod
-    def from_bytes(cls, raw: Iterable[SupportsIndex] | SupportsBytes | ReadableBuffer,
-                   byteorder: Literal["little", "big"] = "big", *, signed: bool = False) -> Self:
+    def from_bytes(
+        cls,
+        raw: Iterable[SupportsIndex] | SupportsBytes | ReadableBuffer,
+        byteorder: Literal["little", "big"] = "big",
+        *,
+        signed: bool = False,
+    ) -> Self:
         """From the 3-byte form or the 1-byte form of GP 2.1.1 (bytes 2 and 3 taken as zero).
 
         The signature is ``int.from_bytes``'s; privileges are unsigned big-endian (§11.1.2).
@@ -68,8 +73,9 @@ class Privileges(enum.IntFlag):
             raise EncodingError(f"privileges must be 1 or 3 bytes, got {len(data)}")
         return cls(int.from_bytes(data, "big"))
 
-    def to_bytes(self, length: SupportsIndex = 3, byteorder: Literal["little", "big"] = "big", *,
-                 signed: bool = False) -> bytes:
+    def to_bytes(
+        self, length: SupportsIndex = 3, byteorder: Literal["little", "big"] = "big", *, signed: bool = False
+    ) -> bytes:
         """The three privilege bytes (``int.to_bytes``'s signature, defaulting to GP's encoding)."""
         return int(self).to_bytes(length, byteorder, signed=signed)
 
@@ -146,8 +152,9 @@ def lifecycle_name(kind: str, value: int) -> str:
     return f"UNKNOWN_{value:02X}"
 
 
-def get_status(p1: int, *, aid_filter: bytes = b"", next_occurrence: bool = False, tag_format: bool = True,
-               tag_list: bytes = b"") -> bytes:
+def get_status(
+    p1: int, *, aid_filter: bytes = b"", next_occurrence: bool = False, tag_format: bool = True, tag_list: bytes = b""
+) -> bytes:
     """GET STATUS ``80 F2 P1 P2 Lc 4F <aid filter> [5C <tag list>] 00`` (§11.4.2).
 
     P1: ``80`` ISD, ``40`` applications and SDs, ``20`` ELFs, ``10`` ELFs and modules.
@@ -162,8 +169,9 @@ def get_status(p1: int, *, aid_filter: bytes = b"", next_occurrence: bool = Fals
     return _apdu(CLA_GP, INS_GET_STATUS, p1, p2, data, le=256)
 
 
-def get_status_next(p1: int, sw: int, *, aid_filter: bytes = b"", tag_format: bool = True,
-                    tag_list: bytes = b"") -> bytes | None:
+def get_status_next(
+    p1: int, sw: int, *, aid_filter: bytes = b"", tag_format: bool = True, tag_list: bytes = b""
+) -> bytes | None:
     """After a GET STATUS answered ``6310`` (more data), the "next occurrence" command; else None."""
     if sw != SW.WARNING_MORE_DATA:
         return None
@@ -228,17 +236,19 @@ def parse_get_status(data: bytes, p1: int | None = None) -> list[RegistryEntry]:
         sd = find(kids, 0xCC)
         ver = find(kids, 0xCE)
         modules = tuple(t.value for t in kids if t.tag == 0x84)
-        out.append(RegistryEntry(
-            aid=aid.value,
-            lifecycle=lc.value[0],
-            privileges=privileges,
-            kind=_kind_for(p1, privileges),
-            elf_aid=elf.value if elf else None,
-            associated_sd_aid=sd.value if sd else None,
-            elf_version=ver.value if ver else None,
-            modules=modules,
-            implicit_selection=tuple(t.value for t in kids if t.tag == 0xCF),
-        ))
+        out.append(
+            RegistryEntry(
+                aid=aid.value,
+                lifecycle=lc.value[0],
+                privileges=privileges,
+                kind=_kind_for(p1, privileges),
+                elf_aid=elf.value if elf else None,
+                associated_sd_aid=sd.value if sd else None,
+                elf_version=ver.value if ver else None,
+                modules=modules,
+                implicit_selection=tuple(t.value for t in kids if t.tag == 0xCF),
+            )
+        )
     return out
 
 
@@ -269,13 +279,13 @@ def parse_get_status_legacy(data: bytes, p1: int) -> list[RegistryEntry]:
             count = take(1)[0]
             modules = tuple(take(take(1)[0]) for _ in range(count))
         is_elf = p1 in (STATUS_ELF, STATUS_ELF_MODULES)
-        out.append(RegistryEntry(
-            aid=aid,
-            lifecycle=lifecycle,
-            privileges=None if is_elf else priv,
-            kind=_kind_for(p1, None if is_elf else priv),
-            modules=modules,
-        ))
+        out.append(
+            RegistryEntry(
+                aid=aid,
+                lifecycle=lifecycle,
+                privileges=None if is_elf else priv,
+                kind=_kind_for(p1, None if is_elf else priv),
+                modules=modules,
+            )
+        )
     return out
-
-

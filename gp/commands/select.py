@@ -61,5 +61,3 @@ def parse_fci(data: bytes) -> FCI:
             sdm = t.value
             card_data = parse_card_data(t.encode())
     return FCI(aid_tlv.value, max_len, lifecycle, sdm, proprietary, card_data)
-
-

@@ -77,8 +77,9 @@ def sw_for_error(exc: BaseException) -> int:
 class _CardChannel:
     LEVELS: frozenset[int] = frozenset()
 
-    def __init__(self, keys: StaticKeys, sd_aid: bytes, kdd: bytes,
-                 card_challenge_random: Callable[[int], bytes]) -> None:
+    def __init__(
+        self, keys: StaticKeys, sd_aid: bytes, kdd: bytes, card_challenge_random: Callable[[int], bytes]
+    ) -> None:
         if not isinstance(keys, StaticKeys):
             raise SecureChannelError("keys must be a gp.keys.StaticKeys")
         self.keys = keys
@@ -144,9 +145,17 @@ class CardSCP03(_CardChannel):
 
     LEVELS = SCP03_LEVELS
 
-    def __init__(self, keys: StaticKeys, *, s16: bool = False, i: int = 0x70, sd_aid: bytes = ISD_AID,
-                 sequence_counter: int = 0, kdd: bytes = bytes(10),
-                 card_challenge_random: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self,
+        keys: StaticKeys,
+        *,
+        s16: bool = False,
+        i: int = 0x70,
+        sd_aid: bytes = ISD_AID,
+        sequence_counter: int = 0,
+        kdd: bytes = bytes(10),
+        card_challenge_random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         super().__init__(keys, sd_aid, kdd, card_challenge_random)
         self.s16 = bool(s16)
         self.i = i
@@ -178,8 +187,7 @@ class CardSCP03(_CardChannel):
         cryptogram = scp03_kdf(self._core.s_mac, DDC_CARD_CRYPTOGRAM, context, n * 8)
         self._state = ChannelState.INITIALIZED
         # Amd D §7.1.2: KDD || key info (KVN, 03, i) || card challenge || card cryptogram [|| counter]
-        return (self.kdd + bytes((self.keys.version, 0x03, self.i)) + card_challenge + cryptogram
-                + seq + SW_OK)
+        return self.kdd + bytes((self.keys.version, 0x03, self.i)) + card_challenge + cryptogram + seq + SW_OK
 
     def external_authenticate(self, capdu: bytes) -> bytes:
         n = 16 if self.s16 else 8
@@ -246,9 +254,16 @@ class CardSCP02(_CardChannel):
 
     LEVELS = SCP02_LEVELS
 
-    def __init__(self, keys: StaticKeys, *, i: int = 0x55, sd_aid: bytes = ISD_AID,
-                 sequence_counter: int = 0, kdd: bytes = bytes(10),
-                 card_challenge_random: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self,
+        keys: StaticKeys,
+        *,
+        i: int = 0x55,
+        sd_aid: bytes = ISD_AID,
+        sequence_counter: int = 0,
+        kdd: bytes = bytes(10),
+        card_challenge_random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         super().__init__(keys, sd_aid, kdd, card_challenge_random)
         if len(keys.enc) != 16:
             raise SecureChannelError("SCP02 needs 16-byte (2-key 3DES) keys")

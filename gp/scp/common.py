@@ -117,7 +117,6 @@ def _hexkey(key: AESKey | DES3Key) -> str:
     return key.key.hex().upper()
 
 
-
 def _plain_command(capdu: bytes) -> CommandAPDU:
     """Parse a plain command the caller asked us to wrap: a malformed one is the caller's mistake."""
     try:

@@ -61,8 +61,14 @@ class _HostChannel:
     SCP: ClassVar[int] = 0
     LEVELS: ClassVar[frozenset[int]] = frozenset()
 
-    def __init__(self, keys: StaticKeys | None, security_level: int, host_challenge: bytes | None,
-                 random: Callable[[int], bytes], challenge_len: int) -> None:
+    def __init__(
+        self,
+        keys: StaticKeys | None,
+        security_level: int,
+        host_challenge: bytes | None,
+        random: Callable[[int], bytes],
+        challenge_len: int,
+    ) -> None:
         if keys is not None and not isinstance(keys, StaticKeys):
             raise KeyMaterialError("keys must be a gp.keys.StaticKeys")
         if security_level not in self.LEVELS:
@@ -164,4 +170,3 @@ class _HostChannel:
             self._close(str(exc))
             raise MalformedResponseError.wrap(exc, "secured response", sw=sw) from exc
         return SecuredResponse(plain[:-2], sw, authenticated=_rmac_expected(sw))
-

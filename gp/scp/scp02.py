@@ -98,8 +98,18 @@ class SCP02Core:
 
     __slots__ = ("c_mac", "dek", "enc", "i", "icv", "r_mac", "ricv", "security_level")
 
-    def __init__(self, enc: bytes, c_mac: bytes, r_mac: bytes, dek: bytes, *, i: int,
-                 icv: bytes = _ZERO8, ricv: bytes = _ZERO8, security_level: int = 0) -> None:
+    def __init__(
+        self,
+        enc: bytes,
+        c_mac: bytes,
+        r_mac: bytes,
+        dek: bytes,
+        *,
+        i: int,
+        icv: bytes = _ZERO8,
+        ricv: bytes = _ZERO8,
+        security_level: int = 0,
+    ) -> None:
         self.enc = DES3Key(enc)
         self.c_mac = DES3Key(c_mac)
         self.r_mac = DES3Key(r_mac)
@@ -239,9 +249,15 @@ class SCP02(_HostChannel):
     SCP = 2
     LEVELS = SCP02_LEVELS
 
-    def __init__(self, keys: StaticKeys, security_level: int = 0x03, host_challenge: bytes | None = None,
-                 i: int = 0x55, sd_aid: bytes | None = None,
-                 random: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self,
+        keys: StaticKeys,
+        security_level: int = 0x03,
+        host_challenge: bytes | None = None,
+        i: int = 0x55,
+        sd_aid: bytes | None = None,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         if len(keys.enc) != 16:
             raise KeyMaterialError("SCP02 needs 16-byte (2-key 3DES) keys")
         if not i & SCP02_I_EXPLICIT or i & SCP02_I_ICV_AID:
@@ -257,8 +273,10 @@ class SCP02(_HostChannel):
         self._core: SCP02Core | None = None
 
     def __repr__(self) -> str:
-        return (f"SCP02(state={self._state}, security_level=0x{self.security_level:02X}, "
-                f"i=0x{self.i:02X}, kvn=0x{self.key_version:02X})")
+        return (
+            f"SCP02(state={self._state}, security_level=0x{self.security_level:02X}, "
+            f"i=0x{self.i:02X}, kvn=0x{self.key_version:02X})"
+        )
 
     def external_authenticate(self, response: bytes) -> bytes:
         """Check the card cryptogram and return the EXTERNAL AUTHENTICATE command (GP 2.3.1 §E.5.2)."""
@@ -335,15 +353,20 @@ class SCP02(_HostChannel):
         core = self._core
         if core is not None:
             st.update(
-                s_enc=_hexkey(core.enc), s_cmac=_hexkey(core.c_mac), s_rmac=_hexkey(core.r_mac),
-                s_dek=_hexkey(core.dek), icv=core.icv.hex().upper(), ricv=core.ricv.hex().upper(),
+                s_enc=_hexkey(core.enc),
+                s_cmac=_hexkey(core.c_mac),
+                s_rmac=_hexkey(core.r_mac),
+                s_dek=_hexkey(core.dek),
+                icv=core.icv.hex().upper(),
+                ricv=core.ricv.hex().upper(),
                 pending=",".join(p.plain.hex().upper() for p in self._pending),
             )
         return st
 
     @classmethod
-    def from_session_state(cls, keys: StaticKeys | dict[str, Any] | None = None,
-                           state: dict[str, Any] | None = None) -> SCP02:
+    def from_session_state(
+        cls, keys: StaticKeys | dict[str, Any] | None = None, state: dict[str, Any] | None = None
+    ) -> SCP02:
         """Rebuild a channel from :meth:`session_state` (``keys`` optional once authenticated)."""
         keys, state = _state_args(keys, state)
         try:
@@ -366,9 +389,13 @@ class SCP02(_HostChannel):
                 raise SecureChannelError(f"unknown channel state {state['state']!r}") from None
             if ch._state is ChannelState.OPEN:
                 ch._core = SCP02Core(
-                    bytes.fromhex(state["s_enc"]), bytes.fromhex(state["s_cmac"]),
-                    bytes.fromhex(state["s_rmac"]), bytes.fromhex(state["s_dek"]), i=ch.i,
-                    icv=bytes.fromhex(state["icv"]), ricv=bytes.fromhex(state["ricv"]),
+                    bytes.fromhex(state["s_enc"]),
+                    bytes.fromhex(state["s_cmac"]),
+                    bytes.fromhex(state["s_rmac"]),
+                    bytes.fromhex(state["s_dek"]),
+                    i=ch.i,
+                    icv=bytes.fromhex(state["icv"]),
+                    ricv=bytes.fromhex(state["ricv"]),
                     security_level=ch.security_level,
                 )
                 for item in filter(None, str(state.get("pending", "")).split(",")):

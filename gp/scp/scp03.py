@@ -77,8 +77,17 @@ class SCP03Core:
 
     __slots__ = ("counter", "mac_len", "mcv", "s_enc", "s_mac", "s_rmac", "security_level")
 
-    def __init__(self, s_enc: bytes, s_mac: bytes, s_rmac: bytes, *, s16: bool = False,
-                 mcv: bytes = _ZERO16, counter: int = 0, security_level: int = 0) -> None:
+    def __init__(
+        self,
+        s_enc: bytes,
+        s_mac: bytes,
+        s_rmac: bytes,
+        *,
+        s16: bool = False,
+        mcv: bytes = _ZERO16,
+        counter: int = 0,
+        security_level: int = 0,
+    ) -> None:
         self.s_enc = AESKey(s_enc)
         self.s_mac = AESKey(s_mac)
         self.s_rmac = AESKey(s_rmac)
@@ -207,8 +216,15 @@ class SCP03Core:
                 body = self.decrypt_command_data(body, self.counter)
             except EncodingError as exc:
                 raise MACError("C-DEC data has bad padding") from exc
-        plain = CommandAPDU(_plain_cla(cmd.cla), cmd.ins, cmd.p1, cmd.p2, body, cmd.le,
-                            extended=extended and len(body) <= 255 and (cmd.le or 0) <= 256)
+        plain = CommandAPDU(
+            _plain_cla(cmd.cla),
+            cmd.ins,
+            cmd.p1,
+            cmd.p2,
+            body,
+            cmd.le,
+            extended=extended and len(body) <= 255 and (cmd.le or 0) <= 256,
+        )
         return plain.to_bytes()
 
     def secure_response(self, rapdu: bytes) -> bytes:
@@ -228,16 +244,21 @@ class SCP03Core:
         return data + self.rmac(self.mcv, data, swb) + swb
 
 
-
 class SCP03(_HostChannel):
     """Host side of SCP03 (GP Amd D v1.2)."""
 
     SCP = 3
     LEVELS = SCP03_LEVELS
 
-    def __init__(self, keys: StaticKeys, security_level: int = 0x33, host_challenge: bytes | None = None,
-                 s16: bool = False, sd_aid: bytes | None = None,
-                 random: Callable[[int], bytes] = os.urandom) -> None:
+    def __init__(
+        self,
+        keys: StaticKeys,
+        security_level: int = 0x33,
+        host_challenge: bytes | None = None,
+        s16: bool = False,
+        sd_aid: bytes | None = None,
+        random: Callable[[int], bytes] = os.urandom,
+    ) -> None:
         self.s16 = bool(s16)
         super().__init__(keys, security_level, host_challenge, random, 16 if s16 else 8)
         self.sd_aid = bytes(sd_aid) if sd_aid is not None else None
@@ -247,8 +268,10 @@ class SCP03(_HostChannel):
         self._core: SCP03Core | None = None
 
     def __repr__(self) -> str:
-        return (f"SCP03(state={self._state}, security_level=0x{self.security_level:02X}, "
-                f"s16={self.s16}, kvn=0x{self.key_version:02X})")
+        return (
+            f"SCP03(state={self._state}, security_level=0x{self.security_level:02X}, "
+            f"s16={self.s16}, kvn=0x{self.key_version:02X})"
+        )
 
     def external_authenticate(self, response: bytes) -> bytes:
         """Check the card cryptogram and return the EXTERNAL AUTHENTICATE command (Amd D §7.1, §7.2)."""
@@ -286,9 +309,7 @@ class SCP03(_HostChannel):
                 "card cryptogram does not verify: wrong keys or wrong card (do not retry)", sw=SW.SUCCESS
             )
         if i & SCP03_I_PSEUDO_RANDOM and self.sd_aid is not None:
-            if not hmac.compare_digest(
-                scp03_card_challenge(keys.enc, seq, self.sd_aid, self.s16), card_challenge
-            ):
+            if not hmac.compare_digest(scp03_card_challenge(keys.enc, seq, self.sd_aid, self.s16), card_challenge):
                 self._close("pseudo-random card challenge did not verify")
                 raise AuthenticationError(
                     "pseudo-random card challenge does not match the sequence counter", sw=SW.SUCCESS
@@ -351,15 +372,19 @@ class SCP03(_HostChannel):
         core = self._core
         if core is not None:
             st.update(
-                s_enc=_hexkey(core.s_enc), s_mac=_hexkey(core.s_mac), s_rmac=_hexkey(core.s_rmac),
-                mcv=core.mcv.hex().upper(), counter=core.counter,
+                s_enc=_hexkey(core.s_enc),
+                s_mac=_hexkey(core.s_mac),
+                s_rmac=_hexkey(core.s_rmac),
+                mcv=core.mcv.hex().upper(),
+                counter=core.counter,
                 pending=",".join(f"{p.mcv.hex().upper()}:{p.counter}" for p in self._pending),
             )
         return st
 
     @classmethod
-    def from_session_state(cls, keys: StaticKeys | dict[str, Any] | None = None,
-                           state: dict[str, Any] | None = None) -> SCP03:
+    def from_session_state(
+        cls, keys: StaticKeys | dict[str, Any] | None = None, state: dict[str, Any] | None = None
+    ) -> SCP03:
         """Rebuild a channel from :meth:`session_state`. ``keys`` is needed before
         authentication and for :meth:`encrypt_key`; it may be None afterwards, and
         ``from_session_state(state)`` is accepted too."""
@@ -384,10 +409,15 @@ class SCP03(_HostChannel):
             except ValueError:
                 raise SecureChannelError(f"unknown channel state {state['state']!r}") from None
             if ch._state is ChannelState.OPEN:
-                core = SCP03Core(bytes.fromhex(state["s_enc"]), bytes.fromhex(state["s_mac"]),
-                                 bytes.fromhex(state["s_rmac"]), s16=ch.s16,
-                                 mcv=bytes.fromhex(state["mcv"]), counter=int(state["counter"]),
-                                 security_level=ch.security_level)
+                core = SCP03Core(
+                    bytes.fromhex(state["s_enc"]),
+                    bytes.fromhex(state["s_mac"]),
+                    bytes.fromhex(state["s_rmac"]),
+                    s16=ch.s16,
+                    mcv=bytes.fromhex(state["mcv"]),
+                    counter=int(state["counter"]),
+                    security_level=ch.security_level,
+                )
                 ch._core = core
                 for item in filter(None, str(state.get("pending", "")).split(",")):
                     mcv_hex, counter = item.split(":")
@@ -426,5 +456,3 @@ def scp03_verify_rmac(s_rmac: bytes, mcv: bytes, response: bytes, s16: bool = Fa
     """Verify the R-MAC of ``response`` (data || R-MAC || SW); returns data || SW or raises MACError."""
     core = SCP03Core(s_rmac, s_rmac, s_rmac, s16=s16, security_level=SecurityLevel.C_MAC | SecurityLevel.R_MAC)
     return core.verify_response(bytes(response), bytes(mcv), 0)
-
-

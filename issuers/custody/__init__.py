@@ -74,4 +74,3 @@ __all__ = [
     "store_secret_key",
     "store_static_keys",
 ]
-

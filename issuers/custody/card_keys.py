@@ -38,8 +38,12 @@ def card_isd_keys(
     if algorithm is None:
         raise ServiceError(f"unknown diversification scheme {scheme!r}", field="scheme")
     masters = KeySet.objects.filter(
-        organization=agency, purpose=Purpose.DIVERSIFICATION_MASTER, algorithm=algorithm,
-        state=KeySet.State.ACTIVE, card_cin="", sd_aid="",
+        organization=agency,
+        purpose=Purpose.DIVERSIFICATION_MASTER,
+        algorithm=algorithm,
+        state=KeySet.State.ACTIVE,
+        card_cin="",
+        sd_aid="",
     )
     if kvn is not None:
         masters = masters.filter(kvn=kvn)
@@ -70,6 +74,5 @@ def open_secure_channel(
     """
     keys = load_static_keys(keyset)
     if keyset.algorithm == Algorithm.AES:
-        return SCP03(keys, 0x33 if security_level is None else security_level, host_challenge, s16=s16,
-                     sd_aid=sd_aid)
+        return SCP03(keys, 0x33 if security_level is None else security_level, host_challenge, s16=s16, sd_aid=sd_aid)
     return SCP02(keys, 0x03 if security_level is None else security_level, host_challenge, i=i, sd_aid=sd_aid)

@@ -78,8 +78,12 @@ def ensure_org_kek(org: Organization, *, actor: Any = None) -> KeyEncryptionKey:
                 subject_id=f"{org.slug}/v{kek.version}",
                 actor=actor,
                 organization=org,
-                details={"version": kek.version, "key_version": kek.version, "algorithm": KEK_ALGORITHM,
-                         "backend": kek.backend},
+                details={
+                    "version": kek.version,
+                    "key_version": kek.version,
+                    "algorithm": KEK_ALGORITHM,
+                    "backend": kek.backend,
+                },
             )
             return kek
     except IntegrityError:

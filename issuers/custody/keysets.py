@@ -137,7 +137,11 @@ def _store(
         now = timezone.now()
         previous = list(
             KeySet.objects.select_for_update().filter(
-                organization=org, card_cin=card_cin, sd_aid=sd_aid, kvn=kvn, purpose=purpose,
+                organization=org,
+                card_cin=card_cin,
+                sd_aid=sd_aid,
+                kvn=kvn,
+                purpose=purpose,
                 state=KeySet.State.ACTIVE,
             )
         )
@@ -209,8 +213,16 @@ def store_static_keys(
         raise ServiceError(f"{algorithm} keys cannot be {keys.key_length} bytes", field="keys")
     kcvs = {name: _kcv(algorithm, getattr(keys, name)) for name in ("enc", "mac", "dek")}
     return _store(
-        org, keys.enc + keys.mac + keys.dek, purpose=purpose, algorithm=algorithm, key_length=keys.key_length,
-        kvn=keys.version, card_cin=card_cin, sd_aid=sd_aid, kcvs=kcvs, actor=actor,
+        org,
+        keys.enc + keys.mac + keys.dek,
+        purpose=purpose,
+        algorithm=algorithm,
+        key_length=keys.key_length,
+        kvn=keys.version,
+        card_cin=card_cin,
+        sd_aid=sd_aid,
+        kcvs=kcvs,
+        actor=actor,
     )
 
 
@@ -253,8 +265,16 @@ def store_secret_key(
     if not _symmetric_length_ok(algorithm, len(key)):
         raise ServiceError(f"{algorithm} keys cannot be {len(key)} bytes", field="key")
     return _store(
-        org, key, purpose=purpose, algorithm=algorithm, key_length=len(key), kvn=kvn, card_cin=card_cin,
-        sd_aid=sd_aid, kcvs={"enc": _kcv(algorithm, key)}, actor=actor,
+        org,
+        key,
+        purpose=purpose,
+        algorithm=algorithm,
+        key_length=len(key),
+        kvn=kvn,
+        card_cin=card_cin,
+        sd_aid=sd_aid,
+        kcvs={"enc": _kcv(algorithm, key)},
+        actor=actor,
     )
 
 
@@ -300,12 +320,22 @@ def store_private_key(
     der = private_key.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    public_pem = private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode("ascii")
+    public_pem = (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode("ascii")
+    )
     return _store(
-        org, der, purpose=purpose, algorithm=algorithm, key_length=length, kvn=kvn, card_cin=card_cin,
-        sd_aid=sd_aid, public_key=public_pem, actor=actor,
+        org,
+        der,
+        purpose=purpose,
+        algorithm=algorithm,
+        key_length=length,
+        kvn=kvn,
+        card_cin=card_cin,
+        sd_aid=sd_aid,
+        public_key=public_pem,
+        actor=actor,
     )
 
 
@@ -330,9 +360,7 @@ def generate_private_key(
         private_key = ed25519.Ed25519PrivateKey.generate()
     else:
         raise ServiceError(f"unknown asymmetric algorithm {algorithm!r}", field="algorithm")
-    return store_private_key(
-        org, private_key, purpose=purpose, kvn=kvn, card_cin=card_cin, sd_aid=sd_aid, actor=actor
-    )
+    return store_private_key(org, private_key, purpose=purpose, kvn=kvn, card_cin=card_cin, sd_aid=sd_aid, actor=actor)
 
 
 # ---------------------------------------------------------------------------

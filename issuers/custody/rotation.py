@@ -62,8 +62,12 @@ def _rotate_in_transaction(
     ref = backend.create_kek(org.pk, version)
     created.append(ref)
     new = KeyEncryptionKey.objects.create(
-        organization=org, version=version, backend=backend.name, wrapped_material=ref.material,
-        hsm_label=ref.label, state=KeyEncryptionKey.State.ACTIVE,
+        organization=org,
+        version=version,
+        backend=backend.name,
+        wrapped_material=ref.material,
+        hsm_label=ref.label,
+        state=KeyEncryptionKey.State.ACTIVE,
     )
     now = timezone.now()
     for keyset in keysets:

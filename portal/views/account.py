@@ -26,8 +26,9 @@ class AnswerForm(forms.Form):
 @login_required
 @require_GET
 def invitations(request: AuthenticatedHttpRequest) -> HttpResponse:
-    return render(request, "portal/invitations.html",
-                  {"invitations": issuer_selectors.pending_invitations_of(request.user)})
+    return render(
+        request, "portal/invitations.html", {"invitations": issuer_selectors.pending_invitations_of(request.user)}
+    )
 
 
 @login_required
@@ -48,6 +49,10 @@ def answer_invitation(request: AuthenticatedHttpRequest, invitation: int) -> Htt
     except ServiceError as exc:
         messages.error(request, f"The invitation of {record.organization.name} cannot be accepted: {exc.message}")
         status = 409 if exc.is_conflict else 400
-        return render(request, "portal/invitations.html",
-                      {"invitations": issuer_selectors.pending_invitations_of(request.user)}, status=status)
+        return render(
+            request,
+            "portal/invitations.html",
+            {"invitations": issuer_selectors.pending_invitations_of(request.user)},
+            status=status,
+        )
     return redirect("portal:invitations")

@@ -62,8 +62,7 @@ def cards(request: AuthenticatedHttpRequest) -> HttpResponse:
 @require_GET
 def card_detail(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
     card = get_object_or_404(selectors.card_lookup(request.user, ""), cin=cin)
-    return render(request, "portal/agency/card.html", {"o": selectors.card_overview(request.user, card),
-                                                       "card": card})
+    return render(request, "portal/agency/card.html", {"o": selectors.card_overview(request.user, card), "card": card})
 
 
 @agency_required
@@ -81,8 +80,13 @@ def issue(request: AuthenticatedHttpRequest) -> HttpResponse:
         if not form.errors:
             try:
                 card = card_services.issue_card(
-                    agency=agency, holder=holder, scp=data["scp"], cin=data["cin"], serial=data["serial"],
-                    emulated=data["emulated"], actor=request.user,
+                    agency=agency,
+                    holder=holder,
+                    scp=data["scp"],
+                    cin=data["cin"],
+                    serial=data["serial"],
+                    emulated=data["emulated"],
+                    actor=request.user,
                 )
             except ServiceError as exc:
                 add_service_error(form, exc, aliases={"key_scheme": "scp"})
@@ -101,18 +105,25 @@ def issue_batch(request: AuthenticatedHttpRequest) -> HttpResponse:
         agency = _operator(request)
         try:
             issued = batch.issue_batch(
-                agency=agency, data=form.cleaned_data["csv_file"].read(batch.MAX_BYTES + 1),
-                emulated=form.cleaned_data["emulated"], actor=request.user,
+                agency=agency,
+                data=form.cleaned_data["csv_file"].read(batch.MAX_BYTES + 1),
+                emulated=form.cleaned_data["emulated"],
+                actor=request.user,
             )
         except batch.BatchRefused as exc:
             row_errors = exc.errors
-            form.add_error("csv_file", f"The file was refused: {len(row_errors)} problem(s), listed below. "
-                                       "No card was issued.")
+            form.add_error(
+                "csv_file", f"The file was refused: {len(row_errors)} problem(s), listed below. No card was issued."
+            )
         else:
             messages.success(request, f"{len(issued)} cards issued.")
             return redirect("portal:agency-cards")
-    return render(request, "portal/agency/batch.html", {"form": form, "row_errors": row_errors},
-                  status=400 if form.errors else 200)
+    return render(
+        request,
+        "portal/agency/batch.html",
+        {"form": form, "row_errors": row_errors},
+        status=400 if form.errors else 200,
+    )
 
 
 @agency_required
@@ -124,8 +135,14 @@ def banks(request: AuthenticatedHttpRequest) -> HttpResponse:
         data = form.cleaned_data
         try:
             bank = issuer_services.admit_bank(
-                name=data["name"], slug=data["slug"], rid=data["rid"], pix_prefix=data["pix_prefix"],
-                management=data["management"], scp=data["scp"], key_length=data["key_length"], actor=request.user,
+                name=data["name"],
+                slug=data["slug"],
+                rid=data["rid"],
+                pix_prefix=data["pix_prefix"],
+                management=data["management"],
+                scp=data["scp"],
+                key_length=data["key_length"],
+                actor=request.user,
             )
         except ServiceError as exc:
             add_service_error(form, exc, aliases={"prefix": "rid"})
@@ -139,8 +156,9 @@ def banks(request: AuthenticatedHttpRequest) -> HttpResponse:
         .select_related("ssd_template")
         .order_by("name")
     )
-    return render(request, "portal/agency/banks.html", {"form": form, "banks": banks},
-                  status=400 if form.errors else 200)
+    return render(
+        request, "portal/agency/banks.html", {"form": form, "banks": banks}, status=400 if form.errors else 200
+    )
 
 
 @agency_required

@@ -70,8 +70,13 @@ class PortalLoginView(auth_views.LoginView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         username = request.POST.get("username", "")
         if ratelimit.blocked("login", username, request):
-            security.record(security.Kind.LOGIN_THROTTLED, request=request, username=username, status=429,
-                            reason="too many failed attempts")
+            security.record(
+                security.Kind.LOGIN_THROTTLED,
+                request=request,
+                username=username,
+                status=429,
+                reason="too many failed attempts",
+            )
             # Refused before any password check: an unbound form, so nothing is authenticated.
             form = self.form_class(request, initial={"username": username[:150]})
             return self.render_to_response(self.get_context_data(form=form, throttled=TOO_MANY), status=429)
@@ -119,8 +124,13 @@ def login_verify(request: HttpRequest) -> HttpResponse:
     status = 200
     if request.method == "POST":
         if ratelimit.blocked("totp", user.get_username(), request):
-            security.record(security.Kind.LOGIN_THROTTLED, request=request, user=user, status=429,
-                            reason="second factor: too many failed attempts")
+            security.record(
+                security.Kind.LOGIN_THROTTLED,
+                request=request,
+                user=user,
+                status=429,
+                reason="second factor: too many failed attempts",
+            )
             form = CodeForm()
             form.add_error(None, TOO_MANY)
             status = 429
@@ -134,8 +144,13 @@ def login_verify(request: HttpRequest) -> HttpResponse:
             return redirect(target)
         else:
             ratelimit.record_failure("totp", user.get_username(), request)
-            security.record(security.Kind.SECOND_FACTOR_FAILED, request=request, user=user, status=400,
-                            reason="second factor code refused")
+            security.record(
+                security.Kind.SECOND_FACTOR_FAILED,
+                request=request,
+                user=user,
+                status=400,
+                reason="second factor code refused",
+            )
             if form.is_valid():
                 form.add_error("code", "That code is not valid. Check your device's clock and try the next code.")
             status = 400
@@ -219,8 +234,9 @@ class PortalPasswordResetView(auth_views.PasswordResetView):
     def post(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         email = request.POST.get("email", "")[:254]
         if ratelimit.blocked("reset", email, request):
-            security.record(security.Kind.LOGIN_THROTTLED, request=request, status=429,
-                            reason="password reset: too many requests")
+            security.record(
+                security.Kind.LOGIN_THROTTLED, request=request, status=429, reason="password reset: too many requests"
+            )
             form = self.form_class({"email": email})
             form.is_valid()
             form.add_error(None, "Too many requests. Wait 15 minutes and try again.")

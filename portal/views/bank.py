@@ -28,8 +28,9 @@ def _context(request: AuthenticatedHttpRequest, bank: Organization, **extra: obj
 @require_GET
 def dashboard(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResponse:
     data = selectors.bank_dashboard(request.user, bank)
-    return render(request, "portal/bank/dashboard.html",
-                  _context(request, bank, d=data, chart=charts.bar_chart(data["bars"])))
+    return render(
+        request, "portal/bank/dashboard.html", _context(request, bank, d=data, chart=charts.bar_chart(data["bars"]))
+    )
 
 
 @bank_member
@@ -66,8 +67,12 @@ def rotate(request: AuthenticatedHttpRequest, bank: Organization, sd: int) -> Ht
                 "it runs the next time the card is presented.",
             )
             return redirect("portal:bank-keys", bank=bank.slug)
-    return render(request, "portal/bank/rotate.html", _context(request, bank, sd=security_domain, form=form),
-                  status=400 if form.errors else 200)
+    return render(
+        request,
+        "portal/bank/rotate.html",
+        _context(request, bank, sd=security_domain, form=form),
+        status=400 if form.errors else 200,
+    )
 
 
 @bank_member
@@ -77,8 +82,12 @@ def releases(request: AuthenticatedHttpRequest, bank: Organization) -> HttpRespo
     if request.method == "POST":
         require_operator(request, bank)
         if not form.is_valid():
-            security.record(security.Kind.UPLOAD_REJECTED, request=request, organization=bank,
-                            reason="form: " + ", ".join(sorted(form.errors)))
+            security.record(
+                security.Kind.UPLOAD_REJECTED,
+                request=request,
+                organization=bank,
+                reason="form: " + ", ".join(sorted(form.errors)),
+            )
         else:
             upload = form.cleaned_data["cap_file"]
             try:

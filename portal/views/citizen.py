@@ -48,12 +48,17 @@ def card_detail(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
 def add_bank(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
     card = _card(request, cin)
     banks = selectors.enrollable_banks(request.user, card)
-    form = BankChoiceForm(posted(request), banks=issuer_selectors.organizations_for(request.user).filter(
-        pk__in=[b.pk for b in banks]))
+    form = BankChoiceForm(
+        posted(request), banks=issuer_selectors.organizations_for(request.user).filter(pk__in=[b.pk for b in banks])
+    )
     if request.method == "POST" and form.is_valid():
         return redirect("portal:add-bank-consent", cin=card.cin, bank=form.cleaned_data["bank"].slug)
-    return render(request, "portal/citizen/add_bank.html", {"card": card, "form": form, "banks": banks},
-                  status=400 if form.errors else 200)
+    return render(
+        request,
+        "portal/citizen/add_bank.html",
+        {"card": card, "form": form, "banks": banks},
+        status=400 if form.errors else 200,
+    )
 
 
 @citizen_required
@@ -68,8 +73,12 @@ def add_bank_consent(request: AuthenticatedHttpRequest, cin: str, bank: str) -> 
     valid = request.method == "POST" and form.is_valid()
     if request.method == "POST" and not valid:
         # Refused before the service (consent box not ticked, statement altered).
-        security.record(security.Kind.CONSENT_REFUSED, request=request, organization=organization,
-                        reason="form: " + ", ".join(sorted(form.errors)))
+        security.record(
+            security.Kind.CONSENT_REFUSED,
+            request=request,
+            organization=organization,
+            reason="form: " + ", ".join(sorted(form.errors)),
+        )
     if valid:
         try:
             card_services.request_enrollment(
@@ -91,8 +100,13 @@ def add_bank_consent(request: AuthenticatedHttpRequest, cin: str, bank: str) -> 
     return render(
         request,
         "portal/citizen/consent.html",
-        {"card": card, "bank": organization, "text": text, "form": form,
-         "applets": template.default_applets if template else []},
+        {
+            "card": card,
+            "bank": organization,
+            "text": text,
+            "form": form,
+            "applets": template.default_applets if template else [],
+        },
         status=400 if form.errors else 200,
     )
 
@@ -114,8 +128,12 @@ def remove_bank(request: AuthenticatedHttpRequest, cin: str, enrollment: int) ->
         else:
             messages.success(request, f"{record.bank.name} will be removed the next time you connect your card.")
             return redirect("portal:card", cin=card.cin)
-    return render(request, "portal/citizen/remove_bank.html", {"card": card, "enrollment": record, "form": form},
-                  status=400 if form.errors else 200)
+    return render(
+        request,
+        "portal/citizen/remove_bank.html",
+        {"card": card, "enrollment": record, "form": form},
+        status=400 if form.errors else 200,
+    )
 
 
 @citizen_required

@@ -28,7 +28,10 @@ def regulator(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(
         request,
         "portal/regulator.html",
-        {"head_size": size, "latest": audit_selectors.latest_checkpoint(),
-         "can_export": audit_selectors.can_export(request.user),
-         "can_read_security": audit_selectors.can_read_security_events(request.user)},
+        {
+            "head_size": size,
+            "latest": audit_selectors.latest_checkpoint(),
+            "can_export": audit_selectors.can_export(request.user),
+            "can_read_security": audit_selectors.can_read_security_events(request.user),
+        },
     )

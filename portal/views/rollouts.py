@@ -26,8 +26,10 @@ def _context(request: AuthenticatedHttpRequest, bank: Organization, **extra: obj
 
 
 def _releases(request: AuthenticatedHttpRequest, bank: Organization) -> QuerySet[Release]:
-    return rollout_selectors.releases_for(request.user).filter(bank=bank, state=Release.State.APPROVED).order_by(
-        "package_aid", "-created_at"
+    return (
+        rollout_selectors.releases_for(request.user)
+        .filter(bank=bank, state=Release.State.APPROVED)
+        .order_by("package_aid", "-created_at")
     )
 
 
@@ -42,10 +44,16 @@ def rollout_list(request: AuthenticatedHttpRequest, bank: Organization) -> HttpR
             data = form.cleaned_data
             try:
                 rollout = rollouts.create_rollout(
-                    bank=bank, release=data["release"], actor=request.user, groups=data["groups"],
-                    from_version=data["from_version"], success_threshold=data["success_threshold"],
-                    error_threshold=data["error_threshold"], retry_count=data["retry_count"],
-                    require_approval=data["require_approval"], name=data["name"],
+                    bank=bank,
+                    release=data["release"],
+                    actor=request.user,
+                    groups=data["groups"],
+                    from_version=data["from_version"],
+                    success_threshold=data["success_threshold"],
+                    error_threshold=data["error_threshold"],
+                    retry_count=data["retry_count"],
+                    require_approval=data["require_approval"],
+                    name=data["name"],
                 )
             except ServiceError as exc:
                 add_service_error(form, exc, aliases={"cins": "from_version"})
@@ -53,14 +61,22 @@ def rollout_list(request: AuthenticatedHttpRequest, bank: Organization) -> HttpR
                 messages.success(request, f"Rollout {rollout.pk} is planned for {rollout.total} cards.")
                 return redirect("portal:bank-rollout", bank=bank.slug, rollout=rollout.pk)
     listed = rollout_selectors.rollouts_for(request.user).filter(bank=bank).order_by("-created_at")[:100]
-    return render(request, "portal/bank/rollouts.html", _context(request, bank, form=form, rollouts=listed),
-                  status=400 if form.errors else 200)
+    return render(
+        request,
+        "portal/bank/rollouts.html",
+        _context(request, bank, form=form, rollouts=listed),
+        status=400 if form.errors else 200,
+    )
 
 
 def _detail_context(request: AuthenticatedHttpRequest, bank: Organization, rollout: Rollout) -> dict[str, object]:
     progress = rollout_selectors.progress(rollout)
     return _context(
-        request, bank, rollout=rollout, progress=progress, chart=charts.stacked_chart(progress["groups"]),
+        request,
+        bank,
+        rollout=rollout,
+        progress=progress,
+        chart=charts.stacked_chart(progress["groups"]),
         failures=rollout_selectors.failure_reasons(rollout),
     )
 
@@ -88,14 +104,23 @@ def rollout_detail(request: AuthenticatedHttpRequest, bank: Organization, rollou
             except ServiceError as exc:
                 messages.error(request, exc.message)
             else:
-                done = {"approve": "approved", "start": "started", "pause": "paused", "resume": "resumed",
-                        "cancel": "cancelled"}[action]
+                done = {
+                    "approve": "approved",
+                    "start": "started",
+                    "pause": "paused",
+                    "resume": "resumed",
+                    "cancel": "cancelled",
+                }[action]
                 messages.success(request, f"Rollout {record.pk} is {done}.")
             return redirect("portal:bank-rollout", bank=bank.slug, rollout=record.pk)
         record.refresh_from_db()
     template = "portal/bank/_rollout_live.html" if request.GET.get("part") == "live" else "portal/bank/rollout.html"
-    return render(request, template, {**_detail_context(request, bank, record), "action_form": form},
-                  status=400 if form.errors else 200)
+    return render(
+        request,
+        template,
+        {**_detail_context(request, bank, record), "action_form": form},
+        status=400 if form.errors else 200,
+    )
 
 
 @bank_member
@@ -104,5 +129,8 @@ def rollout_targets(request: AuthenticatedHttpRequest, bank: Organization, rollo
     record = get_object_or_404(rollout_selectors.rollouts_for(request.user).filter(bank=bank), pk=rollout)
     status = request.GET.get("status") or None
     targets = rollout_selectors.targets_of(record, status)[:500]
-    return render(request, "portal/bank/rollout_targets.html",
-                  _context(request, bank, rollout=record, targets=targets, status=status))
+    return render(
+        request,
+        "portal/bank/rollout_targets.html",
+        _context(request, bank, rollout=record, targets=targets, status=status),
+    )

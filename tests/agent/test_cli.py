@@ -70,16 +70,22 @@ class FakeServer:
             return self._batch(number + 1, number - 1)
         result = self.results.pop(0) if self.results else {"jobs": [], "pending": 0}
         finished = {"jobs_total": 1, "jobs_finished": 1, "current": None, "phase": "done"}
-        return {"session": session, "exchange": number + 1, "state": "done", "commands": [], "done": True,
-                "progress": finished, "result": result}
+        return {
+            "session": session,
+            "exchange": number + 1,
+            "state": "done",
+            "commands": [],
+            "done": True,
+            "progress": finished,
+            "result": result,
+        }
 
 
 def run(server: FakeServer | None, card_source: Any, *extra: str, tty: bool = False) -> tuple[int, str]:
     out = io.StringIO()
     out.isatty = lambda: tty  # type: ignore[method-assign]
     factory = (lambda url, token: server) if server is not None else None
-    code = cli.main([*ARGS, *extra], card_source=card_source, server_factory=factory, stream=out,
-                    sleep=lambda _s: None)
+    code = cli.main([*ARGS, *extra], card_source=card_source, server_factory=factory, stream=out, sleep=lambda _s: None)
     text = out.getvalue()
     assert "very-secret" not in text
     return code, text
@@ -118,8 +124,9 @@ def test_progress_bar_on_a_terminal() -> None:
 
 
 def test_failed_job_exits_1_with_its_error() -> None:
-    code, text = run(FakeServer([done("failed", error="install applet 0102: the card answered 6A84")]),
-                     cards(FakeCard()))
+    code, text = run(
+        FakeServer([done("failed", error="install applet 0102: the card answered 6A84")]), cards(FakeCard())
+    )
     assert code == cli.EXIT_JOB_FAILED
     assert text.splitlines()[-1] == (
         "agent: error: job failed: Enroll bank (#7): install applet 0102: the card answered 6A84"
@@ -213,11 +220,23 @@ def test_token_from_environment_and_missing_token(monkeypatch) -> None:
 
 
 def test_python_dash_m_agent_usage() -> None:
-    r = subprocess.run([sys.executable, "-m", "agent", "--help"], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                       timeout=60, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0 and "--reader" in r.stdout and "exit status" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "agent", "--reader", "x"], cwd=PROJECT_ROOT, capture_output=True,
-                       text=True, timeout=60, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "agent", "--reader", "x"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == cli.EXIT_USAGE and "--server" in r.stderr
 
 

@@ -69,7 +69,9 @@ class ServedCard:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cardsim", "serve", str(self.state), "--vpcd", VPCD],
-                cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                cwd=PROJECT_ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         self.connect(timeout=120).close()  # wait until this card is in the reader
         return self
@@ -139,7 +141,11 @@ def serve(reader: Any, tmp_path: Path) -> Iterator[Callable[[Path], ServedCard]]
 def run_agent(url: str, token: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [sys.executable, "-m", "agent", "--server", url, "--reader", READER, "--token", token, "--timeout", "120"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300, check=False,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert token not in result.stdout + result.stderr
     (tmp_path / "agent.log").open("a").write(result.stderr)
@@ -231,9 +237,24 @@ def test_enrollment_and_removal_through_pcsc_and_http(live_server, settings, tmp
 def test_agent_reports_a_missing_reader(reader: Any) -> None:
     """Exit 4 naming the reader and listing those present; no server is contacted."""
     result = subprocess.run(
-        [sys.executable, "-m", "agent", "--server", "http://127.0.0.1:9", "--reader", "No Such Reader",
-         "--token", "eca_000000000000_unused", "--timeout", "0"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=False,
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "--server",
+            "http://127.0.0.1:9",
+            "--reader",
+            "No Such Reader",
+            "--token",
+            "eca_000000000000_unused",
+            "--timeout",
+            "0",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 4, result.stderr
     last = result.stderr.strip().splitlines()[-1]

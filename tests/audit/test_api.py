@@ -79,8 +79,10 @@ class Rfc9162:
 
 def test_reference_matches_rfc6962_vectors() -> None:
     """The plain transcription above reproduces the RFC 6962 reference tree (root of 8 leaves)."""
-    leaves = [bytes.fromhex(h) for h in ("", "00", "10", "2021", "3031", "40414243", "5051525354555657",
-                                          "606162636465666768696a6b6c6d6e6f")]
+    leaves = [
+        bytes.fromhex(h)
+        for h in ("", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f")
+    ]
     ref = Rfc9162(leaves)
     assert ref.mth(0, 8).hex() == "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"
     assert ref.mth(0, 3).hex() == "aeb6bcfe274b70a14fb067a5e5578264db0fa9b51af5e0ba159158f329e06e77"
@@ -219,9 +221,16 @@ def test_citizen_reads_only_their_cards_entries(world: World) -> None:
 
 def test_anonymous_is_refused_everywhere(world: World) -> None:
     client = client_for(world, None)
-    for path in ("/api/v1/audit/entries/", "/api/v1/audit/entries/0/", "/api/v1/audit/entries/0/proof",
-                 "/api/v1/audit/consistency?first=1&second=2", "/api/v1/audit/checkpoints/",
-                 "/api/v1/audit/checkpoints/latest/", "/api/v1/audit/export", "/api/v1/audit/log"):
+    for path in (
+        "/api/v1/audit/entries/",
+        "/api/v1/audit/entries/0/",
+        "/api/v1/audit/entries/0/proof",
+        "/api/v1/audit/consistency?first=1&second=2",
+        "/api/v1/audit/checkpoints/",
+        "/api/v1/audit/checkpoints/latest/",
+        "/api/v1/audit/export",
+        "/api/v1/audit/log",
+    ):
         response = client.get(path)
         assert response.status_code in (401, 403), path
         assert response["Content-Type"].startswith("application/problem+json")
@@ -270,8 +279,7 @@ def test_checkpoints_signed_on_demand_by_agency_operators_only(world: World) -> 
     assert listing["count"] == 1
     proof = regulator.get("/api/v1/audit/entries/0/proof", {"tree_size": parsed.size}).json()
     assert proof["checkpoint"] == latest["text"]
-    verify_inclusion(bytes.fromhex(proof["leaf_hash"]), 0, parsed.size, [b64d(h) for h in proof["proof"]],
-                     parsed.root)
+    verify_inclusion(bytes.fromhex(proof["leaf_hash"]), 0, parsed.size, [b64d(h) for h in proof["proof"]], parsed.root)
 
 
 # --------------------------------------------------------------------------- filters, pagination, schema
@@ -299,9 +307,16 @@ def test_filters_and_pagination(world: World) -> None:
 
 def test_openapi_documents_the_audit_routes(world: World) -> None:
     schema = client_for(world, "regulator").get("/api/schema/", {"format": "json"}).json()
-    for path in ("/api/v1/audit/entries/", "/api/v1/audit/entries/{index}/", "/api/v1/audit/entries/{index}/proof",
-                 "/api/v1/audit/consistency", "/api/v1/audit/checkpoints/", "/api/v1/audit/checkpoints/latest/",
-                 "/api/v1/audit/export", "/api/v1/audit/log"):
+    for path in (
+        "/api/v1/audit/entries/",
+        "/api/v1/audit/entries/{index}/",
+        "/api/v1/audit/entries/{index}/proof",
+        "/api/v1/audit/consistency",
+        "/api/v1/audit/checkpoints/",
+        "/api/v1/audit/checkpoints/latest/",
+        "/api/v1/audit/export",
+        "/api/v1/audit/log",
+    ):
         assert path in schema["paths"], path
     params = {p["name"] for p in schema["paths"]["/api/v1/audit/entries/"]["get"]["parameters"]}
     assert {"card", "organization", "action", "outcome", "since", "until", "limit", "offset"} <= params

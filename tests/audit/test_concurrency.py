@@ -100,7 +100,11 @@ def test_eight_processes_append_ten_thousand_entries(tmp_path: Path) -> None:
     children = [
         subprocess.Popen(
             [sys.executable, "-c", CHILD, str(w), str(per[w]), str(go)],
-            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for w in range(PROCESSES)
     ]

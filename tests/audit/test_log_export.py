@@ -26,13 +26,17 @@ pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
 
 
-
 def verify(*args: str | Path) -> subprocess.CompletedProcess[str]:
     """Run the verifier as a regulator would: a plain interpreter, no Django settings."""
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [sys.executable, "-m", "audit.verify", *map(str, args)],
-        capture_output=True, text=True, env=env, cwd=ROOT, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
     )
 
 
@@ -70,8 +74,9 @@ def test_tampered_row_is_detected_and_named(world: World, tmp_path: Path) -> Non
     # Without the stored hash hint, the earlier checkpoints in the header still narrow it down.
     stripped = tmp_path / "stripped.jsonl"
     text = (tmp_path / "bad.jsonl").read_text().splitlines(keepends=True)
-    lines = [text[0]] + [json.dumps({k: v for k, v in json.loads(t).items() if k != "leaf_hash"}) + "\n"
-                         for t in text[1:]]
+    lines = [text[0]] + [
+        json.dumps({k: v for k, v in json.loads(t).items() if k != "leaf_hash"}) + "\n" for t in text[1:]
+    ]
     stripped.write_text("".join(lines))
     result = verify(stripped, "--key", vkey)
     assert result.returncode == 1 and "FAIL: entries " in result.stderr
@@ -121,10 +126,10 @@ def test_edited_files_are_rejected(world: World, tmp_path: Path) -> None:
     edited = json.loads(lines[k])
     edited["entry"]["outcome"] = "failure"
     variants = {
-        "removed": lines[:k] + lines[k + 1:],
-        "reordered": [*lines[:k], lines[k + 1], lines[k], *lines[k + 2:]],
+        "removed": lines[:k] + lines[k + 1 :],
+        "reordered": [*lines[:k], lines[k + 1], lines[k], *lines[k + 2 :]],
         "inserted": [*lines[:k], lines[k - 1], *lines[k:]],
-        "changed": [*lines[:k], json.dumps(edited) + "\n", *lines[k + 1:]],
+        "changed": [*lines[:k], json.dumps(edited) + "\n", *lines[k + 1 :]],
     }
     for name, body in variants.items():
         path = tmp_path / f"{name}.jsonl"

@@ -19,7 +19,6 @@ from tests.factories import World
 pytestmark = pytest.mark.django_db
 
 
-
 def login(world: World, username: str) -> Client:
     client = Client()
     client.force_login(world.users[username])

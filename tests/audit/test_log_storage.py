@@ -87,8 +87,11 @@ def test_entries_carry_actor_subject_card_and_no_key_material(world: World) -> N
     text = json.dumps([row.as_entry() for row in AuditEntry.objects.all()])
     for keyset in KeySet.objects.all():
         assert keyset.wrapped.hex() not in text.lower()
-    assert all("key" not in k or k in {"key_length", "key_scheme", "key_sets_rewrapped", "key_version"}
-               for row in stored for k in row.details)
+    assert all(
+        "key" not in k or k in {"key_length", "key_scheme", "key_sets_rewrapped", "key_version"}
+        for row in stored
+        for k in row.details
+    )
 
 
 def test_append_is_one_insert_and_takes_no_lock(world: World) -> None:
@@ -139,7 +142,7 @@ def test_commit_sequences_its_entries(settings) -> None:
     assert [AuditEntry.objects.get(pk=row.pk).index for row in (first, second, third)] == [0, 1, 2]
     assert not AuditEntry.objects.filter(index__isnull=True).exists()
     assert selectors.root_at(3) == root_from_leaves(stored_leaves())
-    assert MerkleNode.objects.count() == 2 * 3 - 3 .bit_count()
+    assert MerkleNode.objects.count() == 2 * 3 - (3).bit_count()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -194,7 +197,10 @@ def test_record_event_needs_the_callers_transaction() -> None:
 def test_details_are_kept_as_given_and_receipts_as_hex(world: World) -> None:
     with transaction.atomic():
         row = services.record_event(
-            action="job.done", subject_type="job", subject_id=7, receipt=b"\xAB\x01",
+            action="job.done",
+            subject_type="job",
+            subject_id=7,
+            receipt=b"\xab\x01",
             details={"aids": ("A0000001", "A0000002"), "n": 3, "nested": {"ok": True}},
         )
     services.sequence_pending()

@@ -17,7 +17,6 @@ from tests.factories import World
 pytestmark = pytest.mark.django_db
 
 
-
 def body(response) -> bytes:
     return b"".join(response.streaming_content)
 

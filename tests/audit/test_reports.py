@@ -71,8 +71,9 @@ def platform_domains(world) -> dict[str, tuple[str, str, dict[str, str]]]:
 
 
 def replayed_domains(state) -> dict[str, tuple[str, str, dict[str, str]]]:
-    return {d.aid: (d.organization, d.state, {a.instance_aid: a.version for a in d.applet_list})
-            for d in state.domain_list}
+    return {
+        d.aid: (d.organization, d.state, {a.instance_aid: a.version for a in d.applet_list}) for d in state.domain_list
+    }
 
 
 # --------------------------------------------------------------------------- entries
@@ -83,15 +84,21 @@ def test_install_entries_name_release_version_load_file_hash_and_domain(world) -
     assert world.present().ok
     release = world.releases["0102030405"]
     sd = SecurityDomain.objects.get(pk=enrollment.security_domain_id)
-    expected = {"release": release.pk, "version": release.package_version, "load_file_hash": lfdb_hash(release),
-                "sd_aid": sd.aid}
+    expected = {
+        "release": release.pk,
+        "version": release.package_version,
+        "load_file_hash": lfdb_hash(release),
+        "sd_aid": sd.aid,
+    }
     (done,) = entries("job.done", card_cin=world.card.cin, details__kind="enroll_bank")
     (package,) = done.details["packages"]
     assert {k: package[k] for k in expected} == expected
     assert package["instances"] == [INSTANCE]
     assert done.details["key_version"] == sd.key_kvn
-    assert done.details["algorithm"] == KeySet.objects.get(
-        organization=world.bank, card_cin=world.card.cin, sd_aid=sd.aid, kvn=sd.key_kvn).algorithm
+    assert (
+        done.details["algorithm"]
+        == KeySet.objects.get(organization=world.bank, card_cin=world.card.cin, sd_aid=sd.aid, kvn=sd.key_kvn).algorithm
+    )
     for action in ("receipt.load", "receipt.install"):
         (receipt,) = entries(action, card_cin=world.card.cin)
         assert {k: receipt.details[k] for k in expected} == expected, action
@@ -145,7 +152,8 @@ def test_card_at_replays_the_log_before_and_after_enrollment_and_after_removal(w
     assert alpha.key_version == SecurityDomain.objects.get(pk=enrollment.security_domain_id).key_kvn
     release = world.releases["0102030405"]
     assert [(p.aid, p.version, p.load_file_hash) for p in alpha.package_list] == [
-        (release.package_aid, release.package_version, lfdb_hash(release))]
+        (release.package_aid, release.package_version, lfdb_hash(release))
+    ]
     assert done.index in alpha.entries and requested.index in alpha.entries
     assert {e.index for e in after.entries} >= set(alpha.entries)
 
@@ -183,7 +191,10 @@ def locked_update_refused(world, enrollment) -> CardJob:
     card_services.request_sd_lock(security_domain=sd, lock=True, actor=world.operator)
     assert world.present().ok
     job = CardJob.objects.create(
-        card=world.card, kind=CardJob.Kind.UPDATE_APPLET, organization=world.bank, security_domain=sd,
+        card=world.card,
+        kind=CardJob.Kind.UPDATE_APPLET,
+        organization=world.bank,
+        security_domain=sd,
         params={"applets": [{"release": world.releases["0102030405"].pk, "instance_aid": "0102030405060709"}]},
     )
     world.present()
@@ -207,8 +218,7 @@ def test_reports_count_what_the_services_did(world) -> None:
 
     (update,) = reports.updates_report(period).rows
     release = world.releases["0102030405"]
-    assert update[:5] == [release.pk, world.bank.slug, release.package_aid, release.package_version,
-                          lfdb_hash(release)]
+    assert update[:5] == [release.pk, world.bank.slug, release.package_aid, release.package_version, lfdb_hash(release)]
     assert update[5:] == [1, 0]
 
     refusals = reports.refusals_report(period)
@@ -275,23 +285,37 @@ def test_only_regulators_and_the_agency_see_reports_and_cards(world) -> None:
 
 def test_csv_download_has_a_header_and_no_formula(world) -> None:
     with transaction.atomic():
-        record_event(action="token.denied", subject_type="security_domain", subject_id="A0", outcome="denied",
-                     reason="=HYPERLINK(\"http://evil\")", organization=world.bank, card_cin=world.card.cin)
+        record_event(
+            action="token.denied",
+            subject_type="security_domain",
+            subject_id="A0",
+            outcome="denied",
+            reason='=HYPERLINK("http://evil")',
+            organization=world.bank,
+            card_cin=world.card.cin,
+        )
     today = timezone.now().date().isoformat()
     response = client_for(world.regulator).get(
-        "/regulator/reports/refusals.csv", {"date_from": today, "date_to": today, "bank": world.bank.slug})
+        "/regulator/reports/refusals.csv", {"date_from": today, "date_to": today, "bank": world.bank.slug}
+    )
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/csv")
     assert "attachment" in response["Content-Disposition"]
     table = list(csv.reader(io.StringIO(response.content.decode())))
     assert table[0] == ["Period from", "Period to", "Bank", "Reason", "Refusals"]
-    assert table[1] == [today, today, world.bank.slug, "'=HYPERLINK(\"http://evil\")", "1"]
+    assert table[1] == [today, today, world.bank.slug, '\'=HYPERLINK("http://evil")', "1"]
 
 
-@pytest.mark.parametrize("query", [
-    {"date_from": "2026-13-01"}, {"date_from": "2026-02-10", "date_to": "2026-02-01"},
-    {"date_to": "9999-12-31"}, {"bank": "nobank"}, {"date_from": "1-01-01", "date_to": "9999-01-01"},
-])
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"date_from": "2026-13-01"},
+        {"date_from": "2026-02-10", "date_to": "2026-02-01"},
+        {"date_to": "9999-12-31"},
+        {"bank": "nobank"},
+        {"date_from": "1-01-01", "date_to": "9999-01-01"},
+    ],
+)
 def test_bad_report_parameters_are_400(world, query) -> None:
     client = client_for(world.regulator)
     assert client.get("/regulator/reports/", query).status_code == 400
@@ -321,21 +345,31 @@ def test_an_update_is_reported_by_release_and_replayed(world) -> None:
 
     package, applet, instance = "0102030405AA", "0102030405AA01", "0102030405AA0101"
     v1, v2 = (
-        create_release(bank=world.bank, cap_bytes=build_cap(package, [applet], version, name="alpha.w"),
-                       filename=f"w-{version[0]}.cap", actor=world.operator)
+        create_release(
+            bank=world.bank,
+            cap_bytes=build_cap(package, [applet], version, name="alpha.w"),
+            filename=f"w-{version[0]}.cap",
+            actor=world.operator,
+        )
         for version in ((1, 0), (1, 1))
     )
     enrollment = enroll(world)
     assert world.present().ok
     sd = SecurityDomain.objects.get(pk=enrollment.security_domain_id)
     for release in (v1, v2):
-        CardJob.objects.create(card=world.card, kind=CardJob.Kind.UPDATE_APPLET, organization=world.bank,
-                               security_domain=sd, params={"packages": [{"release": release.pk,
-                                                                          "instances": [instance]}]})
+        CardJob.objects.create(
+            card=world.card,
+            kind=CardJob.Kind.UPDATE_APPLET,
+            organization=world.bank,
+            security_domain=sd,
+            params={"packages": [{"release": release.pk, "instances": [instance]}]},
+        )
         result = world.present()
         assert result.ok, result
-        assert AppletInstance.objects.get(security_domain=sd, instance_aid=instance).package_version == \
-            release.package_version
+        assert (
+            AppletInstance.objects.get(security_domain=sd, instance_aid=instance).package_version
+            == release.package_version
+        )
         if release == v1:
             first_update = entries("job.done", card_cin=world.card.cin, details__kind="update_applet")[-1]
             view_after_v1 = platform_domains(world)

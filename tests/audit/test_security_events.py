@@ -30,7 +30,6 @@ def _empty_cache():
     cache.clear()
 
 
-
 def portal(world: World, username: str) -> Client:
     client = Client()
     client.force_login(world.users[username])
@@ -165,15 +164,21 @@ def test_refused_consent_is_recorded_portal_and_api(world: World) -> None:
     assert event.username == "citizen1" and event.organization_slug == "beta" and "accepted" in event.reason
     # API: accepted false, refused by the service (its transaction rolled back, the record kept)
     refused = api(world, "citizen1").post(
-        "/api/v1/enrollments/", {"card": card.cin, "bank": "beta", "consent_text": text, "accepted": False},
+        "/api/v1/enrollments/",
+        {"card": card.cin, "bank": "beta", "consent_text": text, "accepted": False},
         format="json",
     )
     assert refused.status_code == 400
     assert SecurityEvent.objects.filter(kind=Kind.CONSENT_REFUSED, reason__startswith="no_consent").count() == 1
     # someone else's card, straight through the service
     with pytest.raises(card_services.ServiceError):
-        card_services.request_enrollment(card=Card.objects.get(pk=world.cards["card2"].pk), bank=world.alpha,
-                                         citizen=citizen, consent_text=text, accepted=True)
+        card_services.request_enrollment(
+            card=Card.objects.get(pk=world.cards["card2"].pk),
+            bank=world.alpha,
+            citizen=citizen,
+            consent_text=text,
+            accepted=True,
+        )
     assert SecurityEvent.objects.filter(kind=Kind.CONSENT_REFUSED, reason__startswith="not_holder").exists()
     assert not SecurityEvent.objects.filter(kind__in=[Kind.FORBIDDEN, Kind.NOT_FOUND]).exists()  # one record each
 
@@ -216,9 +221,7 @@ def test_filters_and_page(world: World) -> None:
     Client().post("/accounts/login/", {"username": "alpha_op", "password": WRONG_PASSWORD})
     portal(world, "citizen1").get("/agency/")
     client = api(world, "regulator")
-    assert [e["kind"] for e in client.get("/api/v1/security/events/?kind=forbidden").json()["results"]] == [
-        "forbidden"
-    ]
+    assert [e["kind"] for e in client.get("/api/v1/security/events/?kind=forbidden").json()["results"]] == ["forbidden"]
     assert client.get("/api/v1/security/events/?username=ALPHA_OP").json()["count"] == 1
     assert client.get("/api/v1/security/events/?since=not-a-date").status_code == 400
     page = portal(world, "regulator").get("/audit/security/?kind=login_failed").content.decode()

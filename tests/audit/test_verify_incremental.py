@@ -33,13 +33,17 @@ def checkpoint(size: int, cosigners: tuple[int, ...] = ()) -> str:
     return note + "".join(cosign(body, W_KEYS[i], W_NAMES[i], 1_750_000_000 + i) for i in cosigners)
 
 
-def export(size: int, *, start: int = 0, cosigners: tuple[int, ...] = (), hints: bool = True,
-           earlier: tuple[int, ...] = ()) -> str:
+def export(
+    size: int, *, start: int = 0, cosigners: tuple[int, ...] = (), hints: bool = True, earlier: tuple[int, ...] = ()
+) -> str:
     header = ExportHeader(
-        origin=ORIGIN, verifier_key=VKEY, checkpoint=checkpoint(size, cosigners),
+        origin=ORIGIN,
+        verifier_key=VKEY,
+        checkpoint=checkpoint(size, cosigners),
         checkpoints=[checkpoint(s) for s in earlier],
         consistency_proofs={s: STORE.consistency_proof(s, size) for s in earlier},
-        start=start, frontier=merkle.CompactRange.from_store(STORE, start).hashes,
+        start=start,
+        frontier=merkle.CompactRange.from_store(STORE, start).hashes,
     )
     buf = io.StringIO()
     writer = ExportWriter(buf, header)
@@ -89,8 +93,15 @@ def test_quorum_of_cosignatures() -> None:
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "audit.verify", *map(str, args)], capture_output=True, text=True,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}, cwd=REPO, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "audit.verify", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_cli_quorum(tmp_path: Path) -> None:
@@ -153,9 +164,15 @@ def test_since_refuses_rollback_fork_and_gap() -> None:
     assert "rolled back" in run(export(15), since=state)
     assert "export from 20" in run(export(33, start=25), since=state)
     other = entries_for(60, salt="-fork")
-    forked = VerifiedState(ORIGIN, 20, merkle.root_from_leaves(canonical_leaf_bytes(e) for e in other[:20]),
-                           merkle.CompactRange.from_store(merkle.MemoryNodeStore.from_leaves(
-                               canonical_leaf_bytes(e) for e in other[:20]), 20).hashes, "")
+    forked = VerifiedState(
+        ORIGIN,
+        20,
+        merkle.root_from_leaves(canonical_leaf_bytes(e) for e in other[:20]),
+        merkle.CompactRange.from_store(
+            merkle.MemoryNodeStore.from_leaves(canonical_leaf_bytes(e) for e in other[:20]), 20
+        ).hashes,
+        "",
+    )
     assert "not consistent with the verified state" in run(export(33, start=20), since=forked)
     assert "not consistent with the verified state (size 20)" in run(export(33, start=10), since=forked)
     assert "not consistent with the verified state (size 20)" in run(export(33), since=forked)

@@ -82,8 +82,14 @@ FORK = Log(leaves(40, salt="-fork"))  # same first 10 entries, then another hist
 
 @pytest.fixture
 def witness(tmp_path: Path) -> Witness:
-    return Witness(WITNESS_NAME, WITNESS_KEY, {ORIGIN: LOG_VKEY}, tmp_path / "state.json", clock=lambda: 1_700_000_000,
-                   log=lambda _m: None)
+    return Witness(
+        WITNESS_NAME,
+        WITNESS_KEY,
+        {ORIGIN: LOG_VKEY},
+        tmp_path / "state.json",
+        clock=lambda: 1_700_000_000,
+        log=lambda _m: None,
+    )
 
 
 def cosigned(checkpoint: str, reply_body: str) -> list:
@@ -172,8 +178,10 @@ def test_signature_and_origin_checks(witness: Witness) -> None:
     other_origin = make_checkpoint("other.example/log", 5, HONEST.store.root(5), LOG_KEY)
     assert witness.add_checkpoint(add_checkpoint_body(0, [], other_origin)).status == 404
     # a valid log signature plus an unknown one is fine (unknown signatures are ignored)
-    extra = HONEST.checkpoint(5) + make_checkpoint(ORIGIN, 5, HONEST.store.root(5), EVIL_KEY, "someone.else").split(
-        "\n\n")[1]
+    extra = (
+        HONEST.checkpoint(5)
+        + make_checkpoint(ORIGIN, 5, HONEST.store.root(5), EVIL_KEY, "someone.else").split("\n\n")[1]
+    )
     assert witness.add_checkpoint(add_checkpoint_body(0, [], extra)).status == 200
     assert ORIGIN in witness.state
 
@@ -237,8 +245,15 @@ def free_port() -> int:
 
 def witness_cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "audit.witness", *args], capture_output=True, text=True, env=env,
-                          cwd=REPO, timeout=30, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "audit.witness", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=30,
+        check=False,
+    )
 
 
 def wait_until_up(url: str, proc: subprocess.Popen) -> None:
@@ -264,10 +279,27 @@ def witness_process(tmp_path: Path) -> Iterator[tuple[str, str, Path]]:
     assert witness_cli("vkey", "--key", str(key)).stdout.strip() == vkey
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "audit.witness", "serve", "--key", str(key), "--log-origin", ORIGIN,
-         "--log-key", LOG_VKEY.vkey, "--port", str(port), "--state", str(tmp_path / "state.json")],
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}, cwd=REPO,
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "audit.witness",
+            "serve",
+            "--key",
+            str(key),
+            "--log-origin",
+            ORIGIN,
+            "--log-key",
+            LOG_VKEY.vkey,
+            "--port",
+            str(port),
+            "--state",
+            str(tmp_path / "state.json"),
+        ],
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -313,13 +345,35 @@ def test_real_witness_answers_garbage_with_4xx(witness_process: tuple[str, str, 
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
-    result = witness_cli("serve", "--key", str(tmp_path / "missing.key"), "--log-origin", ORIGIN,
-                         "--log-key", LOG_VKEY.vkey, "--port", "1", "--state", str(tmp_path / "s.json"))
+    result = witness_cli(
+        "serve",
+        "--key",
+        str(tmp_path / "missing.key"),
+        "--log-origin",
+        ORIGIN,
+        "--log-key",
+        LOG_VKEY.vkey,
+        "--port",
+        "1",
+        "--state",
+        str(tmp_path / "s.json"),
+    )
     assert result.returncode == 2 and result.stderr.startswith("error: cannot read the witness key")
     assert "Traceback" not in result.stderr
     key = tmp_path / "k"
     assert witness_cli("keygen", "--name", "bad name", "--out", str(key)).returncode == 2
     assert witness_cli("keygen", "--name", WITNESS_NAME, "--out", str(key)).returncode == 0
-    result = witness_cli("serve", "--key", str(key), "--log-origin", ORIGIN, "--log-key", "garbage",
-                         "--port", "1", "--state", str(tmp_path / "s.json"))
+    result = witness_cli(
+        "serve",
+        "--key",
+        str(key),
+        "--log-origin",
+        ORIGIN,
+        "--log-key",
+        "garbage",
+        "--port",
+        "1",
+        "--state",
+        str(tmp_path / "s.json"),
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr

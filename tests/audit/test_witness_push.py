@@ -40,8 +40,15 @@ class WitnessProcess:
 
     def __init__(self, tmp_path: Path, log_vkey: str, origin: str) -> None:
         self.key = tmp_path / "witness.key"
-        made = subprocess.run([sys.executable, "-m", "audit.witness", "keygen", "--name", NAME, "--out", str(self.key)],
-                              capture_output=True, text=True, env=ENV, cwd=REPO, timeout=30, check=True)
+        made = subprocess.run(
+            [sys.executable, "-m", "audit.witness", "keygen", "--name", NAME, "--out", str(self.key)],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            cwd=REPO,
+            timeout=30,
+            check=True,
+        )
         self.vkey = made.stdout.strip()
         self.state = tmp_path / "witness-state.json"
         self.port = free_port()
@@ -51,9 +58,27 @@ class WitnessProcess:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "audit.witness", "serve", "--key", str(self.key), "--log-origin", self.origin,
-             "--log-key", self.log_vkey, "--port", str(self.port), "--state", str(self.state)],
-            env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "audit.witness",
+                "serve",
+                "--key",
+                str(self.key),
+                "--log-origin",
+                self.origin,
+                "--log-key",
+                self.log_vkey,
+                "--port",
+                str(self.port),
+                "--state",
+                str(self.state),
+            ],
+            env=ENV,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         wait_until_up(self.url, self.proc)
 
@@ -65,7 +90,6 @@ class WitnessProcess:
 
     def known_size(self) -> int:
         return json.loads(self.state.read_text())["logs"][self.origin]["size"]
-
 
 
 @pytest.fixture
@@ -92,8 +116,15 @@ def push(*args: int) -> dict[str, str]:
 
 
 def verify(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "audit.verify", *map(str, args)], capture_output=True, text=True,
-                          env=ENV, cwd=REPO, timeout=60, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "audit.verify", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
 
 
 def test_honest_growth_is_cosigned_and_published(

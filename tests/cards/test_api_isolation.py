@@ -106,7 +106,6 @@ def send(client: APIClient, call: Call):
     return getattr(client, call.method)(call.path, data=call.body, format="json")
 
 
-
 @pytest.mark.parametrize("actor", [None, "citizen2", "beta_op", "beta_admin", "outsider"])
 def test_outsiders_are_refused_and_learn_nothing(world: World, actor: str | None) -> None:
     client = client_for(world, actor)

@@ -17,7 +17,6 @@ from tests.factories import World, make_user
 pytestmark = pytest.mark.django_db
 
 
-
 def api(world: World, username: str) -> APIClient:
     client = APIClient()
     client.force_authenticate(world.users[username])

@@ -28,8 +28,16 @@ def sw_of(rapdu: bytes) -> int:
 class HostSession:
     """SELECT an SD, open SCP02/SCP03 with gp's host classes, send wrapped commands."""
 
-    def __init__(self, transmit: Transmit, sd_aid: bytes = ISD_AID, *, scp: int = 3, key: bytes = DEFAULT_KEY,
-                 kvn: int | None = None, security_level: int | None = None) -> None:
+    def __init__(
+        self,
+        transmit: Transmit,
+        sd_aid: bytes = ISD_AID,
+        *,
+        scp: int = 3,
+        key: bytes = DEFAULT_KEY,
+        kvn: int | None = None,
+        security_level: int | None = None,
+    ) -> None:
         self.transmit = transmit
         self.sd_aid = sd_aid
         self.scp = scp
@@ -84,8 +92,16 @@ class HostSession:
                 break
         return out
 
-    def install(self, elf: bytes, module: bytes, app: bytes, *, privileges: bytes = b"\x00",
-                params: bytes = b"\xc9\x00", token_key: Any = None) -> tuple[bytes, int]:
+    def install(
+        self,
+        elf: bytes,
+        module: bytes,
+        app: bytes,
+        *,
+        privileges: bytes = b"\x00",
+        params: bytes = b"\xc9\x00",
+        token_key: Any = None,
+    ) -> tuple[bytes, int]:
         token = b""
         if token_key is not None:
             token = dm.sign_token(token_key, dm.install_token_data(elf, module, app, privileges, params))
@@ -113,8 +129,10 @@ class HostSession:
         """Comparable view: AIDs and life cycles of ISD, applications/SDs and ELFs (with modules)."""
         out: dict[str, list[tuple[str, int]]] = {}
         for p1, name in ((0x80, "isd"), (0x40, "apps"), (0x10, "elfs")):
-            out[name] = sorted((e.aid.hex().upper() + "".join("/" + m.hex().upper() for m in e.modules),
-                                e.lifecycle) for e in self.status(p1))
+            out[name] = sorted(
+                (e.aid.hex().upper() + "".join("/" + m.hex().upper() for m in e.modules), e.lifecycle)
+                for e in self.status(p1)
+            )
         return out
 
 
@@ -132,6 +150,7 @@ def check_consistency(state: State) -> None:
         for imp, major, minor in elf["imports"]:
             dep = elfs.get(imp)
             assert dep is not None and dep["version"][0] == major and dep["version"][1] >= minor, (
-                f"ELF {aid}: import {imp} {major}.{minor} unresolved")
+                f"ELF {aid}: import {imp} {major}.{minor} unresolved"
+            )
         assert elf["rom"] or elf["size"] > 0
     assert set(apps).isdisjoint(elfs), "an AID is both an application and a load file"

@@ -59,7 +59,13 @@ def test_limit_is_per_key_set_and_configurable(make_card) -> None:
     s = HostSession(card2.transmit).open()
     from gp.keys import encode_put_key_symmetric
 
-    s.ok(c.put_key(0x31, encode_put_key_symmetric(0x31, StaticKeys.single(bytes(16), 0x31),
-                                                  s.channel.encrypt_key, algorithm="aes")[1:]))
+    s.ok(
+        c.put_key(
+            0x31,
+            encode_put_key_symmetric(0x31, StaticKeys.single(bytes(16), 0x31), s.channel.encrypt_key, algorithm="aes")[
+                1:
+            ],
+        )
+    )
     assert _failed_authentication(card2, 3) == 0x6300
     HostSession(card2.transmit, key=bytes(16), kvn=0x31).open()

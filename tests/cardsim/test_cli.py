@@ -41,8 +41,27 @@ def test_init_defaults_scp03(tmp_path: Path, capsys) -> None:
 def test_init_custom_key_kvn_cin(tmp_path: Path) -> None:
     path = tmp_path / "card.json"
     key = bytes(range(32))
-    assert main(["init", str(path), "--key", key.hex(), "--kvn", "3F", "--cin", "AABBCCDDEEFF0011",
-                 "--iin", "4242", "--memory", "65536", "--auth-limit", "5"]) == 0
+    assert (
+        main(
+            [
+                "init",
+                str(path),
+                "--key",
+                key.hex(),
+                "--kvn",
+                "3F",
+                "--cin",
+                "AABBCCDDEEFF0011",
+                "--iin",
+                "4242",
+                "--memory",
+                "65536",
+                "--auth-limit",
+                "5",
+            ]
+        )
+        == 0
+    )
     card = InProcessCard(path)
     HostSession(card.transmit, key=key, kvn=0x3F).open()
     card.transmit(c.select())  # ends the session: GET DATA in clear is fine outside it
@@ -53,8 +72,12 @@ def test_init_custom_key_kvn_cin(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("scheme", "scp"), [("kdf3", "03"), ("emv", "02"), ("visa2", "02")])
 def test_diversified_isd_keys(tmp_path: Path, scheme: str, scp: str) -> None:
     path = tmp_path / "card.json"
-    assert main(["init", str(path), "--scp", scp, "--key", MASTER.hex(), "--diversify", scheme,
-                 "--cin", "0011223344556677"]) == 0
+    assert (
+        main(
+            ["init", str(path), "--scp", scp, "--key", MASTER.hex(), "--diversify", scheme, "--cin", "0011223344556677"]
+        )
+        == 0
+    )
     card = InProcessCard(path)
     card.transmit(c.select())
     # the platform learns the KDD from INITIALIZE UPDATE (or GET DATA CF) and diversifies the master key
@@ -69,12 +92,26 @@ def test_diversified_isd_keys(tmp_path: Path, scheme: str, scp: str) -> None:
 def test_token_and_receipt_keys_and_show_hides_keys(tmp_path: Path, capsys) -> None:
     priv = ec.generate_private_key(ec.SECP256R1())
     pem = tmp_path / "token.pem"
-    pem.write_bytes(priv.public_key().public_bytes(serialization.Encoding.PEM,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo))
+    pem.write_bytes(
+        priv.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     path = tmp_path / "card.json"
     receipt = "00112233445566778899AABBCCDDEEFF"
-    assert main(["init", str(path), "--token-key", str(pem), "--receipt-key", receipt,
-                 "--behaviour", "A0000005590101=bank-version"]) == 0
+    assert (
+        main(
+            [
+                "init",
+                str(path),
+                "--token-key",
+                str(pem),
+                "--receipt-key",
+                receipt,
+                "--behaviour",
+                "A0000005590101=bank-version",
+            ]
+        )
+        == 0
+    )
     state = json.loads(path.read_text())
     assert state["token_scheme"] == dm.SCHEME_ECDSA_P256_SHA256
     assert set(state["sds"][ISD]["keys"]) == {"30", "70", "71"}

@@ -32,9 +32,14 @@ def _populated() -> dict:
     lf = LoadFile.from_path(cap_file(EMPTY))
     s.load(lf)
     s.ok(c.install_for_install(lf.package_aid, lf.applet_aids[0], lf.applet_aids[0]))
-    s.ok(c.install_for_install(bytes.fromhex("A0000001515350"), bytes.fromhex("A000000151535041"),
-                               bytes.fromhex("A0000005590101"),
-                               c.Privileges.SECURITY_DOMAIN | c.Privileges.AUTHORIZED_MANAGEMENT))
+    s.ok(
+        c.install_for_install(
+            bytes.fromhex("A0000001515350"),
+            bytes.fromhex("A000000151535041"),
+            bytes.fromhex("A0000005590101"),
+            c.Privileges.SECURITY_DOMAIN | c.Privileges.AUTHORIZED_MANAGEMENT,
+        )
+    )
     return card.state
 
 
@@ -49,10 +54,17 @@ def _check_response(card: Card, rapdu: bytes) -> None:
 
 apdu = st.one_of(
     st.binary(max_size=300),
-    st.builds(lambda cla, ins, p1, p2, data, le: bytes((cla, ins, p1, p2)) + (
-        bytes((len(data),)) + data if data else b"") + le,
-        st.sampled_from([0x00, 0x80, 0x84, 0x04, 0x01, 0x40, 0xE0, 0xFF, 0x20]), st.sampled_from(INS),
-        st.integers(0, 255), st.integers(0, 255), st.binary(max_size=255), st.sampled_from([b"", b"\x00"])),
+    st.builds(
+        lambda cla, ins, p1, p2, data, le: (
+            bytes((cla, ins, p1, p2)) + (bytes((len(data),)) + data if data else b"") + le
+        ),
+        st.sampled_from([0x00, 0x80, 0x84, 0x04, 0x01, 0x40, 0xE0, 0xFF, 0x20]),
+        st.sampled_from(INS),
+        st.integers(0, 255),
+        st.integers(0, 255),
+        st.binary(max_size=255),
+        st.sampled_from([b"", b"\x00"]),
+    ),
 )
 
 
@@ -88,33 +100,69 @@ def _populated_state() -> dict:
     return copy.deepcopy(_CACHE["s"])
 
 
-AIDS = [ISD_AID.hex(), SSD_PACKAGE_AID.hex(), SSD_MODULE_AID.hex(), "A0000005590101", "0102030405",
-        "0102030405060708", "A0000000620101", "A00000FFFFA0", "A0000009990001"]
+AIDS = [
+    ISD_AID.hex(),
+    SSD_PACKAGE_AID.hex(),
+    SSD_MODULE_AID.hex(),
+    "A0000005590101",
+    "0102030405",
+    "0102030405060708",
+    "A0000000620101",
+    "A00000FFFFA0",
+    "A0000009990001",
+]
 aid = st.sampled_from(AIDS).map(bytes.fromhex)
 privs = st.sampled_from([b"\x00", b"\x80\x00\x00", b"\xa0\x00\x00", b"\x80\x40\x00", b"\xff\xff\xff", b"\x9e"])
-params = st.one_of(st.just(b"\xc9\x00"), st.just(b""), st.binary(max_size=20),
-                   st.just(c.install_parameters(c.sd_install_parameters(0x02, 0x15))),
-                   st.just(c.install_parameters(c.sd_install_parameters(0x07, 0x70))))
+params = st.one_of(
+    st.just(b"\xc9\x00"),
+    st.just(b""),
+    st.binary(max_size=20),
+    st.just(c.install_parameters(c.sd_install_parameters(0x02, 0x15))),
+    st.just(c.install_parameters(c.sd_install_parameters(0x07, 0x70))),
+)
 structured = st.one_of(
     st.builds(c.install_for_load, aid, st.one_of(st.just(b""), aid), st.binary(max_size=64), st.binary(max_size=8)),
-    st.builds(lambda e, m, a, p, q, s: c.install_for_install(e, m, a, p, q, make_selectable=s),
-              aid, aid, aid, privs, params, st.booleans()),
+    st.builds(
+        lambda e, m, a, p, q, s: c.install_for_install(e, m, a, p, q, make_selectable=s),
+        aid,
+        aid,
+        aid,
+        privs,
+        params,
+        st.booleans(),
+    ),
     st.builds(c.install_for_make_selectable, aid),
     st.builds(c.install_for_extradition, aid, aid),
-    st.builds(c.install_for_registry_update, aid, st.one_of(st.just(b""), aid),
-              st.sampled_from([b"", b"\x80\x00\x00"])),
+    st.builds(
+        c.install_for_registry_update, aid, st.one_of(st.just(b""), aid), st.sampled_from([b"", b"\x80\x00\x00"])
+    ),
     st.builds(c.install_for_personalization, aid),
     st.builds(lambda a, r: c.delete(a, related=r), aid, st.booleans()),
     st.builds(lambda k: c.delete_key(kvn=k), st.integers(0, 0x7F)),
-    st.builds(lambda p1, s, a: c.set_status(p1, s, a if p1 != 0x80 else b""),
-              st.sampled_from([0x80, 0x40, 0x60]), st.sampled_from([0x00, 0x07, 0x0F, 0x7F, 0x80, 0xFF, 0x83]), aid),
+    st.builds(
+        lambda p1, s, a: c.set_status(p1, s, a if p1 != 0x80 else b""),
+        st.sampled_from([0x80, 0x40, 0x60]),
+        st.sampled_from([0x00, 0x07, 0x0F, 0x7F, 0x80, 0xFF, 0x83]),
+        aid,
+    ),
     st.builds(lambda p1, t: c.get_status(p1, tag_format=t), st.sampled_from([0x80, 0x40, 0x20, 0x10]), st.booleans()),
-    st.builds(lambda b, n, last: c.store_data(b, n, last=last, flags=c.STORE_DATA_BER), st.binary(max_size=40),
-              st.integers(0, 2), st.booleans()),
-    st.builds(lambda o, n, d: c.put_key(n, d, old_kvn=o), st.sampled_from([0, 0x30, 0x31]),
-              st.integers(1, 0x7F), st.binary(min_size=1, max_size=80)),
-    st.builds(lambda n, b: c.load_commands(b, 200)[0][:4] + bytes([n]) + c.load_commands(b, 200)[0][5:],
-              st.integers(0, 3), st.binary(min_size=1, max_size=300)),
+    st.builds(
+        lambda b, n, last: c.store_data(b, n, last=last, flags=c.STORE_DATA_BER),
+        st.binary(max_size=40),
+        st.integers(0, 2),
+        st.booleans(),
+    ),
+    st.builds(
+        lambda o, n, d: c.put_key(n, d, old_kvn=o),
+        st.sampled_from([0, 0x30, 0x31]),
+        st.integers(1, 0x7F),
+        st.binary(min_size=1, max_size=80),
+    ),
+    st.builds(
+        lambda n, b: c.load_commands(b, 200)[0][:4] + bytes([n]) + c.load_commands(b, 200)[0][5:],
+        st.integers(0, 3),
+        st.binary(min_size=1, max_size=300),
+    ),
 )
 
 

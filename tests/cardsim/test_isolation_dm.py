@@ -61,8 +61,10 @@ def test_ssd_cannot_touch_another_ssds_content(two_banks, load_file, token_key) 
     assert a.send(c.install_for_personalization(APP_B))[1] == 0x6A88
     tok = dm.sign_token(token_key, dm.registry_update_token_data(APP_B, SSD_A))
     assert a.send(c.install_for_registry_update(APP_B, SSD_A, token=tok))[1] == 0x6A88
-    assert a.install(empty.package_aid, empty.applet_aids[0], bytes.fromhex("0102030405060708A1"),
-                     token_key=token_key)[1] == 0x6A88
+    assert (
+        a.install(empty.package_aid, empty.applet_aids[0], bytes.fromhex("0102030405060708A1"), token_key=token_key)[1]
+        == 0x6A88
+    )
     # B (Authorized Management) sees and manages its own content without tokens, but not A
     b = HostSession(card.transmit, SSD_B).open()
     assert sorted(e.aid for e in b.status(c.STATUS_APPS)) == sorted([SSD_B, APP_B])
@@ -124,10 +126,13 @@ def test_dm_install_receipt_and_am_needs_no_token(make_card, load_file, token_ke
     assert sw == 0x9000
     _verify(data, lambda n, cud: dm.install_receipt_data(n, cud, empty.package_aid, app))
     # an SSD cannot hand out issuer privileges
-    tok = dm.sign_token(token_key, dm.install_token_data(SSD_PACKAGE_AID, SSD_MODULE_AID, SSD_A + b"\x09",
-                                                         AM_PRIVS.to_bytes(), params))
-    assert a.send(c.install_for_install(SSD_PACKAGE_AID, SSD_MODULE_AID, SSD_A + b"\x09", AM_PRIVS, params,
-                                        token=tok))[1] == 0x6985
+    tok = dm.sign_token(
+        token_key, dm.install_token_data(SSD_PACKAGE_AID, SSD_MODULE_AID, SSD_A + b"\x09", AM_PRIVS.to_bytes(), params)
+    )
+    assert (
+        a.send(c.install_for_install(SSD_PACKAGE_AID, SSD_MODULE_AID, SSD_A + b"\x09", AM_PRIVS, params, token=tok))[1]
+        == 0x6985
+    )
     # Authorized Management: no token needed, no receipt
     b = HostSession(card.transmit, SSD_B).open()
     lib = load_file(LIB_BER)

@@ -28,7 +28,10 @@ def test_select_isd_fci_and_get_data(make_card) -> None:
     assert c.tagged_value(card.transmit(c.get_data(c.TAG_IIN))[:-2], 0x42) == b"ECARD"
     info = c.parse_key_information(card.transmit(c.get_data(c.TAG_KEY_INFO))[:-2])
     assert [(k.kvn, k.key_id, k.type_name, k.key_length) for k in info] == [
-        (0x30, 1, "AES", 16), (0x30, 2, "AES", 16), (0x30, 3, "AES", 16)]
+        (0x30, 1, "AES", 16),
+        (0x30, 2, "AES", 16),
+        (0x30, 3, "AES", 16),
+    ]
     assert c.parse_card_data(card.transmit(c.get_data(c.TAG_CARD_DATA))[:-2]).scp == ((3, 0x70),)
     assert c.parse_sequence_counter(card.transmit(c.get_data(c.TAG_SEQUENCE_COUNTER))[:-2]) == 0
     assert sw_of(card.transmit(c.get_data(0x5F20))) == 0x6A88
@@ -73,8 +76,10 @@ def test_session_ends_on_select_and_reset(make_card) -> None:
     assert sw_of(card.transmit(c.get_status(c.STATUS_ISD))) == 0x6982
 
 
-@pytest.mark.parametrize(("scp", "level"), [(3, 0x00), (3, 0x01), (3, 0x03), (3, 0x13), (3, 0x33),
-                                            (2, 0x00), (2, 0x01), (2, 0x03), (2, 0x13)])
+@pytest.mark.parametrize(
+    ("scp", "level"),
+    [(3, 0x00), (3, 0x01), (3, 0x03), (3, 0x13), (3, 0x33), (2, 0x00), (2, 0x01), (2, 0x03), (2, 0x13)],
+)
 def test_all_security_levels(make_card, scp, level) -> None:
     card = make_card(scp=scp)
     s = HostSession(card.transmit, scp=scp, security_level=level).open()
@@ -86,8 +91,9 @@ def test_scp03_s16(make_card) -> None:
 
     card = make_card()
     card.transmit(c.select())
-    ch = SCP03(StaticKeys.single(bytes.fromhex("404142434445464748494A4B4C4D4E4F"), 0x30), 0x33, s16=True,
-               sd_aid=ISD_AID)
+    ch = SCP03(
+        StaticKeys.single(bytes.fromhex("404142434445464748494A4B4C4D4E4F"), 0x30), 0x33, s16=True, sd_aid=ISD_AID
+    )
     r = card.transmit(ch.initialize_update())
     assert sw_of(card.transmit(ch.external_authenticate(r))) == 0x9000
     assert sw_of(ch.unwrap(card.transmit(ch.wrap(c.get_status(c.STATUS_ISD))))) == 0x9000
@@ -197,8 +203,11 @@ def test_ssd_creation_put_key_store_data_set_status(make_card) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    q = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    q = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    )
     assert isd.ok(c.put_key(0x70, encode_put_key_ec_p256(0x70, q)[1:])) == b"\x70"
     info = c.parse_key_information(isd.ok(c.get_data(c.TAG_KEY_INFO)))
     assert {k.kvn for k in info} == {0x30, 0x70, 0x71}
@@ -239,8 +248,9 @@ def test_demo_bank_applet_behaviour(make_card, load_file) -> None:
     assert card.transmit(bytes.fromhex("80CB000000"))[-2:] == b"\x90\x00"
 
 
-@pytest.mark.parametrize(("scp", "i", "level"), [(2, 0x15, 0x03), (2, 0x55, 0x13), (3, 0x00, 0x03),
-                                                 (3, 0x10, 0x03), (3, 0x70, 0x33)])
+@pytest.mark.parametrize(
+    ("scp", "i", "level"), [(2, 0x15, 0x03), (2, 0x55, 0x13), (3, 0x00, 0x03), (3, 0x10, 0x03), (3, 0x70, 0x33)]
+)
 def test_scp_i_parameters(make_card, scp, i, level) -> None:
     card = make_card(scp=scp, i=i)
     s = HostSession(card.transmit, scp=scp, security_level=level).open()
@@ -266,8 +276,15 @@ def test_extradition_registry_update_lock_sd_and_apps_delete_key(make_card, load
     isd = HostSession(card.transmit).open()
     ssd_a, ssd_b = bytes.fromhex("A0000005590101"), bytes.fromhex("A0000005590201")
     for ssd in (ssd_a, ssd_b):
-        isd.ok(c.install_for_install(SSD_PACKAGE_AID, SSD_MODULE_AID, ssd, SSD_PRIVS,
-                                     c.install_parameters(c.sd_install_parameters(0x03, 0x70))))
+        isd.ok(
+            c.install_for_install(
+                SSD_PACKAGE_AID,
+                SSD_MODULE_AID,
+                ssd,
+                SSD_PRIVS,
+                c.install_parameters(c.sd_install_parameters(0x03, 0x70)),
+            )
+        )
     empty = load_file(EMPTY)
     assert all(sw == 0x9000 for _, sw in isd.load(empty, sd_aid=ssd_a))
     app = bytes.fromhex("0102030405060708AA")

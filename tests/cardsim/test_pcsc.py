@@ -56,7 +56,10 @@ class Served:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "cardsim", "serve", str(self.state), "--vpcd", VPCD, "-v"],
-                cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+                cwd=PROJECT_ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
 
     def start(self) -> Served:
         """Start ``serve`` and connect; the card in the reader must be *this* card (its CIN).
@@ -145,8 +148,14 @@ def serve(reader: object, tmp_path: Path) -> Iterator[Callable[[Path], Served]]:
 
 
 def _init(path: Path, *args: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "cardsim", "init", str(path), *args], cwd=PROJECT_ROOT,
-                       capture_output=True, text=True, timeout=60, check=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "cardsim", "init", str(path), *args],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert r.returncode == 0, r.stderr
     assert path.stat().st_mode & 0o777 == 0o600
 
@@ -190,8 +199,14 @@ def test_full_lifecycle_through_pcsc(serve, tmp_path: Path, scp: str, level: int
     assert s.registry() == initial
     assert card.stop() == 0
     check_consistency(json.loads(state.read_text()))
-    shown = subprocess.run([sys.executable, "-m", "cardsim", "show", str(state)], cwd=PROJECT_ROOT,
-                           capture_output=True, text=True, timeout=60, check=True).stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "cardsim", "show", str(state)],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     assert f"ISD: {ISD_AID.hex().upper()}" in shown and KEY_HEX not in shown.upper()
 
 

@@ -73,9 +73,7 @@ def load_schema(urlconf: str | None = None) -> Any:
 
 
 SCHEMA = load_schema()
-OPERATIONS = sorted(
-    (result.ok().method.upper(), result.ok().path) for result in SCHEMA.get_all_operations()
-)
+OPERATIONS = sorted((result.ok().method.upper(), result.ok().path) for result in SCHEMA.get_all_operations())
 
 
 @contextmanager
@@ -104,8 +102,10 @@ def seed_release_rollout_checkpoint(world: World) -> None:
 
     package = world.applets["alpha@card1"].package_aid
     release = create_release(
-        bank=world.alpha, cap_bytes=build_cap(package, [package + "01"], (2, 0), code_size=300),
-        filename="wallet-2.0.cap", actor=world.users["alpha_op"],
+        bank=world.alpha,
+        cap_bytes=build_cap(package, [package + "01"], (2, 0), code_size=300),
+        filename="wallet-2.0.cap",
+        actor=world.users["alpha_op"],
     )
     create_rollout(bank=world.alpha, release=release, actor=world.users["alpha_op"], groups=["100%"])
     ensure_checkpoint()
@@ -180,7 +180,7 @@ def fuzz_operation(schema: Any, method: str, path: str, world: FuzzWorld, exampl
             0,
             st.fixed_dictionaries({name: world.known[name] for name in names}).flatmap(
                 lambda ids: operation.as_strategy(generation_mode=GenerationMode.POSITIVE, path_parameters=ids)
-            )
+            ),
         )
     edges = integer_query_parameters(schema, method, path)
     if edges:
@@ -189,7 +189,7 @@ def fuzz_operation(schema: Any, method: str, path: str, world: FuzzWorld, exampl
             0,
             st.fixed_dictionaries({name: st.sampled_from(EDGE_INTEGERS) for name in edges}).flatmap(
                 lambda query: operation.as_strategy(generation_mode=GenerationMode.POSITIVE, query=query)
-            )
+            ),
         )
     strategy = st.one_of(strategies)  # Hypothesis starts with the simplest case of the first
     headers = world.headers
@@ -276,11 +276,23 @@ def test_the_checks_flag_a_synthetic_server_error() -> None:
     operation = SCHEMA["/api/v1/whoami/"]["GET"]
     case = operation.Case()
     for status, content_type in ((500, "application/problem+json"), (503, "text/html")):
-        response = Response(status_code=status, headers={"content-type": [content_type]}, content=b"{}",
-                            request=_prepared_request(), elapsed=0.0, verify=False)
+        response = Response(
+            status_code=status,
+            headers={"content-type": [content_type]},
+            content=b"{}",
+            request=_prepared_request(),
+            elapsed=0.0,
+            verify=False,
+        )
         assert problems_of("anonymous", case, response)
-    ok = Response(status_code=200, headers={"content-type": ["application/json"]}, content=b"{}",
-                  request=_prepared_request(), elapsed=0.0, verify=False)
+    ok = Response(
+        status_code=200,
+        headers={"content-type": ["application/json"]},
+        content=b"{}",
+        request=_prepared_request(),
+        elapsed=0.0,
+        verify=False,
+    )
     assert problems_of("anonymous", case, ok) == []
 
 

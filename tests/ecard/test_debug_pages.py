@@ -36,8 +36,12 @@ SECRETS = (PIN, BROKER_PASSWORD, CACHE_PASSWORD, DB_PASSWORD, KEY_HEX, KEY_HEX.u
 )
 def test_technical_500_page_masks_secrets() -> None:
     # runserver passes the process environment in request.META: the page shows it too.
-    environ = {"ECARD_PKCS11_PIN": PIN, "CELERY_BROKER_URL": BROKER_URL, "CACHE_URL": CACHE_URL,
-               "DATABASE_URL": DATABASE_URL}
+    environ = {
+        "ECARD_PKCS11_PIN": PIN,
+        "CELERY_BROKER_URL": BROKER_URL,
+        "CACHE_URL": CACHE_URL,
+        "DATABASE_URL": DATABASE_URL,
+    }
     response = Client(raise_request_exception=False).get("/boom/", **environ)
     assert response.status_code == 500
     page = response.content.decode()
@@ -55,12 +59,29 @@ def test_mask_url_secrets() -> None:
 
 
 def run_settings(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items()
-            if k not in {"DEBUG", "SECRET_KEY", "DATABASE_URL", "CELERY_BROKER_URL", "ECARD_MASTER_KEY",
-                         "ECARD_VAR_DIR", "ALLOWED_HOSTS"}}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in {
+            "DEBUG",
+            "SECRET_KEY",
+            "DATABASE_URL",
+            "CELERY_BROKER_URL",
+            "ECARD_MASTER_KEY",
+            "ECARD_VAR_DIR",
+            "ALLOWED_HOSTS",
+        }
+    }
     base.update(env, DJANGO_SETTINGS_MODULE="ecard.settings")
-    return subprocess.run([sys.executable, "-c", "import django; django.setup()\n" + code], cwd=PROJECT_ROOT,
-                          env=base, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", "import django; django.setup()\n" + code],
+        cwd=PROJECT_ROOT,
+        env=base,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_default_settings_show_no_debug_page(tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ DEEP = "[" * 50_000 + "]" * 50_000
 EMPTY_ROOT_B64 = base64.b64encode(hashlib.sha256(b"").digest()).decode()
 
 
-
 def api_as(world: World, username: str) -> APIClient:
     client = APIClient(raise_request_exception=False)
     client.force_login(world.users[username])
@@ -84,7 +83,7 @@ def test_json_nesting_just_within_the_bound_parses_and_one_more_level_does_not()
 
 @pytest.mark.parametrize(
     "body",
-    [b"\xff\xfe{}", b"{\"a\": NaN}", b"[1e999]", b"1" * 5000, b"   ", b"{\"a\": 1", b"\x00"],
+    [b"\xff\xfe{}", b'{"a": NaN}', b"[1e999]", b"1" * 5000, b"   ", b'{"a": 1', b"\x00"],
     ids=["not-utf8", "nan", "overflowing-float", "huge-integer", "blank", "truncated", "nul"],
 )
 def test_malformed_json_is_a_400(world: World, body: bytes) -> None:
@@ -170,10 +169,16 @@ def test_largest_legitimate_relay_exchange_fits_the_limits(world: World) -> None
 def test_largest_legitimate_rollout_body_fits_the_limits() -> None:
     from updates.rollouts import MAX_LISTED_CARDS
 
-    body = json.dumps({
-        "release": 2**31, "name": "é" * 200, "from_version": "1.0", "groups": ["1%"] * 20 + ["100%"],
-        "cins": ["A" * 32] * MAX_LISTED_CARDS, "start_at": "2030-01-01T00:00:00Z",
-    }).encode()
+    body = json.dumps(
+        {
+            "release": 2**31,
+            "name": "é" * 200,
+            "from_version": "1.0",
+            "groups": ["1%"] * 20 + ["100%"],
+            "cins": ["A" * 32] * MAX_LISTED_CARDS,
+            "start_at": "2030-01-01T00:00:00Z",
+        }
+    ).encode()
     assert len(body) < parsers.body_limit() * 0.6
 
 
@@ -212,8 +217,7 @@ def test_list_paths_cover_every_paginated_list_of_the_schema(client: Client) -> 
     paginated = {
         "/api/v1" + path.removeprefix("/api/v1") if path.startswith("/api/v1") else path
         for path, item in schema["paths"].items()
-        if any(p["name"] == "limit" for p in item.get("get", {}).get("parameters", []))
-        and "{" not in path
+        if any(p["name"] == "limit" for p in item.get("get", {}).get("parameters", [])) and "{" not in path
     }
     assert paginated == set(LIST_PATHS)
 
@@ -265,7 +269,11 @@ def test_consistency_between_empty_trees_is_the_empty_proof(world: World) -> Non
     response = api_as(world, "regulator").get("/api/v1/audit/consistency", {"first": "0", "second": "0"})
     assert response.status_code == 200, response.content[:300]
     assert response.json() == {
-        "first": 0, "second": 0, "first_root": EMPTY_ROOT_B64, "second_root": EMPTY_ROOT_B64, "proof": []
+        "first": 0,
+        "second": 0,
+        "first_root": EMPTY_ROOT_B64,
+        "second_root": EMPTY_ROOT_B64,
+        "proof": [],
     }
 
 
@@ -389,8 +397,12 @@ def test_rollout_groups_with_non_ascii_digits_or_huge_counts_are_400s(world: Wor
     from updates.releases import create_release
 
     package = world.applets["alpha@card1"].package_aid
-    release = create_release(bank=world.alpha, cap_bytes=build_cap(package, [package + "01"], (2, 0), code_size=300),
-                             filename="wallet-2.0.cap", actor=world.users["alpha_op"])
+    release = create_release(
+        bank=world.alpha,
+        cap_bytes=build_cap(package, [package + "01"], (2, 0), code_size=300),
+        filename="wallet-2.0.cap",
+        actor=world.users["alpha_op"],
+    )
     response = api_as(world, "alpha_op").post(
         "/api/v1/rollouts/", {"release": release.pk, "groups": [group, "100%"]}, format="json"
     )

@@ -157,9 +157,7 @@ def test_rate_limits_fail_open_when_their_cache_is_down(monkeypatch: pytest.Monk
 
     for throttle in (RelayCredentialThrottle, RelayIpThrottle):
         monkeypatch.setattr(throttle, "cache", Down())
-    response = APIClient().post(
-        "/api/v1/relay/sessions/", {}, format="json", HTTP_AUTHORIZATION=f"Agent {world.token}"
-    )
+    response = APIClient().post("/api/v1/relay/sessions/", {}, format="json", HTTP_AUTHORIZATION=f"Agent {world.token}")
     assert response.status_code == 201
 
 
@@ -183,8 +181,9 @@ def test_a_client_written_x_forwarded_for_buys_no_fresh_rate_limit(monkeypatch: 
     client = APIClient()
     headers = {"HTTP_AUTHORIZATION": f"Agent {world.token}", "REMOTE_ADDR": "10.9.0.1"}
     codes = [
-        client.post("/api/v1/relay/sessions/", {}, format="json", HTTP_X_FORWARDED_FOR=f"198.51.100.{n}", **headers)
-        .status_code
+        client.post(
+            "/api/v1/relay/sessions/", {}, format="json", HTTP_X_FORWARDED_FOR=f"198.51.100.{n}", **headers
+        ).status_code
         for n in range(3)
     ]
     assert codes == [201, 201, 429]

@@ -29,24 +29,38 @@ JAVACARDX_CRYPTO = bytes.fromhex("A0000000620201")
 # cross-checked against each MANIFEST.MF: (package AID, version, applets, imports, CAP format).
 EXPECTED: dict[str, tuple[bytes, tuple[int, int], list[bytes], list[tuple[bytes, tuple[int, int]]]]] = {
     EMPTY: (
-        bytes.fromhex("0102030405"), (0, 0), [bytes.fromhex("0102030405060708")],
+        bytes.fromhex("0102030405"),
+        (0, 0),
+        [bytes.fromhex("0102030405060708")],
         [(FRAMEWORK, (1, 2)), (SECURITY, (1, 2)), (JAVA_LANG, (1, 0))],
     ),
     LIB_BER: (
-        bytes.fromhex("A00000FFFFA0"), (0, 0), [],
+        bytes.fromhex("A00000FFFFA0"),
+        (0, 0),
+        [],
         [(JAVA_LANG, (1, 0)), (FRAMEWORK, (1, 3))],
     ),
     LIB_DEBUG: (
-        bytes.fromhex("A00000FFFFA3"), (0, 0), [],
+        bytes.fromhex("A00000FFFFA3"),
+        (0, 0),
+        [],
         [(JAVA_LANG, (1, 0)), (FRAMEWORK, (1, 3)), (SECURITY, (1, 3))],
     ),
     SVC_DEBUG: (
-        bytes.fromhex("A00000FFFFA4"), (0, 0), [bytes.fromhex("A00000FFFFA401")],
-        [(FRAMEWORK, (1, 3)), (bytes.fromhex("A00000FFFFA3"), (0, 0)),
-         (bytes.fromhex("A00000FFFFA0"), (0, 0)), (JAVA_LANG, (1, 0))],
+        bytes.fromhex("A00000FFFFA4"),
+        (0, 0),
+        [bytes.fromhex("A00000FFFFA401")],
+        [
+            (FRAMEWORK, (1, 3)),
+            (bytes.fromhex("A00000FFFFA3"), (0, 0)),
+            (bytes.fromhex("A00000FFFFA0"), (0, 0)),
+            (JAVA_LANG, (1, 0)),
+        ],
     ),
     ALGTEST: (
-        b"mypackag1", (1, 0), [b"mypac0001"],
+        b"mypackag1",
+        (1, 0),
+        [b"mypac0001"],
         [(JAVA_LANG, (1, 0)), (JAVACARDX_CRYPTO, (1, 1)), (SECURITY, (1, 1)), (FRAMEWORK, (1, 0))],
     ),
 }
@@ -153,8 +167,7 @@ def test_empty_lfdb_hash_matches_file_name() -> None:
 def test_empty_lfdb_is_in_load_order() -> None:
     path = cap_file(EMPTY)
     lf = LoadFile.from_path(path)
-    order = ["Header", "Directory", "Import", "Applet", "Class", "Method", "StaticField",
-             "ConstantPool", "RefLocation"]
+    order = ["Header", "Directory", "Import", "Applet", "Class", "Method", "StaticField", "ConstantPool", "RefLocation"]
     expected = b"".join(_component(path, n + ".cap") for n in order)
     assert lf.load_file_data_block() == expected
     # no C4 header, starts with the Header component
@@ -280,8 +293,20 @@ def _synthetic_cap(minor: int, *, static_resources: bytes | None = None, name: b
     comps["Header.cap"] = b"\x01" + len(info).to_bytes(2, "big") + info
     if static_resources is not None:
         comps["StaticResources.cap"] = b"\x0d" + len(static_resources).to_bytes(4, "big") + static_resources
-    order = ["Header", "Directory", "Applet", "Import", "ConstantPool", "Class", "Method", "StaticField",
-             "RefLocation", "Export", "Descriptor", "Debug"]
+    order = [
+        "Header",
+        "Directory",
+        "Applet",
+        "Import",
+        "ConstantPool",
+        "Class",
+        "Method",
+        "StaticField",
+        "RefLocation",
+        "Export",
+        "Descriptor",
+        "Debug",
+    ]
     old_dir = comps["Directory.cap"]
     tail = old_dir[3 + 22 :]  # static field size info, counts, custom components (CAP 2.1: 11 sizes)
 

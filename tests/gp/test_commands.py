@@ -96,11 +96,14 @@ def test_card_data() -> None:
 
 
 def test_key_information() -> None:
-    data = T(0xE0, T(0xC0, h("01308810")) + T(0xC0, h("02308810")) + T(0xC0, h("03308810"))
-             + T(0xC0, h("01208010")))
+    data = T(0xE0, T(0xC0, h("01308810")) + T(0xC0, h("02308810")) + T(0xC0, h("03308810")) + T(0xC0, h("01208010")))
     keys = c.parse_key_information(data)
     assert [(k.kvn, k.key_id, k.key_type, k.key_length) for k in keys] == [
-        (0x30, 1, 0x88, 16), (0x30, 2, 0x88, 16), (0x30, 3, 0x88, 16), (0x20, 1, 0x80, 16)]
+        (0x30, 1, 0x88, 16),
+        (0x30, 2, 0x88, 16),
+        (0x30, 3, 0x88, 16),
+        (0x20, 1, 0x80, 16),
+    ]
     assert keys[0].type_name == "AES"
     # a fresh SD may report an empty C0 placeholder
     assert c.parse_key_information(T(0xE0, T(0xC0, b"") + T(0xC0, h("01308810"))))[0].kvn == 0x30
@@ -130,10 +133,20 @@ def test_privileges() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "value", "name"),
-    [("card", 0x01, "OP_READY"), ("card", 0x07, "INITIALIZED"), ("card", 0x0F, "SECURED"),
-     ("card", 0x7F, "CARD_LOCKED"), ("card", 0xFF, "TERMINATED"), ("elf", 0x01, "LOADED"),
-     ("app", 0x03, "INSTALLED"), ("app", 0x07, "SELECTABLE"), ("app", 0x83, "LOCKED"),
-     ("sd", 0x0F, "PERSONALIZED"), ("sd", 0x8F, "LOCKED"), ("sd", 0x07, "SELECTABLE")],
+    [
+        ("card", 0x01, "OP_READY"),
+        ("card", 0x07, "INITIALIZED"),
+        ("card", 0x0F, "SECURED"),
+        ("card", 0x7F, "CARD_LOCKED"),
+        ("card", 0xFF, "TERMINATED"),
+        ("elf", 0x01, "LOADED"),
+        ("app", 0x03, "INSTALLED"),
+        ("app", 0x07, "SELECTABLE"),
+        ("app", 0x83, "LOCKED"),
+        ("sd", 0x0F, "PERSONALIZED"),
+        ("sd", 0x8F, "LOCKED"),
+        ("sd", 0x07, "SELECTABLE"),
+    ],
 )
 def test_lifecycle_names(kind: str, value: int, name: str) -> None:
     assert c.lifecycle_name(kind, value) == name
@@ -156,9 +169,8 @@ def test_get_status_command() -> None:
 
 def test_parse_get_status_tagged() -> None:
     ssd = bytes.fromhex("A00000015153504101")
-    apps = (
-        T(0xE3, T(0x4F, ssd) + T(0x9F70, h("0F")) + T(0xC5, h("A08000")) + T(0xC4, SSD_PKG) + T(0xCC, ISD))
-        + T(0xE3, T(0x4F, APP) + T(0x9F70, h("07")) + T(0xC5, h("000000")) + T(0xC4, PKG) + T(0xCC, ssd))
+    apps = T(0xE3, T(0x4F, ssd) + T(0x9F70, h("0F")) + T(0xC5, h("A08000")) + T(0xC4, SSD_PKG) + T(0xCC, ISD)) + T(
+        0xE3, T(0x4F, APP) + T(0x9F70, h("07")) + T(0xC5, h("000000")) + T(0xC4, PKG) + T(0xCC, ssd)
     )
     entries = c.parse_get_status(apps, c.STATUS_APPS)
     assert [e.aid for e in entries] == [ssd, APP]
@@ -168,8 +180,16 @@ def test_parse_get_status_tagged() -> None:
     assert c.Privileges.TRUSTED_PATH in sd.privileges  # type: ignore[operator]
     assert sd.associated_sd_aid == ISD and sd.elf_aid == SSD_PKG
     assert app.kind == "app" and app.lifecycle_name == "SELECTABLE" and app.associated_sd_aid == ssd
-    elfs = T(0xE3, T(0x4F, PKG) + T(0x9F70, h("01")) + T(0xCE, h("0100")) + T(0x84, APP) + T(0x84, APP[:7])
-             + T(0xCC, ISD) + T(0xCF, h("01")))
+    elfs = T(
+        0xE3,
+        T(0x4F, PKG)
+        + T(0x9F70, h("01"))
+        + T(0xCE, h("0100"))
+        + T(0x84, APP)
+        + T(0x84, APP[:7])
+        + T(0xCC, ISD)
+        + T(0xCF, h("01")),
+    )
     (elf,) = c.parse_get_status(elfs, c.STATUS_ELF_MODULES)
     assert elf.kind == "elf" and elf.lifecycle_name == "LOADED" and elf.elf_version == h("0100")
     assert elf.modules == (APP, APP[:7]) and elf.privileges is None and elf.implicit_selection == (h("01"),)
@@ -207,14 +227,15 @@ def test_install_for_load() -> None:
 def test_install_for_install() -> None:
     params = c.install_parameters(c.sd_install_parameters(0x03, 0x70))
     assert params == h("C904 81020370")
-    cmd = c.install_for_install(SSD_PKG, SSD_MOD, APP, c.Privileges.SECURITY_DOMAIN
-                                | c.Privileges.DELEGATED_MANAGEMENT, params)
-    assert cmd == h("80E60C00 26 07A0000001515350 08A000000151535041 080102030405060708 03A00000 06C90481020370"
-                    "00 00")
+    cmd = c.install_for_install(
+        SSD_PKG, SSD_MOD, APP, c.Privileges.SECURITY_DOMAIN | c.Privileges.DELEGATED_MANAGEMENT, params
+    )
+    assert cmd == h("80E60C00 26 07A0000001515350 08A000000151535041 080102030405060708 03A00000 06C9048102037000 00")
     only_install = c.install_for_install(PKG, APP, privileges=b"\x00", make_selectable=False)
     assert only_install[:4] == h("80E60400")
-    assert CommandAPDU.from_bytes(only_install).data == h("05 0102030405 08 0102030405060708 08 0102030405060708"
-                                                          "01 00 02 C900 00")
+    assert CommandAPDU.from_bytes(only_install).data == h(
+        "05 0102030405 08 0102030405060708 08 010203040506070801 00 02 C900 00"
+    )
     quotas = c.install_parameters(b"\x01", volatile_quota=0x100, nv_quota=0x2000)
     assert quotas == h("C90101 EF08 C7020100 C8022000")
 
@@ -222,10 +243,10 @@ def test_install_for_install() -> None:
 def test_install_variants() -> None:
     assert c.install_for_make_selectable(APP) == h("80E60800 0F 0000 08 0102030405060708 01 00 00 00 00")
     assert c.install_for_personalization(APP) == h("80E62000 0E 0000 08 0102030405060708 000000 00")
-    assert c.install_for_extradition(ISD, APP) == h("80E61000 16 08A000000151000000 00 080102030405060708 00 00 00"
-                                                    "00")
+    assert c.install_for_extradition(ISD, APP) == h("80E61000 16 08A000000151000000 00 080102030405060708 00 00 0000")
     assert c.install_for_registry_update(APP, ISD, h("800000")) == h(
-        "80E64000 19 08A000000151000000 00 080102030405060708 03800000 00 00 00")
+        "80E64000 19 08A000000151000000 00 080102030405060708 03800000 00 00 00"
+    )
     long_token = bytes(250)
     with pytest.raises(EncodingError):
         c.install_for_load(PKG, ISD, bytes(32), b"", long_token)  # > 255 bytes: not short
@@ -245,7 +266,14 @@ def test_parse_install_round_trips() -> None:
     assert p.params == h("EF04 C602000A")
     p = _parse(c.install_for_install(PKG, APP, APP + b"\x01", h("800000"), h("C900"), tok))
     assert (p.kind, p.elf_aid, p.module_aid, p.app_aid, p.privileges, p.params, p.token) == (
-        "install_and_make_selectable", PKG, APP, APP + b"\x01", h("800000"), h("C900"), tok)
+        "install_and_make_selectable",
+        PKG,
+        APP,
+        APP + b"\x01",
+        h("800000"),
+        h("C900"),
+        tok,
+    )
     assert _parse(c.install_for_install(PKG, APP, make_selectable=False)).kind == "install"
     p = _parse(c.install_for_make_selectable(APP, h("04"), token=b"t"))
     assert (p.kind, p.app_aid, p.privileges, p.token) == ("make_selectable", APP, h("04"), b"t")
@@ -295,7 +323,8 @@ def test_load_with_dap_block() -> None:
     lfdb = b"\x01\x00\x00"
     cmds = c.load_commands(lfdb, 223, dap_blocks=[(ISD, bytes(8))])
     assert _reassemble(cmds) == h("E214 4F08A000000151000000 C8080000000000000000".replace("C808", "C308")) + h(
-        "C403010000")
+        "C403010000"
+    )
 
 
 def test_load_too_many_blocks() -> None:
@@ -345,8 +374,7 @@ def test_store_data() -> None:
     cmds = c.store_data_commands(bytes(300), max_block=200, flags=c.STORE_DATA_DGI)
     p = [CommandAPDU.from_bytes(x) for x in cmds]
     assert [(x.p1, x.p2, len(x.data)) for x in p] == [(0x08, 0, 200), (0x88, 1, 100)]
-    blocks = c.store_data_commands([h("0101020304"), h("8010" + "00" * 16)], flags=c.STORE_DATA_DGI
-                                   | c.STORE_DATA_ENC)
+    blocks = c.store_data_commands([h("0101020304"), h("8010" + "00" * 16)], flags=c.STORE_DATA_DGI | c.STORE_DATA_ENC)
     assert [CommandAPDU.from_bytes(x).p1 for x in blocks] == [0x68, 0xE8]
     assert c.store_data(h("AA"), 3, last=True, flags=c.STORE_DATA_BER) == h("80E29003 01 AA 00")
 

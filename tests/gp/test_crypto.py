@@ -45,8 +45,10 @@ def test_unpad_rejects(bad: str) -> None:
 
 
 @settings(max_examples=60)
-@given(st.sampled_from([16, 24, 32]), st.lists(st.tuples(st.integers(0, 6), st.binary(min_size=16, max_size=16)),
-                                                 min_size=1, max_size=6))
+@given(
+    st.sampled_from([16, 24, 32]),
+    st.lists(st.tuples(st.integers(0, 6), st.binary(min_size=16, max_size=16)), min_size=1, max_size=6),
+)
 def test_aes_cbc_stream_matches_fresh_contexts(klen: int, msgs: list[tuple[int, bytes]]) -> None:
     key = os.urandom(klen)
     k = AESKey(key)

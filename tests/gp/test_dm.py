@@ -43,14 +43,20 @@ def test_load_token_data_layout() -> None:
 @pytest.mark.parametrize(
     ("token_data", "command"),
     [
-        (lambda: dm.install_token_data(PKG, APP, APP, b"\x00", b"\xc9\x00"),
-         lambda: c.install_for_install(PKG, APP, APP, b"\x00", b"\xc9\x00")),
-        (lambda: dm.install_token_data(PKG, APP, APP, make_selectable=False),
-         lambda: c.install_for_install(PKG, APP, APP, make_selectable=False)),
+        (
+            lambda: dm.install_token_data(PKG, APP, APP, b"\x00", b"\xc9\x00"),
+            lambda: c.install_for_install(PKG, APP, APP, b"\x00", b"\xc9\x00"),
+        ),
+        (
+            lambda: dm.install_token_data(PKG, APP, APP, make_selectable=False),
+            lambda: c.install_for_install(PKG, APP, APP, make_selectable=False),
+        ),
         (lambda: dm.make_selectable_token_data(APP), lambda: c.install_for_make_selectable(APP)),
         (lambda: dm.extradition_token_data(SSD, APP), lambda: c.install_for_extradition(SSD, APP)),
-        (lambda: dm.registry_update_token_data(APP, SSD, b"\x00\x00\x00"),
-         lambda: c.install_for_registry_update(APP, SSD, b"\x00\x00\x00")),
+        (
+            lambda: dm.registry_update_token_data(APP, SSD, b"\x00\x00\x00"),
+            lambda: c.install_for_registry_update(APP, SSD, b"\x00\x00\x00"),
+        ),
         (lambda: dm.delete_token_data(APP), lambda: c.delete(APP)),
         (lambda: dm.delete_token_data(PKG, related=True), lambda: c.delete(PKG, related=True)),
     ],
@@ -86,8 +92,9 @@ def test_token_for_wrong_commands() -> None:
         dm.extract_token(c.install_for_personalization(APP))
 
 
-@pytest.mark.parametrize("scheme", [dm.SCHEME_ECDSA_P256_SHA256, dm.SCHEME_RSA_PSS_SHA256,
-                                    dm.SCHEME_RSA_PKCS1V15_SHA256])
+@pytest.mark.parametrize(
+    "scheme", [dm.SCHEME_ECDSA_P256_SHA256, dm.SCHEME_RSA_PSS_SHA256, dm.SCHEME_RSA_PKCS1V15_SHA256]
+)
 def test_sign_and_verify(scheme: str, ec_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey) -> None:
     key = ec_key if scheme.startswith("ecdsa") else rsa_key
     data = dm.load_token_data(PKG, SSD, HASH)
@@ -169,12 +176,21 @@ def test_receipt_with_token_identifier_and_digest() -> None:
     conf = dm.parse_confirmation(response)
     assert conf.confirmation_data == dm.confirmation_data(counter, cud, tid, digest)
     # the server rebuilds the receipt input from what the card confirmed plus what it asked for
-    assert dm.verify_receipt(key, conf.confirmation_data + bytes([len(PKG)]) + PKG + bytes([len(APP)]) + APP,
-                             conf.receipt)
-    assert dm.verify_receipt(key, dm.install_receipt_data(conf.counter, conf.card_unique_data, PKG, APP,
-                                                          token_identifier=conf.token_identifier,
-                                                          token_data_digest=conf.token_data_digest),
-                             conf.receipt)
+    assert dm.verify_receipt(
+        key, conf.confirmation_data + bytes([len(PKG)]) + PKG + bytes([len(APP)]) + APP, conf.receipt
+    )
+    assert dm.verify_receipt(
+        key,
+        dm.install_receipt_data(
+            conf.counter,
+            conf.card_unique_data,
+            PKG,
+            APP,
+            token_identifier=conf.token_identifier,
+            token_data_digest=conf.token_data_digest,
+        ),
+        conf.receipt,
+    )
 
 
 def test_other_receipt_data() -> None:

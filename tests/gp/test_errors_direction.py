@@ -41,8 +41,10 @@ def open_pair(scp: int) -> tuple[Any, Any]:
     else:
         card = CardSCP02(KEYS02, sd_aid=ISD_AID)
         host = SCP02(KEYS02, SecurityLevel(0x13), sd_aid=ISD_AID)
-    assert card.external_authenticate(host.external_authenticate(card.initialize_update(host.initialize_update()))) \
+    assert (
+        card.external_authenticate(host.external_authenticate(card.initialize_update(host.initialize_update())))
         == b"\x90\x00"
+    )
     return host, card
 
 
@@ -67,7 +69,8 @@ MISUSES: dict[str, Callable[[], object]] = {
     "a host challenge of the wrong length": lambda: SCP03(KEYS, 0x33, host_challenge=b"\x00" * 5),
     "a session state that is not one": lambda: SCP03.from_session_state(None, {"scp": 3}),
     "a channel state unknown to ChannelState": lambda: SCP03.from_session_state(
-        {**open_pair(3)[0].session_state(), "state": "half-open"}),
+        {**open_pair(3)[0].session_state(), "state": "half-open"}
+    ),
     "a command too long to wrap": lambda: open_pair(3)[0].wrap(bytes.fromhex("80E80000FF") + bytes(255)),
     "a malformed plain command to wrap": lambda: open_pair(3)[0].wrap(b"\x80\xf2"),
     "an AID of 3 bytes": lambda: c.select(b"\xa0\x00\x00"),

@@ -200,9 +200,7 @@ def test_fuzz_tlv_and_response_parsers() -> None:
 
 _tags = st.one_of(
     st.integers(1, 0xFE).filter(lambda b: b & 0x1F != 0x1F),
-    st.tuples(st.sampled_from([0x1F, 0x5F, 0x9F, 0xBF, 0xDF]), st.integers(1, 0x7F)).map(
-        lambda t: (t[0] << 8) | t[1]
-    ),
+    st.tuples(st.sampled_from([0x1F, 0x5F, 0x9F, 0xBF, 0xDF]), st.integers(1, 0x7F)).map(lambda t: (t[0] << 8) | t[1]),
 )
 
 

@@ -17,9 +17,7 @@ from gp.scp_card import ISD_AID, CardSCP02, CardSCP03, sw_for_error
 
 PROPS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-SCP03_CONFIGS = [
-    (kl, s16, sl) for kl in (16, 24, 32) for s16 in (False, True) for sl in (0x01, 0x03, 0x11, 0x13, 0x33)
-]
+SCP03_CONFIGS = [(kl, s16, sl) for kl in (16, 24, 32) for s16 in (False, True) for sl in (0x01, 0x03, 0x11, 0x13, 0x33)]
 SCP02_CONFIGS = [(i, sl) for i in (0x15, 0x55) for sl in (0x01, 0x03, 0x11, 0x13)]
 
 
@@ -59,8 +57,9 @@ def commands(draw: st.DrawFn, max_data: int) -> bytes:
     cla = draw(st.sampled_from([0x80, 0x00, 0x81]))
     data = draw(st.binary(max_size=max_data))
     le = draw(st.none() | st.integers(1, 256))
-    return CommandAPDU(cla, draw(st.integers(0, 255)), draw(st.integers(0, 255)), draw(st.integers(0, 255)),
-                       data, le).to_bytes()
+    return CommandAPDU(
+        cla, draw(st.integers(0, 255)), draw(st.integers(0, 255)), draw(st.integers(0, 255)), data, le
+    ).to_bytes()
 
 
 @st.composite
@@ -329,8 +328,13 @@ def test_max_data_length(make: Any, short: int, extended: int) -> None:
 
 @pytest.mark.parametrize(
     "opener",
-    [lambda: open_scp03(16, False, 0x33), lambda: open_scp03(32, True, 0x33), lambda: open_scp03(16, True, 0x11),
-     lambda: open_scp02(0x55, 0x03), lambda: open_scp02(0x15, 0x01)],
+    [
+        lambda: open_scp03(16, False, 0x33),
+        lambda: open_scp03(32, True, 0x33),
+        lambda: open_scp03(16, True, 0x11),
+        lambda: open_scp02(0x55, 0x03),
+        lambda: open_scp02(0x15, 0x01),
+    ],
     ids=["scp03-s8-33", "scp03-s16-33", "scp03-s16-11", "scp02-03", "scp02-01"],
 )
 def test_max_data_length_fits(opener: Any) -> None:
@@ -349,14 +353,19 @@ def test_max_data_length_fits(opener: Any) -> None:
     assert card.unwrap_command(host.wrap(ext)) == ext
 
 
-@pytest.mark.parametrize("opener", [lambda: open_scp03(16, False, 0x33), lambda: open_scp02(0x55, 0x13)],
-                         ids=["SCP03-SL33", "SCP02-SL13"])
+@pytest.mark.parametrize(
+    "opener", [lambda: open_scp03(16, False, 0x33), lambda: open_scp02(0x55, 0x13)], ids=["SCP03-SL33", "SCP02-SL13"]
+)
 def test_unwrap_response_says_which_answers_the_card_authenticated(opener: Any) -> None:
     """Only 9000 and 62xx/63xx carry an R-MAC (Amd D §6.2.5, GP 2.3.1 §E.4.5). An error status
     word unwraps, but as unauthenticated: anyone on the path could have made it up."""
     host, card = opener()
-    for sw, data, authenticated in ((0x9000, b"\x01\x02", True), (0x6310, b"\x03", True),
-                                    (0x6A88, b"", False), (0x6982, b"", False)):
+    for sw, data, authenticated in (
+        (0x9000, b"\x01\x02", True),
+        (0x6310, b"\x03", True),
+        (0x6A88, b"", False),
+        (0x6982, b"", False),
+    ):
         plain = data + sw.to_bytes(2, "big")
         assert card.unwrap_command(host.wrap(bytes.fromhex("80F2400002 4F00 00".replace(" ", "")))) is not None
         answer = host.unwrap_response(card.wrap_response(plain))

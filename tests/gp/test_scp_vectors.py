@@ -21,9 +21,9 @@ except (pytest.skip.Exception, pytest.fail.Exception):  # shared material missin
     _V = {"scp03_sessions": [], "scp02_sessions": [], "kcv": [], "diversification": [], "primitives": []}
 
 # SCP02 sessions from public projects kept with the tests (origins in the file), read with the shared ones.
-_LOCAL_SCP02: list[dict[str, Any]] = json.loads(
-    (Path(__file__).with_name("scp02-vectors.json")).read_text()
-)["scp02_sessions"]
+_LOCAL_SCP02: list[dict[str, Any]] = json.loads((Path(__file__).with_name("scp02-vectors.json")).read_text())[
+    "scp02_sessions"
+]
 _SCP02_SESSIONS: list[dict[str, Any]] = [*_V["scp02_sessions"], *_LOCAL_SCP02]
 
 # AID of the eUICC ISD-R (GSMA SGP.22): the pySim sessions use pseudo-random card
@@ -48,10 +48,20 @@ def _keys(entry: dict[str, Any]) -> StaticKeys:
 
 def _channel(entry: dict[str, Any], scp_version: int, **extra: Any) -> SCP02 | SCP03:
     if scp_version == 3:
-        return SCP03(_keys(entry), security_level=entry["security_level"],
-                     host_challenge=h(entry["host_challenge"]), s16=entry["s16"], **extra)
-    return SCP02(_keys(entry), security_level=entry["security_level"],
-                 host_challenge=h(entry["host_challenge"]), i=int(entry["i"], 16), **extra)
+        return SCP03(
+            _keys(entry),
+            security_level=entry["security_level"],
+            host_challenge=h(entry["host_challenge"]),
+            s16=entry["s16"],
+            **extra,
+        )
+    return SCP02(
+        _keys(entry),
+        security_level=entry["security_level"],
+        host_challenge=h(entry["host_challenge"]),
+        i=int(entry["i"], 16),
+        **extra,
+    )
 
 
 def _replay(entry: dict[str, Any], scp_version: int, **extra: Any) -> None:
@@ -127,7 +137,10 @@ def _card_replay(entry: dict[str, Any]) -> None:
     card = entry["card"]
     random_challenge = h(card["card_challenge"])
     channel = CardSCP02(
-        _keys(entry), i=int(entry["i"], 16), sequence_counter=card["sequence_counter_before"], kdd=h(card["kdd"]),
+        _keys(entry),
+        i=int(entry["i"], 16),
+        sequence_counter=card["sequence_counter_before"],
+        kdd=h(card["kdd"]),
         card_challenge_random=lambda n: random_challenge[:n],
     )
     answer = channel.initialize_update(h(entry["initialize_update"]["command"]))
@@ -231,8 +244,10 @@ def _primitive(name: str, inp: dict[str, Any], expect: dict[str, Any]) -> None:
     elif name == "scp02_session_keys":
         sk = scp.scp02_session_keys(StaticKeys.single(inp["key"]), inp["sequence_counter"])
         got = {
-            "s_enc_kcv": keys.kcv_des(sk.enc), "s_mac_kcv": keys.kcv_des(sk.c_mac),
-            "s_dek_kcv": keys.kcv_des(sk.dek), "s_rmac_kcv": keys.kcv_des(sk.r_mac),
+            "s_enc_kcv": keys.kcv_des(sk.enc),
+            "s_mac_kcv": keys.kcv_des(sk.c_mac),
+            "s_dek_kcv": keys.kcv_des(sk.dek),
+            "s_rmac_kcv": keys.kcv_des(sk.r_mac),
         }
         assert expect
         for k, v in expect.items():

@@ -32,8 +32,16 @@ def test_multi_byte_tags() -> None:
 
 @pytest.mark.parametrize(
     ("n", "enc"),
-    [(0, "00"), (0x7F, "7F"), (0x80, "8180"), (0xFF, "81FF"), (0x100, "820100"),
-     (0xFFFF, "82FFFF"), (0x10000, "83010000"), (0x1000000, "8401000000")],
+    [
+        (0, "00"),
+        (0x7F, "7F"),
+        (0x80, "8180"),
+        (0xFF, "81FF"),
+        (0x100, "820100"),
+        (0xFFFF, "82FFFF"),
+        (0x10000, "83010000"),
+        (0x1000000, "8401000000"),
+    ],
 )
 def test_lengths(n: int, enc: str) -> None:
     assert encode_length(n) == bytes.fromhex(enc)
@@ -55,7 +63,7 @@ def test_non_minimal_length_accepted() -> None:
 
 
 def test_constructed_children_and_find() -> None:
-    fci = bytes.fromhex("6F10" "8408A000000151000000" "A504" "9F650180")
+    fci = bytes.fromhex("6F108408A000000151000000A5049F650180")
     (t,) = decode_all(fci)
     assert t.constructed
     kids = t.children()
@@ -74,7 +82,7 @@ def test_primitive_has_no_children() -> None:
 
 
 def test_decode_one_offsets() -> None:
-    data = bytes.fromhex("C10100" "C2020102")
+    data = bytes.fromhex("C10100C2020102")
     t, off = decode_one(data)
     assert (t.tag, off) == (0xC1, 3)
     t, off = decode_one(data, off)
@@ -84,16 +92,16 @@ def test_decode_one_offsets() -> None:
 @pytest.mark.parametrize(
     "bad",
     [
-        "4F",            # tag without length
-        "4F05AABB",      # length beyond data
-        "4F80AABB00",    # indefinite length
+        "4F",  # tag without length
+        "4F05AABB",  # length beyond data
+        "4F80AABB00",  # indefinite length
         "4F85000000000100",  # 5 length bytes
-        "4F82AA",        # truncated length field
-        "9F",            # truncated multi-byte tag
-        "9F80010100",    # leading zero group in tag
+        "4F82AA",  # truncated length field
+        "9F",  # truncated multi-byte tag
+        "9F80010100",  # leading zero group in tag
         "9F8181818101",  # tag longer than 4 bytes
-        "000100",        # padding byte as tag
-        "FF0100",        # FF as tag
+        "000100",  # padding byte as tag
+        "FF0100",  # FF as tag
     ],
 )
 def test_malformed(bad: str) -> None:

@@ -69,7 +69,10 @@ def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
     os.environ["SOFTHSM2_CONF"] = str(conf)
     result = subprocess.run(
         [util, "--init-token", "--free", "--label", TOKEN_LABEL, "--so-pin", SO_PIN, "--pin", USER_PIN],
-        capture_output=True, text=True, check=False, timeout=60,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     if result.returncode != 0:
         pytest.fail(f"softhsm2-util --init-token failed: {result.stderr.strip()}", pytrace=False)
@@ -138,6 +141,6 @@ def run_scp03_session(
     assert card.external_authenticate(host.external_authenticate(response)) == b"\x90\x00"
     plain = bytes.fromhex("80CA00660100")  # a case-4 command with one data byte
     received = card.unwrap_command(host.wrap(plain))
-    assert received[1:] == plain[1:len(received)] or received[1:4] == plain[1:4]
+    assert received[1:] == plain[1 : len(received)] or received[1:4] == plain[1:4]
     answer = bytes.fromhex("660A0102030405060708090A9000")
     assert host.unwrap(card.wrap_response(answer)) == answer

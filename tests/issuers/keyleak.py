@@ -103,8 +103,12 @@ def _private_parts(der: bytes) -> Iterator[tuple[bytes, str]]:
         yield numbers.p.to_bytes(size // 2, "big"), "RSA p"
         yield numbers.q.to_bytes(size // 2, "big"), "RSA q"
     elif isinstance(key, ed25519.Ed25519PrivateKey):
-        yield key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                serialization.NoEncryption()), "Ed25519 seed"
+        yield (
+            key.private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            ),
+            "Ed25519 seed",
+        )
 
 
 def decoded_views(data: bytes) -> Iterator[bytes]:
@@ -203,6 +207,7 @@ class KeyLeakScanner:
         self._patch(StaticKeys, "__post_init__", static_init)
 
         for backend in (keyvault.SoftwareBackend, keyvault.Pkcs11Backend):
+
             def wrap_hook(original: Any, label: str = backend.__name__) -> Any:
                 def wrap(self_: Any, kek: Any, plaintext: bytes, aad: bytes) -> bytes:
                     registry.add_plaintext(bytes(plaintext), f"custody plaintext ({label})")
@@ -245,8 +250,11 @@ class KeyLeakScanner:
             import json
 
             fields = {
-                "details": instance.details, "reason": instance.reason, "subject_id": instance.subject_id,
-                "receipt": instance.receipt, "action": instance.action,
+                "details": instance.details,
+                "reason": instance.reason,
+                "subject_id": instance.subject_id,
+                "receipt": instance.receipt,
+                "action": instance.action,
             }
             collect(f"audit entry {instance.action}", json.dumps(fields, default=str).encode())
 

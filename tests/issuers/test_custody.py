@@ -103,8 +103,9 @@ def test_private_keys_round_trip(key_backend: str, orgs: dict[str, Organization]
     assert isinstance(rsa_key, rsa.RSAPrivateKey) and rsa_set.key_length == 256
     rsa_pub = serialization.load_pem_public_key(rsa_set.public_key.encode())
     assert isinstance(rsa_pub, rsa.RSAPublicKey)
-    rsa_pub.verify(rsa_key.sign(message, padding.PKCS1v15(), hashes.SHA256()), message,
-                   padding.PKCS1v15(), hashes.SHA256())
+    rsa_pub.verify(
+        rsa_key.sign(message, padding.PKCS1v15(), hashes.SHA256()), message, padding.PKCS1v15(), hashes.SHA256()
+    )
 
     ed_key = custody.load_private_key(ed_set)
     assert isinstance(ed_key, ed25519.Ed25519PrivateKey)
@@ -151,12 +152,12 @@ def test_blob_copied_to_another_row_does_not_unwrap(key_backend: str, orgs: dict
     source = custody.store_static_keys(alpha, keys, card_cin="CIN-1", sd_aid=SD_AID)
     targets = {
         "other card": custody.store_static_keys(alpha, keys, card_cin="CIN-2", sd_aid=SD_AID),
-        "other kvn": custody.store_static_keys(alpha, StaticKeys(KEY_A, KEY_B, KEY_C, 0x31),
-                                               card_cin="CIN-1", sd_aid=SD_AID),
+        "other kvn": custody.store_static_keys(
+            alpha, StaticKeys(KEY_A, KEY_B, KEY_C, 0x31), card_cin="CIN-1", sd_aid=SD_AID
+        ),
         "other SD": custody.store_static_keys(alpha, keys, card_cin="CIN-1", sd_aid="A0000009990153440002"),
         "other org": custody.store_static_keys(beta, keys, card_cin="CIN-1", sd_aid=SD_AID),
-        "other purpose": custody.store_static_keys(alpha, keys, card_cin="CIN-1", sd_aid=SD_AID,
-                                                   purpose="receipt"),
+        "other purpose": custody.store_static_keys(alpha, keys, card_cin="CIN-1", sd_aid=SD_AID, purpose="receipt"),
     }
     for name, target in targets.items():
         assert custody.load_static_keys(target) == StaticKeys(KEY_A, KEY_B, KEY_C, target.kvn), name
@@ -244,12 +245,23 @@ def test_repr_and_str_hide_keys(key_backend: str, orgs: dict[str, Organization])
     keyset = custody.store_static_keys(orgs["alpha"], keys, card_cin="CIN-1", sd_aid=SD_AID)
     private = ed25519.Ed25519PrivateKey.generate()
     signing = custody.store_private_key(orgs["alpha"], private, purpose="checkpoint_signing", kvn=1)
-    raw_private = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                        serialization.NoEncryption())
+    raw_private = private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     kek = keyset.kek
-    texts = [repr(keyset), str(keyset), repr(signing), str(signing), repr(keys), str(keys),
-             repr(custody.load_static_keys(keyset)), repr(kek), str(kek), repr(kek.ref),
-             repr(keyvault.get_backend(kek.backend))]
+    texts = [
+        repr(keyset),
+        str(keyset),
+        repr(signing),
+        str(signing),
+        repr(keys),
+        str(keys),
+        repr(custody.load_static_keys(keyset)),
+        repr(kek),
+        str(kek),
+        repr(kek.ref),
+        repr(keyvault.get_backend(kek.backend)),
+    ]
     secrets_ = [KEY_A, KEY_B, KEY_C, raw_private, bytes(keyset.wrapped), bytes(kek.wrapped_material or b"x" * 16)]
     for text in texts:
         for secret in secrets_:
@@ -289,12 +301,14 @@ def test_settings_refuse_missing_master_key_without_debug() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ECARD_")}
     env.update({"DEBUG": "0", "SECRET_KEY": "x" * 50, "DJANGO_SETTINGS_MODULE": "ecard.settings"})
     code = "import django\ntry:\n    django.setup()\nexcept Exception as e:\n    print(type(e).__name__, e)\n"
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
-                         timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
     assert "ImproperlyConfigured" in out.stdout and "ECARD_MASTER_KEY" in out.stdout, out.stdout + out.stderr
     env["ECARD_KEY_BACKEND"] = "pkcs11"
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True,
-                         timeout=120, check=False)
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
     assert "ECARD_PKCS11_MODULE" in out.stdout, out.stdout + out.stderr
 
 
@@ -405,8 +419,9 @@ def test_aad_encoding_is_injective(a: list[str | int], b: list[str | int]) -> No
 @hypothesis_settings(max_examples=60, deadline=None)
 def test_software_wrap_round_trip_and_any_bit_flip_fails(plaintext: bytes, aad: bytes, flip: int) -> None:
     material: dict[int, bytes] = {}
-    backend = SoftwareBackend(bytes(range(32)), previous_master_keys=(),
-                              material_source=lambda ref: material[ref.version])
+    backend = SoftwareBackend(
+        bytes(range(32)), previous_master_keys=(), material_source=lambda ref: material[ref.version]
+    )
     ref = backend.create_kek(7, 1)
     material[1] = ref.material
     blob = backend.wrap(ref, plaintext, aad)

@@ -59,8 +59,9 @@ def test_no_false_positives_and_low_entropy_keys_ignored() -> None:
 
 def test_private_key_parts_are_tracked() -> None:
     private = ec.generate_private_key(ec.SECP256R1())
-    der = private.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
+    der = private.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     registry = KeyRegistry()
     registry.add_plaintext(der, "token key")
     scalar = private.private_numbers().private_value.to_bytes(32, "big")

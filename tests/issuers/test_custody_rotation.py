@@ -95,8 +95,9 @@ def test_rotation_rewraps_every_key_and_old_kek_is_gone(
     # the agency's keys were not touched, and its ISD diversification still works
     agency_keys = KeySet.objects.get(organization=estate.agency)
     assert agency_keys.kek.version == 1
-    run_scp03_session(diversify("kdf3", MASTER, KDD, 0x30),
-                      lambda kdd: custody.card_isd_keys(estate.agency, "CIN-0", kdd), kdd=KDD)
+    run_scp03_session(
+        diversify("kdf3", MASTER, KDD, 0x30), lambda kdd: custody.card_isd_keys(estate.agency, "CIN-0", kdd), kdd=KDD
+    )
     # the old KEK, through the reference kept from before the rotation, unwraps nothing
     backend = keyvault.get_backend(old_ref.backend)
     for blob, aad in old_rows.values():
@@ -110,8 +111,14 @@ def test_rotation_rewraps_every_key_and_old_kek_is_gone(
         assert old_ref.label not in labels and new_kek.hsm_label in labels
     event = AuditEntry.objects.filter(action="custody.kek_rotated").latest("index")
     assert event.outcome == "success" and event.organization_slug == "rot-bank"
-    assert event.details == {"old_versions": [1], "new_version": 2, "key_version": 2, "algorithm": "aes-256-gcm",
-                             "backend": key_backend, "key_sets_rewrapped": 6}
+    assert event.details == {
+        "old_versions": [1],
+        "new_version": 2,
+        "key_version": 2,
+        "algorithm": "aes-256-gcm",
+        "backend": key_backend,
+        "key_sets_rewrapped": 6,
+    }
 
     # and again: v3, still fine, new keys stored after rotation go under the new KEK
     with django_capture_on_commit_callbacks(execute=True):
@@ -179,8 +186,9 @@ def test_rotation_failing_midway_changes_nothing(
     _all_keys_work(estate)
 
 
-def test_rotate_kek_command(estate: Estate, capsys: pytest.CaptureFixture[str],
-                            django_capture_on_commit_callbacks: Any) -> None:
+def test_rotate_kek_command(
+    estate: Estate, capsys: pytest.CaptureFixture[str], django_capture_on_commit_callbacks: Any
+) -> None:
     with django_capture_on_commit_callbacks(execute=True):
         call_command("rotate_kek", "rot-bank")
     out = capsys.readouterr().out
@@ -314,10 +322,13 @@ def test_rotation_then_sessions_with_emulated_cards(
     agency = Organization.objects.create(name="Sim Agency", slug="sim-agency", kind="agency")
     static_key = bytes.fromhex("2B7E151628AED2A6ABF7158809CF4F3C")
     store.save(tmp_path / "static.json", new_state(key=static_key, kvn=0x30, cin=bytes.fromhex("1111111111111111")))
-    store.save(tmp_path / "div.json", new_state(key=MASTER, diversify_scheme="kdf3", kdd=KDD,
-                                                cin=bytes.fromhex("2222222222222222")))
-    keyset = custody.store_static_keys(agency, StaticKeys.single(static_key, 0x30), card_cin="1111111111111111",
-                                       sd_aid=ISD_AID.hex().upper())
+    store.save(
+        tmp_path / "div.json",
+        new_state(key=MASTER, diversify_scheme="kdf3", kdd=KDD, cin=bytes.fromhex("2222222222222222")),
+    )
+    keyset = custody.store_static_keys(
+        agency, StaticKeys.single(static_key, 0x30), card_cin="1111111111111111", sd_aid=ISD_AID.hex().upper()
+    )
     custody.store_master_key(agency, MASTER, 0x30)
 
     def static_channel(kdd: bytes) -> Any:

@@ -73,8 +73,9 @@ def _software_keks(master: bytes) -> dict[str, bytes]:
     out = {}
     for kek in KeyEncryptionKey.objects.filter(backend="software").exclude(state="destroyed"):
         material = bytes(kek.wrapped_material)
-        clear = AESGCM(master).decrypt(material[1:13], material[13:],
-                                       keyvault.SoftwareBackend._kek_aad(kek.organization_id, kek.version))
+        clear = AESGCM(master).decrypt(
+            material[1:13], material[13:], keyvault.SoftwareBackend._kek_aad(kek.organization_id, kek.version)
+        )
         out[f"KEK {kek.organization_id}/v{kek.version}"] = clear
     return out
 
@@ -125,8 +126,7 @@ def test_no_key_in_clear_in_database_audit_or_logs(
         secrets[f"private {i} pem body"] = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         ).split(b"\n")[1]
-    ed_raw = ed.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                              serialization.NoEncryption())
+    ed_raw = ed.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
     secrets["ed25519 raw"] = ed_raw
     for i, key in enumerate(private_keys):
         if isinstance(key, ec.EllipticCurvePrivateKey):

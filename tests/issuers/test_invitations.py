@@ -22,7 +22,6 @@ from tests.factories import World, make_user
 pytestmark = pytest.mark.django_db
 
 
-
 def api(user) -> APIClient:
     client = APIClient()
     client.force_authenticate(user)
@@ -104,7 +103,11 @@ def test_an_invitation_grants_nothing_until_accepted(world: World) -> None:
     assert response.status_code == 202, response.content
     body = response.json()
     assert (body["organization"], body["username"], body["role"], body["state"], body["invited_by"]) == (
-        "alpha", "newhire", "operator", "pending", "alpha_admin"
+        "alpha",
+        "newhire",
+        "operator",
+        "pending",
+        "alpha_admin",
     )
     assert response["Location"] == f"/api/v1/invitations/{body['id']}/"
     assert principal(fresh(newhire)).roles == {}
@@ -150,7 +153,9 @@ def test_decline_and_revoke(world: World) -> None:
     assert_problem(api(newhire).post(path + "accept/"), 409, "state")
     assert not Membership.objects.filter(user=newhire).exists()
     assert set(AuditEntry.objects.filter(subject_type="invitation").values_list("action", flat=True)) == {
-        "invitation.created", "invitation.declined", "invitation.revoked"
+        "invitation.created",
+        "invitation.declined",
+        "invitation.revoked",
     }
 
 

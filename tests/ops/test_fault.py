@@ -61,16 +61,32 @@ def _require_services() -> tuple[urllib.parse.SplitResult, urllib.parse.SplitRes
 
 def _psql(db: urllib.parse.SplitResult, sql: str) -> None:
     subprocess.run(
-        ["psql", "-h", db.hostname or "127.0.0.1", "-p", str(db.port or 5432), "-U", db.username or "postgres",
-         "-d", "postgres", "-q", "-c", sql],
-        check=True, capture_output=True, timeout=60,
+        [
+            "psql",
+            "-h",
+            db.hostname or "127.0.0.1",
+            "-p",
+            str(db.port or 5432),
+            "-U",
+            db.username or "postgres",
+            "-d",
+            "postgres",
+            "-q",
+            "-c",
+            sql,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
     )
 
 
 def _redis_cli(broker: urllib.parse.SplitResult, *args: str, timeout: float = 10) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["redis-cli", "-h", broker.hostname or "127.0.0.1", "-p", str(broker.port or 6379), *args],
-        capture_output=True, text=True, timeout=timeout,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -88,9 +104,22 @@ def restart_redis(broker: urllib.parse.SplitResult) -> None:
     _redis_cli(broker, "shutdown", "nosave")
     _wait(lambda: _redis_cli(broker, "ping").returncode != 0, 15, "Redis to stop")
     subprocess.run(
-        ["redis-server", "--daemonize", "yes", "--bind", broker.hostname or "127.0.0.1",
-         "--port", str(broker.port or 6379), "--save", "", "--appendonly", "no"],
-        check=True, capture_output=True, timeout=30,
+        [
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            broker.hostname or "127.0.0.1",
+            "--port",
+            str(broker.port or 6379),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=30,
     )
     _wait(lambda: _redis_cli(broker, "ping").stdout.strip() == "PONG", 30, "Redis to answer again")
 
@@ -141,10 +170,25 @@ def test_kill_web_and_celery_workers_and_restart_redis_under_load(tmp_path: Path
         faults: list[str] = []
         load_out = tmp_path / "load.json"
         load = subprocess.Popen(
-            [sys.executable, str(PROJECT_ROOT / "bench" / "loadkit.py"), "load", "--tokens", str(tokens),
-             "--server", topology.base_url, "--agents", str(AGENTS), "--seconds", str(SECONDS), "--out",
-             str(load_out)],
-            cwd=PROJECT_ROOT, env={**env, "LOG_LEVEL": "WARNING"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                str(PROJECT_ROOT / "bench" / "loadkit.py"),
+                "load",
+                "--tokens",
+                str(tokens),
+                "--server",
+                topology.base_url,
+                "--agents",
+                str(AGENTS),
+                "--seconds",
+                str(SECONDS),
+                "--out",
+                str(load_out),
+            ],
+            cwd=PROJECT_ROOT,
+            env={**env, "LOG_LEVEL": "WARNING"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
         )
         output: list[str] = []
@@ -177,9 +221,24 @@ def test_kill_web_and_celery_workers_and_restart_redis_under_load(tmp_path: Path
         # Every card once more: unfinished work resumes and completes.
         drain_out = tmp_path / "drain.json"
         drained = subprocess.run(
-            [sys.executable, str(PROJECT_ROOT / "bench" / "loadkit.py"), "drain", "--tokens", str(tokens),
-             "--server", topology.base_url, "--agents", str(AGENTS), "--out", str(drain_out)],
-            cwd=PROJECT_ROOT, env={**env, "LOG_LEVEL": "WARNING"}, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                str(PROJECT_ROOT / "bench" / "loadkit.py"),
+                "drain",
+                "--tokens",
+                str(tokens),
+                "--server",
+                topology.base_url,
+                "--agents",
+                str(AGENTS),
+                "--out",
+                str(drain_out),
+            ],
+            cwd=PROJECT_ROOT,
+            env={**env, "LOG_LEVEL": "WARNING"},
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert drained.returncode == 0, drained.stdout[-2000:] + drained.stderr[-3000:]
         drain = json.loads(drain_out.read_text())
@@ -214,7 +273,10 @@ def test_kill_web_and_celery_workers_and_restart_redis_under_load(tmp_path: Path
         exported = topology.manage("audit_export", str(export))
         assert exported.returncode == 0, exported.stderr[-3000:]
         verified = subprocess.run(
-            [sys.executable, "-m", "audit.verify", str(export)], cwd=PROJECT_ROOT, capture_output=True, text=True,
+            [sys.executable, "-m", "audit.verify", str(export)],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
             timeout=300,
         )
         assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -60,7 +60,11 @@ def test_prod_local_environment_is_production(prod_env: dict[str, str]) -> None:
 def test_check_deploy_passes_with_the_prod_local_environment(prod_env: dict[str, str]) -> None:
     result = subprocess.run(
         [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
-        cwd=PROJECT_ROOT, env=prod_env, capture_output=True, text=True, timeout=120,
+        cwd=PROJECT_ROOT,
+        env=prod_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -116,8 +120,14 @@ def test_plain_http_mode_sends_no_hsts_and_no_redirect(tmp_path: Path) -> None:
 
 
 def test_gunicorn_settings_carry_limits_and_tls(prod_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("GUNICORN_BIND", "WEB_CONCURRENCY", "GUNICORN_THREADS", "GUNICORN_TIMEOUT", "GUNICORN_CERTFILE",
-                "GUNICORN_KEYFILE"):
+    for key in (
+        "GUNICORN_BIND",
+        "WEB_CONCURRENCY",
+        "GUNICORN_THREADS",
+        "GUNICORN_TIMEOUT",
+        "GUNICORN_CERTFILE",
+        "GUNICORN_KEYFILE",
+    ):
         monkeypatch.setenv(key, prod_env[key])
     conf = runpy.run_path(str(PROJECT_ROOT / "ecard" / "gunicorn.conf.py"))
     assert conf["bind"] == ["127.0.0.1:8000"]

@@ -50,7 +50,9 @@ def install_axe() -> None:
         return
     subprocess.run(
         [npm, "ci", "--prefix", str(AXE.parents[2]), "--no-audit", "--no-fund", "--ignore-scripts"],
-        check=False, timeout=300, capture_output=True,
+        check=False,
+        timeout=300,
+        capture_output=True,
     )
 
 

@@ -19,7 +19,6 @@ def _empty_cache() -> Iterator[None]:
     cache.clear()
 
 
-
 @pytest.fixture
 def as_user(world: World):
     def make(username: str) -> Client:

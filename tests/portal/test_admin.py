@@ -124,11 +124,19 @@ def test_superuser_cannot_change_an_ssd_template_in_admin(world: World, root) ->
     client = admin_client(root)
     url = f"/admin/issuers/ssdtemplate/{template.pk}/change/"
     assert client.get(url).status_code == 200  # shown
-    response = client.post(url, {
-        "organization": world.beta.pk, "management": template.management, "scp": template.scp,
-        "scp_i": template.scp_i, "key_algorithm": template.key_algorithm, "key_length": template.key_length,
-        "ssd_aid_suffix": "EE01", "default_applets": "[]",
-    })
+    response = client.post(
+        url,
+        {
+            "organization": world.beta.pk,
+            "management": template.management,
+            "scp": template.scp,
+            "scp_i": template.scp_i,
+            "key_algorithm": template.key_algorithm,
+            "key_length": template.key_length,
+            "ssd_aid_suffix": "EE01",
+            "default_applets": "[]",
+        },
+    )
     assert response.status_code == 403
     template.refresh_from_db()
     assert template.ssd_aid_suffix == before
@@ -140,8 +148,12 @@ def test_superuser_cannot_change_an_ssd_template_in_admin(world: World, root) ->
 def test_superuser_cannot_change_rows_of_any_app_in_admin(world: World, root) -> None:
     client = admin_client(root)
     bank = world.alpha
-    assert client.post(f"/admin/issuers/organization/{bank.pk}/change/",
-                       {"name": "Evil", "slug": bank.slug, "kind": bank.kind}).status_code == 403
+    assert (
+        client.post(
+            f"/admin/issuers/organization/{bank.pk}/change/", {"name": "Evil", "slug": bank.slug, "kind": bank.kind}
+        ).status_code
+        == 403
+    )
     assert client.post(f"/admin/issuers/organization/{bank.pk}/delete/", {"post": "yes"}).status_code == 403
     bank.refresh_from_db()
     assert bank.name == "Alpha Bank"
@@ -165,9 +177,15 @@ def test_admin_writes_that_remain_are_audited(world: World, root) -> None:
     page = client.get(url)
     assert page.status_code == 200
     form = {
-        "username": user.username, "first_name": "", "last_name": "", "email": "c1@example.org",
-        "is_active": "on", "date_joined_0": "2026-01-01", "date_joined_1": "00:00:00",
-        "initial-date_joined_0": "2026-01-01", "initial-date_joined_1": "00:00:00",
+        "username": user.username,
+        "first_name": "",
+        "last_name": "",
+        "email": "c1@example.org",
+        "is_active": "on",
+        "date_joined_0": "2026-01-01",
+        "date_joined_1": "00:00:00",
+        "initial-date_joined_0": "2026-01-01",
+        "initial-date_joined_1": "00:00:00",
     }
     response = client.post(url, form)
     assert response.status_code == 302, response.content.decode()[:2000]
@@ -175,9 +193,14 @@ def test_admin_writes_that_remain_are_audited(world: World, root) -> None:
     assert entry.subject_id == str(user.pk) and entry.actor_name == "root"
     assert "email" in entry.details["fields"] and "c1@example.org" not in str(entry.details)
 
-    password = client.post(f"/admin/auth/user/{user.pk}/password/", {
-        "password1": "another long passphrase 7", "password2": "another long passphrase 7", "usable_password": "true",
-    })
+    password = client.post(
+        f"/admin/auth/user/{user.pk}/password/",
+        {
+            "password1": "another long passphrase 7",
+            "password2": "another long passphrase 7",
+            "usable_password": "true",
+        },
+    )
     assert password.status_code == 302
     assert AuditEntry.objects.filter(action="admin.user.password_changed", subject_id=str(user.pk)).exists()
     assert not AuditEntry.objects.filter(details__icontains="another long passphrase").exists()

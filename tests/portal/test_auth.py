@@ -73,8 +73,9 @@ def test_blocked_login_checks_no_password(world: World, monkeypatch: pytest.Monk
 def test_one_address_trying_many_usernames_is_throttled(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ratelimit, "MAX_FAILURES_PER_IP", 6)
     client = Client()
-    statuses = [client.post("/accounts/login/", {"username": f"user{n}", "password": "x"}).status_code
-                for n in range(6)]
+    statuses = [
+        client.post("/accounts/login/", {"username": f"user{n}", "password": "x"}).status_code for n in range(6)
+    ]
     assert statuses == [200] * 5 + [429]
     assert client.post("/accounts/login/", {"username": "citizen2", "password": PASSWORD}).status_code == 429
 
@@ -136,8 +137,10 @@ def test_password_reset_sends_a_working_link(world: World) -> None:
     link = re.search(r"https?://[^/]+(/accounts/reset/\S+)", mail.outbox[0].body).group(1)
     form = client.get(link, follow=True)
     assert form.status_code == 200 and "Choose a new password" in form.content.decode()
-    done = client.post(form.redirect_chain[-1][0], {"new_password1": "a fresh long passphrase 42",
-                                                   "new_password2": "a fresh long passphrase 42"})
+    done = client.post(
+        form.redirect_chain[-1][0],
+        {"new_password1": "a fresh long passphrase 42", "new_password2": "a fresh long passphrase 42"},
+    )
     assert done.status_code == 302
     assert Client().login(username="citizen1", password="a fresh long passphrase 42")
 
@@ -163,8 +166,10 @@ def test_password_reset_requests_are_throttled(world: World) -> None:
     user.email = "citizen1@example.org"
     user.save()
     client = Client()
-    statuses = [client.post("/accounts/password_reset/", {"email": "citizen1@example.org"}).status_code
-                for _ in range(ratelimit.MAX_FAILURES + 2)]
+    statuses = [
+        client.post("/accounts/password_reset/", {"email": "citizen1@example.org"}).status_code
+        for _ in range(ratelimit.MAX_FAILURES + 2)
+    ]
     assert statuses == [302] * ratelimit.MAX_FAILURES + [429, 429]
     assert len(mail.outbox) == ratelimit.MAX_FAILURES
     assert SecurityEvent.objects.get(kind="login_throttled").count == 2

@@ -97,8 +97,9 @@ def test_citizen_adds_beta_bank_with_consent_and_presents_the_card(demo: None, v
     expect(page.locator("#work")).to_contain_text("Done")
     assert Enrollment.objects.get(card=card).status == Enrollment.Status.ACTIVE
     page.reload()
-    expect(page.get_by_role("cell", name="enrollment.completed").or_(
-        page.get_by_role("cell", name="job.done")).first).to_be_visible()
+    expect(
+        page.get_by_role("cell", name="enrollment.completed").or_(page.get_by_role("cell", name="job.done")).first
+    ).to_be_visible()
     v.check("citizen-card")
 
 
@@ -120,8 +121,13 @@ def present(card: Card, base_url: str) -> None:
 def enroll_and_present(username: str, bank_slug: str, base_url: str) -> Card:
     card = Card.objects.get(holder__username=username)
     bank = Organization.objects.get(slug=bank_slug)
-    card_services.request_enrollment(card=card, bank=bank, citizen=card.holder,
-                                     consent_text=card_services.consent_text_for(card, bank), accepted=True)
+    card_services.request_enrollment(
+        card=card,
+        bank=bank,
+        citizen=card.holder,
+        consent_text=card_services.consent_text_for(card, bank),
+        accepted=True,
+    )
     present(card, base_url)
     return card
 
@@ -188,9 +194,13 @@ def test_bank_operator_uploads_a_release_starts_a_rollout_and_sees_progress(
 def test_bank_operator_cannot_open_another_banks_pages(demo: None, visit: Any) -> None:
     v = visit()
     v.login("beta", DEMO_PASSWORD)
-    for path in ("/bank/alpha/", "/bank/alpha/keys/", "/bank/alpha/releases/",
-                 f"/bank/alpha/releases/{Release.objects.filter(bank__slug='alpha').first().pk}/",
-                 f"/bank/beta/releases/{Release.objects.filter(bank__slug='alpha').first().pk}/"):
+    for path in (
+        "/bank/alpha/",
+        "/bank/alpha/keys/",
+        "/bank/alpha/releases/",
+        f"/bank/alpha/releases/{Release.objects.filter(bank__slug='alpha').first().pk}/",
+        f"/bank/beta/releases/{Release.objects.filter(bank__slug='alpha').first().pk}/",
+    ):
         response = v.goto(path)
         assert response.status in (403, 404), path
         expect(v.page.get_by_role("heading", name="Page not found")).to_be_visible()
@@ -241,8 +251,7 @@ def test_agency_batch_upload_with_errors_is_refused_whole(demo: None, visit: Any
     v.login("agency", DEMO_PASSWORD)
     expect(page).to_have_url(re.compile("/accounts/login/verify/$"))
     v.check("login-second-factor")
-    page.get_by_label("Six-digit code from your authenticator app").fill(
-        totp.code_at(device, time.time() + totp.STEP))
+    page.get_by_label("Six-digit code from your authenticator app").fill(totp.code_at(device, time.time() + totp.STEP))
     page.get_by_role("button", name="Verify").click()
     expect(page).to_have_url(re.compile("/agency/$"))
     before = Card.objects.count()
@@ -303,8 +312,7 @@ def test_regulator_reads_last_months_reports_csv_and_a_card_before_and_after_enr
     alpha_sd = SecurityDomain.objects.get(card=card, organization__slug="alpha")
     applet = alpha_sd.applets.get()
     first, last = last_month(timezone.now().date())
-    in_period = AuditEntry.objects.filter(
-        index__isnull=False, time__date__gte=first, time__date__lte=last)
+    in_period = AuditEntry.objects.filter(index__isnull=False, time__date__gte=first, time__date__lte=last)
     issued = in_period.filter(action="card.issued").count()
     completed = in_period.filter(action="job.done", details__kind="enroll_bank").count()
     requested = in_period.filter(action="enrollment.requested").count()

@@ -52,8 +52,19 @@ def test_another_citizens_credential_id_is_a_404(world: World, as_user) -> None:
 def test_malformed_ids_and_pages_in_other_portal_pages_are_not_500s(world: World, as_user, value: str) -> None:
     bank = as_user("alpha_op")
     assert bank.get(f"/bank/alpha/rollouts/?release={value}").status_code == 200
-    assert bank.post("/bank/alpha/rollouts/", {"release": value, "groups": "100%", "success_threshold": value,
-                                              "error_threshold": "1", "retry_count": "1"}).status_code == 400
+    assert (
+        bank.post(
+            "/bank/alpha/rollouts/",
+            {
+                "release": value,
+                "groups": "100%",
+                "success_threshold": value,
+                "error_threshold": "1",
+                "retry_count": "1",
+            },
+        ).status_code
+        == 400
+    )
     agency = as_user("agency_admin")
     assert agency.get(f"/agency/cards/?page={value}").status_code == 200
     assert agency.get(f"/audit/?page={value}&since={value}").status_code == 200
@@ -111,8 +122,18 @@ def test_csv_long_field_within_the_csv_limit_is_a_row_error_without_echo(world: 
         (b"\n\n\n", "header row"),
         (b"holder,scp\n" + b",\n" * 1000, "no rows"),
     ],
-    ids=["bad-encoding", "nul-in-field", "nul-only", "too-many-fields", "too-many-columns", "duplicate-column",
-         "too-many-rows", "too-large", "blank-lines", "only-empty-rows"],
+    ids=[
+        "bad-encoding",
+        "nul-in-field",
+        "nul-only",
+        "too-many-fields",
+        "too-many-columns",
+        "duplicate-column",
+        "too-many-rows",
+        "too-large",
+        "blank-lines",
+        "only-empty-rows",
+    ],
 )
 def test_malformed_csv_is_refused_with_a_reason(world: World, as_user, data: bytes, reason: str) -> None:
     rows = post_batch(as_user, data)

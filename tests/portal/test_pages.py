@@ -35,8 +35,16 @@ def test_every_page_of_each_role_renders(world: World, as_user) -> None:
     for path in ("/bank/alpha/", "/bank/alpha/keys/", "/bank/alpha/releases/"):
         ok(bank, path)
     agency = as_user("agency_op")
-    for path in ("/agency/", "/agency/cards/", "/agency/cards/issue/", "/agency/cards/batch/", "/agency/banks/",
-                 "/agency/policy/", f"/agency/cards/{cin}/", "/agency/cards/?q=citizen1"):
+    for path in (
+        "/agency/",
+        "/agency/cards/",
+        "/agency/cards/issue/",
+        "/agency/cards/batch/",
+        "/agency/banks/",
+        "/agency/policy/",
+        f"/agency/cards/{cin}/",
+        "/agency/cards/?q=citizen1",
+    ):
         ok(agency, path)
     ok(as_user("regulator"), "/regulator/")
     assert ok(Client(), "/").count("Log in") >= 1
@@ -64,14 +72,26 @@ def test_another_banks_pages_do_not_exist(world: World, as_user) -> None:
     beta = as_user("beta_op")
     beta_sd = world.sds["beta@card2"]
     alpha_sd = world.sds["alpha@card1"]
-    for path in ("/bank/alpha/", "/bank/alpha/keys/", "/bank/alpha/releases/",
-                 f"/bank/alpha/keys/rotate/{alpha_sd.pk}/", f"/bank/beta/keys/rotate/{alpha_sd.pk}/"):
+    for path in (
+        "/bank/alpha/",
+        "/bank/alpha/keys/",
+        "/bank/alpha/releases/",
+        f"/bank/alpha/keys/rotate/{alpha_sd.pk}/",
+        f"/bank/beta/keys/rotate/{alpha_sd.pk}/",
+    ):
         assert beta.get(path).status_code == 404, path
     assert beta.post("/bank/alpha/releases/", {}).status_code == 404
     assert beta.get(f"/bank/beta/keys/rotate/{beta_sd.pk}/").status_code == 200
     release = Release.objects.create(
-        bank=world.alpha, package_aid=ALPHA_PREFIX + "77", package_version="1.0", cap_file=b"x", filename="x.cap",
-        lfdb_size=1, lfdb_sha256="0" * 64, lfdb_sha1="0" * 40, cap_sha256="1" * 64,
+        bank=world.alpha,
+        package_aid=ALPHA_PREFIX + "77",
+        package_version="1.0",
+        cap_file=b"x",
+        filename="x.cap",
+        lfdb_size=1,
+        lfdb_sha256="0" * 64,
+        lfdb_sha1="0" * 40,
+        cap_sha256="1" * 64,
     )
     assert beta.get(f"/bank/beta/releases/{release.pk}/").status_code == 404
     assert as_user("alpha_op").get(f"/bank/alpha/releases/{release.pk}/").status_code == 200
@@ -165,8 +185,9 @@ def cap_upload(package_aid: str, applets: list[str], version: tuple[int, int] = 
 def test_release_upload_shows_parsed_details(world: World, as_user) -> None:
     client = as_user("alpha_op")
     package = ALPHA_PREFIX + "AA"
-    response = client.post("/bank/alpha/releases/", {"cap_file": cap_upload(package, [package + "01"]),
-                                                      "changelog": "first"}, follow=True)
+    response = client.post(
+        "/bank/alpha/releases/", {"cap_file": cap_upload(package, [package + "01"]), "changelog": "first"}, follow=True
+    )
     assert response.status_code == 200
     release = Release.objects.get(bank=world.alpha, package_aid=package)
     page = response.content.decode()
@@ -250,8 +271,13 @@ def test_csv_batch_with_errors_is_refused_whole(world: World, as_user) -> None:
     html = response.content.decode()
     assert "No card was issued" in html
     rows = html.split('id="row-errors"')[1]
-    for row, reason in ((3, "no user named"), (4, "scp must be 03 or 02"), (5, "organisation member"),
-                        (6, "repeats row 2"), (7, "already holds a card")):
+    for row, reason in (
+        (3, "no user named"),
+        (4, "scp must be 03 or 02"),
+        (5, "organisation member"),
+        (6, "repeats row 2"),
+        (7, "already holds a card"),
+    ):
         assert f"<td>{row}</td><td>" in rows and reason in rows, (row, reason)
     assert "<td>2</td>" not in rows
     assert Card.objects.count() == before
@@ -271,12 +297,23 @@ def test_csv_batch_issues_all_rows(world: World, as_user) -> None:
 
 def test_agency_admits_a_bank(world: World, as_user) -> None:
     client = as_user("agency_op")
-    response = client.post("/agency/banks/", {"name": "Gamma Bank", "slug": "gamma", "rid": "A000000777",
-                                              "pix_prefix": "", "management": "dm", "scp": "3", "key_length": "16"})
+    response = client.post(
+        "/agency/banks/",
+        {
+            "name": "Gamma Bank",
+            "slug": "gamma",
+            "rid": "A000000777",
+            "pix_prefix": "",
+            "management": "dm",
+            "scp": "3",
+            "key_length": "16",
+        },
+    )
     assert response.status_code == 302
     assert Organization.objects.get(slug="gamma").is_bank
-    bad = client.post("/agency/banks/", {"name": "Delta", "rid": "XYZ", "management": "dm", "scp": "3",
-                                         "key_length": "16"})
+    bad = client.post(
+        "/agency/banks/", {"name": "Delta", "rid": "XYZ", "management": "dm", "scp": "3", "key_length": "16"}
+    )
     assert bad.status_code == 400 and 'id="id_rid_error"' in bad.content.decode()
 
 

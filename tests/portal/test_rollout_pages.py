@@ -16,18 +16,29 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def release(world: World):
     package = world.applets["alpha@card1"].package_aid
-    return create_release(bank=world.alpha, cap_bytes=build_cap(package, [package + "01"], (2, 0), code_size=300),
-                          filename="wallet-2.0.cap", actor=world.users["alpha_op"])
+    return create_release(
+        bank=world.alpha,
+        cap_bytes=build_cap(package, [package + "01"], (2, 0), code_size=300),
+        filename="wallet-2.0.cap",
+        actor=world.users["alpha_op"],
+    )
 
 
 def test_plan_start_pause_resume_cancel(world: World, as_user, release) -> None:
     client = as_user("alpha_op")
     page = client.get("/bank/alpha/rollouts/", {"release": release.pk})
     assert page.status_code == 200 and "Plan a rollout" in page.content.decode()
-    response = client.post("/bank/alpha/rollouts/", {
-        "release": release.pk, "groups": "50%, 100%", "success_threshold": 100, "error_threshold": 20,
-        "retry_count": 1, "from_version": "1.0",
-    })
+    response = client.post(
+        "/bank/alpha/rollouts/",
+        {
+            "release": release.pk,
+            "groups": "50%, 100%",
+            "success_threshold": 100,
+            "error_threshold": 20,
+            "retry_count": 1,
+            "from_version": "1.0",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[-2000:]
     rollout = Rollout.objects.get()
     assert rollout.total == 2 and rollout.group_spec == ["50%", "100%"]
@@ -52,32 +63,53 @@ def test_plan_start_pause_resume_cancel(world: World, as_user, release) -> None:
 
 def test_bad_rollout_input_is_shown_next_to_the_field(world: World, as_user, release) -> None:
     client = as_user("alpha_op")
-    response = client.post("/bank/alpha/rollouts/", {
-        "release": release.pk, "groups": "10%, 50%", "success_threshold": 100, "error_threshold": 20,
-        "retry_count": 1,
-    })
+    response = client.post(
+        "/bank/alpha/rollouts/",
+        {
+            "release": release.pk,
+            "groups": "10%, 50%",
+            "success_threshold": 100,
+            "error_threshold": 20,
+            "retry_count": 1,
+        },
+    )
     assert response.status_code == 400
     assert 'id="id_groups_error"' in response.content.decode()
-    nobody = client.post("/bank/alpha/rollouts/", {
-        "release": release.pk, "groups": "100%", "success_threshold": 100, "error_threshold": 20,
-        "retry_count": 1, "from_version": "7.7",
-    })
+    nobody = client.post(
+        "/bank/alpha/rollouts/",
+        {
+            "release": release.pk,
+            "groups": "100%",
+            "success_threshold": 100,
+            "error_threshold": 20,
+            "retry_count": 1,
+            "from_version": "7.7",
+        },
+    )
     assert nobody.status_code == 400 and 'id="id_from_version_error"' in nobody.content.decode()
     assert not Rollout.objects.exists()
 
 
 def test_rollouts_of_another_bank_do_not_exist(world: World, as_user, release) -> None:
     alpha = as_user("alpha_op")
-    alpha.post("/bank/alpha/rollouts/", {"release": release.pk, "groups": "100%", "success_threshold": 100,
-                                         "error_threshold": 20, "retry_count": 1})
+    alpha.post(
+        "/bank/alpha/rollouts/",
+        {"release": release.pk, "groups": "100%", "success_threshold": 100, "error_threshold": 20, "retry_count": 1},
+    )
     rollout = Rollout.objects.get()
     beta = as_user("beta_op")
-    for path in ("/bank/alpha/rollouts/", f"/bank/alpha/rollouts/{rollout.pk}/", f"/bank/beta/rollouts/{rollout.pk}/",
-                 f"/bank/beta/rollouts/{rollout.pk}/cards/"):
+    for path in (
+        "/bank/alpha/rollouts/",
+        f"/bank/alpha/rollouts/{rollout.pk}/",
+        f"/bank/beta/rollouts/{rollout.pk}/",
+        f"/bank/beta/rollouts/{rollout.pk}/cards/",
+    ):
         assert beta.get(path).status_code == 404, path
     assert beta.post(f"/bank/beta/rollouts/{rollout.pk}/", {"action": "cancel", "confirm": "on"}).status_code == 404
     # Beta cannot roll out Alpha's release from its own page either.
-    response = beta.post("/bank/beta/rollouts/", {"release": release.pk, "groups": "100%", "success_threshold": 100,
-                                                 "error_threshold": 20, "retry_count": 1})
+    response = beta.post(
+        "/bank/beta/rollouts/",
+        {"release": release.pk, "groups": "100%", "success_threshold": 100, "error_threshold": 20, "retry_count": 1},
+    )
     assert response.status_code == 400 and Rollout.objects.count() == 1
     assert as_user("alpha_auditor").post(f"/bank/alpha/rollouts/{rollout.pk}/", {"action": "start"}).status_code == 403

@@ -118,8 +118,15 @@ def present_faulty(world: OtaWorld, faults: ReceiptFaults, operation: str, fault
     assert faults.applied == 1, f"the {operation} receipt was never altered"
 
 
-def assert_refused(world: OtaWorld, fault: str, operation: str, *, records_before: dict[str, set[str]],
-                   counter_before: int, receipts_before: int) -> None:
+def assert_refused(
+    world: OtaWorld,
+    fault: str,
+    operation: str,
+    *,
+    records_before: dict[str, set[str]],
+    counter_before: int,
+    receipts_before: int,
+) -> None:
     reason = REFUSAL_FOR_FAULT[fault]
     job = CardJob.objects.filter(card=world.card).order_by("-pk").first()
     assert job is not None
@@ -147,8 +154,13 @@ def recorded(world: OtaWorld) -> dict[str, set[str]]:
 
 # The enrollment's LOAD is the card's first delegated operation, with nothing earlier to copy: its
 # replay is test_reload_refuses_the_first_loads_receipt_replayed.
-ENROLLMENT_CASES = [("load", "forged"), ("load", "missing"), ("install", "forged"), ("install", "missing"),
-                    ("install", "replayed")]
+ENROLLMENT_CASES = [
+    ("load", "forged"),
+    ("load", "missing"),
+    ("install", "forged"),
+    ("install", "missing"),
+    ("install", "replayed"),
+]
 
 
 @pytest.mark.parametrize(("operation", "fault"), ENROLLMENT_CASES, ids=[f"{o}-{f}" for o, f in ENROLLMENT_CASES])
@@ -187,7 +199,10 @@ def test_package_removal_refuses_a_bad_delete_receipt(receipt_faults: ReceiptFau
     assert receipt_faults.genuine, "the enrollment gave no receipt to copy"
     sd = Enrollment.objects.get(pk=enrollment.pk).security_domain
     CardJob.objects.create(
-        card=world.card, kind=CardJob.Kind.UPDATE_APPLET, organization=world.bank, security_domain=sd,
+        card=world.card,
+        kind=CardJob.Kind.UPDATE_APPLET,
+        organization=world.bank,
+        security_domain=sd,
         params={"remove": [PACKAGE]},
     )
     records_before = recorded(world)
@@ -196,8 +211,14 @@ def test_package_removal_refuses_a_bad_delete_receipt(receipt_faults: ReceiptFau
     receipts_before = AuditEntry.objects.filter(action="receipt.delete", card_cin=world.card.cin).count()
 
     present_faulty(world, receipt_faults, "delete", fault)
-    assert_refused(world, fault, "delete", records_before=records_before, counter_before=counter_before,
-                   receipts_before=receipts_before)
+    assert_refused(
+        world,
+        fault,
+        "delete",
+        records_before=records_before,
+        counter_before=counter_before,
+        receipts_before=receipts_before,
+    )
 
     # The card did delete the package before its answer was refused. An honest presentation next
     # either proves the deletion (R-MAC'd) and completes, or cannot (a 6A88 carries no R-MAC) and
@@ -222,12 +243,20 @@ def test_reload_refuses_the_first_loads_receipt_replayed(receipt_faults: Receipt
     first_load_receipt = 0
     sd = Enrollment.objects.get(pk=enrollment.pk).security_domain
     release = world.releases[PACKAGE]
-    CardJob.objects.create(card=world.card, kind=CardJob.Kind.UPDATE_APPLET, organization=world.bank,
-                           security_domain=sd, params={"remove": [PACKAGE]})
+    CardJob.objects.create(
+        card=world.card,
+        kind=CardJob.Kind.UPDATE_APPLET,
+        organization=world.bank,
+        security_domain=sd,
+        params={"remove": [PACKAGE]},
+    )
     assert world.present(transport=receipt_faults.transport(world.card_transport())).ok  # DELETE receipt
     assert len(receipt_faults.genuine) == 3
     CardJob.objects.create(
-        card=world.card, kind=CardJob.Kind.UPDATE_APPLET, organization=world.bank, security_domain=sd,
+        card=world.card,
+        kind=CardJob.Kind.UPDATE_APPLET,
+        organization=world.bank,
+        security_domain=sd,
         params={"packages": [{"release": release.pk, "instances": [INSTANCE]}]},
     )
     records_before = recorded(world)
@@ -237,5 +266,11 @@ def test_reload_refuses_the_first_loads_receipt_replayed(receipt_faults: Receipt
 
     receipt_faults.replay_index = first_load_receipt
     present_faulty(world, receipt_faults, "load", "replayed")
-    assert_refused(world, "replayed", "load", records_before=records_before, counter_before=counter_before,
-                   receipts_before=receipts_before)
+    assert_refused(
+        world,
+        "replayed",
+        "load",
+        records_before=records_before,
+        counter_before=counter_before,
+        receipts_before=receipts_before,
+    )

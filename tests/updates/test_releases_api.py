@@ -19,7 +19,6 @@ from updates.models import Release, Rollout
 pytestmark = pytest.mark.django_db
 
 
-
 def client_for(world: World, username: str) -> APIClient:
     client = APIClient()
     client.force_authenticate(world.users[username])
@@ -139,9 +138,7 @@ def test_revoke_a_release(world: World) -> None:
 
 def test_revoking_a_release_pauses_its_rollouts(world: World) -> None:
     release = Release.objects.get(pk=upload(client_for(world, "alpha_op"), alpha_cap(world)).json()["id"])
-    rollout = rollouts.create_rollout(
-        bank=world.alpha, release=release, actor=world.users["alpha_op"], groups=["100%"]
-    )
+    rollout = rollouts.create_rollout(bank=world.alpha, release=release, actor=world.users["alpha_op"], groups=["100%"])
     rollouts.start_rollout(rollout=rollout, actor=world.users["alpha_op"])
     assert rollout.targets.filter(job__state="pending").count() == 2  # card1 and card3 carry Alpha's applet
     client_for(world, "alpha_op").post(f"/api/v1/releases/{release.pk}/revoke/", {"reason": "bug"}, format="json")
@@ -168,11 +165,14 @@ def test_the_changelog_is_the_only_editable_field(world: World) -> None:
     assert after["changelog"] == "v2: contactless limits"
     assert {k: v for k, v in after.items() if k != "changelog"} == {k: v for k, v in body.items() if k != "changelog"}
     assert AuditEntry.objects.filter(action="release.changelog_updated", subject_id=str(body["id"])).exists()
-    assert_problem(client_for(world, "beta_op").patch(
-        f"/api/v1/releases/{body['id']}/", {"changelog": "x"}, format="json"), 404)
+    assert_problem(
+        client_for(world, "beta_op").patch(f"/api/v1/releases/{body['id']}/", {"changelog": "x"}, format="json"), 404
+    )
     # Neither replaced nor deleted: releases are immutable.
     assert client_for(world, "alpha_op").put(f"/api/v1/releases/{body['id']}/", {}, format="json").status_code in (
-        403, 405)
+        403,
+        405,
+    )
     assert client_for(world, "alpha_op").delete(f"/api/v1/releases/{body['id']}/").status_code in (403, 405)
     assert Release.objects.filter(pk=body["id"], cap_sha256=body["cap_sha256"]).exists()
 

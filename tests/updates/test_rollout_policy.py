@@ -49,8 +49,9 @@ def denials(card: Card) -> list[AuditEntry]:
 @pytest.fixture
 def world():
     fleet = build_fleet(1)
-    fleet.v2 = create_release(bank=fleet.alpha, cap_bytes=alpha_cap((2, 0), code_size=700), filename="a2.cap",
-                              actor=fleet.alpha_op)
+    fleet.v2 = create_release(
+        bank=fleet.alpha, cap_bytes=alpha_cap((2, 0), code_size=700), filename="a2.cap", actor=fleet.alpha_op
+    )
     holder = fleet.holders[0]
     fleet.card = holder.card
     fleet.alpha_sd = SecurityDomain.objects.get(card=holder.card, organization=fleet.alpha)
@@ -59,20 +60,25 @@ def world():
 
 
 def test_policy_allows_the_banks_own_approved_release(world) -> None:
-    policy.authorize(card=world.card, security_domain=world.alpha_sd, command=install_for_load(world.v2,
-                                                                                               world.alpha_sd.aid))
+    policy.authorize(
+        card=world.card, security_domain=world.alpha_sd, command=install_for_load(world.v2, world.alpha_sd.aid)
+    )
     assert denials(world.card) == []
 
 
 def test_token_refused_for_another_banks_security_domain(world) -> None:
     with pytest.raises(policy.TokenDenied, match="outside Beta Bank's AID range"):
-        policy.authorize(card=world.card, security_domain=world.beta_sd,
-                         command=install_for_load(world.v2, world.beta_sd.aid))
+        policy.authorize(
+            card=world.card, security_domain=world.beta_sd, command=install_for_load(world.v2, world.beta_sd.aid)
+        )
     [entry] = denials(world.card)
     assert entry.subject_id == world.beta_sd.aid and entry.details["operation"] == "install:load"
     # Over the air: an Alpha job aimed at Beta's SD fails before any channel work, audited.
     job = CardJob.objects.create(
-        card=world.card, kind=CardJob.Kind.UPDATE_APPLET, organization=world.alpha, security_domain=world.beta_sd,
+        card=world.card,
+        kind=CardJob.Kind.UPDATE_APPLET,
+        organization=world.alpha,
+        security_domain=world.beta_sd,
         params={"packages": [{"release": world.v2.pk, "instances": [ALPHA_INSTANCE]}]},
     )
     world.holders[0].present()
@@ -90,7 +96,10 @@ def test_token_refused_for_a_revoked_release(world) -> None:
     assert AuditEntry.objects.filter(action="release.revoked", subject_id=str(world.v2.pk)).exists()
     # Over the air: the job fails for good, audited, and the card keeps v1.
     job = CardJob.objects.create(
-        card=world.card, kind=CardJob.Kind.UPDATE_APPLET, organization=world.alpha, security_domain=world.alpha_sd,
+        card=world.card,
+        kind=CardJob.Kind.UPDATE_APPLET,
+        organization=world.alpha,
+        security_domain=world.alpha_sd,
         params={"packages": [{"release": world.v2.pk, "instances": [ALPHA_INSTANCE]}]},
     )
     world.holders[0].present()
@@ -111,13 +120,17 @@ def test_token_refused_for_a_locked_card(world) -> None:
     Card.objects.filter(pk=world.card.pk).update(lifecycle=Card.Lifecycle.CARD_LOCKED)
     world.card.refresh_from_db()
     with pytest.raises(policy.TokenDenied, match="CARD_LOCKED"):
-        policy.authorize(card=world.card, security_domain=world.alpha_sd,
-                         command=install_for_load(world.v2, world.alpha_sd.aid))
+        policy.authorize(
+            card=world.card, security_domain=world.alpha_sd, command=install_for_load(world.v2, world.alpha_sd.aid)
+        )
     assert len(denials(world.card)) == 1
     # Over the air: an update job for the card fails before any token, audited; the card keeps v1;
     # and a locked card is not a rollout target (planning keeps SECURED cards only).
     job = CardJob.objects.create(
-        card=world.card, kind=CardJob.Kind.UPDATE_APPLET, organization=world.alpha, security_domain=world.alpha_sd,
+        card=world.card,
+        kind=CardJob.Kind.UPDATE_APPLET,
+        organization=world.alpha,
+        security_domain=world.alpha_sd,
         params={"packages": [{"release": world.v2.pk, "instances": [ALPHA_INSTANCE]}]},
     )
     world.holders[0].present()
@@ -125,8 +138,9 @@ def test_token_refused_for_a_locked_card(world) -> None:
     assert job.state == CardJob.State.FAILED and "CARD_LOCKED" in job.last_error
     assert len(denials(world.card)) == 2
     with pytest.raises(ServiceError, match="do not carry"):
-        rollouts.create_rollout(bank=world.alpha, release=world.v2, actor=world.alpha_op, groups=["100%"],
-                                cins=[world.card.cin])
+        rollouts.create_rollout(
+            bank=world.alpha, release=world.v2, actor=world.alpha_op, groups=["100%"], cins=[world.card.cin]
+        )
     Card.objects.filter(pk=world.card.pk).update(lifecycle=Card.Lifecycle.SECURED)
     assert alpha_version(world.holders[0]) == "1.0"
 

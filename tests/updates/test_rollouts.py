@@ -31,7 +31,6 @@ from updates.rollout_tasks import evaluate_rollout, rollouts_tick
 pytestmark = pytest.mark.django_db
 
 
-
 def package_of(world: World) -> str:
     return world.applets["alpha@card1"].package_aid
 
@@ -42,28 +41,45 @@ def release_for(world: World, version: tuple[int, int] = (2, 0)) -> Release:
     return create_release(bank=world.alpha, cap_bytes=cap, filename="a.cap", actor=world.users["alpha_op"])
 
 
-def add_cards(world: World, count: int, *, version: str = "1.0", bank=None, lifecycle: str = "SECURED",
-              sd_state: str = "active") -> list[Card]:
+def add_cards(
+    world: World, count: int, *, version: str = "1.0", bank=None, lifecycle: str = "SECURED", sd_state: str = "active"
+) -> list[Card]:
     """``count`` cards carrying the bank's applet at ``version``, created in bulk."""
     bank = bank or world.alpha
     template = world.applets[f"{bank.slug}@card{1 if bank == world.alpha else 2}"]
     sd_aid = template.security_domain.aid
-    cards = Card.objects.bulk_create([
-        Card(cin=secrets.token_hex(8).upper(), serial=secrets.token_hex(8), kdd=secrets.token_hex(10).upper(),
-             issued_by=world.agency, lifecycle=lifecycle)
-        for _ in range(count)
-    ])
+    cards = Card.objects.bulk_create(
+        [
+            Card(
+                cin=secrets.token_hex(8).upper(),
+                serial=secrets.token_hex(8),
+                kdd=secrets.token_hex(10).upper(),
+                issued_by=world.agency,
+                lifecycle=lifecycle,
+            )
+            for _ in range(count)
+        ]
+    )
     cards = list(Card.objects.filter(cin__in=[c.cin for c in cards]))
-    sds = SecurityDomain.objects.bulk_create([
-        SecurityDomain(card=card, organization=bank, aid=sd_aid, state=sd_state, lifecycle="PERSONALIZED")
-        for card in cards
-    ])
+    sds = SecurityDomain.objects.bulk_create(
+        [
+            SecurityDomain(card=card, organization=bank, aid=sd_aid, state=sd_state, lifecycle="PERSONALIZED")
+            for card in cards
+        ]
+    )
     sds = list(SecurityDomain.objects.filter(card__in=cards, organization=bank))
-    AppletInstance.objects.bulk_create([
-        AppletInstance(security_domain=sd, package_aid=template.package_aid, package_version=version,
-                       module_aid=template.module_aid, instance_aid=template.instance_aid)
-        for sd in sds
-    ])
+    AppletInstance.objects.bulk_create(
+        [
+            AppletInstance(
+                security_domain=sd,
+                package_aid=template.package_aid,
+                package_version=version,
+                module_aid=template.module_aid,
+                instance_aid=template.instance_aid,
+            )
+            for sd in sds
+        ]
+    )
     return cards
 
 
@@ -92,25 +108,45 @@ def run(job: CardJob, outcome: str = "done", error: str = "6A84 not enough memor
         job.attempts += 1
         job.state = CardJob.State.RUNNING
         job.save(update_fields=["attempts", "state"])
-        {"done": lambda: complete_job(job), "failed": lambda: fail_job(job, error),
-         "retry": lambda: retry_job(job, error)}[outcome]()
+        {
+            "done": lambda: complete_job(job),
+            "failed": lambda: fail_job(job, error),
+            "retry": lambda: retry_job(job, error),
+        }[outcome]()
 
 
 # ------------------------------------------------------------------------------------------ groups
 
 
-@pytest.mark.parametrize(("spec", "texts"), [
-    (["1%", "10%", "100%"], ["1%", "10%", "100%"]),
-    (["0.5%", "100%"], ["0.5%", "100%"]),
-    ([5, "50", "100%"], ["5", "50", "100%"]),
-    (["100%"], ["100%"]),
-])
+@pytest.mark.parametrize(
+    ("spec", "texts"),
+    [
+        (["1%", "10%", "100%"], ["1%", "10%", "100%"]),
+        (["0.5%", "100%"], ["0.5%", "100%"]),
+        ([5, "50", "100%"], ["5", "50", "100%"]),
+        (["100%"], ["100%"]),
+    ],
+)
 def test_group_specs(spec, texts) -> None:
     assert [b.text for b in rollouts.parse_groups(spec)] == texts
 
 
-@pytest.mark.parametrize("spec", [[], ["10%"], ["50%", "10%", "100%"], ["0%", "100%"], ["101%"], [0, "100%"],
-                                  [10, 5, "100%"], ["ten", "100%"], [True, "100%"], "100%", ["1%"] * 25])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        [],
+        ["10%"],
+        ["50%", "10%", "100%"],
+        ["0%", "100%"],
+        ["101%"],
+        [0, "100%"],
+        [10, 5, "100%"],
+        ["ten", "100%"],
+        [True, "100%"],
+        "100%",
+        ["1%"] * 25,
+    ],
+)
 def test_bad_group_specs(spec) -> None:
     with pytest.raises(ServiceError):
         rollouts.parse_groups(spec)
@@ -134,7 +170,8 @@ def test_planning_targets_the_banks_cards_at_the_version_in_cumulative_groups(wo
     assert targets.count() == 100 and not targets.exclude(status="pending").exists()
     assert set(targets.values_list("security_domain__organization", flat=True)) == {world.alpha.pk}
     assert {tuple(t) for t in targets.values_list("instances", flat=True)} == {
-        (world.applets["alpha@card1"].instance_aid,)}
+        (world.applets["alpha@card1"].instance_aid,)
+    }
     entry = AuditEntry.objects.get(action="rollout.created", subject_id=str(rollout.pk))
     assert entry.details["targets"] == 100 and entry.actor_name == "alpha_op"
 
@@ -154,8 +191,11 @@ def test_planning_is_set_based(world: World) -> None:
         rollouts.cancel_rollout(rollout=rollout, actor=world.users["alpha_op"])
         AppletInstance.objects.filter(security_domain__organization=world.alpha).update(package_version="1.0")
     assert counts[1] == counts[2], counts  # (the first run also warms per-user caches)
-    insert = [q["sql"] for q in planned.captured_queries if "INSERT INTO" in q["sql"].upper()
-              and "updates_rollouttarget" in q["sql"]]
+    insert = [
+        q["sql"]
+        for q in planned.captured_queries
+        if "INSERT INTO" in q["sql"].upper() and "updates_rollouttarget" in q["sql"]
+    ]
     assert len(insert) == 1 and "ROW_NUMBER() OVER" in insert[0]
 
 
@@ -193,8 +233,9 @@ def test_groups_advance_at_the_success_threshold(world: World) -> None:
     assert len(first) == 2
     job = first[0]
     assert job.kind == CardJob.Kind.UPDATE_APPLET and job.organization == world.alpha
-    assert job.params["packages"] == [{"release": rollout.release_id,
-                                        "instances": [world.applets["alpha@card1"].instance_aid]}]
+    assert job.params["packages"] == [
+        {"release": rollout.release_id, "instances": [world.applets["alpha@card1"].instance_aid]}
+    ]
     run(first[0])  # 1 of 2 = 50%: group 2 starts at once, inside the card result's transaction
     assert jobs_of(rollout, "pending").count() == 1 + 8
     group2 = rollout.groups.get(index=2)
@@ -205,8 +246,9 @@ def test_groups_advance_at_the_success_threshold(world: World) -> None:
     rollout.refresh_from_db()
     assert rollout.state == Rollout.State.COMPLETED
     assert [g.succeeded for g in rollout.groups.order_by("index")] == [2, 8, 10]
-    actions = list(AuditEntry.objects.filter(subject_type="rollout", subject_id=str(rollout.pk)).values_list(
-        "action", flat=True))
+    actions = list(
+        AuditEntry.objects.filter(subject_type="rollout", subject_id=str(rollout.pk)).values_list("action", flat=True)
+    )
     assert actions.count("rollout.group_started") == 3 and actions.count("rollout.group_done") == 3
     assert actions.count("rollout.card_result") == 20 and actions[-1] == "rollout.completed"
 
@@ -289,8 +331,9 @@ def test_cancel_leaves_cards_consistent(world: World) -> None:
     run(jobs[0])
     CardJob.objects.filter(pk=jobs[1].pk).update(state=CardJob.State.RUNNING, attempts=1)  # in a session
     CardJob.objects.filter(pk=jobs[2].pk).update(attempts=1)  # begun earlier, interrupted: may finish
-    response = client_for(world, "alpha_op").post(f"/api/v1/rollouts/{rollout.pk}/cancel/", {"reason": "stop"},
-                                                  format="json")
+    response = client_for(world, "alpha_op").post(
+        f"/api/v1/rollouts/{rollout.pk}/cancel/", {"reason": "stop"}, format="json"
+    )
     assert response.status_code == 200 and response.json()["state"] == "cancelled"
     states = {j.pk: CardJob.objects.get(pk=j.pk).state for j in jobs}
     assert states[jobs[0].pk] == "done" and states[jobs[1].pk] == "running" and states[jobs[2].pk] == "pending"
@@ -345,8 +388,9 @@ def test_large_groups_are_activated_by_the_task(world: World, monkeypatch) -> No
 def test_rollout_api_four_eyes_and_isolation(world: World) -> None:
     release = release_for(world)
     alpha = client_for(world, "alpha_op")
-    response = alpha.post("/api/v1/rollouts/", {"release": release.pk, "groups": ["50%", "100%"],
-                                                 "require_approval": True}, format="json")
+    response = alpha.post(
+        "/api/v1/rollouts/", {"release": release.pk, "groups": ["50%", "100%"], "require_approval": True}, format="json"
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     rollout_id = body["id"]
@@ -361,23 +405,30 @@ def test_rollout_api_four_eyes_and_isolation(world: World) -> None:
         for path in ("", "cards/", "failures/"):
             assert client.get(f"/api/v1/rollouts/{rollout_id}/{path}").status_code == 404, (username, path)
         assert client.get("/api/v1/rollouts/").json()["count"] == 0
-    assert client_for(world, "beta_op").post("/api/v1/rollouts/", {"release": release.pk, "groups": ["100%"]},
-                                             format="json").status_code == 400
+    assert (
+        client_for(world, "beta_op")
+        .post("/api/v1/rollouts/", {"release": release.pk, "groups": ["100%"]}, format="json")
+        .status_code
+        == 400
+    )
     assert client_for(world, "regulator").get(f"/api/v1/rollouts/{rollout_id}/").status_code == 200
     assert client_for(world, "agency_op").post(f"/api/v1/rollouts/{rollout_id}/pause/").status_code == 403
     approved = client_for(world, "alpha_admin").post(f"/api/v1/rollouts/{rollout_id}/approve/").json()
     assert approved["state"] == "ready" and approved["approved_by"] == "alpha_admin"
     assert alpha.post(f"/api/v1/rollouts/{rollout_id}/start/").json()["state"] == "running"
-    assert alpha.post(f"/api/v1/rollouts/{rollout_id}/pause/", {"reason": "weekend"}, format="json").json()[
-        "pause_reason"] == "weekend"
+    assert (
+        alpha.post(f"/api/v1/rollouts/{rollout_id}/pause/", {"reason": "weekend"}, format="json").json()["pause_reason"]
+        == "weekend"
+    )
     assert alpha.post(f"/api/v1/rollouts/{rollout_id}/pause/").status_code == 409
     assert alpha.post(f"/api/v1/rollouts/{rollout_id}/resume/").json()["state"] == "running"
     cards = alpha.get(f"/api/v1/rollouts/{rollout_id}/cards/").json()
     assert cards["count"] == 2 and sorted(c["status"] for c in cards["results"]) == ["pending", "running"]
     assert {c["cin"] for c in cards["results"]} == {world.cards["card1"].cin, world.cards["card3"].cin}
     assert alpha.get(f"/api/v1/rollouts/{rollout_id}/cards/?status=bogus").status_code == 400
-    actions = set(AuditEntry.objects.filter(subject_type="rollout", subject_id=str(rollout_id)).values_list(
-        "action", flat=True))
+    actions = set(
+        AuditEntry.objects.filter(subject_type="rollout", subject_id=str(rollout_id)).values_list("action", flat=True)
+    )
     assert {"rollout.created", "rollout.approved", "rollout.started", "rollout.paused", "rollout.resumed"} <= actions
 
 
@@ -426,8 +477,13 @@ def test_card_results_and_operator_actions_do_not_deadlock() -> None:
             for job in jobs:
                 with transaction.atomic():
                     job = CardJob.objects.select_related("card", "organization").get(pk=job.pk)
-                    record_event(action="test.receipt", subject_type="card_job", subject_id=job.pk,
-                                 card_cin=job.card.cin, actor_type="agent")
+                    record_event(
+                        action="test.receipt",
+                        subject_type="card_job",
+                        subject_id=job.pk,
+                        card_cin=job.card.cin,
+                        actor_type="agent",
+                    )
                     if job.state != CardJob.State.CANCELLED:
                         complete_job(job)
         except BaseException as exc:

@@ -106,7 +106,10 @@ def build_fleet(cards: int) -> Fleet:
         _credential, token = update_services.issue_agent_credential(user=citizen, name="reader")
         for bank in (alpha, beta):
             card_services.request_enrollment(
-                card=card, bank=bank, citizen=citizen, consent_text=card_services.consent_text_for(card, bank),
+                card=card,
+                bank=bank,
+                citizen=citizen,
+                consent_text=card_services.consent_text_for(card, bank),
                 accepted=True,
             )
         holder = Holder(citizen, card, token)
@@ -134,7 +137,8 @@ def card_content(holder: Holder) -> dict[str, tuple[int, str]]:
                 for entry in commands.parse_get_status(plain[:-2], p1):
                     version = entry.elf_version
                     content[entry.aid.hex().upper()] = (
-                        entry.lifecycle, f"{version[0]}.{version[1]}" if version and len(version) == 2 else ""
+                        entry.lifecycle,
+                        f"{version[0]}.{version[1]}" if version and len(version) == 2 else "",
                     )
             if plain[-2:] != b"\x63\x10":
                 break
@@ -170,8 +174,11 @@ def test_rollout_in_three_groups_updates_every_card_and_leaves_beta_untouched() 
     beta_sds = {h.card.pk: SecurityDomain.objects.get(card=h.card, organization=fleet.beta).aid for h in fleet.holders}
     before = {h.card.pk: beta_view(card_content(h), beta_sds[h.card.pk]) for h in fleet.holders}
     assert all(ALPHA_PKG not in b and BETA_PKG in b and BETA_INSTANCE in b for b in before.values())
-    beta_records = sorted(AppletInstance.objects.filter(security_domain__organization=fleet.beta).values_list(
-        "security_domain__card_id", "instance_aid", "package_version"))
+    beta_records = sorted(
+        AppletInstance.objects.filter(security_domain__organization=fleet.beta).values_list(
+            "security_domain__card_id", "instance_aid", "package_version"
+        )
+    )
 
     response = upload(fleet, alpha_cap((2, 0), code_size=900), "alpha-2.0.cap")
     assert response.status_code == 201, response.content
@@ -179,10 +186,19 @@ def test_rollout_in_three_groups_updates_every_card_and_leaves_beta_untouched() 
     assert v2["version"] == "2.0" and v2["state"] == "approved" and v2["bank"] == "alpha"
 
     api = fleet.api(fleet.alpha_op)
-    response = api.post("/api/v1/rollouts/", {
-        "release": v2["id"], "from_version": "1.0", "groups": ["10%", "50%", "100%"],
-        "success_threshold": 100, "error_threshold": 20, "require_approval": True, "name": "wallet 2.0",
-    }, format="json")
+    response = api.post(
+        "/api/v1/rollouts/",
+        {
+            "release": v2["id"],
+            "from_version": "1.0",
+            "groups": ["10%", "50%", "100%"],
+            "success_threshold": 100,
+            "error_threshold": 20,
+            "require_approval": True,
+            "name": "wallet 2.0",
+        },
+        format="json",
+    )
     assert response.status_code == 201, response.content
     body = response.json()
     assert body["state"] == "awaiting_approval" and body["total"] == 20
@@ -225,17 +241,35 @@ def test_rollout_in_three_groups_updates_every_card_and_leaves_beta_untouched() 
         target = RolloutTarget.objects.get(rollout=rollout, card=holder.card)
         assert target.status == RolloutTarget.Status.SUCCEEDED and target.attempts == 1
         # Every delegated operation of the update came back with a receipt that verified.
-        receipts = set(AuditEntry.objects.filter(subject_type="card_job", subject_id=str(target.job_id)).values_list(
-            "action", flat=True))
+        receipts = set(
+            AuditEntry.objects.filter(subject_type="card_job", subject_id=str(target.job_id)).values_list(
+                "action", flat=True
+            )
+        )
         assert {"receipt.delete", "receipt.load", "receipt.install", "job.done"} <= receipts, receipts
-        assert AppletInstance.objects.get(security_domain__card=holder.card, instance_aid=ALPHA_INSTANCE
-                                          ).package_version == "2.0"
-    assert sorted(AppletInstance.objects.filter(security_domain__organization=fleet.beta).values_list(
-        "security_domain__card_id", "instance_aid", "package_version")) == beta_records
-    actions = list(AuditEntry.objects.filter(subject_type="rollout", subject_id=str(rollout.pk)).values_list(
-        "action", flat=True))
-    for action in ("rollout.created", "rollout.approved", "rollout.started", "rollout.group_started",
-                   "rollout.group_done", "rollout.completed"):
+        assert (
+            AppletInstance.objects.get(security_domain__card=holder.card, instance_aid=ALPHA_INSTANCE).package_version
+            == "2.0"
+        )
+    assert (
+        sorted(
+            AppletInstance.objects.filter(security_domain__organization=fleet.beta).values_list(
+                "security_domain__card_id", "instance_aid", "package_version"
+            )
+        )
+        == beta_records
+    )
+    actions = list(
+        AuditEntry.objects.filter(subject_type="rollout", subject_id=str(rollout.pk)).values_list("action", flat=True)
+    )
+    for action in (
+        "rollout.created",
+        "rollout.approved",
+        "rollout.started",
+        "rollout.group_started",
+        "rollout.group_done",
+        "rollout.completed",
+    ):
         assert action in actions, (action, actions)
     assert actions.count("rollout.group_started") == 3 and actions.count("rollout.card_result") == 20
 
@@ -262,12 +296,21 @@ def restore_memory(holder: Holder) -> None:
 
 def test_error_threshold_pauses_the_rollout_and_resume_after_a_fix_completes_it() -> None:
     fleet = build_fleet(10)
-    release = create_release(bank=fleet.alpha, cap_bytes=alpha_cap((2, 0), code_size=2000), filename="a2.cap",
-                             actor=fleet.alpha_op)
+    release = create_release(
+        bank=fleet.alpha, cap_bytes=alpha_cap((2, 0), code_size=2000), filename="a2.cap", actor=fleet.alpha_op
+    )
     api = fleet.api(fleet.alpha_op)
-    response = api.post("/api/v1/rollouts/", {
-        "release": release.pk, "groups": ["100%"], "error_threshold": 30, "retry_count": 1, "retry_backoff": 3600,
-    }, format="json")
+    response = api.post(
+        "/api/v1/rollouts/",
+        {
+            "release": release.pk,
+            "groups": ["100%"],
+            "error_threshold": 30,
+            "retry_count": 1,
+            "retry_backoff": 3600,
+        },
+        format="json",
+    )
     assert response.status_code == 201, response.content
     rollout = Rollout.objects.get(pk=response.json()["id"])
     assert api.post(f"/api/v1/rollouts/{rollout.pk}/start/").json()["state"] == "running"

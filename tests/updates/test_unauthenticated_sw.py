@@ -181,9 +181,7 @@ def test_a_relay_that_hides_every_answer_gets_nothing_recorded() -> None:
     6A88. The card did delete the SSD; the platform, which was never shown that with an R-MAC,
     records nothing, and the next honest presentation proves it and completes the job."""
     world, enrollment = removal_requested()
-    forging = ForgingRelay(
-        world.card_transport(), {INS_GET_STATUS: b"\x6a\x88", INS_DELETE: b"\x6a\x88"}, forward=True
-    )
+    forging = ForgingRelay(world.card_transport(), {INS_GET_STATUS: b"\x6a\x88", INS_DELETE: b"\x6a\x88"}, forward=True)
     assert not world.present(transport=forging).ok
     job = CardJob.objects.get(card=world.card, kind=CardJob.Kind.REMOVE_BANK)
     assert job.state == CardJob.State.PENDING and "6A88" in job.last_error, job.last_error
@@ -271,9 +269,7 @@ def apdu_count(setup: Any) -> int:
         return spy.count
 
 
-@pytest.mark.parametrize(
-    "setup", [world_with_applet, removal_requested], ids=["enrollment-with-applet", "removal"]
-)
+@pytest.mark.parametrize("setup", [world_with_applet, removal_requested], ids=["enrollment-with-applet", "removal"])
 def test_forged_status_words_anywhere_never_make_the_records_false(setup: Any) -> None:
     """For every command of an enrollment (SSD, keys, LOAD, INSTALL with DM receipts) and of a
     removal: the relay answers it with each forged status word instead of the card. Whatever the

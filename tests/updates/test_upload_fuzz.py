@@ -62,7 +62,7 @@ def _is_component(name: str, component: str) -> bool:
 
 
 def _with_header(header: bytes, offset: int, new: bytes) -> bytes:
-    return header[:offset] + new + header[offset + len(new):]
+    return header[:offset] + new + header[offset + len(new) :]
 
 
 def raw_mutation(rng: random.Random, cap: bytes) -> tuple[str, bytes]:
@@ -73,23 +73,37 @@ def raw_mutation(rng: random.Random, cap: bytes) -> tuple[str, bytes]:
             pos = rng.randrange(len(data))
             data[pos] ^= 1 << rng.randrange(8)
     elif kind == "truncate":
-        del data[rng.randrange(1, len(data)):]
+        del data[rng.randrange(1, len(data)) :]
     elif kind == "insert":
         pos = rng.randrange(len(data))
         data[pos:pos] = rng.randbytes(rng.randint(1, 64))
     else:
         pos = rng.randrange(len(data) - 1)
-        del data[pos:pos + rng.randint(1, 64)]
+        del data[pos : pos + rng.randint(1, 64)]
     return f"raw:{kind}", bytes(data)
 
 
 def component_mutation(rng: random.Random, cap: bytes) -> tuple[str, bytes]:
     entries = [(info.filename, data) for info, data in _components(cap)]
     names = [n for n, _ in entries if n.endswith(".cap")]
-    kind = rng.choice([
-        "flip_body", "cut", "extend", "drop", "size_field", "magic", "format", "aid_length", "aid_range",
-        "applet_flag", "import_unknown", "import_too_new", "empty", "swap",
-    ])
+    kind = rng.choice(
+        [
+            "flip_body",
+            "cut",
+            "extend",
+            "drop",
+            "size_field",
+            "magic",
+            "format",
+            "aid_length",
+            "aid_range",
+            "applet_flag",
+            "import_unknown",
+            "import_too_new",
+            "empty",
+            "swap",
+        ]
+    )
     header_name = next(n for n in names if _is_component(n, "Header"))
     out = [[name, data] for name, data in entries]
 
@@ -115,7 +129,7 @@ def component_mutation(rng: random.Random, cap: bytes) -> tuple[str, bytes]:
                     body[0] = item[1][0]
                     body[1:3] = item[1][1:3]
             elif kind == "cut":
-                del body[rng.randrange(0, max(1, len(body) - 1)):]
+                del body[rng.randrange(0, max(1, len(body) - 1)) :]
             elif kind == "extend":
                 body += rng.randbytes(rng.randint(1, 32))
             elif kind == "size_field" and len(body) >= 3:
@@ -126,8 +140,23 @@ def component_mutation(rng: random.Random, cap: bytes) -> tuple[str, bytes]:
                 body = bytearray()
             item[1] = bytes(body)
     if kind == "drop":
-        required = [n for n in names if any(_is_component(n, c) for c in (
-            "Header", "Directory", "Import", "ConstantPool", "Class", "Method", "StaticField", "RefLocation"))]
+        required = [
+            n
+            for n in names
+            if any(
+                _is_component(n, c)
+                for c in (
+                    "Header",
+                    "Directory",
+                    "Import",
+                    "ConstantPool",
+                    "Class",
+                    "Method",
+                    "StaticField",
+                    "RefLocation",
+                )
+            )
+        ]
         victim = rng.choice(required)
         out = [item for item in out if item[0] != victim]
     elif kind == "magic":
@@ -137,6 +166,7 @@ def component_mutation(rng: random.Random, cap: bytes) -> tuple[str, bytes]:
     elif kind == "aid_length":
         edit("Header", lambda h: _with_header(h, 12, bytes((rng.choice([0, 3, 17, 200]),))))
     elif kind == "aid_range":
+
         def other_rid(h: bytes) -> bytes:
             # package AID (after magic, minor, major, flags, package minor, major, AID length): new RID
             return _with_header(h, 13, bytes.fromhex("D276000085"))
@@ -149,7 +179,7 @@ def component_mutation(rng: random.Random, cap: bytes) -> tuple[str, bytes]:
         # Import component: count, then {minor, major, len, AID}: the first imported AID is replaced.
         def unknown(b: bytes) -> bytes:
             last = 7 + b[6] - 1  # the last byte of the first imported AID
-            return b[:last] + bytes((b[last] ^ 0x5A,)) + b[last + 1:]
+            return b[:last] + bytes((b[last] ^ 0x5A,)) + b[last + 1 :]
 
         edit("Import", unknown)
     elif kind == "import_too_new":
@@ -176,8 +206,13 @@ def uploaders():
     for name, rid in SHARED_CAPS.items():
         sources.append((name, rid, cap_file(name).read_bytes()))
     for version in ((1, 0), (1, 1)):
-        sources.append((f"demo-{version}", DEMO_RID, build_cap(DEMO_RID + "01", [DEMO_RID + "0101"], version,
-                                                                 name="demo.wallet", code_size=300)))
+        sources.append(
+            (
+                f"demo-{version}",
+                DEMO_RID,
+                build_cap(DEMO_RID + "01", [DEMO_RID + "0101"], version, name="demo.wallet", code_size=300),
+            )
+        )
     sources.append(("demo-lib", DEMO_RID, build_cap(DEMO_RID + "02", [], (1, 0), name="demo.lib")))
     for name, rid, data in sources:
         response = post(clients[rid], data, name)

@@ -55,8 +55,9 @@ def create_rollout(
     if release.bank_id != bank.pk:
         raise ServiceError("no such release", field="release", code="not_found")
     if release.state != Release.State.APPROVED:
-        raise ServiceError(f"release {release.package_aid} v{release.package_version} is {release.state}",
-                           field="release")
+        raise ServiceError(
+            f"release {release.package_aid} v{release.package_version} is {release.state}", field="release"
+        )
     bounds = parse_groups(groups)
     for label, value, low in (("success_threshold", success_threshold, 1), ("error_threshold", error_threshold, 1)):
         if not isinstance(value, int) or not low <= value <= 100:
@@ -74,8 +75,9 @@ def create_rollout(
         if not cins:
             raise ServiceError("the card list is empty", field="cins")
         if len(cins) > MAX_LISTED_CARDS:
-            raise ServiceError(f"at most {MAX_LISTED_CARDS} listed cards; target by package version instead",
-                               field="cins")
+            raise ServiceError(
+                f"at most {MAX_LISTED_CARDS} listed cards; target by package version instead", field="cins"
+            )
     busy = Rollout.objects.filter(bank=bank, package_aid=release.package_aid, state__in=Rollout.OPEN_STATES).first()
     if busy is not None:
         raise ServiceError(f"rollout {busy.pk} of {release.package_aid} is still {busy.state}", code="conflict")
@@ -127,9 +129,14 @@ def create_rollout(
     rollout.save(update_fields=["total", "updated_at"])
     _recount(rollout)
     _audit(
-        rollout, "rollout.created", actor,
-        to_version=release.package_version, from_version=from_version or None, targets=total,
-        groups=rollout.group_spec, listed=cins is not None,
+        rollout,
+        "rollout.created",
+        actor,
+        to_version=release.package_version,
+        from_version=from_version or None,
+        targets=total,
+        groups=rollout.group_spec,
+        listed=cins is not None,
     )
     return rollout
 

@@ -94,8 +94,15 @@ def plan_targets(rollout: Rollout, bounds: list[Bound], group_ids: list[int], ci
         " ) ranked"
     )
     params = [
-        rollout.pk, *case_params, RolloutTarget.Status.PENDING, "", _now_param(timezone.now()),
-        HASH_MULTIPLIER, rollout.pk, HASH_MODULUS, *source_params,
+        rollout.pk,
+        *case_params,
+        RolloutTarget.Status.PENDING,
+        "",
+        _now_param(timezone.now()),
+        HASH_MULTIPLIER,
+        rollout.pk,
+        HASH_MODULUS,
+        *source_params,
     ]
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
@@ -109,7 +116,9 @@ def _recount(rollout: Rollout) -> None:
     """Set every group's counters from its targets (one GROUP BY), after a bulk transition."""
     counts: dict[int, dict[str, int]] = {}
     rows = (
-        RolloutTarget.objects.filter(rollout=rollout).values_list("group_id", "status").annotate(n=Count("id"))
+        RolloutTarget.objects.filter(rollout=rollout)
+        .values_list("group_id", "status")
+        .annotate(n=Count("id"))
         .order_by()
     )
     for group_id, status, n in rows:
@@ -204,8 +213,14 @@ def _dispatch(
             "   AND j.kind = %s AND json_extract(j.params, '$.rollout_target') = t.id),"
             f" status = %s, attempts = t.attempts + 1, retries = {retries}, next_retry_at = NULL, updated_at = %s"
             f" WHERE t.rollout_id = %s AND {condition}",
-            [CardJob.State.PENDING, CardJob.Kind.UPDATE_APPLET, RolloutTarget.Status.RUNNING, stamp, rollout.pk,
-             *params],
+            [
+                CardJob.State.PENDING,
+                CardJob.Kind.UPDATE_APPLET,
+                RolloutTarget.Status.RUNNING,
+                stamp,
+                rollout.pk,
+                *params,
+            ],
         )
         return max(cursor.rowcount, 0)
 
@@ -221,8 +236,14 @@ def _dispatch_ready(rollout: Rollout, now: dt.datetime, group_ids: list[int] | N
     if not group_ids:
         return 0
     marks = ", ".join(["%s"] * len(group_ids))
-    new = _dispatch(rollout, f"t.group_id IN ({marks}) AND t.status = %s",
-                    [*group_ids, RolloutTarget.Status.PENDING], retry=False, now=now, limit=DISPATCH_CHUNK)
+    new = _dispatch(
+        rollout,
+        f"t.group_id IN ({marks}) AND t.status = %s",
+        [*group_ids, RolloutTarget.Status.PENDING],
+        retry=False,
+        now=now,
+        limit=DISPATCH_CHUNK,
+    )
     retried = _dispatch(
         rollout,
         f"t.group_id IN ({marks}) AND t.status = %s AND t.next_retry_at IS NOT NULL AND t.next_retry_at <= %s",
@@ -262,9 +283,7 @@ def _withdraw_pending_jobs(rollout: Rollout, target_status: str, now: dt.datetim
     """Cancel the rollout's card jobs not yet begun on a card (a job a card already started —
     attempts > 0 — finishes, so no card is left between versions); their targets get ``target_status``."""
     running = RolloutTarget.objects.filter(rollout=rollout, status=RolloutTarget.Status.RUNNING)
-    jobs = CardJob.objects.filter(
-        pk__in=running.values("job_id"), state=CardJob.State.PENDING, attempts=0
-    )
+    jobs = CardJob.objects.filter(pk__in=running.values("job_id"), state=CardJob.State.PENDING, attempts=0)
     job_ids = list(jobs.values_list("pk", flat=True)) if connection.vendor != "postgresql" else None
     if job_ids is not None:
         count = CardJob.objects.filter(pk__in=job_ids).update(
@@ -285,7 +304,17 @@ def _withdraw_pending_jobs(rollout: Rollout, target_status: str, now: dt.datetim
             "  RETURNING j.id"
             ") UPDATE updates_rollouttarget t SET status = %s, updated_at = %s"
             " FROM cancelled WHERE t.rollout_id = %s AND t.job_id = cancelled.id",
-            [CardJob.State.CANCELLED, now, f"rollout {rollout.pk} {rollout.state}", CardJob.State.PENDING,
-             rollout.pk, RolloutTarget.Status.RUNNING, CardJob.State.PENDING, target_status, now, rollout.pk],
+            [
+                CardJob.State.CANCELLED,
+                now,
+                f"rollout {rollout.pk} {rollout.state}",
+                CardJob.State.PENDING,
+                rollout.pk,
+                RolloutTarget.Status.RUNNING,
+                CardJob.State.PENDING,
+                target_status,
+                now,
+                rollout.pk,
+            ],
         )
         return max(cursor.rowcount, 0)

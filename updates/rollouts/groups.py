@@ -27,7 +27,7 @@ class Bound:
 def parse_groups(spec: Any) -> list[Bound]:
     """``["1%", "10%", "100%"]`` or counts (``[5, 50, "100%"]``); cumulative, the last must be 100%."""
     if not isinstance(spec, list | tuple) or not spec:
-        raise ServiceError("groups must be a non-empty list such as [\"10%\", \"50%\", \"100%\"]", field="groups")
+        raise ServiceError('groups must be a non-empty list such as ["10%", "50%", "100%"]', field="groups")
     if len(spec) > MAX_GROUPS:
         raise ServiceError(f"at most {MAX_GROUPS} groups", field="groups")
     bounds: list[Bound] = []
@@ -52,7 +52,7 @@ def parse_groups(spec: Any) -> list[Bound]:
             continue
         match = _PERCENT.match(item) if isinstance(item, str) else None
         if match is None:
-            raise ServiceError(f"{item!r} is not a percentage (\"10%\") or a card count", field="groups")
+            raise ServiceError(f'{item!r} is not a percentage ("10%") or a card count', field="groups")
         basis_points = round(float(match.group(1)) * 100)
         if not 0 < basis_points <= 10_000 or basis_points <= last_bp:
             raise ServiceError(

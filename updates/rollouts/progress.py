@@ -49,9 +49,9 @@ def record_card_result(*, job: CardJob, state: str, error: str) -> None:
     rollout_id = job.params.get("rollout")
     if rollout_id is None:
         return
-    rollout = Rollout.objects.select_for_update(of=("self",)).select_related("bank", "release").filter(
-        pk=rollout_id
-    ).first()
+    rollout = (
+        Rollout.objects.select_for_update(of=("self",)).select_related("bank", "release").filter(pk=rollout_id).first()
+    )
     if rollout is None:
         return
     target = RolloutTarget.objects.select_for_update().filter(pk=job.params["rollout_target"], job_id=job.pk).first()
@@ -62,8 +62,10 @@ def record_card_result(*, job: CardJob, state: str, error: str) -> None:
         status, target.last_error, target.next_retry_at = RolloutTarget.Status.SUCCEEDED, "", None
     elif POLICY_INACTIVE in error and rollout.state in (Rollout.State.PAUSED, Rollout.State.CANCELLED):
         # Refused before it touched the card because the rollout stopped: not a failure of the card.
-        status = RolloutTarget.Status.CANCELLED if rollout.state == Rollout.State.CANCELLED else (
-            RolloutTarget.Status.PENDING
+        status = (
+            RolloutTarget.Status.CANCELLED
+            if rollout.state == Rollout.State.CANCELLED
+            else (RolloutTarget.Status.PENDING)
         )
         target.last_error = error[:2000]
     elif state in (CardJob.State.FAILED, CardJob.State.PENDING):
@@ -95,8 +97,12 @@ def record_card_result(*, job: CardJob, state: str, error: str) -> None:
         outcome="success" if status == RolloutTarget.Status.SUCCEEDED else "failure",
         reason=target.last_error,
         actor_type="agent",
-        details={"job": job.pk, "status": status, "attempt": target.attempts,
-                 "retry_at": target.next_retry_at.isoformat() if target.next_retry_at else None},
+        details={
+            "job": job.pk,
+            "status": status,
+            "attempt": target.attempts,
+            "retry_at": target.next_retry_at.isoformat() if target.next_retry_at else None,
+        },
     )
     _evaluate(rollout, now, inline=True)
 
@@ -112,11 +118,15 @@ def _evaluate(rollout: Rollout, now: dt.datetime, *, inline: bool) -> None:
         return
     groups = list(rollout.groups.order_by("index"))
     for group in groups:
-        if group.state == RolloutGroup.State.RUNNING and group.failed and (
-            group.failed * 100 >= rollout.error_threshold * group.total
+        if (
+            group.state == RolloutGroup.State.RUNNING
+            and group.failed
+            and (group.failed * 100 >= rollout.error_threshold * group.total)
         ):
             _pause(
-                rollout, now, None,
+                rollout,
+                now,
+                None,
                 f"group {group.index}: {group.failed} of {group.total} cards failed "
                 f"(error threshold {rollout.error_threshold}%)",
             )
@@ -124,16 +134,28 @@ def _evaluate(rollout: Rollout, now: dt.datetime, *, inline: bool) -> None:
     if (not inline or _has_due_retries(rollout, now)) and _dispatch_ready(rollout, now):
         groups = list(rollout.groups.order_by("index"))
     for group in groups:
-        if group.state == RolloutGroup.State.RUNNING and group.pending == 0 and group.running == 0 and not (
-            RolloutTarget.objects.filter(
-                group=group, status=RolloutTarget.Status.FAILED, next_retry_at__isnull=False
-            ).exists()
+        if (
+            group.state == RolloutGroup.State.RUNNING
+            and group.pending == 0
+            and group.running == 0
+            and not (
+                RolloutTarget.objects.filter(
+                    group=group, status=RolloutTarget.Status.FAILED, next_retry_at__isnull=False
+                ).exists()
+            )
         ):
             group.state = RolloutGroup.State.DONE
             group.finished_at = now
             group.save(update_fields=["state", "finished_at"])
-            _audit(rollout, "rollout.group_done", None, group=group.index, succeeded=group.succeeded,
-                   failed=group.failed, cancelled=group.cancelled)
+            _audit(
+                rollout,
+                "rollout.group_done",
+                None,
+                group=group.index,
+                succeeded=group.succeeded,
+                failed=group.failed,
+                cancelled=group.cancelled,
+            )
     started = [g for g in groups if g.state != RolloutGroup.State.WAITING]
     waiting = [g for g in groups if g.state == RolloutGroup.State.WAITING]
     latest = started[-1] if started else None
@@ -147,7 +169,9 @@ def _evaluate(rollout: Rollout, now: dt.datetime, *, inline: bool) -> None:
             return
         if not met and latest.state == RolloutGroup.State.DONE:
             _pause(
-                rollout, now, None,
+                rollout,
+                now,
+                None,
                 f"group {latest.index} finished with {latest.succeeded} of {latest.total} cards succeeded "
                 f"(success threshold {rollout.success_threshold}%)",
             )

@@ -25,7 +25,9 @@ class Command(BaseCommand):
             "--all", action="store_true", dest="all_orgs", help="every organisation that has a KEK or keys"
         )
         parser.add_argument(
-            "--backend", choices=("software", "pkcs11"), default=None,
+            "--backend",
+            choices=("software", "pkcs11"),
+            default=None,
             help="where the new KEK is created (default: ECARD_KEY_BACKEND)",
         )
 

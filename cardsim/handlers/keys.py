@@ -1,0 +1,205 @@
+"""SET STATUS (GP 2.3.1 §11.10), STORE DATA (§11.11) and PUT KEY (§11.8)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from cardsim.handlers import content
+from cardsim.handlers.common import ISD, _ok, _Reply, _sw
+from cardsim.parsing import ParseError, parse_dgis, parse_tlvs
+from cardsim.state import hx, kvn_key, public_key_record, symmetric_record
+from gp.apdu import SW, CommandAPDU
+from gp.commands import LOCKED_BIT, ApplicationLifeCycle, CardLifeCycle, Privileges, SecurityDomainLifeCycle
+from gp.errors import EncodingError, GPError, KeyMaterialError
+from gp.keys import (
+    KEY_TYPE_AES,
+    KEY_TYPE_DES,
+    KEY_TYPE_EC_PARAM_REF,
+    KEY_TYPE_EC_PUBLIC,
+    KEY_TYPE_RSA_E,
+    KEY_TYPE_RSA_N,
+    decode_put_key,
+    kcv_aes,
+    kcv_des,
+    scp02_decrypt_key,
+    scp03_decrypt_key,
+)
+from gp.scp.card import CardSCP02
+
+if TYPE_CHECKING:
+    from cardsim.card import Card
+
+
+# ------------------------------------------------------------------ SET STATUS (§11.10)
+
+
+def set_status(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
+    card._require_session()
+    priv = card._privileges(card.selected)
+    if cmd.p1 == 0x80:
+        if cmd.data:
+            return _sw(SW.WRONG_DATA)
+        return _set_card_state(card, cmd.p2, priv)
+    if cmd.p1 not in (0x40, 0x60):
+        return _sw(SW.INCORRECT_P1P2)
+    aid = hx(cmd.data)
+    if aid == ISD:
+        return _sw(SW.WRONG_DATA)  # the ISD's state is the card's (P1 80)
+    app = content.owned_app(card, aid)
+    targets = [aid]
+    if cmd.p1 == 0x60:
+        if not card._is_sd(aid):
+            return _sw(SW.WRONG_DATA)
+        targets += [a for a, other in card._apps.items() if other["sd"] == aid and a not in (aid, ISD)]
+    if cmd.p2 == LOCKED_BIT:  # lock
+        for a in targets:
+            card._apps[a]["lifecycle"] |= LOCKED_BIT
+    elif cmd.p2 == 0x00:  # unlock
+        if not app["lifecycle"] & LOCKED_BIT:
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)
+        for a in targets:
+            card._apps[a]["lifecycle"] &= ~LOCKED_BIT & 0xFF
+    elif cmd.p2 == SecurityDomainLifeCycle.PERSONALIZED and cmd.p1 == 0x40 and card._is_sd(aid):
+        if app["lifecycle"] != ApplicationLifeCycle.SELECTABLE:
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)  # §5.3.2: SELECTABLE → PERSONALIZED only
+        app["lifecycle"] = SecurityDomainLifeCycle.PERSONALIZED
+    else:
+        return _sw(SW.WRONG_DATA)  # application specific states are the application's own business
+    card._changed()
+    return _ok()
+
+
+def _set_card_state(card: Card, new: int, priv: Privileges) -> bytes:
+    cur = card.state["lifecycle"]
+    order = (CardLifeCycle.OP_READY, CardLifeCycle.INITIALIZED, CardLifeCycle.SECURED)
+    isd = card.selected == ISD
+    allowed = (
+        (new == CardLifeCycle.TERMINATED and Privileges.CARD_TERMINATE in priv)
+        or (new == CardLifeCycle.CARD_LOCKED and cur == CardLifeCycle.SECURED and Privileges.CARD_LOCK in priv)
+        # §5.1.1.4: only the ISD unlocks
+        or (new == CardLifeCycle.SECURED and cur == CardLifeCycle.CARD_LOCKED and isd)
+        # §5.1.1: OP_READY → INITIALIZED → SECURED, never backwards
+        or (cur in order and new in order and order.index(new) > order.index(cur) and isd)
+    )
+    if not allowed:
+        lifecycle_change = new in (CardLifeCycle.CARD_LOCKED, CardLifeCycle.TERMINATED, CardLifeCycle.SECURED)
+        return _sw(SW.CONDITIONS_NOT_SATISFIED if lifecycle_change else SW.WRONG_DATA)
+    card.state["lifecycle"] = new
+    card._changed()
+    return _ok()
+
+
+# ------------------------------------------------------------------ STORE DATA (§11.11)
+
+
+def store_data(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
+    card._require_session()
+    card._require_card_open()
+    target = card.perso_target or card.selected
+    if target not in card._apps:  # the application being personalised was deleted meanwhile
+        card.perso_target = None
+        return _sw(SW.REFERENCED_DATA_NOT_FOUND)
+    if cmd.p2 != card.store_next_block:
+        return _sw(SW.INCORRECT_P1P2)  # block numbers run from 00 in sequence
+    fmt = cmd.p1 & 0x18
+    try:
+        if fmt == 0x08:
+            items = [(f"{dgi:04X}", value) for dgi, value in parse_dgis(cmd.data)]
+        elif fmt in (0x10, 0x00):
+            items = [(f"{t.tag:X}", t.value) for t in parse_tlvs(cmd.data)]
+        else:
+            return _sw(SW.INCORRECT_P1P2)
+    except ParseError:
+        return _sw(SW.WRONG_DATA)
+    store = card._apps[target].setdefault("data", {})
+    for tag, value in items:
+        store[tag] = hx(value)
+    card._changed()
+    if cmd.p1 & 0x80:  # last block
+        card.store_next_block = 0
+        card.perso_target = None
+    else:
+        card.store_next_block = (card.store_next_block + 1) & 0xFF
+    return _ok()
+
+
+# ------------------------------------------------------------------ PUT KEY (§11.8)
+
+
+def put_key(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
+    card._require_session()
+    card._require_card_open()
+    channel = card.channel
+    if channel is None:  # _require_session() has checked; this narrows the type
+        raise _Reply(SW.SECURITY_STATUS_NOT_SATISFIED)
+    info = card._sds[card.selected]
+    keys = info["keys"]
+    if not cmd.data or cmd.p1 & 0x80 or not cmd.p2 & 0x7F:
+        return _sw(SW.INCORRECT_P1P2 if cmd.data else SW.WRONG_DATA)
+    if isinstance(channel, CardSCP02):
+        dek02 = channel.session_dek
+
+        def decrypt(enc: bytes, n: int | None) -> bytes:
+            return scp02_decrypt_key(dek02, enc)
+    else:
+        dek03 = channel.keys.dek
+
+        def decrypt(enc: bytes, n: int | None) -> bytes:
+            return scp03_decrypt_key(dek03, enc, n)
+
+    try:
+        put = decode_put_key(cmd.data, decrypt)
+    except (EncodingError, KeyMaterialError):
+        return _sw(SW.WRONG_DATA)  # malformed key data or a key check value that does not match
+    new = put.new_version
+    if new in (0x00, 0xFF) or not put.components:
+        return _sw(SW.WRONG_DATA)
+    record = _key_record(card, put.components, info["scp"])
+    old = cmd.p1
+    if old == 0x00:
+        if kvn_key(new) in keys:
+            return _sw(SW.WRONG_DATA)  # adding a key set whose version already exists
+    else:
+        if kvn_key(old) not in keys:
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)
+        if new != old and kvn_key(new) in keys:
+            return _sw(SW.WRONG_DATA)
+        del keys[kvn_key(old)]
+    keys[kvn_key(new)] = record
+    card._changed()
+    kcvs = b""
+    for comp in put.components:
+        if comp.key_type == KEY_TYPE_AES:
+            kcvs += kcv_aes(comp.value)
+        elif comp.key_type == KEY_TYPE_DES:
+            kcvs += kcv_des(comp.value)
+    return _ok(bytes((new,)) + kcvs)  # §11.8.3.1: KVN followed by the key check values
+
+
+def _key_record(card: Card, components: tuple[Any, ...], scp: int) -> dict[str, Any]:
+    types = {c.key_type for c in components}
+    if types <= {KEY_TYPE_AES, KEY_TYPE_DES}:
+        if len(types) != 1 or len(components) not in (1, 3):
+            raise _Reply(SW.WRONG_DATA)
+        kind = "aes" if KEY_TYPE_AES in types else "des"
+        if len(components) == 3 and kind != ("des" if scp == 0x02 else "aes"):
+            raise _Reply(SW.WRONG_DATA)  # a secure channel key set must suit the SD's SCP
+        lengths = {len(c.value) for c in components}
+        if len(lengths) != 1:
+            raise _Reply(SW.WRONG_DATA)
+        return symmetric_record(kind, [c.value for c in components])
+    by_type = {c.key_type: c.value for c in components}
+    try:
+        if types == {KEY_TYPE_RSA_N, KEY_TYPE_RSA_E}:
+            n = int.from_bytes(by_type[KEY_TYPE_RSA_N], "big")
+            e = int.from_bytes(by_type[KEY_TYPE_RSA_E], "big")
+            return public_key_record(rsa.RSAPublicNumbers(e, n).public_key())
+        if types == {KEY_TYPE_EC_PUBLIC, KEY_TYPE_EC_PARAM_REF} and by_type[KEY_TYPE_EC_PARAM_REF] == b"\x00":
+            return public_key_record(
+                ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), by_type[KEY_TYPE_EC_PUBLIC])
+            )
+    except (ValueError, GPError) as exc:
+        raise _Reply(SW.WRONG_DATA) from exc
+    raise _Reply(SW.WRONG_DATA)

@@ -156,7 +156,7 @@ def put_key(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
     new = put.new_version
     if new in (0x00, 0xFF) or not put.components:
         return _sw(SW.WRONG_DATA)
-    record = _key_record(card, put.components, info["scp"])
+    record = _key_record(put.components, info["scp"])
     old = cmd.p1
     if old == 0x00:
         if kvn_key(new) in keys:
@@ -178,7 +178,7 @@ def put_key(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
     return _ok(bytes((new,)) + kcvs)  # §11.8.3.1: KVN followed by the key check values
 
 
-def _key_record(card: Card, components: tuple[Any, ...], scp: int) -> dict[str, Any]:
+def _key_record(components: tuple[Any, ...], scp: int) -> dict[str, Any]:
     types = {c.key_type for c in components}
     if types <= {KEY_TYPE_AES, KEY_TYPE_DES}:
         if len(types) != 1 or len(components) not in (1, 3):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from gp.errors import (
     EncodingError,
@@ -53,6 +53,13 @@ def _state_args(keys: Any, state: Any) -> tuple[StaticKeys | None, dict[str, Any
     if keys is not None and not isinstance(keys, StaticKeys):
         raise KeyMaterialError("keys must be a gp.keys.StaticKeys or None")
     return keys, state
+
+
+class _SessionCore(Protocol):
+    """What the shared unwrap needs of a channel's core (``SCP02Core``, ``SCP03Core``)."""
+
+    @property
+    def security_level(self) -> int: ...
 
 
 class _HostChannel:
@@ -134,6 +141,10 @@ class _HostChannel:
     def _pop_pending(self) -> _Pending | None:
         return self._pending.popleft() if self._pending else None
 
+    def _session_core(self) -> _SessionCore:
+        """The open channel's core (SCP02 or SCP03); each channel returns its own."""
+        raise NotImplementedError
+
     def _verify(self, rapdu: bytes, pending: _Pending) -> bytes:
         raise NotImplementedError
 
@@ -146,9 +157,7 @@ class _HostChannel:
     def unwrap_response(self, rapdu: bytes) -> SecuredResponse:
         """Like :meth:`unwrap`, and says whether the card's R-MAC covered data and status word."""
         self._require_auth()
-        core: Any = getattr(self, "_core", None)
-        if core is None:  # _require_auth() has checked; this narrows the type
-            raise SecureChannelError("the secure channel is not open")
+        core = self._session_core()
         rapdu = bytes(rapdu)
         if len(rapdu) < 2:
             raise MalformedResponseError(f"response APDU too short: {len(rapdu)} bytes")

@@ -313,18 +313,21 @@ class SCP02(_HostChannel):
 
     def wrap(self, capdu: bytes) -> bytes:
         self._require_auth()
-        core = self._core
-        if core is None:  # _require_auth() has checked; this narrows the type
-            raise SecureChannelError("the secure channel is not open")
+        core = self._session_core()
         secured, plain = core.secure_command(_plain_command(capdu))
         if core.security_level & SecurityLevel.R_MAC:
             self._pending.append(_Pending(b"", 0, plain))
         return secured
 
-    def _verify(self, rapdu: bytes, pending: _Pending) -> bytes:
-        if self._core is None:  # _require_auth() has checked; this narrows the type
+    def _session_core(self) -> SCP02Core:
+        """The open channel's core. Callers check :meth:`_require_auth` first, which names why a
+        channel is not open; this only narrows the type."""
+        if self._core is None:
             raise SecureChannelError("the secure channel is not open")
-        return self._core.verify_response(rapdu, pending.plain)
+        return self._core
+
+    def _verify(self, rapdu: bytes, pending: _Pending) -> bytes:
+        return self._session_core().verify_response(rapdu, pending.plain)
 
     def max_data_length(self, extended: bool = False) -> int:
         core = SCP02Core(_ZERO16, _ZERO16, _ZERO16, _ZERO16, i=self.i, security_level=self.security_level)
@@ -333,9 +336,7 @@ class SCP02(_HostChannel):
     def encrypt_key(self, key: bytes) -> bytes:
         """PUT KEY key encryption: 3DES-ECB under the session DEK (GP 2.3.1 §E.4.7)."""
         self._require_auth()
-        if self._core is None:  # _require_auth() has checked; this narrows the type
-            raise SecureChannelError("the secure channel is not open")
-        return scp02_encrypt_key(self._core.dek, key)
+        return scp02_encrypt_key(self._session_core().dek, key)
 
     def session_state(self) -> dict[str, str | int]:
         st: dict[str, str | int] = {

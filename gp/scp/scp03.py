@@ -328,18 +328,21 @@ class SCP03(_HostChannel):
     def wrap(self, capdu: bytes) -> bytes:
         """Plain C-APDU -> secured C-APDU at the active security level."""
         self._require_auth()
-        core = self._core
-        if core is None:  # _require_auth() has checked; this narrows the type
-            raise SecureChannelError("the secure channel is not open")
+        core = self._session_core()
         secured, mcv, counter = core.secure_command(_plain_command(capdu))
         if core.security_level & SecurityLevel.R_MAC:
             self._pending.append(_Pending(mcv, counter))
         return secured
 
-    def _verify(self, rapdu: bytes, pending: _Pending) -> bytes:
-        if self._core is None:  # _require_auth() has checked; this narrows the type
+    def _session_core(self) -> SCP03Core:
+        """The open channel's core. Callers check :meth:`_require_auth` first, which names why a
+        channel is not open; this only narrows the type."""
+        if self._core is None:
             raise SecureChannelError("the secure channel is not open")
-        return self._core.verify_response(rapdu, pending.mcv, pending.counter)
+        return self._core
+
+    def _verify(self, rapdu: bytes, pending: _Pending) -> bytes:
+        return self._session_core().verify_response(rapdu, pending.mcv, pending.counter)
 
     def max_data_length(self, extended: bool = False) -> int:
         """Largest plain data field that still fits a short (255) or extended (65535) Lc once wrapped."""

@@ -13,8 +13,6 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from yubikit.core import TRANSPORT
-from yubikit.core.smartcard import SmartCardConnection
 from yubikit.core.smartcard.scp import KeyRef, Scp03KeyParams
 from yubikit.core.smartcard.scp import StaticKeys as YubikitKeys
 from yubikit.securitydomain import SecurityDomainSession
@@ -24,28 +22,9 @@ from gp.crypto import DES3Key
 from gp.keys import StaticKeys, decode_put_key, kcv_aes, scp03_decrypt_key
 from gp.scp import SCP02, scp02_session_keys
 from gp.scp_card import ISD_AID
+from tests.yubikit_peer import RecordingConnection
 
 DEFAULT_KEY = bytes.fromhex("404142434445464748494A4B4C4D4E4F")
-
-
-class CardConnection(SmartCardConnection):
-    """yubikit's connection interface over the emulated card, keeping what went over the wire."""
-
-    def __init__(self, card: InProcessCard) -> None:
-        self.card = card
-        self.sent: list[bytes] = []
-
-    @property
-    def transport(self) -> TRANSPORT:
-        return TRANSPORT.USB
-
-    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
-        self.sent.append(bytes(apdu))
-        response = self.card.transmit(bytes(apdu))
-        return response[:-2], int.from_bytes(response[-2:], "big")
-
-    def close(self) -> None:
-        pass
 
 
 def is_extended(apdu: bytes) -> bool:
@@ -61,7 +40,7 @@ def test_yubikit_authenticates_reads_and_replaces_the_isd_keys(make_card: Callab
     """yubikit's SecurityDomainSession: SCP03 with extended-length APDUs, GET DATA, PUT KEY of a new
     key set in the bare AES form replacing the default one, then SCP03 again with the new keys."""
     card = make_card()
-    connection = CardConnection(card)
+    connection = RecordingConnection(card)
     session = SecurityDomainSession(connection)
     session.authenticate(Scp03KeyParams(KeyRef(0x01, 0x30), YubikitKeys(DEFAULT_KEY, DEFAULT_KEY, DEFAULT_KEY)))
     cin = session.get_data(0x45)
@@ -72,12 +51,12 @@ def test_yubikit_authenticates_reads_and_replaces_the_isd_keys(make_card: Callab
 
     new = YubikitKeys(os.urandom(16), os.urandom(16), os.urandom(16))
     session.put_key(KeyRef(0x01, 0x31), new, replace_kvn=0x30)  # yubikit checks the KCVs the card returns
-    again = SecurityDomainSession(CardConnection(card))
+    again = SecurityDomainSession(RecordingConnection(card))
     again.authenticate(Scp03KeyParams(KeyRef(0x01, 0x31), new))
     assert again.get_data(0x45) == cin
     # The default key set is gone: INITIALIZE UPDATE for it finds no such key version (6A88,
     # which yubikit reports as incorrect SCP parameters).
-    old = CardConnection(card)
+    old = RecordingConnection(card)
     with pytest.raises(ValueError, match="Incorrect SCP parameters"):
         SecurityDomainSession(old).authenticate(
             Scp03KeyParams(KeyRef(0x01, 0x30), YubikitKeys(DEFAULT_KEY, DEFAULT_KEY, DEFAULT_KEY))

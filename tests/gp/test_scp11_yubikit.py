@@ -23,8 +23,7 @@ import datetime as dt
 import pytest
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
-from yubikit.core import TRANSPORT
-from yubikit.core.smartcard import ApduError, SmartCardConnection
+from yubikit.core.smartcard import ApduError
 from yubikit.core.smartcard.scp import KeyRef, Scp11KeyParams
 from yubikit.core.smartcard.scp import StaticKeys as YubikitKeys
 from yubikit.securitydomain import SecurityDomainSession
@@ -36,6 +35,7 @@ from gp.scp11.constants import Tag
 from gp.scp_card import sw_for_error
 from gp.tlv import decode_one, encode_tlv
 from tests.gp.scp11_world import OCE_KID, OCE_KVN, SD_KVN, TODAY, World, exchange, handshake, seeded
+from tests.yubikit_peer import RecordingConnection
 
 SD_AID = bytes.fromhex("A000000151000000")
 
@@ -82,32 +82,14 @@ class EmulatedSecurityDomain:
         return b"\x6d\x00"
 
 
-class Connection(SmartCardConnection):
-    def __init__(self, sd: EmulatedSecurityDomain) -> None:
-        self.sd = sd
-        self.sent: list[bytes] = []
-
-    @property
-    def transport(self) -> TRANSPORT:
-        return TRANSPORT.USB
-
-    def send_and_receive(self, apdu: bytes) -> tuple[bytes, int]:
-        self.sent.append(bytes(apdu))
-        answer = self.sd.transmit(bytes(apdu))
-        return answer[:-2], int.from_bytes(answer[-2:], "big")
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture
 def world() -> World:
     return World(Curve.P256, x509=True)  # yubikit sends X.509 OCE certificates
 
 
-def _session(world: World) -> tuple[SecurityDomainSession, EmulatedSecurityDomain, Connection]:
+def _session(world: World) -> tuple[SecurityDomainSession, EmulatedSecurityDomain, RecordingConnection]:
     sd = EmulatedSecurityDomain(world.card())
-    connection = Connection(sd)
+    connection = RecordingConnection(sd)
     return SecurityDomainSession(connection), sd, connection
 
 

@@ -75,8 +75,12 @@ def _commands(n: int, payload: int) -> list[bytes]:
     return [bytes((0x80, 0xE8, 0x00, i & 0xFF, payload)) + data for i in range(n)]
 
 
-def bench_one(name: str, sl: int, opts: dict[str, Any], n: int, rounds: int = 3) -> tuple[float, float, int]:
-    host, card, cls = _open(name, sl, opts)
+def _pairs(
+    open_channel: Callable[[], tuple[Any, Any]], restore: Callable[[dict[str, Any]], Any], n: int, rounds: int = 3
+) -> tuple[float, float, int]:
+    """(host pairs/s, host+card pairs/s, payload) on channels ``open_channel`` opens (host, card);
+    ``restore`` rebuilds the host from its session state for each timed round."""
+    host, card = open_channel()
     payload = min(PAYLOAD, host.max_data_length())
     cmds = _commands(n, payload)
     snapshot = host.session_state()
@@ -87,7 +91,7 @@ def bench_one(name: str, sl: int, opts: dict[str, Any], n: int, rounds: int = 3)
         responses.append(card.wrap_response(b"\x90\x00"))
     best = 0.0
     for _ in range(rounds):
-        h = cls.from_session_state(None, snapshot)
+        h = restore(dict(snapshot))
         wrap, unwrap = h.wrap, h.unwrap
         t0 = time.perf_counter()
         for c, r in zip(cmds, responses, strict=True):
@@ -95,13 +99,23 @@ def bench_one(name: str, sl: int, opts: dict[str, Any], n: int, rounds: int = 3)
             unwrap(r)
         best = max(best, n / (time.perf_counter() - t0))
     # full round trip: host wrap, card unwrap, card wrap, host unwrap
-    host, card, _ = _open(name, sl, opts)
+    host, card = open_channel()
     t0 = time.perf_counter()
     for c in cmds:
         card.unwrap_command(host.wrap(c))
         host.unwrap(card.wrap_response(b"\x90\x00"))
     full = n / (time.perf_counter() - t0)
     return best, full, payload
+
+
+def bench_one(name: str, sl: int, opts: dict[str, Any], n: int) -> tuple[float, float, int]:
+    cls = SCP02 if name.startswith("SCP02") else SCP03
+
+    def open_channel() -> tuple[Any, Any]:
+        host, card, _cls = _open(name, sl, opts)
+        return host, card
+
+    return _pairs(open_channel, lambda snapshot: cls.from_session_state(None, snapshot), n)
 
 
 def _scp11b_pair(curve: Curve) -> tuple[Callable[[], SCP11b], Callable[[], CardSCP11]]:
@@ -127,7 +141,7 @@ def _scp11b_pair(curve: Curve) -> tuple[Callable[[], SCP11b], Callable[[], CardS
     return host, card
 
 
-def bench_scp11b(curve: Curve, n: int, handshakes: int, rounds: int = 3) -> tuple[float, float, float, float, int]:
+def bench_scp11b(curve: Curve, n: int, handshakes: int) -> tuple[float, float, float, float, int]:
     """(host handshakes/s, host+card handshakes/s, host pairs/s, host+card pairs/s, payload)."""
     new_host, new_card = _scp11b_pair(curve)
     card = new_card()
@@ -146,30 +160,13 @@ def bench_scp11b(curve: Curve, n: int, handshakes: int, rounds: int = 3) -> tupl
         h.complete(card.process(h.internal_authenticate()))
     full_handshakes = handshakes / (time.perf_counter() - t0)
     # secure messaging on the opened channel (SCP03 rules, security level 0x33), as bench_one
-    host, card = new_host(), new_card()
-    host.complete(card.process(host.internal_authenticate()))
-    payload = min(PAYLOAD, host.max_data_length())
-    cmds = _commands(n, payload)
-    snapshot = host.session_state()
-    responses = []
-    for command in cmds:
-        card.unwrap_command(host.wrap(command))
-        responses.append(card.wrap_response(b"\x90\x00"))
-    best = 0.0
-    for _ in range(rounds):
-        restored = SCP11b.from_session_state(dict(snapshot))
-        t0 = time.perf_counter()
-        for command, response in zip(cmds, responses, strict=True):
-            restored.wrap(command)
-            restored.unwrap(response)
-        best = max(best, n / (time.perf_counter() - t0))
-    host, card = new_host(), new_card()
-    host.complete(card.process(host.internal_authenticate()))
-    t0 = time.perf_counter()
-    for command in cmds:
-        card.unwrap_command(host.wrap(command))
-        host.unwrap(card.wrap_response(b"\x90\x00"))
-    full_pairs = n / (time.perf_counter() - t0)
+
+    def open_channel() -> tuple[SCP11b, CardSCP11]:
+        host, card = new_host(), new_card()
+        host.complete(card.process(host.internal_authenticate()))
+        return host, card
+
+    best, full_pairs, payload = _pairs(open_channel, SCP11b.from_session_state, n)
     return host_handshakes, full_handshakes, best, full_pairs, payload
 
 

@@ -323,43 +323,33 @@ def _close_after_platform_fault(session_id: Any) -> None:
     its running jobs wait for the next presentation, and the audit log says so."""
     with transaction.atomic():
         session = CardSession.objects.select_for_update().filter(pk=session_id).first()
-        if session is None or session.state != CardSession.State.OPEN:
-            return
-        session.state = CardSession.State.FAILED
-        session.closed_reason = "platform error"
-        session.sealed_channel = None
-        session.save()
-        if session.card_id:
-            CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING).update(
-                state=CardJob.State.PENDING
-            )
-        record_event(
-            action="session.failed",
-            subject_type="card_session",
-            subject_id=str(session.id),
-            card_cin=session.card.cin if session.card is not None else "",
-            outcome="failure",
-            reason="platform error",
-            actor_type="system",
-        )
+        if session is not None and session.state == CardSession.State.OPEN:
+            _close_without_blame(session, CardSession.State.FAILED, "platform error", "session.failed")
 
 
 def _expire(session: CardSession) -> None:
     """Close an idle session: its channel state is dropped, its running jobs wait for the next
     presentation. Audited."""
-    session.state = CardSession.State.EXPIRED
-    session.closed_reason = "idle timeout"
+    _close_without_blame(session, CardSession.State.EXPIRED, "idle timeout", "session.expired")
+
+
+def _close_without_blame(session: CardSession, state: str, reason: str, action: str) -> None:
+    """Close ``session`` for a reason that is nobody's fault at the card's end (no attempt is
+    charged, unlike :func:`_reject`): its channel state is dropped, its running jobs go back to
+    pending, and the system records why."""
+    session.state = state
+    session.closed_reason = reason
     session.sealed_channel = None
     session.save()
     if session.card_id:
         CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING).update(state=CardJob.State.PENDING)
     record_event(
-        action="session.expired",
+        action=action,
         subject_type="card_session",
         subject_id=str(session.id),  # record_event stores str(subject_id)
         card_cin=session.card.cin if session.card is not None else "",
         outcome="failure",
-        reason="idle timeout",
+        reason=reason,
         actor_type="system",
     )
 

@@ -62,6 +62,7 @@ from issuers.custody_models import KeySet
 from issuers.models import Organization
 from updates import policy
 from updates.models import AuthRefusal, Release
+from updates.presentation import PresentationRefused, presentable_job_ids
 from updates.signals import job_state_changed
 
 logger = logging.getLogger(__name__)
@@ -938,17 +939,17 @@ class SessionEngine:
             commands.parse_cplc(commands.tagged_value(responses[1][:-2], commands.TAG_CPLC))
             cin = commands.tagged_value(responses[2][:-2], commands.TAG_CIN).hex().upper()
         card = Card.objects.filter(cin=cin).first()
-        credential = self.session.credential
-        if card is None or card.holder_id != credential.user_id:
-            raise SessionRejected("this card is not registered to this device's owner")
+        try:
+            jobs = presentable_job_ids(self.session.credential, card)
+        except PresentationRefused as exc:
+            raise SessionRejected(str(exc)) from exc
+        if card is None:  # presentable_job_ids refuses an unknown card; this narrows the type
+            raise SessionRejected("this card is not registered")
         self.session.card = card
         # One presentation at a time: an earlier session of this card that was never finished
         # (card pulled, connection lost) is closed now; its jobs resume here.
         type(self.session).objects.filter(card=card, state="open").exclude(pk=self.session.pk).update(
             state="expired", closed_reason="superseded by a new presentation", sealed_channel=None
-        )
-        jobs = list(
-            card.jobs.filter(state__in=CardJob.OPEN_STATES).order_by("created_at", "id").values_list("pk", flat=True)
         )
         now = timezone.now()
         for job in CardJob.objects.filter(pk__in=jobs):

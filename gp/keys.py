@@ -17,6 +17,7 @@ __all__ = [
     "KEY_TYPE_AES",
     "KEY_TYPE_DES",
     "KEY_TYPE_EC_PARAM_REF",
+    "KEY_TYPE_EC_PRIVATE",
     "KEY_TYPE_EC_PUBLIC",
     "KEY_TYPE_RSA_E",
     "KEY_TYPE_RSA_N",
@@ -42,6 +43,7 @@ KEY_TYPE_AES = 0x88
 KEY_TYPE_RSA_E = 0xA0  # RSA public key, public exponent e (clear text)
 KEY_TYPE_RSA_N = 0xA1  # RSA public key, modulus N (clear text)
 KEY_TYPE_EC_PUBLIC = 0xB0  # ECC public key (Amd E)
+KEY_TYPE_EC_PRIVATE = 0xB1  # ECC private key, encrypted under the DEK (Amd E; SCP11's SK.SD.ECKA, Amd F)
 KEY_TYPE_EC_PARAM_REF = 0xF0  # ECC key parameter reference (Amd E; 00 = NIST P-256)
 
 Algorithm = Literal["des", "aes"]
@@ -246,7 +248,8 @@ class KeyComponent:
     kcv: bytes = b""
 
     def __repr__(self) -> str:
-        shown = "<hidden>" if self.key_type in (KEY_TYPE_DES, KEY_TYPE_AES) else self.value.hex().upper()
+        secret = self.key_type in (KEY_TYPE_DES, KEY_TYPE_AES, KEY_TYPE_EC_PRIVATE)
+        shown = "<hidden>" if secret else self.value.hex().upper()
         return (
             f"KeyComponent(type=0x{self.key_type:02X}, length={len(self.value)}, "
             f"value={shown}, kcv={self.kcv.hex().upper()})"
@@ -319,6 +322,27 @@ def encode_put_key_rsa(new_version: int, modulus: bytes, exponent: bytes) -> byt
     )
 
 
+def encode_put_key_ec_private(
+    new_version: int, private_scalar: bytes, curve_reference: int, encrypt: Callable[[bytes], bytes]
+) -> bytes:
+    """PUT KEY data for an ECC private key (SK.SD.ECKA of SCP11, Amd F §7.3):
+    ``KVN || B1 len E(d) 00 || F0 01 <curve> 00`` with the scalar encrypted by the channel's key
+    encryption (AES-CBC under S-DEK in an SCP11 session, zero ICV; ``scalar`` is a whole number of
+    AES blocks: 32 bytes for P-256, 48 for P-384)."""
+    if not 0 < new_version <= 0x7F:
+        raise KeyMaterialError(f"new key version number must be 1..127, got {new_version}")
+    if len(private_scalar) not in (32, 48):
+        raise KeyMaterialError("the private scalar must be 32 (P-256) or 48 (P-384) bytes")
+    enc = encrypt(bytes(private_scalar))
+    return (
+        bytes((new_version, KEY_TYPE_EC_PRIVATE))
+        + _enc_len(len(enc))
+        + enc
+        + b"\x00"
+        + bytes((KEY_TYPE_EC_PARAM_REF, 0x01, curve_reference, 0x00))
+    )
+
+
 def encode_put_key_ec_p256(new_version: int, public_point: bytes) -> bytes:
     """PUT KEY data for an EC P-256 public key (GP Amd E): ``KVN || B0 len Q 00 || F0 01 00 00``.
 
@@ -358,14 +382,26 @@ def decode_put_key(data: bytes, decrypt: Callable[[bytes, int | None], bytes] | 
             raise EncodingError("truncated PUT KEY key component")
         value = data[pos : pos + length]
         pos += length
-        if pos >= len(data):
-            raise EncodingError("truncated PUT KEY data: missing KCV length")
-        kcv_len = data[pos]
-        kcv = data[pos + 1 : pos + 1 + kcv_len]
-        if len(kcv) != kcv_len:
-            raise EncodingError("truncated PUT KEY key check value")
-        pos += 1 + kcv_len
-        if key_type in (KEY_TYPE_DES, KEY_TYPE_AES):
+        if key_type in (KEY_TYPE_EC_PUBLIC, KEY_TYPE_EC_PRIVATE) and data[pos : pos + 1] == bytes(
+            (KEY_TYPE_EC_PARAM_REF,)
+        ):
+            # An ECC key has no key check value. Table 11-70 still gives each component a KCV
+            # length byte (00); yubikit and the cards it drives leave it out between the key and
+            # its parameter reference (F0). Unambiguous: a KCV length is never F0.
+            kcv_len, kcv = 0, b""
+        else:
+            if pos >= len(data):
+                raise EncodingError("truncated PUT KEY data: missing KCV length")
+            kcv_len = data[pos]
+            kcv = data[pos + 1 : pos + 1 + kcv_len]
+            if len(kcv) != kcv_len:
+                raise EncodingError("truncated PUT KEY key check value")
+            pos += 1 + kcv_len
+        if key_type == KEY_TYPE_EC_PRIVATE:
+            if decrypt is None:
+                raise KeyMaterialError("an ECC private key component needs a decrypt function (the DEK)")
+            comps.append(KeyComponent(key_type, decrypt(value, len(value)), kcv))
+        elif key_type in (KEY_TYPE_DES, KEY_TYPE_AES):
             if decrypt is None:
                 raise KeyMaterialError("symmetric key components need a decrypt function (the DEK)")
             if key_type == KEY_TYPE_AES:

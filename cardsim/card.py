@@ -9,6 +9,7 @@ personalisation target) is volatile and lost on reset, as on a real card.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import os
 from collections.abc import Callable
 
@@ -21,9 +22,21 @@ from cardsim.handlers.common import _sw as _sw
 from cardsim.state import Record, State, check_state, kvn_key, load_public_key, unhx
 from gp import dm
 from gp.apdu import SW, CommandAPDU
-from gp.commands import CardLifeCycle, Privileges
+from gp.commands import CardLifeCycle, Privileges, SecurityDomainLifeCycle
 from gp.errors import GPError
 from gp.scp.card import CardSCP02, CardSCP03, sw_for_error
+from gp.scp11 import CardSCP11, Ins, SCP11Variant
+
+SecureChannel = CardSCP02 | CardSCP03 | CardSCP11
+
+# Commands that change the card (GP 2.3.1 §11): in an SCP11b session, whose off-card entity is
+# not authenticated (Amd F §3.1.2), an SD takes them only before its first personalisation.
+_CONTENT_CHANGING_INS = frozenset({0xE6, 0xE8, 0xE4, 0xF0, 0xE2, 0xD8})
+
+
+def _utc_today() -> dt.date:
+    return dt.datetime.now(dt.UTC).date()
+
 
 Handler = Callable[["Card", CommandAPDU, bytes], bytes]
 """``handler(card, cmd, plain) -> rapdu``; ``plain`` is the command APDU after secure channel unwrapping."""
@@ -52,11 +65,13 @@ class Card:
         state: State,
         on_change: Callable[[State], None] | None = None,
         random: Callable[[int], bytes] = os.urandom,
+        today: Callable[[], dt.date] = _utc_today,
     ) -> None:
         check_state(state)
         self.state = state
         self._on_change = on_change
         self._random = random
+        self._today = today  # the date SCP11 certificates are checked against
         self._dirty = False
         self.powered = False
         self.last_error: str | None = None  # diagnostics: the internal error behind the last 6F00
@@ -66,8 +81,10 @@ class Card:
 
     def _clear_volatile(self) -> None:
         self.selected = ISD  # GP 2.3.1 §6.3: the ISD is the default selected application
-        self.channel: CardSCP02 | CardSCP03 | None = None
+        self.channel: SecureChannel | None = None
         self.channel_kvn: int | None = None
+        self.scp11_pending: CardSCP11 | None = None  # an SCP11 handshake under way (OCE chain)
+        self.scp11_pending_sd: str | None = None
         self.status_cursor: tuple[int, int, list[bytes]] | None = None
         self.perso_target: str | None = None
         self.store_next_block = 0
@@ -259,6 +276,8 @@ class Card:
             return _sw(SW.FUNCTION_NOT_SUPPORTED)  # GP 2.3.1 §5.1.1.5
         if not self._is_sd(self.selected):
             return applets.applet(self, cmd)
+        if self._scp11_handshake(cmd):
+            return channel.scp11_handshake(self, raw, cmd)
         if cmd.ins == 0x50:
             return channel.initialize_update(self, raw, cmd)
         if cmd.ins == 0x82:
@@ -277,12 +296,40 @@ class Card:
         if self.state.get("load") is not None and cmd.ins not in (0xE8, 0xCA, 0xF2):
             self._abort_load()  # a LOAD sequence must not be interleaved with other management
         try:
+            self._check_scp11_session(cmd, plain)
             out = self._dispatch(cmd, plain)
         except _Reply as reply:
             out = _sw(reply.sw)
         if self.channel is not None and self.channel.is_authenticated:
             out = self.channel.wrap_response(out)
         return out
+
+    def _scp11_handshake(self, cmd: CommandAPDU) -> bool:
+        """PSO, INTERNAL AUTHENTICATE, and MUTUAL AUTHENTICATE (INS 82 naming a key in P2, where
+        SCP03's EXTERNAL AUTHENTICATE has P2 00) on an SD with SCP11 keys (Amd F §7)."""
+        if "scp11" not in self._sds[self.selected]:
+            return False
+        if cmd.ins == Ins.MUTUAL_AUTHENTICATE:
+            return cmd.p2 != 0x00
+        return cmd.ins in (Ins.PERFORM_SECURITY_OPERATION, Ins.INTERNAL_AUTHENTICATE)
+
+    def _check_scp11_session(self, cmd: CommandAPDU, plain: bytes) -> None:
+        """What an SCP11 session may carry: SCP11c refuses PUT KEY, SET STATUS and DELETE of a key
+        (Amd F §3.1.3); SCP11b, with no authenticated off-card entity, changes an SD only until it
+        is personalised (our card's policy, docs/scp11.md: the SSD's first keys go in this way)."""
+        session = self.channel
+        if not isinstance(session, CardSCP11):
+            return
+        if not session.allows(plain):
+            raise _Reply(SW.CONDITIONS_NOT_SATISFIED)
+        if session.variant is SCP11Variant.B and cmd.ins in _CONTENT_CHANGING_INS:
+            personalised = (
+                self.state["lifecycle"] >= CardLifeCycle.SECURED
+                if self.selected == ISD
+                else self._apps[self.selected]["lifecycle"] & 0x7F >= SecurityDomainLifeCycle.PERSONALIZED
+            )
+            if personalised:
+                raise _Reply(SW.SECURITY_STATUS_NOT_SATISFIED)
 
     def _dispatch(self, cmd: CommandAPDU, plain: bytes) -> bytes:
         entry = DISPATCH.get(cmd.ins)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import logging
+import os
 import signal
 import sys
 import threading
@@ -12,7 +14,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from cardsim import store
+from cardsim import scp11, store
 from cardsim.card import Card
 from cardsim.constants import DEFAULT_AUTH_LIMIT, DEFAULT_KEY, DEFAULT_MEMORY
 from cardsim.listing import render
@@ -20,6 +22,7 @@ from cardsim.state import new_state
 from cardsim.vpcd import serve
 from gp.commands import CardLifeCycle
 from gp.errors import GPError
+from gp.scp11 import CertificateAuthority, KeyPair
 
 _LIFECYCLES = {
     "op_ready": CardLifeCycle.OP_READY,
@@ -45,7 +48,20 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("init", help="make a fresh card in SECURED state")
     i.add_argument("state", type=Path)
-    i.add_argument("--scp", choices=["02", "03"], default="03", help="ISD secure channel protocol (default 03)")
+    i.add_argument(
+        "--scp",
+        choices=["02", "03", "11"],
+        default="03",
+        help="ISD secure channel protocol (default 03); 11: SCP03 keys plus an SCP11b key pair (KID 13, KVN 01) "
+        "certified through the card's attestation key",
+    )
+    i.add_argument(
+        "--ca-key",
+        type=Path,
+        default=None,
+        help="with --scp 11: PEM private key (P-256/P-384) of the card issuer CA that certifies the card "
+        "(default: a fresh CA whose private key is not kept)",
+    )
     i.add_argument(
         "--key",
         type=_hex,
@@ -120,8 +136,18 @@ def _init(args: argparse.Namespace) -> int:
         for item in args.behaviour:
             prefix, _, name = item.partition("=")
             behaviours[prefix.upper()] = name
+    ca = None
+    if args.ca_key is not None:
+        if args.scp != "11":
+            print("--ca-key goes with --scp 11", file=sys.stderr)
+            return 2
+        loaded_ca = serialization.load_pem_private_key(args.ca_key.read_bytes(), password=None)
+        if not isinstance(loaded_ca, ec.EllipticCurvePrivateKey):
+            print("the CA key must be an EC private key", file=sys.stderr)
+            return 2
+        ca = CertificateAuthority(KeyPair(loaded_ca), b"ECARD-CA", "E-Card card issuer CA")
     state = new_state(
-        scp=int(args.scp, 16),
+        scp=0x03 if args.scp == "11" else int(args.scp, 16),
         key=args.key,
         kvn=args.kvn,
         i=args.i_param,
@@ -138,8 +164,14 @@ def _init(args: argparse.Namespace) -> int:
         lifecycle=_LIFECYCLES[args.lifecycle],
         behaviours=behaviours,
     )
+    if args.scp == "11":
+        today = dt.datetime.now(dt.UTC).date()
+        ca = scp11.provision_card(state, today=today, ca=ca, random=os.urandom)
     store.save(args.state, state)
     print(f"card initialised in {args.state}: CIN {state['cin']} KDD {state['kdd']}")
+    if ca is not None:
+        anchor = f"{ca.identifier.hex().upper()}: {ca.keys.public_point.hex().upper()}"
+        print(f"SCP11b key KID 13 KVN 01; card issuer CA {anchor}")
     return 0
 
 

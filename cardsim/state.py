@@ -13,8 +13,9 @@ Layout (all AIDs and byte strings are upper-case hex)::
     behaviours    {AID prefix: behaviour name} for applet instances (cardsim.applets)
     elfs          {ELF AID: {version, sd, modules[{aid, offset}], imports[[aid, major, minor]], rom, size, name}}
     apps          {AID: {elf, module, lifecycle, privileges, sd, params, data}}   (ISD and SSDs included)
-    sds           {SD AID: {scp, i, keys {KVN: key record}}}
+    sds           {SD AID: {scp, i, keys {KVN: key record}, scp11 (optional, see cardsim.scp11)}}
     load          in-progress LOAD or null; discarded at power-up (a card pulled mid-LOAD)
+    attestation   optional: the card's own signing key and certificate (cardsim.scp11)
 
 Key records: ``{"type": "aes"|"des", "keys": [hex, ...], "counter": n, "failures": n}`` for
 symmetric sets (ENC, MAC, DEK or a single key) and ``{"type": "ec", "q": hex}`` /
@@ -24,7 +25,7 @@ symmetric sets (ENC, MAC, DEK or a single key) and ``{"type": "ec", "q": hex}`` 
 from __future__ import annotations
 
 import os
-from typing import Any, TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -73,6 +74,7 @@ class State(TypedDict):
     apps: dict[str, Record]
     sds: dict[str, Record]
     load: Record | None
+    attestation: NotRequired[Record]
 
 
 def hx(data: bytes) -> str:

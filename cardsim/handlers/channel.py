@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cardsim import scp11
+from cardsim.constants import DEFAULT_SCP03
 from cardsim.handlers.common import _sw
 from cardsim.state import kvn_key, static_keys, unhx
 from gp.apdu import SW, CommandAPDU
 from gp.errors import GPError
 from gp.scp.card import CardSCP02, CardSCP03
+from gp.scp11 import Ins
 
 if TYPE_CHECKING:
     from cardsim.card import Card
@@ -56,10 +59,12 @@ def initialize_update(card: Card, raw: bytes, cmd: CommandAPDU) -> bytes:
             if rec["type"] != "aes":
                 return _sw(SW.REFERENCED_DATA_NOT_FOUND)
             s16 = len(cmd.data) == 16  # Amd D §7.1.1: a 16-byte host challenge selects S16 mode
+            # An SD installed for SCP11 speaks SCP03 with the card's default i once it has the keys.
+            i = info["i"] if info["scp"] == 0x03 else DEFAULT_SCP03[1]
             channel = CardSCP03(
                 keys,
                 s16=s16,
-                i=info["i"] | (0x01 if s16 else 0),
+                i=i | (0x01 if s16 else 0),
                 sd_aid=unhx(card.selected),
                 sequence_counter=rec["counter"],
                 kdd=kdd,
@@ -78,7 +83,7 @@ def initialize_update(card: Card, raw: bytes, cmd: CommandAPDU) -> bytes:
 
 def external_authenticate(card: Card, raw: bytes) -> bytes:
     channel, kvn = card.channel, card.channel_kvn
-    if channel is None or kvn is None:
+    if not isinstance(channel, CardSCP02 | CardSCP03) or kvn is None:
         return _sw(SW.CONDITIONS_NOT_SATISFIED)  # §11.11.3: no INITIALIZE UPDATE before
     out = channel.external_authenticate(raw)
     rec = card._sds[card.selected]["keys"][kvn_key(kvn)]
@@ -92,4 +97,37 @@ def external_authenticate(card: Card, raw: bytes) -> bytes:
         # A wrong host cryptogram (or C-MAC) counts against the key set; at the limit it is blocked.
         rec["failures"] += 1
         card._changed()
+    return out
+
+
+# ------------------------------------------------------------------ SCP11 handshake (Amd F §7.5-§7.7)
+
+
+def scp11_handshake(card: Card, raw: bytes, cmd: CommandAPDU) -> bytes:
+    """PERFORM SECURITY OPERATION, MUTUAL AUTHENTICATE or INTERNAL AUTHENTICATE on an SD that
+    holds SCP11 keys. Any of them ends the current session; a verified OCE chain lives until
+    the next authenticate of this selection. Every refused handshake counts against the SD's
+    SCP11 retry limit; at the limit the SD refuses to authenticate (6983)."""
+    info = card._sds[card.selected]
+    record = info["scp11"]
+    pending = card.scp11_pending
+    if pending is None or card.scp11_pending_sd != card.selected:
+        pending = scp11.card_channel(info, card._today, card._random)
+        card.scp11_pending, card.scp11_pending_sd = pending, card.selected
+    card._end_session()
+    authenticate = cmd.ins != Ins.PERFORM_SECURITY_OPERATION
+    if record["failures"] >= card.state["auth_limit"]:
+        pending.reset()
+        return _sw(SW.AUTHENTICATION_METHOD_BLOCKED)
+    out = pending.process(raw)
+    if out[-2:] == b"\x90\x00":
+        if authenticate:
+            card.channel, card.channel_kvn = pending, cmd.p1
+            card.scp11_pending = None  # the next handshake starts from the stored records
+            if record["failures"]:
+                record["failures"] = 0
+                card._changed()
+        return out
+    record["failures"] += 1
+    card._changed()
     return out

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any
 
+from cardsim import scp11
 from cardsim.constants import INSTANCE_COST, ISSUER_ONLY_PRIVILEGES
 from cardsim.handlers.common import ISD, _ok, _Reply, _sw
 from cardsim.parsing import InstallData, ParseError, parse_delete, parse_install, split_load_stream
@@ -131,7 +132,7 @@ def _install_for_install(card: Card, data: InstallData, mode: str, *, make_selec
             except GPError:
                 scp_param = None
             if scp_param is not None:
-                if len(scp_param.value) != 2 or scp_param.value[0] not in (0x02, 0x03):
+                if len(scp_param.value) != 2 or scp_param.value[0] not in (0x02, 0x03, 0x11):
                     return _sw(SW.WRONG_DATA)
                 scp, i = scp_param.value[0], scp_param.value[1]
     if card._free() < INSTANCE_COST * (2 if is_sd else 1):
@@ -150,10 +151,17 @@ def _install_for_install(card: Card, data: InstallData, mode: str, *, make_selec
     if is_sd:
         # A new SSD gets the card's initial key set at the default KVN of its SCP (DESIGN §5.3:
         # its owner replaces it with PUT KEY in a session with the SSD).
-        key = unhx(card.state["ssd_initial_key"])
-        kind = "des" if scp == 0x02 else "aes"
-        kvn = 0x20 if scp == 0x02 else 0x30
-        card._sds[app_aid] = {"scp": scp, "i": i, "keys": {kvn_key(kvn): symmetric_record(kind, [key] * 3)}}
+        if scp == 0x11:
+            # An SSD installed for SCP11 (81 02 11 i) gets no shared key at all: the card generates
+            # its SCP11b key pair, certified by the card, in this same state change (Amd F §6.1).
+            card._sds[app_aid] = {"scp": scp, "i": 0x00, "keys": {}}
+            scp11.generate_sd_key(card.state, app_aid, random=card._random)
+            card._sds[app_aid]["scp11"]["i"] = i
+        else:
+            key = unhx(card.state["ssd_initial_key"])
+            kind = "des" if scp == 0x02 else "aes"
+            kvn = 0x20 if scp == 0x02 else 0x30
+            card._sds[app_aid] = {"scp": scp, "i": i, "keys": {kvn_key(kvn): symmetric_record(kind, [key] * 3)}}
     card._changed()
     return _ok(card._confirmation(mode, lambda c, u: dm.install_receipt_data(c, u, data.elf_aid, data.app_aid)))
 

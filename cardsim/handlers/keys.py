@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from cardsim import scp11
 from cardsim.handlers import content
 from cardsim.handlers.common import ISD, _ok, _Reply, _sw
 from cardsim.parsing import ParseError, parse_dgis, parse_tlvs
@@ -17,6 +18,7 @@ from gp.keys import (
     KEY_TYPE_AES,
     KEY_TYPE_DES,
     KEY_TYPE_EC_PARAM_REF,
+    KEY_TYPE_EC_PRIVATE,
     KEY_TYPE_EC_PUBLIC,
     KEY_TYPE_RSA_E,
     KEY_TYPE_RSA_N,
@@ -27,6 +29,7 @@ from gp.keys import (
     scp03_decrypt_key,
 )
 from gp.scp.card import CardSCP02
+from gp.scp11 import CardSCP11, parse_certificates
 
 if TYPE_CHECKING:
     from cardsim.card import Card
@@ -104,6 +107,11 @@ def store_data(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
     if cmd.p2 != card.store_next_block:
         return _sw(SW.INCORRECT_P1P2)  # block numbers run from 00 in sequence
     fmt = cmd.p1 & 0x18
+    if target == card.selected and "scp11" in card._sds.get(target, {}) and cmd.data[:1] == b"\xa6":
+        out = _store_scp11_data(card, target, cmd.data)
+        if out[-2:] == b"\x90\x00":
+            card.store_next_block = 0 if cmd.p1 & 0x80 else (card.store_next_block + 1) & 0xFF
+        return out
     try:
         if fmt == 0x08:
             items = [(f"{dgi:04X}", value) for dgi, value in parse_dgis(cmd.data)]
@@ -122,6 +130,41 @@ def store_data(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
         card.perso_target = None
     else:
         card.store_next_block = (card.store_next_block + 1) & 0xFF
+    return _ok()
+
+
+def _store_scp11_data(card: Card, sd: str, data: bytes) -> bytes:
+    """STORE DATA to an SD about its own SCP11 keys (Amd F §7.4): ``A6 { 83 KID KVN }`` names the
+    key, then ``BF21`` is the certificate chain of an SD key (CERT.SD.ECKA last), or ``A6`` holds
+    ``42`` with the CA-KLOC identifier of a trust anchor (``80`` 00 KLOC / 01 KLCC)."""
+    try:
+        tlvs = parse_tlvs(data)
+        control = {t.tag: t.value for t in parse_tlvs(tlvs[0].value)}
+    except ParseError:
+        return _sw(SW.WRONG_DATA)
+    reference = control.get(0x83, b"")
+    if len(reference) != 2:
+        return _sw(SW.WRONG_DATA)
+    record = card._sds[sd]["scp11"]["keys"].get(scp11.ref(reference[0], reference[1]))
+    if record is None:
+        return _sw(SW.REFERENCED_DATA_NOT_FOUND)
+    rest = tlvs[1:]
+    if len(rest) == 1 and rest[0].tag == 0xBF21 and record["use"] == "sd":
+        try:
+            chain = parse_certificates(rest[0].value)
+        except GPError:
+            return _sw(SW.WRONG_DATA)
+        if not chain or chain[-1].public_key_point != scp11.public_point(record):
+            return _sw(SW.WRONG_DATA)  # the chain must end with this key's own certificate
+        record["certs"] = [hx(cert.encode()) for cert in chain]
+    elif not rest and 0x42 in control and record["use"] == "anchor" and 0 < len(control[0x42]) <= 20:
+        record["ca_id"] = hx(control[0x42])
+    elif rest and rest[0].tag == 0x70:
+        return _sw(SW.FUNCTION_NOT_SUPPORTED)  # certificate serial allowlists (not modelled)
+    else:
+        return _sw(SW.WRONG_DATA)
+    card.scp11_pending = None
+    card._changed()
     return _ok()
 
 
@@ -144,7 +187,8 @@ def put_key(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
         def decrypt(enc: bytes, n: int | None) -> bytes:
             return scp02_decrypt_key(dek02, enc)
     else:
-        dek03 = channel.keys.dek
+        # SCP03: the static DEK (Amd D §7.2); SCP11: the session's S-DEK (Amd F §6.5.3)
+        dek03 = channel.session_dek if isinstance(channel, CardSCP11) else channel.keys.dek
 
         def decrypt(enc: bytes, n: int | None) -> bytes:
             return scp03_decrypt_key(dek03, enc, n)
@@ -156,6 +200,9 @@ def put_key(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
     new = put.new_version
     if new in (0x00, 0xFF) or not put.components:
         return _sw(SW.WRONG_DATA)
+    kid = cmd.p2 & 0x7F
+    if kid in scp11.SCP11_KIDS and {c.key_type for c in put.components} & _EC_TYPES:
+        return _put_scp11_key(card, info, kid, cmd.p1, new, put.components)
     record = _key_record(put.components, info["scp"])
     old = cmd.p1
     if old == 0x00:
@@ -176,6 +223,33 @@ def put_key(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
         elif comp.key_type == KEY_TYPE_DES:
             kcvs += kcv_des(comp.value)
     return _ok(bytes((new,)) + kcvs)  # §11.8.3.1: KVN followed by the key check values
+
+
+_EC_TYPES = frozenset({KEY_TYPE_EC_PUBLIC, KEY_TYPE_EC_PRIVATE})
+
+
+def _put_scp11_key(card: Card, info: dict[str, Any], kid: int, old: int, new: int, components: Any) -> bytes:
+    """An SCP11 key by PUT KEY (Amd F §7.3): SK.SD.ECKA (B1 + F0) under KID 11/13/15, or a trust
+    anchor PK.CA-KLOC.ECDSA (B0 + F0) under KID 10/20..2F. P1 names the version replaced (00:
+    a new key). The answer is the KVN alone: ECC keys have no key check value."""
+    try:
+        record = scp11.ec_key_record(kid, {c.key_type: c.value for c in components})
+    except (EncodingError, KeyMaterialError):
+        return _sw(SW.WRONG_DATA)  # wrong kind of key for the KID, unknown curve, point off the curve
+    store = info.setdefault("scp11", {"i": scp11.DEFAULT_I, "failures": 0, "keys": {}})["keys"]
+    if old == 0x00:
+        if scp11.ref(kid, new) in store:
+            return _sw(SW.WRONG_DATA)
+    else:
+        if scp11.ref(kid, old) not in store:
+            return _sw(SW.REFERENCED_DATA_NOT_FOUND)
+        if new != old and scp11.ref(kid, new) in store:
+            return _sw(SW.WRONG_DATA)
+        del store[scp11.ref(kid, old)]
+    store[scp11.ref(kid, new)] = record
+    card.scp11_pending = None
+    card._changed()
+    return _ok(bytes((new,)))
 
 
 def _key_record(components: tuple[Any, ...], scp: int) -> dict[str, Any]:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from cardsim.constants import MAX_BLOCK
+from cardsim.constants import DEFAULT_SCP03, MAX_BLOCK
+from cardsim.handlers import channel
 from cardsim.handlers.common import ISD, _ok, _sw
 from cardsim.state import hx, unhx
 from gp.apdu import SW, CommandAPDU
@@ -56,6 +57,7 @@ def select(card: Card, cmd: CommandAPDU) -> bytes:
     if card.state["lifecycle"] == CardLifeCycle.TERMINATED and target != ISD:
         return _sw(SW.FUNCTION_NOT_SUPPORTED)
     card._end_session()  # selecting an application ends the current secure channel session
+    card.scp11_pending = None  # and any SCP11 handshake under way
     card.selected = target
     if cmd.p2 & 0x0C == 0x0C:
         return _ok()
@@ -70,7 +72,13 @@ def card_recognition_data(card: Card, sd: str) -> bytes:
         return encode_tlv(0x06, _GP_OID + suffix)
 
     body = oid(b"\x01") + encode_tlv(0x60, oid(bytes((0x02, 0x02, 0x03, 0x01))))
-    body += encode_tlv(0x63, oid(b"\x03")) + encode_tlv(0x64, oid(bytes((0x04, info["scp"], info["i"]))))
+    body += encode_tlv(0x63, oid(b"\x03"))
+    if info["scp"] != 0x11:
+        body += encode_tlv(0x64, oid(bytes((0x04, info["scp"], info["i"]))))
+    elif channel.default_kvn(card, sd) is not None:  # an SCP11 SD that was given SCP03 keys
+        body += encode_tlv(0x64, oid(bytes((0x04, *DEFAULT_SCP03))))
+    if "scp11" in info:  # one 64 per protocol the SD speaks (Amd F §5.1: SCP11 OID 2A864886FC6B04 11 i)
+        body += encode_tlv(0x64, oid(bytes((0x04, 0x11, info["scp11"]["i"]))))
     return encode_tlv(0x73, body)
 
 

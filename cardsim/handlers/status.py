@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cardsim import scp11
 from cardsim.constants import GET_STATUS_CHUNK
 from cardsim.handlers import channel, select
 from cardsim.handlers.common import ISD, _ok, _sw
-from cardsim.parsing import ParseError, parse_get_status
+from cardsim.parsing import ParseError, parse_get_status, parse_tlvs
 from cardsim.state import hx, kvn_key, unhx
 from gp.apdu import SW, CommandAPDU
 from gp.commands import ExecutableLoadFileLifeCycle, Privileges
@@ -49,7 +50,27 @@ def _key_information(card: Card, sd: str) -> bytes:
             )
         else:
             out += encode_tlv(0xC0, bytes((1, kvn, KEY_TYPE_EC_PUBLIC, len(rec["q"]) // 2, KEY_TYPE_EC_PARAM_REF, 1)))
+    out += scp11.key_information(card._sds[sd])
     return encode_tlv(0xE0, out)
+
+
+def _certificate_store(card: Card, sd: str, data: bytes) -> bytes:
+    """GET DATA BF21 (Amd F §7.4.2): the certificate store of the SD key named by
+    ``A6 { 83 { KID KVN } }``, or of its SCP11b key when the command names none."""
+    kid = kvn = None
+    if data:
+        try:
+            control = parse_tlvs(data)
+            inner = parse_tlvs(control[0].value) if len(control) == 1 and control[0].tag == 0xA6 else []
+        except ParseError:
+            return _sw(SW.WRONG_DATA)
+        if len(inner) != 1 or inner[0].tag != 0x83 or len(inner[0].value) != 2:
+            return _sw(SW.WRONG_DATA)
+        kid, kvn = inner[0].value[0], inner[0].value[1]
+    store = scp11.certificate_store(card._sds[sd], kid, kvn)
+    if store is None:
+        return _sw(SW.REFERENCED_DATA_NOT_FOUND)
+    return _ok(store)
 
 
 def get_data(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
@@ -64,6 +85,8 @@ def get_data(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
         return _ok(encode_tlv(0x66, select.card_recognition_data(card, sd)))
     if tag == 0x00E0:
         return _ok(_key_information(card, sd))
+    if tag == 0xBF21:
+        return _certificate_store(card, sd, cmd.data)
     if tag == 0x0042 and sd == ISD:
         return _ok(encode_tlv(0x42, unhx(card.state["iin"])))
     if tag == 0x0045 and sd == ISD:

@@ -233,3 +233,56 @@ def test_sigkill_mid_load_then_restart(serve, tmp_path: Path) -> None:
     assert alg.applet_aids[0] in {e.aid for e in s.status(c.STATUS_APPS)}
     assert card.stop() == 0
     check_consistency(json.loads(state.read_text()))
+
+
+def test_scp11_ssd_through_pcsc_with_gp_and_yubikit(serve, tmp_path: Path) -> None:
+    """Issue 16: an SSD installed for SCP11 is opened with SCP11b by gp and by yubikit over PC/SC;
+    after PUT KEY of an SCP03 key set inside that SCP11 session it opens with SCP03 (after the
+    card was pulled and put back, too)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from yubikit.core.smartcard.scp import KeyRef, Scp03KeyParams, Scp11KeyParams
+    from yubikit.core.smartcard.scp import StaticKeys as YubikitKeys
+
+    from cardsim import scp11
+    from gp.aids import SSD_MODULE_AID, SSD_PACKAGE_AID
+    from gp.apdu import SW
+    from gp.keys import StaticKeys
+    from gp.scp11 import SCP11b
+    from tests.cardsim.scp11_host import SCP11Session, sd_point
+    from tests.cardsim.test_scp11_yubikit import SsdSession
+    from tests.yubikit_peer import RecordingConnection
+
+    ssd = bytes.fromhex("A000000151535344424B03")
+    state = tmp_path / "card.json"
+    _init(state, "--scp", "11")
+    anchor = scp11.issuer_anchor(json.loads(state.read_text()))
+    assert anchor is not None
+    card = serve(state)
+    isd = HostSession(card.transmit).open()
+    params = c.install_parameters(c.sd_install_parameters(0x11, 0x00))
+    assert isd.install(SSD_PACKAGE_AID, SSD_MODULE_AID, ssd, privileges=b"\x80", params=params)[1] == SW.SUCCESS
+    point = sd_point(card.transmit, ssd, anchor)  # GET DATA BF21, chain checked to the card issuer CA
+
+    gp_session = SCP11Session(card.transmit, ssd, SCP11b(point, 0x01))
+    assert gp_session.open() == SW.SUCCESS
+    assert gp_session.send(c.get_data(0x66))[1] == SW.SUCCESS
+
+    pk_sd = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), point)
+    yk = SsdSession(RecordingConnection(card), ssd)
+    yk.authenticate(Scp11KeyParams(KeyRef(0x13, 0x01), pk_sd))
+    assert bytes.fromhex("2A864886FC6B041100") in yk.get_data(0x66)
+
+    bank = StaticKeys(bytes(range(16)), bytes(range(16, 32)), bytes(range(32, 48)), 0x30)
+    gp_session = SCP11Session(card.transmit, ssd, SCP11b(point, 0x01))
+    assert gp_session.open() == SW.SUCCESS
+    assert gp_session.put_scp03_keys(bank)[1] == SW.SUCCESS
+
+    scp03 = HostSession(card.transmit, ssd)
+    scp03.keys = bank
+    assert scp03.open().send(c.get_data(0x66))[1] == SW.SUCCESS
+    assert card.stop() == 0
+    card = serve(state)  # the card pulled and put back: the keys are in its memory
+    yk03 = SsdSession(RecordingConnection(card), ssd)
+    yk03.authenticate(Scp03KeyParams(KeyRef(0x01, 0x30), YubikitKeys(bank.enc, bank.mac, bank.dek)))
+    assert bytes.fromhex("2A864886FC6B040370") in yk03.get_data(0x66)
+    assert card.stop() == 0

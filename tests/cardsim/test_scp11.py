@@ -8,13 +8,19 @@ opens it with SCP11b, puts its SCP03 keys inside that session, and from then on 
 from __future__ import annotations
 
 import json
+import os
+from functools import cache
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from cardsim import store
+from cardsim import scp11, store
+from cardsim.card import Card
 from cardsim.cli import main as cardsim_main
 from cardsim.constants import DEFAULT_KEY
+from cardsim.state import new_state
 from cardsim.transport import InProcessCard
 from gp import commands as c
 from gp.aids import ISD_AID, SSD_MODULE_AID, SSD_PACKAGE_AID
@@ -315,3 +321,51 @@ def test_power_lost_while_installing_an_scp11_ssd_leaves_no_half_written_key(tmp
     saved = json.loads(path.read_text())
     assert saved["sds"][SSD.hex().upper()]["scp11"]["keys"]["13/01"]["certs"]
     assert store.load(path)["attestation"]["issued"] == 2  # the ISD key at init, then this SSD key
+
+
+# ------------------------------------------------------------------ fuzzed chains on the card
+
+
+@cache
+def _fuzz_card() -> Card:
+    state = new_state(cin=bytes.fromhex("0A0B0C0D0E0F1011"))
+    scp11.provision_card(state, today=TODAY, random=os.urandom)
+    ca = CertificateAuthority.generate(b"\xb4\x09", Curve.P256, "bank OCE CA")
+    state["sds"][ISD_AID.hex().upper()]["scp11"]["keys"]["10/03"] = {
+        "use": "anchor",
+        "curve": 0,
+        "q": ca.keys.public_point.hex().upper(),
+        "ca_id": "B409",
+    }
+    return Card(state)
+
+
+_HANDSHAKE_SWS = {
+    SW.SUCCESS,
+    SW.WRONG_LENGTH,
+    SW.WRONG_DATA,
+    SW.REFERENCED_DATA_NOT_FOUND,
+    SW.CERTIFICATE_VERIFICATION_FAILED,
+    SW.FUNCTION_NOT_SUPPORTED,
+    SW.CONDITIONS_NOT_SATISFIED,
+}
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400), st.sampled_from([0x03, 0x83]), st.sampled_from([0x2A, 0x82, 0x88]))
+def test_fuzzed_handshake_data_never_crashes_the_card(data: bytes, p2: int, ins: int) -> None:
+    """Random PSO / MUTUAL / INTERNAL AUTHENTICATE bodies: always a named status word, never 6F00
+    (the card's "I crashed" answer), and never an open session."""
+    card = _fuzz_card()
+    card.state["sds"][ISD_AID.hex().upper()]["scp11"]["failures"] = 0
+    assert sw_of(card.transmit(c.select(ISD_AID))) == SW.SUCCESS
+    p1, p2 = (0x10, p2) if ins == 0x2A else (0x01, 0x13 if ins == 0x88 else 0x11)
+    header = bytes((0x80, ins, p1, p2))
+    body = (
+        bytes((len(data),)) + data
+        if 0 < len(data) < 256
+        else (b"\x00" + len(data).to_bytes(2, "big") + data if data else b"")
+    )
+    answer = card.transmit(header + body)
+    assert sw_of(answer) in _HANDSHAKE_SWS, (answer[-2:].hex(), card.last_error)
+    assert card.channel is None or sw_of(answer) == SW.SUCCESS

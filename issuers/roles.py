@@ -27,6 +27,8 @@ class Principal:
     roles: dict[int, str] = field(default_factory=dict)  # organization id -> role
     kinds: dict[int, str] = field(default_factory=dict)  # organization id -> kind
     slugs: dict[int, str] = field(default_factory=dict)  # organization id -> slug ("" if it has none)
+    # Member of a suspended organisation: no rights through it, and not a citizen either.
+    suspended_member: bool = False
 
     def org_ids(self, kind: str | None = None) -> list[int]:
         return [org_id for org_id, k in self.kinds.items() if kind is None or k == kind]
@@ -58,7 +60,9 @@ class Principal:
 
     @property
     def is_citizen(self) -> bool:
-        return self.is_authenticated and not self.is_member
+        """An account that belongs to no organisation. Staff of a suspended organisation lose its
+        rights but do not become citizens (who may issue agent credentials and enroll banks)."""
+        return self.is_authenticated and not self.is_member and not self.suspended_member
 
     def has_role(self, organization_id: int, *roles: str) -> bool:
         role = self.roles.get(organization_id)
@@ -82,12 +86,15 @@ def principal(user: AbstractBaseUser | AnonymousUser | None) -> Principal:
     roles: dict[int, str] = {}
     kinds: dict[int, str] = {}
     slugs: dict[int, str] = {}
-    memberships = Membership.objects.filter(user_id=user.pk, organization__is_active=True)
-    for membership in memberships.select_related("organization"):
+    suspended = False
+    for membership in Membership.objects.filter(user_id=user.pk).select_related("organization"):
+        if not membership.organization.is_active:
+            suspended = True
+            continue
         roles[membership.organization_id] = membership.role
         kinds[membership.organization_id] = membership.organization.kind
         slugs[membership.organization_id] = membership.organization.slug
-    result = Principal(user_id=user.pk, roles=roles, kinds=kinds, slugs=slugs)
+    result = Principal(user_id=user.pk, roles=roles, kinds=kinds, slugs=slugs, suspended_member=suspended)
     setattr(user, _CACHE_ATTR, result)
     return result
 

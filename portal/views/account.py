@@ -48,11 +48,10 @@ def answer_invitation(request: AuthenticatedHttpRequest, invitation: int) -> Htt
             messages.success(request, f"You declined the invitation of {record.organization.name}.")
     except ServiceError as exc:
         messages.error(request, f"The invitation of {record.organization.name} cannot be accepted: {exc.message}")
-        status = 409 if exc.is_conflict else 400
         return render(
             request,
             "portal/invitations.html",
             {"invitations": issuer_selectors.pending_invitations_of(request.user)},
-            status=status,
+            status=exc.http_status,  # one mapping of service refusals to HTTP (ecard.errors)
         )
     return redirect("portal:invitations")

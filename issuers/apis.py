@@ -184,9 +184,10 @@ def _invite(request: Request) -> Invitation:
     organization = selectors.organizations_for(acting_user(request)).filter(slug=data["organization"]).first()
     if organization is None or not principal(acting_user(request)).has_role(organization.pk, Membership.Role.ADMIN):
         raise exceptions.PermissionDenied("You administer no organisation with that slug.")
-    return services.invite_member(
-        organization=organization, user=_user_named(data["username"]), role=data["role"], actor=acting_user(request)
-    )
+    user = get_user_model().objects.filter(username=data["username"]).first()
+    if user is None:
+        raise services.not_invitable()  # the same answer as for an account that may not be invited
+    return services.invite_member(organization=organization, user=user, role=data["role"], actor=acting_user(request))
 
 
 class MembershipViewSet(

@@ -150,6 +150,17 @@ def _check_may_join(organization: Organization, user: User) -> None:
         raise refusal
 
 
+# Refusals that would tell an inviting admin something private about another account: that it
+# holds a card (a citizen) or belongs to the agency or the regulator.
+_PRIVATE_REFUSALS = frozenset({"card_holder", "exclusive_account"})
+
+
+def not_invitable() -> ServiceError:
+    """One answer for an unknown username and for an account the rules keep out for a private
+    reason, so that inviting does not enumerate citizens or agency staff."""
+    return ServiceError("this user cannot be invited to the organisation", field="username", code="not_invitable")
+
+
 def _is_org_admin(actor: User | None, organization: Organization) -> bool:
     return actor is None or roles.principal(actor).has_role(organization.pk, Membership.Role.ADMIN)
 
@@ -202,7 +213,9 @@ def invite_member(*, organization: Organization, user: User, role: str, actor: U
         raise ServiceError("the organisation is suspended", field="organization", code="state")
     if Membership.objects.filter(user=user, organization=organization).exists():
         raise ServiceError("this user is already a member of the organisation", field="username", code="duplicate")
-    _check_may_join(organization, user)
+    refusal = membership_refusal(organization=organization, user=user)
+    if refusal is not None:
+        raise not_invitable() if refusal.code in _PRIVATE_REFUSALS else refusal
     try:
         with transaction.atomic():
             invitation = Invitation.objects.create(

@@ -62,7 +62,7 @@ def test_a_bank_admin_adding_another_banks_admin_grants_nothing(world: World) ->
 
 def test_a_bank_admin_adding_the_regulator_grants_nothing(world: World) -> None:
     response = invite(world, "alpha_admin", "alpha", "regulator", role="operator")
-    assert_problem(response, 400, "exclusive_account")
+    assert_problem(response, 400, "not_invitable")  # without saying the account is the regulator's
     regulator = fresh(world.users["regulator"])
     assert principal(regulator).roles == {world.regulator_org.pk: Membership.Role.AUDITOR}
     alpha_sd = world.sds["alpha@card1"]
@@ -79,10 +79,26 @@ def test_a_bank_admin_adding_the_regulator_grants_nothing(world: World) -> None:
 )
 def test_card_holders_agency_and_regulator_accounts_are_refused_outright(world: World, username, code) -> None:
     for path in ("/api/v1/members/", "/api/v1/invitations/"):
-        assert_problem(invite(world, "alpha_admin", "alpha", username, path=path), 400, code)
+        assert_problem(invite(world, "alpha_admin", "alpha", username, path=path), 400, "not_invitable")
     assert not Invitation.objects.exists()
+    # The rule behind it is the one the direct service path names.
+    with pytest.raises(ServiceError) as refused:
+        services.add_member(organization=world.alpha, user=world.users[username], role=Membership.Role.OPERATOR)
+    assert refused.value.code == code
     # and the agency admin cannot pull a bank member into the agency either
-    assert_problem(invite(world, "agency_admin", "agency", "alpha_op"), 400, "exclusive_account")
+    assert_problem(invite(world, "agency_admin", "agency", "alpha_op"), 400, "not_invitable")
+
+
+def test_inviting_does_not_tell_a_citizen_or_the_regulator_from_an_unknown_name(world: World) -> None:
+    """A bank admin probing usernames learns nothing about who holds a card or works where."""
+    answers = []
+    for username in ("nobody-at-all", "citizen1", "regulator", "agency_op"):
+        response = invite(world, "alpha_admin", "alpha", username)
+        body = response.json()
+        body.pop("instance", None)
+        answers.append((response.status_code, body))
+    assert all(answer == answers[0] for answer in answers), answers
+    assert answers[0][0] == 400 and answers[0][1]["type"].endswith("/not-invitable")
 
 
 def test_only_admins_of_the_organisation_invite(world: World) -> None:

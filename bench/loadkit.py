@@ -531,12 +531,15 @@ def _agent(
     lock: threading.Lock,
     memory_cards: bool = False,
     index: int = 0,
+    ramp: float = 0.0,
 ) -> None:
     # Agents start on different servers, so the groups share the load from the first request.
     relay = KeepAliveRelay(base_url, row["token"], context=context, start=index)
     memory = MemoryCard(row["state_file"]) if memory_cards else None
     interrupted = False
-    while time.time() < start_at:
+    # With a ramp the load runs before the window opens: the window sees the steady state, not
+    # the pipeline filling (at N = 200 a session takes seconds).
+    while time.time() < start_at - ramp:
         time.sleep(0.01)
     while time.time() < deadline:
         t0 = time.perf_counter()
@@ -559,7 +562,7 @@ def _agent(
         except (RelayError, OSError, ValueError, KeyError) as exc:
             error, result = f"{type(exc).__name__}: {exc}", None
         t2 = time.perf_counter()
-        in_window = time.time() <= deadline
+        in_window = start_at <= time.time() <= deadline
         with lock:
             if in_window:
                 stats.latencies += relay.latencies
@@ -599,6 +602,7 @@ def _agent_process(
     operator: str,
     memory_cards: bool = False,
     first_index: int = 0,
+    ramp: float = 0.0,
 ) -> None:
     os.environ.update(env)
     os.environ["LOG_LEVEL"] = "WARNING"
@@ -618,7 +622,7 @@ def _agent_process(
     threads = [
         threading.Thread(
             target=_agent,
-            args=(row, base_url, context, feeder, start_at, deadline, stats, lock, memory_cards, first_index + i),
+            args=(row, base_url, context, feeder, start_at, deadline, stats, lock, memory_cards, first_index + i, ramp),
             daemon=True,
         )
         for i, row in enumerate(rows)
@@ -676,24 +680,25 @@ def run_load(
     operator: str = "loadbank_op",
     warmup: float = 2.0,
     memory_cards: bool = False,
+    ramp: float = 0.0,
 ) -> LoadResult:
     """Run ``len(rows)`` agents for ``seconds`` (after a short start-up); ``during(t)`` is called
     about every 0.5 s with the time since the window opened (fault injection). ``base_url`` may
     name several servers (comma-separated or a list): every HTTP request goes to the next one.
     ``memory_cards`` keeps each card in memory for the run (written back at the end) instead of
     writing its state file after every command (what the fault test needs: a killed agent is a
-    pulled card)."""
+    pulled card). ``ramp`` seconds of load run before the window opens (not measured)."""
     urls = split_urls(base_url)
     processes = max(1, min(processes, len(rows)))
     ctx = mp.get_context("fork")
     out = ctx.Queue()
-    start_at = time.time() + warmup + 0.5 * processes
+    start_at = time.time() + warmup + 0.5 * processes + ramp
     deadline = start_at + seconds
     shares = [rows[i::processes] for i in range(processes)]
     workers = [
         ctx.Process(
             target=_agent_process,
-            args=(share, env, urls, start_at, deadline, out, operator, memory_cards, i),
+            args=(share, env, urls, start_at, deadline, out, operator, memory_cards, i, ramp),
             daemon=True,
         )
         for i, share in enumerate(shares)

@@ -126,7 +126,8 @@ def default_processes(agents: int) -> int:
 
 
 def ms_per_session(r: LoadResult, tier: str) -> float:
-    return 1000 * r.cpu.get(tier, 0.0) * r.seconds / max(1, r.stats.sessions)
+    """CPU ms of a tier per session's worth of work served in the window (requests / 5)."""
+    return 1000 * r.cpu.get(tier, 0.0) * r.seconds / max(1.0, r.session_equivalents)
 
 
 def server_ms(r: LoadResult) -> float:
@@ -146,21 +147,24 @@ def render(results: list[LoadResult], header: str, urls: list[str], verification
         "exchanges (session open included), 9 APDUs, the job queued before the session through "
         "`cards.services` (not in the exchange latencies). Each N first runs a few seconds of load outside the "
         "window (the ramp: the window sees the steady state); *p50/p99* are per HTTP exchange of the sessions "
-        "that ended in the window. "
+        "answered in the window (the table by exchange: of the sessions that ended in it). "
         f"{spread}"
-        "*CPU ms/session* is CPU time (utime + stime from /proc) during the window divided by the complete "
-        "sessions: *server* = web (gunicorn masters and workers) + pg (backends of the platform's database) + "
+        "*CPU ms/session* is CPU time (utime + stime from /proc) during the window divided by the sessions' worth "
+        "of work answered in it (HTTP requests answered in the window / 5, so that sessions cut by the window's "
+        "edges count for what was done of them; *req/s* is that request rate): *server* = web (gunicorn masters "
+        "and workers) + pg (backends of the platform's database) + "
         "celery (workers and beat) + redis; *generator* = the load generator itself (agents, in-memory cards, "
         "job feeders; its feeders' PostgreSQL backends are in neither). Target: ≥ 100 sessions/s, p99 < 250 ms, "
         "0 errors, server ≤ 15 ms/session.",
         "",
-        "| agents | sessions/s | p50 ms | p99 ms | max ms | errors | server CPU ms/session | web | pg | celery "
+        "| agents | sessions/s | req/s | p50 ms | p99 ms | max ms | errors | server CPU ms/session | web | pg | celery "
         "| redis | generator CPU ms/session | requests per group |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         lines.append(
-            f"| {r.agents} | {r.rate:.1f} | {r.percentile(50):.0f} | {r.percentile(99):.0f} | "
+            f"| {r.agents} | {r.rate:.1f} | {r.stats.window_requests / r.seconds:.0f} | {r.percentile(50):.0f} | "
+            f"{r.percentile(99):.0f} | "
             f"{r.percentile(100):.0f} | {r.stats.errors} | **{server_ms(r):.0f}** | "
             + " | ".join(f"{ms_per_session(r, tier):.0f}" for tier in SERVER_TIERS)
             + f" | {ms_per_session(r, 'bench'):.0f} | {' / '.join(str(n) for n in r.stats.requests_by_server)} |"
@@ -277,58 +281,101 @@ def start_profile(topology: Topology, out_dir: Path, seconds: float) -> list[sub
     out_dir.mkdir(parents=True, exist_ok=True)
     procs = []
     for i, master in enumerate(topology.web_masters(), start=1):
-        cmd = [exe, "record", "--pid", str(master), "--subprocesses", "--rate", "100", "--nonblocking"]
+        cmd = [exe, "record", "--pid", str(master), "--subprocesses", "--gil", "--rate", "100", "--nonblocking"]
         cmd += ["--duration", str(max(1, int(seconds))), "--format", "speedscope"]
         cmd += ["--output", str(out_dir / f"web{i}.speedscope.json")]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
     return procs
 
 
-def summarise_profiles(paths: list[Path], top: int = 25) -> tuple[int, list[tuple[str, float, float]]]:
-    """Samples and, per frame (function (file)), its inclusive and self share of all samples."""
+PROJECT_PACKAGES = ("ecard/", "issuers/", "cards/", "updates/", "audit/", "portal/", "gp/", "cardsim/")
+# Where a sample's own time goes, by the file of its innermost frame (first match wins).
+CATEGORIES = (
+    ("PostgreSQL client (psycopg, libpq calls)", ("psycopg/",)),
+    ("Django ORM (query building, compiling, model instances)", ("django/db/",)),
+    ("Redis client", ("redis/",)),
+    ("DRF (request parsing, serializers, views)", ("rest_framework/",)),
+    ("Django request handling, middleware, settings, signals", ("django/",)),
+    ("gunicorn, TLS, sockets", ("gunicorn/", "ssl.py", "socket.py", "selectors.py")),
+    ("cryptography (C and Python)", ("cryptography/", "gp/crypto", "gp/scp")),
+    ("project code (the engine, services, custody, audit)", PROJECT_PACKAGES),
+    ("logging, JSON", ("logging/", "json/")),
+)
+
+
+def _short(file: str) -> str:
+    if "site-packages/" in file:
+        return file.split("site-packages/")[-1]
+    if "/lib/python3" in file:
+        return "stdlib/" + file.split("/lib/python3", 1)[1].split("/", 1)[-1]
+    return file.replace(str(ROOT) + "/", "")
+
+
+def summarise_profiles(paths: list[Path]) -> dict[str, Any]:
+    """Samples, and per frame (``function (file)``) its inclusive and self share; self share by category."""
     inclusive: dict[str, float] = {}
     own: dict[str, float] = {}
+    categories: dict[str, float] = {}
     total = 0.0
+    samples = 0
     for path in paths:
         doc = json.loads(path.read_text())
-        frames = doc["shared"]["frames"]
-        names = []
-        for frame in frames:
-            file = frame.get("file", "")
-            short = file.split("site-packages/")[-1] if "site-packages/" in file else file.replace(str(ROOT) + "/", "")
-            names.append(f"{frame['name']} ({short})")
+        frames = [
+            (f"{frame['name']} ({_short(frame.get('file', ''))})", _short(frame.get("file", "")))
+            for frame in doc["shared"]["frames"]
+        ]
         for profile in doc["profiles"]:
             for sample, weight in zip(profile["samples"], profile["weights"], strict=True):
                 total += weight
-                for name in {names[i] for i in sample}:
+                samples += 1
+                for name in {frames[i][0] for i in sample}:
                     inclusive[name] = inclusive.get(name, 0.0) + weight
                 if sample:
-                    leaf = names[sample[-1]]
+                    leaf, file = frames[sample[-1]]
                     own[leaf] = own.get(leaf, 0.0) + weight
-    rows = sorted(inclusive, key=lambda n: -inclusive[n])[:top]
-    return int(total), [(n, 100 * inclusive[n] / max(total, 1), 100 * own.get(n, 0.0) / max(total, 1)) for n in rows]
+                    category = next((c for c, marks in CATEGORIES if any(m in file for m in marks)), "other")
+                    categories[category] = categories.get(category, 0.0) + weight
+    share = {name: 100 * value / max(total, 1e-9) for name, value in inclusive.items()}
+    return {
+        "samples": samples,
+        "inclusive": share,
+        "self": {name: 100 * value / max(total, 1e-9) for name, value in own.items()},
+        "categories": {name: 100 * value / max(total, 1e-9) for name, value in categories.items()},
+    }
 
 
 def profile_section(result: LoadResult, paths: list[Path], note: str) -> str:
-    samples, rows = summarise_profiles(paths)
-    own_rows = sorted(summarise_profiles(paths, top=400)[1], key=lambda r: -r[2])[:12]
+    summary = summarise_profiles(paths)
+    inclusive, own = summary["inclusive"], summary["self"]
+    project = [n for n in inclusive if any(f"({p}" in n for p in PROJECT_PACKAGES)]
+    project.sort(key=lambda n: -inclusive[n])
     lines = [
         note,
         "",
-        f"py-spy (`make profile-load`: `py-spy record --subprocesses --rate 100 --format speedscope` on every web "
-        f"group's master) during the N = {result.agents} window: {result.summary()}. {samples} samples of the "
-        f"workers' busy threads (idle threads excluded); speedscope files in `{paths[0].parent}` (open them in "
-        "https://www.speedscope.app). Inclusive share (the frame or anything it calls) and self share:",
+        f"py-spy (`make profile-load`: `py-spy record --gil --subprocesses --rate 100 --format speedscope` on every "
+        f"web group's master) during the N = {result.agents} window: {result.summary()}, server CPU "
+        f"{server_ms(result):.0f} ms/session (web {ms_per_session(result, 'web'):.0f}). {summary['samples']} samples "
+        "of the thread holding the GIL in each web worker, so this is where the web tier's Python CPU goes (time "
+        "waiting for PostgreSQL or the network, GIL released, is not in it; the table above has the tiers). "
+        f"Speedscope files in `{paths[0].parent}/` (https://www.speedscope.app).",
+        "",
+        "Self time by kind of code (innermost frame's file):",
+        "",
+        "| share | kind |",
+        "|---:|---|",
+        *[f"| {v:.1f}% | {k} |" for k, v in sorted(summary["categories"].items(), key=lambda kv: -kv[1])],
+        "",
+        "The project's frames, inclusive (the frame and everything it calls), top 25:",
         "",
         "| inclusive | self | frame |",
         "|---:|---:|---|",
-        *[f"| {inc:.1f}% | {own:.1f}% | `{name}` |" for name, inc, own in rows],
+        *[f"| {inclusive[n]:.1f}% | {own.get(n, 0.0):.1f}% | `{n}` |" for n in project[:25]],
         "",
-        "Where the time is spent itself (self share, top 12):",
+        "Self time, any frame, top 15:",
         "",
         "| self | frame |",
         "|---:|---|",
-        *[f"| {own:.1f}% | `{name}` |" for name, _inc, own in own_rows],
+        *[f"| {v:.1f}% | `{n}` |" for n, v in sorted(own.items(), key=lambda kv: -kv[1])[:15]],
     ]
     return "\n".join(lines)
 
@@ -404,7 +451,8 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"  N={n}: {result.stats.sessions} sessions in {args.seconds:g} s ({processes} agent processes); "
             f"exchange p50/p99/max {result.percentile(50):.0f}/{result.percentile(99):.0f}/"
-            f"{result.percentile(100):.0f} ms; CPU ms/session: server {server_ms(result):.0f} ({cpu}); "
+            f"{result.percentile(100):.0f} ms; {result.stats.window_requests / args.seconds:.0f} req/s; "
+            f"CPU ms/session: server {server_ms(result):.0f} ({cpu}); "
             f"requests per group {result.stats.requests_by_server}",
             flush=True,
         )

@@ -323,6 +323,11 @@ class KeepAliveRelay:
         }
         self.latencies: list[float] = []
         self.idle_limit = idle_limit
+        # Requests answered inside this wall-clock window (the load's measurement window), whatever
+        # became of their session: a rate that does not depend on sessions ending in the window.
+        self.window: tuple[float, float] | None = None
+        self.answered_in_window = 0
+        self.window_latencies: list[float] = []
 
     @property
     def requests_by_server(self) -> list[int]:
@@ -363,7 +368,11 @@ class KeepAliveRelay:
         except (OSError, http.client.HTTPException) as exc:
             endpoint.close()
             raise ExchangeError(f"{type(exc).__name__}: {exc}") from None
-        self.latencies.append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.latencies.append(elapsed)
+        if self.window is not None and self.window[0] <= time.time() <= self.window[1]:
+            self.answered_in_window += 1
+            self.window_latencies.append(elapsed)
         if response.status != expect:
             raise ExchangeError(f"HTTP {response.status}: {payload[:200].decode('utf-8', 'replace')}")
         return json.loads(payload)
@@ -493,13 +502,14 @@ class AgentStats:
     sessions: int = 0  # complete sessions (job done, nothing pending) finished inside the window
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)  # per exchange, seconds, inside the window
+    latencies: list[float] = field(default_factory=list)  # per exchange, seconds, answered inside the window
     session_times: list[float] = field(default_factory=list)
     queue_times: list[float] = field(default_factory=list)
     done_jobs: list[int] = field(default_factory=list)  # job ids the agents saw done
     interrupted: list[str] = field(default_factory=list)  # CINs whose last session did not complete
     by_exchange: dict[int, list[float]] = field(default_factory=dict)  # exchange number -> latencies
     requests_by_server: list[int] = field(default_factory=list)  # HTTP requests each server received
+    window_requests: int = 0  # HTTP requests answered inside the window (any session, complete or not)
 
     def merge(self, other: AgentStats) -> None:
         self.sessions += other.sessions
@@ -513,6 +523,7 @@ class AgentStats:
         for number, values in other.by_exchange.items():
             self.by_exchange.setdefault(number, []).extend(values)
         self.requests_by_server = add_counts(self.requests_by_server, other.requests_by_server)
+        self.window_requests += other.window_requests
 
 
 def add_counts(a: list[int], b: list[int]) -> list[int]:
@@ -535,6 +546,7 @@ def _agent(
 ) -> None:
     # Agents start on different servers, so the groups share the load from the first request.
     relay = KeepAliveRelay(base_url, row["token"], context=context, start=index)
+    relay.window = (start_at, deadline)
     memory = MemoryCard(row["state_file"]) if memory_cards else None
     interrupted = False
     # With a ramp the load runs before the window opens: the window sees the steady state, not
@@ -565,7 +577,6 @@ def _agent(
         in_window = start_at <= time.time() <= deadline
         with lock:
             if in_window:
-                stats.latencies += relay.latencies
                 for number, value in enumerate(relay.latencies, start=1):
                     stats.by_exchange.setdefault(number, []).append(value)
             if error:
@@ -588,6 +599,8 @@ def _agent(
         memory.save()
     with lock:
         stats.requests_by_server = add_counts(stats.requests_by_server, relay.requests_by_server)
+        stats.window_requests += relay.answered_in_window
+        stats.latencies += relay.window_latencies  # every request answered in the window
         if interrupted:
             stats.interrupted.append(row["cin"])
 
@@ -646,6 +659,20 @@ class LoadResult:
     @property
     def rate(self) -> float:
         return self.stats.sessions / self.seconds if self.seconds else 0.0
+
+    @property
+    def exchanges_per_session(self) -> float:
+        """HTTP requests of a complete session (5 today), from the sessions that completed."""
+        firsts = len(self.stats.by_exchange.get(1, []))
+        return sum(len(v) for v in self.stats.by_exchange.values()) / firsts if firsts else 0.0
+
+    @property
+    def session_equivalents(self) -> float:
+        """Requests answered in the window / requests per session: the work the window served, in
+        sessions. Unlike complete sessions it does not miss the sessions cut by the window's edges
+        (at N = 200 a session can take longer than a short window)."""
+        per = self.exchanges_per_session
+        return self.stats.window_requests / per if per else float(self.stats.sessions)
 
     def percentile(self, p: float, values: list[float] | None = None) -> float:
         data = sorted(self.stats.latencies if values is None else values)

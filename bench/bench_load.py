@@ -146,7 +146,7 @@ def render(results: list[LoadResult], header: str, urls: list[str], verification
         "lock or unlock the load bank's security domain (SET STATUS) and verify it with GET STATUS — 5 HTTP "
         "exchanges (session open included), 9 APDUs, the job queued before the session through "
         "`cards.services` (not in the exchange latencies). Each N first runs a few seconds of load outside the "
-        "window (the ramp: the window sees the steady state); *p50/p99* are per HTTP exchange of the sessions "
+        "window (the ramp: the window sees the steady state); *p50/p99* are over every HTTP exchange "
         "answered in the window (the table by exchange: of the sessions that ended in it). "
         f"{spread}"
         "*CPU ms/session* is CPU time (utime + stime from /proc) during the window divided by the sessions' worth "

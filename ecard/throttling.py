@@ -26,9 +26,11 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
+from django.core.cache import DEFAULT_CACHE_ALIAS, caches
 from django.core.cache import cache as default_cache
 from django.core.cache.backends.base import BaseCache
 from django.core.cache.backends.redis import RedisCache
+from django.utils.connection import ConnectionProxy
 from rest_framework.request import Request
 from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle, UserRateThrottle
 
@@ -41,6 +43,8 @@ _COUNTS_ATTR = "_ecard_throttle_counts"
 def count_windows(cache: BaseCache, counters: Sequence[tuple[str, int]]) -> list[int]:
     """Add one to each ``(counter, ttl seconds)`` and return the new counts, in one round trip on
     Redis (a non-transactional pipeline of INCR + EXPIRE per counter)."""
+    if isinstance(cache, ConnectionProxy):  # django.core.cache.cache: the default alias's backend
+        cache = caches[DEFAULT_CACHE_ALIAS]
     if isinstance(cache, RedisCache):
         # Django's RedisCache keeps its redis-py client factory private (and untyped in the stubs).
         client = cast(Any, cache)._cache.get_client(write=True)

@@ -67,13 +67,16 @@ def fake_redis_cache(monkeypatch: pytest.MonkeyPatch) -> tuple[RedisCache, FakeR
 
 
 def _relay_world(monkeypatch: pytest.MonkeyPatch, cache: Any, credential_rate: str, ip_rate: str) -> Any:
+    """A relay with these rates; ``cache`` replaces the throttles' cache (None: keep the default
+    cache, ``django.core.cache.cache``, as production does)."""
     from tests.otakit import build_ota_world
     from updates.apis import RelayCredentialThrottle, RelayIpThrottle
 
     monkeypatch.setattr(RelayCredentialThrottle, "THROTTLE_RATES", {"relay_credential": credential_rate})
     monkeypatch.setattr(RelayIpThrottle, "THROTTLE_RATES", {"relay_ip": ip_rate})
-    for throttle in (RelayCredentialThrottle, RelayIpThrottle):
-        monkeypatch.setattr(throttle, "cache", cache)
+    if cache is not None:
+        for throttle in (RelayCredentialThrottle, RelayIpThrottle):
+            monkeypatch.setattr(throttle, "cache", cache)
     return build_ota_world()
 
 
@@ -102,6 +105,19 @@ def test_count_windows_is_one_pipeline_whatever_the_number_of_counters(monkeypat
     assert server.round_trips == 1
 
 
+def test_the_default_cache_proxy_reaches_the_redis_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The throttles hold ``django.core.cache.cache`` (a proxy, not a RedisCache): when the default
+    cache is Redis, the pipeline is still used (no add/incr round trips)."""
+    from django.core import cache as cache_module
+
+    from ecard import throttling
+
+    cache, server = fake_redis_cache(monkeypatch)
+    monkeypatch.setattr(throttling, "caches", {cache_module.DEFAULT_CACHE_ALIAS: cache})
+    assert count_windows(cache_module.cache, [("a:w1", 2), ("b:w1", 2)]) == [1, 1]
+    assert server.round_trips == 1
+
+
 def _real_redis_url() -> str | None:
     broker = urllib.parse.urlsplit(os.environ.get("CELERY_BROKER_URL", "") or "redis://127.0.0.1:6379/0")
     if broker.scheme != "redis":
@@ -117,10 +133,12 @@ def _real_redis_url() -> str | None:
 
 
 @pytest.mark.django_db
-def test_against_real_redis_one_packet_per_request(monkeypatch: pytest.MonkeyPatch) -> None:
-    """What actually goes over the socket: one send per request (the pipeline), counts that hold
-    across requests, and keys that expire."""
+def test_against_real_redis_one_packet_per_request(monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
+    """What actually goes over the socket, wired as in production (the default cache is Redis, the
+    throttles use ``django.core.cache.cache``): one send per request (the pipeline), counts that
+    hold across requests, and keys that expire."""
     import redis
+    from django.core.cache import caches
     from redis.connection import AbstractConnection
     from rest_framework.test import APIClient
 
@@ -128,8 +146,12 @@ def test_against_real_redis_one_packet_per_request(monkeypatch: pytest.MonkeyPat
     if url is None:
         pytest.skip("no Redis answers (CELERY_BROKER_URL or 127.0.0.1:6379)")
     prefix = f"throttle-test-{uuid.uuid4().hex[:12]}"
-    cache = RedisCache(url, {"KEY_PREFIX": prefix})
-    world = _relay_world(monkeypatch, cache, "1000/min", "2/min")
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url, "KEY_PREFIX": prefix}
+    }
+    world = _relay_world(monkeypatch, None, "1000/min", "2/min")
+    cache = caches["default"]
+    assert isinstance(cache, RedisCache)
     cache._cache.get_client(write=True).ping()  # connect before counting
     sends: list[int] = []
     original = AbstractConnection.send_packed_command

@@ -115,7 +115,9 @@ def process_groups(topology: Topology, bench_pid: int) -> Callable[[], dict[str,
         found["celery"] = found.get("celery", []) + found.pop("beat", [])
         found["postgres"] = pg_backends(database_url) if database_url.startswith("postgres") else []
         found["redis"] = pids_named(["redis-server"])
-        found["bench"] = tree(bench_pid)
+        # The generator: this process and its agent processes (not py-spy, which it may have started).
+        spies = set(pids_named(["py-spy"]))
+        found["bench"] = [pid for pid in tree(bench_pid) if pid not in spies]
         return found
 
     return groups

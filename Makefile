@@ -64,9 +64,14 @@ clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
 
 # --- production topology on one machine (docs/deploy.md) -----------------------------------
-.PHONY: prod-local prod-local-stop prod-local-status bench-load
+.PHONY: prod-local prod-local-stop prod-local-status bench-load profile-load
 BENCH_AGENTS ?= 1,10,50,200
 BENCH_SECONDS ?= 20
+PROFILE_AGENTS ?= 50
+PROFILE_SECONDS ?= 15
+# Optional: BENCH_SERVER=https://127.0.0.1:8440,https://127.0.0.1:8441 (default: every web group that
+# prod-local runs, PROD_WEB_URLS; PROD_WEB_GROUPS=2 make prod-local starts two), BENCH_FLAGS=--verify.
+BENCH_SERVER ?=
 
 prod-local: install
 	bash scripts/prod_local.sh start
@@ -77,7 +82,14 @@ prod-local-stop:
 prod-local-status:
 	bash scripts/prod_local.sh status
 
-# Needs `make prod-local` running; seeds load cards once (idempotent), then runs the table.
+# Needs `make prod-local` running; seeds load cards once (idempotent), then runs the table and
+# writes the "Load" section of docs/benchmarks.md (machine noted).
 bench-load: install
 	bash scripts/prod_local.sh status >/dev/null || { echo "run make prod-local first" >&2; exit 1; }
-	$(PY) bench/bench_load.py --agents $(BENCH_AGENTS) --seconds $(BENCH_SECONDS) --server https://127.0.0.1:$${PROD_PORT:-8000}
+	$(PY) bench/bench_load.py --agents $(BENCH_AGENTS) --seconds $(BENCH_SECONDS) $(if $(BENCH_SERVER),--server $(BENCH_SERVER)) $(BENCH_FLAGS)
+
+# The same load with py-spy on the web workers: writes the "Load profile" section (top frames) and
+# speedscope files into var/profile/ (redo it after engine changes).
+profile-load: install
+	bash scripts/prod_local.sh status >/dev/null || { echo "run make prod-local first" >&2; exit 1; }
+	$(PY) bench/bench_load.py --agents $(PROFILE_AGENTS) --seconds $(PROFILE_SECONDS) $(if $(BENCH_SERVER),--server $(BENCH_SERVER)) --profile var/profile $(BENCH_FLAGS)

@@ -1,62 +1,82 @@
 """Load benchmark: N concurrent agents drive complete card sessions against ``make prod-local``.
 
-    python bench/bench_load.py --agents 1,10,50,200 --seconds 20 --server https://127.0.0.1:8000
+    python bench/bench_load.py --agents 1,10,50,200 --seconds 20
+    python bench/bench_load.py --server https://127.0.0.1:8440,https://127.0.0.1:8441 --verify
 
 Each agent owns one emulated card (``seed_load`` creates the cards, with the load bank enrolled,
 and their device tokens; this script runs it when the cards are missing) and loops: its card gets
 a small job (lock, then unlock, ... of the bank's security domain, queued through
 ``cards.services`` the way a bank operator's request is), then the agent presents the card over
 HTTP(S): identify, open a secure channel with the ISD, read the registry, run the job's script,
-verify it with GET STATUS — five HTTP exchanges, one persistent connection per agent. Agents run
-as threads in a few processes (``--processes``; the agent side must not be the bottleneck).
+verify it with GET STATUS — five HTTP exchanges, one persistent connection per agent and server.
+Agents run as threads in a few processes (``--processes``), their cards held in memory (no state
+file written per command; written back at the end): the generator must stay cheap.
 
-Reported per N: complete sessions/s inside the window, latency percentiles of every HTTP exchange,
-errors, and the CPU (cores) of the server's processes from /proc: gunicorn master and workers,
-the Celery workers and beat, PostgreSQL and Redis (all their processes on this machine), and the
-bench itself. The table replaces the "## Load" section of docs/benchmarks.md (``--no-write`` to
-skip). The last line printed is ``N agents: X sessions/s, p50 A ms, p99 B ms, E errors`` for the
-last N.
+**Several servers.** ``--server`` takes several base URLs (default: every web group of prod-local,
+``PROD_WEB_URLS``; ``PROD_WEB_GROUPS=2 make prod-local`` starts two gunicorn masters on two ports).
+Every HTTP request goes to the next server in turn, so one session's exchanges are served by
+different groups: no session affinity. ``--verify`` then checks the card population as the fault
+test does: every card presented until nothing is pending, every job queued once and done once,
+none reported done to two sessions, each card's lock state the platform's record, and the audit
+log exported and verified offline.
+
+**CPU per session, every tier.** From ``/proc/<pid>/stat`` (utime + stime) of process trees,
+between the start and the end of the window: web = every group's gunicorn master and workers,
+pg = the PostgreSQL backends connected to the platform's database (``pg_stat_activity``; the bench's
+own feeder connections and other databases on the shared server excluded), celery = workers and
+beat, redis = the redis-server process (shared with other users of that server), bench = the load
+generator (agents and job feeders). *server CPU ms/session* = (web + pg + celery + redis) CPU time /
+complete sessions; it does not depend on the machine's other load the way sessions/s does.
+
+**Profile.** ``--profile DIR`` records the web workers with py-spy during the window of the last N
+(``py-spy record --subprocesses --format speedscope`` on each group's master) and writes the top
+frames into the "Load profile" section (``make profile-load``).
+
+Writes the "Load" section of docs/benchmarks.md (``--no-write`` to skip). The last line printed
+is ``N agents: X sessions/s, p50 A ms, p99 B ms, E errors`` for the last N.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
+import json
 import os
-import platform
-import re
+import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.loadkit import (  # noqa: E402 - after the sys.path entry
+from bench import benchdoc  # noqa: E402 - after the sys.path entry
+from bench.loadkit import (  # noqa: E402
+    BENCH_PG_APPNAME,
     LoadResult,
     Topology,
+    drain,
+    pg_backends,
     pids_named,
     read_tokens,
     run_load,
+    split_urls,
+    ssl_context,
+    tree,
 )
 
 SECTION = "## Load"
-DOC = ROOT / "docs" / "benchmarks.md"
-# Card state files on tmpfs: the emulated cards fsync every state change (a real card writes its own
-# EEPROM); on disk those fsyncs would compete with PostgreSQL's WAL for the same device.
+PROFILE_SECTION = "## Load profile"
+# Card state files on tmpfs (seeding and write-back only: the agents keep the cards in memory).
 SHM = Path("/dev/shm")  # noqa: S108 - a private per-user directory (0700) is made below it
-DEFAULT_CARDS_DIR = SHM / f"ecard-load-cards-{os.getuid()}" if SHM.is_dir() else ROOT / "var" / "load-cards"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+# One directory per database (PROD_DB): the cards belong to the records of that database, and several
+# checkouts may run prod-local on one machine with different databases.
+_CARDS = f"ecard-load-cards-{os.getuid()}-{os.environ.get('PROD_DB', 'ecard_prod')}"
+DEFAULT_CARDS_DIR = SHM / _CARDS if SHM.is_dir() else ROOT / "var" / _CARDS
+SERVER_TIERS = ("web", "postgres", "celery", "redis")
+TARGETS = {"rate": 100.0, "p99": 250.0, "cpu": 15.0}
 
 
 def ensure_cards(topology: Topology, cards_dir: Path, count: int) -> Path:
@@ -75,17 +95,9 @@ def ensure_cards(topology: Topology, cards_dir: Path, count: int) -> Path:
     env.update(topology.overrides)
     env.update(ECARD_CARDS_DIR=str(cards_dir), LOG_LEVEL="WARNING")
     started = time.monotonic()
+    tokens_arg = ["--tokens", str(tokens)]
     subprocess.run(
-        [
-            "bash",
-            str(ROOT / "scripts" / "prod_local.sh"),
-            "manage",
-            "seed_load",
-            "--cards",
-            str(count),
-            "--tokens",
-            str(tokens),
-        ],
+        ["bash", str(ROOT / "scripts" / "prod_local.sh"), "manage", "seed_load", "--cards", str(count), *tokens_arg],
         cwd=ROOT,
         env=env,
         check=True,
@@ -95,97 +107,298 @@ def ensure_cards(topology: Topology, cards_dir: Path, count: int) -> Path:
     return tokens
 
 
-def server_groups(topology: Topology) -> dict[str, list[int]]:
-    groups = topology.process_groups()
-    groups["postgres"] = pids_named(["postgres", "postmaster"])
-    groups["redis"] = pids_named(["redis-server"])
+def process_groups(topology: Topology, bench_pid: int) -> Callable[[], dict[str, list[int]]]:
+    database_url = topology.env.get("DATABASE_URL", "")
+
+    def groups() -> dict[str, list[int]]:
+        found = topology.process_groups()
+        found["celery"] = found.get("celery", []) + found.pop("beat", [])
+        found["postgres"] = pg_backends(database_url) if database_url.startswith("postgres") else []
+        found["redis"] = pids_named(["redis-server"])
+        # The generator: this process and its agent processes (not py-spy, which it may have started).
+        spies = set(pids_named(["py-spy"]))
+        found["bench"] = [pid for pid in tree(bench_pid) if pid not in spies]
+        return found
+
     return groups
 
 
 def default_processes(agents: int) -> int:
-    if agents <= 1:
-        return 1
-    return min(agents, 4)
+    return 1 if agents <= 1 else min(agents, 4)
 
 
-def render(results: list[LoadResult], header: str) -> str:
+def ms_per_session(r: LoadResult, tier: str) -> float:
+    """CPU ms of a tier per session's worth of work served in the window (requests / 5)."""
+    return 1000 * r.cpu.get(tier, 0.0) * r.seconds / max(1.0, r.session_equivalents)
+
+
+def server_ms(r: LoadResult) -> float:
+    return sum(ms_per_session(r, tier) for tier in SERVER_TIERS)
+
+
+def render(results: list[LoadResult], header: str, urls: list[str], verification: str) -> str:
+    groups = len(urls)
+    spread = f"Every HTTP request went to the next of the {groups} web groups in turn (no affinity). "
+    spread = spread if groups > 1 else ""
     lines = [
-        SECTION,
-        "",
         header,
         "",
         "A *session* is one complete card presentation over HTTPS with one small job: identify the card, open "
         "an SCP03 secure channel with the ISD (INITIALIZE UPDATE, EXTERNAL AUTHENTICATE), read the registry, "
         "lock or unlock the load bank's security domain (SET STATUS) and verify it with GET STATUS — 5 HTTP "
         "exchanges (session open included), 9 APDUs, the job queued before the session through "
-        "`cards.services` (counted in *queue ms*, not in the exchange latencies). *p50/p90/p99* are per HTTP "
-        "exchange. *CPU* is cores used during the window (2 = the whole machine): web = gunicorn master and "
-        "workers, celery = both workers, pg = every PostgreSQL process on the machine "
-        "(other databases' work included), bench = the agents themselves; *web CPU ms/session* = web CPU time per "
-        "complete session (robust to the machine's other load).",
+        "`cards.services` (not in the exchange latencies). Each N first runs a few seconds of load outside the "
+        "window (the ramp: the window sees the steady state); *p50/p99* are over every HTTP exchange "
+        "answered in the window (the table by exchange: of the sessions that ended in it). "
+        f"{spread}"
+        "*CPU ms/session* is CPU time (utime + stime from /proc) during the window divided by the sessions' worth "
+        "of work answered in it (HTTP requests answered in the window / 5, so that sessions cut by the window's "
+        "edges count for what was done of them; *req/s* is that request rate): *server* = web (gunicorn masters "
+        "and workers) + pg (backends of the platform's database) + "
+        "celery (workers and beat) + redis; *generator* = the load generator itself (agents, in-memory cards, "
+        "job feeders; its feeders' PostgreSQL backends are in neither). Target: ≥ 100 sessions/s, p99 < 250 ms, "
+        "0 errors, server ≤ 15 ms/session.",
         "",
-        "| agents | sessions/s | p50 ms | p90 ms | p99 ms | max ms | session p50 ms | queue ms | errors "
-        "| CPU web | CPU celery | CPU pg | CPU redis | CPU bench | web CPU ms/session |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| agents | sessions/s | req/s | p50 ms | p99 ms | max ms | errors | server CPU ms/session | web | pg | celery "
+        "| redis | generator CPU ms/session | requests per group |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
-        cpu = r.cpu
         lines.append(
-            f"| {r.agents} | {r.rate:.1f} | {r.percentile(50):.0f} | {r.percentile(90):.0f} | "
-            f"{r.percentile(99):.0f} | {r.percentile(100):.0f} | {r.percentile(50, r.stats.session_times):.0f} | "
-            f"{r.percentile(50, r.stats.queue_times):.0f} | {r.stats.errors} | {cpu.get('web', 0):.2f} | "
-            f"{cpu.get('celery', 0) + cpu.get('beat', 0):.2f} | {cpu.get('postgres', 0):.2f} | "
-            f"{cpu.get('redis', 0):.2f} | {cpu.get('bench', 0):.2f} | "
-            f"{1000 * cpu.get('web', 0) * r.seconds / max(1, r.stats.sessions):.0f} |"
+            f"| {r.agents} | {r.rate:.1f} | {r.stats.window_requests / r.seconds:.0f} | {r.percentile(50):.0f} | "
+            f"{r.percentile(99):.0f} | "
+            f"{r.percentile(100):.0f} | {r.stats.errors} | **{server_ms(r):.0f}** | "
+            + " | ".join(f"{ms_per_session(r, tier):.0f}" for tier in SERVER_TIERS)
+            + f" | {ms_per_session(r, 'bench'):.0f} | {' / '.join(str(n) for n in r.stats.requests_by_server)} |"
         )
-    names = {
-        1: "open session",
-        2: "identify → open channel",
-        3: "authenticate → registry",
-        4: "registry → job script",
-        5: "script + verify → done",
-    }
+    names = ["open session", "identify → open channel", "authenticate → registry", "registry → job script"]
+    names.append("script + verify → done")
     lines += [
         "",
-        "Latency by exchange, p50 / p99 ms (what the server does on each: 1 creates the session and answers "
-        "the identify batch; 2 identifies the card and starts the ISD channel; 3 verifies the card cryptogram "
-        "and reads the registry; 4 computes and seals the job's script; 5 checks the script's responses, "
-        "records the job done and closes the session):",
+        "Latency by exchange, p50 / p99 ms:",
         "",
-        "| agents | " + " | ".join(f"{n}: {names[n]}" for n in sorted(names)) + " |",
+        "| agents | " + " | ".join(f"{n}: {name}" for n, name in enumerate(names, start=1)) + " |",
         "|---:|" + "---:|" * len(names),
     ]
     for r in results:
         cells = []
-        for number in sorted(names):
+        for number in range(1, len(names) + 1):
             values = r.stats.by_exchange.get(number, [])
             cells.append(f"{r.percentile(50, values):.0f} / {r.percentile(99, values):.0f}" if values else "—")
         lines.append(f"| {r.agents} | " + " | ".join(cells) + " |")
+    lines += ["", *verdict(results)]
+    if verification:
+        lines += ["", verification]
     return "\n".join(lines) + "\n"
 
 
-def write_section(body: str, analysis: str = "") -> None:
-    text = DOC.read_text()
-    section = body + ("\n" + analysis.strip() + "\n" if analysis.strip() else "")
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        existing = pattern.search(text).group(0)
-        # Keep the hand-written analysis after the generated table (from "### " on).
-        keep = existing[existing.index("\n### ") :] if "\n### " in existing and not analysis else ""
-        text = pattern.sub(lambda _m: section + keep + ("\n" if not keep.endswith("\n") else ""), text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    DOC.write_text(text.rstrip("\n") + "\n")
+def verdict(results: list[LoadResult]) -> list[str]:
+    at = {r.agents: r for r in results}
+    r = at.get(50) or results[-1]
+    best = max(results, key=lambda x: x.rate)
+    cpu = min(server_ms(x) for x in results if x.stats.sessions) if any(x.stats.sessions for x in results) else 0.0
+
+    def judge(ok: bool, factor: float) -> str:
+        return "**met**" if ok else f"**missed** ({factor:.1f}×)"
+
+    return [
+        f"Against the targets (N = {r.agents}):",
+        "",
+        "| target | measured | verdict |",
+        "|---|---|---|",
+        f"| ≥ 100 complete sessions/s | {r.rate:.1f} (best {best.rate:.1f} at N = {best.agents}) | "
+        f"{judge(r.rate >= TARGETS['rate'], TARGETS['rate'] / max(r.rate, 0.01))} |",
+        f"| p99 exchange < 250 ms | {r.percentile(99):.0f} ms | "
+        f"{judge(r.percentile(99) < TARGETS['p99'], r.percentile(99) / TARGETS['p99'])} |",
+        f"| 0 errors | {sum(x.stats.errors for x in results)} over all N | "
+        f"{'**met**' if all(x.stats.errors == 0 for x in results) else '**missed**'} |",
+        f"| server CPU ≤ 15 ms/session, all tiers | {server_ms(r):.0f} ms (lowest over N: {cpu:.0f}) | "
+        f"{judge(server_ms(r) <= TARGETS['cpu'], server_ms(r) / TARGETS['cpu'])} |",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# verification (same checks as tests/ops/test_fault.py)
+
+
+def verify_population(
+    topology: Topology, tokens: Path, rows: list[dict[str, Any]], urls: list[str], seen_done: list[int]
+) -> tuple[bool, str]:
+    """Drain every card, then check jobs, card states and the audit log. (ok, one-paragraph report)."""
+    drained = drain(rows, urls, ssl_context(topology.env))
+    problems: list[str] = []
+    if drained["left"] or drained["errors"]:
+        problems.append(f"drain left {drained['left']} errors {drained['errors'][:3]}")
+    seen = seen_done + drained["done_jobs"]
+    if len(seen) != len(set(seen)):
+        problems.append("a job was reported done to two sessions")
+    subset = topology.env.get("ECARD_VAR_DIR", str(ROOT / "var")) + "/verify-tokens.jsonl"
+    Path(subset).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    code = f"from bench.loadkit import fault_report; fault_report({subset!r})"
+    run = topology.manage("shell", "-c", code)
+    if run.returncode != 0:
+        return False, f"fault_report failed: {run.stderr[-500:]}"
+    report = json.loads(run.stdout.strip().splitlines()[-1])
+    jobs = done = 0
+    for card in report["cards"]:
+        jobs += len(card["jobs"])
+        done += sum(1 for j in card["jobs"] if j["state"] == "done")
+        if card["open"] or card["failed"]:
+            problems.append(f"{card['cin']}: open {card['open']} failed {card['failed']}")
+        if any(n != 1 for n in card["queued_entries"].values()) or any(n != 1 for n in card["done_entries"].values()):
+            problems.append(f"{card['cin']}: a job not queued once and done once in the audit log")
+        if card["record_locked"] != card["card_locked"]:
+            problems.append(f"{card['cin']}: card and record disagree on the lock state")
+    export = Path(topology.env.get("ECARD_VAR_DIR", str(ROOT / "var"))) / "verify-audit.jsonl"
+    exported = topology.manage("audit_export", str(export))
+    verified = subprocess.run(
+        [sys.executable, "-m", "audit.verify", str(export)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    if exported.returncode != 0 or verified.returncode != 0:
+        problems.append(f"audit log does not verify: {(verified.stdout + verified.stderr).strip()[-300:]}")
+    ok = not problems
+    text = (
+        f"**Verification** (`--verify`, {len(urls)} web group(s)): {len(rows)} cards drained "
+        f"({drained['presentations']} presentations), {done} of {jobs} jobs done and none open or failed, "
+        f"every job queued once and done once in the audit log, {len(set(seen))} jobs reported done and none "
+        f"twice, every card's lock state the platform's record, audit log of {report['audit_size']} entries "
+        f"exported and verified offline: {'**all checks pass**' if ok else '**FAILED**: ' + '; '.join(problems[:5])}."
+    )
+    return ok, text
+
+
+# ---------------------------------------------------------------------------------------------
+# profile (py-spy)
+
+
+def py_spy() -> str | None:
+    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return found if Path(found).exists() else None
+
+
+def start_profile(topology: Topology, out_dir: Path, seconds: float) -> list[subprocess.Popen[bytes]]:
+    exe = py_spy()
+    if exe is None:
+        raise SystemExit("py-spy is not installed (pip install -r requirements-dev.txt)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i, master in enumerate(topology.web_masters(), start=1):
+        cmd = [exe, "record", "--pid", str(master), "--subprocesses", "--gil", "--rate", "100", "--nonblocking"]
+        cmd += ["--duration", str(max(1, int(seconds))), "--format", "speedscope"]
+        cmd += ["--output", str(out_dir / f"web{i}.speedscope.json")]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+    return procs
+
+
+PROJECT_PACKAGES = ("ecard/", "issuers/", "cards/", "updates/", "audit/", "portal/", "gp/", "cardsim/")
+# Where a sample's own time goes, by the file of its innermost frame (first match wins).
+CATEGORIES = (
+    ("PostgreSQL client (psycopg, libpq calls)", ("psycopg/",)),
+    ("Django ORM (query building, compiling, model instances)", ("django/db/",)),
+    ("Redis client", ("redis/",)),
+    ("DRF (request parsing, serializers, views)", ("rest_framework/",)),
+    ("Django request handling, middleware, settings, signals", ("django/",)),
+    ("gunicorn, TLS, sockets", ("gunicorn/", "ssl.py", "socket.py", "selectors.py")),
+    ("cryptography (C and Python)", ("cryptography/", "gp/crypto", "gp/scp")),
+    ("project code (the engine, services, custody, audit)", PROJECT_PACKAGES),
+    ("logging, JSON", ("logging/", "json/")),
+)
+
+
+def _short(file: str) -> str:
+    if "site-packages/" in file:
+        return file.split("site-packages/")[-1]
+    if "/lib/python3" in file:
+        return "stdlib/" + file.split("/lib/python3", 1)[1].split("/", 1)[-1]
+    return file.replace(str(ROOT) + "/", "")
+
+
+def summarise_profiles(paths: list[Path]) -> dict[str, Any]:
+    """Samples, and per frame (``function (file)``) its inclusive and self share; self share by category."""
+    inclusive: dict[str, float] = {}
+    own: dict[str, float] = {}
+    categories: dict[str, float] = {}
+    total = 0.0
+    samples = 0
+    for path in paths:
+        doc = json.loads(path.read_text())
+        frames = [
+            (f"{frame['name']} ({_short(frame.get('file', ''))})", _short(frame.get("file", "")))
+            for frame in doc["shared"]["frames"]
+        ]
+        for profile in doc["profiles"]:
+            for sample, weight in zip(profile["samples"], profile["weights"], strict=True):
+                total += weight
+                samples += 1
+                for name in {frames[i][0] for i in sample}:
+                    inclusive[name] = inclusive.get(name, 0.0) + weight
+                if sample:
+                    leaf, file = frames[sample[-1]]
+                    own[leaf] = own.get(leaf, 0.0) + weight
+                    category = next((c for c, marks in CATEGORIES if any(m in file for m in marks)), "other")
+                    categories[category] = categories.get(category, 0.0) + weight
+    share = {name: 100 * value / max(total, 1e-9) for name, value in inclusive.items()}
+    return {
+        "samples": samples,
+        "inclusive": share,
+        "self": {name: 100 * value / max(total, 1e-9) for name, value in own.items()},
+        "categories": {name: 100 * value / max(total, 1e-9) for name, value in categories.items()},
+    }
+
+
+def profile_section(result: LoadResult, paths: list[Path], note: str) -> str:
+    summary = summarise_profiles(paths)
+    inclusive, own = summary["inclusive"], summary["self"]
+    project = [n for n in inclusive if any(f"({p}" in n for p in PROJECT_PACKAGES)]
+    project.sort(key=lambda n: -inclusive[n])
+    lines = [
+        note,
+        "",
+        f"py-spy (`make profile-load`: `py-spy record --gil --subprocesses --rate 100 --format speedscope` on every "
+        f"web group's master) during the N = {result.agents} window: {result.summary()}, server CPU "
+        f"{server_ms(result):.0f} ms/session (web {ms_per_session(result, 'web'):.0f}). {summary['samples']} samples "
+        "of the thread holding the GIL in each web worker, so this is where the web tier's Python CPU goes (time "
+        "waiting for PostgreSQL or the network, GIL released, is not in it; the table above has the tiers). "
+        f"Speedscope files in `{paths[0].parent}/` (https://www.speedscope.app).",
+        "",
+        "Self time by kind of code (innermost frame's file):",
+        "",
+        "| share | kind |",
+        "|---:|---|",
+        *[f"| {v:.1f}% | {k} |" for k, v in sorted(summary["categories"].items(), key=lambda kv: -kv[1])],
+        "",
+        "The project's frames, inclusive (the frame and everything it calls), top 25:",
+        "",
+        "| inclusive | self | frame |",
+        "|---:|---:|---|",
+        *[f"| {inclusive[n]:.1f}% | {own.get(n, 0.0):.1f}% | `{n}` |" for n in project[:25]],
+        "",
+        "Self time, any frame, top 15:",
+        "",
+        "| self | frame |",
+        "|---:|---|",
+        *[f"| {v:.1f}% | `{n}` |" for n, v in sorted(own.items(), key=lambda kv: -kv[1])[:15]],
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--agents", default="1,10,50,200", help="comma-separated agent counts (default 1,10,50,200)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement window per agent count")
-    parser.add_argument("--server", default="https://127.0.0.1:8000", help="base URL of make prod-local")
+    parser.add_argument("--server", default="", help="base URL(s), comma-separated (default: every prod-local group)")
     parser.add_argument("--processes", type=int, default=0, help="agent processes (default: min(N, 4))")
     parser.add_argument("--cards-dir", type=Path, default=DEFAULT_CARDS_DIR, help="emulated cards and tokens")
+    parser.add_argument("--file-cards", action="store_true", help="write card state files per command (fsync)")
     parser.add_argument("--pause", type=float, default=3.0, help="seconds between runs")
+    parser.add_argument(
+        "--ramp", type=float, default=-1, help="seconds of load before each window (default: min(5, N/20 + 1))"
+    )
+    parser.add_argument("--verify", action="store_true", help="afterwards, drain the cards and check jobs and log")
+    parser.add_argument("--profile", type=Path, default=None, help="py-spy the web workers (last N) into DIR")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.agents.split(",") if n.strip()]
@@ -193,31 +406,56 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("agents 1..2000, seconds 1..3600")
 
     topology = Topology({"ECARD_CARDS_DIR": str(args.cards_dir)})
+    urls = split_urls(args.server) if args.server else topology.base_urls
     env = dict(topology.env)
+    env["PGAPPNAME"] = BENCH_PG_APPNAME
     tokens = ensure_cards(topology, args.cards_dir, max(counts))
+    groups = process_groups(topology, os.getpid())
     results: list[LoadResult] = []
-    bench_pid = os.getpid()
+    seen_done: list[int] = []
+    profile_paths: list[Path] = []
+    print(f"servers: {', '.join(urls)}", flush=True)
     for n in counts:
         rows = read_tokens(tokens, n)
         processes = args.processes or default_processes(n)
+        spies: list[subprocess.Popen[bytes]] = []
+        during = None
+        if args.profile is not None and n == counts[-1]:
 
-        def groups() -> dict[str, list[int]]:
-            found = server_groups(topology)
-            from bench.loadkit import children
-
-            found["bench"] = [bench_pid, *children(bench_pid)]
-            return found
+            def during(t: float, _box: list[list[subprocess.Popen[bytes]]] = [spies]) -> None:  # noqa: B006
+                if not _box[0]:
+                    _box[0].extend(start_profile(topology, args.profile, args.seconds - t - 0.5))
 
         result = run_load(
-            rows=rows, env=env, base_url=args.server, seconds=args.seconds, processes=processes, groups=groups
+            rows=rows,
+            env=env,
+            base_url=urls,
+            seconds=args.seconds,
+            processes=processes,
+            groups=groups,
+            during=during,
+            memory_cards=not args.file_cards,
+            ramp=args.ramp if args.ramp >= 0 else min(5.0, n / 20 + 1),
         )
+        for spy in spies:
+            try:
+                _out, err = spy.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                continue
+            if spy.returncode != 0:
+                print(f"    py-spy: {err.decode(errors='replace')[-300:]}", flush=True)
+        if spies and args.profile is not None:
+            profile_paths = sorted(p for p in args.profile.glob("web*.speedscope.json") if p.stat().st_size)
         results.append(result)
-        cpu = ", ".join(f"{k} {v:.2f}" for k, v in result.cpu.items())
+        seen_done += result.stats.done_jobs
+        cpu = ", ".join(f"{k} {ms_per_session(result, k):.0f}" for k in (*SERVER_TIERS, "bench"))
         print(
             f"  N={n}: {result.stats.sessions} sessions in {args.seconds:g} s ({processes} agent processes); "
-            f"exchange p50/p90/p99/max {result.percentile(50):.0f}/{result.percentile(90):.0f}/"
-            f"{result.percentile(99):.0f}/{result.percentile(100):.0f} ms; queue p50 "
-            f"{result.percentile(50, result.stats.queue_times):.0f} ms; CPU cores: {cpu}",
+            f"exchange p50/p99/max {result.percentile(50):.0f}/{result.percentile(99):.0f}/"
+            f"{result.percentile(100):.0f} ms; {result.stats.window_requests / args.seconds:.0f} req/s; "
+            f"CPU ms/session: server {server_ms(result):.0f} ({cpu}); "
+            f"requests per group {result.stats.requests_by_server}",
             flush=True,
         )
         for sample in result.stats.error_samples[:5]:
@@ -226,26 +464,32 @@ def main(argv: list[str] | None = None) -> int:
         if n != counts[-1]:
             time.sleep(args.pause)
 
-    load = os.getloadavg()
+    verification, verified = "", True
+    if args.verify:
+        verified, verification = verify_population(topology, tokens, read_tokens(tokens, max(counts)), urls, seen_done)
+        print(verification, flush=True)
+
+    web = env.get("WEB_CONCURRENCY", "?")
+    threads = env.get("GUNICORN_THREADS", "1")
+    note = benchdoc.machine_note(f"{len(urls)} web group(s)")
     try:
         pressure = Path("/proc/pressure/cpu").read_text().split()[2].split("=")[1] + "%"
     except (OSError, IndexError):
         pressure = "n/a"
-    web = env.get("WEB_CONCURRENCY", "?")
-    threads = env.get("GUNICORN_THREADS", "1")
     header = (
-        f"`python bench/bench_load.py --agents {args.agents} --seconds {args.seconds:g} --server {args.server}` "
-        f"against `make prod-local` — nproc {os.cpu_count()}, {cpu_model()}, Python {platform.python_version()}, "
-        f"{_dt.datetime.now(_dt.UTC):%Y-%m-%d %H:%M} UTC, load average after the runs "
-        f"{load[0]:.1f}, {load[1]:.1f}, {load[2]:.1f}, CPU pressure (some, avg60) {pressure} (the machine is "
-        f"shared with other work). Server: gunicorn "
-        f"{web} workers x {threads} thread(s) ({'gthread' if threads != '1' else 'sync'}) with TLS, 2 Celery "
-        f"workers + beat, PostgreSQL and Redis on the same 2 cores as the agents."
+        f"`python bench/bench_load.py --agents {args.agents} --seconds {args.seconds:g} --server {','.join(urls)}` "
+        f"against `make prod-local` — {note}, CPU pressure (some, avg60) {pressure} (the machine is shared with "
+        f"other work). Server: {len(urls)} group(s) of gunicorn {web} workers x {threads} thread(s) with TLS, "
+        f"Celery workers + beat, PostgreSQL and Redis on the same cores as the load generator; cards "
+        f"{'in state files' if args.file_cards else 'in memory'}."
     )
     if not args.no_write:
-        write_section(render(results, header))
+        if args.profile is None:  # a profiling run writes its own section only
+            benchdoc.write_section(SECTION, render(results, header, urls, verification))
+        if profile_paths:
+            benchdoc.write_section(PROFILE_SECTION, profile_section(results[-1], profile_paths, note))
     print(results[-1].summary())
-    return 0 if all(r.stats.errors == 0 for r in results) else 1
+    return 0 if verified and all(r.stats.errors == 0 for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -4,14 +4,18 @@
   truth: the script prints it), with overrides for a private topology (port, database, Redis dbs).
 * :class:`Topology` — start/stop that topology through the script; PIDs of the web master and its
   workers, the Celery workers and beat.
-* :class:`KeepAliveRelay` — the relay API over one persistent HTTP(S) connection per agent (what a
-  phone or ATM keeps open), timing every exchange.
+* :class:`KeepAliveRelay` — the relay API over one persistent HTTP(S) connection per agent and server
+  (what a phone or ATM keeps open), timing every exchange; given several servers (web groups) it sends
+  each request to the next one in turn, so the exchanges of one session land on different groups.
+* :class:`MemoryCard` — an emulated card held in memory across sessions (no state file written per
+  command, no fsync): the generator's own cost stays small; written back once at the end.
 * :func:`run_load` — N simulated agents in a few processes, many threads each; every agent owns one
   emulated card (``cardsim.transport.InProcessCard``) and loops: make sure its card has a small job
   (lock or unlock of the load bank's security domain, queued through ``cards.services`` by one
   feeder thread per process), present the card (identify, authenticate, run the job, verify with
   GET STATUS), check the outcome. Bounded: every agent stops at the deadline.
-* :class:`CpuMeter` — CPU seconds of process groups from ``/proc``.
+* :class:`CpuMeter` — CPU seconds of process groups (whole process trees) from ``/proc``;
+  :func:`pg_backends` — the PostgreSQL backends serving one database, the bench's own excluded.
 """
 
 from __future__ import annotations
@@ -40,10 +44,15 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from agent.core import RelayError, run_session  # noqa: E402 - after the sys.path entry
+from cardsim import store  # noqa: E402
+from cardsim.card import Card  # noqa: E402
 from cardsim.transport import InProcessCard  # noqa: E402
 
 SCRIPT = ROOT / "scripts" / "prod_local.sh"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# libpq's application_name for the bench's own database connections (the job feeders), so that
+# pg_backends() can tell them from the platform's.
+BENCH_PG_APPNAME = "ecard-bench"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,9 +82,8 @@ def read_pid(path: Path) -> int | None:
         return None
 
 
-def children(pid: int) -> list[int]:
-    """Direct children of a process (from /proc)."""
-    found = []
+def _parents() -> dict[int, int]:
+    found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -83,9 +91,22 @@ def children(pid: int) -> list[int]:
             stat = Path(f"/proc/{entry}/stat").read_text()
         except OSError:
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == pid:
-            found.append(int(entry))
+        found[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """Direct children of a process (from /proc)."""
+    return [child for child, parent in _parents().items() if parent == pid]
+
+
+def tree(pid: int) -> list[int]:
+    """A process and all its descendants (from /proc)."""
+    parents = _parents()
+    found, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        found += frontier
     return found
 
 
@@ -130,18 +151,29 @@ class Topology:
         master = self.pid("web")
         return children(master) if master else []
 
+    def web_masters(self) -> list[int]:
+        """The gunicorn master of every web group (``web.pid``, ``web2.pid``, ...)."""
+        pids = [read_pid(path) for path in sorted(self.run_dir.glob("web*.pid"))]
+        return [pid for pid in pids if pid]
+
+    @property
+    def base_urls(self) -> list[str]:
+        """Every web group's base URL (``PROD_WEB_URLS``), the first group's alone if unset."""
+        urls = [url for url in self.env.get("PROD_WEB_URLS", "").split(",") if url.strip()]
+        return urls or [self.base_url]
+
     def process_groups(self) -> dict[str, list[int]]:
+        """Process trees by tier: every web group's master and workers, the Celery workers, beat."""
         groups: dict[str, list[int]] = {"web": [], "celery": [], "beat": []}
-        master = self.pid("web")
-        if master:
-            groups["web"] = [master, *children(master)]
+        for master in self.web_masters():
+            groups["web"] += tree(master)
         for pidfile in sorted(self.run_dir.glob("worker*.pid")):
             pid = read_pid(pidfile)
             if pid:
-                groups["celery"] += [pid, *children(pid)]
+                groups["celery"] += tree(pid)
         beat = self.pid("beat")
         if beat:
-            groups["beat"] = [beat]
+            groups["beat"] = tree(beat)
         return groups
 
 
@@ -177,6 +209,24 @@ def pids_named(names: Iterable[str]) -> list[int]:
             if comm in wanted or comm.split(":")[0] in wanted:
                 found.append(int(entry))
     return found
+
+
+def pg_backends(database_url: str, *, exclude_application: str = BENCH_PG_APPNAME) -> list[int]:
+    """PIDs of the PostgreSQL backends connected to the database of ``database_url`` (the platform's
+    web threads, Celery workers and beat), without the bench's own connections and this query's.
+    Other databases on the same server (other users of a shared machine) are left out."""
+    import psycopg
+
+    try:
+        with psycopg.connect(database_url, application_name="ecard-bench-meter", connect_timeout=5) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND coalesce(application_name, '') <> %s",
+                (exclude_application,),
+            ).fetchall()
+    except psycopg.Error:
+        return []
+    return [int(row[0]) for row in rows]
 
 
 class CpuMeter:
@@ -217,22 +267,52 @@ class ExchangeError(RelayError):
     """An HTTP exchange failed (status, connection, protocol)."""
 
 
+def split_urls(base_url: str | Iterable[str]) -> list[str]:
+    """``"https://a,https://b"`` or a list of URLs -> the list (at least one)."""
+    urls = base_url.split(",") if isinstance(base_url, str) else list(base_url)
+    urls = [url.strip() for url in urls if url.strip()]
+    if not urls:
+        raise ValueError("no server URL")
+    return urls
+
+
+class _Endpoint:
+    """One server (web group) and the persistent connection to it."""
+
+    def __init__(self, base_url: str) -> None:
+        parsed = urllib.parse.urlsplit(base_url)
+        self.https = parsed.scheme == "https"
+        self.host = parsed.hostname or "127.0.0.1"
+        self.port = parsed.port or (443 if self.https else 80)
+        self.conn: http.client.HTTPConnection | None = None
+        self.last_used = 0.0
+        self.requests = 0
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
 class KeepAliveRelay:
-    """``agent.core.Server`` over one persistent connection; latencies (s) of every exchange."""
+    """``agent.core.Server`` over one persistent connection per server; latencies (s) of every exchange.
+
+    With several servers (``"https://h:8440,https://h:8441"``: separate web groups on one database)
+    every request goes to the next server in turn: no session affinity, the exchanges of one session
+    are served by different groups. ``requests_by_server`` counts what each received."""
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Iterable[str],
         token: str,
         *,
         context: ssl.SSLContext | None,
         timeout: float = 30.0,
         idle_limit: float = 3.0,
+        start: int = 0,
     ) -> None:
-        parsed = urllib.parse.urlsplit(base_url)
-        self.https = parsed.scheme == "https"
-        self.host = parsed.hostname or "127.0.0.1"
-        self.port = parsed.port or (443 if self.https else 80)
+        self.endpoints = [_Endpoint(url) for url in split_urls(base_url)]
+        self.next = start
         self.context = context
         self.timeout = timeout
         self.headers = {
@@ -242,44 +322,57 @@ class KeepAliveRelay:
             "User-Agent": "ecard-bench-load/1",
         }
         self.latencies: list[float] = []
-        self.conn: http.client.HTTPConnection | None = None
         self.idle_limit = idle_limit
-        self.last_used = 0.0
+        # Requests answered inside this wall-clock window (the load's measurement window), whatever
+        # became of their session: a rate that does not depend on sessions ending in the window.
+        self.window: tuple[float, float] | None = None
+        self.answered_in_window = 0
+        self.window_latencies: list[float] = []
 
-    def _connection(self) -> http.client.HTTPConnection:
+    @property
+    def requests_by_server(self) -> list[int]:
+        return [endpoint.requests for endpoint in self.endpoints]
+
+    def _connection(self, endpoint: _Endpoint) -> http.client.HTTPConnection:
         # Never reuse a connection the server may already have closed for idleness (gunicorn's
         # keepalive is 5 s): a request sent into a closing connection fails without reaching it.
-        if self.conn is not None and time.monotonic() - self.last_used > self.idle_limit:
-            self.close()
-        if self.conn is None:
-            if self.https:
-                self.conn = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.timeout, context=self.context
+        if endpoint.conn is not None and time.monotonic() - endpoint.last_used > self.idle_limit:
+            endpoint.close()
+        if endpoint.conn is None:
+            if endpoint.https:
+                endpoint.conn = http.client.HTTPSConnection(
+                    endpoint.host, endpoint.port, timeout=self.timeout, context=self.context
                 )
             else:
-                self.conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        return self.conn
+                endpoint.conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=self.timeout)
+        return endpoint.conn
 
     def close(self) -> None:
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        for endpoint in self.endpoints:
+            endpoint.close()
 
     def post(self, path: str, body: dict[str, Any], expect: int) -> dict[str, Any]:
         data = json.dumps(body).encode()
+        endpoint = self.endpoints[self.next % len(self.endpoints)]
+        self.next += 1
+        endpoint.requests += 1
         started = time.perf_counter()
         try:
-            conn = self._connection()
+            conn = self._connection(endpoint)
             conn.request("POST", path, body=data, headers=self.headers)
             response = conn.getresponse()
             payload = response.read()
-            self.last_used = time.monotonic()
+            endpoint.last_used = time.monotonic()
             if response.will_close:
-                self.close()
+                endpoint.close()
         except (OSError, http.client.HTTPException) as exc:
-            self.close()
+            endpoint.close()
             raise ExchangeError(f"{type(exc).__name__}: {exc}") from None
-        self.latencies.append(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        self.latencies.append(elapsed)
+        if self.window is not None and self.window[0] <= time.time() <= self.window[1]:
+            self.answered_in_window += 1
+            self.window_latencies.append(elapsed)
         if response.status != expect:
             raise ExchangeError(f"HTTP {response.status}: {payload[:200].decode('utf-8', 'replace')}")
         return json.loads(payload)
@@ -290,6 +383,32 @@ class KeepAliveRelay:
     def exchange(self, session: str, number: int, responses: list[str]) -> dict[str, Any]:
         path = f"/api/v1/relay/sessions/{session}/exchanges/"
         return self.post(path, {"exchange": number, "responses": responses}, 200)
+
+
+class MemoryCard:
+    """An emulated card kept in memory between presentations: what the card does is the same as
+    :class:`cardsim.transport.InProcessCard`, but no state file is written (and fsynced) after each
+    command. :meth:`present` powers it up for a new session; :meth:`save` writes it back once."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.card = Card(store.load(self.path), on_change=self._changed)
+        self.dirty = False
+
+    def _changed(self, _state: Any) -> None:
+        self.dirty = True
+
+    def present(self) -> MemoryCard:
+        self.card.power_on()
+        return self
+
+    def transmit(self, capdu: bytes) -> bytes:
+        return self.card.transmit(bytes(capdu))
+
+    def save(self) -> None:
+        if self.dirty:
+            store.save(self.path, self.card.state)
+            self.dirty = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,12 +502,14 @@ class AgentStats:
     sessions: int = 0  # complete sessions (job done, nothing pending) finished inside the window
     errors: int = 0
     error_samples: list[str] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)  # per exchange, seconds, inside the window
+    latencies: list[float] = field(default_factory=list)  # per exchange, seconds, answered inside the window
     session_times: list[float] = field(default_factory=list)
     queue_times: list[float] = field(default_factory=list)
     done_jobs: list[int] = field(default_factory=list)  # job ids the agents saw done
     interrupted: list[str] = field(default_factory=list)  # CINs whose last session did not complete
     by_exchange: dict[int, list[float]] = field(default_factory=dict)  # exchange number -> latencies
+    requests_by_server: list[int] = field(default_factory=list)  # HTTP requests each server received
+    window_requests: int = 0  # HTTP requests answered inside the window (any session, complete or not)
 
     def merge(self, other: AgentStats) -> None:
         self.sessions += other.sessions
@@ -401,21 +522,36 @@ class AgentStats:
         self.interrupted += other.interrupted
         for number, values in other.by_exchange.items():
             self.by_exchange.setdefault(number, []).extend(values)
+        self.requests_by_server = add_counts(self.requests_by_server, other.requests_by_server)
+        self.window_requests += other.window_requests
+
+
+def add_counts(a: list[int], b: list[int]) -> list[int]:
+    size = max(len(a), len(b))
+    return [(a[i] if i < len(a) else 0) + (b[i] if i < len(b) else 0) for i in range(size)]
 
 
 def _agent(
     row: dict[str, Any],
-    base_url: str,
+    base_url: str | list[str],
     context: ssl.SSLContext | None,
     feeder: Feeder,
     start_at: float,
     deadline: float,
     stats: AgentStats,
     lock: threading.Lock,
+    memory_cards: bool = False,
+    index: int = 0,
+    ramp: float = 0.0,
 ) -> None:
-    relay = KeepAliveRelay(base_url, row["token"], context=context)
+    # Agents start on different servers, so the groups share the load from the first request.
+    relay = KeepAliveRelay(base_url, row["token"], context=context, start=index)
+    relay.window = (start_at, deadline)
+    memory = MemoryCard(row["state_file"]) if memory_cards else None
     interrupted = False
-    while time.time() < start_at:
+    # With a ramp the load runs before the window opens: the window sees the steady state, not
+    # the pipeline filling (at N = 200 a session takes seconds).
+    while time.time() < start_at - ramp:
         time.sleep(0.01)
     while time.time() < deadline:
         t0 = time.perf_counter()
@@ -430,17 +566,17 @@ def _agent(
             continue
         relay.latencies = []
         try:
-            result = run_session(InProcessCard(row["state_file"]), relay)
+            card = memory.present() if memory is not None else InProcessCard(row["state_file"])
+            result = run_session(card, relay)
             error = result.error
             if not error and (result.pending or not result.jobs or not result.ok):
                 error = f"session ended with jobs {result.jobs} and {result.pending} pending"
         except (RelayError, OSError, ValueError, KeyError) as exc:
             error, result = f"{type(exc).__name__}: {exc}", None
         t2 = time.perf_counter()
-        in_window = time.time() <= deadline
+        in_window = start_at <= time.time() <= deadline
         with lock:
             if in_window:
-                stats.latencies += relay.latencies
                 for number, value in enumerate(relay.latencies, start=1):
                     stats.by_exchange.setdefault(number, []).append(value)
             if error:
@@ -459,22 +595,31 @@ def _agent(
         if error:
             time.sleep(0.05)  # a failed presentation: the holder presents the card again
     relay.close()
-    if interrupted:
-        with lock:
+    if memory is not None:
+        memory.save()
+    with lock:
+        stats.requests_by_server = add_counts(stats.requests_by_server, relay.requests_by_server)
+        stats.window_requests += relay.answered_in_window
+        stats.latencies += relay.window_latencies  # every request answered in the window
+        if interrupted:
             stats.interrupted.append(row["cin"])
 
 
 def _agent_process(
     rows: list[dict[str, Any]],
     env: dict[str, str],
-    base_url: str,
+    base_url: str | list[str],
     start_at: float,
     deadline: float,
     out: Any,
     operator: str,
+    memory_cards: bool = False,
+    first_index: int = 0,
+    ramp: float = 0.0,
 ) -> None:
     os.environ.update(env)
     os.environ["LOG_LEVEL"] = "WARNING"
+    os.environ["PGAPPNAME"] = BENCH_PG_APPNAME  # the feeders' connections are the bench's, not the platform's
     os.environ["DJANGO_SETTINGS_MODULE"] = "ecard.settings"
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     import django
@@ -489,9 +634,11 @@ def _agent_process(
     lock = threading.Lock()
     threads = [
         threading.Thread(
-            target=_agent, args=(row, base_url, context, feeder, start_at, deadline, stats, lock), daemon=True
+            target=_agent,
+            args=(row, base_url, context, feeder, start_at, deadline, stats, lock, memory_cards, first_index + i, ramp),
+            daemon=True,
         )
-        for row in rows
+        for i, row in enumerate(rows)
     ]
     for thread in threads:
         thread.start()
@@ -512,6 +659,20 @@ class LoadResult:
     @property
     def rate(self) -> float:
         return self.stats.sessions / self.seconds if self.seconds else 0.0
+
+    @property
+    def exchanges_per_session(self) -> float:
+        """HTTP requests of a complete session (5 today), from the sessions that completed."""
+        firsts = len(self.stats.by_exchange.get(1, []))
+        return sum(len(v) for v in self.stats.by_exchange.values()) / firsts if firsts else 0.0
+
+    @property
+    def session_equivalents(self) -> float:
+        """Requests answered in the window / requests per session: the work the window served, in
+        sessions. Unlike complete sessions it does not miss the sessions cut by the window's edges
+        (at N = 200 a session can take longer than a short window)."""
+        per = self.exchanges_per_session
+        return self.stats.window_requests / per if per else float(self.stats.sessions)
 
     def percentile(self, p: float, values: list[float] | None = None) -> float:
         data = sorted(self.stats.latencies if values is None else values)
@@ -538,25 +699,36 @@ def run_load(
     *,
     rows: list[dict[str, Any]],
     env: dict[str, str],
-    base_url: str,
+    base_url: str | list[str],
     seconds: float,
     processes: int,
     groups: Callable[[], dict[str, list[int]]] | None = None,
     during: Callable[[float], None] | None = None,
     operator: str = "loadbank_op",
     warmup: float = 2.0,
+    memory_cards: bool = False,
+    ramp: float = 0.0,
 ) -> LoadResult:
     """Run ``len(rows)`` agents for ``seconds`` (after a short start-up); ``during(t)`` is called
-    about every 0.5 s with the time since the window opened (fault injection)."""
+    about every 0.5 s with the time since the window opened (fault injection). ``base_url`` may
+    name several servers (comma-separated or a list): every HTTP request goes to the next one.
+    ``memory_cards`` keeps each card in memory for the run (written back at the end) instead of
+    writing its state file after every command (what the fault test needs: a killed agent is a
+    pulled card). ``ramp`` seconds of load run before the window opens (not measured)."""
+    urls = split_urls(base_url)
     processes = max(1, min(processes, len(rows)))
     ctx = mp.get_context("fork")
     out = ctx.Queue()
-    start_at = time.time() + warmup + 0.5 * processes
+    start_at = time.time() + warmup + 0.5 * processes + ramp
     deadline = start_at + seconds
     shares = [rows[i::processes] for i in range(processes)]
     workers = [
-        ctx.Process(target=_agent_process, args=(share, env, base_url, start_at, deadline, out, operator), daemon=True)
-        for share in shares
+        ctx.Process(
+            target=_agent_process,
+            args=(share, env, urls, start_at, deadline, out, operator, memory_cards, i, ramp),
+            daemon=True,
+        )
+        for i, share in enumerate(shares)
     ]
     for worker in workers:
         worker.start()
@@ -587,7 +759,9 @@ def run_load(
 # fault-test helpers (run in subprocesses with the topology's environment)
 
 
-def drain(rows: list[dict[str, Any]], base_url: str, context: ssl.SSLContext | None, tries: int = 4) -> dict[str, Any]:
+def drain(
+    rows: list[dict[str, Any]], base_url: str | list[str], context: ssl.SSLContext | None, tries: int = 4
+) -> dict[str, Any]:
     """Present every card until it reports no pending work (at most ``tries`` presentations each).
     Queues nothing: whatever is left from interrupted sessions resumes here."""
     report: dict[str, Any] = {"presentations": 0, "left": {}, "done_jobs": [], "errors": []}

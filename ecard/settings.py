@@ -137,6 +137,16 @@ DATABASES = {
         conn_health_checks=True,
     )
 }
+# Optional read replica for portal pages (ecard/dbrouting.py); unset: one database, no router.
+ECARD_DB_REPLICA_URL = os.environ.get("ECARD_DB_REPLICA_URL", "")
+ECARD_DB_REPLICA_PIN_SECONDS = int(os.environ.get("ECARD_DB_REPLICA_PIN_SECONDS", "5"))
+if ECARD_DB_REPLICA_URL:
+    DATABASES["replica"] = dj_database_url.parse(
+        ECARD_DB_REPLICA_URL, conn_max_age=int(os.environ.get("DB_CONN_MAX_AGE", "60")), conn_health_checks=True
+    )
+    DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
+    DATABASE_ROUTERS = ["ecard.dbrouting.ReplicaRouter"]
+    MIDDLEWARE.append("ecard.dbrouting.ReplicaReadsMiddleware")  # portal page reads go to the replica
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     # WAL lets the agent's HTTP requests and in-process tasks read while one writes.

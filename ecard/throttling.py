@@ -1,9 +1,18 @@
-"""Rate limits: fixed-window counters that fail open when their cache is unreachable.
+"""Rate limits: fixed-window counters, one cache round trip per request, failing open.
 
 DRF's stock throttles keep every request's timestamp of the window in one cache value and rewrite
-it on each request, so their cost grows with the allowed rate. These count instead: one atomic
-``INCR`` per request on a key named after the current window (Redis in production), with the
-same rate strings (``"600/min"``) and the same 429 answer (``Retry-After`` = rest of the window).
+it on each request, so their cost grows with the allowed rate. These count instead: a counter per
+client and window (a key named after the current window; Redis in production), with the same rate
+strings (``"600/min"``) and the same 429 answer (``Retry-After`` = rest of the window).
+
+**One round trip.** DRF asks every throttle of a view in turn (and all of them, even after one
+refuses). The first of them to be asked counts for all its siblings that share its cache: on Redis
+one pipeline of ``INCR`` + ``EXPIRE`` per counter, sent and answered as one round trip; the others
+read the result from the request. The relay's two limits (per credential, per address) cost one
+round trip per request instead of six (``add``, then Django's ``incr``, which is ``EXISTS`` +
+``INCR``, for each). ``EXPIRE`` is re-sent with every ``INCR`` (a window's key outlives its window
+by a second at most); caches other than Redis (per-process memory in tests) count with
+``add``/``incr``.
 
 The counters are a protection against abuse, not a correctness rule. If Redis restarts, refusing
 every request with a 500 would turn a cache outage into a platform outage, so for the duration of
@@ -14,46 +23,106 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
+from django.core.cache import DEFAULT_CACHE_ALIAS, caches
 from django.core.cache import cache as default_cache
+from django.core.cache.backends.base import BaseCache
+from django.core.cache.backends.redis import RedisCache
+from django.utils.connection import ConnectionProxy
 from rest_framework.request import Request
 from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle, UserRateThrottle
 
 logger = logging.getLogger(__name__)
 _last_warning = 0.0
+# Where a request keeps the counts of its throttles (counted once, read by each).
+_COUNTS_ATTR = "_ecard_throttle_counts"
+
+
+def count_windows(cache: BaseCache, counters: Sequence[tuple[str, int]]) -> list[int]:
+    """Add one to each ``(counter, ttl seconds)`` and return the new counts, in one round trip on
+    Redis (a non-transactional pipeline of INCR + EXPIRE per counter)."""
+    if isinstance(cache, ConnectionProxy):  # django.core.cache.cache: the default alias's backend
+        cache = caches[DEFAULT_CACHE_ALIAS]
+    if isinstance(cache, RedisCache):
+        # Django's RedisCache keeps its redis-py client factory private (and untyped in the stubs).
+        client = cast(Any, cache)._cache.get_client(write=True)
+        pipe = client.pipeline(transaction=False)
+        for counter, ttl in counters:
+            key = cache.make_and_validate_key(counter)
+            pipe.incr(key)
+            pipe.expire(key, ttl)
+        replies = pipe.execute()
+        return [int(n) for n in replies[0::2]]
+    counts = []
+    for counter, ttl in counters:
+        try:
+            counts.append(1 if cache.add(counter, 1, ttl) else cache.incr(counter))
+        except ValueError:  # expired between add and incr
+            counts.append(1)
+    return counts
+
+
+def _warn_unavailable(exc: Exception) -> None:
+    global _last_warning
+    now = time.monotonic()
+    if now - _last_warning > 60:
+        _last_warning = now
+        logger.warning("rate-limit cache unavailable (%s): requests are not throttled", type(exc).__name__)
 
 
 class FixedWindowMixin:
     """Replace the sliding history with a counter per window (same rate syntax, same 429)."""
 
-    cache = default_cache
+    cache: BaseCache = default_cache
 
-    def allow_request(self, request: Request, view: Any) -> bool:
-        global _last_warning
+    def window_counter(self, request: Request, view: Any, now: float) -> tuple[str, int] | None:
+        """This throttle's ``(counter key, ttl)`` for the window of ``now``; None if it does not apply."""
         throttle: Any = self
         if throttle.rate is None:
-            return True
+            return None
         key = throttle.get_cache_key(request, view)
         if key is None:
-            return True
-        now = time.time()
+            return None
         window = int(now // throttle.duration)
         self._window_end = (window + 1) * throttle.duration
-        counter = f"{key}:w{window}"
-        try:
-            first = throttle.cache.add(counter, 1, int(throttle.duration) + 1)
-            count = 1 if first else throttle.cache.incr(counter)
-        except ValueError:  # expired between add and incr
-            count = 1
-        except Exception as exc:
-            now_mono = time.monotonic()
-            if now_mono - _last_warning > 60:
-                _last_warning = now_mono
-                logger.warning("rate-limit cache unavailable (%s): requests are not throttled", type(exc).__name__)
-            return True
         self._now = now
-        return count <= throttle.num_requests
+        return f"{key}:w{window}", int(throttle.duration) + 1
+
+    def allow_request(self, request: Request, view: Any) -> bool:
+        throttle: Any = self
+        now = time.time()
+        mine = self.window_counter(request, view, now)
+        if mine is None:
+            return True
+        counts: dict[tuple[int, str], int | None] = request.__dict__.setdefault(_COUNTS_ATTR, {})
+        slot = (id(self.cache), mine[0])
+        if slot not in counts:
+            batch = [mine, *self._siblings(request, view, now)]
+            try:
+                values: list[int | None] = list(count_windows(self.cache, batch))
+            except Exception as exc:
+                _warn_unavailable(exc)
+                values = [None] * len(batch)
+            for (counter, _ttl), value in zip(batch, values, strict=True):
+                counts.setdefault((id(self.cache), counter), value)
+        count = counts[slot]
+        return count is None or count <= throttle.num_requests
+
+    def _siblings(self, request: Request, view: Any, now: float) -> list[tuple[str, int]]:
+        """The counters of the view's other fixed-window throttles on the same cache."""
+        get_throttles = getattr(view, "get_throttles", None)
+        if get_throttles is None:
+            return []
+        found = []
+        for other in get_throttles():
+            if type(other) is type(self) or not isinstance(other, FixedWindowMixin) or other.cache is not self.cache:
+                continue
+            counter = other.window_counter(request, view, now)
+            if counter is not None:
+                found.append(counter)
+        return found
 
     def wait(self) -> float | None:
         end = getattr(self, "_window_end", None)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The production topology on one machine (docs/deploy.md):
-#   gunicorn web workers, two Celery worker processes, Celery beat, one audit-log witness
+#   gunicorn web workers (PROD_WEB_GROUPS groups, default 1: separate masters on PROD_PORT, PROD_PORT+1, ...),
+#   two Celery worker processes, Celery beat, one audit-log witness
 #   (python -m audit.witness on PROD_WITNESS_PORT, default 8101; key var/witness.key made on first run),
 #   on the local PostgreSQL (database ecard_prod) and Redis (broker db 0, cache db 1),
 #   DEBUG off, JSON logs in var/log/, PID files in var/run/.
@@ -15,7 +16,7 @@
 # (clients trust it with SSL_CERT_FILE=var/tls/cert.pem); PROD_TLS=0 serves plain HTTP instead
 # (then no HSTS, no SSL redirect, and check --deploy is held to errors only).
 #
-# Overrides (environment): PROD_PORT (8000), PROD_DB (ecard_prod), PROD_TLS (1), WEB_CONCURRENCY,
+# Overrides (environment): PROD_PORT (8000), PROD_WEB_GROUPS (1), PROD_DB (ecard_prod), PROD_TLS (1), WEB_CONCURRENCY,
 # GUNICORN_THREADS, ECARD_RELAY_RATE, ECARD_RELAY_IP_RATE, CELERY_WORKERS (2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +27,9 @@ LOG=$VAR/log
 ENV_FILE=$VAR/prod.env
 PY=$ROOT/.venv/bin/python
 PORT=${PROD_PORT:-8000}
+# Scale-out on one machine: N independent gunicorn masters (web, web2, ...) on consecutive ports, one
+# database, no session affinity (any group takes any exchange of any session; docs/deploy.md).
+WEB_GROUPS=${PROD_WEB_GROUPS:-1}
 DB=${PROD_DB:-ecard_prod}
 PG_HOST=${PG_HOST:-127.0.0.1}
 PG_PORT=${PG_PORT:-5432}
@@ -145,8 +149,16 @@ load_env() {
     export GUNICORN_THREADS=${GUNICORN_THREADS:-4}
     export GUNICORN_TIMEOUT=${GUNICORN_TIMEOUT:-30}
     export GUNICORN_CONTROL_SOCKET=${GUNICORN_CONTROL_SOCKET:-$RUN/gunicorn.ctl}
+    # Every group's base URL, comma-separated (bench/bench_load.py round-robins its requests over them).
+    local urls="$SCHEME://$GUNICORN_BIND" g
+    for g in $(seq 2 "$WEB_GROUPS"); do
+        urls="$urls,$SCHEME://127.0.0.1:$(group_port "$g")"
+    done
+    export PROD_WEB_URLS=$urls
     export PYTHONUNBUFFERED=1
 }
+
+group_port() { echo $((PORT + $1 - 1)); }
 
 pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -163,8 +175,9 @@ start_bg() {
 }
 
 wait_http() {
+    # wait_http PORT
     for _ in $(seq 1 60); do
-        if "$PY" - "$SCHEME://127.0.0.1:$PORT/healthz" <<'EOF' 2>/dev/null
+        if "$PY" - "$SCHEME://127.0.0.1:$1/healthz" <<'EOF' 2>/dev/null
 import sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
     sys.exit(0 if r.status == 200 else 1)
@@ -192,17 +205,23 @@ cmd_start() {
         || die "manage.py check --deploy failed (see $LOG/deploy.log)"
     start_witness
     start_bg web "$ROOT/.venv/bin/gunicorn" -c "$ROOT/ecard/gunicorn.conf.py" ecard.wsgi:application
+    local g
+    for g in $(seq 2 "$WEB_GROUPS"); do
+        # Another master with its own workers, port and control socket; same environment otherwise.
+        start_bg "web$g" env GUNICORN_BIND="127.0.0.1:$(group_port "$g")" \
+            GUNICORN_CONTROL_SOCKET="$RUN/gunicorn$g.ctl" \
+            "$ROOT/.venv/bin/gunicorn" -c "$ROOT/ecard/gunicorn.conf.py" ecard.wsgi:application
+    done
     for n in $(seq 1 "$CELERY_WORKERS"); do
         start_bg "worker$n" "$ROOT/.venv/bin/celery" -A ecard worker --pool solo -n "worker$n@%h" \
             --without-gossip --without-mingle -l INFO
     done
     start_bg beat "$ROOT/.venv/bin/celery" -A ecard beat -l INFO -s "$RUN/celerybeat-schedule" \
         --pidfile=
-    if wait_http; then
-        echo "prod-local: serving $SCHEME://127.0.0.1:$PORT/ (DEBUG off; stop with: make prod-local-stop)"
-    else
-        die "the web tier did not become healthy (see $LOG/web.log)"
-    fi
+    for g in $(seq 1 "$WEB_GROUPS"); do
+        wait_http "$(group_port "$g")" || die "web group $g did not become healthy (see $LOG/web*.log)"
+    done
+    echo "prod-local: serving ${PROD_WEB_URLS//,/ and } (DEBUG off; stop with: make prod-local-stop)"
 }
 
 start_witness() {
@@ -254,7 +273,7 @@ cmd_stop() {
 
 cmd_status() {
     local rc=0
-    for name in web $(seq -f "worker%g" 1 "$CELERY_WORKERS") beat; do
+    for name in web $(seq -f "web%g" 2 "$WEB_GROUPS") $(seq -f "worker%g" 1 "$CELERY_WORKERS") beat; do
         if pid_alive "$RUN/$name.pid"; then
             echo "$name: running (pid $(cat "$RUN/$name.pid"))"
         else
@@ -273,7 +292,7 @@ cmd_status() {
 
 cmd_env() {
     load_env
-    env | grep -E '^(DEBUG|DATABASE_URL|CELERY_BROKER_URL|CACHE_URL|ALLOWED_HOSTS|LOG_FORMAT|STATIC_ROOT|ECARD_|GUNICORN_|WEB_CONCURRENCY|SECRET_KEY|SECURE_SSL_REDIRECT|SSL_CERT_FILE)=' \
+    env | grep -E '^(DEBUG|DATABASE_URL|CELERY_BROKER_URL|CACHE_URL|ALLOWED_HOSTS|LOG_FORMAT|STATIC_ROOT|ECARD_|GUNICORN_|WEB_CONCURRENCY|PROD_WEB_URLS|SECRET_KEY|SECURE_SSL_REDIRECT|SSL_CERT_FILE)=' \
         | sed -E 's/^(SECRET_KEY|ECARD_MASTER_KEY)=.*/\1=***/' | sort
 }
 

@@ -24,7 +24,7 @@ def test_credentials_are_per_device_hashed_and_revocable() -> None:
     assert created.status_code == 201
     token = created.json()["token"]
     credential = AgentCredential.objects.get(pk=created.json()["id"])
-    assert token.split("_")[2] not in credential.secret_hash  # only a hash is stored
+    assert token.split("_", 2)[2] not in credential.secret_hash  # only a hash is stored
     listed = client.get("/api/v1/agent-credentials/").json()
     assert all("token" not in item for item in listed["results"]) and listed["count"] == 2
     assert ApiServer(token).open_session("batch")["exchange"] == 1

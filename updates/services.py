@@ -38,6 +38,7 @@ from updates.ota import (
     keyset_for,
     retry_job,
 )
+from updates.presentation import PresentationRefused, presentable_job_ids
 
 logger = logging.getLogger(__name__)
 
@@ -308,6 +309,7 @@ def _apply(session: CardSession, batch: Batch) -> RelayAnswer:
     if batch.done:
         session.state = CardSession.State.DONE
         session.closed_reason = ""
+        _pending_for_presenter(session, batch)
         record_event(
             action="session.done",
             subject_type="card_session",
@@ -319,6 +321,20 @@ def _apply(session: CardSession, batch: Batch) -> RelayAnswer:
     session.expires_at = _expires()
     session.save()
     return RelayAnswer(session, batch)
+
+
+def _pending_for_presenter(session: CardSession, batch: Batch) -> None:
+    """A terminal is told only of the pending work it may run (``pending``, so its agent opens
+    another session only for that); the rest waits for the holder's own device
+    (``waiting_for_holder``)."""
+    if session.card is None or session.credential.organization_id is None or "pending" not in batch.result:
+        return
+    try:
+        runnable = len(presentable_job_ids(session.credential, session.card))
+    except PresentationRefused:
+        runnable = 0  # revoked or suspended since the card was identified
+    pending = int(batch.result["pending"])
+    batch.result = {**batch.result, "pending": min(runnable, pending), "waiting_for_holder": max(pending - runnable, 0)}
 
 
 def open_session(*, credential: AgentCredential, mode: str = CardSession.Mode.BATCH) -> RelayAnswer:

@@ -88,7 +88,7 @@ def test_a_terminal_cannot_start_work_the_holder_did_not_consent_to() -> None:
     result = world.present(server=ApiServer(token))
 
     assert not result.error and [j["id"] for j in result.jobs] == [rotate_beta.pk], result
-    assert result.pending == 2
+    assert result.pending == 0 and result.waiting == 2  # what waits is for the holder, not this terminal
     for job in (lock, rotate_alpha):
         job.refresh_from_db()
         assert job.state == CardJob.State.PENDING and job.attempts == 0

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from django.core.cache import cache
+from django.db import IntegrityError, transaction
 from rest_framework.test import APIClient
 
 from agent.core import RelayError
@@ -300,3 +301,26 @@ def test_relay_error_for_unknown_card_through_a_terminal() -> None:
     world.card.save()
     with pytest.raises(RelayError):
         world.present(server=ApiServer(token))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_keeps_device_credentials_and_admits_terminals(migrator: Any) -> None:
+    before, after = [("updates", "0006_auth_refusals")], [("updates", "0007_terminal_credentials")]
+    executor = migrator
+    executor.migrate(before)
+    apps = executor.loader.project_state(before).apps
+    holder = apps.get_model("auth", "User").objects.create(username="holder")
+    apps.get_model("updates", "AgentCredential").objects.create(
+        user=holder, name="phone", key_id="0a0b0c0d0e0f", secret_hash="0" * 64
+    )
+    executor.loader.build_graph()
+    executor.migrate(after)
+
+    device = AgentCredential.objects.get(key_id="0a0b0c0d0e0f")
+    assert device.user_id == holder.pk and device.organization_id is None and not device.is_terminal
+    bank = issuer_services.create_organization(name="Alpha Bank", slug="alpha", kind="bank")
+    AgentCredential.objects.create(organization=bank, name="ATM", key_id="0a", secret_hash="0" * 64)
+    # A credential is a device's or a terminal's, never both or neither.
+    for owner in ({}, {"user_id": holder.pk, "organization": bank}):
+        with pytest.raises(IntegrityError), transaction.atomic():
+            AgentCredential.objects.create(name="x", key_id="0b", secret_hash="0" * 64, **owner)

@@ -130,7 +130,9 @@ def issue_terminal_credential(*, organization: Organization, actor: User, name: 
 def revoke_agent_credential(*, credential: AgentCredential, actor: AbstractBaseUser | None) -> AgentCredential:
     """Revoke a credential: refused from now on (the cache entry is dropped when this commits),
     its open sessions are rejected at once."""
-    credential = AgentCredential.objects.select_for_update().select_related("organization").get(pk=credential.pk)
+    credential = (
+        AgentCredential.objects.select_for_update(of=("self",)).select_related("organization").get(pk=credential.pk)
+    )
     if credential.revoked_at is None:
         credential.revoked_at = timezone.now()
         credential.save(update_fields=["revoked_at"])

@@ -135,7 +135,8 @@ def record_event(
     ``actor`` is a user (or None for the system; ``actor_id`` names a non-user actor such as a
     client agent), ``actor_org`` the organisation it acted for, ``organization`` the one the
     event concerns, ``card_cin`` the card. ``details`` must hold no key material and no personal
-    data; it is kept exactly as given (JSON values, no floats).
+    data; it is kept exactly as given (JSON values, no floats). Inside :func:`relayed_by`, the
+    entry also names the terminal that relays the card work.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("record_event must run inside the transaction of the change it records")

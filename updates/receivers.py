@@ -5,7 +5,8 @@
   preparation.
 * ``updates.signals.job_state_changed``: rollout jobs report back to their rollout.
 * ``post_save`` of an organisation or a user: a suspended organisation's terminals and a
-  deactivated user's devices are dropped from the credential cache, so they are refused at once.
+  deactivated user's devices are dropped from the credential cache, so they are refused at once;
+  ``post_delete`` of a credential (a deleted user's devices go with the user) drops it too.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from django.db import transaction
 from cards.models import CardJob
 from issuers.models import Organization
 from updates import services
+from updates.models import AgentCredential
 from updates.rollouts import record_card_result
 from updates.tasks import prepare_job
 
@@ -49,3 +51,8 @@ def forget_deactivated_user(sender: Any, instance: Any, **kwargs: Any) -> None:
     """A deactivated user's device credentials are refused from now on (not after the cache's TTL)."""
     if not instance.is_active and instance.pk is not None:
         services.forget_user_credentials(instance.pk)
+
+
+def forget_deleted_credential(sender: Any, instance: AgentCredential, **kwargs: Any) -> None:
+    """A deleted credential is never accepted from the cache (its sessions could not be stored)."""
+    services.forget_credentials([instance.key_id])

@@ -160,6 +160,13 @@ def test_a_suspended_organisations_terminals_are_refused_at_once() -> None:
     issuer_services.set_organization_active(organization=world.bank, is_active=False, actor=agency_admin)
 
     assert services.authenticate_agent(token) is None
+    exchange = APIClient().post(
+        f"/api/v1/relay/sessions/{opened['session']}/exchanges/",
+        {"exchange": 1, "responses": ["9000"]},
+        format="json",
+        HTTP_AUTHORIZATION=f"Agent {token}",
+    )
+    assert exchange.status_code == 401
     # A session opened before the suspension cannot go on to present a card either.
     with pytest.raises(presentation.PresentationRefused, match="suspended"):
         presentation.presentable_job_ids(credential, world.card)
@@ -324,3 +331,30 @@ def test_the_migration_keeps_device_credentials_and_admits_terminals(migrator: A
     for owner in ({}, {"user_id": holder.pk, "organization": bank}):
         with pytest.raises(IntegrityError), transaction.atomic():
             AgentCredential.objects.create(name="x", key_id="0b", secret_hash="0" * 64, **owner)
+
+
+def test_an_idle_terminal_session_expires_under_the_terminals_name() -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from agent.core import run_batch
+
+    world = build_ota_world()
+    enroll(world)
+    credential, token = terminal(world)
+    server = ApiServer(token)
+    opened = server.open_session("batch")
+    server.exchange(opened["session"], opened["exchange"], run_batch(world.card_transport(), opened["commands"]))
+    CardSession.objects.filter(pk=opened["session"]).update(expires_at=timezone.now() - timedelta(seconds=1))
+    assert services.expire_idle_sessions() == 1
+    entry = AuditEntry.objects.get(action="session.expired")
+    assert entry.actor_type == AuditEntry.ActorType.SYSTEM
+    assert entry.details["relay"] == {"terminal": credential.key_id, "organization": "alpha"}
+
+
+def test_a_deleted_credential_is_not_accepted_from_the_cache() -> None:
+    world = build_ota_world()
+    assert services.authenticate_agent(world.token) is not None  # warm
+    world.citizen.delete()  # the device credential goes with its holder
+    assert services.authenticate_agent(world.token) is None

@@ -183,3 +183,76 @@ def test_file_feed_presents_each_card_file_once(tmp_path) -> None:
         pass
     else:
         raise AssertionError("a third card file does not exist")
+
+
+class _Exceptions:
+    class SmartcardException(Exception):
+        pass
+
+    class CardConnectionException(SmartcardException):
+        def __init__(self, hresult: int = 0) -> None:
+            super().__init__("card connection")
+            self.hresult = hresult
+
+    class NoCardException(SmartcardException):
+        pass
+
+
+class _CardConnection:
+    T0_protocol = 1
+    T1_protocol = 2
+
+
+class _ConnectionModule:
+    CardConnection = _CardConnection
+
+
+def fake_reader(answers: list[Exception | None]) -> Any:
+    """A reader whose connection attempts give ``answers`` in turn (None: a card answers)."""
+
+    class Connection:
+        disconnected = 0
+
+        def connect(self, protocols: int) -> None:
+            answer = answers.pop(0)
+            if answer is not None:
+                raise answer
+
+        def disconnect(self) -> None:
+            Connection.disconnected += 1
+
+    class Reader:
+        def createConnection(self) -> Connection:
+            return Connection()
+
+    return Reader()
+
+
+def test_pcsc_removal_is_detected_by_polling_the_reader(monkeypatch) -> None:
+    from agent import pcsc
+
+    monkeypatch.setattr(pcsc, "_pyscard", lambda: (_ConnectionModule, _Exceptions, None))
+    clock = iter(range(100))
+    present_then_gone = [
+        None,
+        _Exceptions.CardConnectionException(pcsc.SHARING_VIOLATION),
+        _Exceptions.NoCardException(),
+    ]
+    monkeypatch.setattr(pcsc, "_find_reader", lambda name: fake_reader(present_then_gone))
+    assert pcsc.wait_for_removal("ATM", 10, sleep=lambda _s: None, clock=lambda: next(clock))
+    assert present_then_gone == []  # a card held by another application is still there
+
+    still_there = [None] * 5
+    monkeypatch.setattr(pcsc, "_find_reader", lambda name: fake_reader(still_there))
+    clock = iter(range(100))
+    assert not pcsc.wait_for_removal("ATM", 2, sleep=lambda _s: None, clock=lambda: next(clock))
+
+    removed = [_Exceptions.CardConnectionException(pcsc.REMOVED_CARD)]
+    monkeypatch.setattr(pcsc, "_find_reader", lambda name: fake_reader(removed))
+    assert pcsc.wait_for_removal("ATM", 2, sleep=lambda _s: None)
+
+    def no_reader(name: str) -> Any:
+        raise pcsc.NoReader("unplugged")
+
+    monkeypatch.setattr(pcsc, "_find_reader", no_reader)
+    assert pcsc.wait_for_removal("ATM", 2, sleep=lambda _s: None)

@@ -42,9 +42,11 @@ def report_rollout_job(sender: Any, job: CardJob, state: str, error: str = "", *
 
 
 def forget_suspended_organization(sender: Any, instance: Organization, **kwargs: Any) -> None:
-    """A suspended organisation's terminal credentials are refused from now on (not after the cache's TTL)."""
+    """A suspended organisation's terminal credentials are refused from now on (not after the
+    cache's TTL), and their open sessions are rejected (``organization.suspended`` records it)."""
     if not instance.is_active:
         services.forget_organization_credentials(instance.pk)
+        services.close_terminal_sessions(instance.pk, "the terminal's organisation is suspended")
 
 
 def forget_deactivated_user(sender: Any, instance: Any, **kwargs: Any) -> None:

@@ -230,6 +230,14 @@ def forget_organization_credentials(organization_id: int) -> None:
     forget_credentials(AgentCredential.objects.filter(organization_id=organization_id).values_list("key_id", flat=True))
 
 
+def close_terminal_sessions(organization_id: int, reason: str) -> int:
+    """Reject the open sessions of an organisation's terminals (as a revocation rejects a
+    credential's), in the caller's transaction: the change that calls it is its audit entry."""
+    return CardSession.objects.filter(credential__organization_id=organization_id, state=CardSession.State.OPEN).update(
+        state=CardSession.State.REJECTED, closed_reason=reason, sealed_channel=None
+    )
+
+
 def forget_user_credentials(user_id: int) -> None:
     """A user was deactivated (or changed): their devices are looked up afresh."""
     forget_credentials(AgentCredential.objects.filter(user_id=user_id).values_list("key_id", flat=True))

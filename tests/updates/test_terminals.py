@@ -167,6 +167,8 @@ def test_a_suspended_organisations_terminals_are_refused_at_once() -> None:
         HTTP_AUTHORIZATION=f"Agent {token}",
     )
     assert exchange.status_code == 401
+    session = CardSession.objects.get(pk=opened["session"])  # its open session is closed at once
+    assert session.state == CardSession.State.REJECTED and session.closed_reason.endswith("suspended")
     # A session opened before the suspension cannot go on to present a card either.
     with pytest.raises(presentation.PresentationRefused, match="suspended"):
         presentation.presentable_job_ids(credential, world.card)

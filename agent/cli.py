@@ -1,23 +1,30 @@
-"""``python -m agent --server URL (--reader NAME | --card-file STATE.json) [--token T] [--mode M]``.
+"""``python -m agent --server URL (--reader NAME | --card-file STATE.json) [--token T] [--mode M] [--loop]``.
 
 Waits for a card in the reader, relays the card's sessions with the platform until it has no
 pending work left, and shows progress on stderr (a bar per job on a terminal, plain lines
 otherwise). Exit status: 0 when the card has no pending work left; otherwise non-zero with one
 line saying why (see ``EXIT_*``). The token comes from ``--token`` or ``ECARD_AGENT_TOKEN`` and is
 never printed.
+
+``--loop`` (a terminal: an ATM, a kiosk) serves card after card in one run: it waits for a card,
+serves it, writes one line with the card's CIN and outcome, waits for the card's removal, and
+starts again, until Ctrl-C (the card in the reader is finished first) or ``--max-cards``. The
+cards come from a :class:`CardFeed` (the PC/SC reader, emulated card files, or a test's cards).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
-from agent.core import CardTransport, RelayError, Server, SessionResult, run_session
+from agent.core import CardTransport, NoMoreCards, RelayError, Server, SessionResult, run_session
 from agent.http import HttpServer, ServerRefused, ServerUnreachable, SessionRejected
 
 EXIT_OK = 0
@@ -33,6 +40,7 @@ EXIT_INTERRUPTED = 130
 TOKEN_ENV = "ECARD_AGENT_TOKEN"  # noqa: S105 - the name of an environment variable
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_SESSIONS = 3
+LOOP_POLL_SECONDS = 1.0  # how often a loop waiting for a card or its removal looks at Ctrl-C
 BAR_WIDTH = 24
 PHASE_FRACTION = {"open": 0.0, "status": 1 / 3, "script": 2 / 3}
 
@@ -73,6 +81,51 @@ def _file_source(path: str, timeout: float) -> Card:
 
         raise NoCard(f"no emulated card at {path}")
     return _EmulatedCard(path)
+
+
+class CardFeed(Protocol):
+    """Where a terminal's cards come from, one after the other (``--loop``)."""
+
+    def wait_for_card(self, timeout: float) -> Card:
+        """A connected card; raises :class:`RelayError` when none comes in ``timeout`` seconds
+        (:class:`NoMoreCards` when the feed has no more cards at all)."""
+        ...
+
+    def wait_for_removal(self, timeout: float) -> bool:
+        """True once the card served last has left the reader; False if it is still there after ``timeout``."""
+        ...
+
+
+class PcscFeed:
+    """Cards inserted in one PC/SC reader; removal is detected by ``agent.pcsc``."""
+
+    def __init__(self, reader: str) -> None:
+        self.reader = reader
+
+    def wait_for_card(self, timeout: float) -> Card:
+        return _pcsc_source(self.reader, timeout)
+
+    def wait_for_removal(self, timeout: float) -> bool:
+        from agent.pcsc import wait_for_removal
+
+        return wait_for_removal(self.reader, timeout)
+
+
+class FileFeed:
+    """Emulated cards (cardsim state files) presented in turn, each removed once served."""
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = list(paths)
+        self.index = 0
+
+    def wait_for_card(self, timeout: float) -> Card:
+        if self.index >= len(self.paths):
+            raise NoMoreCards(f"all {len(self.paths)} card file(s) presented")
+        return _file_source(self.paths[self.index], timeout)
+
+    def wait_for_removal(self, timeout: float) -> bool:
+        self.index += 1
+        return True
 
 
 def _short(label: str) -> str:
@@ -231,13 +284,94 @@ def relay(
     trips = sum(r.round_trips for r in outcome.results)
     apdus = sum(r.apdus for r in outcome.results)
     done = sum(1 for job in outcome.jobs if job.get("state") == "done")
-    return _end(outcome, EXIT_OK, f"card up to date: {done} job(s) done, {trips} round trips, {apdus} APDUs", view)
+    message = f"card up to date: {done} job(s) done, {trips} round trips, {apdus} APDUs"
+    waiting = outcome.results[-1].waiting if outcome.results else 0
+    if waiting:
+        message += f"; {waiting} job(s) wait for the holder's own device"
+    return _end(outcome, EXIT_OK, message, view)
 
 
 def _end(outcome: Outcome, code: int, message: str, view: ProgressView | None) -> Outcome:
     outcome.code, outcome.message = code, message
     if view is not None:
         view.jobs_done(outcome.jobs)
+    return outcome
+
+
+FATAL_IN_LOOP = frozenset({EXIT_UNREACHABLE, EXIT_REFUSED})  # the server is gone or refuses this terminal
+
+
+@dataclass
+class LoopOutcome:
+    code: int
+    message: str
+    cards: list[tuple[str, Outcome]] = field(default_factory=list)  # (CIN or "", outcome) per card
+
+
+def card_line(number: int, cin: str, outcome: Outcome) -> str:
+    """The one line a terminal writes per card: its number in this run, its CIN, its outcome."""
+    status = "ok" if outcome.code == EXIT_OK else "error"
+    return f"card {number} {cin or '(unidentified)'}: {status}: {outcome.message}"
+
+
+def serve_cards(
+    *,
+    server: Server,
+    feed: CardFeed,
+    timeout: float,
+    mode: str = "batch",
+    max_sessions: int = DEFAULT_MAX_SESSIONS,
+    max_cards: int | None = None,
+    stop: Callable[[], bool] = lambda: False,
+    poll: float = LOOP_POLL_SECONDS,
+    view: ProgressView | None = None,
+    stream: TextIO | None = None,
+) -> LoopOutcome:
+    """Serve card after card: wait for one, relay its sessions (:func:`relay`), write its line,
+    wait for its removal; until ``stop()``, ``max_cards`` cards, or the feed has no more cards.
+
+    A card's own failure (a failed job, a rejected session, a card pulled) is its line only; the
+    loop ends early only when the server is unreachable or refuses the credential (revoked)."""
+    out = stream or sys.stderr
+    outcome = LoopOutcome(EXIT_OK, "")
+    while (max_cards is None or len(outcome.cards) < max_cards) and not stop():
+        try:
+            first: Card | None = feed.wait_for_card(poll)
+        except NoMoreCards:
+            break
+        except RelayError:
+            continue  # no card yet: keep waiting (and look at stop() again)
+
+        def source(reader: str, wait: float) -> Card:
+            nonlocal first
+            if first is not None:
+                card, first = first, None
+                return card
+            return feed.wait_for_card(wait)
+
+        served = relay(
+            server=server,
+            card_source=source,
+            reader="",
+            timeout=timeout,
+            mode=mode,
+            max_sessions=max_sessions,
+            view=view,
+        )
+        cin = next((r.card for r in reversed(served.results) if r.card), "")
+        outcome.cards.append((cin, served))
+        out.write(card_line(len(outcome.cards), cin, served) + "\n")
+        out.flush()
+        if served.code in FATAL_IN_LOOP:
+            outcome.code, outcome.message = served.code, served.message
+            return outcome
+        while not feed.wait_for_removal(poll):
+            if stop():
+                break
+    failed = sum(1 for _cin, served in outcome.cards if served.code != EXIT_OK)
+    outcome.message = (
+        f"{len(outcome.cards)} card(s) served: {len(outcome.cards) - failed} up to date, {failed} with errors"
+    )
     return outcome
 
 
@@ -254,7 +388,9 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--reader", help="PC/SC reader name (or a unique prefix of it)")
     where.add_argument(
         "--card-file",
-        help="an emulated card's state file (cardsim), driven in-process: the demo without pcscd",
+        action="append",
+        help="an emulated card's state file (cardsim), driven in-process: the demo without pcscd "
+        "(repeat it with --loop: the cards are presented in turn)",
     )
     p.add_argument("--token", default=None, help=f"device credential (default: ${TOKEN_ENV})")
     p.add_argument(
@@ -275,6 +411,12 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_SESSIONS,
         help=f"sessions to try while work is left (default {DEFAULT_MAX_SESSIONS})",
     )
+    p.add_argument(
+        "--loop",
+        action="store_true",
+        help="a terminal: serve card after card (a line per card) until Ctrl-C or --max-cards",
+    )
+    p.add_argument("--max-cards", type=int, default=None, help="with --loop: stop after this many cards")
     return p
 
 
@@ -282,6 +424,7 @@ def main(
     argv: list[str] | None = None,
     *,
     card_source: CardSource | None = None,
+    card_feed: CardFeed | None = None,
     server_factory: ServerFactory | None = None,
     stream: TextIO | None = None,
     sleep: Callable[[float], None] = time.sleep,
@@ -296,6 +439,13 @@ def main(
     if args.timeout < 0 or args.max_sessions < 1:
         stream.write("agent: --timeout must be >= 0 and --max-sessions >= 1\n")
         return EXIT_USAGE
+    card_files: list[str] = args.card_file or []
+    if not args.loop and (args.max_cards is not None or len(card_files) > 1):
+        stream.write("agent: --max-cards and several --card-file need --loop\n")
+        return EXIT_USAGE
+    if args.max_cards is not None and args.max_cards < 1:
+        stream.write("agent: --max-cards must be >= 1\n")
+        return EXIT_USAGE
 
     def retrying(attempt: int, delay: float, why: str) -> None:
         view.write(f"server not answering ({why}); retry {attempt} in {delay:g} s")
@@ -308,11 +458,14 @@ def main(
         except ValueError as exc:
             stream.write(f"agent: {exc}\n")
             return EXIT_USAGE
+    if args.loop:
+        feed = card_feed or (FileFeed(card_files) if card_files else PcscFeed(args.reader))
+        return _main_loop(args, server=server, feed=feed, view=view, stream=stream)
     try:
         outcome = relay(
             server=server,
-            card_source=card_source or (_file_source if args.card_file else _pcsc_source),
-            reader=args.card_file or args.reader,
+            card_source=card_source or (_file_source if card_files else _pcsc_source),
+            reader=card_files[0] if card_files else args.reader,
             timeout=args.timeout,
             mode=args.mode,
             max_sessions=args.max_sessions,
@@ -321,6 +474,43 @@ def main(
     except KeyboardInterrupt:
         stream.write("\nagent: interrupted; unfinished jobs resume at the card's next session\n")
         return EXIT_INTERRUPTED
+    prefix = "agent: " if outcome.code == EXIT_OK else "agent: error: "
+    stream.write(prefix + outcome.message + "\n")
+    stream.flush()
+    return outcome.code
+
+
+def _main_loop(args: argparse.Namespace, *, server: Server, feed: CardFeed, view: ProgressView, stream: TextIO) -> int:
+    """``--loop``: serve cards until Ctrl-C or ``--max-cards``. The first Ctrl-C lets the card in
+    the reader finish and stops; a second one interrupts at once."""
+    stopping = threading.Event()
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if stopping.is_set():
+            raise KeyboardInterrupt
+        stopping.set()
+        view.write("agent: stopping once the card in the reader is served (Ctrl-C again to abort)")
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, on_interrupt) if in_main_thread else None
+    try:
+        outcome = serve_cards(
+            server=server,
+            feed=feed,
+            timeout=args.timeout,
+            mode=args.mode,
+            max_sessions=args.max_sessions,
+            max_cards=args.max_cards,
+            stop=stopping.is_set,
+            view=view,
+            stream=stream,
+        )
+    except KeyboardInterrupt:
+        stream.write("\nagent: interrupted; unfinished jobs resume at the card's next session\n")
+        return EXIT_INTERRUPTED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
     prefix = "agent: " if outcome.code == EXIT_OK else "agent: error: "
     stream.write(prefix + outcome.message + "\n")
     stream.flush()

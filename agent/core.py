@@ -28,6 +28,10 @@ class RelayError(Exception):
     """The session could not be completed; the message says why (for the person holding the card)."""
 
 
+class NoMoreCards(RelayError):
+    """A card source that presents a fixed set of cards (emulated ones) has presented them all."""
+
+
 @dataclass
 class SessionResult:
     session: str
@@ -36,6 +40,8 @@ class SessionResult:
     jobs: list[dict[str, Any]] = field(default_factory=list)
     pending: int = 0
     error: str = ""
+    card: str = ""  # the CIN the server identified (empty when it identified none)
+    waiting: int = 0  # jobs a terminal may not run: they wait for the holder's own device
 
     @property
     def ok(self) -> bool:
@@ -98,4 +104,6 @@ def run_session(
         jobs=list(result.get("jobs", [])),
         pending=int(result.get("pending", 0)),
         error=str(result.get("error", "")),
+        card=str(result.get("card", "")),
+        waiting=int(result.get("waiting_for_holder", 0)),
     )

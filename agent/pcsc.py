@@ -1,4 +1,5 @@
-"""PC/SC card access through pyscard: find the named reader, wait for a card, transmit.
+"""PC/SC card access through pyscard: find the named reader, wait for a card, transmit, wait for
+the card's removal (a terminal serving card after card, ``--loop``).
 
 pyscard is imported only here (the rest of the agent and its tests run without it). The card is
 connected with T=0 or T=1, whichever it offers; ISO 7816-4 61xx/6Cxx follow-ups are handled by
@@ -35,6 +36,8 @@ class CardGone(RelayError):
 
 
 SHARING_VIOLATION = 0x8010000B  # SCARD_E_SHARING_VIOLATION: another application holds the card
+NO_SMARTCARD = 0x8010000C  # SCARD_E_NO_SMARTCARD: the reader is empty
+REMOVED_CARD = 0x80100069  # SCARD_W_REMOVED_CARD: the card was removed
 
 
 def _pyscard() -> Any:
@@ -128,4 +131,39 @@ def wait_for_card(
             reader = None
             if clock() >= deadline:
                 raise NoReader(f"reader {reader_name!r} is not usable: {exc}") from exc
+        sleep(POLL_SECONDS)
+
+
+def wait_for_removal(
+    reader_name: str,
+    timeout: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """Wait up to ``timeout`` seconds for the reader to be empty; True once it is.
+
+    Polls with a shared connection: "no card" (or a reader that went away) is a removal; a card
+    that answers, or one another application holds, is still there."""
+    card_connection, exceptions, _system = _pyscard()
+    protocols = card_connection.CardConnection.T0_protocol | card_connection.CardConnection.T1_protocol
+    deadline = clock() + timeout
+    while True:
+        try:
+            connection = _find_reader(reader_name).createConnection()
+            connection.connect(protocols)
+        except NoReader:
+            return True
+        except exceptions.NoCardException:
+            return True
+        except exceptions.CardConnectionException as exc:
+            if getattr(exc, "hresult", 0) & 0xFFFFFFFF in (NO_SMARTCARD, REMOVED_CARD):
+                return True
+        except exceptions.SmartcardException:
+            return True  # the reader went away: no card in it
+        else:
+            with contextlib.suppress(Exception):
+                connection.disconnect()
+        if clock() >= deadline:
+            return False
         sleep(POLL_SECONDS)

@@ -31,6 +31,8 @@ import math
 import time
 import urllib.parse
 from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -60,6 +62,7 @@ __all__ = [
     "push_to_witness",
     "push_to_witnesses",
     "record_event",
+    "relayed_by",
     "sequence_pending",
     "write_export",
 ]
@@ -76,6 +79,34 @@ def _q(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- appends (queue)
+
+
+@dataclass(frozen=True)
+class RelayIdentity:
+    """Who relays the card work being recorded: a terminal credential and its organisation."""
+
+    actor_id: str
+    organization: Any
+    details: dict[str, str]
+
+
+_relay_identity: ContextVar[RelayIdentity | None] = ContextVar("audit_relay_identity", default=None)
+
+
+@contextmanager
+def relayed_by(*, actor_id: str, organization: Any, details: dict[str, str]) -> Iterator[None]:
+    """Name the relay of the card work recorded inside this block on every entry it records.
+
+    A terminal presents cards it does not own, so each entry of its sessions says which terminal
+    and which organisation did: entries of the client agent (``actor_type`` "agent", no user) take
+    ``actor_id`` and ``organization`` as their actor and actor organisation, and every entry,
+    the system's included, carries ``details`` under the key ``"relay"``.
+    """
+    token = _relay_identity.set(RelayIdentity(actor_id, organization, dict(details)))
+    try:
+        yield
+    finally:
+        _relay_identity.reset(token)
 
 
 def record_event(
@@ -104,10 +135,17 @@ def record_event(
     ``actor`` is a user (or None for the system; ``actor_id`` names a non-user actor such as a
     client agent), ``actor_org`` the organisation it acted for, ``organization`` the one the
     event concerns, ``card_cin`` the card. ``details`` must hold no key material and no personal
-    data; it is kept exactly as given (JSON values, no floats).
+    data; it is kept exactly as given (JSON values, no floats). Inside :func:`relayed_by`, the
+    entry also names the terminal that relays the card work.
     """
     if not connection.in_atomic_block:
         raise RuntimeError("record_event must run inside the transaction of the change it records")
+    relay = _relay_identity.get()
+    if relay is not None:
+        if actor is None and actor_type == AuditEntry.ActorType.AGENT:
+            actor_id = actor_id or relay.actor_id
+            actor_org = actor_org if actor_org is not None else relay.organization
+        details = {**(details or {}), "relay": relay.details}
     if actor_type is None:
         actor_type = AuditEntry.ActorType.USER if actor is not None else AuditEntry.ActorType.SYSTEM
     actor_name = actor.get_username() if actor is not None and hasattr(actor, "get_username") else actor_id or ""

@@ -350,6 +350,8 @@ from ecard.settings_rollouts import *  # noqa: F403,E402
 # --- relay sessions -------------------------------------------------------------------------
 # A card session idle this long is closed; its jobs resume at the card's next presentation.
 ECARD_SESSION_IDLE_SECONDS = int(os.environ.get("ECARD_SESSION_IDLE_SECONDS", "120"))
+# Agent and terminal credentials are trusted from the cache this long (revocation drops them at once).
+ECARD_CREDENTIAL_CACHE_SECONDS = int(os.environ.get("ECARD_CREDENTIAL_CACHE_SECONDS", "5"))
 CELERY_BEAT_SCHEDULE["expire-idle-relay-sessions"] = {  # noqa: F405 - defined in settings_audit
     "task": "updates.expire_idle_sessions",
     "schedule": 60.0,

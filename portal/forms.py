@@ -53,6 +53,14 @@ class ConfirmForm(forms.Form):
     )
 
 
+class TerminalForm(forms.Form):
+    name = forms.CharField(
+        label="Name of the terminal",
+        max_length=100,
+        help_text="Where it stands, so you can recognise and revoke it later, e.g. “ATM 12, Main Street”.",
+    )
+
+
 class CredentialForm(forms.Form):
     name = forms.CharField(
         label="Name of the device",

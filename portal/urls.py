@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from portal.views import account, agency, auth, bank, citizen, oversight, pages, rollouts
+from portal.views import account, agency, auth, bank, citizen, oversight, pages, rollouts, terminals
 
 app_name = "portal"
 
@@ -39,6 +39,8 @@ urlpatterns = [
     path("agency/cards/<str:cin>/", agency.card_detail, name="agency-card"),
     path("agency/banks/", agency.banks, name="agency-banks"),
     path("agency/policy/", agency.policy, name="agency-policy"),
+    # Terminal credentials of an organisation (its admins)
+    path("org/<slug:org>/terminals/", terminals.terminals, name="terminals"),
     # Regulator
     path("regulator/", pages.regulator, name="regulator"),
     path("regulator/reports/", oversight.report_list, name="oversight-reports"),

@@ -1,4 +1,4 @@
-"""REST API of the updates app: agent credentials and the relay protocol (DESIGN.md §6)."""
+"""REST API of the updates app: agent and terminal credentials, the relay protocol (DESIGN.md §6)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from rest_framework.views import APIView
 from ecard.api import ActionRules
 from ecard.requests import acting_user
 from ecard.throttling import FailOpenScopedThrottle
+from issuers.models import Membership, Organization
 from issuers.roles import Principal
 from updates import selectors, services
 from updates.authentication import AgentTokenAuthentication
@@ -67,6 +68,92 @@ class AgentCredentialViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, v
     def revoke(self, request: Request, pk: str | None = None) -> Response:
         credential = services.revoke_agent_credential(credential=self.get_object(), actor=acting_user(request))
         return Response(AgentCredentialSerializer(credential).data)
+
+
+class TerminalCredentialSerializer(serializers.ModelSerializer):
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True
+    )
+    issued_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = AgentCredential
+        fields = ("id", "organization", "name", "key_id", "issued_by", "created_at", "last_used_at", "revoked_at")
+
+
+class IssueTerminalCredentialSerializer(serializers.Serializer):
+    organization: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
+        slug_field="slug",
+        queryset=Organization.objects.none(),
+        help_text="slug of the organisation (agency or bank) you are an admin of",
+    )
+    name = serializers.CharField(max_length=100, help_text="the terminal, e.g. 'ATM 12, Main Street'")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        request = self.context.get("request")
+        field = self.fields["organization"]
+        if request is not None and isinstance(field, serializers.SlugRelatedField):
+            field.queryset = selectors.terminal_organizations_for(request.user)
+
+
+def terminal_admin(who: Principal, request: Request, obj: Any) -> bool:
+    """An admin of an organisation that runs terminals; for an object, an admin of its organisation."""
+    if obj is not None:
+        return obj.organization_id is not None and who.has_role(obj.organization_id, Membership.Role.ADMIN)
+    return any(role == Membership.Role.ADMIN for role in who.roles.values())
+
+
+class TerminalCredentialViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Terminal credentials of the organisations you administer (ATMs, kiosks). A terminal presents
+    any card and runs only the work the card's holder consented to. The token is returned once, at
+    creation."""
+
+    serializer_class = TerminalCredentialSerializer
+    permission_classes = (ActionRules,)
+    action_rules = {
+        "list": terminal_admin,
+        "retrieve": terminal_admin,
+        "create": terminal_admin,
+        "revoke": terminal_admin,
+    }
+
+    def get_queryset(self):
+        return selectors.terminal_credentials_for(self.request.user)
+
+    @extend_schema(
+        request=IssueTerminalCredentialSerializer,
+        responses={
+            201: inline_serializer(
+                "NewTerminalCredential",
+                {
+                    "id": serializers.IntegerField(),
+                    "organization": serializers.CharField(),
+                    "name": serializers.CharField(),
+                    "key_id": serializers.CharField(),
+                    "token": serializers.CharField(),
+                },
+            )
+        },
+    )
+    def create(self, request: Request) -> Response:
+        payload = IssueTerminalCredentialSerializer(data=request.data, context={"request": request})
+        payload.is_valid(raise_exception=True)
+        credential, token = services.issue_terminal_credential(
+            organization=payload.validated_data["organization"],
+            actor=acting_user(request),
+            name=payload.validated_data["name"],
+        )
+        body = {**TerminalCredentialSerializer(credential).data, "token": token}
+        response = Response(body, status=status.HTTP_201_CREATED)
+        response["Cache-Control"] = "no-store"
+        return response
+
+    @extend_schema(request=None, responses=TerminalCredentialSerializer)
+    @action(detail=True, methods=["post"])
+    def revoke(self, request: Request, pk: str | None = None) -> Response:
+        credential = services.revoke_terminal_credential(credential=self.get_object(), actor=acting_user(request))
+        return Response(TerminalCredentialSerializer(credential).data)
 
 
 class RelayCredentialThrottle(FailOpenScopedThrottle):

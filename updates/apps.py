@@ -8,9 +8,23 @@ class UpdatesConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported here, not at the top: receivers import models, which exist only once apps are loaded.
+        from django.contrib.auth import get_user_model
+        from django.db.models.signals import post_delete, post_save
+
         from cards.signals import job_queued
+        from issuers.models import Organization
         from updates import receivers
+        from updates.models import AgentCredential
         from updates.signals import job_state_changed
 
         job_queued.connect(receivers.prepare_queued_job, dispatch_uid="updates.prepare_queued_job")
         job_state_changed.connect(receivers.report_rollout_job, dispatch_uid="updates.rollouts.job_state_changed")
+        post_save.connect(
+            receivers.forget_suspended_organization, sender=Organization, dispatch_uid="updates.forget_suspended_org"
+        )
+        post_save.connect(
+            receivers.forget_deactivated_user, sender=get_user_model(), dispatch_uid="updates.forget_deactivated_user"
+        )
+        post_delete.connect(
+            receivers.forget_deleted_credential, sender=AgentCredential, dispatch_uid="updates.forget_deleted_cred"
+        )

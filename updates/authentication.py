@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import AnonymousUser
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
@@ -14,7 +15,10 @@ KEYWORD = "Agent"
 
 
 class AgentTokenAuthentication(authentication.BaseAuthentication):
-    """Authenticates a device credential; ``request.auth`` is the :class:`AgentCredential`."""
+    """Authenticates a device or terminal credential; ``request.auth`` is the :class:`AgentCredential`.
+
+    ``request.user`` is the card holder of a device credential; a terminal acts for no user (it is
+    anonymous as a user, and only the relay API, which asks for ``request.auth``, accepts it)."""
 
     def authenticate(self, request: Request) -> tuple[Any, Any] | None:
         header = authentication.get_authorization_header(request).decode("latin-1")
@@ -23,7 +27,7 @@ class AgentTokenAuthentication(authentication.BaseAuthentication):
         credential = services.authenticate_agent(header[len(KEYWORD) + 1 :].strip())
         if credential is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked agent credential.")
-        return credential.user, credential
+        return (credential.user if credential.user is not None else AnonymousUser()), credential
 
     def authenticate_header(self, request: Request) -> str:
         return KEYWORD
@@ -40,5 +44,8 @@ class AgentTokenScheme(OpenApiAuthenticationExtension):
             "type": "apiKey",
             "in": "header",
             "name": "Authorization",
-            "description": "Device credential of a client agent: `Agent eca_<key id>_<secret>`",
+            "description": (
+                "Device credential of a card holder's agent, or terminal credential of an organisation: "
+                "`Agent eca_<key id>_<secret>`"
+            ),
         }

@@ -63,11 +63,46 @@ class Release(models.Model):
         return f"{self.package_aid} v{self.package_version} ({self.bank})"
 
 
-class AgentCredential(models.Model):
-    """A device's credential to relay sessions for its holder's cards; stored as a hash, revocable."""
+# The organisations that run terminals: the agency (kiosks) and banks (ATMs, branch terminals).
+TERMINAL_ORG_KINDS = (Organization.Kind.AGENCY, Organization.Kind.BANK)
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="agent_credentials")
-    name = models.CharField(max_length=100, help_text="the device, e.g. 'my phone'")
+
+class AgentCredential(models.Model):
+    """A credential to relay card sessions; stored as a hash, revocable.
+
+    Two kinds (exactly one of ``user`` and ``organization`` is set):
+
+    * a **device** credential belongs to a card holder (``user``) and presents that holder's card;
+    * a **terminal** credential belongs to an organisation (``organization``: a bank's ATM fleet,
+      an agency kiosk), was issued by one of its admins (``issued_by``), and may present any card,
+      running only the work the card's holder consented to (:mod:`updates.presentation`).
+    """
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="agent_credentials",
+        help_text="the card holder of a device credential (empty for a terminal)",
+    )
+    organization = models.ForeignKey(
+        Organization,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="terminal_credentials",
+        help_text="the organisation of a terminal credential (empty for a device)",
+    )
+    issued_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="the admin who issued a terminal credential",
+    )
+    name = models.CharField(max_length=100, help_text="the device, e.g. 'my phone', or the terminal, e.g. 'ATM 12'")
     key_id = models.CharField(max_length=16, unique=True, help_text="public part of the token")
     secret_hash = models.CharField(max_length=64, help_text="SHA-256 of the secret part")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -76,9 +111,24 @@ class AgentCredential(models.Model):
 
     class Meta:
         ordering = ("-created_at",)
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    models.Q(user__isnull=False, organization__isnull=True)
+                    | models.Q(user__isnull=True, organization__isnull=False)
+                ),
+                name="agent_credential_device_xor_terminal",
+            )
+        ]
 
     def __str__(self) -> str:
+        if self.organization_id is not None:
+            return f"terminal {self.key_id} ({self.name}) of {self.organization}"
         return f"agent {self.key_id} ({self.name}) of {self.user}"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self.organization_id is not None
 
     @property
     def is_active(self) -> bool:

@@ -1,23 +1,32 @@
 """Who may present which card, and which of its jobs such a presentation may run.
 
 The seam between the relay's credentials and the OTA engine: the engine asks here once the card
-has identified itself (and proves itself later through the secure channel). Today only the
-holder's own device credential presents a card, and it runs every open job in creation order.
+has identified itself (and proves itself later through the secure channel).
+
+* A **device** credential (a card holder's own reader or phone) presents only its holder's card
+  and runs every open job in creation order, as before.
+* A **terminal** credential (an organisation's ATM or kiosk) presents any registered card that has
+  a holder, while the credential is active and its organisation is not suspended. It runs only the
+  open jobs the card's current holder consented to (:func:`holder_consented`), in creation order.
+  Any other job waits for the holder's own device, and so does every later job on the same
+  security domain, since it may depend on the one left waiting. Jobs on other security domains do
+  not depend on it and still run.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from cards.models import CardJob
-
-if TYPE_CHECKING:
-    from cards.models import Card
-    from updates.models import AgentCredential
+from cards.models import Card, CardJob, Enrollment, SecurityDomain
+from updates.models import AgentCredential
 
 
 class PresentationRefused(Exception):
     """The credential may not present this card (the relay's fault: the session is rejected)."""
+
+
+# Work a bank does inside its own security domain, under the enrollment the holder consented to:
+# "I allow <bank> to create its own security domain on my card, holding keys only <bank>
+# controls, ... and to install: <applets>" (cards.services.consent_text_for).
+BANK_WORK_UNDER_CONSENT = frozenset({CardJob.Kind.ROTATE_KEYS, CardJob.Kind.UPDATE_APPLET})
 
 
 def presentable_job_ids(credential: AgentCredential, card: Card | None) -> list[int]:
@@ -26,8 +35,77 @@ def presentable_job_ids(credential: AgentCredential, card: Card | None) -> list[
     Raises :class:`PresentationRefused` when the credential may not present the card at all
     (``card`` is None when no registered card has the identity the card gave).
     """
-    if card is None or card.holder_id != credential.user_id:
-        raise PresentationRefused("this card is not registered to this device's owner")
-    return list(
-        card.jobs.filter(state__in=CardJob.OPEN_STATES).order_by("created_at", "id").values_list("pk", flat=True)
-    )
+    open_jobs = CardJob.objects.filter(state__in=CardJob.OPEN_STATES).order_by("created_at", "id")
+    if credential.organization_id is None:
+        if card is None or card.holder_id != credential.user_id:
+            raise PresentationRefused("this card is not registered to this device's owner")
+        return list(open_jobs.filter(card=card).values_list("pk", flat=True))
+    _check_terminal(credential)
+    if card is None:
+        raise PresentationRefused("this card is not registered")
+    if card.holder_id is None:
+        raise PresentationRefused("this card has no holder, so nobody consented to work on it")
+    runnable: list[int] = []
+    waiting_sds: set[int | None] = set()
+    for job in open_jobs.filter(card=card).select_related("enrollment", "security_domain"):
+        if job.security_domain_id not in waiting_sds and holder_consented(job, card):
+            runnable.append(job.pk)
+        else:
+            waiting_sds.add(job.security_domain_id)
+    return runnable
+
+
+def _check_terminal(credential: AgentCredential) -> None:
+    """A terminal presents cards only while it is active and its organisation is not suspended.
+
+    Read afresh here (not from the credential cache): the session may have been opened before a
+    revocation or a suspension that has committed since."""
+    fresh = AgentCredential.objects.select_related("organization").filter(pk=credential.pk).first()
+    if fresh is None or fresh.revoked_at is not None:
+        raise PresentationRefused("this terminal credential is revoked")
+    if fresh.organization is None or not fresh.organization.is_active:
+        raise PresentationRefused("this terminal's organisation is suspended")
+
+
+def holder_consented(job: CardJob, card: Card) -> bool:
+    """Whether the card's holder consented to ``job``, from the records of that consent.
+
+    * **enroll bank**: the job's enrollment was requested, with the consent text accepted, by the
+      card's current holder, and is still requested (not cancelled or withdrawn).
+    * **remove bank**: the card's current holder asked for the removal (a removal the bank or the
+      agency queued waits for the holder's device).
+    * **rotate keys, update applet**: the bank's own work in its own, active security domain, under
+      an active enrollment of that bank that the card's current holder consented to.
+    * **lock, unlock** (SET STATUS by the agency's ISD): never; the holder did not ask for it.
+    """
+    holder = card.holder_id
+    sd = job.security_domain
+    if sd is None or sd.card_id != card.pk or sd.is_isd:
+        return False
+    if job.kind == CardJob.Kind.ENROLL_BANK:
+        enrollment = job.enrollment
+        return (
+            enrollment is not None
+            and enrollment.card_id == card.pk
+            and enrollment.requested_by_id == holder
+            and enrollment.consented_at is not None
+            and enrollment.status == Enrollment.Status.REQUESTED
+            and enrollment.bank_id == job.organization_id == sd.organization_id
+            and enrollment.security_domain_id == sd.pk
+        )
+    if job.kind == CardJob.Kind.REMOVE_BANK:
+        return job.created_by_id == holder and sd.organization_id == job.organization_id
+    if job.kind in BANK_WORK_UNDER_CONSENT:
+        return (
+            sd.organization_id == job.organization_id
+            and sd.state == SecurityDomain.State.ACTIVE
+            and Enrollment.objects.filter(
+                card=card,
+                bank_id=job.organization_id,
+                security_domain=sd,
+                status=Enrollment.Status.ACTIVE,
+                requested_by_id=holder,
+                consented_at__isnull=False,
+            ).exists()
+        )
+    return False

@@ -4,6 +4,9 @@
   its services queue a card job and send the signal; the app that runs jobs schedules their
   preparation.
 * ``updates.signals.job_state_changed``: rollout jobs report back to their rollout.
+* ``post_save`` of an organisation or a user: a suspended organisation's terminals and a
+  deactivated user's devices are dropped from the credential cache, so they are refused at once;
+  ``post_delete`` of a credential (a deleted user's devices go with the user) drops it too.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ from typing import Any
 from django.db import transaction
 
 from cards.models import CardJob
+from issuers.models import Organization
+from updates import services
+from updates.models import AgentCredential
 from updates.rollouts import record_card_result
 from updates.tasks import prepare_job
 
@@ -33,3 +39,22 @@ def report_rollout_job(sender: Any, job: CardJob, state: str, error: str = "", *
     if "rollout_target" not in (job.params or {}):
         return
     record_card_result(job=job, state=state, error=error)
+
+
+def forget_suspended_organization(sender: Any, instance: Organization, **kwargs: Any) -> None:
+    """A suspended organisation's terminal credentials are refused from now on (not after the
+    cache's TTL), and their open sessions are rejected (``organization.suspended`` records it)."""
+    if not instance.is_active:
+        services.forget_organization_credentials(instance.pk)
+        services.close_terminal_sessions(instance.pk, "the terminal's organisation is suspended")
+
+
+def forget_deactivated_user(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """A deactivated user's device credentials are refused from now on (not after the cache's TTL)."""
+    if not instance.is_active and instance.pk is not None:
+        services.forget_user_credentials(instance.pk)
+
+
+def forget_deleted_credential(sender: Any, instance: AgentCredential, **kwargs: Any) -> None:
+    """A deleted credential is never accepted from the cache (its sessions could not be stored)."""
+    services.forget_credentials([instance.key_id])

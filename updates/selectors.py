@@ -5,8 +5,9 @@ from __future__ import annotations
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import QuerySet
 
+from issuers.models import Membership, Organization
 from issuers.roles import principal
-from updates.models import AgentCredential, WorkerHeartbeat
+from updates.models import TERMINAL_ORG_KINDS, AgentCredential, WorkerHeartbeat
 
 
 def heartbeat_for(token: str) -> WorkerHeartbeat | None:
@@ -19,3 +20,21 @@ def credentials_for(user: AbstractBaseUser) -> QuerySet[AgentCredential]:
     if not who.is_citizen or who.user_id is None:  # a citizen always has a user id
         return AgentCredential.objects.none()
     return AgentCredential.objects.filter(user_id=who.user_id)
+
+
+def terminal_organizations_for(user: AbstractBaseUser) -> QuerySet[Organization]:
+    """The organisations whose terminals the user manages: those they are an admin of (agency, banks)."""
+    who = principal(user)
+    admin_of = [org_id for org_id, role in who.roles.items() if role == Membership.Role.ADMIN]
+    return Organization.objects.filter(pk__in=admin_of, kind__in=TERMINAL_ORG_KINDS, is_active=True)
+
+
+def terminal_credentials_for(
+    user: AbstractBaseUser, organization: Organization | None = None
+) -> QuerySet[AgentCredential]:
+    """Terminal credentials of the organisations the user is an admin of (another organisation's are
+    not there: a 404); optionally of one of them."""
+    credentials = AgentCredential.objects.filter(organization__in=terminal_organizations_for(user))
+    if organization is not None:
+        credentials = credentials.filter(organization=organization)
+    return credentials.select_related("organization", "issued_by").order_by("-created_at", "-id")

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
+from collections.abc import Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -13,14 +16,17 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.contrib.auth.models import User
+from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import record_event
+from audit.services import record_event, relayed_by
 from cards.models import CardJob
 from ecard.errors import ServiceError
 from gp.errors import LocalProtocolError
-from updates.models import AgentCredential, CardSession, WorkerHeartbeat
+from issuers.models import Membership, Organization
+from issuers.roles import principal
+from updates.models import TERMINAL_ORG_KINDS, AgentCredential, CardSession, WorkerHeartbeat
 from updates.ota import (
     BANK_KVN,
     MAX_ATTEMPTS,
@@ -32,6 +38,7 @@ from updates.ota import (
     keyset_for,
     retry_job,
 )
+from updates.presentation import PresentationRefused, presentable_job_ids
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +55,22 @@ def record_worker_heartbeat(*, token: str, hostname: str) -> WorkerHeartbeat:
 
 
 # ---------------------------------------------------------------------------------------------
-# agent credentials
+# agent credentials: a card holder's devices and an organisation's terminals
+
+KEY_ID = re.compile(r"[0-9a-f]{1,16}")
+# Seconds a looked-up credential is trusted from the cache. Revocation, an organisation's
+# suspension and a user's deactivation drop the entry at once (on commit); the time-to-live bounds
+# what a process whose cache missed that (locmem: another process) may still accept.
+CREDENTIAL_CACHE_SECONDS = int(getattr(settings, "ECARD_CREDENTIAL_CACHE_SECONDS", 5))
 
 
 def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def _new_token() -> tuple[str, str]:
+    """A fresh (key id, secret) pair; the token is ``eca_<key id>_<secret>``."""
+    return secrets.token_hex(6), secrets.token_urlsafe(24)
 
 
 @transaction.atomic
@@ -61,8 +79,7 @@ def issue_agent_credential(*, user: User, name: str) -> tuple[AgentCredential, s
     if user.memberships.exists() or not user.cards.exists():
         raise ServiceError("agent credentials are for card holders", field="user")
     name = (name or "device").strip()[:100]
-    key_id = secrets.token_hex(6)
-    secret = secrets.token_urlsafe(24)
+    key_id, secret = _new_token()
     credential = AgentCredential.objects.create(user=user, name=name, key_id=key_id, secret_hash=_hash_secret(secret))
     record_event(
         action="agent_credential.issued",
@@ -74,34 +91,170 @@ def issue_agent_credential(*, user: User, name: str) -> tuple[AgentCredential, s
     return credential, f"{TOKEN_PREFIX}_{key_id}_{secret}"
 
 
+def _require_org_admin(actor: AbstractBaseUser, organization: Organization, what: str) -> None:
+    if not principal(actor).has_role(organization.pk, Membership.Role.ADMIN):
+        raise ServiceError(f"only an admin of {organization.name} may {what}", field="organization", code="forbidden")
+
+
 @transaction.atomic
-def revoke_agent_credential(*, credential: AgentCredential, actor: AbstractBaseUser) -> AgentCredential:
+def issue_terminal_credential(*, organization: Organization, actor: User, name: str) -> tuple[AgentCredential, str]:
+    """A new terminal credential for an organisation (an ATM, a branch or agency kiosk), issued by
+    one of its admins. It may present any card and runs only the work the card's holder consented
+    to (:mod:`updates.presentation`). The token is shown once; only its hash is kept."""
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    _require_org_admin(actor, organization, "issue its terminal credentials")
+    if organization.kind not in TERMINAL_ORG_KINDS:
+        raise ServiceError("terminal credentials are for the agency and banks", field="organization")
+    if not organization.is_active:
+        raise ServiceError(f"{organization.name} is suspended", field="organization", code="state")
+    name = (name or "").strip()[:100]
+    if not name:
+        raise ServiceError("name the terminal (e.g. 'ATM 12, Main Street')", field="name")
+    key_id, secret = _new_token()
+    credential = AgentCredential.objects.create(
+        organization=organization, issued_by=actor, name=name, key_id=key_id, secret_hash=_hash_secret(secret)
+    )
+    record_event(
+        action="terminal_credential.issued",
+        subject_type="agent_credential",
+        subject_id=key_id,
+        actor=actor,
+        actor_org=organization,
+        organization=organization,
+        details={"name": name},
+    )
+    return credential, f"{TOKEN_PREFIX}_{key_id}_{secret}"
+
+
+@transaction.atomic
+def revoke_agent_credential(*, credential: AgentCredential, actor: AbstractBaseUser | None) -> AgentCredential:
+    """Revoke a credential: refused from now on (the cache entry is dropped when this commits),
+    its open sessions are rejected at once."""
+    credential = (
+        AgentCredential.objects.select_for_update(of=("self",)).select_related("organization").get(pk=credential.pk)
+    )
     if credential.revoked_at is None:
         credential.revoked_at = timezone.now()
         credential.save(update_fields=["revoked_at"])
         CardSession.objects.filter(credential=credential, state=CardSession.State.OPEN).update(
-            state=CardSession.State.REJECTED, closed_reason="credential revoked"
+            state=CardSession.State.REJECTED, closed_reason="credential revoked", sealed_channel=None
         )
+        terminal = credential.organization
         record_event(
-            action="agent_credential.revoked",
+            action="terminal_credential.revoked" if terminal is not None else "agent_credential.revoked",
             subject_type="agent_credential",
             subject_id=credential.key_id,
             actor=actor,
+            actor_org=terminal,
+            organization=terminal,
         )
+    forget_credentials([credential.key_id])
+    return credential
+
+
+def revoke_terminal_credential(*, credential: AgentCredential, actor: User) -> AgentCredential:
+    """An organisation admin revokes one of its terminals."""
+    if credential.organization is None:
+        raise ServiceError("not a terminal credential", field="credential")
+    _require_org_admin(actor, credential.organization, "revoke its terminal credentials")
+    return revoke_agent_credential(credential=credential, actor=actor)
+
+
+def _cache_key(key_id: str) -> str:
+    return f"ecard:agent-credential:{key_id}"
+
+
+def forget_credentials(key_ids: Iterable[str]) -> None:
+    """Drop cached credentials now and again once the current transaction commits (a lookup
+    between the two could cache the row as it was before the change)."""
+    keys = [_cache_key(k) for k in key_ids]
+    if not keys:
+        return
+
+    def drop() -> None:
+        try:
+            cache.delete_many(keys)
+        except Exception:  # the cache is an optimisation: the TTL still bounds a stale entry
+            logger.warning("could not drop %d cached agent credential(s)", len(keys), exc_info=True)
+
+    drop()
+    transaction.on_commit(drop)
+
+
+def _usable(credential: AgentCredential) -> bool:
+    """Not revoked, and its holder's account (device) or its organisation (terminal) is active."""
+    if not credential.is_active:
+        return False
+    if credential.organization_id is not None:
+        return credential.organization is not None and credential.organization.is_active
+    return credential.user is not None and credential.user.is_active
+
+
+def _lookup(key_id: str) -> AgentCredential | None:
+    """The credential a key id names, through the cache (only usable credentials are cached)."""
+    key = _cache_key(key_id)
+    try:
+        cached = cache.get(key)
+    except Exception:  # a cache outage costs a query, never a refusal
+        logger.warning("credential cache unavailable", exc_info=True)
+        cached = None
+    if isinstance(cached, AgentCredential):
+        return cached
+    credential = AgentCredential.objects.select_related("user", "organization").filter(key_id=key_id).first()
+    if credential is not None and _usable(credential):
+        try:
+            cache.set(key, credential, CREDENTIAL_CACHE_SECONDS)
+        except Exception:
+            logger.warning("credential cache unavailable", exc_info=True)
     return credential
 
 
 def authenticate_agent(token: str) -> AgentCredential | None:
-    """The active credential a token names, or None (constant-time secret comparison)."""
+    """The active credential a token names, or None (constant-time secret comparison).
+
+    Looked up through the cache (Django's cache framework: Redis in production, per process by
+    default) for ``CREDENTIAL_CACHE_SECONDS``; revocation and suspension drop the entry at once."""
     parts = token.split("_", 2)
-    if len(parts) != 3 or parts[0] != TOKEN_PREFIX:
+    if len(parts) != 3 or parts[0] != TOKEN_PREFIX or not KEY_ID.fullmatch(parts[1]):
         return None
-    credential = AgentCredential.objects.select_related("user").filter(key_id=parts[1]).first()
+    credential = _lookup(parts[1])
     if credential is None or not hmac.compare_digest(credential.secret_hash, _hash_secret(parts[2])):
         return None
-    if not credential.is_active or not credential.user.is_active:
+    if not _usable(credential):
         return None
     return credential
+
+
+def forget_organization_credentials(organization_id: int) -> None:
+    """An organisation was suspended (or changed): its terminals are looked up afresh."""
+    forget_credentials(AgentCredential.objects.filter(organization_id=organization_id).values_list("key_id", flat=True))
+
+
+def close_terminal_sessions(organization_id: int, reason: str) -> int:
+    """Reject the open sessions of an organisation's terminals (as a revocation rejects a
+    credential's), in the caller's transaction: the change that calls it is its audit entry."""
+    return CardSession.objects.filter(credential__organization_id=organization_id, state=CardSession.State.OPEN).update(
+        state=CardSession.State.REJECTED, closed_reason=reason, sealed_channel=None
+    )
+
+
+def forget_user_credentials(user_id: int) -> None:
+    """A user was deactivated (or changed): their devices are looked up afresh."""
+    forget_credentials(AgentCredential.objects.filter(user_id=user_id).values_list("key_id", flat=True))
+
+
+def relay_identity(credential: AgentCredential) -> AbstractContextManager[None]:
+    """Inside it, every audit entry names the terminal that relays the card work (its key id and
+    organisation: ``audit.services.relayed_by``). A device credential adds nothing: its entries
+    are the holder's own card's."""
+    organization = credential.organization
+    if organization is None:
+        return nullcontext()
+    return relayed_by(
+        actor_id=f"terminal:{credential.key_id}",
+        organization=organization,
+        details={"terminal": credential.key_id, "organization": organization.slug},
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +277,8 @@ class RelayAnswer:
         }
         if self.batch.done:
             body["result"] = self.batch.result
+            if self.session.card is not None:  # the card that identified itself (a terminal's log line)
+                body["result"] = {**self.batch.result, "card": self.session.card.cin}
         return body
 
 
@@ -164,6 +319,7 @@ def _apply(session: CardSession, batch: Batch) -> RelayAnswer:
     if batch.done:
         session.state = CardSession.State.DONE
         session.closed_reason = ""
+        _pending_for_presenter(session, batch)
         record_event(
             action="session.done",
             subject_type="card_session",
@@ -177,11 +333,25 @@ def _apply(session: CardSession, batch: Batch) -> RelayAnswer:
     return RelayAnswer(session, batch)
 
 
+def _pending_for_presenter(session: CardSession, batch: Batch) -> None:
+    """A terminal is told only of the pending work it may run (``pending``, so its agent opens
+    another session only for that); the rest waits for the holder's own device
+    (``waiting_for_holder``)."""
+    if session.card is None or session.credential.organization_id is None or "pending" not in batch.result:
+        return
+    try:
+        runnable = len(presentable_job_ids(session.credential, session.card))
+    except PresentationRefused:
+        runnable = 0  # revoked or suspended since the card was identified
+    pending = int(batch.result["pending"])
+    batch.result = {**batch.result, "pending": min(runnable, pending), "waiting_for_holder": max(pending - runnable, 0)}
+
+
 def open_session(*, credential: AgentCredential, mode: str = CardSession.Mode.BATCH) -> RelayAnswer:
     if mode not in CardSession.Mode.values:
         raise ServiceError("mode must be batch or apdu", field="mode")
     try:
-        with transaction.atomic():
+        with relay_identity(credential), transaction.atomic():
             AgentCredential.objects.filter(pk=credential.pk).update(last_used_at=timezone.now())
             session = CardSession.objects.create(credential=credential, mode=mode, expires_at=_expires())
             engine = SessionEngine(session)
@@ -231,12 +401,13 @@ def exchange(*, session_id: Any, credential: AgentCredential, number: int, respo
     closed, and that is committed, before the 409 says so.
     """
     try:
-        with transaction.atomic():
+        with relay_identity(credential), transaction.atomic():
             answer = _exchange_locked(session_id=session_id, credential=credential, number=number, responses=responses)
     except LocalProtocolError:
         # The engine misused gp: a bug of ours, logged by the engine. What the exchange did is
         # rolled back; the session ends without blaming the card or the relay.
-        _close_after_platform_fault(session_id)
+        with relay_identity(credential):
+            _close_after_platform_fault(session_id)
         raise ServiceError(PLATFORM_FAULT, code="unavailable") from None
     if answer is None:
         raise ServiceError("the session expired", code="state")
@@ -306,11 +477,12 @@ def expire_idle_sessions() -> int:
     now = timezone.now()
     stale = list(
         CardSession.objects.select_for_update(skip_locked=True, of=("self",))
-        .select_related("card")
+        .select_related("card", "credential__organization")
         .filter(state=CardSession.State.OPEN, expires_at__lt=now)
     )
     for session in stale:
-        _expire(session)
+        with relay_identity(session.credential):
+            _expire(session)
     return len(stale)
 
 

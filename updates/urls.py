@@ -7,6 +7,7 @@ from updates import apis
 
 router = SimpleRouter()
 router.register("agent-credentials", apis.AgentCredentialViewSet, basename="agent-credential")
+router.register("terminal-credentials", apis.TerminalCredentialViewSet, basename="terminal-credential")
 
 urlpatterns = [
     path("relay/sessions/", apis.RelaySessionsApi.as_view(), name="relay-sessions"),

@@ -20,6 +20,7 @@ from issuers.roles import principal
 from portal import batch, selectors
 from portal.access import agency_required
 from portal.forms import AdmitBankForm, CardBatchForm, IssueCardForm, LookupForm, add_service_error, files, posted
+from updates import selectors as update_selectors
 
 
 def _agency(request: AuthenticatedHttpRequest) -> Organization:
@@ -45,6 +46,9 @@ def dashboard(request: AuthenticatedHttpRequest) -> HttpResponse:
             "cards": selectors.card_lookup(request.user, "").count(),
             "banks": issuer_selectors.organizations_for(request.user).filter(kind=Organization.Kind.BANK),
             "denials": selectors.token_denials(request.user, 5),
+            "terminal_orgs": update_selectors.terminal_organizations_for(request.user).filter(
+                kind=Organization.Kind.AGENCY
+            ),
         },
     )
 

@@ -12,7 +12,7 @@ from audit import security
 from cards import services as card_services
 from ecard.errors import ServiceError
 from ecard.requests import AuthenticatedHttpRequest
-from issuers.models import Organization
+from issuers.models import Membership, Organization
 from issuers.roles import principal
 from portal import charts, selectors
 from portal.access import bank_member, require_operator
@@ -21,7 +21,13 @@ from updates.releases import MAX_CAP_BYTES, create_release
 
 
 def _context(request: AuthenticatedHttpRequest, bank: Organization, **extra: object) -> dict[str, object]:
-    return {"bank": bank, "can_operate": principal(request.user).can_operate(bank.pk), **extra}
+    who = principal(request.user)
+    return {
+        "bank": bank,
+        "can_operate": who.can_operate(bank.pk),
+        "can_admin": who.has_role(bank.pk, Membership.Role.ADMIN),
+        **extra,
+    }
 
 
 @bank_member

@@ -204,6 +204,7 @@ LIST_PATHS = (
     "/api/v1/releases/",
     "/api/v1/rollouts/",
     "/api/v1/agent-credentials/",
+    "/api/v1/terminal-credentials/",
     "/api/v1/audit/entries/",
     "/api/v1/audit/checkpoints/",
     "/api/v1/invitations/",

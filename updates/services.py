@@ -16,7 +16,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import record_event
+from audit.services import events_together, record_event
 from cards.models import CardJob
 from ecard.errors import ServiceError
 from gp.errors import LocalProtocolError
@@ -181,7 +181,7 @@ def open_session(*, credential: AgentCredential, mode: str = CardSession.Mode.BA
     if mode not in CardSession.Mode.values:
         raise ServiceError("mode must be batch or apdu", field="mode")
     try:
-        with transaction.atomic():
+        with transaction.atomic(), events_together():
             AgentCredential.objects.filter(pk=credential.pk).update(last_used_at=timezone.now())
             session = CardSession.objects.create(credential=credential, mode=mode, expires_at=_expires())
             engine = SessionEngine(session)
@@ -231,7 +231,7 @@ def exchange(*, session_id: Any, credential: AgentCredential, number: int, respo
     closed, and that is committed, before the 409 says so.
     """
     try:
-        with transaction.atomic():
+        with transaction.atomic(), events_together():  # the exchange's audit entries: one INSERT
             answer = _exchange_locked(session_id=session_id, credential=credential, number=number, responses=responses)
     except LocalProtocolError:
         # The engine misused gp: a bug of ours, logged by the engine. What the exchange did is

@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,15 @@ from issuers import custody
 from issuers.custody_models import KeySet
 from issuers.models import Organization
 from updates import policy
+from updates.engine.effects import (
+    AppletOnCard,
+    Effect,
+    PackageOnCard,
+    PackagesGone,
+    SdKeyVersion,
+    SdLifecycle,
+    sd_lifecycle,
+)
 from updates.engine.phases import Event, Phase, next_phase
 from updates.engine.protocol import (
     AUTH_FAILURE_STOP,
@@ -207,8 +216,10 @@ class Stage:
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
         raise NotImplementedError
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
-        """Record the outcome (inside the exchange's transaction)."""
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
+        """Judge the registry the card R-MAC'd after the script: what it proves for the records
+        (applied by the runner in the exchange's transaction), or StepFailed/NeedsProof."""
+        return []
 
     def preflight(self) -> None:
         """Checks before the channel opens; raise :class:`JobFailed` to fail the job for good."""
@@ -221,17 +232,6 @@ def job_security_domain(job: CardJob) -> SecurityDomain:
     if sd is None:
         raise JobFailed(f"the {job.kind} job names no security domain")
     return sd
-
-
-def sd_lifecycle(value: int) -> str:
-    """Security domain life cycle byte to the model's state (GP 2.3.1 §5.3.3, coding §11.1.1)."""
-    if value & commands.LOCKED_BIT:
-        return SecurityDomain.Lifecycle.LOCKED
-    if value & SecurityDomainLifeCycle.PERSONALIZED == SecurityDomainLifeCycle.PERSONALIZED:
-        return SecurityDomain.Lifecycle.PERSONALIZED
-    if value & SecurityDomainLifeCycle.SELECTABLE == SecurityDomainLifeCycle.SELECTABLE:
-        return SecurityDomain.Lifecycle.SELECTABLE
-    return SecurityDomain.Lifecycle.INSTALLED
 
 
 def isd_choice(card: Card) -> list[KeyChoice]:
@@ -310,13 +310,12 @@ class IsdInstallSsd(IsdStage):
             return []
         return [Command(install_ssd_apdu(sd), f"create {sd.organization.name} security domain")]
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         sd = self.job_sd()
         entry = registry.app(sd.aid)
         if entry is None:
             raise StepFailed("the card does not list the new security domain")
-        sd.lifecycle = sd_lifecycle(entry.lifecycle)
-        sd.save(update_fields=["lifecycle", "updated_at"])
+        return [SdLifecycle(sd.pk, sd_lifecycle(entry.lifecycle))]
 
 
 SSD_PACKAGE_AID = aids.SSD_PACKAGE_AID.hex().upper()
@@ -367,10 +366,8 @@ class SsdBankKeys(BankSsdStage):
         apdu = commands.put_key(bank.kvn, data[1:], old_kvn=self.opened_with.kvn, key_id=0x01)
         return [Command(apdu, f"install {sd.organization.name} keys")]
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
-        sd = self.job_sd()
-        sd.key_kvn = self.bank_kvn()
-        sd.save(update_fields=["key_kvn", "updated_at"])
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
+        return [SdKeyVersion(self.job_sd().pk, self.bank_kvn())]
 
     opened_with: KeyChoice
 
@@ -419,25 +416,19 @@ class SsdInstallApplets(BankSsdStage):
             )
         return script
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         sd = self.job_sd()
+        effects: list[Effect] = []
         for spec in self.applets():
             release = Release.objects.get(pk=spec["release"])
-            record_package(sd, release)
+            effects.append(PackageOnCard(sd.pk, release.package_aid, release.package_version))
             instance_aid = spec["instance_aid"].upper()
             entry = registry.app(instance_aid)
             if entry is None:
-                raise StepFailed(f"applet {instance_aid} is not on the card after installation")
-            AppletInstance.objects.update_or_create(
-                security_domain=sd,
-                instance_aid=instance_aid,
-                defaults={
-                    "package_aid": release.package_aid,
-                    "package_version": release.package_version,
-                    "module_aid": spec.get("module_aid", "").upper() or release.applet_aids[0],
-                    "lifecycle": AppletInstance.Lifecycle.SELECTABLE,
-                },
-            )
+                raise StepFailed(f"applet {instance_aid} is not on the card after installation", tuple(effects))
+            module_aid = spec.get("module_aid", "").upper() or release.applet_aids[0]
+            effects.append(AppletOnCard(sd.pk, instance_aid, release.package_aid, release.package_version, module_aid))
+        return effects
 
 
 def package_details(sd: SecurityDomain, release: Any, instances: list[str] | None = None) -> dict[str, Any]:
@@ -547,12 +538,12 @@ class IsdDeleteSsd(IsdStage):
             return [delete_command(sd.aid, f"delete {sd.aid} and its content", may_be_absent=False)]
         return [delete_command(sd.aid, f"delete {sd.aid} if present", may_be_absent=True)]
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         sd = self.job_sd()
         if registry.app(sd.aid) is not None:
             raise StepFailed("the security domain is still on the card")
         if registry.app_absent(sd.aid):
-            return
+            return []  # the job's completion records the removal (complete_job)
         raise NeedsProof(
             [
                 Command(install_ssd_apdu(sd), f"probe: {sd.aid} is free", proves=f"free:{sd.aid}"),
@@ -593,15 +584,11 @@ class SsdRotateKeys(BankSsdStage):
         apdu = commands.put_key(new.kvn, data[1:], old_kvn=self.opened_with.kvn, key_id=0x01)
         return [Command(apdu, f"rotate keys to version {new.kvn:02X}")]
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         sd = self.job_sd()
         old_kvn = sd.key_kvn
-        sd.key_kvn = self.target_kvn()
-        sd.save(update_fields=["key_kvn", "updated_at"])
-        if old_kvn is not None and old_kvn != sd.key_kvn:
-            KeySet.objects.filter(
-                organization=sd.organization, card_cin=self.card.cin, sd_aid=sd.aid, kvn=old_kvn
-            ).update(state=KeySet.State.SUPERSEDED, rotated_at=timezone.now())
+        new_kvn = self.target_kvn()
+        return [SdKeyVersion(sd.pk, new_kvn, old_kvn if old_kvn is not None and old_kvn != new_kvn else None)]
 
     opened_with: KeyChoice
 
@@ -628,13 +615,13 @@ class IsdSetStatus(IsdStage):
         )
         return [Command(apdu, "lock" if self.locking() else "unlock")]
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         sd = self.job_sd()
         entry = registry.app(sd.aid)
         if entry is None or bool(entry.lifecycle & commands.LOCKED_BIT) != self.locking():
             raise StepFailed("the card does not show the new lock state")
-        sd.lifecycle = SecurityDomain.Lifecycle.LOCKED if self.locking() else SecurityDomain.Lifecycle.PERSONALIZED
-        sd.save(update_fields=["lifecycle", "updated_at"])
+        lifecycle = SecurityDomain.Lifecycle.LOCKED if self.locking() else SecurityDomain.Lifecycle.PERSONALIZED
+        return [SdLifecycle(sd.pk, str(lifecycle))]
 
 
 SD_LIFECYCLE_BYTES: dict[str, int] = {
@@ -679,6 +666,47 @@ def _version_bytes(version: str) -> bytes | None:
         return bytes((major, minor))
     except ValueError:
         return None
+
+
+def apply_effects(stage: Stage, effects: Iterable[Effect]) -> None:
+    """Record what a stage's verified outcome proves (``updates.engine.effects``), inside the
+    exchange's transaction; the job's security domain object follows what is written."""
+    now = timezone.now()
+    sd = stage.job.security_domain
+    for effect in effects:
+        if isinstance(effect, SdLifecycle):
+            SecurityDomain.objects.filter(pk=effect.sd).update(lifecycle=effect.lifecycle, updated_at=now)
+            if sd is not None and sd.pk == effect.sd:
+                sd.lifecycle = effect.lifecycle
+        elif isinstance(effect, SdKeyVersion):
+            SecurityDomain.objects.filter(pk=effect.sd).update(key_kvn=effect.kvn, updated_at=now)
+            if sd is not None and sd.pk == effect.sd:
+                sd.key_kvn = effect.kvn
+            if effect.supersedes is not None:
+                target = SecurityDomain.objects.values_list("organization_id", "aid").get(pk=effect.sd)
+                KeySet.objects.filter(
+                    organization_id=target[0], card_cin=stage.card.cin, sd_aid=target[1], kvn=effect.supersedes
+                ).update(state=KeySet.State.SUPERSEDED, rotated_at=now)
+        elif isinstance(effect, PackageOnCard):
+            CardPackage.objects.update_or_create(
+                security_domain_id=effect.sd,
+                package_aid=effect.package_aid,
+                defaults={"package_version": effect.version},
+            )
+        elif isinstance(effect, AppletOnCard):
+            AppletInstance.objects.update_or_create(
+                security_domain_id=effect.sd,
+                instance_aid=effect.instance_aid,
+                defaults={
+                    "package_aid": effect.package_aid,
+                    "package_version": effect.package_version,
+                    "module_aid": effect.module_aid,
+                    "lifecycle": AppletInstance.Lifecycle.SELECTABLE,
+                },
+            )
+        elif isinstance(effect, PackagesGone):
+            AppletInstance.objects.filter(security_domain_id=effect.sd, package_aid__in=effect.package_aids).delete()
+            CardPackage.objects.filter(security_domain_id=effect.sd, package_aid__in=effect.package_aids).delete()
 
 
 def stages_for(job: CardJob) -> list[type[Stage]]:
@@ -972,7 +1000,8 @@ class SessionEngine:
         )
         now = timezone.now()
         first_attempts: set[int] = set()
-        for job in CardJob.objects.filter(pk__in=jobs):
+        for job in CardJob.objects.select_related("card", "security_domain", "organization").filter(pk__in=jobs):
+            self._jobs[job.pk] = job  # the engine's copy for this exchange (see job())
             if job.attempts == 0:
                 first_attempts.add(job.pk)
             job.attempts += 1
@@ -1349,13 +1378,14 @@ class SessionEngine:
     def _finish_stage(self, stage: Stage, *, second_chance: bool = False) -> Batch:
         registry = self._registry()
         try:
-            stage.finish(registry, KeyChoice.from_json(self.state["key"]))
+            apply_effects(stage, stage.finish(registry, KeyChoice.from_json(self.state["key"])))
         except NeedsProof as need:
             if self.state.get("probed"):
                 raise Unconfirmed(f"{stage.name}: the card did not prove the result with an R-MAC") from None
             self.state["probed"] = True
             return self._send_script(stage, need.commands)
-        except StepFailed:
+        except StepFailed as failed:
+            apply_effects(stage, failed.effects)  # what the card did prove stays recorded
             if not second_chance:
                 raise
             # The script came from the expected registry and the card's R-MAC'd listing shows

@@ -47,7 +47,14 @@ class JobFailed(Exception):
 
 class StepFailed(Exception):
     """The card refused a step or did not show its effect: the job goes back to pending and is
-    tried again at the next presentation, until it has had ``MAX_ATTEMPTS`` attempts."""
+    tried again at the next presentation, until it has had ``MAX_ATTEMPTS`` attempts.
+
+    ``effects`` are what the card did prove before the failure (``updates.engine.effects``): the
+    runner still records them."""
+
+    def __init__(self, message: str, effects: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.effects = effects
 
 
 class Unconfirmed(StepFailed):

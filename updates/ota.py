@@ -1,30 +1,40 @@
-"""The over-the-air session engine: runs a card's pending jobs through batched APDU scripts.
+"""The over-the-air session runner and its stages: runs a card's pending jobs through batched APDU
+scripts. The engine's pure part (phases and their one transition table, the protocol vocabulary,
+the stages' effects) is :mod:`updates.engine`; this module reads what an exchange needs from the
+database and custody, moves through the table, and writes what the card proved.
 
-A card session moves through phases, one relay exchange each (DESIGN.md §6):
+A card session moves through phases, one relay exchange each (DESIGN.md §6; ``updates.engine.phases``):
 
-``identify``  SELECT ISD, GET DATA CPLC and CIN (plain: no secure channel yet)
+``identify``  SELECT ISD, GET DATA CPLC and CIN (plain: no secure channel yet), with the first
+              stage's SELECT and INITIALIZE UPDATE when the credential's card can be presumed
 ``open``      SELECT the security domain, INITIALIZE UPDATE with the stage's key set
-``status``    EXTERNAL AUTHENTICATE and GET STATUS (the card registry, for idempotent resume)
+``status``    EXTERNAL AUTHENTICATE and GET STATUS (the card registry, for idempotent resume); on a
+              job's first attempt also the script computed from the registry the records
+              expect, and GET STATUS again to verify
 ``script``    the whole secured script of the stage, then GET STATUS again to verify
 
-A job is a list of *stages*; each stage is one secure channel with the security domain that
+A single-stage job thus takes three HTTP exchanges, session open included; each further stage
+two. A job is a list of *stages*; each stage is one secure channel with the security domain that
 owns the content (the ISD to create or delete SSDs, the bank's SSD for its own keys and
-applets). The script of a stage is computed from the registry the card just reported, so a job
-interrupted anywhere — connection cut, card pulled, server restarted — resumes by doing only
-what the card does not show as done (DESIGN.md §5.7). A cryptogram failure is never retried:
-the session fails and the security domain's failure count goes up; at the stop threshold the
-platform refuses to try again until an operator intervenes (cards block key sets after a few
-failures).
+applets). What a stage records comes only from the registry the card R-MAC'd after its script,
+so a job interrupted anywhere — connection cut, card pulled, server restarted — resumes by doing
+only what the card does not show as done (DESIGN.md §5.7), and a script computed from the
+records' expectation can cost an exchange, never a wrong record. A cryptogram failure is never
+retried: the session fails and the security domain's failure count goes up; at the stop
+threshold the platform refuses to try again until an operator intervenes (cards block key sets
+after a few failures).
 
 Whose fault (``gp.errors``): a :class:`~gp.errors.RemoteProtocolError`, or a direction-free
 :class:`~gp.errors.EncodingError` from parsing what the card sent, rejects the session
-(:func:`_card_reply`). A :class:`~gp.errors.LocalProtocolError` is the engine misusing ``gp``: a
-bug, logged as one by :meth:`SessionEngine.advance` and raised on; the card and the relay are not
-blamed for it (no rejection, no failure count, no alert).
+(:func:`_card_reply`). A :class:`~gp.errors.LocalProtocolError` is the engine misusing ``gp`` (or
+a phase move the transition table does not hold): a bug, logged as one by
+:meth:`SessionEngine.advance` and raised on; the card and the relay are not blamed for it (no
+rejection, no failure count, no alert).
 
 The engine's position (phase, stage, expectations of the batch in flight) is JSON in
 ``CardSession.engine_state``; the secure channel (session keys, MAC chaining value, counters)
-is sealed under the owning organisation's KEK in ``CardSession.sealed_channel``.
+is sealed in ``CardSession.sealed_channel`` (``issuers.custody.sealing``: a per-process data key
+wrapped under the owning organisation's KEK).
 """
 
 from __future__ import annotations
@@ -152,8 +162,10 @@ class UnauthenticatedRead:
 UNAUTHENTICATED_READS = (
     UnauthenticatedRead(
         "_on_identify",
-        "SELECT ISD, GET DATA CPLC and CIN (no channel yet)",
-        "not 9000: the session is rejected; 9000: the CIN only names which keys to try, the card cryptogram proves it",
+        "SELECT ISD, GET DATA CPLC and CIN (no channel yet), then the presumed card's SELECT and INITIALIZE UPDATE",
+        "not 9000: the session is rejected; 9000: the CIN only names which keys to try, the card cryptogram proves "
+        "it; the carried SELECT/INITIALIZE UPDATE answers are read as _on_open's, and only for the presumed card "
+        "with the same first job and key choices (otherwise ignored)",
     ),
     UnauthenticatedRead(
         "_on_open",

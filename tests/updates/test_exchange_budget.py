@@ -188,3 +188,29 @@ def test_records_ahead_of_the_card_cost_one_more_exchange() -> None:
     sd.refresh_from_db()
     assert sd.lifecycle == SecurityDomain.Lifecycle.LOCKED
     assert_registry_matches_records(world)
+
+
+def test_the_carried_opening_is_ignored_when_the_first_job_changed_meanwhile() -> None:
+    """The identification batch carries the opening of the job first at session open; if that job
+    is no longer first when the card's answers arrive, those (unauthenticated) answers are
+    ignored and the real first stage opens in its own exchange."""
+    from agent.core import run_batch
+
+    world = applet_world()
+    enroll(world)
+    present(world)
+    sd = bank_sd(world)
+    first = card_services.request_key_rotation(security_domain=sd, actor=world.operator)
+    card_services.request_sd_lock(security_domain=sd, lock=True, actor=world.citizen)
+    server = CountingServer(world.token)
+    transport = world.card_transport()
+    answer = server.open_session("batch")
+    assert [c["label"] for c in answer["commands"]][-1].startswith("INIT-UPD key set 31")  # the rotation's
+    CardJob.objects.filter(pk=first.pk).update(state=CardJob.State.FAILED, last_error="cancelled by the bank")
+    while not answer["done"]:
+        answer = server.exchange(answer["session"], answer["exchange"], run_batch(transport, answer["commands"]))
+    assert answer["result"]["pending"] == 0 and [j["state"] for j in answer["result"]["jobs"]] == ["done"]
+    assert server.requests == 4, server.phases  # the lock opened in an exchange of its own
+    sd.refresh_from_db()
+    assert sd.lifecycle == SecurityDomain.Lifecycle.LOCKED and sd.key_kvn == 0x31
+    assert_registry_matches_records(world)

@@ -218,7 +218,12 @@ class Stage:
         raise NotImplementedError
 
     def security_domain(self) -> SecurityDomain | None:
-        return self.card.security_domains.filter(aid=self.sd_aid()).first()
+        """The record of the SD the channel opens, read once per exchange (a stage lives for one)."""
+        if not hasattr(self, "_security_domain"):
+            self._security_domain = (
+                self.card.security_domains.select_related("organization").filter(aid=self.sd_aid()).first()
+            )
+        return self._security_domain
 
     def job_sd(self) -> SecurityDomain:
         """The bank security domain the job works on (see :func:`job_security_domain`)."""
@@ -235,6 +240,11 @@ class Stage:
 
     def preflight(self) -> None:
         """Checks before the channel opens; raise :class:`JobFailed` to fail the job for good."""
+
+
+# What the engine reads with a job, in the same query: its card (and the card's issuer, whose keys
+# open ISD channels), its security domain with the owning bank, and its organisation.
+JOB_RELATED = ("card", "card__issued_by", "security_domain", "security_domain__organization", "organization")
 
 
 def job_security_domain(job: CardJob) -> SecurityDomain:
@@ -457,13 +467,6 @@ def package_details(sd: SecurityDomain, release: Any, instances: list[str] | Non
     if instances is not None:
         details["instances"] = sorted(aid.upper() for aid in instances)
     return details
-
-
-def record_package(sd: SecurityDomain, release: Any) -> None:
-    """The platform's record of a load file now in the SD (libraries included)."""
-    CardPackage.objects.update_or_create(
-        security_domain=sd, package_aid=release.package_aid, defaults={"package_version": release.package_version}
-    )
 
 
 def _token_signer(card: Card) -> Any:
@@ -793,7 +796,7 @@ class SessionEngine:
             return []
         if not jobs:
             return []
-        job = CardJob.objects.select_related("card", "security_domain", "organization").get(pk=jobs[0])
+        job = CardJob.objects.select_related(*JOB_RELATED).get(pk=jobs[0])
         try:
             stage = stages_for(job)[0](job)
             sd = stage.security_domain()
@@ -857,7 +860,7 @@ class SessionEngine:
         job_id = self.state["jobs"][0]
         job = self._jobs.get(job_id)
         if job is None:
-            job = CardJob.objects.select_related("card", "security_domain", "organization").get(pk=job_id)
+            job = CardJob.objects.select_related(*JOB_RELATED).get(pk=job_id)
             self._jobs[job_id] = job
         return job
 
@@ -997,7 +1000,7 @@ class SessionEngine:
             # is authenticated is stored.
             commands.parse_cplc(commands.tagged_value(responses[1][:-2], commands.TAG_CPLC))
             cin = commands.tagged_value(responses[2][:-2], commands.TAG_CIN).hex().upper()
-        card = Card.objects.filter(cin=cin).first()
+        card = Card.objects.select_related("issued_by").filter(cin=cin).first()
         try:
             jobs = presentable_job_ids(self.session.credential, card)
         except PresentationRefused as exc:
@@ -1012,7 +1015,7 @@ class SessionEngine:
         )
         now = timezone.now()
         first_attempts: set[int] = set()
-        for job in CardJob.objects.select_related("card", "security_domain", "organization").filter(pk__in=jobs):
+        for job in CardJob.objects.select_related(*JOB_RELATED).filter(pk__in=jobs):
             self._jobs[job.pk] = job  # the engine's copy for this exchange (see job())
             if job.attempts == 0:
                 first_attempts.add(job.pk)

@@ -20,6 +20,7 @@ from audit.services import events_together, record_event
 from cards.models import CardJob
 from ecard.errors import ServiceError
 from gp.errors import LocalProtocolError
+from updates.engine.protocol import check_answers, parse_answers
 from updates.models import AgentCredential, CardSession, WorkerHeartbeat
 from updates.ota import (
     BANK_KVN,
@@ -195,31 +196,12 @@ def open_session(*, credential: AgentCredential, mode: str = CardSession.Mode.BA
 
 def _check_responses(session: CardSession, responses: list[str]) -> list[bytes]:
     """The responses must answer the batch in flight in order: all expected but possibly the last,
-    and a short list only when its last status word was unexpected (the agent stops there)."""
-    if not isinstance(responses, list) or not responses or len(responses) > MAX_BATCH_RESPONSES:
-        raise SessionRejected("responses must be a non-empty list")
-    raw: list[bytes] = []
-    for item in responses:
-        try:
-            value = bytes.fromhex(item)
-        except (TypeError, ValueError):
-            raise SessionRejected("responses must be hexadecimal R-APDUs") from None
-        if len(value) < 2:
-            raise SessionRejected("an R-APDU has at least a status word")
-        raw.append(value)
+    and a short list only when its last status word was unexpected (the agent stops there).
+    The rules are the engine's (``updates.engine.protocol.parse_answers``, ``check_answers``)."""
+    raw = parse_answers(responses, limit=MAX_BATCH_RESPONSES)
     if session.mode == CardSession.Mode.APDU:
         return raw  # checked one by one in _apdu_mode_step
-    sent_meta = session.engine_state.get("sent", [])
-    if len(raw) > len(sent_meta):
-        raise SessionRejected("more responses than commands in the batch")
-    for index, (value, meta) in enumerate(zip(raw, sent_meta, strict=False)):
-        sw = int.from_bytes(value[-2:], "big")
-        expected = sw in meta["expect"]
-        last = index == len(raw) - 1
-        if not expected and not last:
-            raise SessionRejected("the relay went on after an unexpected status word")
-        if last and len(raw) < len(sent_meta) and expected:
-            raise SessionRejected("truncated batch: responses stop before the script ends")
+    check_answers([meta["expect"] for meta in session.engine_state.get("sent", [])], raw)
     return raw
 
 

@@ -8,7 +8,7 @@ a failure is, and the protocol constants (GP 2.3.1, Amendment D).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -183,3 +183,39 @@ def refused(label: str, sw: int) -> None:
 
 def sw_of(rapdu: bytes) -> int:
     return int.from_bytes(rapdu[-2:], "big")
+
+
+def parse_answers(responses: object, *, limit: int) -> list[bytes]:
+    """The agent's responses as R-APDUs: a non-empty list of at most ``limit`` hex strings, each
+    at least a status word. Anything else is the relay's fault (the session is rejected)."""
+    if not isinstance(responses, list) or not responses or len(responses) > limit:
+        raise SessionRejected("responses must be a non-empty list")
+    raw: list[bytes] = []
+    for item in responses:
+        try:
+            value = bytes.fromhex(item)
+        except (TypeError, ValueError):
+            raise SessionRejected("responses must be hexadecimal R-APDUs") from None
+        if len(value) < 2:
+            raise SessionRejected("an R-APDU has at least a status word")
+        raw.append(value)
+    return raw
+
+
+def check_answers(expects: Sequence[Collection[int]], answers: Sequence[bytes]) -> None:
+    """The answers must answer the batch in flight (``expects``: each command's expected status
+    words) in order: all expected but possibly the last, and a short list only when its last
+    status word was unexpected, since the agent stops there (DESIGN.md §6). A reply that breaks
+    this was replayed, reordered, truncated or continued past a refusal: the relay's fault.
+
+    A batch whose script was computed from the expected registry relies on this: a stop midway
+    arrives as a short list ending on the refused command, and nothing after it is read."""
+    if len(answers) > len(expects):
+        raise SessionRejected("more responses than commands in the batch")
+    for index, (value, expect) in enumerate(zip(answers, expects, strict=False)):
+        expected = sw_of(value) in expect
+        last = index == len(answers) - 1
+        if not expected and not last:
+            raise SessionRejected("the relay went on after an unexpected status word")
+        if last and len(answers) < len(expects) and expected:
+            raise SessionRejected("truncated batch: responses stop before the script ends")

@@ -20,8 +20,10 @@ from updates.engine.protocol import (
     SessionRejected,
     StepFailed,
     _card_reply,
+    check_answers,
     expected_first,
     initialize_update_apdu,
+    parse_answers,
     refused,
     sw_of,
 )
@@ -98,3 +100,64 @@ def test_initialize_update_without_keys_is_the_channels_own(kvn: int) -> None:
     keys = StaticKeys(bytes(range(16)), bytes(range(1, 17)), bytes(range(2, 18)), version=kvn)
     assert initialize_update_apdu(kvn, challenge) == SCP03(keys, 0x33, challenge).initialize_update()
     assert initialize_update_apdu(kvn, challenge) == SCP02(keys, 0x13, challenge, i=0x55).initialize_update()
+
+
+# ---------------------------------------------------------------- the relay's answers to a batch
+
+OK, MORE, ABSENT = (SW.SUCCESS,), (SW.SUCCESS, SW.WARNING_MORE_DATA, SW.REFERENCED_DATA_NOT_FOUND), (0x9000, 0x6A88)
+BATCH = [OK, MORE, ABSENT, OK]  # e.g. EXTERNAL AUTHENTICATE, GET STATUS, DELETE if present, GET STATUS
+
+
+def answers(*sws: int) -> list[bytes]:
+    return [sw.to_bytes(2, "big") for sw in sws]
+
+
+@pytest.mark.parametrize(
+    "sws",
+    [
+        (0x9000, 0x9000, 0x9000, 0x9000),  # the whole batch
+        (0x9000, 0x6A88, 0x6A88, 0x9000),  # accepted error status words go on
+        (0x6300,),  # stopped at the first command
+        (0x9000, 0x9000, 0x6A84),  # stopped midway (a script computed from the expected registry)
+        (0x9000, 0x9000, 0x9000, 0x6982),  # the last one refused
+    ],
+)
+def test_answers_that_follow_the_agents_rule(sws: tuple[int, ...]) -> None:
+    check_answers(BATCH, answers(*sws))
+
+
+@pytest.mark.parametrize(
+    ("sws", "why"),
+    [
+        ((0x9000,) * 5, "more responses than commands"),
+        ((0x9000, 0x6A84, 0x9000), "went on after an unexpected status word"),
+        ((0x6A84, 0x6A84), "went on after an unexpected status word"),
+        ((0x9000, 0x9000), "truncated batch"),
+        ((0x9000, 0x9000, 0x6A88), "truncated batch"),  # 6A88 was expected there: no reason to stop
+    ],
+)
+def test_answers_that_break_it_reject_the_session(sws: tuple[int, ...], why: str) -> None:
+    with pytest.raises(SessionRejected, match=why):
+        check_answers(BATCH, answers(*sws))
+
+
+@pytest.mark.parametrize(
+    ("responses", "why"),
+    [
+        ([], "non-empty list"),
+        ("9000", "non-empty list"),
+        ({"0": "9000"}, "non-empty list"),
+        (["9000"] * 4, "non-empty list"),  # over the limit
+        (["90"], "at least a status word"),
+        (["zz00"], "hexadecimal"),
+        ([9000], "hexadecimal"),
+        ([None], "hexadecimal"),
+    ],
+)
+def test_malformed_answers_are_the_relays_fault(responses: object, why: str) -> None:
+    with pytest.raises(SessionRejected, match=why):
+        parse_answers(responses, limit=3)
+
+
+def test_well_formed_answers_parse() -> None:
+    assert parse_answers(["6A88", "01029000"], limit=3) == [b"\x6a\x88", b"\x01\x02\x90\x00"]

@@ -171,8 +171,8 @@ def seal_channel_state(org: Organization, state: Mapping[str, Any], *, context: 
     )
 
 
-def _active_kek(org: Organization, version: int) -> KeyEncryptionKey:
-    """The KEK row of ``version``, refused unless it may still open channel states (one read)."""
+def _sealing_kek(org: Organization, version: int) -> KeyEncryptionKey:
+    """The KEK row of ``version`` that sealed a state, refused once destroyed or gone (one read)."""
     kek = KeyEncryptionKey.objects.filter(organization=org, version=version).first()
     if kek is None or kek.state == KeyEncryptionKey.State.DESTROYED:
         _data_keys.forget(org.pk, version)
@@ -188,7 +188,7 @@ def open_channel_state(org: Organization, blob: bytes, *, context: str) -> dict[
     if len(blob) < 6 or blob[0] not in (FORMAT_KEK, FORMAT_DATA_KEY):
         raise UnwrapError("malformed sealed channel state")
     version = int.from_bytes(blob[1:5], "big")
-    kek = _active_kek(org, version)
+    kek = _sealing_kek(org, version)
     if blob[0] == FORMAT_KEK:
         plaintext = get_backend(kek.backend).unwrap(kek.ref, blob[5:], _state_aad(org, context, version))
     else:

@@ -95,6 +95,7 @@ from updates.engine.protocol import (
     TOKEN_SCHEME,
     Batch,
     Command,
+    InFlight,
     JobFailed,
     KeyChoice,
     NeedsProof,
@@ -889,16 +890,7 @@ class SessionEngine:
                     raise LocalProtocolError(f"{cmd.label}: a secured command with no channel open")
                 apdu = self._channel.wrap(cmd.apdu)
             wire.append({"apdu": apdu.hex().upper(), "expect": [f"{sw:04X}" for sw in cmd.expect], "label": cmd.label})
-            sent.append(
-                {
-                    "label": cmd.label,
-                    "expect": list(cmd.expect),
-                    "secure": cmd.secure,
-                    "receipt": cmd.receipt,
-                    "status_p1": cmd.status_p1,
-                    "proves": cmd.proves,
-                }
-            )
+            sent.append(InFlight.of(cmd).to_json())
         if event is not None:
             self._move(event)
         self.state["sent"] = sent
@@ -1283,7 +1275,11 @@ class SessionEngine:
         self.state["registry"] = {}
         self.state["unproven"] = []
 
-    def _collect_status(self, responses: list[bytes], sent: list[dict[str, Any]]) -> list[int]:
+    def _in_flight(self) -> list[InFlight]:
+        """The commands of the batch the responses answer, as stored by _send."""
+        return [InFlight.from_json(meta) for meta in self.state.get("sent", [])]
+
+    def _collect_status(self, responses: list[bytes], sent: list[InFlight]) -> list[int]:
         """Unwrap GET STATUS answers into ``state['registry']``; return the P1s that need continuing.
 
         Only R-MAC'd listings are kept. ``6A88`` ("no entry matches") carries no R-MAC
@@ -1293,7 +1289,9 @@ class SessionEngine:
             answer = self._unwrap(rapdu)
             if answer.sw not in (SW.SUCCESS, SW.WARNING_MORE_DATA, SW.REFERENCED_DATA_NOT_FOUND):
                 refused("GET STATUS", answer.sw)
-            p1 = meta["status_p1"]
+            p1 = meta.status_p1
+            if p1 is None:  # _collect_status is handed GET STATUS commands only
+                raise LocalProtocolError(f"{meta.label}: read as a registry listing")
             self.state["registry"].setdefault(str(p1), "")
             if answer.sw == SW.REFERENCED_DATA_NOT_FOUND:
                 self.state["unproven"].append(p1)
@@ -1329,8 +1327,8 @@ class SessionEngine:
         return registry
 
     def _on_status(self, responses: list[bytes]) -> Batch:
-        sent = self.state["sent"]
-        if sent and sent[0]["label"] == "external authenticate":
+        sent = self._in_flight()
+        if sent and sent[0].label == "external authenticate":
             # A bare status word, never R-MAC'd: 9000 here proves nothing yet (the first R-MAC'd
             # answer does, see _card_authenticated); a refusal is counted per reader.
             ea_sw = sw_of(responses[0])
@@ -1355,7 +1353,7 @@ class SessionEngine:
             return self._finish_stage(stage)
         return self._send_script(stage, script)
 
-    def _on_optimistic(self, responses: list[bytes], sent: list[dict[str, Any]], listings: int) -> Batch:
+    def _on_optimistic(self, responses: list[bytes], sent: list[InFlight], listings: int) -> Batch:
         """Answers to [GET STATUS…, script computed from the expected registry, GET STATUS…]
         after EXTERNAL AUTHENTICATE. The first listings are kept (R-MAC'd only) in case the
         script must be redone; the script's answers and the last listings are judged exactly as
@@ -1366,7 +1364,7 @@ class SessionEngine:
         before = None if more else {"registry": self.state["registry"], "unproven": self.state["unproven"]}
         self.state["before"] = before
         self._clear_evidence()
-        self.state["sent"] = sent[listings:]
+        self.state["sent"] = [meta.to_json() for meta in sent[listings:]]
         self._move(Event.SCRIPT_ANSWERED)
         self.state["second_chance"] = not self.state.get("spent")
         return self._on_script(responses[listings:])
@@ -1414,25 +1412,25 @@ class SessionEngine:
 
     # ---------------------------------------------------------------- script
     def _on_script(self, responses: list[bytes]) -> Batch:
-        sent = self.state["sent"]
+        sent = self._in_flight()
         script_len = self.state["script_len"]
         second_chance = bool(self.state.pop("second_chance", False))
         self._restore_channel()
         stage = self.stage()
         for index, (rapdu, meta) in enumerate(zip(responses[:script_len], sent[:script_len], strict=False)):
             answer = self._unwrap(rapdu)
-            if answer.sw not in meta["expect"]:
+            if answer.sw not in meta.expect:
                 if second_chance and answer.sw not in INTEGRITY_SWS:
-                    why = f"{meta['label']}: the card answered {answer.sw:04X}"
+                    why = f"{meta.label}: the card answered {answer.sw:04X}"
                     return self._reopen(stage, why, untouched=index == 0)
-                refused(meta["label"], answer.sw)
+                refused(meta.label, answer.sw)
             if answer.sw != SW.SUCCESS or not answer.authenticated:
                 continue  # an accepted error status word (no R-MAC): it proves nothing
             self._card_authenticated()
-            if meta.get("receipt"):
-                self._check_receipt(answer.data, meta["receipt"], stage)
-            if meta.get("proves"):
-                self.state["proofs"].append(meta["proves"])
+            if meta.receipt:
+                self._check_receipt(answer.data, meta.receipt, stage)
+            if meta.proves:
+                self.state["proofs"].append(meta.proves)
         if len(responses) < script_len:
             raise StepFailed("the script stopped before its end")
         status_responses = responses[script_len:]

@@ -20,7 +20,7 @@ from audit.services import events_together, record_event
 from cards.models import CardJob
 from ecard.errors import ServiceError
 from gp.errors import LocalProtocolError
-from updates.engine.protocol import check_answers, parse_answers
+from updates.engine.protocol import InFlight, check_answers, parse_answers
 from updates.models import AgentCredential, CardSession, WorkerHeartbeat
 from updates.ota import (
     BANK_KVN,
@@ -201,7 +201,7 @@ def _check_responses(session: CardSession, responses: list[str]) -> list[bytes]:
     raw = parse_answers(responses, limit=MAX_BATCH_RESPONSES)
     if session.mode == CardSession.Mode.APDU:
         return raw  # checked one by one in _apdu_mode_step
-    check_answers([meta["expect"] for meta in session.engine_state.get("sent", [])], raw)
+    check_answers([InFlight.from_json(meta).expect for meta in session.engine_state.get("sent", [])], raw)
     return raw
 
 

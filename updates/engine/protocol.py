@@ -103,6 +103,51 @@ class Command:
     proves: str | None = None  # a fact an authenticated 9000 to this command proves, e.g. "deleted:<AID>"
 
 
+@dataclass(frozen=True)
+class InFlight:
+    """A command of the batch in flight as the engine keeps it between exchanges (JSON in
+    ``CardSession.engine_state``): what its answer must be and what an R-MAC'd 9000 to it proves."""
+
+    label: str
+    expect: tuple[int, ...]
+    secure: bool = True
+    receipt: dict[str, Any] | None = None
+    status_p1: int | None = None
+    proves: str | None = None
+
+    @classmethod
+    def of(cls, command: Command) -> InFlight:
+        return cls(
+            command.label, tuple(command.expect), command.secure, command.receipt, command.status_p1, command.proves
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "expect": list(self.expect),
+            "secure": self.secure,
+            "receipt": self.receipt,
+            "status_p1": self.status_p1,
+            "proves": self.proves,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> InFlight:
+        """The stored form back; a state that does not have it is the engine's own bug."""
+        try:
+            expect = tuple(int(sw) for sw in data["expect"])
+            return cls(
+                str(data["label"]),
+                expect,
+                bool(data.get("secure", True)),
+                data.get("receipt"),
+                data.get("status_p1"),
+                data.get("proves"),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise LocalProtocolError(f"a command in flight is stored malformed: {exc!r}") from None
+
+
 @dataclass
 class KeyChoice:
     """Which keys open a stage's channel: the card's diversified ISD keys, or a stored key set."""

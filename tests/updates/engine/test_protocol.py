@@ -15,6 +15,8 @@ from updates.engine.protocol import (
     INTEGRITY_SWS,
     STATUS_APPS,
     STATUS_ELF_MODULES,
+    Command,
+    InFlight,
     KeyChoice,
     Registry,
     SessionRejected,
@@ -161,3 +163,12 @@ def test_malformed_answers_are_the_relays_fault(responses: object, why: str) -> 
 
 def test_well_formed_answers_parse() -> None:
     assert parse_answers(["6A88", "01029000"], limit=3) == [b"\x6a\x88", b"\x01\x02\x90\x00"]
+
+
+def test_commands_in_flight_round_trip_and_a_malformed_one_is_the_engines_bug() -> None:
+    command = Command(b"\x80\xe4\x00\x80\x00", "delete", (SW.SUCCESS, SW.REFERENCED_DATA_NOT_FOUND), proves="deleted:X")
+    kept = InFlight.of(command)
+    assert InFlight.from_json(kept.to_json()) == kept and kept.expect == (0x9000, 0x6A88)
+    for broken in ({}, {"label": "x"}, {"label": "x", "expect": ["zz"]}, None):
+        with pytest.raises(LocalProtocolError, match="in flight"):
+            InFlight.from_json(broken)

@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import functools
 import json
@@ -54,8 +55,10 @@ from ecard.errors import ServiceError
 __all__ = [
     "LogCorruptError",
     "WitnessConfig",
+    "append_entries",
     "configured_witnesses",
     "ensure_checkpoint",
+    "events_together",
     "export_lines",
     "log_verifier_key",
     "make_checkpoint",
@@ -171,12 +174,74 @@ def record_event(
         details=json.loads(json.dumps(details or {}, allow_nan=False)),
     )
     row.as_entry(index=0)  # validates (make_entry): a bad entry fails the caller's change, not the sequencer
+    pending = _batch.get()
+    if pending is not None and pending.atomic_depth == len(connection.atomic_blocks):
+        pending.rows.append(row)  # inserted with the others of the batch (see events_together)
+        return row
     if connection.vendor == "postgresql":
         _insert_postgresql(row)
     else:
         row.save(force_insert=True)
     _sequence_after_commit()
     return row
+
+
+@dataclass
+class _PendingBatch:
+    rows: list[AuditEntry]
+    atomic_depth: int  # the transaction level the batch belongs to
+
+
+_batch: contextvars.ContextVar[_PendingBatch | None] = contextvars.ContextVar("audit_event_batch", default=None)
+
+
+@contextmanager
+def events_together() -> Iterator[list[AuditEntry]]:
+    """Queue the entries :func:`record_event` is asked for inside the block as ONE INSERT at its
+    end, in the order they were asked for (the sequencer takes pending rows in insertion order,
+    so the log's order, leaves and chain are those of one-by-one appends). For a unit of work
+    that records several entries, such as a relay exchange.
+
+    Must run inside the transaction of the changes the entries record. A ``record_event`` inside
+    a nested transaction (a savepoint) of the block is inserted at once, so a rolled-back
+    savepoint takes its entry with it; an exception leaving the block drops the queued entries
+    (the enclosing transaction rolls back). Rows come back without ``pk`` until the block ends.
+    """
+    if not connection.in_atomic_block:
+        raise RuntimeError("events_together must run inside the transaction of the changes it records")
+    outer = _batch.get()
+    if outer is not None:
+        yield outer.rows  # nested: the outer block inserts
+        return
+    pending = _PendingBatch(rows=[], atomic_depth=len(connection.atomic_blocks))
+    token = _batch.set(pending)
+    try:
+        yield pending.rows
+    finally:
+        _batch.reset(token)
+    append_entries(pending.rows)
+
+
+def append_entries(rows: list[AuditEntry]) -> None:
+    """Insert pending entries (built and validated by :func:`record_event`) with one statement."""
+    if not rows:
+        return
+    if not connection.in_atomic_block:
+        raise RuntimeError("append_entries must run inside the transaction of the changes it records")
+    if len(rows) == 1:
+        if connection.vendor == "postgresql":
+            _insert_postgresql(rows[0])
+        else:
+            rows[0].save(force_insert=True)
+    else:
+        for row in rows:
+            pre_save.send(sender=AuditEntry, instance=row, raw=False, using=connection.alias, update_fields=None)
+        AuditEntry.objects.bulk_create(rows)  # one INSERT; ids come back in order (RETURNING on both)
+        for row in rows:
+            post_save.send(
+                sender=AuditEntry, instance=row, created=True, update_fields=None, raw=False, using=connection.alias
+            )
+    _sequence_after_commit()
 
 
 _INSERT_FIELDS = [f for f in AuditEntry._meta.concrete_fields if f.attname not in {"id", "index", "leaf_hash"}]

@@ -86,3 +86,15 @@ def world(db: None) -> Any:
     from tests.factories import build_world  # late: factories import the Django apps
 
     return build_world()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_data_keys() -> Iterator[None]:
+    """Each test starts without this process's channel-state data keys (issuers.custody.sealing):
+    a test's rollback gives the next test the same organisation ids and KEK versions, which
+    production never reuses, so a key remembered from an earlier test would name a KEK it no
+    longer has."""
+    from issuers.custody.sealing import forget_data_keys
+
+    forget_data_keys()
+    yield

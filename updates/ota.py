@@ -1,41 +1,52 @@
-"""The over-the-air session engine: runs a card's pending jobs through batched APDU scripts.
+"""The over-the-air session runner and its stages: runs a card's pending jobs through batched APDU
+scripts. The engine's pure part (phases and their one transition table, the protocol vocabulary,
+the stages' effects) is :mod:`updates.engine`; this module reads what an exchange needs from the
+database and custody, moves through the table, and writes what the card proved.
 
-A card session moves through phases, one relay exchange each (DESIGN.md §6):
+A card session moves through phases, one relay exchange each (DESIGN.md §6; ``updates.engine.phases``):
 
-``identify``  SELECT ISD, GET DATA CPLC and CIN (plain: no secure channel yet)
+``identify``  SELECT ISD, GET DATA CPLC and CIN (plain: no secure channel yet), with the first
+              stage's SELECT and INITIALIZE UPDATE when the credential's card can be presumed
 ``open``      SELECT the security domain, INITIALIZE UPDATE with the stage's key set
-``status``    EXTERNAL AUTHENTICATE and GET STATUS (the card registry, for idempotent resume)
+``status``    EXTERNAL AUTHENTICATE and GET STATUS (the card registry, for idempotent resume); on a
+              job's first attempt also the script computed from the registry the records
+              expect, and GET STATUS again to verify
 ``script``    the whole secured script of the stage, then GET STATUS again to verify
 
-A job is a list of *stages*; each stage is one secure channel with the security domain that
+A single-stage job thus takes three HTTP exchanges, session open included; each further stage
+two. A job is a list of *stages*; each stage is one secure channel with the security domain that
 owns the content (the ISD to create or delete SSDs, the bank's SSD for its own keys and
-applets). The script of a stage is computed from the registry the card just reported, so a job
-interrupted anywhere — connection cut, card pulled, server restarted — resumes by doing only
-what the card does not show as done (DESIGN.md §5.7). A cryptogram failure is never retried:
-the session fails and the security domain's failure count goes up; at the stop threshold the
-platform refuses to try again until an operator intervenes (cards block key sets after a few
-failures).
+applets). What a stage records comes only from the registry the card R-MAC'd after its script,
+so a job interrupted anywhere — connection cut, card pulled, server restarted — resumes by doing
+only what the card does not show as done (DESIGN.md §5.7), and a script computed from the
+records' expectation can cost an exchange, never a wrong record. A cryptogram failure is never
+retried: the session fails and the security domain's failure count goes up; at the stop
+threshold the platform refuses to try again until an operator intervenes (cards block key sets
+after a few failures).
 
 Whose fault (``gp.errors``): a :class:`~gp.errors.RemoteProtocolError`, or a direction-free
 :class:`~gp.errors.EncodingError` from parsing what the card sent, rejects the session
-(:func:`_card_reply`). A :class:`~gp.errors.LocalProtocolError` is the engine misusing ``gp``: a
-bug, logged as one by :meth:`SessionEngine.advance` and raised on; the card and the relay are not
-blamed for it (no rejection, no failure count, no alert).
+(:func:`_card_reply`). A :class:`~gp.errors.LocalProtocolError` is the engine misusing ``gp`` (or
+a phase move the transition table does not hold): a bug, logged as one by
+:meth:`SessionEngine.advance` and raised on; the card and the relay are not blamed for it (no
+rejection, no failure count, no alert).
 
 The engine's position (phase, stage, expectations of the batch in flight) is JSON in
 ``CardSession.engine_state``; the secure channel (session keys, MAC chaining value, counters)
-is sealed under the owning organisation's KEK in ``CardSession.sealed_channel``.
+is sealed in ``CardSession.sealed_channel`` (``issuers.custody.sealing``: a per-process data key
+wrapped under the owning organisation's KEK).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
 
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -44,146 +55,98 @@ from cards.emulation import token_verification_keyset
 from cards.models import ISD_AID, AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from ecard.errors import ServiceError
 from gp import aids, commands, dm
-from gp.apdu import SW, sw_name
+from gp.apdu import SW
 from gp.cap import LoadFile
 from gp.commands import SecurityDomainLifeCycle
 from gp.errors import (
     AuthenticationError,
-    GPError,
     LocalProtocolError,
     RemoteProtocolError,
 )
 from gp.keys import Algorithm as KeyAlgorithm
 from gp.keys import StaticKeys, encode_put_key_symmetric
-from gp.scp import SCP02, SCP03, SecuredResponse, SecurityLevel
+from gp.scp import SCP02, SCP03, SecuredResponse
 from gp.tlv import decode_all, find
 from issuers import custody
 from issuers.custody_models import KeySet
 from issuers.models import Organization
 from updates import policy
+from updates.engine.effects import (
+    AppletOnCard,
+    Effect,
+    PackageOnCard,
+    PackagesGone,
+    SdKeyVersion,
+    SdLifecycle,
+    sd_lifecycle,
+)
+from updates.engine.phases import Event, Phase, next_phase
+from updates.engine.protocol import (
+    AUTH_FAILURE_STOP,
+    BANK_KVN,
+    FULL_SCP02_LEVEL,
+    FULL_SCP03_LEVEL,
+    HOST_CHALLENGE_LEN,
+    INTEGRITY_SWS,
+    ISD_KEY_SCHEMES,
+    MAX_ATTEMPTS,
+    STATUS_APPS,
+    STATUS_ELF_MODULES,
+    TOKEN_SCHEME,
+    Batch,
+    Command,
+    InFlight,
+    JobFailed,
+    KeyChoice,
+    NeedsProof,
+    Registry,
+    SessionRejected,
+    StepFailed,
+    Unconfirmed,
+    _card_reply,
+    expected_first,
+    initialize_update_apdu,
+    refused,
+    sw_of,
+)
 from updates.models import AuthRefusal, Release
 from updates.presentation import PresentationRefused, presentable_job_ids
 from updates.signals import job_state_changed
 
+__all__ = [  # the engine's vocabulary, re-exported for the modules that import it from here
+    "AUTH_FAILURE_STOP",
+    "BANK_KVN",
+    "HOST_CHALLENGE_LEN",
+    "ISD_KEY_SCHEMES",
+    "MAX_ATTEMPTS",
+    "STATUS_APPS",
+    "STATUS_ELF_MODULES",
+    "TOKEN_SCHEME",
+    "UNAUTHENTICATED_READS",
+    "Batch",
+    "Command",
+    "Event",
+    "JobFailed",
+    "KeyChoice",
+    "NeedsProof",
+    "Phase",
+    "Registry",
+    "SessionEngine",
+    "SessionRejected",
+    "StepFailed",
+    "Unconfirmed",
+    "complete_job",
+    "ensure_bank_keyset",
+    "expected_first",
+    "fail_job",
+    "initialize_update_apdu",
+    "keyset_for",
+    "refused",
+    "retry_job",
+    "sw_of",
+]
+
 logger = logging.getLogger(__name__)
-
-AUTH_FAILURE_STOP = 2  # never use the card's last tries (cardsim blocks a key set at 3)
-BANK_KVN = {0x02: 0x21, 0x03: 0x31}  # the bank's first key set on its SSD (initial set is 20/30)
-TOKEN_SCHEME = dm.SCHEME_ECDSA_P256_SHA256
-STATUS_APPS = commands.STATUS_APPS  # GET STATUS P1: applications and SSDs (§11.4.2.1)
-STATUS_ELF_MODULES = commands.STATUS_ELF_MODULES  # Executable Load Files and their modules
-# Every command MAC'd and encrypted, every answer R-MAC'd (SCP03 also R-ENC'd): Amd D §7.2, GPC §E.5.2.
-FULL_SCP03_LEVEL = SecurityLevel.C_MAC | SecurityLevel.C_DEC | SecurityLevel.R_MAC | SecurityLevel.R_ENC
-FULL_SCP02_LEVEL = SecurityLevel.C_MAC | SecurityLevel.C_DEC | SecurityLevel.R_MAC
-
-
-class SessionRejected(Exception):
-    """Integrity failure (bad MAC, bad cryptogram, identity mismatch): the session ends, nothing is done."""
-
-
-class JobFailed(Exception):
-    """The job cannot be done (policy refused a token, no keys): it fails for good."""
-
-
-class StepFailed(Exception):
-    """The card refused a step or did not show its effect: the job goes back to pending and is
-    tried again at the next presentation, until it has had ``MAX_ATTEMPTS`` attempts."""
-
-
-class Unconfirmed(StepFailed):
-    """The card's answer could not prove the step's effect (an error status word carries no
-    R-MAC, so a relay could have made it up): nothing is recorded, the job is tried again."""
-
-
-@contextmanager
-def _card_reply(what: str) -> Iterator[None]:
-    """Around code that parses or verifies bytes the card sent through the relay: their defects
-    reject the session (``what`` says which reply); the engine's own misuse of ``gp`` passes
-    through as the bug it is (see :meth:`SessionEngine.advance`)."""
-    try:
-        yield
-    except LocalProtocolError:
-        raise
-    except GPError as exc:  # remote, or a direction-free EncodingError from the card's bytes
-        raise SessionRejected(f"{what}: {exc}") from exc
-
-
-class NeedsProof(Exception):
-    """A stage cannot confirm its effect from what the card has proven so far, and knows a script
-    whose authenticated answers would (see :meth:`IsdDeleteSsd.finish`)."""
-
-    def __init__(self, commands: list[Command]) -> None:
-        super().__init__("more evidence needed")
-        self.commands = commands
-
-
-MAX_ATTEMPTS = 5
-# Card.key_scheme (a CharField) to the diversification schemes custody.card_isd_keys knows.
-ISD_KEY_SCHEMES: dict[str, Literal["kdf3", "emv", "visa2"]] = {"kdf3": "kdf3", "emv": "emv", "visa2": "visa2"}
-INTEGRITY_SWS = frozenset({SW.SECURITY_STATUS_NOT_SATISFIED, SW.SM_DATA_OBJECTS_INCORRECT, SW.AUTHENTICATION_FAILED})
-
-
-@dataclass
-class Command:
-    """One C-APDU of a batch with what the engine needs to check its answer."""
-
-    apdu: bytes  # plain C-APDU
-    label: str
-    expect: tuple[int, ...] = (SW.SUCCESS,)
-    secure: bool = True
-    receipt: dict[str, Any] | None = None  # {"op": load|install|delete, "fields": [hex, ...]}
-    status_p1: int | None = None  # a GET STATUS of this P1
-    proves: str | None = None  # a fact an authenticated 9000 to this command proves, e.g. "deleted:<AID>"
-
-
-@dataclass
-class KeyChoice:
-    """Which keys open a stage's channel: the card's diversified ISD keys, or a stored key set."""
-
-    kind: str  # "isd" | "keyset"
-    kvn: int
-    keyset_id: int | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "kvn": self.kvn, "keyset_id": self.keyset_id}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> KeyChoice:
-        return cls(kind=data["kind"], kvn=data["kvn"], keyset_id=data.get("keyset_id"))
-
-
-@dataclass
-class Registry:
-    """What the card proved inside one secure channel: its R-MAC'd GET STATUS listings, and the
-    facts proven by authenticated answers to the script (DESIGN.md §7a).
-
-    Only authenticated entries are ever listed, so :meth:`app` and :meth:`elf` returning an
-    entry proves presence. ``None`` proves nothing by itself: a listing answered ``6A88`` (no
-    R-MAC) may be a relay's invention. Absence is proven only by :meth:`app_absent` and
-    :meth:`elf_absent`.
-    """
-
-    apps: list[commands.RegistryEntry] = field(default_factory=list)
-    elfs: list[commands.RegistryEntry] = field(default_factory=list)
-    proven_listings: frozenset[int] = frozenset()  # P1s whose whole listing carried R-MACs
-    proofs: frozenset[str] = frozenset()  # facts from authenticated answers (Command.proves)
-
-    def app(self, aid: str) -> commands.RegistryEntry | None:
-        return next((e for e in self.apps if e.aid.hex().upper() == aid), None)
-
-    def elf(self, aid: str) -> commands.RegistryEntry | None:
-        return next((e for e in self.elfs if e.aid.hex().upper() == aid), None)
-
-    def app_absent(self, aid: str) -> bool:
-        """Proven absent: a complete authenticated listing without it, or an authenticated DELETE."""
-        if self.app(aid) is not None:
-            return False
-        return STATUS_APPS in self.proven_listings or f"deleted:{aid}" in self.proofs
-
-    def elf_absent(self, aid: str) -> bool:
-        if self.elf(aid) is not None:
-            return False
-        return STATUS_ELF_MODULES in self.proven_listings or f"deleted:{aid}" in self.proofs
 
 
 @dataclass(frozen=True)
@@ -200,8 +163,10 @@ class UnauthenticatedRead:
 UNAUTHENTICATED_READS = (
     UnauthenticatedRead(
         "_on_identify",
-        "SELECT ISD, GET DATA CPLC and CIN (no channel yet)",
-        "not 9000: the session is rejected; 9000: the CIN only names which keys to try, the card cryptogram proves it",
+        "SELECT ISD, GET DATA CPLC and CIN (no channel yet), then the presumed card's SELECT and INITIALIZE UPDATE",
+        "not 9000: the session is rejected; 9000: the CIN only names which keys to try, the card cryptogram proves "
+        "it; the carried SELECT/INITIALIZE UPDATE answers are read as _on_open's, and only for the presumed card "
+        "with the same first job and key choices (otherwise ignored)",
     ),
     UnauthenticatedRead(
         "_on_open",
@@ -254,7 +219,12 @@ class Stage:
         raise NotImplementedError
 
     def security_domain(self) -> SecurityDomain | None:
-        return self.card.security_domains.filter(aid=self.sd_aid()).first()
+        """The record of the SD the channel opens, read once per exchange (a stage lives for one)."""
+        if not hasattr(self, "_security_domain"):
+            self._security_domain = (
+                self.card.security_domains.select_related("organization").filter(aid=self.sd_aid()).first()
+            )
+        return self._security_domain
 
     def job_sd(self) -> SecurityDomain:
         """The bank security domain the job works on (see :func:`job_security_domain`)."""
@@ -264,11 +234,18 @@ class Stage:
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
         raise NotImplementedError
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
-        """Record the outcome (inside the exchange's transaction)."""
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
+        """Judge the registry the card R-MAC'd after the script: what it proves for the records
+        (applied by the runner in the exchange's transaction), or StepFailed/NeedsProof."""
+        return []
 
     def preflight(self) -> None:
         """Checks before the channel opens; raise :class:`JobFailed` to fail the job for good."""
+
+
+# What the engine reads with a job, in the same query: its card (and the card's issuer, whose keys
+# open ISD channels), its security domain with the owning bank, and its organisation.
+JOB_RELATED = ("card", "card__issued_by", "security_domain", "security_domain__organization", "organization")
 
 
 def job_security_domain(job: CardJob) -> SecurityDomain:
@@ -278,17 +255,6 @@ def job_security_domain(job: CardJob) -> SecurityDomain:
     if sd is None:
         raise JobFailed(f"the {job.kind} job names no security domain")
     return sd
-
-
-def sd_lifecycle(value: int) -> str:
-    """Security domain life cycle byte to the model's state (GP 2.3.1 §5.3.3, coding §11.1.1)."""
-    if value & commands.LOCKED_BIT:
-        return SecurityDomain.Lifecycle.LOCKED
-    if value & SecurityDomainLifeCycle.PERSONALIZED == SecurityDomainLifeCycle.PERSONALIZED:
-        return SecurityDomain.Lifecycle.PERSONALIZED
-    if value & SecurityDomainLifeCycle.SELECTABLE == SecurityDomainLifeCycle.SELECTABLE:
-        return SecurityDomain.Lifecycle.SELECTABLE
-    return SecurityDomain.Lifecycle.INSTALLED
 
 
 def isd_choice(card: Card) -> list[KeyChoice]:
@@ -367,13 +333,12 @@ class IsdInstallSsd(IsdStage):
             return []
         return [Command(install_ssd_apdu(sd), f"create {sd.organization.name} security domain")]
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         sd = self.job_sd()
         entry = registry.app(sd.aid)
         if entry is None:
             raise StepFailed("the card does not list the new security domain")
-        sd.lifecycle = sd_lifecycle(entry.lifecycle)
-        sd.save(update_fields=["lifecycle", "updated_at"])
+        return [SdLifecycle(sd.pk, sd_lifecycle(entry.lifecycle))]
 
 
 SSD_PACKAGE_AID = aids.SSD_PACKAGE_AID.hex().upper()
@@ -407,7 +372,7 @@ class SsdBankKeys(BankSsdStage):
         initial = ssd_initial_keyset(self.card)
         if initial is not None:
             choices.append(KeyChoice("keyset", initial.kvn, initial.pk))
-        return choices
+        return expected_first(choices, sd.key_kvn if sd.key_kvn == bank.kvn else None)
 
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
         if self.opened_with.kvn == self.bank_kvn():
@@ -424,10 +389,8 @@ class SsdBankKeys(BankSsdStage):
         apdu = commands.put_key(bank.kvn, data[1:], old_kvn=self.opened_with.kvn, key_id=0x01)
         return [Command(apdu, f"install {sd.organization.name} keys")]
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
-        sd = self.job_sd()
-        sd.key_kvn = self.bank_kvn()
-        sd.save(update_fields=["key_kvn", "updated_at"])
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
+        return [SdKeyVersion(self.job_sd().pk, self.bank_kvn())]
 
     opened_with: KeyChoice
 
@@ -476,25 +439,19 @@ class SsdInstallApplets(BankSsdStage):
             )
         return script
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         sd = self.job_sd()
+        effects: list[Effect] = []
         for spec in self.applets():
             release = Release.objects.get(pk=spec["release"])
-            record_package(sd, release)
+            effects.append(PackageOnCard(sd.pk, release.package_aid, release.package_version))
             instance_aid = spec["instance_aid"].upper()
             entry = registry.app(instance_aid)
             if entry is None:
-                raise StepFailed(f"applet {instance_aid} is not on the card after installation")
-            AppletInstance.objects.update_or_create(
-                security_domain=sd,
-                instance_aid=instance_aid,
-                defaults={
-                    "package_aid": release.package_aid,
-                    "package_version": release.package_version,
-                    "module_aid": spec.get("module_aid", "").upper() or release.applet_aids[0],
-                    "lifecycle": AppletInstance.Lifecycle.SELECTABLE,
-                },
-            )
+                raise StepFailed(f"applet {instance_aid} is not on the card after installation", tuple(effects))
+            module_aid = spec.get("module_aid", "").upper() or release.applet_aids[0]
+            effects.append(AppletOnCard(sd.pk, instance_aid, release.package_aid, release.package_version, module_aid))
+        return effects
 
 
 def package_details(sd: SecurityDomain, release: Any, instances: list[str] | None = None) -> dict[str, Any]:
@@ -511,13 +468,6 @@ def package_details(sd: SecurityDomain, release: Any, instances: list[str] | Non
     if instances is not None:
         details["instances"] = sorted(aid.upper() for aid in instances)
     return details
-
-
-def record_package(sd: SecurityDomain, release: Any) -> None:
-    """The platform's record of a load file now in the SD (libraries included)."""
-    CardPackage.objects.update_or_create(
-        security_domain=sd, package_aid=release.package_aid, defaults={"package_version": release.package_version}
-    )
 
 
 def _token_signer(card: Card) -> Any:
@@ -604,12 +554,12 @@ class IsdDeleteSsd(IsdStage):
             return [delete_command(sd.aid, f"delete {sd.aid} and its content", may_be_absent=False)]
         return [delete_command(sd.aid, f"delete {sd.aid} if present", may_be_absent=True)]
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         sd = self.job_sd()
         if registry.app(sd.aid) is not None:
             raise StepFailed("the security domain is still on the card")
         if registry.app_absent(sd.aid):
-            return
+            return []  # the job's completion records the removal (complete_job)
         raise NeedsProof(
             [
                 Command(install_ssd_apdu(sd), f"probe: {sd.aid} is free", proves=f"free:{sd.aid}"),
@@ -634,7 +584,7 @@ class SsdRotateKeys(BankSsdStage):
         old = keyset_for(sd.organization, self.card, sd.aid, int(self.job.params["from_kvn"]))
         if old is not None:
             choices.append(KeyChoice("keyset", old.kvn, old.pk))
-        return choices
+        return expected_first(choices, sd.key_kvn)
 
     def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
         if self.opened_with.kvn == self.target_kvn():
@@ -650,15 +600,11 @@ class SsdRotateKeys(BankSsdStage):
         apdu = commands.put_key(new.kvn, data[1:], old_kvn=self.opened_with.kvn, key_id=0x01)
         return [Command(apdu, f"rotate keys to version {new.kvn:02X}")]
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         sd = self.job_sd()
         old_kvn = sd.key_kvn
-        sd.key_kvn = self.target_kvn()
-        sd.save(update_fields=["key_kvn", "updated_at"])
-        if old_kvn is not None and old_kvn != sd.key_kvn:
-            KeySet.objects.filter(
-                organization=sd.organization, card_cin=self.card.cin, sd_aid=sd.aid, kvn=old_kvn
-            ).update(state=KeySet.State.SUPERSEDED, rotated_at=timezone.now())
+        new_kvn = self.target_kvn()
+        return [SdKeyVersion(sd.pk, new_kvn, old_kvn if old_kvn is not None and old_kvn != new_kvn else None)]
 
     opened_with: KeyChoice
 
@@ -685,13 +631,98 @@ class IsdSetStatus(IsdStage):
         )
         return [Command(apdu, "lock" if self.locking() else "unlock")]
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         sd = self.job_sd()
         entry = registry.app(sd.aid)
         if entry is None or bool(entry.lifecycle & commands.LOCKED_BIT) != self.locking():
             raise StepFailed("the card does not show the new lock state")
-        sd.lifecycle = SecurityDomain.Lifecycle.LOCKED if self.locking() else SecurityDomain.Lifecycle.PERSONALIZED
-        sd.save(update_fields=["lifecycle", "updated_at"])
+        lifecycle = SecurityDomain.Lifecycle.LOCKED if self.locking() else SecurityDomain.Lifecycle.PERSONALIZED
+        return [SdLifecycle(sd.pk, str(lifecycle))]
+
+
+SD_LIFECYCLE_BYTES: dict[str, int] = {
+    SecurityDomain.Lifecycle.INSTALLED: SecurityDomainLifeCycle.INSTALLED,
+    SecurityDomain.Lifecycle.SELECTABLE: SecurityDomainLifeCycle.SELECTABLE,
+    SecurityDomain.Lifecycle.PERSONALIZED: SecurityDomainLifeCycle.PERSONALIZED,
+    SecurityDomain.Lifecycle.LOCKED: SecurityDomainLifeCycle.PERSONALIZED | commands.LOCKED_BIT,
+}
+
+
+def expected_registry(stage: Stage) -> Registry:
+    """The registry the platform's records say the card holds (GET STATUS P1 40 and 10 as the
+    card would list them): its live SSDs, applet instances and load files. Only ever used to
+    compute a script ahead of the card's own listing, never as evidence (DESIGN.md §7a)."""
+    card = stage.card
+    apps: list[commands.RegistryEntry] = []
+    live = (SecurityDomain.State.ACTIVE, SecurityDomain.State.REMOVING)
+    for aid, lifecycle in SecurityDomain.objects.filter(card=card, is_isd=False, state__in=live).values_list(
+        "aid", "lifecycle"
+    ):
+        apps.append(
+            commands.RegistryEntry(
+                bytes.fromhex(aid), SD_LIFECYCLE_BYTES.get(lifecycle, SecurityDomainLifeCycle.PERSONALIZED), kind="sd"
+            )
+        )
+    for aid, elf in AppletInstance.objects.filter(security_domain__card=card).values_list(
+        "instance_aid", "package_aid"
+    ):
+        apps.append(commands.RegistryEntry(bytes.fromhex(aid), 0x07, elf_aid=bytes.fromhex(elf)))
+    elfs = [
+        commands.RegistryEntry(bytes.fromhex(aid), 0x01, kind="elf", elf_version=_version_bytes(version))
+        for aid, version in CardPackage.objects.filter(security_domain__card=card).values_list(
+            "package_aid", "package_version"
+        )
+    ]
+    return Registry(apps=apps, elfs=elfs, proven_listings=frozenset(stage.status_p1))
+
+
+def _version_bytes(version: str) -> bytes | None:
+    try:
+        major, minor = (int(x) for x in version.split("."))
+        return bytes((major, minor))
+    except ValueError:
+        return None
+
+
+def apply_effects(stage: Stage, effects: Iterable[Effect]) -> None:
+    """Record what a stage's verified outcome proves (``updates.engine.effects``), inside the
+    exchange's transaction; the job's security domain object follows what is written."""
+    now = timezone.now()
+    sd = stage.job.security_domain
+    for effect in effects:
+        if isinstance(effect, SdLifecycle):
+            SecurityDomain.objects.filter(pk=effect.sd).update(lifecycle=effect.lifecycle, updated_at=now)
+            if sd is not None and sd.pk == effect.sd:
+                sd.lifecycle = effect.lifecycle
+        elif isinstance(effect, SdKeyVersion):
+            SecurityDomain.objects.filter(pk=effect.sd).update(key_kvn=effect.kvn, updated_at=now)
+            if sd is not None and sd.pk == effect.sd:
+                sd.key_kvn = effect.kvn
+            if effect.supersedes is not None:
+                target = SecurityDomain.objects.values_list("organization_id", "aid").get(pk=effect.sd)
+                KeySet.objects.filter(
+                    organization_id=target[0], card_cin=stage.card.cin, sd_aid=target[1], kvn=effect.supersedes
+                ).update(state=KeySet.State.SUPERSEDED, rotated_at=now)
+        elif isinstance(effect, PackageOnCard):
+            CardPackage.objects.update_or_create(
+                security_domain_id=effect.sd,
+                package_aid=effect.package_aid,
+                defaults={"package_version": effect.version},
+            )
+        elif isinstance(effect, AppletOnCard):
+            AppletInstance.objects.update_or_create(
+                security_domain_id=effect.sd,
+                instance_aid=effect.instance_aid,
+                defaults={
+                    "package_aid": effect.package_aid,
+                    "package_version": effect.package_version,
+                    "module_aid": effect.module_aid,
+                    "lifecycle": AppletInstance.Lifecycle.SELECTABLE,
+                },
+            )
+        elif isinstance(effect, PackagesGone):
+            AppletInstance.objects.filter(security_domain_id=effect.sd, package_aid__in=effect.package_aids).delete()
+            CardPackage.objects.filter(security_domain_id=effect.sd, package_aid__in=effect.package_aids).delete()
 
 
 def stages_for(job: CardJob) -> list[type[Stage]]:
@@ -718,29 +749,6 @@ def stages_for(job: CardJob) -> list[type[Stage]]:
 # the session driver
 
 
-@dataclass
-class Batch:
-    """What the server answers an exchange with: commands for the agent, or the end of the session."""
-
-    commands: list[dict[str, Any]]
-    done: bool = False
-    progress: dict[str, Any] = field(default_factory=dict)
-    result: dict[str, Any] = field(default_factory=dict)
-
-
-def refused(label: str, sw: int) -> None:
-    """The card answered a secured command with an unexpected status word. A security status
-    (bad C-MAC, bad SM data) means the command was altered on the way: the session is rejected.
-    Anything else is the card refusing the step: tried again at the next presentation."""
-    if sw in INTEGRITY_SWS:
-        raise SessionRejected(f"{label}: the card refused the command's integrity ({sw:04X} {sw_name(sw)})")
-    raise StepFailed(f"{label}: the card answered {sw:04X} ({sw_name(sw)})")
-
-
-def sw_of(rapdu: bytes) -> int:
-    return int.from_bytes(rapdu[-2:], "big")
-
-
 def _entry_json(e: commands.RegistryEntry) -> dict[str, Any]:
     return {"aid": e.aid.hex().upper(), "lc": e.lifecycle, "elf": e.elf_aid.hex().upper() if e.elf_aid else None}
 
@@ -762,24 +770,71 @@ class SessionEngine:
 
     # ---------------------------------------------------------------- public
     def start(self) -> Batch:
-        self.state = {"phase": "identify", "jobs": [], "finished": [], "stage": 0}
+        self.state = {"phase": Phase.IDENTIFY.value, "jobs": [], "finished": [], "stage": 0}
         cmds = [
             Command(commands.select(bytes.fromhex(ISD_AID)), "select card manager", secure=False),
             Command(commands.get_data(0x9F7F), "read CPLC", secure=False),
             Command(commands.get_data(0x45), "read card image number", secure=False),
         ]
+        cmds += self._predicted_open()
         return self._send(cmds)
+
+    def _predicted_open(self) -> list[Command]:
+        """The first stage's SELECT and INITIALIZE UPDATE, sent with the identification when the
+        credential's holder has one live card with work for it (saves an exchange).
+
+        Nothing here is trusted: the card's answers are used only if the card then identifies as
+        the presumed one, with the same first job, and its cryptogram verifies with that card's
+        keys (GP 2.3.1 §11.13: INITIALIZE UPDATE spends no authentication try). Otherwise they
+        are ignored and the stage opens in its own exchange."""
+        credential = self.session.credential
+        if credential.user_id is None:
+            return []  # a terminal presents any card: there is no card to presume
+        card = Card.objects.filter(Card.LIVE, holder_id=credential.user_id).first()
+        if card is None:
+            return []
+        try:
+            jobs = presentable_job_ids(credential, card)
+        except PresentationRefused:
+            return []
+        if not jobs:
+            return []
+        job = CardJob.objects.select_related(*JOB_RELATED).get(pk=jobs[0])
+        try:
+            stage = stages_for(job)[0](job)
+            sd = stage.security_domain()
+            if sd is not None and sd.auth_failures:
+                return []  # the refusal rules of _open_stage speak first
+            # Key choices, not the policy's preflight: that one speaks (and audits) once the card
+            # has identified, in _open_stage.
+            choices = stage.key_choices()
+        except (JobFailed, StepFailed):
+            return []  # said again, and acted on, once the card has identified
+        # The SD is selected even when it is the ISD, which is already: the open phase's batch
+        # stays the same whether it travels alone or after the identification.
+        cmds = [
+            Command(commands.select(bytes.fromhex(stage.sd_aid())), f"select {stage.sd_aid()}", secure=False),
+            self._initialize_update(stage, choices[0], len(choices) > 1, keyless=True),
+        ]
+        self.state["predicted"] = {
+            "card": card.pk,
+            "job": job.pk,
+            "choices": [c.to_json() for c in choices],
+            "host_challenge": self.state.pop("host_challenge"),
+            "commands": len(cmds),
+        }
+        return cmds
 
     def advance(self, responses: list[bytes]) -> Batch:
         phase = self.state.get("phase")
         try:
-            if phase == "identify":
+            if phase == Phase.IDENTIFY:
                 return self._on_identify(responses)
-            if phase == "open":
+            if phase == Phase.OPEN:
                 return self._on_open(responses)
-            if phase == "status":
+            if phase == Phase.STATUS:
                 return self._on_status(responses)
-            if phase == "script":
+            if phase == Phase.SCRIPT:
                 return self._on_script(responses)
         except JobFailed as exc:
             self._fail_job(str(exc))
@@ -808,7 +863,7 @@ class SessionEngine:
         job_id = self.state["jobs"][0]
         job = self._jobs.get(job_id)
         if job is None:
-            job = CardJob.objects.select_related("card", "security_domain", "organization").get(pk=job_id)
+            job = CardJob.objects.select_related(*JOB_RELATED).get(pk=job_id)
             self._jobs[job_id] = job
         return job
 
@@ -823,7 +878,11 @@ class SessionEngine:
             stage.opened_with = KeyChoice.from_json(self.state["key"])
         return stage
 
-    def _send(self, cmds: list[Command], *, phase: str | None = None) -> Batch:
+    def _move(self, event: Event) -> None:
+        """Change phase through the one transition table (updates.engine.phases.TRANSITIONS)."""
+        self.state["phase"] = next_phase(self.state["phase"], event).value
+
+    def _send(self, cmds: list[Command], *, event: Event | None = None) -> Batch:
         wire = []
         sent = []
         for cmd in cmds:
@@ -833,18 +892,9 @@ class SessionEngine:
                     raise LocalProtocolError(f"{cmd.label}: a secured command with no channel open")
                 apdu = self._channel.wrap(cmd.apdu)
             wire.append({"apdu": apdu.hex().upper(), "expect": [f"{sw:04X}" for sw in cmd.expect], "label": cmd.label})
-            sent.append(
-                {
-                    "label": cmd.label,
-                    "expect": list(cmd.expect),
-                    "secure": cmd.secure,
-                    "receipt": cmd.receipt,
-                    "status_p1": cmd.status_p1,
-                    "proves": cmd.proves,
-                }
-            )
-        if phase is not None:
-            self.state["phase"] = phase
+            sent.append(InFlight.of(cmd).to_json())
+        if event is not None:
+            self._move(event)
         self.state["sent"] = sent
         self._save_channel()
         return Batch(commands=wire, progress=self.progress())
@@ -853,7 +903,7 @@ class SessionEngine:
         jobs = self.state.get("jobs", [])
         finished = self.state.get("finished", [])
         current = None
-        if jobs and self.state.get("phase") not in ("identify", "done"):
+        if jobs and self.state.get("phase") not in (Phase.IDENTIFY, Phase.DONE):
             job = self.job()
             if job is not None:
                 current = {
@@ -893,9 +943,13 @@ class SessionEngine:
             return self._channel
         if not self.session.sealed_channel or self.session.sealed_by is None:
             raise SessionRejected("no secure channel is open")
-        state = custody.open_channel_state(
-            self.session.sealed_by, bytes(self.session.sealed_channel), context=str(self.session.id)
-        )
+        try:
+            state = custody.open_channel_state(
+                self.session.sealed_by, bytes(self.session.sealed_channel), context=str(self.session.id)
+            )
+        except custody.CustodyError as exc:
+            # A KEK rotation since the last exchange: the session restarts, as after any channel failure.
+            raise SessionRejected(f"the secure channel state no longer opens ({exc})") from exc
         cls = SCP03 if self.state["scp"] == 0x03 else SCP02
         static = state.pop("static", None)
         if static is not None:
@@ -931,6 +985,8 @@ class SessionEngine:
 
     # ---------------------------------------------------------------- identify
     def _on_identify(self, responses: list[bytes]) -> Batch:
+        opening = responses[3:]
+        responses = responses[:3]
         if len(responses) != 3 or any(sw_of(r) != SW.SUCCESS for r in responses):
             raise SessionRejected("the card did not identify itself (SELECT/GET DATA failed)")
         with _card_reply("the card's identification data is malformed"):
@@ -938,7 +994,7 @@ class SessionEngine:
             # is authenticated is stored.
             commands.parse_cplc(commands.tagged_value(responses[1][:-2], commands.TAG_CPLC))
             cin = commands.tagged_value(responses[2][:-2], commands.TAG_CIN).hex().upper()
-        card = Card.objects.filter(cin=cin).first()
+        card = Card.objects.select_related("issued_by").filter(cin=cin).first()
         try:
             jobs = presentable_job_ids(self.session.credential, card)
         except PresentationRefused as exc:
@@ -952,7 +1008,11 @@ class SessionEngine:
             state="expired", closed_reason="superseded by a new presentation", sealed_channel=None
         )
         now = timezone.now()
-        for job in CardJob.objects.filter(pk__in=jobs):
+        first_attempts: set[int] = set()
+        for job in CardJob.objects.select_related(*JOB_RELATED).filter(pk__in=jobs):
+            self._jobs[job.pk] = job  # the engine's copy for this exchange (see job())
+            if job.attempts == 0:
+                first_attempts.add(job.pk)
             job.attempts += 1
             job.state = CardJob.State.RUNNING
             job.started_at = job.started_at or now
@@ -968,10 +1028,14 @@ class SessionEngine:
             )
         self.state["jobs"] = jobs
         self.state["stage"] = 0
+        self.state["optimistic"] = [pk for pk in jobs if pk in first_attempts]
+        predicted = self.state.pop("predicted", None)
+        if predicted and opening and predicted["card"] == card.pk and jobs and jobs[0] == predicted["job"]:
+            return self._open_stage(predicted=predicted, opening=opening)
         return self._open_stage()
 
     # ---------------------------------------------------------------- open
-    def _open_stage(self) -> Batch:
+    def _open_stage(self, *, predicted: dict[str, Any] | None = None, opening: list[bytes] | None = None) -> Batch:
         if not self.state["jobs"]:
             return self._done()
         stage = self.stage()
@@ -1004,8 +1068,17 @@ class SessionEngine:
         self.state["choices"] = [c.to_json() for c in choices]
         self.state.pop("key", None)
         self._channel = None
+        if predicted is not None and opening and predicted["choices"] == self.state["choices"]:
+            # The identification batch carried this stage's SELECT and INITIALIZE UPDATE: their
+            # answers are read as the open phase's (still unauthenticated, see _on_open).
+            self.state["host_challenge"] = predicted["host_challenge"]
+            self._move(Event.OPEN_STAGE)
+            self.state["sent"] = self.state["sent"][3:]
+            return self._on_open(opening)
         select = Command(commands.select(bytes.fromhex(stage.sd_aid())), f"select {stage.sd_aid()}", secure=False)
-        return self._send([select, self._initialize_update(stage, choices[0], len(choices) > 1)], phase="open")
+        return self._send(
+            [select, self._initialize_update(stage, choices[0], len(choices) > 1)], event=Event.OPEN_STAGE
+        )
 
     def _sd_event(
         self,
@@ -1045,7 +1118,7 @@ class SessionEngine:
         return held
 
     def _host_channel(self, stage: Stage, choice: KeyChoice, host_challenge: bytes | None) -> SCP02 | SCP03:
-        card = self.card
+        card = stage.card
         sd_aid = bytes.fromhex(stage.sd_aid())
         keys = self._static_keys(choice)
         self._static = keys
@@ -1059,11 +1132,18 @@ class SessionEngine:
             return SCP03(keys, FULL_SCP03_LEVEL, host_challenge, sd_aid=sd_aid)
         return SCP02(keys, FULL_SCP02_LEVEL, host_challenge, i=i, sd_aid=sd_aid)
 
-    def _initialize_update(self, stage: Stage, choice: KeyChoice, more: bool) -> Command:
+    def _initialize_update(self, stage: Stage, choice: KeyChoice, more: bool, *, keyless: bool = False) -> Command:
+        """INITIALIZE UPDATE needs only the key version and a host challenge: ``keyless`` builds it
+        without reading the static keys (read when its answer comes back, see _on_open)."""
+        expect = (SW.SUCCESS, SW.REFERENCED_DATA_NOT_FOUND) if more else (SW.SUCCESS,)
+        label = f"INIT-UPD key set {choice.kvn:02X}"
+        if keyless:
+            challenge = secrets.token_bytes(HOST_CHALLENGE_LEN)
+            self.state["host_challenge"] = challenge.hex()
+            return Command(initialize_update_apdu(choice.kvn, challenge), label, expect, secure=False)
         channel = self._host_channel(stage, choice, None)
         self.state["host_challenge"] = channel.host_challenge.hex()
-        expect = (SW.SUCCESS, SW.REFERENCED_DATA_NOT_FOUND) if more else (SW.SUCCESS,)
-        return Command(channel.initialize_update(), f"INIT-UPD key set {choice.kvn:02X}", expect, secure=False)
+        return Command(channel.initialize_update(), label, expect, secure=False)
 
     def _on_open(self, responses: list[bytes]) -> Batch:
         stage = self.stage()
@@ -1081,7 +1161,7 @@ class SessionEngine:
         if sw_of(iu) == SW.REFERENCED_DATA_NOT_FOUND and index + 1 < len(choices):
             self.state["key_index"] = index + 1
             more = index + 2 < len(choices)
-            return self._send([self._initialize_update(stage, choices[index + 1], more)], phase="open")
+            return self._send([self._initialize_update(stage, choices[index + 1], more)], event=Event.NEXT_KEY)
         if sw_of(iu) != SW.SUCCESS:
             raise StepFailed(f"INITIALIZE UPDATE refused (SW {sw_of(iu):04X})")
         choice = choices[index]
@@ -1113,7 +1193,33 @@ class SessionEngine:
         self.state["card_proved"] = False
         cmds = [Command(ea, "external authenticate", secure=False)]
         cmds += [self._get_status(p1) for p1 in stage.status_p1]
-        return self._send(cmds, phase="status")
+        script = self._optimistic_script(stage, channel)
+        self.state.pop("optimistic_len", None)
+        if script:
+            # EXTERNAL AUTHENTICATE travels with the registry read and the script computed from
+            # the registry the platform expects; the GET STATUS after it decides (_on_status).
+            self.state["optimistic_len"] = len(stage.status_p1)
+            self.state["script_len"] = len(script)
+            cmds += script + [self._get_status(p1) for p1 in stage.status_p1]
+        return self._send(cmds, event=Event.AUTHENTICATE)
+
+    def _optimistic_script(self, stage: Stage, channel: SCP02 | SCP03) -> list[Command]:
+        """The stage's script from the registry this session already read (after a reopen), or
+        from the one the platform's records expect (a job's first attempt only: a resumed job's
+        records may lag the card). Nothing is believed from it: the card's R-MAC'd listings that
+        follow decide, and a difference costs an exchange (see _on_status)."""
+        known = self.state.pop("known", None)
+        if known is not None:
+            registry = self._registry_of(known["registry"], known["unproven"], [])
+        elif self.job().pk in self.state.get("optimistic", []) and not self.state.get("spent"):
+            registry = expected_registry(stage)
+        else:
+            return []
+        try:
+            with transaction.atomic():  # a refused token leaves no entry: it is asked again on the card's registry
+                return stage.script(registry, channel)
+        except (JobFailed, StepFailed):
+            return []
 
     def _count_auth_refusal(self, stage: Stage, sw: int) -> None:
         """EXTERNAL AUTHENTICATE refused after the card cryptogram verified. The host cryptogram
@@ -1171,7 +1277,11 @@ class SessionEngine:
         self.state["registry"] = {}
         self.state["unproven"] = []
 
-    def _collect_status(self, responses: list[bytes], sent: list[dict[str, Any]]) -> list[int]:
+    def _in_flight(self) -> list[InFlight]:
+        """The commands of the batch the responses answer, as stored by _send."""
+        return [InFlight.from_json(meta) for meta in self.state.get("sent", [])]
+
+    def _collect_status(self, responses: list[bytes], sent: list[InFlight]) -> list[int]:
         """Unwrap GET STATUS answers into ``state['registry']``; return the P1s that need continuing.
 
         Only R-MAC'd listings are kept. ``6A88`` ("no entry matches") carries no R-MAC
@@ -1181,7 +1291,9 @@ class SessionEngine:
             answer = self._unwrap(rapdu)
             if answer.sw not in (SW.SUCCESS, SW.WARNING_MORE_DATA, SW.REFERENCED_DATA_NOT_FOUND):
                 refused("GET STATUS", answer.sw)
-            p1 = meta["status_p1"]
+            p1 = meta.status_p1
+            if p1 is None:  # _collect_status is handed GET STATUS commands only
+                raise LocalProtocolError(f"{meta.label}: read as a registry listing")
             self.state["registry"].setdefault(str(p1), "")
             if answer.sw == SW.REFERENCED_DATA_NOT_FOUND:
                 self.state["unproven"].append(p1)
@@ -1196,11 +1308,16 @@ class SessionEngine:
         return more
 
     def _registry(self) -> Registry:
-        listings = self.state.get("registry", {})
-        unproven = set(self.state.get("unproven", []))
+        return self._registry_of(
+            self.state.get("registry", {}), self.state.get("unproven", []), self.state.get("proofs", [])
+        )
+
+    @staticmethod
+    def _registry_of(listings: dict[str, str], unproven_p1s: list[int], proofs: list[str]) -> Registry:
+        unproven = set(unproven_p1s)
         registry = Registry(
             proven_listings=frozenset(int(p1) for p1 in listings if int(p1) not in unproven),
-            proofs=frozenset(self.state.get("proofs", [])),
+            proofs=frozenset(proofs),
         )
         with _card_reply("the card registry does not parse"):
             for p1, data in listings.items():
@@ -1212,8 +1329,8 @@ class SessionEngine:
         return registry
 
     def _on_status(self, responses: list[bytes]) -> Batch:
-        sent = self.state["sent"]
-        if sent and sent[0]["label"] == "external authenticate":
+        sent = self._in_flight()
+        if sent and sent[0].label == "external authenticate":
             # A bare status word, never R-MAC'd: 9000 here proves nothing yet (the first R-MAC'd
             # answer does, see _card_authenticated); a refusal is counted per reader.
             ea_sw = sw_of(responses[0])
@@ -1224,50 +1341,98 @@ class SessionEngine:
                 )
             responses, sent = responses[1:], sent[1:]
         channel = self._restore_channel()
+        optimistic = self.state.pop("optimistic_len", None)
+        if optimistic is not None:
+            return self._on_optimistic(responses, sent, optimistic)
         more = self._collect_status(responses, sent)
         if len(responses) < len(sent):
             raise StepFailed("the registry could not be read")
         if more:
-            return self._send([self._get_status(p1, next_occurrence=True) for p1 in more], phase="status")
+            return self._send([self._get_status(p1, next_occurrence=True) for p1 in more], event=Event.CONTINUE_LISTING)
         stage = self.stage()
         script = stage.script(self._registry(), channel)
         if not script:
             return self._finish_stage(stage)
         return self._send_script(stage, script)
 
+    def _on_optimistic(self, responses: list[bytes], sent: list[InFlight], listings: int) -> Batch:
+        """Answers to [GET STATUS…, script computed from the expected registry, GET STATUS…]
+        after EXTERNAL AUTHENTICATE. The first listings are kept (R-MAC'd only) in case the
+        script must be redone; the script's answers and the last listings are judged exactly as
+        a script's (_on_script), with one second chance for the stage (``spent``)."""
+        more = self._collect_status(responses[:listings], sent[:listings])
+        if len(responses) <= listings:
+            raise StepFailed("the registry could not be read")
+        before = None if more else {"registry": self.state["registry"], "unproven": self.state["unproven"]}
+        self.state["before"] = before
+        self._clear_evidence()
+        self.state["sent"] = [meta.to_json() for meta in sent[listings:]]
+        self._move(Event.SCRIPT_ANSWERED)
+        self.state["second_chance"] = not self.state.get("spent")
+        return self._on_script(responses[listings:])
+
+    def _reopen(self, stage: Stage, why: str, *, untouched: bool) -> Batch:
+        """The card refused a command of a script computed from the expected registry: the host's
+        channel counted commands the card never saw, so the stage opens a new channel, once. When
+        the refused command was the script's first, the registry the card R-MAC'd just before is
+        still the card's, and the new channel's first batch carries the script computed from it;
+        otherwise the stage reads the registry again first. No state is taken from the refusal."""
+        logger.info("card session %s: %s; the stage %s opens again", self.session.pk, why, stage.name)
+        self.state["spent"] = True
+        before = self.state.pop("before", None)
+        if before is not None and untouched:
+            self.state["known"] = before
+        return self._open_stage()
+
     def _send_script(self, stage: Stage, script: list[Command]) -> Batch:
         """The stage's script, then its listings again: their answers are what finish() judges."""
         self._clear_evidence()
         self.state["script_len"] = len(script)
-        return self._send(script + [self._get_status(p1) for p1 in stage.status_p1], phase="script")
+        return self._send(script + [self._get_status(p1) for p1 in stage.status_p1], event=Event.SCRIPT)
 
-    def _finish_stage(self, stage: Stage) -> Batch:
+    def _finish_stage(self, stage: Stage, *, second_chance: bool = False) -> Batch:
+        registry = self._registry()
         try:
-            stage.finish(self._registry(), KeyChoice.from_json(self.state["key"]))
+            apply_effects(stage, stage.finish(registry, KeyChoice.from_json(self.state["key"])))
         except NeedsProof as need:
             if self.state.get("probed"):
                 raise Unconfirmed(f"{stage.name}: the card did not prove the result with an R-MAC") from None
             self.state["probed"] = True
             return self._send_script(stage, need.commands)
+        except StepFailed as failed:
+            apply_effects(stage, failed.effects)  # what the card did prove stays recorded
+            if not second_chance:
+                raise
+            # The script came from the expected registry and the card's R-MAC'd listing shows
+            # the stage not done: script again from that listing, in the same channel, once.
+            script = stage.script(registry, self._restore_channel())
+            if not script:
+                raise
+            self.state["spent"] = True
+            return self._send_script(stage, script)
         return self._next_stage_or_job()
 
     # ---------------------------------------------------------------- script
     def _on_script(self, responses: list[bytes]) -> Batch:
-        sent = self.state["sent"]
+        sent = self._in_flight()
         script_len = self.state["script_len"]
+        second_chance = bool(self.state.pop("second_chance", False))
         self._restore_channel()
         stage = self.stage()
-        for rapdu, meta in zip(responses[:script_len], sent[:script_len], strict=False):
+        for index, (rapdu, meta) in enumerate(zip(responses[:script_len], sent[:script_len], strict=False)):
             answer = self._unwrap(rapdu)
-            if answer.sw not in meta["expect"]:
-                refused(meta["label"], answer.sw)
+            if answer.sw not in meta.expect:
+                if second_chance and answer.sw not in INTEGRITY_SWS:
+                    why = f"{meta.label}: the card answered {answer.sw:04X}"
+                    return self._reopen(stage, why, untouched=index == 0)
+                refused(meta.label, answer.sw)
             if answer.sw != SW.SUCCESS or not answer.authenticated:
                 continue  # an accepted error status word (no R-MAC): it proves nothing
             self._card_authenticated()
-            if meta.get("receipt"):
-                self._check_receipt(answer.data, meta["receipt"], stage)
-            if meta.get("proves"):
-                self.state["proofs"].append(meta["proves"])
+            if meta.receipt:
+                self._check_receipt(answer.data, meta.receipt, stage)
+            if meta.proves:
+                self.state["proofs"].append(meta.proves)
         if len(responses) < script_len:
             raise StepFailed("the script stopped before its end")
         status_responses = responses[script_len:]
@@ -1275,8 +1440,9 @@ class SessionEngine:
         more = self._collect_status(status_responses, status_sent)
         if more:
             self.state["script_len"] = 0
-            return self._send([self._get_status(p1, next_occurrence=True) for p1 in more], phase="script")
-        return self._finish_stage(stage)
+            self.state["second_chance"] = second_chance
+            return self._send([self._get_status(p1, next_occurrence=True) for p1 in more], event=Event.CONTINUE_LISTING)
+        return self._finish_stage(stage, second_chance=second_chance)
 
     def _check_receipt(self, data: bytes, spec: dict[str, Any], stage: Stage) -> None:
         """Verify a Delegated Management receipt (GP 2.3.1 Annex C) with the card's receipt key; the
@@ -1325,6 +1491,8 @@ class SessionEngine:
     # ---------------------------------------------------------------- job transitions
     def _next_stage_or_job(self, *, advance_job: bool = False) -> Batch:
         self._channel = None
+        for key in ("spent", "known", "before", "second_chance", "optimistic_len"):
+            self.state.pop(key, None)
         if not self.state["jobs"]:
             return self._done()
         if not advance_job:
@@ -1358,7 +1526,7 @@ class SessionEngine:
         self.state["finished"].append({"id": job.pk, "kind": job.kind, "state": "failed", "error": error})
 
     def _done(self) -> Batch:
-        self.state["phase"] = "done"
+        self._move(Event.FINISH)
         self.state["sent"] = []
         self._channel = None
         self._save_channel()

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cards.models import AppletInstance, CardJob, CardPackage
+from cards.models import CardJob
 from gp import commands
+from updates.engine.effects import AppletOnCard, Effect, PackageOnCard, PackagesGone
 from updates.models import Release
 from updates.ota import (
     STATUS_APPS,
@@ -34,7 +35,6 @@ from updates.ota import (
     delete_command,
     install_command,
     load_script,
-    record_package,
     with_token,
 )
 
@@ -113,26 +113,20 @@ class SsdUpdatePackages(BankSsdStage):
                     loads.append(install_command(card, sd, release.package_aid, module, instance, release=release))
         return list(reversed(deletes)) + loads
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         sd = self.job_sd()
+        effects: list[Effect] = []
         for release in self.releases():
             elf = registry.elf(release.package_aid)
             if elf is None or elf.elf_version != version_bytes(release.package_version):
-                raise StepFailed(f"{release.package_aid} v{release.package_version} is not on the card")
-            record_package(sd, release)
+                raise StepFailed(f"{release.package_aid} v{release.package_version} is not on the card", tuple(effects))
+            effects.append(PackageOnCard(sd.pk, release.package_aid, release.package_version))
             for instance in self.instances_of(release):
                 if registry.app(instance) is None:
-                    raise StepFailed(f"instance {instance} is not on the card")
-                AppletInstance.objects.update_or_create(
-                    security_domain=sd,
-                    instance_aid=instance,
-                    defaults={
-                        "package_aid": release.package_aid,
-                        "package_version": release.package_version,
-                        "module_aid": release.applet_aids[0] if release.applet_aids else "",
-                        "lifecycle": AppletInstance.Lifecycle.SELECTABLE,
-                    },
-                )
+                    raise StepFailed(f"instance {instance} is not on the card", tuple(effects))
+                module = release.applet_aids[0] if release.applet_aids else ""
+                effects.append(AppletOnCard(sd.pk, instance, release.package_aid, release.package_version, module))
+        return effects
 
 
 class SsdRemovePackages(BankSsdStage):
@@ -165,16 +159,13 @@ class SsdRemovePackages(BankSsdStage):
             out.append(command)
         return out
 
-    def finish(self, registry: Registry, key: KeyChoice) -> None:
-        sd = self.job_sd()
+    def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         for aid in self.package_aids():
             if registry.elf(aid) is not None:
                 raise StepFailed(f"{aid} is still on the card")
             if not registry.elf_absent(aid):
                 raise Unconfirmed(f"the card did not prove {aid} deleted (its answer carried no R-MAC)")
-        for aid in self.package_aids():
-            AppletInstance.objects.filter(security_domain=sd, package_aid=aid).delete()
-            CardPackage.objects.filter(security_domain=sd, package_aid=aid).delete()
+        return [PackagesGone(self.job_sd().pk, tuple(self.package_aids()))]
 
 
 def _fmt(version: bytes | None) -> str:

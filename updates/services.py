@@ -20,12 +20,13 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from audit.services import record_event, relayed_by
+from audit.services import events_together, record_event, relayed_by
 from cards.models import CardJob
 from ecard.errors import ServiceError
 from gp.errors import LocalProtocolError
 from issuers.models import Membership, Organization
 from issuers.roles import principal
+from updates.engine.protocol import InFlight, check_answers, parse_answers
 from updates.models import TERMINAL_ORG_KINDS, AgentCredential, CardSession, WorkerHeartbeat
 from updates.ota import (
     BANK_KVN,
@@ -351,7 +352,7 @@ def open_session(*, credential: AgentCredential, mode: str = CardSession.Mode.BA
     if mode not in CardSession.Mode.values:
         raise ServiceError("mode must be batch or apdu", field="mode")
     try:
-        with relay_identity(credential), transaction.atomic():
+        with relay_identity(credential), transaction.atomic(), events_together():
             AgentCredential.objects.filter(pk=credential.pk).update(last_used_at=timezone.now())
             session = CardSession.objects.create(credential=credential, mode=mode, expires_at=_expires())
             engine = SessionEngine(session)
@@ -365,31 +366,12 @@ def open_session(*, credential: AgentCredential, mode: str = CardSession.Mode.BA
 
 def _check_responses(session: CardSession, responses: list[str]) -> list[bytes]:
     """The responses must answer the batch in flight in order: all expected but possibly the last,
-    and a short list only when its last status word was unexpected (the agent stops there)."""
-    if not isinstance(responses, list) or not responses or len(responses) > MAX_BATCH_RESPONSES:
-        raise SessionRejected("responses must be a non-empty list")
-    raw: list[bytes] = []
-    for item in responses:
-        try:
-            value = bytes.fromhex(item)
-        except (TypeError, ValueError):
-            raise SessionRejected("responses must be hexadecimal R-APDUs") from None
-        if len(value) < 2:
-            raise SessionRejected("an R-APDU has at least a status word")
-        raw.append(value)
+    and a short list only when its last status word was unexpected (the agent stops there).
+    The rules are the engine's (``updates.engine.protocol.parse_answers``, ``check_answers``)."""
+    raw = parse_answers(responses, limit=MAX_BATCH_RESPONSES)
     if session.mode == CardSession.Mode.APDU:
         return raw  # checked one by one in _apdu_mode_step
-    sent_meta = session.engine_state.get("sent", [])
-    if len(raw) > len(sent_meta):
-        raise SessionRejected("more responses than commands in the batch")
-    for index, (value, meta) in enumerate(zip(raw, sent_meta, strict=False)):
-        sw = int.from_bytes(value[-2:], "big")
-        expected = sw in meta["expect"]
-        last = index == len(raw) - 1
-        if not expected and not last:
-            raise SessionRejected("the relay went on after an unexpected status word")
-        if last and len(raw) < len(sent_meta) and expected:
-            raise SessionRejected("truncated batch: responses stop before the script ends")
+    check_answers([InFlight.from_json(meta).expect for meta in session.engine_state.get("sent", [])], raw)
     return raw
 
 
@@ -401,7 +383,8 @@ def exchange(*, session_id: Any, credential: AgentCredential, number: int, respo
     closed, and that is committed, before the 409 says so.
     """
     try:
-        with relay_identity(credential), transaction.atomic():
+        # the exchange's audit entries: one INSERT, each naming the relaying terminal if any
+        with relay_identity(credential), transaction.atomic(), events_together():
             answer = _exchange_locked(session_id=session_id, credential=credential, number=number, responses=responses)
     except LocalProtocolError:
         # The engine misused gp: a bug of ours, logged by the engine. What the exchange did is

@@ -1,0 +1,73 @@
+"""What a stage's verified outcome changes in the platform's records, as values (no ORM).
+
+A stage judges the registry the card R-MAC'd (``Stage.finish``) and returns these; the runner
+(``updates.ota``) applies them in the exchange's transaction. Each names the security domain by
+its record id; strings are the records' own (life cycle names, AIDs in upper-case hex, versions
+``major.minor``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gp import commands
+from gp.commands import SecurityDomainLifeCycle
+
+
+@dataclass(frozen=True)
+class SdLifecycle:
+    """The SD's life cycle as the card listed it (GP 2.3.1 §5.3.3)."""
+
+    sd: int
+    lifecycle: str
+
+
+@dataclass(frozen=True)
+class SdKeyVersion:
+    """The SD now opens with key version ``kvn``; the key sets of ``supersedes`` (if any) are retired."""
+
+    sd: int
+    kvn: int
+    supersedes: int | None = None
+
+
+@dataclass(frozen=True)
+class PackageOnCard:
+    """A load file the card holds in the SD (libraries included)."""
+
+    sd: int
+    package_aid: str
+    version: str
+
+
+@dataclass(frozen=True)
+class AppletOnCard:
+    """An applet instance the card lists (SELECTABLE), from its package and module."""
+
+    sd: int
+    instance_aid: str
+    package_aid: str
+    package_version: str
+    module_aid: str
+
+
+@dataclass(frozen=True)
+class PackagesGone:
+    """Load files the card proved deleted, with their instances."""
+
+    sd: int
+    package_aids: tuple[str, ...]
+
+
+Effect = SdLifecycle | SdKeyVersion | PackageOnCard | AppletOnCard | PackagesGone
+
+
+def sd_lifecycle(value: int) -> str:
+    """Security domain life cycle byte to the records' state (GP 2.3.1 §5.3.3, coding §11.1.1)."""
+    if value & commands.LOCKED_BIT:
+        return "LOCKED"
+    if value & SecurityDomainLifeCycle.PERSONALIZED == SecurityDomainLifeCycle.PERSONALIZED:
+        return "PERSONALIZED"
+    if value & SecurityDomainLifeCycle.SELECTABLE == SecurityDomainLifeCycle.SELECTABLE:
+        return "SELECTABLE"
+    return "INSTALLED"

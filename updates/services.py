@@ -24,6 +24,7 @@ from audit.services import events_together, record_event, relayed_by
 from cards.models import CardJob
 from ecard.errors import ServiceError
 from gp.errors import LocalProtocolError
+from issuers.keyvault import CustodyError
 from issuers.models import Membership, Organization
 from issuers.roles import principal
 from updates.engine.protocol import InFlight, check_answers, parse_answers
@@ -362,6 +363,9 @@ def open_session(*, credential: AgentCredential, mode: str = CardSession.Mode.BA
     except LocalProtocolError:
         # An engine bug (logged where it happened); the session was never committed.
         raise ServiceError(PLATFORM_FAULT, code="unavailable") from None
+    except CustodyError as exc:
+        _log_custody_failure(exc, None)  # the session was never committed
+        raise ServiceError(PLATFORM_FAULT, code="unavailable") from None
 
 
 def _check_responses(session: CardSession, responses: list[str]) -> list[bytes]:
@@ -389,6 +393,13 @@ def exchange(*, session_id: Any, credential: AgentCredential, number: int, respo
     except LocalProtocolError:
         # The engine misused gp: a bug of ours, logged by the engine. What the exchange did is
         # rolled back; the session ends without blaming the card or the relay.
+        with relay_identity(credential):
+            _close_after_platform_fault(session_id)
+        raise ServiceError(PLATFORM_FAULT, code="unavailable") from None
+    except CustodyError as exc:
+        # The platform could not open its own keys (a master key or HSM that does not match the
+        # database, a KEK gone): the platform's failure, not the card's or the relay's.
+        _log_custody_failure(exc, session_id)
         with relay_identity(credential):
             _close_after_platform_fault(session_id)
         raise ServiceError(PLATFORM_FAULT, code="unavailable") from None
@@ -470,6 +481,12 @@ def expire_idle_sessions() -> int:
 
 
 PLATFORM_FAULT = "the platform could not continue this card session (an internal error, logged); present the card later"
+
+
+def _log_custody_failure(exc: CustodyError, session_id: Any) -> None:
+    """Key custody failed under a relay exchange: an operator must act (custody messages never
+    hold key material; no stack trace is needed to see which KEK did not open)."""
+    logger.error("key custody failed in card session %s: %s: %s", session_id, type(exc).__name__, exc)
 
 
 def _close_after_platform_fault(session_id: Any) -> None:

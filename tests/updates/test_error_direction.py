@@ -96,3 +96,34 @@ def test_the_engines_own_misuse_of_a_channel_is_a_bug_not_the_cards_fault(
     assert job.state == CardJob.State.PENDING
     monkeypatch.undo()
     assert world.present().ok  # once the bug is gone, the work completes
+
+
+def test_keys_the_platform_cannot_open_are_its_failure_never_a_500(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A master key or HSM that does not match the database (found by the load bench: a database
+    seeded under another installation's master key) makes custody refuse to unwrap. The relay
+    answers a 503 problem document, the session fails without blaming the card or the relay, the
+    job waits, and the log names the failure without a stack trace."""
+    from issuers import custody
+    from issuers.keyvault import UnwrapError
+
+    world = enrolled_world()
+
+    def wrong_master_key(*args: object, **kwargs: object) -> object:
+        raise UnwrapError("KekRef(org=1, version=1, backend=software) does not open under the configured master key")
+
+    monkeypatch.setattr(custody, "card_isd_keys", wrong_master_key)
+    with caplog.at_level(logging.ERROR, logger="updates.services"), pytest.raises(RelayError, match="503") as refused:
+        world.present()
+    assert "Traceback" not in str(refused.value) and "master key" not in str(refused.value)
+    failures = [r for r in caplog.records if "key custody failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is None and "UnwrapError" in failures[0].getMessage()
+    # The exchange was rolled back (the card was never recorded on it); the session failed.
+    assert list(CardSession.objects.values_list("state", "closed_reason")) == [
+        (CardSession.State.FAILED, "platform error")
+    ]
+    assert not AuthRefusal.objects.exists()
+    assert CardJob.objects.get(card=world.card).state == CardJob.State.PENDING
+    monkeypatch.undo()
+    assert world.present().ok

@@ -128,7 +128,7 @@ def default_processes(agents: int) -> int:
 
 
 def ms_per_session(r: LoadResult, tier: str) -> float:
-    """CPU ms of a tier per session's worth of work served in the window (requests / 5)."""
+    """CPU ms of a tier per session's worth of work served in the window (requests / exchanges per session)."""
     return 1000 * r.cpu.get(tier, 0.0) * r.seconds / max(1.0, r.session_equivalents)
 
 
@@ -145,16 +145,16 @@ def render(results: list[LoadResult], header: str, urls: list[str], verification
         "",
         "A *session* is one complete card presentation over HTTPS with one small job: identify the card, open "
         "an SCP03 secure channel with the ISD (INITIALIZE UPDATE, EXTERNAL AUTHENTICATE), read the registry, "
-        "lock or unlock the load bank's security domain (SET STATUS) and verify it with GET STATUS — 5 HTTP "
-        "exchanges (session open included), 9 APDUs, the job queued before the session through "
+        "lock or unlock the load bank's security domain (SET STATUS) and verify it with GET STATUS — 3 HTTP "
+        "exchanges (session open included; 5 before the sans-I/O engine), the job queued before the session through "
         "`cards.services` (not in the exchange latencies). Each N first runs a few seconds of load outside the "
         "window (the ramp: the window sees the steady state); *p50/p99* are over every HTTP exchange "
         "answered in the window (the table by exchange: of the sessions that ended in it). "
         f"{spread}"
         "*CPU ms/session* is CPU time (utime + stime from /proc) during the window divided by the sessions' worth "
-        "of work answered in it (HTTP requests answered in the window / 5, so that sessions cut by the window's "
-        "edges count for what was done of them; *req/s* is that request rate): *server* = web (gunicorn masters "
-        "and workers) + pg (backends of the platform's database) + "
+        "of work answered in it (HTTP requests answered in the window / HTTP exchanges per session, so that "
+        "sessions cut by the window's edges count for what was done of them; *req/s* is that request rate): "
+        "*server* = web (gunicorn masters and workers) + pg (backends of the platform's database) + "
         "celery (workers and beat) + redis; *generator* = the load generator itself (agents, in-memory cards, "
         "job feeders; its feeders' PostgreSQL backends are in neither). Target: ≥ 100 sessions/s, p99 < 250 ms, "
         "0 errors, server ≤ 15 ms/session.",
@@ -171,8 +171,15 @@ def render(results: list[LoadResult], header: str, urls: list[str], verification
             + " | ".join(f"{ms_per_session(r, tier):.0f}" for tier in SERVER_TIERS)
             + f" | {ms_per_session(r, 'bench'):.0f} | {' / '.join(str(n) for n in r.stats.requests_by_server)} |"
         )
-    names = ["open session", "identify → open channel", "authenticate → registry", "registry → job script"]
-    names.append("script + verify → done")
+    # The exchanges of a single-stage job since the sans-I/O engine (docs/relay.md): a fourth or fifth
+    # shows only when a listing disproves the expected registry or the card refuses midway.
+    names = [
+        "open session: identify + SELECT + INITIALIZE UPDATE",
+        "authenticate + listing + script + verifying listing",
+        "verified → done",
+        "re-scripted after a mismatch",
+        "a reopened stage",
+    ]
     lines += [
         "",
         "Latency by exchange, p50 / p99 ms:",

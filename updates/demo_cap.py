@@ -84,5 +84,8 @@ def build_cap(
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         folder = f"{name.replace('.', '/')}/javacard/"
         for tag in sorted(components):
-            archive.writestr(folder + NAMES[tag] + ".cap", _component(tag, components[tag]))
+            # A fixed timestamp: the same package gives the same bytes (and the same hash) whenever
+            # it is built; the clock made two builds a second apart differ.
+            entry = zipfile.ZipInfo(folder + NAMES[tag] + ".cap", date_time=(1980, 1, 1, 0, 0, 0))
+            archive.writestr(entry, _component(tag, components[tag]), compress_type=zipfile.ZIP_DEFLATED)
     return buffer.getvalue()

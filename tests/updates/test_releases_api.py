@@ -186,3 +186,13 @@ def test_an_unexpected_parser_error_is_a_refusal_not_a_500(world: World, monkeyp
     monkeypatch.setattr(LoadFile, "from_bytes", classmethod(broken))
     assert_problem(upload(client_for(world, "alpha_op"), alpha_cap(world)), 400, "unreadable (IndexError)")
     assert not Release.objects.exists()
+
+
+def test_the_demo_cap_builder_is_deterministic() -> None:
+    """The same package built twice is the same file (a re-upload is "already uploaded", never a
+    second version), whatever the clock says between the builds."""
+    import time
+
+    first = build_cap("A00000099901", ["A0000009990101"], (1, 5))
+    time.sleep(2.1)  # past the zip format's 2-second timestamp resolution
+    assert build_cap("A00000099901", ["A0000009990101"], (1, 5)) == first

@@ -57,6 +57,10 @@ def parse_ref(text: str) -> tuple[int, int]:
     return int(kid, 16), int(kvn, 16)
 
 
+def _scalar_hex(keys: KeyPair) -> str:
+    return hx(keys.private_scalar.to_bytes(keys.curve.field_bytes, "big"))
+
+
 def default_ca_identifier(point: bytes) -> bytes:
     """The CA-KLOC identifier assumed for an anchor put without one: SHA-1 of the public key
     (RFC 5280 §4.2.1.2, method 1, the key identifier X.509 CAs usually carry)."""
@@ -81,15 +85,11 @@ def provision_attestation(
     )[1]
     state["attestation"] = {
         "curve": int(curve),
-        "d": hx(keys.private_scalar.to_bytes(curve.field_bytes, "big")),
+        "d": _scalar_hex(keys),
         "certs": [hx(cert.encode())],
         "expires": (today + ATTESTATION_LIFETIME).isoformat(),
         "issued": 0,
     }
-
-
-def _attestation(state: State) -> dict[str, Any] | None:
-    return state.get("attestation")
 
 
 def generate_sd_key(
@@ -108,7 +108,7 @@ def generate_sd_key(
         raise KeyMaterialError(f"KID {kid:02X} is not an SCP11 SD key")
     keys = KeyPair.generate(curve, random)
     certs: list[str] = []
-    attestation = _attestation(state)
+    attestation = state.get("attestation")
     if attestation is not None:
         issuer_keys = KeyPair(private_key(Curve(attestation["curve"]), int(attestation["d"], 16)))
         issuer = CertificateAuthority(issuer_keys, unhx(state["cin"]), "E-Card card attestation")
@@ -125,7 +125,7 @@ def generate_sd_key(
     sd["keys"][ref(kid, kvn)] = {
         "use": "sd",
         "curve": int(curve),
-        "d": hx(keys.private_scalar.to_bytes(curve.field_bytes, "big")),
+        "d": _scalar_hex(keys),
         "certs": certs,
     }
     return keys.public_key
@@ -241,7 +241,7 @@ def provision_card(
 
 def issuer_anchor(state: State) -> TrustAnchor | None:
     """The card issuer CA that certified the card (for hosts checking a BF21 chain)."""
-    attestation = _attestation(state)
+    attestation = state.get("attestation")
     if attestation is None or "issuer" not in attestation:
         return None
     issuer = attestation["issuer"]

@@ -8,17 +8,51 @@ keeps beside the card's attestation record).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Callable
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from cardsim import scp11
 from cardsim.state import State
 from gp import commands as c
 from gp.apdu import SW
 from gp.keys import StaticKeys, encode_put_key_symmetric
-from gp.scp11 import KeyUsage, SCP11a, SCP11b, SCP11c, TrustAnchor, parse_certificates, verify_chain
+from gp.scp11 import (
+    CertificateAuthority,
+    GPCertificate,
+    KeyPair,
+    KeyUsage,
+    SCP11a,
+    SCP11b,
+    SCP11c,
+    TrustAnchor,
+    parse_certificates,
+    verify_chain,
+)
 from gp.tlv import decode_one, encode_tlv
 
 Transmit = Callable[[bytes], bytes]
 TODAY = dt.datetime.now(dt.UTC).date()
+
+
+def key_identifier(point: bytes) -> bytes:
+    """RFC 5280 §4.2.1.2 method 1 (SHA-1 of the point): the CA-KLOC identifier the card assumes
+    for a trust anchor put without one (stated here independently of cardsim)."""
+    return hashlib.sha1(point).digest()  # noqa: S324 - an identifier, not a security hash
+
+
+def oce_certificate(ca_keys: KeyPair, oce_public: ec.EllipticCurvePublicKey, serial: int) -> GPCertificate:
+    """CERT.OCE.ECKA (GP format) from a CA whose key the SD holds as an anchor put without an
+    identifier, valid for two years from today."""
+    ca = CertificateAuthority(ca_keys, key_identifier(ca_keys.public_point), "bank OCE CA")
+    return ca.issue(
+        serial_number=bytes((serial,)),
+        subject_identifier=b"\x0c\xe0" + bytes((serial,)),
+        public_key=oce_public,
+        key_usage=KeyUsage.KEY_AGREEMENT,
+        expiration_date=TODAY.replace(year=TODAY.year + 2),
+    )
 
 
 def sw_of(rapdu: bytes) -> int:
@@ -26,8 +60,6 @@ def sw_of(rapdu: bytes) -> int:
 
 
 def issuer_anchor(state: State) -> TrustAnchor:
-    from cardsim import scp11
-
     anchor = scp11.issuer_anchor(state)
     assert anchor is not None, "the card has no attestation record (init --scp 11)"
     return anchor

@@ -39,7 +39,16 @@ from gp.scp11 import (
 )
 from gp.tlv import decode_all, decode_one
 from tests.cardsim.hostlib import HostSession
-from tests.cardsim.scp11_host import TODAY, SCP11Session, certificate_store, issuer_anchor, sd_point, sw_of
+from tests.cardsim.scp11_host import (
+    TODAY,
+    SCP11Session,
+    certificate_store,
+    issuer_anchor,
+    key_identifier,
+    oce_certificate,
+    sd_point,
+    sw_of,
+)
 
 SSD = bytes.fromhex("A000000151535344424B01")
 BANK_KEYS = StaticKeys(b"\x11" * 16, b"\x22" * 16, b"\x33" * 16, 0x30)
@@ -162,14 +171,7 @@ def test_once_personalised_scp11b_changes_nothing_but_scp11a_still_may(card: InP
     assert again.send(c.get_data(0x66))[1] == SW.SUCCESS  # reading is fine
     assert again.put_scp03_keys(BANK_KEYS)[1] == SW.SECURITY_STATUS_NOT_SATISFIED
     # With SCP11a the bank's OCE is authenticated by its certificate: key management goes on.
-    anchor_ca = CertificateAuthority(ca.keys, _sha1_identifier(ca.keys.public_point), ca.name)
-    cert = anchor_ca.issue(
-        serial_number=b"\x01",
-        subject_identifier=b"\x0c\xe1",
-        public_key=oce.public_key,
-        key_usage=KeyUsage.KEY_AGREEMENT,
-        expiration_date=TODAY.replace(year=TODAY.year + 2),
-    )
+    cert = oce_certificate(ca.keys, oce.public_key, serial=1)
     host = SCP11a(
         sd11.public_point, 0x01, oce_private_key=oce.private_key, certificates=[cert], oce_kvn=OCE_KVN, oce_kid=OCE_KID
     )
@@ -177,12 +179,6 @@ def test_once_personalised_scp11b_changes_nothing_but_scp11a_still_may(card: InP
     assert a.open() == SW.SUCCESS
     assert a.put_scp03_keys(BANK_KEYS)[1] == SW.SUCCESS
     assert "30" in card.state["sds"][SSD.hex().upper()]["keys"]
-
-
-def _sha1_identifier(point: bytes) -> bytes:
-    import hashlib
-
-    return hashlib.sha1(point).digest()  # noqa: S324 - the card's default CA-KLOC identifier
 
 
 def test_wrong_kind_of_key_and_point_off_the_curve_are_refused(card: InProcessCard) -> None:
@@ -225,14 +221,7 @@ def test_scp11c_may_not_put_keys(card: InProcessCard) -> None:
     sd15 = KeyPair.generate()
     put = encode_put_key_ec_private(0x01, sd15.private_scalar.to_bytes(32, "big"), 0x00, setup.host.encrypt_key)
     assert setup.put_key(put, kid=0x15)[1] == SW.SUCCESS
-    anchor_ca = CertificateAuthority(ca.keys, _sha1_identifier(ca.keys.public_point), ca.name)
-    cert = anchor_ca.issue(
-        serial_number=b"\x02",
-        subject_identifier=b"\x0c\xe2",
-        public_key=oce.public_key,
-        key_usage=KeyUsage.KEY_AGREEMENT,
-        expiration_date=TODAY.replace(year=TODAY.year + 2),
-    )
+    cert = oce_certificate(ca.keys, oce.public_key, serial=2)
     session = SCP11Session(
         card.transmit,
         SSD,
@@ -258,7 +247,7 @@ def test_refused_handshakes_count_against_the_retry_limit(card: InProcessCard) -
     setup = scp11b(card)
     assert setup.open() == SW.SUCCESS
     assert setup.put_key(encode_put_key_ec_p256(OCE_KVN, ca.keys.public_point), kid=OCE_KID)[1] == SW.SUCCESS
-    stranger = CertificateAuthority.generate(_sha1_identifier(ca.keys.public_point), Curve.P256, "not the bank")
+    stranger = CertificateAuthority.generate(key_identifier(ca.keys.public_point), Curve.P256, "not the bank")
     oce = KeyPair.generate()
     cert = stranger.issue(
         serial_number=b"\x03",

@@ -22,7 +22,6 @@ follows GlobalPlatform and the tests below show the difference:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -41,7 +40,7 @@ from gp.apdu import SW
 from gp.scp11 import CertificateAuthority, KeyPair, KeyUsage
 from gp.tlv import decode_all, decode_one
 from tests.cardsim.hostlib import HostSession
-from tests.cardsim.scp11_host import TODAY, issuer_anchor, sd_point
+from tests.cardsim.scp11_host import TODAY, issuer_anchor, key_identifier, sd_point
 from tests.yubikit_peer import RecordingConnection
 
 SSD = bytes.fromhex("A000000151535344424B02")
@@ -107,7 +106,7 @@ def test_yubikit_puts_the_scp11a_key_and_oce_ca_then_opens_scp11a_with_x509(card
     with pytest.raises(ApduError) as refused:
         locked_out.put_key(KeyRef(0x01, 0x30), YubikitKeys(b"\x44" * 16, b"\x55" * 16, b"\x66" * 16))
     assert refused.value.sw == SW.SECURITY_STATUS_NOT_SATISFIED
-    ca = CertificateAuthority(ca_keys, hashlib.sha1(ca_keys.public_point).digest(), "bank OCE CA")  # noqa: S324
+    ca = CertificateAuthority(ca_keys, key_identifier(ca_keys.public_point), "bank OCE CA")
     cert = ca.issue_x509(
         serial_number=0x0CE,
         subject_name="bank OCE",

@@ -14,7 +14,7 @@ from rest_framework.test import APIClient
 
 from agent.core import RelayError, SessionResult, run_session
 from cards import services as card_services
-from cards.models import Card
+from cards.models import Card, CardJob
 from cardsim.transport import InProcessCard
 from issuers import services as issuer_services
 from issuers.models import Membership, Organization
@@ -102,6 +102,14 @@ def build_ota_world(cap_path: Path | None = None, *, scp: int = 0x03, bank_rid: 
         release = create_release(bank=bank, cap_bytes=cap_path.read_bytes(), filename=cap_path.name, actor=operator)
         world.releases[release.package_aid] = release
     return world
+
+
+def update_applet_job(world: OtaWorld, sd: Any, params: dict[str, Any]) -> CardJob:
+    """An applet update job of the world's bank on ``sd`` (``params``: packages to load and
+    install, and/or packages to remove), queued as the rollouts queue it."""
+    return CardJob.objects.create(
+        card=world.card, kind=CardJob.Kind.UPDATE_APPLET, organization=world.bank, security_domain=sd, params=params
+    )
 
 
 def enroll(world: OtaWorld, bank: Organization | None = None) -> Any:

@@ -23,7 +23,15 @@ from django.test.utils import CaptureQueriesContext
 from agent.core import run_session
 from cards import services as card_services
 from cards.models import AppletInstance, CardJob, CardPackage, SecurityDomain
-from tests.otakit import ApiServer, OtaWorld, assert_registry_matches_records, build_ota_world, card_registry, enroll
+from tests.otakit import (
+    ApiServer,
+    OtaWorld,
+    assert_registry_matches_records,
+    build_ota_world,
+    card_registry,
+    enroll,
+    update_applet_job,
+)
 from tests.shared_data import cap_file
 
 pytestmark = pytest.mark.django_db
@@ -113,21 +121,9 @@ def test_a_single_stage_job_takes_three_exchanges(kind: str) -> None:
         card_services.request_key_rotation(security_domain=sd, actor=world.operator)
     elif kind == "update":
         release = world.releases[PACKAGE]
-        CardJob.objects.create(
-            card=world.card,
-            kind=CardJob.Kind.UPDATE_APPLET,
-            organization=world.bank,
-            security_domain=sd,
-            params={"remove": [PACKAGE]},
-        )
+        update_applet_job(world, sd, {"remove": [PACKAGE]})
         present(world)
-        CardJob.objects.create(
-            card=world.card,
-            kind=CardJob.Kind.UPDATE_APPLET,
-            organization=world.bank,
-            security_domain=sd,
-            params={"packages": [{"release": release.pk, "instances": [INSTANCE]}]},
-        )
+        update_applet_job(world, sd, {"packages": [{"release": release.pk, "instances": [INSTANCE]}]})
     else:
         card_services.request_removal(enrollment=enrollment, actor=world.citizen)
     server = present(world)
@@ -159,13 +155,7 @@ def test_records_behind_the_card_cost_exchanges_never_a_wrong_result() -> None:
     AppletInstance.objects.filter(security_domain=sd).delete()
     CardPackage.objects.filter(security_domain=sd).delete()
     release = world.releases[PACKAGE]
-    CardJob.objects.create(
-        card=world.card,
-        kind=CardJob.Kind.UPDATE_APPLET,
-        organization=world.bank,
-        security_domain=sd,
-        params={"packages": [{"release": release.pk, "instances": [INSTANCE]}]},
-    )
+    update_applet_job(world, sd, {"packages": [{"release": release.pk, "instances": [INSTANCE]}]})
     server = present(world)
     assert 3 < server.requests <= 5, server.phases
     assert CardJob.objects.get(card=world.card, kind=CardJob.Kind.UPDATE_APPLET).state == CardJob.State.DONE

@@ -25,7 +25,14 @@ from agent.core import RelayError
 from audit.models import AuditEntry
 from cards.models import AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from gp import dm
-from tests.otakit import OtaWorld, assert_registry_matches_records, build_ota_world, enroll, platform_view
+from tests.otakit import (
+    OtaWorld,
+    assert_registry_matches_records,
+    build_ota_world,
+    enroll,
+    platform_view,
+    update_applet_job,
+)
 from tests.shared_data import cap_file
 from updates.models import CardSession
 
@@ -198,13 +205,7 @@ def test_package_removal_refuses_a_bad_delete_receipt(receipt_faults: ReceiptFau
     assert world.present(transport=receipt_faults.transport(world.card_transport())).ok
     assert receipt_faults.genuine, "the enrollment gave no receipt to copy"
     sd = Enrollment.objects.get(pk=enrollment.pk).security_domain
-    CardJob.objects.create(
-        card=world.card,
-        kind=CardJob.Kind.UPDATE_APPLET,
-        organization=world.bank,
-        security_domain=sd,
-        params={"remove": [PACKAGE]},
-    )
+    update_applet_job(world, sd, {"remove": [PACKAGE]})
     records_before = recorded(world)
     assert PACKAGE in records_before["packages"]
     counter_before = Card.objects.get(pk=world.card.pk).receipt_counter
@@ -243,22 +244,10 @@ def test_reload_refuses_the_first_loads_receipt_replayed(receipt_faults: Receipt
     first_load_receipt = 0
     sd = Enrollment.objects.get(pk=enrollment.pk).security_domain
     release = world.releases[PACKAGE]
-    CardJob.objects.create(
-        card=world.card,
-        kind=CardJob.Kind.UPDATE_APPLET,
-        organization=world.bank,
-        security_domain=sd,
-        params={"remove": [PACKAGE]},
-    )
+    update_applet_job(world, sd, {"remove": [PACKAGE]})
     assert world.present(transport=receipt_faults.transport(world.card_transport())).ok  # DELETE receipt
     assert len(receipt_faults.genuine) == 3
-    CardJob.objects.create(
-        card=world.card,
-        kind=CardJob.Kind.UPDATE_APPLET,
-        organization=world.bank,
-        security_domain=sd,
-        params={"packages": [{"release": release.pk, "instances": [INSTANCE]}]},
-    )
+    update_applet_job(world, sd, {"packages": [{"release": release.pk, "instances": [INSTANCE]}]})
     records_before = recorded(world)
     assert PACKAGE not in records_before["packages"]
     counter_before = Card.objects.get(pk=world.card.pk).receipt_counter

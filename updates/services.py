@@ -360,11 +360,11 @@ def open_session(*, credential: AgentCredential, mode: str = CardSession.Mode.BA
             batch = engine.start()
             session.engine_state = engine.state
             return _apply(session, batch)
-    except LocalProtocolError:
-        # An engine bug (logged where it happened); the session was never committed.
-        raise ServiceError(PLATFORM_FAULT, code="unavailable") from None
-    except CustodyError as exc:
-        _log_custody_failure(exc, None)  # the session was never committed
+    except (LocalProtocolError, CustodyError) as exc:
+        # An engine bug (logged where it happened) or keys the platform cannot open; the session
+        # was never committed.
+        if isinstance(exc, CustodyError):
+            _log_custody_failure(exc, None)
         raise ServiceError(PLATFORM_FAULT, code="unavailable") from None
 
 
@@ -390,16 +390,13 @@ def exchange(*, session_id: Any, credential: AgentCredential, number: int, respo
         # the exchange's audit entries: one INSERT, each naming the relaying terminal if any
         with relay_identity(credential), transaction.atomic(), events_together():
             answer = _exchange_locked(session_id=session_id, credential=credential, number=number, responses=responses)
-    except LocalProtocolError:
-        # The engine misused gp: a bug of ours, logged by the engine. What the exchange did is
-        # rolled back; the session ends without blaming the card or the relay.
-        with relay_identity(credential):
-            _close_after_platform_fault(session_id)
-        raise ServiceError(PLATFORM_FAULT, code="unavailable") from None
-    except CustodyError as exc:
-        # The platform could not open its own keys (a master key or HSM that does not match the
-        # database, a KEK gone): the platform's failure, not the card's or the relay's.
-        _log_custody_failure(exc, session_id)
+    except (LocalProtocolError, CustodyError) as exc:
+        # The platform's own failure: the engine misused gp (a bug, logged by the engine), or it
+        # could not open its keys (a master key or HSM that does not match the database, a KEK
+        # gone). What the exchange did is rolled back; the session ends without blaming the card
+        # or the relay.
+        if isinstance(exc, CustodyError):
+            _log_custody_failure(exc, session_id)
         with relay_identity(credential):
             _close_after_platform_fault(session_id)
         raise ServiceError(PLATFORM_FAULT, code="unavailable") from None

@@ -185,4 +185,30 @@ class SsdTemplate(models.Model):
             raise ValidationError({"key_algorithm": "SCP03 uses AES-128/192/256 keys"})
 
 
+class BankKeyService(models.Model):
+    """A bank's own key service (docs/keyservice.md): where the platform reaches it and the TLS
+    certificate it pinned when the agency admitted it. The bank's secrets stay in the service."""
+
+    organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="key_service")
+    endpoint = models.URLField(max_length=300, help_text="https://host:port of the bank's key service")
+    service_certificate = models.TextField(help_text="the service's TLS certificate (PEM), pinned")
+    certificate_sha256 = models.CharField(max_length=64)
+    registered_at = models.DateTimeField(auto_now_add=True)
+    registered_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    is_active = models.BooleanField(default=True)
+    # The last health check (issuers.services.check_key_service): when, whether it answered, why not.
+    checked_at = models.DateTimeField(null=True, blank=True)
+    reachable = models.BooleanField(null=True)
+    last_error = models.CharField(max_length=300, blank=True)
+    journal_size = models.PositiveIntegerField(null=True, blank=True)
+    # The bank's SCP11 OCE certificate, issued under the agency's OCE CA (public; never a key).
+    oce_certificate = models.TextField(blank=True)
+    oce_not_after = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"key service of {self.organization} at {self.endpoint}"
+
+
 from issuers.custody_models import *  # noqa: E402, F403

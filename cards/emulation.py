@@ -1,6 +1,9 @@
 """Personalise an emulated card (``cardsim``) for a card record, as the agency's personalisation
 bureau would a physical one: ISD keys diversified from the agency master with the card's KDD, the
-agency's DM token verification key, a per-card receipt key and a per-card initial SSD key.
+agency's DM token verification key, a per-card receipt key, a per-card initial SSD key (for banks
+without a key service), and the card's attestation key certified by the agency's card CA (it
+certifies the SCP11 key pair the card generates for each bank SSD installed for SCP11, so a bank's
+key service can enroll its SSD with no shared secret; docs/keyservice.md).
 
 The state file *is* the emulated card's secure memory, so it holds that card's keys (mode 0600);
 the platform's own records hold only wrapped keys (``issuers.custody``).
@@ -8,6 +11,9 @@ the platform's own records hold only wrapped keys (``issuers.custody``).
 
 from __future__ import annotations
 
+import datetime as dt
+import hashlib
+import os
 import secrets
 from pathlib import Path
 
@@ -16,11 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
 
 from cards.models import Card
+from audit.services import record_event
 from cardsim import store
+from cardsim.scp11 import provision_attestation
 from cardsim.state import new_state
 from ecard.errors import ServiceError
 from gp.keys import StaticKeys
 from issuers import custody
+from issuers.custody.authorities import agency_ca
 from issuers.custody_models import KeySet
 
 TOKEN_KVN = 0x70  # ISD Token Verification key (GP 2.3.1 §9.2.2)
@@ -115,5 +124,28 @@ def personalise(card: Card, *, path: Path | None = None) -> Path:
         receipt_key=receipt_key,
         ssd_initial_key=ssd_initial,
     )
+    ca = agency_ca(agency, KeySet.Purpose.CARD_CA)
+    provision_attestation(state, ca, dt.date.today(), random=os.urandom)
+    _record_attestation_certificate(card, ca.identifier, bytes.fromhex(state["attestation"]["certs"][-1]))
     store.save(path, state)
     return path
+
+
+def _record_attestation_certificate(card: Card, ca_identifier: bytes, certificate: bytes) -> None:
+    """Every certificate the agency's CAs issue goes into the transparency log: a bank's key
+    service trusts an SSD's key only through this chain, so a second certificate for a card would
+    show here (docs/threat-model.md)."""
+    record_event(
+        action="certificate.issued",
+        subject_type="card",
+        subject_id=card.cin,
+        card_cin=card.cin,
+        organization=card.issued_by,
+        actor_type="system",
+        details={
+            "kind": "card_attestation",
+            "issuer": ca_identifier.hex().upper(),
+            "subject": card.cin,
+            "sha256": hashlib.sha256(certificate).hexdigest(),
+        },
+    )

@@ -87,6 +87,8 @@ class KeySet(models.Model):
         TOKEN_SIGNING = "token_signing", "Delegated management token signing key"
         RECEIPT = "receipt", "Receipt key"
         CHECKPOINT_SIGNING = "checkpoint_signing", "Transparency log checkpoint signing key"
+        CARD_CA = "card_ca", "Card CA (certifies each card's attestation key)"
+        OCE_CA = "oce_ca", "OCE CA (certifies banks' SCP11 off-card keys)"
 
     class Algorithm(models.TextChoices):
         AES = "aes", "AES"

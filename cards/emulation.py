@@ -21,8 +21,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from django.conf import settings
 
-from cards.models import Card
 from audit.services import record_event
+from cards.models import Card
 from cardsim import store
 from cardsim.scp11 import provision_attestation
 from cardsim.state import new_state

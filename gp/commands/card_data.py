@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from gp.commands._fields import _apdu
 from gp.commands.constants import CLA_GP, INS_GET_DATA, TAG_CPLC, TAG_KDD, TAG_KEY_INFO, TAG_SEQUENCE_COUNTER
 from gp.errors import InvalidCommandError, TLVError
-from gp.tlv import decode_all, find
+from gp.tlv import decode_all, encode_tlv, find
 
 
 def get_data(tag: int, *, cla: int = CLA_GP) -> bytes:
@@ -16,6 +16,15 @@ def get_data(tag: int, *, cla: int = CLA_GP) -> bytes:
     if not 0 < tag <= 0xFFFF:
         raise InvalidCommandError(f"GET DATA tag must fit in P1 P2, got {tag:X}")
     return _apdu(cla, INS_GET_DATA, tag >> 8, tag & 0xFF, le=256)
+
+
+def get_certificate_store(kid: int, kvn: int, *, cla: int = CLA_GP) -> bytes:
+    """GET DATA ``BF21`` naming an SCP11 key by ``A6 {83 KID KVN}``: its certificate store, the
+    chain that ends with the key's certificate (GPC Amendment F §7.4.2)."""
+    if not (0 <= kid <= 0xFF and 0 <= kvn <= 0xFF):
+        raise InvalidCommandError("KID and KVN must be bytes")
+    control = encode_tlv(0xA6, encode_tlv(0x83, bytes((kid, kvn))))
+    return _apdu(cla, INS_GET_DATA, 0xBF, 0x21, control, le=256)
 
 
 def tagged_value(data: bytes, tag: int) -> bytes:

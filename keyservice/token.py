@@ -114,7 +114,14 @@ class BankToken:
     def _open(self) -> Any:
         if self._session is None:
             try:
-                token = pkcs11.lib(self.module).get_token(token_label=self.label)
+                lib = pkcs11.lib(self.module)
+                try:
+                    token = lib.get_token(token_label=self.label)
+                except pkcs11.exceptions.NoSuchToken:
+                    # SoftHSM2 lists its tokens at C_Initialize: one made since then (another bank's
+                    # service started in the same process, as in tests) appears after re-initialising
+                    lib.reinitialize()
+                    token = lib.get_token(token_label=self.label)
                 try:
                     self._session = token.open(rw=True, user_pin=self._pin)
                 except pkcs11.exceptions.UserAlreadyLoggedIn:

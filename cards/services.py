@@ -320,7 +320,7 @@ def request_removal(*, enrollment: Enrollment, actor: User) -> CardJob:
 def next_kvn(sd: SecurityDomain) -> int:
     """The next key version in the SD's SCP range (DESIGN.md §4: SCP02 20-2F, SCP03 30-3F), after
     the initial set (x0), wrapping from xF back to x1."""
-    base = 0x30 if sd.scp == 0x03 else 0x20
+    base = 0x20 if sd.scp == 0x02 else 0x30  # SCP03, or SCP03 keys of an SD installed for SCP11
     current = sd.key_kvn if sd.key_kvn is not None else base
     return current + 1 if current < base + 0x0F else base + 1
 

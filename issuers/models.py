@@ -161,7 +161,10 @@ class SsdTemplate(models.Model):
 
     organization = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="ssd_template")
     management = models.CharField(max_length=2, choices=Management.choices, default=Management.DELEGATED)
-    scp = models.PositiveSmallIntegerField(default=0x03, help_text="Secure Channel Protocol: 2 or 3")
+    scp = models.PositiveSmallIntegerField(
+        default=0x03,
+        help_text="Secure Channel Protocol: 2, 3, or 0x11 (SCP11: the SSD's keys are put by the bank's key service)",
+    )
     scp_i = models.PositiveSmallIntegerField(default=0x70, help_text="SCP implementation option i")
     key_algorithm = models.CharField(max_length=4, choices=KeyAlgorithm.choices, default=KeyAlgorithm.AES)
     key_length = models.PositiveSmallIntegerField(default=16, help_text="bytes: 16, 24 or 32 (AES); 16 (3DES)")
@@ -177,11 +180,13 @@ class SsdTemplate(models.Model):
         return f"SSD template of {self.organization}"
 
     def clean(self) -> None:
-        if self.scp not in (0x02, 0x03):
-            raise ValidationError({"scp": "SCP must be 02 or 03"})
+        if self.scp not in (0x02, 0x03, 0x11):
+            raise ValidationError({"scp": "SCP must be 02, 03 or 11"})
         if self.scp == 0x02 and (self.key_algorithm != self.KeyAlgorithm.DES3 or self.key_length != 16):
             raise ValidationError({"key_algorithm": "SCP02 uses 16-byte 3DES keys"})
-        if self.scp == 0x03 and (self.key_algorithm != self.KeyAlgorithm.AES or self.key_length not in (16, 24, 32)):
+        if self.scp in (0x03, 0x11) and (
+            self.key_algorithm != self.KeyAlgorithm.AES or self.key_length not in (16, 24, 32)
+        ):
             raise ValidationError({"key_algorithm": "SCP03 uses AES-128/192/256 keys"})
 
 

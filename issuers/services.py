@@ -394,13 +394,13 @@ def set_ssd_template(
     if not organization.is_bank:
         raise ServiceError("only banks have SSD templates", field="organization")
     if scp_i is None:
-        scp_i = 0x70 if scp == 0x03 else 0x55
+        scp_i = {0x03: 0x70, 0x11: 0x00}.get(scp, 0x55)
     template = SsdTemplate(
         organization=organization,
         management=management,
         scp=scp,
         scp_i=scp_i,
-        key_algorithm=SsdTemplate.KeyAlgorithm.AES if scp == 0x03 else SsdTemplate.KeyAlgorithm.DES3,
+        key_algorithm=SsdTemplate.KeyAlgorithm.DES3 if scp == 0x02 else SsdTemplate.KeyAlgorithm.AES,
         key_length=key_length,
         ssd_aid_suffix=normalise_hex(ssd_aid_suffix, field="ssd_aid_suffix", max_bytes=8),
         default_applets=list(default_applets),

@@ -84,12 +84,16 @@ class OtaWorld:
         return ApiServer(token)
 
 
-def build_ota_world(cap_path: Path | None = None, *, scp: int = 0x03, bank_rid: str = "0102030405") -> OtaWorld:
+def build_ota_world(
+    cap_path: Path | None = None, *, scp: int = 0x03, bank_rid: str = "0102030405", bank_scp: int | None = None
+) -> OtaWorld:
     """Agency, a bank whose AID range holds the given CAP's package (the GPPro Empty CAP by default),
-    another bank, a citizen with an emulated card and a device credential."""
+    another bank, a citizen with an emulated card and a device credential. ``bank_scp`` (default:
+    the card's) is the SCP the banks' SSDs are installed for: 0x11 for banks with a key service."""
     agency = issuer_services.create_organization(name="National Card Agency", slug="agency", kind="agency")
-    bank = issuer_services.admit_bank(name="Alpha Bank", slug="alpha", rid=bank_rid, scp=scp)
-    other = issuer_services.admit_bank(name="Beta Bank", slug="beta", rid="A000000888", pix_prefix="02", scp=scp)
+    bank_scp = bank_scp or scp
+    bank = issuer_services.admit_bank(name="Alpha Bank", slug="alpha", rid=bank_rid, scp=bank_scp)
+    other = issuer_services.admit_bank(name="Beta Bank", slug="beta", rid="A000000888", pix_prefix="02", scp=bank_scp)
     operator = make_user("alpha_op")
     issuer_services.add_member(organization=bank, user=operator, role=Membership.Role.OPERATOR)
     citizen = make_user("citizen1")

@@ -69,8 +69,9 @@ from gp.scp import SCP02, SCP03, SecuredResponse
 from gp.tlv import decode_all, find
 from issuers import custody
 from issuers.custody_models import KeySet
-from issuers.models import Organization
+from issuers.models import BankKeyService, Organization
 from updates import policy
+from updates.delegation import SCP11_SD_KID, SCP11_SD_KVN, RemoteChannel, ServiceHeld, key_service_of
 from updates.engine.effects import (
     AppletOnCard,
     Effect,
@@ -148,6 +149,12 @@ __all__ = [  # the engine's vocabulary, re-exported for the modules that import 
 
 logger = logging.getLogger(__name__)
 
+HostChannel = SCP02 | SCP03 | RemoteChannel
+SCP11 = 0x11  # an SD installed for SCP11 (install parameter 81 02 11 i): its keys are its bank's alone
+BANK_SCP03_KVN = BANK_KVN[0x03]  # the bank's first SCP03 key set, put by its key service
+SCP03_I_AFTER_SCP11 = 0x70  # an SD installed for SCP11 speaks SCP03 with the card's default i
+INTERNAL_AUTHENTICATE = "internal authenticate"
+
 
 @dataclass(frozen=True)
 class UnauthenticatedRead:
@@ -170,9 +177,15 @@ UNAUTHENTICATED_READS = (
     ),
     UnauthenticatedRead(
         "_on_open",
-        "SELECT of the stage's SD, INITIALIZE UPDATE",
+        "SELECT of the stage's SD, INITIALIZE UPDATE (or GET DATA BF21 for SCP11b)",
         "SELECT not 9000: retried later; INITIALIZE UPDATE 6A88: the next key set is tried (only a verified "
         "card cryptogram opens a channel); anything else: retried later",
+    ),
+    UnauthenticatedRead(
+        "_on_key_agreement",
+        "INTERNAL AUTHENTICATE of SCP11b (after GET DATA BF21, whose chain the bank's key service checks)",
+        "not 9000: retried later; 9000 proves nothing by itself: the bank's key service checks the receipt, the "
+        "card's proof that it holds the SD key the agency's card CA certified (Amd F §3.1.2)",
     ),
     UnauthenticatedRead(
         "_on_status",
@@ -231,7 +244,7 @@ class Stage:
         return job_security_domain(self.job)
 
     # -- script
-    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+    def script(self, registry: Registry, channel: HostChannel) -> list[Command]:
         raise NotImplementedError
 
     def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
@@ -313,7 +326,9 @@ class IsdStage(Stage):
 
 
 class BankSsdStage(Stage):
-    """A stage in a channel with the job's bank SSD (the bank's keys; its KEK seals the channel)."""
+    """A stage in a channel with the job's bank SSD: with the bank's key service when the SSD was
+    installed for SCP11 (issue 17: the keys are the bank's alone, updates.delegation), otherwise
+    with key sets in the platform's custody (the bank's KEK seals the channel)."""
 
     def sd_aid(self) -> str:
         return self.job_sd().aid
@@ -321,13 +336,40 @@ class BankSsdStage(Stage):
     def owner(self) -> Organization:
         return self.job_sd().organization
 
+    def delegated(self) -> bool:
+        return self.job_sd().scp == SCP11
+
+    def key_service(self) -> BankKeyService:
+        """The bank's key service of a delegated SSD; ServiceHeld when the bank has none active."""
+        if not hasattr(self, "_key_service"):
+            owner = self.owner()
+            service = key_service_of(owner)
+            if service is None:
+                raise ServiceHeld(f"{owner.name} has no active key service for its SCP11 security domain")
+            self._key_service = service
+        return self._key_service
+
+    def key_choices(self) -> list[KeyChoice]:
+        if self.delegated():
+            self.key_service()
+            return self.delegated_key_choices()
+        return self.custody_key_choices()
+
+    def delegated_key_choices(self) -> list[KeyChoice]:
+        """The bank's SCP03 key set at its service: the version the card last proved."""
+        sd = self.job_sd()
+        return [KeyChoice("bank", sd.key_kvn if sd.key_kvn is not None else BANK_SCP03_KVN)]
+
+    def custody_key_choices(self) -> list[KeyChoice]:
+        raise NotImplementedError
+
 
 class IsdInstallSsd(IsdStage):
     """INSTALL [for install and make selectable] of the bank's SSD from the SSD module in ROM (§11.5)."""
 
     name = "install-ssd"
 
-    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+    def script(self, registry: Registry, channel: HostChannel) -> list[Command]:
         sd = self.job_sd()
         if registry.app(sd.aid) is not None:
             return []
@@ -365,7 +407,13 @@ class SsdBankKeys(BankSsdStage):
     def bank_kvn(self) -> int:
         return BANK_KVN[self.job_sd().scp]
 
-    def key_choices(self) -> list[KeyChoice]:
+    def delegated_key_choices(self) -> list[KeyChoice]:
+        """SCP11b with the key pair the card generated for the SSD; on a later attempt the bank's
+        SCP03 keys first, since an earlier session may have put them (its answers lost)."""
+        enroll, bank = KeyChoice("scp11b", SCP11_SD_KVN), KeyChoice("bank", BANK_SCP03_KVN)
+        return [bank, enroll] if self.job.attempts > 1 else [enroll, bank]
+
+    def custody_key_choices(self) -> list[KeyChoice]:
         sd = self.job_sd()
         bank = ensure_bank_keyset(self.job, sd, self.bank_kvn())
         choices = [KeyChoice("keyset", bank.kvn, bank.pk)]
@@ -374,9 +422,13 @@ class SsdBankKeys(BankSsdStage):
             choices.append(KeyChoice("keyset", initial.kvn, initial.pk))
         return expected_first(choices, sd.key_kvn if sd.key_kvn == bank.kvn else None)
 
-    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+    def script(self, registry: Registry, channel: HostChannel) -> list[Command]:
+        if self.delegated():
+            return self.delegated_script()
         if self.opened_with.kvn == self.bank_kvn():
             return []  # the bank's keys already open the SSD: PUT KEY happened in an earlier session
+        if isinstance(channel, RemoteChannel):
+            raise LocalProtocolError("a custody key set in a channel of a bank's key service")
         sd = self.job_sd()
         bank = keyset_for(sd.organization, self.card, sd.aid, self.bank_kvn())
         if bank is None:  # key_choices() generated it before the channel opened
@@ -390,7 +442,44 @@ class SsdBankKeys(BankSsdStage):
         return [Command(apdu, f"install {sd.organization.name} keys")]
 
     def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
+        if self.delegated():
+            return self.delegated_finish(registry)
         return [SdKeyVersion(self.job_sd().pk, self.bank_kvn())]
+
+    def _personalize(self, *, may_be_done: bool) -> Command:
+        sd = self.job_sd()
+        # SET STATUS P1 40 of the SD itself, to PERSONALIZED (GP 2.3.1 §11.10, §5.3.2): it closes
+        # the SCP11b window, after which only the bank's keys change the SSD (docs/scp11.md).
+        apdu = commands.set_status(0x40, SecurityDomainLifeCycle.PERSONALIZED, bytes.fromhex(sd.aid))
+        expect = (SW.SUCCESS, SW.CONDITIONS_NOT_SATISFIED) if may_be_done else (SW.SUCCESS,)
+        return Command(apdu, "personalize the security domain", expect, proves=f"personalized:{sd.aid}")
+
+    def delegated_script(self) -> list[Command]:
+        """In SCP11b: PUT KEY of the bank's SCP03 keys, built by its service under the session DEK,
+        then PERSONALIZED. Opened with the bank's keys (a resumed enrollment): PERSONALIZED only."""
+        sd = self.job_sd()
+        if self.opened_with.kind == "bank":
+            if sd.lifecycle == SecurityDomain.Lifecycle.PERSONALIZED:
+                return []
+            return [self._personalize(may_be_done=True)]
+        put_key = Command(
+            b"",
+            f"install {sd.organization.name} keys (built by its key service)",
+            service={"put_key": {"kvn": BANK_SCP03_KVN, "replace": 0}},
+            proves=f"keys:{BANK_SCP03_KVN:02X}",
+        )
+        return [put_key, self._personalize(may_be_done=False)]
+
+    def delegated_finish(self, registry: Registry) -> list[Effect]:
+        """The bank's keys are proven by an R-MAC'd 9000 to PUT KEY, or by the channel itself when
+        the bank's service opened it with them (it verified the card cryptogram)."""
+        sd = self.job_sd()
+        if self.opened_with.kind != "bank" and f"keys:{BANK_SCP03_KVN:02X}" not in registry.proofs:
+            raise StepFailed("the card did not confirm the bank's keys with an R-MAC")
+        effects: list[Effect] = [SdKeyVersion(sd.pk, BANK_SCP03_KVN)]
+        if f"personalized:{sd.aid}" in registry.proofs:
+            effects.append(SdLifecycle(sd.pk, str(SecurityDomain.Lifecycle.PERSONALIZED)))
+        return effects
 
     opened_with: KeyChoice
 
@@ -401,7 +490,7 @@ class SsdInstallApplets(BankSsdStage):
     name = "install-applets"
     status_p1 = (STATUS_APPS, STATUS_ELF_MODULES)
 
-    def key_choices(self) -> list[KeyChoice]:
+    def custody_key_choices(self) -> list[KeyChoice]:
         sd = self.job_sd()
         bank = keyset_for(sd.organization, self.card, sd.aid, BANK_KVN[sd.scp])
         if bank is None:
@@ -423,7 +512,7 @@ class SsdInstallApplets(BankSsdStage):
     def applets(self) -> list[dict[str, Any]]:
         return list(self.job.params.get("applets") or self.job.params.get("default_applets") or [])
 
-    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+    def script(self, registry: Registry, channel: HostChannel) -> list[Command]:
         sd = self.job_sd()
         script: list[Command] = []
         for spec in self.applets():
@@ -487,7 +576,7 @@ def with_token(card: Card, sd: SecurityDomain, apdu: bytes) -> bytes:
     return dm.attach_token(apdu, token)
 
 
-def load_script(card: Card, sd: SecurityDomain, release: Any, channel: SCP02 | SCP03) -> list[Command]:
+def load_script(card: Card, sd: SecurityDomain, release: Any, channel: HostChannel) -> list[Command]:
     """INSTALL [for load] with the LFDB hash, then LOAD blocks sized for the channel's overhead."""
     lf = LoadFile.from_bytes(bytes(release.cap_file), name=release.filename)
     lfdb = lf.load_file_data_block()
@@ -546,7 +635,7 @@ class IsdDeleteSsd(IsdStage):
 
     name = "delete-ssd"
 
-    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+    def script(self, registry: Registry, channel: HostChannel) -> list[Command]:
         sd = self.job_sd()
         if registry.app_absent(sd.aid):
             return []
@@ -576,7 +665,14 @@ class SsdRotateKeys(BankSsdStage):
     def target_kvn(self) -> int:
         return int(self.job.params["to_kvn"])
 
-    def key_choices(self) -> list[KeyChoice]:
+    def delegated_key_choices(self) -> list[KeyChoice]:
+        sd = self.job_sd()
+        choices = [KeyChoice("bank", self.target_kvn())]
+        if self.job.params.get("from_kvn") is not None:
+            choices.append(KeyChoice("bank", int(self.job.params["from_kvn"])))
+        return expected_first(choices, sd.key_kvn)
+
+    def custody_key_choices(self) -> list[KeyChoice]:
         sd = self.job_sd()
         choices = []
         new = ensure_bank_keyset(self.job, sd, self.target_kvn())
@@ -586,10 +682,21 @@ class SsdRotateKeys(BankSsdStage):
             choices.append(KeyChoice("keyset", old.kvn, old.pk))
         return expected_first(choices, sd.key_kvn)
 
-    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+    def script(self, registry: Registry, channel: HostChannel) -> list[Command]:
         if self.opened_with.kvn == self.target_kvn():
             return []
         sd = self.job_sd()
+        if self.delegated():
+            # the bank's service derives the new key set and builds PUT KEY under the session DEK
+            return [
+                Command(
+                    b"",
+                    f"rotate keys to version {self.target_kvn():02X} (at the bank's key service)",
+                    service={"put_key": {"kvn": self.target_kvn(), "replace": self.opened_with.kvn}},
+                )
+            ]
+        if isinstance(channel, RemoteChannel):
+            raise LocalProtocolError("a custody key set in a channel of a bank's key service")
         new = keyset_for(sd.organization, self.card, sd.aid, self.target_kvn())
         if new is None:  # key_choices() generated it before the channel opened
             raise JobFailed("the bank has no key set of the new version for this security domain")
@@ -617,7 +724,7 @@ class IsdSetStatus(IsdStage):
     def locking(self) -> bool:
         return self.job.kind == CardJob.Kind.LOCK_SD
 
-    def script(self, registry: Registry, channel: SCP02 | SCP03) -> list[Command]:
+    def script(self, registry: Registry, channel: HostChannel) -> list[Command]:
         sd = self.job_sd()
         entry = registry.app(sd.aid)
         if entry is None:
@@ -763,7 +870,9 @@ class SessionEngine:
     def __init__(self, session: Any) -> None:
         self.session = session
         self.state: dict[str, Any] = dict(session.engine_state or {})
-        self._channel: SCP02 | SCP03 | None = None
+        self._channel: HostChannel | None = None
+        # answers of this exchange already unwrapped by a bank's key service, by id() of the raw answer
+        self._remote_answers: dict[int, SecuredResponse | str] = {}
         self._static: Any = None  # static keys of the open channel (for PUT KEY's DEK)
         self._jobs: dict[int, CardJob] = {}
         self._stages: dict[tuple[int, int], Stage] = {}
@@ -820,7 +929,7 @@ class SessionEngine:
             "card": card.pk,
             "job": job.pk,
             "choices": [c.to_json() for c in choices],
-            "host_challenge": self.state.pop("host_challenge"),
+            "host_challenge": self.state.pop("host_challenge", None),
             "commands": len(cmds),
         }
         return cmds
@@ -828,6 +937,8 @@ class SessionEngine:
     def advance(self, responses: list[bytes]) -> Batch:
         phase = self.state.get("phase")
         try:
+            if self.state.get("channel") and phase in (Phase.STATUS, Phase.SCRIPT):
+                self._unwrap_remotely(responses)
             if phase == Phase.IDENTIFY:
                 return self._on_identify(responses)
             if phase == Phase.OPEN:
@@ -839,6 +950,9 @@ class SessionEngine:
         except JobFailed as exc:
             self._fail_job(str(exc))
             return self._next_stage_or_job(advance_job=True)
+        except ServiceHeld as exc:
+            self._hold(str(exc))
+            return self._done()
         except StepFailed as exc:
             self._retry_later(str(exc))
             return self._done()
@@ -852,6 +966,16 @@ class SessionEngine:
             )
             raise
         raise SessionRejected(f"no exchange expected in phase {phase!r}")
+
+    def _unwrap_remotely(self, responses: list[bytes]) -> None:
+        """One call to the bank's key service unwraps every secured answer of this exchange; the
+        engine then reads them in order as it would from its own channel (see _unwrap)."""
+        channel = self._restore_channel()
+        if not isinstance(channel, RemoteChannel):
+            raise LocalProtocolError("a remote channel state that restores as a local one")
+        secured = [raw for raw, meta in zip(responses, self._in_flight(), strict=False) if meta.secure]
+        for raw, answer in zip(secured, channel.unwrap_all(secured), strict=False):
+            self._remote_answers[id(raw)] = answer
 
     # ---------------------------------------------------------------- helpers
     @property
@@ -885,12 +1009,21 @@ class SessionEngine:
     def _send(self, cmds: list[Command], *, event: Event | None = None) -> Batch:
         wire = []
         sent = []
+        channel = self._channel
+        secured = [cmd for cmd in cmds if cmd.secure]
+        if secured and channel is None:
+            raise LocalProtocolError(f"{secured[0].label}: a secured command with no channel open")
+        # a bank's key service wraps the whole batch in one call
+        remotely = iter(channel.wrap_all(secured)) if isinstance(channel, RemoteChannel) else None
         for cmd in cmds:
             apdu = cmd.apdu
+            if cmd.service is not None and (remotely is None or not cmd.secure):
+                raise LocalProtocolError(f"{cmd.label}: only a bank's key service builds this command")
             if cmd.secure:
-                if self._channel is None:
-                    raise LocalProtocolError(f"{cmd.label}: a secured command with no channel open")
-                apdu = self._channel.wrap(cmd.apdu)
+                if remotely is not None:
+                    apdu = next(remotely)
+                elif channel is not None and not isinstance(channel, RemoteChannel):
+                    apdu = channel.wrap(cmd.apdu)
             wire.append({"apdu": apdu.hex().upper(), "expect": [f"{sw:04X}" for sw in cmd.expect], "label": cmd.label})
             sent.append(InFlight.of(cmd).to_json())
         if event is not None:
@@ -921,6 +1054,13 @@ class SessionEngine:
         }
 
     def _save_channel(self) -> None:
+        self.state.pop("channel", None)
+        if isinstance(self._channel, RemoteChannel):
+            # the bank's service sealed it under its own key: the platform stores it as it came
+            self.session.sealed_channel = self._channel.sealed
+            self.session.sealed_by = self.stage().owner()
+            self.state["channel"] = {"remote": True, "max_data": self._channel.data_limit}
+            return
         if self._channel is None or not self._channel.is_authenticated:
             self.session.sealed_channel = None
             self.session.sealed_by = None
@@ -938,11 +1078,25 @@ class SessionEngine:
         self.session.sealed_channel = custody.seal_channel_state(owner, state, context=str(self.session.id))
         self.session.sealed_by = owner
 
-    def _restore_channel(self) -> SCP02 | SCP03:
+    def _restore_channel(self) -> HostChannel:
         if self._channel is not None:
             return self._channel
         if not self.session.sealed_channel or self.session.sealed_by is None:
             raise SessionRejected("no secure channel is open")
+        remote = self.state.get("channel")
+        if remote:
+            stage = self.stage()
+            if not isinstance(stage, BankSsdStage):
+                raise LocalProtocolError("a key service's channel for a stage that is not the bank's")
+            self._channel = RemoteChannel.restore(
+                stage.key_service(),
+                str(self.session.id),
+                self.card.cin,
+                stage.sd_aid(),
+                bytes(self.session.sealed_channel),
+                int(remote["max_data"]),
+            )
+            return self._channel
         try:
             state = custody.open_channel_state(
                 self.session.sealed_by, bytes(self.session.sealed_channel), context=str(self.session.id)
@@ -978,6 +1132,13 @@ class SessionEngine:
 
     def _unwrap(self, rapdu: bytes) -> SecuredResponse:
         channel = self._restore_channel()
+        if isinstance(channel, RemoteChannel):
+            answer = self._remote_answers.get(id(rapdu))
+            if answer is None:
+                raise LocalProtocolError("an answer the bank's key service was not asked to check")
+            if isinstance(answer, str):
+                raise SessionRejected(answer)
+            return answer
         try:
             return channel.unwrap_response(rapdu)
         except RemoteProtocolError as exc:
@@ -1136,8 +1297,16 @@ class SessionEngine:
         """INITIALIZE UPDATE needs only the key version and a host challenge: ``keyless`` builds it
         without reading the static keys (read when its answer comes back, see _on_open)."""
         expect = (SW.SUCCESS, SW.REFERENCED_DATA_NOT_FOUND) if more else (SW.SUCCESS,)
+        if choice.kind == "scp11b":
+            # SCP11b opens from the SD's certificate chain, read in the clear (Amd F §7.4.2); the
+            # bank's key service checks it, so nothing here is believed.
+            self.state.pop("host_challenge", None)
+            apdu = commands.get_certificate_store(SCP11_SD_KID, choice.kvn)
+            return Command(
+                apdu, f"read the SD's certificates ({SCP11_SD_KID:02X}/{choice.kvn:02X})", expect, secure=False
+            )
         label = f"INIT-UPD key set {choice.kvn:02X}"
-        if keyless:
+        if keyless or choice.kind == "bank":
             challenge = secrets.token_bytes(HOST_CHALLENGE_LEN)
             self.state["host_challenge"] = challenge.hex()
             return Command(initialize_update_apdu(choice.kvn, challenge), label, expect, secure=False)
@@ -1148,6 +1317,8 @@ class SessionEngine:
     def _on_open(self, responses: list[bytes]) -> Batch:
         stage = self.stage()
         sent = self.state["sent"]
+        if sent and sent[0]["label"] == INTERNAL_AUTHENTICATE:
+            return self._on_key_agreement(stage, responses)
         if len(sent) == 2:
             select_sw = sw_of(responses[0])
             if select_sw != SW.SUCCESS:
@@ -1165,6 +1336,8 @@ class SessionEngine:
         if sw_of(iu) != SW.SUCCESS:
             raise StepFailed(f"INITIALIZE UPDATE refused (SW {sw_of(iu):04X})")
         choice = choices[index]
+        if choice.kind in ("bank", "scp11b"):
+            return self._open_at_key_service(stage, choice, iu)
         channel = self._host_channel(stage, choice, bytes.fromhex(self.state["host_challenge"]))
         channel.initialize_update()
         try:
@@ -1184,6 +1357,53 @@ class SessionEngine:
             raise SessionRejected(f"INITIALIZE UPDATE response rejected: {exc}") from exc
         if choice.kind == "isd" and channel.kdd and channel.kdd.hex().upper() != self.card.kdd:
             raise SessionRejected("the card's key diversification data does not match its record")
+        return self._authenticated_batch(stage, choice, channel, [Command(ea, "external authenticate", secure=False)])
+
+    def _open_at_key_service(self, stage: Stage, choice: KeyChoice, answer: bytes) -> Batch:
+        """The bank's key service opens the channel: SCP03 from INITIALIZE UPDATE's answer (it
+        checks the card cryptogram), or SCP11b from the SD's certificate chain (it checks the
+        chain up to the agency's card CA, then the receipt of INTERNAL AUTHENTICATE)."""
+        if not isinstance(stage, BankSsdStage):
+            raise LocalProtocolError(f"{stage.name}: a key service's key choice for a stage that is not the bank's")
+        service = stage.key_service()
+        where = {"session": str(self.session.id), "card_cin": self.card.cin, "sd_aid": stage.sd_aid()}
+        self.state["key"] = choice.to_json()
+        stage.opened_with = choice
+        if choice.kind == "scp11b":
+            channel, internal_authenticate = RemoteChannel.open_scp11b(service, certificates=answer[:-2], **where)
+            self._channel = channel
+            return self._send(
+                [Command(internal_authenticate, INTERNAL_AUTHENTICATE, secure=False)], event=Event.KEY_AGREEMENT
+            )
+        challenge = bytes.fromhex(self.state["host_challenge"])
+        channel, ea = RemoteChannel.open_scp03(
+            service,
+            kvn=choice.kvn,
+            i=SCP03_I_AFTER_SCP11,
+            host_challenge=challenge,
+            initialize_update_response=answer,
+            **where,
+        )
+        return self._authenticated_batch(stage, choice, channel, [Command(ea, "external authenticate", secure=False)])
+
+    def _on_key_agreement(self, stage: Stage, responses: list[bytes]) -> Batch:
+        """INTERNAL AUTHENTICATE's answer: the bank's service checks its receipt, which proves the
+        card holds the certified SD key (Amd F §3.1.2); then the channel carries the stage."""
+        channel = self._restore_channel()
+        if not isinstance(channel, RemoteChannel) or not responses:
+            raise SessionRejected("no INTERNAL AUTHENTICATE answer")
+        if sw_of(responses[0]) != SW.SUCCESS:
+            raise StepFailed(f"INTERNAL AUTHENTICATE refused (SW {sw_of(responses[0]):04X})")
+        answers = channel.unwrap_all(responses[:1])
+        if not answers or isinstance(answers[0], str) or not answers[0].authenticated:
+            raise SessionRejected(f"the SD's key agreement receipt did not verify for {stage.sd_aid()}")
+        return self._authenticated_batch(stage, KeyChoice.from_json(self.state["key"]), channel, [])
+
+    def _authenticated_batch(
+        self, stage: Stage, choice: KeyChoice, channel: HostChannel, first: list[Command]
+    ) -> Batch:
+        """The channel is open: ``first`` (EXTERNAL AUTHENTICATE, or nothing after SCP11b), the
+        registry listing, and, when it can be computed ahead, the script and the listing again."""
         self._channel = channel
         self.state["key"] = choice.to_json()
         stage.opened_with = choice
@@ -1191,7 +1411,7 @@ class SessionEngine:
         self.state["proofs"] = []
         self.state["probed"] = False
         self.state["card_proved"] = False
-        cmds = [Command(ea, "external authenticate", secure=False)]
+        cmds = list(first)
         cmds += [self._get_status(p1) for p1 in stage.status_p1]
         script = self._optimistic_script(stage, channel)
         self.state.pop("optimistic_len", None)
@@ -1203,7 +1423,7 @@ class SessionEngine:
             cmds += script + [self._get_status(p1) for p1 in stage.status_p1]
         return self._send(cmds, event=Event.AUTHENTICATE)
 
-    def _optimistic_script(self, stage: Stage, channel: SCP02 | SCP03) -> list[Command]:
+    def _optimistic_script(self, stage: Stage, channel: HostChannel) -> list[Command]:
         """The stage's script from the registry this session already read (after a reopen), or
         from the one the platform's records expect (a job's first attempt only: a resumed job's
         records may lag the card). Nothing is believed from it: the card's R-MAC'd listings that
@@ -1520,6 +1740,13 @@ class SessionEngine:
         self.state["finished"].append({"id": job.pk, "kind": job.kind, "state": "pending", "error": error})
         self.state["jobs"] = []
 
+    def _hold(self, error: str) -> None:
+        """The bank's key service could not be reached: the job waits, uncharged; later jobs too."""
+        job = self.job()
+        hold_job(job, error)
+        self.state["finished"].append({"id": job.pk, "kind": job.kind, "state": "pending", "error": error})
+        self.state["jobs"] = []
+
     def _fail_job(self, error: str) -> None:
         job = self.job()
         fail_job(job, error)
@@ -1641,6 +1868,14 @@ def retry_job(job: CardJob, error: str) -> None:
     CardJob.objects.filter(pk=job.pk).update(state=CardJob.State.PENDING, last_error=error)
     job.state, job.last_error = CardJob.State.PENDING, error
     _job_changed(job, "job.attempt_failed", error, attempt=job.attempts)
+
+
+def hold_job(job: CardJob, error: str) -> None:
+    """The job waits for something outside the card (a bank's key service that is down): back to
+    pending, and this attempt is not counted against it."""
+    CardJob.objects.filter(pk=job.pk).update(state=CardJob.State.PENDING, last_error=error, attempts=F("attempts") - 1)
+    job.state, job.last_error, job.attempts = CardJob.State.PENDING, error, max(job.attempts - 1, 0)
+    _job_changed(job, "job.held", error)
 
 
 def fail_job(job: CardJob, error: str) -> None:

@@ -74,7 +74,7 @@ class SsdUpdatePackages(BankSsdStage):
     name = "update-packages"
     status_p1 = (STATUS_APPS, STATUS_ELF_MODULES)
 
-    key_choices = SsdInstallApplets.key_choices
+    custody_key_choices = SsdInstallApplets.custody_key_choices
     preflight = SsdInstallApplets.preflight
 
     def specs(self) -> list[dict[str, Any]]:
@@ -135,7 +135,7 @@ class SsdRemovePackages(BankSsdStage):
     name = "remove-packages"
     status_p1 = (STATUS_APPS, STATUS_ELF_MODULES)
 
-    key_choices = SsdInstallApplets.key_choices
+    custody_key_choices = SsdInstallApplets.custody_key_choices
     preflight = SsdInstallApplets.preflight
 
     def package_aids(self) -> list[str]:

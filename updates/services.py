@@ -32,6 +32,7 @@ from updates.models import TERMINAL_ORG_KINDS, AgentCredential, CardSession, Wor
 from updates.ota import (
     BANK_KVN,
     MAX_ATTEMPTS,
+    SCP11,
     Batch,
     SessionEngine,
     SessionRejected,
@@ -541,6 +542,8 @@ def prepare_job(job_id: int) -> bool:
         if job is None or job.state not in CardJob.OPEN_STATES or job.security_domain is None:
             return False
         sd = job.security_domain
+        if sd.scp == SCP11:
+            return False  # the bank's key service makes its keys; the platform holds none
         if job.kind == CardJob.Kind.ENROLL_BANK:
             kvn = BANK_KVN[sd.scp]
         elif job.kind == CardJob.Kind.ROTATE_KEYS and "to_kvn" in job.params:

@@ -17,7 +17,7 @@ from issuers.custody.keysets import generate_private_key, load_private_key
 from issuers.custody_models import KeySet
 from issuers.models import Organization
 
-CA_NAMES = {
+CA_NAMES: dict[str, str] = {
     KeySet.Purpose.CARD_CA: "E-Card agency card CA",
     KeySet.Purpose.OCE_CA: "E-Card agency OCE CA",
 }

@@ -41,6 +41,7 @@ class Event(enum.StrEnum):
 
     OPEN_STAGE = "open-stage"  # SELECT + INITIALIZE UPDATE of a stage's SD sent (or carried by identification)
     NEXT_KEY = "next-key"  # INITIALIZE UPDATE answered 6A88 (unauthenticated): the next key set is tried
+    KEY_AGREEMENT = "key-agreement"  # SCP11b: INTERNAL AUTHENTICATE sent; its receipt proves the card (Amd F §3.1)
     AUTHENTICATE = "authenticate"  # EXTERNAL AUTHENTICATE + GET STATUS [+ expected-registry script + GET STATUS]
     SCRIPT_ANSWERED = "script-answered"  # the expected-registry script's answers are judged as a script's
     CONTINUE_LISTING = "continue-listing"  # GET STATUS answered 6310: the next occurrences
@@ -58,6 +59,7 @@ TRANSITIONS: Mapping[tuple[Phase, Event], Phase] = MappingProxyType(
         (_T.IDENTIFY, _E.FINISH): _T.DONE,
         # open: the next key set, the channel authenticates, or the stage cannot open (job fails/waits)
         (_T.OPEN, _E.NEXT_KEY): _T.OPEN,
+        (_T.OPEN, _E.KEY_AGREEMENT): _T.OPEN,
         (_T.OPEN, _E.AUTHENTICATE): _T.STATUS,
         (_T.OPEN, _E.OPEN_STAGE): _T.OPEN,
         (_T.OPEN, _E.FINISH): _T.DONE,

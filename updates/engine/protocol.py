@@ -101,6 +101,9 @@ class Command:
     receipt: dict[str, Any] | None = None  # {"op": load|install|delete, "fields": [hex, ...]}
     status_p1: int | None = None  # a GET STATUS of this P1
     proves: str | None = None  # a fact an authenticated 9000 to this command proves, e.g. "deleted:<AID>"
+    # For a channel held by a bank's key service: what the service builds itself instead of a
+    # plain APDU, e.g. {"put_key": {"kvn": 0x31, "replace": 0}} (docs/keyservice.md).
+    service: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,7 @@ class InFlight:
 class KeyChoice:
     """Which keys open a stage's channel: the card's diversified ISD keys, or a stored key set."""
 
-    kind: str  # "isd" | "keyset"
+    kind: str  # "isd" | "keyset" | "bank" (SCP03 at the bank's key service) | "scp11b" (SD key KID 13)
     kvn: int
     keyset_id: int | None = None
 

@@ -18,6 +18,7 @@ EXPECTED = {
     (Phase.IDENTIFY, Event.OPEN_STAGE): Phase.OPEN,
     (Phase.IDENTIFY, Event.FINISH): Phase.DONE,
     (Phase.OPEN, Event.NEXT_KEY): Phase.OPEN,
+    (Phase.OPEN, Event.KEY_AGREEMENT): Phase.OPEN,
     (Phase.OPEN, Event.AUTHENTICATE): Phase.STATUS,
     (Phase.OPEN, Event.OPEN_STAGE): Phase.OPEN,
     (Phase.OPEN, Event.FINISH): Phase.DONE,

@@ -1,0 +1,173 @@
+"""Bank SSD stages run through the bank's own key service (issue 17): enrollment with no shared
+secret (SCP11b, then the bank's SCP03 keys put by its service), applet updates and key rotation
+wrapped by the service, the bank's policy refusing what it did not sign off, and a service that is
+down holding the job instead of failing it. Real HTTPS with mutual TLS, a real SoftHSM2 token, the
+emulated card through the relay API."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.conf import LazySettings
+
+from audit.models import AuditEntry
+from cards.models import CardJob, SecurityDomain
+from gp import commands
+from gp.scp import SCP03
+from issuers.custody.authorities import ca_public_pem
+from issuers.custody_models import KeySet
+from issuers.models import BankKeyService
+from tests.bankservice import RunningService, running_bank_service
+from tests.otakit import OtaWorld, build_ota_world, enroll, update_applet_job
+from tests.shared_data import cap_file
+from updates.delegation import client_for, platform_identity
+from updates.ota import BANK_SCP03_KVN
+
+pytestmark = pytest.mark.django_db
+
+EMPTY = "Empty_0102030405_8d5ac9e2_2.2.1.cap"
+PACKAGE = "0102030405"
+INSTANCE = "0102030405060708"
+
+
+def register(world: OtaWorld, service: RunningService) -> BankKeyService:
+    return BankKeyService.objects.create(
+        organization=world.bank,
+        endpoint=service.url,
+        service_certificate=service.certificate_pem,
+        certificate_sha256=hashlib.sha256(service.certificate_pem.encode()).hexdigest(),
+    )
+
+
+@pytest.fixture
+def world(tmp_path: Path, settings: LazySettings) -> OtaWorld:
+    settings.ECARD_KEYSERVICE_CLIENT_DIR = str(tmp_path / "platform-identity")
+    return build_ota_world(cap_file(EMPTY), bank_scp=0x11)
+
+
+@pytest.fixture
+def alpha_service(world: OtaWorld, tmp_path: Path) -> Iterator[RunningService]:
+    with running_bank_service(
+        tmp_path / "alpha-service",
+        bank="alpha",
+        aid_prefixes=[bytes.fromhex(p) for p in world.bank.aid_ranges.values_list("prefix", flat=True)],
+        card_ca_pem=ca_public_pem(world.agency, KeySet.Purpose.CARD_CA),
+        platform_cert_pem=platform_identity().certificate_pem,
+    ) as service:
+        register(world, service)
+        yield service
+
+
+def journal_of(world: OtaWorld) -> dict:
+    return client_for(BankKeyService.objects.get(organization=world.bank)).journal()
+
+
+def open_with(world: OtaWorld, sd_aid: str, keys: object) -> SCP03:
+    """Open SCP03 with ``sd_aid`` on the world's card directly (no platform in between)."""
+    transport = world.card_transport()
+    assert transport.transmit(commands.select(bytes.fromhex(sd_aid)))[-2:] == b"\x90\x00"
+    channel = SCP03(keys, 0x33, sd_aid=bytes.fromhex(sd_aid))  # type: ignore[arg-type]
+    answer = transport.transmit(channel.initialize_update())
+    assert answer[-2:] == b"\x90\x00", answer.hex()
+    assert transport.transmit(channel.external_authenticate(answer))[-2:] == b"\x90\x00"
+    return channel
+
+
+def enrolled(world: OtaWorld) -> SecurityDomain:
+    enrollment = enroll(world)
+    result = world.present()
+    assert result.ok, result
+    job = CardJob.objects.get(enrollment=enrollment)
+    assert job.state == CardJob.State.DONE, job.last_error
+    sd = SecurityDomain.objects.get(pk=enrollment.security_domain.pk)
+    return sd
+
+
+def test_enrollment_puts_the_banks_keys_through_its_service_and_the_platform_holds_none(
+    world: OtaWorld, alpha_service: RunningService
+) -> None:
+    sd = enrolled(world)
+
+    assert sd.scp == 0x11
+    assert sd.key_kvn == BANK_SCP03_KVN
+    assert sd.lifecycle == SecurityDomain.Lifecycle.PERSONALIZED
+    keys = alpha_service.derive_static_keys(bytes.fromhex(world.card.cin), bytes.fromhex(sd.aid), BANK_SCP03_KVN)
+    open_with(world, sd.aid, keys)  # the card holds exactly the keys of the bank's token
+    assert not KeySet.objects.filter(organization=world.bank).exists()
+    secrets = [k.hex().upper() for k in (keys.enc, keys.mac, keys.dek)]
+    for entry in AuditEntry.objects.all():
+        text = str(entry.details).upper() + entry.reason.upper()
+        assert not any(s in text for s in secrets)
+    journal = journal_of(world)
+    assert {e["action"] for e in journal["entries"]} >= {"open", "wrap"}
+    assert all(s not in str(journal).upper() for s in secrets)
+
+
+def test_applet_update_is_wrapped_by_the_service_only_for_a_release_the_bank_signed_off(
+    world: OtaWorld, alpha_service: RunningService
+) -> None:
+    sd = enrolled(world)
+    release = world.releases[PACKAGE]
+    params = {"packages": [{"release": release.pk, "instances": [INSTANCE]}]}
+
+    refused = update_applet_job(world, sd, params)
+    world.present()
+    refused.refresh_from_db()
+    assert refused.state == CardJob.State.FAILED
+    assert "key service refused" in refused.last_error
+    assert AuditEntry.objects.filter(action="key_service.refused", organization_slug=world.bank.slug).exists()
+    journal = journal_of(world)
+    assert any(e["action"] == "refused" for e in journal["entries"])
+
+    alpha_service.approve_release(bytes.fromhex(PACKAGE), bytes.fromhex(release.lfdb_sha256), "alpha-officer")
+    job = update_applet_job(world, sd, params)
+    result = world.present()
+    assert result.ok, result
+    job.refresh_from_db()
+    assert job.state == CardJob.State.DONE, job.last_error
+    assert sd.packages.filter(package_aid=PACKAGE).exists()
+    assert sd.applets.filter(instance_aid=INSTANCE).exists()
+
+
+def test_key_rotation_runs_at_the_service(world: OtaWorld, alpha_service: RunningService) -> None:
+    from cards import services as card_services
+
+    sd = enrolled(world)
+    job = card_services.request_key_rotation(security_domain=sd, actor=world.operator)
+    result = world.present()
+    assert result.ok, result
+    job.refresh_from_db()
+    assert job.state == CardJob.State.DONE, job.last_error
+    sd.refresh_from_db()
+    assert sd.key_kvn == BANK_SCP03_KVN + 1
+    open_with(
+        world,
+        sd.aid,
+        alpha_service.derive_static_keys(bytes.fromhex(world.card.cin), bytes.fromhex(sd.aid), sd.key_kvn),
+    )
+
+
+def test_a_service_that_is_down_holds_the_job_and_it_completes_when_back(
+    world: OtaWorld, alpha_service: RunningService
+) -> None:
+    alpha_service.stop()
+    enrollment = enroll(world)
+    world.present()
+    job = CardJob.objects.get(enrollment=enrollment)
+    assert job.state == CardJob.State.PENDING
+    assert "key service is unavailable" in job.last_error
+    assert job.attempts == 0  # held, not charged
+    assert AuditEntry.objects.filter(action="job.held", subject_id=str(job.pk)).exists()
+
+    world.present()  # still down: still held, never failed
+    job.refresh_from_db()
+    assert job.state == CardJob.State.PENDING and job.attempts == 0
+
+    alpha_service.start()
+    result = world.present()
+    assert result.ok, result
+    job.refresh_from_db()
+    assert job.state == CardJob.State.DONE, job.last_error

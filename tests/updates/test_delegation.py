@@ -171,3 +171,39 @@ def test_a_service_that_is_down_holds_the_job_and_it_completes_when_back(
     assert result.ok, result
     job.refresh_from_db()
     assert job.state == CardJob.State.DONE, job.last_error
+
+
+def test_a_platform_asking_for_another_banks_sd_or_an_aid_outside_the_range_is_refused_and_both_sides_say_so(
+    world: OtaWorld, alpha_service: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sd = enrolled(world)
+    # the platform's own DM policy would refuse the token first: this platform has lost it
+    monkeypatch.setattr("updates.policy.authorize", lambda **kwargs: None)
+    release = world.releases[PACKAGE]
+    alpha_service.approve_release(bytes.fromhex(PACKAGE), bytes.fromhex(release.lfdb_sha256), "alpha-officer")
+
+    # an instance AID in Beta's range, inside Alpha's SSD
+    outside = "A00000088802AA01"
+    job = update_applet_job(world, sd, {"packages": [{"release": release.pk, "instances": [outside]}]})
+    world.present()
+    job.refresh_from_db()
+    assert job.state == CardJob.State.FAILED and "key service refused" in job.last_error
+    assert outside in job.last_error
+
+    # a platform that points Beta's SSD at Alpha's service (a wrong or malicious registration)
+    BankKeyService.objects.create(
+        organization=world.other_bank,
+        endpoint=alpha_service.url,
+        service_certificate=alpha_service.certificate_pem,
+        certificate_sha256=hashlib.sha256(alpha_service.certificate_pem.encode()).hexdigest(),
+    )
+    enrollment = enroll(world, world.other_bank)
+    world.present()
+    beta_job = CardJob.objects.get(enrollment=enrollment)
+    assert beta_job.state == CardJob.State.FAILED and "key service refused" in beta_job.last_error
+
+    refusals = AuditEntry.objects.filter(action="key_service.refused")
+    assert {e.subject_id for e in refusals} >= {sd.aid, enrollment.security_domain.aid}
+    journaled = [e for e in journal_of(world)["entries"] if e["action"] == "refused"]
+    assert len(journaled) >= 2
+    assert any(e["sd_aid"].upper() == enrollment.security_domain.aid for e in journaled)

@@ -7,6 +7,9 @@
 # It also runs one audit-log witness (python -m audit.witness, the regulator's, on WITNESS_PORT,
 # default 8100): its key is made on first run in var/witness.key (0600), its state is
 # var/witness-state.json, and the platform sends it every new checkpoint (ECARD_WITNESSES).
+# And one key service per demo bank (python -m keyservice serve var/keyservice/<bank>), which holds
+# that bank's keys in its own SoftHSM2 token: the platform asks it to open and wrap every channel
+# to the bank's security domains.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -41,7 +44,16 @@ if pidof pcscd >/dev/null; then
 else
     echo "pcscd with vsmartcard-vpcd is not running: demo cards stay in var/cards/ (agent --card-file \"\$(.venv/bin/python manage.py card_file citizen1)\")"
 fi
-mkdir -p var
+mkdir -p var/log
+# Each demo bank's own key service (docs/keyservice.md): its SoftHSM2 token, its TLS identity and
+# its policy were made by seed_demo with `python -m keyservice init` in var/keyservice/<bank>/.
+for dir in "${ECARD_KEYSERVICE_DIR:-var/keyservice}"/*/; do
+    [ -f "$dir/config.json" ] || continue
+    bank=$(basename "$dir")
+    "$PY" -m keyservice serve "$dir" >"var/log/keyservice-$bank.log" 2>&1 &
+    pids+=("$!")
+    echo "key service of $bank: $(sed -n 's/.*"port": *\([0-9]*\).*/https:\/\/127.0.0.1:\1/p' "$dir/config.json" | head -1) (log var/log/keyservice-$bank.log)"
+done
 if [ ! -s var/witness.key ]; then
     "$PY" -m audit.witness keygen --name "$WITNESS_NAME" --out var/witness.key >/dev/null || exit 1
 fi

@@ -37,6 +37,8 @@ REDIS_HOST=${REDIS_HOST:-127.0.0.1}
 REDIS_PORT=${REDIS_PORT:-6379}
 CELERY_WORKERS=${CELERY_WORKERS:-2}
 WITNESS_PORT=${PROD_WITNESS_PORT:-8101}
+# The demo banks' key services (seed_demo makes their directories; docs/keyservice.md): ports from here.
+KEYSERVICE_PORT=${PROD_KEYSERVICE_PORT:-8561}
 WITNESS_KEY=$VAR/witness.key
 PROD_TLS=${PROD_TLS:-1}
 TLS_DIR=$VAR/tls
@@ -156,6 +158,9 @@ load_env() {
     done
     export PROD_WEB_URLS=$urls
     export PYTHONUNBUFFERED=1
+    export ECARD_KEYSERVICE_DIR=${ECARD_KEYSERVICE_DIR:-$VAR/keyservice}
+    export ECARD_KEYSERVICE_CLIENT_DIR=${ECARD_KEYSERVICE_CLIENT_DIR:-$VAR/keyservice-client}
+    export ECARD_DEMO_KEYSERVICE_PORT=$KEYSERVICE_PORT
 }
 
 group_port() { echo $((PORT + $1 - 1)); }
@@ -203,7 +208,10 @@ cmd_start() {
     "$PY" manage.py collectstatic --noinput >>"$LOG/deploy.log" 2>&1 || die "collectstatic failed (see $LOG/deploy.log)"
     "$PY" manage.py check --deploy --fail-level "$CHECK_LEVEL" >>"$LOG/deploy.log" 2>&1 \
         || die "manage.py check --deploy failed (see $LOG/deploy.log)"
+    # The demo world (idempotent): agency, Alpha and Beta with their own key services, citizens.
+    [ "${PROD_SEED_DEMO:-1}" = 1 ] && { "$PY" manage.py seed_demo >>"$LOG/deploy.log" 2>&1 || die "seed_demo failed (see $LOG/deploy.log)"; }
     start_witness
+    start_key_services
     start_bg web "$ROOT/.venv/bin/gunicorn" -c "$ROOT/ecard/gunicorn.conf.py" ecard.wsgi:application
     local g
     for g in $(seq 2 "$WEB_GROUPS"); do
@@ -222,6 +230,16 @@ cmd_start() {
         wait_http "$(group_port "$g")" || die "web group $g did not become healthy (see $LOG/web*.log)"
     done
     echo "prod-local: serving ${PROD_WEB_URLS//,/ and } (DEBUG off; stop with: make prod-local-stop)"
+}
+
+start_key_services() {
+    # Each bank's key service, run here for the local topology (a real bank runs its own, on its
+    # premises: docs/deploy.md); its token, TLS identity and policy are in its directory.
+    local dir
+    for dir in "$ECARD_KEYSERVICE_DIR"/*/; do
+        [ -f "$dir/config.json" ] || continue
+        start_bg "keyservice-$(basename "$dir")" "$PY" -m keyservice serve "$dir"
+    done
 }
 
 start_witness() {
@@ -287,6 +305,15 @@ cmd_status() {
     else
         echo "witness: stopped"
     fi
+    local pidfile
+    for pidfile in "$RUN"/keyservice-*.pid; do
+        [ -e "$pidfile" ] || continue
+        if pid_alive "$pidfile"; then
+            echo "$(basename "$pidfile" .pid): running (pid $(cat "$pidfile"))"
+        else
+            echo "$(basename "$pidfile" .pid): stopped"
+        fi
+    done
     return $rc
 }
 

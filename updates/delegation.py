@@ -55,8 +55,7 @@ _clients_lock = threading.Lock()
 
 def platform_identity() -> bsc.ClientIdentity:
     """The platform's TLS client identity, which each bank's service pins (made on first use)."""
-    default = Path(settings.BASE_DIR) / "var" / "keyservice-client"
-    return bsc.ensure_client_identity(Path(getattr(settings, "ECARD_KEYSERVICE_CLIENT_DIR", default)))
+    return bsc.ensure_client_identity(Path(settings.ECARD_KEYSERVICE_CLIENT_DIR))
 
 
 def client_for(service: BankKeyService) -> bsc.BankServiceClient:

@@ -13,14 +13,18 @@ from cards.models import Card, CardJob, Enrollment
 from demo.management.commands.seed_demo import DEMO_PASSWORD, DEMO_USERS
 from issuers.custody_models import KeySet
 from issuers.models import Organization
+from tests.keyservice_process import free_port_pair, serving
 from updates.models import Release
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def _cards_dir(tmp_path, settings):
+def _cards_dir(tmp_path, settings, monkeypatch):
     settings.ECARD_CARDS_DIR = tmp_path
+    settings.ECARD_KEYSERVICE_DIR = tmp_path / "keyservice"
+    settings.ECARD_KEYSERVICE_CLIENT_DIR = tmp_path / "platform-identity"
+    monkeypatch.setenv("ECARD_DEMO_KEYSERVICE_PORT", str(free_port_pair()))
 
 
 def counts() -> tuple[int, ...]:
@@ -64,7 +68,7 @@ def test_seed_demo_is_idempotent_and_complete(tmp_path: Path) -> None:
     assert Release.objects.filter(bank__slug="alpha").count() == 2
 
 
-def test_the_seeded_enrollment_runs_over_the_air() -> None:
+def test_the_seeded_enrollment_runs_over_the_air_through_alphas_key_service(tmp_path: Path) -> None:
     from agent.core import run_session
     from cardsim.transport import InProcessCard
     from tests.otakit import ApiServer
@@ -76,9 +80,13 @@ def test_the_seeded_enrollment_runs_over_the_air() -> None:
     card = Card.objects.get(holder=citizen)
     transport = InProcessCard(card.state_file)
     transport.reset()
-    result = run_session(transport, ApiServer(token))
+    with serving(tmp_path / "keyservice" / "alpha", tmp_path / "alpha-service.log"):
+        result = run_session(transport, ApiServer(token))
     assert result.ok, result
     enrollment = Enrollment.objects.get(card=card)
+    sd = enrollment.security_domain
+    assert sd.scp == 0x11 and sd.key_kvn == 0x31  # keyed by Alpha's own service
+    assert not KeySet.objects.filter(organization__slug="alpha", purpose=KeySet.Purpose.SCP_STATIC).exists()
     assert enrollment.status == Enrollment.Status.ACTIVE
     applet = enrollment.security_domain.applets.get()
     assert (applet.instance_aid, applet.package_version) == ("F0414C5048010101", "1.0")

@@ -8,12 +8,15 @@ citizen1, citizen2, citizen3. Each demo card's state file is ``var/cards/<CIN>.j
 
 from __future__ import annotations
 
+import os
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from cards import services as card_services
 from cards.models import Card, Enrollment
+from demo import key_services
 from issuers import services as issuer_services
 from issuers.models import Membership, Organization
 from updates.demo_cap import build_cap
@@ -25,9 +28,11 @@ DEMO_USERS = ("agency", "alpha", "beta", "regulator", "citizen1", "citizen2", "c
 
 # Proprietary RIDs (ISO 7816-5 category F): "F0" + the bank's name in ASCII.
 BANKS = (
-    {"name": "Alpha Bank", "slug": "alpha", "rid": "F0414C5048", "user": "alpha", "app": "Alpha Wallet"},
-    {"name": "Beta Bank", "slug": "beta", "rid": "F042455441", "user": "beta", "app": "Beta Pay"},
+    {"name": "Alpha Bank", "slug": "alpha", "rid": "F0414C5048", "user": "alpha", "app": "Alpha Wallet", "port": 0},
+    {"name": "Beta Bank", "slug": "beta", "rid": "F042455441", "user": "beta", "app": "Beta Pay", "port": 1},
 )
+# Each demo bank's key service listens on ECARD_DEMO_KEYSERVICE_PORT + its offset (8551, 8552 by default).
+KEYSERVICE_PORT = "8551"
 
 
 def package_aid(rid: str) -> str:
@@ -64,6 +69,9 @@ class Command(BaseCommand):
             if template.default_applets != wanted:
                 template.default_applets = wanted
                 template.save(update_fields=["default_applets"])
+            # the bank's own key service: its keys never reach the platform (docs/keyservice.md)
+            port = int(os.environ.get("ECARD_DEMO_KEYSERVICE_PORT", KEYSERVICE_PORT)) + int(spec["port"])
+            key_services.provision(bank, agency, port=port, approver=spec["user"])
         for number in (1, 2, 3):
             citizen = users[f"citizen{number}"]
             if not citizen.cards.exists():

@@ -1,0 +1,83 @@
+"""The demo banks' own key services (docs/keyservice.md), set up as each bank would on its premises:
+``python -m keyservice init`` (its own SoftHSM2 token, TLS identity and policy, pinning the
+platform's client certificate), the bank's sign-off of its releases (``approve-release``), and the
+agency's registration of the service's endpoint and certificate. ``scripts/demo.sh`` and
+``scripts/prod_local.sh`` then run ``python -m keyservice serve`` for each directory here."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+from django.conf import settings
+
+from audit.services import record_event
+from issuers.custody.authorities import ca_public_pem
+from issuers.custody_models import KeySet
+from issuers.models import BankKeyService, Organization
+from updates.delegation import platform_identity
+from updates.models import Release
+
+
+def _keyservice(*args: str) -> None:
+    result = subprocess.run(  # noqa: S603 - our own module, arguments we built
+        [sys.executable, "-m", "keyservice", *args], capture_output=True, text=True, check=False, timeout=120
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"keyservice {args[0]} failed: {result.stderr.strip()[-500:]}")
+
+
+def service_directory(bank: Organization) -> Path:
+    return Path(settings.ECARD_KEYSERVICE_DIR) / bank.slug
+
+
+def provision(bank: Organization, agency: Organization, *, port: int, approver: str) -> BankKeyService:
+    """Create (once) the bank's service directory, sign off its releases, register it."""
+    directory = service_directory(bank)
+    if not (directory / "config.json").exists():
+        card_ca = directory.parent / "agency-card-ca.pem"
+        card_ca.parent.mkdir(parents=True, exist_ok=True)
+        card_ca.write_text(ca_public_pem(agency, KeySet.Purpose.CARD_CA))
+        args = ["init", str(directory), "--bank", bank.slug, "--card-ca", str(card_ca)]
+        args += ["--platform-cert", str(platform_identity().cert_path), "--port", str(port)]
+        for prefix in bank.aid_ranges.values_list("prefix", flat=True):
+            args += ["--aid-prefix", prefix]
+        _keyservice(*args)
+    for release in Release.objects.filter(bank=bank):
+        _keyservice(
+            "approve-release",
+            str(directory),
+            "--package-aid",
+            release.package_aid,
+            "--hash",
+            release.lfdb_sha256,
+            "--by",
+            approver,
+        )
+    certificate = (directory / "tls" / "cert.pem").read_text()
+    fingerprint = hashlib.sha256(certificate.encode()).hexdigest()
+    service, created = BankKeyService.objects.update_or_create(
+        organization=bank,
+        defaults={
+            "endpoint": f"https://127.0.0.1:{port}",
+            "service_certificate": certificate,
+            "certificate_sha256": fingerprint,
+            "is_active": True,
+        },
+    )
+    if created:
+        record_event(
+            action="key_service.registered",
+            subject_type="organization",
+            subject_id=bank.slug,
+            organization=bank,
+            actor_type="system",
+            details={"endpoint": service.endpoint, "certificate_sha256": fingerprint},
+        )
+    template = bank.ssd_template
+    if template.scp != 0x11:  # new enrollments: an SSD with no shared secret, keyed by the bank's service
+        template.scp, template.scp_i = 0x11, 0x00
+        template.save(update_fields=["scp", "scp_i", "updated_at"])
+    return service

@@ -39,7 +39,7 @@ class ServedKeyService:
 
     def start(self) -> ServedKeyService:
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(  # noqa: S603 - our own module
+            self.proc = subprocess.Popen(
                 [sys.executable, "-m", "keyservice", "serve", str(self.directory)],
                 cwd=PROJECT_ROOT,
                 stdout=out,

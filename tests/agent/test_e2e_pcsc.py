@@ -32,6 +32,7 @@ from gp.errors import AuthenticationError
 from gp.scp import SCP03, StaticKeys
 from issuers import custody
 from tests.cardsim.hostlib import check_consistency
+from tests.keyservice_process import free_port_pair, serving
 from tests.otakit import build_ota_world, enroll
 from tests.pcsc_support import vpcd_reader
 from tests.shared_data import PROJECT_ROOT, cap_file
@@ -232,6 +233,63 @@ def test_enrollment_and_removal_through_pcsc_and_http(live_server, settings, tmp
     check_consistency(state)
     assert sd_aid not in state["apps"] and sd_aid not in state["sds"] and release.package_aid not in state["elfs"]
     assert state["load"] is None
+
+
+def test_the_demo_enrollment_and_an_update_run_through_alphas_key_service(
+    live_server, settings, tmp_path: Path, serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo world (seed_demo) with Alpha's key service as its own process: citizen1's pending
+    enrollment and then an applet update run through pcscd, vpcd and ``cardsim serve``, every
+    channel to Alpha's SSD opened and wrapped by Alpha's service. With the service stopped the
+    update waits (held, not failed); when it is back, it completes."""
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+
+    from cards.models import Card, CardJob
+    from updates.models import Release
+    from updates.services import issue_agent_credential
+
+    settings.ECARD_CARDS_DIR = tmp_path / "cards"
+    settings.ECARD_KEYSERVICE_DIR = tmp_path / "keyservice"
+    settings.ECARD_KEYSERVICE_CLIENT_DIR = tmp_path / "platform-identity"
+    monkeypatch.setenv("ECARD_DEMO_KEYSERVICE_PORT", str(free_port_pair()))
+    call_command("seed_demo", stdout=open(tmp_path / "seed.log", "w"))  # noqa: SIM115
+    citizen = get_user_model().objects.get(username="citizen1")
+    _credential, token = issue_agent_credential(user=citizen, name="pcsc reader")
+    card = Card.objects.get(holder=citizen)
+    served = serve(Path(card.state_file))
+
+    with serving(tmp_path / "keyservice" / "alpha", tmp_path / "alpha-service.log") as alpha:
+        result = run_agent(live_server.url, token, tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "done    Enroll bank" in result.stderr
+        enrollment = Enrollment.objects.get(card=card, bank__slug="alpha")
+        assert enrollment.status == Enrollment.Status.ACTIVE
+        sd = SecurityDomain.objects.get(pk=enrollment.security_domain_id)
+        assert sd.scp == 0x11 and sd.key_kvn == 0x31 and sd.lifecycle == SecurityDomain.Lifecycle.PERSONALIZED
+        instance = sd.applets.get().instance_aid
+
+        upgrade = Release.objects.get(bank__slug="alpha", package_version="2.0")
+        job = CardJob.objects.create(
+            card=card,
+            kind=CardJob.Kind.UPDATE_APPLET,
+            organization=sd.organization,
+            security_domain=sd,
+            params={"packages": [{"release": upgrade.pk, "instances": [instance]}]},
+        )
+        alpha.stop()
+        result = run_agent(live_server.url, token, tmp_path)
+        job.refresh_from_db()
+        assert job.state == CardJob.State.PENDING and job.attempts == 0, (job.state, job.last_error)
+        assert "key service is unavailable" in job.last_error
+
+        alpha.start()
+        result = run_agent(live_server.url, token, tmp_path)
+        assert result.returncode == 0, result.stderr
+        job.refresh_from_db()
+        assert job.state == CardJob.State.DONE, job.last_error
+        assert sd.applets.get().package_version == "2.0"
+    assert served.stop() == 0
 
 
 def test_agent_reports_a_missing_reader(reader: Any) -> None:

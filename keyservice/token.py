@@ -114,7 +114,15 @@ class BankToken:
     def _open(self) -> Any:
         if self._session is None:
             try:
-                token = pkcs11.lib(self.module).get_token(token_label=self.label)
+                library = pkcs11.lib(self.module)  # one per process and module (python-pkcs11)
+                try:
+                    token = library.get_token(token_label=self.label)
+                except pkcs11.exceptions.NoSuchToken:
+                    # SoftHSM2 lists the tokens it found at C_Initialize: a token made later (a
+                    # test process's second bank) appears after a re-initialisation. Sessions
+                    # of this process end with it; their owners re-open them (see _call).
+                    library.reinitialize()
+                    token = library.get_token(token_label=self.label)
                 try:
                     self._session = token.open(rw=True, user_pin=self._pin)
                 except pkcs11.exceptions.UserAlreadyLoggedIn:

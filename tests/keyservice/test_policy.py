@@ -79,7 +79,12 @@ def test_an_sd_outside_the_range_is_not_opened(client: BankServiceClient, tmp_pa
     install_scp11_ssd(card, OUTSIDE)
     with pytest.raises(BankServiceRefused, match="A0000000031010 is outside alpha's range"):
         client.open_scp11b(
-            session="s", card=cin_of(card), sd_aid=OUTSIDE, kid=0x13, kvn=1, certificates=certificate_store(card, OUTSIDE)
+            session="s",
+            card=cin_of(card),
+            sd_aid=OUTSIDE,
+            kid=0x13,
+            kvn=1,
+            certificates=certificate_store(card, OUTSIDE),
         )
     assert refused_entries(client)[0]["sd_aid"] == OUTSIDE.hex().upper()
 

@@ -68,9 +68,11 @@ def test_a_tampered_alien_or_rebound_state_does_not_open(
         assert error.value.code == "channel" and error.value.whose == "platform"
     # The same bank's second service (another process, another sealing key) cannot open it either.
     other = bank_service_factory("alpha2", aid_prefixes=[BANK_PREFIX], card_ca_pem=card_ca_pem(card))
-    with BankServiceClient(other.url, other.certificate_pem, platform_identity) as other_client:
-        with pytest.raises(BankServiceChannelError, match="does not open"):
-            other_client.exchange(session=relay.session, state=relay.state, responses=relay.pending, commands=[])
+    with (
+        BankServiceClient(other.url, other.certificate_pem, platform_identity) as other_client,
+        pytest.raises(BankServiceChannelError, match="does not open"),
+    ):
+        other_client.exchange(session=relay.session, state=relay.state, responses=relay.pending, commands=[])
     # The genuine state still works.
     assert relay.exchange([]).state is not None
 

@@ -168,7 +168,14 @@ class BankServiceClient:
             self._local.connection = connection
         return connection
 
+    def __enter__(self) -> BankServiceClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
+        """Close this thread's connection (the others close with their threads)."""
         connection = getattr(self._local, "connection", None)
         if connection is not None:
             connection.close()

@@ -322,7 +322,8 @@ class Pkcs11Backend(KekBackend):
             try:
                 token = lib.get_token(token_label=self._token_label)
             except pkcs11.exceptions.NoSuchToken:
-                # SoftHSM2 lists tokens at C_Initialize: a token made since (in the same process) shows after this
+                # SoftHSM2 lists the tokens it found at C_Initialize; one made since (another
+                # token in the same test process, tests/softhsm.py) appears after a re-initialisation.
                 lib.reinitialize()
                 token = lib.get_token(token_label=self._token_label)
             try:

@@ -7,8 +7,10 @@ caller gets a generic 500 document, never a stack trace.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import socket
 import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -122,12 +124,31 @@ class KeyServiceHTTPServer(ThreadingHTTPServer):
         # One request at a time through the service: the token session and the journal are
         # shared, and the platform relays one card at a time per bank anyway.
         self.lock = threading.Lock()
+        self._connections: set[Any] = set()
+        self._connections_lock = threading.Lock()
 
     def get_request(self) -> tuple[Any, Any]:
         sock, address = super().get_request()
         # The handshake runs in the handler thread (do_handshake_on_connect), so a client that
         # stalls or is refused never blocks the accept loop.
-        return self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+        tls = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        with self._connections_lock:
+            self._connections.add(tls)
+        return tls, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Stop listening and end the keep-alive connections too: a stopped service is down."""
+        super().server_close()
+        with self._connections_lock:
+            connections, self._connections = list(self._connections), set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.info("connection from %s ended: TLS or socket error", client_address)

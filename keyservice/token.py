@@ -114,14 +114,15 @@ class BankToken:
     def _open(self) -> Any:
         if self._session is None:
             try:
-                lib = pkcs11.lib(self.module)
+                library = pkcs11.lib(self.module)  # one per process and module (python-pkcs11)
                 try:
-                    token = lib.get_token(token_label=self.label)
+                    token = library.get_token(token_label=self.label)
                 except pkcs11.exceptions.NoSuchToken:
-                    # SoftHSM2 lists its tokens at C_Initialize: one made since then (another bank's
-                    # service started in the same process, as in tests) appears after re-initialising
-                    lib.reinitialize()
-                    token = lib.get_token(token_label=self.label)
+                    # SoftHSM2 lists the tokens it found at C_Initialize: a token made later (a
+                    # test process's second bank) appears after a re-initialisation. Sessions
+                    # of this process end with it; their owners re-open them (see _call).
+                    library.reinitialize()
+                    token = library.get_token(token_label=self.label)
                 try:
                     self._session = token.open(rw=True, user_pin=self._pin)
                 except pkcs11.exceptions.UserAlreadyLoggedIn:

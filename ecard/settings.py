@@ -362,3 +362,14 @@ CELERY_BEAT_SCHEDULE["expire-idle-relay-sessions"] = {  # noqa: F405 - defined i
     "schedule": 60.0,
     "options": {"expires": 60.0},
 }
+
+# --- bank key services (docs/keyservice.md) ------------------------------------------------------
+# The platform's TLS client identity (key and self-signed certificate) that each bank's key service
+# pins; created on first use.
+ECARD_KEYSERVICE_CLIENT_DIR = Path(os.environ.get("ECARD_KEYSERVICE_CLIENT_DIR", VAR_DIR / "keyservice-client"))
+ECARD_KEYSERVICE_CHECK_SECONDS = float(os.environ.get("ECARD_KEYSERVICE_CHECK_SECONDS", "60"))
+CELERY_BEAT_SCHEDULE["check-bank-key-services"] = {  # noqa: F405 - defined in settings_audit
+    "task": "issuers.check_key_services",
+    "schedule": ECARD_KEYSERVICE_CHECK_SECONDS,
+    "options": {"expires": ECARD_KEYSERVICE_CHECK_SECONDS},
+}

@@ -1,4 +1,7 @@
-"""Write operations of the issuers app. Each runs in one transaction with its audit entry."""
+"""Write operations of the issuers app. Each runs in one transaction with its audit entry.
+
+The banks' key services (registration, health, OCE certificates) are in :mod:`issuers.key_services`,
+re-exported here."""
 
 from __future__ import annotations
 
@@ -17,6 +20,11 @@ from audit.services import record_event
 from ecard.errors import ServiceError
 from issuers import custody, roles
 from issuers.custody_models import KeySet
+from issuers.key_services import check_key_service as check_key_service
+from issuers.key_services import client_for as client_for
+from issuers.key_services import platform_identity as platform_identity
+from issuers.key_services import register_key_service as register_key_service
+from issuers.key_services import rotate_oce_certificate as rotate_oce_certificate
 from issuers.models import AidRange, Invitation, Membership, Organization, SharedMemberApproval, SsdTemplate
 
 _HEX = re.compile(r"^([0-9A-F]{2})*$")

@@ -144,8 +144,10 @@ class CertificateAuthority:
         key_usage: KeyUsage,
         not_before: dt.date,
         not_after: dt.date,
+        digital_signature: bool = False,
     ) -> X509Certificate:
-        """An X.509 certificate signed by this CA (the form yubikit sends in SCP11a/c)."""
+        """An X.509 certificate signed by this CA (the form yubikit sends in SCP11a/c).
+        ``digital_signature`` adds that usage to a key-agreement key (an OCE's key also signs)."""
         is_ca = key_usage is KeyUsage.SIGNATURE_VERIFICATION
         agreement = key_usage is KeyUsage.KEY_AGREEMENT
         builder = (
@@ -159,7 +161,7 @@ class CertificateAuthority:
             .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
             .add_extension(
                 x509.KeyUsage(
-                    digital_signature=is_ca,
+                    digital_signature=is_ca or digital_signature,
                     content_commitment=False,
                     key_encipherment=False,
                     data_encipherment=False,

@@ -6,18 +6,16 @@ agency's registration of the service's endpoint and certificate. ``scripts/demo.
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
 
 from django.conf import settings
 
-from audit.services import record_event
 from issuers.custody.authorities import ca_public_pem
 from issuers.custody_models import KeySet
+from issuers.key_services import platform_identity, register_key_service
 from issuers.models import BankKeyService, Organization
-from updates.delegation import platform_identity
 from updates.models import Release
 
 
@@ -57,24 +55,12 @@ def provision(bank: Organization, agency: Organization, *, port: int, approver: 
             approver,
         )
     certificate = (directory / "tls" / "cert.pem").read_text()
-    fingerprint = hashlib.sha256(certificate.encode()).hexdigest()
-    service, created = BankKeyService.objects.update_or_create(
-        organization=bank,
-        defaults={
-            "endpoint": f"https://127.0.0.1:{port}",
-            "service_certificate": certificate,
-            "certificate_sha256": fingerprint,
-            "is_active": True,
-        },
-    )
-    if created:
-        record_event(
-            action="key_service.registered",
-            subject_type="organization",
-            subject_id=bank.slug,
-            organization=bank,
-            actor_type="system",
-            details={"endpoint": service.endpoint, "certificate_sha256": fingerprint},
+    endpoint = f"https://127.0.0.1:{port}"
+    service = BankKeyService.objects.filter(organization=bank).first()
+    if service is None or service.endpoint != endpoint or service.service_certificate != certificate:
+        # the agency admits the service (audited); its first health check finds it not yet started
+        service = register_key_service(
+            organization=bank, endpoint=endpoint, service_certificate_pem=certificate, actor=None
         )
     template = bank.ssd_template
     if template.scp != 0x11:  # new enrollments: an SSD with no shared secret, keyed by the bank's service

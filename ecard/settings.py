@@ -342,10 +342,8 @@ LOGGING = {
 # --- platform ----------------------------------------------------------------
 # Where emulated cards keep their state files (cardsim).
 ECARD_CARDS_DIR = Path(os.environ.get("ECARD_CARDS_DIR", VAR_DIR / "cards"))
-# Bank key services (docs/keyservice.md): the platform's TLS client identity, which each bank's
-# service pins, and (demo and prod-local only: real banks run theirs on their own premises) the
-# directories of the demo banks' services.
-ECARD_KEYSERVICE_CLIENT_DIR = Path(os.environ.get("ECARD_KEYSERVICE_CLIENT_DIR", VAR_DIR / "keyservice-client"))
+# The demo banks' key services' directories (demo and prod-local only: real banks run theirs on
+# their own premises; docs/keyservice.md).
 ECARD_KEYSERVICE_DIR = Path(os.environ.get("ECARD_KEYSERVICE_DIR", VAR_DIR / "keyservice"))
 
 from ecard.settings_audit import *  # noqa: F403,E402

@@ -24,15 +24,13 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-from django.conf import settings
 
 from audit.services import record_event
 from gp.errors import LocalProtocolError
 from gp.scp import SecuredResponse
 from issuers import bank_service_client as bsc
+from issuers.key_services import platform_identity
 from issuers.models import BankKeyService, Organization
 from updates.engine.protocol import Command, JobFailed, SessionRejected, StepFailed
 
@@ -51,11 +49,6 @@ def key_service_of(organization: Organization) -> BankKeyService | None:
 
 _clients: dict[tuple[int, str, str], bsc.BankServiceClient] = {}
 _clients_lock = threading.Lock()
-
-
-def platform_identity() -> bsc.ClientIdentity:
-    """The platform's TLS client identity, which each bank's service pins (made on first use)."""
-    return bsc.ensure_client_identity(Path(settings.ECARD_KEYSERVICE_CLIENT_DIR))
 
 
 def client_for(service: BankKeyService) -> bsc.BankServiceClient:

@@ -207,3 +207,53 @@ def test_a_platform_asking_for_another_banks_sd_or_an_aid_outside_the_range_is_r
     journaled = [e for e in journal_of(world)["entries"] if e["action"] == "refused"]
     assert len(journaled) >= 2
     assert any(e["sd_aid"].upper() == enrollment.security_domain.aid for e in journaled)
+
+
+def test_exchanges_and_key_service_calls_are_batched(
+    world: OtaWorld, alpha_service: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Delegation keeps the engine's round trips (a single-stage job: 3 exchanges) and calls the
+    bank's service at most twice per exchange (unwrap the answers, open or wrap the next batch),
+    never once per APDU. SCP11b enrollment costs one exchange more than an SCP03 stage: INTERNAL
+    AUTHENTICATE's answer must come back before anything can be wrapped."""
+    from agent.core import run_session
+    from issuers import bank_service_client as bsc
+    from tests.otakit import ApiServer
+
+    calls: list[str] = []
+    original = bsc.BankServiceClient._request
+
+    def counting(self: bsc.BankServiceClient, method: str, path: str, body: object = None) -> object:
+        calls.append(path)
+        return original(self, method, path, body)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bsc.BankServiceClient, "_request", counting)
+
+    class Counting(ApiServer):
+        exchanges = 0
+
+        def open_session(self, mode: str) -> dict:
+            Counting.exchanges += 1
+            return super().open_session(mode)
+
+        def exchange(self, session: str, number: int, responses: list[str]) -> dict:
+            Counting.exchanges += 1
+            return super().exchange(session, number, responses)
+
+    enroll(world)
+    result = run_session(world.card_transport(), Counting(world.token))
+    assert result.ok, result
+    # install the SSD (ISD, 3 exchanges), then SELECT + GET DATA BF21, INTERNAL AUTHENTICATE, and
+    # the bank's keys with the verifying listing
+    assert Counting.exchanges == 3 + 3
+    assert len(calls) <= 2 * 3
+
+    sd = SecurityDomain.objects.get(card=world.card, organization=world.bank)
+    from cards import services as card_services
+
+    card_services.request_key_rotation(security_domain=sd, actor=world.operator)
+    Counting.exchanges, calls[:] = 0, []
+    result = run_session(world.card_transport(), Counting(world.token))
+    assert result.ok, result
+    assert Counting.exchanges == 3
+    assert 0 < len(calls) <= 2 * 2  # the channel's two exchanges; the identification needs none

@@ -210,12 +210,12 @@ class BankToken:
         call this to show it. Raises :class:`TokenUnavailable` with the token's refusal."""
 
         def read(session: Any) -> bytes:
-            return bytes(self._master(session, kvn)[Attribute.VALUE])
+            try:
+                return bytes(self._master(session, kvn)[Attribute.VALUE])
+            except pkcs11.exceptions.AttributeSensitive:
+                raise TokenUnavailable("the master key is sensitive: its value cannot be read") from None
 
-        try:
-            return self._call(read)
-        except pkcs11.exceptions.AttributeSensitive:
-            raise TokenUnavailable("the master key is sensitive: its value cannot be read") from None
+        return self._call(read)
 
     # --- the OCE key pair ----------------------------------------------------------------
 

@@ -263,7 +263,7 @@ class KeyService:
         session = _session(body)
         state = _field(body, "state", str)
         responses = [bytes.fromhex(r) if _is_hex(r) else _raise_bad("responses") for r in _list(body, "responses")]
-        requested = _list(body, "commands")
+        requested = [_command(item) for item in _list(body, "commands")]
         payload = self.sealer.open(session, state)
         card, sd_aid = bytes.fromhex(payload["card"]), bytes.fromhex(payload["sd_aid"])
         context = {"session": session, "card": card.hex().upper(), "sd_aid": sd_aid.hex().upper()}
@@ -273,8 +273,7 @@ class KeyService:
         plan: list[tuple[str, Any]] = []
         summaries: list[CommandSummary] = []
         try:
-            for item in requested:
-                kind, value = _command(item)
+            for kind, value in requested:
                 if kind == "apdu":
                     summaries.append(checker.check(value))
                 else:

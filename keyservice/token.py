@@ -9,6 +9,7 @@ key pair (P-256) lives in the token as well; only its public key and signatures 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -239,11 +240,13 @@ class BankToken:
         return self._call(generate)
 
     def oce_sign(self, label: str, data: bytes) -> bytes:
-        """ECDSA-SHA256 with the OCE private key ``label``: the raw r || s the token returns."""
+        """ECDSA over SHA-256 of ``data`` with the OCE private key ``label``: the raw r || s the
+        token returns (CKM_ECDSA on the digest: SoftHSM2 has no CKM_ECDSA_SHA256)."""
+        digest = hashlib.sha256(data).digest()
 
         def sign(session: Any) -> bytes:
             key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, key_type=KeyType.EC, label=label)
-            return bytes(key.sign(data, mechanism=Mechanism.ECDSA_SHA256))
+            return bytes(key.sign(digest, mechanism=Mechanism.ECDSA))
 
         return self._call(sign)
 

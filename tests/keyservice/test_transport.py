@@ -51,7 +51,7 @@ def test_a_client_without_the_pinned_certificate_is_refused_in_the_handshake(
             _get_health(alpha, identity)
     with (
         BankServiceClient(alpha.url, alpha.certificate_pem, stranger) as client,
-        pytest.raises(BankServiceUnavailable, match="TLS|connection"),
+        pytest.raises(BankServiceUnavailable, match=r"TLS|connection"),
     ):
         client.health()
 

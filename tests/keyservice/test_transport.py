@@ -87,7 +87,7 @@ def test_a_request_over_the_size_limit_is_refused(alpha: RunningService, platfor
     context = _context(alpha, platform_identity)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
         tls.sendall(b"POST /v1/channels/exchange HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000\r\n\r\n")
-        response = http.client.HTTPResponse(tls)  # type: ignore[arg-type]
+        response = http.client.HTTPResponse(tls)
         response.begin()
         assert response.status == 413
         assert json.loads(response.read())["error"]["code"] == "too_large"

@@ -144,6 +144,10 @@ class KeyServiceHTTPServer(ThreadingHTTPServer):
     def server_close(self) -> None:
         """Stop listening and end the keep-alive connections too: a stopped service is down."""
         super().server_close()
+        self.drop_connections()
+
+    def drop_connections(self) -> None:
+        """End every open connection (the clients reconnect)."""
         with self._connections_lock:
             connections, self._connections = list(self._connections), set()
         for connection in connections:

@@ -97,3 +97,11 @@ def test_health_reports_the_bank_the_token_and_the_journal(client: BankServiceCl
     health = client.health()
     assert health["bank"] == "alpha" and health["status"] == "ok" and health["token"].startswith("bank-alpha-")
     assert health["journal"] == {"size": 0, "head": "0" * 64} and health["oce_certificate"] is None
+
+
+def test_the_client_reconnects_once_when_the_service_dropped_its_idle_connection(
+    client: BankServiceClient, alpha: RunningService
+) -> None:
+    assert client.health()["status"] == "ok"
+    alpha.server.drop_connections()  # as a service does with idle keep-alive connections
+    assert client.health()["status"] == "ok"

@@ -37,19 +37,19 @@ def test_the_journal_chain_verifies_and_an_edited_or_removed_line_is_detected(
     personalise(relay)
     page = client.journal()
     entries = page["entries"]
-    assert [e["action"] for e in entries] == ["open", "wrap", "wrap"]
+    assert [e["action"] for e in entries] == ["open", "wrap", "wrap", "wrap"]
     assert entries[0]["session"] == relay.session and entries[0]["card"] == relay.cin.hex().upper()
-    assert [cmd["ins"] for cmd in entries[1]["commands"]] == ["D8", "F0"]
-    assert page["head"] == {"size": 3, "hash": entries[-1]["hash"]}
+    assert [cmd["ins"] for cmd in entries[2]["commands"]] == ["D8", "F0"]
+    assert page["head"] == {"size": 4, "hash": entries[-1]["hash"]}
     assert client.journal(after=2)["entries"] == entries[2:]
     path = alpha.directory / "journal.jsonl"
-    assert verify_file(path).size == 3
+    assert verify_file(path).size == 4
     assert keyservice("journal", "verify", str(alpha.directory)).returncode == 0
 
     lines = path.read_text().splitlines()
     edited = json.loads(lines[1])
     edited["outcome"] = "refused"
-    for tampered in ([lines[0], json.dumps(edited), lines[2]], [lines[0], lines[2]], [*lines[:2], lines[2][:-5]]):
+    for tampered in ([lines[0], json.dumps(edited), *lines[2:]], [lines[0], *lines[2:]], [*lines[:3], lines[3][:-5]]):
         path.write_text("\n".join(tampered) + "\n")
         result = keyservice("journal", "verify", str(alpha.directory))
         assert result.returncode == 1 and "does NOT verify" in result.stderr

@@ -41,6 +41,14 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "keyservice"
     sys_version = ""
 
+    timeout = 30  # seconds a connection may stall mid-request (or idle between requests)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, headers too long) as JSON documents too."""
+        self.close_connection = True
+        self._error(code, "malformed" if code < 500 else "internal", "platform" if code < 500 else "service",
+                    message or "malformed HTTP request")  # fmt: skip
+
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.address_string(), *args)
 

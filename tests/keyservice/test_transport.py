@@ -105,3 +105,26 @@ def test_the_client_reconnects_once_when_the_service_dropped_its_idle_connection
     assert client.health()["status"] == "ok"
     alpha.server.drop_connections()  # as a service does with idle keep-alive connections
     assert client.health()["status"] == "ok"
+
+
+def test_an_internal_error_is_a_json_document_without_a_trace(
+    client: BankServiceClient, alpha: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken() -> dict[str, object]:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(alpha.server.service, "health", broken)
+    with pytest.raises(BankServiceUnavailable, match="internal error") as error:
+        client.health()
+    assert error.value.code == "internal" and "secret" not in error.value.message
+
+
+def test_a_malformed_http_request_gets_a_json_error(alpha: RunningService, platform_identity: ClientIdentity) -> None:
+    port = int(alpha.url.rsplit(":", 1)[1])
+    context = _context(alpha, platform_identity)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, context.wrap_socket(raw) as tls:
+        tls.sendall(b"GET /v1/health HTTP/1.1\r\nX-Long: " + b"a" * 70000 + b"\r\n\r\n")
+        response = http.client.HTTPResponse(tls)
+        response.begin()
+        assert response.status == 431
+        assert json.loads(response.read())["error"]["whose"] == "platform"

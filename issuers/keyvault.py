@@ -319,7 +319,13 @@ class Pkcs11Backend(KekBackend):
             return self._session
         try:
             lib = _load_pkcs11_lib(self._module)
-            token = lib.get_token(token_label=self._token_label)
+            try:
+                token = lib.get_token(token_label=self._token_label)
+            except pkcs11.exceptions.NoSuchToken:
+                # SoftHSM2 lists the tokens it found at C_Initialize; one made since (another
+                # token in the same test process, tests/softhsm.py) appears after a re-initialisation.
+                lib.reinitialize()
+                token = lib.get_token(token_label=self._token_label)
             try:
                 session = token.open(rw=True, user_pin=self._pin)
             except pkcs11.exceptions.UserAlreadyLoggedIn:

@@ -11,7 +11,8 @@ import pytest
 from django.conf import settings
 
 # Learns every key the suite creates and fails the run if any appears in a response, log or audit entry.
-pytest_plugins = ["tests.issuers.keyleak"]
+# tests.bankservice: the bank key service fixtures (bank_service_factory, platform_identity).
+pytest_plugins = ["tests.issuers.keyleak", "tests.bankservice"]
 
 # pytest-django runs with DEBUG off, where key custody demands a real master key: give the
 # test session a fresh random one (never a fixed key in the repository).

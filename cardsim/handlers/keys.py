@@ -50,6 +50,10 @@ def set_status(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
     aid = hx(cmd.data)
     if aid == ISD:
         return _sw(SW.WRONG_DATA)  # the ISD's state is the card's (P1 80)
+    if aid == card.selected and cmd.p1 == 0x40 and cmd.p2 == SecurityDomainLifeCycle.PERSONALIZED:
+        # GP 2.3.1 §11.10, §5.3.2: an SD may move itself from SELECTABLE to PERSONALIZED (the
+        # bank's SSD closes its SCP11b window this way, docs/keyservice.md).
+        return _personalise(card, card._apps[aid])
     app = content.owned_app(card, aid)
     targets = [aid]
     if cmd.p1 == 0x60:
@@ -65,11 +69,17 @@ def set_status(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
         for a in targets:
             card._apps[a]["lifecycle"] &= ~LOCKED_BIT & 0xFF
     elif cmd.p2 == SecurityDomainLifeCycle.PERSONALIZED and cmd.p1 == 0x40 and card._is_sd(aid):
-        if app["lifecycle"] != ApplicationLifeCycle.SELECTABLE:
-            return _sw(SW.CONDITIONS_NOT_SATISFIED)  # §5.3.2: SELECTABLE → PERSONALIZED only
-        app["lifecycle"] = SecurityDomainLifeCycle.PERSONALIZED
+        return _personalise(card, app)
     else:
         return _sw(SW.WRONG_DATA)  # application specific states are the application's own business
+    card._changed()
+    return _ok()
+
+
+def _personalise(card: Card, sd: dict[str, Any]) -> bytes:
+    if sd["lifecycle"] != ApplicationLifeCycle.SELECTABLE:
+        return _sw(SW.CONDITIONS_NOT_SATISFIED)  # §5.3.2: SELECTABLE → PERSONALIZED only
+    sd["lifecycle"] = SecurityDomainLifeCycle.PERSONALIZED
     card._changed()
     return _ok()
 

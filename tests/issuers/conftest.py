@@ -7,81 +7,26 @@ SoftHSM2 is a failure, not a skip.
 
 from __future__ import annotations
 
-import os
 import secrets
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gp.keys import StaticKeys
 from issuers import keyvault
+from tests.softhsm import SoftHsm, new_token
 
-SOFTHSM_MODULE_CANDIDATES = (
-    os.environ.get("SOFTHSM2_MODULE", ""),
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/local/lib/softhsm/libsofthsm2.so",
-)
 TOKEN_LABEL = "ecard-test"
 USER_PIN = "1234"
-SO_PIN = "12345678"
-
-
-@dataclass(frozen=True)
-class SoftHsm:
-    module: str
-    token_label: str
-    pin: str
-    conf: Path
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("CI", "").strip().lower() in ("1", "true", "yes"):
-        pytest.fail(f"SoftHSM2 is required under CI: {reason}", pytrace=False)
-    pytest.skip(f"SoftHSM2 not available ({reason}); install softhsm2 to run the PKCS#11 tests")
 
 
 @pytest.fixture(scope="session")
-def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
-    """A fresh SoftHSM2 token ``ecard-test`` (user PIN 1234) in a temporary token directory."""
-    module = next((m for m in SOFTHSM_MODULE_CANDIDATES if m and Path(m).exists()), "")
-    util = shutil.which("softhsm2-util")
-    if not module:
-        _missing("libsofthsm2.so not found")
-    if not util:
-        _missing("softhsm2-util not on PATH")
-    try:
-        import pkcs11  # noqa: F401
-    except ImportError:
-        _missing("python-pkcs11 is not installed")
-    base = tmp_path_factory.mktemp("softhsm")
-    tokens = base / "tokens"
-    tokens.mkdir()
-    conf = base / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tokens}\nobjectstore.backend = file\nlog.level = ERROR\n")
-    previous = os.environ.get("SOFTHSM2_CONF")
-    os.environ["SOFTHSM2_CONF"] = str(conf)
-    result = subprocess.run(
-        [util, "--init-token", "--free", "--label", TOKEN_LABEL, "--so-pin", SO_PIN, "--pin", USER_PIN],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=60,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"softhsm2-util --init-token failed: {result.stderr.strip()}", pytrace=False)
-    yield SoftHsm(module=module, token_label=TOKEN_LABEL, pin=USER_PIN, conf=conf)
+def softhsm() -> Iterator[SoftHsm]:
+    """A fresh SoftHSM2 token ``ecard-test`` (user PIN 1234) in the process's SoftHSM2 token
+    directory (tests/softhsm.py: one token directory per process)."""
+    yield new_token(TOKEN_LABEL, USER_PIN)
     keyvault.reset_backends()
-    if previous is None:
-        os.environ.pop("SOFTHSM2_CONF", None)
-    else:
-        os.environ["SOFTHSM2_CONF"] = previous
 
 
 TEST_MASTER_KEY = secrets.token_bytes(32)

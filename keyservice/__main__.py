@@ -1,0 +1,5 @@
+import sys
+
+from keyservice.cli import main
+
+sys.exit(main())

@@ -276,7 +276,8 @@ def register_key_service(
 def _health(service: BankKeyService) -> tuple[dict[str, Any] | None, str]:
     """Ask the service's /v1/health: (answer, "") or (None, why not)."""
     try:
-        answer = _client(service).health()
+        with _client(service) as client:
+            answer = client.health()
     except _bank_service_errors() as exc:
         return None, error_text(exc)
     except (OSError, ValueError) as exc:  # a client that let a transport error through
@@ -410,20 +411,20 @@ def rotate_oce_certificate(*, organization: Organization, actor: User | None) ->
             "only an administrator of the bank or of the agency rotates the OCE certificate", code="not_admin"
         )
     service = active_service(organization)
-    client = _client(service)
-    try:
-        csr_pem = client.oce_csr()
-    except _bank_service_errors() as exc:
-        raise _as_service_error(exc, "did not make a certificate request") from None
-    csr = check_oce_csr(csr_pem)
-    certificate = issue_oce_certificate(organization=organization, csr=csr, actor=actor)
-    pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    try:
-        client.install_oce_certificate(pem)
-    except _bank_service_errors() as exc:
-        raise _as_service_error(
-            exc, f"did not install the OCE certificate (serial {certificate.serial_number:X}, issued and logged)"
-        ) from None
+    with _client(service) as client:
+        try:
+            csr_pem = client.oce_csr()
+        except _bank_service_errors() as exc:
+            raise _as_service_error(exc, "did not make a certificate request") from None
+        csr = check_oce_csr(csr_pem)
+        certificate = issue_oce_certificate(organization=organization, csr=csr, actor=actor)
+        pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        try:
+            client.install_oce_certificate(pem)
+        except _bank_service_errors() as exc:
+            raise _as_service_error(
+                exc, f"did not install the OCE certificate (serial {certificate.serial_number:X}, issued and logged)"
+            ) from None
     with transaction.atomic():
         service = BankKeyService.objects.select_for_update().get(pk=service.pk)
         service.oce_certificate = pem

@@ -145,7 +145,7 @@ def _platform_identity() -> tuple[str, str] | None:
     """The platform's TLS client certificate (PEM, SHA-256) for the bank to pin; None if it cannot be read."""
     try:
         identity = key_services.platform_identity()
-    except (OSError, ValueError, ImportError):
+    except (OSError, ValueError):
         logger.exception("the platform's key service client identity is not available")
         return None
     return identity.certificate_pem, identity.sha256

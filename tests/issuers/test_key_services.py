@@ -32,7 +32,8 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture(autouse=True)
 def _client_dir(settings: Any, tmp_path: Path) -> None:
-    settings.ECARD_KEYSERVICE_CLIENT_DIR = tmp_path / "keyservice-client"
+    # the directory of the platform_identity fixture (tests/bankservice.py), for the services to use it
+    settings.ECARD_KEYSERVICE_CLIENT_DIR = tmp_path / "platform-identity"
 
 
 def self_signed(common_name: str = "alpha key service", curve: ec.EllipticCurve | None = None) -> tuple[str, str]:
@@ -331,3 +332,166 @@ def test_api_check_and_rotate_without_service(world: World) -> None:
 def test_api_platform_identity_refused_to_citizens_and_regulators(world: World) -> None:
     for username in ("citizen1", "regulator", "outsider"):
         assert _api(world, username).get("/api/v1/key-service/platform-identity/").status_code == 403
+
+
+# --------------------------------------------------------------------------- with the real key service
+
+
+def _alpha_service(world: World, bank_service_factory: Any, bank: str = "alpha") -> Any:
+    return bank_service_factory(
+        bank,
+        aid_prefixes=[bytes.fromhex(World.ALPHA_RID + "01")],
+        card_ca_pem=ca_public_pem(world.agency, KeySet.Purpose.CARD_CA),
+    )
+
+
+def _register(world: World, running: Any, username: str = "agency_admin") -> BankKeyService:
+    return key_services.register_key_service(
+        organization=world.alpha,
+        endpoint=running.url,
+        service_certificate_pem=running.certificate_pem,
+        actor=world.users[username],
+    )
+
+
+def test_registration_pins_the_service_and_checks_it(world: World, bank_service_factory: Any) -> None:
+    running = _alpha_service(world, bank_service_factory)
+    service = _register(world, running)
+    _certificate, sha256 = key_services.parse_service_certificate(running.certificate_pem)
+    assert service.endpoint == running.url and service.certificate_sha256 == sha256
+    assert service.registered_by == world.users["agency_admin"]
+    assert service.reachable is True and service.last_error == "" and service.checked_at is not None
+    assert service.journal_size is not None and service.journal_size >= 0
+    registered = AuditEntry.objects.get(action="key_service.registered")
+    assert registered.details == {"endpoint": running.url, "sha256": sha256}
+    assert registered.organization_slug == "alpha" and registered.actor_org_slug == "agency"
+    assert AuditEntry.objects.filter(action="key_service.reachable", organization_slug="alpha").count() == 1
+
+
+def test_re_registration_replaces_and_audits_both_fingerprints(world: World, bank_service_factory: Any) -> None:
+    running = _alpha_service(world, bank_service_factory)
+    wrong_pem, wrong_sha256 = self_signed("a mistake")
+    first = key_services.register_key_service(
+        organization=world.alpha,
+        endpoint="https://127.0.0.1:1",  # nothing listens there
+        service_certificate_pem=wrong_pem,
+        actor=world.users["agency_admin"],
+    )
+    assert first.reachable is False and first.certificate_sha256 == wrong_sha256
+    second = _register(world, running)  # the agency corrects both
+    assert BankKeyService.objects.count() == 1
+    assert second.endpoint == running.url and second.certificate_sha256 != wrong_sha256
+    assert second.reachable is True and second.last_error == ""
+    entry = AuditEntry.objects.filter(action="key_service.registered").order_by("pk").last()
+    assert entry is not None
+    assert entry.details["previous"] == {"endpoint": "https://127.0.0.1:1", "sha256": wrong_sha256}
+    assert entry.details["sha256"] == second.certificate_sha256
+    assert [e.action for e in AuditEntry.objects.filter(action__startswith="key_service.").order_by("pk")] == [
+        "key_service.registered",
+        "key_service.unreachable",
+        "key_service.registered",
+        "key_service.reachable",
+    ]
+
+
+def test_service_down_then_back(world: World, bank_service_factory: Any) -> None:
+    running = _alpha_service(world, bank_service_factory)
+    service = _register(world, running)
+    running.stop()
+    service = key_services.check_key_service(service)
+    assert service.reachable is False
+    assert service.last_error and len(service.last_error) <= 300
+    assert "unreachable" in service.last_error or "unavailable" in service.last_error
+    down = AuditEntry.objects.get(action="key_service.unreachable")
+    assert down.outcome == "failure" and down.details["error"] == service.last_error
+    # still down: no second entry (only transitions are audited)
+    key_services.check_key_service(service)
+    assert AuditEntry.objects.filter(action="key_service.unreachable").count() == 1
+    running.start()
+    from issuers.tasks import check_key_services
+
+    assert check_key_services.delay().get() == 1  # the beat task checks every active service
+    service.refresh_from_db()
+    assert service.reachable is True and service.last_error == ""
+    assert AuditEntry.objects.filter(action="key_service.reachable").count() == 2  # at registration, and now
+
+
+def test_a_certificate_that_is_not_the_services_is_not_trusted(world: World, bank_service_factory: Any) -> None:
+    running = _alpha_service(world, bank_service_factory)
+    impostor_pem, _ = self_signed("alpha key service")
+    service = key_services.register_key_service(
+        organization=world.alpha,
+        endpoint=running.url,
+        service_certificate_pem=impostor_pem,
+        actor=world.users["agency_admin"],
+    )
+    assert service.reachable is False and service.last_error
+    assert AuditEntry.objects.filter(action="key_service.unreachable").exists()
+
+
+def test_another_banks_service_is_not_reachable_as_this_bank(world: World, bank_service_factory: Any) -> None:
+    running = _alpha_service(world, bank_service_factory, bank="beta")
+    service = _register(world, running)
+    assert service.reachable is False and "says it is bank 'beta'" in service.last_error
+
+
+def test_oce_rotation_with_the_real_service(world: World, bank_service_factory: Any) -> None:
+    running = _alpha_service(world, bank_service_factory)
+    _register(world, running)
+    service = key_services.rotate_oce_certificate(organization=world.alpha, actor=world.users["alpha_admin"])
+    certificate = x509.load_pem_x509_certificate(service.oce_certificate.encode())
+    ca_key = serialization.load_pem_public_key(ca_public_pem(world.agency, KeySet.Purpose.OCE_CA).encode())
+    assert isinstance(ca_key, ec.EllipticCurvePublicKey)
+    hash_algorithm = certificate.signature_hash_algorithm
+    assert hash_algorithm is not None
+    ca_key.verify(certificate.signature, certificate.tbs_certificate_bytes, ec.ECDSA(hash_algorithm))
+    assert certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "Alpha Bank OCE"
+    assert service.oce_not_after == certificate.not_valid_after_utc
+    # the service reports the certificate it installed
+    health = key_services.client_for(world.alpha).health()
+    reported = health["oce_certificate"]
+    assert int(reported["serial"], 16) == certificate.serial_number
+    assert dt.datetime.fromisoformat(reported["not_after"]) == certificate.not_valid_after_utc
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    assert reported["sha256"] == hashlib.sha256(der).hexdigest()
+    issued = AuditEntry.objects.get(action="certificate.issued", details__kind="oce")
+    assert issued.details["serial"] == format(certificate.serial_number, "X")
+    assert issued.details["sha256"] == reported["sha256"]
+    assert issued.actor_user == world.users["alpha_admin"]
+    assert AuditEntry.objects.filter(action="key_service.oce_installed").exists()
+    # the next health check takes the expiry from the service
+    checked = key_services.check_key_service(service)
+    assert checked.oce_not_after == certificate.not_valid_after_utc
+    status = selectors.key_service_status(world.alpha)
+    assert status["oce_days_left"] in (364, 365) and status["oce_expires_soon"] is False
+
+
+def test_rotation_when_the_service_is_down_is_a_clear_error(world: World, bank_service_factory: Any) -> None:
+    running = _alpha_service(world, bank_service_factory)
+    _register(world, running)
+    running.stop()
+    with pytest.raises(ServiceError, match="did not make a certificate request") as refused:
+        key_services.rotate_oce_certificate(organization=world.alpha, actor=world.users["agency_admin"])
+    assert refused.value.code == "unavailable"
+    assert not AuditEntry.objects.filter(action="certificate.issued", details__kind="oce").exists()
+
+
+def test_api_with_the_real_service(world: World, bank_service_factory: Any, platform_identity: Any) -> None:
+    running = _alpha_service(world, bank_service_factory)
+    url = "/api/v1/organizations/alpha/key-service/"
+    body = {"endpoint": running.url, "service_certificate": running.certificate_pem}
+    response = _api(world, "agency_admin").put(url, body, content_type="application/json")
+    assert response.status_code == 200, response.content
+    assert response.json()["reachable"] is True and response.json()["endpoint"] == running.url
+    alpha = _api(world, "alpha_admin")
+    response = alpha.post(url + "oce-certificate/")
+    assert response.status_code == 200, response.content
+    assert response.json()["oce_not_after"] is not None and response.json()["oce_expires_soon"] is False
+    running.stop()
+    response = _api(world, "alpha_op").post(url + "check/")
+    assert response.status_code == 200
+    assert response.json()["reachable"] is False and response.json()["last_error"]
+    response = alpha.post(url + "oce-certificate/")
+    assert response.status_code == 503 and response["Content-Type"] == "application/problem+json"
+    identity = alpha.get("/api/v1/key-service/platform-identity/").json()
+    assert identity == {"certificate": platform_identity.certificate_pem, "sha256": platform_identity.sha256}

@@ -167,10 +167,3 @@ def key_service_status(organization: Organization, *, now: datetime | None = Non
         "oce_days_left": days_left,
         "oce_expires_soon": days_left is not None and days_left < EXPIRY_WARNING_DAYS,
     }
-
-
-def key_service_statuses_for(user: User) -> list[dict[str, Any]]:
-    """Every bank the user may see the key service of, with its status (agency and regulator
-    overviews)."""
-    banks = organizations_for(user).filter(kind=Organization.Kind.BANK).order_by("name")
-    return [{"name": bank.name, **key_service_status(bank)} for bank in banks if key_service_visible(user, bank)]

@@ -168,7 +168,7 @@ def banks(request: AuthenticatedHttpRequest) -> HttpResponse:
         issuer_selectors.organizations_for(request.user)
         .filter(kind=Organization.Kind.BANK)
         .prefetch_related("aid_ranges")
-        .select_related("ssd_template")
+        .select_related("ssd_template", "key_service")
         .order_by("name")
     )
     return render(

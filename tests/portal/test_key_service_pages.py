@@ -43,7 +43,7 @@ def _messages(response: Any) -> list[str]:
 def test_agency_admin_registers_a_key_service(world: World, as_user, running: Any) -> None:
     client = as_user("agency_admin")
     banks = client.get("/agency/banks/").content.decode()
-    assert 'href="/agency/banks/alpha/"' in banks
+    assert 'href="/agency/banks/alpha/"' in banks and "<td>Not registered</td>" in banks
     page = client.get("/agency/banks/alpha/").content.decode()
     assert "No key service is registered" in page and "Register the key service" in page
     response = client.post(
@@ -57,6 +57,7 @@ def test_agency_admin_registers_a_key_service(world: World, as_user, running: An
     service = BankKeyService.objects.get(organization=world.alpha)
     assert running.url in page and service.certificate_sha256 in page and "Reachable" in page
     assert "Replace the key service" in page
+    assert "<td>Reachable</td>" in client.get("/agency/banks/").content.decode()
 
 
 def test_registration_errors_show_next_to_the_field(world: World, as_user) -> None:

@@ -172,7 +172,14 @@ def active_service(organization: Organization) -> BankKeyService:
 def _client(service: BankKeyService) -> BankServiceClient:
     from issuers.bank_service_client import BankServiceClient
 
-    return BankServiceClient(service.endpoint, service.service_certificate, platform_identity())
+    try:
+        identity = platform_identity()
+    except OSError as exc:
+        logger.exception("the platform's key service client identity cannot be read or created")
+        raise ServiceError(
+            f"the platform's TLS client identity is not available ({type(exc).__name__})", code="unavailable"
+        ) from None
+    return BankServiceClient(service.endpoint, service.service_certificate, identity)
 
 
 def client_for(organization: Organization) -> BankServiceClient:
@@ -281,6 +288,8 @@ def _health(service: BankKeyService) -> tuple[dict[str, Any] | None, str]:
     except _bank_service_errors() as exc:
         return None, error_text(exc)
     except (OSError, ValueError) as exc:  # a client that let a transport error through
+        return None, error_text(exc)
+    except ServiceError as exc:  # the platform's own side (its client identity)
         return None, error_text(exc)
     if not isinstance(answer, dict):
         return None, "the service's health answer is not a JSON object"

@@ -495,3 +495,20 @@ def test_api_with_the_real_service(world: World, bank_service_factory: Any, plat
     assert response.status_code == 503 and response["Content-Type"] == "application/problem+json"
     identity = alpha.get("/api/v1/key-service/platform-identity/").json()
     assert identity == {"certificate": platform_identity.certificate_pem, "sha256": platform_identity.sha256}
+
+
+def test_platform_identity_unavailable_is_an_error_not_a_crash(world: World, settings: Any, tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    settings.ECARD_KEYSERVICE_CLIENT_DIR = blocker / "client"
+    pem, _ = self_signed()
+    service = key_services.register_key_service(
+        organization=world.alpha,
+        endpoint="https://127.0.0.1:1",
+        service_certificate_pem=pem,
+        actor=world.users["agency_admin"],
+    )
+    assert service.reachable is False and "client identity is not available" in service.last_error
+    with pytest.raises(ServiceError, match="client identity is not available") as refused:
+        key_services.rotate_oce_certificate(organization=world.alpha, actor=world.users["agency_admin"])
+    assert refused.value.code == "unavailable"

@@ -124,6 +124,10 @@ def test_bank_dashboard_checks_and_rotates(world: World, as_user, running: Any) 
     response = admin.post("/bank/alpha/key-service/rotate-oce/", follow=True)
     assert response.status_code == 200
     assert any("did not make a certificate request" in m for m in _messages(response))
+    # back after a restart, the service no longer holds the OCE certificate (memory only): say so
+    running.start()
+    page = as_user("alpha_op").post("/bank/alpha/key-service/check/", follow=True).content.decode()
+    assert "Reachable" in page and "does not report the certificate the agency issued" in page
 
 
 def test_expiry_warning_and_roles(world: World, as_user) -> None:

@@ -266,7 +266,7 @@ class KeyService:
     def exchange(self, body: dict[str, Any]) -> dict[str, Any]:
         session = _session(body)
         state = _field(body, "state", str)
-        responses = [bytes.fromhex(r) if _is_hex(r) else _raise_bad("responses") for r in _list(body, "responses")]
+        responses = [_response(item) for item in _list(body, "responses")]
         requested = [_command(item) for item in _list(body, "commands")]
         payload = self.sealer.open(session, state)
         card, sd_aid = bytes.fromhex(payload["card"]), bytes.fromhex(payload["sd_aid"])
@@ -448,8 +448,11 @@ def _is_hex(value: object) -> bool:
     return True
 
 
-def _raise_bad(name: str) -> bytes:
-    raise bad_request(f"every entry of {name!r} must be hex (data + SW)")
+def _response(item: object) -> bytes:
+    """One card answer: hex of data || SW (at least the two SW bytes)."""
+    if not _is_hex(item):
+        raise bad_request("every entry of 'responses' must be hex (data + SW)")
+    return bytes.fromhex(str(item))
 
 
 def _list(body: dict[str, Any], name: str) -> list[Any]:

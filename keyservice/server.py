@@ -43,6 +43,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     timeout = 30  # seconds a connection may stall mid-request (or idle between requests)
 
+    def setup(self) -> None:
+        # The TLS handshake, here in the connection's own thread, under the same timeout.
+        self.request.settimeout(self.timeout)
+        self.request.do_handshake()
+        super().setup()
+
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own refusals (bad request line, headers too long) as JSON documents too."""
         self.close_connection = True
@@ -163,7 +169,7 @@ class KeyServiceHTTPServer(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.info("connection from %s ended: TLS or socket error", client_address)
+        logger.info("connection from %s ended: TLS or socket error", client_address, exc_info=True)
 
     @property
     def url(self) -> str:

@@ -53,7 +53,7 @@ def test_put_key_under_scp11b_waits_for_the_sds_key_information_and_refuses_othe
 ) -> None:
     relay = Relay(client, card)
     relay.open_scp11b()
-    put_key = {"put_key": {"kvn": BANK_KVN, "replace": 0}}
+    put_key: dict[str, object] = {"put_key": {"kvn": BANK_KVN, "replace": 0}}
     with pytest.raises(BankServiceRefused, match="GET DATA E0"):
         relay.exchange([{"apdu": c.get_data(0xE0)}, put_key])  # the answer is not in yet
     relay.exchange([{"apdu": c.get_data(0xE0)}])

@@ -18,6 +18,7 @@ from issuers.bank_service_client import (
     ClientIdentity,
     ensure_client_identity,
 )
+from keyservice.token import TokenUnavailable
 from tests.bankservice import BankServiceFactory, RunningService
 from tests.keyservice.cards import BANK_PREFIX
 
@@ -128,3 +129,15 @@ def test_a_malformed_http_request_gets_a_json_error(alpha: RunningService, platf
         response.begin()
         assert response.status == 431
         assert json.loads(response.read())["error"]["whose"] == "platform"
+
+
+def test_a_token_that_cannot_serve_is_503_whose_service(
+    client: BankServiceClient, alpha: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def unavailable() -> list[int]:
+        raise TokenUnavailable("cannot open the token 'bank-alpha': TokenNotPresent")
+
+    monkeypatch.setattr(alpha.server.service.token, "key_versions", unavailable)
+    with pytest.raises(BankServiceUnavailable, match="TokenNotPresent") as error:
+        client.health()
+    assert error.value.code == "token" and error.value.whose == "service"

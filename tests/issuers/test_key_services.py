@@ -21,8 +21,9 @@ from django.utils import timezone
 
 from audit.models import AuditEntry
 from ecard.errors import ServiceError
+from gp.scp11.certificates import KeyUsage, X509Certificate
 from issuers import key_services, selectors
-from issuers.custody.authorities import ca_public_pem
+from issuers.custody.authorities import ca_identifier, ca_public_pem
 from issuers.custody_models import KeySet
 from issuers.models import BankKeyService
 from tests.factories import World
@@ -206,6 +207,10 @@ def test_oce_certificate_is_issued_under_the_agency_oce_ca(world: World) -> None
     usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
     assert usage.key_agreement and usage.digital_signature and not usage.key_cert_sign
     assert certificate.public_key() == csr.public_key()
+    # what gp's SCP11 code reads in an OCE chain (Amendment F): key agreement, issued by the OCE CA
+    parsed = X509Certificate.parse(certificate.public_bytes(serialization.Encoding.DER))
+    assert parsed.allows(KeyUsage.KEY_AGREEMENT) and parsed.signed_by(ca_key)
+    assert parsed.issuer_id == ca_identifier(ca_key)
     assert certificate.not_valid_before_utc.date() == today
     assert certificate.not_valid_after_utc.date() == today + dt.timedelta(days=365)
     entry = AuditEntry.objects.get(action="certificate.issued", details__kind="oce")

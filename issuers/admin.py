@@ -9,7 +9,7 @@ from __future__ import annotations
 from django.contrib import admin
 
 from ecard.admin import ReadOnlyAdmin, ReadOnlyInline
-from issuers.models import AidRange, Membership, Organization, SsdTemplate
+from issuers.models import AidRange, BankKeyService, Membership, Organization, SsdTemplate
 
 
 class MembershipInline(ReadOnlyInline):
@@ -34,3 +34,12 @@ class OrganizationAdmin(ReadOnlyAdmin):
 @admin.register(SsdTemplate)
 class SsdTemplateAdmin(ReadOnlyAdmin):
     list_display = ("organization", "management", "scp", "scp_i", "key_algorithm", "key_length")
+
+
+@admin.register(BankKeyService)
+class BankKeyServiceAdmin(ReadOnlyAdmin):
+    """Registered through issuers.key_services (agency admins), which pins the certificate and audits."""
+
+    list_display = ("organization", "endpoint", "is_active", "reachable", "checked_at", "oce_not_after")
+    list_filter = ("is_active", "reachable")
+    search_fields = ("organization__name", "organization__slug", "endpoint", "certificate_sha256")

@@ -14,7 +14,7 @@ from rest_framework.views import APIView
 
 from ecard.api import ActionRules, agency_operator
 from ecard.requests import acting_user
-from issuers import selectors, services
+from issuers import key_services, selectors, services
 from issuers.models import AidRange, Invitation, Membership, Organization, SharedMemberApproval, SsdTemplate
 from issuers.roles import Principal, principal
 
@@ -359,3 +359,115 @@ class KeySetViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     def get_queryset(self):
         return selectors.key_sets_for(self.request.user)
+
+
+# --------------------------------------------------------------------------- bank key services
+
+
+class KeyServiceStatusSerializer(serializers.Serializer):
+    """A bank's key service as the platform last saw it (docs/keyservice.md, "Onboarding")."""
+
+    bank = serializers.CharField()
+    registered = serializers.BooleanField()
+    # Every field below is null while no service is registered.
+    is_active = serializers.BooleanField(allow_null=True)
+    endpoint = serializers.CharField(allow_null=True)
+    certificate_sha256 = serializers.CharField(allow_null=True, help_text="SHA-256 of the pinned TLS certificate")
+    registered_at = serializers.DateTimeField(allow_null=True)
+    registered_by = serializers.CharField(allow_null=True)
+    reachable = serializers.BooleanField(allow_null=True, help_text="null: not checked yet")
+    checked_at = serializers.DateTimeField(allow_null=True)
+    last_error = serializers.CharField(allow_null=True, allow_blank=True)
+    journal_size = serializers.IntegerField(allow_null=True)
+    oce_certificate_issued = serializers.BooleanField(allow_null=True)
+    oce_not_after = serializers.DateTimeField(allow_null=True)
+    oce_days_left = serializers.IntegerField(allow_null=True)
+    oce_expires_soon = serializers.BooleanField(allow_null=True, help_text="the OCE certificate expires within 30 days")
+
+
+class RegisterKeyServiceSerializer(serializers.Serializer):
+    endpoint = serializers.CharField(max_length=300, help_text="https://host:port of the bank's key service")
+    service_certificate = serializers.CharField(
+        max_length=key_services.MAX_PEM_CHARS, help_text="the service's TLS certificate (PEM), pinned by the platform"
+    )
+
+
+class PlatformIdentitySerializer(serializers.Serializer):
+    certificate = serializers.CharField(help_text="the platform's TLS client certificate (PEM) for banks to pin")
+    sha256 = serializers.CharField(help_text="SHA-256 of the certificate (DER), hex")
+
+
+def _visible_bank(request: Request, slug: str) -> Organization:
+    """The bank ``slug`` if the caller may see its key service, else 404 (existence does not leak)."""
+    user = acting_user(request)
+    bank = selectors.organizations_for(user).filter(slug=slug, kind=Organization.Kind.BANK).first()
+    if bank is None or not selectors.key_service_visible(user, bank):
+        raise exceptions.NotFound("no such bank")
+    return bank
+
+
+def _status(bank: Organization) -> Response:
+    return Response(KeyServiceStatusSerializer(selectors.key_service_status(bank)).data)
+
+
+class KeyServiceApi(APIView):
+    """A bank's key service: its status (the agency's staff, regulators, the bank's members) and its
+    registration by an agency administrator (PUT: endpoint and the certificate to pin)."""
+
+    @extend_schema(responses=KeyServiceStatusSerializer)
+    def get(self, request: Request, slug: str) -> Response:
+        return _status(_visible_bank(request, slug))
+
+    @extend_schema(request=RegisterKeyServiceSerializer, responses=KeyServiceStatusSerializer)
+    def put(self, request: Request, slug: str) -> Response:
+        bank = _visible_bank(request, slug)
+        if not agency_admin(principal(acting_user(request)), request, bank):
+            raise exceptions.PermissionDenied("only an agency administrator registers a bank's key service")
+        payload = RegisterKeyServiceSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        key_services.register_key_service(
+            organization=bank,
+            endpoint=payload.validated_data["endpoint"],
+            service_certificate_pem=payload.validated_data["service_certificate"],
+            actor=acting_user(request),
+        )
+        return _status(bank)
+
+
+class KeyServiceCheckApi(APIView):
+    """Ask the bank's key service for its health now (agency operators, the bank's admins and operators)."""
+
+    @extend_schema(request=None, responses=KeyServiceStatusSerializer)
+    def post(self, request: Request, slug: str) -> Response:
+        bank = _visible_bank(request, slug)
+        who = principal(acting_user(request))
+        if not (who.agency_operator or who.can_operate(bank.pk)):
+            raise exceptions.PermissionDenied("your role may not check the key service")
+        key_services.check_key_service(key_services.active_service(bank))
+        return _status(bank)
+
+
+class KeyServiceOceCertificateApi(APIView):
+    """Rotate the bank's SCP11 OCE certificate: the service makes a new key and request, the agency's
+    OCE CA signs it, the service installs it (the bank's admins, agency admins)."""
+
+    @extend_schema(request=None, responses=KeyServiceStatusSerializer)
+    def post(self, request: Request, slug: str) -> Response:
+        bank = _visible_bank(request, slug)
+        who = principal(acting_user(request))
+        if not (agency_admin(who, request, bank) or who.has_role(bank.pk, Membership.Role.ADMIN)):
+            raise exceptions.PermissionDenied("only the bank's or the agency's administrators rotate the certificate")
+        key_services.rotate_oce_certificate(organization=bank, actor=acting_user(request))
+        return _status(bank)
+
+
+class PlatformIdentityApi(APIView):
+    """The platform's TLS client certificate, which each bank's key service pins (bank and agency staff)."""
+
+    @extend_schema(responses=PlatformIdentitySerializer)
+    def get(self, request: Request) -> Response:
+        who = principal(acting_user(request))
+        if not (who.is_agency or who.bank_ids):
+            raise exceptions.PermissionDenied("for the staff of banks and of the agency")
+        identity = key_services.platform_identity()
+        return Response({"certificate": identity.certificate_pem, "sha256": identity.sha256})

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
@@ -28,12 +28,17 @@ from django.utils import timezone
 from audit.services import record_event
 from ecard.errors import ServiceError
 from issuers import roles
+from issuers.bank_service_client import (
+    BankServiceClient,
+    BankServiceError,
+    BankServiceRefused,
+    BankServiceUnavailable,
+    ClientIdentity,
+    ensure_client_identity,
+)
 from issuers.custody.authorities import agency_ca
 from issuers.custody_models import KeySet
 from issuers.models import BankKeyService, Membership, Organization
-
-if TYPE_CHECKING:
-    from issuers.bank_service_client import BankServiceClient, ClientIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +158,6 @@ def parse_not_after(value: Any) -> dt.datetime | None:
 def platform_identity() -> ClientIdentity:
     """The platform's TLS client identity (created once in ``ECARD_KEYSERVICE_CLIENT_DIR``): the
     certificate every bank's key service pins."""
-    from issuers.bank_service_client import ensure_client_identity
-
     return ensure_client_identity(Path(settings.ECARD_KEYSERVICE_CLIENT_DIR))
 
 
@@ -170,9 +173,14 @@ def active_service(organization: Organization) -> BankKeyService:
 
 
 def _client(service: BankKeyService) -> BankServiceClient:
-    from issuers.bank_service_client import BankServiceClient
-
-    return BankServiceClient(service.endpoint, service.service_certificate, platform_identity())
+    try:
+        identity = platform_identity()
+    except OSError as exc:
+        logger.exception("the platform's key service client identity cannot be read or created")
+        raise ServiceError(
+            f"the platform's TLS client identity is not available ({type(exc).__name__})", code="unavailable"
+        ) from None
+    return BankServiceClient(service.endpoint, service.service_certificate, identity)
 
 
 def client_for(organization: Organization) -> BankServiceClient:
@@ -180,16 +188,8 @@ def client_for(organization: Organization) -> BankServiceClient:
     return _client(active_service(organization))
 
 
-def _bank_service_errors() -> tuple[type[BaseException], ...]:
-    from issuers.bank_service_client import BankServiceError
-
-    return (BankServiceError,)
-
-
-def _as_service_error(exc: BaseException, doing: str) -> ServiceError:
+def _as_service_error(exc: BankServiceError, doing: str) -> ServiceError:
     """A key service's refusal or failure as the platform's ServiceError (never a 500)."""
-    from issuers.bank_service_client import BankServiceRefused, BankServiceUnavailable
-
     if isinstance(exc, BankServiceUnavailable):
         code = "unavailable"
     elif isinstance(exc, BankServiceRefused):
@@ -276,10 +276,13 @@ def register_key_service(
 def _health(service: BankKeyService) -> tuple[dict[str, Any] | None, str]:
     """Ask the service's /v1/health: (answer, "") or (None, why not)."""
     try:
-        answer = _client(service).health()
-    except _bank_service_errors() as exc:
+        with _client(service) as client:
+            answer = client.health()
+    except BankServiceError as exc:
         return None, error_text(exc)
     except (OSError, ValueError) as exc:  # a client that let a transport error through
+        return None, error_text(exc)
+    except ServiceError as exc:  # the platform's own side (its client identity)
         return None, error_text(exc)
     if not isinstance(answer, dict):
         return None, "the service's health answer is not a JSON object"
@@ -410,20 +413,20 @@ def rotate_oce_certificate(*, organization: Organization, actor: User | None) ->
             "only an administrator of the bank or of the agency rotates the OCE certificate", code="not_admin"
         )
     service = active_service(organization)
-    client = _client(service)
-    try:
-        csr_pem = client.oce_csr()
-    except _bank_service_errors() as exc:
-        raise _as_service_error(exc, "did not make a certificate request") from None
-    csr = check_oce_csr(csr_pem)
-    certificate = issue_oce_certificate(organization=organization, csr=csr, actor=actor)
-    pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
-    try:
-        client.install_oce_certificate(pem)
-    except _bank_service_errors() as exc:
-        raise _as_service_error(
-            exc, f"did not install the OCE certificate (serial {certificate.serial_number:X}, issued and logged)"
-        ) from None
+    with _client(service) as client:
+        try:
+            csr_pem = client.oce_csr()
+        except BankServiceError as exc:
+            raise _as_service_error(exc, "did not make a certificate request") from None
+        csr = check_oce_csr(csr_pem)
+        certificate = issue_oce_certificate(organization=organization, csr=csr, actor=actor)
+        pem = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+        try:
+            client.install_oce_certificate(pem)
+        except BankServiceError as exc:
+            raise _as_service_error(
+                exc, f"did not install the OCE certificate (serial {certificate.serial_number:X}, issued and logged)"
+            ) from None
     with transaction.atomic():
         service = BankKeyService.objects.select_for_update().get(pk=service.pk)
         service.oce_certificate = pem

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.models import User
 from django.db.models import Q, QuerySet
+from django.utils import timezone
 
 from issuers.custody_models import KeySet
-from issuers.models import Invitation, Membership, Organization, SharedMemberApproval
+from issuers.key_services import EXPIRY_WARNING_DAYS
+from issuers.models import BankKeyService, Invitation, Membership, Organization, SharedMemberApproval
 from issuers.roles import principal
 
 
@@ -114,3 +117,53 @@ def key_set_details_visible(user: User, organization_id: int) -> bool:
     """Full metadata (KCVs, lengths, public keys): the owner's members and regulators."""
     who = principal(user)
     return who.is_regulator or organization_id in who.roles
+
+
+def key_service_visible(user: User, organization: Organization) -> bool:
+    """A bank's key service status: the agency's staff, regulators and the bank's own members."""
+    return organization.is_bank and organization_details_visible(user, organization)
+
+
+_KEY_SERVICE_FIELDS = (
+    "is_active",
+    "endpoint",
+    "certificate_sha256",
+    "registered_at",
+    "registered_by",
+    "reachable",
+    "checked_at",
+    "last_error",
+    "journal_size",
+    "oce_certificate_issued",
+    "oce_not_after",
+    "oce_days_left",
+    "oce_expires_soon",
+)
+
+
+def key_service_status(organization: Organization, *, now: datetime | None = None) -> dict[str, Any]:
+    """What the portal and the API show of a bank's key service (never key material)."""
+    service = BankKeyService.objects.filter(organization=organization).first()
+    if service is None:
+        return {"bank": organization.slug, "registered": False, **dict.fromkeys(_KEY_SERVICE_FIELDS)}
+    now = now or timezone.now()
+    days_left = None
+    if service.oce_not_after is not None:
+        days_left = (service.oce_not_after - now).days
+    return {
+        "bank": organization.slug,
+        "registered": True,
+        "is_active": service.is_active,
+        "endpoint": service.endpoint,
+        "certificate_sha256": service.certificate_sha256,
+        "registered_at": service.registered_at,
+        "registered_by": service.registered_by.get_username() if service.registered_by else None,
+        "reachable": service.reachable,
+        "checked_at": service.checked_at,
+        "last_error": service.last_error,
+        "journal_size": service.journal_size,
+        "oce_certificate_issued": bool(service.oce_certificate),
+        "oce_not_after": service.oce_not_after,
+        "oce_days_left": days_left,
+        "oce_expires_soon": days_left is not None and days_left < EXPIRY_WARNING_DAYS,
+    }

@@ -14,5 +14,13 @@ router.register("key-sets", apis.KeySetViewSet, basename="key-set")
 
 urlpatterns = [
     path("whoami/", apis.WhoAmIApi.as_view(), name="whoami"),
+    path("organizations/<slug:slug>/key-service/", apis.KeyServiceApi.as_view(), name="key-service"),
+    path("organizations/<slug:slug>/key-service/check/", apis.KeyServiceCheckApi.as_view(), name="key-service-check"),
+    path(
+        "organizations/<slug:slug>/key-service/oce-certificate/",
+        apis.KeyServiceOceCertificateApi.as_view(),
+        name="key-service-oce-certificate",
+    ),
+    path("key-service/platform-identity/", apis.PlatformIdentityApi.as_view(), name="key-service-platform-identity"),
     *router.urls,
 ]

@@ -22,9 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gp import commands
+from gp.apdu import SW
+from gp.commands.card_data import parse_key_information
 from gp.errors import AuthenticationError, GPError, MACError
 from gp.keys import StaticKeys, encode_put_key_symmetric
 from gp.scp import SCP03
+from gp.scp.common import SecuredResponse
 from gp.scp11 import KeyUsage, SCP11b, parse_certificates
 from gp.scp11.certificates import Certificate
 from gp.tlv import decode_one
@@ -35,6 +38,7 @@ from keyservice.token import BankToken
 SECURITY_LEVEL = 0x33  # C-MAC, C-DECRYPTION, R-MAC, R-ENCRYPTION (GP Amd D §5.1, docs/keyservice.md)
 STATE_LIFETIME = 15 * 60  # seconds a sealed state stays good
 SCP11B_KEY_USAGE = 0x3C  # C-MAC, R-MAC, C-ENC, R-ENC session keys (Amd F §6.5.2.1)
+SCP11_SD_KEY_IDS = frozenset({0x11, 0x13, 0x15})  # SK.SD.ECKA of SCP11a/b/c (Amd F §6.1)
 
 
 class ServiceError(Exception):
@@ -262,8 +266,8 @@ class KeyService:
     def exchange(self, body: dict[str, Any]) -> dict[str, Any]:
         session = _session(body)
         state = _field(body, "state", str)
-        responses = [bytes.fromhex(r) if _is_hex(r) else _raise_bad("responses") for r in _list(body, "responses")]
-        requested = _list(body, "commands")
+        responses = [_response(item) for item in _list(body, "responses")]
+        requested = [_command(item) for item in _list(body, "commands")]
         payload = self.sealer.open(session, state)
         card, sd_aid = bytes.fromhex(payload["card"]), bytes.fromhex(payload["sd_aid"])
         context = {"session": session, "card": card.hex().upper(), "sd_aid": sd_aid.hex().upper()}
@@ -273,8 +277,7 @@ class KeyService:
         plan: list[tuple[str, Any]] = []
         summaries: list[CommandSummary] = []
         try:
-            for item in requested:
-                kind, value = _command(item)
+            for kind, value in requested:
                 if kind == "apdu":
                     summaries.append(checker.check(value))
                 else:
@@ -302,6 +305,9 @@ class KeyService:
                     )
                     continue
                 unwrapped = channel.unwrap_response(response)
+                awaiting = payload.setdefault("awaiting", [])
+                if awaiting:
+                    self._note_key_information(payload, awaiting.pop(0), unwrapped)
             except MACError as exc:
                 answers.append({"error": "integrity", "message": f"response {position}: {exc}"})
                 self.journal.append(
@@ -327,6 +333,18 @@ class KeyService:
                 }
             )
 
+        if any(kind == "put_key" for kind, _ in plan) and payload["protocol"] == "scp11b":
+            not_yet = _enrolment_refusal(payload.get("enrolment", "unchecked"))
+            if not_yet:
+                self.journal.append(
+                    **context,
+                    action="refused",
+                    commands=[s.as_json() for s in summaries],
+                    outcome="refused",
+                    reason=not_yet,
+                )
+                raise ServiceError(403, "policy", "platform", not_yet)
+
         wrapped: list[bytes] = []
         try:
             for kind, value in plan:
@@ -335,6 +353,7 @@ class KeyService:
         except GPError as exc:
             raise channel_error(f"cannot wrap: {exc}") from None
         payload["channel"] = channel.session_state()
+        payload.setdefault("awaiting", []).extend(f"{x.ins:02X}{x.p1:02X}{x.p2:02X}" for x in summaries)
         new_state = self.sealer.seal(session, payload)
         self.journal.append(
             **context,
@@ -345,6 +364,24 @@ class KeyService:
             reason="",
         )
         return {"responses": answers, "commands": [w.hex().upper() for w in wrapped], "state": new_state}
+
+    @staticmethod
+    def _note_key_information(payload: dict[str, Any], header: str, answer: SecuredResponse) -> None:
+        """The SD's Key Information Template (GET DATA ``E0``, GP 2.3.1 §11.3.3.1), read inside
+        the SCP11b channel: PUT KEY of the bank's keys is safe only if no one put keys before
+        (only the SD's own SCP11 key pairs, KID 11/13/15 of Amd F §6.1, may be there)."""
+        if header != "CA00E0" or payload["protocol"] != "scp11b":
+            return
+        if not answer.authenticated or answer.sw != SW.SUCCESS:
+            payload["enrolment"] = "unchecked"
+            return
+        try:
+            entries = parse_key_information(answer.data)
+        except GPError:
+            payload["enrolment"] = "unreadable"
+            return
+        foreign = sorted({f"{e.key_id:02X}/{e.kvn:02X}" for e in entries if e.key_id not in SCP11_SD_KEY_IDS})
+        payload["enrolment"] = "clean" if not foreign else "foreign:" + ",".join(foreign)
 
     def _restore(self, payload: dict[str, Any]) -> SCP03 | SCP11b:
         try:
@@ -381,6 +418,18 @@ class KeyService:
         return {"entries": self.journal.entries(after), "head": {"size": head.size, "hash": head.hash}}
 
 
+def _enrolment_refusal(enrolment: str) -> str:
+    """Why ``put_key`` may not go into this SCP11b channel yet ("" when it may)."""
+    if enrolment == "clean":
+        return ""
+    if enrolment.startswith("foreign:"):
+        return f"put_key: the SD already holds other keys (KID/KVN {enrolment[8:]}): this is not its first enrolment"
+    return (
+        "put_key under SCP11b needs, earlier in this channel, the SD's authenticated answer to "
+        "GET DATA E0 (key information) showing only its SCP11 keys"
+    )
+
+
 def _keys_json(keys: StaticKeys) -> dict[str, Any]:
     return {"enc": keys.enc.hex(), "mac": keys.mac.hex(), "dek": keys.dek.hex(), "kvn": keys.version}
 
@@ -399,8 +448,11 @@ def _is_hex(value: object) -> bool:
     return True
 
 
-def _raise_bad(name: str) -> bytes:
-    raise bad_request(f"every entry of {name!r} must be hex (data + SW)")
+def _response(item: object) -> bytes:
+    """One card answer: hex of data || SW (at least the two SW bytes)."""
+    if not _is_hex(item):
+        raise bad_request("every entry of 'responses' must be hex (data + SW)")
+    return bytes.fromhex(str(item))
 
 
 def _list(body: dict[str, Any], name: str) -> list[Any]:

@@ -41,6 +41,20 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "keyservice"
     sys_version = ""
 
+    timeout = 30  # seconds a connection may stall mid-request (or idle between requests)
+
+    def setup(self) -> None:
+        # The TLS handshake, here in the connection's own thread, under the same timeout.
+        self.request.settimeout(self.timeout)
+        self.request.do_handshake()
+        super().setup()
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own refusals (bad request line, headers too long) as JSON documents too."""
+        self.close_connection = True
+        self._error(code, "malformed" if code < 500 else "internal", "platform" if code < 500 else "service",
+                    message or "malformed HTTP request")  # fmt: skip
+
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s " + format, self.address_string(), *args)
 
@@ -144,6 +158,10 @@ class KeyServiceHTTPServer(ThreadingHTTPServer):
     def server_close(self) -> None:
         """Stop listening and end the keep-alive connections too: a stopped service is down."""
         super().server_close()
+        self.drop_connections()
+
+    def drop_connections(self) -> None:
+        """End every open connection (the clients reconnect)."""
         with self._connections_lock:
             connections, self._connections = list(self._connections), set()
         for connection in connections:
@@ -151,7 +169,7 @@ class KeyServiceHTTPServer(ThreadingHTTPServer):
                 connection.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        logger.info("connection from %s ended: TLS or socket error", client_address)
+        logger.info("connection from %s ended: TLS or socket error", client_address, exc_info=True)
 
     @property
     def url(self) -> str:

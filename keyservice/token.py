@@ -9,12 +9,14 @@ key pair (P-256) lives in the token as well; only its public key and signatures 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
 import subprocess
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -107,6 +109,8 @@ class BankToken:
         self._pin = pin
         self._lock = threading.RLock()
         self._session: Any = None
+        self._worker: ThreadPoolExecutor | None = None
+        self._worker_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"BankToken(label={self.label!r})"
@@ -132,6 +136,17 @@ class BankToken:
         return self._session
 
     def _call(self, operation: Callable[[Any], T]) -> T:
+        """Run ``operation(session)`` in the token's own thread. SoftHSM2 uses OpenSSL in this
+        process and can leave errors on the calling thread's OpenSSL error queue, which a TLS
+        socket with a timeout in that thread then reports as its own failure (seen as
+        ``[ENGINE: NO_SUCH_ENGINE]`` on the next read); a thread of its own keeps them apart."""
+        with self._worker_lock:
+            if self._worker is None:
+                self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"token-{self.label}")
+            worker = self._worker
+        return worker.submit(self._call_here, operation).result()
+
+    def _call_here(self, operation: Callable[[Any], T]) -> T:
         with self._lock:
             try:
                 try:
@@ -143,10 +158,17 @@ class BankToken:
                 raise TokenUnavailable(f"token operation failed: {type(exc).__name__}") from None
 
     def close(self) -> None:
+        """Close the session (in the token's thread) and end that thread."""
+        with self._worker_lock:
+            worker, self._worker = self._worker, None
+        if worker is not None:
+            worker.submit(self._close_session).result()
+            worker.shutdown(wait=True)
+
+    def _close_session(self) -> None:
         with self._lock:
             if self._session is not None:
-                with contextlib.suppress(pkcs11.exceptions.PKCS11Error):
-                    self._session.close()
+                _close_quietly(self._session)
                 self._session = None
 
     # --- SCP03 master keys ---------------------------------------------------------------
@@ -210,12 +232,12 @@ class BankToken:
         call this to show it. Raises :class:`TokenUnavailable` with the token's refusal."""
 
         def read(session: Any) -> bytes:
-            return bytes(self._master(session, kvn)[Attribute.VALUE])
+            try:
+                return bytes(self._master(session, kvn)[Attribute.VALUE])
+            except pkcs11.exceptions.AttributeSensitive:
+                raise TokenUnavailable("the master key is sensitive: its value cannot be read") from None
 
-        try:
-            return self._call(read)
-        except pkcs11.exceptions.AttributeSensitive:
-            raise TokenUnavailable("the master key is sensitive: its value cannot be read") from None
+        return self._call(read)
 
     # --- the OCE key pair ----------------------------------------------------------------
 
@@ -239,13 +261,20 @@ class BankToken:
         return self._call(generate)
 
     def oce_sign(self, label: str, data: bytes) -> bytes:
-        """ECDSA-SHA256 with the OCE private key ``label``: the raw r || s the token returns."""
+        """ECDSA over SHA-256 of ``data`` with the OCE private key ``label``: the raw r || s the
+        token returns (CKM_ECDSA on the digest: SoftHSM2 has no CKM_ECDSA_SHA256)."""
+        digest = hashlib.sha256(data).digest()
 
         def sign(session: Any) -> bytes:
             key = session.get_key(object_class=ObjectClass.PRIVATE_KEY, key_type=KeyType.EC, label=label)
-            return bytes(key.sign(data, mechanism=Mechanism.ECDSA_SHA256))
+            return bytes(key.sign(digest, mechanism=Mechanism.ECDSA))
 
         return self._call(sign)
+
+
+def _close_quietly(session: Any) -> None:
+    with contextlib.suppress(pkcs11.exceptions.PKCS11Error):
+        session.close()
 
 
 def _ec_point(der: bytes) -> bytes:

@@ -153,6 +153,22 @@ class AdmitBankForm(forms.Form):
     )
 
 
+class KeyServiceForm(forms.Form):
+    endpoint = forms.CharField(
+        label="Address of the key service",
+        max_length=300,
+        help_text="https://host:port, as the bank's service printed it when it started.",
+        widget=forms.TextInput(attrs={"placeholder": "https://keys.bank.example:8551", "spellcheck": "false"}),
+    )
+    service_certificate = forms.CharField(
+        label="The service's TLS certificate (PEM)",
+        max_length=16_384,
+        help_text="The bank sends it (tls/ in its service directory); the platform pins it. "
+        "Compare its SHA-256 with the one the bank read to you.",
+        widget=forms.Textarea(attrs={"rows": 8, "class": "mono", "spellcheck": "false"}),
+    )
+
+
 class LookupForm(forms.Form):
     q = forms.CharField(label="CIN, serial or holder username", max_length=150, required=False)
 

@@ -26,6 +26,8 @@ urlpatterns = [
     path("bank/<slug:bank>/", bank.dashboard, name="bank"),
     path("bank/<slug:bank>/keys/", bank.keys, name="bank-keys"),
     path("bank/<slug:bank>/keys/rotate/<int:sd>/", bank.rotate, name="bank-rotate"),
+    path("bank/<slug:bank>/key-service/check/", bank.key_service_check, name="bank-key-service-check"),
+    path("bank/<slug:bank>/key-service/rotate-oce/", bank.key_service_rotate, name="bank-key-service-rotate"),
     path("bank/<slug:bank>/releases/", bank.releases, name="bank-releases"),
     path("bank/<slug:bank>/releases/<int:release>/", bank.release_detail, name="bank-release"),
     path("bank/<slug:bank>/rollouts/", rollouts.rollout_list, name="bank-rollouts"),
@@ -38,6 +40,7 @@ urlpatterns = [
     path("agency/cards/batch/", agency.issue_batch, name="agency-batch"),
     path("agency/cards/<str:cin>/", agency.card_detail, name="agency-card"),
     path("agency/banks/", agency.banks, name="agency-banks"),
+    path("agency/banks/<slug:bank>/", agency.bank_detail, name="agency-bank"),
     path("agency/policy/", agency.policy, name="agency-policy"),
     # Terminal credentials of an organisation (its admins)
     path("org/<slug:org>/terminals/", terminals.terminals, name="terminals"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -31,7 +31,6 @@ class RunningService:
     _server: KeyServiceHTTPServer | None = None
     _thread: threading.Thread | None = None
     _port: int = 0
-    _stopped: list[KeyServiceHTTPServer] = field(default_factory=list)
 
     @property
     def url(self) -> str:

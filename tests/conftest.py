@@ -53,6 +53,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from pathlib import Path
 
     settings.ECARD_CARDS_DIR = Path(tempfile.mkdtemp(prefix="ecard-test-cards-"))
+    # Nor the platform's key service client identity (pages that show it create it).
+    settings.ECARD_KEYSERVICE_CLIENT_DIR = Path(tempfile.mkdtemp(prefix="ecard-test-keyservice-client-"))
     # Tasks queued by services run in-process in tests, so no test leaves messages on a real
     # broker; the Celery worker tests send theirs to real workers explicitly.
     from ecard.celery import app

@@ -1,4 +1,5 @@
-"""Agency pages: issue cards (one, or a CSV batch), admit banks, the token policy, card lookup."""
+"""Agency pages: issue cards (one, or a CSV batch), admit banks and register their key services, the
+token policy, card lookup."""
 
 from __future__ import annotations
 
@@ -13,13 +14,23 @@ from django.views.decorators.http import require_GET, require_http_methods
 from cards import services as card_services
 from ecard.errors import ServiceError
 from ecard.requests import AuthenticatedHttpRequest
+from issuers import key_services
 from issuers import selectors as issuer_selectors
 from issuers import services as issuer_services
-from issuers.models import Organization
+from issuers.models import Membership, Organization
 from issuers.roles import principal
 from portal import batch, selectors
 from portal.access import agency_required
-from portal.forms import AdmitBankForm, CardBatchForm, IssueCardForm, LookupForm, add_service_error, files, posted
+from portal.forms import (
+    AdmitBankForm,
+    CardBatchForm,
+    IssueCardForm,
+    KeyServiceForm,
+    LookupForm,
+    add_service_error,
+    files,
+    posted,
+)
 from updates import selectors as update_selectors
 
 
@@ -157,7 +168,7 @@ def banks(request: AuthenticatedHttpRequest) -> HttpResponse:
         issuer_selectors.organizations_for(request.user)
         .filter(kind=Organization.Kind.BANK)
         .prefetch_related("aid_ranges")
-        .select_related("ssd_template")
+        .select_related("ssd_template", "key_service")
         .order_by("name")
     )
     return render(
@@ -169,3 +180,53 @@ def banks(request: AuthenticatedHttpRequest) -> HttpResponse:
 @require_GET
 def policy(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(request, "portal/agency/policy.html", {"denials": selectors.token_denials(request.user, 50)})
+
+
+def _agency_admin(request: AuthenticatedHttpRequest) -> bool:
+    return principal(request.user).has_role(_agency(request).pk, Membership.Role.ADMIN)
+
+
+@agency_required
+@require_http_methods(["GET", "POST"])
+def bank_detail(request: AuthenticatedHttpRequest, bank: str) -> HttpResponse:
+    """One bank as the agency sees it, with its key service: status, and (agency admins) the form
+    that registers or replaces it."""
+    organization = get_object_or_404(
+        issuer_selectors.organizations_for(request.user).filter(kind=Organization.Kind.BANK), slug=bank
+    )
+    form = KeyServiceForm(posted(request))
+    if request.method == "POST":
+        if not _agency_admin(request):
+            raise PermissionDenied("only an agency administrator registers a bank's key service")
+        if form.is_valid():
+            try:
+                service = key_services.register_key_service(
+                    organization=organization,
+                    endpoint=form.cleaned_data["endpoint"],
+                    service_certificate_pem=form.cleaned_data["service_certificate"],
+                    actor=request.user,
+                )
+            except ServiceError as exc:
+                add_service_error(form, exc)
+            else:
+                if service.reachable:
+                    messages.success(request, f"The key service of {organization.name} is registered and answers.")
+                else:
+                    messages.warning(
+                        request,
+                        f"The key service of {organization.name} is registered, but it does not answer yet: "
+                        f"{service.last_error}",
+                    )
+                return redirect("portal:agency-bank", bank=organization.slug)
+    return render(
+        request,
+        "portal/agency/bank.html",
+        {
+            "bank": organization,
+            "ks": issuer_selectors.key_service_status(organization),
+            "form": form,
+            "can_register": _agency_admin(request),
+            "agency_view": True,
+        },
+        status=400 if form.errors else 200,
+    )

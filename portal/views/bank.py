@@ -1,23 +1,31 @@
-"""Bank pages: dashboard, security domain template and key sets, releases. Every page is of one of
-the user's own banks (another bank's URL is a 404)."""
+"""Bank pages: dashboard (with the bank's key service), security domain template and key sets,
+releases. Every page is of one of the user's own banks (another bank's URL is a 404)."""
 
 from __future__ import annotations
 
+import logging
+
 from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from audit import security
 from cards import services as card_services
 from ecard.errors import ServiceError
 from ecard.requests import AuthenticatedHttpRequest
+from issuers import key_services
+from issuers import selectors as issuer_selectors
 from issuers.models import Membership, Organization
 from issuers.roles import principal
 from portal import charts, selectors
 from portal.access import bank_member, require_operator
 from portal.forms import ConfirmForm, ReleaseForm, add_service_error, files, posted
 from updates.releases import MAX_CAP_BYTES, create_release
+
+logger = logging.getLogger(__name__)
 
 
 def _context(request: AuthenticatedHttpRequest, bank: Organization, **extra: object) -> dict[str, object]:
@@ -35,7 +43,16 @@ def _context(request: AuthenticatedHttpRequest, bank: Organization, **extra: obj
 def dashboard(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResponse:
     data = selectors.bank_dashboard(request.user, bank)
     return render(
-        request, "portal/bank/dashboard.html", _context(request, bank, d=data, chart=charts.bar_chart(data["bars"]))
+        request,
+        "portal/bank/dashboard.html",
+        _context(
+            request,
+            bank,
+            d=data,
+            chart=charts.bar_chart(data["bars"]),
+            ks=issuer_selectors.key_service_status(bank),
+            platform_identity=_platform_identity(),
+        ),
     )
 
 
@@ -122,3 +139,44 @@ def releases(request: AuthenticatedHttpRequest, bank: Organization) -> HttpRespo
 def release_detail(request: AuthenticatedHttpRequest, bank: Organization, release: int) -> HttpResponse:
     record = get_object_or_404(selectors.bank_releases(request.user, bank), pk=release)
     return render(request, "portal/bank/release.html", _context(request, bank, release=record))
+
+
+def _platform_identity() -> tuple[str, str] | None:
+    """The platform's TLS client certificate (PEM, SHA-256) for the bank to pin; None if it cannot be read."""
+    try:
+        identity = key_services.platform_identity()
+    except (OSError, ValueError):
+        logger.exception("the platform's key service client identity is not available")
+        return None
+    return identity.certificate_pem, identity.sha256
+
+
+@bank_member
+@require_POST
+def key_service_check(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResponse:
+    require_operator(request, bank)
+    try:
+        service = key_services.check_key_service(key_services.active_service(bank))
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        if service.reachable:
+            messages.success(request, "The key service answered: it is reachable.")
+        else:
+            messages.error(request, f"The key service did not answer: {service.last_error}")
+    return redirect(reverse("portal:bank", args=[bank.slug]) + "#key-service-h")
+
+
+@bank_member
+@require_POST
+def key_service_rotate(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResponse:
+    if not principal(request.user).has_role(bank.pk, Membership.Role.ADMIN):
+        raise PermissionDenied("only the bank's administrators rotate the OCE certificate")
+    try:
+        service = key_services.rotate_oce_certificate(organization=bank, actor=request.user)
+    except ServiceError as exc:
+        messages.error(request, exc.message)
+    else:
+        expiry = f"{service.oce_not_after:%Y-%m-%d}" if service.oce_not_after else "unknown"
+        messages.success(request, f"A new OCE certificate is installed in your key service; it expires on {expiry}.")
+    return redirect(reverse("portal:bank", args=[bank.slug]) + "#key-service-h")

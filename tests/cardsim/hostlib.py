@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cardsim.constants import DEFAULT_KEY, ISD_AID
+from cardsim.constants import DEFAULT_KEY
 from cardsim.state import State
 from gp import commands as c
 from gp import dm
+from gp.aids import ISD_AID
 from gp.apdu import SW
 from gp.cap import LoadFile
 from gp.keys import StaticKeys

@@ -153,6 +153,25 @@ def test_bank_puts_scp03_keys_inside_scp11b_then_opens_with_scp03(card: InProces
     assert sw == SW.SUCCESS and bytes.fromhex("2A864886FC6B040370") in data  # now it speaks SCP03 too
 
 
+def test_an_ssd_personalises_itself_in_its_scp11b_session_which_closes_the_window(card: InProcessCard) -> None:
+    """GP 2.3.1 §11.10, §5.3.2: SET STATUS of the selected SD itself, SELECTABLE to PERSONALIZED."""
+    assert install_scp11_ssd(card) == SW.SUCCESS
+    session = scp11b(card)
+    assert session.open() == SW.SUCCESS
+    assert session.put_scp03_keys(BANK_KEYS)[1] == SW.SUCCESS
+    assert session.send(c.set_status(0x40, 0x0F, SSD))[1] == SW.SUCCESS
+    assert card.state["apps"][SSD.hex().upper()]["lifecycle"] == 0x0F
+    # Personalised: this SCP11b session changes nothing more, not even the state again.
+    assert session.send(c.set_status(0x40, 0x0F, SSD))[1] == SW.SECURITY_STATUS_NOT_SATISFIED
+    again = scp11b(card)
+    assert again.open() == SW.SUCCESS
+    assert again.put_scp03_keys(StaticKeys(b"\x01" * 16, b"\x02" * 16, b"\x03" * 16, 0x31))[1] == (
+        SW.SECURITY_STATUS_NOT_SATISFIED
+    )
+    # Another SD's state stays out of its reach.
+    assert again.send(c.set_status(0x40, 0x0F, ISD_AID))[1] != SW.SUCCESS
+
+
 def test_once_personalised_scp11b_changes_nothing_but_scp11a_still_may(card: InProcessCard) -> None:
     assert install_scp11_ssd(card) == SW.SUCCESS
     ca = CertificateAuthority.generate(b"\xb4\x01", Curve.P256, "bank OCE CA")

@@ -29,8 +29,19 @@ def sw_of(rapdu: bytes) -> int:
     return int.from_bytes(rapdu[-2:], "big")
 
 
-def new_card(path: Path, cin: str = "0A0B0C0D0E0F1011") -> InProcessCard:
-    assert cardsim_main(["init", str(path), "--scp", "11", "--cin", cin]) == 0
+def write_card_ca_key(path: Path) -> Path:
+    """The agency's card CA private key (PEM), which certifies every card's attestation key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return path
+
+
+def new_card(path: Path, cin: str = "0A0B0C0D0E0F1011", ca_key: Path | None = None) -> InProcessCard:
+    """An emulated card with SCP11 (attestation key); ``ca_key`` None: a card CA of its own."""
+    extra = ["--ca-key", str(ca_key)] if ca_key is not None else []
+    assert cardsim_main(["init", str(path), "--scp", "11", "--cin", cin, *extra]) == 0
     return InProcessCard(path)
 
 

@@ -33,13 +33,15 @@ def relay(client: BankServiceClient, card: InProcessCard) -> Relay:
     return relay
 
 
-def load_sequence(lfdb: bytes = LFDB, lfdb_hash: bytes = LFDB_HASH) -> list[dict[str, object]]:
-    return [{"apdu": c.install_for_load(PACKAGE, b"", lfdb_hash)}] + [
-        {"apdu": block} for block in c.load_commands(lfdb, 200)
-    ]
+Commands = list[dict[str, object]]
 
 
-REFUSALS = {
+def load_sequence(lfdb: bytes = LFDB, lfdb_hash: bytes = LFDB_HASH) -> Commands:
+    install: Commands = [{"apdu": c.install_for_load(PACKAGE, b"", lfdb_hash)}]
+    return install + [{"apdu": block} for block in c.load_commands(lfdb, 200)]
+
+
+REFUSALS: dict[str, tuple[Commands, str]] = {
     "delete outside the range": ([{"apdu": c.delete(OUTSIDE)}], "A0000000031010 is outside alpha's range"),
     "delete of the SD itself": ([{"apdu": c.delete(SSD_AID)}], "DELETE of the security domain itself"),
     "raw put key": ([{"apdu": c.put_key(0x31, bytes(20), old_kvn=0)}], "PUT KEY as a plain APDU"),

@@ -62,8 +62,4 @@ def provision(bank: Organization, agency: Organization, *, port: int, approver: 
         service = register_key_service(
             organization=bank, endpoint=endpoint, service_certificate_pem=certificate, actor=None
         )
-    template = bank.ssd_template
-    if template.scp != 0x11:  # new enrollments: an SSD with no shared secret, keyed by the bank's service
-        template.scp, template.scp_i = 0x11, 0x00
-        template.save(update_fields=["scp", "scp_i", "updated_at"])
     return service

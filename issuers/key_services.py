@@ -38,7 +38,9 @@ from issuers.bank_service_client import (
 )
 from issuers.custody.authorities import agency_ca
 from issuers.custody_models import KeySet
-from issuers.models import BankKeyService, Membership, Organization
+from issuers.models import BankKeyService, Membership, Organization, SsdTemplate
+
+SCP11_TEMPLATE = 0x11  # an SSD installed for SCP11 (81 02 11 00): keyed by the bank's service
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +260,14 @@ def register_key_service(
         details: dict[str, Any] = {"endpoint": endpoint, "sha256": sha256}
         if previous is not None:
             details["previous"] = previous
+        # From now on the bank's new SSDs are installed for SCP11 and keyed by its service alone
+        # (SSDs enrolled before keep their keys where they are).
+        template = SsdTemplate.objects.select_for_update().filter(organization=organization).first()
+        if template is not None and template.scp != SCP11_TEMPLATE:
+            details["ssd_template_scp"] = {"from": template.scp, "to": SCP11_TEMPLATE}
+            template.scp, template.scp_i = SCP11_TEMPLATE, 0x00
+            template.key_algorithm, template.key_length = SsdTemplate.KeyAlgorithm.AES, 16
+            template.save(update_fields=["scp", "scp_i", "key_algorithm", "key_length", "updated_at"])
         record_event(
             action="key_service.registered",
             subject_type="key_service",

@@ -154,6 +154,7 @@ SCP11 = 0x11  # an SD installed for SCP11 (install parameter 81 02 11 i): its ke
 BANK_SCP03_KVN = BANK_KVN[0x03]  # the bank's first SCP03 key set, put by its key service
 SCP03_I_AFTER_SCP11 = 0x70  # an SD installed for SCP11 speaks SCP03 with the card's default i
 INTERNAL_AUTHENTICATE = "internal authenticate"
+KEY_INFORMATION = "read the SD's key information"
 
 
 @dataclass(frozen=True)
@@ -1397,10 +1398,16 @@ class SessionEngine:
         answers = channel.unwrap_all(responses[:1])
         if not answers or isinstance(answers[0], str) or not answers[0].authenticated:
             raise SessionRejected(f"the SD's key agreement receipt did not verify for {stage.sd_aid()}")
-        return self._authenticated_batch(stage, KeyChoice.from_json(self.state["key"]), channel, [])
+        # The bank's service puts its keys only after the SD's R-MAC'd key information shows no
+        # key but the SD's own SCP11 keys (nobody used the SCP11b window before it; GP 2.3.1
+        # §11.3.3.1): it travels first, and the script follows in the next exchange.
+        key_information = Command(commands.get_data(0x00E0), KEY_INFORMATION)
+        return self._authenticated_batch(
+            stage, KeyChoice.from_json(self.state["key"]), channel, [key_information], ahead=False
+        )
 
     def _authenticated_batch(
-        self, stage: Stage, choice: KeyChoice, channel: HostChannel, first: list[Command]
+        self, stage: Stage, choice: KeyChoice, channel: HostChannel, first: list[Command], *, ahead: bool = True
     ) -> Batch:
         """The channel is open: ``first`` (EXTERNAL AUTHENTICATE, or nothing after SCP11b), the
         registry listing, and, when it can be computed ahead, the script and the listing again."""
@@ -1413,7 +1420,7 @@ class SessionEngine:
         self.state["card_proved"] = False
         cmds = list(first)
         cmds += [self._get_status(p1) for p1 in stage.status_p1]
-        script = self._optimistic_script(stage, channel)
+        script = self._optimistic_script(stage, channel) if ahead else []
         self.state.pop("optimistic_len", None)
         if script:
             # EXTERNAL AUTHENTICATE travels with the registry read and the script computed from
@@ -1559,6 +1566,12 @@ class SessionEngine:
                 raise SessionRejected(
                     f"the card refused the host cryptogram (SW {ea_sw:04X}): not retried through this reader"
                 )
+            responses, sent = responses[1:], sent[1:]
+        if sent and sent[0].label == KEY_INFORMATION:
+            # checked by the bank's service as it unwrapped it; here it must merely be authentic
+            answer = self._unwrap(responses[0]) if responses else None
+            if answer is None or answer.sw != SW.SUCCESS or not answer.authenticated:
+                raise StepFailed("the SD's key information could not be read")
             responses, sent = responses[1:], sent[1:]
         channel = self._restore_channel()
         optimistic = self.state.pop("optimistic_len", None)

@@ -368,7 +368,12 @@ def test_registration_pins_the_service_and_checks_it(world: World, bank_service_
     assert service.reachable is True and service.last_error == "" and service.checked_at is not None
     assert service.journal_size is not None and service.journal_size >= 0
     registered = AuditEntry.objects.get(action="key_service.registered")
+    before = registered.details.pop("ssd_template_scp", None)
     assert registered.details == {"endpoint": running.url, "sha256": sha256}
+    # the bank's new SSDs are installed for SCP11 from now on: keyed by its service alone
+    world.alpha.ssd_template.refresh_from_db()
+    assert world.alpha.ssd_template.scp == 0x11
+    assert before is None or before["to"] == 0x11
     assert registered.organization_slug == "alpha" and registered.actor_org_slug == "agency"
     assert AuditEntry.objects.filter(action="key_service.reachable", organization_slug="alpha").count() == 1
 

@@ -243,10 +243,11 @@ def test_exchanges_and_key_service_calls_are_batched(
     enroll(world)
     result = run_session(world.card_transport(), Counting(world.token))
     assert result.ok, result
-    # install the SSD (ISD, 3 exchanges), then SELECT + GET DATA BF21, INTERNAL AUTHENTICATE, and
+    # install the SSD (ISD, 3 exchanges), then SELECT + GET DATA BF21, INTERNAL AUTHENTICATE, the key
+    # information (the service puts keys only after it), and
     # the bank's keys with the verifying listing
-    assert Counting.exchanges == 3 + 3
-    assert len(calls) <= 2 * 3
+    assert Counting.exchanges == 3 + 4
+    assert len(calls) <= 2 * 4
 
     sd = SecurityDomain.objects.get(card=world.card, organization=world.bank)
     from cards import services as card_services
@@ -257,3 +258,37 @@ def test_exchanges_and_key_service_calls_are_batched(
     assert result.ok, result
     assert Counting.exchanges == 3
     assert 0 < len(calls) <= 2 * 2  # the channel's two exchanges; the identification needs none
+
+
+def test_keys_put_in_the_scp11b_window_by_someone_else_stop_the_enrollment(
+    world: OtaWorld, alpha_service: RunningService
+) -> None:
+    """The SSD is on the card but the bank's service is down; someone who can reach the card (the
+    relay, the agency) opens SCP11b and puts a key of its own. The bank's service reads the SD's
+    key information before its PUT KEY, sees the foreign key and refuses: the enrollment fails
+    (audited on both sides) instead of handing the bank's keys to an SSD someone else also opens."""
+    from gp.keys import StaticKeys, encode_put_key_symmetric
+    from gp.scp11 import SCP11b, parse_certificates
+    from tests.cardsim.scp11_host import SCP11Session, certificate_store
+
+    alpha_service.stop()
+    enrollment = enroll(world)
+    world.present()  # the ISD installs the SSD; the bank's stage is held
+    job = CardJob.objects.get(enrollment=enrollment)
+    assert job.state == CardJob.State.PENDING
+    sd_aid = enrollment.security_domain.aid
+
+    transport = world.card_transport()
+    chain = parse_certificates(certificate_store(transport.transmit, bytes.fromhex(sd_aid)))
+    intruder = SCP11b(sd_public_key=chain[-1].public_key_point, kvn=0x01, kid=0x13)
+    assert SCP11Session(transport.transmit, bytes.fromhex(sd_aid), intruder).open() == 0x9000
+    data = encode_put_key_symmetric(0x3E, StaticKeys.single(bytes(16), 0x3E), intruder.encrypt_key, algorithm="aes")
+    put = commands.put_key(0x3E, data[1:], key_id=0x01)
+    assert intruder.unwrap_response(transport.transmit(intruder.wrap(put))).sw == 0x9000
+
+    alpha_service.start()
+    world.present()
+    job.refresh_from_db()
+    assert job.state == CardJob.State.FAILED and "key service refused" in job.last_error
+    assert AuditEntry.objects.filter(action="key_service.refused", subject_id=sd_aid).exists()
+    assert any(e["action"] == "refused" for e in journal_of(world)["entries"])

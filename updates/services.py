@@ -480,7 +480,7 @@ def _exchange_locked(
     """The exchange inside its transaction; None when the session had expired (now closed)."""
     session = (
         CardSession.objects.select_for_update(of=("self",))
-        .select_related("card", "sealed_by")
+        .select_related("card", "card__issued_by", "sealed_by")
         .filter(pk=session_id, credential=credential)
         .first()
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.models import AnonymousUser
+from django.utils.functional import SimpleLazyObject
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
@@ -27,7 +28,10 @@ class AgentTokenAuthentication(authentication.BaseAuthentication):
         credential = services.authenticate_agent(header[len(KEYWORD) + 1 :].strip())
         if credential is None:
             raise exceptions.AuthenticationFailed("Invalid or revoked agent credential.")
-        return (credential.user if credential.user is not None else AnonymousUser()), credential
+        if credential.user_id is None:
+            return AnonymousUser(), credential
+        # The holder is loaded only if something reads request.user (the relay views do not).
+        return SimpleLazyObject(lambda: credential.user), credential
 
     def authenticate_header(self, request: Request) -> str:
         return KEYWORD

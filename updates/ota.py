@@ -233,10 +233,26 @@ class Stage:
         raise NotImplementedError
 
     def security_domain(self) -> SecurityDomain | None:
-        """The record of the SD the channel opens, read once per exchange (a stage lives for one)."""
+        """The record of the SD the channel opens, read once per exchange (a stage lives for one):
+        the job's own security domain when the channel is with it (read with the job), else one
+        query (no ordering: the model's default joins the card table to order by its CIN)."""
         if not hasattr(self, "_security_domain"):
+            aid = self.sd_aid()
+            job = self.job
+            if CardJob.security_domain.is_cached(job) and job.security_domain is not None:
+                job_sd = job.security_domain
+                if (
+                    job_sd.card_id == self.card.pk
+                    and job_sd.aid == aid
+                    and SecurityDomain.organization.is_cached(job_sd)
+                ):
+                    self._security_domain: SecurityDomain | None = job_sd
+                    return job_sd
             self._security_domain = (
-                self.card.security_domains.select_related("organization").filter(aid=self.sd_aid()).first()
+                SecurityDomain.objects.select_related("organization")
+                .filter(card_id=self.card.pk, aid=aid)
+                .order_by()
+                .first()
             )
         return self._security_domain
 
@@ -763,23 +779,28 @@ def expected_registry(stage: Stage) -> Registry:
     card = stage.card
     apps: list[commands.RegistryEntry] = []
     live = (SecurityDomain.State.ACTIVE, SecurityDomain.State.REMOVING)
-    for aid, lifecycle in SecurityDomain.objects.filter(card=card, is_isd=False, state__in=live).values_list(
-        "aid", "lifecycle"
+    # The models' orderings start with the card's CIN (a join); within one card they are by AID.
+    for aid, lifecycle in (
+        SecurityDomain.objects.filter(card=card, is_isd=False, state__in=live)
+        .order_by("aid")
+        .values_list("aid", "lifecycle")
     ):
         apps.append(
             commands.RegistryEntry(
                 bytes.fromhex(aid), SD_LIFECYCLE_BYTES.get(lifecycle, SecurityDomainLifeCycle.PERSONALIZED), kind="sd"
             )
         )
-    for aid, elf in AppletInstance.objects.filter(security_domain__card=card).values_list(
-        "instance_aid", "package_aid"
+    for aid, elf in (
+        AppletInstance.objects.filter(security_domain__card=card)
+        .order_by("instance_aid")
+        .values_list("instance_aid", "package_aid")
     ):
         apps.append(commands.RegistryEntry(bytes.fromhex(aid), 0x07, elf_aid=bytes.fromhex(elf)))
     elfs = [
         commands.RegistryEntry(bytes.fromhex(aid), 0x01, kind="elf", elf_version=_version_bytes(version))
-        for aid, version in CardPackage.objects.filter(security_domain__card=card).values_list(
-            "package_aid", "package_version"
-        )
+        for aid, version in CardPackage.objects.filter(security_domain__card=card)
+        .order_by("package_aid")
+        .values_list("package_aid", "package_version")
     ]
     return Registry(apps=apps, elfs=elfs, proven_listings=frozenset(stage.status_p1))
 
@@ -909,11 +930,23 @@ class SessionEngine:
             return []
         if not jobs:
             return []
-        job = CardJob.objects.select_related(*JOB_RELATED).get(pk=jobs[0])
+        job = CardJob.objects.select_related("security_domain", "security_domain__organization", "organization").get(
+            pk=jobs[0]
+        )
+        job.card = card  # the job is this card's (presentable_job_ids): not read again
         try:
             stage = stages_for(job)[0](job)
-            sd = stage.security_domain()
-            if sd is not None and sd.auth_failures:
+            job_sd = job.security_domain
+            if job_sd is not None and job_sd.aid == stage.sd_aid():
+                failures: int | None = job_sd.auth_failures  # read with the job
+            else:  # the ISD: its failure count only (the record is read when the card has identified)
+                failures = (
+                    SecurityDomain.objects.filter(card_id=card.pk, aid=stage.sd_aid())
+                    .order_by()
+                    .values_list("auth_failures", flat=True)
+                    .first()
+                )
+            if failures:
                 return []  # the refusal rules of _open_stage speak first
             # Key choices, not the policy's preflight: that one speaks (and audits) once the card
             # has identified, in _open_stage.
@@ -988,7 +1021,12 @@ class SessionEngine:
         job_id = self.state["jobs"][0]
         job = self._jobs.get(job_id)
         if job is None:
-            job = CardJob.objects.select_related(*JOB_RELATED).get(pk=job_id)
+            job = CardJob.objects.select_related(
+                "security_domain", "security_domain__organization", "organization"
+            ).get(pk=job_id)
+            card = self.session.card if type(self.session).card.is_cached(self.session) else None
+            if card is not None and card.pk == job.card_id:
+                job.card = card  # the session's card (read with it, its issuer too): not read again
             self._jobs[job_id] = job
         return job
 
@@ -1171,7 +1209,10 @@ class SessionEngine:
         )
         now = timezone.now()
         first_attempts: set[int] = set()
-        for job in CardJob.objects.select_related(*JOB_RELATED).filter(pk__in=jobs):
+        for job in CardJob.objects.select_related(
+            "security_domain", "security_domain__organization", "organization"
+        ).filter(pk__in=jobs):
+            job.card = card  # the card that identified (its jobs: presentable_job_ids), not read again
             self._jobs[job.pk] = job  # the engine's copy for this exchange (see job())
             if job.attempts == 0:
                 first_attempts.add(job.pk)
@@ -1484,10 +1525,22 @@ class SessionEngine:
         if self.state.get("card_proved"):
             return
         self.state["card_proved"] = True
-        sd = self.stage().security_domain()
-        if sd is not None and sd.auth_failures:
-            SecurityDomain.objects.filter(pk=sd.pk).update(auth_failures=0)
-            AuthRefusal.objects.filter(security_domain=sd).delete()
+        stage = self.stage()
+        job_sd = stage.job.security_domain
+        if hasattr(stage, "_security_domain") or (job_sd is not None and job_sd.aid == stage.sd_aid()):
+            sd = stage.security_domain()  # read already, or the job's own (no query)
+            sd_id, failures = (sd.pk, sd.auth_failures) if sd is not None else (None, 0)
+        else:  # only its count is needed here: not the whole record
+            row = (
+                SecurityDomain.objects.filter(card_id=stage.card.pk, aid=stage.sd_aid())
+                .order_by()
+                .values_list("pk", "auth_failures")
+                .first()
+            )
+            sd_id, failures = row if row is not None else (None, 0)
+        if sd_id is not None and failures:
+            SecurityDomain.objects.filter(pk=sd_id).update(auth_failures=0)
+            AuthRefusal.objects.filter(security_domain_id=sd_id).delete()
 
     @staticmethod
     def _get_status(p1: int, *, next_occurrence: bool = False) -> Command:
@@ -1854,7 +1907,11 @@ def job_done_details(job: CardJob) -> dict[str, Any]:
     load file hash) and those removed."""
     if job.security_domain_id is None:
         return {}
-    sd = SecurityDomain.objects.select_related("organization").get(pk=job.security_domain_id)  # as the stages left it
+    sd = job.security_domain if CardJob.security_domain.is_cached(job) else None
+    if sd is None or sd.pk != job.security_domain_id or not SecurityDomain.organization.is_cached(sd):
+        # as the stages left it (the engine's job carries its SD with the owning bank, kept in step
+        # with what the stages wrote by apply_effects and complete_job: no need to read it again)
+        sd = SecurityDomain.objects.select_related("organization").get(pk=job.security_domain_id)
     details: dict[str, Any] = {"sd_aid": sd.aid}
     kind = job.kind
     if kind in (CardJob.Kind.ENROLL_BANK, CardJob.Kind.ROTATE_KEYS):

@@ -184,31 +184,74 @@ def forget_credentials(key_ids: Iterable[str]) -> None:
     transaction.on_commit(drop)
 
 
-def _usable(credential: AgentCredential) -> bool:
+# What the cache keeps of a usable credential: plain values (no pickled model instances), enough to
+# check a token and to build the credential the relay needs without a query.
+_CACHED_FIELDS = (
+    "id",
+    "key_id",
+    "secret_hash",
+    "revoked_at",
+    "user_id",
+    "user__is_active",
+    "organization_id",
+    "organization__slug",
+    "organization__is_active",
+)
+
+
+def _usable(value: dict[str, Any]) -> bool:
     """Not revoked, and its holder's account (device) or its organisation (terminal) is active."""
-    if not credential.is_active:
+    if value["revoked_at"] is not None:
         return False
-    if credential.organization_id is not None:
-        return credential.organization is not None and credential.organization.is_active
-    return credential.user is not None and credential.user.is_active
+    if value["organization_id"] is not None:
+        return bool(value["organization__is_active"])
+    return value["user_id"] is not None and bool(value["user__is_active"])
 
 
-def _lookup(key_id: str) -> AgentCredential | None:
-    """The credential a key id names, through the cache (only usable credentials are cached)."""
+def _lookup(key_id: str) -> dict[str, Any] | None:
+    """The credential a key id names, as plain values, through the cache (only usable credentials
+    are cached)."""
     key = _cache_key(key_id)
     try:
         cached = cache.get(key)
     except Exception:  # a cache outage costs a query, never a refusal
         logger.warning("credential cache unavailable", exc_info=True)
         cached = None
-    if isinstance(cached, AgentCredential):
+    if isinstance(cached, dict) and cached.get("key_id") == key_id:
         return cached
-    credential = AgentCredential.objects.select_related("user", "organization").filter(key_id=key_id).first()
-    if credential is not None and _usable(credential):
+    value = AgentCredential.objects.filter(key_id=key_id).values(*_CACHED_FIELDS).first()
+    if value is not None and _usable(value):
         try:
-            cache.set(key, credential, CREDENTIAL_CACHE_SECONDS)
+            cache.set(key, value, CREDENTIAL_CACHE_SECONDS)
         except Exception:
             logger.warning("credential cache unavailable", exc_info=True)
+    return value
+
+
+def _partial(model: Any, values: dict[str, Any]) -> Any:
+    """An instance of ``model`` as if read from the database with only ``values`` (attribute
+    names): the other fields are deferred, loaded on first use."""
+    names = [f.attname for f in model._meta.concrete_fields if f.attname in values]
+    return model.from_db(None, names, [values[name] for name in names])
+
+
+def _credential_of(value: dict[str, Any]) -> AgentCredential:
+    """The credential model of a looked-up value, built without a query: its other fields (name,
+    dates) and a device's user load lazily if a caller reads them; a terminal's organisation
+    carries its id, slug and state (its other fields load lazily too)."""
+    credential: AgentCredential = _partial(
+        AgentCredential,
+        {name: value[name] for name in ("id", "key_id", "secret_hash", "revoked_at", "user_id", "organization_id")},
+    )
+    if value["organization_id"] is not None:
+        credential.organization = _partial(
+            Organization,
+            {
+                "id": value["organization_id"],
+                "slug": value["organization__slug"],
+                "is_active": value["organization__is_active"],
+            },
+        )
     return credential
 
 
@@ -220,12 +263,12 @@ def authenticate_agent(token: str) -> AgentCredential | None:
     parts = token.split("_", 2)
     if len(parts) != 3 or parts[0] != TOKEN_PREFIX or not KEY_ID.fullmatch(parts[1]):
         return None
-    credential = _lookup(parts[1])
-    if credential is None or not hmac.compare_digest(credential.secret_hash, _hash_secret(parts[2])):
+    value = _lookup(parts[1])
+    if value is None or not hmac.compare_digest(value["secret_hash"], _hash_secret(parts[2])):
         return None
-    if not _usable(credential):
+    if not _usable(value):
         return None
-    return credential
+    return _credential_of(value)
 
 
 def forget_organization_credentials(organization_id: int) -> None:
@@ -294,7 +337,7 @@ def _reject(session: CardSession, reason: str) -> None:
     session.state = CardSession.State.REJECTED
     session.closed_reason = reason
     session.sealed_channel = None
-    session.save()
+    _save_session(session)
     if session.card_id:
         for job in CardJob.objects.filter(card_id=session.card_id, state=CardJob.State.RUNNING):
             if job.attempts >= MAX_ATTEMPTS:
@@ -332,8 +375,33 @@ def _apply(session: CardSession, batch: Batch) -> RelayAnswer:
             details={"round_trips": session.round_trips, "apdus": session.apdus, **batch.result},
         )
     session.expires_at = _expires()
-    session.save()
+    _save_session(session)
     return RelayAnswer(session, batch)
+
+
+# What an exchange may change in a session row (the credential, mode and creation time never change).
+_SESSION_FIELDS = (
+    "card",
+    "state",
+    "exchange",
+    "engine_state",
+    "sealed_channel",
+    "sealed_by",
+    "round_trips",
+    "apdus",
+    "closed_reason",
+    "updated_at",
+    "expires_at",
+)
+
+
+def _save_session(session: CardSession) -> None:
+    """Write the session: INSERT for one opened in this exchange, else one UPDATE of the fields an
+    exchange changes."""
+    if session._state.adding:
+        session.save(force_insert=True)
+    else:
+        session.save(update_fields=_SESSION_FIELDS)
 
 
 def _pending_for_presenter(session: CardSession, batch: Batch) -> None:
@@ -356,7 +424,8 @@ def open_session(*, credential: AgentCredential, mode: str = CardSession.Mode.BA
     try:
         with relay_identity(credential), transaction.atomic(), events_together():
             AgentCredential.objects.filter(pk=credential.pk).update(last_used_at=timezone.now())
-            session = CardSession.objects.create(credential=credential, mode=mode, expires_at=_expires())
+            # Inserted once, with the first batch's state (_apply): its id is made here, not by the database.
+            session = CardSession(credential=credential, mode=mode, expires_at=_expires())
             engine = SessionEngine(session)
             batch = engine.start()
             session.engine_state = engine.state
@@ -412,12 +481,13 @@ def _exchange_locked(
     """The exchange inside its transaction; None when the session had expired (now closed)."""
     session = (
         CardSession.objects.select_for_update(of=("self",))
-        .select_related("card", "credential", "sealed_by")
+        .select_related("card", "card__issued_by", "sealed_by")
         .filter(pk=session_id, credential=credential)
         .first()
     )
     if session is None:
         raise ServiceError("no such session", code="not_found")
+    session.credential = credential  # the row names it (filtered above): the authenticated one
     if session.state != CardSession.State.OPEN:
         raise ServiceError(f"the session is {session.state}", code="state")
     if session.expires_at < timezone.now():
@@ -458,7 +528,7 @@ def _apdu_mode_step(session: CardSession, raw: list[bytes]) -> RelayAnswer | Non
         session.exchange += 1
         session.round_trips += 1
         session.expires_at = _expires()
-        session.save()
+        _save_session(session)
         return RelayAnswer(session, Batch(commands=[queue[len(collected)]], progress={}))
     return None
 

@@ -4,17 +4,108 @@ secure channels keyed from a stored key set (the static keys never leave the cal
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import dataclass, field
 from typing import Literal
+
+from django.core.signals import setting_changed
 
 from ecard.errors import ServiceError
 from gp.keys import StaticKeys, diversify
 from gp.scp import SCP02, SCP03
 from issuers.custody.keysets import Algorithm, Purpose, load_secret_key, load_static_keys
-from issuers.custody_models import KeySet
+from issuers.custody.sealing import DATA_KEY_LIFETIME
+from issuers.custody_models import KeyEncryptionKey, KeySet
 from issuers.keyvault import CustodyError
 from issuers.models import Organization
 
 _SCHEME_ALGORITHM = {"kdf3": Algorithm.AES, "emv": Algorithm.DES3, "visa2": Algorithm.DES3}
+
+# Seconds a process keeps a diversification master it unwrapped: the period of the channel-state
+# data keys (issuers.custody.sealing), for the same reason (no KEK unwrap, an HSM round trip with
+# PKCS#11, on every channel opening).
+MASTER_KEY_LIFETIME = DATA_KEY_LIFETIME
+
+
+@dataclass
+class _Master:
+    organization_id: int
+    kek_id: int
+    wrapped: bytes
+    key: bytes = field(repr=False)
+    made: float
+
+    def fresh(self) -> bool:
+        return time.monotonic() - self.made < MASTER_KEY_LIFETIME
+
+
+class _MasterKeys:
+    """This process's unwrapped diversification masters, by key set, in memory only (never logged,
+    never in a shared cache). An entry serves only the key set row it was unwrapped from: the same
+    KEK and the same wrapped bytes, that KEK not destroyed (read with the row, no extra query). A
+    KEK rotation re-wraps the row under the new KEK, so the next read no longer matches and the
+    entry is dropped; a KEK found destroyed drops every entry of its organisation."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[int, _Master] = {}
+
+    def get(self, master: KeySet) -> bytes | None:
+        with self._lock:
+            entry = self._keys.get(master.pk)
+        if entry is None:
+            return None
+        kek = master.kek
+        if kek.state == KeyEncryptionKey.State.DESTROYED:
+            self.forget(master.organization_id)
+            return None
+        if not entry.fresh() or entry.kek_id != master.kek_id or entry.wrapped != bytes(master.wrapped):
+            with self._lock:
+                if self._keys.get(master.pk) is entry:
+                    del self._keys[master.pk]
+            return None
+        return entry.key
+
+    def put(self, master: KeySet, key: bytes) -> None:
+        entry = _Master(master.organization_id, master.kek_id, bytes(master.wrapped), key, time.monotonic())
+        with self._lock:
+            if len(self._keys) > 256:  # bounded: drop what expired
+                self._keys = {k: v for k, v in self._keys.items() if v.fresh()}
+            self._keys[master.pk] = entry
+
+    def forget(self, organization_id: int | None = None) -> None:
+        with self._lock:
+            if organization_id is None:
+                self._keys.clear()
+            else:
+                self._keys = {k: v for k, v in self._keys.items() if v.organization_id != organization_id}
+
+
+_master_keys = _MasterKeys()
+
+
+def forget_master_keys(organization_id: int | None = None) -> None:
+    """Drop this process's unwrapped masters (of one organisation, or all): a KEK of it found
+    destroyed, a settings change, tests (``sealing.forget_data_keys`` calls it)."""
+    _master_keys.forget(organization_id)
+
+
+def _on_setting_changed(*, setting: str, **kwargs: object) -> None:
+    if setting.startswith("ECARD_") or setting == "DEBUG":
+        forget_master_keys()  # a master key or backend changed: unwrap again
+
+
+setting_changed.connect(_on_setting_changed, dispatch_uid="issuers.custody.card_keys.forget_master_keys")
+
+
+def _master_secret(master: KeySet) -> bytes:
+    """The clear master, unwrapped under its KEK once per :data:`MASTER_KEY_LIFETIME`."""
+    key = _master_keys.get(master)
+    if key is None:
+        key = load_secret_key(master)  # re-reads the row if a rotation re-wrapped it meanwhile
+        _master_keys.put(master, key)
+    return key
 
 
 def card_isd_keys(
@@ -47,10 +138,10 @@ def card_isd_keys(
     )
     if kvn is not None:
         masters = masters.filter(kvn=kvn)
-    master = masters.order_by("-kvn").first()
+    master = masters.select_related("kek").order_by("-kvn").first()
     if master is None:
         raise CustodyError(f"no active {algorithm} diversification master for {agency.slug}")
-    return diversify(scheme, load_secret_key(master), bytes(kdd), master.kvn)
+    return diversify(scheme, _master_secret(master), bytes(kdd), master.kvn)
 
 
 # ---------------------------------------------------------------------------

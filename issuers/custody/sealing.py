@@ -142,8 +142,12 @@ _data_keys = _DataKeys()
 
 
 def forget_data_keys() -> None:
-    """Drop this process's data keys (tests; a process that wants to seal under a new KEK at once)."""
+    """Drop this process's data keys, and the diversification masters it keeps for the same period
+    (tests; a process that wants to seal under a new KEK at once)."""
     _data_keys.clear()
+    from issuers.custody.card_keys import forget_master_keys  # late: card_keys imports this module
+
+    forget_master_keys()
 
 
 def seal_channel_state(org: Organization, state: Mapping[str, Any], *, context: str) -> bytes:
@@ -176,6 +180,9 @@ def _sealing_kek(org: Organization, version: int) -> KeyEncryptionKey:
     kek = KeyEncryptionKey.objects.filter(organization=org, version=version).first()
     if kek is None or kek.state == KeyEncryptionKey.State.DESTROYED:
         _data_keys.forget(org.pk, version)
+        from issuers.custody.card_keys import forget_master_keys  # late: card_keys imports this module
+
+        forget_master_keys(org.pk)
         raise KekUnavailableError(f"the KEK v{version} of {org.slug} that sealed this channel state is gone")
     if kek.state == KeyEncryptionKey.State.ACTIVE:
         _data_keys.seen_active(org.pk, version)

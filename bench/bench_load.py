@@ -39,8 +39,11 @@ channel is opened, and its PUT KEY built and wrapped, by that service (``updates
 the cost of delegation. The key versions cycle 0x31..0x3F and wrap back to 0x31
 (``cards.services.next_kvn``). The key service processes (command line ``-m keyservice serve``,
 in this topology's ``ECARD_KEYSERVICE_DIR``) are their own CPU tier, *keyservice*, counted in the
-server's. ``--baseline 1,50`` then runs the non-delegated job at those N on the same machine
-right after, shown in the same section. Writes the "Load, bank stages delegated" section (the
+server's. ``--baseline 1,50`` then runs, at those N, on the same machine right after, the
+non-delegated jobs of ``--baseline-jobs`` (default both): ``lock``, the "Load" section's job, and
+``rotate-custody``, the same key rotation of the load bank's SSD whose keys the platform holds
+(the same bank stage without the service: the cost of delegation itself). They are shown in the
+same section. Writes the "Load, bank stages delegated" section (the
 "Load" section is left as it is), with a line comparing its N = 50 figures to the Load section's.
 
 Writes the "Load" section of docs/benchmarks.md (``--no-write`` to skip). The last line printed
@@ -258,7 +261,13 @@ def load_section_figures(doc: str, agents: int = 50) -> tuple[float, float] | No
     return None
 
 
-def render_delegated(results: list[LoadResult], baseline: list[LoadResult], header: str) -> str:
+BASELINE_LABELS = {
+    "lock": "*not delegated: lock/unlock (ISD stage)*",
+    "rotate-custody": "*not delegated: key rotation, platform custody*",
+}
+
+
+def render_delegated(results: list[LoadResult], baseline: list[tuple[str, LoadResult]], header: str) -> str:
     """The "Load, bank stages delegated" section: the delegated runs, any same-machine baseline runs,
     and a line against the "Load" section's N = 50."""
     lines = [
@@ -272,22 +281,24 @@ def render_delegated(results: list[LoadResult], baseline: list[LoadResult], head
         "under the session DEK, and unwraps the card's answers (`updates/delegation.py`; mutual TLS to the "
         'service, kept-alive connections). Columns as in "Load"; *keyservice* = the key service process(es) '
         "(`python -m keyservice serve`, SoftHSM2 token), counted in *server*. Rows marked *not delegated* "
-        "ran the Load section's job (lock/unlock of the load bank's SSD, an ISD stage) right after, on the "
-        "same machine and servers.",
+        "ran right after, on the same machine and servers: the Load section's job (lock/unlock of the load "
+        "bank's SSD, an ISD stage), and the same key rotation in the load bank's SSD, whose keys the platform "
+        "holds (custody: its new key set made by a Celery task before the session, PUT KEY built by the "
+        "engine) — the same bank stage without the service.",
         "",
         "| job | agents | sessions/s | req/s | exchanges/session | p50 ms | p99 ms | max ms | errors "
         "| server CPU ms/session | web | pg | celery | redis | keyservice | generator CPU ms/session |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for job, runs in (("delegated", results), ("*not delegated*", baseline)):
-        for r in runs:
-            lines.append(
-                f"| {job} | {r.agents} | {r.rate:.1f} | {r.stats.window_requests / r.seconds:.0f} | "
-                f"{r.exchanges_per_session:.1f} | {r.percentile(50):.0f} | {r.percentile(99):.0f} | "
-                f"{r.percentile(100):.0f} | {r.stats.errors} | **{server_ms(r, DELEGATED_TIERS):.0f}** | "
-                + " | ".join(f"{ms_per_session(r, tier):.0f}" for tier in DELEGATED_TIERS)
-                + f" | {ms_per_session(r, 'bench'):.0f} |"
-            )
+    rows = [("key rotation, delegated", x) for x in results] + [(BASELINE_LABELS[j], x) for j, x in baseline]
+    for job, r in rows:
+        lines.append(
+            f"| {job} | {r.agents} | {r.rate:.1f} | {r.stats.window_requests / r.seconds:.0f} | "
+            f"{r.exchanges_per_session:.1f} | {r.percentile(50):.0f} | {r.percentile(99):.0f} | "
+            f"{r.percentile(100):.0f} | {r.stats.errors} | **{server_ms(r, DELEGATED_TIERS):.0f}** | "
+            + " | ".join(f"{ms_per_session(r, tier):.0f}" for tier in DELEGATED_TIERS)
+            + f" | {ms_per_session(r, 'bench'):.0f} |"
+        )
     lines += ["", "Latency by exchange (delegated), p50 / p99 ms:", ""]
     width = max([len(r.stats.by_exchange) for r in results] + [1])
     lines += [
@@ -304,7 +315,7 @@ def render_delegated(results: list[LoadResult], baseline: list[LoadResult], head
     return "\n".join(lines) + "\n"
 
 
-def comparison(results: list[LoadResult], baseline: list[LoadResult]) -> list[str]:
+def comparison(results: list[LoadResult], baseline: list[tuple[str, LoadResult]]) -> list[str]:
     """The cost of delegation in a line or two: N = 50 (or the last N) against the Load section's
     figure, and against the same-machine baseline at the same N if there is one."""
     at = {r.agents: r for r in results}
@@ -323,12 +334,14 @@ def comparison(results: list[LoadResult], baseline: list[LoadResult]) -> list[st
             f"sessions/s, {cpu:.0f} ms/session — {r.rate / rate if rate else 0:.2f}× the rate, "
             f"{server_ms(r, DELEGATED_TIERS) - cpu:+.0f} ms/session."
         )
-    same = {b.agents: b for b in baseline}.get(r.agents)
-    if same is not None:
+    for job, same in baseline:
+        if same.agents != r.agents:
+            continue
         out.append(
-            f"{'Same machine, right after' if out else said + '; same machine, right after'} (not delegated, "
-            f"N = {same.agents}): {same.rate:.1f} sessions/s, {server_ms(same, DELEGATED_TIERS):.0f} ms/session — "
-            f"delegated is {r.rate / same.rate if same.rate else 0:.2f}× the rate, "
+            f"{'Same machine, right after' if out else said + '; same machine, right after'} "
+            f"({BASELINE_LABELS[job].strip('*')}, N = {same.agents}): {same.rate:.1f} sessions/s, "
+            f"{server_ms(same, DELEGATED_TIERS):.0f} ms/session — delegated is "
+            f"{r.rate / same.rate if same.rate else 0:.2f}× the rate, "
             f"{server_ms(r, DELEGATED_TIERS) - server_ms(same, DELEGATED_TIERS):+.0f} ms/session."
         )
     if not out:
@@ -526,7 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         "--delegated", action="store_true", help="each session's job: a key rotation of Load Bank D's SSD (delegated)"
     )
     parser.add_argument(
-        "--baseline", default="", help="with --delegated: afterwards, the non-delegated job at these N (e.g. 1,50)"
+        "--baseline", default="", help="with --delegated: afterwards, the non-delegated jobs at these N (e.g. 1,50)"
+    )
+    parser.add_argument(
+        "--baseline-jobs",
+        default="lock,rotate-custody",
+        help="the non-delegated jobs of --baseline (lock, rotate-custody)",
     )
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.agents.split(",") if n.strip()]
@@ -537,6 +555,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--verify and --profile check and profile the lock job: not with --delegated")
     if baseline and (not args.delegated or min(baseline) < 1):
         parser.error("--baseline N,... goes with --delegated")
+    baseline_jobs = [j.strip() for j in args.baseline_jobs.split(",") if j.strip()]
+    if not set(baseline_jobs) <= set(BASELINE_LABELS):
+        parser.error(f"--baseline-jobs: of {', '.join(BASELINE_LABELS)}")
     tiers = DELEGATED_TIERS if args.delegated else SERVER_TIERS
 
     topology = Topology({"ECARD_CARDS_DIR": str(args.cards_dir)})
@@ -549,11 +570,12 @@ def main(argv: list[str] | None = None) -> int:
     seen_done: list[int] = []
     profile_paths: list[Path] = []
     print(f"servers: {', '.join(urls)}", flush=True)
-    baseline_results: list[LoadResult] = []
-    runs = [(n, args.delegated) for n in counts] + [(n, False) for n in baseline]
-    for index, (n, delegated) in enumerate(runs):
-        if baseline and index == len(counts):
-            print("baseline (not delegated):", flush=True)
+    baseline_results: list[tuple[str, LoadResult]] = []
+    runs = [(n, "rotate" if args.delegated else "lock") for n in counts]
+    runs += [(n, job) for job in baseline_jobs for n in baseline]
+    for index, (n, job) in enumerate(runs):
+        if index >= len(counts):
+            print(f"baseline (not delegated): {job}", flush=True)
         rows = read_tokens(tokens, n)
         processes = args.processes or default_processes(n)
         spies: list[subprocess.Popen[bytes]] = []
@@ -574,8 +596,8 @@ def main(argv: list[str] | None = None) -> int:
             during=during,
             memory_cards=not args.file_cards,
             ramp=args.ramp if args.ramp >= 0 else min(5.0, n / 20 + 1),
-            job="rotate" if delegated else "lock",
-            operator=DELEGATED_OPERATOR if delegated else "loadbank_op",
+            job=job,
+            operator=DELEGATED_OPERATOR if job == "rotate" else "loadbank_op",
         )
         for spy in spies:
             try:
@@ -587,7 +609,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    py-spy: {err.decode(errors='replace')[-300:]}", flush=True)
         if spies and args.profile is not None:
             profile_paths = sorted(p for p in args.profile.glob("web*.speedscope.json") if p.stat().st_size)
-        (results if index < len(counts) else baseline_results).append(result)
+        if index < len(counts):
+            results.append(result)
+        else:
+            baseline_results.append((job, result))
         seen_done += result.stats.done_jobs
         cpu = ", ".join(f"{k} {ms_per_session(result, k):.0f}" for k in (*tiers, "bench"))
         print(
@@ -626,7 +651,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.delegated:
         header = header.replace("--seconds", "--delegated --seconds", 1)
         if baseline:
-            header = header.replace("` against", f" --baseline {args.baseline}` against", 1)
+            header = header.replace(
+                "` against", f" --baseline {args.baseline} --baseline-jobs {','.join(baseline_jobs)}` against", 1
+            )
         if not args.no_write:
             benchdoc.write_section(DELEGATED_SECTION, render_delegated(results, baseline_results, header))
     elif not args.no_write:
@@ -635,7 +662,8 @@ def main(argv: list[str] | None = None) -> int:
         if profile_paths:
             benchdoc.write_section(PROFILE_SECTION, profile_section(results[-1], profile_paths, note))
     print(results[-1].summary())
-    return 0 if verified and all(r.stats.errors == 0 for r in results + baseline_results) else 1
+    everything = results + [r for _job, r in baseline_results]
+    return 0 if verified and all(r.stats.errors == 0 for r in everything) else 1
 
 
 if __name__ == "__main__":

@@ -429,8 +429,10 @@ class MemoryCard:
 # the job feeder (Django, one per agent process)
 
 
-# The job of each session, and the token row's security domain it is queued for.
-JOBS = {"lock": "sd_id", "rotate": "delegated_sd_id"}
+# The job of each session, and the token row's security domain it is queued for: lock/unlock of the
+# load bank's SSD (an ISD stage), a key rotation of Load Bank D's SSD (a bank SSD stage delegated to
+# its key service), a key rotation of the load bank's SSD (the same bank stage, platform custody).
+JOBS = {"lock": "sd_id", "rotate": "delegated_sd_id", "rotate-custody": "sd_id"}
 
 
 class Feeder(threading.Thread):
@@ -443,8 +445,6 @@ class Feeder(threading.Thread):
 
     def __init__(self, operator: str, *, share_with: Feeder | None = None, job: str = "lock") -> None:
         super().__init__(daemon=True, name="feeder")
-        # "lock": lock/unlock of the load bank's SSD (an ISD stage, platform custody);
-        # "rotate": key rotation of Load Bank D's SSD (a bank SSD stage, delegated to its key service).
         if job not in JOBS:
             raise ValueError(f"job {job!r}: one of {', '.join(JOBS)}")
         self.job = share_with.job if share_with is not None else job
@@ -507,7 +507,7 @@ class Feeder(threading.Thread):
                 box.append(f"no security domain {sd_id}")
             elif sd.card_id not in busy:  # an open job (interrupted session) is resumed, not doubled
                 try:
-                    if self.job == "rotate":  # 0x31, ..., 0x3F, 0x31, ... (cards.services.next_kvn)
+                    if self.job.startswith("rotate"):  # 0x31, ..., 0x3F, 0x31, ... (cards.services.next_kvn)
                         services.request_key_rotation(security_domain=sd, actor=operator)
                     else:
                         services.request_sd_lock(
@@ -743,8 +743,8 @@ def run_load(
     ``memory_cards`` keeps each card in memory for the run (written back at the end) instead of
     writing its state file after every command (what the fault test needs: a killed agent is a
     pulled card). ``ramp`` seconds of load run before the window opens (not measured). ``job``: what
-    each session does (:data:`JOBS`: ``lock``, or ``rotate`` of the delegated SSD, whose operator
-    ``operator`` must then name)."""
+    each session does (:data:`JOBS`; for ``rotate``, of the delegated SSD, ``operator`` must name
+    Load Bank D's operator)."""
     urls = split_urls(base_url)
     processes = max(1, min(processes, len(rows)))
     ctx = mp.get_context("fork")

@@ -95,3 +95,16 @@ def test_delegated_seed_and_the_bench_job_run_through_the_key_service(tmp_path: 
     assert seen == [*range(0x32, 0x40), 0x31, 0x32, 0x33]
     wraps = [e for e in journal(directory)[before:] if e["action"] == "wrap"]
     assert len(wraps) >= 17  # every rotation's PUT KEY was built and wrapped by the service
+
+    # The bench's same-machine baseline: the same rotation in the load bank's SSD, platform custody.
+    custody = SecurityDomain.objects.get(pk=row["sd_id"])
+    assert custody.scp == 0x03 and custody.organization.slug == "loadbank"
+    entries = len(journal(directory))
+    done, box = threading.Event(), []
+    Feeder("loadbank_op", job="rotate-custody")._serve([(row["sd_id"], done, box)], operator)
+    assert box == []
+    result = run_session(InProcessCard(row["state_file"]), InProcessRelay(credential))
+    assert result.ok and result.pending == 0, result
+    custody.refresh_from_db()
+    assert custody.key_kvn == 0x32
+    assert len(journal(directory)) == entries  # the service had no part in it

@@ -352,6 +352,17 @@ def comparison(results: list[LoadResult], baseline: list[tuple[str, LoadResult]]
     return paragraphs
 
 
+def unlock_before_rotations(topology: Topology, rows: list[dict[str, Any]], urls: list[str]) -> None:
+    """Unlock the load bank's SSDs the lock job left locked, and present the cards until done (outside
+    any window), so that the custody rotation's sessions are rotations only."""
+    code = f"from bench.loadkit import unlock_sds; unlock_sds({[row['sd_id'] for row in rows]!r})"
+    run = topology.manage("shell", "-c", code)
+    if run.returncode != 0:
+        raise SystemExit(f"unlock_sds failed: {run.stderr[-500:]}")
+    drained = drain(rows, urls, ssl_context(topology.env))
+    print(f"  unlocked before the custody rotations: {run.stdout.strip().splitlines()[-1]}, {drained['left']} left")
+
+
 # ---------------------------------------------------------------------------------------------
 # verification (same checks as tests/ops/test_fault.py)
 
@@ -573,9 +584,14 @@ def main(argv: list[str] | None = None) -> int:
     baseline_results: list[tuple[str, LoadResult]] = []
     runs = [(n, "rotate" if args.delegated else "lock") for n in counts]
     runs += [(n, job) for job in baseline_jobs for n in baseline]
+    unlocked = False
     for index, (n, job) in enumerate(runs):
         if index >= len(counts):
             print(f"baseline (not delegated): {job}", flush=True)
+        if job == "rotate-custody" and not unlocked:
+            # The lock job leaves about half the load bank's SSDs locked, where PUT KEY cannot select them.
+            unlock_before_rotations(topology, read_tokens(tokens, max(baseline)), urls)
+            unlocked = True
         rows = read_tokens(tokens, n)
         processes = args.processes or default_processes(n)
         spies: list[subprocess.Popen[bytes]] = []

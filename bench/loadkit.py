@@ -816,6 +816,24 @@ def drain(
     return report
 
 
+def unlock_sds(sd_ids: list[int], operator: str = "loadbank_op") -> None:
+    """Queue an unlock of each of these SSDs that the lock job left LOCKED (a key rotation cannot
+    select a locked SSD: GP 2.3.1 §5.3.2); prints how many. Run in the topology's environment."""
+    from django.contrib.auth import get_user_model
+
+    from cards import services
+    from cards.models import SecurityDomain
+    from ecard.errors import ServiceError
+
+    actor = get_user_model().objects.get(username=operator)
+    queued = 0
+    for sd in SecurityDomain.objects.filter(pk__in=sd_ids, lifecycle=SecurityDomain.Lifecycle.LOCKED):
+        with contextlib.suppress(ServiceError):  # an unlock already pending
+            services.request_sd_lock(security_domain=sd, lock=False, actor=actor)
+            queued += 1
+    print(json.dumps({"unlocks": queued}))
+
+
 def fault_report(tokens: str) -> None:
     """Print (JSON) what the fault test checks, from the database and the cards: per card its jobs
     and their audit entries, and whether the card's lock state matches the platform's record."""

@@ -43,7 +43,9 @@ server's. ``--baseline 1,50`` then runs, at those N, on the same machine right a
 non-delegated jobs of ``--baseline-jobs`` (default both): ``lock``, the "Load" section's job, and
 ``rotate-custody``, the same key rotation of the load bank's SSD whose keys the platform holds
 (the same bank stage without the service: the cost of delegation itself). They are shown in the
-same section. Writes the "Load, bank stages delegated" section (the
+same section. Before the first run of each rotation job the cards are settled outside any window:
+SSDs the lock job left locked are unlocked (PUT KEY cannot select a locked SSD) and every card is
+presented until nothing is pending. Writes the "Load, bank stages delegated" section (the
 "Load" section is left as it is), with a line comparing its N = 50 figures to the Load section's.
 
 Writes the "Load" section of docs/benchmarks.md (``--no-write`` to skip). The last line printed
@@ -352,15 +354,15 @@ def comparison(results: list[LoadResult], baseline: list[tuple[str, LoadResult]]
     return paragraphs
 
 
-def unlock_before_rotations(topology: Topology, rows: list[dict[str, Any]], urls: list[str]) -> None:
-    """Unlock the load bank's SSDs the lock job left locked, and present the cards until done (outside
-    any window), so that the custody rotation's sessions are rotations only."""
+def prepare_rotations(topology: Topology, rows: list[dict[str, Any]], urls: list[str]) -> None:
+    """Unlock the load bank's SSDs the lock job left locked, and present the cards until nothing is
+    pending (outside any window), so that the rotations' sessions are rotations only."""
     code = f"from bench.loadkit import unlock_sds; unlock_sds({[row['sd_id'] for row in rows]!r})"
     run = topology.manage("shell", "-c", code)
     if run.returncode != 0:
         raise SystemExit(f"unlock_sds failed: {run.stderr[-500:]}")
     drained = drain(rows, urls, ssl_context(topology.env))
-    print(f"  unlocked before the custody rotations: {run.stdout.strip().splitlines()[-1]}, {drained['left']} left")
+    print(f"  before the rotations: {run.stdout.strip().splitlines()[-1]}, cards drained, {drained['left']} left")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -584,14 +586,15 @@ def main(argv: list[str] | None = None) -> int:
     baseline_results: list[tuple[str, LoadResult]] = []
     runs = [(n, "rotate" if args.delegated else "lock") for n in counts]
     runs += [(n, job) for job in baseline_jobs for n in baseline]
-    unlocked = False
+    prepared: set[str] = set()
     for index, (n, job) in enumerate(runs):
         if index >= len(counts):
             print(f"baseline (not delegated): {job}", flush=True)
-        if job == "rotate-custody" and not unlocked:
-            # The lock job leaves about half the load bank's SSDs locked, where PUT KEY cannot select them.
-            unlock_before_rotations(topology, read_tokens(tokens, max(baseline)), urls)
-            unlocked = True
+        if job in ("rotate", "rotate-custody") and job not in prepared:
+            # The lock job leaves about half the load bank's SSDs locked, where PUT KEY cannot select
+            # them, and an earlier run may have left jobs open: settled first, outside any window.
+            prepare_rotations(topology, read_tokens(tokens, max(counts) if job == "rotate" else max(baseline)), urls)
+            prepared.add(job)
         rows = read_tokens(tokens, n)
         processes = args.processes or default_processes(n)
         spies: list[subprocess.Popen[bytes]] = []

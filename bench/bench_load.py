@@ -125,6 +125,11 @@ def ensure_cards(topology: Topology, cards_dir: Path, count: int, *, delegated: 
         timeout=3600,
     )
     print(f"seeded in {time.monotonic() - started:.0f} s", flush=True)
+    keyservice_dir = topology.env.get("ECARD_KEYSERVICE_DIR", str(ROOT / "var" / "keyservice"))
+    if delegated and not pids_with_cmdline("-m keyservice serve", f"{keyservice_dir}/loadbank-d"):
+        # The seed ran Load Bank D's service for its own duration; prod-local starts it from now on.
+        topology.start()
+        print("started Load Bank D's key service (scripts/prod_local.sh start)", flush=True)
     return tokens
 
 

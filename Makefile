@@ -64,7 +64,7 @@ clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
 
 # --- production topology on one machine (docs/deploy.md) -----------------------------------
-.PHONY: prod-local prod-local-stop prod-local-status bench-load profile-load
+.PHONY: prod-local prod-local-stop prod-local-status bench-load bench-load-delegated profile-load
 BENCH_AGENTS ?= 1,10,50,200
 BENCH_SECONDS ?= 20
 PROFILE_AGENTS ?= 50
@@ -87,6 +87,14 @@ prod-local-status:
 bench-load: install
 	bash scripts/prod_local.sh status >/dev/null || { echo "run make prod-local first" >&2; exit 1; }
 	$(PY) bench/bench_load.py --agents $(BENCH_AGENTS) --seconds $(BENCH_SECONDS) $(if $(BENCH_SERVER),--server $(BENCH_SERVER)) $(BENCH_FLAGS)
+
+# Bank stages delegated (issue 17): each session rotates the keys of Load Bank D's SSD through its own
+# key service (seed_load --delegated, once), then the non-delegated jobs at BENCH_BASELINE on the same
+# machine; writes the "Load, bank stages delegated" section.
+BENCH_BASELINE ?= 1,50
+bench-load-delegated: install
+	bash scripts/prod_local.sh status >/dev/null || { echo "run make prod-local first" >&2; exit 1; }
+	$(PY) bench/bench_load.py --delegated --agents $(BENCH_AGENTS) --seconds $(BENCH_SECONDS) --baseline $(BENCH_BASELINE) $(if $(BENCH_SERVER),--server $(BENCH_SERVER)) $(BENCH_FLAGS)
 
 # The same load with py-spy on the web workers: writes the "Load profile" section (top frames) and
 # speedscope files into var/profile/ (redo it after engine changes).

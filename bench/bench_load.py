@@ -32,6 +32,22 @@ complete sessions; it does not depend on the machine's other load the way sessio
 (``py-spy record --subprocesses --format speedscope`` on each group's master) and writes the top
 frames into the "Load profile" section (``make profile-load``).
 
+**Bank stages delegated** (``--delegated``, issue 17). The job per session is a key rotation of
+the card's Load Bank D SSD instead: an SSD installed for SCP11 of a bank with its own key service
+(``seed_load --delegated``; this script runs it when the cards lack that SSD), so the stage's
+channel is opened, and its PUT KEY built and wrapped, by that service (``updates/delegation.py``):
+the cost of delegation. The key versions cycle 0x31..0x3F and wrap back to 0x31
+(``cards.services.next_kvn``). The key service processes (command line ``-m keyservice serve``,
+in this topology's ``ECARD_KEYSERVICE_DIR``) are their own CPU tier, *keyservice*, counted in the
+server's. ``--baseline 1,50`` then runs, at those N, on the same machine right after, the
+non-delegated jobs of ``--baseline-jobs`` (default both): ``lock``, the "Load" section's job, and
+``rotate-custody``, the same key rotation of the load bank's SSD whose keys the platform holds
+(the same bank stage without the service: the cost of delegation itself). They are shown in the
+same section. Before the first run of each rotation job the cards are settled outside any window:
+SSDs the lock job left locked are unlocked (PUT KEY cannot select a locked SSD) and every card is
+presented until nothing is pending. Writes the "Load, bank stages delegated" section (the
+"Load" section is left as it is), with a line comparing its N = 50 figures to the Load section's.
+
 Writes the "Load" section of docs/benchmarks.md (``--no-write`` to skip). The last line printed
 is ``N agents: X sessions/s, p50 A ms, p99 B ms, E errors`` for the last N.
 """
@@ -41,6 +57,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -60,6 +77,7 @@ from bench.loadkit import (  # noqa: E402
     drain,
     pg_backends,
     pids_named,
+    pids_with_cmdline,
     read_tokens,
     run_load,
     split_urls,
@@ -68,6 +86,8 @@ from bench.loadkit import (  # noqa: E402
 )
 
 SECTION = "## Load"
+DELEGATED_SECTION = "## Load, bank stages delegated"
+DELEGATED_OPERATOR = "loadbank_d_op"  # demo/management/commands/seed_load.py
 PROFILE_SECTION = "## Load profile"
 # Card state files on tmpfs (seeding and write-back only: the agents keep the cards in memory).
 SHM = Path("/dev/shm")  # noqa: S108 - a private per-user directory (0700) is made below it
@@ -76,17 +96,18 @@ SHM = Path("/dev/shm")  # noqa: S108 - a private per-user directory (0700) is ma
 _CARDS = f"ecard-load-cards-{os.getuid()}-{os.environ.get('PROD_DB', 'ecard_prod')}"
 DEFAULT_CARDS_DIR = SHM / _CARDS if SHM.is_dir() else ROOT / "var" / _CARDS
 SERVER_TIERS = ("web", "postgres", "celery", "redis")
+DELEGATED_TIERS = (*SERVER_TIERS, "keyservice")
 TARGETS = {"rate": 100.0, "p99": 250.0, "cpu": 15.0}
 
 
-def ensure_cards(topology: Topology, cards_dir: Path, count: int) -> Path:
+def ensure_cards(topology: Topology, cards_dir: Path, count: int, *, delegated: bool = False) -> Path:
     cards_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     if cards_dir.stat().st_uid != os.getuid():
         raise SystemExit(f"{cards_dir} belongs to another user")
     tokens = cards_dir / "load-tokens.jsonl"
     try:
         rows = read_tokens(tokens, count)
-        if all(Path(row["state_file"]).exists() for row in rows):
+        if all(Path(row["state_file"]).exists() and (not delegated or "delegated_sd_id" in row) for row in rows):
             return tokens
     except (OSError, RuntimeError, ValueError):
         pass
@@ -95,7 +116,7 @@ def ensure_cards(topology: Topology, cards_dir: Path, count: int) -> Path:
     env.update(topology.overrides)
     env.update(ECARD_CARDS_DIR=str(cards_dir), LOG_LEVEL="WARNING")
     started = time.monotonic()
-    tokens_arg = ["--tokens", str(tokens)]
+    tokens_arg = ["--tokens", str(tokens), *(["--delegated"] if delegated else [])]
     subprocess.run(
         ["bash", str(ROOT / "scripts" / "prod_local.sh"), "manage", "seed_load", "--cards", str(count), *tokens_arg],
         cwd=ROOT,
@@ -104,17 +125,25 @@ def ensure_cards(topology: Topology, cards_dir: Path, count: int) -> Path:
         timeout=3600,
     )
     print(f"seeded in {time.monotonic() - started:.0f} s", flush=True)
+    keyservice_dir = topology.env.get("ECARD_KEYSERVICE_DIR", str(ROOT / "var" / "keyservice"))
+    if delegated and not pids_with_cmdline("-m keyservice serve", f"{keyservice_dir}/loadbank-d"):
+        # The seed ran Load Bank D's service for its own duration; prod-local starts it from now on.
+        topology.start()
+        print("started Load Bank D's key service (scripts/prod_local.sh start)", flush=True)
     return tokens
 
 
 def process_groups(topology: Topology, bench_pid: int) -> Callable[[], dict[str, list[int]]]:
     database_url = topology.env.get("DATABASE_URL", "")
+    keyservice_dir = topology.env.get("ECARD_KEYSERVICE_DIR", str(ROOT / "var" / "keyservice"))
 
     def groups() -> dict[str, list[int]]:
         found = topology.process_groups()
         found["celery"] = found.get("celery", []) + found.pop("beat", [])
         found["postgres"] = pg_backends(database_url) if database_url.startswith("postgres") else []
         found["redis"] = pids_named(["redis-server"])
+        # The banks' key services of this topology (prod-local runs one per directory there).
+        found["keyservice"] = pids_with_cmdline("-m keyservice serve", keyservice_dir)
         # The generator: this process and its agent processes (not py-spy, which it may have started).
         spies = set(pids_named(["py-spy"]))
         found["bench"] = [pid for pid in tree(bench_pid) if pid not in spies]
@@ -132,8 +161,8 @@ def ms_per_session(r: LoadResult, tier: str) -> float:
     return 1000 * r.cpu.get(tier, 0.0) * r.seconds / max(1.0, r.session_equivalents)
 
 
-def server_ms(r: LoadResult) -> float:
-    return sum(ms_per_session(r, tier) for tier in SERVER_TIERS)
+def server_ms(r: LoadResult, tiers: tuple[str, ...] = SERVER_TIERS) -> float:
+    return sum(ms_per_session(r, tier) for tier in tiers)
 
 
 def render(results: list[LoadResult], header: str, urls: list[str], verification: str) -> str:
@@ -222,6 +251,123 @@ def verdict(results: list[LoadResult]) -> list[str]:
         f"| server CPU ≤ 15 ms/session, all tiers | {server_ms(r):.0f} ms (lowest over N: {cpu:.0f}) | "
         f"{judge(server_ms(r) <= TARGETS['cpu'], server_ms(r) / TARGETS['cpu'])} |",
     ]
+
+
+def load_section_figures(doc: str, agents: int = 50) -> tuple[float, float] | None:
+    """(sessions/s, server CPU ms/session) of the "Load" section's row for ``agents``, if it has one."""
+    match = re.search(r"^## Load\n(.*?)(?=^## |\Z)", doc, re.S | re.M)
+    if match is None:
+        return None
+    for line in match.group(1).splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) > 7 and cells[0] == str(agents):
+            try:
+                return float(cells[1]), float(cells[7].strip("*"))
+            except ValueError:
+                return None
+    return None
+
+
+BASELINE_LABELS = {
+    "lock": "*not delegated: lock/unlock (ISD stage)*",
+    "rotate-custody": "*not delegated: key rotation, platform custody*",
+}
+
+
+def render_delegated(results: list[LoadResult], baseline: list[tuple[str, LoadResult]], header: str) -> str:
+    """The "Load, bank stages delegated" section: the delegated runs, any same-machine baseline runs,
+    and a line against the "Load" section's N = 50."""
+    lines = [
+        header,
+        "",
+        "The same load as the \"Load\" section, but each session's job is a bank stage delegated to the bank's "
+        "own key service (issue 17): a key rotation of the card's Load Bank D SSD (installed for SCP11, keyed by "
+        "Load Bank D's service; `seed_load --delegated`), queued through `cards.services.request_key_rotation` "
+        "(key versions 0x31..0x3F, then back to 0x31). The platform opens the session with the card, then the "
+        "service opens the SCP03 channel with the SSD (EXTERNAL AUTHENTICATE) and builds and wraps PUT KEY "
+        "under the session DEK, and unwraps the card's answers (`updates/delegation.py`; mutual TLS to the "
+        'service, kept-alive connections). Columns as in "Load"; *keyservice* = the key service process(es) '
+        "(`python -m keyservice serve`, SoftHSM2 token), counted in *server*. Rows marked *not delegated* "
+        "ran right after, on the same machine and servers: the Load section's job (lock/unlock of the load "
+        "bank's SSD, an ISD stage), and the same key rotation in the load bank's SSD, whose keys the platform "
+        "holds (custody: its new key set made by a Celery task before the session, PUT KEY built by the "
+        "engine) — the same bank stage without the service.",
+        "",
+        "| job | agents | sessions/s | req/s | exchanges/session | p50 ms | p99 ms | max ms | errors "
+        "| server CPU ms/session | web | pg | celery | redis | keyservice | generator CPU ms/session |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    rows = [("key rotation, delegated", x) for x in results] + [(BASELINE_LABELS[j], x) for j, x in baseline]
+    for job, r in rows:
+        lines.append(
+            f"| {job} | {r.agents} | {r.rate:.1f} | {r.stats.window_requests / r.seconds:.0f} | "
+            f"{r.exchanges_per_session:.1f} | {r.percentile(50):.0f} | {r.percentile(99):.0f} | "
+            f"{r.percentile(100):.0f} | {r.stats.errors} | **{server_ms(r, DELEGATED_TIERS):.0f}** | "
+            + " | ".join(f"{ms_per_session(r, tier):.0f}" for tier in DELEGATED_TIERS)
+            + f" | {ms_per_session(r, 'bench'):.0f} |"
+        )
+    lines += ["", "Latency by exchange (delegated), p50 / p99 ms:", ""]
+    width = max([len(r.stats.by_exchange) for r in results] + [1])
+    lines += [
+        "| agents | " + " | ".join(f"exchange {n}" for n in range(1, width + 1)) + " |",
+        "|---:|" + "---:|" * width,
+    ]
+    for r in results:
+        cells = []
+        for number in range(1, width + 1):
+            values = r.stats.by_exchange.get(number, [])
+            cells.append(f"{r.percentile(50, values):.0f} / {r.percentile(99, values):.0f}" if values else "—")
+        lines.append(f"| {r.agents} | " + " | ".join(cells) + " |")
+    lines += ["", *comparison(results, baseline)]
+    return "\n".join(lines) + "\n"
+
+
+def comparison(results: list[LoadResult], baseline: list[tuple[str, LoadResult]]) -> list[str]:
+    """The cost of delegation in a line or two: N = 50 (or the last N) against the Load section's
+    figure, and against the same-machine baseline at the same N if there is one."""
+    at = {r.agents: r for r in results}
+    r = at.get(50) or results[-1]
+    keyservice = ms_per_session(r, "keyservice")
+    said = (
+        f"**Cost of delegation** (N = {r.agents}): {r.rate:.1f} sessions/s, server CPU "
+        f"{server_ms(r, DELEGATED_TIERS):.0f} ms/session of which the key service {keyservice:.0f}"
+    )
+    out = []
+    loaded = load_section_figures(benchdoc.DOC.read_text() if benchdoc.DOC.exists() else "", r.agents)
+    if loaded is not None:
+        rate, cpu = loaded
+        out.append(
+            f"{said}; the \"Load\" section's N = {r.agents} (the engine issue's figure, its own run): {rate:.1f} "
+            f"sessions/s, {cpu:.0f} ms/session — {r.rate / rate if rate else 0:.2f}× the rate, "
+            f"{server_ms(r, DELEGATED_TIERS) - cpu:+.0f} ms/session."
+        )
+    for job, same in baseline:
+        if same.agents != r.agents:
+            continue
+        out.append(
+            f"{'Same machine, right after' if out else said + '; same machine, right after'} "
+            f"({BASELINE_LABELS[job].strip('*')}, N = {same.agents}): {same.rate:.1f} sessions/s, "
+            f"{server_ms(same, DELEGATED_TIERS):.0f} ms/session — delegated is "
+            f"{r.rate / same.rate if same.rate else 0:.2f}× the rate, "
+            f"{server_ms(r, DELEGATED_TIERS) - server_ms(same, DELEGATED_TIERS):+.0f} ms/session."
+        )
+    if not out:
+        out.append(said + ' (no "Load" figure to compare with).')
+    paragraphs = out[:1]
+    for line in out[1:]:
+        paragraphs += ["", line]
+    return paragraphs
+
+
+def prepare_rotations(topology: Topology, rows: list[dict[str, Any]], urls: list[str]) -> None:
+    """Unlock the load bank's SSDs the lock job left locked, and present the cards until nothing is
+    pending (outside any window), so that the rotations' sessions are rotations only."""
+    code = f"from bench.loadkit import unlock_sds; unlock_sds({[row['sd_id'] for row in rows]!r})"
+    run = topology.manage("shell", "-c", code)
+    if run.returncode != 0:
+        raise SystemExit(f"unlock_sds failed: {run.stderr[-500:]}")
+    drained = drain(rows, urls, ssl_context(topology.env))
+    print(f"  before the rotations: {run.stdout.strip().splitlines()[-1]}, cards drained, {drained['left']} left")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,22 +553,53 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--verify", action="store_true", help="afterwards, drain the cards and check jobs and log")
     parser.add_argument("--profile", type=Path, default=None, help="py-spy the web workers (last N) into DIR")
     parser.add_argument("--no-write", action="store_true", help="do not update docs/benchmarks.md")
+    parser.add_argument(
+        "--delegated", action="store_true", help="each session's job: a key rotation of Load Bank D's SSD (delegated)"
+    )
+    parser.add_argument(
+        "--baseline", default="", help="with --delegated: afterwards, the non-delegated jobs at these N (e.g. 1,50)"
+    )
+    parser.add_argument(
+        "--baseline-jobs",
+        default="lock,rotate-custody",
+        help="the non-delegated jobs of --baseline (lock, rotate-custody)",
+    )
     args = parser.parse_args(argv)
     counts = [int(n) for n in args.agents.split(",") if n.strip()]
-    if not counts or min(counts) < 1 or max(counts) > 2000 or not 1 <= args.seconds <= 3600:
+    baseline = [int(n) for n in args.baseline.split(",") if n.strip()]
+    if not counts or min(counts) < 1 or max(counts + baseline) > 2000 or not 1 <= args.seconds <= 3600:
         parser.error("agents 1..2000, seconds 1..3600")
+    if args.delegated and (args.verify or args.profile is not None):
+        parser.error("--verify and --profile check and profile the lock job: not with --delegated")
+    if baseline and (not args.delegated or min(baseline) < 1):
+        parser.error("--baseline N,... goes with --delegated")
+    baseline_jobs = [j.strip() for j in args.baseline_jobs.split(",") if j.strip()]
+    if not set(baseline_jobs) <= set(BASELINE_LABELS):
+        parser.error(f"--baseline-jobs: of {', '.join(BASELINE_LABELS)}")
+    tiers = DELEGATED_TIERS if args.delegated else SERVER_TIERS
 
     topology = Topology({"ECARD_CARDS_DIR": str(args.cards_dir)})
     urls = split_urls(args.server) if args.server else topology.base_urls
     env = dict(topology.env)
     env["PGAPPNAME"] = BENCH_PG_APPNAME
-    tokens = ensure_cards(topology, args.cards_dir, max(counts))
+    tokens = ensure_cards(topology, args.cards_dir, max(counts + baseline), delegated=args.delegated)
     groups = process_groups(topology, os.getpid())
     results: list[LoadResult] = []
     seen_done: list[int] = []
     profile_paths: list[Path] = []
     print(f"servers: {', '.join(urls)}", flush=True)
-    for n in counts:
+    baseline_results: list[tuple[str, LoadResult]] = []
+    runs = [(n, "rotate" if args.delegated else "lock") for n in counts]
+    runs += [(n, job) for job in baseline_jobs for n in baseline]
+    prepared: set[str] = set()
+    for index, (n, job) in enumerate(runs):
+        if index >= len(counts):
+            print(f"baseline (not delegated): {job}", flush=True)
+        if job in ("rotate", "rotate-custody") and job not in prepared:
+            # The lock job leaves about half the load bank's SSDs locked, where PUT KEY cannot select
+            # them, and an earlier run may have left jobs open: settled first, outside any window.
+            prepare_rotations(topology, read_tokens(tokens, max(counts) if job == "rotate" else max(baseline)), urls)
+            prepared.add(job)
         rows = read_tokens(tokens, n)
         processes = args.processes or default_processes(n)
         spies: list[subprocess.Popen[bytes]] = []
@@ -443,6 +620,8 @@ def main(argv: list[str] | None = None) -> int:
             during=during,
             memory_cards=not args.file_cards,
             ramp=args.ramp if args.ramp >= 0 else min(5.0, n / 20 + 1),
+            job=job,
+            operator=DELEGATED_OPERATOR if job == "rotate" else "loadbank_op",
         )
         for spy in spies:
             try:
@@ -454,21 +633,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"    py-spy: {err.decode(errors='replace')[-300:]}", flush=True)
         if spies and args.profile is not None:
             profile_paths = sorted(p for p in args.profile.glob("web*.speedscope.json") if p.stat().st_size)
-        results.append(result)
+        if index < len(counts):
+            results.append(result)
+        else:
+            baseline_results.append((job, result))
         seen_done += result.stats.done_jobs
-        cpu = ", ".join(f"{k} {ms_per_session(result, k):.0f}" for k in (*SERVER_TIERS, "bench"))
+        cpu = ", ".join(f"{k} {ms_per_session(result, k):.0f}" for k in (*tiers, "bench"))
         print(
             f"  N={n}: {result.stats.sessions} sessions in {args.seconds:g} s ({processes} agent processes); "
             f"exchange p50/p99/max {result.percentile(50):.0f}/{result.percentile(99):.0f}/"
             f"{result.percentile(100):.0f} ms; {result.stats.window_requests / args.seconds:.0f} req/s; "
-            f"CPU ms/session: server {server_ms(result):.0f} ({cpu}); "
+            f"CPU ms/session: server {server_ms(result, tiers):.0f} ({cpu}); "
             f"requests per group {result.stats.requests_by_server}",
             flush=True,
         )
         for sample in result.stats.error_samples[:5]:
             print(f"    error: {sample}", flush=True)
         print(result.summary(), flush=True)
-        if n != counts[-1]:
+        if index != len(runs) - 1:
             time.sleep(args.pause)
 
     verification, verified = "", True
@@ -490,13 +672,22 @@ def main(argv: list[str] | None = None) -> int:
         f"Celery workers + beat, PostgreSQL and Redis on the same cores as the load generator; cards "
         f"{'in state files' if args.file_cards else 'in memory'}."
     )
-    if not args.no_write:
+    if args.delegated:
+        header = header.replace("--seconds", "--delegated --seconds", 1)
+        if baseline:
+            header = header.replace(
+                "` against", f" --baseline {args.baseline} --baseline-jobs {','.join(baseline_jobs)}` against", 1
+            )
+        if not args.no_write:
+            benchdoc.write_section(DELEGATED_SECTION, render_delegated(results, baseline_results, header))
+    elif not args.no_write:
         if args.profile is None:  # a profiling run writes its own section only
             benchdoc.write_section(SECTION, render(results, header, urls, verification))
         if profile_paths:
             benchdoc.write_section(PROFILE_SECTION, profile_section(results[-1], profile_paths, note))
     print(results[-1].summary())
-    return 0 if verified and all(r.stats.errors == 0 for r in results) else 1
+    everything = results + [r for _job, r in baseline_results]
+    return 0 if verified and all(r.stats.errors == 0 for r in everything) else 1
 
 
 if __name__ == "__main__":

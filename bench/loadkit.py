@@ -211,6 +211,20 @@ def pids_named(names: Iterable[str]) -> list[int]:
     return found
 
 
+def pids_with_cmdline(*parts: str) -> list[int]:
+    """PIDs whose command line (arguments joined by spaces) contains every one of ``parts``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if all(part in cmdline for part in parts):
+                found.append(int(entry))
+    return found
+
+
 def pg_backends(database_url: str, *, exclude_application: str = BENCH_PG_APPNAME) -> list[int]:
     """PIDs of the PostgreSQL backends connected to the database of ``database_url`` (the platform's
     web threads, Celery workers and beat), without the bench's own connections and this query's.
@@ -415,6 +429,12 @@ class MemoryCard:
 # the job feeder (Django, one per agent process)
 
 
+# The job of each session, and the token row's security domain it is queued for: lock/unlock of the
+# load bank's SSD (an ISD stage), a key rotation of Load Bank D's SSD (a bank SSD stage delegated to
+# its key service), a key rotation of the load bank's SSD (the same bank stage, platform custody).
+JOBS = {"lock": "sd_id", "rotate": "delegated_sd_id", "rotate-custody": "sd_id"}
+
+
 class Feeder(threading.Thread):
     """Queues each card's next small job (lock, then unlock, ...) through ``cards.services``.
 
@@ -423,8 +443,11 @@ class Feeder(threading.Thread):
     thread: one database connection per process, whatever the number of agents.
     """
 
-    def __init__(self, operator: str, *, share_with: Feeder | None = None) -> None:
+    def __init__(self, operator: str, *, share_with: Feeder | None = None, job: str = "lock") -> None:
         super().__init__(daemon=True, name="feeder")
+        if job not in JOBS:
+            raise ValueError(f"job {job!r}: one of {', '.join(JOBS)}")
+        self.job = share_with.job if share_with is not None else job
         # Several feeders may serve one queue (each with its own database connection).
         self.requests: queue.Queue[tuple[int, threading.Event, list[str]]] = (
             share_with.requests if share_with is not None else queue.Queue()
@@ -484,9 +507,12 @@ class Feeder(threading.Thread):
                 box.append(f"no security domain {sd_id}")
             elif sd.card_id not in busy:  # an open job (interrupted session) is resumed, not doubled
                 try:
-                    services.request_sd_lock(
-                        security_domain=sd, lock=sd.lifecycle != SecurityDomain.Lifecycle.LOCKED, actor=operator
-                    )
+                    if self.job.startswith("rotate"):  # 0x31, ..., 0x3F, 0x31, ... (cards.services.next_kvn)
+                        services.request_key_rotation(security_domain=sd, actor=operator)
+                    else:
+                        services.request_sd_lock(
+                            security_domain=sd, lock=sd.lifecycle != SecurityDomain.Lifecycle.LOCKED, actor=operator
+                        )
                 except ServiceError as exc:
                     box.append(f"queue: {exc}")
                 busy.add(sd.card_id)
@@ -555,7 +581,7 @@ def _agent(
         time.sleep(0.01)
     while time.time() < deadline:
         t0 = time.perf_counter()
-        problem = feeder.ensure(row["sd_id"])
+        problem = feeder.ensure(row[JOBS[feeder.job]])
         t1 = time.perf_counter()
         if problem:
             with lock:
@@ -616,6 +642,7 @@ def _agent_process(
     memory_cards: bool = False,
     first_index: int = 0,
     ramp: float = 0.0,
+    job: str = "lock",
 ) -> None:
     os.environ.update(env)
     os.environ["LOG_LEVEL"] = "WARNING"
@@ -626,7 +653,7 @@ def _agent_process(
 
     django.setup()
     context = ssl_context(env)
-    feeder = Feeder(operator)
+    feeder = Feeder(operator, job=job)
     feeders = [feeder] + [Feeder(operator, share_with=feeder) for _ in range(min(1, len(rows) // 8))]
     for each in feeders:
         each.start()
@@ -708,13 +735,16 @@ def run_load(
     warmup: float = 2.0,
     memory_cards: bool = False,
     ramp: float = 0.0,
+    job: str = "lock",
 ) -> LoadResult:
     """Run ``len(rows)`` agents for ``seconds`` (after a short start-up); ``during(t)`` is called
     about every 0.5 s with the time since the window opened (fault injection). ``base_url`` may
     name several servers (comma-separated or a list): every HTTP request goes to the next one.
     ``memory_cards`` keeps each card in memory for the run (written back at the end) instead of
     writing its state file after every command (what the fault test needs: a killed agent is a
-    pulled card). ``ramp`` seconds of load run before the window opens (not measured)."""
+    pulled card). ``ramp`` seconds of load run before the window opens (not measured). ``job``: what
+    each session does (:data:`JOBS`; for ``rotate``, of the delegated SSD, ``operator`` must name
+    Load Bank D's operator)."""
     urls = split_urls(base_url)
     processes = max(1, min(processes, len(rows)))
     ctx = mp.get_context("fork")
@@ -725,7 +755,7 @@ def run_load(
     workers = [
         ctx.Process(
             target=_agent_process,
-            args=(share, env, urls, start_at, deadline, out, operator, memory_cards, i, ramp),
+            args=(share, env, urls, start_at, deadline, out, operator, memory_cards, i, ramp, job),
             daemon=True,
         )
         for i, share in enumerate(shares)
@@ -784,6 +814,24 @@ def drain(
         if pending != 0:
             report["left"][row["cin"]] = pending
     return report
+
+
+def unlock_sds(sd_ids: list[int], operator: str = "loadbank_op") -> None:
+    """Queue an unlock of each of these SSDs that the lock job left LOCKED (a key rotation cannot
+    select a locked SSD: GP 2.3.1 §5.3.2); prints how many. Run in the topology's environment."""
+    from django.contrib.auth import get_user_model
+
+    from cards import services
+    from cards.models import SecurityDomain
+    from ecard.errors import ServiceError
+
+    actor = get_user_model().objects.get(username=operator)
+    queued = 0
+    for sd in SecurityDomain.objects.filter(pk__in=sd_ids, lifecycle=SecurityDomain.Lifecycle.LOCKED):
+        with contextlib.suppress(ServiceError):  # an unlock already pending
+            services.request_sd_lock(security_domain=sd, lock=False, actor=actor)
+            queued += 1
+    print(json.dumps({"unlocks": queued}))
 
 
 def fault_report(tokens: str) -> None:

@@ -6,8 +6,14 @@ agency's registration of the service's endpoint and certificate. ``scripts/demo.
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
@@ -29,6 +35,47 @@ def _keyservice(*args: str) -> None:
 
 def service_directory(bank: Organization) -> Path:
     return Path(settings.ECARD_KEYSERVICE_DIR) / bank.slug
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def serving(directory: Path, log: Path) -> Iterator[int]:
+    """The service of ``directory`` answering on its port while the block runs: one already
+    listening there (prod-local started it) is used as it is; otherwise ``python -m keyservice
+    serve`` is started as a subprocess for the block and stopped after it. Yields the port."""
+    port = int(json.loads((directory / "config.json").read_text())["port"])
+    if _listening(port):
+        yield port
+        return
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(  # noqa: S603 - our own module, arguments we built
+            [sys.executable, "-m", "keyservice", "serve", str(directory)],
+            cwd=Path(__file__).resolve().parent.parent,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the key service of {directory} did not start (see {log})")
+            time.sleep(0.1)
+        yield port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
 
 
 def provision(bank: Organization, agency: Organization, *, port: int, approver: str) -> BankKeyService:

@@ -192,7 +192,13 @@ class BankServiceClient:
                 response = connection.getresponse()
                 status, raw = response.status, response.read()
                 break
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError) as exc:
+            except (
+                http.client.RemoteDisconnected,
+                ConnectionResetError,
+                BrokenPipeError,
+                ssl.SSLEOFError,  # a restarted service: the old process's connection ends without close_notify
+                ssl.SSLZeroReturnError,
+            ) as exc:
                 self.close()
                 if attempt == 1 and reused:
                     continue  # the service closed an idle keep-alive connection: once more, fresh

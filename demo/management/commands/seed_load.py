@@ -11,10 +11,20 @@ for ``bench/bench_load.py``. Earlier load credentials of these citizens are revo
 Fast where it can be: users are bulk-inserted (unusable passwords), Celery work runs inline, and
 only cards that are not set up yet are issued and enrolled, so re-running for more cards only
 adds the missing ones.
+
+``--delegated`` (``bench/bench_load.py --delegated``, issue 17): also a second load bank, "Load
+Bank D" (``loadbank-d``), with its own key service (``demo.key_services.provision``: ``keyservice
+init`` in ``ECARD_KEYSERVICE_DIR/loadbank-d``, listening on ``--keyservice-port``, default
+``ECARD_LOAD_KEYSERVICE_PORT`` or 8571), and the same cards enrolled with it too: its SSDs are
+installed for SCP11 and keyed by that service, so every stage in them is delegated. The enrollment
+runs through the service, so it is started as a subprocess for the seed's duration (or the one
+already listening on its port is used: prod-local starts it once its directory exists). Each
+token row then also names that SSD (``delegated_sd_id``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -31,6 +41,7 @@ from agent.core import run_session
 from cards import services as card_services
 from cards.models import Card, Enrollment, SecurityDomain
 from cardsim.transport import InProcessCard
+from demo import key_services
 from ecard.celery import app
 from issuers import services as issuer_services
 from issuers.models import Membership, Organization
@@ -42,6 +53,11 @@ BANK_SLUG = "loadbank"
 BANK_RID = "F04C4F4144"  # proprietary RID (ISO 7816-5 category F): "F0" + "LOAD"
 OPERATOR = "loadbank_op"
 CREDENTIAL_NAME = "load bench"
+# The load bank whose SSDs are reached only through its own key service (--delegated).
+DELEGATED_BANK_SLUG = "loadbank-d"
+DELEGATED_BANK_RID = "F04C4F4244"  # "F0" + "LOBD"
+DELEGATED_OPERATOR = "loadbank_d_op"
+DELEGATED_KEYSERVICE_PORT = 8571
 
 
 class InProcessRelay:
@@ -76,6 +92,17 @@ class Command(BaseCommand):
             default=os.environ.get("ECARD_LOAD_TOKENS", ""),
             help="where to write the device tokens (default: ECARD_CARDS_DIR/load-tokens.jsonl)",
         )
+        parser.add_argument(
+            "--delegated",
+            action="store_true",
+            help="also enroll the cards with Load Bank D, whose SSDs are keyed by its own key service",
+        )
+        parser.add_argument(
+            "--keyservice-port",
+            type=int,
+            default=int(os.environ.get("ECARD_LOAD_KEYSERVICE_PORT", DELEGATED_KEYSERVICE_PORT)),
+            help="Load Bank D's key service port, when it is created (default ECARD_LOAD_KEYSERVICE_PORT or 8571)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         count = int(options["cards"])
@@ -86,7 +113,31 @@ class Command(BaseCommand):
         app.conf.task_always_eager = True
         started = time.monotonic()
         agency, bank, operator = self._organisations()
+        banks = [bank]
         users = self._users(count)
+        with contextlib.ExitStack() as stack:
+            if options["delegated"]:
+                bank_d = self._delegated_bank(agency, int(options["keyservice_port"]))
+                directory = key_services.service_directory(bank_d)
+                log = Path(settings.VAR_DIR) / "log" / f"keyservice-{bank_d.slug}-seed.log"
+                stack.enter_context(key_services.serving(directory, log))
+                banks.append(bank_d)
+            issued, enrolled = self._cards(agency, users, banks)
+        rows = self._credentials(users, bank)
+        tokens_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tokens_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            for row in rows:
+                out.write(json.dumps(row) + "\n")
+        del operator
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"{count} load cards ready ({issued} issued, {enrolled} enrolled now) in "
+                f"{time.monotonic() - started:.1f} s; tokens: {tokens_path}"
+            )
+        )
+
+    def _cards(self, agency: Organization, users: list[Any], banks: list[Organization]) -> tuple[int, int]:
         issued = enrolled = 0
         for user in users:
             # One commit per card (issue, enrollment sessions, credentials): seeding is sequential,
@@ -101,21 +152,10 @@ class Command(BaseCommand):
                         f"{user.username}'s card state file {card.state_file} is gone (a temp dir cleared?): "
                         "that card is lost; seed into a fresh database"
                     )
-                if self._enroll(card, user, bank):
-                    enrolled += 1
-        rows = self._credentials(users, bank)
-        tokens_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tokens_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            for row in rows:
-                out.write(json.dumps(row) + "\n")
-        del operator
-        self.stdout.write(
-            self.style.SUCCESS(
-                f"{count} load cards ready ({issued} issued, {enrolled} enrolled now) in "
-                f"{time.monotonic() - started:.1f} s; tokens: {tokens_path}"
-            )
-        )
+                for bank in banks:
+                    if self._enroll(card, user, bank):
+                        enrolled += 1
+        return issued, enrolled
 
     # ------------------------------------------------------------------------------------------
     def _organisations(self) -> tuple[Organization, Organization, Any]:
@@ -133,6 +173,21 @@ class Command(BaseCommand):
             operator = user_model.objects.create(username=OPERATOR, password=make_password(None))
             issuer_services.add_member(organization=bank, user=operator, role=Membership.Role.OPERATOR)
         return agency, bank, operator
+
+    def _delegated_bank(self, agency: Organization, port: int) -> Organization:
+        """Load Bank D, its operator, and its key service (created once; its port is fixed then)."""
+        bank = Organization.objects.filter(slug=DELEGATED_BANK_SLUG).first()
+        if bank is None:
+            bank = issuer_services.admit_bank(name="Load Bank D", slug=DELEGATED_BANK_SLUG, rid=DELEGATED_BANK_RID)
+        user_model = get_user_model()
+        if not user_model.objects.filter(username=DELEGATED_OPERATOR).exists():
+            operator = user_model.objects.create(username=DELEGATED_OPERATOR, password=make_password(None))
+            issuer_services.add_member(organization=bank, user=operator, role=Membership.Role.OPERATOR)
+        directory = key_services.service_directory(bank)
+        if (directory / "config.json").exists():
+            port = int(json.loads((directory / "config.json").read_text())["port"])
+        key_services.provision(bank, agency, port=port, approver="loadbank-d-officer")
+        return bank
 
     def _users(self, count: int) -> list[Any]:
         user_model = get_user_model()
@@ -182,6 +237,12 @@ class Command(BaseCommand):
                 card__in=cards.values(), organization=bank, state=SecurityDomain.State.ACTIVE
             )
         }
+        delegated = {
+            sd.card_id: sd.pk
+            for sd in SecurityDomain.objects.filter(
+                card__in=cards.values(), organization__slug=DELEGATED_BANK_SLUG, state=SecurityDomain.State.ACTIVE
+            )
+        }
         rows = []
         for user in users:
             card = cards[user.pk]
@@ -195,6 +256,7 @@ class Command(BaseCommand):
                     "cin": card.cin,
                     "card_id": card.pk,
                     "sd_id": sd.pk,
+                    **({"delegated_sd_id": delegated[card.pk]} if card.pk in delegated else {}),
                 }
             )
         return rows

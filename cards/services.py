@@ -331,6 +331,9 @@ def request_key_rotation(*, security_domain: SecurityDomain, actor: User) -> Car
     sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
     if sd.state != SecurityDomain.State.ACTIVE:
         raise ServiceError(f"the security domain is {sd.state}", code="state")
+    if sd.lifecycle == SecurityDomain.Lifecycle.LOCKED:
+        # a locked SD cannot be selected (GP 2.3.1 §5.3.2): the job could only fail at the card
+        raise ServiceError("the security domain is locked: unlock it before rotating its keys", code="state")
     if _open_job_exists(sd.card, kinds=(CardJob.Kind.ROTATE_KEYS,), security_domain=sd):
         raise ServiceError("a key rotation is already pending for this security domain", code="duplicate")
     return _queue_job(

@@ -268,6 +268,7 @@ def register_key_service(
             template.scp, template.scp_i = SCP11_TEMPLATE, 0x00
             template.key_algorithm, template.key_length = SsdTemplate.KeyAlgorithm.AES, 16
             template.save(update_fields=["scp", "scp_i", "key_algorithm", "key_length", "updated_at"])
+            organization.ssd_template = template  # the caller's organisation sees the new template
         record_event(
             action="key_service.registered",
             subject_type="key_service",

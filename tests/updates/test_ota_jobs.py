@@ -122,3 +122,24 @@ def test_a_wrong_key_is_never_sent_to_the_card_twice() -> None:
     # The card never saw a wrong EXTERNAL AUTHENTICATE: the real keys still open the SSD.
     state = world.card_transport().state
     assert all(rec.get("failures", 0) == 0 for rec in state["sds"][sd.aid]["keys"].values()), state["sds"][sd.aid]
+
+
+def test_a_locked_security_domain_is_not_queued_a_key_rotation() -> None:
+    """A locked SD cannot be selected (GP 2.3.1 §5.3.2): the request is refused up front instead of
+    a job that fails at every presentation."""
+    from cards import services as card_services
+    from cards.models import SecurityDomain
+    from ecard.errors import ServiceError
+    from tests.otakit import build_ota_world, enroll
+
+    world = build_ota_world()
+    enroll(world)
+    assert world.present().ok
+    sd = SecurityDomain.objects.get(card=world.card, organization=world.bank)
+    card_services.request_sd_lock(security_domain=sd, lock=True, actor=world.citizen)
+    assert world.present().ok
+    sd.refresh_from_db()
+    assert sd.lifecycle == SecurityDomain.Lifecycle.LOCKED
+    with pytest.raises(ServiceError, match="locked") as refused:
+        card_services.request_key_rotation(security_domain=sd, actor=world.operator)
+    assert refused.value.code == "state"

@@ -95,3 +95,19 @@ def jobs_for(user: User) -> QuerySet[CardJob]:
 def pending_jobs(card: Card) -> QuerySet[CardJob]:
     """The card's open work, in the order it will run."""
     return card.jobs.filter(state__in=CardJob.OPEN_STATES).order_by("created_at", "id")
+
+
+# The mark updates.ota.hold_job leaves on a job whose bank's key service could not be reached.
+KEY_SERVICE_HELD = "key service is unavailable"
+
+
+def jobs_held_for_key_service(bank_id: int) -> QuerySet[CardJob]:
+    """The bank's jobs waiting because its key service was down at the card's last presentation
+    (pending, uncharged; they run at the next presentation once the service answers)."""
+    return (
+        CardJob.objects.filter(
+            organization_id=bank_id, state=CardJob.State.PENDING, last_error__contains=KEY_SERVICE_HELD
+        )
+        .select_related("card")
+        .order_by("-pk")
+    )

@@ -13,6 +13,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from audit import security
+from cards import selectors as card_selectors
 from cards import services as card_services
 from ecard.errors import ServiceError
 from ecard.requests import AuthenticatedHttpRequest
@@ -51,6 +52,8 @@ def dashboard(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResp
             d=data,
             chart=charts.bar_chart(data["bars"]),
             ks=issuer_selectors.key_service_status(bank),
+            held=list(card_selectors.jobs_held_for_key_service(bank.pk)[:5]),
+            held_count=card_selectors.jobs_held_for_key_service(bank.pk).count(),
             platform_identity=_platform_identity(),
         ),
     )

@@ -160,3 +160,23 @@ def test_forms_are_csrf_protected(world: World, as_user) -> None:
     agency = Client(enforce_csrf_checks=True)
     agency.force_login(world.users["agency_admin"])
     assert agency.post("/agency/banks/alpha/", {"endpoint": "https://x", "service_certificate": "x"}).status_code == 403
+
+
+def test_the_bank_dashboard_says_which_jobs_wait_for_its_key_service(world: World, as_user) -> None:
+    """A job held because the bank's service was down is shown with why, and only to that bank."""
+    from cards import services as card_services
+    from cards.models import CardJob
+    from tests.factories import make_user
+    from updates.ota import hold_job
+
+    citizen = make_user("holder")
+    card = card_services.issue_card(agency=world.agency, holder=citizen, emulated=False)
+    job = CardJob.objects.create(card=card, kind=CardJob.Kind.ROTATE_KEYS, organization=world.alpha, attempts=1)
+    page = as_user("alpha_admin").get("/bank/alpha/").content.decode()
+    assert "wait for your key service" not in page and "waits for your key service" not in page
+
+    hold_job(job, "Alpha Bank's key service is unavailable (connection refused); the job waits for it")
+    page = as_user("alpha_admin").get("/bank/alpha/").content.decode()
+    assert "1 job waits for your key service" in page and "connection refused" in page and card.cin in page
+    job.refresh_from_db()
+    assert job.state == CardJob.State.PENDING and job.attempts == 0

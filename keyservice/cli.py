@@ -17,7 +17,7 @@ def make_server(directory: Path, host: str | None = None, port: int | None = Non
     config = Config.load(directory)
     context = tls_context(directory / "tls" / "cert.pem", directory / "tls" / "key.pem", directory / "platform.pem")
     address = (config.host if host is None else host, config.port if port is None else port)
-    return KeyServiceHTTPServer(address, load_service(directory), context)
+    return KeyServiceHTTPServer(address, load_service(directory), context, directory)
 
 
 def _hex(text: str) -> bytes:

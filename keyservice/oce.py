@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import os
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -43,9 +45,18 @@ def certification_request_info(common_name: str, point: bytes) -> bytes:
 
 
 class OceAuthority:
-    def __init__(self, token: BankToken, bank: str) -> None:
-        self.token, self.bank = token, bank
+    """The bank's OCE key pair (in its token) and the certificate the agency's OCE CA issued for
+    it, kept in ``store`` (public: a certificate) so that a restart still reports it."""
+
+    def __init__(self, token: BankToken, bank: str, store: Path | None = None) -> None:
+        self.token, self.bank, self.store = token, bank, store
         self.pending: OcePublicKey | None = None
+
+    def installed(self) -> dict[str, Any] | None:
+        """The certificate installed before this process started, if any."""
+        if self.store is None or not self.store.exists():
+            return None
+        return _summary(x509.load_pem_x509_certificate(self.store.read_bytes()))
 
     def new_request(self) -> str:
         pending = self.token.generate_oce_key()
@@ -72,8 +83,16 @@ class OceAuthority:
         if self.pending is None or point != self.pending.point:
             raise ServiceError(409, "oce", "platform", "the certificate's key is not the pending OCE key")
         self.pending = None
-        return {
-            "serial": f"{cert.serial_number:X}",
-            "not_after": cert.not_valid_after_utc.isoformat(),
-            "sha256": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
-        }
+        if self.store is not None:
+            partial = self.store.with_suffix(".tmp")
+            partial.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            os.replace(partial, self.store)  # atomic: the old certificate or the new, never half
+        return _summary(cert)
+
+
+def _summary(cert: x509.Certificate) -> dict[str, Any]:
+    return {
+        "serial": f"{cert.serial_number:X}",
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "sha256": hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest(),
+    }

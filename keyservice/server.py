@@ -130,10 +130,16 @@ class _Handler(BaseHTTPRequestHandler):
 class KeyServiceHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], service: KeyService, context: ssl.SSLContext) -> None:
+    def __init__(
+        self, address: tuple[str, int], service: KeyService, context: ssl.SSLContext, directory: Path | None = None
+    ) -> None:
         super().__init__(address, _Handler)
         self.service = service
-        self.oce = OceAuthority(service.token, service.policy.bank)
+        self.oce = OceAuthority(
+            service.token, service.policy.bank, directory / "oce-certificate.pem" if directory else None
+        )
+        if service.oce_certificate is None:
+            service.oce_certificate = self.oce.installed()
         self.context = context
         # One request at a time through the service: the token session and the journal are
         # shared, and the platform relays one card at a time per bank anyway.

@@ -474,6 +474,10 @@ def test_oce_rotation_with_the_real_service(world: World, bank_service_factory: 
     assert checked.oce_not_after == certificate.not_valid_after_utc
     status = selectors.key_service_status(world.alpha)
     assert status["oce_days_left"] in (364, 365) and status["oce_expires_soon"] is False
+    # a restarted service still reports it (kept in its directory; a certificate is public)
+    running.stop()
+    running.start()
+    assert key_services.client_for(world.alpha).health()["oce_certificate"] == reported
 
 
 def test_rotation_when_the_service_is_down_is_a_clear_error(world: World, bank_service_factory: Any) -> None:

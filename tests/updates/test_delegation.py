@@ -292,3 +292,23 @@ def test_keys_put_in_the_scp11b_window_by_someone_else_stop_the_enrollment(
     assert job.state == CardJob.State.FAILED and "key service refused" in job.last_error
     assert AuditEntry.objects.filter(action="key_service.refused", subject_id=sd_aid).exists()
     assert any(e["action"] == "refused" for e in journal_of(world)["entries"])
+
+
+def test_the_services_journal_matches_the_platforms_audit_log(world: OtaWorld, alpha_service: RunningService) -> None:
+    """Each session the bank's service opened or wrapped for is a card session the platform's log
+    records (same session id, same card), and each of the platform's sessions with Alpha's SSD is
+    in the service's journal: either side can check the other."""
+    sd = enrolled(world)
+    from cards import services as card_services
+
+    card_services.request_key_rotation(security_domain=sd, actor=world.operator)
+    assert world.present().ok
+    entries = journal_of(world)["entries"]
+    journaled = {(e["session"], e["card"].upper()) for e in entries if e["action"] in ("open", "wrap")}
+    assert len({s for s, _c in journaled}) == 2  # the enrollment's session and the rotation's
+    logged = {
+        (e.subject_id, e.card_cin)
+        for e in AuditEntry.objects.filter(action="session.done", subject_type="card_session")
+    }
+    assert journaled <= logged
+    assert [e["seq"] for e in entries] == sorted(e["seq"] for e in entries)

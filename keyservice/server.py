@@ -20,6 +20,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from keyservice.channels import KeyService, ServiceError
 from keyservice.oce import OceAuthority
+from keyservice.policy import Policy
 from keyservice.token import TokenUnavailable
 
 logger = logging.getLogger("keyservice")
@@ -90,6 +91,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         try:
             with self.server.lock:
+                self.server.refresh_policy()
                 if method == "GET" and url.path == "/v1/health":
                     self._send(200, service.health())
                 elif method == "GET" and url.path == "/v1/journal":
@@ -146,6 +148,25 @@ class KeyServiceHTTPServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self._connections: set[Any] = set()
         self._connections_lock = threading.Lock()
+        self._policy_path = directory / "policy.json" if directory else None
+        self._policy_stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int] | None:
+        if self._policy_path is None:
+            return None
+        try:
+            status = self._policy_path.stat()
+        except FileNotFoundError:
+            return None
+        return status.st_mtime_ns, status.st_size
+
+    def refresh_policy(self) -> None:
+        """The bank's sign-offs (``approve-release`` writes policy.json) apply from the next
+        request, without a restart."""
+        stamp = self._stamp()
+        if stamp is not None and stamp != self._policy_stamp and self._policy_path is not None:
+            self.service.policy = Policy.load(self._policy_path)
+            self._policy_stamp = stamp
 
     def get_request(self) -> tuple[Any, Any]:
         sock, address = super().get_request()

@@ -55,6 +55,8 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.ECARD_CARDS_DIR = Path(tempfile.mkdtemp(prefix="ecard-test-cards-"))
     # Nor the platform's key service client identity (pages that show it create it).
     settings.ECARD_KEYSERVICE_CLIENT_DIR = Path(tempfile.mkdtemp(prefix="ecard-test-keyservice-client-"))
+    # Nor the demo banks' key service directories (tests that seed the demo set their own per test).
+    settings.ECARD_KEYSERVICE_DIR = Path(tempfile.mkdtemp(prefix="ecard-test-keyservices-"))
     # Tasks queued by services run in-process in tests, so no test leaves messages on a real
     # broker; the Celery worker tests send theirs to real workers explicitly.
     from ecard.celery import app

@@ -75,3 +75,16 @@ def serving(directory: Path, log: Path) -> Iterator[ServedKeyService]:
         yield service
     finally:
         service.stop()
+
+
+@contextmanager
+def demo_key_services(directory: Path) -> Iterator[list[ServedKeyService]]:
+    """Every demo bank's key service under ``directory`` (what seed_demo made), each its own
+    process, as ``make demo`` runs them."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        yield [
+            stack.enter_context(serving(path.parent, directory / f"{path.parent.name}.log"))
+            for path in sorted(directory.glob("*/config.json"))
+        ]

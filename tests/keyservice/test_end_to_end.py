@@ -67,3 +67,38 @@ def test_put_key_under_scp11b_waits_for_the_sds_key_information_and_refuses_othe
     second.exchange([{"apdu": c.get_data(0xE0)}])
     with pytest.raises(BankServiceRefused, match=r"already holds other keys \(KID/KVN 01/30,02/30,03/30\)"):
         second.exchange([put_key])
+
+
+def test_a_release_signed_off_on_the_command_line_applies_to_the_running_service(
+    alpha: RunningService, client: BankServiceClient
+) -> None:
+    """The bank's officer runs ``approve-release`` while the service serves: the sign-off holds
+    from the service's next request, no restart."""
+    import subprocess
+    import sys
+
+    package, digest = bytes.fromhex("F0414C504801"), bytes(range(32))
+    assert not alpha.server.service.policy.approved_release(package, digest)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keyservice",
+            "approve-release",
+            str(alpha.directory),
+            "--package-aid",
+            package.hex(),
+            "--hash",
+            digest.hex(),
+            "--by",
+            "officer",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert not alpha.server.service.policy.approved_release(package, digest)  # not read yet
+    client.health()
+    assert alpha.server.service.policy.approved_release(package, digest)

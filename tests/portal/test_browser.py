@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,6 +27,7 @@ from demo.management.commands.seed_demo import DEMO_PASSWORD
 from issuers.models import Organization
 from portal import totp
 from portal.models import TotpDevice
+from tests.keyservice_process import demo_key_services, free_port_pair
 from updates import services as update_services
 from updates.demo_cap import build_cap
 from updates.models import Release
@@ -34,8 +39,19 @@ BETA_RID = "F042455441"
 
 
 @pytest.fixture
-def demo(transactional_db: None) -> None:
+def demo_services(settings: Any, tmp_path: Path, monkeypatch: Any) -> Iterator[Path]:
+    """Where seed_demo puts the demo banks' key services for this test (fresh: the agency's card
+    CA is new with each test database); they run once seeded (see ``demo``)."""
+    settings.ECARD_KEYSERVICE_DIR = tmp_path / "keyservice"
+    monkeypatch.setenv("ECARD_DEMO_KEYSERVICE_PORT", str(free_port_pair()))
+    yield settings.ECARD_KEYSERVICE_DIR
+
+
+@pytest.fixture
+def demo(transactional_db: None, demo_services: Path) -> Iterator[None]:
     call_command("seed_demo", stdout=io.StringIO())
+    with demo_key_services(demo_services):
+        yield
 
 
 def test_citizen_adds_beta_bank_with_consent_and_presents_the_card(demo: None, visit: Any, live_server: Any) -> None:
@@ -133,7 +149,7 @@ def enroll_and_present(username: str, bank_slug: str, base_url: str) -> Card:
 
 
 def test_bank_operator_uploads_a_release_starts_a_rollout_and_sees_progress(
-    demo: None, visit: Any, tmp_path: Any, live_server: Any
+    demo: None, demo_services: Path, visit: Any, tmp_path: Any, live_server: Any
 ) -> None:
     cards = [enroll_and_present(username, "beta", live_server.url) for username in ("citizen2", "citizen3")]
     v = visit()
@@ -168,6 +184,17 @@ def test_bank_operator_uploads_a_release_starts_a_rollout_and_sees_progress(
     expect(details).to_contain_text("3.0")
     expect(details).to_contain_text(release.imports[0]["aid"])
     v.check("bank-release")
+    # Beta's release officer signs it off at Beta's own key service, as a bank does before a rollout
+    # (the platform cannot: docs/keyservice.md); the running service applies it from its next request.
+    sign_off = ["--package-aid", release.package_aid, "--hash", release.lfdb_sha256, "--by", "beta-officer"]
+    approve = subprocess.run(
+        [sys.executable, "-m", "keyservice", "approve-release", str(demo_services / "beta"), *sign_off],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert approve.returncode == 0, approve.stderr
 
     # Roll it out in two waves and watch the progress change while the cards are presented.
     page.get_by_role("link", name="Roll out this release").click()
@@ -277,7 +304,7 @@ def test_agency_batch_upload_with_errors_is_refused_whole(demo: None, visit: Any
 
 
 @pytest.fixture
-def demo_last_month(transactional_db: None, monkeypatch: Any) -> None:
+def demo_last_month(transactional_db: None, monkeypatch: Any, demo_services: Path) -> Iterator[None]:
     """The demo data with its log entries dated in the middle of last month (only the entries' time
     moves; everything else is real), so that the default report period holds them."""
     import datetime as dt
@@ -293,6 +320,8 @@ def demo_last_month(transactional_db: None, monkeypatch: Any) -> None:
     offset = real_now() - dt.datetime.combine(first + dt.timedelta(days=10), dt.time(12), tzinfo=dt.UTC)
     monkeypatch.setattr(audit.services, "timezone", SimpleNamespace(now=lambda: real_now() - offset))
     call_command("seed_demo", stdout=io.StringIO())
+    with demo_key_services(demo_services):
+        yield
 
 
 def test_regulator_reads_last_months_reports_csv_and_a_card_before_and_after_enrollment(

@@ -124,7 +124,13 @@ def test_bank_dashboard_checks_and_rotates(world: World, as_user, running: Any) 
     response = admin.post("/bank/alpha/key-service/rotate-oce/", follow=True)
     assert response.status_code == 200
     assert any("did not make a certificate request" in m for m in _messages(response))
-    # back after a restart, the service no longer holds the OCE certificate (memory only): say so
+    # back after a restart, the service still reports the certificate (kept in its directory)
+    running.start()
+    page = as_user("alpha_op").post("/bank/alpha/key-service/check/", follow=True).content.decode()
+    assert "Reachable" in page and "does not report the certificate the agency issued" not in page
+    # a service whose directory lost it: the bank is told to rotate
+    running.stop()
+    (running.directory / "oce-certificate.pem").unlink()
     running.start()
     page = as_user("alpha_op").post("/bank/alpha/key-service/check/", follow=True).content.decode()
     assert "Reachable" in page and "does not report the certificate the agency issued" in page

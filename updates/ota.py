@@ -111,7 +111,7 @@ from updates.engine.protocol import (
     sw_of,
 )
 from updates.models import AuthRefusal, Release
-from updates.presentation import PresentationRefused, presentable_job_ids
+from updates.presentation import PresentationRefused, presentable_jobs
 from updates.signals import job_state_changed
 
 __all__ = [  # the engine's vocabulary, re-exported for the modules that import it from here
@@ -276,6 +276,10 @@ class Stage:
 # What the engine reads with a job, in the same query: its card (and the card's issuer, whose keys
 # open ISD channels), its security domain with the owning bank, and its organisation.
 JOB_RELATED = ("card", "card__issued_by", "security_domain", "security_domain__organization", "organization")
+
+
+# What the session engine reads with a job (its card is the session's, read with the session).
+ENGINE_JOB_RELATED = ("security_domain", "security_domain__organization", "organization")
 
 
 def job_security_domain(job: CardJob) -> SecurityDomain:
@@ -925,15 +929,13 @@ class SessionEngine:
         if card is None:
             return []
         try:
-            jobs = presentable_job_ids(credential, card)
+            jobs = presentable_jobs(credential, card, related=ENGINE_JOB_RELATED)
         except PresentationRefused:
             return []
         if not jobs:
             return []
-        job = CardJob.objects.select_related("security_domain", "security_domain__organization", "organization").get(
-            pk=jobs[0]
-        )
-        job.card = card  # the job is this card's (presentable_job_ids): not read again
+        job = jobs[0]  # read with what the engine needs (ENGINE_JOB_RELATED)
+        job.card = card  # the job is this card's (presentable_jobs): not read again
         try:
             stage = stages_for(job)[0](job)
             job_sd = job.security_domain
@@ -1021,9 +1023,7 @@ class SessionEngine:
         job_id = self.state["jobs"][0]
         job = self._jobs.get(job_id)
         if job is None:
-            job = CardJob.objects.select_related(
-                "security_domain", "security_domain__organization", "organization"
-            ).get(pk=job_id)
+            job = CardJob.objects.select_related(*ENGINE_JOB_RELATED).get(pk=job_id)
             card = self.session.card if type(self.session).card.is_cached(self.session) else None
             if card is not None and card.pk == job.card_id:
                 job.card = card  # the session's card (read with it, its issuer too): not read again
@@ -1196,10 +1196,12 @@ class SessionEngine:
             cin = commands.tagged_value(responses[2][:-2], commands.TAG_CIN).hex().upper()
         card = Card.objects.select_related("issued_by").filter(cin=cin).first()
         try:
-            jobs = presentable_job_ids(self.session.credential, card)
+            # the jobs with what the engine needs, in the query that decides which may run
+            presentable = presentable_jobs(self.session.credential, card, related=ENGINE_JOB_RELATED)
         except PresentationRefused as exc:
             raise SessionRejected(str(exc)) from exc
-        if card is None:  # presentable_job_ids refuses an unknown card; this narrows the type
+        jobs = [job.pk for job in presentable]
+        if card is None:  # presentable_jobs refuses an unknown card; this narrows the type
             raise SessionRejected("this card is not registered")
         self.session.card = card
         # One presentation at a time: an earlier session of this card that was never finished
@@ -1209,10 +1211,8 @@ class SessionEngine:
         )
         now = timezone.now()
         first_attempts: set[int] = set()
-        for job in CardJob.objects.select_related(
-            "security_domain", "security_domain__organization", "organization"
-        ).filter(pk__in=jobs):
-            job.card = card  # the card that identified (its jobs: presentable_job_ids), not read again
+        for job in presentable:
+            job.card = card  # the card that identified (its jobs: presentable_jobs), not read again
             self._jobs[job.pk] = job  # the engine's copy for this exchange (see job())
             if job.attempts == 0:
                 first_attempts.add(job.pk)

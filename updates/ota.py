@@ -44,10 +44,10 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Model, QuerySet
 from django.utils import timezone
 
 from audit.services import record_event
@@ -248,11 +248,8 @@ class Stage:
                 ):
                     self._security_domain: SecurityDomain | None = job_sd
                     return job_sd
-            self._security_domain = (
-                SecurityDomain.objects.select_related("organization")
-                .filter(card_id=self.card.pk, aid=aid)
-                .order_by()
-                .first()
+            self._security_domain = unique_row(  # one per card and AID
+                SecurityDomain.objects.select_related("organization").filter(card_id=self.card.pk, aid=aid)
             )
         return self._security_domain
 
@@ -276,6 +273,17 @@ class Stage:
 # What the engine reads with a job, in the same query: its card (and the card's issuer, whose keys
 # open ISD channels), its security domain with the owning bank, and its organisation.
 JOB_RELATED = ("card", "card__issued_by", "security_domain", "security_domain__organization", "organization")
+
+
+_M = TypeVar("_M", bound=Model)
+
+
+def unique_row(query: QuerySet[_M]) -> _M | None:
+    """The row of ``query`` (filtered on a unique key: at most one matches), or None; read without
+    ORDER BY, since with an ordering Django hashes every selected column to match it against the
+    select list (costly with ``select_related``)."""
+    rows = list(query.order_by()[:1])
+    return rows[0] if rows else None
 
 
 # What the session engine reads with a job (its card is the session's, read with the session).
@@ -1194,7 +1202,7 @@ class SessionEngine:
             # is authenticated is stored.
             commands.parse_cplc(commands.tagged_value(responses[1][:-2], commands.TAG_CPLC))
             cin = commands.tagged_value(responses[2][:-2], commands.TAG_CIN).hex().upper()
-        card = Card.objects.select_related("issued_by").filter(cin=cin).first()
+        card = unique_row(Card.objects.select_related("issued_by").filter(cin=cin))  # the CIN is unique
         try:
             # the jobs with what the engine needs, in the query that decides which may run
             presentable = presentable_jobs(self.session.credential, card, related=ENGINE_JOB_RELATED)

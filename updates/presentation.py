@@ -15,7 +15,7 @@ has identified itself (and proves itself later through the secure channel).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from cards.models import Card, CardJob, Enrollment, SecurityDomain
 from updates.models import AgentCredential
@@ -46,11 +46,13 @@ def presentable_jobs(credential: AgentCredential, card: Card | None, *, related:
 
     Raises :class:`PresentationRefused` as :func:`presentable_job_ids` does.
     """
-    open_jobs = CardJob.objects.filter(state__in=CardJob.OPEN_STATES).order_by("created_at", "id")
+    # Put in order here, not by the database: with an ORDER BY, Django hashes every selected column
+    # (the related rows' too) to match it against the select list.
+    open_jobs = CardJob.objects.filter(state__in=CardJob.OPEN_STATES).order_by()
     if credential.organization_id is None:
         if card is None or card.holder_id != credential.user_id:
             raise PresentationRefused("this card is not registered to this device's owner")
-        return list(open_jobs.filter(card=card).select_related(*related))
+        return _in_order(open_jobs.filter(card=card).select_related(*related))
     _check_terminal(credential)
     if card is None:
         raise PresentationRefused("this card is not registered")
@@ -58,12 +60,17 @@ def presentable_jobs(credential: AgentCredential, card: Card | None, *, related:
         raise PresentationRefused("this card has no holder, so nobody consented to work on it")
     runnable: list[CardJob] = []
     waiting_sds: set[int | None] = set()
-    for job in open_jobs.filter(card=card).select_related("enrollment", "security_domain", *related):
+    for job in _in_order(open_jobs.filter(card=card).select_related("enrollment", "security_domain", *related)):
         if job.security_domain_id not in waiting_sds and holder_consented(job, card):
             runnable.append(job)
         else:
             waiting_sds.add(job.security_domain_id)
     return runnable
+
+
+def _in_order(jobs: Iterable[CardJob]) -> list[CardJob]:
+    """Jobs in the order they run: creation time, then id."""
+    return sorted(jobs, key=lambda job: (job.created_at, job.pk))
 
 
 def _check_terminal(credential: AgentCredential) -> None:

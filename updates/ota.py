@@ -248,9 +248,17 @@ class Stage:
                 ):
                     self._security_domain: SecurityDomain | None = job_sd
                     return job_sd
-            self._security_domain = unique_row(  # one per card and AID
-                SecurityDomain.objects.select_related("organization").filter(card_id=self.card.pk, aid=aid)
-            )
+            card = self.card
+            if aid == card.isd_aid and Card.issued_by.is_cached(card):
+                # the ISD: its organisation is the card's issuer, read with the card (not joined again)
+                sd = unique_row(SecurityDomain.objects.filter(card_id=card.pk, aid=aid))
+                if sd is not None and sd.organization_id == card.issued_by_id:
+                    sd.organization = card.issued_by
+            else:
+                sd = unique_row(  # one per card and AID
+                    SecurityDomain.objects.select_related("organization").filter(card_id=card.pk, aid=aid)
+                )
+            self._security_domain = sd
         return self._security_domain
 
     def job_sd(self) -> SecurityDomain:
@@ -276,6 +284,10 @@ JOB_RELATED = ("card", "card__issued_by", "security_domain", "security_domain__o
 
 
 _M = TypeVar("_M", bound=Model)
+
+
+def _cin(card: Card) -> str:
+    return card.cin
 
 
 def unique_row(query: QuerySet[_M]) -> _M | None:
@@ -933,7 +945,8 @@ class SessionEngine:
         credential = self.session.credential
         if credential.user_id is None:
             return []  # a terminal presents any card: there is no card to presume
-        card = Card.objects.filter(Card.LIVE, holder_id=credential.user_id).first()
+        # the first by CIN, chosen here (a holder has a card or two) rather than by an ORDER BY
+        card = min(Card.objects.filter(Card.LIVE, holder_id=credential.user_id).order_by(), key=_cin, default=None)
         if card is None:
             return []
         try:

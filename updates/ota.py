@@ -920,6 +920,7 @@ class SessionEngine:
         # answers of this exchange already unwrapped by a bank's key service, by id() of the raw answer
         self._remote_answers: dict[int, SecuredResponse | str] = {}
         self._static: Any = None  # static keys of the open channel (for PUT KEY's DEK)
+        self._receipt_key: tuple[bytes, str] | None = None  # the card's receipt key, opened for this exchange
         self._jobs: dict[int, CardJob] = {}
         self._stages: dict[tuple[int, int], Stage] = {}
 
@@ -1773,13 +1774,19 @@ class SessionEngine:
         }
         fields = [bytes.fromhex(f) for f in spec["fields"]]
         receipt_input = builders[spec["op"]](confirmation.counter, confirmation.card_unique_data, *fields)
-        keyset = KeySet.objects.filter(
-            organization=card.issued_by, card_cin=card.cin, purpose=KeySet.Purpose.RECEIPT, state=KeySet.State.ACTIVE
-        ).first()
-        if keyset is None:
-            raise SessionRejected("no receipt key on record for this card")
-        alg = "aes" if keyset.algorithm == KeySet.Algorithm.AES else "des"
-        if not dm.verify_receipt(custody.load_secret_key(keyset), receipt_input, confirmation.receipt, alg=alg):
+        if self._receipt_key is None:  # read and opened once per exchange (a script may give several receipts)
+            keyset = KeySet.objects.filter(
+                organization=card.issued_by,
+                card_cin=card.cin,
+                purpose=KeySet.Purpose.RECEIPT,
+                state=KeySet.State.ACTIVE,
+            ).first()
+            if keyset is None:
+                raise SessionRejected("no receipt key on record for this card")
+            alg = "aes" if keyset.algorithm == KeySet.Algorithm.AES else "des"
+            self._receipt_key = (custody.load_secret_key(keyset), alg)
+        secret, alg = self._receipt_key
+        if not dm.verify_receipt(secret, receipt_input, confirmation.receipt, alg=alg):
             raise SessionRejected(f"the card's {spec['op']} receipt does not verify")
         Card.objects.filter(pk=card.pk).update(receipt_counter=counter)
         card.receipt_counter = counter

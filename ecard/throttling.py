@@ -14,6 +14,11 @@ round trip per request instead of six (``add``, then Django's ``incr``, which is
 by a second at most); caches other than Redis (per-process memory in tests) count with
 ``add``/``incr``.
 
+**One client per process.** The pipeline's redis-py client is made once per cache backend (per
+process and cache connection) and kept: building a ``redis.Redis`` is not free (its callbacks,
+its connection pool lookup) and it is safe to share between threads (connections come from its
+pool, and a pipeline is per call).
+
 The counters are a protection against abuse, not a correctness rule. If Redis restarts, refusing
 every request with a 500 would turn a cache outage into a platform outage, so for the duration of
 the outage requests are let through and the failure is logged (once per process per minute).
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -38,6 +44,18 @@ logger = logging.getLogger(__name__)
 _last_warning = 0.0
 # Where a request keeps the counts of its throttles (counted once, read by each).
 _COUNTS_ATTR = "_ecard_throttle_counts"
+# The redis-py client of each Redis cache backend's client factory (see "One client per process").
+_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _redis_client(cache: RedisCache) -> Any:
+    """The redis-py client for ``cache``, made on first use and kept for the backend's lifetime."""
+    # Django's RedisCache keeps its redis-py client factory private (and untyped in the stubs).
+    factory = cast(Any, cache)._cache
+    client = _clients.get(factory)
+    if client is None:
+        client = _clients[factory] = factory.get_client(write=True)
+    return client
 
 
 def count_windows(cache: BaseCache, counters: Sequence[tuple[str, int]]) -> list[int]:
@@ -46,9 +64,7 @@ def count_windows(cache: BaseCache, counters: Sequence[tuple[str, int]]) -> list
     if isinstance(cache, ConnectionProxy):  # django.core.cache.cache: the default alias's backend
         cache = caches[DEFAULT_CACHE_ALIAS]
     if isinstance(cache, RedisCache):
-        # Django's RedisCache keeps its redis-py client factory private (and untyped in the stubs).
-        client = cast(Any, cache)._cache.get_client(write=True)
-        pipe = client.pipeline(transaction=False)
+        pipe = _redis_client(cache).pipeline(transaction=False)
         for counter, ttl in counters:
             key = cache.make_and_validate_key(counter)
             pipe.incr(key)

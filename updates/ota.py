@@ -44,10 +44,10 @@ import logging
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Model, QuerySet
 from django.utils import timezone
 
 from audit.services import record_event
@@ -111,7 +111,7 @@ from updates.engine.protocol import (
     sw_of,
 )
 from updates.models import AuthRefusal, Release
-from updates.presentation import PresentationRefused, presentable_job_ids
+from updates.presentation import PresentationRefused, presentable_jobs
 from updates.signals import job_state_changed
 
 __all__ = [  # the engine's vocabulary, re-exported for the modules that import it from here
@@ -248,12 +248,17 @@ class Stage:
                 ):
                     self._security_domain: SecurityDomain | None = job_sd
                     return job_sd
-            self._security_domain = (
-                SecurityDomain.objects.select_related("organization")
-                .filter(card_id=self.card.pk, aid=aid)
-                .order_by()
-                .first()
-            )
+            card = self.card
+            if aid == card.isd_aid and Card.issued_by.is_cached(card):
+                # the ISD: its organisation is the card's issuer, read with the card (not joined again)
+                sd = unique_row(SecurityDomain.objects.filter(card_id=card.pk, aid=aid))
+                if sd is not None and sd.organization_id == card.issued_by_id:
+                    sd.organization = card.issued_by
+            else:
+                sd = unique_row(  # one per card and AID
+                    SecurityDomain.objects.select_related("organization").filter(card_id=card.pk, aid=aid)
+                )
+            self._security_domain = sd
         return self._security_domain
 
     def job_sd(self) -> SecurityDomain:
@@ -276,6 +281,25 @@ class Stage:
 # What the engine reads with a job, in the same query: its card (and the card's issuer, whose keys
 # open ISD channels), its security domain with the owning bank, and its organisation.
 JOB_RELATED = ("card", "card__issued_by", "security_domain", "security_domain__organization", "organization")
+
+
+_M = TypeVar("_M", bound=Model)
+
+
+def _cin(card: Card) -> str:
+    return card.cin
+
+
+def unique_row(query: QuerySet[_M]) -> _M | None:
+    """The row of ``query`` (filtered on a unique key: at most one matches), or None; read without
+    ORDER BY, since with an ordering Django hashes every selected column to match it against the
+    select list (costly with ``select_related``)."""
+    rows = list(query.order_by()[:1])
+    return rows[0] if rows else None
+
+
+# What the session engine reads with a job (its card is the session's, read with the session).
+ENGINE_JOB_RELATED = ("security_domain", "security_domain__organization", "organization")
 
 
 def job_security_domain(job: CardJob) -> SecurityDomain:
@@ -896,6 +920,7 @@ class SessionEngine:
         # answers of this exchange already unwrapped by a bank's key service, by id() of the raw answer
         self._remote_answers: dict[int, SecuredResponse | str] = {}
         self._static: Any = None  # static keys of the open channel (for PUT KEY's DEK)
+        self._receipt_key: tuple[bytes, str] | None = None  # the card's receipt key, opened for this exchange
         self._jobs: dict[int, CardJob] = {}
         self._stages: dict[tuple[int, int], Stage] = {}
 
@@ -921,19 +946,18 @@ class SessionEngine:
         credential = self.session.credential
         if credential.user_id is None:
             return []  # a terminal presents any card: there is no card to presume
-        card = Card.objects.filter(Card.LIVE, holder_id=credential.user_id).first()
+        # the first by CIN, chosen here (a holder has a card or two) rather than by an ORDER BY
+        card = min(Card.objects.filter(Card.LIVE, holder_id=credential.user_id).order_by(), key=_cin, default=None)
         if card is None:
             return []
         try:
-            jobs = presentable_job_ids(credential, card)
+            jobs = presentable_jobs(credential, card, related=ENGINE_JOB_RELATED)
         except PresentationRefused:
             return []
         if not jobs:
             return []
-        job = CardJob.objects.select_related("security_domain", "security_domain__organization", "organization").get(
-            pk=jobs[0]
-        )
-        job.card = card  # the job is this card's (presentable_job_ids): not read again
+        job = jobs[0]  # read with what the engine needs (ENGINE_JOB_RELATED)
+        job.card = card  # the job is this card's (presentable_jobs): not read again
         try:
             stage = stages_for(job)[0](job)
             job_sd = job.security_domain
@@ -1021,9 +1045,7 @@ class SessionEngine:
         job_id = self.state["jobs"][0]
         job = self._jobs.get(job_id)
         if job is None:
-            job = CardJob.objects.select_related(
-                "security_domain", "security_domain__organization", "organization"
-            ).get(pk=job_id)
+            job = CardJob.objects.select_related(*ENGINE_JOB_RELATED).get(pk=job_id)
             card = self.session.card if type(self.session).card.is_cached(self.session) else None
             if card is not None and card.pk == job.card_id:
                 job.card = card  # the session's card (read with it, its issuer too): not read again
@@ -1194,12 +1216,14 @@ class SessionEngine:
             # is authenticated is stored.
             commands.parse_cplc(commands.tagged_value(responses[1][:-2], commands.TAG_CPLC))
             cin = commands.tagged_value(responses[2][:-2], commands.TAG_CIN).hex().upper()
-        card = Card.objects.select_related("issued_by").filter(cin=cin).first()
+        card = unique_row(Card.objects.select_related("issued_by").filter(cin=cin))  # the CIN is unique
         try:
-            jobs = presentable_job_ids(self.session.credential, card)
+            # the jobs with what the engine needs, in the query that decides which may run
+            presentable = presentable_jobs(self.session.credential, card, related=ENGINE_JOB_RELATED)
         except PresentationRefused as exc:
             raise SessionRejected(str(exc)) from exc
-        if card is None:  # presentable_job_ids refuses an unknown card; this narrows the type
+        jobs = [job.pk for job in presentable]
+        if card is None:  # presentable_jobs refuses an unknown card; this narrows the type
             raise SessionRejected("this card is not registered")
         self.session.card = card
         # One presentation at a time: an earlier session of this card that was never finished
@@ -1209,10 +1233,8 @@ class SessionEngine:
         )
         now = timezone.now()
         first_attempts: set[int] = set()
-        for job in CardJob.objects.select_related(
-            "security_domain", "security_domain__organization", "organization"
-        ).filter(pk__in=jobs):
-            job.card = card  # the card that identified (its jobs: presentable_job_ids), not read again
+        for job in presentable:
+            job.card = card  # the card that identified (its jobs: presentable_jobs), not read again
             self._jobs[job.pk] = job  # the engine's copy for this exchange (see job())
             if job.attempts == 0:
                 first_attempts.add(job.pk)
@@ -1752,13 +1774,19 @@ class SessionEngine:
         }
         fields = [bytes.fromhex(f) for f in spec["fields"]]
         receipt_input = builders[spec["op"]](confirmation.counter, confirmation.card_unique_data, *fields)
-        keyset = KeySet.objects.filter(
-            organization=card.issued_by, card_cin=card.cin, purpose=KeySet.Purpose.RECEIPT, state=KeySet.State.ACTIVE
-        ).first()
-        if keyset is None:
-            raise SessionRejected("no receipt key on record for this card")
-        alg = "aes" if keyset.algorithm == KeySet.Algorithm.AES else "des"
-        if not dm.verify_receipt(custody.load_secret_key(keyset), receipt_input, confirmation.receipt, alg=alg):
+        if self._receipt_key is None:  # read and opened once per exchange (a script may give several receipts)
+            keyset = KeySet.objects.filter(
+                organization=card.issued_by,
+                card_cin=card.cin,
+                purpose=KeySet.Purpose.RECEIPT,
+                state=KeySet.State.ACTIVE,
+            ).first()
+            if keyset is None:
+                raise SessionRejected("no receipt key on record for this card")
+            alg = "aes" if keyset.algorithm == KeySet.Algorithm.AES else "des"
+            self._receipt_key = (custody.load_secret_key(keyset), alg)
+        secret, alg = self._receipt_key
+        if not dm.verify_receipt(secret, receipt_input, confirmation.receipt, alg=alg):
             raise SessionRejected(f"the card's {spec['op']} receipt does not verify")
         Card.objects.filter(pk=card.pk).update(receipt_counter=counter)
         card.receipt_counter = counter

@@ -40,6 +40,7 @@ from updates.ota import (
     fail_job,
     keyset_for,
     retry_job,
+    unique_row,
 )
 from updates.presentation import PresentationRefused, presentable_job_ids
 
@@ -479,11 +480,10 @@ def _exchange_locked(
     *, session_id: Any, credential: AgentCredential, number: int, responses: list[str]
 ) -> RelayAnswer | None:
     """The exchange inside its transaction; None when the session had expired (now closed)."""
-    session = (
+    session = unique_row(
         CardSession.objects.select_for_update(of=("self",))
         .select_related("card", "card__issued_by", "sealed_by")
         .filter(pk=session_id, credential=credential)
-        .first()
     )
     if session is None:
         raise ServiceError("no such session", code="not_found")

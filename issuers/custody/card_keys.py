@@ -138,7 +138,9 @@ def card_isd_keys(
     )
     if kvn is not None:
         masters = masters.filter(kvn=kvn)
-    master = masters.select_related("kek").order_by("-kvn").first()
+    # The highest KVN, chosen here among the few active masters rather than by an ORDER BY (with
+    # one, Django matches every selected column, the KEK's too, against it).
+    master = max(masters.select_related("kek").order_by(), key=lambda m: m.kvn, default=None)
     if master is None:
         raise CustodyError(f"no active {algorithm} diversification master for {agency.slug}")
     return diversify(scheme, _master_secret(master), bytes(kdd), master.kvn)

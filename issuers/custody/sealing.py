@@ -177,7 +177,8 @@ def seal_channel_state(org: Organization, state: Mapping[str, Any], *, context: 
 
 def _sealing_kek(org: Organization, version: int) -> KeyEncryptionKey:
     """The KEK row of ``version`` that sealed a state, refused once destroyed or gone (one read)."""
-    kek = KeyEncryptionKey.objects.filter(organization=org, version=version).first()
+    # one per organisation and version: no ORDER BY (Django would match each selected column to it)
+    kek = next(iter(KeyEncryptionKey.objects.filter(organization=org, version=version).order_by()[:1]), None)
     if kek is None or kek.state == KeyEncryptionKey.State.DESTROYED:
         _data_keys.forget(org.pk, version)
         from issuers.custody.card_keys import forget_master_keys  # late: card_keys imports this module

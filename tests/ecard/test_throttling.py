@@ -50,6 +50,7 @@ class FakeRedis:
         self.values: dict[str, int] = {}
         self.ttls: dict[str, int] = {}
         self.round_trips = 0
+        self.clients = 0  # clients the cache's factory made (one per process and backend)
 
     def pipeline(self, transaction: bool = True) -> FakePipeline:
         assert transaction is False  # no MULTI/EXEC: nothing to make atomic beyond INCR itself
@@ -62,7 +63,12 @@ class FakeRedis:
 def fake_redis_cache(monkeypatch: pytest.MonkeyPatch) -> tuple[RedisCache, FakeRedis]:
     cache = RedisCache("redis://127.0.0.1:1/0", {"KEY_PREFIX": "t"})
     server = FakeRedis()
-    monkeypatch.setattr(cache._cache, "get_client", lambda *args, **kwargs: server)
+
+    def get_client(*args: Any, **kwargs: Any) -> FakeRedis:
+        server.clients += 1
+        return server
+
+    monkeypatch.setattr(cache._cache, "get_client", get_client)
     return cache, server
 
 
@@ -97,12 +103,25 @@ def test_the_relay_limits_cost_one_round_trip_per_request(monkeypatch: pytest.Mo
     assert len(server.values) == 2 and sorted(server.values.values()) == [4, 4]
     assert set(server.ttls.values()) == {61}
     assert all(key.startswith("t:1:throttle_relay_") for key in server.values)
+    assert server.clients == 1  # made once, reused by the later requests
 
 
 def test_count_windows_is_one_pipeline_whatever_the_number_of_counters(monkeypatch: pytest.MonkeyPatch) -> None:
     cache, server = fake_redis_cache(monkeypatch)
     assert count_windows(cache, [("a:w1", 2), ("b:w1", 61), ("a:w1", 2)]) == [1, 1, 2]
     assert server.round_trips == 1
+
+
+def test_the_redis_client_is_made_once_per_cache_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building a redis-py client per request costs CPU: one is made per backend and kept, and
+    the counts still go through it (a second backend gets its own)."""
+    cache, server = fake_redis_cache(monkeypatch)
+    for n in range(1, 4):
+        assert count_windows(cache, [("a:w1", 2)]) == [n]
+    assert server.round_trips == 3 and server.clients == 1
+    other, other_server = fake_redis_cache(monkeypatch)
+    assert count_windows(other, [("a:w1", 2)]) == [1]
+    assert other_server.round_trips == 1 and other_server.clients == 1 and server.round_trips == 3
 
 
 def test_the_default_cache_proxy_reaches_the_redis_backend(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,7 +41,7 @@ PACKAGE = "0102030405"
 INSTANCE = "0102030405060708"
 # SQL statements one relay exchange may run (session open included), whatever its phase. Counted
 # on SQLite, where each exchange's transaction adds its own BEGIN/COMMIT/SAVEPOINT statements.
-SQL_BUDGET = 35
+SQL_BUDGET = 32
 
 
 class CountingServer(ApiServer):

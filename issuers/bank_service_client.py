@@ -73,11 +73,14 @@ class ClientIdentity:
     sha256: str
 
 
+CLIENT_CERTIFICATE_FILE = "platform-client.pem"
+
+
 def ensure_client_identity(directory: Path) -> ClientIdentity:
     """The platform's TLS client key and self-signed certificate (CN=ecard-platform) in
     ``directory``, created on the first call (the key file 0600) and reused after."""
     directory.mkdir(parents=True, exist_ok=True)
-    cert_path, key_path = directory / "platform-client.pem", directory / "platform-client.key"
+    cert_path, key_path = directory / CLIENT_CERTIFICATE_FILE, directory / "platform-client.key"
     if not (cert_path.exists() and key_path.exists()):
         key = ec.generate_private_key(ec.SECP256R1())
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CLIENT_COMMON_NAME)])

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import logging
 import re
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,8 +28,10 @@ from django.utils import timezone
 
 from audit.services import record_event
 from ecard.errors import ServiceError
+from gp.scp11.constants import SCP11_ID
 from issuers import roles
 from issuers.bank_service_client import (
+    CLIENT_CERTIFICATE_FILE,
     BankServiceClient,
     BankServiceError,
     BankServiceRefused,
@@ -39,8 +42,6 @@ from issuers.bank_service_client import (
 from issuers.custody.authorities import agency_ca
 from issuers.custody_models import KeySet
 from issuers.models import BankKeyService, Membership, Organization, SsdTemplate
-
-SCP11_TEMPLATE = 0x11  # an SSD installed for SCP11 (81 02 11 00): keyed by the bank's service
 
 logger = logging.getLogger(__name__)
 
@@ -157,14 +158,35 @@ def parse_not_after(value: Any) -> dt.datetime | None:
 # --------------------------------------------------------------------------- the platform's client
 
 
+_identities: dict[Path, tuple[int, ClientIdentity]] = {}
+_clients: dict[tuple[int, str, str, str], BankServiceClient] = {}
+_clients_lock = threading.Lock()
+
+
 def platform_identity() -> ClientIdentity:
     """The platform's TLS client identity (created once in ``ECARD_KEYSERVICE_CLIENT_DIR``): the
-    certificate every bank's key service pins."""
-    return ensure_client_identity(Path(settings.ECARD_KEYSERVICE_CLIENT_DIR))
+    certificate every bank's key service pins. Read once per process while its file is unchanged
+    (every relay exchange with a bank's service asks for it)."""
+    directory = Path(settings.ECARD_KEYSERVICE_CLIENT_DIR)
+    cached = _identities.get(directory)
+    try:
+        stamp = (directory / CLIENT_CERTIFICATE_FILE).stat().st_mtime_ns
+    except FileNotFoundError:
+        stamp = None
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    identity = ensure_client_identity(directory)
+    _identities[directory] = (identity.cert_path.stat().st_mtime_ns, identity)
+    return identity
+
+
+def registered_service(organization: Organization) -> BankKeyService | None:
+    """The bank's active key service, or None."""
+    return BankKeyService.objects.filter(organization=organization, is_active=True).first()
 
 
 def active_service(organization: Organization) -> BankKeyService:
-    service = BankKeyService.objects.filter(organization=organization, is_active=True).first()
+    service = registered_service(organization)
     if service is None:
         raise ServiceError(
             f"{organization.name} has no key service registered: the agency registers it first",
@@ -174,15 +196,27 @@ def active_service(organization: Organization) -> BankKeyService:
     return service
 
 
+def client_of(service: BankKeyService) -> BankServiceClient:
+    """The client of a registered service: one per endpoint, pinned certificate and platform
+    identity in this process, so its keep-alive connections serve every exchange and check."""
+    identity = platform_identity()
+    key = (service.pk, service.endpoint, service.certificate_sha256, identity.sha256)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = BankServiceClient(service.endpoint, service.service_certificate, identity)
+            _clients[key] = client
+    return client
+
+
 def _client(service: BankKeyService) -> BankServiceClient:
     try:
-        identity = platform_identity()
+        return client_of(service)
     except OSError as exc:
         logger.exception("the platform's key service client identity cannot be read or created")
         raise ServiceError(
             f"the platform's TLS client identity is not available ({type(exc).__name__})", code="unavailable"
         ) from None
-    return BankServiceClient(service.endpoint, service.service_certificate, identity)
 
 
 def client_for(organization: Organization) -> BankServiceClient:
@@ -263,9 +297,9 @@ def register_key_service(
         # From now on the bank's new SSDs are installed for SCP11 and keyed by its service alone
         # (SSDs enrolled before keep their keys where they are).
         template = SsdTemplate.objects.select_for_update().filter(organization=organization).first()
-        if template is not None and template.scp != SCP11_TEMPLATE:
-            details["ssd_template_scp"] = {"from": template.scp, "to": SCP11_TEMPLATE}
-            template.scp, template.scp_i = SCP11_TEMPLATE, 0x00
+        if template is not None and template.scp != SCP11_ID:
+            details["ssd_template_scp"] = {"from": template.scp, "to": SCP11_ID}
+            template.scp, template.scp_i = SCP11_ID, 0x00
             template.key_algorithm, template.key_length = SsdTemplate.KeyAlgorithm.AES, 16
             template.save(update_fields=["scp", "scp_i", "key_algorithm", "key_length", "updated_at"])
             organization.ssd_template = template  # the caller's organisation sees the new template

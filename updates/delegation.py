@@ -20,7 +20,6 @@ What a failure of the service means for the job (the engine acts on these except
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -30,8 +29,8 @@ from audit.services import record_event
 from gp.errors import LocalProtocolError
 from gp.scp import SecuredResponse
 from issuers import bank_service_client as bsc
-from issuers.key_services import platform_identity
-from issuers.models import BankKeyService, Organization
+from issuers.key_services import client_of
+from issuers.models import BankKeyService
 from updates.engine.protocol import Command, JobFailed, SessionRejected, StepFailed
 
 SCP11_SD_KID = 0x13  # SK.SD.ECKA of SCP11b (Amd F §6.1)
@@ -40,27 +39,6 @@ SCP11_SD_KVN = 0x01  # the key version the card gives the SSD's generated key pa
 
 class ServiceHeld(StepFailed):
     """The bank's key service cannot be reached: the job waits, no attempt is charged."""
-
-
-def key_service_of(organization: Organization) -> BankKeyService | None:
-    """The bank's active key service, or None (its SDs stay with the platform's custody)."""
-    return BankKeyService.objects.filter(organization=organization, is_active=True).first()
-
-
-_clients: dict[tuple[int, str, str], bsc.BankServiceClient] = {}
-_clients_lock = threading.Lock()
-
-
-def client_for(service: BankKeyService) -> bsc.BankServiceClient:
-    """One client (with its keep-alive connections) per registered endpoint and pinned certificate."""
-    identity = platform_identity()
-    key = (service.pk, service.endpoint, service.certificate_sha256 + identity.sha256)
-    with _clients_lock:
-        client = _clients.get(key)
-        if client is None:
-            client = bsc.BankServiceClient(service.endpoint, service.service_certificate, identity)
-            _clients[key] = client
-    return client
 
 
 @contextmanager
@@ -104,7 +82,7 @@ class RemoteChannel:
     is_authenticated: bool = True
 
     def _client(self) -> bsc.BankServiceClient:
-        return client_for(self.service)
+        return client_of(self.service)
 
     def max_data_length(self, extended: bool = False) -> int:
         return self.data_limit
@@ -136,7 +114,7 @@ class RemoteChannel:
     ) -> tuple[RemoteChannel, bytes]:
         """The bank's service checks the card cryptogram; EXTERNAL AUTHENTICATE comes back."""
         with calling(service, card_cin=card_cin, sd_aid=sd_aid):
-            opened = client_for(service).open_scp03(
+            opened = client_of(service).open_scp03(
                 session=session,
                 card=bytes.fromhex(card_cin),
                 sd_aid=bytes.fromhex(sd_aid),
@@ -154,7 +132,7 @@ class RemoteChannel:
         """The bank's service checks the SD's certificate chain (card CA → card → SD); INTERNAL
         AUTHENTICATE with its ephemeral key comes back (the receipt is checked on the answer)."""
         with calling(service, card_cin=card_cin, sd_aid=sd_aid):
-            opened = client_for(service).open_scp11b(
+            opened = client_of(service).open_scp11b(
                 session=session,
                 card=bytes.fromhex(card_cin),
                 sd_aid=bytes.fromhex(sd_aid),

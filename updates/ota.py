@@ -66,12 +66,14 @@ from gp.errors import (
 from gp.keys import Algorithm as KeyAlgorithm
 from gp.keys import StaticKeys, encode_put_key_symmetric
 from gp.scp import SCP02, SCP03, SecuredResponse
+from gp.scp11.constants import SCP11_ID
 from gp.tlv import decode_all, find
 from issuers import custody
 from issuers.custody_models import KeySet
+from issuers.key_services import registered_service
 from issuers.models import BankKeyService, Organization
 from updates import policy
-from updates.delegation import SCP11_SD_KID, SCP11_SD_KVN, RemoteChannel, ServiceHeld, key_service_of
+from updates.delegation import SCP11_SD_KID, SCP11_SD_KVN, RemoteChannel, ServiceHeld
 from updates.engine.effects import (
     AppletOnCard,
     Effect,
@@ -150,7 +152,6 @@ __all__ = [  # the engine's vocabulary, re-exported for the modules that import 
 logger = logging.getLogger(__name__)
 
 HostChannel = SCP02 | SCP03 | RemoteChannel
-SCP11 = 0x11  # an SD installed for SCP11 (install parameter 81 02 11 i): its keys are its bank's alone
 BANK_SCP03_KVN = BANK_KVN[0x03]  # the bank's first SCP03 key set, put by its key service
 SCP03_I_AFTER_SCP11 = 0x70  # an SD installed for SCP11 speaks SCP03 with the card's default i
 INTERNAL_AUTHENTICATE = "internal authenticate"
@@ -378,13 +379,13 @@ class BankSsdStage(Stage):
         return self.job_sd().organization
 
     def delegated(self) -> bool:
-        return self.job_sd().scp == SCP11
+        return self.job_sd().scp == SCP11_ID  # installed with 81 02 11 i: its keys are its bank's alone
 
     def key_service(self) -> BankKeyService:
         """The bank's key service of a delegated SSD; ServiceHeld when the bank has none active."""
         if not hasattr(self, "_key_service"):
             owner = self.owner()
-            service = key_service_of(owner)
+            service = registered_service(owner)
             if service is None:
                 raise ServiceHeld(f"{owner.name} has no active key service for its SCP11 security domain")
             self._key_service = service
@@ -1431,11 +1432,11 @@ class SessionEngine:
             raise LocalProtocolError(f"{stage.name}: a key service's key choice for a stage that is not the bank's")
         service = stage.key_service()
         where = {"session": str(self.session.id), "card_cin": self.card.cin, "sd_aid": stage.sd_aid()}
-        self.state["key"] = choice.to_json()
-        stage.opened_with = choice
         if choice.kind == "scp11b":
             channel, internal_authenticate = RemoteChannel.open_scp11b(service, certificates=answer[:-2], **where)
             self._channel = channel
+            self.state["key"] = choice.to_json()  # _on_key_agreement opens the stage with it
+            stage.opened_with = choice
             return self._send(
                 [Command(internal_authenticate, INTERNAL_AUTHENTICATE, secure=False)], event=Event.KEY_AGREEMENT
             )

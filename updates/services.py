@@ -24,6 +24,7 @@ from audit.services import events_together, record_event, relayed_by
 from cards.models import CardJob
 from ecard.errors import ServiceError
 from gp.errors import LocalProtocolError
+from gp.scp11.constants import SCP11_ID
 from issuers.keyvault import CustodyError
 from issuers.models import Membership, Organization
 from issuers.roles import principal
@@ -32,7 +33,6 @@ from updates.models import TERMINAL_ORG_KINDS, AgentCredential, CardSession, Wor
 from updates.ota import (
     BANK_KVN,
     MAX_ATTEMPTS,
-    SCP11,
     Batch,
     SessionEngine,
     SessionRejected,
@@ -612,7 +612,7 @@ def prepare_job(job_id: int) -> bool:
         if job is None or job.state not in CardJob.OPEN_STATES or job.security_domain is None:
             return False
         sd = job.security_domain
-        if sd.scp == SCP11:
+        if sd.scp == SCP11_ID:
             return False  # the bank's key service makes its keys; the platform holds none
         if job.kind == CardJob.Kind.ENROLL_BANK:
             kvn = BANK_KVN[sd.scp]

@@ -16,6 +16,8 @@ from agent.core import RelayError, SessionResult, run_session
 from cards import services as card_services
 from cards.models import Card, CardJob
 from cardsim.transport import InProcessCard
+from gp import commands
+from gp.scp import SCP03
 from issuers import services as issuer_services
 from issuers.models import Membership, Organization
 from tests.factories import make_user
@@ -179,8 +181,7 @@ class CuttingServer(ApiServer):
 
 def card_registry(world: OtaWorld) -> dict[str, set[str]]:
     """The card's registry as the ISD sees it (AIDs of applications/SDs and of load files)."""
-    from gp import commands
-    from gp.scp import SCP02, SCP03
+    from gp.scp import SCP02
     from issuers import custody
 
     transport = world.card_transport()
@@ -304,3 +305,22 @@ def rolled_back() -> Iterator[None]:
     with transaction.atomic():
         yield
         transaction.set_rollback(True)
+
+
+def register_key_service(bank: Organization, service: Any) -> Any:
+    """The agency admits a running bank key service (tests.bankservice) for ``bank``."""
+    from issuers.key_services import register_key_service as register
+
+    return register(
+        organization=bank, endpoint=service.url, service_certificate_pem=service.certificate_pem, actor=None
+    )
+
+
+def open_scp03(transport: Any, sd_aid: str, keys: Any) -> SCP03:
+    """Open SCP03 (full security level) with ``sd_aid`` directly on a card, no platform between."""
+    assert transport.transmit(commands.select(bytes.fromhex(sd_aid)))[-2:] == b"\x90\x00"
+    channel = SCP03(keys, 0x33, sd_aid=bytes.fromhex(sd_aid))
+    response = transport.transmit(channel.initialize_update())
+    assert response[-2:] == b"\x90\x00", response.hex()
+    assert transport.transmit(channel.external_authenticate(response))[-2:] == b"\x90\x00"
+    return channel

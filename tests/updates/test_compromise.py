@@ -13,7 +13,6 @@ same test opens Alpha's SSDs, and still none of Beta's.
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,14 +35,13 @@ from gp.scp11 import SCP11b, parse_certificates
 from issuers import custody
 from issuers.custody.authorities import ca_public_pem
 from issuers.custody_models import KeySet
-from issuers.models import BankKeyService, Organization
+from issuers.key_services import platform_identity
 from tests.bankservice import RunningService, running_bank_service
 from tests.cardsim.scp11_host import SCP11Session, certificate_store
 from tests.factories import make_user
-from tests.otakit import ApiServer, OtaWorld, build_ota_world, enroll, update_applet_job
+from tests.otakit import ApiServer, OtaWorld, build_ota_world, enroll, register_key_service, update_applet_job
 from tests.shared_data import cap_file
 from updates import services as update_services
-from updates.delegation import platform_identity
 from updates.ota import BANK_SCP03_KVN
 
 pytestmark = pytest.mark.django_db
@@ -84,15 +82,6 @@ class RecordingServer(ApiServer):
         return answer
 
 
-def register(bank: Organization, service: RunningService) -> None:
-    BankKeyService.objects.create(
-        organization=bank,
-        endpoint=service.url,
-        service_certificate=service.certificate_pem,
-        certificate_sha256=hashlib.sha256(service.certificate_pem.encode()).hexdigest(),
-    )
-
-
 @pytest.fixture
 def world(tmp_path: Path, settings: LazySettings) -> OtaWorld:
     settings.ECARD_KEYSERVICE_CLIENT_DIR = str(tmp_path / "platform-identity")
@@ -119,8 +108,8 @@ def services(world: OtaWorld, tmp_path: Path) -> Iterator[dict[str, RunningServi
             platform_cert_pem=platform_cert,
         ) as beta,
     ):
-        register(world.bank, alpha)
-        register(world.other_bank, beta)
+        register_key_service(world.bank, alpha)
+        register_key_service(world.other_bank, beta)
         yield {"alpha": alpha, "beta": beta}
 
 

@@ -6,7 +6,6 @@ emulated card through the relay API."""
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,14 +15,13 @@ from django.conf import LazySettings
 from audit.models import AuditEntry
 from cards.models import CardJob, SecurityDomain
 from gp import commands
-from gp.scp import SCP03
 from issuers.custody.authorities import ca_public_pem
 from issuers.custody_models import KeySet
+from issuers.key_services import client_of, platform_identity
 from issuers.models import BankKeyService
 from tests.bankservice import RunningService, running_bank_service
-from tests.otakit import OtaWorld, build_ota_world, enroll, update_applet_job
+from tests.otakit import OtaWorld, build_ota_world, enroll, open_scp03, register_key_service, update_applet_job
 from tests.shared_data import cap_file
-from updates.delegation import client_for, platform_identity
 from updates.ota import BANK_SCP03_KVN
 
 pytestmark = pytest.mark.django_db
@@ -31,15 +29,6 @@ pytestmark = pytest.mark.django_db
 EMPTY = "Empty_0102030405_8d5ac9e2_2.2.1.cap"
 PACKAGE = "0102030405"
 INSTANCE = "0102030405060708"
-
-
-def register(world: OtaWorld, service: RunningService) -> BankKeyService:
-    return BankKeyService.objects.create(
-        organization=world.bank,
-        endpoint=service.url,
-        service_certificate=service.certificate_pem,
-        certificate_sha256=hashlib.sha256(service.certificate_pem.encode()).hexdigest(),
-    )
 
 
 @pytest.fixture
@@ -57,23 +46,12 @@ def alpha_service(world: OtaWorld, tmp_path: Path) -> Iterator[RunningService]:
         card_ca_pem=ca_public_pem(world.agency, KeySet.Purpose.CARD_CA),
         platform_cert_pem=platform_identity().certificate_pem,
     ) as service:
-        register(world, service)
+        register_key_service(world.bank, service)
         yield service
 
 
 def journal_of(world: OtaWorld) -> dict:
-    return client_for(BankKeyService.objects.get(organization=world.bank)).journal()
-
-
-def open_with(world: OtaWorld, sd_aid: str, keys: object) -> SCP03:
-    """Open SCP03 with ``sd_aid`` on the world's card directly (no platform in between)."""
-    transport = world.card_transport()
-    assert transport.transmit(commands.select(bytes.fromhex(sd_aid)))[-2:] == b"\x90\x00"
-    channel = SCP03(keys, 0x33, sd_aid=bytes.fromhex(sd_aid))  # type: ignore[arg-type]
-    answer = transport.transmit(channel.initialize_update())
-    assert answer[-2:] == b"\x90\x00", answer.hex()
-    assert transport.transmit(channel.external_authenticate(answer))[-2:] == b"\x90\x00"
-    return channel
+    return client_of(BankKeyService.objects.get(organization=world.bank)).journal()
 
 
 def enrolled(world: OtaWorld) -> SecurityDomain:
@@ -95,7 +73,7 @@ def test_enrollment_puts_the_banks_keys_through_its_service_and_the_platform_hol
     assert sd.key_kvn == BANK_SCP03_KVN
     assert sd.lifecycle == SecurityDomain.Lifecycle.PERSONALIZED
     keys = alpha_service.derive_static_keys(bytes.fromhex(world.card.cin), bytes.fromhex(sd.aid), BANK_SCP03_KVN)
-    open_with(world, sd.aid, keys)  # the card holds exactly the keys of the bank's token
+    open_scp03(world.card_transport(), sd.aid, keys)  # the card holds exactly the keys of the bank's token
     assert not KeySet.objects.filter(organization=world.bank).exists()
     secrets = [k.hex().upper() for k in (keys.enc, keys.mac, keys.dek)]
     for entry in AuditEntry.objects.all():
@@ -143,8 +121,8 @@ def test_key_rotation_runs_at_the_service(world: OtaWorld, alpha_service: Runnin
     assert job.state == CardJob.State.DONE, job.last_error
     sd.refresh_from_db()
     assert sd.key_kvn == BANK_SCP03_KVN + 1
-    open_with(
-        world,
+    open_scp03(
+        world.card_transport(),
         sd.aid,
         alpha_service.derive_static_keys(bytes.fromhex(world.card.cin), bytes.fromhex(sd.aid), sd.key_kvn),
     )
@@ -191,12 +169,7 @@ def test_a_platform_asking_for_another_banks_sd_or_an_aid_outside_the_range_is_r
     assert outside in job.last_error
 
     # a platform that points Beta's SSD at Alpha's service (a wrong or malicious registration)
-    BankKeyService.objects.create(
-        organization=world.other_bank,
-        endpoint=alpha_service.url,
-        service_certificate=alpha_service.certificate_pem,
-        certificate_sha256=hashlib.sha256(alpha_service.certificate_pem.encode()).hexdigest(),
-    )
+    register_key_service(world.other_bank, alpha_service)
     enrollment = enroll(world, world.other_bank)
     world.present()
     beta_job = CardJob.objects.get(enrollment=enrollment)

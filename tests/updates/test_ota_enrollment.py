@@ -10,20 +10,11 @@ from gp import commands
 from gp.errors import AuthenticationError
 from gp.scp import SCP03
 from issuers import custody
-from tests.otakit import build_ota_world, enroll
+from tests.otakit import build_ota_world, enroll, open_scp03
 from tests.shared_data import cap_file
 from updates.ota import BANK_KVN, keyset_for
 
 pytestmark = pytest.mark.django_db
-
-
-def open_scp03(transport, sd_aid: str, keys) -> SCP03:
-    assert transport.transmit(commands.select(bytes.fromhex(sd_aid)))[-2:] == b"\x90\x00"
-    channel = SCP03(keys, 0x33, sd_aid=bytes.fromhex(sd_aid))
-    response = transport.transmit(channel.initialize_update())
-    assert response[-2:] == b"\x90\x00", response.hex()
-    assert transport.transmit(channel.external_authenticate(response))[-2:] == b"\x90\x00"
-    return channel
 
 
 def test_enrollment_installs_ssd_with_the_banks_keys_and_its_default_applet() -> None:

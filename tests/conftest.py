@@ -103,3 +103,19 @@ def _fresh_channel_data_keys() -> Iterator[None]:
 
     forget_data_keys()
     yield
+
+
+@pytest.fixture
+def kek_unwraps(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every unwrap the software KEK backend does (the expensive call: an HSM round trip with PKCS#11)."""
+    calls: list[bytes] = []
+    from issuers.keyvault import SoftwareBackend
+
+    original = SoftwareBackend.unwrap
+
+    def counting(self: Any, kek: Any, blob: bytes, aad: bytes) -> bytes:
+        calls.append(aad)
+        return original(self, kek, blob, aad)
+
+    monkeypatch.setattr(SoftwareBackend, "unwrap", counting)
+    return calls

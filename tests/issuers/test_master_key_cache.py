@@ -11,7 +11,6 @@ import pytest
 from issuers import custody
 from issuers.custody import card_keys
 from issuers.custody_models import KeyEncryptionKey
-from issuers.keyvault import SoftwareBackend
 from issuers.models import Organization
 
 pytestmark = pytest.mark.django_db
@@ -21,50 +20,37 @@ KDD = bytes(range(10))
 
 
 @pytest.fixture
-def unwraps(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    calls: list[bytes] = []
-    original = SoftwareBackend.unwrap
-
-    def counting(self: Any, kek: Any, blob: bytes, aad: bytes) -> bytes:
-        calls.append(aad)
-        return original(self, kek, blob, aad)
-
-    monkeypatch.setattr(SoftwareBackend, "unwrap", counting)
-    return calls
-
-
-@pytest.fixture
 def agency(software_backend: str) -> Organization:
     org = Organization.objects.create(name="Cache Agency", slug="cache-agency", kind="agency")
     custody.store_master_key(org, MASTER, 0x30)
     return org
 
 
-def test_the_master_is_unwrapped_once_per_period(agency: Organization, unwraps: list[bytes]) -> None:
+def test_the_master_is_unwrapped_once_per_period(agency: Organization, kek_unwraps: list[bytes]) -> None:
     first = custody.card_isd_keys(agency, "CIN-1", KDD)
     for _ in range(3):
         assert custody.card_isd_keys(agency, "CIN-1", KDD).enc == first.enc
-    assert len(unwraps) == 1
+    assert len(kek_unwraps) == 1
     assert "8899" not in repr(card_keys._master_keys._keys).upper()  # never in a repr (logs)
 
 
-def test_the_period_ends(agency: Organization, unwraps: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_period_ends(agency: Organization, kek_unwraps: list[bytes], monkeypatch: pytest.MonkeyPatch) -> None:
     custody.card_isd_keys(agency, "CIN-1", KDD)
     monkeypatch.setattr(card_keys, "MASTER_KEY_LIFETIME", 0.0)
     custody.card_isd_keys(agency, "CIN-1", KDD)
-    assert len(unwraps) == 2
+    assert len(kek_unwraps) == 2
 
 
 def test_a_kek_rotation_drops_the_kept_master(
-    agency: Organization, unwraps: list[bytes], django_capture_on_commit_callbacks: Any
+    agency: Organization, kek_unwraps: list[bytes], django_capture_on_commit_callbacks: Any
 ) -> None:
     before = custody.card_isd_keys(agency, "CIN-1", KDD)
     with django_capture_on_commit_callbacks(execute=True):
         new = custody.rotate_kek(agency)
-    unwraps.clear()
+    kek_unwraps.clear()
     after = custody.card_isd_keys(agency, "CIN-1", KDD)
     assert after.enc == before.enc  # the same master, now wrapped under the new KEK
-    assert len(unwraps) == 1 and unwraps[0] != b""  # unwrapped again, under the new KEK
+    assert len(kek_unwraps) == 1 and kek_unwraps[0] != b""  # unwrapped again, under the new KEK
     assert [m.kek_id for m in card_keys._master_keys._keys.values()] == [new.pk]
 
 

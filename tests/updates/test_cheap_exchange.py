@@ -14,7 +14,7 @@ from audit.models import AuditEntry
 from audit.services import events_together, record_event, sequence_pending
 from issuers import custody
 from issuers.custody import sealing
-from issuers.keyvault import KekUnavailableError, SoftwareBackend, UnwrapError, get_backend
+from issuers.keyvault import KekUnavailableError, UnwrapError, get_backend
 from issuers.models import Organization
 
 pytestmark = pytest.mark.django_db
@@ -25,20 +25,6 @@ STATE = {"s_enc": "00" * 16, "s_mac": "11" * 16, "mcv": "22" * 16, "counter": 7}
 @pytest.fixture
 def org() -> Organization:
     return Organization.objects.create(name="Seal Bank", slug="seal-bank", kind="bank")
-
-
-@pytest.fixture
-def kek_unwraps(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Every unwrap the software KEK backend does (the expensive call: an HSM round trip with PKCS#11)."""
-    calls: list[bytes] = []
-    original = SoftwareBackend.unwrap
-
-    def counting(self: Any, kek: Any, blob: bytes, aad: bytes) -> bytes:
-        calls.append(aad)
-        return original(self, kek, blob, aad)
-
-    monkeypatch.setattr(SoftwareBackend, "unwrap", counting)
-    return calls
 
 
 def test_sealing_and_opening_unwrap_no_kek_once_the_data_key_is_known(org: Organization, kek_unwraps: list) -> None:

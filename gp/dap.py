@@ -85,7 +85,7 @@ def verify(point: bytes, load_file_data_block_hash: bytes, signature: bytes) -> 
         return False
     r = int.from_bytes(signature[:32], "big")
     s = int.from_bytes(signature[32:], "big")
-    if not (0 < r and 0 < s):
+    if r <= 0 or s <= 0:
         return False
     try:
         key.verify(encode_dss_signature(r, s), bytes(load_file_data_block_hash), ec.ECDSA(hashes.SHA256()))

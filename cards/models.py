@@ -46,6 +46,11 @@ class Card(models.Model):
         default=0, help_text="last Delegated Management confirmation counter seen (receipts must advance it)"
     )
     emulated = models.BooleanField(default=False, help_text="an emulated card (cardsim) with a state file")
+    elf_upgrade = models.BooleanField(
+        default=False,
+        help_text="the card supports Executable Load File Upgrade (GP Amendment H): a package is upgraded "
+        "with its instances' data kept, instead of deleted and reinstalled",
+    )
     state_file = models.CharField(max_length=500, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -203,6 +208,7 @@ class CardJob(models.Model):
         LOCK_SD = "lock_sd", "Lock security domain"
         UNLOCK_SD = "unlock_sd", "Unlock security domain"
         UPDATE_APPLET = "update_applet", "Install or update an applet"
+        PERSONALIZE = "personalize", "Personalise applet instances"
 
     class State(models.TextChoices):
         PENDING = "pending", "Pending"
@@ -239,3 +245,43 @@ class CardJob(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} for {self.card.cin}: {self.state}"
+
+
+class Personalization(models.Model):
+    """Per-card data a bank sends to one of its applet instances (INSTALL [for personalization] and
+    STORE DATA in its SSD's channel, GPC 2.3.1 §11.5.2.3.6, §11.11). The platform keeps only the
+    envelope sealed to the bank's personalisation key (``gp.sealed``): the bank's key service opens
+    it inside its own secure channel, so the data is never readable here, in logs or in audit rows."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Waiting for the card"
+        DELIVERED = "delivered", "Delivered (the card R-MAC'd the last STORE DATA)"
+        SUPERSEDED = "superseded", "Replaced by newer data before delivery"
+        CANCELLED = "cancelled", "Cancelled"
+
+    card = models.ForeignKey(Card, on_delete=models.CASCADE, related_name="personalizations")
+    security_domain = models.ForeignKey(SecurityDomain, on_delete=models.CASCADE, related_name="personalizations")
+    instance_aid = models.CharField(max_length=32, validators=[hex_validator])
+    envelope = models.BinaryField(help_text="the data sealed to the bank's personalisation key; never clear")
+    envelope_sha256 = models.CharField(max_length=64)
+    data_length = models.PositiveIntegerField(help_text="bytes of personalisation data inside the envelope")
+    state = models.CharField(max_length=12, choices=State.choices, default=State.PENDING, db_index=True)
+    job = models.ForeignKey(CardJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="personalizations")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ("card_id", "instance_aid", "-created_at")
+        constraints = [
+            models.UniqueConstraint(
+                fields=("security_domain", "instance_aid"),
+                condition=Q(state="pending"),
+                name="one_pending_personalization_per_instance",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"personalisation of {self.instance_aid} on {self.card_id}: {self.state}"

@@ -115,6 +115,7 @@ def issue_card(
                 holder=holder,
                 issued_by=agency,
                 emulated=emulated,
+                elf_upgrade=emulated,  # the emulated card supports Amendment H unless made without it
             )
     except IntegrityError as exc:
         raise ServiceError(
@@ -195,6 +196,9 @@ def _queue_job(
         details={"kind": kind, "security_domain": security_domain.aid if security_domain else None},
     )
     return job
+
+
+queue_job = _queue_job  # for the apps above cards (updates) that queue their own kinds of work
 
 
 def ssd_aid_for(bank: Organization) -> str:

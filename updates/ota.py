@@ -79,6 +79,7 @@ from updates.engine.effects import (
     Effect,
     PackageOnCard,
     PackagesGone,
+    PersonalizationDelivered,
     SdKeyVersion,
     SdLifecycle,
     sd_lifecycle,
@@ -877,6 +878,10 @@ def apply_effects(stage: Stage, effects: Iterable[Effect]) -> None:
         elif isinstance(effect, PackagesGone):
             AppletInstance.objects.filter(security_domain_id=effect.sd, package_aid__in=effect.package_aids).delete()
             CardPackage.objects.filter(security_domain_id=effect.sd, package_aid__in=effect.package_aids).delete()
+        elif isinstance(effect, PersonalizationDelivered):
+            from updates.personalization import mark_delivered
+
+            mark_delivered(list(effect.records))
 
 
 def stages_for(job: CardJob) -> list[type[Stage]]:
@@ -896,6 +901,10 @@ def stages_for(job: CardJob) -> list[type[Stage]]:
         from updates.plans import update_stages
 
         return update_stages(job)
+    if kind == CardJob.Kind.PERSONALIZE:
+        from updates.personalization import SsdPersonalize
+
+        return [SsdPersonalize]
     raise JobFailed(f"no plan for job kind {kind}")
 
 
@@ -1952,6 +1961,13 @@ def job_done_details(job: CardJob) -> dict[str, Any]:
             details["lifecycle"] = sd.lifecycle
     if kind in (CardJob.Kind.LOCK_SD, CardJob.Kind.UNLOCK_SD):
         details["lifecycle"] = sd.lifecycle
+    if kind == CardJob.Kind.PERSONALIZE:  # which data, by its sealed envelope's hash: never the data
+        details["personalized"] = [
+            {"instance_aid": aid, "envelope_sha256": digest}
+            for aid, digest in job.personalizations.filter(state="delivered").values_list(
+                "instance_aid", "envelope_sha256"
+            )
+        ]
     if kind in (CardJob.Kind.ENROLL_BANK, CardJob.Kind.UPDATE_APPLET):
         packages = job_packages(job, sd)
         if packages or kind == CardJob.Kind.UPDATE_APPLET:

@@ -28,7 +28,7 @@ class PresentationRefused(Exception):
 # Work a bank does inside its own security domain, under the enrollment the holder consented to:
 # "I allow <bank> to create its own security domain on my card, holding keys only <bank>
 # controls, ... and to install: <applets>" (cards.services.consent_text_for).
-BANK_WORK_UNDER_CONSENT = frozenset({CardJob.Kind.ROTATE_KEYS, CardJob.Kind.UPDATE_APPLET})
+BANK_WORK_UNDER_CONSENT = frozenset({CardJob.Kind.ROTATE_KEYS, CardJob.Kind.UPDATE_APPLET, CardJob.Kind.PERSONALIZE})
 
 
 def presentable_job_ids(credential: AgentCredential, card: Card | None) -> list[int]:

@@ -59,9 +59,6 @@ class PackagesGone:
     package_aids: tuple[str, ...]
 
 
-Effect = SdLifecycle | SdKeyVersion | PackageOnCard | AppletOnCard | PackagesGone
-
-
 def sd_lifecycle(value: int) -> str:
     """Security domain life cycle byte to the records' state (GP 2.3.1 §5.3.3, coding §11.1.1)."""
     if value & commands.LOCKED_BIT:
@@ -71,3 +68,13 @@ def sd_lifecycle(value: int) -> str:
     if value & SecurityDomainLifeCycle.SELECTABLE == SecurityDomainLifeCycle.SELECTABLE:
         return "SELECTABLE"
     return "INSTALLED"
+
+
+@dataclass(frozen=True)
+class PersonalizationDelivered:
+    """The card R-MAC'd the last STORE DATA of these personalisation records."""
+
+    records: tuple[int, ...]
+
+
+Effect = SdLifecycle | SdKeyVersion | PackageOnCard | AppletOnCard | PackagesGone | PersonalizationDelivered

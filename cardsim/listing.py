@@ -29,7 +29,7 @@ def _key_lines(keys: dict[str, Any]) -> list[str]:
             what, extra = f"{kind} {len(rec['n']) // 2 * 8} bits", ""
         else:
             what, extra = kind, ""
-        role = {"70": " (token verification)", "71": " (receipt)"}.get(kvn, "")
+        role = {"70": " (token verification)", "71": " (receipt)", "73": " (DAP verification)"}.get(kvn, "")
         out.append(f"     Key: KVN {kvn} {what}{role}{extra}")
     return out
 

@@ -59,6 +59,8 @@ def render(state: State) -> str:
             lines.append(f"     Parent:  {app['sd']}")
             lines.append(f"     From:    {app['elf']} module {app['module']}")
         lines.append(f"     Privs:   {_privileges(app['privileges'])}")
+        if app.get("perso") is not None:  # its size only: personalisation data is never shown
+            lines.append(f"     Perso:   {len(app['perso']) // 2} bytes")
         if is_sd:
             sd = sds[aid]
             lines.append(f"     SCP:     {sd['scp']:02X} i={sd['i']:02X}")

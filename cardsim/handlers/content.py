@@ -260,13 +260,18 @@ def _registry_update(card: Card, data: InstallData, mode: str) -> bytes:
 
 
 def _install_for_personalization(card: Card, data: InstallData) -> bytes:
-    """INSTALL [for personalization] (§11.5.2.3.6): following STORE DATA go to that application."""
+    """INSTALL [for personalization] (§11.5.2.3.6): the following STORE DATA go to that application,
+    which must be associated with the SD receiving the command (the ISD included: it personalises
+    only its own applications, not a bank's); otherwise 6A88 (§11.5.3.2, referenced data not found)."""
     aid = hx(data.app_aid)
-    app = owned_app(card, aid)
+    app = card._apps.get(aid)
+    if app is None or aid == ISD or aid == card.selected or app["sd"] != card.selected:
+        return _sw(SW.REFERENCED_DATA_NOT_FOUND)
     if app["lifecycle"] & LOCKED_BIT:
         return _sw(SW.CONDITIONS_NOT_SATISFIED)
     card.perso_target = aid
     card.store_next_block = 0
+    card.perso_pending = b""
     return _ok(b"\x00")
 
 
@@ -423,7 +428,7 @@ def delete(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
         del card._apps[a]
         card._sds.pop(a, None)
     if card.perso_target in apps:
-        card.perso_target = None
+        card.perso_target, card.perso_pending = None, b""
     for e in elfs:
         del card._elfs[e]
     card._changed()

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 
 from cardsim.constants import INSTANCE_COST, RECEIPT_KVN, TOKEN_KVN
-from cardsim.handlers import applets, channel, content, keys, select, status
+from cardsim.handlers import applets, channel, content, keys, select, status, upgrade
 from cardsim.handlers.common import ISD as ISD
 from cardsim.handlers.common import _ok as _ok
 from cardsim.handlers.common import _Reply as _Reply
@@ -31,7 +31,7 @@ SecureChannel = CardSCP02 | CardSCP03 | CardSCP11
 
 # Commands that change the card (GP 2.3.1 §11): in an SCP11b session, whose off-card entity is
 # not authenticated (Amd F §3.1.2), an SD takes them only before its first personalisation.
-_CONTENT_CHANGING_INS = frozenset({0xE6, 0xE8, 0xE4, 0xF0, 0xE2, 0xD8})
+_CONTENT_CHANGING_INS = frozenset({0xE6, 0xE8, 0xE4, 0xF0, 0xE2, 0xD8, 0xEA})
 
 
 def _utc_today() -> dt.date:
@@ -53,6 +53,7 @@ DISPATCH: dict[int, tuple[Handler, bool]] = {
     0xF0: (keys.set_status, True),
     0xE2: (keys.store_data, True),
     0xD8: (keys.put_key, True),
+    0xEA: (upgrade.manage_elf_upgrade, True),  # MANAGE ELF UPGRADE (Amendment H)
 }
 
 
@@ -190,6 +191,7 @@ class Card:
         used += sum(INSTANCE_COST * (2 if self._is_sd(a) else 1) for a in self._apps if a != ISD)
         used += sum(len(app.get("perso") or "") // 2 for app in self._apps.values())
         used += len(self.perso_pending)
+        used += upgrade.memory_held(self, INSTANCE_COST)
         load = self.state.get("load")
         if load is not None:
             used += len(load["data"]) // 2

@@ -47,6 +47,12 @@ def render(state: State) -> str:
     load = state.get("load")
     if load:
         lines.append(f"      LOAD in progress: {load['elf']} ({len(load['data']) // 2} bytes)")
+    session = state.get("upgrade")
+    if session:
+        lines.append(
+            f"      ELF UPGRADE in progress: {session['elf']} (status {session['status']:02X}, "
+            f"{len(session['instances'])} saved instances)"
+        )
     for aid, app in apps.items():
         is_sd = aid in sds
         if aid == isd:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from cardsim import scp11
 from cardsim.constants import INSTANCE_COST, ISSUER_ONLY_PRIVILEGES
+from cardsim.handlers import upgrade
 from cardsim.handlers.common import ISD, _ok, _Reply, _sw
 from cardsim.parsing import InstallData, ParseError, parse_delete, parse_install, split_load_stream
 from cardsim.state import dap_key, hx, kvn_key, symmetric_record, unhx
@@ -51,6 +52,7 @@ def install(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
         card._check_token(plain)
     if kind == 0x02:
         return _install_for_load(card, data, mode)
+    upgrade.refuse_during_session(card)  # the registry is frozen during an ELF upgrade
     if kind in (0x04, 0x0C):
         return _install_for_install(card, data, mode, make_selectable=bool(cmd.p1 & 0x08))
     if kind == 0x08:
@@ -62,9 +64,10 @@ def install(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
 
 def _install_for_load(card: Card, data: InstallData, mode: str) -> bytes:
     elf = hx(data.elf_aid)
+    target = hx(data.sd_aid) if data.sd_aid else card.selected
+    upgrade.refuse_during_session(card, loading_elf=elf, target_sd=target)  # only the awaited new version
     if elf in card._elfs or elf in card._apps:
         return _sw(SW.CONDITIONS_NOT_SATISFIED)  # a Load File with this AID is already on the card
-    target = hx(data.sd_aid) if data.sd_aid else card.selected
     if not card._is_sd(target):
         return _sw(SW.REFERENCED_DATA_NOT_FOUND)
     if mode != "isd" and target != card.selected:
@@ -349,6 +352,7 @@ def _finish_load(card: Card, load: dict[str, Any], stream: bytes, header: tuple[
         "size": len(lfdb),
         "name": lf.package_name or "",
     }
+    upgrade.new_version_loaded(card, load["elf"])  # Amendment H: in the same state change
     card._changed()
     return _ok(
         card._confirmation(load["mode"], lambda c, u: dm.load_receipt_data(c, u, unhx(load["elf"]), unhx(load["sd"])))
@@ -409,6 +413,7 @@ def delete(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
     mode = card._management_mode()
     if mode == "dm":
         card._check_token(plain)
+    upgrade.refuse_during_session(card)  # the registry is frozen during an ELF upgrade
     aid = hx(data.aid)
     obj = card._apps.get(aid) or card._elfs.get(aid)
     if obj is None or not card._visible(obj["sd"]):

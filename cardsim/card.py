@@ -14,12 +14,12 @@ import os
 from collections.abc import Callable
 
 from cardsim.constants import INSTANCE_COST, RECEIPT_KVN, TOKEN_KVN
-from cardsim.handlers import applets, channel, content, keys, select, status
+from cardsim.handlers import applets, channel, content, keys, select, status, upgrade
 from cardsim.handlers.common import ISD as ISD
 from cardsim.handlers.common import _ok as _ok
 from cardsim.handlers.common import _Reply as _Reply
 from cardsim.handlers.common import _sw as _sw
-from cardsim.state import Record, State, check_state, kvn_key, load_public_key, unhx
+from cardsim.state import Record, State, check_state, kvn_key, load_public_key, personalization, unhx
 from gp import dm
 from gp.apdu import SW, CommandAPDU
 from gp.commands import CardLifeCycle, Privileges, SecurityDomainLifeCycle
@@ -31,7 +31,7 @@ SecureChannel = CardSCP02 | CardSCP03 | CardSCP11
 
 # Commands that change the card (GP 2.3.1 §11): in an SCP11b session, whose off-card entity is
 # not authenticated (Amd F §3.1.2), an SD takes them only before its first personalisation.
-_CONTENT_CHANGING_INS = frozenset({0xE6, 0xE8, 0xE4, 0xF0, 0xE2, 0xD8})
+_CONTENT_CHANGING_INS = frozenset({0xE6, 0xE8, 0xE4, 0xF0, 0xE2, 0xD8, 0xEA})
 
 
 def _utc_today() -> dt.date:
@@ -53,6 +53,7 @@ DISPATCH: dict[int, tuple[Handler, bool]] = {
     0xF0: (keys.set_status, True),
     0xE2: (keys.store_data, True),
     0xD8: (keys.put_key, True),
+    0xEA: (upgrade.manage_elf_upgrade, True),  # MANAGE ELF UPGRADE (Amendment H)
 }
 
 
@@ -88,6 +89,7 @@ class Card:
         self.status_cursor: tuple[int, int, list[bytes]] | None = None
         self.perso_target: str | None = None
         self.store_next_block = 0
+        self.perso_pending = b""  # STORE DATA blocks for perso_target until the last one (volatile)
 
     def power_on(self) -> bytes:
         """Cold reset: returns the ATR. An in-progress LOAD is discarded (the card was pulled)."""
@@ -110,6 +112,10 @@ class Card:
     @property
     def atr(self) -> bytes:
         return unhx(self.state["atr"])
+
+    def personalization(self, aid: str | bytes) -> bytes | None:
+        """Read-only: the personalisation an instance keeps (:func:`cardsim.state.personalization`)."""
+        return personalization(self.state, aid)
 
     def transmit(self, capdu: bytes) -> bytes:
         """Process one command APDU and return the response APDU (data || SW1 SW2). Never raises."""
@@ -172,6 +178,7 @@ class Card:
         self.status_cursor = None
         self.perso_target = None
         self.store_next_block = 0
+        self.perso_pending = b""
         self._abort_load()
 
     def _abort_load(self) -> None:
@@ -182,6 +189,9 @@ class Card:
     def _memory_used(self) -> int:
         used: int = sum(e["size"] for e in self._elfs.values() if not e["rom"])
         used += sum(INSTANCE_COST * (2 if self._is_sd(a) else 1) for a in self._apps if a != ISD)
+        used += sum(len(app.get("perso") or "") // 2 for app in self._apps.values())
+        used += len(self.perso_pending)
+        used += upgrade.memory_held(self, INSTANCE_COST)
         load = self.state.get("load")
         if load is not None:
             used += len(load["data"]) // 2

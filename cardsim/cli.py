@@ -107,6 +107,17 @@ def _parser() -> argparse.ArgumentParser:
         metavar="AIDPREFIX=NAME",
         help="register an applet behaviour (e.g. A0000001234=bank-version); repeatable",
     )
+    i.add_argument(
+        "--no-elf-upgrade",
+        dest="elf_upgrade",
+        action="store_false",
+        help="a card without GP Amendment H: MANAGE ELF UPGRADE answers 6D00, GET DATA 0067 has no upgrade flag",
+    )
+    i.add_argument(
+        "--mandated-dap",
+        action="store_true",
+        help="the ISD holds Mandated DAP Verification: every load needs the issuer's DAP (its key put at KVN 73)",
+    )
     i.add_argument("--force", action="store_true", help="overwrite an existing state file")
 
     s = sub.add_parser("serve", help="attach the card to a vpcd virtual reader")
@@ -163,6 +174,8 @@ def _init(args: argparse.Namespace) -> int:
         ssd_initial_key=args.ssd_key,
         lifecycle=_LIFECYCLES[args.lifecycle],
         behaviours=behaviours,
+        elf_upgrade=args.elf_upgrade,
+        mandated_dap=args.mandated_dap,
     )
     if args.scp == "11":
         today = dt.datetime.now(dt.UTC).date()

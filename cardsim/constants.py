@@ -52,4 +52,8 @@ GET_STATUS_CHUNK = 200  # plain bytes of registry entries per GET STATUS respons
 _ATR_BODY = bytes.fromhex("8A8001") + b"ECARD-SIM1"
 DEFAULT_ATR = b"\x3b" + _ATR_BODY + bytes([reduce(lambda a, b: a ^ b, _ATR_BODY, 0)])
 
+# The read-back of an instance's personalisation: ``80 CA 00 FE 00`` to the selected instance
+# returns the data its last complete STORE DATA sequence carried (6A88 if none). Emulation only.
+READ_BACK = (0x80, 0xCA, 0x00, 0xFE)
+
 # Status words are gp.apdu.SW (one vocabulary for the card, the host and the tests).

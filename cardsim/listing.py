@@ -29,7 +29,7 @@ def _key_lines(keys: dict[str, Any]) -> list[str]:
             what, extra = f"{kind} {len(rec['n']) // 2 * 8} bits", ""
         else:
             what, extra = kind, ""
-        role = {"70": " (token verification)", "71": " (receipt)"}.get(kvn, "")
+        role = {"70": " (token verification)", "71": " (receipt)", "73": " (DAP verification)"}.get(kvn, "")
         out.append(f"     Key: KVN {kvn} {what}{role}{extra}")
     return out
 
@@ -47,6 +47,12 @@ def render(state: State) -> str:
     load = state.get("load")
     if load:
         lines.append(f"      LOAD in progress: {load['elf']} ({len(load['data']) // 2} bytes)")
+    session = state.get("upgrade")
+    if session:
+        lines.append(
+            f"      ELF UPGRADE in progress: {session['elf']} (status {session['status']:02X}, "
+            f"{len(session['instances'])} saved instances)"
+        )
     for aid, app in apps.items():
         is_sd = aid in sds
         if aid == isd:
@@ -59,6 +65,8 @@ def render(state: State) -> str:
             lines.append(f"     Parent:  {app['sd']}")
             lines.append(f"     From:    {app['elf']} module {app['module']}")
         lines.append(f"     Privs:   {_privileges(app['privileges'])}")
+        if app.get("perso") is not None:  # its size only: personalisation data is never shown
+            lines.append(f"     Perso:   {len(app['perso']) // 2} bytes")
         if is_sd:
             sd = sds[aid]
             lines.append(f"     SCP:     {sd['scp']:02X} i={sd['i']:02X}")

@@ -12,10 +12,15 @@ Layout (all AIDs and byte strings are upper-case hex)::
     ssd_initial_key        initial key set value of a new SSD (ENC = MAC = DEK)
     behaviours    {AID prefix: behaviour name} for applet instances (cardsim.applets)
     elfs          {ELF AID: {version, sd, modules[{aid, offset}], imports[[aid, major, minor]], rom, size, name}}
-    apps          {AID: {elf, module, lifecycle, privileges, sd, params, data}}   (ISD and SSDs included)
+    apps          {AID: {elf, module, lifecycle, privileges, sd, params, data, perso?}}   (ISD and SSDs included;
+                  ``data``: an SD's own STORE DATA objects by tag; ``perso``: an application's
+                  personalisation, the blocks of its last complete STORE DATA sequence, hex)
     sds           {SD AID: {scp, i, keys {KVN: key record}, scp11 (optional, see cardsim.scp11)}}
     load          in-progress LOAD or null; discarded at power-up (a card pulled mid-LOAD)
     attestation   optional: the card's own signing key and certificate (cardsim.scp11)
+    elf_upgrade   optional bool: the card implements GP Amendment H (MANAGE ELF UPGRADE); absent
+                  in a file written before the card knew it, which reads as False
+    upgrade       optional: the ELF upgrade session in progress or null (cardsim.handlers.upgrade)
 
 Key records: ``{"type": "aes"|"des", "keys": [hex, ...], "counter": n, "failures": n}`` for
 symmetric sets (ENC, MAC, DEK or a single key) and ``{"type": "ec", "q": hex}`` /
@@ -42,7 +47,8 @@ from cardsim.constants import (
     TOKEN_KVN,
 )
 from gp.aids import ISD_AID, SSD_MODULE_AID, SSD_PACKAGE_AID
-from gp.commands import CPLC_FIELDS, CardLifeCycle, SecurityDomainLifeCycle
+from gp.commands import CPLC_FIELDS, CardLifeCycle, Privileges, SecurityDomainLifeCycle
+from gp.dap import DAP_KVN
 from gp.dm import SCHEME_ECDSA_P256_SHA256, SCHEME_RSA_PKCS1V15_SHA256
 from gp.errors import KeyMaterialError
 from gp.javacard import ROM_PACKAGES
@@ -75,6 +81,8 @@ class State(TypedDict):
     sds: dict[str, Record]
     load: Record | None
     attestation: NotRequired[Record]
+    elf_upgrade: NotRequired[bool]
+    upgrade: NotRequired[Record | None]
 
 
 def hx(data: bytes) -> str:
@@ -154,11 +162,16 @@ def new_state(
     lifecycle: int = CardLifeCycle.SECURED,
     behaviours: dict[str, str] | None = None,
     atr: bytes = DEFAULT_ATR,
+    mandated_dap: bool = False,
+    elf_upgrade: bool = True,
 ) -> State:
     """A fresh card (GP 2.3.1 §5.1: ISD in the card's life cycle state, ROM packages registered).
 
     ``key`` is the ISD's static key (ENC = MAC = DEK), or with ``diversify_scheme`` the master key
     from which the ISD keys are diversified with the card's KDD (``gp.keys.diversify``).
+    ``mandated_dap`` gives the ISD the DAP Verification and Mandated DAP Verification privileges
+    (GP 2.3.1 §6.6.1, §9.2.1: every load then needs the issuer's DAP, key put at KVN 73);
+    ``elf_upgrade=False`` makes a card without GP Amendment H (MANAGE ELF UPGRADE answers 6D00).
     """
     if scp not in (0x02, 0x03):
         raise KeyMaterialError(f"SCP{scp:02X} is not supported (02 or 03)")
@@ -188,6 +201,9 @@ def new_state(
         token_scheme = (
             SCHEME_RSA_PKCS1V15_SHA256 if isinstance(token_key, rsa.RSAPublicKey) else SCHEME_ECDSA_P256_SHA256
         )
+    isd_privileges = ISD_PRIVILEGES
+    if mandated_dap:
+        isd_privileges |= Privileges.DAP_VERIFICATION | Privileges.MANDATED_DAP_VERIFICATION
     elfs: dict[str, Any] = {}
     for aid, version, name in ROM_PACKAGES:
         modules = [{"aid": hx(SSD_MODULE_AID), "offset": 0}] if aid == SSD_PACKAGE_AID else []
@@ -205,7 +221,7 @@ def new_state(
             "elf": hx(SSD_PACKAGE_AID),
             "module": hx(SSD_MODULE_AID),
             "lifecycle": SecurityDomainLifeCycle.PERSONALIZED,
-            "privileges": hx(ISD_PRIVILEGES.to_bytes()),
+            "privileges": hx(isd_privileges.to_bytes()),
             "sd": hx(ISD_AID),
             "params": "",
             "data": {},
@@ -229,6 +245,8 @@ def new_state(
         "apps": apps,
         "sds": {hx(ISD_AID): isd_sd},
         "load": None,
+        "elf_upgrade": bool(elf_upgrade),
+        "upgrade": None,
     }
 
 
@@ -252,8 +270,46 @@ def check_state(state: object) -> State:
             raise ValueError(f"state file field {key!r} is not a string")
     if state.get("load") is not None and not isinstance(state["load"], dict):
         raise ValueError("state file field 'load' is neither null nor an object")
+    if "elf_upgrade" in state and not isinstance(state["elf_upgrade"], bool):
+        raise ValueError("state file field 'elf_upgrade' is not a boolean")
+    if state.get("upgrade") is not None and not isinstance(state["upgrade"], dict):
+        raise ValueError("state file field 'upgrade' is neither null nor an object")
     if hx(ISD_AID) not in state["apps"] or hx(ISD_AID) not in state["sds"]:
         raise ValueError("state file has no Issuer Security Domain")
-    # Every top-level field of State was checked above (the "load" key may be absent in a file
-    # written before it existed; readers use state.get("load")).
+    # Every top-level field of State was checked above (the "load", "elf_upgrade" and "upgrade"
+    # keys may be absent in a file written before they existed; readers use state.get()).
     return cast(State, state)
+
+
+# ------------------------------------------------------------------ read-only views (tests, tools)
+
+
+def key_versions(state: State, sd_aid: str | bytes) -> dict[int, str]:
+    """The key versions an SD holds, with their kind (``aes``, ``des``, ``ec``, ``rsa``): never a value."""
+    sd = state["sds"].get(sd_aid if isinstance(sd_aid, str) else hx(sd_aid))
+    if sd is None:
+        return {}
+    return {int(kvn, 16): rec["type"] for kvn, rec in sd["keys"].items()}
+
+
+def dap_key(state: State, sd_aid: str | bytes) -> bytes | None:
+    """The SD's DAP verification key (public P-256 point at KVN 73, gp.dap), or None."""
+    sd = state["sds"].get(sd_aid if isinstance(sd_aid, str) else hx(sd_aid))
+    record = sd["keys"].get(kvn_key(DAP_KVN)) if sd is not None else None
+    if record is None or record["type"] != "ec":
+        return None
+    return unhx(record["q"])
+
+
+def personalization(state: State, aid: str | bytes) -> bytes | None:
+    """The personalisation an application instance keeps (its last complete STORE DATA sequence,
+    the blocks concatenated), or None if it has none or is not on the card. During an ELF upgrade
+    the saved instances are looked up too: their data is kept for RESUME."""
+    text = aid if isinstance(aid, str) else hx(aid)
+    app = state["apps"].get(text)
+    if app is None:
+        session = state.get("upgrade")
+        app = session["instances"].get(text) if session else None
+    if app is None or app.get("perso") is None:
+        return None
+    return unhx(app["perso"])

@@ -40,3 +40,7 @@ class InProcessCard:
     @property
     def state(self) -> State:
         return self.card.state
+
+    def personalization(self, aid: str | bytes) -> bytes | None:
+        """The personalisation the instance keeps (:func:`cardsim.state.personalization`)."""
+        return self.card.personalization(aid)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from cardsim.applets import AppletContext, find_behaviour
-from cardsim.handlers.common import _sw
+from cardsim.constants import READ_BACK
+from cardsim.handlers.common import _ok, _sw
 from cardsim.state import unhx
 from gp.apdu import SW, CommandAPDU
 
@@ -18,6 +19,11 @@ if TYPE_CHECKING:
 
 def applet(card: Card, cmd: CommandAPDU) -> bytes:
     app = card._apps[card.selected]
+    if (cmd.cla, cmd.ins, cmd.p1, cmd.p2) == READ_BACK:
+        # The emulated card's read-back of an instance's personalisation (docs/cardsim.md), before
+        # any behaviour: tests check on the card that the data arrived and survived an upgrade.
+        perso = app.get("perso")
+        return _sw(SW.REFERENCED_DATA_NOT_FOUND) if perso is None else _ok(unhx(perso))
     elf = card._elfs.get(app["elf"], {})
     aids = [unhx(card.selected), unhx(app["module"]), unhx(app["elf"])]
     behaviour = find_behaviour(card.state.get("behaviours", {}), aids)

@@ -7,16 +7,17 @@ from typing import TYPE_CHECKING, Any
 
 from cardsim import scp11
 from cardsim.constants import INSTANCE_COST, ISSUER_ONLY_PRIVILEGES
+from cardsim.handlers import upgrade
 from cardsim.handlers.common import ISD, _ok, _Reply, _sw
 from cardsim.parsing import InstallData, ParseError, parse_delete, parse_install, split_load_stream
-from cardsim.state import hx, kvn_key, symmetric_record, unhx
-from gp import dm
+from cardsim.state import dap_key, hx, kvn_key, symmetric_record, unhx
+from gp import dap, dm
 from gp.aids import SSD_MODULE_AID
 from gp.apdu import SW, CommandAPDU
 from gp.cap import LoadFile
 from gp.commands import LOCKED_BIT, ApplicationLifeCycle, Privileges
 from gp.errors import GPError
-from gp.tlv import decode_all, find
+from gp.tlv import Tlv, decode_all, find
 
 if TYPE_CHECKING:
     from cardsim.card import Card
@@ -51,6 +52,7 @@ def install(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
         card._check_token(plain)
     if kind == 0x02:
         return _install_for_load(card, data, mode)
+    upgrade.refuse_during_session(card)  # the registry is frozen during an ELF upgrade
     if kind in (0x04, 0x0C):
         return _install_for_install(card, data, mode, make_selectable=bool(cmd.p1 & 0x08))
     if kind == 0x08:
@@ -62,17 +64,23 @@ def install(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
 
 def _install_for_load(card: Card, data: InstallData, mode: str) -> bytes:
     elf = hx(data.elf_aid)
+    target = hx(data.sd_aid) if data.sd_aid else card.selected
+    upgrade.refuse_during_session(card, loading_elf=elf, target_sd=target)  # only the awaited new version
     if elf in card._elfs or elf in card._apps:
         return _sw(SW.CONDITIONS_NOT_SATISFIED)  # a Load File with this AID is already on the card
-    target = hx(data.sd_aid) if data.sd_aid else card.selected
     if not card._is_sd(target):
         return _sw(SW.REFERENCED_DATA_NOT_FOUND)
     if mode != "isd" and target != card.selected:
         return _sw(SW.CONDITIONS_NOT_SATISFIED)  # an SSD loads only into itself
+    daps = dap_sds(card, target)
     if data.lfdb_hash:
         _hash_alg(len(data.lfdb_hash))
-    elif mode == "dm":
-        return _sw(SW.WRONG_DATA)  # §C.3.1: the Load Token covers the LFDB hash, so it is mandatory
+        if daps and len(data.lfdb_hash) != len(dap.lfdb_hash(b"")):
+            return _sw(SW.WRONG_DATA)  # the DAP scheme signs a SHA-256 LFDB hash (gp.dap)
+    elif mode == "dm" or daps:
+        # §C.3.1: the Load Token covers the LFDB hash; §9.2.1, §11.5.2.3.1: so does the DAP, so
+        # the hash is mandatory whenever a DAP will be verified.
+        return _sw(SW.WRONG_DATA)
     free = card._free()
     if data.params:
         try:
@@ -92,6 +100,7 @@ def _install_for_load(card: Card, data: InstallData, mode: str) -> bytes:
         "next": 0,
         "data": "",
         "mode": mode,
+        "daps": daps,
     }
     card._changed()
     return _ok(b"\x00")
@@ -117,6 +126,8 @@ def _install_for_install(card: Card, data: InstallData, mode: str, *, make_selec
         return _sw(SW.WRONG_DATA)  # §11.1.2: inconsistent privileges
     if mode != "isd" and priv & ISSUER_ONLY_PRIVILEGES:
         return _sw(SW.CONDITIONS_NOT_SATISFIED)  # card-wide privileges stay with the issuer
+    if Privileges.MANDATED_DAP_VERIFICATION in priv:
+        return _sw(SW.CONDITIONS_NOT_SATISFIED)  # Mandated DAP stays with the ISD (the issuer's own signature)
     scp, i = card._sds[ISD]["scp"], card._sds[ISD]["i"]
     if data.params:
         try:
@@ -231,6 +242,10 @@ def _registry_update(card: Card, data: InstallData, mode: str) -> bytes:
             return _sw(SW.WRONG_DATA)
         if mode != "isd" and priv & ISSUER_ONLY_PRIVILEGES:
             return _sw(SW.CONDITIONS_NOT_SATISFIED)
+        if Privileges.MANDATED_DAP_VERIFICATION in priv:
+            return _sw(SW.CONDITIONS_NOT_SATISFIED)  # only the ISD holds Mandated DAP
+        if Privileges.DAP_VERIFICATION in priv and not card._is_sd(aid):
+            return _sw(SW.WRONG_DATA)
         app["privileges"] = hx(priv.to_bytes())
     if data.sd_aid:
         app["sd"] = hx(data.sd_aid)
@@ -248,13 +263,18 @@ def _registry_update(card: Card, data: InstallData, mode: str) -> bytes:
 
 
 def _install_for_personalization(card: Card, data: InstallData) -> bytes:
-    """INSTALL [for personalization] (§11.5.2.3.6): following STORE DATA go to that application."""
+    """INSTALL [for personalization] (§11.5.2.3.6): the following STORE DATA go to that application,
+    which must be associated with the SD receiving the command (the ISD included: it personalises
+    only its own applications, not a bank's); otherwise 6A88 (§11.5.3.2, referenced data not found)."""
     aid = hx(data.app_aid)
-    app = owned_app(card, aid)
+    app = card._apps.get(aid)
+    if app is None or aid == ISD or aid == card.selected or app["sd"] != card.selected:
+        return _sw(SW.REFERENCED_DATA_NOT_FOUND)
     if app["lifecycle"] & LOCKED_BIT:
         return _sw(SW.CONDITIONS_NOT_SATISFIED)
     card.perso_target = aid
     card.store_next_block = 0
+    card.perso_pending = b""
     return _ok(b"\x00")
 
 
@@ -300,6 +320,8 @@ def _finish_load(card: Card, load: dict[str, Any], stream: bytes, header: tuple[
     if header is None or len(stream) != header[1] + header[2]:
         return _sw(SW.WRONG_DATA)
     lfdb = stream[header[1] :]
+    if load.get("daps") and not _daps_verify(card, load["daps"], header[0], dap.lfdb_hash(lfdb)):
+        return _sw(SW.SECURITY_STATUS_NOT_SATISFIED)  # §9.2.1: DAP verification failed
     if load["hash"]:
         expected = unhx(load["hash"])
         if hashlib.new(_hash_alg(len(expected)), lfdb).digest() != expected:
@@ -330,10 +352,48 @@ def _finish_load(card: Card, load: dict[str, Any], stream: bytes, header: tuple[
         "size": len(lfdb),
         "name": lf.package_name or "",
     }
+    upgrade.new_version_loaded(card, load["elf"])  # Amendment H: in the same state change
     card._changed()
     return _ok(
         card._confirmation(load["mode"], lambda c, u: dm.load_receipt_data(c, u, unhx(load["elf"]), unhx(load["sd"])))
     )
+
+
+def dap_sds(card: Card, target: str) -> list[str]:
+    """The Security Domains whose DAP a load into ``target`` needs (GP 2.3.1 §9.2.1): the associated
+    SD when it has the DAP Verification privilege, and every SD with Mandated DAP Verification
+    (on this card only the ISD can hold it) whatever the target."""
+    out = []
+    if Privileges.DAP_VERIFICATION in card._privileges(target):
+        out.append(target)
+    for aid in card._sds:
+        if aid != target and aid in card._apps and Privileges.MANDATED_DAP_VERIFICATION in card._privileges(aid):
+            out.append(aid)
+    return out
+
+
+def _daps_verify(card: Card, required: list[str], blocks: list[Tlv], lfdb_hash: bytes) -> bool:
+    """Every required SD has a DAP block ``E2 { 4F <SD AID>, C3 <signature> }`` (§11.6.2.3) whose
+    signature verifies under its DAP key (KVN 73, gp.dap) over the hash of the LFDB as received."""
+    signatures: dict[str, bytes] = {}
+    for block in blocks:
+        try:
+            inner = {t.tag: t.value for t in decode_all(block.value)}
+        except GPError:
+            return False
+        if 0x4F in inner and 0xC3 in inner:
+            signatures.setdefault(hx(inner[0x4F]), inner[0xC3])
+    for sd in required:
+        point = dap_key(card.state, sd)
+        signature = signatures.get(sd)
+        if point is None or signature is None:
+            return False  # no DAP key to verify with, or no DAP block for this SD
+        try:
+            if not dap.verify(point, lfdb_hash, signature):
+                return False
+        except GPError:
+            return False
+    return True
 
 
 # ------------------------------------------------------------------ DELETE (§11.2)
@@ -353,6 +413,7 @@ def delete(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
     mode = card._management_mode()
     if mode == "dm":
         card._check_token(plain)
+    upgrade.refuse_during_session(card)  # the registry is frozen during an ELF upgrade
     aid = hx(data.aid)
     obj = card._apps.get(aid) or card._elfs.get(aid)
     if obj is None or not card._visible(obj["sd"]):
@@ -372,7 +433,7 @@ def delete(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
         del card._apps[a]
         card._sds.pop(a, None)
     if card.perso_target in apps:
-        card.perso_target = None
+        card.perso_target, card.perso_pending = None, b""
     for e in elfs:
         del card._elfs[e]
     card._changed()

@@ -116,6 +116,8 @@ def store_data(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
         return _sw(SW.REFERENCED_DATA_NOT_FOUND)
     if cmd.p2 != card.store_next_block:
         return _sw(SW.INCORRECT_P1P2)  # block numbers run from 00 in sequence
+    if target != card.selected and not card._is_sd(target):
+        return _store_for_application(card, target, cmd)
     fmt = cmd.p1 & 0x18
     if target == card.selected and "scp11" in card._sds.get(target, {}) and cmd.data[:1] == b"\xa6":
         out = _store_scp11_data(card, target, cmd.data)
@@ -140,6 +142,25 @@ def store_data(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
         card.perso_target = None
     else:
         card.store_next_block = (card.store_next_block + 1) & 0xFF
+    return _ok()
+
+
+def _store_for_application(card: Card, target: str, cmd: CommandAPDU) -> bytes:
+    """STORE DATA the SD forwards to the application named by INSTALL [for personalization]
+    (§11.11.1; the secure channel has already removed C-ENC and checked C-MAC). The application's
+    format is its own business, so the blocks are kept as sent: pending (volatile) until the last
+    block (P1 b8), then their concatenation *replaces* the instance's personalisation in one state
+    change. A card pulled before the last block keeps the previous personalisation."""
+    if len(cmd.data) > card._free():
+        card.perso_target, card.perso_pending, card.store_next_block = None, b"", 0
+        return _sw(SW.NOT_ENOUGH_MEMORY)
+    card.perso_pending += cmd.data
+    if not cmd.p1 & 0x80:
+        card.store_next_block = (card.store_next_block + 1) & 0xFF
+        return _ok()
+    card._apps[target]["perso"] = hx(card.perso_pending)
+    card.perso_target, card.perso_pending, card.store_next_block = None, b"", 0
+    card._changed()
     return _ok()
 
 

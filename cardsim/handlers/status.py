@@ -12,6 +12,7 @@ from cardsim.parsing import ParseError, parse_get_status, parse_tlvs
 from cardsim.state import hx, kvn_key, unhx
 from gp.apdu import SW, CommandAPDU
 from gp.commands import ExecutableLoadFileLifeCycle, Privileges
+from gp.commands.upgrade import TAG_CARD_CAPABILITIES, card_capabilities
 from gp.keys import (
     KEY_TYPE_AES,
     KEY_TYPE_DES,
@@ -81,6 +82,8 @@ def get_data(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
         return _ok(encode_tlv(tag, unhx(app_data[f"{tag:X}"])))
     if tag == 0x9F7F and sd == ISD:
         return _ok(encode_tlv(0x9F7F, unhx(card.state["cplc"])))
+    if tag == TAG_CARD_CAPABILITIES:  # which optional features the card has (gp.commands.upgrade)
+        return _ok(card_capabilities(elf_upgrade=bool(card.state.get("elf_upgrade", False))))
     if tag == 0x0066:
         return _ok(encode_tlv(0x66, select.card_recognition_data(card, sd)))
     if tag == 0x00E0:

@@ -77,17 +77,28 @@ class HostSession:
 
     # --- composite operations ------------------------------------------------------------
 
-    def load(self, lf: LoadFile, *, sd_aid: bytes = b"", token_key: Any = None) -> list[tuple[bytes, int]]:
-        """INSTALL [for load] + LOAD blocks; returns (data, SW) of every command, stopping at an error."""
-        lfdb = lf.load_file_data_block()
-        h = lf.load_file_data_block_hash("sha256")
+    def load(
+        self,
+        lf: LoadFile,
+        *,
+        sd_aid: bytes = b"",
+        token_key: Any = None,
+        daps: tuple[tuple[bytes, bytes], ...] = (),
+        lfdb: bytes | None = None,
+        with_hash: bool = True,
+    ) -> list[tuple[bytes, int]]:
+        """INSTALL [for load] + LOAD blocks (``daps``: (SD AID, signature) DAP blocks before the LFDB;
+        ``lfdb``: send these bytes instead of the load file's LFDB, keeping its hash); returns
+        (data, SW) of every command, stopping at an error."""
+        h = lf.load_file_data_block_hash("sha256") if with_hash else b""
+        lfdb = lf.load_file_data_block() if lfdb is None else lfdb
         token = b""
         if token_key is not None:
             token = dm.sign_token(token_key, dm.load_token_data(lf.package_aid, sd_aid, h))
         out = [self.send(c.install_for_load(lf.package_aid, sd_aid, h, token=token))]
         if out[-1][1] != SW.SUCCESS:
             return out
-        for cmd in c.load_commands(lfdb, self.block_size):
+        for cmd in c.load_commands(lfdb, self.block_size, dap_blocks=daps):
             out.append(self.send(cmd))
             if out[-1][1] != SW.SUCCESS:
                 break

@@ -130,3 +130,17 @@ def test_show_rejects_a_non_card_file(tmp_path: Path, capsys) -> None:
     bad.write_text("{}")
     assert main(["show", str(bad)]) == 1
     assert "not a cardsim state file" in capsys.readouterr().err
+
+
+def test_init_without_elf_upgrade_and_with_mandated_dap(tmp_path: Path) -> None:
+    path = tmp_path / "card.json"
+    assert main(["init", str(path)]) == 0
+    s = HostSession(InProcessCard(path).transmit).open()
+    assert c.supports_elf_upgrade(s.ok(c.get_data(c.TAG_CARD_CAPABILITIES)))
+    assert c.Privileges.MANDATED_DAP_VERIFICATION not in next(iter(s.status(c.STATUS_ISD))).privileges
+    assert main(["init", str(path), "--force", "--no-elf-upgrade", "--mandated-dap"]) == 0
+    s = HostSession(InProcessCard(path).transmit).open()
+    assert not c.supports_elf_upgrade(s.ok(c.get_data(c.TAG_CARD_CAPABILITIES)))
+    assert s.send(c.upgrade_status())[1] == 0x6D00
+    isd = next(iter(s.status(c.STATUS_ISD)))
+    assert c.Privileges.MANDATED_DAP_VERIFICATION in isd.privileges and c.Privileges.DAP_VERIFICATION in isd.privileges

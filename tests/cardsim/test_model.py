@@ -308,13 +308,15 @@ def test_extradition_registry_update_lock_sd_and_apps_delete_key(make_card, load
     isd = HostSession(card.transmit).open()
     isd.ok(c.set_status(c.SET_STATUS_SD_AND_APPS, 0x00, ssd_a))
     assert sw_of(card.transmit(c.select(app))) == 0x9000
-    # personalise the application with DGI-format STORE DATA; delete a key set of an SSD
+    # personalise the application with DGI-format STORE DATA through its own SD (the ISD may not:
+    # the application is associated with SD A); delete a key set of an SSD
     isd = HostSession(card.transmit).open()
-    isd.ok(c.install_for_personalization(app))
-    isd.ok(c.store_data(bytes.fromhex("0101020A0B"), 0, last=False, flags=c.STORE_DATA_DGI))
-    isd.ok(c.store_data(bytes.fromhex("0102FF0001CC"), 1, last=True, flags=c.STORE_DATA_DGI))
-    assert card.state["apps"][app.hex().upper()]["data"] == {"0101": "0A0B", "0102": "CC"}
+    assert isd.send(c.install_for_personalization(app))[1] == 0x6A88
     a = HostSession(card.transmit, ssd_a).open()
+    a.ok(c.install_for_personalization(app))
+    a.ok(c.store_data(bytes.fromhex("0101020A0B"), 0, last=False, flags=c.STORE_DATA_DGI))
+    a.ok(c.store_data(bytes.fromhex("0102FF0001CC"), 1, last=True, flags=c.STORE_DATA_DGI))
+    assert card.personalization(app) == bytes.fromhex("0101020A0B0102FF0001CC")
     assert a.send(c.delete_key(kvn=0x31))[1] == 0x6A88
     a.ok(c.delete_key(kvn=0x30))
     card.transmit(c.select(ssd_a))

@@ -280,7 +280,8 @@ class BankServiceClient:
     def exchange(
         self, *, session: str, state: str, responses: list[bytes], commands: list[dict[str, Any]]
     ) -> Exchanged:
-        """``commands``: ``{"apdu": bytes | hex}`` or ``{"put_key": {"kvn": K, "replace": R}}``."""
+        """``commands``: ``{"apdu": bytes | hex}``, ``{"put_key": {"kvn": K, "replace": R}}``,
+        ``{"put_dap_key": {}}`` or ``{"store_data": {"instance": hex, "sealed": base64, "format": "raw"}}``."""
         wire = [
             {"apdu": c["apdu"].hex() if isinstance(c.get("apdu"), bytes) else c["apdu"]} if "apdu" in c else c
             for c in commands
@@ -300,6 +301,26 @@ class BankServiceClient:
                 )
         return Exchanged(unwrapped, [bytes.fromhex(c) for c in answer["commands"]], answer["state"])
 
+    def dap_public_key(self) -> bytes:
+        """The bank's DAP verification key (uncompressed P-256 point, ``04 || X || Y``)."""
+        return _point(self._request("GET", "/v1/dap/public-key"))
+
+    def dap_signature(self, lfdb_sha256: str) -> bytes:
+        """The bank's DAP signature (``r || s``, 64 bytes) over a Load File Data Block hash (hex)
+        the bank approved with ``sign-release``; :class:`BankServiceRefused` when it did not."""
+        answer = self._request("POST", "/v1/dap/signature", {"lfdb_sha256": lfdb_sha256})
+        try:
+            signature = bytes.fromhex(str(answer["signature"]))
+        except (KeyError, ValueError):
+            raise BankServiceUnavailable("the key service answered without a signature") from None
+        if len(signature) != 64:
+            raise BankServiceUnavailable(f"the key service answered a {len(signature)}-byte signature, not 64")
+        return signature
+
+    def personalization_public_key(self) -> bytes:
+        """The key the bank's back office seals personalisation data to (gp.sealed): a P-256 point."""
+        return _point(self._request("GET", "/v1/personalization/public-key"))
+
     def journal(self, after: int = 0) -> dict[str, Any]:
         return self._request("GET", f"/v1/journal?after={int(after)}")
 
@@ -312,3 +333,13 @@ class BankServiceClient:
 
 def _opened(answer: dict[str, Any]) -> Opened:
     return Opened([bytes.fromhex(c) for c in answer["commands"]], str(answer["state"]), int(answer["max_data_length"]))
+
+
+def _point(answer: dict[str, Any]) -> bytes:
+    try:
+        point = bytes.fromhex(str(answer["point"]))
+    except (KeyError, ValueError):
+        raise BankServiceUnavailable("the key service answered without a public key") from None
+    if len(point) != 65 or point[0] != 0x04:
+        raise BankServiceUnavailable("the key service's public key is not an uncompressed P-256 point")
+    return point

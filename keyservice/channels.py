@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import json
 import os
 import time
@@ -21,19 +22,20 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from gp import commands
+from gp import commands, dap, sealed
 from gp.apdu import SW
 from gp.commands.card_data import parse_key_information
 from gp.errors import AuthenticationError, GPError, MACError
 from gp.keys import StaticKeys, encode_put_key_symmetric
 from gp.scp import SCP03
-from gp.scp.common import SecuredResponse
+from gp.scp.common import SecuredResponse, SecurityLevel
 from gp.scp11 import KeyUsage, SCP11b, parse_certificates
 from gp.scp11.certificates import Certificate
 from gp.tlv import decode_one
+from keyservice import personalization, signing
 from keyservice.journal import Journal
 from keyservice.policy import CallChecker, CommandSummary, Policy, PolicyRefusal, summarize
-from keyservice.token import BankToken
+from keyservice.token import DAP_LABEL, PERSO_LABEL, BankToken
 
 SECURITY_LEVEL = 0x33  # C-MAC, C-DECRYPTION, R-MAC, R-ENCRYPTION (GP Amd D §5.1, docs/keyservice.md)
 STATE_LIFETIME = 15 * 60  # seconds a sealed state stays good
@@ -273,6 +275,8 @@ class KeyService:
         context = {"session": session, "card": card.hex().upper(), "sd_aid": sd_aid.hex().upper()}
 
         # The policy first: a refused call moves nothing (docs/keyservice.md, exchange step 3).
+        # Sealed personalisation data is opened here too, so a bad envelope moves nothing either.
+        channel = self._restore(payload)
         checker = CallChecker(self.policy, sd_aid)
         plan: list[tuple[str, Any]] = []
         summaries: list[CommandSummary] = []
@@ -280,9 +284,18 @@ class KeyService:
             for kind, value in requested:
                 if kind == "apdu":
                     summaries.append(checker.check(value))
-                else:
+                    plan.append(("apdu", value))
+                elif kind == "put_key":
                     summaries.append(summarize(bytes((0x80, 0xD8, value[1], 0x81)), ()))
-                plan.append((kind, value))
+                    plan.append((kind, value))
+                elif kind == "put_dap_key":
+                    plain = self._put_dap_key(replace=value)
+                    summaries.append(summarize(plain))
+                    plan.append(("apdu", plain))
+                else:
+                    for plain, summary in self._store_data(checker, value, card, channel, payload):
+                        summaries.append(summary)
+                        plan.append(("apdu", plain))
             checker.finish()
         except PolicyRefusal as refusal:
             self.journal.append(
@@ -293,8 +306,16 @@ class KeyService:
                 reason=str(refusal),
             )
             raise ServiceError(403, "policy", "platform", str(refusal)) from None
+        except ServiceError as exc:
+            self.journal.append(
+                **context,
+                action="refused",
+                commands=[s.as_json() for s in summaries],
+                outcome="refused",
+                reason=exc.message,
+            )
+            raise
 
-        channel = self._restore(payload)
         answers: list[dict[str, Any]] = []
         for position, response in enumerate(responses):
             try:
@@ -333,7 +354,8 @@ class KeyService:
                 }
             )
 
-        if any(kind == "put_key" for kind, _ in plan) and payload["protocol"] == "scp11b":
+        puts_keys = any(kind in ("put_key", "put_dap_key") for kind, _ in requested)
+        if puts_keys and payload["protocol"] == "scp11b":
             not_yet = _enrolment_refusal(payload.get("enrolment", "unchecked"))
             if not_yet:
                 self.journal.append(
@@ -401,6 +423,74 @@ class KeyService:
         # encode_put_key_symmetric starts with the new KVN, which put_key writes itself (§11.8.2.3).
         return commands.put_key(kvn, data[1:], old_kvn=replace, key_id=0x01)
 
+    def _put_dap_key(self, *, replace: bool) -> bytes:
+        """PUT KEY of the bank's DAP verification key (the token's ``dap`` public key) at KVN
+        ``73``, key id 01 (GPC 2.3.1 §11.1.8, Amd E encoding; gp.dap.put_key_data); P1 ``73``
+        when it replaces the SD's DAP key, ``00`` when it adds it (§11.8.2.1)."""
+        data = dap.put_key_data(self.token.public_point(DAP_LABEL))
+        # put_key_data starts with the new KVN, which put_key writes itself (§11.8.2.3).
+        return commands.put_key(
+            dap.DAP_KVN, data[1:], old_kvn=dap.DAP_KVN if replace else 0, key_id=dap.DAP_KEY_ID, multiple=False
+        )
+
+    def _store_data(
+        self,
+        checker: CallChecker,
+        item: personalization.StoreDataItem,
+        card: bytes,
+        channel: SCP03 | SCP11b,
+        payload: dict[str, Any],
+    ) -> list[tuple[bytes, CommandSummary]]:
+        """INSTALL [for personalization] and the STORE DATA blocks of a sealed envelope, opened
+        in the token for this card and instance. The journal keeps the instance and the
+        envelope's SHA-256 for each block, never the data (nor a hash of it)."""
+        if not channel.security_level & SecurityLevel.C_DEC:  # the data goes to the card encrypted, or not at all
+            raise ServiceError(403, "policy", "platform", "store_data needs a channel with C-DECRYPTION")
+        install = commands.install_for_personalization(item.instance)
+        out = [(install, checker.check(install))]  # the instance must be in the bank's range
+        try:
+            data = sealed.open_sealed(item.envelope, self.token.perso_ecdh, cin=card, aid=item.instance)
+        except GPError as exc:
+            raise ServiceError(
+                400, "sealed", "platform", f"store_data for {item.instance.hex().upper()}: {exc}"
+            ) from None
+        block_size = min(personalization.BLOCK_SIZE, self._mdl(payload))
+        try:
+            plains = personalization.personalization_commands(item.instance, data, item.format, block_size)
+        except personalization.PersonalizationError as exc:
+            raise bad_request(f"store_data for {item.instance.hex().upper()}: {exc}") from None
+        envelope_hash = hashlib.sha256(item.envelope).hexdigest()
+        for plain in plains[1:]:
+            ins, p1, p2 = plain[1], plain[2], plain[3]
+            out.append((plain, CommandSummary(ins, p1, p2, (item.instance,), envelope_hash)))
+        return out
+
+    # --- code signing and personalisation keys ----------------------------------------
+
+    def dap_public_key(self) -> dict[str, Any]:
+        return {"point": self.token.public_point(DAP_LABEL).hex().upper()}
+
+    def personalization_public_key(self) -> dict[str, Any]:
+        return {"point": self.token.public_point(PERSO_LABEL).hex().upper()}
+
+    def dap_signature(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The DAP (r || s) over an LFDB hash the bank approved with ``sign-release``; 403 otherwise."""
+        digest = _hex(body, "lfdb_sha256", min_len=32, max_len=32)
+        context = {"session": "", "card": "", "sd_aid": "", "commands": [], "lfdb_sha256": digest.hex()}
+        approval = signing.approval_of(self.journal, digest)
+        if approval is None:
+            reason = (
+                f"LFDB hash {digest.hex()} is not a release {self.policy.bank} approved for signing "
+                "(python -m keyservice sign-release)"
+            )
+            self.journal.append(**context, action="refused", outcome="refused", reason=reason)
+            raise ServiceError(403, "policy", "platform", reason)
+        signature = self.token.dap_sign(digest)
+        self.journal.append(
+            **context, action=signing.SIGNED, outcome="ok", reason=f"approved at journal entry {approval['seq']}"
+        )
+        return {"signature": signature.hex().upper()}
+
     # --- the rest ---------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
@@ -409,12 +499,12 @@ class KeyService:
             "status": "ok",
             "token": self.token.label,
             "oce_certificate": self.oce_certificate,
-            "journal": {"size": self.journal.head.size, "head": self.journal.head.hash},
+            "journal": {"size": self.journal.refresh().size, "head": self.journal.head.hash},
             "key_versions": self.token.key_versions(),
         }
 
     def journal_page(self, after: int) -> dict[str, Any]:
-        head = self.journal.head
+        head = self.journal.refresh()
         return {"entries": self.journal.entries(after), "head": {"size": head.size, "hash": head.hash}}
 
 
@@ -471,4 +561,17 @@ def _command(item: object) -> tuple[str, Any]:
         if isinstance(kvn, int) and isinstance(replace, int) and 1 <= kvn <= 0x7F and 0 <= replace <= 0x7F:
             return "put_key", (kvn, replace)
         raise bad_request("put_key needs 'kvn' 1..127 and 'replace' 0..127")
-    raise bad_request("each command is {'apdu': hex} or {'put_key': {'kvn': K, 'replace': R}}")
+    if isinstance(item, dict) and set(item) == {"put_dap_key"}:
+        spec = item["put_dap_key"]
+        if isinstance(spec, dict) and set(spec) <= {"replace"} and isinstance(spec.get("replace", False), bool):
+            return "put_dap_key", bool(spec.get("replace", False))
+        raise bad_request("put_dap_key is {} or {'replace': true|false}")
+    if isinstance(item, dict) and set(item) == {"store_data"}:
+        try:
+            return "store_data", personalization.parse_item(item["store_data"])
+        except personalization.PersonalizationError as exc:
+            raise bad_request(str(exc)) from None
+    raise bad_request(
+        "each command is {'apdu': hex}, {'put_key': {'kvn': K, 'replace': R}}, {'put_dap_key': {}} "
+        "or {'store_data': {'instance': hex, 'sealed': base64, 'format': 'raw'}}"
+    )

@@ -1,15 +1,17 @@
-"""``python -m keyservice init|approve-release|serve|journal verify`` (docs/keyservice.md)."""
+"""``python -m keyservice init|approve-release|sign-release|serve|journal verify`` (docs/keyservice.md)."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import sys
 from pathlib import Path
 
 from keyservice.directory import Config, certificate_sha256, init_directory, load_service
-from keyservice.journal import JournalCorrupt, verify_file
+from keyservice.journal import Journal, JournalCorrupt, verify_file
 from keyservice.policy import Policy
 from keyservice.server import KeyServiceHTTPServer, tls_context
+from keyservice.signing import approve as approve_signature
 
 
 def make_server(directory: Path, host: str | None = None, port: int | None = None) -> KeyServiceHTTPServer:
@@ -43,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     approve.add_argument("--package-aid", type=_hex, required=True)
     approve.add_argument("--hash", type=_hex, required=True)
     approve.add_argument("--by", required=True)
+    sign = commands.add_parser(
+        "sign-release", help="approve signing (DAP) of a Load File Data Block hash; the service signs only those"
+    )
+    sign.add_argument("lfdb_sha256", type=_hex, help="SHA-256 of the Load File Data Block, 32 bytes hex")
+    sign.add_argument("--directory", type=Path, required=True)
+    sign.add_argument("--by", default=None, help="who approves (default: the login name)")
     serve = commands.add_parser("serve", help="serve HTTPS (TLS 1.3, the platform's pinned client certificate)")
     serve.add_argument("directory", type=Path)
     journal = commands.add_parser("journal", help="the journal")
@@ -77,6 +85,22 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         policy.save(directory / "policy.json")
         print(f"approved {args.package_aid.hex().upper()} {args.hash.hex()} by {args.by}")
+        return 0
+    if args.command == "sign-release":
+        if not (directory / "config.json").exists():
+            print(f"error: {directory} is not a key service directory", file=sys.stderr)
+            return 2
+        try:
+            entry = approve_signature(
+                Journal(directory / "journal.jsonl"), args.lfdb_sha256, args.by or getpass.getuser()
+            )
+        except JournalCorrupt as exc:
+            print(f"error: the journal does NOT verify, nothing recorded: {exc}", file=sys.stderr)
+            return 1
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"approved signing {args.lfdb_sha256.hex()} by {entry['by']} (journal entry {entry['seq']})")
         return 0
     if args.command == "journal":
         try:

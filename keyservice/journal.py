@@ -3,11 +3,16 @@
 Each entry carries ``seq``, ``prev`` (the previous entry's hash, 64 zeros for the first) and
 ``hash`` = SHA-256(prev || canonical JSON of the entry without ``hash``). Every append is
 flushed and fsync'ed before the caller gets its answer.
+
+Two processes append to one journal: the service, and the bank's command line
+(``sign-release``) while the service runs. Each append holds an exclusive ``flock`` on the file
+and chains to the last line actually in it, so neither writes over the other's head.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -69,19 +74,34 @@ class Journal:
 
     @property
     def head(self) -> Head:
+        """The head as of this process's last append or read (another process may have appended)."""
         return self._head
+
+    def refresh(self) -> Head:
+        """The head of the file as it is now (another process may have appended)."""
+        with self._lock:
+            if self.path.exists():
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                    self._head = _file_head(fd)
+                finally:
+                    os.close(fd)
+            return self._head
 
     def append(self, **fields: Any) -> dict[str, Any]:
         with self._lock:
-            entry: dict[str, Any] = {
-                "seq": self._head.size + 1,
-                "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-                **fields,
-                "prev": self._head.hash,
-            }
-            entry["hash"] = entry_hash(self._head.hash, entry)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
             try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released when fd closes
+                head = _file_head(fd)
+                entry: dict[str, Any] = {
+                    "seq": head.size + 1,
+                    "time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+                    **fields,
+                    "prev": head.hash,
+                }
+                entry["hash"] = entry_hash(head.hash, entry)
                 os.write(fd, canonical(entry) + b"\n")
                 os.fsync(fd)
             finally:
@@ -93,8 +113,11 @@ class Journal:
         with self._lock:
             if not self.path.exists():
                 return []
+            with self.path.open("rb") as file:
+                fcntl.flock(file.fileno(), fcntl.LOCK_SH)  # no half-written line from another process
+                text = file.read().decode()
             out = []
-            for line in self.path.read_text().splitlines():
+            for line in text.splitlines():
                 if line.strip():
                     entry = json.loads(line)
                     if entry["seq"] > after:
@@ -102,3 +125,20 @@ class Journal:
                         if len(out) >= limit:
                             break
             return out
+
+
+def _file_head(fd: int) -> Head:
+    """``seq`` and ``hash`` of the last line of the open journal ``fd`` (read backwards from the
+    end: the whole file is verified at start and by ``journal verify``, not on every append)."""
+    end = os.fstat(fd).st_size
+    tail = b""
+    position = end
+    while position > 0:
+        step = min(8192, position)
+        position -= step
+        tail = os.pread(fd, step, position) + tail
+        lines = [line for line in tail.split(b"\n") if line.strip()]
+        if len(lines) > 1 or (lines and position == 0):
+            last = json.loads(lines[-1])
+            return Head(int(last["seq"]), str(last["hash"]))
+    return Head(0, GENESIS)

@@ -103,6 +103,12 @@ class _Handler(BaseHTTPRequestHandler):
                     self._send(200, service.open(self._body()))
                 elif method == "POST" and url.path == "/v1/channels/exchange":
                     self._send(200, service.exchange(self._body()))
+                elif method == "GET" and url.path == "/v1/dap/public-key":
+                    self._send(200, service.dap_public_key())
+                elif method == "POST" and url.path == "/v1/dap/signature":
+                    self._send(200, service.dap_signature(self._body()))
+                elif method == "GET" and url.path == "/v1/personalization/public-key":
+                    self._send(200, service.personalization_public_key())
                 elif method == "POST" and url.path == "/v1/oce/csr":
                     self._body()
                     self._send(200, {"csr": self.server.oce.new_request()})

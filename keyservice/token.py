@@ -3,7 +3,9 @@
 Per key version an AES-256 master key ``scp03-master-XX``: sensitive, not extractable, usable
 only to sign (CMAC). A card's static SCP03 keys are derived inside the token, one CMAC per key
 (NIST SP 800-108 §4.1, counter mode, PRF = AES-CMAC), so the master never leaves it. The OCE
-key pair (P-256) lives in the token as well; only its public key and signatures come out.
+key pair (P-256) lives in the token as well; only its public key and signatures come out. So do
+the bank's DAP key pair (``dap``: signs Load File Data Block hashes, issue 18) and its
+personalisation key pair (``perso``: ECDH only, opens the data the back office sealed to it).
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ MODULE_CANDIDATES = (
 )
 MASTER_LABEL = "scp03-master-{kvn:02X}"
 OCE_LABEL = "oce-{serial}"
+DAP_LABEL = "dap"  # the bank's DAP signing key (GPC 2.3.1 §C.5, gp.dap)
+PERSO_LABEL = "perso"  # the key the bank's back office seals personalisation data to (gp.sealed)
 STATIC_KEY_BITS = 128  # AES-128 ENC/MAC/DEK (GP Amd D §4.1.1)
 # One label per static key (SP 800-108 "Label"); the context binds the card, the SD and the KVN.
 KEY_LABELS = {"enc": b"SCP03 static ENC", "mac": b"SCP03 static MAC", "dek": b"SCP03 static DEK"}
@@ -270,6 +274,83 @@ class BankToken:
             return bytes(key.sign(digest, mechanism=Mechanism.ECDSA))
 
         return self._call(sign)
+
+    # --- the DAP and personalisation key pairs ---------------------------------------------
+
+    def _key_pair(self, session: Any, label: str, usage: Attribute) -> tuple[Any, Any]:
+        """The P-256 pair ``label`` (public, private), generated in the token on first use with
+        the private key sensitive, not extractable, good for ``usage`` (SIGN or DERIVE) only."""
+        try:
+            public = session.get_key(object_class=ObjectClass.PUBLIC_KEY, key_type=KeyType.EC, label=label)
+            private = session.get_key(object_class=ObjectClass.PRIVATE_KEY, key_type=KeyType.EC, label=label)
+            return public, private
+        except pkcs11.exceptions.NoSuchKey:
+            pass
+        from pkcs11.util.ec import encode_named_curve_parameters
+
+        params = session.create_domain_parameters(
+            KeyType.EC, {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")}, local=True
+        )
+        uses = {Attribute.SIGN: False, Attribute.DERIVE: False, Attribute.DECRYPT: False, Attribute.UNWRAP: False}
+        public, private = params.generate_keypair(
+            store=True,
+            label=label,
+            public_template={Attribute.VERIFY: usage == Attribute.SIGN, Attribute.DERIVE: False},
+            private_template={
+                Attribute.SENSITIVE: True,
+                Attribute.EXTRACTABLE: False,
+                Attribute.MODIFIABLE: False,
+                **uses,
+                usage: True,
+            },
+        )
+        return public, private
+
+    def public_point(self, label: str) -> bytes:
+        """The uncompressed point (04 || X || Y) of the pair ``label`` (``dap`` or ``perso``),
+        which is generated on first use."""
+        usage = {DAP_LABEL: Attribute.SIGN, PERSO_LABEL: Attribute.DERIVE}[label]
+
+        def read(session: Any) -> bytes:
+            public, _ = self._key_pair(session, label, usage)
+            return _ec_point(bytes(public[Attribute.EC_POINT]))
+
+        return self._call(read)
+
+    def dap_sign(self, lfdb_sha256: bytes) -> bytes:
+        """The DAP signature r || s over a Load File Data Block hash, as :func:`gp.dap.sign`
+        makes it: ECDSA-SHA-256 with the 32 hash bytes as the message, so the token signs
+        (CKM_ECDSA) SHA-256 of those bytes."""
+        if len(lfdb_sha256) != 32:
+            raise ValueError("a Load File Data Block hash is 32 bytes (SHA-256)")
+        digest = hashlib.sha256(lfdb_sha256).digest()
+
+        def sign(session: Any) -> bytes:
+            _, private = self._key_pair(session, DAP_LABEL, Attribute.SIGN)
+            return bytes(private.sign(digest, mechanism=Mechanism.ECDSA))
+
+        return self._call(sign)
+
+    def perso_ecdh(self, peer_point: bytes) -> bytes:
+        """ECDH (CKM_ECDH1_DERIVE, no KDF) of the ``perso`` private key with ``peer_point``: the
+        shared secret Z (the x coordinate, 32 bytes), for gp.sealed's HKDF. The derived secret
+        is a session object, destroyed once read; the private key stays in the token."""
+
+        def derive(session: Any) -> bytes:
+            _, private = self._key_pair(session, PERSO_LABEL, Attribute.DERIVE)
+            shared = private.derive_key(
+                KeyType.GENERIC_SECRET,
+                256,
+                mechanism=Mechanism.ECDH1_DERIVE,
+                mechanism_param=(pkcs11.KDF.NULL, None, bytes(peer_point)),
+                template={Attribute.TOKEN: False, Attribute.SENSITIVE: False, Attribute.EXTRACTABLE: True},
+            )
+            try:
+                return bytes(shared[Attribute.VALUE])
+            finally:
+                shared.destroy()
+
+        return self._call(derive)
 
 
 def _close_quietly(session: Any) -> None:

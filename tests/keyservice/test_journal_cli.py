@@ -126,3 +126,33 @@ def test_the_oce_key_is_made_in_the_token_and_its_certificate_installed(client: 
     installed = client.install_oce_certificate(pem)["oce_certificate"]
     assert installed["serial"] == "1234"
     assert client.health()["oce_certificate"] == installed
+
+
+def test_two_writers_chain_onto_each_others_entries(tmp_path: Path) -> None:
+    """The service and ``sign-release`` each hold a Journal on one file: each append chains to the
+    last line in the file (under flock), not to the head its own process saw last."""
+    from keyservice.journal import Journal
+
+    path = tmp_path / "journal.jsonl"
+    service, officer = Journal(path), Journal(path)
+    service.append(action="open")
+    officer.append(action="dap_approved")
+    entry = service.append(action="dap_signed")
+    assert entry["seq"] == 3 and entry["prev"] == officer.head.hash
+    assert verify_file(path).size == 3
+    assert service.refresh() == officer.refresh() == verify_file(path)
+
+
+def test_sign_release_refuses_a_journal_that_does_not_verify(alpha: RunningService) -> None:
+    path = alpha.directory / "journal.jsonl"
+    path.write_text('{"seq": 1, "hash": "00", "prev": "00"}\n')
+    result = keyservice("sign-release", "ab" * 32, "--directory", str(alpha.directory))
+    assert result.returncode == 1 and "does NOT verify" in result.stderr and "Traceback" not in result.stderr
+    assert len(path.read_text().splitlines()) == 1  # nothing appended
+
+
+def test_health_counts_entries_another_process_appended(client: BankServiceClient, alpha: RunningService) -> None:
+    assert client.health()["journal"]["size"] == 0
+    assert keyservice("sign-release", "ab" * 32, "--directory", str(alpha.directory), "--by", "o").returncode == 0
+    health = client.health()["journal"]
+    assert health == {"size": 1, "head": verify_file(alpha.directory / "journal.jsonl").hash}

@@ -141,3 +141,19 @@ def test_a_token_that_cannot_serve_is_503_whose_service(
     with pytest.raises(BankServiceUnavailable, match="TokenNotPresent") as error:
         client.health()
     assert error.value.code == "token" and error.value.whose == "service"
+
+
+def test_the_client_checks_the_keys_and_signatures_it_is_given(
+    client: BankServiceClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service answering a malformed point or signature is a service failure, not a key."""
+    answers: list[dict[str, object]] = [{"point": "04" + "00" * 10}, {"point": "zz"}, {}, {"signature": "00" * 63}]
+    monkeypatch.setattr(client, "_request", lambda *args, **kwargs: answers.pop(0))
+    with pytest.raises(BankServiceUnavailable, match="not an uncompressed P-256 point"):
+        client.dap_public_key()
+    with pytest.raises(BankServiceUnavailable, match="without a public key"):
+        client.personalization_public_key()
+    with pytest.raises(BankServiceUnavailable, match="without a signature"):
+        client.dap_signature("ab" * 32)
+    with pytest.raises(BankServiceUnavailable, match="63-byte signature"):
+        client.dap_signature("ab" * 32)

@@ -6,12 +6,14 @@ them (read only); anyone else sees none. Outside the scope an object is a 404, n
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db.models import Count, QuerySet, Sum
 
 from issuers.roles import principal
+from issuers.services import ReleaseFacts
 from updates.models import Release
 from updates.rollout_models import Rollout, RolloutTarget
 
@@ -78,3 +80,23 @@ def failure_reasons(rollout: Rollout, limit: int = 20) -> list[dict[str, Any]]:
         .order_by("-cards", "last_error")[:limit]
     )
     return [{"reason": r["last_error"], "cards": r["cards"], "attempts": r["attempts"]} for r in rows]
+
+
+def release_facts(ids: Sequence[int]) -> dict[int, ReleaseFacts]:
+    """What ``issuers.services`` checks of the releases a bank names in its SSD template (registered
+    in ``UpdatesConfig.ready``; issuers sits below updates)."""
+    rows = Release.objects.filter(pk__in=list(ids)).only(
+        "pk", "bank_id", "state", "package_aid", "package_version", "applet_aids"
+    )
+    return {
+        r.pk: ReleaseFacts(
+            id=r.pk,
+            bank_id=r.bank_id,
+            state=r.state,
+            approved=r.state == Release.State.APPROVED,
+            package_aid=r.package_aid,
+            package_version=r.package_version,
+            applet_aids=tuple(r.applet_aids),
+        )
+        for r in rows
+    }

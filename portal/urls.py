@@ -31,6 +31,7 @@ urlpatterns = [
     path("bank/<slug:bank>/releases/", bank.releases, name="bank-releases"),
     path("bank/<slug:bank>/releases/<int:release>/", bank.release_detail, name="bank-release"),
     path("bank/<slug:bank>/template/", fleet.template, name="bank-template"),
+    path("bank/<slug:bank>/cards/", fleet.cards, name="bank-cards"),
     path("bank/<slug:bank>/cards/<str:cin>/", fleet.card, name="bank-card"),
     path("bank/<slug:bank>/cards/<str:cin>/<slug:action>/", fleet.card_action, name="bank-card-action"),
     path("bank/<slug:bank>/releases/<int:release>/revoke/", fleet.revoke, name="bank-release-revoke"),

@@ -15,7 +15,7 @@ from django.db.models import Count, QuerySet, Sum
 from issuers.roles import principal
 from issuers.services import ReleaseFacts
 from updates.models import Release
-from updates.rollout_models import Rollout, RolloutTarget
+from updates.rollout_models import CardNotice, Rollout, RolloutTarget
 
 COUNTERS = ("pending", "running", "succeeded", "failed", "cancelled")
 
@@ -100,3 +100,10 @@ def release_facts(ids: Sequence[int]) -> dict[int, ReleaseFacts]:
         )
         for r in rows
     }
+
+
+def notices_for(user: AbstractBaseUser, card_id: int, limit: int = 10) -> QuerySet[CardNotice]:
+    """The messages organisations left for the holder of a card (the holder only; newest first)."""
+    if not user.is_authenticated:
+        return CardNotice.objects.none()
+    return CardNotice.objects.filter(card_id=card_id, holder_id=user.pk).select_related("organization")[:limit]

@@ -222,6 +222,20 @@ def _bank_sd(request: AuthenticatedHttpRequest, bank: Organization, cin: str) ->
 
 @bank_member
 @require_http_methods(["GET"])
+def cards(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResponse:
+    """The bank's cards (its security domains), found by card number."""
+    query = (request.GET.get("cin") or "").strip().upper()[:32]
+    sds = selectors.bank_security_domains(request.user, bank).select_related("card")
+    if query:
+        exact = sds.filter(card__cin=query).first()
+        if exact is not None:
+            return redirect("portal:bank-card", bank=bank.slug, cin=exact.card.cin)
+        sds = sds.filter(card__cin__startswith=query)
+    return render(request, "portal/bank/cards.html", _context(request, bank, sds=sds[:100], query=query))
+
+
+@bank_member
+@require_http_methods(["GET"])
 def card(request: AuthenticatedHttpRequest, bank: Organization, cin: str) -> HttpResponse:
     sd = _bank_sd(request, bank, cin)
     return render(
@@ -253,10 +267,10 @@ CARD_ACTIONS = {
 def card_action(request: AuthenticatedHttpRequest, bank: Organization, cin: str, action: str) -> HttpResponse:
     if action not in CARD_ACTIONS:
         raise PermissionDenied("no such action")
+    sd = _bank_sd(request, bank, cin)  # another bank's card is a 404 before any role check
     require_operator(request, bank)
     if action == "reset-failures" and not principal(request.user).has_role(bank.pk, Membership.Role.ADMIN):
         raise PermissionDenied("only the bank's administrators clear failed authentications")
-    sd = _bank_sd(request, bank, cin)
     form: ReasonConfirmForm | CloseAccountForm = (
         CloseAccountForm(posted(request)) if action == "close" else ReasonConfirmForm(posted(request))
     )
@@ -287,8 +301,8 @@ def card_action(request: AuthenticatedHttpRequest, bank: Organization, cin: str,
 @bank_member
 @require_http_methods(["GET", "POST"])
 def revoke(request: AuthenticatedHttpRequest, bank: Organization, release: int) -> HttpResponse:
-    require_operator(request, bank)
     record = get_object_or_404(selectors.bank_releases(request.user, bank), pk=release)
+    require_operator(request, bank)
     form = ReasonConfirmForm(posted(request))
     if request.method == "POST" and form.is_valid():
         try:

@@ -11,7 +11,7 @@ from typing import Any
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
 
@@ -266,7 +266,7 @@ CARD_ACTIONS = {
 @require_http_methods(["GET", "POST"])
 def card_action(request: AuthenticatedHttpRequest, bank: Organization, cin: str, action: str) -> HttpResponse:
     if action not in CARD_ACTIONS:
-        raise PermissionDenied("no such action")
+        raise Http404("no such action")
     sd = _bank_sd(request, bank, cin)  # another bank's card is a 404 before any role check
     require_operator(request, bank)
     if action == "reset-failures" and not principal(request.user).has_role(bank.pk, Membership.Role.ADMIN):

@@ -493,7 +493,9 @@ class DefaultAppletSerializer(serializers.Serializer):
 
 
 class TemplateEditSerializer(serializers.Serializer):
-    scp = serializers.ChoiceField(choices=[(2, "SCP02"), (3, "SCP03"), (0x11, "SCP11")], required=False)
+    scp = serializers.IntegerField(
+        required=False, min_value=0, max_value=255, help_text="2 (SCP02), 3 (SCP03) or 17 (0x11, SCP11)"
+    )
     default_applets = DefaultAppletSerializer(many=True, required=False)
 
 

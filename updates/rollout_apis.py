@@ -342,6 +342,8 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         who = principal(actor)
         if release is None or not who.can_operate(release.bank_id):
             raise exceptions.ValidationError({"release": ["no such release of a bank you operate"]})
+        if data["cards_csv"] and data["target"] != "install":
+            raise exceptions.ValidationError({"cards_csv": ["cards_csv is for an install campaign; give cins"]})
         if data["target"] == "install":
             cins = data["cins"]
             if data["cards_csv"]:

@@ -13,6 +13,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ecard.api import ActionRules, agency_operator
+from ecard.errors import ServiceError
 from ecard.requests import acting_user
 from issuers import key_services, selectors, services
 from issuers.models import AidRange, Invitation, Membership, Organization, SharedMemberApproval, SsdTemplate
@@ -471,3 +472,84 @@ class PlatformIdentityApi(APIView):
             raise exceptions.PermissionDenied("for the staff of banks and of the agency")
         identity = key_services.platform_identity()
         return Response({"certificate": identity.certificate_pem, "sha256": identity.sha256})
+
+
+# --------------------------------------------------------------------------- a bank's SSD template
+
+
+class DefaultAppletSerializer(serializers.Serializer):
+    release_id = serializers.IntegerField(min_value=1, help_text="an approved release of the bank")
+    instance_aid = serializers.CharField(max_length=40, help_text="in the bank's AID range, 5 to 16 bytes hex")
+    module_aid = serializers.CharField(
+        max_length=40, required=False, allow_blank=True, help_text="one of the release's applets (default: the first)"
+    )
+    install_params = serializers.CharField(
+        max_length=140, required=False, allow_blank=True, default="", help_text="the C9 value, hex, at most 64 bytes"
+    )
+    privileges = serializers.CharField(
+        max_length=8, required=False, allow_blank=True, default="00", help_text="1 or 3 bytes, hex"
+    )
+    name = serializers.CharField(max_length=60, required=False, allow_blank=True)
+
+
+class TemplateEditSerializer(serializers.Serializer):
+    scp = serializers.IntegerField(
+        required=False, min_value=0, max_value=255, help_text="2 (SCP02), 3 (SCP03) or 17 (0x11, SCP11)"
+    )
+    default_applets = DefaultAppletSerializer(many=True, required=False)
+
+
+def template_body(template: SsdTemplate) -> dict[str, Any]:
+    """The template as the API shows it: the stored applet entries with ``release_id``."""
+    return {
+        **SsdTemplateSerializer(template).data,
+        "default_applets": [
+            {
+                "release_id": a.get("release"),
+                "instance_aid": a.get("instance_aid", ""),
+                "module_aid": a.get("module_aid", ""),
+                "install_params": a.get("install_params", ""),
+                "privileges": a.get("privileges", "00"),
+                "package_aid": a.get("package_aid", ""),
+                "name": a.get("name", ""),
+            }
+            for a in template.default_applets
+        ],
+    }
+
+
+class SsdTemplateApi(APIView):
+    """A bank's SSD template: the SCP its new security domains speak and the applets a new
+    enrollment gets (GET: the bank's members, the agency, regulators; PUT: the bank's operators).
+    Cards already enrolled are not touched."""
+
+    def _template(self, request: Request, slug: str) -> SsdTemplate:
+        user = acting_user(request)
+        bank = selectors.organizations_for(user).filter(slug=slug, kind=Organization.Kind.BANK).first()
+        template = getattr(bank, "ssd_template", None) if bank is not None else None
+        if bank is None or template is None or not selectors.organization_details_visible(user, bank):
+            raise exceptions.NotFound("no such bank")
+        return template
+
+    @extend_schema(responses=inline_serializer("SsdTemplateBody", {"scp": serializers.IntegerField()}))
+    def get(self, request: Request, slug: str) -> Response:
+        return Response(template_body(self._template(request, slug)))
+
+    @extend_schema(request=TemplateEditSerializer, responses=inline_serializer("SsdTemplateEdited", {}))
+    def put(self, request: Request, slug: str) -> Response:
+        template = self._template(request, slug)
+        payload = TemplateEditSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        data = payload.validated_data
+        try:
+            template = services.update_ssd_template(
+                organization=template.organization,
+                actor=acting_user(request),
+                scp=data.get("scp"),
+                default_applets=[dict(a) for a in data["default_applets"]] if "default_applets" in data else None,
+            )
+        except ServiceError as exc:
+            if exc.code == "forbidden":
+                raise exceptions.PermissionDenied(exc.message) from exc
+            raise
+        return Response(template_body(template))

@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 import secrets
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from django.contrib.auth.models import User
@@ -432,6 +433,228 @@ def set_ssd_template(
         details={"management": management, "scp": scp, "scp_i": scp_i, "key_length": key_length},
     )
     return template
+
+
+# ---------------------------------------------------------------------------------------------
+# the bank's own edits of its SSD template (issue 18): its SCP and its default applets
+
+
+@dataclass(frozen=True)
+class ReleaseFacts:
+    """What the template needs of a release (releases live in ``updates``, above this app: it
+    registers :func:`register_release_resolver` in its ``ready``)."""
+
+    id: int
+    bank_id: int
+    state: str
+    approved: bool
+    package_aid: str
+    package_version: str
+    applet_aids: tuple[str, ...]
+
+
+ReleaseResolver = Callable[[Sequence[int]], dict[int, ReleaseFacts]]
+_release_resolver: ReleaseResolver | None = None
+
+
+def register_release_resolver(resolver: ReleaseResolver) -> None:
+    global _release_resolver
+    _release_resolver = resolver
+
+
+MAX_DEFAULT_APPLETS = 8
+MAX_INSTALL_PARAMS_BYTES = 64  # the C9 application-specific value (GP 2.3.1 §11.5.2.3.7)
+MAX_APPLET_NAME = 60
+# GP 2.3.1 §11.1.2: privileges a bank may give an applet instance (1 or 3 bytes). Byte 2: 80
+# Trusted Path, 01 Global Service; byte 3 (Amendment C): 20 Contactless Activation, 10 Contactless
+# Self-Activation. Everything else belongs to security domains (SD, DAP, DM, AM, token, receipt,
+# ciphered load) or to the card issuer (card lock/terminate/reset, CVM, global delete/lock/registry,
+# final application).
+ALLOWED_APPLET_PRIVILEGES = bytes((0x00, 0x81, 0x30))
+SCP_CHOICES = (0x02, 0x03, 0x11)
+
+
+def _template_summary(template: SsdTemplate) -> dict[str, Any]:
+    """What an audit entry says of a template: public facts, never key material."""
+    return {
+        "scp": template.scp,
+        "scp_i": template.scp_i,
+        "key_algorithm": template.key_algorithm,
+        "key_length": template.key_length,
+        "default_applets": [
+            {k: a.get(k) for k in ("release", "instance_aid", "privileges", "install_params") if k in a}
+            for a in template.default_applets
+        ],
+    }
+
+
+def _applet_privileges(value: Any, field: str) -> str:
+    text = normalise_hex(str(value if value is not None else "00"), field=field, min_bytes=1, max_bytes=3)
+    raw = bytes.fromhex(text)
+    if len(raw) == 2:
+        raise ServiceError("privileges are 1 or 3 bytes (GP 2.3.1 §11.1.2)", field=field)
+    refused = bytes(b & ~ALLOWED_APPLET_PRIVILEGES[n] & 0xFF for n, b in enumerate(raw))
+    if any(refused):
+        raise ServiceError(
+            f"privileges {refused.hex().upper()} are a security domain's or the card issuer's; an applet may have "
+            "only Trusted Path (00 80 00), Global Service (00 01 00) and contactless activation (00 00 30)",
+            field=field,
+        )
+    return text
+
+
+def validate_default_applets(organization: Organization, entries: Any) -> list[dict[str, Any]]:
+    """The default applets as the enrollment job reads them (``updates.ota.SsdInstallApplets``):
+    ``{"release", "instance_aid", "module_aid", "privileges", "install_params", "package_aid"[, "name"]}``.
+
+    Each entry: ``release_id`` (an approved release of the bank), ``instance_aid`` (in the bank's AID
+    range, unique), optional ``module_aid`` (one of the release's applets), ``install_params`` (hex, the
+    C9 value, at most 64 bytes), ``privileges`` (hex, 1 or 3 bytes, application privileges only),
+    optional ``name``. One instance per package (the enrollment loads each entry's package once)."""
+    if not isinstance(entries, list | tuple):
+        raise ServiceError("default_applets must be a list", field="default_applets")
+    if len(entries) > MAX_DEFAULT_APPLETS:
+        raise ServiceError(f"at most {MAX_DEFAULT_APPLETS} default applets", field="default_applets")
+    ids: list[int] = []
+    for n, entry in enumerate(entries, start=1):
+        if not isinstance(entry, dict):
+            raise ServiceError(f"applet {n}: an object with release_id and instance_aid", field="default_applets")
+        raw_id = entry.get("release_id", entry.get("release"))
+        if isinstance(raw_id, bool) or not isinstance(raw_id, int | str) or not str(raw_id).isascii():
+            raise ServiceError(f"applet {n}: release_id is a release number", field="default_applets")
+        if not str(raw_id).strip().isdigit() or not 0 < int(raw_id) < 2**63:
+            raise ServiceError(f"applet {n}: release_id is a release number", field="default_applets")
+        ids.append(int(raw_id))
+    if _release_resolver is None:
+        raise ServiceError("releases cannot be checked right now", code="unavailable")
+    releases = _release_resolver(ids) if ids else {}
+    prefixes = bank_aid_prefixes(organization)
+    template = getattr(organization, "ssd_template", None)
+    ssd_aid = prefixes[0] + template.ssd_aid_suffix if prefixes and template is not None else ""
+    out: list[dict[str, Any]] = []
+    seen_instances: set[str] = set()
+    seen_packages: set[str] = set()
+    for n, (entry, release_id) in enumerate(zip(entries, ids, strict=True), start=1):
+        field = "default_applets"
+        release = releases.get(release_id)
+        if release is None or release.bank_id != organization.pk:
+            raise ServiceError(f"applet {n}: {organization.name} has no release {release_id}", field=field)
+        if not release.approved:
+            raise ServiceError(
+                f"applet {n}: release {release.package_aid} v{release.package_version} is {release.state}, "
+                "not approved",
+                field=field,
+            )
+        if release.package_aid in seen_packages:
+            raise ServiceError(f"applet {n}: package {release.package_aid} is already listed", field=field)
+        seen_packages.add(release.package_aid)
+        try:
+            instance = normalise_hex(str(entry.get("instance_aid") or ""), field=field, min_bytes=5, max_bytes=16)
+        except ServiceError as exc:
+            raise ServiceError(f"applet {n}: instance_aid {exc.message}", field=field) from None
+        if not any(instance.startswith(p) for p in prefixes):
+            raise ServiceError(
+                f"applet {n}: instance AID {instance} is outside {organization.name}'s AID range", field=field
+            )
+        if instance in (ssd_aid, release.package_aid) or instance in seen_instances:
+            raise ServiceError(f"applet {n}: instance AID {instance} is already used", field=field)
+        seen_instances.add(instance)
+        module = str(entry.get("module_aid") or "").replace(" ", "").upper()
+        if module and module not in release.applet_aids:
+            raise ServiceError(f"applet {n}: module {module} is not an applet of the release", field=field)
+        if not module:
+            if not release.applet_aids:
+                raise ServiceError(f"applet {n}: the release is a library (no applet to install)", field=field)
+            module = release.applet_aids[0]
+        try:
+            params = normalise_hex(
+                str(entry.get("install_params") or ""), field=field, max_bytes=MAX_INSTALL_PARAMS_BYTES
+            )
+        except ServiceError as exc:
+            raise ServiceError(f"applet {n}: install_params {exc.message}", field=field) from None
+        try:
+            privileges = _applet_privileges(entry.get("privileges"), field)
+        except ServiceError as exc:
+            raise ServiceError(f"applet {n}: {exc.message}", field=field) from None
+        spec: dict[str, Any] = {
+            "release": release.id,
+            "instance_aid": instance,
+            "module_aid": module,
+            "privileges": privileges,
+            "install_params": params,
+            "package_aid": release.package_aid,
+        }
+        name = entry.get("name")
+        if name is not None:
+            if not isinstance(name, str) or len(name) > MAX_APPLET_NAME or not name.isprintable():
+                raise ServiceError(
+                    f"applet {n}: name is printable text of at most {MAX_APPLET_NAME} characters", field=field
+                )
+            if name.strip():
+                spec["name"] = name.strip()
+        out.append(spec)
+    return out
+
+
+@transaction.atomic
+def update_ssd_template(
+    *, organization: Organization, actor: User | None, scp: int | None = None, default_applets: Any = None
+) -> SsdTemplate:
+    """A bank changes the SCP its new security domains speak and the applets a new enrollment gets.
+
+    Cards already enrolled keep what they have: an enrollment copies the template into its job when
+    the citizen consents (``cards.services.request_enrollment``). Audited with the template before
+    and after (no key material is in a template)."""
+    organization = Organization.objects.select_for_update().get(pk=organization.pk)
+    if actor is not None and not roles.principal(actor).can_operate(organization.pk):
+        raise ServiceError(f"only {organization.name}'s operators edit its template", code="forbidden")
+    if not organization.is_bank:
+        raise ServiceError("only banks have SSD templates", field="organization")
+    template = SsdTemplate.objects.select_for_update().filter(organization=organization).first()
+    if template is None:
+        raise ServiceError(f"{organization.name} has no SSD template; the agency sets it at admission", code="state")
+    before = _template_summary(template)
+    if scp is not None:
+        if isinstance(scp, bool) or scp not in SCP_CHOICES:
+            raise ServiceError("SCP must be 02, 03 or 11", field="scp")
+        if scp != template.scp:
+            if scp == 0x11 and not organization_has_key_service(organization):
+                raise ServiceError(
+                    "SCP11 security domains are keyed by your key service: the agency registers it first", field="scp"
+                )
+            template.scp = scp
+            template.scp_i = {0x03: 0x70, 0x11: 0x00}.get(scp, 0x55)
+            if scp == 0x02:
+                template.key_algorithm, template.key_length = SsdTemplate.KeyAlgorithm.DES3, 16
+            else:
+                template.key_algorithm = SsdTemplate.KeyAlgorithm.AES
+                if template.key_length not in (16, 24, 32):
+                    template.key_length = 16
+    if default_applets is not None:
+        template.default_applets = validate_default_applets(organization, default_applets)
+    try:
+        template.clean()
+    except Exception as exc:  # ValidationError: report the first message
+        raise ServiceError(" ".join(getattr(exc, "messages", [str(exc)])), field="scp") from exc
+    after = _template_summary(template)
+    if after == before:
+        return template
+    template.save()
+    record_event(
+        action="ssd_template.updated",
+        subject_type="ssd_template",
+        subject_id=organization.slug,
+        actor=actor,
+        actor_org=organization if actor is not None else None,
+        organization=organization,
+        details={"before": before, "after": after},
+    )
+    return template
+
+
+def organization_has_key_service(organization: Organization) -> bool:
+    service = getattr(organization, "key_service", None)
+    return service is not None and service.is_active
 
 
 @transaction.atomic

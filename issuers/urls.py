@@ -14,6 +14,7 @@ router.register("key-sets", apis.KeySetViewSet, basename="key-set")
 
 urlpatterns = [
     path("whoami/", apis.WhoAmIApi.as_view(), name="whoami"),
+    path("organizations/<slug:slug>/ssd-template/", apis.SsdTemplateApi.as_view(), name="ssd-template"),
     path("organizations/<slug:slug>/key-service/", apis.KeyServiceApi.as_view(), name="key-service"),
     path("organizations/<slug:slug>/key-service/check/", apis.KeyServiceCheckApi.as_view(), name="key-service-check"),
     path(

@@ -110,3 +110,61 @@ def stacked_chart(groups: list[dict[str, Any]]) -> dict[str, Any]:
         "bar_height": BAR_HEIGHT,
         "plot_width": PLOT_WIDTH,
     }
+
+
+# -- lines over days (installed versions over time) ------------------------------------------
+
+LINE_LEFT = 44  # room for the y-axis labels
+LINE_PLOT_HEIGHT = 150
+LINE_BOTTOM = 26  # room for the x-axis labels
+LINE_TOP = 10
+LINE_CLASSES = 6  # css classes line-0 … line-5, then they repeat
+
+
+@dataclass(frozen=True)
+class Line:
+    label: str
+    css: str
+    points: str
+    last: int
+    peak: int
+
+
+def line_chart(days: list[Any], series: dict[str, list[int]], *, label: str = "v{}") -> dict[str, Any]:
+    """One polyline per series (a package's versions) over ``days``, on a shared y scale from 0 to
+    the largest value; the x axis names the first and the last day."""
+    top = max([1, *[max(values, default=0) for values in series.values()]])
+    n = max(len(days), 1)
+    step = PLOT_WIDTH / (n - 1) if n > 1 else 0.0
+
+    def y(value: int) -> int:
+        return LINE_TOP + round(LINE_PLOT_HEIGHT * (1 - value / top))
+
+    lines = []
+    for i, (name, values) in enumerate(series.items()):
+        points = " ".join(f"{LINE_LEFT + round(k * step)},{y(v)}" for k, v in enumerate(values))
+        lines.append(
+            Line(
+                label=label.format(name),
+                css=f"line-{i % LINE_CLASSES}",
+                points=points,
+                last=values[-1] if values else 0,
+                peak=max(values, default=0),
+            )
+        )
+    bottom = LINE_TOP + LINE_PLOT_HEIGHT
+    return {
+        "lines": lines,
+        "width": LINE_LEFT + PLOT_WIDTH + 10,
+        "height": bottom + LINE_BOTTOM,
+        "left": LINE_LEFT,
+        "right": LINE_LEFT + PLOT_WIDTH,
+        "top": LINE_TOP,
+        "bottom": bottom,
+        "top_value": top,
+        "label_y": bottom + 18,
+        "first_day": days[0] if days else None,
+        "last_day": days[-1] if days else None,
+        "rows": [{"day": day, "values": [values[k] for values in series.values()]} for k, day in enumerate(days)],
+        "columns": [label.format(name) for name in series],
+    }

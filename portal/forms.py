@@ -260,3 +260,143 @@ class RolloutActionForm(forms.Form):
         if data.get("action") == "cancel" and not data.get("confirm"):
             self.add_error("confirm", "Tick the box to confirm the cancellation.")
         return data
+
+
+# -- issue 18: the bank's console ---------------------------------------------------------------
+
+
+class TemplateForm(forms.Form):
+    scp = forms.TypedChoiceField(
+        label="Secure channel of new security domains",
+        choices=[("3", "SCP03 (AES)"), ("2", "SCP02 (3DES)"), ("17", "SCP11 (keys in your key service)")],
+        coerce=int,
+        widget=forms.RadioSelect,
+        help_text="Cards already enrolled keep the protocol they were enrolled with.",
+    )
+
+
+class DefaultAppletForm(forms.Form):
+    release = ReleaseChoiceField(
+        queryset=Release.objects.none(), label="Release", required=False, empty_label="(none: leave this row empty)"
+    )
+    instance_aid = forms.CharField(
+        label="Instance AID", max_length=40, required=False, help_text="In your AID range, 5 to 16 bytes, hexadecimal."
+    )
+    privileges = forms.CharField(
+        label="Privileges", max_length=8, required=False, initial="00", help_text="1 or 3 bytes, hexadecimal."
+    )
+    install_params = forms.CharField(
+        label="Install parameters (C9)", max_length=140, required=False, help_text="Hexadecimal, at most 64 bytes."
+    )
+    name = forms.CharField(label="Name shown to citizens", max_length=60, required=False)
+
+    def __init__(self, *args: Any, releases: QuerySet[Release], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(ReleaseChoiceField, self.fields["release"]).queryset = releases
+
+
+DefaultAppletFormSet = forms.formset_factory(DefaultAppletForm, extra=0, max_num=8, absolute_max=8)
+
+
+INSTALL_SCOPES = [
+    ("all", "All my enrolled cards without the package"),
+    ("list", "The cards listed below"),
+    ("csv", "The cards in a CSV file"),
+]
+
+
+class InstallCampaignForm(forms.Form):
+    release = ReleaseChoiceField(queryset=Release.objects.none(), label="Release to install", empty_label=None)
+    instances = forms.CharField(
+        label="Instance AIDs",
+        max_length=400,
+        help_text="Comma-separated, in your AID range; each becomes an instance of the release's first applet.",
+    )
+    privileges = forms.CharField(
+        label="Privileges", max_length=8, required=False, initial="00", help_text="1 or 3 bytes, hexadecimal."
+    )
+    install_params = forms.CharField(
+        label="Install parameters (C9)", max_length=140, required=False, help_text="Hexadecimal, at most 64 bytes."
+    )
+    scope = forms.ChoiceField(label="Cards", choices=INSTALL_SCOPES, initial="all", widget=forms.RadioSelect)
+    cins = forms.CharField(
+        label="Card numbers (CIN)",
+        required=False,
+        max_length=200_000,
+        widget=forms.Textarea(attrs={"rows": 4, "class": "mono", "spellcheck": "false"}),
+        help_text="With “the cards listed below”: one per line or comma-separated.",
+    )
+    csv_file = forms.FileField(
+        label="CSV file",
+        required=False,
+        help_text="With “the cards in a CSV file”: a header row with a card_number column. If any line is wrong, "
+        "nothing is created.",
+        widget=forms.ClearableFileInput(attrs={"accept": ".csv,text/csv"}),
+    )
+    name = forms.CharField(label="Name", max_length=200, required=False)
+    groups = forms.CharField(
+        label="Groups (cumulative)", initial="10%, 50%, 100%", max_length=200, help_text="Waves, ending at 100%."
+    )
+    success_threshold = forms.IntegerField(label="Success threshold (%)", min_value=1, max_value=100, initial=100)
+    error_threshold = forms.IntegerField(label="Error threshold (%)", min_value=1, max_value=100, initial=20)
+    retry_count = forms.IntegerField(label="Retries per card", min_value=0, max_value=10, initial=2)
+
+    def __init__(self, *args: Any, releases: QuerySet[Release], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(ReleaseChoiceField, self.fields["release"]).queryset = releases
+
+    def clean_groups(self) -> list[str]:
+        return RolloutForm.clean_groups(cast(RolloutForm, self))
+
+    def clean_instances(self) -> list[str]:
+        parts = [p.strip() for p in self.cleaned_data["instances"].replace("\n", ",").split(",") if p.strip()]
+        if not parts:
+            raise forms.ValidationError("Give at least one instance AID.")
+        return parts
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("scope") == "list" and not (data.get("cins") or "").strip():
+            self.add_error("cins", "List the card numbers, or choose another scope.")
+        if data.get("scope") == "csv" and not data.get("csv_file"):
+            self.add_error("csv_file", "Choose the CSV file, or choose another scope.")
+        return data
+
+
+class RotateCampaignForm(forms.Form):
+    name = forms.CharField(label="Name", max_length=200, required=False)
+    groups = forms.CharField(
+        label="Groups (cumulative)", initial="10%, 50%, 100%", max_length=200, help_text="Waves, ending at 100%."
+    )
+    success_threshold = forms.IntegerField(label="Success threshold (%)", min_value=1, max_value=100, initial=100)
+    error_threshold = forms.IntegerField(label="Error threshold (%)", min_value=1, max_value=100, initial=20)
+    retry_count = forms.IntegerField(label="Retries per card", min_value=0, max_value=10, initial=2)
+    confirm = forms.BooleanField(
+        label="Yes, rotate the keys of all my cards",
+        required=True,
+        error_messages={"required": "Tick the box to confirm."},
+    )
+
+    def clean_groups(self) -> list[str]:
+        return RolloutForm.clean_groups(cast(RolloutForm, self))
+
+
+class ReasonConfirmForm(forms.Form):
+    reason = forms.CharField(label="Reason", max_length=500, required=False)
+    confirm = forms.BooleanField(
+        label="Yes, I am sure", required=True, error_messages={"required": "Tick the box to confirm."}
+    )
+
+
+class CloseAccountForm(forms.Form):
+    reason = forms.CharField(
+        label="Message to the card holder",
+        max_length=500,
+        initial="Your account was closed at your request.",
+        help_text="Shown on the holder's card page and sent by e-mail if they gave an address.",
+    )
+    confirm = forms.BooleanField(
+        label="Yes, remove our security domain and everything in it from this card",
+        required=True,
+        error_messages={"required": "Tick the box to confirm."},
+    )

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from portal.views import account, agency, auth, bank, citizen, oversight, pages, rollouts, terminals
+from portal.views import account, agency, auth, bank, citizen, fleet, oversight, pages, rollouts, terminals
 
 app_name = "portal"
 
@@ -30,6 +30,13 @@ urlpatterns = [
     path("bank/<slug:bank>/key-service/rotate-oce/", bank.key_service_rotate, name="bank-key-service-rotate"),
     path("bank/<slug:bank>/releases/", bank.releases, name="bank-releases"),
     path("bank/<slug:bank>/releases/<int:release>/", bank.release_detail, name="bank-release"),
+    path("bank/<slug:bank>/template/", fleet.template, name="bank-template"),
+    path("bank/<slug:bank>/cards/", fleet.cards, name="bank-cards"),
+    path("bank/<slug:bank>/cards/<str:cin>/", fleet.card, name="bank-card"),
+    path("bank/<slug:bank>/cards/<str:cin>/<slug:action>/", fleet.card_action, name="bank-card-action"),
+    path("bank/<slug:bank>/releases/<int:release>/revoke/", fleet.revoke, name="bank-release-revoke"),
+    path("bank/<slug:bank>/rollouts/install/", fleet.install_campaign, name="bank-install-campaign"),
+    path("bank/<slug:bank>/rollouts/rotate-keys/", fleet.rotate_campaign, name="bank-rotate-campaign"),
     path("bank/<slug:bank>/rollouts/", rollouts.rollout_list, name="bank-rollouts"),
     path("bank/<slug:bank>/rollouts/<int:rollout>/", rollouts.rollout_detail, name="bank-rollout"),
     path("bank/<slug:bank>/rollouts/<int:rollout>/cards/", rollouts.rollout_targets, name="bank-rollout-targets"),

@@ -13,10 +13,12 @@ class UpdatesConfig(AppConfig):
 
         from cards.signals import job_queued
         from issuers.models import Organization
-        from updates import receivers
+        from issuers.services import register_release_resolver
+        from updates import receivers, rollout_selectors
         from updates.models import AgentCredential
         from updates.signals import job_state_changed
 
+        register_release_resolver(rollout_selectors.release_facts)  # the SSD template's default applets
         job_queued.connect(receivers.prepare_queued_job, dispatch_uid="updates.prepare_queued_job")
         job_state_changed.connect(receivers.report_rollout_job, dispatch_uid="updates.rollouts.job_state_changed")
         post_save.connect(

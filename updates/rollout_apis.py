@@ -28,6 +28,7 @@ from ecard.requests import acting_user
 from issuers.models import Organization
 from issuers.roles import Principal, principal
 from updates import releases as release_services
+from updates import rollout_fleet
 from updates import rollout_selectors as selectors
 from updates import rollouts as rollout_services
 from updates.models import Release
@@ -196,6 +197,7 @@ class RolloutSerializer(serializers.ModelSerializer):
             "from_version",
             "to_version",
             "target_kind",
+            "install_instances",
             "group_spec",
             "success_threshold",
             "error_threshold",
@@ -220,8 +222,32 @@ class RolloutSerializer(serializers.ModelSerializer):
         return selectors.progress(rollout)
 
 
+class InstallInstanceSerializer(serializers.Serializer):
+    instance_aid = serializers.CharField(max_length=40, help_text="in the bank's AID range, 5 to 16 bytes hex")
+    module_aid = serializers.CharField(max_length=40, required=False, allow_blank=True)
+    privileges = serializers.CharField(max_length=8, required=False, allow_blank=True, default="00")
+    install_params = serializers.CharField(max_length=140, required=False, allow_blank=True, default="")
+
+
 class CreateRolloutSerializer(serializers.Serializer):
-    release = serializers.IntegerField(help_text="id of the release to roll out")
+    target = serializers.ChoiceField(
+        choices=[("update", "update"), ("install", "install"), ("rotate", "rotate")],
+        default="update",
+        help_text="update: cards carrying the package (or the listed ones); install: cards without the package "
+        "(all, listed or in cards_csv); rotate: the keys of every security domain of the bank",
+    )
+    bank = serializers.SlugField(required=False, allow_blank=True, default="", help_text="for rotate: the bank's slug")
+    release = serializers.IntegerField(required=False, allow_null=True, default=None, help_text="id of the release")
+    instances = InstallInstanceSerializer(
+        many=True, required=False, default=list, help_text="install: the instances to create"
+    )
+    cards_csv = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        default="",
+        max_length=2 * 1024 * 1024,
+        help_text="install: a CSV text with a card_number column, instead of cins",
+    )
     name = serializers.CharField(required=False, allow_blank=True, default="", max_length=200)
     from_version = serializers.CharField(
         required=False,
@@ -294,25 +320,53 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
         payload = CreateRolloutSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         data = payload.validated_data
-        release = selectors.releases_for(acting_user(request)).filter(pk=data["release"]).first()
-        who = principal(acting_user(request))
+        actor = acting_user(request)
+        common = {
+            "actor": actor,
+            "groups": data["groups"],
+            "success_threshold": data["success_threshold"],
+            "error_threshold": data["error_threshold"],
+            "retry_count": data["retry_count"],
+            "retry_backoff": data["retry_backoff"],
+            "require_approval": data["require_approval"],
+            "start_at": data["start_at"],
+            "name": data["name"],
+        }
+        if data["target"] == "rotate":
+            bank = operated_bank(request, data["bank"])
+            rollout = _service(lambda: rollout_services.create_rotation_rollout(bank=bank, **common))
+            return self._answer(rollout, status.HTTP_201_CREATED)
+        if data["release"] is None:
+            raise exceptions.ValidationError({"release": ["name the release"]})
+        release = selectors.releases_for(actor).filter(pk=data["release"]).first()
+        who = principal(actor)
         if release is None or not who.can_operate(release.bank_id):
             raise exceptions.ValidationError({"release": ["no such release of a bank you operate"]})
+        if data["cards_csv"] and data["target"] != "install":
+            raise exceptions.ValidationError({"cards_csv": ["cards_csv is for an install campaign; give cins"]})
+        if data["target"] == "install":
+            cins = data["cins"]
+            if data["cards_csv"]:
+                if cins is not None:
+                    raise exceptions.ValidationError({"cards_csv": ["give cins or cards_csv, not both"]})
+                cins = rollout_fleet.parse_card_csv(data["cards_csv"])
+            rollout = _service(
+                lambda: rollout_services.create_install_rollout(
+                    bank=release.bank,
+                    release=release,
+                    instances=[dict(i) for i in data["instances"]],
+                    cins=cins,
+                    **common,
+                )
+            )
+            return self._answer(rollout, status.HTTP_201_CREATED)
         rollout = _service(
             lambda: rollout_services.create_rollout(
                 bank=release.bank,
                 release=release,
-                actor=acting_user(request),
-                groups=data["groups"],
                 from_version=data["from_version"],
                 cins=data["cins"],
-                success_threshold=data["success_threshold"],
-                error_threshold=data["error_threshold"],
-                retry_count=data["retry_count"],
-                retry_backoff=data["retry_backoff"],
-                require_approval=data["require_approval"],
-                start_at=data["start_at"],
-                name=data["name"],
+                **common,
             )
         )
         return self._answer(rollout, status.HTTP_201_CREATED)

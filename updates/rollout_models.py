@@ -32,13 +32,27 @@ class Rollout(models.Model):
     class Target(models.TextChoices):
         PACKAGE = "package", "Cards with the package (at a version)"
         CARDS = "cards", "Explicit list of cards"
+        INSTALL = "install", "Install the package on cards without it"
+        ROTATE = "rotate", "Rotate the keys of the bank's security domains"
 
     OPEN_STATES = (State.AWAITING_APPROVAL, State.READY, State.SCHEDULED, State.RUNNING, State.PAUSED)
 
     bank = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="rollouts")
-    release = models.ForeignKey("updates.Release", on_delete=models.PROTECT, related_name="rollouts")
+    release = models.ForeignKey(
+        "updates.Release",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="rollouts",
+        help_text="empty for a key rotation",
+    )
     name = models.CharField(max_length=200, blank=True)
-    package_aid = models.CharField(max_length=32, validators=[hex_validator])
+    package_aid = models.CharField(max_length=32, blank=True, validators=[hex_validator])
+    install_instances = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="an install campaign's instances: [{instance_aid, module_aid, privileges, install_params}]",
+    )
     from_version = models.CharField(max_length=16, blank=True, help_text="major.minor; blank: any other version")
     target_kind = models.CharField(max_length=8, choices=Target.choices, default=Target.PACKAGE)
     group_spec = models.JSONField(default=list, help_text='cumulative bounds as given, e.g. ["10%", "50%", "100%"]')
@@ -161,4 +175,30 @@ class RolloutTarget(models.Model):
         return f"card {self.card_id} in rollout {self.rollout_id}: {self.status}"
 
 
-__all__ = ["Rollout", "RolloutGroup", "RolloutTarget"]
+class CardNotice(models.Model):
+    """A message to a card's holder from an organisation (issue 18: a bank closed the holder's
+    account and removes its security domain). Shown on the holder's card page; also e-mailed when
+    the holder has an address. Never personal data beyond the holder link, never key material."""
+
+    class Kind(models.TextChoices):
+        ACCOUNT_CLOSED = "account_closed", "Account closed by the bank"
+
+    card = models.ForeignKey("cards.Card", on_delete=models.CASCADE, related_name="notices")
+    holder = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="card_notices")
+    organization = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="+")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    message = models.TextField(max_length=500)
+    emailed = models.BooleanField(default=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ("-created_at", "-id")
+
+    def __str__(self) -> str:
+        return f"{self.kind} notice for card {self.card_id}"
+
+
+__all__ = ["CardNotice", "Rollout", "RolloutGroup", "RolloutTarget"]

@@ -24,6 +24,7 @@ from issuers.roles import principal
 from portal import charts, selectors
 from portal.access import bank_member, require_operator
 from portal.forms import ConfirmForm, ReleaseForm, add_service_error, files, posted
+from updates import rollout_selectors
 from updates.releases import MAX_CAP_BYTES, create_release
 
 logger = logging.getLogger(__name__)
@@ -55,8 +56,36 @@ def dashboard(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResp
             held=list(card_selectors.jobs_held_for_key_service(bank.pk)[:5]),
             held_count=card_selectors.jobs_held_for_key_service(bank.pk).count(),
             platform_identity=_platform_identity(),
+            **_fleet_pictures(bank),
         ),
     )
+
+
+def _fleet_pictures(bank: Organization) -> dict[str, object]:
+    """The dashboard's pictures (issue 18): installed versions over time per package, and the
+    progress of each recent campaign by wave."""
+    history = rollout_selectors.version_history(bank.pk)
+    history_charts = [
+        {
+            "package_aid": aid,
+            "chart_id": f"history-{n}",
+            "title": f"Cards per version of {aid}, by day",
+            "chart": charts.line_chart(history["days"], by_version),
+        }
+        for n, (aid, by_version) in enumerate(history["packages"].items())
+    ]
+    campaigns = [
+        {
+            "rollout": rollout,
+            "progress": progress,
+            "pending": progress["overall"]["pending"] + progress["overall"]["running"],
+            "chart": charts.stacked_chart(progress["groups"]),
+            "chart_id": f"campaign-{rollout.pk}",
+            "title": f"Cards of rollout {rollout.pk} per wave and outcome",
+        }
+        for rollout, progress in rollout_selectors.campaigns_of(bank.pk)
+    ]
+    return {"history": history, "history_charts": history_charts, "campaigns": campaigns}
 
 
 @bank_member

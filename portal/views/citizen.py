@@ -18,6 +18,7 @@ from issuers import selectors as issuer_selectors
 from portal import selectors
 from portal.access import citizen_required
 from portal.forms import BankChoiceForm, ConfirmForm, ConsentForm, CredentialForm, add_service_error, posted, posted_id
+from updates import rollout_selectors
 from updates import selectors as update_selectors
 from updates import services as update_services
 
@@ -39,8 +40,10 @@ def my_card(request: AuthenticatedHttpRequest) -> HttpResponse:
 @require_GET
 def card_detail(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
     overview = selectors.card_overview(request.user, _card(request, cin))
-    template = "portal/citizen/_live.html" if request.GET.get("part") == "live" else "portal/citizen/card.html"
-    return render(request, template, {"o": overview, "card": overview.card})
+    if request.GET.get("part") == "live":
+        return render(request, "portal/citizen/_live.html", {"o": overview, "card": overview.card})
+    notices = list(rollout_selectors.notices_for(request.user, overview.card.pk))
+    return render(request, "portal/citizen/card.html", {"o": overview, "card": overview.card, "notices": notices})
 
 
 @citizen_required

@@ -8,13 +8,14 @@ creates the card jobs with one ``INSERT ... SELECT`` too. No per-card Python loo
 from __future__ import annotations
 
 import datetime as dt
+import json
 from typing import Any
 
 from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
-from cards.models import Card, CardJob
+from cards.models import Card, CardJob, SecurityDomain
 from updates import rollouts as rollouts_package
 from updates.rollout_models import Rollout, RolloutGroup, RolloutTarget
 from updates.rollouts.common import _audit, _now_param
@@ -31,26 +32,66 @@ HASH_MODULUS = 4294967291  # the largest prime below 2**32
 
 
 def _target_source(rollout: Rollout, cins: list[str] | None) -> tuple[str, list[Any]]:
-    """FROM/WHERE of the cards a rollout targets: the bank's active SSD on a SECURED card holding the
-    package at the version to upgrade from (or any other version)."""
+    """FROM/WHERE of the cards a rollout targets: the bank's active SSD on a SECURED card, and
+
+    * an upgrade (package, cards): holding the package at the version to upgrade from (or any other);
+    * an install: unlocked, holding neither the package nor an applet at one of the new instance AIDs;
+    * a key rotation: unlocked, keyed by the bank (a key version on record), no rotation pending."""
+    kind = rollout.target_kind
+    params: list[Any] = [rollout.bank_id, False, "active", Card.Lifecycle.SECURED]
     sql = (
         " FROM cards_securitydomain sd"
         " JOIN cards_card c ON c.id = sd.card_id"
-        " JOIN cards_appletinstance ai ON ai.security_domain_id = sd.id"
-        " WHERE sd.organization_id = %s AND sd.is_isd = %s AND sd.state = %s AND c.lifecycle = %s"
-        " AND ai.package_aid = %s"
+        + (" JOIN cards_appletinstance ai ON ai.security_domain_id = sd.id" if kind not in NEW_WORK_KINDS else "")
+        + " WHERE sd.organization_id = %s AND sd.is_isd = %s AND sd.state = %s AND c.lifecycle = %s"
     )
-    params: list[Any] = [rollout.bank_id, False, "active", Card.Lifecycle.SECURED, rollout.package_aid]
-    if rollout.from_version:
-        sql += " AND ai.package_version = %s"
-        params.append(rollout.from_version)
+    if kind == Rollout.Target.INSTALL:
+        instances = [spec["instance_aid"] for spec in rollout.install_instances]
+        marks = ", ".join(["%s"] * len(instances))
+        sql += (
+            " AND sd.lifecycle <> %s"  # noqa: S608 - constant SQL fragments; every value is a parameter
+            " AND NOT EXISTS (SELECT 1 FROM cards_cardpackage p WHERE p.security_domain_id = sd.id"
+            "  AND p.package_aid = %s)"
+            " AND NOT EXISTS (SELECT 1 FROM cards_appletinstance ai WHERE ai.security_domain_id = sd.id"
+            f"  AND (ai.package_aid = %s OR ai.instance_aid IN ({marks})))"
+        )
+        params += [SecurityDomain.Lifecycle.LOCKED, rollout.package_aid, rollout.package_aid, *instances]
+    elif kind == Rollout.Target.ROTATE:
+        sql += (
+            " AND sd.lifecycle <> %s AND sd.key_kvn IS NOT NULL"
+            " AND NOT EXISTS (SELECT 1 FROM cards_cardjob j WHERE j.security_domain_id = sd.id"
+            "  AND j.kind = %s AND j.state IN (%s, %s))"
+        )
+        params += [
+            SecurityDomain.Lifecycle.LOCKED,
+            CardJob.Kind.ROTATE_KEYS,
+            CardJob.State.PENDING,
+            CardJob.State.RUNNING,
+        ]
     else:
-        sql += " AND ai.package_version <> %s"
-        params.append(rollout.release.package_version)
+        sql += " AND ai.package_aid = %s"
+        params.append(rollout.package_aid)
+        if rollout.from_version:
+            sql += " AND ai.package_version = %s"
+            params.append(rollout.from_version)
+        else:
+            sql += " AND ai.package_version <> %s"
+            params.append(rollout.release.package_version if rollout.release else "")
     if cins is not None:
         sql += " AND c.cin IN (" + ", ".join(["%s"] * len(cins)) + ")"
         params += cins
     return sql, params
+
+
+# Target kinds whose cards are chosen by what they lack (no package instance to join).
+NEW_WORK_KINDS = (Rollout.Target.INSTALL, Rollout.Target.ROTATE)
+
+
+def job_kind(rollout: Rollout) -> str:
+    """The card job a rollout's target becomes: a key rotation, or an install/update of the package
+    (``updates.plans.SsdUpdatePackages`` loads the package when the card lacks it and installs the
+    instances)."""
+    return CardJob.Kind.ROTATE_KEYS if rollout.target_kind == Rollout.Target.ROTATE else CardJob.Kind.UPDATE_APPLET
 
 
 def _matching_cins(rollout: Rollout, cins: list[str]) -> list[str]:
@@ -63,7 +104,13 @@ def _matching_cins(rollout: Rollout, cins: list[str]) -> list[str]:
 def plan_targets(rollout: Rollout, bounds: list[Bound], group_ids: list[int], cins: list[str] | None) -> int:
     """Write every target of the rollout with its group in one INSERT ... SELECT; returns the count."""
     source, source_params = _target_source(rollout, cins)
-    if connection.vendor == "postgresql":
+    pg = connection.vendor == "postgresql"
+    instance_params: list[Any] = []
+    if rollout.target_kind in NEW_WORK_KINDS:
+        # the same instances on every card (an install), or none (a key rotation)
+        instances = "%s::jsonb" if pg else "%s"
+        instance_params = [json.dumps([spec["instance_aid"] for spec in rollout.install_instances])]
+    elif pg:
         instances = "jsonb_agg(ai.instance_aid ORDER BY ai.instance_aid)"
     else:
         instances = "json_group_array(ai.instance_aid)"
@@ -99,6 +146,7 @@ def plan_targets(rollout: Rollout, bounds: list[Bound], group_ids: list[int], ci
         RolloutTarget.Status.PENDING,
         "",
         _now_param(timezone.now()),
+        *instance_params,
         HASH_MULTIPLIER,
         rollout.pk,
         HASH_MODULUS,
@@ -132,28 +180,21 @@ def _recount(rollout: Rollout) -> None:
 # --------------------------------------------------------------------------------------------- dispatch
 
 
-def _job_values(rollout: Rollout, src: str, stamp: Any) -> tuple[str, str, list[Any]]:
-    """Columns, SELECT expressions and their parameters of the card jobs made from targets ``src``.
+def _job_values(rollout: Rollout, src: str, stamp: Any, sd: tuple[str, str, str]) -> tuple[str, str, list[Any]]:
+    """Columns, SELECT expressions and their parameters of the card jobs made from targets ``src``
+    (``sd``: the expressions of the target's security domain AID, key version and SCP, joined for a
+    key rotation).
 
     Every concrete column of ``CardJob`` is listed: one added later gets its model default, so a
     migration of the cards app cannot break group activation."""
     pg = connection.vendor == "postgresql"
-    if pg:
-        job_params = (
-            "jsonb_build_object('packages', jsonb_build_array(jsonb_build_object('release', %s::bigint, "
-            f"'instances', {src}.instances)), 'rollout', %s::bigint, 'rollout_target', {src}.id)"
-        )
-    else:
-        job_params = (
-            f"json_object('packages', json_array(json_object('release', %s, 'instances', json({src}.instances))), "
-            f"'rollout', %s, 'rollout_target', {src}.id)"
-        )
+    params_sql, params_values = _job_params(rollout, src, sd, pg)
     explicit: dict[str, tuple[str, list[Any]]] = {
         "card_id": (f"{src}.card_id", []),
-        "kind": ("%s", [CardJob.Kind.UPDATE_APPLET]),
+        "kind": ("%s", [job_kind(rollout)]),
         "organization_id": ("%s", [rollout.bank_id]),
         "security_domain_id": (f"{src}.security_domain_id", []),
-        "params": (job_params, [rollout.release_id, rollout.pk]),
+        "params": (params_sql, params_values),
         "state": ("%s", [CardJob.State.PENDING]),
         "attempts": ("0", []),
         "last_error": ("''", []),
@@ -176,6 +217,37 @@ def _job_values(rollout: Rollout, src: str, stamp: Any) -> tuple[str, str, list[
     return ", ".join(columns), ", ".join(values), params
 
 
+def _job_params(rollout: Rollout, src: str, sd: tuple[str, str, str], pg: bool) -> tuple[str, list[Any]]:
+    """The job's parameters, built in SQL. An upgrade or install: ``{"packages": [{"release",
+    "instances"[, "install"]}], "rollout", "rollout_target"}`` (``install``: an install campaign's
+    instance specifications with privileges and install parameters); a key rotation: the parameters
+    ``cards.services.request_key_rotation`` gives, ``{"sd_aid", "from_kvn", "to_kvn"}`` (the next key
+    version in the SD's SCP range, as ``cards.services.next_kvn``), with the rollout's."""
+    obj, arr = ("jsonb_build_object", "jsonb_build_array") if pg else ("json_object", "json_array")
+    rollout_id = "%s::bigint" if pg else "%s"
+    if rollout.target_kind == Rollout.Target.ROTATE:
+        aid, kvn, scp = sd
+        base = f"(CASE WHEN {scp} = 2 THEN 32 ELSE 48 END)"
+        to_kvn = f"(CASE WHEN {kvn} IS NOT NULL AND {kvn} < {base} + 15 THEN {kvn} + 1 ELSE {base} + 1 END)"
+        return (
+            f"{obj}('sd_aid', {aid}, 'from_kvn', {kvn}, 'to_kvn', {to_kvn}, "
+            f"'rollout', {rollout_id}, 'rollout_target', {src}.id)",
+            [rollout.pk],
+        )
+    instances = f"{src}.instances" if pg else f"json({src}.instances)"
+    if rollout.target_kind == Rollout.Target.INSTALL:
+        install = "%s::jsonb" if pg else "json(%s)"
+        package = f"{obj}('release', {rollout_id}, 'instances', {instances}, 'install', {install})"
+        values: list[Any] = [rollout.release_id, json.dumps(rollout.install_instances)]
+    else:
+        package = f"{obj}('release', {rollout_id}, 'instances', {instances})"
+        values = [rollout.release_id]
+    return (
+        f"{obj}('packages', {arr}({package}), 'rollout', {rollout_id}, 'rollout_target', {src}.id)",
+        [*values, rollout.pk],
+    )
+
+
 def _dispatch(
     rollout: Rollout, condition: str, params: list[Any], *, retry: bool, now: dt.datetime, limit: int | None = None
 ) -> int:
@@ -183,14 +255,18 @@ def _dispatch(
     (at most ``limit`` on PostgreSQL, so one transaction never holds the audit log lock for long)."""
     stamp = _now_param(now)
     retries = "t.retries + 1" if retry else "t.retries"
+    rotate = rollout.target_kind == Rollout.Target.ROTATE
+    join_sd = " JOIN cards_securitydomain sd ON sd.id = t.security_domain_id" if rotate else ""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            columns, values, value_params = _job_values(rollout, "c", stamp)
+            columns, values, value_params = _job_values(rollout, "c", stamp, ("c.sd_aid", "c.sd_kvn", "c.sd_scp"))
+            sd_columns = ", sd.aid AS sd_aid, sd.key_kvn AS sd_kvn, sd.scp AS sd_scp" if rotate else ""
             cursor.execute(
                 "WITH chosen AS ("  # noqa: S608 - constant SQL fragments; every value is a parameter
-                "  SELECT t.id, t.card_id, t.security_domain_id, t.instances FROM updates_rollouttarget t"
+                f"  SELECT t.id, t.card_id, t.security_domain_id, t.instances{sd_columns}"
+                f"  FROM updates_rollouttarget t{join_sd}"
                 f"  WHERE t.rollout_id = %s AND {condition} ORDER BY t.id"
-                f"  {'LIMIT %s' if limit else ''} FOR UPDATE"
+                f"  {'LIMIT %s' if limit else ''} FOR UPDATE OF t"
                 "), jobs AS ("
                 f"  INSERT INTO cards_cardjob ({columns}) SELECT {values} FROM chosen c ORDER BY c.id"
                 "  RETURNING id, (params->>'rollout_target')::bigint AS target_id"
@@ -201,10 +277,10 @@ def _dispatch(
                 [rollout.pk, *params, *([limit] if limit else []), *value_params, RolloutTarget.Status.RUNNING, stamp],
             )
             return max(cursor.rowcount, 0)
-        columns, values, value_params = _job_values(rollout, "t", stamp)
+        columns, values, value_params = _job_values(rollout, "t", stamp, ("sd.aid", "sd.key_kvn", "sd.scp"))
         cursor.execute(
             f"INSERT INTO cards_cardjob ({columns}) SELECT {values}"  # noqa: S608 - constant SQL fragments; every value is a parameter
-            f" FROM updates_rollouttarget t WHERE t.rollout_id = %s AND {condition} ORDER BY t.id",
+            f" FROM updates_rollouttarget t{join_sd} WHERE t.rollout_id = %s AND {condition} ORDER BY t.id",
             [*value_params, rollout.pk, *params],
         )
         cursor.execute(
@@ -215,7 +291,7 @@ def _dispatch(
             f" WHERE t.rollout_id = %s AND {condition}",
             [
                 CardJob.State.PENDING,
-                CardJob.Kind.UPDATE_APPLET,
+                job_kind(rollout),
                 RolloutTarget.Status.RUNNING,
                 stamp,
                 rollout.pk,

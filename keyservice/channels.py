@@ -454,12 +454,19 @@ class KeyService:
             raise ServiceError(
                 400, "sealed", "platform", f"store_data for {item.instance.hex().upper()}: {exc}"
             ) from None
-        block_size = min(personalization.BLOCK_SIZE, self._mdl(payload))
+        block_size = min(item.block_size, self._mdl(payload))
         try:
             plains = personalization.personalization_commands(item.instance, data, item.format, block_size)
         except personalization.PersonalizationError as exc:
             raise bad_request(f"store_data for {item.instance.hex().upper()}: {exc}") from None
         envelope_hash = hashlib.sha256(item.envelope).hexdigest()
+        if item.block is not None:  # one STORE DATA block; the platform sent INSTALL [for personalization]
+            if item.block >= len(plains) - 1:
+                raise bad_request(
+                    f"store_data for {item.instance.hex().upper()}: block {item.block} of {len(plains) - 1}"
+                )
+            plain = plains[1 + item.block]
+            return [(plain, CommandSummary(plain[1], plain[2], plain[3], (item.instance,), envelope_hash))]
         for plain in plains[1:]:
             ins, p1, p2 = plain[1], plain[2], plain[3]
             out.append((plain, CommandSummary(ins, p1, p2, (item.instance,), envelope_hash)))

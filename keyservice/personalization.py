@@ -34,11 +34,15 @@ class StoreDataItem:
     instance: bytes
     envelope: bytes
     format: str
+    #: One block of the sequence (the platform sends INSTALL [for personalization] itself and asks
+    #: for the STORE DATA blocks one item each, so every item is one APDU); None: the whole sequence.
+    block: int | None = None
+    block_size: int = BLOCK_SIZE
 
 
 def parse_item(spec: object) -> StoreDataItem:
     """``{"instance": AID hex, "sealed": base64 envelope, "format": "raw" | "dgi" | "ber-tlv"}``."""
-    if not isinstance(spec, dict) or not set(spec) <= {"instance", "sealed", "format"}:
+    if not isinstance(spec, dict) or not set(spec) <= {"instance", "sealed", "format", "block", "block_size"}:
         raise PersonalizationError("store_data is {'instance': hex, 'sealed': base64, 'format': 'raw'|'dgi'|'ber-tlv'}")
     instance, sealed, fmt = spec.get("instance"), spec.get("sealed"), spec.get("format", "raw")
     try:
@@ -55,7 +59,14 @@ def parse_item(spec: object) -> StoreDataItem:
         envelope = base64.b64decode(sealed.replace("-", "+").replace("_", "/").encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise PersonalizationError("store_data 'sealed' is not base64") from None
-    return StoreDataItem(aid, envelope, str(fmt))
+    block, block_size = spec.get("block"), spec.get("block_size", BLOCK_SIZE)
+    if block is not None and (not isinstance(block, int) or isinstance(block, bool) or not 0 <= block < MAX_BLOCKS):
+        raise PersonalizationError(f"store_data 'block' must be a block number 0..{MAX_BLOCKS - 1}")
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or not 16 <= block_size <= BLOCK_SIZE:
+        raise PersonalizationError(f"store_data 'block_size' must be 16..{BLOCK_SIZE}")
+    if block is not None and fmt != "raw":
+        raise PersonalizationError("store_data by 'block' is for the raw format only")
+    return StoreDataItem(aid, envelope, str(fmt), block, block_size)
 
 
 def _items(data: bytes, fmt: str) -> list[bytes]:

@@ -402,3 +402,17 @@ def set_mandated_dap_policy(*, enabled: bool, actor: AbstractBaseUser | None) ->
                 _agency_sign(release, actor)
                 signed += 1
     return settings_row, signed
+
+
+def signature_status(release: Release) -> dict[str, str]:
+    """The state of the release's bank and agency DAP signatures, for pages: not required,
+    missing, valid or invalid."""
+    return {
+        "bank": str(release_gate.bank_signature(release)),
+        "agency": str(release_gate.agency_signature(release)),
+    }
+
+
+def deployment_refusal(release: Release) -> str | None:
+    """Why the release may not go to cards now (None if it may): :mod:`updates.release_gate`."""
+    return release_gate.deployment_refusal(release)

@@ -393,7 +393,7 @@ class DapKeySerializer(serializers.Serializer):
 
 
 DAP_KEY_ANSWER = inline_serializer(
-    "DapKey",
+    "DapKeyState",
     {
         "point": serializers.CharField(allow_null=True),
         "fingerprint": serializers.CharField(allow_null=True),
@@ -432,7 +432,7 @@ class CodeSigningSerializer(serializers.Serializer):
 
 
 CODE_SIGNING_ANSWER = inline_serializer(
-    "CodeSigning",
+    "CodeSigningState",
     {
         "mandated_dap": serializers.BooleanField(),
         "mandated_dap_point": serializers.CharField(allow_null=True),

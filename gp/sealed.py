@@ -112,6 +112,21 @@ def open_sealed(envelope: bytes, ecdh: ECDH, *, cin: bytes, aid: bytes) -> bytes
         ) from None
 
 
+def plaintext_length(envelope: bytes) -> int:
+    """How many bytes ``envelope`` seals, read off its shape alone (AES-GCM adds only its tag);
+    :class:`EnvelopeError` when it is not an envelope of this version. Nothing is opened."""
+    envelope = bytes(envelope)
+    if len(envelope) < MIN_LENGTH or envelope[:4] != MAGIC:
+        raise EnvelopeError("not a sealed envelope (ECSD)")
+    if envelope[4] != VERSION:
+        raise EnvelopeError(f"sealed envelope version {envelope[4]} (this reader knows {VERSION})")
+    try:
+        _point_key(envelope[5:HEADER_LENGTH], "the ephemeral key")
+    except KeyMaterialError as exc:
+        raise EnvelopeError(f"sealed envelope: {exc}") from None
+    return len(envelope) - MIN_LENGTH
+
+
 def software_ecdh(private_key: ec.EllipticCurvePrivateKey) -> ECDH:
     """An :data:`ECDH` with a software key (tests, a back office without a token)."""
 

@@ -89,6 +89,7 @@ class KeySet(models.Model):
         CHECKPOINT_SIGNING = "checkpoint_signing", "Transparency log checkpoint signing key"
         CARD_CA = "card_ca", "Card CA (certifies each card's attestation key)"
         OCE_CA = "oce_ca", "OCE CA (certifies banks' SCP11 off-card keys)"
+        MANDATED_DAP = "mandated_dap", "Mandated DAP signing key (the agency's signature over load files)"
 
     class Algorithm(models.TextChoices):
         AES = "aes", "AES"

@@ -216,4 +216,63 @@ class BankKeyService(models.Model):
         return f"key service of {self.organization} at {self.endpoint}"
 
 
+class ReleasePolicy(models.Model):
+    """How the agency approves a bank's releases (docs/releases.md): automatically at upload
+    (the default, also for a bank without a row), or after review by an agency operator."""
+
+    class Approval(models.TextChoices):
+        AUTO = "auto", "Approved automatically at upload"
+        REVIEW = "review", "Reviewed by an agency operator"
+
+    bank = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="release_policy")
+    approval = models.CharField(max_length=8, choices=Approval.choices, default=Approval.AUTO)
+    set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    set_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"release approval of {self.bank}: {self.approval}"
+
+
+class CodeSigningSettings(models.Model):
+    """The platform-wide code-signing settings of the agency (one row, pk 1): whether every
+    release also carries the agency's Mandated DAP (GPC 2.3.1 §9.2.1)."""
+
+    SINGLETON_PK = 1
+
+    mandated_dap = models.BooleanField(default=False)
+    set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    set_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "code-signing settings"
+        verbose_name_plural = "code-signing settings"
+        constraints = [models.CheckConstraint(condition=models.Q(pk=1), name="code_signing_settings_singleton")]
+
+    def __str__(self) -> str:
+        return f"code signing: mandated DAP {'on' if self.mandated_dap else 'off'}"
+
+
+class BankDapKey(models.Model):
+    """A bank's DAP verification public key (an uncompressed P-256 point, ``gp.dap``): what its SSD
+    holds at KVN 73 and what the platform checks the bank's release signatures with. Public."""
+
+    bank = models.OneToOneField(Organization, on_delete=models.CASCADE, related_name="dap_key")
+    point = models.CharField(max_length=130, validators=[hex_validator], help_text="04 || X || Y, upper-case hex")
+    fingerprint = models.CharField(max_length=64, help_text="SHA-256 of the point, hex")
+    set_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    set_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "bank DAP key"
+
+    def __str__(self) -> str:
+        return f"DAP key of {self.bank} ({self.fingerprint[:16]})"
+
+
 from issuers.custody_models import *  # noqa: E402, F403

@@ -11,7 +11,7 @@ from django.http import Http404, HttpRequest, QueryDict
 from django.utils.datastructures import MultiValueDict
 
 from ecard.errors import ServiceError
-from issuers.models import Organization, SsdTemplate
+from issuers.models import Organization, ReleasePolicy, SsdTemplate
 from updates.models import Release
 
 HEX_HELP = "hexadecimal"
@@ -400,3 +400,48 @@ class CloseAccountForm(forms.Form):
         required=True,
         error_messages={"required": "Tick the box to confirm."},
     )
+
+
+class RejectReleaseForm(forms.Form):
+    reason = forms.CharField(
+        label="Why it is rejected",
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="The bank reads this reason.",
+    )
+
+
+class DapKeyForm(forms.Form):
+    point = forms.CharField(
+        label="DAP public key",
+        max_length=400,
+        widget=forms.Textarea(attrs={"rows": 3, "class": "mono"}),
+        help_text="The bank's DAP verification key: an uncompressed P-256 point (04 || X || Y), 130 hex digits.",
+    )
+
+
+class DapSignatureForm(forms.Form):
+    signature = forms.CharField(
+        label="DAP signature",
+        max_length=256,
+        widget=forms.Textarea(attrs={"rows": 2, "class": "mono"}),
+        help_text="ECDSA P-256 over the SHA-256 of the load file: r || s, 128 hex digits.",
+    )
+
+
+class MandatedDapForm(forms.Form):
+    mandated_dap = forms.BooleanField(
+        label="Mandated DAP: the agency signs every approved release, and cards verify its signature",
+        required=False,
+    )
+
+
+class ReleasePolicyForm(forms.Form):
+    bank = forms.ModelChoiceField(queryset=Organization.objects.none(), label="Bank", empty_label=None)
+    approval = forms.ChoiceField(label="Approval of its releases", choices=ReleasePolicy.Approval.choices)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        field = self.fields["bank"]
+        if isinstance(field, forms.ModelChoiceField):
+            field.queryset = Organization.objects.filter(kind=Organization.Kind.BANK).order_by("name")

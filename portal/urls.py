@@ -2,7 +2,19 @@
 
 from django.urls import path
 
-from portal.views import account, agency, auth, bank, citizen, fleet, oversight, pages, rollouts, terminals
+from portal.views import (
+    account,
+    agency,
+    auth,
+    bank,
+    citizen,
+    code_signing,
+    fleet,
+    oversight,
+    pages,
+    rollouts,
+    terminals,
+)
 
 app_name = "portal"
 
@@ -37,6 +49,12 @@ urlpatterns = [
     path("bank/<slug:bank>/releases/<int:release>/revoke/", fleet.revoke, name="bank-release-revoke"),
     path("bank/<slug:bank>/rollouts/install/", fleet.install_campaign, name="bank-install-campaign"),
     path("bank/<slug:bank>/rollouts/rotate-keys/", fleet.rotate_campaign, name="bank-rotate-campaign"),
+    path(
+        "bank/<slug:bank>/releases/<int:release>/dap-signature/",
+        code_signing.release_signature,
+        name="bank-release-signature",
+    ),
+    path("bank/<slug:bank>/dap-key/", code_signing.bank_dap_key, name="bank-dap-key"),
     path("bank/<slug:bank>/rollouts/", rollouts.rollout_list, name="bank-rollouts"),
     path("bank/<slug:bank>/rollouts/<int:rollout>/", rollouts.rollout_detail, name="bank-rollout"),
     path("bank/<slug:bank>/rollouts/<int:rollout>/cards/", rollouts.rollout_targets, name="bank-rollout-targets"),
@@ -49,6 +67,8 @@ urlpatterns = [
     path("agency/banks/", agency.banks, name="agency-banks"),
     path("agency/banks/<slug:bank>/", agency.bank_detail, name="agency-bank"),
     path("agency/policy/", agency.policy, name="agency-policy"),
+    path("agency/releases/", code_signing.agency_releases, name="agency-releases"),
+    path("agency/code-signing/", code_signing.agency_code_signing, name="agency-code-signing"),
     # Terminal credentials of an organisation (its admins)
     path("org/<slug:org>/terminals/", terminals.terminals, name="terminals"),
     # Regulator

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from drf_spectacular.utils import extend_schema, inline_serializer
@@ -13,13 +14,18 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from ecard.api import ActionRules
+from ecard.errors import ServiceError
 from ecard.requests import acting_user
 from ecard.throttling import FailOpenScopedThrottle
-from issuers.models import Membership, Organization
-from issuers.roles import Principal
-from updates import selectors, services
+from gp import dap
+from issuers import code_signing
+from issuers.models import BankDapKey, Membership, Organization, ReleasePolicy
+from issuers.roles import Principal, principal
+from updates import releases, selectors, services
 from updates.authentication import AgentTokenAuthentication
-from updates.models import AgentCredential, CardSession
+from updates.models import AgentCredential, CardSession, Release
+from updates.rollout_apis import ReleaseSerializer
+from updates.rollout_selectors import releases_for
 
 
 class AgentCredentialSerializer(serializers.ModelSerializer):
@@ -268,3 +274,197 @@ class SessionRejectedError(exceptions.APIException):
     status_code = status.HTTP_409_CONFLICT
     default_detail = "Session rejected"
     default_code = "session_rejected"
+
+
+# ------------------------------------------------------------------- release approval and code signing
+
+
+def _service(call: Callable[[], Any]) -> Any:
+    """Run a service call; its permission refusals are 403s (other refusals go to the problem handler)."""
+    try:
+        return call()
+    except ServiceError as exc:
+        if exc.code == "forbidden":
+            raise exceptions.PermissionDenied(exc.message) from exc
+        raise
+
+
+def _visible_release(request: Request, pk: int) -> Release:
+    """A release the caller may see, else 404 (another bank's release does not exist for a bank)."""
+    release = releases_for(acting_user(request)).filter(pk=pk).first()
+    if release is None:
+        raise exceptions.NotFound("no such release")
+    return release
+
+
+def _release_answer(request: Request, release: Release) -> Response:
+    return Response(ReleaseSerializer(_visible_release(request, release.pk)).data)
+
+
+class RejectReleaseSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=1000, help_text="why, for the bank")
+
+
+class DapSignatureSerializer(serializers.Serializer):
+    signature = serializers.CharField(
+        max_length=4 * dap.SIGNATURE_LENGTH, help_text="the bank's DAP over the LFDB hash: r || s, 128 hex digits"
+    )
+
+
+class ApproveReleaseApi(APIView):
+    """An agency operator approves a release awaiting review (never one of their own bank's)."""
+
+    @extend_schema(request=None, responses=ReleaseSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        release, actor = _visible_release(request, pk), acting_user(request)
+        if not principal(actor).agency_operator:
+            raise exceptions.PermissionDenied("only an agency operator approves releases")
+        return _release_answer(request, _service(lambda: releases.approve_release(release=release, actor=actor)))
+
+
+class RejectReleaseApi(APIView):
+    """An agency operator rejects a release awaiting review, with the reason the bank reads."""
+
+    @extend_schema(request=RejectReleaseSerializer, responses=ReleaseSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        release, actor = _visible_release(request, pk), acting_user(request)
+        if not principal(actor).agency_operator:
+            raise exceptions.PermissionDenied("only an agency operator rejects releases")
+        payload = RejectReleaseSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        reason = payload.validated_data["reason"]
+        return _release_answer(
+            request, _service(lambda: releases.reject_release(release=release, actor=actor, reason=reason))
+        )
+
+
+class ReleaseDapSignatureApi(APIView):
+    """The bank's operators give the release's DAP signature; it must verify with the bank's DAP key."""
+
+    @extend_schema(request=DapSignatureSerializer, responses=ReleaseSerializer)
+    def post(self, request: Request, pk: int) -> Response:
+        release, actor = _visible_release(request, pk), acting_user(request)
+        if not principal(actor).can_operate(release.bank_id):
+            raise exceptions.PermissionDenied(f"only {release.bank.name}'s operators sign its releases")
+        payload = DapSignatureSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        signature = payload.validated_data["signature"]
+        return _release_answer(
+            request, _service(lambda: releases.add_dap_signature(release=release, signature=signature, actor=actor))
+        )
+
+
+def _visible_bank(request: Request, slug: str) -> Organization:
+    """The bank ``slug`` for the agency, regulators and the bank's own members, else 404."""
+    who = principal(acting_user(request))
+    bank = Organization.objects.filter(slug=slug, kind=Organization.Kind.BANK).first()
+    if bank is None or not (who.is_agency or who.is_regulator or bank.pk in who.bank_ids):
+        raise exceptions.NotFound("no such bank")
+    return bank
+
+
+class ReleasePolicySerializer(serializers.Serializer):
+    approval = serializers.ChoiceField(choices=ReleasePolicy.Approval.choices)
+
+
+class ReleasePolicyApi(APIView):
+    """How the agency approves a bank's releases: ``auto`` at upload (the default) or ``review`` by
+    an agency operator. Read by the bank, the agency and regulators; set by agency administrators."""
+
+    @extend_schema(responses=ReleasePolicySerializer)
+    def get(self, request: Request, slug: str) -> Response:
+        return Response({"approval": code_signing.release_approval(_visible_bank(request, slug))})
+
+    @extend_schema(request=ReleasePolicySerializer, responses=ReleasePolicySerializer)
+    def put(self, request: Request, slug: str) -> Response:
+        bank, actor = _visible_bank(request, slug), acting_user(request)
+        payload = ReleasePolicySerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        approval = payload.validated_data["approval"]
+        policy = _service(lambda: code_signing.set_release_policy(bank=bank, approval=approval, actor=actor))
+        return Response({"approval": policy.approval})
+
+
+class DapKeySerializer(serializers.Serializer):
+    point = serializers.CharField(
+        max_length=code_signing.MAX_POINT_TEXT,
+        help_text="the DAP verification public key: an uncompressed P-256 point 04 || X || Y, hex",
+    )
+
+
+DAP_KEY_ANSWER = inline_serializer(
+    "DapKeyState",
+    {
+        "point": serializers.CharField(allow_null=True),
+        "fingerprint": serializers.CharField(allow_null=True),
+        "set_at": serializers.DateTimeField(allow_null=True),
+    },
+)
+
+
+def _dap_key_answer(bank: Organization) -> Response:
+    key = BankDapKey.objects.filter(bank=bank).first()
+    if key is None:
+        return Response({"point": None, "fingerprint": None, "set_at": None})
+    return Response({"point": key.point, "fingerprint": key.fingerprint, "set_at": key.set_at})
+
+
+class BankDapKeyApi(APIView):
+    """A bank's DAP verification public key (its SSDs verify the bank's signature with it). Public:
+    read by the bank, the agency and regulators; set by the bank's administrators."""
+
+    @extend_schema(responses=DAP_KEY_ANSWER)
+    def get(self, request: Request, slug: str) -> Response:
+        return _dap_key_answer(_visible_bank(request, slug))
+
+    @extend_schema(request=DapKeySerializer, responses=DAP_KEY_ANSWER)
+    def put(self, request: Request, slug: str) -> Response:
+        bank, actor = _visible_bank(request, slug), acting_user(request)
+        payload = DapKeySerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        point = payload.validated_data["point"]
+        _service(lambda: code_signing.set_bank_dap_key(bank=bank, point=point, actor=actor))
+        return _dap_key_answer(bank)
+
+
+class CodeSigningSerializer(serializers.Serializer):
+    mandated_dap = serializers.BooleanField()
+
+
+CODE_SIGNING_ANSWER = inline_serializer(
+    "CodeSigningState",
+    {
+        "mandated_dap": serializers.BooleanField(),
+        "mandated_dap_point": serializers.CharField(allow_null=True),
+        "signed": serializers.IntegerField(required=False),
+    },
+)
+
+
+def _code_signing_answer(**extra: Any) -> Response:
+    enabled = code_signing.mandated_dap_enabled()
+    point = code_signing.mandated_dap_public_point().hex().upper() if enabled else None
+    return Response({"mandated_dap": enabled, "mandated_dap_point": point, **extra})
+
+
+class CodeSigningApi(APIView):
+    """The platform's code-signing settings: Mandated DAP (the agency signs every approved release
+    too). Read by the agency and regulators; set by agency administrators."""
+
+    @extend_schema(responses=CODE_SIGNING_ANSWER)
+    def get(self, request: Request) -> Response:
+        who = principal(acting_user(request))
+        if not (who.is_agency or who.is_regulator):
+            raise exceptions.PermissionDenied("for the agency and regulators")
+        return _code_signing_answer()
+
+    @extend_schema(request=CodeSigningSerializer, responses=CODE_SIGNING_ANSWER)
+    def put(self, request: Request) -> Response:
+        actor = acting_user(request)
+        if not principal(actor).is_agency:
+            raise exceptions.PermissionDenied("only agency administrators change the code-signing settings")
+        payload = CodeSigningSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        enabled = payload.validated_data["mandated_dap"]
+        _settings, signed = _service(lambda: releases.set_mandated_dap_policy(enabled=enabled, actor=actor))
+        return _code_signing_answer(signed=signed)

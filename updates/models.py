@@ -9,7 +9,7 @@ from django.conf import settings
 from django.db import models
 
 from cards.signals import auth_failures_cleared
-from issuers.models import Organization, hex_validator
+from issuers.models import Organization, ReleasePolicy, hex_validator
 
 if TYPE_CHECKING:
     from cards.models import SecurityDomain
@@ -27,11 +27,20 @@ class WorkerHeartbeat(models.Model):
 
 
 class Release(models.Model):
-    """An immutable applet release: one CAP file of a bank, parsed and hashed at upload."""
+    """An immutable applet release: one CAP file of a bank, parsed and hashed at upload.
+
+    The agency approves it at upload or after review (``issuers.models.ReleasePolicy``); the bank
+    signs its Load File Data Block hash with its DAP key, and under Mandated DAP the agency signs it
+    too (docs/releases.md). Signatures are public: ``r || s`` in hex, blank until given.
+    """
 
     class State(models.TextChoices):
+        PENDING = "pending", "Awaiting agency review"
         APPROVED = "approved", "Approved"
+        REJECTED = "rejected", "Rejected"
         REVOKED = "revoked", "Revoked"
+
+    Approval = ReleasePolicy.Approval
 
     bank = models.ForeignKey(Organization, on_delete=models.PROTECT, related_name="releases")
     package_aid = models.CharField(max_length=32, validators=[hex_validator])
@@ -46,6 +55,24 @@ class Release(models.Model):
     cap_sha256 = models.CharField(max_length=64, unique=True)
     changelog = models.TextField(blank=True)
     state = models.CharField(max_length=12, choices=State.choices, default=State.APPROVED)
+    approval = models.CharField(
+        max_length=8, choices=Approval.choices, default=Approval.AUTO, help_text="the policy it was uploaded under"
+    )
+    approved_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    approved_at = models.DateTimeField(null=True, blank=True)
+    rejected_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    rejected_at = models.DateTimeField(null=True, blank=True)
+    rejection_reason = models.TextField(blank=True)
+    dap_signature = models.CharField(
+        max_length=128, blank=True, help_text="the bank's DAP over the LFDB hash: r || s, hex"
+    )
+    agency_dap_signature = models.CharField(
+        max_length=128, blank=True, help_text="the agency's Mandated DAP over the LFDB hash: r || s, hex"
+    )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

@@ -29,8 +29,9 @@ from django.utils import timezone
 from audit.services import record_event
 from cards.models import Card, CardJob, Personalization, SecurityDomain
 from ecard.errors import ServiceError
-from gp import commands, sealed
+from gp import commands
 from gp.errors import GPError
+from gp.sealed import plaintext_length, seal
 from issuers.bank_service_client import BankServiceError
 from issuers.key_services import client_of, registered_service
 from issuers.models import Organization
@@ -183,12 +184,12 @@ def submit_personalization(
             if not 1 <= len(item.data) <= MAX_DATA:
                 raise ServiceError(f"{where}: data must be 1..{MAX_DATA} bytes")
             point = point or _personalization_point(bank)
-            envelope = sealed.seal(point, item.data, cin=bytes.fromhex(card.cin), aid=bytes.fromhex(item.instance_aid))
+            envelope = seal(point, item.data, cin=bytes.fromhex(card.cin), aid=bytes.fromhex(item.instance_aid))
             length = len(item.data)
         else:
             envelope = item.sealed_envelope or b""
             try:
-                length = sealed.plaintext_length(envelope)
+                length = plaintext_length(envelope)
             except GPError as exc:
                 raise ServiceError(f"{where}: the sealed envelope is malformed ({exc})") from None
             if not 1 <= length <= MAX_DATA:

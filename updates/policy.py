@@ -16,6 +16,7 @@ from cards.models import Card, SecurityDomain
 from gp import commands
 from gp.errors import GPError
 from issuers.services import aid_in_bank_range
+from updates import release_gate
 from updates.models import Release, Rollout
 
 
@@ -123,6 +124,9 @@ def check_job(*, card: Card, security_domain: SecurityDomain, job: Any, operatio
             raise _deny(
                 card, sd, operation, f"release {release.package_aid} v{release.package_version} is {release.state}"
             )
+        refusal = release_gate.deployment_refusal(release)  # unsigned where the cards verify a DAP
+        if refusal is not None:
+            raise _deny(card, sd, operation, refusal)
     rollout_id = job.params.get("rollout")
     if rollout_id is not None:
         rollout = Rollout.objects.filter(pk=rollout_id).first()

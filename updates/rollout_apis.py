@@ -79,6 +79,9 @@ class ReleaseSerializer(serializers.ModelSerializer):
     bank: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     version = serializers.CharField(source="package_version", read_only=True)
     created_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    approved_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
 
     class Meta:
         model = Release
@@ -96,6 +99,12 @@ class ReleaseSerializer(serializers.ModelSerializer):
             "cap_sha256",
             "changelog",
             "state",
+            "approval",
+            "approved_by",
+            "approved_at",
+            "rejection_reason",
+            "dap_signature",
+            "agency_dap_signature",
             "created_by",
             "created_at",
         )

@@ -7,7 +7,8 @@ from django.db.models import QuerySet
 
 from issuers.models import Membership, Organization
 from issuers.roles import principal
-from updates.models import TERMINAL_ORG_KINDS, AgentCredential, WorkerHeartbeat
+from updates import release_gate
+from updates.models import TERMINAL_ORG_KINDS, AgentCredential, Release, WorkerHeartbeat
 
 
 def heartbeat_for(token: str) -> WorkerHeartbeat | None:
@@ -38,3 +39,22 @@ def terminal_credentials_for(
     if organization is not None:
         credentials = credentials.filter(organization=organization)
     return credentials.select_related("organization", "issued_by").order_by("-created_at", "-id")
+
+
+def release_dap_blocks(release: Release) -> list[tuple[str, bytes]]:
+    """The DAP blocks a load of ``release`` carries, as ``[("bank", r||s), ("agency", r||s)]`` when
+    present and valid (GPC 2.3.1 §11.6.2.3). The OTA engine names the bank's SSD AID for "bank" and
+    the ISD AID for "agency"."""
+    return release_gate.dap_blocks(release)
+
+
+def pending_releases(user: AbstractBaseUser | None = None) -> QuerySet[Release]:
+    """Releases awaiting agency review, oldest first: all of them for the platform (``None``) and
+    the agency, a bank's own for its members, none for anyone else."""
+    qs = Release.objects.filter(state=Release.State.PENDING).select_related("bank", "created_by").defer("cap_file")
+    if user is None:
+        return qs.order_by("created_at", "id")
+    who = principal(user)
+    if who.is_agency or who.is_regulator:
+        return qs.order_by("created_at", "id")
+    return qs.filter(bank_id__in=who.bank_ids).order_by("created_at", "id")

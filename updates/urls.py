@@ -13,6 +13,12 @@ urlpatterns = [
     path("relay/sessions/", apis.RelaySessionsApi.as_view(), name="relay-sessions"),
     path("relay/sessions/<uuid:session_id>/exchanges/", apis.RelayExchangeApi.as_view(), name="relay-exchange"),
     path("personalization/", personalization_apis.PersonalizationApi.as_view(), name="personalization"),
+    path("releases/<int:pk>/approve/", apis.ApproveReleaseApi.as_view(), name="release-approve"),
+    path("releases/<int:pk>/reject/", apis.RejectReleaseApi.as_view(), name="release-reject"),
+    path("releases/<int:pk>/dap-signature/", apis.ReleaseDapSignatureApi.as_view(), name="release-dap-signature"),
+    path("organizations/<slug:slug>/release-policy/", apis.ReleasePolicyApi.as_view(), name="release-policy"),
+    path("organizations/<slug:slug>/dap-key/", apis.BankDapKeyApi.as_view(), name="bank-dap-key"),
+    path("code-signing/", apis.CodeSigningApi.as_view(), name="code-signing"),
     *router.urls,
 ]
 urlpatterns += [path("", include("updates.rollout_urls"))]

@@ -38,6 +38,7 @@ _ALLOWED: dict[str, set[Algorithm]] = {
     Purpose.CHECKPOINT_SIGNING: {Algorithm.ED25519},
     Purpose.CARD_CA: {Algorithm.EC_P256},
     Purpose.OCE_CA: {Algorithm.EC_P256},
+    Purpose.MANDATED_DAP: {Algorithm.EC_P256},
     Purpose.RECEIPT: _SYMMETRIC | _ASYMMETRIC,
 }
 _HEX_AID = re.compile(r"^(?:[0-9A-F]{2}){5,16}$")

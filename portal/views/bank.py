@@ -24,6 +24,7 @@ from issuers.roles import principal
 from portal import charts, selectors
 from portal.access import bank_member, require_operator
 from portal.forms import ConfirmForm, ReleaseForm, add_service_error, files, posted
+from portal.views import code_signing
 from updates import rollout_selectors
 from updates.releases import MAX_CAP_BYTES, create_release
 
@@ -156,7 +157,10 @@ def releases(request: AuthenticatedHttpRequest, bank: Organization) -> HttpRespo
             except ServiceError as exc:
                 add_service_error(form, exc)
             else:
-                messages.success(request, f"Release {release.package_aid} v{release.package_version} is published.")
+                awaits = " and awaits the agency's review" if release.state == release.State.PENDING else ""
+                messages.success(
+                    request, f"Release {release.package_aid} v{release.package_version} is published{awaits}."
+                )
                 return redirect("portal:bank-release", bank=bank.slug, release=release.pk)
     return render(
         request,
@@ -170,7 +174,7 @@ def releases(request: AuthenticatedHttpRequest, bank: Organization) -> HttpRespo
 @require_GET
 def release_detail(request: AuthenticatedHttpRequest, bank: Organization, release: int) -> HttpResponse:
     record = get_object_or_404(selectors.bank_releases(request.user, bank), pk=release)
-    return render(request, "portal/bank/release.html", _context(request, bank, release=record))
+    return render(request, "portal/bank/release.html", code_signing.release_context(request, bank, record))
 
 
 def _platform_identity() -> tuple[str, str] | None:

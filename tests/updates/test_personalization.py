@@ -159,7 +159,7 @@ def test_another_bank_cannot_personalise_and_hostile_input_is_a_clear_400(
     assert not Personalization.objects.exists()
 
 
-def _file(text: str):  # noqa: ANN202
+def _file(text: str):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     return SimpleUploadedFile("perso.csv", text.encode(), content_type="text/csv")

@@ -15,6 +15,7 @@ from django.utils import timezone
 from ecard.errors import ServiceError
 from issuers.models import Organization
 from issuers.services import validate_default_applets
+from updates import release_gate
 from updates.models import Release
 from updates.rollout_models import Rollout, RolloutGroup, RolloutTarget
 from updates.rollouts import lifecycle
@@ -56,10 +57,11 @@ def create_rollout(
         _can_operate(actor, bank)
     if release.bank_id != bank.pk:
         raise ServiceError("no such release", field="release", code="not_found")
-    if release.state != Release.State.APPROVED:
+    if release.state == Release.State.REVOKED:  # withdrawn for good: not a conflict that can clear (400)
         raise ServiceError(
             f"release {release.package_aid} v{release.package_version} is {release.state}", field="release"
         )
+    release_gate.require_deployable(release)  # approved by the agency, signed as the cards check (409)
     bounds = parse_groups(groups)
     _check_numbers(success_threshold, error_threshold, retry_count, retry_backoff)
     if from_version and not re.fullmatch(r"\d{1,3}\.\d{1,3}", from_version):
@@ -354,6 +356,8 @@ def start_rollout(*, rollout: Rollout, actor: AbstractBaseUser | None) -> Rollou
     lifecycle.require(rollout.state, Action.START)
     if rollout.release is not None and rollout.release.state != Release.State.APPROVED:
         raise ServiceError(f"the release is {rollout.release.state}", code="state")
+    if rollout.release is not None:
+        release_gate.require_deployable(rollout.release)
     now = timezone.now()
     if rollout.start_at is not None and rollout.start_at > now:
         lifecycle.move(rollout, Action.START, Rollout.State.SCHEDULED)
@@ -384,6 +388,8 @@ def resume_rollout(*, rollout: Rollout, actor: AbstractBaseUser | None) -> Rollo
     lifecycle.require(rollout.state, Action.RESUME)
     if rollout.release is not None and rollout.release.state != Release.State.APPROVED:
         raise ServiceError(f"the release is {rollout.release.state}; cancel the rollout", code="state")
+    if rollout.release is not None:
+        release_gate.require_deployable(rollout.release)
     now = timezone.now()
     lifecycle.move(rollout, Action.RESUME, Rollout.State.RUNNING if rollout.started_at else Rollout.State.SCHEDULED)
     rollout.pause_reason = ""

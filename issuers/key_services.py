@@ -312,7 +312,25 @@ def register_key_service(
             organization=organization,
             details=details,
         )
-    return check_key_service(service)
+    service = check_key_service(service)
+    adopt_service_dap_key(service)
+    return service
+
+
+def adopt_service_dap_key(service: BankKeyService) -> bool:
+    """Record the DAP key of the bank's service as the bank's DAP verification key (issue 18): the
+    service puts that key into the bank's SSDs and signs the bank's releases with it, so the
+    platform checks release signatures against the same key the cards hold. False (and nothing
+    changed) when the service cannot say now; registration stands, and it is tried again then."""
+    from issuers.code_signing import set_bank_dap_key
+
+    try:
+        point = client_of(service).dap_public_key()
+    except BankServiceError as exc:
+        logger.warning("key service of %s gave no DAP key: %s", service.organization.slug, error_text(exc))
+        return False
+    set_bank_dap_key(bank=service.organization, point=point, actor=None)
+    return True
 
 
 # --------------------------------------------------------------------------- health

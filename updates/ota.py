@@ -54,7 +54,7 @@ from audit.services import record_event
 from cards.emulation import token_verification_keyset
 from cards.models import ISD_AID, AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
 from ecard.errors import ServiceError
-from gp import aids, commands, dm
+from gp import aids, commands, dap, dm
 from gp.apdu import SW
 from gp.cap import LoadFile
 from gp.commands import SecurityDomainLifeCycle
@@ -469,7 +469,8 @@ class SsdBankKeys(BankSsdStage):
         if self.delegated():
             return self.delegated_script()
         if self.opened_with.kvn == self.bank_kvn():
-            return []  # the bank's keys already open the SSD: PUT KEY happened in an earlier session
+            # the bank's keys already open the SSD: PUT KEY happened in an earlier session
+            return self.dap_key_script(may_exist=True)
         if isinstance(channel, RemoteChannel):
             raise LocalProtocolError("a custody key set in a channel of a bank's key service")
         sd = self.job_sd()
@@ -482,7 +483,27 @@ class SsdBankKeys(BankSsdStage):
         data = encode_put_key_symmetric(bank.kvn, keys, channel.encrypt_key, algorithm=algorithm)
         # encode_put_key_symmetric starts with the new KVN, which put_key writes itself (§11.8.2.3).
         apdu = commands.put_key(bank.kvn, data[1:], old_kvn=self.opened_with.kvn, key_id=0x01)
-        return [Command(apdu, f"install {sd.organization.name} keys")]
+        return [Command(apdu, f"install {sd.organization.name} keys"), *self.dap_key_script(may_exist=False)]
+
+    def dap_key_script(self, *, may_exist: bool) -> list[Command]:
+        """PUT KEY of the bank's DAP verification key at KVN 73 (GPC 2.3.1 §11.8, gp.dap) when
+        the SSD was created with DAP Verification. ``may_exist``: an earlier session may have put
+        it (its answer lost); the card's 6A80 to adding it again proves nothing and is let pass,
+        since the card itself checks every later load's DAP with the key it holds."""
+        sd = self.job_sd()
+        if not self.job.params.get("dap_key"):
+            return []
+        expect = (SW.SUCCESS, SW.WRONG_DATA) if may_exist else (SW.SUCCESS,)
+        label = f"install {sd.organization.name}'s code signing (DAP) key"
+        if self.delegated():
+            return [Command(b"", label + " (from its key service)", expect, service={"put_dap_key": {}})]
+        from issuers.code_signing import bank_dap_point
+
+        point = bank_dap_point(sd.organization)
+        if point is None:
+            raise JobFailed(f"{sd.organization.name} has no DAP key set, but its security domain verifies DAP")
+        data = dap.put_key_data(point)
+        return [Command(commands.put_key(dap.DAP_KVN, data[1:], key_id=dap.DAP_KEY_ID, multiple=False), label, expect)]
 
     def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         if self.delegated():
@@ -503,15 +524,15 @@ class SsdBankKeys(BankSsdStage):
         sd = self.job_sd()
         if self.opened_with.kind == "bank":
             if sd.lifecycle == SecurityDomain.Lifecycle.PERSONALIZED:
-                return []
-            return [self._personalize(may_be_done=True)]
+                return self.dap_key_script(may_exist=True)
+            return [*self.dap_key_script(may_exist=True), self._personalize(may_be_done=True)]
         put_key = Command(
             b"",
             f"install {sd.organization.name} keys (built by its key service)",
             service={"put_key": {"kvn": BANK_SCP03_KVN, "replace": 0}},
             proves=f"keys:{BANK_SCP03_KVN:02X}",
         )
-        return [put_key, self._personalize(may_be_done=False)]
+        return [put_key, *self.dap_key_script(may_exist=False), self._personalize(may_be_done=False)]
 
     def delegated_finish(self, registry: Registry) -> list[Effect]:
         """The bank's keys are proven by an R-MAC'd 9000 to PUT KEY, or by the channel itself when
@@ -626,7 +647,7 @@ def load_script(card: Card, sd: SecurityDomain, release: Any, channel: HostChann
     digest = hashlib.sha256(lfdb).digest()
     install = commands.install_for_load(bytes.fromhex(release.package_aid), bytes.fromhex(sd.aid), digest)
     script = [Command(with_token(card, sd, install), f"prepare load of {release.package_aid}")]
-    blocks = commands.load_commands(lfdb, channel.max_data_length())
+    blocks = commands.load_commands(lfdb, channel.max_data_length(), dap_blocks=dap_blocks(card, sd, release))
     for number, block in enumerate(blocks):
         last = number == len(blocks) - 1
         receipt = (
@@ -636,6 +657,24 @@ def load_script(card: Card, sd: SecurityDomain, release: Any, channel: HostChann
         )
         script.append(Command(block, f"load block {number + 1}/{len(blocks)}", receipt=receipt))
     return script
+
+
+def dap_blocks(card: Card, sd: SecurityDomain, release: Any) -> list[tuple[bytes, bytes]]:
+    """The DAP blocks before the LFDB (GPC 2.3.1 §11.6.2.3): the bank's signature for its SSD
+    when the SSD verifies DAP (privilege byte 1 b7, §11.1.2), the agency's for the ISD (Mandated
+    DAP) when the release carries one. The card checks them; the platform only carries them."""
+    from updates.selectors import release_dap_blocks
+
+    out = []
+    for signer, signature in release_dap_blocks(release):
+        if signer == "bank" and int(sd.privileges[:2], 16) & DAP_VERIFICATION:
+            out.append((bytes.fromhex(sd.aid), signature))
+        elif signer == "agency":
+            out.append((bytes.fromhex(card.isd_aid), signature))
+    return out
+
+
+DAP_VERIFICATION = 0x40  # privilege byte 1, b7 (GPC 2.3.1 §11.1.2, Table 11-7)
 
 
 def install_command(

@@ -485,17 +485,23 @@ class KeyService:
         digest = _hex(body, "lfdb_sha256", min_len=32, max_len=32)
         context = {"session": "", "card": "", "sd_aid": "", "commands": [], "lfdb_sha256": digest.hex()}
         approval = signing.approval_of(self.journal, digest)
-        if approval is None:
+        # A release the bank approved in its policy (approve-release: the code it lets into its
+        # SSDs) is also code it signs; sign-release approves signing alone.
+        in_policy = next((r for r in self.policy.releases if r.lfdb_sha256 == digest), None)
+        if approval is None and in_policy is None:
             reason = (
-                f"LFDB hash {digest.hex()} is not a release {self.policy.bank} approved for signing "
-                "(python -m keyservice sign-release)"
+                f"LFDB hash {digest.hex()} is not a release {self.policy.bank} approved "
+                "(python -m keyservice approve-release or sign-release)"
             )
             self.journal.append(**context, action="refused", outcome="refused", reason=reason)
             raise ServiceError(403, "policy", "platform", reason)
         signature = self.token.dap_sign(digest)
-        self.journal.append(
-            **context, action=signing.SIGNED, outcome="ok", reason=f"approved at journal entry {approval['seq']}"
+        why = (
+            f"approved at journal entry {approval['seq']}"
+            if approval is not None
+            else f"release approved in the policy by {in_policy.approved_by if in_policy else ''}"
         )
+        self.journal.append(**context, action=signing.SIGNED, outcome="ok", reason=why)
         return {"signature": signature.hex().upper()}
 
     # --- the rest ---------------------------------------------------------------------

@@ -663,8 +663,15 @@ def dap_blocks(card: Card, sd: SecurityDomain, release: Any) -> list[tuple[bytes
     """The DAP blocks before the LFDB (GPC 2.3.1 §11.6.2.3): the bank's signature for its SSD
     when the SSD verifies DAP (privilege byte 1 b7, §11.1.2), the agency's for the ISD (Mandated
     DAP) when the release carries one. The card checks them; the platform only carries them."""
+    from updates.release_gate import Signature, obtain_bank_signature
     from updates.selectors import release_dap_blocks
 
+    verifies = bool(int(sd.privileges[:2], 16) & DAP_VERIFICATION)
+    if verifies and obtain_bank_signature(release) != Signature.VALID:
+        raise JobFailed(
+            f"release {release.package_aid} v{release.package_version} carries no valid DAP signature of "
+            f"{sd.organization.name}, whose security domain on this card verifies one"
+        )
     out = []
     for signer, signature in release_dap_blocks(release):
         if signer == "bank" and int(sd.privileges[:2], 16) & DAP_VERIFICATION:

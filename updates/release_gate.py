@@ -80,8 +80,32 @@ def deployment_refusal(release: Release) -> str | None:
     return None
 
 
+def obtain_bank_signature(release: Release) -> Signature:
+    """The bank's signature state, after asking the bank's key service for a missing one: the
+    service signs only a release the bank approved there (docs/keyservice.md), so a bank with a
+    service never pastes signatures by hand. Nothing changes when the service says no or is down."""
+    state = bank_signature(release)
+    if state != Signature.MISSING:
+        return state
+    from issuers.bank_service_client import BankServiceError
+    from issuers.key_services import client_of, registered_service
+    from updates.releases import add_dap_signature
+
+    service = registered_service(release.bank)
+    if service is None:
+        return state
+    try:
+        signature = client_of(service).dap_signature(release.lfdb_sha256)
+        add_dap_signature(release=release, signature=signature, actor=None)
+    except (BankServiceError, ServiceError):
+        return state
+    release.refresh_from_db(fields=["dap_signature"])
+    return bank_signature(release)
+
+
 def require_deployable(release: Release) -> None:
     """Raise a conflict (409) with the reason unless the release may go to cards."""
+    obtain_bank_signature(release)
     refusal = deployment_refusal(release)
     if refusal is not None:
         raise ServiceError(refusal, field="release", code="state")

@@ -325,8 +325,8 @@ def adopt_service_dap_key(service: BankKeyService) -> bool:
     from issuers.code_signing import set_bank_dap_key
 
     try:
-        point = client_of(service).dap_public_key()
-    except BankServiceError as exc:
+        point = _client(service).dap_public_key()
+    except (BankServiceError, ServiceError) as exc:
         logger.warning("key service of %s gave no DAP key: %s", service.organization.slug, error_text(exc))
         return False
     set_bank_dap_key(bank=service.organization, point=point, actor=None)

@@ -65,6 +65,21 @@ def calling(service: BankKeyService, *, card_cin: str, sd_aid: str) -> Iterator[
     except bsc.BankServiceChannelError as exc:
         raise SessionRejected(f"{bank.name}'s key service ended the channel ({exc.whose}): {exc.message}") from None
     except bsc.BankServiceRequestError as exc:
+        if exc.code == "sealed":  # the bank's own sealed data does not open for this card: its fault, not ours
+            record_event(
+                action="key_service.refused",
+                subject_type="security_domain",
+                subject_id=sd_aid,
+                card_cin=card_cin,
+                organization=bank,
+                outcome="denied",
+                reason=exc.message,
+                actor_type="system",
+                details={"code": exc.code},
+            )
+            raise JobFailed(
+                f"{bank.name}'s key service could not open the personalisation data: {exc.message}"
+            ) from None
         raise LocalProtocolError(f"{bank.name}'s key service called the request malformed: {exc.message}") from None
 
 

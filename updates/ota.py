@@ -77,6 +77,7 @@ from updates.delegation import SCP11_SD_KID, SCP11_SD_KVN, RemoteChannel, Servic
 from updates.engine.effects import (
     AppletOnCard,
     Effect,
+    InstancesReinstalled,
     PackageOnCard,
     PackagesGone,
     PersonalizationDelivered,
@@ -928,6 +929,10 @@ def apply_effects(stage: Stage, effects: Iterable[Effect]) -> None:
             from updates.personalization import mark_delivered
 
             mark_delivered(list(effect.records))
+        elif isinstance(effect, InstancesReinstalled):
+            from updates.personalization import requeue_after_reinstall
+
+            requeue_after_reinstall(effect.sd, list(effect.instance_aids))
 
 
 def stages_for(job: CardJob) -> list[type[Stage]]:

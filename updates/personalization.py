@@ -253,6 +253,31 @@ def pending_for(sd: SecurityDomain) -> list[Personalization]:
     )
 
 
+def requeue_after_reinstall(sd_id: int, instance_aids: list[str]) -> CardJob | None:
+    """A package was deleted and installed again (the card has no ELF upgrade): queue the last
+    delivered data of its instances again, in a personalisation job after the current one."""
+    from cards.services import queue_job
+
+    sd = SecurityDomain.objects.select_related("card", "organization").get(pk=sd_id)
+    delivered = Personalization.objects.filter(
+        security_domain=sd, instance_aid__in=instance_aids, state=Personalization.State.DELIVERED
+    )
+    if not delivered.exists():
+        return None
+    job = CardJob.objects.filter(
+        security_domain=sd, kind=CardJob.Kind.PERSONALIZE, state=CardJob.State.PENDING
+    ).first() or queue_job(
+        card=sd.card,
+        kind=CardJob.Kind.PERSONALIZE,
+        organization=sd.organization,
+        actor=None,
+        security_domain=sd,
+        params={"ssd_aid": sd.aid, "after_reinstall": sorted(instance_aids)},
+    )
+    redeliver_latest(sd, instance_aids, job)
+    return job
+
+
 def redeliver_latest(sd: SecurityDomain, instance_aids: list[str], job: CardJob) -> int:
     """Queue again the last delivered data of ``instance_aids`` (a package deleted and reinstalled
     where the card has no ELF upgrade): the same sealed envelopes, nothing new asked of the bank."""

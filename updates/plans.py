@@ -19,7 +19,8 @@ from typing import Any
 
 from cards.models import CardJob
 from gp import commands
-from updates.engine.effects import AppletOnCard, Effect, PackageOnCard, PackagesGone
+from gp.apdu import SW
+from updates.engine.effects import AppletOnCard, Effect, InstancesReinstalled, PackageOnCard, PackagesGone
 from updates.models import Release
 from updates.ota import (
     STATUS_APPS,
@@ -87,15 +88,42 @@ class SsdUpdatePackages(BankSsdStage):
         spec = next(s for s in self.specs() if s["release"] == release.pk)
         return [aid.upper() for aid in spec.get("instances", [])]
 
+    def upgrades_in_place(self) -> bool:
+        """Amendment H where the card has it (``Card.elf_upgrade``); every step is still checked
+        against the registry the card R-MACs, so a wrong belief costs an attempt, never data."""
+        return self.card.elf_upgrade
+
+    def recorded_versions(self) -> dict[str, str]:
+        return dict(self.job_sd().packages.values_list("package_aid", "package_version"))
+
     def script(self, registry: Registry, channel: Any) -> list[Command]:
         sd = self.job_sd()
         card = self.card
         releases = self.releases()
         deletes: list[Command] = []
         loads: list[Command] = []
+        recorded = self.recorded_versions() if self.upgrades_in_place() else {}
         for release in releases:
             elf = registry.elf(release.package_aid)
             current = elf.elf_version if elf is not None else None
+            target = version_bytes(release.package_version)
+            if (
+                self.upgrades_in_place()
+                and release.package_aid in recorded
+                and recorded[release.package_aid] != release.package_version
+            ):
+                interrupted = elf is None or (
+                    current == target and any(registry.app(i) is None for i in self.instances_of(release))
+                )
+                if interrupted:
+                    # An upgrade session an earlier attempt left open (the package is set aside or
+                    # the new version waits for RESUME): RECOVERY completes or rolls it back, and
+                    # the registry the card R-MACs next decides what is left to do.
+                    loads.append(recovery_command(release))
+                    continue
+                if current != target:
+                    loads += upgrade_script(card, sd, release, channel)
+                    continue
             if elf is not None and current != version_bytes(release.package_version):
                 apdu = commands.delete(bytes.fromhex(release.package_aid), related=True)
                 receipt = {"op": "delete", "fields": [release.package_aid]} if sd.management == "dm" else None
@@ -126,6 +154,15 @@ class SsdUpdatePackages(BankSsdStage):
                     raise StepFailed(f"instance {instance} is not on the card", tuple(effects))
                 module = release.applet_aids[0] if release.applet_aids else ""
                 effects.append(AppletOnCard(sd.pk, instance, release.package_aid, release.package_version, module))
+        if not self.upgrades_in_place():
+            reinstalled = [
+                instance
+                for release in self.releases()
+                if self.recorded_versions().get(release.package_aid, release.package_version) != release.package_version
+                for instance in self.instances_of(release)
+            ]
+            if reinstalled:
+                effects.append(InstancesReinstalled(sd.pk, tuple(reinstalled)))
         return effects
 
 
@@ -166,6 +203,27 @@ class SsdRemovePackages(BankSsdStage):
             if not registry.elf_absent(aid):
                 raise Unconfirmed(f"the card did not prove {aid} deleted (its answer carried no R-MAC)")
         return [PackagesGone(self.job_sd().pk, tuple(self.package_aids()))]
+
+
+def upgrade_script(card: Any, sd: Any, release: Release, channel: Any) -> list[Command]:
+    """MANAGE ELF UPGRADE START, the new version's INSTALL [for load] and LOAD under the same
+    package AID, then RESUME (GP Amendment H; docs/elf-upgrade.md): the instances keep their AIDs
+    and data. Only the R-MAC'd registry after it proves the upgrade."""
+    aid = release.package_aid
+    return [
+        Command(commands.upgrade_start(bytes.fromhex(aid)), f"set {aid} aside for its upgrade (instances kept)"),
+        *load_script(card, sd, release, channel),
+        Command(commands.upgrade_resume(), f"resume {aid}'s instances on v{release.package_version}"),
+    ]
+
+
+def recovery_command(release: Release) -> Command:
+    """RECOVERY of an interrupted upgrade session (any answer: only the registry proves the outcome)."""
+    return Command(
+        commands.upgrade_recovery(),
+        f"recover the interrupted upgrade of {release.package_aid}",
+        (SW.SUCCESS, SW.CONDITIONS_NOT_SATISFIED, SW.INS_NOT_SUPPORTED),
+    )
 
 
 def _fmt(version: bytes | None) -> str:

@@ -124,6 +124,7 @@ def check_job(*, card: Card, security_domain: SecurityDomain, job: Any, operatio
             raise _deny(
                 card, sd, operation, f"release {release.package_aid} v{release.package_version} is {release.state}"
             )
+        release_gate.obtain_bank_signature(release)  # a missing one is asked of the bank's key service
         refusal = release_gate.deployment_refusal(release)  # unsigned where the cards verify a DAP
         if refusal is not None:
             raise _deny(card, sd, operation, refusal)

@@ -104,8 +104,7 @@ def test_sealed_data_reaches_the_instance_encrypted_in_the_bank_channel(
     assert [(b[2], b[3]) for b in blocks] == [(0x10, 0), (0x10, 1), (0x90, 2)]  # BER-TLV, last-block bit, numbers
     assert b"".join(CommandAPDU.from_bytes(b).data for b in blocks) == DATA
     assert all(len(CommandAPDU.from_bytes(b).data) <= 200 for b in blocks)
-    stored = instance_card.state["apps"][INSTANCE.hex().upper()]["data"]
-    assert stored == {f"{0xDF20 + i:X}": v.hex().upper() for i, v in enumerate(SECRET_VALUES)}
+    assert instance_card.personalization(INSTANCE.hex().upper()) == DATA  # the applet holds the data, whole
 
     # Neither the journal nor the service's log holds the data (or its hex).
     journal = (alpha.directory / "journal.jsonl").read_text()

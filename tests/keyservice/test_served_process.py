@@ -68,7 +68,7 @@ def test_signing_and_personalisation_through_the_served_process(
         relay.exchange([{"store_data": spec}, {"put_dap_key": {}}])
         answers = relay.exchange([]).responses
         assert all(isinstance(a, Unwrapped) and a.sw == SW.SUCCESS and a.authenticated for a in answers)
-    assert card.state["apps"][INSTANCE.hex().upper()]["data"] == {"DF20": b"balance 1000".hex().upper()}
+    assert card.personalization(INSTANCE.hex().upper()) == encode_tlv(0xDF20, b"balance 1000")
     assert f"{dap.DAP_KVN:02X}" in card.state["sds"][SSD_AID.hex().upper()]["keys"]
     assert b"balance" not in (tmp_path / "alpha.log").read_bytes()
     assert verify_file(directory / "journal.jsonl").size > 0

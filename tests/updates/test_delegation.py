@@ -95,10 +95,12 @@ def test_applet_update_is_wrapped_by_the_service_only_for_a_release_the_bank_sig
     world.present()
     refused.refresh_from_db()
     assert refused.state == CardJob.State.FAILED
-    assert "key service refused" in refused.last_error
-    assert AuditEntry.objects.filter(action="key_service.refused", organization_slug=world.bank.slug).exists()
+    # The bank's service signs (DAP) only code the bank approved, so nothing unapproved is ever
+    # planned for its SSD; the service journals its refusal to sign (issue 18).
+    assert "no DAP signature of Alpha Bank" in refused.last_error
+    assert not world.releases[PACKAGE].__class__.objects.get(pk=release.pk).dap_signature
     journal = journal_of(world)
-    assert any(e["action"] == "refused" for e in journal["entries"])
+    assert any(e["action"] == "refused" and e.get("lfdb_sha256") == release.lfdb_sha256 for e in journal["entries"])
 
     alpha_service.approve_release(bytes.fromhex(PACKAGE), bytes.fromhex(release.lfdb_sha256), "alpha-officer")
     job = update_applet_job(world, sd, params)

@@ -77,4 +77,21 @@ class PersonalizationDelivered:
     records: tuple[int, ...]
 
 
-Effect = SdLifecycle | SdKeyVersion | PackageOnCard | AppletOnCard | PackagesGone | PersonalizationDelivered
+@dataclass(frozen=True)
+class InstancesReinstalled:
+    """Instances deleted with their package and installed again (no ELF upgrade on the card):
+    their personalisation must be delivered again."""
+
+    sd: int
+    instance_aids: tuple[str, ...]
+
+
+Effect = (
+    SdLifecycle
+    | SdKeyVersion
+    | PackageOnCard
+    | AppletOnCard
+    | PackagesGone
+    | PersonalizationDelivered
+    | InstancesReinstalled
+)

@@ -648,7 +648,8 @@ def load_script(card: Card, sd: SecurityDomain, release: Any, channel: HostChann
     digest = hashlib.sha256(lfdb).digest()
     install = commands.install_for_load(bytes.fromhex(release.package_aid), bytes.fromhex(sd.aid), digest)
     script = [Command(with_token(card, sd, install), f"prepare load of {release.package_aid}")]
-    blocks = commands.load_commands(lfdb, channel.max_data_length(), dap_blocks=dap_blocks(card, sd, release))
+    daps = dap_blocks(card, sd, release)
+    blocks = commands.load_commands(lfdb, channel.max_data_length(), dap_blocks=daps)
     for number, block in enumerate(blocks):
         last = number == len(blocks) - 1
         receipt = (
@@ -656,7 +657,9 @@ def load_script(card: Card, sd: SecurityDomain, release: Any, channel: HostChann
             if last and sd.management == "dm"
             else None
         )
-        script.append(Command(block, f"load block {number + 1}/{len(blocks)}", receipt=receipt))
+        script.append(
+            Command(block, f"load block {number + 1}/{len(blocks)}", receipt=receipt, dap_checked=last and bool(daps))
+        )
     return script
 
 
@@ -1790,11 +1793,15 @@ class SessionEngine:
         stage = self.stage()
         for index, (rapdu, meta) in enumerate(zip(responses[:script_len], sent[:script_len], strict=False)):
             answer = self._unwrap(rapdu)
+            if meta.dap_checked and answer.sw == SW.SECURITY_STATUS_NOT_SATISFIED and answer.sw in meta.expect:
+                # An upgrade's load refused for its DAP: the script went on to RECOVERY, which
+                # put the old version back; the attempt fails with the card's reason.
+                refused(meta.label, answer.sw, dap_checked=True)
             if answer.sw not in meta.expect:
                 if second_chance and answer.sw not in INTEGRITY_SWS:
                     why = f"{meta.label}: the card answered {answer.sw:04X}"
                     return self._reopen(stage, why, untouched=index == 0)
-                refused(meta.label, answer.sw)
+                refused(meta.label, answer.sw, dap_checked=meta.dap_checked)
             if answer.sw != SW.SUCCESS or not answer.authenticated:
                 continue  # an accepted error status word (no R-MAC): it proves nothing
             self._card_authenticated()

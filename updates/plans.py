@@ -210,10 +210,20 @@ def upgrade_script(card: Any, sd: Any, release: Release, channel: Any) -> list[C
     package AID, then RESUME (GP Amendment H; docs/elf-upgrade.md): the instances keep their AIDs
     and data. Only the R-MAC'd registry after it proves the upgrade."""
     aid = release.package_aid
+    load = load_script(card, sd, release, channel)
+    if load[-1].dap_checked:
+        # The card may refuse the new version's DAP at the last block: the script then goes on,
+        # RESUME finds nothing loaded, and RECOVERY puts the old version back in the same batch.
+        load[-1].expect = (SW.SUCCESS, SW.SECURITY_STATUS_NOT_SATISFIED)
     return [
         Command(commands.upgrade_start(bytes.fromhex(aid)), f"set {aid} aside for its upgrade (instances kept)"),
-        *load_script(card, sd, release, channel),
-        Command(commands.upgrade_resume(), f"resume {aid}'s instances on v{release.package_version}"),
+        *load,
+        Command(
+            commands.upgrade_resume(),
+            f"resume {aid}'s instances on v{release.package_version}",
+            (SW.SUCCESS, SW.CONDITIONS_NOT_SATISFIED) if load[-1].dap_checked else (SW.SUCCESS,),
+        ),
+        *([recovery_command(release)] if load[-1].dap_checked else []),
     ]
 
 

@@ -104,6 +104,9 @@ class Command:
     # For a channel held by a bank's key service: what the service builds itself instead of a
     # plain APDU, e.g. {"put_key": {"kvn": 0x31, "replace": 0}} (docs/keyservice.md).
     service: dict[str, Any] | None = None
+    # The last LOAD block of a load carrying DAP blocks: there 6982 is the card refusing the
+    # signature (GPC 2.3.1 §9.2.1), not an altered command.
+    dap_checked: bool = False
 
 
 @dataclass(frozen=True)
@@ -117,11 +120,18 @@ class InFlight:
     receipt: dict[str, Any] | None = None
     status_p1: int | None = None
     proves: str | None = None
+    dap_checked: bool = False
 
     @classmethod
     def of(cls, command: Command) -> InFlight:
         return cls(
-            command.label, tuple(command.expect), command.secure, command.receipt, command.status_p1, command.proves
+            command.label,
+            tuple(command.expect),
+            command.secure,
+            command.receipt,
+            command.status_p1,
+            command.proves,
+            command.dap_checked,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -132,6 +142,7 @@ class InFlight:
             "receipt": self.receipt,
             "status_p1": self.status_p1,
             "proves": self.proves,
+            "dap_checked": self.dap_checked,
         }
 
     @classmethod
@@ -146,6 +157,7 @@ class InFlight:
                 data.get("receipt"),
                 data.get("status_p1"),
                 data.get("proves"),
+                bool(data.get("dap_checked", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LocalProtocolError(f"a command in flight is stored malformed: {exc!r}") from None
@@ -220,10 +232,19 @@ class Batch:
     result: dict[str, Any] = field(default_factory=dict)
 
 
-def refused(label: str, sw: int) -> None:
+def refused(label: str, sw: int, *, dap_checked: bool = False) -> None:
     """The card answered a secured command with an unexpected status word. A security status
     (bad C-MAC, bad SM data) means the command was altered on the way: the session is rejected.
-    Anything else is the card refusing the step: tried again at the next presentation."""
+    Anything else is the card refusing the step: tried again at the next presentation.
+
+    ``dap_checked``: the last LOAD block of a load with DAP blocks, where ``6982`` is the card
+    refusing the signature (§9.2.1). Unauthenticated like every error status word, it fails the
+    attempt with that reason (never a record), and the job fails with it once out of attempts."""
+    if dap_checked and sw == SW.SECURITY_STATUS_NOT_SATISFIED:
+        raise StepFailed(
+            f"{label}: the card refused the load's DAP signature (6982): the code is not signed with the "
+            "key the security domain verifies"
+        )
     if sw in INTEGRITY_SWS:
         raise SessionRejected(f"{label}: the card refused the command's integrity ({sw:04X} {sw_name(sw)})")
     raise StepFailed(f"{label}: the card answered {sw:04X} ({sw_name(sw)})")

@@ -182,7 +182,7 @@ def signing_world() -> tuple[OtaWorld, ec.EllipticCurvePrivateKey]:
 
 
 def test_a_signed_release_loads_and_one_signed_by_another_banks_key_is_refused_by_the_card() -> None:
-    world, alpha_key = signing_world()
+    world, _alpha_key = signing_world()
     assert card_version(world) == (0, 0)  # the signed v0.0 was accepted by the card at enrollment
 
     # Beta's key is recorded as Alpha's (a confused or malicious record): the platform believes

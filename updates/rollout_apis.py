@@ -194,6 +194,7 @@ class RolloutSerializer(serializers.ModelSerializer):
         slug_field="username", read_only=True
     )
     progress = serializers.SerializerMethodField()
+    upgrade_paths = serializers.SerializerMethodField()
 
     class Meta:
         model = Rollout
@@ -224,11 +225,17 @@ class RolloutSerializer(serializers.ModelSerializer):
             "started_at",
             "finished_at",
             "progress",
+            "upgrade_paths",
         )
         read_only_fields = fields
 
     def get_progress(self, rollout: Rollout) -> dict[str, Any]:
         return selectors.progress(rollout)
+
+    def get_upgrade_paths(self, rollout: Rollout) -> dict[str, int]:
+        """Cards upgraded in place (data kept) and cards where the package is deleted and
+        reinstalled (data delivered again): known before the rollout starts."""
+        return selectors.upgrade_paths(rollout)
 
 
 class InstallInstanceSerializer(serializers.Serializer):

@@ -190,3 +190,16 @@ def campaigns_of(bank_id: int, limit: int = 5) -> list[tuple[Rollout, dict[str, 
     rest = limit - len(open_ones)
     done = list(qs.exclude(state__in=Rollout.OPEN_STATES).order_by("-created_at", "-id")[:rest]) if rest > 0 else []
     return [(r, progress(r)) for r in open_ones + done]
+
+
+def upgrade_paths(rollout: Rollout) -> dict[str, int]:
+    """How the rollout's cards will take the new version (docs/elf-upgrade.md), told to the bank
+    before it starts: ``in_place`` (GP Amendment H: instances and their data kept) or ``reinstall``
+    (delete and reinstall, the instances' last personalisation delivered again)."""
+    if rollout.target_kind not in ("package", "cards"):
+        return {"in_place": 0, "reinstall": 0}
+    counts = {
+        row["card__elf_upgrade"]: row["n"]
+        for row in rollout.targets.order_by().values("card__elf_upgrade").annotate(n=Count("id"))
+    }
+    return {"in_place": counts.get(True, 0), "reinstall": counts.get(False, 0)}

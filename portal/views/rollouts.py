@@ -78,6 +78,7 @@ def _detail_context(request: AuthenticatedHttpRequest, bank: Organization, rollo
         progress=progress,
         chart=charts.stacked_chart(progress["groups"]),
         failures=rollout_selectors.failure_reasons(rollout),
+        upgrade_paths=rollout_selectors.upgrade_paths(rollout),
     )
 
 

@@ -163,3 +163,38 @@ def _file(text: str):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     return SimpleUploadedFile("perso.csv", text.encode(), content_type="text/csv")
+
+
+def test_a_card_without_elf_upgrade_gets_its_personalisation_again_after_reinstall(
+    world: OtaWorld, alpha_service: RunningService
+) -> None:
+    from gp.cap import LoadFile
+    from tests.cardsim.test_upgrade import variant
+    from updates.releases import create_release
+
+    sd = installed(world, alpha_service)
+    personalization.submit_personalization(
+        bank=world.bank,
+        items=[personalization.PersonalizationItem(1, world.card.serial, INSTANCE, data=SECRET)],
+        actor=world.operator,
+    )
+    assert world.present().ok
+    assert read_back(world, INSTANCE) == SECRET
+    world.card.elf_upgrade = False
+    world.card.save(update_fields=["elf_upgrade"])
+
+    lf = variant(LoadFile.from_path(cap_file(EMPTY)), (0, 1))
+    new = create_release(bank=world.bank, cap_bytes=lf.load_file_data_block(), filename="v01.ijc", actor=world.operator)
+    alpha_service.approve_release(bytes.fromhex(PACKAGE), bytes.fromhex(new.lfdb_sha256), "alpha-officer")
+    job = update_applet_job(world, sd, {"packages": [{"release": new.pk, "instances": [INSTANCE]}]})
+    assert world.present().ok
+    job.refresh_from_db()
+    assert job.state == CardJob.State.DONE, job.last_error
+    # The reinstall lost the data on the card; the last delivered envelope went again, unasked.
+    again = CardJob.objects.filter(kind=CardJob.Kind.PERSONALIZE).order_by("-pk").first()
+    assert again is not None and again.params.get("after_reinstall") == [INSTANCE]
+    assert world.present().ok  # queued during the last session: it runs at the next presentation
+    again.refresh_from_db()
+    assert again.state == CardJob.State.DONE, again.last_error
+    assert read_back(world, INSTANCE) == SECRET
+    assert Personalization.objects.filter(security_domain=sd, state=Personalization.State.DELIVERED).count() == 2

@@ -12,6 +12,7 @@ from portal.views import (
     fleet,
     oversight,
     pages,
+    personalization,
     rollouts,
     terminals,
 )
@@ -55,6 +56,7 @@ urlpatterns = [
         name="bank-release-signature",
     ),
     path("bank/<slug:bank>/dap-key/", code_signing.bank_dap_key, name="bank-dap-key"),
+    path("bank/<slug:bank>/personalization/", personalization.upload, name="bank-personalization"),
     path("bank/<slug:bank>/rollouts/", rollouts.rollout_list, name="bank-rollouts"),
     path("bank/<slug:bank>/rollouts/<int:rollout>/", rollouts.rollout_detail, name="bank-rollout"),
     path("bank/<slug:bank>/rollouts/<int:rollout>/cards/", rollouts.rollout_targets, name="bank-rollout-targets"),

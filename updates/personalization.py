@@ -247,6 +247,16 @@ def _store(bank: Organization, checked: list[_Checked], actor: User) -> list[Per
     return records
 
 
+def recent_for(bank: Organization, limit: int = 50) -> list[Personalization]:
+    """The bank's latest personalisation records (no envelope read: the page shows hashes)."""
+    return list(
+        Personalization.objects.filter(security_domain__organization=bank)
+        .select_related("card")
+        .defer("envelope")
+        .order_by("-created_at")[:limit]
+    )
+
+
 def pending_for(sd: SecurityDomain) -> list[Personalization]:
     return list(
         Personalization.objects.filter(security_domain=sd, state=Personalization.State.PENDING).order_by("instance_aid")

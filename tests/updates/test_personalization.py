@@ -198,3 +198,25 @@ def test_a_card_without_elf_upgrade_gets_its_personalisation_again_after_reinsta
     assert again.state == CardJob.State.DONE, again.last_error
     assert read_back(world, INSTANCE) == SECRET
     assert Personalization.objects.filter(security_domain=sd, state=Personalization.State.DELIVERED).count() == 2
+
+
+def test_the_portal_upload_seals_the_csv_and_never_shows_the_data(
+    world: OtaWorld, alpha_service: RunningService
+) -> None:
+    from django.test import Client
+
+    installed(world, alpha_service)
+    browser = Client()
+    browser.force_login(world.operator)
+    url = f"/bank/{world.bank.slug}/personalization/"
+    bad = browser.post(url, {"csv_file": _file(f"card_number,instance_aid,data_hex\nNOPE,{INSTANCE},01\n")})
+    assert bad.status_code == 400 and "line 2" in bad.content.decode()
+    assert not Personalization.objects.exists()
+    ok = browser.post(url, {"csv_file": _file(csv_of(world, SECRET))}, follow=True)
+    assert ok.status_code == 200
+    page = ok.content.decode()
+    record = Personalization.objects.get()
+    assert record.envelope_sha256[:10] in page and SECRET.hex() not in page.lower()
+    beta = Client()
+    beta.force_login(world.citizen)
+    assert beta.get(url).status_code in (302, 403, 404)

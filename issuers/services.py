@@ -465,12 +465,12 @@ def register_release_resolver(resolver: ReleaseResolver) -> None:
 MAX_DEFAULT_APPLETS = 8
 MAX_INSTALL_PARAMS_BYTES = 64  # the C9 application-specific value (GP 2.3.1 §11.5.2.3.7)
 MAX_APPLET_NAME = 60
-# GP 2.3.1 §11.1.2: privileges a bank may give an applet instance (1 or 3 bytes). Byte 2: 80
-# Trusted Path, 01 Global Service; byte 3 (Amendment C): 20 Contactless Activation, 10 Contactless
-# Self-Activation. Everything else belongs to security domains (SD, DAP, DM, AM, token, receipt,
-# ciphered load) or to the card issuer (card lock/terminate/reset, CVM, global delete/lock/registry,
-# final application).
-ALLOWED_APPLET_PRIVILEGES = bytes((0x00, 0x81, 0x30))
+# GP 2.3.1 §11.1.2: privileges a bank may give an applet instance (1 or 3 bytes). Byte 2: 01
+# Global Service; byte 3 (Amendment C): 20 Contactless Activation, 10 Contactless Self-Activation.
+# Everything else belongs to security domains (SD, DAP, DM, AM, token, receipt, ciphered load) or
+# to the card issuer (card lock/terminate/reset, CVM, Trusted Path, global delete/lock/registry,
+# final application), as the cards enforce (an SSD's INSTALL with them is refused).
+ALLOWED_APPLET_PRIVILEGES = bytes((0x00, 0x01, 0x30))
 SCP_CHOICES = (0x02, 0x03, 0x11)
 
 

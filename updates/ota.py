@@ -589,7 +589,16 @@ class SsdInstallApplets(BankSsdStage):
             if registry.elf(release.package_aid) is None:
                 script += load_script(self.card, sd, release, channel)
             script.append(
-                install_command(self.card, sd, release.package_aid, module_aid, instance_aid, release=release)
+                install_command(
+                    self.card,
+                    sd,
+                    release.package_aid,
+                    module_aid,
+                    instance_aid,
+                    release=release,
+                    privileges=str(spec.get("privileges") or ""),
+                    install_params=str(spec.get("install_params") or ""),
+                )
             )
         return script
 
@@ -689,14 +698,25 @@ DAP_VERIFICATION = 0x40  # privilege byte 1, b7 (GPC 2.3.1 §11.1.2, Table 11-7)
 
 
 def install_command(
-    card: Card, sd: SecurityDomain, elf_aid: str, module_aid: str, instance_aid: str, *, release: Any = None
+    card: Card,
+    sd: SecurityDomain,
+    elf_aid: str,
+    module_aid: str,
+    instance_aid: str,
+    *,
+    release: Any = None,
+    privileges: str = "",
+    install_params: str = "",
 ) -> Command:
+    """INSTALL [for install and make selectable] (§11.5.2.3.2) with the bank's application
+    privileges (1 or 3 bytes, §11.1.2) and application-specific parameters (the value of ``C9``,
+    §11.5.2.3.7), as its template or campaign gave them (validated there: no SD privileges)."""
     apdu = commands.install_for_install(
         bytes.fromhex(elf_aid),
         bytes.fromhex(module_aid),
         bytes.fromhex(instance_aid),
-        privileges=b"\x00",
-        params=commands.install_parameters(),
+        privileges=bytes.fromhex(privileges or "00"),
+        params=commands.install_parameters(bytes.fromhex(install_params)),
     )
     receipt: dict[str, Any] | None = None
     if sd.management == "dm":

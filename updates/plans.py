@@ -96,6 +96,14 @@ class SsdUpdatePackages(BankSsdStage):
     def recorded_versions(self) -> dict[str, str]:
         return dict(self.job_sd().packages.values_list("package_aid", "package_version"))
 
+    def install_options(self, release: Release, instance: str) -> dict[str, Any]:
+        """What an install campaign gave for this instance: module, privileges, C9 parameters."""
+        spec = next(s for s in self.specs() if s["release"] == release.pk)
+        for option in spec.get("install") or []:
+            if str(option.get("instance_aid", "")).upper() == instance:
+                return dict(option)
+        return {}
+
     def script(self, registry: Registry, channel: Any) -> list[Command]:
         sd = self.job_sd()
         card = self.card
@@ -136,9 +144,21 @@ class SsdUpdatePackages(BankSsdStage):
             if elf is None:
                 loads += load_script(card, sd, release, channel)
             for instance in self.instances_of(release):
-                module = release.applet_aids[0] if release.applet_aids else ""
+                options = self.install_options(release, instance)
+                module = options.get("module_aid") or (release.applet_aids[0] if release.applet_aids else "")
                 if elf is None or registry.app(instance) is None:
-                    loads.append(install_command(card, sd, release.package_aid, module, instance, release=release))
+                    loads.append(
+                        install_command(
+                            card,
+                            sd,
+                            release.package_aid,
+                            str(module).upper(),
+                            instance,
+                            release=release,
+                            privileges=str(options.get("privileges") or ""),
+                            install_params=str(options.get("install_params") or ""),
+                        )
+                    )
         return list(reversed(deletes)) + loads
 
     def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:

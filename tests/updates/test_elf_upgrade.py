@@ -214,3 +214,21 @@ def test_a_load_without_a_valid_signature_is_not_planned() -> None:
     assert job.state == CardJob.State.FAILED
     assert "DAP signature" in job.last_error
     assert card_version(world) == (0, 0)
+
+
+def test_an_install_campaign_job_installs_with_its_privileges_and_parameters() -> None:
+    world = build_ota_world(cap_file(EMPTY))
+    release = world.releases[PACKAGE]
+    enroll(world)
+    assert world.present().ok
+    other = "0102030405060709"
+    install = [{"instance_aid": other, "privileges": "000120", "install_params": "AA01"}]  # §11.1.2
+    job = update_applet_job(
+        world, bank_sd(world), {"packages": [{"release": release.pk, "instances": [other], "install": install}]}
+    )
+    assert world.present().ok
+    job.refresh_from_db()
+    assert job.state == CardJob.State.DONE, job.last_error
+    app = world.card_transport().card.state["apps"][other]
+    assert app["privileges"] == "000120"  # Global Service, Contactless Activation
+    assert bytes.fromhex(app["params"]).startswith(bytes.fromhex("C902AA01"))

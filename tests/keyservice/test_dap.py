@@ -46,7 +46,7 @@ def test_the_service_signs_only_hashes_the_bank_approved_and_the_signature_verif
     approved = dap.lfdb_hash(b"\xc4\x03the load file data block")
     other = dap.lfdb_hash(b"a block the bank never approved")
 
-    with pytest.raises(BankServiceRefused, match="not a release alpha approved for signing") as error:
+    with pytest.raises(BankServiceRefused, match="not a release alpha approved") as error:
         client.dap_signature(approved.hex())
     assert error.value.code == "policy" and error.value.whose == "platform"
 
@@ -150,3 +150,16 @@ def test_the_signature_is_over_the_hash_bytes_as_gp_dap_signs() -> None:
     digest = hashlib.sha256(b"lfdb").digest()
     signature = dap.sign(key, digest)
     assert dap.verify(dap.public_point(key.public_key()), digest, signature)
+
+
+def test_a_release_the_bank_approved_in_its_policy_is_signed_too(
+    client: BankServiceClient, alpha: RunningService
+) -> None:
+    digest = dap.lfdb_hash(b"\xc4\x03an approved release")
+    with pytest.raises(BankServiceRefused):
+        client.dap_signature(digest.hex())
+    alpha.approve_release(bytes.fromhex("A000000777"), digest, "release-officer")  # approve-release
+    signature = client.dap_signature(digest.hex())
+    assert dap.verify(client.dap_public_key(), digest, signature)
+    signed = [e for e in client.journal()["entries"] if e["action"] == "dap_signed"]
+    assert signed and "release-officer" in signed[-1]["reason"]

@@ -220,3 +220,36 @@ def test_the_portal_upload_seals_the_csv_and_never_shows_the_data(
     beta = Client()
     beta.force_login(world.citizen)
     assert beta.get(url).status_code in (302, 403, 404)
+
+
+@pytest.mark.slow
+def test_a_card_pulled_at_every_apdu_of_a_personalisation_keeps_old_or_new_data_never_a_mix(
+    world: OtaWorld, alpha_service: RunningService
+) -> None:
+    from tests.otakit import PullableCard, PulledCard
+
+    installed(world, alpha_service)
+
+    def give(data: bytes) -> None:
+        personalization.submit_personalization(
+            bank=world.bank,
+            items=[personalization.PersonalizationItem(1, world.card.serial, INSTANCE, data=data)],
+            actor=world.operator,
+        )
+
+    give(SECRET)
+    clean = world.present()
+    assert clean.ok and read_back(world, INSTANCE) == SECRET
+    before = SECRET
+    for limit in range(clean.apdus):
+        for lose_response in (False, True):
+            new = bytes([limit, int(lose_response)]) + SECRET[2:]
+            give(new)
+            with pytest.raises(PulledCard):
+                world.present(transport=PullableCard(world.card_transport(), limit, lose_response=lose_response))
+            assert read_back(world, INSTANCE) in (before, new), (limit, lose_response)
+            result = world.present()
+            assert result.ok, (limit, lose_response, result)
+            assert read_back(world, INSTANCE) == new, (limit, lose_response)
+            assert not Personalization.objects.filter(state=Personalization.State.PENDING).exists()
+            before = new

@@ -41,7 +41,7 @@ from issuers.bank_service_client import (
 )
 from issuers.custody.authorities import agency_ca
 from issuers.custody_models import KeySet
-from issuers.models import BankKeyService, Membership, Organization, SsdTemplate
+from issuers.models import BankDapKey, BankKeyService, Membership, Organization, SsdTemplate
 
 logger = logging.getLogger(__name__)
 
@@ -313,7 +313,8 @@ def register_key_service(
             details=details,
         )
     service = check_key_service(service)
-    adopt_service_dap_key(service)
+    if service.reachable:
+        adopt_service_dap_key(service)
     return service
 
 
@@ -397,6 +398,8 @@ def check_key_service(service: BankKeyService) -> BankKeyService:
                 organization=service.organization,
                 details={"endpoint": service.endpoint, "journal_size": service.journal_size},
             )
+    if answer is not None and not BankDapKey.objects.filter(bank=service.organization).exists():
+        adopt_service_dap_key(service)  # a service registered while it was down: its DAP key now
     return service
 
 

@@ -17,10 +17,12 @@ from gp.apdu import CommandAPDU
 from gp.commands import constants as k
 from gp.commands.install import InstallCommand, parse_install
 from gp.commands.management import parse_delete
+from gp.commands.upgrade import INS_MANAGE_ELF_UPGRADE, UpgradeAction
 from gp.errors import GPError
 from gp.tlv import decode_all
 
 INS_NAMES = {
+    INS_MANAGE_ELF_UPGRADE: "MANAGE ELF UPGRADE",
     k.INS_GET_DATA: "GET DATA",
     0xCB: "GET DATA",
     k.INS_GET_STATUS: "GET STATUS",
@@ -193,7 +195,28 @@ class CallChecker:
             return ()  # to this SD or the application INSTALL [for personalization] named (checked there)
         if cmd.ins == k.INS_PUT_KEY:
             raise PolicyRefusal("PUT KEY as a plain APDU: refused (ask for put_key)")
+        if cmd.ins == INS_MANAGE_ELF_UPGRADE:
+            return self._elf_upgrade(cmd)
         raise PolicyRefusal(f"{name} (CLA {cmd.cla:02X} INS {cmd.ins:02X}): not a command the bank allows")
+
+    def _elf_upgrade(self, cmd: CommandAPDU) -> tuple[bytes, ...]:
+        """MANAGE ELF UPGRADE (GP Amendment H, docs/elf-upgrade.md): START only of one of the
+        bank's packages it approved (the new version's INSTALL [for load] and LOAD are checked
+        as any load); RESUME, RECOVERY, ABORT and STATUS act on that session and carry no data."""
+        if cmd.p1 == UpgradeAction.START:
+            objects = decode_all(cmd.data)
+            if len(objects) != 1 or objects[0].tag != 0x4F:
+                raise PolicyRefusal("MANAGE ELF UPGRADE START: the data is 4F <package AID>")
+            elf = objects[0].value
+            self.policy.require_in_range(elf, "MANAGE ELF UPGRADE")
+            if not self.policy.approved_package(elf):
+                raise PolicyRefusal(f"MANAGE ELF UPGRADE of {elf.hex().upper()}: not an approved package")
+            return (elf,)
+        if cmd.p1 in (UpgradeAction.RESUME, UpgradeAction.RECOVERY, UpgradeAction.ABORT, UpgradeAction.STATUS):
+            if cmd.data:
+                raise PolicyRefusal("MANAGE ELF UPGRADE: only START carries data")
+            return ()
+        raise PolicyRefusal(f"MANAGE ELF UPGRADE with P1 {cmd.p1:02X}: not an action the bank allows")
 
     def _install(self, install: InstallCommand) -> tuple[bytes, ...]:
         kind = install.kind

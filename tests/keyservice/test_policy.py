@@ -119,3 +119,20 @@ def test_a_dm_token_attached_to_install_or_delete_is_parsed_past() -> None:
         checker.check(install)
     policy.approve(PACKAGE, LFDB_HASH, "alice")
     assert checker.check(install).aids == (PACKAGE, APPLET, APPLET)
+
+
+def test_manage_elf_upgrade_only_of_an_approved_package_of_the_bank() -> None:
+    policy = Policy(bank="alpha", aid_prefixes=[BANK_PREFIX])
+    checker = CallChecker(policy, SSD_AID)
+    with pytest.raises(PolicyRefusal, match="not an approved package"):
+        checker.check(c.upgrade_start(PACKAGE))
+    with pytest.raises(PolicyRefusal, match="outside alpha's range"):
+        checker.check(c.upgrade_start(OUTSIDE))
+    policy.approve(PACKAGE, LFDB_HASH, "officer")
+    assert checker.check(c.upgrade_start(PACKAGE)).aids == (PACKAGE,)
+    for plain in (c.upgrade_resume(), c.upgrade_recovery(), c.upgrade_abort(), c.upgrade_status()):
+        checker.check(plain)
+    with pytest.raises(PolicyRefusal, match="only START carries data"):
+        checker.check(bytes.fromhex("80EA020002AABB"))
+    with pytest.raises(PolicyRefusal, match="P1 07"):
+        checker.check(bytes.fromhex("80EA070000"))

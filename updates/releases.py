@@ -414,5 +414,8 @@ def signature_status(release: Release) -> dict[str, str]:
 
 
 def deployment_refusal(release: Release) -> str | None:
-    """Why the release may not go to cards now (None if it may): :mod:`updates.release_gate`."""
+    """Why the release may not go to cards now (None if it may): :mod:`updates.release_gate`. A
+    missing bank signature is first asked of the bank's key service (it signs only what the bank
+    approved there), so a page shows the state the next rollout would meet."""
+    release_gate.obtain_bank_signature(release)
     return release_gate.deployment_refusal(release)

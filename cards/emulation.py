@@ -16,6 +16,7 @@ import hashlib
 import os
 import secrets
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -29,6 +30,7 @@ from cardsim.state import new_state
 from ecard.errors import ServiceError
 from gp.keys import StaticKeys
 from issuers import custody
+from issuers.code_signing import mandated_dap_enabled, mandated_dap_public_point
 from issuers.custody.authorities import agency_ca
 from issuers.custody_models import KeySet
 
@@ -112,6 +114,7 @@ def personalise(card: Card, *, path: Path | None = None) -> Path:
     path = path or state_path(card)
     _claim(path, card)
     path.parent.mkdir(parents=True, exist_ok=True)
+    mandated = _mandated_dap()
     state = new_state(
         scp=card.scp,
         key=custody.load_secret_key(master_keyset),
@@ -123,12 +126,24 @@ def personalise(card: Card, *, path: Path | None = None) -> Path:
         token_key=public_key,
         receipt_key=receipt_key,
         ssd_initial_key=ssd_initial,
+        **mandated,
     )
+    if mandated and not card.mandated_dap:
+        card.mandated_dap = True
+        card.save(update_fields=["mandated_dap"])
     ca = agency_ca(agency, KeySet.Purpose.CARD_CA)
     provision_attestation(state, ca, dt.date.today(), random=os.urandom)
     _record_attestation_certificate(card, ca.identifier, bytes.fromhex(state["attestation"]["certs"][-1]))
     store.save(path, state)
     return path
+
+
+def _mandated_dap() -> dict[str, Any]:
+    """With Mandated DAP on (``issuers.code_signing``), the ISD verifies the agency's signature on
+    every load (GP 2.3.1 §9.2.1): its privilege and the agency's DAP key at KVN 73."""
+    if not mandated_dap_enabled():
+        return {}
+    return {"mandated_dap": True, "mandated_dap_key": mandated_dap_public_point()}
 
 
 def _record_attestation_certificate(card: Card, ca_identifier: bytes, certificate: bytes) -> None:

@@ -46,6 +46,11 @@ class Card(models.Model):
         default=0, help_text="last Delegated Management confirmation counter seen (receipts must advance it)"
     )
     emulated = models.BooleanField(default=False, help_text="an emulated card (cardsim) with a state file")
+    mandated_dap = models.BooleanField(
+        default=False,
+        help_text="the card's ISD was issued with Mandated DAP Verification and the agency's DAP key: "
+        "every load into it must carry the agency's signature (GP 2.3.1 §9.2.1)",
+    )
     elf_upgrade = models.BooleanField(
         default=False,
         help_text="the card supports Executable Load File Upgrade (GP Amendment H): a package is upgraded "

@@ -46,6 +46,7 @@ from cardsim.constants import (
     RECEIPT_KVN,
     TOKEN_KVN,
 )
+from gp import dap
 from gp.aids import ISD_AID, SSD_MODULE_AID, SSD_PACKAGE_AID
 from gp.commands import CPLC_FIELDS, CardLifeCycle, Privileges, SecurityDomainLifeCycle
 from gp.dap import DAP_KVN
@@ -164,6 +165,7 @@ def new_state(
     atr: bytes = DEFAULT_ATR,
     mandated_dap: bool = False,
     elf_upgrade: bool = True,
+    mandated_dap_key: bytes | None = None,
 ) -> State:
     """A fresh card (GP 2.3.1 §5.1: ISD in the card's life cycle state, ROM packages registered).
 
@@ -172,6 +174,8 @@ def new_state(
     ``mandated_dap`` gives the ISD the DAP Verification and Mandated DAP Verification privileges
     (GP 2.3.1 §6.6.1, §9.2.1: every load then needs the issuer's DAP, key put at KVN 73);
     ``elf_upgrade=False`` makes a card without GP Amendment H (MANAGE ELF UPGRADE answers 6D00).
+    ``mandated_dap_key`` (an uncompressed P-256 point) is the issuer's DAP key, written at KVN 73 in
+    the ISD as a personalisation bureau would.
     """
     if scp not in (0x02, 0x03):
         raise KeyMaterialError(f"SCP{scp:02X} is not supported (02 or 03)")
@@ -204,6 +208,9 @@ def new_state(
     isd_privileges = ISD_PRIVILEGES
     if mandated_dap:
         isd_privileges |= Privileges.DAP_VERIFICATION | Privileges.MANDATED_DAP_VERIFICATION
+    if mandated_dap_key is not None:
+        dap.load_public_point(mandated_dap_key)  # a P-256 point, or KeyMaterialError
+        isd_sd["keys"][kvn_key(DAP_KVN)] = {"type": "ec", "q": hx(mandated_dap_key)}
     elfs: dict[str, Any] = {}
     for aid, version, name in ROM_PACKAGES:
         modules = [{"aid": hx(SSD_MODULE_AID), "offset": 0}] if aid == SSD_PACKAGE_AID else []

@@ -667,7 +667,12 @@ def load_script(card: Card, sd: SecurityDomain, release: Any, channel: HostChann
             else None
         )
         script.append(
-            Command(block, f"load block {number + 1}/{len(blocks)}", receipt=receipt, dap_checked=last and bool(daps))
+            Command(
+                block,
+                f"load block {number + 1}/{len(blocks)}",
+                receipt=receipt,
+                dap_checked=last and (bool(daps) or card.mandated_dap),
+            )
         )
     return script
 

@@ -13,7 +13,7 @@ from cards.models import CardJob, CardPackage, SecurityDomain
 from cardsim.transport import InProcessCard
 from gp import commands, dap
 from gp.cap import LoadFile
-from issuers import custody
+from issuers import code_signing, custody
 from issuers.code_signing import set_bank_dap_key
 from tests.cardsim.test_upgrade import variant
 from tests.otakit import (
@@ -232,3 +232,50 @@ def test_an_install_campaign_job_installs_with_its_privileges_and_parameters() -
     app = world.card_transport().card.state["apps"][other]
     assert app["privileges"] == "000120"  # Global Service, Contactless Activation
     assert bytes.fromhex(app["params"]).startswith(bytes.fromhex("C902AA01"))
+
+
+def test_with_mandated_dap_the_cards_isd_checks_the_agencys_signature_on_every_load() -> None:
+    from dataclasses import replace
+
+    from cards import services as card_services
+    from issuers import services as issuer_services
+    from issuers.models import Membership
+    from tests.factories import make_user
+    from updates import services as update_services
+    from updates.releases import set_mandated_dap_policy
+
+    world = build_ota_world(cap_file(EMPTY))
+    admin = make_user("agency_admin")
+    issuer_services.add_member(organization=world.agency, user=admin, role=Membership.Role.ADMIN)
+    _settings, signed = set_mandated_dap_policy(enabled=True, actor=admin)
+    assert signed == 1  # the release approved before is signed by the agency now
+    holder = make_user("citizen9")
+    card = card_services.issue_card(agency=world.agency, holder=holder, emulated=True)  # issued under Mandated DAP
+    _credential, token = update_services.issue_agent_credential(user=holder, name="reader")
+    world = replace(world, citizen=holder, card=card, token=token)
+    card.refresh_from_db()
+    assert card.mandated_dap
+    isd = world.card_transport().card.state["sds"][card.isd_aid]
+    assert isd["keys"].get(f"{dap.DAP_KVN:02X}", {}).get("q") == code_signing.mandated_dap_public_point().hex().upper()
+
+    release = world.releases[PACKAGE]
+    world.bank.ssd_template.default_applets = [{"release": release.pk, "instance_aid": INSTANCE}]
+    world.bank.ssd_template.save()
+    enroll(world)
+    assert world.present().ok  # the load carried the agency's DAP block, and the ISD accepted it
+    assert card_version(world) == (0, 0)
+
+    # Mandated DAP switched off on the platform: new releases carry no agency signature, but the
+    # card issued under it still demands one and refuses the load.
+    set_mandated_dap_policy(enabled=False, actor=admin)
+    new = new_version(world, (0, 1))
+    assert not new.agency_dap_signature
+    job = update_applet_job(world, bank_sd(world), {"packages": [{"release": new.pk, "instances": [INSTANCE]}]})
+    for _ in range(MAX_ATTEMPTS + 1):
+        world.present()
+        job.refresh_from_db()
+        if job.state == CardJob.State.FAILED:
+            break
+    assert job.state == CardJob.State.FAILED and "DAP" in job.last_error, job.last_error
+    assert card_version(world) == (0, 0)
+    assert INSTANCE in world.card_transport().card.state["apps"]

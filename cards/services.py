@@ -20,6 +20,7 @@ from cards import emulation
 from cards.models import ISD_AID, Card, CardJob, Enrollment, SecurityDomain
 from cards.signals import auth_failures_cleared, job_queued
 from ecard.errors import ServiceError
+from gp.commands import Privileges
 from issuers.code_signing import bank_dap_point
 from issuers.models import Organization, SsdTemplate
 from issuers.services import bank_aid_prefixes, normalise_hex
@@ -31,7 +32,6 @@ from issuers.services import bank_aid_prefixes, normalise_hex
 # Byte 3: 80 Receipt Generation, 40 Ciphered Load File Data Block.
 PRIVILEGES_SSD_DM = "A00000"
 PRIVILEGES_SSD_AM = "804000"
-DAP_VERIFICATION = 0x40  # privilege byte 1 b7 (GPC 2.3.1 §11.1.2, Table 11-7)
 # ISD: Security Domain, Card Lock, Card Terminate, Card Reset (byte 1 0x9E), CVM Management,
 # Trusted Path, Authorized Management, Token Verification, Global Delete/Lock/Registry, Final
 # Application (byte 2 0xFE), Receipt Generation (byte 3 0x80).
@@ -247,17 +247,19 @@ def request_enrollment(
     except IntegrityError as exc:
         raise ServiceError(f"{bank.name} is already on this card", field="bank", code="duplicate") from exc
     SecurityDomain.objects.filter(card=card, aid=aid, state=SecurityDomain.State.REMOVED).delete()
-    privileges = bytearray.fromhex(
-        PRIVILEGES_SSD_DM if template.management == SsdTemplate.Management.DELEGATED else PRIVILEGES_SSD_AM
+    privileges = Privileges.from_bytes(
+        bytes.fromhex(
+            PRIVILEGES_SSD_DM if template.management == SsdTemplate.Management.DELEGATED else PRIVILEGES_SSD_AM
+        )
     )
     verifies_dap = bank_dap_point(bank) is not None
-    if verifies_dap:  # the bank signs its code: its SSD verifies each load's DAP (privilege byte 1 b7, §11.1.2)
-        privileges[0] |= DAP_VERIFICATION
+    if verifies_dap:  # the bank signs its code: its SSD verifies each load's DAP (§11.1.2)
+        privileges |= Privileges.DAP_VERIFICATION
     sd = SecurityDomain.objects.create(
         card=card,
         organization=bank,
         aid=aid,
-        privileges=privileges.hex().upper(),
+        privileges=privileges.to_bytes().hex().upper(),
         management=template.management,
         scp=template.scp,
         scp_i=template.scp_i,

@@ -316,6 +316,26 @@ def register_key_service(bank: Organization, service: Any) -> Any:
     )
 
 
+@contextmanager
+def serving_key_service(world: OtaWorld, directory: Path) -> Iterator[Any]:
+    """The world's bank runs its own key service (its AID range, the agency's card CA, the
+    platform's TLS identity), registered by the agency; stopped on exit."""
+    from issuers.custody.authorities import ca_public_pem
+    from issuers.custody_models import KeySet
+    from issuers.key_services import platform_identity
+    from tests.bankservice import running_bank_service
+
+    with running_bank_service(
+        directory,
+        bank=world.bank.slug,
+        aid_prefixes=[bytes.fromhex(p) for p in world.bank.aid_ranges.values_list("prefix", flat=True)],
+        card_ca_pem=ca_public_pem(world.agency, KeySet.Purpose.CARD_CA),
+        platform_cert_pem=platform_identity().certificate_pem,
+    ) as service:
+        register_key_service(world.bank, service)
+        yield service
+
+
 def open_scp03(transport: Any, sd_aid: str, keys: Any) -> SCP03:
     """Open SCP03 (full security level) with ``sd_aid`` directly on a card, no platform between."""
     assert transport.transmit(commands.select(bytes.fromhex(sd_aid)))[-2:] == b"\x90\x00"

@@ -45,11 +45,8 @@ class ServiceHeld(StepFailed):
 def calling(service: BankKeyService, *, card_cin: str, sd_aid: str) -> Iterator[None]:
     """Translate what the bank's service says into what the engine does (see the module doc)."""
     bank = service.organization
-    try:
-        yield
-    except bsc.BankServiceUnavailable as exc:
-        raise ServiceHeld(f"{bank.name}'s key service is unavailable ({exc.message}); the job waits for it") from None
-    except bsc.BankServiceRefused as exc:
+
+    def audit_refusal(exc: bsc.BankServiceError) -> None:
         record_event(
             action="key_service.refused",
             subject_type="security_domain",
@@ -61,22 +58,19 @@ def calling(service: BankKeyService, *, card_cin: str, sd_aid: str) -> Iterator[
             actor_type="system",
             details={"code": exc.code},
         )
+
+    try:
+        yield
+    except bsc.BankServiceUnavailable as exc:
+        raise ServiceHeld(f"{bank.name}'s key service is unavailable ({exc.message}); the job waits for it") from None
+    except bsc.BankServiceRefused as exc:
+        audit_refusal(exc)
         raise JobFailed(f"{bank.name}'s key service refused: {exc.message}") from None
     except bsc.BankServiceChannelError as exc:
         raise SessionRejected(f"{bank.name}'s key service ended the channel ({exc.whose}): {exc.message}") from None
     except bsc.BankServiceRequestError as exc:
         if exc.code == "sealed":  # the bank's own sealed data does not open for this card: its fault, not ours
-            record_event(
-                action="key_service.refused",
-                subject_type="security_domain",
-                subject_id=sd_aid,
-                card_cin=card_cin,
-                organization=bank,
-                outcome="denied",
-                reason=exc.message,
-                actor_type="system",
-                details={"code": exc.code},
-            )
+            audit_refusal(exc)
             raise JobFailed(
                 f"{bank.name}'s key service could not open the personalisation data: {exc.message}"
             ) from None

@@ -677,14 +677,19 @@ def load_script(card: Card, sd: SecurityDomain, release: Any, channel: HostChann
     return script
 
 
+def verifies_dap(sd: SecurityDomain) -> bool:
+    """Whether the SD was created with DAP Verification (GPC 2.3.1 §11.1.2, Table 11-7)."""
+    return commands.Privileges.DAP_VERIFICATION in commands.Privileges.from_bytes(bytes.fromhex(sd.privileges))
+
+
 def dap_blocks(card: Card, sd: SecurityDomain, release: Any) -> list[tuple[bytes, bytes]]:
     """The DAP blocks before the LFDB (GPC 2.3.1 §11.6.2.3): the bank's signature for its SSD
-    when the SSD verifies DAP (privilege byte 1 b7, §11.1.2), the agency's for the ISD (Mandated
-    DAP) when the release carries one. The card checks them; the platform only carries them."""
+    when the SSD verifies DAP, the agency's for the ISD (Mandated DAP) when the release carries
+    one. The card checks them; the platform only carries them."""
     from updates.release_gate import Signature, obtain_bank_signature
     from updates.selectors import release_dap_blocks
 
-    verifies = bool(int(sd.privileges[:2], 16) & DAP_VERIFICATION)
+    verifies = verifies_dap(sd)
     if verifies and obtain_bank_signature(release) != Signature.VALID:
         raise JobFailed(
             f"release {release.package_aid} v{release.package_version} carries no valid DAP signature of "
@@ -692,14 +697,11 @@ def dap_blocks(card: Card, sd: SecurityDomain, release: Any) -> list[tuple[bytes
         )
     out = []
     for signer, signature in release_dap_blocks(release):
-        if signer == "bank" and int(sd.privileges[:2], 16) & DAP_VERIFICATION:
+        if signer == "bank" and verifies:
             out.append((bytes.fromhex(sd.aid), signature))
         elif signer == "agency":
             out.append((bytes.fromhex(card.isd_aid), signature))
     return out
-
-
-DAP_VERIFICATION = 0x40  # privilege byte 1, b7 (GPC 2.3.1 §11.1.2, Table 11-7)
 
 
 def install_command(

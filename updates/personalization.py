@@ -39,7 +39,7 @@ from issuers.roles import principal
 from issuers.services import aid_in_bank_range
 from updates.engine.effects import Effect, PersonalizationDelivered
 from updates.engine.protocol import STATUS_APPS, Command, JobFailed, KeyChoice, Registry, Unconfirmed
-from updates.ota import BankSsdStage, SsdInstallApplets
+from updates.ota import BankSsdStage
 
 #: Most data one instance may receive (STORE DATA carries at most 256 blocks; a bank's applets
 #: take a few hundred bytes: keys, counters, a holder's reference).
@@ -48,6 +48,7 @@ MAX_DATA = 8192
 #: C-MAC (8) a block stays a short APDU in every SCP03 channel (GPC Amendment D §6.2.4).
 STORE_DATA_BLOCK = 192
 MAX_ITEMS = 10_000
+MAX_UPLOAD = 8 * 1024 * 1024  # bytes of one CSV upload
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,17 @@ def items_from_csv(text: str) -> list[PersonalizationItem]:
             raise ServiceError(f"at most {MAX_ITEMS} lines in one upload", field="file")
         items.append(_item(line, {k.strip(): (v or "").strip() for k, v in row.items() if k}))
     return items
+
+
+def items_from_upload(raw: bytes) -> list[PersonalizationItem]:
+    """A CSV file as uploaded (portal or API): at most :data:`MAX_UPLOAD` bytes of UTF-8."""
+    if len(raw) > MAX_UPLOAD:
+        raise ServiceError(f"the file is over {MAX_UPLOAD} bytes", field="file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ServiceError("the CSV must be UTF-8 text", field="file") from None
+    return items_from_csv(text)
 
 
 def items_from_json(payload: Any) -> list[PersonalizationItem]:
@@ -162,7 +174,7 @@ def submit_personalization(
         sd.card_id: sd
         for sd in SecurityDomain.objects.filter(
             organization=bank, card__in=cards.values(), is_isd=False, state=SecurityDomain.State.ACTIVE
-        )
+        ).select_related("card", "organization")
     }
     for item in items:
         where = f"line {item.line}"
@@ -200,8 +212,6 @@ def submit_personalization(
 
 @transaction.atomic
 def _store(bank: Organization, checked: list[_Checked], actor: User) -> list[Personalization]:
-    from cards.services import queue_job
-
     records = []
     jobs: dict[int, CardJob] = {}
     for entry in checked:
@@ -211,17 +221,7 @@ def _store(bank: Organization, checked: list[_Checked], actor: User) -> list[Per
         ).update(state=Personalization.State.SUPERSEDED)
         job = jobs.get(sd.pk)
         if job is None:
-            job = CardJob.objects.filter(
-                security_domain=sd, kind=CardJob.Kind.PERSONALIZE, state=CardJob.State.PENDING
-            ).first() or queue_job(
-                card=entry.card,
-                kind=CardJob.Kind.PERSONALIZE,
-                organization=bank,
-                actor=actor,
-                security_domain=sd,
-                params={"ssd_aid": sd.aid},
-            )
-            jobs[sd.pk] = job
+            job = jobs[sd.pk] = _personalization_job(sd, actor=actor)
         digest = hashlib.sha256(entry.envelope).hexdigest()
         records.append(
             Personalization.objects.create(
@@ -263,27 +263,33 @@ def pending_for(sd: SecurityDomain) -> list[Personalization]:
     )
 
 
+def _personalization_job(sd: SecurityDomain, *, actor: User | None, **params: Any) -> CardJob:
+    """The SD's pending personalisation job, or a new one queued after its other work."""
+    from cards.services import queue_job
+
+    pending = CardJob.objects.filter(
+        security_domain=sd, kind=CardJob.Kind.PERSONALIZE, state=CardJob.State.PENDING
+    ).first()
+    return pending or queue_job(
+        card=sd.card,
+        kind=CardJob.Kind.PERSONALIZE,
+        organization=sd.organization,
+        actor=actor,
+        security_domain=sd,
+        params={"ssd_aid": sd.aid, **params},
+    )
+
+
 def requeue_after_reinstall(sd_id: int, instance_aids: list[str]) -> CardJob | None:
     """A package was deleted and installed again (the card has no ELF upgrade): queue the last
     delivered data of its instances again, in a personalisation job after the current one."""
-    from cards.services import queue_job
-
     sd = SecurityDomain.objects.select_related("card", "organization").get(pk=sd_id)
     delivered = Personalization.objects.filter(
         security_domain=sd, instance_aid__in=instance_aids, state=Personalization.State.DELIVERED
     )
     if not delivered.exists():
         return None
-    job = CardJob.objects.filter(
-        security_domain=sd, kind=CardJob.Kind.PERSONALIZE, state=CardJob.State.PENDING
-    ).first() or queue_job(
-        card=sd.card,
-        kind=CardJob.Kind.PERSONALIZE,
-        organization=sd.organization,
-        actor=None,
-        security_domain=sd,
-        params={"ssd_aid": sd.aid, "after_reinstall": sorted(instance_aids)},
-    )
+    job = _personalization_job(sd, actor=None, after_reinstall=sorted(instance_aids))
     redeliver_latest(sd, instance_aids, job)
     return job
 
@@ -334,8 +340,6 @@ class SsdPersonalize(BankSsdStage):
 
     name = "personalize"
     status_p1 = (STATUS_APPS,)
-
-    custody_key_choices = SsdInstallApplets.custody_key_choices
 
     def key_choices(self) -> list[KeyChoice]:
         if not self.delegated():

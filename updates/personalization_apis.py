@@ -16,8 +16,6 @@ from ecard.requests import acting_user
 from updates import personalization
 from updates.rollout_apis import _service, operated_bank
 
-MAX_UPLOAD = 8 * 1024 * 1024
-
 
 class PersonalizationUploadSerializer(serializers.Serializer):
     bank = serializers.SlugField(required=False, allow_blank=True, default="")
@@ -45,14 +43,8 @@ class PersonalizationApi(APIView):
         bank = operated_bank(request, payload.validated_data["bank"])
         upload = payload.validated_data.get("file")
         if upload is not None:
-            raw = upload.read(MAX_UPLOAD + 1)
-            if len(raw) > MAX_UPLOAD:
-                raise serializers.ValidationError({"file": [f"at most {MAX_UPLOAD} bytes"]})
-            try:
-                text = raw.decode("utf-8-sig")
-            except UnicodeDecodeError:
-                raise serializers.ValidationError({"file": ["the CSV must be UTF-8 text"]}) from None
-            items = _service(lambda: personalization.items_from_csv(text))
+            raw = upload.read(personalization.MAX_UPLOAD + 1)
+            items = _service(lambda: personalization.items_from_upload(raw))
         else:
             items = _service(lambda: personalization.items_from_json({"items": payload.validated_data.get("items")}))
         records: list[Any] = _service(

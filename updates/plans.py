@@ -164,7 +164,8 @@ class SsdUpdatePackages(BankSsdStage):
     def finish(self, registry: Registry, key: KeyChoice) -> list[Effect]:
         sd = self.job_sd()
         effects: list[Effect] = []
-        for release in self.releases():
+        releases = self.releases()
+        for release in releases:
             elf = registry.elf(release.package_aid)
             if elf is None or elf.elf_version != version_bytes(release.package_version):
                 raise StepFailed(f"{release.package_aid} v{release.package_version} is not on the card", tuple(effects))
@@ -175,10 +176,11 @@ class SsdUpdatePackages(BankSsdStage):
                 module = release.applet_aids[0] if release.applet_aids else ""
                 effects.append(AppletOnCard(sd.pk, instance, release.package_aid, release.package_version, module))
         if not self.upgrades_in_place():
+            recorded = self.recorded_versions()
             reinstalled = [
                 instance
-                for release in self.releases()
-                if self.recorded_versions().get(release.package_aid, release.package_version) != release.package_version
+                for release in releases
+                if recorded.get(release.package_aid, release.package_version) != release.package_version
                 for instance in self.instances_of(release)
             ]
             if reinstalled:

@@ -15,6 +15,7 @@ from django.db.models import Count, QuerySet, Sum
 from django.utils import timezone
 
 from cards.models import CardJob
+from issuers.models import Organization
 from issuers.roles import principal
 from issuers.services import ReleaseFacts
 from updates.models import Release
@@ -31,6 +32,11 @@ def releases_for(user: AbstractBaseUser) -> QuerySet[Release]:
     if who.bank_ids:
         return qs.filter(bank_id__in=who.bank_ids)
     return qs.none()
+
+
+def approved_releases(user: AbstractBaseUser, bank: Organization) -> QuerySet[Release]:
+    """The bank's approved releases the user sees, by package then newest first (the forms' choices)."""
+    return releases_for(user).filter(bank=bank, state=Release.State.APPROVED).order_by("package_aid", "-created_at")
 
 
 def rollouts_for(user: AbstractBaseUser) -> QuerySet[Rollout]:

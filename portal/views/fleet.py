@@ -10,7 +10,6 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods
@@ -37,7 +36,6 @@ from portal.forms import (
     posted,
 )
 from updates import rollout_fleet, rollout_selectors, rollouts
-from updates.models import Release
 from updates.releases import revoke_release
 
 MAX_CSV_BYTES = 2 * 1024 * 1024
@@ -53,14 +51,6 @@ def _context(request: AuthenticatedHttpRequest, bank: Organization, **extra: obj
     }
 
 
-def _approved_releases(request: AuthenticatedHttpRequest, bank: Organization) -> QuerySet[Release]:
-    return (
-        rollout_selectors.releases_for(request.user)
-        .filter(bank=bank, state=Release.State.APPROVED)
-        .order_by("package_aid", "-created_at")
-    )
-
-
 # ------------------------------------------------------------------------------------------ template
 
 
@@ -70,7 +60,7 @@ def template(request: AuthenticatedHttpRequest, bank: Organization) -> HttpRespo
     current = getattr(bank, "ssd_template", None)
     if current is None:
         raise PermissionDenied("the agency has not set up this bank's security domain template yet")
-    releases = _approved_releases(request, bank)
+    releases = rollout_selectors.approved_releases(request.user, bank)
     initial_rows = [
         {
             "release": a.get("release"),
@@ -137,7 +127,9 @@ def _csv_text(upload: Any) -> str:
 @bank_member
 @require_http_methods(["GET", "POST"])
 def install_campaign(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResponse:
-    form = InstallCampaignForm(posted(request), files(request), releases=_approved_releases(request, bank))
+    form = InstallCampaignForm(
+        posted(request), files(request), releases=rollout_selectors.approved_releases(request.user, bank)
+    )
     if request.method == "POST":
         require_operator(request, bank)
         if form.is_valid():

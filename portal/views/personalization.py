@@ -17,8 +17,6 @@ from portal.access import bank_member, require_operator
 from portal.forms import add_service_error, files, posted
 from updates import personalization
 
-MAX_UPLOAD = 8 * 1024 * 1024
-
 
 class PersonalizationUploadForm(forms.Form):
     csv_file = forms.FileField(
@@ -36,19 +34,13 @@ def upload(request: AuthenticatedHttpRequest, bank: Organization) -> HttpRespons
     if request.method == "POST":
         require_operator(request, bank)
         if form.is_valid():
-            raw = form.cleaned_data["csv_file"].read(MAX_UPLOAD + 1)
+            raw = form.cleaned_data["csv_file"].read(personalization.MAX_UPLOAD + 1)
             try:
-                if len(raw) > MAX_UPLOAD:
-                    raise ServiceError(f"the file is over {MAX_UPLOAD} bytes", field="csv_file")
-                try:
-                    text = raw.decode("utf-8-sig")
-                except UnicodeDecodeError:
-                    raise ServiceError("the CSV must be UTF-8 text", field="csv_file") from None
                 records = personalization.submit_personalization(
-                    bank=bank, items=personalization.items_from_csv(text), actor=request.user
+                    bank=bank, items=personalization.items_from_upload(raw), actor=request.user
                 )
             except ServiceError as exc:
-                add_service_error(form, exc)
+                add_service_error(form, exc, aliases={"file": "csv_file"})
             else:
                 cards = len({r.card_id for r in records})
                 messages.success(

@@ -4,7 +4,6 @@ group, approve/start/pause/resume/cancel, failures with reasons."""
 from __future__ import annotations
 
 from django.contrib import messages
-from django.db.models import QuerySet
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
@@ -17,7 +16,6 @@ from portal import charts
 from portal.access import bank_member, require_operator
 from portal.forms import RolloutActionForm, RolloutForm, add_service_error, posted
 from updates import rollout_selectors, rollouts
-from updates.models import Release
 from updates.rollout_models import Rollout
 
 
@@ -25,19 +23,13 @@ def _context(request: AuthenticatedHttpRequest, bank: Organization, **extra: obj
     return {"bank": bank, "can_operate": principal(request.user).can_operate(bank.pk), **extra}
 
 
-def _releases(request: AuthenticatedHttpRequest, bank: Organization) -> QuerySet[Release]:
-    return (
-        rollout_selectors.releases_for(request.user)
-        .filter(bank=bank, state=Release.State.APPROVED)
-        .order_by("package_aid", "-created_at")
-    )
-
-
 @bank_member
 @require_http_methods(["GET", "POST"])
 def rollout_list(request: AuthenticatedHttpRequest, bank: Organization) -> HttpResponse:
     initial = {"release": request.GET.get("release")}
-    form = RolloutForm(posted(request), releases=_releases(request, bank), initial=initial)
+    form = RolloutForm(
+        posted(request), releases=rollout_selectors.approved_releases(request.user, bank), initial=initial
+    )
     if request.method == "POST":
         require_operator(request, bank)
         if form.is_valid():

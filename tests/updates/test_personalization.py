@@ -17,11 +17,9 @@ from audit.models import AuditEntry
 from cards.models import CardJob, Personalization, SecurityDomain
 from ecard.errors import ServiceError
 from gp import sealed
-from issuers.custody.authorities import ca_public_pem
-from issuers.custody_models import KeySet
-from issuers.key_services import client_of, platform_identity
-from tests.bankservice import RunningService, running_bank_service
-from tests.otakit import OtaWorld, build_ota_world, enroll, register_key_service, update_applet_job
+from issuers.key_services import client_of
+from tests.bankservice import RunningService
+from tests.otakit import OtaWorld, build_ota_world, enroll, serving_key_service, update_applet_job
 from tests.shared_data import cap_file
 from updates import personalization
 
@@ -41,14 +39,7 @@ def world(tmp_path: Path, settings: LazySettings) -> OtaWorld:
 
 @pytest.fixture
 def alpha_service(world: OtaWorld, tmp_path: Path) -> Iterator[RunningService]:
-    with running_bank_service(
-        tmp_path / "alpha-service",
-        bank="alpha",
-        aid_prefixes=[bytes.fromhex(p) for p in world.bank.aid_ranges.values_list("prefix", flat=True)],
-        card_ca_pem=ca_public_pem(world.agency, KeySet.Purpose.CARD_CA),
-        platform_cert_pem=platform_identity().certificate_pem,
-    ) as service:
-        register_key_service(world.bank, service)
+    with serving_key_service(world, tmp_path / "alpha-service") as service:
         yield service
 
 

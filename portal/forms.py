@@ -202,16 +202,12 @@ class ReleaseChoiceField(forms.ModelChoiceField[Release]):
         return f"{obj.package_aid} v{obj.package_version} ({obj.filename})"
 
 
-class RolloutForm(forms.Form):
-    release = ReleaseChoiceField(queryset=Release.objects.none(), label="Release to roll out", empty_label=None)
-    name = forms.CharField(label="Name", max_length=200, required=False, help_text="Optional, for your records.")
-    from_version = forms.RegexField(
-        label="Only cards at version",
-        regex=r"^\d{1,3}\.\d{1,3}$",
-        required=False,
-        help_text="Optional, e.g. 1.0; empty: every card with the package at another version.",
-        error_messages={"invalid": "A version is major.minor, e.g. 1.0."},
-    )
+WAVE_FIELDS = ("groups", "success_threshold", "error_threshold", "retry_count")
+
+
+class WavesForm(forms.Form):
+    """The waves and thresholds every campaign shares (a rollout, an install or key rotation campaign)."""
+
     groups = forms.CharField(
         label="Groups (cumulative)",
         initial="10%, 50%, 100%",
@@ -233,19 +229,32 @@ class RolloutForm(forms.Form):
         help_text="Share of a group's cards failed at which the rollout pauses itself.",
     )
     retry_count = forms.IntegerField(label="Retries per card", min_value=0, max_value=10, initial=2)
-    require_approval = forms.BooleanField(
-        label="Require approval by a second user of the bank (four eyes)", required=False
-    )
-
-    def __init__(self, *args: Any, releases: QuerySet[Release], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        cast(ReleaseChoiceField, self.fields["release"]).queryset = releases
 
     def clean_groups(self) -> list[str]:
         parts = [p.strip() for p in self.cleaned_data["groups"].split(",") if p.strip()]
         if not parts:
             raise forms.ValidationError("Give at least one group, e.g. 100%.")
         return parts
+
+
+class RolloutForm(WavesForm):
+    release = ReleaseChoiceField(queryset=Release.objects.none(), label="Release to roll out", empty_label=None)
+    name = forms.CharField(label="Name", max_length=200, required=False, help_text="Optional, for your records.")
+    from_version = forms.RegexField(
+        label="Only cards at version",
+        regex=r"^\d{1,3}\.\d{1,3}$",
+        required=False,
+        help_text="Optional, e.g. 1.0; empty: every card with the package at another version.",
+        error_messages={"invalid": "A version is major.minor, e.g. 1.0."},
+    )
+    require_approval = forms.BooleanField(
+        label="Require approval by a second user of the bank (four eyes)", required=False
+    )
+    field_order = ("release", "name", "from_version", *WAVE_FIELDS, "require_approval")
+
+    def __init__(self, *args: Any, releases: QuerySet[Release], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        cast(ReleaseChoiceField, self.fields["release"]).queryset = releases
 
 
 class RolloutActionForm(forms.Form):
@@ -305,7 +314,7 @@ INSTALL_SCOPES = [
 ]
 
 
-class InstallCampaignForm(forms.Form):
+class InstallCampaignForm(WavesForm):
     release = ReleaseChoiceField(queryset=Release.objects.none(), label="Release to install", empty_label=None)
     instances = forms.CharField(
         label="Instance AIDs",
@@ -334,19 +343,11 @@ class InstallCampaignForm(forms.Form):
         widget=forms.ClearableFileInput(attrs={"accept": ".csv,text/csv"}),
     )
     name = forms.CharField(label="Name", max_length=200, required=False)
-    groups = forms.CharField(
-        label="Groups (cumulative)", initial="10%, 50%, 100%", max_length=200, help_text="Waves, ending at 100%."
-    )
-    success_threshold = forms.IntegerField(label="Success threshold (%)", min_value=1, max_value=100, initial=100)
-    error_threshold = forms.IntegerField(label="Error threshold (%)", min_value=1, max_value=100, initial=20)
-    retry_count = forms.IntegerField(label="Retries per card", min_value=0, max_value=10, initial=2)
+    field_order = ("release", "instances", "privileges", "install_params", "scope", "cins", "csv_file", "name")
 
     def __init__(self, *args: Any, releases: QuerySet[Release], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         cast(ReleaseChoiceField, self.fields["release"]).queryset = releases
-
-    def clean_groups(self) -> list[str]:
-        return RolloutForm.clean_groups(cast(RolloutForm, self))
 
     def clean_instances(self) -> list[str]:
         parts = [p.strip() for p in self.cleaned_data["instances"].replace("\n", ",").split(",") if p.strip()]
@@ -363,22 +364,14 @@ class InstallCampaignForm(forms.Form):
         return data
 
 
-class RotateCampaignForm(forms.Form):
+class RotateCampaignForm(WavesForm):
     name = forms.CharField(label="Name", max_length=200, required=False)
-    groups = forms.CharField(
-        label="Groups (cumulative)", initial="10%, 50%, 100%", max_length=200, help_text="Waves, ending at 100%."
-    )
-    success_threshold = forms.IntegerField(label="Success threshold (%)", min_value=1, max_value=100, initial=100)
-    error_threshold = forms.IntegerField(label="Error threshold (%)", min_value=1, max_value=100, initial=20)
-    retry_count = forms.IntegerField(label="Retries per card", min_value=0, max_value=10, initial=2)
+    field_order = ("name", *WAVE_FIELDS, "confirm")
     confirm = forms.BooleanField(
         label="Yes, rotate the keys of all my cards",
         required=True,
         error_messages={"required": "Tick the box to confirm."},
     )
-
-    def clean_groups(self) -> list[str]:
-        return RolloutForm.clean_groups(cast(RolloutForm, self))
 
 
 class ReasonConfirmForm(forms.Form):

@@ -90,6 +90,7 @@ class KeySet(models.Model):
         CARD_CA = "card_ca", "Card CA (certifies each card's attestation key)"
         OCE_CA = "oce_ca", "OCE CA (certifies banks' SCP11 off-card keys)"
         MANDATED_DAP = "mandated_dap", "Mandated DAP signing key (the agency's signature over load files)"
+        TRANSPORT = "transport", "Manufacturer transport key (decrypts imported cards' keys)"
 
     class Algorithm(models.TextChoices):
         AES = "aes", "AES"

@@ -34,6 +34,7 @@ class Rollout(models.Model):
         CARDS = "cards", "Explicit list of cards"
         INSTALL = "install", "Install the package on cards without it"
         ROTATE = "rotate", "Rotate the keys of the bank's security domains"
+        RENEW = "renew", "Renew cards nearing expiry (validity and ISD keys)"
 
     OPEN_STATES = (State.AWAITING_APPROVAL, State.READY, State.SCHEDULED, State.RUNNING, State.PAUSED)
 

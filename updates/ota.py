@@ -314,7 +314,23 @@ def job_security_domain(job: CardJob) -> SecurityDomain:
     return sd
 
 
+# Card.key_scheme of a card whose ISD keys are a per-card key set in custody (KeySet with the
+# card's CIN, the ISD's AID, purpose scp_static): a real card imported from a manufacturer file,
+# or any card once a renewal rotated its ISD keys. Other schemes diversify from the agency master.
+STORED_ISD_KEYS = "stored"
+
+
+def isd_keyset(card: Card, kvn: int) -> KeySet | None:
+    """The card's stored ISD key set of version ``kvn`` (active), if any."""
+    return keyset_for(card.issued_by, card, card.isd_aid, kvn)
+
+
 def isd_choice(card: Card) -> list[KeyChoice]:
+    if card.key_scheme == STORED_ISD_KEYS:
+        keyset = isd_keyset(card, card.isd_kvn)
+        if keyset is None:
+            raise JobFailed(f"no stored ISD key set of version {card.isd_kvn:02X} for card {card.cin}")
+        return [KeyChoice("keyset", card.isd_kvn, keyset.pk)]
     return [KeyChoice("isd", card.isd_kvn)]
 
 

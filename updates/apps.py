@@ -21,6 +21,7 @@ class UpdatesConfig(AppConfig):
         register_release_resolver(rollout_selectors.release_facts)  # the SSD template's default applets
         job_queued.connect(receivers.prepare_queued_job, dispatch_uid="updates.prepare_queued_job")
         job_state_changed.connect(receivers.report_rollout_job, dispatch_uid="updates.rollouts.job_state_changed")
+        job_state_changed.connect(receivers.report_repair_job, dispatch_uid="updates.repair.job_state_changed")
         post_save.connect(
             receivers.forget_suspended_organization, sender=Organization, dispatch_uid="updates.forget_suspended_org"
         )

@@ -81,6 +81,7 @@ from updates.engine.effects import (
     PackageOnCard,
     PackagesGone,
     PersonalizationDelivered,
+    RegistrySurveyed,
     SdKeyVersion,
     SdLifecycle,
     sd_lifecycle,
@@ -979,6 +980,10 @@ def apply_effects(stage: Stage, effects: Iterable[Effect]) -> None:
             from updates.personalization import requeue_after_reinstall
 
             requeue_after_reinstall(effect.sd, list(effect.instance_aids))
+        elif isinstance(effect, RegistrySurveyed):
+            from updates.repair import record_survey
+
+            record_survey(effect)
 
 
 def stages_for(job: CardJob) -> list[type[Stage]]:
@@ -1002,6 +1007,10 @@ def stages_for(job: CardJob) -> list[type[Stage]]:
         from updates.personalization import SsdPersonalize
 
         return [SsdPersonalize]
+    if kind in (CardJob.Kind.SURVEY_CARD, CardJob.Kind.REPAIR_ISD):
+        from updates.repair_stages import IsdDeleteUnknown, IsdSurvey
+
+        return [IsdSurvey] if kind == CardJob.Kind.SURVEY_CARD else [IsdDeleteUnknown]
     raise JobFailed(f"no plan for job kind {kind}")
 
 

@@ -3,7 +3,8 @@
 * ``cards.signals.job_queued``: ``cards`` sits below ``updates`` (docs/ARCHITECTURE.md, "Layers"):
   its services queue a card job and send the signal; the app that runs jobs schedules their
   preparation.
-* ``updates.signals.job_state_changed``: rollout jobs report back to their rollout.
+* ``updates.signals.job_state_changed``: rollout jobs report back to their rollout, repair jobs
+  to their repair.
 * ``post_save`` of an organisation or a user: a suspended organisation's terminals and a
   deactivated user's devices are dropped from the credential cache, so they are refused at once;
   ``post_delete`` of a credential (a deleted user's devices go with the user) drops it too.
@@ -17,7 +18,7 @@ from django.db import transaction
 
 from cards.models import CardJob
 from issuers.models import Organization
-from updates import services
+from updates import repair, services
 from updates.models import AgentCredential
 from updates.rollouts import record_card_result
 from updates.tasks import prepare_job
@@ -39,6 +40,13 @@ def report_rollout_job(sender: Any, job: CardJob, state: str, error: str = "", *
     if "rollout_target" not in (job.params or {}):
         return
     record_card_result(job=job, state=state, error=error)
+
+
+def report_repair_job(sender: Any, job: CardJob, state: str, error: str = "", **kwargs: Any) -> None:
+    """A repair's job finished or failed: the repair follows (same transaction, updates.repair)."""
+    if "repair" not in (job.params or {}):
+        return
+    repair.job_changed(job, state, error)
 
 
 def forget_suspended_organization(sender: Any, instance: Organization, **kwargs: Any) -> None:

@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from updates import apis, personalization_apis
+from updates import apis, personalization_apis, repair_apis
 
 router = SimpleRouter()
 router.register("agent-credentials", apis.AgentCredentialViewSet, basename="agent-credential")
@@ -19,6 +19,10 @@ urlpatterns = [
     path("organizations/<slug:slug>/release-policy/", apis.ReleasePolicyApi.as_view(), name="release-policy"),
     path("organizations/<slug:slug>/dap-key/", apis.BankDapKeyApi.as_view(), name="bank-dap-key"),
     path("code-signing/", apis.CodeSigningApi.as_view(), name="code-signing"),
+    path("cards/<str:cin>/repairs/", repair_apis.CardRepairsApi.as_view(), name="card-repairs"),
+    path("cards/<str:cin>/repairs/<int:pk>/execute/", repair_apis.RepairExecuteApi.as_view(), name="repair-execute"),
+    path("cards/<str:cin>/repairs/<int:pk>/cancel/", repair_apis.RepairCancelApi.as_view(), name="repair-cancel"),
+    path("cards/<str:cin>/repairs/<int:pk>/consent/", repair_apis.RepairConsentApi.as_view(), name="repair-consent"),
     *router.urls,
 ]
 urlpatterns += [path("", include("updates.rollout_urls"))]

@@ -86,6 +86,29 @@ class InstancesReinstalled:
     instance_aids: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class ListedContent:
+    """One entry of a registry listing the card R-MAC'd whole: an application or security domain
+    (GET STATUS P1 40) or an executable load file with its modules (P1 10), GP 2.3.1 §11.4.3."""
+
+    aid: str
+    kind: str  # "app" | "sd" | "elf"
+    lifecycle: int
+    sd: str  # the associated security domain (tag CC); "" when the card named none
+    elf: str = ""  # an application's load file (tag C4)
+    version: str = ""  # a load file's version, "major.minor" (tag CE)
+    modules: tuple[str, ...] = ()  # a load file's executable modules (tag 84)
+
+
+@dataclass(frozen=True)
+class RegistrySurveyed:
+    """The card's whole registry as the ISD listed it, every listing complete and R-MAC'd: what a
+    repair's survey job (``job``) proves is on the card, to diff against the records."""
+
+    job: int
+    content: tuple[ListedContent, ...]
+
+
 Effect = (
     SdLifecycle
     | SdKeyVersion
@@ -94,4 +117,5 @@ Effect = (
     | PackagesGone
     | PersonalizationDelivered
     | InstancesReinstalled
+    | RegistrySurveyed
 )

@@ -13,6 +13,7 @@ from portal.views import (
     oversight,
     pages,
     personalization,
+    repair,
     rollouts,
     terminals,
 )
@@ -66,6 +67,7 @@ urlpatterns = [
     path("agency/cards/issue/", agency.issue, name="agency-issue"),
     path("agency/cards/batch/", agency.issue_batch, name="agency-batch"),
     path("agency/cards/<str:cin>/", agency.card_detail, name="agency-card"),
+    path("agency/cards/<str:cin>/repair/", repair.card_repair, name="agency-card-repair"),
     path("agency/banks/", agency.banks, name="agency-banks"),
     path("agency/banks/<slug:bank>/", agency.bank_detail, name="agency-bank"),
     path("agency/policy/", agency.policy, name="agency-policy"),

@@ -286,3 +286,27 @@ def test_diff_of_lock_state_keys_and_unrestorable_content() -> None:
     assert [s["action"] for s in plan] == ["unlock", "rotate_keys", "unrestorable"]
     assert all(s["bank"] == "beta" for s in plan)
     assert "no release" in plan[-1]["text"]
+
+
+def test_the_agency_repair_page() -> None:
+    from django.test import Client
+
+    world, operator = repair_world()
+    tamper(world)
+    page = f"/agency/cards/{world.card.cin}/repair/"
+    bank = Client()
+    bank.force_login(world.operator)
+    assert bank.get(page).status_code == 403
+    agency = Client()
+    agency.force_login(operator)
+    assert agency.get(page).status_code == 200
+    assert agency.post(page, {"action": "execute"}).status_code == 400  # nothing to run yet: a form error
+    started = agency.post(page, {"action": "start", "reason": "ticket 7"})
+    assert started.status_code == 302
+    assert CardRepair.objects.get(card=world.card).reason == "ticket 7"
+    world.present()
+    shown = agency.get(page).content.decode()
+    assert "Delete package " + STRAY_PACKAGE in shown and "reinstalls package " + PACKAGE in shown
+    assert agency.post(page, {"action": "execute"}).status_code == 302
+    assert CardRepair.objects.get(card=world.card).state == CardRepair.State.AWAITING_CONSENT
+    assert "Waiting for the bank" in agency.get(page).content.decode()

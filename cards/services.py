@@ -16,7 +16,7 @@ from django.utils import timezone
 from audit.security import Kind as SecurityKind
 from audit.security import records_refusals
 from audit.services import record_event
-from cards import emulation
+from cards import emulation, holder_emails
 from cards.models import ISD_AID, Card, CardJob, Enrollment, SecurityDomain
 from cards.signals import auth_failures_cleared, job_queued
 from ecard.errors import ServiceError
@@ -197,6 +197,7 @@ def _queue_job(
         organization=organization,
         details={"kind": kind, "security_domain": security_domain.aid if security_domain else None},
     )
+    holder_emails.work_waiting(job)  # once per batch of waiting work, after commit
     return job
 
 

@@ -28,6 +28,7 @@ urlpatterns = [
     path("accounts/password_reset/", auth.PortalPasswordResetView.as_view(), name="password-reset"),
     path("account/second-factor/", auth.second_factor, name="second-factor"),
     path("account/invitations/", account.invitations, name="invitations"),
+    path("account/e-mail/", account.email_preferences, name="email-preferences"),
     path("account/invitations/<int:invitation>/", account.answer_invitation, name="invitation-answer"),
     # Citizen
     path("card/", citizen.my_card, name="my-card"),

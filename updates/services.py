@@ -21,6 +21,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import events_together, record_event, relayed_by
+from cards import holder_emails
 from cards.models import CardJob
 from ecard.errors import ServiceError
 from gp.errors import LocalProtocolError
@@ -375,6 +376,10 @@ def _apply(session: CardSession, batch: Batch) -> RelayAnswer:
             actor_type="agent",
             details={"round_trips": session.round_trips, "apdus": session.apdus, **batch.result},
         )
+        if session.card is not None:  # the holder hears once per session what it did (if anything)
+            holder_emails.work_done_after_commit(
+                session.card, session=str(session.id), finished=batch.result.get("jobs", [])
+            )
     session.expires_at = _expires()
     _save_session(session)
     return RelayAnswer(session, batch)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from django.core import mail
 from rest_framework.test import APIClient
 
 from audit.models import AuditEntry
@@ -87,7 +88,7 @@ def tamper(
     store.save(world.card.state_file, state)
 
 
-def test_a_repair_deletes_the_unknown_and_reinstalls_the_missing() -> None:
+def test_a_repair_deletes_the_unknown_and_reinstalls_the_missing(django_capture_on_commit_callbacks: Any) -> None:
     world, operator = repair_world()
     world.citizen.email = "citizen@example.org"
     world.citizen.save()
@@ -95,9 +96,12 @@ def test_a_repair_deletes_the_unknown_and_reinstalls_the_missing() -> None:
     stray_applet = STRAY_PACKAGE + "0100"
     assert STRAY_PACKAGE in card_registry(world)["elfs"] and INSTANCE not in card_registry(world)["apps"]
 
-    repair = repairs.start_repair(card=world.card, actor=operator, reason="support ticket 42")
+    with django_capture_on_commit_callbacks(execute=True):
+        repair = repairs.start_repair(card=world.card, actor=operator, reason="support ticket 42")
     assert repair.state == CardRepair.State.SURVEYING
-    assert world.present().ok  # the survey
+    assert [m.subject for m in mail.outbox] == ["Work waits for your card"]  # the survey waits for the card
+    with django_capture_on_commit_callbacks(execute=True):
+        assert world.present().ok  # the survey
     repair.refresh_from_db()
     assert repair.state == CardRepair.State.PLANNED
     assert STRAY_PACKAGE in {e["aid"] for e in repair.observed["elfs"]}
@@ -114,16 +118,24 @@ def test_a_repair_deletes_the_unknown_and_reinstalls_the_missing() -> None:
     assert notice.details["repair"] == repair.pk
     assert not repair.jobs.exclude(pk=repair.survey_job_id).exists()  # nothing queued before the consent
 
-    repairs.decide_consent(repair=repair, bank=world.bank, actor=world.operator, give=True)
+    with django_capture_on_commit_callbacks(execute=True):
+        repairs.decide_consent(repair=repair, bank=world.bank, actor=world.operator, give=True)
     repair.refresh_from_db()
     assert repair.state == CardRepair.State.RUNNING
     kinds = list(repair.jobs.exclude(pk=repair.survey_job_id).order_by("pk").values_list("kind", flat=True))
     assert kinds == [CardJob.Kind.REPAIR_ISD, CardJob.Kind.UPDATE_APPLET]
 
-    result = world.present()
+    with django_capture_on_commit_callbacks(execute=True):
+        result = world.present()
     assert result.ok and result.pending == 0, result
     repair.refresh_from_db()
     assert repair.state == CardRepair.State.DONE, repair.error
+    assert [m.subject for m in mail.outbox] == [
+        "Work waits for your card",  # the survey
+        "Work on your card is done",
+        "Work waits for your card",  # the restoring jobs
+        "Work on your card is done",
+    ]
     registry = card_registry(world)
     assert STRAY_PACKAGE not in registry["elfs"] and stray_applet not in registry["apps"]
     assert INSTANCE in registry["apps"]

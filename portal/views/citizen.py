@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from django.contrib import messages
+from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
 from audit import security
+from cards import history as card_history
 from cards import selectors as card_selectors
 from cards import services as card_services
 from cards.models import Card, Enrollment
@@ -21,6 +23,8 @@ from portal.forms import BankChoiceForm, ConfirmForm, ConsentForm, CredentialFor
 from updates import rollout_selectors
 from updates import selectors as update_selectors
 from updates import services as update_services
+
+HISTORY_PAGE = 20  # sentences per page of the card's history
 
 
 def _card(request: AuthenticatedHttpRequest, cin: str) -> Card:
@@ -43,7 +47,20 @@ def card_detail(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
     if request.GET.get("part") == "live":
         return render(request, "portal/citizen/_live.html", {"o": overview, "card": overview.card})
     notices = list(rollout_selectors.notices_for(request.user, overview.card.pk))
-    return render(request, "portal/citizen/card.html", {"o": overview, "card": overview.card, "notices": notices})
+    history = Paginator(card_history.entries(request.user, overview.card), HISTORY_PAGE).get_page(
+        request.GET.get("page")
+    )
+    return render(
+        request,
+        "portal/citizen/card.html",
+        {
+            "o": overview,
+            "card": overview.card,
+            "notices": notices,
+            "history": history,
+            "history_lines": card_history.in_words(history.object_list),
+        },
+    )
 
 
 @citizen_required

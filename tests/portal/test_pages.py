@@ -111,7 +111,8 @@ def test_citizen_card_page_shows_banks_applets_work_and_history(world: World, as
     page = ok(as_user("citizen3"), f"/card/{card.cin}/")
     assert "Alpha Bank" in page and "Beta Bank" in page
     assert world.applets["alpha@card3"].instance_aid in page
-    assert "enrollment.requested" in page  # history from the audit log
+    assert "You asked to add Alpha Bank to your card" in page  # history from the audit log, in words
+    assert "enrollment.requested" not in page
     assert "Nothing pending" in page
 
 

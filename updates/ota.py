@@ -76,8 +76,10 @@ from updates import policy
 from updates.delegation import SCP11_SD_KID, SCP11_SD_KVN, RemoteChannel, ServiceHeld
 from updates.engine.effects import (
     AppletOnCard,
+    CardValidityStored,
     Effect,
     InstancesReinstalled,
+    IsdKeysRotated,
     PackageOnCard,
     PackagesGone,
     PersonalizationDelivered,
@@ -979,6 +981,10 @@ def apply_effects(stage: Stage, effects: Iterable[Effect]) -> None:
             from updates.personalization import requeue_after_reinstall
 
             requeue_after_reinstall(effect.sd, list(effect.instance_aids))
+        elif isinstance(effect, IsdKeysRotated | CardValidityStored):
+            from updates.renewal import record_renewal_effect
+
+            record_renewal_effect(stage, effect)
 
 
 def stages_for(job: CardJob) -> list[type[Stage]]:
@@ -1002,6 +1008,10 @@ def stages_for(job: CardJob) -> list[type[Stage]]:
         from updates.personalization import SsdPersonalize
 
         return [SsdPersonalize]
+    if kind == CardJob.Kind.RENEW_CARD:
+        from updates.renewal import IsdRenewCard
+
+        return [IsdRenewCard]
     raise JobFailed(f"no plan for job kind {kind}")
 
 
@@ -1850,8 +1860,9 @@ class SessionEngine:
             self._card_authenticated()
             if meta.receipt:
                 self._check_receipt(answer.data, meta.receipt, stage)
-            if meta.proves:
-                self.state["proofs"].append(meta.proves)
+            proven = meta.proven_by(answer.data)
+            if proven:
+                self.state["proofs"].append(proven)
         if len(responses) < script_len:
             raise StepFailed("the script stopped before its end")
         status_responses = responses[script_len:]

@@ -86,6 +86,27 @@ class InstancesReinstalled:
     instance_aids: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class IsdKeysRotated:
+    """The card's ISD opens with the stored per-card key set of version ``kvn`` (a renewal's PUT
+    KEY, proven by its R-MAC'd key check values or by a channel the new keys opened); the stored
+    set of version ``supersedes`` (if any) is retired."""
+
+    card: int
+    kvn: int
+    supersedes: int | None = None
+
+
+@dataclass(frozen=True)
+class CardValidityStored:
+    """The card's ISD R-MAC'd these validity dates (ISO ``YYYY-MM-DD``) in its GET DATA of
+    ``5F25``/``5F24`` after the renewal's STORE DATA."""
+
+    card: int
+    valid_from: str
+    valid_until: str
+
+
 Effect = (
     SdLifecycle
     | SdKeyVersion
@@ -94,4 +115,6 @@ Effect = (
     | PackagesGone
     | PersonalizationDelivered
     | InstancesReinstalled
+    | IsdKeysRotated
+    | CardValidityStored
 )

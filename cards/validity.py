@@ -20,6 +20,7 @@ from audit.services import record_event
 from cards.models import Card, ValidityPolicy
 from ecard.errors import ServiceError
 from issuers.models import Organization
+from issuers.roles import principal
 
 MAX_YEARS = 20
 MAX_RENEW_WITHIN_DAYS = 365
@@ -49,6 +50,8 @@ def set_policy(*, agency: Organization, years: int, renew_within_days: int, acto
     Cards already issued keep their dates; the new period applies to new cards and renewals."""
     if not agency.is_agency:
         raise ServiceError("only the agency sets the card validity policy", field="agency", code="forbidden")
+    if actor is not None and not principal(actor).can_operate(agency.pk):
+        raise ServiceError(f"only {agency.name}'s operators set its card validity", code="forbidden")
     if isinstance(years, bool) or not isinstance(years, int) or not 1 <= years <= MAX_YEARS:
         raise ServiceError(f"a card is valid 1 to {MAX_YEARS} years", field="years")
     if (
@@ -109,3 +112,9 @@ def cards_nearing_expiry(agency: Organization, on: dt.date | None = None) -> Que
         valid_until__isnull=False,
         valid_until__lte=renewal_horizon(agency, on),
     )
+
+
+def agency_of(user: User) -> Organization | None:
+    """The agency the user is a member of (the platform has one), or None."""
+    agency_ids = principal(user).org_ids(Organization.Kind.AGENCY)
+    return Organization.objects.filter(pk__in=agency_ids).order_by("pk").first()

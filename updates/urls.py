@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from updates import apis, personalization_apis
+from updates import apis, personalization_apis, renewal_apis
 
 router = SimpleRouter()
 router.register("agent-credentials", apis.AgentCredentialViewSet, basename="agent-credential")
@@ -19,6 +19,8 @@ urlpatterns = [
     path("organizations/<slug:slug>/release-policy/", apis.ReleasePolicyApi.as_view(), name="release-policy"),
     path("organizations/<slug:slug>/dap-key/", apis.BankDapKeyApi.as_view(), name="bank-dap-key"),
     path("code-signing/", apis.CodeSigningApi.as_view(), name="code-signing"),
+    path("renewals/", renewal_apis.RenewalsApi.as_view(), name="renewals"),
+    path("cards/<str:cin>/renewal/", renewal_apis.CardRenewalApi.as_view(), name="card-renewal"),
     *router.urls,
 ]
 urlpatterns += [path("", include("updates.rollout_urls"))]

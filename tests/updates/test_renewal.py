@@ -14,7 +14,8 @@ from audit.models import AuditEntry
 from cards import validity
 from cards.models import Card, CardJob, CitizenEmail, SecurityDomain
 from cardsim.listing import render
-from cardsim.state import key_versions, validity as card_validity
+from cardsim.state import key_versions
+from cardsim.state import validity as card_validity
 from cardsim.transport import InProcessCard
 from ecard.errors import ServiceError
 from gp.apdu import SW

@@ -17,7 +17,8 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from audit.services import record_event
-from cards.models import Card, ValidityPolicy
+from cards import notify
+from cards.models import Card, CitizenEmail, ValidityPolicy
 from ecard.errors import ServiceError
 from issuers.models import Organization
 from issuers.roles import principal
@@ -118,3 +119,26 @@ def agency_of(user: User) -> Organization | None:
     """The agency the user is a member of (the platform has one), or None."""
     agency_ids = principal(user).org_ids(Organization.Kind.AGENCY)
     return Organization.objects.filter(pk__in=agency_ids).order_by("pk").first()
+
+
+def warn_nearing_expiry(on: dt.date | None = None) -> int:
+    """E-mail the holder of every card nearing its expiry (or expired, not yet renewed), once per
+    card and expiry date (``cards.notify.email_holder``'s ``dedupe_key``): the periodic task's
+    work. Returns how many e-mails went out."""
+    sent = 0
+    for agency in Organization.objects.filter(kind=Organization.Kind.AGENCY, is_active=True):
+        cards = cards_nearing_expiry(agency, on).filter(holder__isnull=False).select_related("holder")
+        for card in cards.iterator(chunk_size=500):
+            until = card.valid_until.isoformat() if card.valid_until else ""
+            expired = is_expired(card, on)
+            subject = "Your card has expired" if expired else "Your card expires soon"
+            body = (
+                f"Your card {card.cin} {'expired' if expired else 'is valid until'} {until}. "
+                "Renew it from your card page; it is renewed in place the next time you present it.\n"
+            )
+            with transaction.atomic():
+                if notify.email_holder(
+                    card, CitizenEmail.Kind.EXPIRY, subject, body, dedupe_key=f"expiry:{card.cin}:{until}"
+                ):
+                    sent += 1
+    return sent

@@ -305,3 +305,16 @@ def request_renewal(*, card: Card, actor: User) -> CardJob:
         security_domain=isd,
         params=params,
     )
+
+
+def renewal_status(card: Card) -> dict[str, Any]:
+    """What a card page shows about the card's validity: its expiry, whether it has expired,
+    whether renewal is offered (near its expiry or expired, in use) and whether one is pending."""
+    pending = card.jobs.filter(kind=CardJob.Kind.RENEW_CARD, state__in=CardJob.OPEN_STATES).exists()
+    in_use = card.standing == Card.Standing.ACTIVE and card.lifecycle == Card.Lifecycle.SECURED
+    return {
+        "valid_until": card.valid_until,
+        "expired": validity.is_expired(card),
+        "offered": in_use and validity.nears_expiry(card) and not pending,
+        "pending": pending,
+    }

@@ -18,7 +18,7 @@ from issuers import selectors as issuer_selectors
 from portal import selectors
 from portal.access import citizen_required
 from portal.forms import BankChoiceForm, ConfirmForm, ConsentForm, CredentialForm, add_service_error, posted, posted_id
-from updates import rollout_selectors
+from updates import renewal, rollout_selectors
 from updates import selectors as update_selectors
 from updates import services as update_services
 
@@ -43,7 +43,9 @@ def card_detail(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
     if request.GET.get("part") == "live":
         return render(request, "portal/citizen/_live.html", {"o": overview, "card": overview.card})
     notices = list(rollout_selectors.notices_for(request.user, overview.card.pk))
-    return render(request, "portal/citizen/card.html", {"o": overview, "card": overview.card, "notices": notices})
+    context = {"o": overview, "card": overview.card, "notices": notices}
+    context["renewal"] = renewal.renewal_status(overview.card)  # issue 19: expiry and the Renew button
+    return render(request, "portal/citizen/card.html", context)
 
 
 @citizen_required

@@ -126,6 +126,8 @@ def personalise(card: Card, *, path: Path | None = None) -> Path:
         token_key=public_key,
         receipt_key=receipt_key,
         ssd_initial_key=ssd_initial,
+        valid_from=card.valid_from,
+        valid_until=card.valid_until,
         **mandated,
     )
     if mandated and not card.mandated_dap:

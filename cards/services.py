@@ -16,7 +16,7 @@ from django.utils import timezone
 from audit.security import Kind as SecurityKind
 from audit.security import records_refusals
 from audit.services import record_event
-from cards import emulation, holder_emails
+from cards import emulation, holder_emails, validity
 from cards.models import ISD_AID, Card, CardJob, Enrollment, SecurityDomain
 from cards.signals import auth_failures_cleared, job_queued
 from ecard.errors import ServiceError
@@ -103,6 +103,7 @@ def issue_card(
     serial = serial or f"EC{cin[-12:]}"
     if Card.objects.filter(cin=cin).exists() or Card.objects.filter(serial=serial).exists():
         raise ServiceError("a card with this CIN or serial exists", field="cin", code="duplicate")
+    valid_from, valid_until = validity.validity_for(agency)  # the agency's policy (cards.validity)
     try:
         with transaction.atomic():  # a concurrent issuance to the same holder or CIN loses here
             card = Card.objects.create(
@@ -118,6 +119,8 @@ def issue_card(
                 issued_by=agency,
                 emulated=emulated,
                 elf_upgrade=emulated,  # the emulated card supports Amendment H unless made without it
+                valid_from=valid_from,
+                valid_until=valid_until,
             )
     except IntegrityError as exc:
         raise ServiceError(
@@ -156,6 +159,8 @@ def issue_card(
             "holder_assigned": holder is not None,
             "lifecycle": card.lifecycle,
             "isd_aid": ISD_AID,
+            "valid_from": valid_from.isoformat(),
+            "valid_until": valid_until.isoformat(),
         },
     )
     return card
@@ -228,6 +233,10 @@ def request_enrollment(
         raise ServiceError("consent is required to add a bank", field="accepted", code="no_consent")
     if card.lifecycle != Card.Lifecycle.SECURED:
         raise ServiceError(f"the card is {card.lifecycle}; banks can only be added to a SECURED card", field="card")
+    if validity.is_expired(card):  # renewal stays open to it (updates.renewal.request_renewal)
+        raise ServiceError(
+            f"the card expired on {card.valid_until}; renew it before adding a bank", field="card", code="expired"
+        )
     if not (bank.is_bank and bank.is_active):
         raise ServiceError("not an active bank", field="bank")
     if not hasattr(bank, "ssd_template"):

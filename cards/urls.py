@@ -1,8 +1,9 @@
 """REST API routes of the cards app (mounted under /api/v1/)."""
 
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from cards import apis
+from cards import apis, validity_apis
 
 router = SimpleRouter()
 router.register("cards", apis.CardViewSet, basename="card")
@@ -12,4 +13,7 @@ router.register("packages", apis.CardPackageViewSet, basename="package")
 router.register("enrollments", apis.EnrollmentViewSet, basename="enrollment")
 router.register("jobs", apis.CardJobViewSet, basename="job")
 
-urlpatterns = router.urls
+urlpatterns = [
+    path("validity-policy/", validity_apis.ValidityPolicyApi.as_view(), name="validity-policy"),
+    *router.urls,
+]

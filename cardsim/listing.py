@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cardsim.state import State, hx, unhx
+from cardsim.state import State, hx, unhx, validity
 from gp.aids import ISD_AID
 from gp.commands import Privileges, lifecycle_name
 
@@ -44,6 +44,13 @@ def render(state: State) -> str:
         f"      load files {used} of {state['memory_total']} bytes; auth limit {state['auth_limit']}; "
         f"receipts issued {state['confirmation_counter']}",
     ]
+    valid_from, valid_until = validity(state)
+    if valid_from or valid_until:
+        shown = [
+            f"from {valid_from.isoformat()}" if valid_from else "",
+            f"until {valid_until.isoformat()}" if valid_until else "",
+        ]
+        lines.append(f"      valid {' '.join(s for s in shown if s)} (ISD 5F25/5F24)")
     load = state.get("load")
     if load:
         lines.append(f"      LOAD in progress: {load['elf']} ({len(load['data']) // 2} bytes)")

@@ -29,6 +29,7 @@ symmetric sets (ENC, MAC, DEK or a single key) and ``{"type": "ec", "q": hex}`` 
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 from typing import Any, NotRequired, TypedDict, cast
 
@@ -51,9 +52,10 @@ from gp.aids import ISD_AID, SSD_MODULE_AID, SSD_PACKAGE_AID
 from gp.commands import CPLC_FIELDS, CardLifeCycle, Privileges, SecurityDomainLifeCycle
 from gp.dap import DAP_KVN
 from gp.dm import SCHEME_ECDSA_P256_SHA256, SCHEME_RSA_PKCS1V15_SHA256
-from gp.errors import KeyMaterialError
+from gp.errors import GPError, KeyMaterialError
 from gp.javacard import ROM_PACKAGES
 from gp.keys import StaticKeys, diversify
+from gp.validity import TAG_EFFECTIVE_DATE, TAG_EXPIRATION_DATE, decode_date, encode_date
 
 FORMAT = "cardsim/1"
 
@@ -166,6 +168,8 @@ def new_state(
     mandated_dap: bool = False,
     elf_upgrade: bool = True,
     mandated_dap_key: bytes | None = None,
+    valid_from: dt.date | None = None,
+    valid_until: dt.date | None = None,
 ) -> State:
     """A fresh card (GP 2.3.1 §5.1: ISD in the card's life cycle state, ROM packages registered).
 
@@ -175,7 +179,8 @@ def new_state(
     (GP 2.3.1 §6.6.1, §9.2.1: every load then needs the issuer's DAP, key put at KVN 73);
     ``elf_upgrade=False`` makes a card without GP Amendment H (MANAGE ELF UPGRADE answers 6D00).
     ``mandated_dap_key`` (an uncompressed P-256 point) is the issuer's DAP key, written at KVN 73 in
-    the ISD as a personalisation bureau would.
+    the ISD as a personalisation bureau would. ``valid_from``/``valid_until`` are written as the
+    ISD's ``5F25``/``5F24`` data objects (YYMMDD BCD, gp.validity), as a renewal's STORE DATA would.
     """
     if scp not in (0x02, 0x03):
         raise KeyMaterialError(f"SCP{scp:02X} is not supported (02 or 03)")
@@ -223,6 +228,11 @@ def new_state(
             "size": 0,
             "name": name,
         }
+    isd_data: dict[str, str] = {}
+    if valid_from is not None:
+        isd_data[f"{TAG_EFFECTIVE_DATE:X}"] = hx(encode_date(valid_from))
+    if valid_until is not None:
+        isd_data[f"{TAG_EXPIRATION_DATE:X}"] = hx(encode_date(valid_until))
     apps = {
         hx(ISD_AID): {
             "elf": hx(SSD_PACKAGE_AID),
@@ -231,7 +241,7 @@ def new_state(
             "privileges": hx(isd_privileges.to_bytes()),
             "sd": hx(ISD_AID),
             "params": "",
-            "data": {},
+            "data": isd_data,
         }
     }
     return {
@@ -320,3 +330,17 @@ def personalization(state: State, aid: str | bytes) -> bytes | None:
     if app is None or app.get("perso") is None:
         return None
     return unhx(app["perso"])
+
+
+def validity(state: State) -> tuple[dt.date | None, dt.date | None]:
+    """The card's validity as its ISD holds it: effective (``5F25``) and expiration (``5F24``)
+    dates, None where absent or not a date."""
+    data = state["apps"][hx(ISD_AID)].get("data", {})
+    dates: list[dt.date | None] = []
+    for tag in (TAG_EFFECTIVE_DATE, TAG_EXPIRATION_DATE):
+        value = data.get(f"{tag:X}")
+        try:
+            dates.append(decode_date(unhx(value)) if value else None)
+        except (ValueError, GPError):
+            dates.append(None)
+    return dates[0], dates[1]

@@ -438,3 +438,26 @@ class ReleasePolicyForm(forms.Form):
         field = self.fields["bank"]
         if isinstance(field, forms.ModelChoiceField):
             field.queryset = Organization.objects.filter(kind=Organization.Kind.BANK).order_by("name")
+
+
+# -- issue 19: validity and renewal -------------------------------------------------------------
+
+
+class ValidityPolicyForm(forms.Form):
+    years = forms.IntegerField(label="Cards are valid for (years)", min_value=1, max_value=20)
+    renew_within_days = forms.IntegerField(
+        label="Renewal offered (days before expiry)",
+        min_value=1,
+        max_value=365,
+        help_text="Holders are warned by e-mail and may renew from this many days before their card expires.",
+    )
+
+
+class RenewalCampaignForm(WavesForm):
+    name = forms.CharField(label="Name", max_length=200, required=False)
+    field_order = ("name", *WAVE_FIELDS, "confirm")
+    confirm = forms.BooleanField(
+        label="Yes, renew every card nearing its expiry",
+        required=True,
+        error_messages={"required": "Tick the box to confirm."},
+    )

@@ -14,6 +14,7 @@ from portal.views import (
     pages,
     personalization,
     repair,
+    renewals,
     rollouts,
     terminals,
 )
@@ -37,6 +38,7 @@ urlpatterns = [
     path("card/<str:cin>/add-bank/", citizen.add_bank, name="add-bank"),
     path("card/<str:cin>/add-bank/<slug:bank>/", citizen.add_bank_consent, name="add-bank-consent"),
     path("card/<str:cin>/remove/<int:enrollment>/", citizen.remove_bank, name="remove-bank"),
+    path("card/<str:cin>/renew/", renewals.renew_card, name="renew-card"),
     # Bank
     path("bank/<slug:bank>/", bank.dashboard, name="bank"),
     path("bank/<slug:bank>/keys/", bank.keys, name="bank-keys"),
@@ -72,6 +74,8 @@ urlpatterns = [
     path("agency/banks/", agency.banks, name="agency-banks"),
     path("agency/banks/<slug:bank>/", agency.bank_detail, name="agency-bank"),
     path("agency/policy/", agency.policy, name="agency-policy"),
+    path("agency/renewals/", renewals.renewals, name="agency-renewals"),
+    path("agency/renewals/<int:rollout>/", renewals.renewal_detail, name="agency-renewal"),
     path("agency/releases/", code_signing.agency_releases, name="agency-releases"),
     path("agency/code-signing/", code_signing.agency_code_signing, name="agency-code-signing"),
     # Terminal credentials of an organisation (its admins)

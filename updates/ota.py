@@ -76,8 +76,10 @@ from updates import policy
 from updates.delegation import SCP11_SD_KID, SCP11_SD_KVN, RemoteChannel, ServiceHeld
 from updates.engine.effects import (
     AppletOnCard,
+    CardValidityStored,
     Effect,
     InstancesReinstalled,
+    IsdKeysRotated,
     PackageOnCard,
     PackagesGone,
     PersonalizationDelivered,
@@ -984,6 +986,10 @@ def apply_effects(stage: Stage, effects: Iterable[Effect]) -> None:
             from updates.repair import record_survey
 
             record_survey(effect)
+        elif isinstance(effect, IsdKeysRotated | CardValidityStored):
+            from updates.renewal import record_renewal_effect
+
+            record_renewal_effect(stage, effect)
 
 
 def stages_for(job: CardJob) -> list[type[Stage]]:
@@ -1011,6 +1017,10 @@ def stages_for(job: CardJob) -> list[type[Stage]]:
         from updates.repair_stages import IsdDeleteUnknown, IsdSurvey
 
         return [IsdSurvey] if kind == CardJob.Kind.SURVEY_CARD else [IsdDeleteUnknown]
+    if kind == CardJob.Kind.RENEW_CARD:
+        from updates.renewal import IsdRenewCard
+
+        return [IsdRenewCard]
     raise JobFailed(f"no plan for job kind {kind}")
 
 
@@ -1859,8 +1869,9 @@ class SessionEngine:
             self._card_authenticated()
             if meta.receipt:
                 self._check_receipt(answer.data, meta.receipt, stage)
-            if meta.proves:
-                self.state["proofs"].append(meta.proves)
+            proven = meta.proven_by(answer.data)
+            if proven:
+                self.state["proofs"].append(proven)
         if len(responses) < script_len:
             raise StepFailed("the script stopped before its end")
         status_responses = responses[script_len:]

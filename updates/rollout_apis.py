@@ -41,6 +41,14 @@ def bank_operator(who: Principal, request: Request, obj: Any) -> bool:
     return who.can_operate(obj.bank_id)
 
 
+def campaign_operator(who: Principal, request: Request, obj: Any) -> bool:
+    """A rollout's own organisation's operators act on it: a bank's on its rollouts, the agency's
+    on its renewal campaigns (``updates.renewal_campaign``)."""
+    if obj is None:
+        return who.agency_operator or any(who.can_operate(bank_id) for bank_id in who.bank_ids)
+    return who.can_operate(obj.bank_id)
+
+
 def bank_or_agency_operator(who: Principal, request: Request, obj: Any) -> bool:
     if obj is None:
         return who.agency_operator or any(who.can_operate(bank_id) for bank_id in who.bank_ids)
@@ -313,11 +321,11 @@ class RolloutViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.
     permission_classes = (ActionRules,)
     action_rules = {
         "create": bank_operator,
-        "approve": bank_operator,
-        "start": bank_operator,
-        "pause": bank_operator,
-        "resume": bank_operator,
-        "cancel": bank_operator,
+        "approve": campaign_operator,
+        "start": campaign_operator,
+        "pause": campaign_operator,
+        "resume": campaign_operator,
+        "cancel": campaign_operator,
         "cards": anyone,  # reads: the queryset is already scoped
         "failures": anyone,
     }

@@ -46,4 +46,5 @@ def expire_idle_sessions() -> int:
     return services.expire_idle_sessions()
 
 
+from updates.renewal_tasks import warn_cards_nearing_expiry  # noqa: E402,F401 - autodiscovery
 from updates.rollout_tasks import evaluate_rollout, rollouts_tick  # noqa: E402,F401 - autodiscovery

@@ -3,7 +3,7 @@
 from django.urls import include, path
 from rest_framework.routers import SimpleRouter
 
-from updates import apis, personalization_apis, repair_apis
+from updates import apis, personalization_apis, renewal_apis, repair_apis
 
 router = SimpleRouter()
 router.register("agent-credentials", apis.AgentCredentialViewSet, basename="agent-credential")
@@ -23,6 +23,8 @@ urlpatterns = [
     path("cards/<str:cin>/repairs/<int:pk>/execute/", repair_apis.RepairExecuteApi.as_view(), name="repair-execute"),
     path("cards/<str:cin>/repairs/<int:pk>/cancel/", repair_apis.RepairCancelApi.as_view(), name="repair-cancel"),
     path("cards/<str:cin>/repairs/<int:pk>/consent/", repair_apis.RepairConsentApi.as_view(), name="repair-consent"),
+    path("renewals/", renewal_apis.RenewalsApi.as_view(), name="renewals"),
+    path("cards/<str:cin>/renewal/", renewal_apis.CardRenewalApi.as_view(), name="card-renewal"),
     *router.urls,
 ]
 urlpatterns += [path("", include("updates.rollout_urls"))]

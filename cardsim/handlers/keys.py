@@ -30,6 +30,7 @@ from gp.keys import (
 )
 from gp.scp.card import CardSCP02
 from gp.scp11 import CardSCP11, parse_certificates
+from gp.validity import VALIDITY_TAGS, decode_date
 
 if TYPE_CHECKING:
     from cardsim.card import Card
@@ -133,6 +134,8 @@ def store_data(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
             return _sw(SW.INCORRECT_P1P2)
     except ParseError:
         return _sw(SW.WRONG_DATA)
+    if target == ISD and not _validity_ok(items):
+        return _sw(SW.WRONG_DATA)
     store = card._apps[target].setdefault("data", {})
     for tag, value in items:
         store[tag] = hx(value)
@@ -143,6 +146,21 @@ def store_data(card: Card, cmd: CommandAPDU, plain: bytes) -> bytes:
     else:
         card.store_next_block = (card.store_next_block + 1) & 0xFF
     return _ok()
+
+
+_VALIDITY_TAGS = {f"{tag:X}" for tag in VALIDITY_TAGS}
+
+
+def _validity_ok(items: list[tuple[str, bytes]]) -> bool:
+    """The ISD's validity data objects (``5F25`` effective, ``5F24`` expiration date) must be
+    YYMMDD BCD dates, as EMV codes them (gp.validity); both are taken in the same state change."""
+    for tag, value in items:
+        if tag in _VALIDITY_TAGS:
+            try:
+                decode_date(value)
+            except EncodingError:
+                return False
+    return True
 
 
 def _store_for_application(card: Card, target: str, cmd: CommandAPDU) -> bytes:

@@ -20,7 +20,7 @@ from issuers import selectors as issuer_selectors
 from portal import selectors
 from portal.access import citizen_required
 from portal.forms import BankChoiceForm, ConfirmForm, ConsentForm, CredentialForm, add_service_error, posted, posted_id
-from updates import rollout_selectors
+from updates import renewal, rollout_selectors
 from updates import selectors as update_selectors
 from updates import services as update_services
 
@@ -50,17 +50,15 @@ def card_detail(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
     history = Paginator(card_history.entries(request.user, overview.card), HISTORY_PAGE).get_page(
         request.GET.get("page")
     )
-    return render(
-        request,
-        "portal/citizen/card.html",
-        {
-            "o": overview,
-            "card": overview.card,
-            "notices": notices,
-            "history": history,
-            "history_lines": card_history.in_words(history.object_list),
-        },
-    )
+    context = {
+        "o": overview,
+        "card": overview.card,
+        "notices": notices,
+        "history": history,
+        "history_lines": card_history.in_words(history.object_list),
+        "renewal": renewal.renewal_status(overview.card),  # expiry and the Renew button
+    }
+    return render(request, "portal/citizen/card.html", context)
 
 
 @citizen_required

@@ -107,6 +107,24 @@ class RegistrySurveyed:
 
     job: int
     content: tuple[ListedContent, ...]
+class IsdKeysRotated:
+    """The card's ISD opens with the stored per-card key set of version ``kvn`` (a renewal's PUT
+    KEY, proven by its R-MAC'd key check values or by a channel the new keys opened); the stored
+    set of version ``supersedes`` (if any) is retired."""
+
+    card: int
+    kvn: int
+    supersedes: int | None = None
+
+
+@dataclass(frozen=True)
+class CardValidityStored:
+    """The card's ISD R-MAC'd these validity dates (ISO ``YYYY-MM-DD``) in its GET DATA of
+    ``5F25``/``5F24`` after the renewal's STORE DATA."""
+
+    card: int
+    valid_from: str
+    valid_until: str
 
 
 Effect = (
@@ -118,4 +136,6 @@ Effect = (
     | PersonalizationDelivered
     | InstancesReinstalled
     | RegistrySurveyed
+    | IsdKeysRotated
+    | CardValidityStored
 )

@@ -107,6 +107,9 @@ class Command:
     # The last LOAD block of a load carrying DAP blocks: there 6982 is the card refusing the
     # signature (GPC 2.3.1 §9.2.1), not an altered command.
     dap_checked: bool = False
+    # Upper-case hex the R-MAC'd answer's data must equal for ``proves`` to hold (a read-back, or
+    # PUT KEY's key check values); None: any R-MAC'd 9000 proves it.
+    proves_data: str | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,7 @@ class InFlight:
     status_p1: int | None = None
     proves: str | None = None
     dap_checked: bool = False
+    proves_data: str | None = None
 
     @classmethod
     def of(cls, command: Command) -> InFlight:
@@ -132,7 +136,14 @@ class InFlight:
             command.status_p1,
             command.proves,
             command.dap_checked,
+            command.proves_data,
         )
+
+    def proven_by(self, data: bytes) -> str | None:
+        """The fact an R-MAC'd 9000 carrying ``data`` proves, if any."""
+        if self.proves is None or (self.proves_data is not None and data.hex().upper() != self.proves_data):
+            return None
+        return self.proves
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,6 +154,7 @@ class InFlight:
             "status_p1": self.status_p1,
             "proves": self.proves,
             "dap_checked": self.dap_checked,
+            "proves_data": self.proves_data,
         }
 
     @classmethod
@@ -158,6 +170,7 @@ class InFlight:
                 data.get("status_p1"),
                 data.get("proves"),
                 bool(data.get("dap_checked", False)),
+                data.get("proves_data"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise LocalProtocolError(f"a command in flight is stored malformed: {exc!r}") from None

@@ -15,6 +15,7 @@ from django.db import connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
+from cards import validity
 from cards.models import Card, CardJob, SecurityDomain
 from updates import rollouts as rollouts_package
 from updates.rollout_models import Rollout, RolloutGroup, RolloutTarget
@@ -36,9 +37,13 @@ def _target_source(rollout: Rollout, cins: list[str] | None) -> tuple[str, list[
 
     * an upgrade (package, cards): holding the package at the version to upgrade from (or any other);
     * an install: unlocked, holding neither the package nor an applet at one of the new instance AIDs;
-    * a key rotation: unlocked, keyed by the bank (a key version on record), no rotation pending."""
+    * a key rotation: unlocked, keyed by the bank (a key version on record), no rotation pending;
+    * a renewal (the agency's campaign): the card's ISD, the card in use (standing active), no
+      renewal pending, and, unless the cards are listed, its validity ending within the agency's
+      renewal window (``cards.validity.renewal_horizon``; expired cards included)."""
     kind = rollout.target_kind
-    params: list[Any] = [rollout.bank_id, False, "active", Card.Lifecycle.SECURED]
+    renew = kind == Rollout.Target.RENEW
+    params: list[Any] = [rollout.bank_id, renew, "active", Card.Lifecycle.SECURED]
     sql = (
         " FROM cards_securitydomain sd"
         " JOIN cards_card c ON c.id = sd.card_id"
@@ -56,6 +61,16 @@ def _target_source(rollout: Rollout, cins: list[str] | None) -> tuple[str, list[
             f"  AND (ai.package_aid = %s OR ai.instance_aid IN ({marks})))"
         )
         params += [SecurityDomain.Lifecycle.LOCKED, rollout.package_aid, rollout.package_aid, *instances]
+    elif renew:
+        sql += (
+            " AND c.standing = %s"
+            " AND NOT EXISTS (SELECT 1 FROM cards_cardjob j WHERE j.card_id = c.id"
+            "  AND j.kind = %s AND j.state IN (%s, %s))"
+        )
+        params += [Card.Standing.ACTIVE, CardJob.Kind.RENEW_CARD, CardJob.State.PENDING, CardJob.State.RUNNING]
+        if cins is None:
+            sql += " AND c.valid_until IS NOT NULL AND c.valid_until <= %s"
+            params.append(connection.ops.adapt_datefield_value(validity.renewal_horizon(rollout.bank)))
     elif kind == Rollout.Target.ROTATE:
         sql += (
             " AND sd.lifecycle <> %s AND sd.key_kvn IS NOT NULL"
@@ -84,13 +99,15 @@ def _target_source(rollout: Rollout, cins: list[str] | None) -> tuple[str, list[
 
 
 # Target kinds whose cards are chosen by what they lack (no package instance to join).
-NEW_WORK_KINDS = (Rollout.Target.INSTALL, Rollout.Target.ROTATE)
+NEW_WORK_KINDS = (Rollout.Target.INSTALL, Rollout.Target.ROTATE, Rollout.Target.RENEW)
 
 
 def job_kind(rollout: Rollout) -> str:
     """The card job a rollout's target becomes: a key rotation, or an install/update of the package
     (``updates.plans.SsdUpdatePackages`` loads the package when the card lacks it and installs the
     instances)."""
+    if rollout.target_kind == Rollout.Target.RENEW:
+        return CardJob.Kind.RENEW_CARD  # updates.renewal.IsdRenewCard
     return CardJob.Kind.ROTATE_KEYS if rollout.target_kind == Rollout.Target.ROTATE else CardJob.Kind.UPDATE_APPLET
 
 
@@ -225,6 +242,19 @@ def _job_params(rollout: Rollout, src: str, sd: tuple[str, str, str], pg: bool) 
     version in the SD's SCP range, as ``cards.services.next_kvn``), with the rollout's."""
     obj, arr = ("jsonb_build_object", "jsonb_build_array") if pg else ("json_object", "json_array")
     rollout_id = "%s::bigint" if pg else "%s"
+    if rollout.target_kind == Rollout.Target.RENEW:
+        # updates.renewal.renewal_params in SQL: the ISD's next key version (next_isd_kvn) and the
+        # validity of the agency's policy from the day the job is created (the same for the batch).
+        _aid, kvn, scp = sd
+        base = f"(CASE WHEN {scp} = 2 THEN 32 ELSE 48 END)"
+        to_kvn = f"(CASE WHEN {kvn} < {base} + 15 THEN {kvn} + 1 ELSE {base} + 1 END)"
+        valid_from, valid_until = validity.validity_for(rollout.bank)
+        text = "%s::text" if pg else "%s"
+        return (
+            f"{obj}('from_kvn', {kvn}, 'to_kvn', {to_kvn}, 'valid_from', {text}, 'valid_until', {text}, "
+            f"'rollout', {rollout_id}, 'rollout_target', {src}.id)",
+            [valid_from.isoformat(), valid_until.isoformat(), rollout.pk],
+        )
     if rollout.target_kind == Rollout.Target.ROTATE:
         aid, kvn, scp = sd
         base = f"(CASE WHEN {scp} = 2 THEN 32 ELSE 48 END)"
@@ -256,11 +286,17 @@ def _dispatch(
     stamp = _now_param(now)
     retries = "t.retries + 1" if retry else "t.retries"
     rotate = rollout.target_kind == Rollout.Target.ROTATE
+    renew = rollout.target_kind == Rollout.Target.RENEW
     join_sd = " JOIN cards_securitydomain sd ON sd.id = t.security_domain_id" if rotate else ""
+    # a renewal reads the card's ISD key version and SCP (updates.renewal.renewal_params)
+    join_sd += " JOIN cards_card rc ON rc.id = t.card_id" if renew else ""
+    sd_exprs = ("rc.isd_aid", "rc.isd_kvn", "rc.scp") if renew else ("sd.aid", "sd.key_kvn", "sd.scp")
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             columns, values, value_params = _job_values(rollout, "c", stamp, ("c.sd_aid", "c.sd_kvn", "c.sd_scp"))
-            sd_columns = ", sd.aid AS sd_aid, sd.key_kvn AS sd_kvn, sd.scp AS sd_scp" if rotate else ""
+            sd_columns = ""
+            if rotate or renew:
+                sd_columns = f", {sd_exprs[0]} AS sd_aid, {sd_exprs[1]} AS sd_kvn, {sd_exprs[2]} AS sd_scp"
             cursor.execute(
                 "WITH chosen AS ("  # noqa: S608 - constant SQL fragments; every value is a parameter
                 f"  SELECT t.id, t.card_id, t.security_domain_id, t.instances{sd_columns}"
@@ -277,7 +313,7 @@ def _dispatch(
                 [rollout.pk, *params, *([limit] if limit else []), *value_params, RolloutTarget.Status.RUNNING, stamp],
             )
             return max(cursor.rowcount, 0)
-        columns, values, value_params = _job_values(rollout, "t", stamp, ("sd.aid", "sd.key_kvn", "sd.scp"))
+        columns, values, value_params = _job_values(rollout, "t", stamp, sd_exprs)
         cursor.execute(
             f"INSERT INTO cards_cardjob ({columns}) SELECT {values}"  # noqa: S608 - constant SQL fragments; every value is a parameter
             f" FROM updates_rollouttarget t{join_sd} WHERE t.rollout_id = %s AND {condition} ORDER BY t.id",

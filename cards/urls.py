@@ -2,7 +2,7 @@
 
 from rest_framework.routers import SimpleRouter
 
-from cards import apis
+from cards import apis, manufacturer_apis
 
 router = SimpleRouter()
 router.register("cards", apis.CardViewSet, basename="card")
@@ -11,5 +11,6 @@ router.register("applets", apis.AppletInstanceViewSet, basename="applet")
 router.register("packages", apis.CardPackageViewSet, basename="package")
 router.register("enrollments", apis.EnrollmentViewSet, basename="enrollment")
 router.register("jobs", apis.CardJobViewSet, basename="job")
+router.register("manufacturer-batches", manufacturer_apis.ManufacturerBatchViewSet, basename="manufacturer-batch")
 
 urlpatterns = router.urls

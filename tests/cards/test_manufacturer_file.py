@@ -11,7 +11,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -19,47 +18,15 @@ from rest_framework.test import APIClient
 
 from audit.models import AuditEntry
 from cards import manufacturer
-from cards.emulation import token_verification_keyset
 from cards.models import ISD_AID, Card, ManufacturerBatch, SecurityDomain
 from ecard.errors import ServiceError
 from gp import manufacturer_file as mf
 from issuers import custody
 from issuers.custody_models import KeySet
 from tests.factories import World, build_world
+from tests.manufacturer_kit import Maker
 
 pytestmark = pytest.mark.django_db
-
-
-def token_sha256(agency: Any) -> str:
-    public = serialization.load_pem_public_key(token_verification_keyset(agency).public_key.encode())
-    der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()
-
-
-class Maker:
-    """The manufacturer's side: a transport key registered with the agency, files written under it."""
-
-    def __init__(self, agency: Any) -> None:
-        self.agency = agency
-        self.transport_key = secrets.token_bytes(16)
-        manufacturer.register_transport_key(
-            agency=agency, key=self.transport_key, kcv=mf.kcv("aes", self.transport_key)
-        )
-        self.token_sha256 = token_sha256(agency)
-
-    def lines(self, cards: list[mf.CardKeys], *, transport_key: bytes | None = None) -> list[bytes]:
-        key = transport_key or self.transport_key
-        head = mf.header_line(
-            manufacturer="Acme Card Works",
-            iin="4543415244",
-            transport_key=self.transport_key,  # the header names the registered key
-            token_key_sha256=self.token_sha256,
-            cards=len(cards),
-        )
-        return [head, *(mf.card_line(card, key) for card in cards)]
-
-    def file(self, cards: list[mf.CardKeys], **kwargs: Any) -> bytes:
-        return mf.seal(self.lines(cards, **kwargs), self.transport_key)
 
 
 @pytest.fixture
@@ -186,8 +153,7 @@ def test_a_wrong_transport_key_is_refused_on_the_first_card_line(world: World, m
 
 
 def test_an_unregistered_transport_key_is_refused_on_the_header(world: World, maker: Maker) -> None:
-    other = Maker.__new__(Maker)
-    other.agency, other.transport_key, other.token_sha256 = world.agency, secrets.token_bytes(16), maker.token_sha256
+    other = Maker(world.agency, register=False)
     message = refused(world.agency, other.file(mf.random_cards(1)))
     assert message == f"line 1: no transport key with check value {mf.kcv('aes', other.transport_key)} is registered"
 

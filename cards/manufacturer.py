@@ -27,6 +27,7 @@ from audit.services import events_together, record_event
 from cards.emulation import token_verification_keyset
 from cards.models import ISD_AID, Card, ManufacturerBatch, SecurityDomain, ValidityPolicy
 from cards.services import PRIVILEGES_ISD
+from ecard.bulk import insert_rows
 from ecard.errors import ServiceError
 from gp import manufacturer_file
 from gp.manufacturer_file import RECEIPT_KVN, CardKeys, FileRefused
@@ -131,6 +132,7 @@ def _years_after(day: dt.date, years: int) -> dt.date:
 
 
 def _new_keys(card: CardKeys) -> list[custody.NewKey]:
+    """The card's keys for custody, with the check values the file gave and the reader verified."""
     algorithm: Literal["aes", "3des"] = "aes" if card.scp == 0x03 else "3des"
     isd = card.isd_keys
     return [
@@ -142,7 +144,7 @@ def _new_keys(card: CardKeys) -> list[custody.NewKey]:
             kvn=isd.version,
             card_cin=card.cin,
             sd_aid=ISD_AID,
-            kcvs=isd.kcvs("aes" if card.scp == 0x03 else "des"),
+            kcvs={"enc": card.kcvs["isd_enc"], "mac": card.kcvs["isd_mac"], "dek": card.kcvs["isd_dek"]},
         ),
         custody.NewKey(
             material=card.receipt_key,
@@ -151,7 +153,7 @@ def _new_keys(card: CardKeys) -> list[custody.NewKey]:
             key_length=len(card.receipt_key),
             kvn=RECEIPT_KVN,
             card_cin=card.cin,
-            kcvs={"enc": manufacturer_file.kcv(algorithm, card.receipt_key)},
+            kcvs={"enc": card.kcvs["receipt"]},
         ),
         # the initial key set of the SSDs installed on the card (ENC = MAC = DEK), sd_aid "" as
         # for emulated cards (updates.ota.ssd_initial_keyset)
@@ -162,7 +164,7 @@ def _new_keys(card: CardKeys) -> list[custody.NewKey]:
             key_length=len(card.ssd_initial_key),
             kvn=card.ssd_initial_kvn,
             card_cin=card.cin,
-            kcvs={n: manufacturer_file.kcv(algorithm, card.ssd_initial_key) for n in ("enc", "mac", "dek")},
+            kcvs=dict.fromkeys(("enc", "mac", "dek"), card.kcvs["ssd_initial"]),
         ),
     ]
 
@@ -227,7 +229,8 @@ def import_manufacturer_file(
     )
     today = timezone.localdate()
     valid_until = _years_after(today, validity_years(agency))
-    cards = Card.objects.bulk_create(
+    insert_rows(
+        Card,
         [
             Card(
                 cin=line.cin,
@@ -249,26 +252,26 @@ def import_manufacturer_file(
             )
             for line in parsed.cards
         ],
-        batch_size=1000,
     )
-    SecurityDomain.objects.bulk_create(
+    card_ids = dict(Card.objects.filter(manufacturer_batch=batch).values_list("cin", "pk"))
+    insert_rows(
+        SecurityDomain,
         [
             SecurityDomain(
-                card=card,
+                card_id=card_ids[line.cin],
                 organization=agency,
                 aid=ISD_AID,
                 is_isd=True,
                 privileges=PRIVILEGES_ISD,
                 management="am",
-                scp=card.scp,
-                scp_i=card.scp_i,
-                key_kvn=card.isd_kvn,
+                scp=line.scp,
+                scp_i=line.i,
+                key_kvn=line.isd_keys.version,
                 lifecycle=SecurityDomain.Lifecycle.PERSONALIZED,
                 state=SecurityDomain.State.ACTIVE,
             )
-            for card in cards
+            for line in parsed.cards
         ],
-        batch_size=1000,
     )
     custody.store_new_keys(
         agency,
@@ -287,26 +290,26 @@ def import_manufacturer_file(
             details={
                 "manufacturer": header.manufacturer,
                 "file_sha256": parsed.sha256,
-                "card_count": len(cards),
-                "first_card": cards[0].cin,
-                "last_card": cards[-1].cin,
+                "card_count": len(parsed.cards),
+                "first_card": parsed.cards[0].cin,
+                "last_card": parsed.cards[-1].cin,
             },
         )
-        for card in cards:
+        for line in parsed.cards:
             record_event(
                 action="card.issued",
                 subject_type="card",
-                subject_id=card.cin,
-                card_cin=card.cin,
+                subject_id=line.cin,
+                card_cin=line.cin,
                 actor=actor,
                 actor_org=agency,
                 organization=agency,
                 details={
-                    "scp": card.scp,
+                    "scp": line.scp,
                     "key_scheme": STORED_ISD_KEYS,
                     "emulated": False,
                     "holder_assigned": False,
-                    "lifecycle": card.lifecycle,
+                    "lifecycle": Card.Lifecycle.SECURED,
                     "isd_aid": ISD_AID,
                     "manufacturer_batch": batch.pk,
                 },

@@ -90,6 +90,7 @@ class CardKeys:
     receipt_key: bytes = field(repr=False)
     ssd_initial_key: bytes = field(repr=False)
     line: int = 0
+    kcvs: dict[str, str] = field(default_factory=dict)  # {"isd_enc": KCV, ...} as checked on reading
 
     @property
     def algorithm(self) -> str:
@@ -237,10 +238,11 @@ def _unwrap(transport_key: bytes, value: Any, name: str, lengths: tuple[int, ...
         ) from None
 
 
-def _checked(algorithm: str, key: bytes, value: Any, name: str) -> None:
+def _checked(algorithm: str, key: bytes, value: Any, name: str) -> str:
     given = _hex(value, f"{name}_kcv", lengths=(3,)).hex().upper()
     if not hmac.compare_digest(given, kcv(algorithm, key)):
         raise _LineError(f"{name}_kcv {given} does not match the key's check value")
+    return given
 
 
 def _card(raw: bytes, transport_key: bytes, line: int) -> CardKeys:
@@ -269,9 +271,10 @@ def _card(raw: bytes, transport_key: bytes, line: int) -> CardKeys:
     algorithm = "aes" if scp == 0x03 else "3des"
     lengths = (16, 24, 32) if scp == 0x03 else (16,)
     keys: dict[str, bytes] = {}
+    kcvs: dict[str, str] = {}
     for name in WRAPPED_KEYS:
         key = _unwrap(transport_key, value[name], name, lengths)
-        _checked(algorithm, key, value[f"{name}_kcv"], name)
+        kcvs[name] = _checked(algorithm, key, value[f"{name}_kcv"], name)
         keys[name] = key
     if not len(keys["isd_enc"]) == len(keys["isd_mac"]) == len(keys["isd_dek"]):
         raise _LineError("isd_enc, isd_mac and isd_dek must have the same length")
@@ -286,6 +289,7 @@ def _card(raw: bytes, transport_key: bytes, line: int) -> CardKeys:
         receipt_key=keys["receipt"],
         ssd_initial_key=keys["ssd_initial"],
         line=line,
+        kcvs=kcvs,
     )
 
 

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import record_event
+from ecard.bulk import insert_rows
 from ecard.errors import ServiceError
 from gp.keys import StaticKeys, kcv_aes, kcv_des
 from issuers.custody.kek import ensure_org_kek
@@ -213,8 +214,8 @@ def store_new_keys(
     entry (``custody.keys_stored``: counts by purpose, the KEK version and ``details``).
 
     For cards new to custody only, and unlike the one-key functions it never supersedes: a card
-    that already has an active key set here is refused (``ServiceError``, code ``duplicate``). Runs in the caller's transaction; returns the
-    number of key sets stored.
+    that already has an active key set here is refused (``ServiceError``, code ``duplicate``).
+    Runs in the caller's transaction; returns the number of key sets stored.
     """
     if not keys:
         return 0
@@ -267,7 +268,7 @@ def store_new_keys(
         )
         for row, blob in zip(rows, blobs, strict=True):
             row.wrapped = blob
-        KeySet.objects.bulk_create(rows, batch_size=1000)
+        insert_rows(KeySet, rows)
         record_event(
             action="custody.keys_stored",
             subject_type="organization",

@@ -92,6 +92,7 @@ def test_a_file_round_trips_into_real_cards_with_their_keys_in_custody(world: Wo
         # the keys are the manufacturer's, now under the agency's KEK
         stored = KeySet.objects.get(card_cin=card.cin, sd_aid=ISD_AID, purpose=KeySet.Purpose.SCP_STATIC)
         assert stored.kvn == line.isd_keys.version and custody.load_static_keys(stored) == line.isd_keys
+        assert stored.kcvs == line.isd_keys.kcvs("aes" if line.scp == 0x03 else "des")
         receipt = KeySet.objects.get(card_cin=card.cin, purpose=KeySet.Purpose.RECEIPT)
         assert receipt.kvn == 0x71 and custody.load_secret_key(receipt) == line.receipt_key
         initial = KeySet.objects.get(card_cin=card.cin, sd_aid="", purpose=KeySet.Purpose.SCP_STATIC)
@@ -321,3 +322,44 @@ def test_nobody_else_imports_or_sees_batches(world: World, maker: Maker, usernam
 
 def test_anonymous_callers_are_refused(world: World, maker: Maker) -> None:
     assert upload(APIClient(), maker.file(mf.random_cards(1))).status_code in (401, 403)
+
+
+# ------------------------------------------------------------------------------------ portal
+
+
+def portal(user: Any) -> Any:
+    from django.test import Client
+
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+PAGE = "/agency/cards/manufacturer-files/"
+
+
+def test_the_agency_imports_through_the_portal_and_sees_the_lines_of_a_refused_file(world: World, maker: Maker) -> None:
+    client = portal(world.users["agency_op"])
+    lines = change(edited(maker.file(mf.random_cards(3)), 2, kdd="00"), 4, ssd_initial_kcv="000000")
+    page = client.post(
+        PAGE, {"manufacturer_file": SimpleUploadedFile("bad.jsonl", mf.seal(lines, maker.transport_key))}
+    )
+    assert page.status_code == 400
+    text = page.content.decode()
+    assert "<td>2</td><td>kdd is 1 bytes (10 expected)</td>" in text
+    assert "<td>4</td><td>ssd_initial_kcv 000000 does not match the key&#x27;s check value</td>" in text
+    assert not ManufacturerBatch.objects.exists()
+
+    good = SimpleUploadedFile("acme.jsonl", maker.file(mf.random_cards(2)))
+    response = client.post(PAGE, {"manufacturer_file": good}, follow=True)
+    assert response.status_code == 200 and "2 cards from Acme Card Works imported" in response.content.decode()
+    assert "acme.jsonl" in response.content.decode() and ManufacturerBatch.objects.get().card_count == 2
+
+
+@pytest.mark.parametrize("username", ["alpha_admin", "citizen1", "regulator"])
+def test_only_the_agency_has_the_portal_page(world: World, maker: Maker, username: str) -> None:
+    client = portal(world.users[username])
+    assert client.get(PAGE).status_code in (302, 403, 404)
+    upload = SimpleUploadedFile("acme.jsonl", maker.file(mf.random_cards(1)))
+    assert client.post(PAGE, {"manufacturer_file": upload}).status_code in (302, 403, 404)
+    assert not ManufacturerBatch.objects.exists()

@@ -171,7 +171,7 @@ def _lines(data: bytes) -> Iterator[tuple[int, bytes, int]]:
 def _object(raw: bytes, fields: frozenset[str], what: str) -> dict[str, Any]:
     try:
         value = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise _LineError(f"not a JSON object ({what} expected)") from None
     if not isinstance(value, dict):
         raise _LineError(f"not a JSON object ({what} expected)")
@@ -297,8 +297,8 @@ def _trailer(raw: bytes, transport_key: bytes, body: bytes, count: int, header: 
     value = _object(raw, TRAILER_FIELDS, "the trailer")
     if value["end"] is not True:
         raise _LineError('the trailer must say "end": true')
-    if value["cards"] != count:
-        raise _LineError(f"the trailer counts {value['cards']!r} cards, the file lists {count}")
+    if value["cards"] != count or isinstance(value["cards"], bool):
+        raise _LineError(f"the trailer's card count is not {count}, the number of card lines")
     if header is not None and header.cards != count:
         raise _LineError(f"the header announces {header.cards} cards, the file lists {count}")
     mac = value["mac"]

@@ -219,6 +219,8 @@ def test_a_line_that_is_not_json_and_a_truncated_file_are_refused(world: World, 
     lines = maker.lines(mf.random_cards(2))
     lines[2] = b"serial;cin;keys\n"
     assert refused(world.agency, mf.seal(lines, maker.transport_key)).startswith("line 3: not a JSON object")
+    lines[2] = b"[" * 100_000 + b"]" * 100_000 + b"\n"  # deeper than the parser recurses
+    assert refused(world.agency, mf.seal(lines, maker.transport_key)).startswith("line 3: not a JSON object")
     data = maker.file(mf.random_cards(3))
     truncated = b"\n".join(data.split(b"\n")[:3]) + b"\n"  # header and two cards, no trailer
     assert "line 3" in refused(world.agency, truncated)

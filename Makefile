@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed-$(REQS_HASH)
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: demo test check install sysdeps lint migrate seed serve bench clean
+.PHONY: demo test check install sysdeps lint migrate seed serve bench bench-manufacturer clean
 
 NODE_STAMP := tests/browser/node_modules/.installed
 
@@ -59,6 +59,11 @@ demo: seed
 bench: install
 	$(PY) bench/bench_scp.py
 	$(PY) bench/bench_ota.py
+
+# A manufacturer's file of 10,000 cards imported (acceptance: under 30 s); SQLite, or PostgreSQL
+# with DATABASE_URL. Writes its row of the "Manufacturer file import" section (machine noted).
+bench-manufacturer: install
+	$(PY) bench/bench_manufacturer_import.py --cards 10000
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

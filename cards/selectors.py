@@ -13,7 +13,8 @@ from __future__ import annotations
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 
-from cards.models import AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
+from cards.models import AppletInstance, Card, CardJob, CardPackage, Enrollment, ManufacturerBatch, SecurityDomain
+from issuers.models import Organization
 from issuers.roles import principal
 
 
@@ -111,3 +112,14 @@ def jobs_held_for_key_service(bank_id: int) -> QuerySet[CardJob]:
         .select_related("card")
         .order_by("-pk")
     )
+
+
+def manufacturer_batches_for(user: User) -> QuerySet[ManufacturerBatch]:
+    """Imported manufacturer files: the agency's own, and every one for regulators; nobody else."""
+    who = principal(user)
+    batches = ManufacturerBatch.objects.select_related("agency", "imported_by")
+    if who.is_regulator:
+        return batches.all()
+    if who.is_agency:
+        return batches.filter(agency_id__in=who.org_ids(Organization.Kind.AGENCY))
+    return ManufacturerBatch.objects.none()

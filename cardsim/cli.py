@@ -1,4 +1,6 @@
-"""Command line: ``python -m cardsim init|serve|show STATE.json`` (DESIGN §8 contract)."""
+"""Command line: ``python -m cardsim init|serve|show STATE.json`` (DESIGN §8 contract), and
+``make-manufacturer-file`` (a card manufacturer's personalisation file of random cards,
+docs/manufacturer-file.md; ``init --manufacturer-file`` makes the card of one of its lines)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -20,6 +23,7 @@ from cardsim.constants import DEFAULT_AUTH_LIMIT, DEFAULT_KEY, DEFAULT_MEMORY
 from cardsim.listing import render
 from cardsim.state import new_state
 from cardsim.vpcd import serve
+from gp import manufacturer_file
 from gp.commands import CardLifeCycle
 from gp.errors import GPError
 from gp.scp11 import CertificateAuthority, KeyPair
@@ -118,6 +122,21 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="the ISD holds Mandated DAP Verification: every load needs the issuer's DAP (its key put at KVN 73)",
     )
+    i.add_argument(
+        "--manufacturer-file",
+        type=Path,
+        default=None,
+        help="make the card of one line of a manufacturer's personalisation file (docs/manufacturer-file.md): "
+        "its CIN, IIN, CPLC, KDD, SCP, ISD keys, receipt key and initial SSD key replace --scp, --key, --kvn, "
+        "--i, --cin, --iin, --kdd, --receipt-key and --ssd-key; needs --line, --transport-key-file and --token-key",
+    )
+    i.add_argument("--line", type=int, default=None, help="with --manufacturer-file: the card's line (2 = first card)")
+    i.add_argument(
+        "--transport-key-file",
+        type=Path,
+        default=None,
+        help="with --manufacturer-file: a file holding the transport key in hex (never on the command line)",
+    )
     i.add_argument("--force", action="store_true", help="overwrite an existing state file")
 
     s = sub.add_parser("serve", help="attach the card to a vpcd virtual reader")
@@ -127,7 +146,70 @@ def _parser() -> argparse.ArgumentParser:
 
     sh = sub.add_parser("show", help="print the registry like a card manager listing")
     sh.add_argument("state", type=Path)
+
+    m = sub.add_parser("make-manufacturer-file", help="write a manufacturer's personalisation file of random cards")
+    m.add_argument("output", type=Path)
+    m.add_argument("--cards", type=int, default=1, help="how many cards (default 1)")
+    m.add_argument("--transport-key-file", type=Path, required=True, help="a file holding the AES transport key in hex")
+    m.add_argument("--token-key", type=Path, required=True, help="PEM public key the cards verify tokens with (KVN 70)")
+    m.add_argument("--manufacturer", default="Emulated Card Works")
+    m.add_argument("--iin", default="4543415244", help="issuer identification number, hex")
+    m.add_argument("--scp", choices=["02", "03"], default="03")
+    m.add_argument("--serial-prefix", default="MF", help="card numbers are this prefix and the CIN")
     return p
+
+
+def _transport_key(path: Path) -> bytes:
+    key = _hex(path.read_text().strip())
+    if len(key) not in (16, 24, 32):
+        raise ValueError("the transport key must be an AES key of 16, 24 or 32 bytes")
+    return key
+
+
+def _token_public_key(path: Path) -> ec.EllipticCurvePublicKey | rsa.RSAPublicKey:
+    loaded = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(loaded, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
+        raise ValueError("token key must be an EC P-256 or RSA public key")
+    return loaded
+
+
+def _spki_sha256(key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey) -> str:
+    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return manufacturer_file.token_key_sha256(der)
+
+
+def _make_manufacturer_file(args: argparse.Namespace) -> int:
+    if not 1 <= args.cards <= manufacturer_file.MAX_CARDS:
+        print(f"--cards must be 1 to {manufacturer_file.MAX_CARDS}", file=sys.stderr)
+        return 2
+    cards = manufacturer_file.random_cards(args.cards, scp=int(args.scp, 16), serial_prefix=args.serial_prefix)
+    data = manufacturer_file.write(
+        cards,
+        transport_key=_transport_key(args.transport_key_file),
+        manufacturer=args.manufacturer,
+        iin=args.iin.upper(),
+        token_key_sha256=_spki_sha256(_token_public_key(args.token_key)),
+    )
+    args.output.write_bytes(data)
+    print(f"{args.output}: {len(cards)} card(s), lines 2 to {len(cards) + 1}")
+    return 0
+
+
+def _manufacturer_card(args: argparse.Namespace) -> tuple[manufacturer_file.Header, manufacturer_file.CardKeys]:
+    """The card on ``--line`` of the checked file (the whole file is checked, as the platform does)."""
+    if args.line is None or args.transport_key_file is None or args.token_key is None:
+        raise ValueError("--manufacturer-file needs --line, --transport-key-file and --token-key")
+    if args.scp == "11" or args.diversify:
+        raise ValueError("--manufacturer-file gives the card's keys: no --scp 11 or --diversify")
+    parsed = manufacturer_file.read(args.manufacturer_file.read_bytes(), _transport_key(args.transport_key_file))
+    if parsed.header.token_key_sha256 != _spki_sha256(_token_public_key(args.token_key)):
+        raise ValueError("--token-key is not the token verification key the file's cards hold (token_key_sha256)")
+    for card in parsed.cards:
+        if card.line == args.line:
+            return parsed.header, card
+    raise ValueError(
+        f"line {args.line} of {args.manufacturer_file} is not a card (cards are on lines 2 to {len(parsed.cards) + 1})"
+    )
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -136,11 +218,17 @@ def _init(args: argparse.Namespace) -> int:
         return 2
     token_key = None
     if args.token_key is not None:
-        loaded = serialization.load_pem_public_key(args.token_key.read_bytes())
-        if not isinstance(loaded, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
-            print("token key must be an EC P-256 or RSA public key", file=sys.stderr)
+        try:
+            token_key = _token_public_key(args.token_key)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
             return 2
-        token_key = loaded
+    if args.manufacturer_file is not None:
+        try:
+            header, line = _manufacturer_card(args)
+        except (ValueError, manufacturer_file.FileRefused) as exc:
+            print(f"cardsim: {exc}", file=sys.stderr)
+            return 2
     behaviours = None
     if args.behaviour:
         behaviours = {}
@@ -157,26 +245,44 @@ def _init(args: argparse.Namespace) -> int:
             print("the CA key must be an EC private key", file=sys.stderr)
             return 2
         ca = CertificateAuthority(KeyPair(loaded_ca), b"ECARD-CA", "E-Card card issuer CA")
-    state = new_state(
-        scp=0x03 if args.scp == "11" else int(args.scp, 16),
-        key=args.key,
-        kvn=args.kvn,
-        i=args.i_param,
-        iin=args.iin,
-        cin=args.cin,
-        kdd=args.kdd,
-        diversify_scheme=args.diversify,
-        memory=args.memory,
-        auth_limit=args.auth_limit,
-        token_key=token_key,
-        token_scheme=args.token_scheme,
-        receipt_key=args.receipt_key,
-        ssd_initial_key=args.ssd_key,
-        lifecycle=_LIFECYCLES[args.lifecycle],
-        behaviours=behaviours,
-        elf_upgrade=args.elf_upgrade,
-        mandated_dap=args.mandated_dap,
-    )
+    common: dict[str, Any] = {
+        "memory": args.memory,
+        "auth_limit": args.auth_limit,
+        "token_key": token_key,
+        "token_scheme": args.token_scheme,
+        "lifecycle": _LIFECYCLES[args.lifecycle],
+        "behaviours": behaviours,
+        "elf_upgrade": args.elf_upgrade,
+        "mandated_dap": args.mandated_dap,
+    }
+    if args.manufacturer_file is not None:
+        # the card exactly as the manufacturer's line describes it (keys not diversified)
+        state = new_state(
+            scp=line.scp,
+            isd_keys=line.isd_keys,
+            i=line.i,
+            iin=bytes.fromhex(header.iin),
+            cin=bytes.fromhex(line.cin),
+            kdd=bytes.fromhex(line.kdd),
+            cplc=line.cplc.to_bytes(),
+            receipt_key=line.receipt_key,
+            ssd_initial_key=line.ssd_initial_key,
+            **common,
+        )
+    else:
+        state = new_state(
+            scp=0x03 if args.scp == "11" else int(args.scp, 16),
+            key=args.key,
+            kvn=args.kvn,
+            i=args.i_param,
+            iin=args.iin,
+            cin=args.cin,
+            kdd=args.kdd,
+            diversify_scheme=args.diversify,
+            receipt_key=args.receipt_key,
+            ssd_initial_key=args.ssd_key,
+            **common,
+        )
     if args.scp == "11":
         today = dt.datetime.now(dt.UTC).date()
         ca = scp11.provision_card(state, today=today, ca=ca, random=os.urandom)
@@ -211,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
             return _init(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "make-manufacturer-file":
+            return _make_manufacturer_file(args)
         sys.stdout.write(render(store.load(args.state)))
         return 0
     except (OSError, ValueError, GPError) as exc:

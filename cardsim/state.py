@@ -170,6 +170,8 @@ def new_state(
     mandated_dap_key: bytes | None = None,
     valid_from: dt.date | None = None,
     valid_until: dt.date | None = None,
+    isd_keys: StaticKeys | None = None,
+    cplc: bytes | None = None,
 ) -> State:
     """A fresh card (GP 2.3.1 §5.1: ISD in the card's life cycle state, ROM packages registered).
 
@@ -181,6 +183,8 @@ def new_state(
     ``mandated_dap_key`` (an uncompressed P-256 point) is the issuer's DAP key, written at KVN 73 in
     the ISD as a personalisation bureau would. ``valid_from``/``valid_until`` are written as the
     ISD's ``5F25``/``5F24`` data objects (YYMMDD BCD, gp.validity), as a renewal's STORE DATA would.
+    ``isd_keys`` (instead of ``key``) are the ISD's own ENC/MAC/DEK at their KVN, and ``cplc`` the
+    card's CPLC: a card as its manufacturer's file describes it (``gp.manufacturer_file``).
     """
     if scp not in (0x02, 0x03):
         raise KeyMaterialError(f"SCP{scp:02X} is not supported (02 or 03)")
@@ -188,18 +192,22 @@ def new_state(
     kdd = bytes(kdd) if kdd is not None else cin[-10:].rjust(10, b"\x00")
     if len(kdd) != 10:
         raise KeyMaterialError("key diversification data must be 10 bytes")
+    if isd_keys is not None:
+        kvn = isd_keys.version
     kvn = DEFAULT_KVN[scp] if kvn is None else kvn
     i = (0x70 if scp == 0x03 else 0x55) if i is None else i
-    if diversify_scheme:
+    if isd_keys is not None:
+        isd_keys_list = [isd_keys.enc, isd_keys.mac, isd_keys.dek]
+    elif diversify_scheme:
         sk = diversify(diversify_scheme, key, kdd, kvn)
-        isd_keys = [sk.enc, sk.mac, sk.dek]
+        isd_keys_list = [sk.enc, sk.mac, sk.dek]
     else:
         StaticKeys.single(key, kvn)  # validates the length
-        isd_keys = [key, key, key]
-    if scp == 0x02 and len(isd_keys[0]) != 16:
+        isd_keys_list = [key, key, key]
+    if scp == 0x02 and len(isd_keys_list[0]) != 16:
         raise KeyMaterialError("SCP02 needs a 16-byte (2-key 3DES) key")
     kind = "des" if scp == 0x02 else "aes"
-    isd_sd: dict[str, Any] = {"scp": scp, "i": i, "keys": {kvn_key(kvn): symmetric_record(kind, isd_keys)}}
+    isd_sd: dict[str, Any] = {"scp": scp, "i": i, "keys": {kvn_key(kvn): symmetric_record(kind, isd_keys_list)}}
     if token_key is not None:
         isd_sd["keys"][kvn_key(TOKEN_KVN)] = public_key_record(token_key)
     if receipt_key is not None:
@@ -251,7 +259,7 @@ def new_state(
         "iin": hx(iin),
         "cin": hx(cin),
         "kdd": hx(kdd),
-        "cplc": hx(default_cplc(cin)),
+        "cplc": hx(default_cplc(cin) if cplc is None else cplc),
         "memory_total": int(memory),
         "auth_limit": int(auth_limit),
         "confirmation_counter": 0,

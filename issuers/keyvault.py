@@ -126,6 +126,10 @@ class KekBackend(ABC):
     def wrap(self, kek: KekRef, plaintext: bytes, aad: bytes) -> bytes:
         """Encrypt and authenticate ``plaintext`` under the KEK, binding ``aad``."""
 
+    def wrap_many(self, kek: KekRef, items: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """:meth:`wrap` for each ``(plaintext, aad)``, in order (a backend may open the KEK once)."""
+        return [self.wrap(kek, plaintext, aad) for plaintext, aad in items]
+
     @abstractmethod
     def unwrap(self, kek: KekRef, blob: bytes, aad: bytes) -> bytes:
         """Inverse of :meth:`wrap`; :class:`UnwrapError` on any mismatch."""
@@ -247,6 +251,15 @@ class SoftwareBackend(KekBackend):
     def wrap(self, kek: KekRef, plaintext: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(NONCE_BYTES)
         return bytes((_FORMAT_SOFTWARE,)) + nonce + self._open_kek(kek).encrypt(nonce, bytes(plaintext), aad)
+
+    def wrap_many(self, kek: KekRef, items: list[tuple[bytes, bytes]]) -> list[bytes]:
+        """The KEK read and opened once for the lot (a bulk import: thousands of keys)."""
+        cipher = self._open_kek(kek)
+        out = []
+        for plaintext, aad in items:
+            nonce = os.urandom(NONCE_BYTES)
+            out.append(bytes((_FORMAT_SOFTWARE,)) + nonce + cipher.encrypt(nonce, bytes(plaintext), aad))
+        return out
 
     def unwrap(self, kek: KekRef, blob: bytes, aad: bytes) -> bytes:
         cipher = self._open_kek(kek)

@@ -34,6 +34,7 @@ from issuers.custody.kek import KEK_ALGORITHM as KEK_ALGORITHM
 from issuers.custody.kek import active_kek, ensure_org_kek
 from issuers.custody.keysets import Algorithm as Algorithm
 from issuers.custody.keysets import (
+    NewKey,
     PrivateKey,
     generate_private_key,
     generate_static_keys,
@@ -41,6 +42,7 @@ from issuers.custody.keysets import (
     load_secret_key,
     load_static_keys,
     store_master_key,
+    store_new_keys,
     store_private_key,
     store_secret_key,
     store_static_keys,
@@ -55,6 +57,7 @@ from issuers.keyvault import CustodyError, KekUnavailableError, UnwrapError
 __all__ = [
     "CustodyError",
     "KekUnavailableError",
+    "NewKey",
     "PrivateKey",
     "UnwrapError",
     "active_kek",
@@ -70,6 +73,7 @@ __all__ = [
     "rotate_kek",
     "seal_channel_state",
     "store_master_key",
+    "store_new_keys",
     "store_private_key",
     "store_secret_key",
     "store_static_keys",

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 import secrets
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives import serialization
@@ -17,6 +19,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.services import record_event
+from ecard.bulk import insert_rows
 from ecard.errors import ServiceError
 from gp.keys import StaticKeys, kcv_aes, kcv_des
 from issuers.custody.kek import ensure_org_kek
@@ -40,6 +43,7 @@ _ALLOWED: dict[str, set[Algorithm]] = {
     Purpose.OCE_CA: {Algorithm.EC_P256},
     Purpose.MANDATED_DAP: {Algorithm.EC_P256},
     Purpose.RECEIPT: _SYMMETRIC | _ASYMMETRIC,
+    Purpose.TRANSPORT: {Algorithm.AES},  # AES Key Wrap (RFC 3394) of a manufacturer's file
 }
 _HEX_AID = re.compile(r"^(?:[0-9A-F]{2}){5,16}$")
 _AAD_LABEL = "ecard-keyset"
@@ -186,6 +190,99 @@ def _store(
             },
         )
     return keyset
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """One symmetric key (or ENC‖MAC‖DEK set) for :func:`store_new_keys`. Holds clear key material."""
+
+    material: bytes = field(repr=False)
+    purpose: str
+    algorithm: Literal["aes", "3des"]
+    key_length: int
+    kvn: int
+    card_cin: str
+    sd_aid: str = ""
+    kcvs: dict[str, str] = field(default_factory=dict)
+
+
+def store_new_keys(
+    org: Organization, keys: list[NewKey], *, actor: Any = None, details: dict[str, Any] | None = None
+) -> int:
+    """Store many symmetric keys into empty slots at once (a manufacturer file's cards): wrapped
+    under the organisation's active KEK with the KEK opened once, inserted in bulk, with ONE audit
+    entry (``custody.keys_stored``: counts by purpose, the KEK version and ``details``).
+
+    For cards new to custody only, and unlike the one-key functions it never supersedes: a card
+    that already has an active key set here is refused (``ServiceError``, code ``duplicate``).
+    Runs in the caller's transaction; returns the number of key sets stored.
+    """
+    if not keys:
+        return 0
+    for key in keys:
+        _check_slot(key.purpose, key.algorithm, key.kvn, key.card_cin, key.sd_aid)
+        if key.sd_aid != key.sd_aid.upper():
+            raise ServiceError("SD AIDs are upper-case hex", field="sd_aid")
+        per_key = 3 if key.purpose == Purpose.SCP_STATIC else 1
+        if not _symmetric_length_ok(key.algorithm, key.key_length) or len(key.material) != per_key * key.key_length:
+            raise ServiceError(f"{key.algorithm} keys cannot be {key.key_length} bytes", field="keys")
+    with transaction.atomic():
+        kek = ensure_org_kek(org, actor=actor)
+        kek = KeyEncryptionKey.objects.select_for_update().get(pk=kek.pk)
+        if kek.state != KeyEncryptionKey.State.ACTIVE:  # rotated meanwhile
+            kek = KeyEncryptionKey.objects.get(organization=org, state=KeyEncryptionKey.State.ACTIVE)
+        cins = sorted({key.card_cin for key in keys})
+        taken: set[str] = set()
+        for start in range(0, len(cins), 500):
+            taken.update(
+                KeySet.objects.filter(
+                    organization=org, card_cin__in=cins[start : start + 500], state=KeySet.State.ACTIVE
+                ).values_list("card_cin", flat=True)
+            )
+        slots = {(k.card_cin, k.sd_aid, k.kvn, k.purpose) for k in keys}
+        if len(slots) != len(keys):
+            raise ServiceError("two keys for the same slot", field="keys", code="duplicate")
+        for key in keys:
+            if key.card_cin in taken:
+                raise ServiceError(
+                    f"custody already holds keys for card {key.card_cin}", field="card_cin", code="duplicate"
+                )
+        rows = [
+            KeySet(
+                organization=org,
+                card_cin=key.card_cin,
+                sd_aid=key.sd_aid,
+                kvn=key.kvn,
+                purpose=key.purpose,
+                algorithm=key.algorithm,
+                key_length=key.key_length,
+                kcv_enc=key.kcvs.get("enc", ""),
+                kcv_mac=key.kcvs.get("mac", ""),
+                kcv_dek=key.kcvs.get("dek", ""),
+                kek=kek,
+            )
+            for key in keys
+        ]
+        blobs = get_backend(kek.backend).wrap_many(
+            kek.ref, [(key.material, _aad(row, kek.version)) for key, row in zip(keys, rows, strict=True)]
+        )
+        for row, blob in zip(rows, blobs, strict=True):
+            row.wrapped = blob
+        insert_rows(KeySet, rows)
+        record_event(
+            action="custody.keys_stored",
+            subject_type="organization",
+            subject_id=org.slug,
+            actor=actor,
+            organization=org,
+            details={
+                "count": len(rows),
+                "purposes": dict(sorted(Counter(str(key.purpose) for key in keys).items())),
+                "kek_version": kek.version,
+                **(details or {}),
+            },
+        )
+    return len(rows)
 
 
 def _symmetric_length_ok(algorithm: str, length: int) -> bool:

@@ -226,6 +226,17 @@ class KeyLeakScanner:
             self._patch(backend, "wrap", wrap_hook)
             self._patch(backend, "unwrap", unwrap_hook)
 
+        def wrap_many_hook(original: Any) -> Any:
+            def wrap_many(self_: Any, kek: Any, items: list[tuple[bytes, bytes]]) -> list[bytes]:
+                for plaintext, _aad in items:
+                    registry.add_plaintext(bytes(plaintext), "custody plaintext (SoftwareBackend, bulk)")
+                return original(self_, kek, items)
+
+            return wrap_many
+
+        # the base class's wrap_many calls the hooked wrap; the software backend opens its KEK once
+        self._patch(keyvault.SoftwareBackend, "wrap_many", wrap_many_hook)
+
         from django.test.client import Client
 
         collect = self.collect

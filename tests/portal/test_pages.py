@@ -40,6 +40,7 @@ def test_every_page_of_each_role_renders(world: World, as_user) -> None:
         "/agency/cards/",
         "/agency/cards/issue/",
         "/agency/cards/batch/",
+        "/agency/cards/manufacturer-files/",
         "/agency/banks/",
         "/agency/policy/",
         f"/agency/cards/{cin}/",

@@ -161,6 +161,18 @@ def issue_card(
     return card
 
 
+def refuse_unless_in_use(card: Card) -> None:
+    """A blocked or terminated card gets no new work, token or enrollment (issue 19): only the
+    agency's card status work (``cards.lifecycle``). Read afresh: the caller's copy may be older."""
+    standing = Card.objects.filter(pk=card.pk).values_list("standing", flat=True).first()
+    if standing is not None and standing != Card.Standing.ACTIVE:
+        raise ServiceError(
+            f"card {card.cin} is {Card.Standing(standing).label.lower()}: it takes no new work",
+            field="card",
+            code="state",
+        )
+
+
 def _open_job_exists(card: Card, *, kinds: tuple[str, ...], security_domain: SecurityDomain | None = None) -> bool:
     jobs = card.jobs.filter(kind__in=kinds, state__in=CardJob.OPEN_STATES)
     if security_domain is not None:
@@ -178,6 +190,8 @@ def _queue_job(
     enrollment: Enrollment | None = None,
     params: dict[str, Any] | None = None,
 ) -> CardJob:
+    if kind != CardJob.Kind.CARD_STATUS:
+        refuse_unless_in_use(card)
     job = CardJob.objects.create(
         card=card,
         kind=kind,
@@ -225,6 +239,7 @@ def request_enrollment(
         raise ServiceError("this is not your card", field="card", code="not_holder")
     if not accepted:
         raise ServiceError("consent is required to add a bank", field="accepted", code="no_consent")
+    refuse_unless_in_use(card)
     if card.lifecycle != Card.Lifecycle.SECURED:
         raise ServiceError(f"the card is {card.lifecycle}; banks can only be added to a SECURED card", field="card")
     if not (bank.is_bank and bank.is_active):
@@ -234,15 +249,31 @@ def request_enrollment(
     expected = consent_text_for(card, bank)
     if consent_text.strip() != expected:
         raise ServiceError("the consent text does not match what would be installed", field="consent_text")
+    return enroll_bank(card=card, bank=bank, citizen=citizen, consent_text=expected, consented_at=timezone.now())
+
+
+def enroll_bank(
+    *,
+    card: Card,
+    bank: Organization,
+    citizen: User,
+    consent_text: str,
+    consented_at: Any,
+    default_applets: list[dict[str, Any]] | None = None,
+    carried_from: str = "",
+) -> Enrollment:
+    """The enrollment record, the bank's pending SSD and its enroll job, once consent is settled
+    (in the caller's transaction): by :func:`request_enrollment`, or for a replacement card by
+    ``cards.lifecycle.replace_card`` (``default_applets``: the old card's applets at their
+    releases instead of the template's; ``carried_from``: the old card's CIN)."""
     aid = ssd_aid_for(bank)
     if card.security_domains.filter(aid=aid).exclude(state=SecurityDomain.State.REMOVED).exists():
         raise ServiceError(f"{bank.name} is already on this card", field="bank", code="duplicate")
     template = bank.ssd_template
-    now = timezone.now()
     try:
         with transaction.atomic():
             enrollment = Enrollment.objects.create(
-                card=card, bank=bank, consent_text=expected, consented_at=now, requested_by=citizen
+                card=card, bank=bank, consent_text=consent_text, consented_at=consented_at, requested_by=citizen
             )
     except IntegrityError as exc:
         raise ServiceError(f"{bank.name} is already on this card", field="bank", code="duplicate") from exc
@@ -267,6 +298,9 @@ def request_enrollment(
     )
     enrollment.security_domain = sd
     enrollment.save(update_fields=["security_domain"])
+    details: dict[str, Any] = {"bank": bank.slug, "ssd_aid": aid}
+    if carried_from:
+        details["carried_from"] = carried_from
     record_event(
         action="enrollment.requested",
         subject_type="enrollment",
@@ -274,8 +308,15 @@ def request_enrollment(
         card_cin=card.cin,
         actor=citizen,
         organization=bank,
-        details={"bank": bank.slug, "ssd_aid": aid},
+        details=details,
     )
+    params: dict[str, Any] = {
+        "ssd_aid": aid,
+        "default_applets": template.default_applets if default_applets is None else default_applets,
+        "dap_key": verifies_dap,
+    }
+    if carried_from:
+        params["carried_from"] = carried_from
     _queue_job(
         card=card,
         kind=CardJob.Kind.ENROLL_BANK,
@@ -283,7 +324,7 @@ def request_enrollment(
         actor=citizen,
         security_domain=sd,
         enrollment=enrollment,
-        params={"ssd_aid": aid, "default_applets": template.default_applets, "dap_key": verifies_dap},
+        params=params,
     )
     return enrollment
 

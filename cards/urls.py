@@ -1,8 +1,9 @@
 """REST API routes of the cards app (mounted under /api/v1/)."""
 
+from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from cards import apis
+from cards import apis, lifecycle_apis
 
 router = SimpleRouter()
 router.register("cards", apis.CardViewSet, basename="card")
@@ -12,4 +13,11 @@ router.register("packages", apis.CardPackageViewSet, basename="package")
 router.register("enrollments", apis.EnrollmentViewSet, basename="enrollment")
 router.register("jobs", apis.CardJobViewSet, basename="job")
 
-urlpatterns = router.urls
+urlpatterns = [
+    *router.urls,
+    path("cards/<str:cin>/block/", lifecycle_apis.BlockCardApi.as_view(), name="card-block"),
+    path("cards/<str:cin>/unblock/", lifecycle_apis.UnblockCardApi.as_view(), name="card-unblock"),
+    path("cards/<str:cin>/replace/", lifecycle_apis.ReplaceCardApi.as_view(), name="card-replace"),
+    path("notices/", lifecycle_apis.BankNoticeListApi.as_view(), name="bank-notices"),
+    path("webhooks/<slug:slug>/", lifecycle_apis.WebhookApi.as_view(), name="bank-webhook"),
+]

@@ -86,6 +86,15 @@ class InstancesReinstalled:
     instance_aids: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class CardLifecycle:
+    """The card's life cycle (GP 2.3.1 §5.1.1) as its ISD proved it: an R-MAC'd GET STATUS P1 80
+    listing, or for TERMINATED the R-MAC'd 9000 to SET STATUS (records' names: CARD_LOCKED, ...)."""
+
+    card: int
+    lifecycle: str
+
+
 Effect = (
     SdLifecycle
     | SdKeyVersion
@@ -94,4 +103,5 @@ Effect = (
     | PackagesGone
     | PersonalizationDelivered
     | InstancesReinstalled
+    | CardLifecycle
 )

@@ -32,18 +32,19 @@ HASH_MODULUS = 4294967291  # the largest prime below 2**32
 
 
 def _target_source(rollout: Rollout, cins: list[str] | None) -> tuple[str, list[Any]]:
-    """FROM/WHERE of the cards a rollout targets: the bank's active SSD on a SECURED card, and
+    """FROM/WHERE of the cards a rollout targets: the bank's active SSD on a SECURED card in use, and
 
     * an upgrade (package, cards): holding the package at the version to upgrade from (or any other);
     * an install: unlocked, holding neither the package nor an applet at one of the new instance AIDs;
     * a key rotation: unlocked, keyed by the bank (a key version on record), no rotation pending."""
     kind = rollout.target_kind
-    params: list[Any] = [rollout.bank_id, False, "active", Card.Lifecycle.SECURED]
+    params: list[Any] = [rollout.bank_id, False, "active", Card.Lifecycle.SECURED, Card.Standing.ACTIVE]
     sql = (
         " FROM cards_securitydomain sd"
         " JOIN cards_card c ON c.id = sd.card_id"
         + (" JOIN cards_appletinstance ai ON ai.security_domain_id = sd.id" if kind not in NEW_WORK_KINDS else "")
         + " WHERE sd.organization_id = %s AND sd.is_isd = %s AND sd.state = %s AND c.lifecycle = %s"
+        " AND c.standing = %s"  # a blocked or terminated card is no target (issue 19)
     )
     if kind == Rollout.Target.INSTALL:
         instances = [spec["instance_aid"] for spec in rollout.install_instances]

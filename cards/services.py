@@ -337,6 +337,7 @@ def request_removal(*, enrollment: Enrollment, actor: User) -> CardJob:
         .select_related("card", "bank", "security_domain")
         .get(pk=enrollment.pk)
     )
+    refuse_unless_in_use(enrollment.card)
     if enrollment.status == Enrollment.Status.REQUESTED:
         # Not on the card yet: cancel the pending enrollment instead.
         enrollment.jobs.filter(state=CardJob.State.PENDING).update(
@@ -384,6 +385,7 @@ def next_kvn(sd: SecurityDomain) -> int:
 def request_key_rotation(*, security_domain: SecurityDomain, actor: User) -> CardJob:
     """Queue a PUT KEY rotation of an SD's key set (new keys generated in custody when the job runs)."""
     sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
+    refuse_unless_in_use(sd.card)
     if sd.state != SecurityDomain.State.ACTIVE:
         raise ServiceError(f"the security domain is {sd.state}", code="state")
     if sd.lifecycle == SecurityDomain.Lifecycle.LOCKED:
@@ -407,6 +409,7 @@ def request_sd_lock(*, security_domain: SecurityDomain, lock: bool, actor: User)
     sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
     if sd.is_isd:
         raise ServiceError("the ISD is locked through the card lifecycle, not here", code="isd")
+    refuse_unless_in_use(sd.card)
     if sd.state != SecurityDomain.State.ACTIVE:
         raise ServiceError(f"the security domain is {sd.state}", code="state")
     already = sd.lifecycle == SecurityDomain.Lifecycle.LOCKED

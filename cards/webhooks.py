@@ -230,8 +230,8 @@ def deliver(notice_id: int) -> int | None:
         body = json.dumps(payload(notice), separators=(",", ":"), sort_keys=True).encode()
         timestamp = str(int(time.time()))
         try:
+            vkey = log_verifier_key(create=True) or ""  # the key banks pin (made once, if the log has none yet)
             signature = checkpoint_signer().sign(signed_message(timestamp, body))
-            vkey = log_verifier_key(create=False) or ""
         except ServiceError as exc:
             error, signature, vkey = f"the platform could not sign the notice ({exc.message})", b"", ""
         else:
@@ -243,7 +243,7 @@ def deliver(notice_id: int) -> int | None:
                     "User-Agent": "ecard-platform-webhook/1",
                     SIGNATURE_HEADER: base64.b64encode(signature).decode("ascii"),
                     TIMESTAMP_HEADER: timestamp,
-                    KEY_HEADER: vkey.rsplit("+", 1)[0],
+                    KEY_HEADER: "+".join(vkey.split("+", 2)[:2]),  # <origin>+<key id>
                     NOTICE_HEADER: str(notice.pk),
                 },
             )

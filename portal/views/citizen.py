@@ -9,6 +9,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
 from audit import security
+from cards import lifecycle
 from cards import selectors as card_selectors
 from cards import services as card_services
 from cards.models import Card, Enrollment
@@ -31,8 +32,9 @@ def _card(request: AuthenticatedHttpRequest, cin: str) -> Card:
 @require_GET
 def my_card(request: AuthenticatedHttpRequest) -> HttpResponse:
     cards = list(selectors.my_cards(request.user))
-    if len(cards) == 1:
-        return redirect("portal:card", cin=cards[0].cin)
+    live = [c for c in cards if c.standing != Card.Standing.TERMINATED]
+    if len(cards) == 1 or len(live) == 1:  # a replaced card stays listed; the live one is "my card"
+        return redirect("portal:card", cin=(live or cards)[0].cin)
     return render(request, "portal/citizen/cards.html", {"cards": cards})
 
 
@@ -43,7 +45,18 @@ def card_detail(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
     if request.GET.get("part") == "live":
         return render(request, "portal/citizen/_live.html", {"o": overview, "card": overview.card})
     notices = list(rollout_selectors.notices_for(request.user, overview.card.pk))
-    return render(request, "portal/citizen/card.html", {"o": overview, "card": overview.card, "notices": notices})
+    replaced_card, rows = lifecycle.replacement_progress(overview.card)
+    return render(
+        request,
+        "portal/citizen/card.html",
+        {
+            "o": overview,
+            "card": overview.card,
+            "notices": notices,
+            "replaced_card": replaced_card,
+            "replacement_rows": rows,
+        },
+    )
 
 
 @citizen_required

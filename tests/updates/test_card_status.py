@@ -5,6 +5,8 @@ changes no record."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from agent.core import RelayError
@@ -44,10 +46,10 @@ def card_lifecycle_on_card(world: OtaWorld, card: Card | None = None) -> int:
     return int(InProcessCard((card or world.card).state_file).card.state["lifecycle"])
 
 
-def refusal(world: OtaWorld, **present: object) -> str:
+def refusal(world: OtaWorld, **present: Any) -> str:
     """The reason the server gives for ending the card's session refused (what the agent prints)."""
     with pytest.raises(RelayError) as refused:
-        world.present(**present)  # type: ignore[arg-type]
+        world.present(**present)
     return str(refused.value)
 
 

@@ -3,7 +3,8 @@
 * ``POST cards/<cin>/block/``    ``{"reason"}``: the card's holder or the agency
 * ``POST cards/<cin>/unblock/``  ``{"reason"}``: the agency
 * ``POST cards/<cin>/replace/``  ``{"reason"?}``: the agency; 201 with the new card
-* ``GET  notices/[?bank=<slug>]``: a bank's card notices, newest first, paginated
+* ``GET  notices/[?bank=<slug>]``: a bank's card notices (every bank's for the agency and
+  regulators), newest first, paginated
 * ``GET|PUT|DELETE webhooks/<bank slug>/``: the bank's webhook (``PUT {"url"}``; admins write)
 
 A card outside the caller's view is a 404 (``cards.selectors.cards_for``); a role that may not act
@@ -30,6 +31,7 @@ from issuers.roles import principal
 
 
 class CardStandingSerializer(serializers.ModelSerializer):
+    lifecycle = serializers.CharField(read_only=True, help_text="the card's life cycle as it last proved it")
     replaced_by: serializers.SlugRelatedField[Card] = serializers.SlugRelatedField(slug_field="cin", read_only=True)
 
     class Meta:
@@ -45,7 +47,7 @@ class CardStandingSerializer(serializers.ModelSerializer):
         )
 
 
-class ReasonSerializer(serializers.Serializer):
+class CardReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=lifecycle.MAX_REASON, allow_blank=True, default="")
 
 
@@ -96,7 +98,7 @@ class _CardAction(APIView):
         return get_object_or_404(selectors.cards_for(acting_user(request)), cin=cin.upper())
 
     def reason(self, request: Request) -> str:
-        payload = ReasonSerializer(data=request.data)
+        payload = CardReasonSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         return str(payload.validated_data["reason"])
 
@@ -104,7 +106,7 @@ class _CardAction(APIView):
 class BlockCardApi(_CardAction):
     """Block a lost or stolen card: the holder or the agency."""
 
-    @extend_schema(request=ReasonSerializer, responses=CardStandingSerializer)
+    @extend_schema(request=CardReasonSerializer, responses=CardStandingSerializer)
     def post(self, request: Request, cin: str) -> Response:
         who = principal(acting_user(request))
         if not (who.is_citizen or who.agency_operator):
@@ -118,7 +120,7 @@ class BlockCardApi(_CardAction):
 class UnblockCardApi(_CardAction):
     """Unblock a card: the agency, with a reason."""
 
-    @extend_schema(request=ReasonSerializer, responses=CardStandingSerializer)
+    @extend_schema(request=CardReasonSerializer, responses=CardStandingSerializer)
     def post(self, request: Request, cin: str) -> Response:
         if not principal(acting_user(request)).agency_operator:
             raise exceptions.PermissionDenied("only the agency unblocks a card")
@@ -131,7 +133,7 @@ class UnblockCardApi(_CardAction):
 class ReplaceCardApi(_CardAction):
     """Issue a replacement card: the agency. The answer is the new card."""
 
-    @extend_schema(request=ReasonSerializer, responses={201: CardStandingSerializer})
+    @extend_schema(request=CardReasonSerializer, responses={201: CardStandingSerializer})
     def post(self, request: Request, cin: str) -> Response:
         if not principal(acting_user(request)).agency_operator:
             raise exceptions.PermissionDenied("only the agency replaces a card")
@@ -152,15 +154,18 @@ class BankNoticeListApi(generics.ListAPIView[BankNotice]):
 
     @extend_schema(parameters=[OpenApiParameter("bank", str, required=False, description="one of your banks")])
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        if not _member_banks(request):
-            raise exceptions.PermissionDenied("card notices are for banks")
+        who = principal(acting_user(request))
+        if not (who.bank_ids or who.is_agency or who.is_regulator):
+            raise exceptions.PermissionDenied("card notices are for banks (and the agency and regulators)")
         return super().get(request, *args, **kwargs)
 
     def get_queryset(self) -> Any:
         if not self.request.user.is_authenticated:  # drf-spectacular builds the schema anonymously
             return BankNotice.objects.none()
-        banks = principal(self.request.user).bank_ids
-        notices = BankNotice.objects.filter(organization_id__in=banks).select_related("card", "organization")
+        who = principal(self.request.user)
+        notices = BankNotice.objects.select_related("card", "organization")
+        if not (who.is_agency or who.is_regulator):  # oversight reads every bank's
+            notices = notices.filter(organization_id__in=who.bank_ids)
         slug = self.request.query_params.get("bank")
         if slug:
             notices = notices.filter(organization__slug=slug)

@@ -166,6 +166,18 @@ def issue_card(
     return card
 
 
+def refuse_unless_in_use(card: Card) -> None:
+    """A blocked or terminated card gets no new work, token or enrollment (issue 19): only the
+    agency's card status work (``cards.lifecycle``). Read afresh: the caller's copy may be older."""
+    standing = Card.objects.filter(pk=card.pk).values_list("standing", flat=True).first()
+    if standing is not None and standing != Card.Standing.ACTIVE:
+        raise ServiceError(
+            f"card {card.cin} is {Card.Standing(standing).label.lower()}: it takes no new work",
+            field="card",
+            code="state",
+        )
+
+
 def _open_job_exists(card: Card, *, kinds: tuple[str, ...], security_domain: SecurityDomain | None = None) -> bool:
     jobs = card.jobs.filter(kind__in=kinds, state__in=CardJob.OPEN_STATES)
     if security_domain is not None:
@@ -183,6 +195,8 @@ def _queue_job(
     enrollment: Enrollment | None = None,
     params: dict[str, Any] | None = None,
 ) -> CardJob:
+    if kind != CardJob.Kind.CARD_STATUS:
+        refuse_unless_in_use(card)
     job = CardJob.objects.create(
         card=card,
         kind=kind,
@@ -231,6 +245,7 @@ def request_enrollment(
         raise ServiceError("this is not your card", field="card", code="not_holder")
     if not accepted:
         raise ServiceError("consent is required to add a bank", field="accepted", code="no_consent")
+    refuse_unless_in_use(card)
     if card.lifecycle != Card.Lifecycle.SECURED:
         raise ServiceError(f"the card is {card.lifecycle}; banks can only be added to a SECURED card", field="card")
     if validity.is_expired(card):  # renewal stays open to it (updates.renewal.request_renewal)
@@ -244,15 +259,31 @@ def request_enrollment(
     expected = consent_text_for(card, bank)
     if consent_text.strip() != expected:
         raise ServiceError("the consent text does not match what would be installed", field="consent_text")
+    return enroll_bank(card=card, bank=bank, citizen=citizen, consent_text=expected, consented_at=timezone.now())
+
+
+def enroll_bank(
+    *,
+    card: Card,
+    bank: Organization,
+    citizen: User,
+    consent_text: str,
+    consented_at: Any,
+    default_applets: list[dict[str, Any]] | None = None,
+    carried_from: str = "",
+) -> Enrollment:
+    """The enrollment record, the bank's pending SSD and its enroll job, once consent is settled
+    (in the caller's transaction): by :func:`request_enrollment`, or for a replacement card by
+    ``cards.lifecycle.replace_card`` (``default_applets``: the old card's applets at their
+    releases instead of the template's; ``carried_from``: the old card's CIN)."""
     aid = ssd_aid_for(bank)
     if card.security_domains.filter(aid=aid).exclude(state=SecurityDomain.State.REMOVED).exists():
         raise ServiceError(f"{bank.name} is already on this card", field="bank", code="duplicate")
     template = bank.ssd_template
-    now = timezone.now()
     try:
         with transaction.atomic():
             enrollment = Enrollment.objects.create(
-                card=card, bank=bank, consent_text=expected, consented_at=now, requested_by=citizen
+                card=card, bank=bank, consent_text=consent_text, consented_at=consented_at, requested_by=citizen
             )
     except IntegrityError as exc:
         raise ServiceError(f"{bank.name} is already on this card", field="bank", code="duplicate") from exc
@@ -277,6 +308,9 @@ def request_enrollment(
     )
     enrollment.security_domain = sd
     enrollment.save(update_fields=["security_domain"])
+    details: dict[str, Any] = {"bank": bank.slug, "ssd_aid": aid}
+    if carried_from:
+        details["carried_from"] = carried_from
     record_event(
         action="enrollment.requested",
         subject_type="enrollment",
@@ -284,8 +318,15 @@ def request_enrollment(
         card_cin=card.cin,
         actor=citizen,
         organization=bank,
-        details={"bank": bank.slug, "ssd_aid": aid},
+        details=details,
     )
+    params: dict[str, Any] = {
+        "ssd_aid": aid,
+        "default_applets": template.default_applets if default_applets is None else default_applets,
+        "dap_key": verifies_dap,
+    }
+    if carried_from:
+        params["carried_from"] = carried_from
     _queue_job(
         card=card,
         kind=CardJob.Kind.ENROLL_BANK,
@@ -293,7 +334,7 @@ def request_enrollment(
         actor=citizen,
         security_domain=sd,
         enrollment=enrollment,
-        params={"ssd_aid": aid, "default_applets": template.default_applets, "dap_key": verifies_dap},
+        params=params,
     )
     return enrollment
 
@@ -306,6 +347,7 @@ def request_removal(*, enrollment: Enrollment, actor: User) -> CardJob:
         .select_related("card", "bank", "security_domain")
         .get(pk=enrollment.pk)
     )
+    refuse_unless_in_use(enrollment.card)
     if enrollment.status == Enrollment.Status.REQUESTED:
         # Not on the card yet: cancel the pending enrollment instead.
         enrollment.jobs.filter(state=CardJob.State.PENDING).update(
@@ -353,6 +395,7 @@ def next_kvn(sd: SecurityDomain) -> int:
 def request_key_rotation(*, security_domain: SecurityDomain, actor: User) -> CardJob:
     """Queue a PUT KEY rotation of an SD's key set (new keys generated in custody when the job runs)."""
     sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
+    refuse_unless_in_use(sd.card)
     if sd.state != SecurityDomain.State.ACTIVE:
         raise ServiceError(f"the security domain is {sd.state}", code="state")
     if sd.lifecycle == SecurityDomain.Lifecycle.LOCKED:
@@ -376,6 +419,7 @@ def request_sd_lock(*, security_domain: SecurityDomain, lock: bool, actor: User)
     sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
     if sd.is_isd:
         raise ServiceError("the ISD is locked through the card lifecycle, not here", code="isd")
+    refuse_unless_in_use(sd.card)
     if sd.state != SecurityDomain.State.ACTIVE:
         raise ServiceError(f"the security domain is {sd.state}", code="state")
     already = sd.lifecycle == SecurityDomain.Lifecycle.LOCKED

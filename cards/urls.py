@@ -3,7 +3,7 @@
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
-from cards import apis, manufacturer_apis, validity_apis
+from cards import apis, lifecycle_apis, manufacturer_apis, validity_apis
 
 router = SimpleRouter()
 router.register("cards", apis.CardViewSet, basename="card")
@@ -17,4 +17,9 @@ router.register("manufacturer-batches", manufacturer_apis.ManufacturerBatchViewS
 urlpatterns = [
     path("validity-policy/", validity_apis.ValidityPolicyApi.as_view(), name="validity-policy"),
     *router.urls,
+    path("cards/<str:cin>/block/", lifecycle_apis.BlockCardApi.as_view(), name="card-block"),
+    path("cards/<str:cin>/unblock/", lifecycle_apis.UnblockCardApi.as_view(), name="card-unblock"),
+    path("cards/<str:cin>/replace/", lifecycle_apis.ReplaceCardApi.as_view(), name="card-replace"),
+    path("notices/", lifecycle_apis.BankNoticeListApi.as_view(), name="bank-notices"),
+    path("webhooks/<slug:slug>/", lifecycle_apis.WebhookApi.as_view(), name="bank-webhook"),
 ]

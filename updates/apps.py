@@ -11,6 +11,7 @@ class UpdatesConfig(AppConfig):
         from django.contrib.auth import get_user_model
         from django.db.models.signals import post_delete, post_save
 
+        from cards.lifecycle import register_release_finder
         from cards.signals import job_queued
         from issuers.models import Organization
         from issuers.services import register_release_resolver
@@ -19,6 +20,9 @@ class UpdatesConfig(AppConfig):
         from updates.signals import job_state_changed
 
         register_release_resolver(rollout_selectors.release_facts)  # the SSD template's default applets
+        from updates.card_status import release_ids_of_versions
+
+        register_release_finder(release_ids_of_versions)  # a replacement card's applets (cards.lifecycle)
         job_queued.connect(receivers.prepare_queued_job, dispatch_uid="updates.prepare_queued_job")
         job_state_changed.connect(receivers.report_rollout_job, dispatch_uid="updates.rollouts.job_state_changed")
         job_state_changed.connect(receivers.report_repair_job, dispatch_uid="updates.repair.job_state_changed")

@@ -76,6 +76,7 @@ from updates import policy
 from updates.delegation import SCP11_SD_KID, SCP11_SD_KVN, RemoteChannel, ServiceHeld
 from updates.engine.effects import (
     AppletOnCard,
+    CardLifecycle,
     CardValidityStored,
     Effect,
     InstancesReinstalled,
@@ -118,7 +119,7 @@ from updates.engine.protocol import (
     sw_of,
 )
 from updates.models import AuthRefusal, Release
-from updates.presentation import PresentationRefused, presentable_jobs
+from updates.presentation import PresentationRefused, presentable_jobs, standing_refusal
 from updates.signals import job_state_changed
 
 __all__ = [  # the engine's vocabulary, re-exported for the modules that import it from here
@@ -990,6 +991,10 @@ def apply_effects(stage: Stage, effects: Iterable[Effect]) -> None:
             from updates.renewal import record_renewal_effect
 
             record_renewal_effect(stage, effect)
+        elif isinstance(effect, CardLifecycle):
+            from updates.card_status import apply_card_lifecycle
+
+            apply_card_lifecycle(stage.card, effect)
 
 
 def stages_for(job: CardJob) -> list[type[Stage]]:
@@ -1021,6 +1026,10 @@ def stages_for(job: CardJob) -> list[type[Stage]]:
         from updates.renewal import IsdRenewCard
 
         return [IsdRenewCard]
+    if kind == CardJob.Kind.CARD_STATUS:
+        from updates.card_status import IsdCardStatus
+
+        return [IsdCardStatus]
     raise JobFailed(f"no plan for job kind {kind}")
 
 
@@ -1978,6 +1987,11 @@ class SessionEngine:
         self.state["finished"].append({"id": job.pk, "kind": job.kind, "state": "failed", "error": error})
 
     def _done(self) -> Batch:
+        refusal = standing_refusal(self.session.card) if self.session.card_id else None
+        if refusal is not None:
+            # A blocked or terminated card ran only its card status work: the session ends refused,
+            # and says why (the agent prints it). What the card proved stays recorded.
+            raise SessionRejected(refusal)
         self._move(Event.FINISH)
         self.state["sent"] = []
         self._channel = None

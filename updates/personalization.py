@@ -173,7 +173,10 @@ def submit_personalization(
     domains = {
         sd.card_id: sd
         for sd in SecurityDomain.objects.filter(
-            organization=bank, card__in=cards.values(), is_isd=False, state=SecurityDomain.State.ACTIVE
+            organization=bank,
+            card__in=cards.values(),
+            is_isd=False,
+            state__in=(SecurityDomain.State.ACTIVE, SecurityDomain.State.PENDING),
         ).select_related("card", "organization")
     }
     for item in items:
@@ -182,6 +185,16 @@ def submit_personalization(
         sd = domains.get(card.pk) if card is not None else None
         if card is None or sd is None:
             raise ServiceError(f"{where}: card {item.card_number} carries no security domain of {bank.name}")
+        if card.standing != Card.Standing.ACTIVE:
+            raise ServiceError(
+                f"{where}: card {item.card_number} is {card.get_standing_display().lower()}: it takes no new data",
+                code="state",
+            )
+        if sd.state == SecurityDomain.State.PENDING and item.instance_aid not in _instances_awaited(sd):
+            raise ServiceError(
+                f"{where}: {bank.name}'s security domain on card {item.card_number} is not installed yet, and its "
+                f"enrollment does not install {item.instance_aid}"
+            )
         if (item.card_number, item.instance_aid) in seen:
             raise ServiceError(f"{where}: a second line for card {item.card_number} and {item.instance_aid}")
         seen.add((item.card_number, item.instance_aid))
@@ -208,6 +221,18 @@ def submit_personalization(
                 raise ServiceError(f"{where}: data must be 1..{MAX_DATA} bytes")
         checked.append(_Checked(item, card, sd, envelope, length))
     return _store(bank, checked, actor)
+
+
+def _instances_awaited(sd: SecurityDomain) -> set[str]:
+    """The instances the pending enrollment of ``sd`` installs (a new or replacement card): data for
+    them may be given ahead, and is delivered right after them in the same presentation."""
+    jobs = CardJob.objects.filter(security_domain=sd, kind=CardJob.Kind.ENROLL_BANK, state__in=CardJob.OPEN_STATES)
+    return {
+        str(spec.get("instance_aid", "")).upper()
+        for job in jobs
+        for spec in (job.params or {}).get("default_applets") or []
+        if isinstance(spec, dict)
+    }
 
 
 @transaction.atomic

@@ -147,6 +147,8 @@ def check_security_domain(
     bank = sd.organization
     if card.lifecycle != Card.Lifecycle.SECURED:
         raise _deny(card, sd, operation, f"the card is {card.lifecycle}")
+    if card.standing != Card.Standing.ACTIVE:  # blocked or terminated: no token for it (issue 19)
+        raise _deny(card, sd, operation, f"the card is {card.standing}")
     if not bank.is_bank or not bank.is_active:
         raise _deny(card, sd, operation, "the security domain's owner is not an active bank")
     if sd.card_id != card.pk or sd.state == SecurityDomain.State.REMOVED:

@@ -11,6 +11,12 @@ has identified itself (and proves itself later through the secure channel).
   Any other job waits for the holder's own device, and so does every later job on the same
   security domain, since it may depend on the one left waiting. Jobs on other security domains do
   not depend on it and still run.
+* A **blocked or terminated** card (``Card.standing``, issue 19) runs only its card status work
+  (SET STATUS of the card by the agency's ISD: ``card_status`` jobs), whoever presents it: any
+  device, the holder's or not, and any active terminal, for the ISD's secure channel proves the
+  card; this is how a stolen card gets locked wherever it shows up. The session then ends refused
+  (:func:`standing_refusal`); with no such work left the card is refused at identification.
+  Card status work always runs first (an unblocked, locked card is unlocked before other work).
 """
 
 from __future__ import annotations
@@ -31,6 +37,15 @@ class PresentationRefused(Exception):
 BANK_WORK_UNDER_CONSENT = frozenset({CardJob.Kind.ROTATE_KEYS, CardJob.Kind.UPDATE_APPLET, CardJob.Kind.PERSONALIZE})
 
 
+def standing_refusal(card: Card | None) -> str | None:
+    """Why a card that is not in use is refused (the agent prints it), or None for a card in use."""
+    if card is None or card.standing == Card.Standing.ACTIVE:
+        return None
+    if card.standing == Card.Standing.BLOCKED:
+        return "this card is blocked (reported lost or stolen): it is refused"
+    return "this card is terminated (replaced or withdrawn): it is refused"
+
+
 def presentable_job_ids(credential: AgentCredential, card: Card | None) -> list[int]:
     """Ids of the open jobs of ``card`` this credential may run, in the order to run them.
 
@@ -49,6 +64,14 @@ def presentable_jobs(credential: AgentCredential, card: Card | None, *, related:
     # Put in order here, not by the database: with an ORDER BY, Django hashes every selected column
     # (the related rows' too) to match it against the select list.
     open_jobs = CardJob.objects.filter(state__in=CardJob.OPEN_STATES).order_by()
+    refusal = standing_refusal(card)
+    if card is not None and refusal is not None:
+        if credential.organization_id is not None:
+            _check_terminal(credential)
+        status_work = _in_order(open_jobs.filter(card=card, kind=CardJob.Kind.CARD_STATUS).select_related(*related))
+        if not status_work:
+            raise PresentationRefused(refusal)
+        return status_work
     if credential.organization_id is None:
         if card is None or card.holder_id != credential.user_id:
             raise PresentationRefused("this card is not registered to this device's owner")
@@ -61,7 +84,9 @@ def presentable_jobs(credential: AgentCredential, card: Card | None, *, related:
     runnable: list[CardJob] = []
     waiting_sds: set[int | None] = set()
     for job in _in_order(open_jobs.filter(card=card).select_related("enrollment", "security_domain", *related)):
-        if job.security_domain_id not in waiting_sds and holder_consented(job, card):
+        if job.kind == CardJob.Kind.CARD_STATUS or (
+            job.security_domain_id not in waiting_sds and holder_consented(job, card)
+        ):
             runnable.append(job)
         else:
             waiting_sds.add(job.security_domain_id)
@@ -69,8 +94,9 @@ def presentable_jobs(credential: AgentCredential, card: Card | None, *, related:
 
 
 def _in_order(jobs: Iterable[CardJob]) -> list[CardJob]:
-    """Jobs in the order they run: creation time, then id."""
-    return sorted(jobs, key=lambda job: (job.created_at, job.pk))
+    """Jobs in the order they run: card status work first (the agency's SET STATUS of the card: a
+    locked card takes no other work), then by creation time, then id."""
+    return sorted(jobs, key=lambda job: (job.kind != CardJob.Kind.CARD_STATUS, job.created_at, job.pk))
 
 
 def _check_terminal(credential: AgentCredential) -> None:
@@ -95,6 +121,7 @@ def holder_consented(job: CardJob, card: Card) -> bool:
     * **rotate keys, update applet**: the bank's own work in its own, active security domain, under
       an active enrollment of that bank that the card's current holder consented to.
     * **lock, unlock** (SET STATUS by the agency's ISD): never; the holder did not ask for it.
+      (Card status work is the agency's decision and runs anyway: see :func:`presentable_jobs`.)
     """
     holder = card.holder_id
     sd = job.security_domain

@@ -11,6 +11,7 @@ from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
+from cards import lifecycle
 from cards import services as card_services
 from ecard.errors import ServiceError
 from ecard.requests import AuthenticatedHttpRequest
@@ -77,7 +78,17 @@ def cards(request: AuthenticatedHttpRequest) -> HttpResponse:
 @require_GET
 def card_detail(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
     card = get_object_or_404(selectors.card_lookup(request.user, ""), cin=cin)
-    return render(request, "portal/agency/card.html", {"o": selectors.card_overview(request.user, card), "card": card})
+    replaced_card, rows = lifecycle.replacement_progress(card)
+    return render(
+        request,
+        "portal/agency/card.html",
+        {
+            "o": selectors.card_overview(request.user, card),
+            "card": card,
+            "replaced_card": replaced_card,
+            "replacement_rows": rows,
+        },
+    )
 
 
 @agency_required

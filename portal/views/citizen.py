@@ -11,6 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods
 
 from audit import security
 from cards import history as card_history
+from cards import lifecycle
 from cards import selectors as card_selectors
 from cards import services as card_services
 from cards.models import Card, Enrollment
@@ -35,8 +36,9 @@ def _card(request: AuthenticatedHttpRequest, cin: str) -> Card:
 @require_GET
 def my_card(request: AuthenticatedHttpRequest) -> HttpResponse:
     cards = list(selectors.my_cards(request.user))
-    if len(cards) == 1:
-        return redirect("portal:card", cin=cards[0].cin)
+    live = [c for c in cards if c.standing != Card.Standing.TERMINATED]
+    if len(cards) == 1 or len(live) == 1:  # a replaced card stays listed; the live one is "my card"
+        return redirect("portal:card", cin=(live or cards)[0].cin)
     return render(request, "portal/citizen/cards.html", {"cards": cards})
 
 
@@ -58,6 +60,7 @@ def card_detail(request: AuthenticatedHttpRequest, cin: str) -> HttpResponse:
         "history_lines": card_history.in_words(history.object_list),
         "renewal": renewal.renewal_status(overview.card),  # expiry and the Renew button
     }
+    context["replaced_card"], context["replacement_rows"] = lifecycle.replacement_progress(overview.card)
     return render(request, "portal/citizen/card.html", context)
 
 

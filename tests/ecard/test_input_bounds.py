@@ -210,6 +210,7 @@ LIST_PATHS = (
     "/api/v1/invitations/",
     "/api/v1/sharing-approvals/",
     "/api/v1/security/events/",
+    "/api/v1/notices/",
 )
 
 

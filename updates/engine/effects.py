@@ -107,6 +107,9 @@ class RegistrySurveyed:
 
     job: int
     content: tuple[ListedContent, ...]
+
+
+@dataclass(frozen=True)
 class IsdKeysRotated:
     """The card's ISD opens with the stored per-card key set of version ``kvn`` (a renewal's PUT
     KEY, proven by its R-MAC'd key check values or by a channel the new keys opened); the stored
@@ -127,6 +130,15 @@ class CardValidityStored:
     valid_until: str
 
 
+@dataclass(frozen=True)
+class CardLifecycle:
+    """The card's life cycle (GP 2.3.1 §5.1.1) as its ISD proved it: an R-MAC'd GET STATUS P1 80
+    listing, or for TERMINATED the R-MAC'd 9000 to SET STATUS (records' names: CARD_LOCKED, ...)."""
+
+    card: int
+    lifecycle: str
+
+
 Effect = (
     SdLifecycle
     | SdKeyVersion
@@ -138,4 +150,5 @@ Effect = (
     | RegistrySurveyed
     | IsdKeysRotated
     | CardValidityStored
+    | CardLifecycle
 )

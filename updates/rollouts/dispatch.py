@@ -33,7 +33,7 @@ HASH_MODULUS = 4294967291  # the largest prime below 2**32
 
 
 def _target_source(rollout: Rollout, cins: list[str] | None) -> tuple[str, list[Any]]:
-    """FROM/WHERE of the cards a rollout targets: the bank's active SSD on a SECURED card, and
+    """FROM/WHERE of the cards a rollout targets: the bank's active SSD on a SECURED card in use, and
 
     * an upgrade (package, cards): holding the package at the version to upgrade from (or any other);
     * an install: unlocked, holding neither the package nor an applet at one of the new instance AIDs;
@@ -43,12 +43,13 @@ def _target_source(rollout: Rollout, cins: list[str] | None) -> tuple[str, list[
       renewal window (``cards.validity.renewal_horizon``; expired cards included)."""
     kind = rollout.target_kind
     renew = kind == Rollout.Target.RENEW
-    params: list[Any] = [rollout.bank_id, renew, "active", Card.Lifecycle.SECURED]
+    params: list[Any] = [rollout.bank_id, renew, "active", Card.Lifecycle.SECURED, Card.Standing.ACTIVE]
     sql = (
         " FROM cards_securitydomain sd"
         " JOIN cards_card c ON c.id = sd.card_id"
         + (" JOIN cards_appletinstance ai ON ai.security_domain_id = sd.id" if kind not in NEW_WORK_KINDS else "")
         + " WHERE sd.organization_id = %s AND sd.is_isd = %s AND sd.state = %s AND c.lifecycle = %s"
+        " AND c.standing = %s"  # a blocked or terminated card is no target (issue 19)
     )
     if kind == Rollout.Target.INSTALL:
         instances = [spec["instance_aid"] for spec in rollout.install_instances]
@@ -63,11 +64,10 @@ def _target_source(rollout: Rollout, cins: list[str] | None) -> tuple[str, list[
         params += [SecurityDomain.Lifecycle.LOCKED, rollout.package_aid, rollout.package_aid, *instances]
     elif renew:
         sql += (
-            " AND c.standing = %s"
             " AND NOT EXISTS (SELECT 1 FROM cards_cardjob j WHERE j.card_id = c.id"
             "  AND j.kind = %s AND j.state IN (%s, %s))"
         )
-        params += [Card.Standing.ACTIVE, CardJob.Kind.RENEW_CARD, CardJob.State.PENDING, CardJob.State.RUNNING]
+        params += [CardJob.Kind.RENEW_CARD, CardJob.State.PENDING, CardJob.State.RUNNING]
         if cins is None:
             sql += " AND c.valid_until IS NOT NULL AND c.valid_until <= %s"
             params.append(connection.ops.adapt_datefield_value(validity.renewal_horizon(rollout.bank)))

@@ -11,9 +11,9 @@ from django.core import mail
 from django.test import Client
 
 from audit.models import AuditEntry
-from cards import holder_emails
+from cards import holder_emails, lifecycle
 from cards import services as card_services
-from cards.models import Card, CitizenEmail, NotificationPreferences, SecurityDomain
+from cards.models import CardJob, CitizenEmail, NotificationPreferences, SecurityDomain
 from tests.otakit import OtaWorld, build_ota_world, enroll
 
 pytestmark = pytest.mark.django_db
@@ -74,11 +74,12 @@ def test_switched_off_e_mails_are_not_sent(django_capture_on_commit_callbacks: A
 
 def test_no_e_mail_about_work_on_a_blocked_card(django_capture_on_commit_callbacks: Any) -> None:
     world = world_with_address()
-    Card.objects.filter(pk=world.card.pk).update(standing=Card.Standing.BLOCKED)
-    world.card.refresh_from_db()
     with django_capture_on_commit_callbacks(execute=True):
-        enroll(world)
-    assert mail.outbox == []
+        lifecycle.block_card(card=world.card, actor=world.citizen, reason="lost on the bus")
+    # the lock work it queued (the ISD's SET STATUS) is no work the holder should bring the card for
+    assert world.card.jobs.filter(kind=CardJob.Kind.CARD_STATUS).exists()
+    assert mail.outbox and all("blocked" in m.subject.lower() for m in mail.outbox)
+    assert not any(m.subject.startswith("Work waits") for m in mail.outbox)
 
 
 def test_the_account_page_sets_the_four_switches() -> None:

@@ -63,7 +63,7 @@ bench: install
 # A manufacturer's file of 10,000 cards imported (acceptance: under 30 s); SQLite, or PostgreSQL
 # with DATABASE_URL. Writes its row of the "Manufacturer file import" section (machine noted).
 bench-manufacturer: install
-	$(PY) bench/bench_manufacturer_import.py --cards 10000
+	$(PY) bench/bench_manufacturer_import.py --cards 10000 --runs 3
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis

@@ -163,7 +163,9 @@ def write(vendor: str, line: str) -> None:
         "duplicates in the file and the registry), then in one transaction the batch, the cards, their ISD\n"
         "records, 3 key sets per card re-wrapped under the agency's KEK (software backend, KEK opened once),\n"
         "one `card.issued` log entry per card plus the batch's and custody's, and the commit. \"check only\" is\n"
-        "the checking alone. Acceptance: under 30 s for 10,000 cards.\n\n" + table
+        "the checking alone; best and worst of the runs (`--runs`, 3 by `make bench-manufacturer`). The load\n"
+        "average in the machine note shows when the machine was shared with other work. Acceptance: under 30 s\n"
+        "for 10,000 cards.\n\n" + table
     )
     benchdoc.write_section(SECTION, text)
 

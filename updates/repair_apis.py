@@ -27,7 +27,7 @@ from updates import repair as repairs
 from updates.rollout_apis import _service, operated_bank
 
 
-class RepairSerializer(serializers.ModelSerializer):
+class CardRepairSerializer(serializers.ModelSerializer):
     plan = serializers.SerializerMethodField()
     observed = serializers.SerializerMethodField()
     consents = serializers.SerializerMethodField()
@@ -61,11 +61,11 @@ class RepairSerializer(serializers.ModelSerializer):
         return sorted(repair.jobs.values_list("pk", flat=True))
 
 
-class StartRepairSerializer(serializers.Serializer):
+class RepairStartSerializer(serializers.Serializer):
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=500)
 
 
-class ConsentSerializer(serializers.Serializer):
+class RepairConsentSerializer(serializers.Serializer):
     decision = serializers.ChoiceField(choices=[("give", "give"), ("refuse", "refuse")])
     bank = serializers.SlugField(required=False, allow_blank=True, default="")
 
@@ -88,20 +88,20 @@ def _repairs(request: Request, card: Card) -> Any:
 
 def _answer(request: Request, repair: CardRepair, code: int = status.HTTP_200_OK) -> Response:
     repair.refresh_from_db()
-    return Response(RepairSerializer(repair, context={"request": request}).data, status=code)
+    return Response(CardRepairSerializer(repair, context={"request": request}).data, status=code)
 
 
 class CardRepairsApi(APIView):
-    @extend_schema(responses=RepairSerializer(many=True))
+    @extend_schema(responses=CardRepairSerializer(many=True))
     def get(self, request: Request, cin: str) -> Response:
         card = _card(request, cin)
         rows = _repairs(request, card).order_by("-created_at", "-id")[:50]
-        return Response(RepairSerializer(rows, many=True, context={"request": request}).data)
+        return Response(CardRepairSerializer(rows, many=True, context={"request": request}).data)
 
-    @extend_schema(request=StartRepairSerializer, responses={201: RepairSerializer})
+    @extend_schema(request=RepairStartSerializer, responses={201: CardRepairSerializer})
     def post(self, request: Request, cin: str) -> Response:
         card = _card(request, cin)
-        payload = StartRepairSerializer(data=request.data)
+        payload = RepairStartSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         repair = _service(
             lambda: repairs.start_repair(card=card, actor=acting_user(request), reason=payload.validated_data["reason"])
@@ -110,7 +110,7 @@ class CardRepairsApi(APIView):
 
 
 class RepairExecuteApi(APIView):
-    @extend_schema(request=None, responses=RepairSerializer)
+    @extend_schema(request=None, responses=CardRepairSerializer)
     def post(self, request: Request, cin: str, pk: int) -> Response:
         repair = get_object_or_404(_repairs(request, _card(request, cin)), pk=pk)
         _service(lambda: repairs.execute_repair(repair=repair, actor=acting_user(request)))
@@ -118,7 +118,7 @@ class RepairExecuteApi(APIView):
 
 
 class RepairCancelApi(APIView):
-    @extend_schema(request=None, responses=RepairSerializer)
+    @extend_schema(request=None, responses=CardRepairSerializer)
     def post(self, request: Request, cin: str, pk: int) -> Response:
         repair = get_object_or_404(_repairs(request, _card(request, cin)), pk=pk)
         _service(lambda: repairs.cancel_repair(repair=repair, actor=acting_user(request)))
@@ -126,10 +126,10 @@ class RepairCancelApi(APIView):
 
 
 class RepairConsentApi(APIView):
-    @extend_schema(request=ConsentSerializer, responses=RepairSerializer)
+    @extend_schema(request=RepairConsentSerializer, responses=CardRepairSerializer)
     def post(self, request: Request, cin: str, pk: int) -> Response:
         repair = get_object_or_404(_repairs(request, _card(request, cin)), pk=pk)
-        payload = ConsentSerializer(data=request.data)
+        payload = RepairConsentSerializer(data=request.data)
         payload.is_valid(raise_exception=True)
         if principal(acting_user(request)).is_agency:
             raise exceptions.PermissionDenied("a bank answers for its own security domain")

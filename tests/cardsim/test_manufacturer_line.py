@@ -131,3 +131,13 @@ def test_make_manufacturer_file_writes_a_file_the_reader_accepts(tmp_path: Path)
     assert len(parsed.cards) == 4 and {card.scp for card in parsed.cards} == {0x02}
     der = token.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     assert parsed.header.token_key_sha256 == mf.token_key_sha256(der)
+
+
+@pytest.mark.parametrize("length", [16, 24, 32])
+def test_the_files_check_values_are_gps(length: int) -> None:
+    from gp.keys import kcv_aes, kcv_des
+
+    key = secrets.token_bytes(length)
+    assert mf.kcv("aes", key) == kcv_aes(key).hex().upper()
+    if length == 16:
+        assert mf.kcv("3des", key) == kcv_des(key).hex().upper()

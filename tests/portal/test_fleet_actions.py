@@ -98,8 +98,11 @@ def test_closing_an_account_removes_the_sd_and_notifies_the_holder(
     assert CardJob.objects.filter(kind=CardJob.Kind.REMOVE_BANK, enrollment=enrollment, state="pending").exists()
     notice = CardNotice.objects.get()
     assert notice.holder == citizen and notice.organization == world.alpha and notice.emailed
-    assert len(mail.outbox) == 1 and mail.outbox[0].to == ["citizen1@example.org"]
-    assert "Closed at your request." in mail.outbox[0].body and "Alpha Bank" in mail.outbox[0].subject
+    closure = [m for m in mail.outbox if m.subject != "Work waits for your card"]
+    assert len(closure) == 1 and closure[0].to == ["citizen1@example.org"]
+    assert "Closed at your request." in closure[0].body and "Alpha Bank" in closure[0].subject
+    # and the removal waits for the card (cards.holder_emails.work_waiting)
+    assert [m.subject for m in mail.outbox].count("Work waits for your card") == 1
     entry = AuditEntry.objects.get(action="enrollment.closed_by_bank")
     assert entry.card_cin == world.cards["card1"].cin and entry.actor_name == "alpha_op"
     assert entry.details["holder_notified"] is True

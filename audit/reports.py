@@ -29,17 +29,20 @@ from gp import aids
 
 User = AbstractBaseUser | AnonymousUser
 
-# Card life cycle actions (GP 2.3.1 §5.1.1). The platform records none yet: blocking, unblocking
-# and replacing cards come with the card life cycle issue; the reports count them once they exist.
-CARD_BLOCKED = ("card.blocked", "card.locked")
-CARD_UNBLOCKED = ("card.unblocked", "card.unlocked")
+# Card life cycle actions (GP 2.3.1 §5.1.1): people's decisions (blocked, unblocked, replaced) and
+# what the card then proved through its ISD (locked, unlocked, terminated), counted apart so a card
+# blocked and then locked counts once in each row (docs/card-lifecycle.md).
+CARD_BLOCKED = ("card.blocked",)
+CARD_LOCKED = ("card.locked",)
+CARD_UNBLOCKED = ("card.unblocked",)
+CARD_UNLOCKED = ("card.unlocked",)
 CARD_REPLACED = ("card.replaced",)
 CARD_TERMINATED = ("card.terminated",)
-CARD_LIFECYCLE_ACTIONS = CARD_BLOCKED + CARD_UNBLOCKED + CARD_REPLACED + CARD_TERMINATED
+CARD_LIFECYCLE_ACTIONS = CARD_BLOCKED + CARD_LOCKED + CARD_UNBLOCKED + CARD_UNLOCKED + CARD_REPLACED + CARD_TERMINATED
 CARD_NOT_LIFECYCLE = ("card.issued", "card.holder_assigned")
 _CARD_LIFECYCLE_AFTER = {
-    **dict.fromkeys(CARD_BLOCKED, "CARD_LOCKED"),
-    **dict.fromkeys(CARD_UNBLOCKED, "SECURED"),
+    **dict.fromkeys(CARD_BLOCKED + CARD_LOCKED, "CARD_LOCKED"),
+    **dict.fromkeys(CARD_UNBLOCKED + CARD_UNLOCKED, "SECURED"),
     **dict.fromkeys(CARD_REPLACED + CARD_TERMINATED, "TERMINATED"),
 }
 
@@ -247,7 +250,9 @@ def lifecycle_report(period: Period) -> Report:
     counts = Counter(entries.values_list("action", flat=True).iterator())
     rows: list[list[Any]] = [
         ["Cards blocked", sum(counts[a] for a in CARD_BLOCKED)],
+        ["Cards locked on the card", sum(counts[a] for a in CARD_LOCKED)],
         ["Cards unblocked", sum(counts[a] for a in CARD_UNBLOCKED)],
+        ["Cards unlocked on the card", sum(counts[a] for a in CARD_UNLOCKED)],
         ["Cards replaced", sum(counts[a] for a in CARD_REPLACED)],
         ["Cards terminated", sum(counts[a] for a in CARD_TERMINATED)],
     ]

@@ -46,6 +46,7 @@ from cards.models import (
 )
 from cards.notify import email_holder
 from cards.services import enroll_bank, issue_card, queue_job
+from cards.signals import jobs_cancelled
 from ecard.errors import ServiceError
 from issuers.models import Organization
 from issuers.roles import principal
@@ -328,9 +329,14 @@ def _end_old_card(old: Card, reason: str, now: Any) -> dict[str, int]:
     old.standing, old.standing_changed_at, old.standing_reason = Card.Standing.TERMINATED, now, reason
     old.save(update_fields=["standing", "standing_changed_at", "standing_reason"])
     sessions = close_open_sessions(old, "the card was replaced")
-    jobs = old.jobs.filter(state__in=CardJob.OPEN_STATES).update(
-        state=CardJob.State.CANCELLED, finished_at=now, last_error="the card was replaced"
+    reason = "the card was replaced"
+    open_jobs = list(old.jobs.filter(state__in=CardJob.OPEN_STATES).select_for_update())
+    jobs = CardJob.objects.filter(pk__in=[j.pk for j in open_jobs]).update(
+        state=CardJob.State.CANCELLED, finished_at=now, last_error=reason
     )
+    for job in open_jobs:
+        job.state, job.finished_at, job.last_error, job.card = CardJob.State.CANCELLED, now, reason, old
+    jobs_cancelled.send(sender=CardJob, jobs=open_jobs, reason=reason)  # rollouts and repairs count them
     data = old.personalizations.filter(state=Personalization.State.PENDING).update(
         state=Personalization.State.CANCELLED
     )

@@ -18,3 +18,7 @@ auth_failures_cleared = Signal()
 
 # sender: CardJob class; kwargs: job (CardJob)
 job_queued = Signal()
+
+# sender: CardJob class; kwargs: jobs (list[CardJob], already CANCELLED), reason (str). Sent inside
+# the transaction that cancelled them in bulk (a card replaced): rollouts and repairs count them.
+jobs_cancelled = Signal()

@@ -12,7 +12,7 @@ class UpdatesConfig(AppConfig):
         from django.db.models.signals import post_delete, post_save
 
         from cards.lifecycle import register_release_finder
-        from cards.signals import job_queued
+        from cards.signals import job_queued, jobs_cancelled
         from issuers.models import Organization
         from issuers.services import register_release_resolver
         from updates import receivers, rollout_selectors
@@ -26,6 +26,7 @@ class UpdatesConfig(AppConfig):
         job_queued.connect(receivers.prepare_queued_job, dispatch_uid="updates.prepare_queued_job")
         job_state_changed.connect(receivers.report_rollout_job, dispatch_uid="updates.rollouts.job_state_changed")
         job_state_changed.connect(receivers.report_repair_job, dispatch_uid="updates.repair.job_state_changed")
+        jobs_cancelled.connect(receivers.report_cancelled_jobs, dispatch_uid="updates.jobs_cancelled")
         post_save.connect(
             receivers.forget_suspended_organization, sender=Organization, dispatch_uid="updates.forget_suspended_org"
         )

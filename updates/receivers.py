@@ -49,6 +49,13 @@ def report_repair_job(sender: Any, job: CardJob, state: str, error: str = "", **
     repair.job_changed(job, state, error)
 
 
+def report_cancelled_jobs(sender: Any, jobs: list[CardJob], reason: str, **kwargs: Any) -> None:
+    """Jobs cancelled in bulk (a card replaced): their rollout targets and repairs hear of it."""
+    for job in jobs:
+        report_rollout_job(sender, job=job, state=CardJob.State.CANCELLED, error=reason)
+        report_repair_job(sender, job=job, state=CardJob.State.CANCELLED, error=reason)
+
+
 def forget_suspended_organization(sender: Any, instance: Organization, **kwargs: Any) -> None:
     """A suspended organisation's terminal credentials are refused from now on (not after the
     cache's TTL), and their open sessions are rejected (``organization.suspended`` records it)."""

@@ -565,12 +565,19 @@ def job_changed(job: CardJob, state: str, error: str = "") -> None:
     """A job of a repair changed state (``updates.signals.job_state_changed``, in the exchange's
     transaction): all done → the repair is done; one failed → the repair failed."""
     repair_id = (job.params or {}).get("repair")
-    if repair_id is None or state not in (CardJob.State.DONE, CardJob.State.FAILED):
+    if repair_id is None or state not in (CardJob.State.DONE, CardJob.State.FAILED, CardJob.State.CANCELLED):
         return
     repair = CardRepair.objects.select_related("card").filter(pk=repair_id, state__in=CardRepair.OPEN_STATES).first()
     if repair is None:
         return
     now = timezone.now()
+    if state == CardJob.State.CANCELLED:  # the card was replaced (cards.lifecycle): nothing left to repair
+        repair.state = CardRepair.State.CANCELLED
+        repair.error = f"{job.get_kind_display()} cancelled: {error}"[:2000]
+        repair.finished_at = now
+        repair.save(update_fields=["state", "error", "finished_at"])
+        _event(repair, "repair.cancelled", organization=repair.card.issued_by, reason=repair.error, job=job.pk)
+        return
     if state == CardJob.State.FAILED:
         repair.state = CardRepair.State.FAILED
         repair.error = f"{job.get_kind_display()} failed: {error}"[:2000]

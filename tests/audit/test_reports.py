@@ -244,7 +244,10 @@ def test_reports_count_what_the_services_did(world) -> None:
 def test_card_lifecycle_actions_are_counted_and_replayed(world) -> None:
     with transaction.atomic():
         record_event(action="card.blocked", subject_type="card", subject_id=world.card.cin, card_cin=world.card.cin)
-    assert rows(reports.lifecycle_report(today_period()))["Cards blocked"] == 1
+        record_event(action="card.locked", subject_type="card", subject_id=world.card.cin, card_cin=world.card.cin)
+    counted = rows(reports.lifecycle_report(today_period()))
+    # the decision and the card's proof of it are counted apart: one blocked card counts once as blocked
+    assert counted["Cards blocked"] == 1 and counted["Cards locked on the card"] == 1
     assert reports.card_at(world.card.cin, timezone.now()).lifecycle == "CARD_LOCKED"
 
 

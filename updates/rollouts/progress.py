@@ -81,6 +81,9 @@ def record_card_result(*, job: CardJob, state: str, error: str) -> None:
             target.next_retry_at = now + dt.timedelta(seconds=rollout.retry_backoff * (2**target.retries))
         else:
             target.next_retry_at = None
+    elif state == CardJob.State.CANCELLED:
+        # The card was replaced (cards.lifecycle): the card is gone from the rollout, not failed.
+        status, target.last_error, target.next_retry_at = RolloutTarget.Status.CANCELLED, error[:2000], None
     else:
         return
     target.status = status

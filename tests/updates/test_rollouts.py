@@ -513,3 +513,23 @@ def test_card_results_and_operator_actions_do_not_deadlock() -> None:
     assert group.total == 42 == targets.count()
     for status in ("pending", "running", "succeeded", "failed", "cancelled"):
         assert getattr(group, status) == targets.filter(status=status).count(), status
+
+
+def test_a_card_replaced_mid_rollout_leaves_the_rollout_counting_it_cancelled(world: World) -> None:
+    from cards import lifecycle
+
+    rollout = make(world, release_for(world))
+    rollouts.start_rollout(rollout=rollout, actor=world.users["alpha_op"])
+    card = world.cards["card1"]
+    target = RolloutTarget.objects.get(rollout=rollout, card=card)
+    assert target.status == RolloutTarget.Status.RUNNING
+    group = rollout.groups.get(index=1)
+    running = group.running
+    lifecycle.replace_card(old_card=card, actor=world.users["agency_op"], reason="lost on holiday")
+    target.refresh_from_db()
+    group.refresh_from_db()
+    assert CardJob.objects.get(pk=target.job_id).state == CardJob.State.CANCELLED
+    assert target.status == RolloutTarget.Status.CANCELLED and "replaced" in target.last_error
+    assert (group.running, group.cancelled) == (running - 1, 1)
+    result = AuditEntry.objects.filter(action="rollout.card_result", card_cin=card.cin).get()
+    assert result.details["status"] == "cancelled"

@@ -43,7 +43,6 @@ class CardOverview:
     enrollments: list[Enrollment]
     pending: list[CardJob]
     recent: list[CardJob]
-    history: list[AuditEntry]
     progress: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,14 +71,12 @@ def card_overview(user: User, card: Card) -> CardOverview:
     jobs = card_selectors.jobs_for(user).filter(card=card)
     pending = list(jobs.filter(state__in=CardJob.OPEN_STATES).order_by("created_at", "id"))
     recent = list(jobs.exclude(state__in=CardJob.OPEN_STATES).order_by("-finished_at", "-id")[:10])
-    history = list(log_entries_for(user).filter(card_cin=card.cin).order_by("-index")[:25])
     return CardOverview(
         card=card,
         security_domains=list(sds),
         enrollments=list(enrollments),
         pending=pending,
         recent=recent,
-        history=history,
         progress=session_progress(card),
     )
 

@@ -175,16 +175,20 @@ class SsdUpdatePackages(BankSsdStage):
                     raise StepFailed(f"instance {instance} is not on the card", tuple(effects))
                 module = release.applet_aids[0] if release.applet_aids else ""
                 effects.append(AppletOnCard(sd.pk, instance, release.package_aid, release.package_version, module))
+        # Instances installed afresh have lost their data: a package deleted and reinstalled (no ELF
+        # upgrade on the card), or instances a repair restored (updates.repair).
+        reinstalled = [str(aid).upper() for aid in self.job.params.get("repersonalize", [])]
         if not self.upgrades_in_place():
             recorded = self.recorded_versions()
-            reinstalled = [
+            reinstalled += [
                 instance
                 for release in releases
                 if recorded.get(release.package_aid, release.package_version) != release.package_version
                 for instance in self.instances_of(release)
+                if instance not in reinstalled
             ]
-            if reinstalled:
-                effects.append(InstancesReinstalled(sd.pk, tuple(reinstalled)))
+        if reinstalled:
+            effects.append(InstancesReinstalled(sd.pk, tuple(reinstalled)))
         return effects
 
 

@@ -252,6 +252,8 @@ def diff_registry(listed: Iterable[ListedContent], recorded: Iterable[RecordedSd
                 version=step["version"],
                 release=step["release"],
                 instances=instances,
+                # lost with their data: the bank's last delivered personalisation goes to them again
+                missing=[aid for aid in instances if aid not in apps],
             )
         if sd.auth_failures or sd.key_kvn is None:
             reason = f"{sd.auth_failures} failed authentications" if sd.auth_failures else "no key version proven yet"
@@ -535,6 +537,7 @@ def _queue_plan(repair: CardRepair, actor: User) -> CardRepair:
             params["remove"] = removals
         if reinstalls:
             params["packages"] = [{"release": s["release"], "instances": s["instances"]} for s in reinstalls]
+            params["repersonalize"] = sorted({aid for s in reinstalls for aid in s.get("missing", [])})
         queue(CardJob.Kind.UPDATE_APPLET, sd, params)
     for step in steps:
         if step["action"] == ROTATE_KEYS and step["sd"] in sds:

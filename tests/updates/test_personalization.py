@@ -191,6 +191,35 @@ def test_a_card_without_elf_upgrade_gets_its_personalisation_again_after_reinsta
     assert Personalization.objects.filter(security_domain=sd, state=Personalization.State.DELIVERED).count() == 2
 
 
+def test_an_instance_a_repair_restores_gets_its_last_data_again(world: OtaWorld, alpha_service: RunningService) -> None:
+    from cardsim import store
+
+    sd = installed(world, alpha_service)
+    personalization.submit_personalization(
+        bank=world.bank,
+        items=[personalization.PersonalizationItem(1, world.card.serial, INSTANCE, data=SECRET)],
+        actor=world.operator,
+    )
+    assert world.present().ok and read_back(world, INSTANCE) == SECRET
+    state = store.load(world.card.state_file)  # the instance lost behind the platform's back
+    del state["apps"][INSTANCE]
+    store.save(world.card.state_file, state)
+    release = world.releases[PACKAGE]
+    # the bank's job a repair queues for a missing instance (updates.repair)
+    job = update_applet_job(
+        world, sd, {"packages": [{"release": release.pk, "instances": [INSTANCE]}], "repersonalize": [INSTANCE]}
+    )
+    assert world.present().ok
+    job.refresh_from_db()
+    assert job.state == CardJob.State.DONE, job.last_error
+    again = CardJob.objects.filter(kind=CardJob.Kind.PERSONALIZE).order_by("-pk").first()
+    assert again is not None and again.pk > job.pk and again.params.get("after_reinstall") == [INSTANCE]
+    assert world.present().ok
+    again.refresh_from_db()
+    assert again.state == CardJob.State.DONE, again.last_error
+    assert read_back(world, INSTANCE) == SECRET
+
+
 def test_the_portal_upload_seals_the_csv_and_never_shows_the_data(
     world: OtaWorld, alpha_service: RunningService
 ) -> None:

@@ -124,6 +124,8 @@ def test_a_repair_deletes_the_unknown_and_reinstalls_the_missing(django_capture_
     assert repair.state == CardRepair.State.RUNNING
     kinds = list(repair.jobs.exclude(pk=repair.survey_job_id).order_by("pk").values_list("kind", flat=True))
     assert kinds == [CardJob.Kind.REPAIR_ISD, CardJob.Kind.UPDATE_APPLET]
+    bank_job = repair.jobs.get(kind=CardJob.Kind.UPDATE_APPLET)
+    assert bank_job.params["repersonalize"] == [INSTANCE]  # lost with its data: delivered again if it had any
 
     with django_capture_on_commit_callbacks(execute=True):
         result = world.present()

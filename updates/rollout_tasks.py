@@ -36,3 +36,9 @@ def rollouts_tick() -> int:
 def evaluate_rollout(rollout_id: int) -> str:
     """Evaluate one rollout now (queued after a card result or a large group's activation)."""
     return rollouts.evaluate_rollout(rollout_id)
+
+
+@shared_task(name="updates.email_rollout_work", ignore_result=True, autoretry_for=TRANSIENT, max_retries=3)
+def email_rollout_work(rollout_id: int, job_ids: list[int]) -> int:
+    """Tell the holders of the cards a rollout just gave work (``rollouts.dispatch``, after commit)."""
+    return rollouts.email_dispatched_work(rollout_id, job_ids)

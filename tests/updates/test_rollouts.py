@@ -533,3 +533,17 @@ def test_a_card_replaced_mid_rollout_leaves_the_rollout_counting_it_cancelled(wo
     assert (group.running, group.cancelled) == (running - 1, 1)
     result = AuditEntry.objects.filter(action="rollout.card_result", card_cin=card.cin).get()
     assert result.details["status"] == "cancelled"
+
+
+def test_holders_hear_that_rollout_work_waits_for_their_cards(world: World, django_capture_on_commit_callbacks) -> None:
+    from django.core import mail
+
+    holder = world.cards["card1"].holder
+    holder.email = "citizen1@example.org"
+    holder.save(update_fields=["email"])
+    rollout = make(world, release_for(world))
+    with django_capture_on_commit_callbacks(execute=True):
+        rollouts.start_rollout(rollout=rollout, actor=world.users["alpha_op"])
+    assert RolloutTarget.objects.filter(rollout=rollout, card=world.cards["card1"], job__isnull=False).exists()
+    assert [(m.subject, m.to) for m in mail.outbox] == [("Work waits for your card", ["citizen1@example.org"])]
+    assert "Alpha Bank" in mail.outbox[0].body

@@ -42,6 +42,7 @@ from updates.rollouts.dispatch import (
     HASH_MULTIPLIER,
     INLINE_ACTIVATION_MAX,
     MAX_LISTED_CARDS,
+    email_dispatched_work,
     plan_targets,
 )
 from updates.rollouts.groups import MAX_GROUPS, Bound, parse_groups
@@ -63,6 +64,7 @@ __all__ = [
     "create_install_rollout",
     "create_rollout",
     "create_rotation_rollout",
+    "email_dispatched_work",
     "evaluate_rollout",
     "parse_groups",
     "pause_rollout",

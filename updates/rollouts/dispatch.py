@@ -16,6 +16,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from cards import validity
+from cards.holder_emails import work_waiting
 from cards.models import Card, CardJob, SecurityDomain
 from updates import rollouts as rollouts_package
 from updates.rollout_models import Rollout, RolloutGroup, RolloutTarget
@@ -367,6 +368,7 @@ def _dispatch_ready(rollout: Rollout, now: dt.datetime, group_ids: list[int] | N
     if new or retried:
         _recount(rollout)
         _audit(rollout, "rollout.dispatched", None, jobs=new, retries=retried)
+        _email_holders_after_commit(rollout, now)
     if connection.vendor == "postgresql" and max(new, retried) >= DISPATCH_CHUNK:
         _schedule_evaluation(rollout.pk)  # more to dispatch: the next chunk in its own transaction
     return new + retried
@@ -383,6 +385,37 @@ def _activate_group(rollout: Rollout, group: RolloutGroup, now: dt.datetime, act
     else:
         _schedule_evaluation(rollout.pk)  # jobs created by the task, in chunks
     _audit(rollout, "rollout.group_started", actor, group=group.index, cards=group.total, jobs=dispatched)
+
+
+def _email_holders_after_commit(rollout: Rollout, now: dt.datetime) -> None:
+    """The holders of the cards given work just now hear of it once this transaction commits (a
+    task: a wave of a million cards is not mailed inside the dispatch)."""
+    job_ids = list(
+        RolloutTarget.objects.filter(rollout=rollout, status=RolloutTarget.Status.RUNNING, updated_at=now)
+        .exclude(job_id=None)
+        .filter(card__holder__isnull=False)
+        .exclude(card__holder__email="")
+        .values_list("job_id", flat=True)
+    )
+    if not job_ids:
+        return
+    from updates.rollout_tasks import email_rollout_work
+
+    rollout_id = rollout.pk
+    transaction.on_commit(lambda: email_rollout_work.delay(rollout_id, job_ids))
+
+
+def email_dispatched_work(rollout_id: int, job_ids: list[int]) -> int:
+    """E-mail each holder that work waits for their card (``cards.holder_emails.work_waiting``:
+    once per batch of waiting work, as their preferences say); jobs already begun are skipped."""
+    sent = 0
+    jobs = CardJob.objects.filter(pk__in=job_ids, state=CardJob.State.PENDING).select_related(
+        "card__holder", "organization"
+    )
+    for job in jobs.iterator(chunk_size=500):
+        with transaction.atomic():
+            sent += work_waiting(job) is not None
+    return sent
 
 
 def _schedule_evaluation(rollout_id: int) -> None:

@@ -45,7 +45,7 @@ from cards.models import (
     Personalization,
 )
 from cards.notify import email_holder
-from cards.services import enroll_bank, issue_card, queue_job
+from cards.services import assign_holder, enroll_bank, issue_card, queue_job
 from cards.signals import jobs_cancelled
 from ecard.errors import ServiceError
 from issuers.models import Organization
@@ -354,13 +354,36 @@ def _key_scheme_for(old: Card) -> str:
 
 
 @transaction.atomic
-def replace_card(*, old_card: Card, actor: User, reason: str = "") -> Card:
-    """Issue a new card to the old card's holder, carry every enrollment over as jobs on it, ask the
-    banks for personalisation again, and terminate the old card. Returns the new card."""
+def _stock_card(agency: Organization, cin: str) -> Card:
+    """A card from the agency's stock to hand out as a replacement: issued by it (a real card
+    imported from a manufacturer's file, or an emulated one), in use, SECURED, with no holder and
+    nothing on it yet."""
+    card = Card.objects.select_for_update().filter(cin=cin.strip().upper(), issued_by=agency).first()
+    if card is None:
+        raise ServiceError(f"the agency has no card {cin}", field="new_card", code="not_found")
+    if card.holder_id is not None:
+        raise ServiceError(f"card {card.cin} already has a holder", field="new_card", code="state")
+    if card.standing != Card.Standing.ACTIVE or card.lifecycle != Card.Lifecycle.SECURED:
+        raise ServiceError(f"card {card.cin} is not a card in use (SECURED)", field="new_card", code="state")
+    if card.enrollments.exists() or card.jobs.exists():
+        raise ServiceError(f"card {card.cin} has been used already", field="new_card", code="state")
+    return card
+
+
+def replace_card(*, old_card: Card, actor: User, reason: str = "", new_card_cin: str = "") -> Card:
+    """Give the old card's holder a new card, carry every enrollment over as jobs on it, ask the
+    banks for personalisation again, and terminate the old card. Returns the new card.
+
+    The new card is issued now (emulated or not, like the old one), or with ``new_card_cin`` taken
+    from the agency's stock: a card with no holder yet, such as a real card imported from a
+    manufacturer's file (``cards.manufacturer``)."""
     old = _locked(old_card)
     agency = _agency_of(old, actor)
     if agency is None:
         raise ServiceError("only the agency replaces a card", code="forbidden")
+    stock = _stock_card(old.issued_by, new_card_cin) if new_card_cin else None
+    if stock is not None and stock.pk == old.pk:
+        raise ServiceError("a card cannot replace itself", field="new_card", code="state")
     reason = _reason(reason, required=False, what="replaced") or "replaced"
     if old.standing == Card.Standing.TERMINATED or old.lifecycle == Card.Lifecycle.TERMINATED:
         raise ServiceError("the card is already terminated", code="state")
@@ -372,14 +395,17 @@ def replace_card(*, old_card: Card, actor: User, reason: str = "") -> Card:
     now = timezone.now()
     ended = _end_old_card(old, reason, now)
     terminate_job = _queue_status(old, Card.Lifecycle.TERMINATED, actor)
-    new = issue_card(
-        agency=old.issued_by,
-        holder=holder,
-        scp=old.scp,
-        key_scheme=_key_scheme_for(old),
-        emulated=old.emulated,
-        actor=actor,
-    )
+    if stock is not None:
+        new = assign_holder(card=stock, holder=holder, actor=actor)
+    else:
+        new = issue_card(
+            agency=old.issued_by,
+            holder=holder,
+            scp=old.scp,
+            key_scheme=_key_scheme_for(old),
+            emulated=old.emulated,
+            actor=actor,
+        )
     Card.objects.filter(pk=old.pk).update(replaced_by=new)
     old.replaced_by = new
     carried, not_carried = [], []

@@ -51,6 +51,17 @@ class CardReasonSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=lifecycle.MAX_REASON, allow_blank=True, default="")
 
 
+class ReplaceCardSerializer(CardReasonSerializer):
+    new_card = serializers.RegexField(
+        r"^[0-9A-Fa-f]{8,32}$",
+        required=False,
+        allow_blank=True,
+        default="",
+        help_text="CIN of a card from the agency's stock (no holder yet, e.g. imported from a manufacturer's "
+        "file); empty: a new card is issued",
+    )
+
+
 class BankNoticeSerializer(serializers.ModelSerializer):
     card: serializers.SlugRelatedField[Card] = serializers.SlugRelatedField(slug_field="cin", read_only=True)
     bank: serializers.SlugRelatedField[Organization] = serializers.SlugRelatedField(
@@ -133,13 +144,17 @@ class UnblockCardApi(_CardAction):
 class ReplaceCardApi(_CardAction):
     """Issue a replacement card: the agency. The answer is the new card."""
 
-    @extend_schema(request=CardReasonSerializer, responses={201: CardStandingSerializer})
+    @extend_schema(request=ReplaceCardSerializer, responses={201: CardStandingSerializer})
     def post(self, request: Request, cin: str) -> Response:
         if not principal(acting_user(request)).agency_operator:
             raise exceptions.PermissionDenied("only the agency replaces a card")
         card = self.card(request, cin)
-        reason = self.reason(request)
-        new = _service(lambda: lifecycle.replace_card(old_card=card, actor=acting_user(request), reason=reason))
+        payload = ReplaceCardSerializer(data=request.data)
+        payload.is_valid(raise_exception=True)
+        reason, stock = str(payload.validated_data["reason"]), str(payload.validated_data["new_card"])
+        new = _service(
+            lambda: lifecycle.replace_card(old_card=card, actor=acting_user(request), reason=reason, new_card_cin=stock)
+        )
         return Response(CardStandingSerializer(new).data, status=status.HTTP_201_CREATED)
 
 

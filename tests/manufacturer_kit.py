@@ -62,9 +62,9 @@ class RealCard:
     token: str  # the holder's agent credential
 
 
-def real_card(agency: Any, directory: Path, *, holder: str = "realholder", line: int = 3) -> RealCard:
-    """Import a file of three cards and make the card of ``line`` with ``cardsim init``; its holder
-    is a new citizen with an agent credential."""
+def stock_card(agency: Any, directory: Path, *, line: int = 3) -> tuple[Card, Path]:
+    """Import a file of three cards and make the card of ``line`` with ``cardsim init``: the
+    registry's record (no holder yet: the agency's stock) and the card's state file."""
     maker = Maker(agency)
     cards = mf.random_cards(3)
     file = directory / "manufacturer.jsonl"
@@ -78,8 +78,13 @@ def real_card(agency: Any, directory: Path, *, holder: str = "realholder", line:
     args = ["init", str(state), "--manufacturer-file", str(file), "--line", str(line)]
     assert cardsim([*args, "--transport-key-file", str(key_file), "--token-key", str(token_pem)]) == 0
     key_file.unlink()
+    return Card.objects.get(cin=cards[line - 2].cin), state
+
+
+def real_card(agency: Any, directory: Path, *, holder: str = "realholder", line: int = 3) -> RealCard:
+    """A card from :func:`stock_card`; its holder is a new citizen with an agent credential."""
+    card, state = stock_card(agency, directory, line=line)
     citizen = make_user(holder)
-    card = Card.objects.get(cin=cards[line - 2].cin)
     operator = make_user(f"{holder}_issuer")
     card = assign_holder(card=card, holder=citizen, actor=operator)
     _credential, token = update_services.issue_agent_credential(user=citizen, name="reader")

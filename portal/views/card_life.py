@@ -54,6 +54,14 @@ class ReasonForm(forms.Form):
 
 class ReplaceForm(forms.Form):
     reason = forms.CharField(label="Reason (optional)", max_length=lifecycle.MAX_REASON, required=False)
+    new_card = forms.RegexField(
+        label="Card from stock (optional)",
+        regex=r"^[0-9A-Fa-f]{8,32}$",
+        required=False,
+        help_text="The CIN of a card with no holder yet, such as a real card imported from a manufacturer's file; "
+        "leave empty to issue a new card.",
+        error_messages={"invalid": "A card's CIN: 8 to 32 hexadecimal digits."},
+    )
     confirm = forms.BooleanField(
         label="Issue a new card to the holder and end this one",
         error_messages={"required": "Tick the box to confirm."},
@@ -123,7 +131,9 @@ def agency_card_action(request: AuthenticatedHttpRequest, cin: str, action: str)
                 lifecycle.unblock_card(card=card, actor=request.user, reason=reason)
                 messages.success(request, f"Card {card.cin} is unblocked.")
             else:
-                new = lifecycle.replace_card(old_card=card, actor=request.user, reason=reason)
+                new = lifecycle.replace_card(
+                    old_card=card, actor=request.user, reason=reason, new_card_cin=form.cleaned_data["new_card"]
+                )
                 messages.success(request, f"Card {new.cin} is issued to replace card {card.cin}.")
                 return redirect("portal:agency-card", cin=new.cin)
         except ServiceError as exc:

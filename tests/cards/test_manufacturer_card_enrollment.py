@@ -14,6 +14,7 @@ from agent.core import run_session
 from cards import services as card_services
 from cards.models import Enrollment, SecurityDomain
 from cardsim.transport import InProcessCard
+from ecard.errors import ServiceError
 from gp.errors import GPError
 from issuers import custody
 from tests.manufacturer_kit import real_card
@@ -61,3 +62,39 @@ def test_a_card_from_a_manufacturer_line_enrolls_a_bank(tmp_path: Path) -> None:
     card.reset()
     with pytest.raises((AssertionError, GPError)):
         open_scp03(card, sd.aid, initial)  # ... and no longer with the file's initial SSD key
+
+
+def test_a_real_card_from_stock_replaces_an_emulated_one_and_gets_its_bank(tmp_path: Path) -> None:
+    from cards import lifecycle
+    from cards.models import Card
+    from issuers import services as issuer_services
+    from issuers.models import Membership
+    from tests.factories import make_user
+    from tests.manufacturer_kit import stock_card
+    from tests.otakit import enroll
+
+    world = build_ota_world(cap_file(EMPTY))
+    release = world.releases["0102030405"]
+    world.bank.ssd_template.default_applets = [{"release": release.pk, "instance_aid": INSTANCE}]
+    world.bank.ssd_template.save()
+    enroll(world)
+    assert world.present().ok
+    stock, state = stock_card(world.agency, tmp_path)
+    assert stock.holder_id is None and stock.key_scheme == "stored"
+    officer = make_user("agency_officer")
+    issuer_services.add_member(organization=world.agency, user=officer, role=Membership.Role.OPERATOR)
+
+    new = lifecycle.replace_card(old_card=world.card, actor=officer, reason="lost", new_card_cin=stock.cin.lower())
+    assert new.pk == stock.pk and new.holder == world.citizen
+    world.card.refresh_from_db()
+    assert world.card.standing == Card.Standing.TERMINATED and world.card.replaced_by == new
+    with pytest.raises(ServiceError, match="already has a holder"):  # a stock card serves one replacement
+        lifecycle.replace_card(old_card=new, actor=officer, new_card_cin=stock.cin)
+
+    transport = InProcessCard(state)
+    transport.reset()
+    assert run_session(transport, ApiServer(world.token), mode="batch").ok
+    enrollment = Enrollment.objects.get(card=new, bank=world.bank)
+    assert enrollment.status == Enrollment.Status.ACTIVE
+    sd = SecurityDomain.objects.get(pk=enrollment.security_domain_id)
+    assert list(sd.applets.values_list("instance_aid", flat=True)) == [INSTANCE]

@@ -45,6 +45,7 @@ urlpatterns = [
     # Bank
     path("bank/<slug:bank>/", bank.dashboard, name="bank"),
     path("bank/<slug:bank>/notices/", card_life.notices, name="bank-notices"),
+    path("bank/<slug:bank>/repairs/", repair.bank_repairs, name="bank-repairs"),
     path("bank/<slug:bank>/keys/", bank.keys, name="bank-keys"),
     path("bank/<slug:bank>/keys/rotate/<int:sd>/", bank.rotate, name="bank-rotate"),
     path("bank/<slug:bank>/key-service/check/", bank.key_service_check, name="bank-key-service-check"),

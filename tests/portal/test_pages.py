@@ -29,10 +29,23 @@ def ok(client: Client, path: str, **kwargs: object) -> str:
 def test_every_page_of_each_role_renders(world: World, as_user) -> None:
     cin = world.cards["card1"].cin
     citizen = as_user("citizen1")
-    for path in (f"/card/{cin}/", f"/card/{cin}/add-bank/", "/card/connect/", f"/card/{cin}/?part=live"):
+    for path in (
+        f"/card/{cin}/",
+        f"/card/{cin}/add-bank/",
+        "/card/connect/",
+        f"/card/{cin}/?part=live",
+        f"/card/{cin}/report-loss/",
+        "/account/e-mail/",
+    ):
         ok(citizen, path)
     bank = as_user("alpha_op")
-    for path in ("/bank/alpha/", "/bank/alpha/keys/", "/bank/alpha/releases/"):
+    for path in (
+        "/bank/alpha/",
+        "/bank/alpha/keys/",
+        "/bank/alpha/releases/",
+        "/bank/alpha/notices/",
+        "/bank/alpha/repairs/",
+    ):
         ok(bank, path)
     agency = as_user("agency_op")
     for path in (
@@ -44,6 +57,10 @@ def test_every_page_of_each_role_renders(world: World, as_user) -> None:
         "/agency/banks/",
         "/agency/policy/",
         f"/agency/cards/{cin}/",
+        f"/agency/cards/{cin}/repair/",
+        f"/agency/cards/{cin}/block/",
+        f"/agency/cards/{cin}/replace/",
+        "/agency/renewals/",
         "/agency/cards/?q=citizen1",
     ):
         ok(agency, path)

@@ -324,3 +324,29 @@ def test_the_agency_repair_page() -> None:
     assert agency.post(page, {"action": "execute"}).status_code == 302
     assert CardRepair.objects.get(card=world.card).state == CardRepair.State.AWAITING_CONSENT
     assert "Waiting for the bank" in agency.get(page).content.decode()
+
+
+def test_the_banks_repair_page_gives_consent_and_shows_only_its_own_steps() -> None:
+    from django.test import Client
+
+    world, operator = repair_world()
+    tamper(world)
+    repair = repairs.start_repair(card=world.card, actor=operator, reason="ticket 9")
+    assert world.present().ok
+    repair.refresh_from_db()
+    repairs.execute_repair(repair=repair, actor=operator)
+    page = f"/bank/{world.bank.slug}/repairs/"
+    bank = Client()
+    bank.force_login(world.operator)
+    shown = bank.get(page).content.decode()
+    assert world.card.cin in shown and "reinstalls package " + PACKAGE in shown
+    assert "Delete package " + STRAY_PACKAGE not in shown  # the agency's own step is not the bank's business
+    other = Client()
+    other.force_login(operator)
+    assert other.get(page).status_code == 404  # an agency operator is no member of the bank
+    answered = bank.post(page, {"repair": repair.pk, "decision": "give"})
+    assert answered.status_code == 302
+    repair.refresh_from_db()
+    assert repair.state == CardRepair.State.RUNNING
+    assert repair.consents.get().decided_by == world.operator
+    assert bank.post(page, {"repair": repair.pk, "decision": "give"}).status_code == 404  # answered already

@@ -26,6 +26,9 @@ from issuers.models import Organization, SsdTemplate
 # The engine's bookkeeping: true, logged, and of no use to the holder reading their card's story.
 BOOKKEEPING = ("job.queued", "job.attempt", "job.attempt_failed", "job.held", "session.done", "rollout.card_result")
 BOOKKEEPING_PREFIXES = ("receipt.", "repair.jobs_")
+# Work whose outcome the card's own entry tells, in better words (card.locked, card.renewed, ...):
+# its job.done would say the same thing twice.
+TOLD_BY_THE_CARD = ("card_status", "renew_card")
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def entries(user: User, card: Card) -> QuerySet[AuditEntry]:
     )
     for prefix in BOOKKEEPING_PREFIXES:
         found = found.exclude(action__startswith=prefix)
-    return found.order_by("-index")
+    return found.exclude(action="job.done", details__kind__in=TOLD_BY_THE_CARD).order_by("-index")
 
 
 @dataclass(frozen=True)
@@ -185,7 +188,16 @@ SENTENCES: dict[str, Sentence] = {
     "card.unlocked": lambda row, n: "Your card was unlocked",
     "card.replaced": lambda row, n: "Your card was replaced by a new one",
     "card.terminated": lambda row, n: "Your card was switched off for good",
-    "card.renewed": lambda row, n: "Your card was renewed",
+    "card.renewed": lambda row, n: (
+        "Your card was renewed"
+        + (f", valid until {row.details['valid_until']}" if (row.details or {}).get("valid_until") else "")
+    ),
+    "card.isd_keys_rotated": lambda row, n: "The agency put fresh keys on your card",
+    "card.renewal_requested": lambda row, n: "A renewal of your card was asked for",
+    "enrollment.carried_over": lambda row, n: (
+        f"{n.org(row.organization_slug, 'A bank')} moves to your new card"
+        + (f" (from card {row.details['from_card']})" if (row.details or {}).get("from_card") else "")
+    ),
     "enrollment.requested": lambda row, n: f"You asked to add {n.org(row.organization_slug)} to your card",
     "enrollment.removal_requested": lambda row, n: f"Removing {n.org(row.organization_slug)} from your card was asked",
     "enrollment.closed_by_bank": lambda row, n: f"{n.org(row.organization_slug)} closed your account with it",

@@ -85,6 +85,15 @@ def world() -> OtaWorld:
         ),
         (entry("repair.consent_refused"), "Alpha Bank declined the repair of its part of your card"),
         (entry("repair.done", slug="agency"), "The repair of your card is complete"),
+        (
+            entry("card.renewed", slug="agency", valid_from="2026-12-05", valid_until="2031-12-05"),
+            "Your card was renewed, valid until 2031-12-05",
+        ),
+        (entry("card.isd_keys_rotated", slug="agency"), "The agency put fresh keys on your card"),
+        (
+            entry("enrollment.carried_over", from_card="0011223344556677"),
+            "Alpha Bank moves to your new card (from card 0011223344556677)",
+        ),
     ],
 )
 def test_each_kind_of_entry_in_words(world: OtaWorld, row: AuditEntry, expected: str) -> None:
@@ -127,3 +136,23 @@ def test_the_card_page_tells_the_story_paginated() -> None:
     assert last.count("<li><time") == total - 20 * (last_page - 1) and "Newer" in last
     assert "Your card was issued by National Card Agency" in last  # the oldest entry comes last
     assert client.get(f"/card/{world.card.cin}/?page=abc").status_code == 200  # a bad page number: the first
+
+
+def test_work_the_card_tells_itself_is_told_once(world: OtaWorld) -> None:
+    from django.db import transaction
+
+    cin = world.card.cin
+    with transaction.atomic():
+        record_event(
+            action="job.done", subject_type="card_job", subject_id=1, card_cin=cin, details={"kind": "renew_card"}
+        )
+        record_event(
+            action="card.renewed",
+            subject_type="card",
+            subject_id=cin,
+            card_cin=cin,
+            details={"valid_until": "2031-12-05"},
+        )
+    told = [line.text for line in history.in_words(history.entries(world.citizen, world.card))]
+    assert told.count("Your card was renewed, valid until 2031-12-05") == 1
+    assert not any(text.startswith("Your card was renewed") and "valid" not in text for text in told)

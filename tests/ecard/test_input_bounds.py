@@ -211,6 +211,7 @@ LIST_PATHS = (
     "/api/v1/sharing-approvals/",
     "/api/v1/security/events/",
     "/api/v1/notices/",
+    "/api/v1/manufacturer-batches/",
 )
 
 

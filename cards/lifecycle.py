@@ -353,7 +353,6 @@ def _key_scheme_for(old: Card) -> str:
     return "kdf3" if old.scp == 0x03 else "emv"
 
 
-@transaction.atomic
 def _stock_card(agency: Organization, cin: str) -> Card:
     """A card from the agency's stock to hand out as a replacement: issued by it (a real card
     imported from a manufacturer's file, or an emulated one), in use, SECURED, with no holder and
@@ -370,6 +369,7 @@ def _stock_card(agency: Organization, cin: str) -> Card:
     return card
 
 
+@transaction.atomic
 def replace_card(*, old_card: Card, actor: User, reason: str = "", new_card_cin: str = "") -> Card:
     """Give the old card's holder a new card, carry every enrollment over as jobs on it, ask the
     banks for personalisation again, and terminate the old card. Returns the new card.

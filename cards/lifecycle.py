@@ -23,6 +23,7 @@ Audit actions: ``card.blocked``, ``card.unblocked``, ``card.replaced`` (here), `
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +94,11 @@ def close_open_sessions(card: Card, reason: str) -> int:
     return int(closed)
 
 
+def _set_standing(card: Card, standing: str, reason: str, now: dt.datetime) -> None:
+    card.standing, card.standing_changed_at, card.standing_reason = standing, now, reason
+    card.save(update_fields=["standing", "standing_changed_at", "standing_reason"])
+
+
 def _cancel_status_work(card: Card) -> int:
     return card.jobs.filter(kind=CardJob.Kind.CARD_STATUS, state__in=CardJob.OPEN_STATES).update(
         state=CardJob.State.CANCELLED, finished_at=timezone.now(), last_error="superseded by a newer card status"
@@ -143,8 +149,7 @@ def block_card(*, card: Card, actor: User, reason: str) -> Card:
     if card.lifecycle == Card.Lifecycle.TERMINATED:
         raise ServiceError("the card is TERMINATED", code="state")
     now = timezone.now()
-    card.standing, card.standing_changed_at, card.standing_reason = Card.Standing.BLOCKED, now, reason
-    card.save(update_fields=["standing", "standing_changed_at", "standing_reason"])
+    _set_standing(card, Card.Standing.BLOCKED, reason, now)
     sessions = close_open_sessions(card, "the card was blocked")
     _cancel_status_work(card)  # an unlock not run yet
     locked = card.lifecycle == Card.Lifecycle.CARD_LOCKED
@@ -197,8 +202,7 @@ def unblock_card(*, card: Card, actor: User, reason: str) -> Card:
     if card.standing != Card.Standing.BLOCKED:
         raise ServiceError(f"the card is {card.get_standing_display().lower()}, not blocked", code="state")
     now = timezone.now()
-    card.standing, card.standing_changed_at, card.standing_reason = Card.Standing.ACTIVE, now, reason
-    card.save(update_fields=["standing", "standing_changed_at", "standing_reason"])
+    _set_standing(card, Card.Standing.ACTIVE, reason, now)
     _cancel_status_work(card)  # a lock not run yet: the card was never locked
     job = _queue_status(card, Card.Lifecycle.SECURED, actor) if card.lifecycle == Card.Lifecycle.CARD_LOCKED else None
     banks = enrolled_banks(card)
@@ -326,8 +330,7 @@ def _carried_consent(enrollment: Enrollment, old: Card, new: Card) -> str:
 def _end_old_card(old: Card, reason: str, now: Any) -> dict[str, int]:
     """Terminate the old card's standing and withdraw its work: open jobs and pending data cancelled,
     open sessions closed, open enrollments over (carried to the new card)."""
-    old.standing, old.standing_changed_at, old.standing_reason = Card.Standing.TERMINATED, now, reason
-    old.save(update_fields=["standing", "standing_changed_at", "standing_reason"])
+    _set_standing(old, Card.Standing.TERMINATED, reason, now)
     sessions = close_open_sessions(old, "the card was replaced")
     reason = "the card was replaced"
     open_jobs = list(old.jobs.filter(state__in=CardJob.OPEN_STATES).select_for_update())

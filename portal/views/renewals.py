@@ -19,7 +19,8 @@ from issuers.roles import principal
 from portal import charts
 from portal.access import agency_required, citizen_required
 from portal.forms import RenewalCampaignForm, RolloutActionForm, ValidityPolicyForm, add_service_error, posted
-from updates import renewal, rollout_selectors, rollouts
+from portal.views.rollouts import run_rollout_action
+from updates import renewal, rollout_selectors
 from updates.renewal_campaign import create_renewal_rollout
 from updates.rollout_models import Rollout
 
@@ -108,16 +109,7 @@ def renewal_detail(request: AuthenticatedHttpRequest, rollout: int) -> HttpRespo
         if form.is_valid():
             action, reason = form.cleaned_data["action"], form.cleaned_data["reason"]
             try:
-                if action == "approve":
-                    rollouts.approve_rollout(rollout=record, actor=request.user)
-                elif action == "start":
-                    rollouts.start_rollout(rollout=record, actor=request.user)
-                elif action == "pause":
-                    rollouts.pause_rollout(rollout=record, actor=request.user, reason=reason)
-                elif action == "resume":
-                    rollouts.resume_rollout(rollout=record, actor=request.user)
-                else:
-                    rollouts.cancel_rollout(rollout=record, actor=request.user, reason=reason)
+                run_rollout_action(record, action, request.user, reason)
             except ServiceError as exc:
                 messages.error(request, exc.message)
             else:

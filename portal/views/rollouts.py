@@ -3,6 +3,8 @@ group, approve/start/pause/resume/cancel, failures with reasons."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import messages
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -74,6 +76,21 @@ def _detail_context(request: AuthenticatedHttpRequest, bank: Organization, rollo
     )
 
 
+def run_rollout_action(record: Rollout, action: str, actor: Any, reason: str) -> None:
+    """One of the rollout form's actions (``RolloutActionForm``) on ``record``: the bank's rollouts
+    and the agency's renewal campaigns alike."""
+    if action == "approve":
+        rollouts.approve_rollout(rollout=record, actor=actor)
+    elif action == "start":
+        rollouts.start_rollout(rollout=record, actor=actor)
+    elif action == "pause":
+        rollouts.pause_rollout(rollout=record, actor=actor, reason=reason)
+    elif action == "resume":
+        rollouts.resume_rollout(rollout=record, actor=actor)
+    else:
+        rollouts.cancel_rollout(rollout=record, actor=actor, reason=reason)
+
+
 @bank_member
 @require_http_methods(["GET", "POST"])
 def rollout_detail(request: AuthenticatedHttpRequest, bank: Organization, rollout: int) -> HttpResponse:
@@ -84,16 +101,7 @@ def rollout_detail(request: AuthenticatedHttpRequest, bank: Organization, rollou
         if form.is_valid():
             action, reason = form.cleaned_data["action"], form.cleaned_data["reason"]
             try:
-                if action == "approve":
-                    rollouts.approve_rollout(rollout=record, actor=request.user)
-                elif action == "start":
-                    rollouts.start_rollout(rollout=record, actor=request.user)
-                elif action == "pause":
-                    rollouts.pause_rollout(rollout=record, actor=request.user, reason=reason)
-                elif action == "resume":
-                    rollouts.resume_rollout(rollout=record, actor=request.user)
-                else:
-                    rollouts.cancel_rollout(rollout=record, actor=request.user, reason=reason)
+                run_rollout_action(record, action, request.user, reason)
             except ServiceError as exc:
                 messages.error(request, exc.message)
             else:

@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from audit.services import events_together, record_event
 from cards.emulation import token_verification_keyset
-from cards.models import ISD_AID, Card, ManufacturerBatch, SecurityDomain, ValidityPolicy
+from cards.models import ISD_AID, STORED_ISD_KEYS, Card, ManufacturerBatch, SecurityDomain, ValidityPolicy
 from cards.services import PRIVILEGES_ISD
 from ecard.bulk import insert_rows
 from ecard.errors import ServiceError
@@ -35,7 +35,6 @@ from issuers import custody
 from issuers.custody_models import KeySet
 from issuers.models import Organization
 
-STORED_ISD_KEYS = "stored"  # Card.key_scheme: the ISD keys are the card's own key set (updates.ota)
 DEFAULT_VALIDITY_YEARS = 5
 MAX_FILE_BYTES = 128 * 1024 * 1024  # 100,000 cards (MAX_CARDS) of about 650 bytes
 _IN_CHUNK = 500  # values per IN (...) query

@@ -14,6 +14,11 @@ from gp import aids
 from issuers.models import Organization, hex_validator
 
 ISD_AID = aids.ISD_AID.hex().upper()
+# Card.key_scheme of a card whose ISD keys are a per-card key set in custody (KeySet with the
+# card's CIN, the ISD's AID, purpose scp_static): a real card imported from a manufacturer file,
+# or any card once a renewal rotated its ISD keys (updates.ota.isd_choice). Other schemes
+# diversify from the agency master.
+STORED_ISD_KEYS = "stored"
 
 
 class Card(models.Model):

@@ -52,7 +52,16 @@ from django.utils import timezone
 
 from audit.services import record_event
 from cards.emulation import token_verification_keyset
-from cards.models import ISD_AID, AppletInstance, Card, CardJob, CardPackage, Enrollment, SecurityDomain
+from cards.models import (
+    ISD_AID,
+    STORED_ISD_KEYS,
+    AppletInstance,
+    Card,
+    CardJob,
+    CardPackage,
+    Enrollment,
+    SecurityDomain,
+)
 from ecard.errors import ServiceError
 from gp import aids, commands, dap, dm
 from gp.apdu import SW
@@ -316,12 +325,6 @@ def job_security_domain(job: CardJob) -> SecurityDomain:
     if sd is None:
         raise JobFailed(f"the {job.kind} job names no security domain")
     return sd
-
-
-# Card.key_scheme of a card whose ISD keys are a per-card key set in custody (KeySet with the
-# card's CIN, the ISD's AID, purpose scp_static): a real card imported from a manufacturer file,
-# or any card once a renewal rotated its ISD keys. Other schemes diversify from the agency master.
-STORED_ISD_KEYS = "stored"
 
 
 def isd_keyset(card: Card, kvn: int) -> KeySet | None:

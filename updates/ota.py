@@ -39,14 +39,16 @@ wrapped under the owning organisation's KEK).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
 from collections.abc import Callable, Iterable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Model, QuerySet
 from django.utils import timezone
 
@@ -231,6 +233,9 @@ class Stage:
 
     name = "stage"
     status_p1: tuple[int, ...] = (STATUS_APPS,)
+    # Whether computing the script may write records (a Delegated Management token it asks for):
+    # then an optimistic script runs in a savepoint, so that one the card never sees leaves none.
+    script_writes = True
     opened_with: KeyChoice  # the key choice that opened the channel: set by SessionEngine.stage()
 
     def __init__(self, job: CardJob) -> None:
@@ -863,6 +868,7 @@ class IsdSetStatus(IsdStage):
     """SET STATUS of the bank's SSD to LOCKED or back to PERSONALIZED (§11.10, SD life cycle §5.3.2)."""
 
     name = "set-status"
+    script_writes = False  # SET STATUS by the ISD: no token, nothing recorded before the card answers
 
     def locking(self) -> bool:
         return self.job.kind == CardJob.Kind.LOCK_SD
@@ -901,34 +907,55 @@ SD_LIFECYCLE_BYTES: dict[str, int] = {
 def expected_registry(stage: Stage) -> Registry:
     """The registry the platform's records say the card holds (GET STATUS P1 40 and 10 as the
     card would list them): its live SSDs, applet instances and load files. Only ever used to
-    compute a script ahead of the card's own listing, never as evidence (DESIGN.md §7a)."""
-    card = stage.card
-    apps: list[commands.RegistryEntry] = []
+    compute a script ahead of the card's own listing, never as evidence (DESIGN.md §7a).
+    One statement (the three tables' rows of the card, UNION ALL), sorted here by AID."""
+    sds: list[tuple[str, str]] = []
+    instances: list[tuple[str, str]] = []
+    packages: list[tuple[str, str]] = []
     live = (SecurityDomain.State.ACTIVE, SecurityDomain.State.REMOVING)
-    # The models' orderings start with the card's CIN (a join); within one card they are by AID.
-    for aid, lifecycle in (
-        SecurityDomain.objects.filter(card=card, is_isd=False, state__in=live)
-        .order_by("aid")
-        .values_list("aid", "lifecycle")
-    ):
-        apps.append(
-            commands.RegistryEntry(
-                bytes.fromhex(aid), SD_LIFECYCLE_BYTES.get(lifecycle, SecurityDomainLifeCycle.PERSONALIZED), kind="sd"
-            )
+    with connection.cursor() as cursor:
+        cursor.execute(_registry_sql(), [stage.card.pk, *live, stage.card.pk, stage.card.pk])
+        for kind, aid, other in cursor.fetchall():
+            (sds, instances, packages)[kind].append((aid, other))
+    apps = [
+        commands.RegistryEntry(
+            bytes.fromhex(aid), SD_LIFECYCLE_BYTES.get(lifecycle, SecurityDomainLifeCycle.PERSONALIZED), kind="sd"
         )
-    for aid, elf in (
-        AppletInstance.objects.filter(security_domain__card=card)
-        .order_by("instance_aid")
-        .values_list("instance_aid", "package_aid")
-    ):
-        apps.append(commands.RegistryEntry(bytes.fromhex(aid), 0x07, elf_aid=bytes.fromhex(elf)))
+        for aid, lifecycle in sorted(sds)
+    ]
+    apps += [
+        commands.RegistryEntry(bytes.fromhex(aid), 0x07, elf_aid=bytes.fromhex(elf)) for aid, elf in sorted(instances)
+    ]
     elfs = [
         commands.RegistryEntry(bytes.fromhex(aid), 0x01, kind="elf", elf_version=_version_bytes(version))
-        for aid, version in CardPackage.objects.filter(security_domain__card=card)
-        .order_by("package_aid")
-        .values_list("package_aid", "package_version")
+        for aid, version in sorted(packages)
     ]
     return Registry(apps=apps, elfs=elfs, proven_listings=frozenset(stage.status_p1))
+
+
+@functools.cache
+def _registry_sql() -> str:
+    """The records of one card's registry in one statement: (0, SD AID, life cycle) of its live
+    bank SSDs, (1, instance AID, package AID) of its applet instances, (2, package AID, version)
+    of its load files. Names from the models' metadata."""
+    sd, instance, package = SecurityDomain._meta, AppletInstance._meta, CardPackage._meta
+
+    def col(meta: Any, name: str) -> str:
+        return connection.ops.quote_name(meta.get_field(name).column)
+
+    sd_table = connection.ops.quote_name(sd.db_table)
+    sd_id, sd_card = col(sd, "id"), col(sd, "card")
+    # identifiers from the models' metadata; every value is a bound parameter
+    return (
+        f"SELECT 0, {col(sd, 'aid')}, {col(sd, 'lifecycle')} FROM {sd_table} "  # noqa: S608
+        f"WHERE {sd_card} = %s AND NOT {col(sd, 'is_isd')} AND {col(sd, 'state')} IN (%s, %s) "
+        f"UNION ALL SELECT 1, i.{col(instance, 'instance_aid')}, i.{col(instance, 'package_aid')} "
+        f"FROM {connection.ops.quote_name(instance.db_table)} i JOIN {sd_table} s "
+        f"ON i.{col(instance, 'security_domain')} = s.{sd_id} WHERE s.{sd_card} = %s "
+        f"UNION ALL SELECT 2, p.{col(package, 'package_aid')}, p.{col(package, 'package_version')} "
+        f"FROM {connection.ops.quote_name(package.db_table)} p JOIN {sd_table} s "
+        f"ON p.{col(package, 'security_domain')} = s.{sd_id} WHERE s.{sd_card} = %s"
+    )
 
 
 def _version_bytes(version: str) -> bytes | None:
@@ -1644,7 +1671,8 @@ class SessionEngine:
         else:
             return []
         try:
-            with transaction.atomic():  # a refused token leaves no entry: it is asked again on the card's registry
+            # a refused token leaves no entry: it is asked again on the card's registry
+            with transaction.atomic() if stage.script_writes else nullcontext():
                 return stage.script(registry, channel)
         except (JobFailed, StepFailed):
             return []

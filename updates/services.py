@@ -424,12 +424,29 @@ def _pending_for_presenter(session: CardSession, batch: Batch) -> None:
     batch.result = {**batch.result, "pending": min(runnable, pending), "waiting_for_holder": max(pending - runnable, 0)}
 
 
+# A credential's "last used" time is kept to the minute: a process writes it at most once a minute
+# per credential (a terminal opens sessions many times a second; one UPDATE each would be waste).
+LAST_USED_RESOLUTION = timedelta(seconds=60)
+_last_use_written: dict[int, Any] = {}
+
+
+def _note_use(credential: AgentCredential) -> None:
+    now = timezone.now()
+    written = _last_use_written.get(credential.pk)
+    if written is not None and now - written < LAST_USED_RESOLUTION:
+        return
+    AgentCredential.objects.filter(pk=credential.pk).update(last_used_at=now)
+    if len(_last_use_written) > 10_000:  # bounded: a process serving many devices forgets the oldest
+        _last_use_written.clear()
+    _last_use_written[credential.pk] = now
+
+
 def open_session(*, credential: AgentCredential, mode: str = CardSession.Mode.BATCH) -> RelayAnswer:
     if mode not in CardSession.Mode.values:
         raise ServiceError("mode must be batch or apdu", field="mode")
     try:
         with relay_identity(credential), transaction.atomic(), events_together():
-            AgentCredential.objects.filter(pk=credential.pk).update(last_used_at=timezone.now())
+            _note_use(credential)
             # Inserted once, with the first batch's state (_apply): its id is made here, not by the database.
             session = CardSession(credential=credential, mode=mode, expires_at=_expires())
             engine = SessionEngine(session)

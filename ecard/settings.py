@@ -147,8 +147,6 @@ if ECARD_DB_REPLICA_URL:
     DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
     DATABASE_ROUTERS = ["ecard.dbrouting.ReplicaRouter"]
     MIDDLEWARE.append("ecard.dbrouting.ReplicaReadsMiddleware")  # portal page reads go to the replica
-if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and os.environ.get("ECARD_DB_SERVER_BINDING") == "1":
-    DATABASES["default"].setdefault("OPTIONS", {})["server_side_binding"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     # WAL lets the agent's HTTP requests and in-process tasks read while one writes.

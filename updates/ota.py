@@ -65,6 +65,7 @@ from cards.models import (
     SecurityDomain,
 )
 from ecard.errors import ServiceError
+from ecard.joined_reads import JoinedRead
 from gp import aids, commands, dap, dm
 from gp.apdu import SW
 from gp.cap import LoadFile
@@ -272,13 +273,11 @@ class Stage:
             card = self.card
             if aid == card.isd_aid and Card.issued_by.is_cached(card):
                 # the ISD: its organisation is the card's issuer, read with the card (not joined again)
-                sd = unique_row(SecurityDomain.objects.filter(card_id=card.pk, aid=aid))
+                sd = SD_BY_AID.first(card.pk, aid)
                 if sd is not None and sd.organization_id == card.issued_by_id:
                     sd.organization = card.issued_by
             else:
-                sd = unique_row(  # one per card and AID
-                    SecurityDomain.objects.select_related("organization").filter(card_id=card.pk, aid=aid)
-                )
+                sd = SD_WITH_OWNER_BY_AID.first(card.pk, aid)  # one per card and AID
             self._security_domain = sd
         return self._security_domain
 
@@ -321,6 +320,13 @@ def unique_row(query: QuerySet[_M]) -> _M | None:
 
 # What the session engine reads with a job (its card is the session's, read with the session).
 ENGINE_JOB_RELATED = ("security_domain", "security_domain__organization", "organization")
+
+# The engine's hot reads, as prepared statements (ecard.joined_reads): the ORM would compile each
+# afresh on every exchange.
+ENGINE_JOB_BY_ID: JoinedRead[CardJob] = JoinedRead(CardJob, ENGINE_JOB_RELATED, ("id",))
+CARD_BY_CIN: JoinedRead[Card] = JoinedRead(Card, ("issued_by",), ("cin",))
+SD_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, (), ("card", "aid"))
+SD_WITH_OWNER_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, ("organization",), ("card", "aid"))
 
 
 def job_security_domain(job: CardJob) -> SecurityDomain:
@@ -1210,7 +1216,9 @@ class SessionEngine:
         job_id = self.state["jobs"][0]
         job = self._jobs.get(job_id)
         if job is None:
-            job = CardJob.objects.select_related(*ENGINE_JOB_RELATED).get(pk=job_id)
+            job = ENGINE_JOB_BY_ID.first(job_id)
+            if job is None:
+                raise CardJob.DoesNotExist(f"card job {job_id}")
             card = self.session.card if type(self.session).card.is_cached(self.session) else None
             if card is not None and card.pk == job.card_id:
                 job.card = card  # the session's card (read with it, its issuer too): not read again
@@ -1381,7 +1389,7 @@ class SessionEngine:
             # is authenticated is stored.
             commands.parse_cplc(commands.tagged_value(responses[1][:-2], commands.TAG_CPLC))
             cin = commands.tagged_value(responses[2][:-2], commands.TAG_CIN).hex().upper()
-        card = unique_row(Card.objects.select_related("issued_by").filter(cin=cin))  # the CIN is unique
+        card = CARD_BY_CIN.first(cin)  # the CIN is unique
         try:
             # the jobs with what the engine needs, in the query that decides which may run
             presentable = presentable_jobs(self.session.credential, card, related=ENGINE_JOB_RELATED)

@@ -24,6 +24,7 @@ from audit.services import events_together, record_event, relayed_by
 from cards import holder_emails
 from cards.models import CardJob
 from ecard.errors import ServiceError
+from ecard.joined_reads import JoinedRead
 from gp.errors import LocalProtocolError
 from gp.scp11.constants import SCP11_ID
 from issuers.keyvault import CustodyError
@@ -41,7 +42,6 @@ from updates.ota import (
     fail_job,
     keyset_for,
     retry_job,
-    unique_row,
 )
 from updates.presentation import PresentationRefused, presentable_job_ids
 
@@ -498,15 +498,18 @@ def exchange(*, session_id: Any, credential: AgentCredential, number: int, respo
     return answer
 
 
+# The session row under lock, with its card (and the card's issuer) and the organisation whose KEK
+# sealed its channel state: the first read of every exchange, as a prepared statement.
+_SESSION_FOR_UPDATE: JoinedRead[CardSession] = JoinedRead(
+    CardSession, ("card", "card__issued_by", "sealed_by"), ("id", "credential"), lock=True
+)
+
+
 def _exchange_locked(
     *, session_id: Any, credential: AgentCredential, number: int, responses: list[str]
 ) -> RelayAnswer | None:
     """The exchange inside its transaction; None when the session had expired (now closed)."""
-    session = unique_row(
-        CardSession.objects.select_for_update(of=("self",))
-        .select_related("card", "card__issued_by", "sealed_by")
-        .filter(pk=session_id, credential=credential)
-    )
+    session = _SESSION_FOR_UPDATE.first(session_id, credential.pk)
     if session is None:
         raise ServiceError("no such session", code="not_found")
     session.credential = credential  # the row names it (filtered above): the authenticated one

@@ -1,0 +1,182 @@
+"""Prepared reads for the relay's hot path (issue 15): one model's rows, with some of its foreign
+keys' rows joined, as model instances, from SQL built once per process.
+
+The ORM compiles a query afresh on every call: for a ``select_related`` read of a few joined
+tables, that compilation (and matching the result columns back to the models) costs more web CPU
+than the database spends answering. A :class:`JoinedRead` builds its statement and its column
+converters once, from the models' metadata (so no column list is kept by hand), and turns each row
+into instances as the ORM would: every concrete field loaded, the joined rows cached on their
+foreign keys (``select_related``'s cache), ``None`` for an empty nullable key.
+
+Only plain equality and ``IN`` conditions on the base model's fields, joined by AND, are offered;
+anything else stays with the ORM. Reads go to the ``default`` database (the relay reads its own
+writes inside its transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.models import Field, ForeignKey, Model
+
+_M = TypeVar("_M", bound=Model)
+Converter = Callable[[Any, Any, Any], Any]
+
+
+@dataclass(frozen=True)
+class _Table:
+    """One model's columns in the statement: its alias, where its values start, how to convert
+    them, and where the instance hangs (parent table index and foreign key; the base has none)."""
+
+    model: type[Model]
+    alias: str
+    start: int
+    converters: tuple[tuple[int, tuple[Converter, ...], Any], ...]
+    parent: int | None
+    via: ForeignKey | None
+    pk_at: int  # the primary key's place among the model's values (None: no row joined)
+
+
+class JoinedRead(Generic[_M]):
+    """``model`` rows with the ``related`` foreign key paths joined (``"card"``,
+    ``"card__issued_by"``), where every field of ``where`` equals its parameter (a name ending in
+    ``__in`` takes a sequence). ``lock`` takes ``SELECT … FOR UPDATE OF`` the base row where the
+    database has it (PostgreSQL)."""
+
+    def __init__(self, model: type[_M], related: Sequence[str], where: Sequence[str], *, lock: bool = False) -> None:
+        self.model = model
+        self.related = tuple(related)
+        self.where = tuple(where)
+        self.lock = lock
+        self._built: dict[tuple[str, tuple[int, ...]], tuple[str, list[_Table]]] = {}
+
+    # -- building (once per database vendor and IN-list lengths)
+    def _build(self, connection: Any, in_lengths: tuple[int, ...]) -> tuple[str, list[_Table]]:
+        quote = connection.ops.quote_name
+        tables: list[_Table] = []
+        columns: list[str] = []
+        joins: list[str] = []
+        nullable_path: dict[str, bool] = {"": False}
+        index_of: dict[str, int] = {"": 0}
+
+        def add(model: type[Model], alias: str, parent: int | None, via: ForeignKey | None) -> None:
+            start = len(columns)
+            converters = []
+            for offset, field in enumerate(model._meta.concrete_fields):
+                columns.append(f"{alias}.{quote(field.column)}")
+                expression = field.get_col(alias)
+                found = tuple(connection.ops.get_db_converters(expression)) + tuple(
+                    field.get_db_converters(connection)  # type: ignore[attr-defined]  # on every Field, not in the stubs
+                )
+                if found:
+                    converters.append((start + offset, found, expression))
+            pk_at = list(model._meta.concrete_fields).index(model._meta.pk)
+            tables.append(_Table(model, alias, start, tuple(converters), parent, via, pk_at))
+
+        base_alias = quote(self.model._meta.db_table)
+        add(self.model, base_alias, None, None)
+        for number, path in enumerate(self.related, start=1):
+            parent_path, _, name = path.rpartition("__")
+            if parent_path not in index_of:
+                raise ValueError(f"join {parent_path!r} before {path!r}")
+            parent = tables[index_of[parent_path]]
+            field = parent.model._meta.get_field(name)
+            if not isinstance(field, ForeignKey):
+                raise ValueError(f"{path!r} is not a foreign key")
+            target = field.related_model
+            assert isinstance(target, type) and issubclass(target, Model)  # noqa: S101 - a resolved model
+            alias = f"J{number}"
+            nullable = nullable_path[parent_path] or field.null
+            nullable_path[path] = nullable
+            join = "LEFT OUTER JOIN" if nullable else "INNER JOIN"
+            joins.append(
+                f"{join} {quote(target._meta.db_table)} {alias} ON {alias}.{quote(field.target_field.column)}"
+                f" = {parent.alias}.{quote(field.column)}"
+            )
+            index_of[path] = len(tables)
+            add(target, alias, index_of[parent_path], field)
+
+        conditions = []
+        lengths = iter(in_lengths)
+        for name in self.where:
+            field_name, is_in = (name[:-4], True) if name.endswith("__in") else (name, False)
+            where_field = self.model._meta.get_field(field_name)
+            if not isinstance(where_field, Field):
+                raise TypeError(f"{name!r} is not a field of {self.model.__name__}")
+            column = f"{base_alias}.{quote(where_field.column)}"
+            if is_in:
+                conditions.append(f"{column} IN ({', '.join(['%s'] * next(lengths))})")
+            else:
+                conditions.append(f"{column} = %s")
+        sql = f"SELECT {', '.join(columns)} FROM {base_alias} {' '.join(joins)}"  # noqa: S608 - names from metadata
+        if conditions:
+            sql += " WHERE " + " AND ".join(conditions)
+        if self.lock and connection.features.has_select_for_update:
+            sql += f" FOR UPDATE OF {base_alias}" if connection.features.has_select_for_update_of else " FOR UPDATE"
+        return sql, tables
+
+    # -- reading
+    def rows(self, *params: Any) -> list[_M]:
+        """Every row matching; the parameters in the order of ``where``."""
+        if len(params) != len(self.where):
+            raise TypeError(f"{len(self.where)} parameters expected, got {len(params)}")
+        connection = connections[DEFAULT_DB_ALIAS]
+        values: list[Any] = []
+        in_lengths: list[int] = []
+        for name, param in zip(self.where, params, strict=True):
+            field = self.model._meta.get_field(name[:-4] if name.endswith("__in") else name)
+            if not isinstance(field, Field):
+                raise TypeError(f"{name!r} is not a field of {self.model.__name__}")
+            target = field.target_field if isinstance(field, ForeignKey) else field
+            if name.endswith("__in"):
+                items = [_pk_of(item) for item in param]
+                if not items:
+                    return []
+                in_lengths.append(len(items))
+                values += [target.get_db_prep_value(item, connection) for item in items]
+            else:
+                values.append(target.get_db_prep_value(_pk_of(param), connection))
+        key = (connection.vendor, tuple(in_lengths))
+        built = self._built.get(key)
+        if built is None:
+            built = self._built[key] = self._build(connection, key[1])
+        sql, tables = built
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+            found = cursor.fetchall()
+        return [self._instances(list(row), tables, connection) for row in found]
+
+    def first(self, *params: Any) -> _M | None:
+        """The row (``where`` names a unique key: at most one matches), or None."""
+        found = self.rows(*params)
+        return found[0] if found else None
+
+    @staticmethod
+    def _instances(row: list[Any], tables: list[_Table], connection: Any) -> Any:
+        objects: list[Model | None] = []
+        for table in tables:
+            for at, converters, expression in table.converters:
+                for convert in converters:
+                    row[at] = convert(row[at], expression, connection)
+            fields = table.model._meta.concrete_fields
+            values = row[table.start : table.start + len(fields)]
+            parent = objects[table.parent] if table.parent is not None else None
+            if table.parent is not None and parent is None:
+                objects.append(None)  # under an empty nullable key
+                continue
+            instance = (
+                None
+                if values[table.pk_at] is None
+                else table.model.from_db(DEFAULT_DB_ALIAS, [f.attname for f in fields], values)
+            )
+            objects.append(instance)
+            if parent is not None and table.via is not None:
+                table.via.set_cached_value(parent, instance)
+        return objects[0]
+
+
+def _pk_of(value: Any) -> Any:
+    return value.pk if isinstance(value, Model) else value

@@ -1,0 +1,105 @@
+"""The relay's prepared reads (``ecard.joined_reads``) return what the ORM returns: the same rows,
+every field converted as the ORM converts it (JSON, UUIDs, times, booleans), the joined rows cached
+on their foreign keys (``None`` under an empty nullable key), and the base row locked where the
+database can."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from agent.core import run_session
+from cards.models import Card, CardJob, SecurityDomain
+from ecard.joined_reads import JoinedRead
+from tests.otakit import ApiServer, build_ota_world, enroll
+from updates.models import CardSession
+
+pytestmark = pytest.mark.django_db
+
+SESSION_READ: JoinedRead[CardSession] = JoinedRead(
+    CardSession, ("card", "card__issued_by", "sealed_by"), ("id", "credential"), lock=True
+)
+JOBS_READ: JoinedRead[CardJob] = JoinedRead(
+    CardJob, ("security_domain", "security_domain__organization", "organization"), ("card", "state__in")
+)
+
+
+def field_values(obj: Any) -> dict[str, Any]:
+    return {f.attname: getattr(obj, f.attname) for f in type(obj)._meta.concrete_fields}
+
+
+@pytest.fixture
+def presented() -> Any:
+    """A card with its bank enrolled through the relay: sessions, jobs and SDs to read."""
+    world = build_ota_world()
+    enroll(world)
+    result = run_session(world.card_transport(), ApiServer(world.token))
+    assert result.ok
+    return world
+
+
+def test_a_session_reads_as_the_orm_reads_it(presented: Any) -> None:
+    session = CardSession.objects.exclude(card=None).order_by("created_at").first()
+    assert session is not None
+    orm = CardSession.objects.select_related("card", "card__issued_by", "sealed_by").get(pk=session.pk)
+    with transaction.atomic(), CaptureQueriesContext(connection) as captured:
+        prepared = SESSION_READ.first(session.pk, session.credential_id)
+        assert prepared is not None
+        assert field_values(prepared) == field_values(orm)
+        assert isinstance(prepared.engine_state, dict) and prepared.engine_state == orm.engine_state
+        assert prepared.card is not None and field_values(prepared.card) == field_values(orm.card)
+        assert field_values(prepared.card.issued_by) == field_values(orm.card.issued_by)
+        assert prepared.sealed_by_id is None or field_values(prepared.sealed_by) == field_values(orm.sealed_by)
+        assert not prepared._state.adding and prepared._state.db == "default"
+    assert len(captured.captured_queries) == 1  # the joined rows came with it: no lazy load
+    if connection.features.has_select_for_update_of:
+        assert "FOR UPDATE OF" in captured.captured_queries[0]["sql"]
+
+
+def test_an_empty_nullable_key_reads_as_none_and_a_wrong_key_finds_nothing(presented: Any) -> None:
+    session = CardSession.objects.order_by("created_at").first()
+    assert session is not None
+    CardSession.objects.filter(pk=session.pk).update(card=None, sealed_by=None)
+    with transaction.atomic():
+        prepared = SESSION_READ.first(session.pk, session.credential_id)
+        assert prepared is not None
+        with CaptureQueriesContext(connection) as captured:
+            assert prepared.card is None and prepared.sealed_by is None
+        assert captured.captured_queries == []  # cached as None, not loaded
+        assert SESSION_READ.first(session.pk, session.credential_id + 1000) is None
+
+
+def test_jobs_with_an_in_list_read_as_the_orm_reads_them(presented: Any) -> None:
+    card = Card.objects.get(pk=presented.card.pk)
+    sd = SecurityDomain.objects.filter(card=card, is_isd=False).first()
+    assert sd is not None
+    for kind in (CardJob.Kind.LOCK_SD, CardJob.Kind.UNLOCK_SD):
+        CardJob.objects.create(card=card, kind=kind, organization=presented.bank, security_domain=sd, params={"k": 1})
+    states = [CardJob.State.PENDING, CardJob.State.DONE]
+    orm = {
+        job.pk: job
+        for job in CardJob.objects.filter(card=card, state__in=states).select_related(
+            "security_domain", "security_domain__organization", "organization"
+        )
+    }
+    prepared = {job.pk: job for job in JOBS_READ.rows(card, states)}
+    assert set(prepared) == set(orm) and len(orm) >= 3
+    for pk, job in prepared.items():
+        assert field_values(job) == field_values(orm[pk])
+        assert field_values(job.security_domain) == field_values(orm[pk].security_domain)
+        assert field_values(job.security_domain.organization) == field_values(orm[pk].security_domain.organization)
+        assert job.organization.slug == orm[pk].organization.slug
+    assert JOBS_READ.rows(card, []) == []
+    assert {j.pk for j in JOBS_READ.rows(card.pk, [CardJob.State.DONE])} == {
+        pk for pk, j in orm.items() if j.state == CardJob.State.DONE
+    }
+
+
+def test_misuse_is_refused() -> None:
+    with pytest.raises(TypeError):
+        SESSION_READ.first("only one parameter")
+    with pytest.raises(ValueError, match="before"):
+        JoinedRead(CardJob, ("security_domain__organization",), ("id",)).rows(1)

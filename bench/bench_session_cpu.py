@@ -29,7 +29,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "ecard.settings")
+# As `make prod-local` runs the web tier: relay throttles on (high), JSON logs, the audit log
+# sequenced by Celery beat rather than after each commit.
 os.environ.setdefault("ECARD_RELAY_RATE", "1000000/min")
+os.environ.setdefault("DEBUG", "0")
+os.environ.setdefault("SECRET_KEY", "bench-only-" + os.urandom(16).hex())
+os.environ.setdefault("ECARD_MASTER_KEY", os.urandom(32).hex())  # a throwaway database's
+os.environ.setdefault("LOG_FORMAT", "json")
+os.environ.setdefault("ECARD_AUDIT_SEQUENCE_ON_COMMIT", "0")
 
 
 def main() -> None:

@@ -65,7 +65,7 @@ from cards.models import (
     SecurityDomain,
 )
 from ecard.errors import ServiceError
-from ecard.joined_reads import JoinedRead
+from ecard.prepared_sql import FieldsUpdate, JoinedRead
 from gp import aids, commands, dap, dm
 from gp.apdu import SW
 from gp.cap import LoadFile
@@ -321,12 +321,14 @@ def unique_row(query: QuerySet[_M]) -> _M | None:
 # What the session engine reads with a job (its card is the session's, read with the session).
 ENGINE_JOB_RELATED = ("security_domain", "security_domain__organization", "organization")
 
-# The engine's hot reads, as prepared statements (ecard.joined_reads): the ORM would compile each
+# The engine's hot reads, as prepared statements (ecard.prepared_sql): the ORM would compile each
 # afresh on every exchange.
 ENGINE_JOB_BY_ID: JoinedRead[CardJob] = JoinedRead(CardJob, ENGINE_JOB_RELATED, ("id",))
 CARD_BY_CIN: JoinedRead[Card] = JoinedRead(Card, ("issued_by",), ("cin",))
 SD_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, (), ("card", "aid"))
 SD_WITH_OWNER_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, ("organization",), ("card", "aid"))
+JOB_STARTED: FieldsUpdate[CardJob] = FieldsUpdate(CardJob, ("attempts", "state", "started_at"))
+JOB_FINISHED: FieldsUpdate[CardJob] = FieldsUpdate(CardJob, ("state", "finished_at", "last_error"))
 
 
 def job_security_domain(job: CardJob) -> SecurityDomain:
@@ -1414,7 +1416,7 @@ class SessionEngine:
             job.attempts += 1
             job.state = CardJob.State.RUNNING
             job.started_at = job.started_at or now
-            job.save(update_fields=["attempts", "state", "started_at"])
+            JOB_STARTED.save(job)
             record_event(
                 action="job.attempt",
                 subject_type="card_job",
@@ -2081,7 +2083,7 @@ def complete_job(job: CardJob) -> None:
     job.state = CardJob.State.DONE
     job.finished_at = now
     job.last_error = ""
-    job.save(update_fields=["state", "finished_at", "last_error"])
+    JOB_FINISHED.save(job)
     _job_changed(job, "job.done", **job_done_details(job))
 
 
@@ -2172,7 +2174,7 @@ def fail_job(job: CardJob, error: str) -> None:
     job.state = CardJob.State.FAILED
     job.finished_at = now
     job.last_error = error
-    job.save(update_fields=["state", "finished_at", "last_error"])
+    JOB_FINISHED.save(job)
     if job.kind == CardJob.Kind.ENROLL_BANK and job.enrollment_id:
         Enrollment.objects.filter(pk=job.enrollment_id).update(status=Enrollment.Status.FAILED, updated_at=now)
     _job_changed(job, "job.failed", error)

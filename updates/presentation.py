@@ -25,7 +25,7 @@ import functools
 from collections.abc import Iterable, Sequence
 
 from cards.models import Card, CardJob, Enrollment, SecurityDomain
-from ecard.joined_reads import JoinedRead
+from ecard.prepared_sql import JoinedRead
 from updates.models import AgentCredential
 
 

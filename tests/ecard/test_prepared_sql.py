@@ -1,4 +1,4 @@
-"""The relay's prepared reads (``ecard.joined_reads``) return what the ORM returns: the same rows,
+"""The relay's prepared reads (``ecard.prepared_sql``) return what the ORM returns: the same rows,
 every field converted as the ORM converts it (JSON, UUIDs, times, booleans), the joined rows cached
 on their foreign keys (``None`` under an empty nullable key), and the base row locked where the
 database can."""
@@ -8,12 +8,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.db import connection, transaction
+from django.db import DatabaseError, connection, transaction
 from django.test.utils import CaptureQueriesContext
 
 from agent.core import run_session
 from cards.models import Card, CardJob, SecurityDomain
-from ecard.joined_reads import JoinedRead
+from ecard.prepared_sql import FieldsUpdate, JoinedRead
 from tests.otakit import ApiServer, build_ota_world, enroll
 from updates.models import CardSession
 
@@ -103,3 +103,27 @@ def test_misuse_is_refused() -> None:
         SESSION_READ.first("only one parameter")
     with pytest.raises(ValueError, match="before"):
         JoinedRead(CardJob, ("security_domain__organization",), ("id",)).rows(1)
+
+
+def test_a_fields_update_writes_as_save_with_update_fields(presented: Any) -> None:
+    session = CardSession.objects.order_by("created_at").first()
+    assert session is not None
+    before = session.updated_at
+    update = FieldsUpdate(CardSession, ("state", "engine_state", "sealed_channel", "exchange", "updated_at"))
+    session.state = CardSession.State.EXPIRED
+    session.engine_state = {"phase": "done", "jobs": [1, 2], "nested": {"a": None}}
+    session.sealed_channel = b"\x00\x01sealed"
+    session.exchange = 41
+    session.closed_reason = "not in the update: stays as stored"
+    with CaptureQueriesContext(connection) as captured:
+        update.save(session)
+    assert len(captured.captured_queries) == 1
+    stored = CardSession.objects.get(pk=session.pk)
+    assert stored.state == CardSession.State.EXPIRED and stored.exchange == 41
+    assert stored.engine_state == {"phase": "done", "jobs": [1, 2], "nested": {"a": None}}
+    assert bytes(stored.sealed_channel) == b"\x00\x01sealed"
+    assert stored.updated_at > before  # auto_now, as save() sets it
+    assert stored.closed_reason != "not in the update: stays as stored"
+    CardSession.objects.filter(pk=session.pk).delete()
+    with pytest.raises(DatabaseError):
+        update.save(session)

@@ -1,5 +1,7 @@
-"""Prepared reads for the relay's hot path (issue 15): one model's rows, with some of its foreign
-keys' rows joined, as model instances, from SQL built once per process.
+"""Prepared statements for the relay's hot path (issue 15), built once per process from the
+models' metadata: reads of one model's rows with some of its foreign keys' rows joined, as model
+instances (:class:`JoinedRead`), and the UPDATE of a fixed set of a row's fields
+(:class:`FieldsUpdate`).
 
 The ORM compiles a query afresh on every call: for a ``select_related`` read of a few joined
 tables, that compilation (and matching the result columns back to the models) costs more web CPU
@@ -19,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.models import Field, ForeignKey, Model
 
 _M = TypeVar("_M", bound=Model)
@@ -176,6 +178,40 @@ class JoinedRead(Generic[_M]):
             if parent is not None and table.via is not None:
                 table.via.set_cached_value(parent, instance)
         return objects[0]
+
+
+class FieldsUpdate(Generic[_M]):
+    """``UPDATE`` of ``fields`` of one ``model`` row by primary key, as ``save(update_fields=…)``
+    writes it (each field's ``pre_save``, so ``auto_now`` times are set, and its database
+    preparation) without compiling the statement each time. The model must have no ``pre_save``
+    or ``post_save`` receivers and no ``save()`` of its own: neither runs here."""
+
+    def __init__(self, model: type[_M], fields: Sequence[str]) -> None:
+        self.model = model
+        self.fields: list[Field[Any, Any]] = []
+        for name in fields:
+            field = model._meta.get_field(name)
+            if not isinstance(field, Field):
+                raise TypeError(f"{name!r} is not a field of {model.__name__}")
+            self.fields.append(field)
+        self._sql: dict[str, str] = {}
+
+    def save(self, obj: _M) -> None:
+        connection = connections[DEFAULT_DB_ALIAS]
+        sql = self._sql.get(connection.vendor)
+        if sql is None:
+            quote = connection.ops.quote_name
+            assignments = ", ".join(f"{quote(f.column)} = %s" for f in self.fields)
+            table = quote(self.model._meta.db_table)
+            sql = self._sql[connection.vendor] = (
+                f"UPDATE {table} SET {assignments} WHERE {quote(str(self.model._meta.pk.column))} = %s"  # noqa: S608
+            )
+        values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in self.fields]
+        values.append(self.model._meta.pk.get_db_prep_value(obj.pk, connection))
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+            if cursor.rowcount != 1:
+                raise DatabaseError(f"{self.model.__name__} {obj.pk}: the update did not affect one row")
 
 
 def _pk_of(value: Any) -> Any:

@@ -108,6 +108,11 @@ class Card(models.Model):
     def __str__(self) -> str:
         return f"card {self.cin}"
 
+    @property
+    def is_live(self) -> bool:
+        """What :attr:`LIVE` selects, for a card already read."""
+        return self.lifecycle != Card.Lifecycle.TERMINATED and self.standing != Card.Standing.TERMINATED
+
 
 class SecurityDomain(models.Model):
     """The ISD or a bank's SSD on one card."""

@@ -54,6 +54,7 @@ class JoinedRead(Generic[_M]):
         self.where = tuple(where)
         self.lock = lock
         self._built: dict[tuple[str, tuple[int, ...]], tuple[str, list[_Table]]] = {}
+        self._counts: dict[tuple[str, tuple[int, ...]], str] = {}
 
     # -- building (once per database vendor and IN-list lengths)
     def _build(self, connection: Any, in_lengths: tuple[int, ...]) -> tuple[str, list[_Table]]:
@@ -101,6 +102,15 @@ class JoinedRead(Generic[_M]):
             index_of[path] = len(tables)
             add(target, alias, index_of[parent_path], field)
 
+        sql = f"SELECT {', '.join(columns)} FROM {base_alias} {' '.join(joins)}"  # noqa: S608 - names from metadata
+        sql += self._where_sql(connection, in_lengths)
+        if self.lock and connection.features.has_select_for_update:
+            sql += f" FOR UPDATE OF {base_alias}" if connection.features.has_select_for_update_of else " FOR UPDATE"
+        return sql, tables
+
+    def _where_sql(self, connection: Any, in_lengths: tuple[int, ...]) -> str:
+        quote = connection.ops.quote_name
+        base_alias = quote(self.model._meta.db_table)
         conditions = []
         lengths = iter(in_lengths)
         for name in self.where:
@@ -113,19 +123,47 @@ class JoinedRead(Generic[_M]):
                 conditions.append(f"{column} IN ({', '.join(['%s'] * next(lengths))})")
             else:
                 conditions.append(f"{column} = %s")
-        sql = f"SELECT {', '.join(columns)} FROM {base_alias} {' '.join(joins)}"  # noqa: S608 - names from metadata
-        if conditions:
-            sql += " WHERE " + " AND ".join(conditions)
-        if self.lock and connection.features.has_select_for_update:
-            sql += f" FOR UPDATE OF {base_alias}" if connection.features.has_select_for_update_of else " FOR UPDATE"
-        return sql, tables
+        return " WHERE " + " AND ".join(conditions) if conditions else ""
 
     # -- reading
     def rows(self, *params: Any) -> list[_M]:
         """Every row matching; the parameters in the order of ``where``."""
+        connection = connections[DEFAULT_DB_ALIAS]
+        prepared = self._parameters(connection, params)
+        if prepared is None:
+            return []
+        values, in_lengths = prepared
+        key = (connection.vendor, in_lengths)
+        built = self._built.get(key)
+        if built is None:
+            built = self._built[key] = self._build(connection, in_lengths)
+        sql, tables = built
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+            found = cursor.fetchall()
+        return [self._instances(list(row), tables, connection) for row in found]
+
+    def count(self, *params: Any) -> int:
+        """How many rows match (the joins play no part)."""
+        connection = connections[DEFAULT_DB_ALIAS]
+        prepared = self._parameters(connection, params)
+        if prepared is None:
+            return 0
+        values, in_lengths = prepared
+        key = ("count:" + connection.vendor, in_lengths)
+        sql = self._counts.get(key)
+        if sql is None:
+            table = connection.ops.quote_name(self.model._meta.db_table)
+            sql = self._counts[key] = f"SELECT COUNT(*) FROM {table}" + self._where_sql(connection, in_lengths)  # noqa: S608
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+            return int(cursor.fetchone()[0])
+
+    def _parameters(self, connection: Any, params: tuple[Any, ...]) -> tuple[list[Any], tuple[int, ...]] | None:
+        """The statement's parameter values and IN-list lengths; None when an IN list is empty
+        (nothing can match)."""
         if len(params) != len(self.where):
             raise TypeError(f"{len(self.where)} parameters expected, got {len(params)}")
-        connection = connections[DEFAULT_DB_ALIAS]
         values: list[Any] = []
         in_lengths: list[int] = []
         for name, param in zip(self.where, params, strict=True):
@@ -136,20 +174,12 @@ class JoinedRead(Generic[_M]):
             if name.endswith("__in"):
                 items = [_pk_of(item) for item in param]
                 if not items:
-                    return []
+                    return None
                 in_lengths.append(len(items))
                 values += [target.get_db_prep_value(item, connection) for item in items]
             else:
                 values.append(target.get_db_prep_value(_pk_of(param), connection))
-        key = (connection.vendor, tuple(in_lengths))
-        built = self._built.get(key)
-        if built is None:
-            built = self._built[key] = self._build(connection, key[1])
-        sql, tables = built
-        with connection.cursor() as cursor:
-            cursor.execute(sql, values)
-            found = cursor.fetchall()
-        return [self._instances(list(row), tables, connection) for row in found]
+        return values, tuple(in_lengths)
 
     def first(self, *params: Any) -> _M | None:
         """The row (``where`` names a unique key: at most one matches), or None."""

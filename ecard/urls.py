@@ -14,6 +14,7 @@ api_v1 = [
 ]
 
 urlpatterns = [
+    path("api/v1/", include("updates.relay_urls")),  # first: the relay's requests are the most frequent
     path("", include("portal.urls")),
     path("healthz", views.healthz, name="healthz"),
     path("accounts/", include("django.contrib.auth.urls")),

@@ -9,6 +9,7 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import exceptions, mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import BasePermission
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -225,9 +226,47 @@ class OpenSessionSerializer(serializers.Serializer):
     mode = serializers.ChoiceField(choices=CardSession.Mode.choices, default=CardSession.Mode.BATCH)
 
 
+MAX_RESPONSE_CHARS = 2 * 65538  # one R-APDU in hex: up to 65,536 data bytes and the status word
+
+
 class ExchangeSerializer(serializers.Serializer):
     exchange = serializers.IntegerField(min_value=1)
-    responses = serializers.ListField(child=serializers.CharField(max_length=2 * 65538), min_length=1, max_length=2048)
+    responses = serializers.ListField(
+        child=serializers.CharField(max_length=MAX_RESPONSE_CHARS),
+        min_length=1,
+        max_length=services.MAX_BATCH_RESPONSES,
+    )
+
+
+def _open_payload(data: Any) -> str:
+    """The session mode. A well-formed body is read directly; anything else goes through
+    :class:`OpenSessionSerializer`, whose errors are the API's (the relay's hot path builds no
+    serializer per request)."""
+    if isinstance(data, dict) and set(data) <= {"mode"}:
+        mode = data.get("mode", CardSession.Mode.BATCH)
+        if isinstance(mode, str) and mode in CardSession.Mode.values:
+            return mode
+    payload = OpenSessionSerializer(data=data)
+    payload.is_valid(raise_exception=True)
+    return str(payload.validated_data["mode"])
+
+
+def _exchange_payload(data: Any) -> tuple[int, list[str]]:
+    """The exchange number and responses, as :func:`_open_payload` reads the mode: directly when
+    well formed, else through :class:`ExchangeSerializer` (and its errors)."""
+    if isinstance(data, dict):
+        number, responses = data.get("exchange"), data.get("responses")
+        if (
+            type(number) is int
+            and number >= 1
+            and type(responses) is list
+            and 1 <= len(responses) <= services.MAX_BATCH_RESPONSES
+            and all(type(r) is str and r.strip() and len(r) <= MAX_RESPONSE_CHARS for r in responses)
+        ):
+            return number, [r.strip() for r in responses]
+    payload = ExchangeSerializer(data=data)
+    payload.is_valid(raise_exception=True)
+    return payload.validated_data["exchange"], payload.validated_data["responses"]
 
 
 class RelaySessionsApi(APIView):
@@ -236,12 +275,12 @@ class RelaySessionsApi(APIView):
     authentication_classes = (AgentTokenAuthentication,)
     permission_classes = (IsAgent,)
     throttle_classes = RELAY_THROTTLES
+    renderer_classes = (JSONRenderer,)  # agents speak JSON: no content negotiation among renderers
 
     @extend_schema(request=OpenSessionSerializer, responses={201: RELAY_ANSWER})
     def post(self, request: Request) -> Response:
-        payload = OpenSessionSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
-        answer = services.open_session(credential=agent_credential(request), mode=payload.validated_data["mode"])
+        mode = _open_payload(request.data)
+        answer = services.open_session(credential=agent_credential(request), mode=mode)
         return Response(answer.as_json(), status=status.HTTP_201_CREATED)
 
 
@@ -254,16 +293,13 @@ class RelayExchangeApi(APIView):
     authentication_classes = (AgentTokenAuthentication,)
     permission_classes = (IsAgent,)
     throttle_classes = RELAY_THROTTLES
+    renderer_classes = (JSONRenderer,)
 
     @extend_schema(request=ExchangeSerializer, responses={200: RELAY_ANSWER})
     def post(self, request: Request, session_id: str) -> Response:
-        payload = ExchangeSerializer(data=request.data)
-        payload.is_valid(raise_exception=True)
+        number, responses = _exchange_payload(request.data)
         answer = services.exchange(
-            session_id=session_id,
-            credential=agent_credential(request),
-            number=payload.validated_data["exchange"],
-            responses=payload.validated_data["responses"],
+            session_id=session_id, credential=agent_credential(request), number=number, responses=responses
         )
         if answer.session.state == CardSession.State.REJECTED:
             raise SessionRejectedError(answer.session.closed_reason)

@@ -327,6 +327,8 @@ ENGINE_JOB_BY_ID: JoinedRead[CardJob] = JoinedRead(CardJob, ENGINE_JOB_RELATED, 
 CARD_BY_CIN: JoinedRead[Card] = JoinedRead(Card, ("issued_by",), ("cin",))
 SD_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, (), ("card", "aid"))
 SD_WITH_OWNER_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, ("organization",), ("card", "aid"))
+CARDS_OF_HOLDER: JoinedRead[Card] = JoinedRead(Card, ("issued_by",), ("holder",))
+OPEN_JOBS_OF_CARD: JoinedRead[CardJob] = JoinedRead(CardJob, (), ("card", "state__in"))
 JOB_STARTED: FieldsUpdate[CardJob] = FieldsUpdate(CardJob, ("attempts", "state", "started_at"))
 JOB_FINISHED: FieldsUpdate[CardJob] = FieldsUpdate(CardJob, ("state", "finished_at", "last_error"))
 
@@ -1120,7 +1122,8 @@ class SessionEngine:
         if credential.user_id is None:
             return []  # a terminal presents any card: there is no card to presume
         # the first by CIN, chosen here (a holder has a card or two) rather than by an ORDER BY
-        card = min(Card.objects.filter(Card.LIVE, holder_id=credential.user_id).order_by(), key=_cin, default=None)
+        live = (card for card in CARDS_OF_HOLDER.rows(credential.user_id) if card.is_live)
+        card = min(live, key=_cin, default=None)
         if card is None:
             return []
         try:
@@ -1136,13 +1139,9 @@ class SessionEngine:
             job_sd = job.security_domain
             if job_sd is not None and job_sd.aid == stage.sd_aid():
                 failures: int | None = job_sd.auth_failures  # read with the job
-            else:  # the ISD: its failure count only (the record is read when the card has identified)
-                failures = (
-                    SecurityDomain.objects.filter(card_id=card.pk, aid=stage.sd_aid())
-                    .order_by()
-                    .values_list("auth_failures", flat=True)
-                    .first()
-                )
+            else:  # the ISD: its failure count (the record is read again when the card has identified)
+                isd = SD_BY_AID.first(card.pk, stage.sd_aid())
+                failures = isd.auth_failures if isd is not None else None
             if failures:
                 return []  # the refusal rules of _open_stage speak first
             # Key choices, not the policy's preflight: that one speaks (and audits) once the card
@@ -1728,14 +1727,9 @@ class SessionEngine:
         if hasattr(stage, "_security_domain") or (job_sd is not None and job_sd.aid == stage.sd_aid()):
             sd = stage.security_domain()  # read already, or the job's own (no query)
             sd_id, failures = (sd.pk, sd.auth_failures) if sd is not None else (None, 0)
-        else:  # only its count is needed here: not the whole record
-            row = (
-                SecurityDomain.objects.filter(card_id=stage.card.pk, aid=stage.sd_aid())
-                .order_by()
-                .values_list("pk", "auth_failures")
-                .first()
-            )
-            sd_id, failures = row if row is not None else (None, 0)
+        else:  # only its count is needed here
+            record = SD_BY_AID.first(stage.card.pk, stage.sd_aid())
+            sd_id, failures = (record.pk, record.auth_failures) if record is not None else (None, 0)
         if sd_id is not None and failures:
             SecurityDomain.objects.filter(pk=sd_id).update(auth_failures=0)
             AuthRefusal.objects.filter(security_domain_id=sd_id).delete()
@@ -2040,7 +2034,7 @@ class SessionEngine:
         finished = self.state.get("finished", [])
         remaining = 0
         if self.session.card_id:
-            remaining = self.session.card.jobs.filter(state__in=CardJob.OPEN_STATES).count()
+            remaining = OPEN_JOBS_OF_CARD.count(self.session.card_id, CardJob.OPEN_STATES)
         return Batch(commands=[], done=True, progress=self.progress(), result={"jobs": finished, "pending": remaining})
 
 

@@ -10,8 +10,6 @@ router.register("agent-credentials", apis.AgentCredentialViewSet, basename="agen
 router.register("terminal-credentials", apis.TerminalCredentialViewSet, basename="terminal-credential")
 
 urlpatterns = [
-    path("relay/sessions/", apis.RelaySessionsApi.as_view(), name="relay-sessions"),
-    path("relay/sessions/<uuid:session_id>/exchanges/", apis.RelayExchangeApi.as_view(), name="relay-exchange"),
     path("personalization/", personalization_apis.PersonalizationApi.as_view(), name="personalization"),
     path("releases/<int:pk>/approve/", apis.ApproveReleaseApi.as_view(), name="release-approve"),
     path("releases/<int:pk>/reject/", apis.RejectReleaseApi.as_view(), name="release-reject"),

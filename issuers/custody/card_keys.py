@@ -12,6 +12,7 @@ from typing import Literal
 from django.core.signals import setting_changed
 
 from ecard.errors import ServiceError
+from ecard.prepared_sql import JoinedRead
 from gp.keys import StaticKeys, diversify
 from gp.scp import SCP02, SCP03
 from issuers.custody.keysets import Algorithm, Purpose, load_secret_key, load_static_keys
@@ -108,6 +109,13 @@ def _master_secret(master: KeySet) -> bytes:
     return key
 
 
+# The agency's active diversification masters with their KEKs, read at every ISD channel opening:
+# a prepared statement (ecard.prepared_sql).
+_ACTIVE_MASTERS: JoinedRead[KeySet] = JoinedRead(
+    KeySet, ("kek",), ("organization", "purpose", "algorithm", "state", "card_cin", "sd_aid")
+)
+
+
 def card_isd_keys(
     agency: Organization,
     card_cin: str,
@@ -128,19 +136,11 @@ def card_isd_keys(
     algorithm = _SCHEME_ALGORITHM.get(scheme)
     if algorithm is None:
         raise ServiceError(f"unknown diversification scheme {scheme!r}", field="scheme")
-    masters = KeySet.objects.filter(
-        organization=agency,
-        purpose=Purpose.DIVERSIFICATION_MASTER,
-        algorithm=algorithm,
-        state=KeySet.State.ACTIVE,
-        card_cin="",
-        sd_aid="",
-    )
+    masters = _ACTIVE_MASTERS.rows(agency.pk, Purpose.DIVERSIFICATION_MASTER, algorithm, KeySet.State.ACTIVE, "", "")
     if kvn is not None:
-        masters = masters.filter(kvn=kvn)
-    # The highest KVN, chosen here among the few active masters rather than by an ORDER BY (with
-    # one, Django matches every selected column, the KEK's too, against it).
-    master = max(masters.select_related("kek").order_by(), key=lambda m: m.kvn, default=None)
+        masters = [m for m in masters if m.kvn == kvn]
+    # The highest KVN, chosen here among the few active masters rather than by an ORDER BY.
+    master = max(masters, key=lambda m: m.kvn, default=None)
     if master is None:
         raise CustodyError(f"no active {algorithm} diversification master for {agency.slug}")
     return diversify(scheme, _master_secret(master), bytes(kdd), master.kvn)

@@ -35,6 +35,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ecard.errors import ServiceError
+from ecard.prepared_sql import JoinedRead
 from issuers.custody.kek import ensure_org_kek
 from issuers.custody_models import KeyEncryptionKey
 from issuers.keyvault import KekUnavailableError, UnwrapError, encode_aad, get_backend
@@ -175,10 +176,13 @@ def seal_channel_state(org: Organization, state: Mapping[str, Any], *, context: 
     )
 
 
+# Read on every relay exchange that opens a channel state: a prepared statement (ecard.prepared_sql).
+_KEK_BY_VERSION: JoinedRead[KeyEncryptionKey] = JoinedRead(KeyEncryptionKey, (), ("organization", "version"))
+
+
 def _sealing_kek(org: Organization, version: int) -> KeyEncryptionKey:
     """The KEK row of ``version`` that sealed a state, refused once destroyed or gone (one read)."""
-    # one per organisation and version: no ORDER BY (Django would match each selected column to it)
-    kek = next(iter(KeyEncryptionKey.objects.filter(organization=org, version=version).order_by()[:1]), None)
+    kek = _KEK_BY_VERSION.first(org.pk, version)  # one per organisation and version
     if kek is None or kek.state == KeyEncryptionKey.State.DESTROYED:
         _data_keys.forget(org.pk, version)
         from issuers.custody.card_keys import forget_master_keys  # late: card_keys imports this module

@@ -147,6 +147,16 @@ if ECARD_DB_REPLICA_URL:
     DATABASES["replica"]["TEST"] = {"MIRROR": "default"}
     DATABASE_ROUTERS = ["ecard.dbrouting.ReplicaRouter"]
     MIDDLEWARE.append("ecard.dbrouting.ReplicaReadsMiddleware")  # portal page reads go to the replica
+# PostgreSQL: parameters bound by the server, and a statement run twice on a connection prepared
+# there (psycopg's prepare_threshold): the relay repeats the same few statements, and PostgreSQL
+# then skips parsing and planning them (about a third of its CPU per card session,
+# docs/benchmarks.md). ECARD_DB_PREPARED=0 turns it off, e.g. behind PgBouncer in transaction
+# mode before 1.21, which cannot keep prepared statements.
+if (
+    DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
+    and os.environ.get("ECARD_DB_PREPARED", "1") == "1"
+):
+    DATABASES["default"].setdefault("OPTIONS", {}).update(server_side_binding=True, prepare_threshold=2)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     # WAL lets the agent's HTTP requests and in-process tasks read while one writes.

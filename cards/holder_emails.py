@@ -96,6 +96,8 @@ def work_done_after_commit(card: Card, *, session: str, finished: Iterable[dict[
     ]
     if not done or card.holder_id is None:
         return
+    if Card.holder.is_cached(card) and card.holder is not None and not card.holder.email:
+        return  # no address to write to (read with the card): no task
     card_id = card.pk
 
     def schedule() -> None:

@@ -17,7 +17,7 @@ writes inside its transaction).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -40,17 +40,28 @@ class _Table:
     parent: int | None
     via: ForeignKey | None
     pk_at: int  # the primary key's place among the model's values (None: no row joined)
+    attnames: tuple[str, ...]  # the fields read, in the statement's order (the others are deferred)
 
 
 class JoinedRead(Generic[_M]):
     """``model`` rows with the ``related`` foreign key paths joined (``"card"``,
     ``"card__issued_by"``), where every field of ``where`` equals its parameter (a name ending in
     ``__in`` takes a sequence). ``lock`` takes ``SELECT … FOR UPDATE OF`` the base row where the
-    database has it (PostgreSQL)."""
+    database has it (PostgreSQL). ``only`` names, for a joined path, the fields to read: the
+    others are deferred, as with ``QuerySet.only`` (loaded if something reads them)."""
 
-    def __init__(self, model: type[_M], related: Sequence[str], where: Sequence[str], *, lock: bool = False) -> None:
+    def __init__(
+        self,
+        model: type[_M],
+        related: Sequence[str],
+        where: Sequence[str],
+        *,
+        lock: bool = False,
+        only: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.model = model
         self.related = tuple(related)
+        self.only = {path: tuple(names) for path, names in (only or {}).items()}
         self.where = tuple(where)
         self.lock = lock
         self._built: dict[tuple[str, tuple[int, ...]], tuple[str, list[_Table]]] = {}
@@ -65,10 +76,14 @@ class JoinedRead(Generic[_M]):
         nullable_path: dict[str, bool] = {"": False}
         index_of: dict[str, int] = {"": 0}
 
-        def add(model: type[Model], alias: str, parent: int | None, via: ForeignKey | None) -> None:
+        def add(model: type[Model], alias: str, parent: int | None, via: ForeignKey | None, path: str) -> None:
             start = len(columns)
             converters = []
-            for offset, field in enumerate(model._meta.concrete_fields):
+            fields = list(model._meta.concrete_fields)
+            if path in self.only:
+                wanted = {model._meta.get_field(name).attname for name in self.only[path]}  # type: ignore[union-attr]
+                fields = [f for f in fields if f.attname in wanted or f is model._meta.pk]
+            for offset, field in enumerate(fields):
                 columns.append(f"{alias}.{quote(field.column)}")
                 expression = field.get_col(alias)
                 found = tuple(connection.ops.get_db_converters(expression)) + tuple(
@@ -76,11 +91,12 @@ class JoinedRead(Generic[_M]):
                 )
                 if found:
                     converters.append((start + offset, found, expression))
-            pk_at = list(model._meta.concrete_fields).index(model._meta.pk)
-            tables.append(_Table(model, alias, start, tuple(converters), parent, via, pk_at))
+            pk_at = fields.index(model._meta.pk)
+            attnames = tuple(f.attname for f in fields)
+            tables.append(_Table(model, alias, start, tuple(converters), parent, via, pk_at, attnames))
 
         base_alias = quote(self.model._meta.db_table)
-        add(self.model, base_alias, None, None)
+        add(self.model, base_alias, None, None, "")
         for number, path in enumerate(self.related, start=1):
             parent_path, _, name = path.rpartition("__")
             if parent_path not in index_of:
@@ -100,7 +116,7 @@ class JoinedRead(Generic[_M]):
                 f" = {parent.alias}.{quote(field.column)}"
             )
             index_of[path] = len(tables)
-            add(target, alias, index_of[parent_path], field)
+            add(target, alias, index_of[parent_path], field, path)
 
         sql = f"SELECT {', '.join(columns)} FROM {base_alias} {' '.join(joins)}"  # noqa: S608 - names from metadata
         sql += self._where_sql(connection, in_lengths)
@@ -193,16 +209,13 @@ class JoinedRead(Generic[_M]):
             for at, converters, expression in table.converters:
                 for convert in converters:
                     row[at] = convert(row[at], expression, connection)
-            fields = table.model._meta.concrete_fields
-            values = row[table.start : table.start + len(fields)]
+            values = row[table.start : table.start + len(table.attnames)]
             parent = objects[table.parent] if table.parent is not None else None
             if table.parent is not None and parent is None:
                 objects.append(None)  # under an empty nullable key
                 continue
             instance = (
-                None
-                if values[table.pk_at] is None
-                else table.model.from_db(DEFAULT_DB_ALIAS, [f.attname for f in fields], values)
+                None if values[table.pk_at] is None else table.model.from_db(DEFAULT_DB_ALIAS, table.attnames, values)
             )
             objects.append(instance)
             if parent is not None and table.via is not None:

@@ -100,8 +100,10 @@ def _fresh_channel_data_keys() -> Iterator[None]:
     production never reuses, so a key remembered from an earlier test would name a KEK it no
     longer has."""
     from issuers.custody.sealing import forget_data_keys
+    from updates import services
 
     forget_data_keys()
+    services._local_credentials.clear()  # and this process's copies of looked-up credentials
     yield
 
 

@@ -7,6 +7,7 @@ import hmac
 import logging
 import re
 import secrets
+import time
 from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -172,11 +173,14 @@ def _cache_key(key_id: str) -> str:
 def forget_credentials(key_ids: Iterable[str]) -> None:
     """Drop cached credentials now and again once the current transaction commits (a lookup
     between the two could cache the row as it was before the change)."""
+    key_ids = list(key_ids)
     keys = [_cache_key(k) for k in key_ids]
     if not keys:
         return
 
     def drop() -> None:
+        for key_id in key_ids:
+            _local_credentials.pop(key_id, None)
         try:
             cache.delete_many(keys)
         except Exception:  # the cache is an optimisation: the TTL still bounds a stale entry
@@ -210,9 +214,20 @@ def _usable(value: dict[str, Any]) -> bool:
     return value["user_id"] is not None and bool(value["user__is_active"])
 
 
+# In front of the shared cache, each process keeps what it looked up for a second: a device's
+# session is three requests in a second or two, and a terminal's many more. Revocation in this
+# process drops it at once (forget_credentials); another process's copy lives at most this long.
+LOCAL_CREDENTIAL_SECONDS = float(getattr(settings, "ECARD_LOCAL_CREDENTIAL_SECONDS", 1.0))
+_local_credentials: dict[str, tuple[float, dict[str, Any]]] = {}
+
+
 def _lookup(key_id: str) -> dict[str, Any] | None:
-    """The credential a key id names, as plain values, through the cache (only usable credentials
-    are cached)."""
+    """The credential a key id names, as plain values, through the process's copy and the cache
+    (only usable credentials are kept)."""
+    now = time.monotonic()
+    local = _local_credentials.get(key_id)
+    if local is not None and local[0] > now:
+        return local[1]
     key = _cache_key(key_id)
     try:
         cached = cache.get(key)
@@ -220,6 +235,7 @@ def _lookup(key_id: str) -> dict[str, Any] | None:
         logger.warning("credential cache unavailable", exc_info=True)
         cached = None
     if isinstance(cached, dict) and cached.get("key_id") == key_id:
+        _keep_locally(key_id, cached, now)
         return cached
     value = AgentCredential.objects.filter(key_id=key_id).values(*_CACHED_FIELDS).first()
     if value is not None and _usable(value):
@@ -227,7 +243,17 @@ def _lookup(key_id: str) -> dict[str, Any] | None:
             cache.set(key, value, CREDENTIAL_CACHE_SECONDS)
         except Exception:
             logger.warning("credential cache unavailable", exc_info=True)
+        _keep_locally(key_id, value, now)
     return value
+
+
+def _keep_locally(key_id: str, value: dict[str, Any], now: float) -> None:
+    if LOCAL_CREDENTIAL_SECONDS <= 0:
+        return
+    if len(_local_credentials) >= 10_000:  # bounded: drop the expired, or all if none is
+        for stale in [k for k, (until, _v) in _local_credentials.items() if until <= now] or list(_local_credentials):
+            _local_credentials.pop(stale, None)
+    _local_credentials[key_id] = (now + LOCAL_CREDENTIAL_SECONDS, value)
 
 
 def _partial(model: Any, values: dict[str, Any]) -> Any:
@@ -501,10 +527,15 @@ def exchange(*, session_id: Any, credential: AgentCredential, number: int, respo
     return answer
 
 
-# The session row under lock, with its card (and the card's issuer) and the organisation whose KEK
-# sealed its channel state: the first read of every exchange, as a prepared statement.
+# The session row under lock, with its card (the card's issuer, and its holder's e-mail address
+# only) and the organisation whose KEK sealed its channel state: the first read of every exchange,
+# as a prepared statement.
 _SESSION_FOR_UPDATE: JoinedRead[CardSession] = JoinedRead(
-    CardSession, ("card", "card__issued_by", "sealed_by"), ("id", "credential"), lock=True
+    CardSession,
+    ("card", "card__issued_by", "card__holder", "sealed_by"),
+    ("id", "credential"),
+    lock=True,
+    only={"card__holder": ("email",)},
 )
 
 

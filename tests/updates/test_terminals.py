@@ -360,3 +360,20 @@ def test_a_deleted_credential_is_not_accepted_from_the_cache() -> None:
     assert services.authenticate_agent(world.token) is not None  # warm
     world.citizen.delete()  # the device credential goes with its holder
     assert services.authenticate_agent(world.token) is None
+
+
+def test_another_process_revocation_is_honoured_within_the_local_copys_second(monkeypatch: Any) -> None:
+    """Each process keeps a looked-up credential for LOCAL_CREDENTIAL_SECONDS in front of the
+    shared cache. A revocation made by another process (its row written, the shared entry
+    dropped, this process's copy untouched) is refused here once that second is over."""
+    world = build_ota_world()
+    clock = [1000.0]
+    monkeypatch.setattr(services.time, "monotonic", lambda: clock[0])
+    assert services.authenticate_agent(world.token) is not None  # this process's copy is warm
+    key_id = world.token.split("_")[1]
+    AgentCredential.objects.filter(key_id=key_id).update(revoked_at="2026-01-01T00:00:00Z")
+    cache.delete(services._cache_key(key_id))  # what the other process's forget_credentials does here
+    clock[0] += services.LOCAL_CREDENTIAL_SECONDS / 2
+    assert services.authenticate_agent(world.token) is not None  # still this process's copy
+    clock[0] += services.LOCAL_CREDENTIAL_SECONDS
+    assert services.authenticate_agent(world.token) is None

@@ -179,7 +179,7 @@ def record_event(
         pending.rows.append(row)  # inserted with the others of the batch (see events_together)
         return row
     if connection.vendor == "postgresql":
-        _insert_postgresql(row)
+        _insert_postgresql([row])
     else:
         row.save(force_insert=True)
     _sequence_after_commit()
@@ -228,11 +228,10 @@ def append_entries(rows: list[AuditEntry]) -> None:
         return
     if not connection.in_atomic_block:
         raise RuntimeError("append_entries must run inside the transaction of the changes it records")
-    if len(rows) == 1:
-        if connection.vendor == "postgresql":
-            _insert_postgresql(rows[0])
-        else:
-            rows[0].save(force_insert=True)
+    if connection.vendor == "postgresql":
+        _insert_postgresql(rows)
+    elif len(rows) == 1:
+        rows[0].save(force_insert=True)
     else:
         for row in rows:
             pre_save.send(sender=AuditEntry, instance=row, raw=False, using=connection.alias, update_fields=None)
@@ -248,24 +247,31 @@ _INSERT_FIELDS = [f for f in AuditEntry._meta.concrete_fields if f.attname not i
 
 
 @functools.cache
-def _insert_sql() -> str:
+def _insert_sql(count: int) -> str:
     table = _q(AuditEntry._meta.db_table)
     columns = ", ".join(_q(f.column) for f in _INSERT_FIELDS)
-    placeholders = ", ".join(["%s"] * len(_INSERT_FIELDS))
-    return f"INSERT INTO {table} ({columns}) VALUES ({placeholders}) RETURNING id"  # noqa: S608
+    row = "(" + ", ".join(["%s"] * len(_INSERT_FIELDS)) + ")"
+    return f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * count)} RETURNING id"  # noqa: S608
 
 
-def _insert_postgresql(row: AuditEntry) -> None:
-    """``row.save(force_insert=True)`` without the ORM's per-call SQL compilation (same statement,
-    same signals: listeners such as the test suite's key leak scan rely on them)."""
-    pre_save.send(sender=AuditEntry, instance=row, raw=False, using=connection.alias, update_fields=None)
-    values = [f.get_db_prep_save(f.pre_save(row, True), connection) for f in _INSERT_FIELDS]
+def _insert_postgresql(rows: list[AuditEntry]) -> None:
+    """``save(force_insert=True)`` of each row in one INSERT, without the ORM's per-call SQL
+    compilation (same signals: listeners such as the test suite's key leak scan rely on them).
+    PostgreSQL returns the ids of a multi-row VALUES in its order, as bulk_create relies on."""
+    values: list[Any] = []
+    for row in rows:
+        pre_save.send(sender=AuditEntry, instance=row, raw=False, using=connection.alias, update_fields=None)
+        values += [f.get_db_prep_save(f.pre_save(row, True), connection) for f in _INSERT_FIELDS]
     with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(), values)
-        row.pk = cursor.fetchone()[0]
-    row._state.adding = False
-    row._state.db = connection.alias
-    post_save.send(sender=AuditEntry, instance=row, created=True, update_fields=None, raw=False, using=connection.alias)
+        cursor.execute(_insert_sql(len(rows)), values)
+        ids = [found[0] for found in cursor.fetchall()]
+    for row, pk in zip(rows, ids, strict=True):
+        row.pk = pk
+        row._state.adding = False
+        row._state.db = connection.alias
+        post_save.send(
+            sender=AuditEntry, instance=row, created=True, update_fields=None, raw=False, using=connection.alias
+        )
 
 
 # --------------------------------------------------------------------------- the sequencer

@@ -329,6 +329,7 @@ SD_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, (), ("card", 
 SD_WITH_OWNER_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, ("organization",), ("card", "aid"))
 CARDS_OF_HOLDER: JoinedRead[Card] = JoinedRead(Card, ("issued_by",), ("holder",))
 OPEN_JOBS_OF_CARD: JoinedRead[CardJob] = JoinedRead(CardJob, (), ("card", "state__in"))
+SD_LIFECYCLE_UPDATE: FieldsUpdate[SecurityDomain] = FieldsUpdate(SecurityDomain, ("lifecycle", "updated_at"))
 JOB_STARTED: FieldsUpdate[CardJob] = FieldsUpdate(CardJob, ("attempts", "state", "started_at"))
 JOB_FINISHED: FieldsUpdate[CardJob] = FieldsUpdate(CardJob, ("state", "finished_at", "last_error"))
 
@@ -968,6 +969,30 @@ def _registry_sql() -> str:
     )
 
 
+def _supersede_open_sessions(session_model: type[Model], card_id: int, session_id: Any) -> None:
+    """Close the card's other open sessions (expired, channel state dropped), as one prepared
+    UPDATE: every identification runs it, and it usually matches nothing."""
+    own_id = session_model._meta.get_field("id").get_db_prep_value(session_id, connection)  # type: ignore[union-attr]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _supersede_sql(session_model), ["expired", "superseded by a new presentation", card_id, "open", own_id]
+        )
+
+
+@functools.cache
+def _supersede_sql(session_model: type[Model]) -> str:
+    meta = session_model._meta
+    quote = connection.ops.quote_name
+
+    def col(name: str) -> str:
+        return quote(str(meta.get_field(name).column))  # type: ignore[union-attr]
+
+    return (
+        f"UPDATE {quote(meta.db_table)} SET {col('state')} = %s, {col('closed_reason')} = %s, "  # noqa: S608
+        f"{col('sealed_channel')} = NULL WHERE {col('card')} = %s AND {col('state')} = %s AND {col('id')} <> %s"
+    )
+
+
 def _version_bytes(version: str) -> bytes | None:
     try:
         major, minor = (int(x) for x in version.split("."))
@@ -983,9 +1008,11 @@ def apply_effects(stage: Stage, effects: Iterable[Effect]) -> None:
     sd = stage.job.security_domain
     for effect in effects:
         if isinstance(effect, SdLifecycle):
-            SecurityDomain.objects.filter(pk=effect.sd).update(lifecycle=effect.lifecycle, updated_at=now)
             if sd is not None and sd.pk == effect.sd:
                 sd.lifecycle = effect.lifecycle
+                SD_LIFECYCLE_UPDATE.save(sd)  # the job's own SD (the usual case): a prepared UPDATE
+            else:
+                SecurityDomain.objects.filter(pk=effect.sd).update(lifecycle=effect.lifecycle, updated_at=now)
         elif isinstance(effect, SdKeyVersion):
             SecurityDomain.objects.filter(pk=effect.sd).update(key_kvn=effect.kvn, updated_at=now)
             if sd is not None and sd.pk == effect.sd:
@@ -1402,9 +1429,7 @@ class SessionEngine:
         self.session.card = card
         # One presentation at a time: an earlier session of this card that was never finished
         # (card pulled, connection lost) is closed now; its jobs resume here.
-        type(self.session).objects.filter(card=card, state="open").exclude(pk=self.session.pk).update(
-            state="expired", closed_reason="superseded by a new presentation", sealed_channel=None
-        )
+        _supersede_open_sessions(type(self.session), card.pk, self.session.pk)
         now = timezone.now()
         first_attempts: set[int] = set()
         for job in presentable:

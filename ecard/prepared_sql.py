@@ -257,5 +257,35 @@ class FieldsUpdate(Generic[_M]):
                 raise DatabaseError(f"{self.model.__name__} {obj.pk}: the update did not affect one row")
 
 
+class RowInsert(Generic[_M]):
+    """``INSERT`` of a new ``model`` row with every concrete field, as ``save(force_insert=True)``
+    writes it (``pre_save`` of each field, so ``auto_now_add`` times are set) for a model whose
+    primary key the application makes (a UUID): no statement compiled per call, no id read back.
+    The model must have no ``pre_save``/``post_save`` receivers and no ``save()`` of its own."""
+
+    def __init__(self, model: type[_M]) -> None:
+        pk = model._meta.pk
+        if pk is None or getattr(pk, "db_returning", False):
+            raise TypeError(f"{model.__name__}: its database makes the primary key; use save()")
+        self.model = model
+        self.fields: list[Field[Any, Any]] = list(model._meta.concrete_fields)
+        self._sql: dict[str, str] = {}
+
+    def insert(self, obj: _M) -> None:
+        connection = connections[DEFAULT_DB_ALIAS]
+        sql = self._sql.get(connection.vendor)
+        if sql is None:
+            quote = connection.ops.quote_name
+            columns = ", ".join(quote(f.column) for f in self.fields)
+            placeholders = ", ".join(["%s"] * len(self.fields))
+            table = quote(self.model._meta.db_table)
+            sql = self._sql[connection.vendor] = f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"  # noqa: S608
+        values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in self.fields]
+        with connection.cursor() as cursor:
+            cursor.execute(sql, values)
+        obj._state.adding = False
+        obj._state.db = DEFAULT_DB_ALIAS
+
+
 def _pk_of(value: Any) -> Any:
     return value.pk if isinstance(value, Model) else value

@@ -25,7 +25,7 @@ from audit.services import events_together, record_event, relayed_by
 from cards import holder_emails
 from cards.models import CardJob
 from ecard.errors import ServiceError
-from ecard.prepared_sql import FieldsUpdate, JoinedRead
+from ecard.prepared_sql import FieldsUpdate, JoinedRead, RowInsert
 from gp.errors import LocalProtocolError
 from gp.scp11.constants import SCP11_ID
 from issuers.keyvault import CustodyError
@@ -428,13 +428,14 @@ _SESSION_FIELDS = (
 
 
 _SESSION_UPDATE: FieldsUpdate[CardSession] = FieldsUpdate(CardSession, _SESSION_FIELDS)
+_SESSION_INSERT: RowInsert[CardSession] = RowInsert(CardSession)
 
 
 def _save_session(session: CardSession) -> None:
     """Write the session: INSERT for one opened in this exchange, else one UPDATE of the fields an
     exchange changes."""
     if session._state.adding:
-        session.save(force_insert=True)
+        _SESSION_INSERT.insert(session)
     else:
         _SESSION_UPDATE.save(session)
 

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from agent.core import run_session
 from cards.models import Card, CardJob, SecurityDomain
-from ecard.prepared_sql import FieldsUpdate, JoinedRead
+from ecard.prepared_sql import FieldsUpdate, JoinedRead, RowInsert
 from tests.otakit import ApiServer, build_ota_world, enroll
 from updates.models import CardSession
 
@@ -127,3 +127,43 @@ def test_a_fields_update_writes_as_save_with_update_fields(presented: Any) -> No
     CardSession.objects.filter(pk=session.pk).delete()
     with pytest.raises(DatabaseError):
         update.save(session)
+
+
+def test_a_row_insert_writes_as_save_with_force_insert(presented: Any) -> None:
+    model_session = CardSession.objects.order_by("created_at").first()
+    assert model_session is not None
+    new = CardSession(
+        credential_id=model_session.credential_id,
+        card_id=model_session.card_id,
+        engine_state={"phase": "identify", "jobs": []},
+        expires_at=model_session.expires_at,
+    )
+    with CaptureQueriesContext(connection) as captured:
+        RowInsert(CardSession).insert(new)
+    assert len(captured.captured_queries) == 1 and not new._state.adding
+    stored = CardSession.objects.get(pk=new.pk)
+    assert field_values(stored) == field_values(new)
+    assert stored.created_at is not None and stored.created_at == new.created_at  # auto_now_add, as save() sets it
+    with pytest.raises(TypeError):
+        RowInsert(CardJob)  # the database makes its ids: save() reads them back
+
+
+def test_a_prepared_count_counts_as_the_orm(presented: Any) -> None:
+    card = Card.objects.get(pk=presented.card.pk)
+    for states in ([CardJob.State.DONE], [CardJob.State.PENDING, CardJob.State.RUNNING], []):
+        assert JOBS_READ.count(card, states) == CardJob.objects.filter(card=card, state__in=states).count()
+
+
+def test_only_defers_the_other_fields_of_a_joined_row(presented: Any) -> None:
+    read: JoinedRead[CardSession] = JoinedRead(
+        CardSession, ("card", "card__holder"), ("id",), only={"card__holder": ("email",)}
+    )
+    session = CardSession.objects.exclude(card=None).order_by("created_at").first()
+    assert session is not None
+    with CaptureQueriesContext(connection) as captured:
+        found = read.first(session.pk)
+        assert found is not None and found.card is not None and found.card.holder is not None
+        assert found.card.holder.email == presented.citizen.email
+    assert len(captured.captured_queries) == 1
+    assert "password" not in captured.captured_queries[0]["sql"]
+    assert found.card.holder.get_deferred_fields() >= {"password", "username"}

@@ -25,6 +25,9 @@ Gunicorn's own log records are JSON lines like the application's (``ecard.observ
 from __future__ import annotations
 
 import os
+from typing import Any
+
+from gunicorn import glogging  # type: ignore[import-untyped]
 
 
 def _int(name: str, default: int) -> int:
@@ -67,6 +70,18 @@ else:
 # The application logs one JSON access line per request with its request id (ecard.access);
 # gunicorn's own access log would duplicate it without the id.
 accesslog = None
+
+
+class _NoAccessLog(glogging.Logger):
+    """Gunicorn's logger without its access lines: the application writes one JSON line per request
+    (``ecard.access``, with the request id), and with a ``logconfig_dict`` gunicorn would format
+    its own for every request only to drop it."""
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        return None
+
+
+logger_class = _NoAccessLog
 errorlog = os.environ.get("GUNICORN_ERRORLOG", "-")
 loglevel = os.environ.get("GUNICORN_LOGLEVEL", "info")
 capture_output = False

@@ -69,7 +69,7 @@ clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache .hypothesis
 
 # --- production topology on one machine (docs/deploy.md) -----------------------------------
-.PHONY: prod-local prod-local-stop prod-local-status bench-load bench-load-delegated profile-load
+.PHONY: prod-local prod-local-stop prod-local-status bench-load bench-load-delegated profile-load bench-session
 BENCH_AGENTS ?= 1,10,50,200
 BENCH_SECONDS ?= 20
 PROFILE_AGENTS ?= 50
@@ -100,6 +100,13 @@ BENCH_BASELINE ?= 1,50
 bench-load-delegated: install
 	bash scripts/prod_local.sh status >/dev/null || { echo "run make prod-local first" >&2; exit 1; }
 	$(PY) bench/bench_load.py --delegated --agents $(BENCH_AGENTS) --seconds $(BENCH_SECONDS) --baseline $(BENCH_BASELINE) $(if $(BENCH_SERVER),--server $(BENCH_SERVER)) $(BENCH_FLAGS)
+
+# The web tier's CPU per card session in one process (no prod-local needed): Python calls and SQL
+# statements per session (independent of the machine's load) and CPU times; PostgreSQL when
+# DATABASE_URL is set (its backend's CPU too), else SQLite. Printed, not written to the docs.
+BENCH_SESSIONS ?= 200
+bench-session: install
+	$(PY) bench/bench_session_cpu.py --sessions $(BENCH_SESSIONS)
 
 # The same load with py-spy on the web workers: writes the "Load profile" section (top frames) and
 # speedscope files into var/profile/ (redo it after engine changes).

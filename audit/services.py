@@ -51,6 +51,7 @@ from audit.merkle import CompactRange, ProofError, consistency_proof, frontier_c
 from audit.models import AuditEntry, Checkpoint, LogState, MerkleNode, WitnessCosignature, WitnessRefusal
 from audit.signing import LogSigningKey, checkpoint_signer
 from ecard.errors import ServiceError
+from ecard.prepared_sql import statement_cursor
 
 __all__ = [
     "LogCorruptError",
@@ -262,9 +263,9 @@ def _insert_postgresql(rows: list[AuditEntry]) -> None:
     for row in rows:
         pre_save.send(sender=AuditEntry, instance=row, raw=False, using=connection.alias, update_fields=None)
         values += [f.get_db_prep_save(f.pre_save(row, True), connection) for f in _INSERT_FIELDS]
-    with connection.cursor() as cursor:
-        cursor.execute(_insert_sql(len(rows)), values)
-        ids = [found[0] for found in cursor.fetchall()]
+    cursor = statement_cursor(connection)
+    cursor.execute(_insert_sql(len(rows)), values)
+    ids = [found[0] for found in cursor.fetchall()]
     for row, pk in zip(rows, ids, strict=True):
         row.pk = pk
         row._state.adding = False

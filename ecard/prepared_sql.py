@@ -154,9 +154,9 @@ class JoinedRead(Generic[_M]):
         if built is None:
             built = self._built[key] = self._build(connection, in_lengths)
         sql, tables = built
-        with connection.cursor() as cursor:
-            cursor.execute(sql, values)
-            found = cursor.fetchall()
+        cursor = statement_cursor(connection)
+        cursor.execute(sql, values)
+        found = cursor.fetchall()
         return [self._instances(list(row), tables, connection) for row in found]
 
     def count(self, *params: Any) -> int:
@@ -171,9 +171,9 @@ class JoinedRead(Generic[_M]):
         if sql is None:
             table = connection.ops.quote_name(self.model._meta.db_table)
             sql = self._counts[key] = f"SELECT COUNT(*) FROM {table}" + self._where_sql(connection, in_lengths)  # noqa: S608
-        with connection.cursor() as cursor:
-            cursor.execute(sql, values)
-            return int(cursor.fetchone()[0])
+        cursor = statement_cursor(connection)
+        cursor.execute(sql, values)
+        return int(cursor.fetchone()[0])
 
     def _parameters(self, connection: Any, params: tuple[Any, ...]) -> tuple[list[Any], tuple[int, ...]] | None:
         """The statement's parameter values and IN-list lengths; None when an IN list is empty
@@ -251,10 +251,10 @@ class FieldsUpdate(Generic[_M]):
             )
         values = [f.get_db_prep_save(f.pre_save(obj, False), connection) for f in self.fields]
         values.append(self.model._meta.pk.get_db_prep_value(obj.pk, connection))
-        with connection.cursor() as cursor:
-            cursor.execute(sql, values)
-            if cursor.rowcount != 1:
-                raise DatabaseError(f"{self.model.__name__} {obj.pk}: the update did not affect one row")
+        cursor = statement_cursor(connection)
+        cursor.execute(sql, values)
+        if cursor.rowcount != 1:
+            raise DatabaseError(f"{self.model.__name__} {obj.pk}: the update did not affect one row")
 
 
 class RowInsert(Generic[_M]):
@@ -281,10 +281,25 @@ class RowInsert(Generic[_M]):
             table = quote(self.model._meta.db_table)
             sql = self._sql[connection.vendor] = f"INSERT INTO {table} ({columns}) VALUES ({placeholders})"  # noqa: S608
         values = [f.get_db_prep_save(f.pre_save(obj, True), connection) for f in self.fields]
-        with connection.cursor() as cursor:
-            cursor.execute(sql, values)
+        statement_cursor(connection).execute(sql, values)
         obj._state.adding = False
         obj._state.db = DEFAULT_DB_ALIAS
+
+
+def statement_cursor(connection: Any) -> Any:
+    """A cursor for these statements: one database cursor per connection, kept while the
+    connection lives, in Django's wrapper (so query capture and error translation still apply).
+    Django opens a cursor per statement; reusing one spares the driver making its result loaders
+    afresh each time (psycopg keeps them per cursor)."""
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    raw = getattr(connection, "_prepared_sql_cursor", None)
+    if raw is None or getattr(raw, "connection", None) is not connection.connection or getattr(raw, "closed", False):
+        with connection.wrap_database_errors:
+            raw = connection.create_cursor()
+        connection._prepared_sql_cursor = raw
+    with connection.wrap_database_errors:
+        return connection._prepare_cursor(raw)
 
 
 def _pk_of(value: Any) -> Any:

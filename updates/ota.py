@@ -65,7 +65,7 @@ from cards.models import (
     SecurityDomain,
 )
 from ecard.errors import ServiceError
-from ecard.prepared_sql import FieldsUpdate, JoinedRead
+from ecard.prepared_sql import FieldsUpdate, JoinedRead, statement_cursor
 from gp import aids, commands, dap, dm
 from gp.apdu import SW
 from gp.cap import LoadFile
@@ -924,10 +924,10 @@ def expected_registry(stage: Stage) -> Registry:
     instances: list[tuple[str, str]] = []
     packages: list[tuple[str, str]] = []
     live = (SecurityDomain.State.ACTIVE, SecurityDomain.State.REMOVING)
-    with connection.cursor() as cursor:
-        cursor.execute(_registry_sql(), [stage.card.pk, *live, stage.card.pk, stage.card.pk])
-        for kind, aid, other in cursor.fetchall():
-            (sds, instances, packages)[kind].append((aid, other))
+    cursor = statement_cursor(connection)
+    cursor.execute(_registry_sql(), [stage.card.pk, *live, stage.card.pk, stage.card.pk])
+    for kind, aid, other in cursor.fetchall():
+        (sds, instances, packages)[kind].append((aid, other))
     apps = [
         commands.RegistryEntry(
             bytes.fromhex(aid), SD_LIFECYCLE_BYTES.get(lifecycle, SecurityDomainLifeCycle.PERSONALIZED), kind="sd"
@@ -973,10 +973,9 @@ def _supersede_open_sessions(session_model: type[Model], card_id: int, session_i
     """Close the card's other open sessions (expired, channel state dropped), as one prepared
     UPDATE: every identification runs it, and it usually matches nothing."""
     own_id = session_model._meta.get_field("id").get_db_prep_value(session_id, connection)  # type: ignore[union-attr]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _supersede_sql(session_model), ["expired", "superseded by a new presentation", card_id, "open", own_id]
-        )
+    statement_cursor(connection).execute(
+        _supersede_sql(session_model), ["expired", "superseded by a new presentation", card_id, "open", own_id]
+    )
 
 
 @functools.cache

@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from agent.core import run_session
 from cards.models import Card, CardJob, SecurityDomain
-from ecard.prepared_sql import FieldsUpdate, JoinedRead, RowInsert
+from ecard.prepared_sql import FieldsUpdate, JoinedRead, RowInsert, statement_cursor
 from tests.otakit import ApiServer, build_ota_world, enroll
 from updates.models import CardSession
 
@@ -167,3 +167,20 @@ def test_only_defers_the_other_fields_of_a_joined_row(presented: Any) -> None:
     assert len(captured.captured_queries) == 1
     assert "password" not in captured.captured_queries[0]["sql"]
     assert found.card.holder.get_deferred_fields() >= {"password", "username"}
+
+
+def test_the_statements_share_one_database_cursor_per_connection(presented: Any) -> None:
+    first, second = statement_cursor(connection), statement_cursor(connection)
+    assert first.cursor is second.cursor  # one driver cursor, each time in Django's wrapper
+    card = Card.objects.get(pk=presented.card.pk)
+    states = [CardJob.State.DONE]
+    jobs = JOBS_READ.rows(card, states)  # reads, counts and writes in turn on the shared cursor
+    assert JOBS_READ.count(card, states) == len(jobs) == CardJob.objects.filter(card=card, state__in=states).count()
+    session = CardSession.objects.order_by("created_at").first()
+    assert session is not None
+    FieldsUpdate(CardSession, ("exchange",)).save(session)
+    assert {j.pk for j in JOBS_READ.rows(card, states)} == {j.pk for j in jobs}
+    if hasattr(first.cursor, "closed"):  # psycopg: a cursor closed by someone else is replaced
+        first.cursor.close()
+        assert statement_cursor(connection).cursor is not first.cursor
+        assert JOBS_READ.count(card, states) == len(jobs)

@@ -1489,6 +1489,8 @@ class SessionEngine:
             return self._next_stage_or_job(advance_job=True)
         self.state["key_index"] = 0
         self.state["choices"] = [c.to_json() for c in choices]
+        # Whether the SD had refusals counted when this channel opened (see _card_authenticated).
+        self.state["opened_with_refusals"] = bool(sd is not None and sd.auth_failures)
         self.state.pop("key", None)
         self._channel = None
         if predicted is not None and opening and predicted["choices"] == self.state["choices"]:
@@ -1746,6 +1748,11 @@ class SessionEngine:
         if self.state.get("card_proved"):
             return
         self.state["card_proved"] = True
+        if self.state.get("opened_with_refusals") is False:
+            # None were counted when this channel opened (read then, in this session): nothing to
+            # clear, no read. One counted since by another reader stays until the SD's next
+            # proved channel: it can only stop the platform earlier, never let it spend a try.
+            return
         stage = self.stage()
         job_sd = stage.job.security_domain
         if hasattr(stage, "_security_domain") or (job_sd is not None and job_sd.aid == stage.sd_aid()):

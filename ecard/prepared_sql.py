@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.models import Field, ForeignKey, Model
@@ -124,22 +124,39 @@ class JoinedRead(Generic[_M]):
             sql += f" FOR UPDATE OF {base_alias}" if connection.features.has_select_for_update_of else " FOR UPDATE"
         return sql, tables
 
-    def _where_sql(self, connection: Any, in_lengths: tuple[int, ...]) -> str:
+    def _where_sql(self, connection: Any, in_lengths: tuple[int, ...], *, joined: bool = True) -> str:
         quote = connection.ops.quote_name
-        base_alias = quote(self.model._meta.db_table)
         conditions = []
         lengths = iter(in_lengths)
         for name in self.where:
-            field_name, is_in = (name[:-4], True) if name.endswith("__in") else (name, False)
-            where_field = self.model._meta.get_field(field_name)
-            if not isinstance(where_field, Field):
-                raise TypeError(f"{name!r} is not a field of {self.model.__name__}")
-            column = f"{base_alias}.{quote(where_field.column)}"
+            path, field, is_in = self._condition(name)
+            if path and not joined:
+                raise TypeError(f"{name!r}: a condition on a joined row needs the join")
+            alias = f"J{self.related.index(path) + 1}" if path else quote(self.model._meta.db_table)
+            column = f"{alias}.{quote(field.column)}"
             if is_in:
                 conditions.append(f"{column} IN ({', '.join(['%s'] * next(lengths))})")
             else:
                 conditions.append(f"{column} = %s")
         return " WHERE " + " AND ".join(conditions) if conditions else ""
+
+    def _condition(self, name: str) -> tuple[str, Field[Any, Any], bool]:
+        """A ``where`` name as (joined path or "" for the base row, field, whether ``IN``):
+        ``"card"``, ``"state__in"``, or on a joined row, ``"card__holder"``."""
+        is_in = name.endswith("__in")
+        parts = (name[:-4] if is_in else name).split("__")
+        path, model = "", cast("type[Model]", self.model)
+        for part in parts[:-1]:
+            path = f"{path}__{part}" if path else part
+            if path not in self.related:
+                raise ValueError(f"{name!r}: join {path!r} first")
+            relation = model._meta.get_field(part)
+            assert isinstance(relation, ForeignKey) and isinstance(relation.related_model, type)  # noqa: S101
+            model = relation.related_model
+        field = model._meta.get_field(parts[-1])
+        if not isinstance(field, Field):
+            raise TypeError(f"{name!r} is not a field of {model.__name__}")
+        return path, field, is_in
 
     # -- reading
     def rows(self, *params: Any) -> list[_M]:
@@ -170,7 +187,9 @@ class JoinedRead(Generic[_M]):
         sql = self._counts.get(key)
         if sql is None:
             table = connection.ops.quote_name(self.model._meta.db_table)
-            sql = self._counts[key] = f"SELECT COUNT(*) FROM {table}" + self._where_sql(connection, in_lengths)  # noqa: S608
+            sql = self._counts[key] = f"SELECT COUNT(*) FROM {table}" + self._where_sql(  # noqa: S608
+                connection, in_lengths, joined=False
+            )
         cursor = statement_cursor(connection)
         cursor.execute(sql, values)
         return int(cursor.fetchone()[0])
@@ -183,9 +202,7 @@ class JoinedRead(Generic[_M]):
         values: list[Any] = []
         in_lengths: list[int] = []
         for name, param in zip(self.where, params, strict=True):
-            field = self.model._meta.get_field(name[:-4] if name.endswith("__in") else name)
-            if not isinstance(field, Field):
-                raise TypeError(f"{name!r} is not a field of {self.model.__name__}")
+            _path, field, _is_in = self._condition(name)
             target = field.target_field if isinstance(field, ForeignKey) else field
             if name.endswith("__in"):
                 items = [_pk_of(item) for item in param]

@@ -306,10 +306,6 @@ JOB_RELATED = ("card", "card__issued_by", "security_domain", "security_domain__o
 _M = TypeVar("_M", bound=Model)
 
 
-def _cin(card: Card) -> str:
-    return card.cin
-
-
 def unique_row(query: QuerySet[_M]) -> _M | None:
     """The row of ``query`` (filtered on a unique key: at most one matches), or None; read without
     ORDER BY, since with an ordering Django hashes every selected column to match it against the
@@ -327,7 +323,9 @@ ENGINE_JOB_BY_ID: JoinedRead[CardJob] = JoinedRead(CardJob, ENGINE_JOB_RELATED, 
 CARD_BY_CIN: JoinedRead[Card] = JoinedRead(Card, ("issued_by",), ("cin",))
 SD_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, (), ("card", "aid"))
 SD_WITH_OWNER_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, ("organization",), ("card", "aid"))
-CARDS_OF_HOLDER: JoinedRead[Card] = JoinedRead(Card, ("issued_by",), ("holder",))
+ISDS_OF_HOLDER: JoinedRead[SecurityDomain] = JoinedRead(
+    SecurityDomain, ("card", "card__issued_by"), ("is_isd", "card__holder")
+)
 OPEN_JOBS_OF_CARD: JoinedRead[CardJob] = JoinedRead(CardJob, (), ("card", "state__in"))
 SD_LIFECYCLE_UPDATE: FieldsUpdate[SecurityDomain] = FieldsUpdate(SecurityDomain, ("lifecycle", "updated_at"))
 JOB_STARTED: FieldsUpdate[CardJob] = FieldsUpdate(CardJob, ("attempts", "state", "started_at"))
@@ -1148,10 +1146,12 @@ class SessionEngine:
         if credential.user_id is None:
             return []  # a terminal presents any card: there is no card to presume
         # the first by CIN, chosen here (a holder has a card or two) rather than by an ORDER BY
-        live = (card for card in CARDS_OF_HOLDER.rows(credential.user_id) if card.is_live)
-        card = min(live, key=_cin, default=None)
-        if card is None:
+        # the holder's live cards with their ISD records (the failure count), in one read
+        isds = [isd for isd in ISDS_OF_HOLDER.rows(True, credential.user_id) if isd.card.is_live]
+        isd = min(isds, key=lambda record: record.card.cin, default=None)
+        if isd is None:
             return []
+        card = isd.card
         try:
             jobs = presentable_jobs(credential, card, related=ENGINE_JOB_RELATED)
         except PresentationRefused:
@@ -1165,9 +1165,11 @@ class SessionEngine:
             job_sd = job.security_domain
             if job_sd is not None and job_sd.aid == stage.sd_aid():
                 failures: int | None = job_sd.auth_failures  # read with the job
-            else:  # the ISD: its failure count (the record is read again when the card has identified)
-                isd = SD_BY_AID.first(card.pk, stage.sd_aid())
-                failures = isd.auth_failures if isd is not None else None
+            elif isd.aid == stage.sd_aid():  # the ISD (its record is read again once the card has identified)
+                failures = isd.auth_failures
+            else:
+                record = SD_BY_AID.first(card.pk, stage.sd_aid())
+                failures = record.auth_failures if record is not None else None
             if failures:
                 return []  # the refusal rules of _open_stage speak first
             # Key choices, not the policy's preflight: that one speaks (and audits) once the card

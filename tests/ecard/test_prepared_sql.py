@@ -184,3 +184,17 @@ def test_the_statements_share_one_database_cursor_per_connection(presented: Any)
         first.cursor.close()
         assert statement_cursor(connection).cursor is not first.cursor
         assert JOBS_READ.count(card, states) == len(jobs)
+
+
+def test_a_condition_on_a_joined_row(presented: Any) -> None:
+    read: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, ("card",), ("is_isd", "card__holder"))
+    found = read.rows(True, presented.citizen.pk)
+    assert [sd.pk for sd in found] == list(
+        SecurityDomain.objects.filter(is_isd=True, card__holder=presented.citizen).values_list("pk", flat=True)
+    )
+    assert len(found) == 1 and found[0].card.holder_id == presented.citizen.pk
+    assert read.rows(True, presented.citizen.pk + 1000) == []
+    with pytest.raises(TypeError):
+        read.count(True, presented.citizen.pk)  # a count reads no joined row
+    with pytest.raises(ValueError, match="join"):
+        JoinedRead(SecurityDomain, (), ("card__holder",)).rows(presented.citizen.pk)

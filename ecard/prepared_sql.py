@@ -1,7 +1,8 @@
 """Prepared statements for the relay's hot path (issue 15), built once per process from the
-models' metadata: reads of one model's rows with some of its foreign keys' rows joined, as model
-instances (:class:`JoinedRead`), and the UPDATE of a fixed set of a row's fields
-(:class:`FieldsUpdate`).
+models' metadata: reads (and counts) of one model's rows with some of its foreign keys' rows
+joined, as model instances (:class:`JoinedRead`), the UPDATE of a fixed set of a row's fields
+(:class:`FieldsUpdate`), and the INSERT of a row whose key the application makes
+(:class:`RowInsert`), all on one database cursor per connection (:func:`statement_cursor`).
 
 The ORM compiles a query afresh on every call: for a ``select_related`` read of a few joined
 tables, that compilation (and matching the result columns back to the models) costs more web CPU
@@ -10,8 +11,8 @@ converters once, from the models' metadata (so no column list is kept by hand), 
 into instances as the ORM would: every concrete field loaded, the joined rows cached on their
 foreign keys (``select_related``'s cache), ``None`` for an empty nullable key.
 
-Only plain equality and ``IN`` conditions on the base model's fields, joined by AND, are offered;
-anything else stays with the ORM. Reads go to the ``default`` database (the relay reads its own
+Only plain equality and ``IN`` conditions on the base row's or a joined row's fields, joined by
+AND, are offered; anything else stays with the ORM. Reads go to the ``default`` database (the relay reads its own
 writes inside its transaction).
 """
 
@@ -39,7 +40,7 @@ class _Table:
     converters: tuple[tuple[int, tuple[Converter, ...], Any], ...]
     parent: int | None
     via: ForeignKey | None
-    pk_at: int  # the primary key's place among the model's values (None: no row joined)
+    pk_at: int  # the primary key's place among the model's values (a None there: no row joined)
     attnames: tuple[str, ...]  # the fields read, in the statement's order (the others are deferred)
 
 

@@ -46,10 +46,10 @@ import secrets
 from collections.abc import Callable, Iterable
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from django.db import connection, transaction
-from django.db.models import F, Model, QuerySet
+from django.db.models import F, Model
 from django.utils import timezone
 
 from audit.services import record_event
@@ -301,17 +301,6 @@ class Stage:
 # What the engine reads with a job, in the same query: its card (and the card's issuer, whose keys
 # open ISD channels), its security domain with the owning bank, and its organisation.
 JOB_RELATED = ("card", "card__issued_by", "security_domain", "security_domain__organization", "organization")
-
-
-_M = TypeVar("_M", bound=Model)
-
-
-def unique_row(query: QuerySet[_M]) -> _M | None:
-    """The row of ``query`` (filtered on a unique key: at most one matches), or None; read without
-    ORDER BY, since with an ordering Django hashes every selected column to match it against the
-    select list (costly with ``select_related``)."""
-    rows = list(query.order_by()[:1])
-    return rows[0] if rows else None
 
 
 # What the session engine reads with a job (its card is the session's, read with the session).

@@ -63,12 +63,12 @@ def presentable_jobs(credential: AgentCredential, card: Card | None, *, related:
 
     Raises :class:`PresentationRefused` as :func:`presentable_job_ids` does.
     """
-    # Put in order here, not by the database: with an ORDER BY, Django hashes every selected column
-    # (the related rows' too) to match it against the select list.
     refusal = standing_refusal(card)
     if card is not None and refusal is not None:
         if credential.organization_id is not None:
             _check_terminal(credential)
+        # Put in order here, not by the database: with an ORDER BY, Django hashes every selected
+        # column (the related rows' too) to match it against the select list.
         open_jobs = CardJob.objects.filter(state__in=CardJob.OPEN_STATES).order_by()
         status_work = _in_order(open_jobs.filter(card=card, kind=CardJob.Kind.CARD_STATUS).select_related(*related))
         if not status_work:

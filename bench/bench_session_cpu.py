@@ -44,6 +44,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--profile", help="write a cProfile (wall clock) of some sessions here")
+    parser.add_argument("--show-sql", action="store_true", help="print the SQL statements of one session")
     args = parser.parse_args()
 
     import django
@@ -143,6 +144,12 @@ def _run(args: argparse.Namespace) -> str:
             profiler.disable()
         statements += len(captured.captured_queries)
         calls += sum(entry[1] for entry in pstats.Stats(profiler).stats.values())  # type: ignore[attr-defined]
+    if args.show_sql:
+        queue_job()
+        with CaptureQueriesContext(connection) as captured:
+            present()
+        for number, query in enumerate(captured.captured_queries, 1):
+            print(f"{number:3d} {query['sql'][:400]}", file=sys.stderr)
     if args.profile:
         profiler = cProfile.Profile()
         for _ in range(counted):

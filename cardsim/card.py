@@ -12,6 +12,7 @@ import copy
 import datetime as dt
 import os
 from collections.abc import Callable
+from typing import Any
 
 from cardsim.constants import INSTANCE_COST, RECEIPT_KVN, TOKEN_KVN
 from cardsim.handlers import applets, channel, content, keys, select, status, upgrade
@@ -121,7 +122,7 @@ class Card:
         """Process one command APDU and return the response APDU (data || SW1 SW2). Never raises."""
         if not self.powered:
             self.power_on()
-        snapshot = copy.deepcopy(self.state)
+        snapshot = _snapshot(self.state)
         try:
             out = self._process(bytes(capdu))
         except _Reply as reply:
@@ -349,3 +350,19 @@ class Card:
         if gp_class_only and not cmd.cla & 0x80:
             return _sw(SW.CLA_NOT_SUPPORTED)  # GP commands use the proprietary class (GP 2.3.1 §11.1.4)
         return handler(self, cmd, plain)
+
+
+_IMMUTABLE = (str, int, float, bool, type(None), bytes)
+
+
+def _snapshot(value: Any) -> Any:
+    """A deep copy of the card's JSON-shaped state, taken before every command so that a failed
+    one leaves the card as it was: dicts and lists copied, immutable leaves shared (several times
+    faster than ``copy.deepcopy``, which keeps a memo for shapes this state never has)."""
+    if isinstance(value, dict):
+        return {key: item if isinstance(item, _IMMUTABLE) else _snapshot(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [item if isinstance(item, _IMMUTABLE) else _snapshot(item) for item in value]
+    if isinstance(value, _IMMUTABLE):
+        return value
+    return copy.deepcopy(value)

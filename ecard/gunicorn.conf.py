@@ -5,8 +5,8 @@ machines (docs/deploy.md):
 
 ``GUNICORN_BIND``          address to listen on (default ``127.0.0.1:8000``; a TLS-terminating proxy
                            or load balancer sits in front in production)
-``WEB_CONCURRENCY``        worker processes (default: cores + 1, at least 2)
-``GUNICORN_THREADS``       threads per worker (default 4: ``gthread`` workers, which keep connections
+``WEB_CONCURRENCY``        worker processes (default: one per core)
+``GUNICORN_THREADS``       threads per worker (default 8: ``gthread`` workers, which keep connections
                            alive and overlap database round trips; 1 selects ``sync`` workers)
 ``GUNICORN_TIMEOUT``       seconds a request may take before its worker is killed and replaced (30)
 ``GUNICORN_KEEPALIVE``     seconds an idle keep-alive connection stays open (gthread only; 5)
@@ -38,11 +38,13 @@ def _int(name: str, default: int) -> int:
 _cores = os.cpu_count() or 1
 
 bind = [item.strip() for item in os.environ.get("GUNICORN_BIND", "127.0.0.1:8000").split(",") if item.strip()]
-# Measured on 2 cores (docs/benchmarks.md, "Load"): 3 gthread workers x 4 threads doubled the
-# session rate of 4 sync workers (keep-alive saves a TLS handshake per exchange; threads overlap
-# the many database round trips of an exchange).
-workers = _int("WEB_CONCURRENCY", max(2, _cores + 1))
-threads = _int("GUNICORN_THREADS", 4)
+# Measured on 2 cores (docs/benchmarks.md, "Load"): gthread workers doubled the session rate of
+# sync workers (keep-alive saves a TLS handshake per exchange; threads overlap the database round
+# trips). Once the relay's statements were prepared an exchange became CPU-bound, and one process
+# per core (2 x 8 threads) served 10-15 % more sessions at less CPU each than 3 or 6 processes:
+# more processes than cores only contend for them (and split the per-process caches).
+workers = _int("WEB_CONCURRENCY", max(1, _cores))
+threads = _int("GUNICORN_THREADS", 8)
 worker_class = "gthread" if threads > 1 else "sync"
 timeout = _int("GUNICORN_TIMEOUT", 30)
 graceful_timeout = _int("GUNICORN_GRACEFUL_TIMEOUT", 30)

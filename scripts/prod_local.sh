@@ -147,8 +147,9 @@ load_env() {
     WITNESS_VKEY=$("$PY" -m audit.witness vkey --key "$WITNESS_KEY")
     export ECARD_WITNESSES=${ECARD_WITNESSES:-"[[\"regulator-witness\", \"http://127.0.0.1:$WITNESS_PORT\", \"$WITNESS_VKEY\"]]"}
     export GUNICORN_BIND=${GUNICORN_BIND:-127.0.0.1:$PORT}
-    export WEB_CONCURRENCY=${WEB_CONCURRENCY:-3}
-    export GUNICORN_THREADS=${GUNICORN_THREADS:-4}
+    # One web process per core across the groups (docs/benchmarks.md, "Load analysis").
+    export WEB_CONCURRENCY=${WEB_CONCURRENCY:-$(( $(nproc) / WEB_GROUPS > 0 ? $(nproc) / WEB_GROUPS : 1 ))}
+    export GUNICORN_THREADS=${GUNICORN_THREADS:-8}
     export GUNICORN_TIMEOUT=${GUNICORN_TIMEOUT:-30}
     export GUNICORN_CONTROL_SOCKET=${GUNICORN_CONTROL_SOCKET:-$RUN/gunicorn.ctl}
     # Every group's base URL, comma-separated (bench/bench_load.py round-robins its requests over them).

@@ -131,7 +131,9 @@ def test_gunicorn_settings_carry_limits_and_tls(prod_env: dict[str, str], monkey
         monkeypatch.setenv(key, prod_env[key])
     conf = runpy.run_path(str(PROJECT_ROOT / "ecard" / "gunicorn.conf.py"))
     assert conf["bind"] == ["127.0.0.1:8000"]
-    assert conf["worker_class"] == "gthread" and conf["workers"] == 3 and conf["threads"] == 4
+    # one web process per core (nproc: the cores this process may run on), 8 threads each
+    assert conf["worker_class"] == "gthread" and conf["threads"] == 8
+    assert conf["workers"] == len(os.sched_getaffinity(0))
     assert conf["timeout"] == 30 and conf["graceful_timeout"] == 30
     assert conf["limit_request_line"] <= 4094 and conf["limit_request_fields"] <= 100
     assert conf["certfile"].endswith("cert.pem") and conf["keyfile"].endswith("key.pem")

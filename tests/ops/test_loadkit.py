@@ -7,13 +7,14 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bench.loadkit import KeepAliveRelay, MemoryCard, split_urls
+from bench.loadkit import Feeder, KeepAliveRelay, MemoryCard, split_urls
 
 
 class _Recorder(BaseHTTPRequestHandler):
@@ -86,3 +87,31 @@ def test_a_memory_card_is_written_back_once(tmp_path: Path) -> None:
     card.dirty = True
     card.save()
     assert store.load(path) == InProcessCard(path).state
+
+
+def test_a_feeder_counts_its_own_cpu_inside_the_window_only() -> None:
+    feeder = Feeder("nobody")
+    now = time.time()
+    feeder.window = (now + 0.05, now + 0.3)
+    feeder._mark_window()  # before the window: nothing counted yet
+    assert feeder.window_cpu == 0.0 and feeder._cpu_from is None
+    _burn_until(now + 0.05)
+    opened_before = time.thread_time()
+    feeder._mark_window()  # the window opens
+    opened_after = time.thread_time()
+    _burn_until(now + 0.3)
+    assert feeder.window_cpu == 0.0  # not closed yet
+    closed_before = time.thread_time()
+    feeder._mark_window()
+    closed_after = time.thread_time()
+    counted = feeder.window_cpu
+    assert closed_before - opened_after <= counted <= closed_after - opened_before
+    assert counted > 0
+    _burn_until(time.time() + 0.1)  # after the window: no longer counted
+    feeder._mark_window()
+    assert feeder.window_cpu == counted
+
+
+def _burn_until(deadline: float) -> None:
+    while time.time() < deadline:
+        sum(range(1000))

@@ -154,6 +154,27 @@ def process_groups(topology: Topology, bench_pid: int) -> Callable[[], dict[str,
     return groups
 
 
+def database_url_of(env: dict[str, str]) -> str:
+    return env.get("DATABASE_URL", "")
+
+
+def vacuum(database_url: str) -> None:
+    """``VACUUM (ANALYZE)`` the platform's database before a window: every session updates its
+    session, job and audit rows a few times, and a PostgreSQL without autovacuum (this machine's
+    runs with it off) would measure the bloat of earlier runs (the audit log's pending-entry index
+    scanned through dead entries: PostgreSQL's CPU per session grew from 4 to 7 ms over a few runs).
+    Production keeps autovacuum on (docs/deploy.md)."""
+    if not database_url.startswith("postgres"):
+        return
+    import psycopg
+
+    try:
+        with psycopg.connect(database_url, application_name=BENCH_PG_APPNAME, autocommit=True) as conn:
+            conn.execute("VACUUM (ANALYZE)")
+    except psycopg.Error as exc:
+        print(f"    vacuum: {exc}", flush=True)
+
+
 def default_processes(agents: int) -> int:
     return 1 if agents <= 1 else min(agents, 4)
 
@@ -179,7 +200,8 @@ def render(results: list[LoadResult], header: str, urls: list[str], verification
         "lock or unlock the load bank's security domain (SET STATUS) and verify it with GET STATUS — 3 HTTP "
         "exchanges (session open included; 5 before the sans-I/O engine), the job queued before the session through "
         "`cards.services` (not in the exchange latencies). Each N first runs a few seconds of load outside the "
-        "window (the ramp: the window sees the steady state); *p50/p99* are over every HTTP exchange "
+        "window (the ramp: the window sees the steady state), after a `VACUUM (ANALYZE)` of the platform's "
+        "database (this machine's PostgreSQL runs without autovacuum); *p50/p99* are over every HTTP exchange "
         "answered in the window (the table by exchange: of the sessions that ended in it). "
         f"{spread}"
         "*CPU ms/session* is CPU time (utime + stime from /proc) during the window divided by the sessions' worth "
@@ -607,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
             prepared.add(job)
         rows = read_tokens(tokens, n)
         processes = args.processes or default_processes(n)
+        vacuum(database_url_of(env))
         spies: list[subprocess.Popen[bytes]] = []
         during = None
         if args.profile is not None and n == counts[-1]:

@@ -52,6 +52,8 @@ def work_waiting(job: CardJob) -> CitizenEmail | None:
     card = job.card
     if card.holder_id is None or card.standing != Card.Standing.ACTIVE or card.lifecycle == Card.Lifecycle.TERMINATED:
         return None  # nobody to tell, or a blocked or ended card that nobody should present
+    if card.holder is None or not card.holder.email:
+        return None  # no address (email_holder says the same): the queue is not read for nothing
     first = (
         CardJob.objects.filter(card_id=card.pk, state__in=CardJob.OPEN_STATES)
         .order_by("created_at", "id")

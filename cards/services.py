@@ -166,10 +166,14 @@ def issue_card(
     return card
 
 
-def refuse_unless_in_use(card: Card) -> None:
+def refuse_unless_in_use(card: Card, *, fresh: bool = False) -> None:
     """A blocked or terminated card gets no new work, token or enrollment (issue 19): only the
-    agency's card status work (``cards.lifecycle``). Read afresh: the caller's copy may be older."""
-    standing = Card.objects.filter(pk=card.pk).values_list("standing", flat=True).first()
+    agency's card status work (``cards.lifecycle``). Read afresh, the caller's copy may be older,
+    unless ``fresh``: the caller read the card in this transaction (a second read adds nothing)."""
+    if fresh:
+        standing: str | None = card.standing
+    else:
+        standing = Card.objects.filter(pk=card.pk).values_list("standing", flat=True).first()
     if standing is not None and standing != Card.Standing.ACTIVE:
         raise ServiceError(
             f"card {card.cin} is {Card.Standing(standing).label.lower()}: it takes no new work",
@@ -194,8 +198,9 @@ def _queue_job(
     security_domain: SecurityDomain | None = None,
     enrollment: Enrollment | None = None,
     params: dict[str, Any] | None = None,
+    standing_checked: bool = False,
 ) -> CardJob:
-    if kind != CardJob.Kind.CARD_STATUS:
+    if kind != CardJob.Kind.CARD_STATUS and not standing_checked:  # checked by the caller in this transaction
         refuse_unless_in_use(card)
     job = CardJob.objects.create(
         card=card,
@@ -245,7 +250,7 @@ def request_enrollment(
         raise ServiceError("this is not your card", field="card", code="not_holder")
     if not accepted:
         raise ServiceError("consent is required to add a bank", field="accepted", code="no_consent")
-    refuse_unless_in_use(card)
+    refuse_unless_in_use(card, fresh=True)  # read under lock above
     if card.lifecycle != Card.Lifecycle.SECURED:
         raise ServiceError(f"the card is {card.lifecycle}; banks can only be added to a SECURED card", field="card")
     if validity.is_expired(card):  # renewal stays open to it (updates.renewal.request_renewal)
@@ -335,6 +340,7 @@ def enroll_bank(
         security_domain=sd,
         enrollment=enrollment,
         params=params,
+        standing_checked=True,
     )
     return enrollment
 
@@ -395,7 +401,7 @@ def next_kvn(sd: SecurityDomain) -> int:
 def request_key_rotation(*, security_domain: SecurityDomain, actor: User) -> CardJob:
     """Queue a PUT KEY rotation of an SD's key set (new keys generated in custody when the job runs)."""
     sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
-    refuse_unless_in_use(sd.card)
+    refuse_unless_in_use(sd.card, fresh=True)  # read with the SD just above
     if sd.state != SecurityDomain.State.ACTIVE:
         raise ServiceError(f"the security domain is {sd.state}", code="state")
     if sd.lifecycle == SecurityDomain.Lifecycle.LOCKED:
@@ -410,6 +416,7 @@ def request_key_rotation(*, security_domain: SecurityDomain, actor: User) -> Car
         actor=actor,
         security_domain=sd,
         params={"sd_aid": sd.aid, "from_kvn": sd.key_kvn, "to_kvn": next_kvn(sd)},
+        standing_checked=True,
     )
 
 
@@ -419,7 +426,7 @@ def request_sd_lock(*, security_domain: SecurityDomain, lock: bool, actor: User)
     sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
     if sd.is_isd:
         raise ServiceError("the ISD is locked through the card lifecycle, not here", code="isd")
-    refuse_unless_in_use(sd.card)
+    refuse_unless_in_use(sd.card, fresh=True)  # read with the SD just above
     if sd.state != SecurityDomain.State.ACTIVE:
         raise ServiceError(f"the security domain is {sd.state}", code="state")
     already = sd.lifecycle == SecurityDomain.Lifecycle.LOCKED
@@ -435,6 +442,7 @@ def request_sd_lock(*, security_domain: SecurityDomain, lock: bool, actor: User)
         actor=actor,
         security_domain=sd,
         params={"sd_aid": sd.aid},
+        standing_checked=True,
     )
 
 

@@ -13,6 +13,7 @@ from audit.services import record_event
 from issuers import custody as custody_package
 from issuers.custody.kek import KEK_ALGORITHM, _discard_hsm_kek, _next_kek_version
 from issuers.custody.keysets import _unwrap_with, _wrap
+from issuers.custody.sealing import forget_kek_version
 from issuers.custody_models import KeyEncryptionKey, KeySet
 from issuers.keyvault import BACKEND_PKCS11, KekBackend, KekRef, KekUnavailableError, get_backend
 from issuers.models import Organization
@@ -78,6 +79,7 @@ def _rotate_in_transaction(
         custody_package._rewrap_keyset(keyset, old, new, now)
     for kek in older:
         _destroy_kek(kek, now)
+        forget_kek_version(org.pk, kek.version)  # this process at once; the others within a second
     record_event(
         action="custody.kek_rotated",
         subject_type="kek",

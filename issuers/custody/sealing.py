@@ -10,11 +10,12 @@ with PKCS#11) each time. Envelope encryption with short-lived data keys:
   made, and that wrapped copy travels in every blob it seals;
 * a process opening a blob unwraps its data key under the KEK once and keeps it in memory for the
   same lifetime (any web process can take the next exchange: no session affinity);
-* every open checks that the KEK version named by the blob is still there (one indexed read):
-  after a KEK rotation, states sealed under the old KEK no longer open, as before (the session
-  restarts like after any channel failure), whatever the processes hold in memory. A seal uses
-  its data key only while its KEK version is the active one: seen so by the exchange's open
-  within :data:`KEK_CHECK_INTERVAL`, else checked with one read.
+* an open checks that the KEK version named by the blob is still there (one indexed read),
+  unless this process saw that version active within :data:`KEK_CHECK_INTERVAL` and holds the
+  blob's data key: after a KEK rotation, states sealed under the old KEK no longer open (the
+  session restarts like after any channel failure), at once in the rotating process and within
+  that second in the others, whatever they hold in memory. A seal uses its data key only while
+  its KEK version is the active one, on the same terms.
 
 Data keys live only in process memory and, wrapped under the KEK, in the blobs; they are never
 logged or stored in clear. Blobs of the first format (``0x01``: the state wrapped under the KEK
@@ -33,6 +34,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.db import transaction
 
 from ecard.errors import ServiceError
 from ecard.prepared_sql import JoinedRead
@@ -81,6 +83,7 @@ class _DataKeys:
         self._lock = threading.Lock()
         self._sealing: dict[int, _DataKey] = {}
         self._opened: dict[tuple[int, int, bytes], _DataKey] = {}
+        self._active_seen: dict[tuple[int, int], float] = {}  # (org, KEK version) -> monotonic time read active
 
     def for_sealing(self, org: Organization) -> _DataKey:
         with self._lock:
@@ -91,7 +94,7 @@ class _DataKeys:
             if KeyEncryptionKey.objects.filter(
                 organization=org, version=current.kek_version, state=KeyEncryptionKey.State.ACTIVE
             ).exists():
-                current.checked = time.monotonic()
+                self.seen_active(org.pk, current.kek_version)
                 return current
         kek = ensure_org_kek(org)
         key = os.urandom(32)
@@ -101,6 +104,8 @@ class _DataKeys:
         with self._lock:
             self._sealing[org.pk] = made
             self._opened[(org.pk, kek.version, dk_id)] = made
+        if kek.state == KeyEncryptionKey.State.ACTIVE:
+            self.seen_active(org.pk, kek.version)
         return made
 
     def for_opening(self, kek: KeyEncryptionKey, dk_id: bytes, wrapped: bytes) -> _DataKey:
@@ -120,10 +125,26 @@ class _DataKeys:
         return opened
 
     def seen_active(self, org_pk: int, kek_version: int) -> None:
+        now = time.monotonic()
         with self._lock:
             current = self._sealing.get(org_pk)
+            self._active_seen[(org_pk, kek_version)] = now
+            if len(self._active_seen) > 4096:  # bounded: keep what still vouches
+                self._active_seen = {k: t for k, t in self._active_seen.items() if now - t < KEK_CHECK_INTERVAL}
         if current is not None and current.kek_version == kek_version:
-            current.checked = time.monotonic()
+            current.checked = now
+
+    def vouched_for_opening(self, org_pk: int, kek_version: int, dk_id: bytes, wrapped: bytes) -> _DataKey | None:
+        """The blob's data key, if this process holds it and saw its KEK version active within
+        :data:`KEK_CHECK_INTERVAL` (the open then needs no read of the KEK); else None."""
+        with self._lock:
+            seen = self._active_seen.get((org_pk, kek_version))
+            known = self._opened.get((org_pk, kek_version, dk_id))
+        if seen is None or time.monotonic() - seen >= KEK_CHECK_INTERVAL:
+            return None
+        if known is None or not known.fresh() or known.wrapped != wrapped:
+            return None
+        return known
 
     def forget(self, org_pk: int, kek_version: int) -> None:
         """A KEK version found not active: stop sealing with, and opening by, its data keys here."""
@@ -132,14 +153,24 @@ class _DataKeys:
             if current is not None and current.kek_version == kek_version:
                 del self._sealing[org_pk]
             self._opened = {k: v for k, v in self._opened.items() if k[:2] != (org_pk, kek_version)}
+            self._active_seen.pop((org_pk, kek_version), None)
 
     def clear(self) -> None:
         with self._lock:
             self._sealing.clear()
             self._opened.clear()
+            self._active_seen.clear()
 
 
 _data_keys = _DataKeys()
+
+
+def forget_kek_version(org_pk: int, kek_version: int) -> None:
+    """This process stops sealing with, and opening by, the data keys of a KEK version that a
+    rotation retires or destroys (at once, and again when the rotation commits: a concurrent open
+    may have vouched for it meanwhile). Other processes stop within :data:`KEK_CHECK_INTERVAL`."""
+    _data_keys.forget(org_pk, kek_version)
+    transaction.on_commit(lambda: _data_keys.forget(org_pk, kek_version))
 
 
 def forget_data_keys() -> None:
@@ -200,11 +231,11 @@ def open_channel_state(org: Organization, blob: bytes, *, context: str) -> dict[
     if len(blob) < 6 or blob[0] not in (FORMAT_KEK, FORMAT_DATA_KEY):
         raise UnwrapError("malformed sealed channel state")
     version = int.from_bytes(blob[1:5], "big")
-    kek = _sealing_kek(org, version)
     if blob[0] == FORMAT_KEK:
+        kek = _sealing_kek(org, version)
         plaintext = get_backend(kek.backend).unwrap(kek.ref, blob[5:], _state_aad(org, context, version))
     else:
-        plaintext = _open_data_key_blob(org, kek, blob, context)
+        plaintext = _open_data_key_blob(org, version, blob, context)
     try:
         state = json.loads(plaintext)
     except ValueError:
@@ -214,7 +245,7 @@ def open_channel_state(org: Organization, blob: bytes, *, context: str) -> dict[
     return state
 
 
-def _open_data_key_blob(org: Organization, kek: KeyEncryptionKey, blob: bytes, context: str) -> bytes:
+def _open_data_key_blob(org: Organization, version: int, blob: bytes, context: str) -> bytes:
     at = 5
     dk_id = blob[at : at + _DK_ID_LEN]
     at += _DK_ID_LEN
@@ -228,8 +259,10 @@ def _open_data_key_blob(org: Organization, kek: KeyEncryptionKey, blob: bytes, c
     at += _NONCE_LEN
     if len(dk_id) != _DK_ID_LEN or len(wrapped) != wrapped_len or len(nonce) != _NONCE_LEN or len(blob) <= at:
         raise UnwrapError("malformed sealed channel state")
-    dk = _data_keys.for_opening(kek, dk_id, wrapped)
+    dk = _data_keys.vouched_for_opening(org.pk, version, dk_id, wrapped)
+    if dk is None:
+        dk = _data_keys.for_opening(_sealing_kek(org, version), dk_id, wrapped)
     try:
-        return dk.aead.decrypt(nonce, blob[at:], _sealed_aad(org.pk, context, kek.version, dk_id))
+        return dk.aead.decrypt(nonce, blob[at:], _sealed_aad(org.pk, context, version, dk_id))
     except InvalidTag:
         raise UnwrapError("sealed channel state does not open (altered, or another context)") from None

@@ -14,6 +14,7 @@ from audit.models import AuditEntry
 from audit.services import events_together, record_event, sequence_pending
 from issuers import custody
 from issuers.custody import sealing
+from issuers.custody_models import KeyEncryptionKey
 from issuers.keyvault import KekUnavailableError, UnwrapError, get_backend
 from issuers.models import Organization
 
@@ -90,6 +91,51 @@ def test_a_seal_after_a_rotation_elsewhere_uses_the_new_kek(
     blob = custody.seal_channel_state(org, STATE, context="s1")
     assert int.from_bytes(blob[1:5], "big") == 2
     assert custody.open_channel_state(org, blob, context="s1") == STATE
+
+
+def kek_reads(captured: CaptureQueriesContext) -> int:
+    return sum(1 for q in captured.captured_queries if '"issuers_keyencryptionkey"' in q["sql"])
+
+
+def test_an_open_vouched_for_within_the_second_reads_no_kek(org: Organization) -> None:
+    blob = custody.seal_channel_state(org, STATE, context="s1")  # the seal saw its KEK active
+    with CaptureQueriesContext(connection) as captured:
+        for _ in range(3):
+            assert custody.open_channel_state(org, blob, context="s1") == STATE
+    assert kek_reads(captured) == 0
+
+
+def test_past_the_second_an_open_reads_the_kek_again(org: Organization, monkeypatch: pytest.MonkeyPatch) -> None:
+    blob = custody.seal_channel_state(org, STATE, context="s1")
+    monkeypatch.setattr(sealing, "KEK_CHECK_INTERVAL", 0.0)
+    with CaptureQueriesContext(connection) as captured:
+        for _ in range(2):
+            assert custody.open_channel_state(org, blob, context="s1") == STATE
+    assert kek_reads(captured) == 2
+
+
+def test_a_kek_destroyed_by_another_process_stops_opens_here_past_the_second(
+    org: Organization, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blob = custody.seal_channel_state(org, STATE, context="s1")
+    assert custody.open_channel_state(org, blob, context="s1") == STATE  # vouched for, data key held
+    # another process destroys the KEK: this one is not told, and holds the data key
+    KeyEncryptionKey.objects.filter(organization=org).update(state=KeyEncryptionKey.State.DESTROYED)
+    monkeypatch.setattr(sealing, "KEK_CHECK_INTERVAL", 0.0)  # the second has passed
+    with pytest.raises(KekUnavailableError):
+        custody.open_channel_state(org, blob, context="s1")
+
+
+def test_a_rotation_in_this_process_stops_its_vouched_opens_at_once(
+    org: Organization, django_capture_on_commit_callbacks: Any
+) -> None:
+    blob = custody.seal_channel_state(org, STATE, context="s1")
+    assert custody.open_channel_state(org, blob, context="s1") == STATE
+    with django_capture_on_commit_callbacks(execute=True):
+        custody.rotate_kek(org)
+    with CaptureQueriesContext(connection) as captured, pytest.raises(KekUnavailableError):
+        custody.open_channel_state(org, blob, context="s1")
+    assert kek_reads(captured) == 1  # not vouched for any more: read, found destroyed
 
 
 def test_states_sealed_in_the_first_format_still_open(org: Organization) -> None:

@@ -272,8 +272,9 @@ class Stage:
                     return job_sd
             card = self.card
             if aid == card.isd_aid and Card.issued_by.is_cached(card):
-                # the ISD: its organisation is the card's issuer, read with the card (not joined again)
-                sd = SD_BY_AID.first(card.pk, aid)
+                # the ISD: its organisation is the card's issuer, read with the card (not joined again);
+                # its record too when the card was read at identification in this exchange
+                sd = getattr(card, _IDENTIFIED_ISD, None) or SD_BY_AID.first(card.pk, aid)
                 if sd is not None and sd.organization_id == card.issued_by_id:
                     sd.organization = card.issued_by
             else:
@@ -310,6 +311,11 @@ ENGINE_JOB_RELATED = ("security_domain", "security_domain__organization", "organ
 # afresh on every exchange.
 ENGINE_JOB_BY_ID: JoinedRead[CardJob] = JoinedRead(CardJob, ENGINE_JOB_RELATED, ("id",))
 CARD_BY_CIN: JoinedRead[Card] = JoinedRead(Card, ("issued_by",), ("cin",))
+# The card that identified itself with its issuer and its ISD record (the SD an ISD stage opens):
+# one statement where CARD_BY_CIN and SD_BY_AID took two.
+ISD_RECORDS_BY_CIN: JoinedRead[SecurityDomain] = JoinedRead(
+    SecurityDomain, ("card", "card__issued_by"), ("card__cin", "is_isd")
+)
 SD_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, (), ("card", "aid"))
 SD_WITH_OWNER_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, ("organization",), ("card", "aid"))
 ISDS_OF_HOLDER: JoinedRead[SecurityDomain] = JoinedRead(
@@ -328,6 +334,23 @@ def job_security_domain(job: CardJob) -> SecurityDomain:
     if sd is None:
         raise JobFailed(f"the {job.kind} job names no security domain")
     return sd
+
+
+_IDENTIFIED_ISD = "_identified_isd_record"  # an attribute of the card instance of one exchange
+
+
+def _identified_card(cin: str) -> Card | None:
+    """The card of this CIN (unique) with its issuer, carrying its ISD record for
+    :meth:`Stage.security_domain` (one statement); a card without an ISD record is read alone."""
+    isds = ISD_RECORDS_BY_CIN.rows(cin, True)
+    if not isds:
+        return CARD_BY_CIN.first(cin)
+    card = isds[0].card  # every row joins the same card
+    isd = next((sd for sd in isds if sd.aid == card.isd_aid), None)
+    if isd is not None:
+        isd.card = card
+        setattr(card, _IDENTIFIED_ISD, isd)
+    return card
 
 
 def isd_keyset(card: Card, kvn: int) -> KeySet | None:
@@ -1407,7 +1430,7 @@ class SessionEngine:
             # is authenticated is stored.
             commands.parse_cplc(commands.tagged_value(responses[1][:-2], commands.TAG_CPLC))
             cin = commands.tagged_value(responses[2][:-2], commands.TAG_CIN).hex().upper()
-        card = CARD_BY_CIN.first(cin)  # the CIN is unique
+        card = _identified_card(cin)
         try:
             # the jobs with what the engine needs, in the query that decides which may run
             presentable = presentable_jobs(self.session.credential, card, related=ENGINE_JOB_RELATED)

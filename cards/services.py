@@ -20,6 +20,7 @@ from cards import emulation, holder_emails, validity
 from cards.models import ISD_AID, Card, CardJob, Enrollment, SecurityDomain
 from cards.signals import auth_failures_cleared, job_queued
 from ecard.errors import ServiceError
+from ecard.prepared_sql import JoinedRead
 from gp.commands import Privileges
 from issuers.code_signing import bank_dap_point
 from issuers.models import Organization, SsdTemplate
@@ -182,11 +183,27 @@ def refuse_unless_in_use(card: Card, *, fresh: bool = False) -> None:
         )
 
 
+# A bank's request on one of its security domains (lock, unlock, key rotation) reads the SD under
+# lock with its card, the holder's e-mail address (the work-waiting e-mail) and the owning bank,
+# then its open jobs of the kind: prepared statements (ecard.prepared_sql), as the job queue of a
+# rollout or a load test runs them many times a second.
+_SD_FOR_REQUEST: JoinedRead[SecurityDomain] = JoinedRead(
+    SecurityDomain, ("card", "card__holder", "organization"), ("id",), lock=True, only={"card__holder": ("email",)}
+)
+_OPEN_JOBS_OF_SD: JoinedRead[CardJob] = JoinedRead(CardJob, (), ("card", "security_domain", "kind__in", "state__in"))
+
+
+def _security_domain_for_request(security_domain: SecurityDomain) -> SecurityDomain:
+    sd = _SD_FOR_REQUEST.first(security_domain.pk)
+    if sd is None:
+        raise SecurityDomain.DoesNotExist(f"security domain {security_domain.pk}")
+    return sd
+
+
 def _open_job_exists(card: Card, *, kinds: tuple[str, ...], security_domain: SecurityDomain | None = None) -> bool:
-    jobs = card.jobs.filter(kind__in=kinds, state__in=CardJob.OPEN_STATES)
     if security_domain is not None:
-        jobs = jobs.filter(security_domain=security_domain)
-    return jobs.exists()
+        return _OPEN_JOBS_OF_SD.count(card.pk, security_domain.pk, kinds, CardJob.OPEN_STATES) > 0
+    return card.jobs.filter(kind__in=kinds, state__in=CardJob.OPEN_STATES).exists()
 
 
 def _queue_job(
@@ -400,7 +417,7 @@ def next_kvn(sd: SecurityDomain) -> int:
 @transaction.atomic
 def request_key_rotation(*, security_domain: SecurityDomain, actor: User) -> CardJob:
     """Queue a PUT KEY rotation of an SD's key set (new keys generated in custody when the job runs)."""
-    sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
+    sd = _security_domain_for_request(security_domain)
     refuse_unless_in_use(sd.card, fresh=True)  # read with the SD just above
     if sd.state != SecurityDomain.State.ACTIVE:
         raise ServiceError(f"the security domain is {sd.state}", code="state")
@@ -423,7 +440,7 @@ def request_key_rotation(*, security_domain: SecurityDomain, actor: User) -> Car
 @transaction.atomic
 def request_sd_lock(*, security_domain: SecurityDomain, lock: bool, actor: User) -> CardJob:
     """Queue SET STATUS to lock or unlock a bank's SSD (GP Card Spec 2.3.1 §11.10)."""
-    sd = SecurityDomain.objects.select_for_update(of=("self",)).select_related("card").get(pk=security_domain.pk)
+    sd = _security_domain_for_request(security_domain)
     if sd.is_isd:
         raise ServiceError("the ISD is locked through the card lifecycle, not here", code="isd")
     refuse_unless_in_use(sd.card, fresh=True)  # read with the SD just above

@@ -5,19 +5,19 @@ it on each request, so their cost grows with the allowed rate. These count inste
 client and window (a key named after the current window; Redis in production), with the same rate
 strings (``"600/min"``) and the same 429 answer (``Retry-After`` = rest of the window).
 
-**One round trip.** DRF asks every throttle of a view in turn (and all of them, even after one
-refuses). The first of them to be asked counts for all its siblings that share its cache: on Redis
-one pipeline of ``INCR`` + ``EXPIRE`` per counter, sent and answered as one round trip; the others
-read the result from the request. The relay's two limits (per credential, per address) cost one
-round trip per request instead of six (``add``, then Django's ``incr``, which is ``EXISTS`` +
-``INCR``, for each). ``EXPIRE`` is re-sent with every ``INCR`` (a window's key outlives its window
-by a second at most); caches other than Redis (per-process memory in tests) count with
-``add``/``incr``.
+**One round trip, one command.** DRF asks every throttle of a view in turn (and all of them, even
+after one refuses). The first of them to be asked counts for all its siblings that share its
+cache: on Redis one Lua script (``EVALSHA``; loaded once per server) that increments every
+counter and sets the expiry of a counter it has just created, atomically (a counter never lives
+without one); the others read the result from the request. The relay's two limits (per
+credential, per address) cost one command per request (they cost six round trips with Django's
+``add`` and ``incr``, then a pipeline of four commands); caches other than Redis (per-process
+memory in tests) count with ``add``/``incr``.
 
-**One client per process.** The pipeline's redis-py client is made once per cache backend (per
-process and cache connection) and kept: building a ``redis.Redis`` is not free (its callbacks,
-its connection pool lookup) and it is safe to share between threads (connections come from its
-pool, and a pipeline is per call).
+**One client per process.** The redis-py client and its script are made once per cache backend
+(per process and cache connection) and kept: building a ``redis.Redis`` is not free (its
+callbacks, its connection pool lookup) and it is safe to share between threads (connections come
+from its pool).
 
 The counters are a protection against abuse, not a correctness rule. If Redis restarts, refusing
 every request with a 500 would turn a cache outage into a platform outage, so for the duration of
@@ -44,33 +44,43 @@ logger = logging.getLogger(__name__)
 _last_warning = 0.0
 # Where a request keeps the counts of its throttles (counted once, read by each).
 _COUNTS_ATTR = "_ecard_throttle_counts"
-# The redis-py client of each Redis cache backend's client factory (see "One client per process").
+# The counting script (on its redis-py client) of each Redis cache backend's client factory.
 _clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
-def _redis_client(cache: RedisCache) -> Any:
-    """The redis-py client for ``cache``, made on first use and kept for the backend's lifetime."""
+# KEYS: the counters; ARGV: their time to live, seconds. Returns the new counts, in order.
+COUNT_WINDOWS_LUA = """
+local counts = {}
+for i, key in ipairs(KEYS) do
+  counts[i] = redis.call('INCR', key)
+  if counts[i] == 1 then
+    redis.call('EXPIRE', key, ARGV[i])
+  end
+end
+return counts
+"""
+
+
+def _counting_script(cache: RedisCache) -> Any:
+    """The counting script on the redis-py client for ``cache`` (``EVALSHA``, loaded on the first
+    ``NOSCRIPT``), made on first use and kept for the backend's lifetime."""
     # Django's RedisCache keeps its redis-py client factory private (and untyped in the stubs).
     factory = cast(Any, cache)._cache
-    client = _clients.get(factory)
-    if client is None:
-        client = _clients[factory] = factory.get_client(write=True)
-    return client
+    script = _clients.get(factory)
+    if script is None:
+        script = _clients[factory] = factory.get_client(write=True).register_script(COUNT_WINDOWS_LUA)
+    return script
 
 
 def count_windows(cache: BaseCache, counters: Sequence[tuple[str, int]]) -> list[int]:
-    """Add one to each ``(counter, ttl seconds)`` and return the new counts, in one round trip on
-    Redis (a non-transactional pipeline of INCR + EXPIRE per counter)."""
+    """Add one to each ``(counter, ttl seconds)`` and return the new counts: one command on Redis
+    (:data:`COUNT_WINDOWS_LUA`)."""
     if isinstance(cache, ConnectionProxy):  # django.core.cache.cache: the default alias's backend
         cache = caches[DEFAULT_CACHE_ALIAS]
     if isinstance(cache, RedisCache):
-        pipe = _redis_client(cache).pipeline(transaction=False)
-        for counter, ttl in counters:
-            key = cache.make_and_validate_key(counter)
-            pipe.incr(key)
-            pipe.expire(key, ttl)
-        replies = pipe.execute()
-        return [int(n) for n in replies[0::2]]
+        keys = [cache.make_and_validate_key(counter) for counter, _ttl in counters]
+        replies = _counting_script(cache)(keys=keys, args=[ttl for _counter, ttl in counters])
+        return [int(n) for n in replies]
     counts = []
     for counter, ttl in counters:
         try:

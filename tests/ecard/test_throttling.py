@@ -1,9 +1,10 @@
-"""The rate limits cost one cache round trip per request (ecard/throttling.py).
+"""The rate limits cost one cache command per request (ecard/throttling.py).
 
 The relay has two limits (per credential, per address). They are counted together: one Redis
-pipeline (INCR + EXPIRE per counter) per request, whatever the number of throttles. Counted two
-ways: with a fake Redis client that counts what reaches the wire (always runs), and against the
-real Redis of the environment (skipped when none answers), counting the packets the client sends.
+command (the counting Lua script: INCR per counter, EXPIRE on a counter it creates) per request,
+whatever the number of throttles. Counted two ways: with a fake Redis client that counts what
+reaches the wire (always runs), and against the real Redis of the environment (skipped when none
+answers), counting the packets the client sends.
 """
 
 from __future__ import annotations
@@ -16,35 +17,28 @@ from typing import Any
 import pytest
 from django.core.cache.backends.redis import RedisCache
 
-from ecard.throttling import count_windows
+from ecard.throttling import COUNT_WINDOWS_LUA, count_windows
 
 
-class FakePipeline:
+class FakeScript:
+    """The counting script as Redis runs it: atomically, INCR each key, EXPIRE the ones it created."""
+
     def __init__(self, server: FakeRedis) -> None:
         self.server = server
-        self.queued: list[tuple[str, str, int]] = []
 
-    def incr(self, key: str) -> None:
-        self.queued.append(("incr", key, 0))
-
-    def expire(self, key: str, ttl: int) -> None:
-        self.queued.append(("expire", key, ttl))
-
-    def execute(self) -> list[Any]:
+    def __call__(self, keys: list[str], args: list[int]) -> list[int]:
         self.server.round_trips += 1
-        replies: list[Any] = []
-        for op, key, ttl in self.queued:
-            if op == "incr":
-                self.server.values[key] = self.server.values.get(key, 0) + 1
-                replies.append(self.server.values[key])
-            else:
+        counts = []
+        for key, ttl in zip(keys, args, strict=True):
+            self.server.values[key] = self.server.values.get(key, 0) + 1
+            if self.server.values[key] == 1:
                 self.server.ttls[key] = ttl
-                replies.append(True)
-        return replies
+            counts.append(self.server.values[key])
+        return counts
 
 
 class FakeRedis:
-    """Just what a pipeline of INCR/EXPIRE needs; any other command is a test failure."""
+    """Just what the counting script needs; any other command is a test failure."""
 
     def __init__(self) -> None:
         self.values: dict[str, int] = {}
@@ -52,9 +46,9 @@ class FakeRedis:
         self.round_trips = 0
         self.clients = 0  # clients the cache's factory made (one per process and backend)
 
-    def pipeline(self, transaction: bool = True) -> FakePipeline:
-        assert transaction is False  # no MULTI/EXEC: nothing to make atomic beyond INCR itself
-        return FakePipeline(self)
+    def register_script(self, source: str) -> FakeScript:
+        assert source == COUNT_WINDOWS_LUA
+        return FakeScript(self)
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"unexpected Redis command {name}")
@@ -97,16 +91,16 @@ def test_the_relay_limits_cost_one_round_trip_per_request(monkeypatch: pytest.Mo
     statuses = []
     for n in range(4):
         statuses.append(client.post("/api/v1/relay/sessions/", {}, format="json", **headers).status_code)
-        assert server.round_trips == n + 1  # both limits, one pipeline
+        assert server.round_trips == n + 1  # both limits, one command
     assert statuses == [201, 201, 201, 429]
-    # Two counters (credential, address), each with the window's expiry set.
+    # Two counters (credential, address), each with the window's expiry set when it was created.
     assert len(server.values) == 2 and sorted(server.values.values()) == [4, 4]
     assert set(server.ttls.values()) == {61}
     assert all(key.startswith("t:1:throttle_relay_") for key in server.values)
     assert server.clients == 1  # made once, reused by the later requests
 
 
-def test_count_windows_is_one_pipeline_whatever_the_number_of_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_count_windows_is_one_command_whatever_the_number_of_counters(monkeypatch: pytest.MonkeyPatch) -> None:
     cache, server = fake_redis_cache(monkeypatch)
     assert count_windows(cache, [("a:w1", 2), ("b:w1", 61), ("a:w1", 2)]) == [1, 1, 2]
     assert server.round_trips == 1
@@ -126,7 +120,7 @@ def test_the_redis_client_is_made_once_per_cache_backend(monkeypatch: pytest.Mon
 
 def test_the_default_cache_proxy_reaches_the_redis_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     """The throttles hold ``django.core.cache.cache`` (a proxy, not a RedisCache): when the default
-    cache is Redis, the pipeline is still used (no add/incr round trips)."""
+    cache is Redis, the script is still used (no add/incr round trips)."""
     from django.core import cache as cache_module
 
     from ecard import throttling
@@ -154,8 +148,8 @@ def _real_redis_url() -> str | None:
 @pytest.mark.django_db
 def test_against_real_redis_one_packet_per_request(monkeypatch: pytest.MonkeyPatch, settings: Any) -> None:
     """What actually goes over the socket, wired as in production (the default cache is Redis, the
-    throttles use ``django.core.cache.cache``): one rate-limit send per request (the pipeline),
-    counts that hold across requests, and keys that expire."""
+    throttles use ``django.core.cache.cache``): one rate-limit send per request (the script's
+    EVALSHA), counts that hold across requests, and keys that expire."""
     import redis
     from django.core.cache import caches
     from redis.connection import AbstractConnection
@@ -172,13 +166,14 @@ def test_against_real_redis_one_packet_per_request(monkeypatch: pytest.MonkeyPat
     cache = caches["default"]
     assert isinstance(cache, RedisCache)
     cache._cache.get_client(write=True).ping()  # connect before counting
+    count_windows(cache, [(f"warm-{prefix}", 2)])  # the server knows the script from now on
     sends: list[int] = []
     original = AbstractConnection.send_packed_command
 
     def counting(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
         # Only the rate limits' sends: the credential cache (updates) has its own GET/SET.
         packed = b"".join(bytes(part) for part in command) if isinstance(command, list | tuple) else bytes(command)
-        if b"INCRBY" in packed.upper() or b"EXPIRE" in packed.upper():
+        if b"EVALSHA" in packed.upper() or b"INCR" in packed.upper() or b"EXPIRE" in packed.upper():
             sends.append(1)
         original(self, command, check_health)
 

@@ -76,6 +76,7 @@ from bench.loadkit import (  # noqa: E402
     BENCH_PG_APPNAME,
     LoadResult,
     Topology,
+    children,
     drain,
     pg_backends,
     pids_named,
@@ -686,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
         verified, verification = verify_population(topology, tokens, read_tokens(tokens, max(counts)), urls, seen_done)
         print(verification, flush=True)
 
-    web = env.get("WEB_CONCURRENCY", "?")
+    # the worker processes each group's master runs (the environment's WEB_CONCURRENCY is per group)
+    web = " + ".join(str(len(children(master))) for master in topology.web_masters()) or "?"
     threads = env.get("GUNICORN_THREADS", "1")
     note = benchdoc.machine_note(f"{len(urls)} web group(s)")
     try:
@@ -696,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"`python bench/bench_load.py --agents {args.agents} --seconds {args.seconds:g} --server {','.join(urls)}` "
         f"against `make prod-local` — {note}, CPU pressure (some, avg60) {pressure} (the machine is shared with "
-        f"other work). Server: {len(urls)} group(s) of gunicorn {web} workers x {threads} thread(s) with TLS, "
+        f"other work). Server: {len(urls)} group(s) of gunicorn, {web} worker(s) x {threads} thread(s), with TLS, "
         f"Celery workers + beat, PostgreSQL and Redis on the same cores as the load generator; cards "
         f"{'in state files' if args.file_cards else 'in memory'}."
     )

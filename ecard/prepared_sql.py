@@ -18,12 +18,17 @@ writes inside its transaction).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, cast
 
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connections
 from django.db.models import Field, ForeignKey, Model
+from django.db.models.base import ModelState
+from django.db.models.fields.related_descriptors import ForeignKeyDeferredAttribute
+from django.db.models.query_utils import DeferredAttribute
+from django.db.models.signals import post_init, pre_init
 
 _M = TypeVar("_M", bound=Model)
 Converter = Callable[[Any, Any, Any], Any]
@@ -42,6 +47,7 @@ class _Table:
     via: ForeignKey | None
     pk_at: int  # the primary key's place among the model's values (a None there: no row joined)
     attnames: tuple[str, ...]  # the fields read, in the statement's order (the others are deferred)
+    plain: bool  # instances may be made without Model.__init__ (see _plain_model)
 
 
 class JoinedRead(Generic[_M]):
@@ -94,7 +100,8 @@ class JoinedRead(Generic[_M]):
                     converters.append((start + offset, found, expression))
             pk_at = fields.index(model._meta.pk)
             attnames = tuple(f.attname for f in fields)
-            tables.append(_Table(model, alias, start, tuple(converters), parent, via, pk_at, attnames))
+            plain = _plain_model(model)
+            tables.append(_Table(model, alias, start, tuple(converters), parent, via, pk_at, attnames, plain))
 
         base_alias = quote(self.model._meta.db_table)
         add(self.model, base_alias, None, None, "")
@@ -232,13 +239,42 @@ class JoinedRead(Generic[_M]):
             if table.parent is not None and parent is None:
                 objects.append(None)  # under an empty nullable key
                 continue
-            instance = (
-                None if values[table.pk_at] is None else table.model.from_db(DEFAULT_DB_ALIAS, table.attnames, values)
-            )
+            if values[table.pk_at] is None:
+                instance = None
+            elif table.plain and not (pre_init.receivers or post_init.receivers):
+                instance = _plain_instance(table.model, table.attnames, values)
+            else:
+                instance = table.model.from_db(DEFAULT_DB_ALIAS, table.attnames, values)
             objects.append(instance)
             if parent is not None and table.via is not None:
                 table.via.set_cached_value(parent, instance)
         return objects[0]
+
+
+def _plain_model(model: type[Model]) -> bool:
+    """Whether ``Model.__init__`` would only store each loaded value under its field's attname:
+    the model overrides neither ``__init__`` nor ``from_db``, and every concrete field's attribute
+    is Django's deferred-loading descriptor, which reads the instance dict (a ``FileField``'s or
+    any other descriptor that wraps values on assignment keeps the ORM's path)."""
+    if model.__init__ is not Model.__init__ or model.from_db.__func__ is not Model.from_db.__func__:  # type: ignore[attr-defined]
+        return False
+    allowed = (DeferredAttribute, ForeignKeyDeferredAttribute)
+    return all(
+        type(inspect.getattr_static(model, field.attname, None)) in allowed for field in model._meta.concrete_fields
+    )
+
+
+def _plain_instance(model: type[Model], attnames: tuple[str, ...], values: list[Any]) -> Model:
+    """What ``model.from_db`` makes (the loaded values under their attnames, the others deferred,
+    the instance loaded from the default database), without ``Model.__init__``'s per-field work and
+    its ``pre_init``/``post_init`` sends (called only while neither signal has a receiver)."""
+    instance = model.__new__(model)
+    state = ModelState()
+    state.adding = False
+    state.db = DEFAULT_DB_ALIAS
+    instance.__dict__["_state"] = state
+    instance.__dict__.update(zip(attnames, values, strict=True))
+    return instance
 
 
 class FieldsUpdate(Generic[_M]):

@@ -198,3 +198,112 @@ def test_a_condition_on_a_joined_row(presented: Any) -> None:
         read.count(True, presented.citizen.pk)  # a count reads no joined row
     with pytest.raises(ValueError, match="join"):
         JoinedRead(SecurityDomain, (), ("card__holder",)).rows(presented.citizen.pk)
+
+
+def test_instances_are_made_without_model_init_and_behave_as_the_orms(
+    presented: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While no ``pre_init``/``post_init`` receiver listens, rows become instances without
+    ``Model.__init__``: the same loaded and deferred fields, state, caches and saves as the ORM's."""
+    from django.db.models import Model
+
+    made: list[Model] = []
+    original_init = Model.__init__
+
+    def counting_init(self: Model, *args: Any, **kwargs: Any) -> None:
+        made.append(self)
+        original_init(self, *args, **kwargs)
+
+    session = CardSession.objects.exclude(card=None).first()
+    assert session is not None
+    read: JoinedRead[CardSession] = JoinedRead(
+        CardSession, ("card", "card__holder"), ("id",), only={"card__holder": ("email",)}
+    )
+    monkeypatch.setattr(Model, "__init__", counting_init)
+    prepared = read.first(session.pk)
+    monkeypatch.setattr(Model, "__init__", original_init)
+    assert prepared is not None and not made  # not one Model.__init__
+    orm = (
+        CardSession.objects.select_related("card", "card__holder")
+        .only(
+            *[f.name for f in CardSession._meta.concrete_fields],
+            "card__holder__email",
+            *[f"card__{f.name}" for f in Card._meta.concrete_fields],
+        )
+        .get(pk=session.pk)
+    )
+    assert field_values(prepared) == field_values(orm) and field_values(prepared.card) == field_values(orm.card)
+    assert not prepared._state.adding and prepared._state.db == "default" and prepared._state.fields_cache
+    holder = prepared.card.holder
+    assert holder is not None and holder.email == orm.card.holder.email
+    assert (
+        holder.get_deferred_fields() == orm.card.holder.get_deferred_fields()
+        and "username" in holder.get_deferred_fields()
+    )
+    assert holder.username == orm.card.holder.username  # a deferred field loads on access, as the ORM's
+    prepared.closed_reason = "written through a plain instance"
+    prepared.save(update_fields=["closed_reason"])
+    assert CardSession.objects.get(pk=session.pk).closed_reason == "written through a plain instance"
+    assert prepared == orm and hash(prepared) == hash(orm)
+
+
+def test_a_post_init_receiver_gets_every_instance(presented: Any) -> None:
+    """A receiver of ``post_init`` (connected by some app, now or later) sees every prepared
+    instance: the ORM's construction is used while one listens."""
+    from django.db.models.signals import post_init
+
+    seen: list[Any] = []
+
+    def receiver(sender: Any, instance: Any, **kwargs: Any) -> None:
+        seen.append(instance)
+
+    session = CardSession.objects.exclude(card=None).first()
+    assert session is not None
+    post_init.connect(receiver)
+    try:
+        prepared = SESSION_READ.first(session.pk, session.credential_id)
+    finally:
+        post_init.disconnect(receiver)
+    assert prepared is not None and prepared in seen and prepared.card in seen
+
+
+def test_a_model_that_wraps_values_or_builds_itself_keeps_the_orms_construction() -> None:
+    from django.db import models
+    from django.test.utils import isolate_apps
+
+    from ecard.prepared_sql import _plain_model
+
+    with isolate_apps("cards"):
+
+        class WithFile(models.Model):
+            upload = models.FileField()
+
+            class Meta:
+                app_label = "cards"
+
+            def __str__(self) -> str:
+                return "with a file"
+
+        class WithInit(models.Model):
+            name = models.CharField(max_length=5)
+
+            class Meta:
+                app_label = "cards"
+
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+
+            def __str__(self) -> str:
+                return self.name
+
+        class Plain(models.Model):
+            name = models.CharField(max_length=5)
+            owner = models.ForeignKey(Card, on_delete=models.CASCADE)
+
+            class Meta:
+                app_label = "cards"
+
+            def __str__(self) -> str:
+                return self.name
+
+    assert not _plain_model(WithFile) and not _plain_model(WithInit) and _plain_model(Plain)

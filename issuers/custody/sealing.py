@@ -70,7 +70,6 @@ class _DataKey:
     wrapped: bytes
     aead: AESGCM = field(repr=False)  # the key itself stays inside the AEAD object
     made: float
-    checked: float = 0.0  # time.monotonic() when its KEK version was last seen active
 
     def fresh(self) -> bool:
         return time.monotonic() - self.made < DATA_KEY_LIFETIME
@@ -89,8 +88,8 @@ class _DataKeys:
         with self._lock:
             current = self._sealing.get(org.pk)
         if current is not None and current.fresh():
-            if time.monotonic() - current.checked < KEK_CHECK_INTERVAL:
-                return current  # the exchange's open just saw its KEK active
+            if self._recently_active(org.pk, current.kek_version):
+                return current  # an open or seal of this process just saw its KEK active
             if KeyEncryptionKey.objects.filter(
                 organization=org, version=current.kek_version, state=KeyEncryptionKey.State.ACTIVE
             ).exists():
@@ -100,7 +99,7 @@ class _DataKeys:
         key = os.urandom(32)
         dk_id = os.urandom(_DK_ID_LEN)
         wrapped = get_backend(kek.backend).wrap(kek.ref, key, _data_key_aad(org.pk, kek.version, dk_id))
-        made = _DataKey(kek.version, dk_id, wrapped, AESGCM(key), time.monotonic(), time.monotonic())
+        made = _DataKey(kek.version, dk_id, wrapped, AESGCM(key), time.monotonic())
         with self._lock:
             self._sealing[org.pk] = made
             self._opened[(org.pk, kek.version, dk_id)] = made
@@ -127,21 +126,23 @@ class _DataKeys:
     def seen_active(self, org_pk: int, kek_version: int) -> None:
         now = time.monotonic()
         with self._lock:
-            current = self._sealing.get(org_pk)
             self._active_seen[(org_pk, kek_version)] = now
             if len(self._active_seen) > 4096:  # bounded: keep what still vouches
                 self._active_seen = {k: t for k, t in self._active_seen.items() if now - t < KEK_CHECK_INTERVAL}
-        if current is not None and current.kek_version == kek_version:
-            current.checked = now
+
+    def _recently_active(self, org_pk: int, kek_version: int) -> bool:
+        """Whether this process read the KEK version active within :data:`KEK_CHECK_INTERVAL`."""
+        with self._lock:
+            seen = self._active_seen.get((org_pk, kek_version))
+        return seen is not None and time.monotonic() - seen < KEK_CHECK_INTERVAL
 
     def vouched_for_opening(self, org_pk: int, kek_version: int, dk_id: bytes, wrapped: bytes) -> _DataKey | None:
         """The blob's data key, if this process holds it and saw its KEK version active within
         :data:`KEK_CHECK_INTERVAL` (the open then needs no read of the KEK); else None."""
-        with self._lock:
-            seen = self._active_seen.get((org_pk, kek_version))
-            known = self._opened.get((org_pk, kek_version, dk_id))
-        if seen is None or time.monotonic() - seen >= KEK_CHECK_INTERVAL:
+        if not self._recently_active(org_pk, kek_version):
             return None
+        with self._lock:
+            known = self._opened.get((org_pk, kek_version, dk_id))
         if known is None or not known.fresh() or known.wrapped != wrapped:
             return None
         return known

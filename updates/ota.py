@@ -131,7 +131,7 @@ from updates.engine.protocol import (
     sw_of,
 )
 from updates.models import AuthRefusal, Release
-from updates.presentation import PresentationRefused, presentable_jobs, standing_refusal
+from updates.presentation import PresentationRefused, open_jobs_read, presentable_jobs, standing_refusal
 from updates.signals import job_state_changed
 
 __all__ = [  # the engine's vocabulary, re-exported for the modules that import it from here
@@ -321,7 +321,6 @@ SD_WITH_OWNER_BY_AID: JoinedRead[SecurityDomain] = JoinedRead(SecurityDomain, ("
 ISDS_OF_HOLDER: JoinedRead[SecurityDomain] = JoinedRead(
     SecurityDomain, ("card", "card__issued_by"), ("is_isd", "card__holder")
 )
-OPEN_JOBS_OF_CARD: JoinedRead[CardJob] = JoinedRead(CardJob, (), ("card", "state__in"))
 SD_LIFECYCLE_UPDATE: FieldsUpdate[SecurityDomain] = FieldsUpdate(SecurityDomain, ("lifecycle", "updated_at"))
 JOB_STARTED: FieldsUpdate[CardJob] = FieldsUpdate(CardJob, ("attempts", "state", "started_at"))
 JOB_FINISHED: FieldsUpdate[CardJob] = FieldsUpdate(CardJob, ("state", "finished_at", "last_error"))
@@ -2079,7 +2078,7 @@ class SessionEngine:
         finished = self.state.get("finished", [])
         remaining = 0
         if self.session.card_id:
-            remaining = OPEN_JOBS_OF_CARD.count(self.session.card_id, CardJob.OPEN_STATES)
+            remaining = open_jobs_read(()).count(self.session.card_id, CardJob.OPEN_STATES)
         return Batch(commands=[], done=True, progress=self.progress(), result={"jobs": finished, "pending": remaining})
 
 

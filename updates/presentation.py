@@ -77,7 +77,7 @@ def presentable_jobs(credential: AgentCredential, card: Card | None, *, related:
     if credential.organization_id is None:
         if card is None or card.holder_id != credential.user_id:
             raise PresentationRefused("this card is not registered to this device's owner")
-        return _in_order(_open_jobs_read(tuple(related)).rows(card.pk, CardJob.OPEN_STATES))
+        return _in_order(open_jobs_read(tuple(related)).rows(card.pk, CardJob.OPEN_STATES))
     _check_terminal(credential)
     if card is None:
         raise PresentationRefused("this card is not registered")
@@ -86,7 +86,7 @@ def presentable_jobs(credential: AgentCredential, card: Card | None, *, related:
     runnable: list[CardJob] = []
     waiting_sds: set[int | None] = set()
     terminal_related = tuple(dict.fromkeys(("enrollment", "security_domain", *related)))
-    for job in _in_order(_open_jobs_read(terminal_related).rows(card.pk, CardJob.OPEN_STATES)):
+    for job in _in_order(open_jobs_read(terminal_related).rows(card.pk, CardJob.OPEN_STATES)):
         if job.kind == CardJob.Kind.CARD_STATUS or (
             job.security_domain_id not in waiting_sds and holder_consented(job, card)
         ):
@@ -97,9 +97,9 @@ def presentable_jobs(credential: AgentCredential, card: Card | None, *, related:
 
 
 @functools.cache
-def _open_jobs_read(related: tuple[str, ...]) -> JoinedRead[CardJob]:
-    """The open jobs of a card with ``related`` joined, as a prepared statement (the relay's hot
-    path: every presentation reads them)."""
+def open_jobs_read(related: tuple[str, ...]) -> JoinedRead[CardJob]:
+    """The open jobs of a card with ``related`` joined, as a prepared statement made once per
+    ``related`` (the relay's hot path: every presentation reads them, and its end counts them)."""
     return JoinedRead(CardJob, related, ("card", "state__in"))
 
 

@@ -18,6 +18,7 @@ writes inside its transaction).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -209,10 +210,8 @@ class JoinedRead(Generic[_M]):
             raise TypeError(f"{len(self.where)} parameters expected, got {len(params)}")
         values: list[Any] = []
         in_lengths: list[int] = []
-        for name, param in zip(self.where, params, strict=True):
-            _path, field, _is_in = self._condition(name)
-            target = field.target_field if isinstance(field, ForeignKey) else field
-            if name.endswith("__in"):
+        for (target, is_in), param in zip(self._parameter_fields, params, strict=True):
+            if is_in:
                 items = [_pk_of(item) for item in param]
                 if not items:
                     return None
@@ -221,6 +220,16 @@ class JoinedRead(Generic[_M]):
             else:
                 values.append(target.get_db_prep_value(_pk_of(param), connection))
         return values, tuple(in_lengths)
+
+    @functools.cached_property
+    def _parameter_fields(self) -> tuple[tuple[Field[Any, Any], bool], ...]:
+        """For each ``where`` name, the field its parameter is prepared for (a foreign key's
+        target) and whether it takes a sequence: resolved once, not on every read."""
+        resolved = []
+        for name in self.where:
+            _path, field, is_in = self._condition(name)
+            resolved.append((field.target_field if isinstance(field, ForeignKey) else field, is_in))
+        return tuple(resolved)
 
     def first(self, *params: Any) -> _M | None:
         """The row (``where`` names a unique key: at most one matches), or None."""

@@ -155,10 +155,6 @@ def process_groups(topology: Topology, bench_pid: int) -> Callable[[], dict[str,
     return groups
 
 
-def database_url_of(env: dict[str, str]) -> str:
-    return env.get("DATABASE_URL", "")
-
-
 def vacuum(database_url: str) -> None:
     """``VACUUM (ANALYZE)`` the platform's database before a window: every session updates its
     session, job and audit rows a few times, and a PostgreSQL without autovacuum (this machine's
@@ -630,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
             prepared.add(job)
         rows = read_tokens(tokens, n)
         processes = args.processes or default_processes(n)
-        vacuum(database_url_of(env))
+        vacuum(env.get("DATABASE_URL", ""))
         spies: list[subprocess.Popen[bytes]] = []
         during = None
         if args.profile is not None and n == counts[-1]:

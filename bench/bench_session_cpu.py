@@ -182,10 +182,9 @@ def _backend_pid(connection: Any) -> int | None:
 
 
 def _proc_cpu(pid: int | None) -> float:
-    if pid is None:
-        return 0.0
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    from bench.loadkit import proc_cpu_seconds
+
+    return proc_cpu_seconds(pid) if pid is not None else 0.0
 
 
 if __name__ == "__main__":

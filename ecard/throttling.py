@@ -45,7 +45,7 @@ _last_warning = 0.0
 # Where a request keeps the counts of its throttles (counted once, read by each).
 _COUNTS_ATTR = "_ecard_throttle_counts"
 # The counting script (on its redis-py client) of each Redis cache backend's client factory.
-_clients: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_scripts: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 # KEYS: the counters; ARGV: their time to live, seconds. Returns the new counts, in order.
@@ -66,9 +66,9 @@ def _counting_script(cache: RedisCache) -> Any:
     ``NOSCRIPT``), made on first use and kept for the backend's lifetime."""
     # Django's RedisCache keeps its redis-py client factory private (and untyped in the stubs).
     factory = cast(Any, cache)._cache
-    script = _clients.get(factory)
+    script = _scripts.get(factory)
     if script is None:
-        script = _clients[factory] = factory.get_client(write=True).register_script(COUNT_WINDOWS_LUA)
+        script = _scripts[factory] = factory.get_client(write=True).register_script(COUNT_WINDOWS_LUA)
     return script
 
 
